@@ -1,0 +1,457 @@
+//! Absolute-bound tests: a contract limit rather than drift.
+//!
+//! Each test runs in *epochs*. Within an epoch two e-processes run on the same data:
+//! one for "the limit is breached" and one for "the metric is under its exit threshold".
+//! Each is a mixture, over a grid of alternatives, of likelihood ratios against the
+//! boundary; by Ville's inequality an e-process crosses `1/α` with probability at most α
+//! at *any* stopping time. When either crosses, the verdict is recorded and a new epoch
+//! starts, so evidence never goes stale and a breach after a long compliant run is still
+//! caught within about one epoch.
+
+use crate::alarm::{Alarm, Estimate};
+use crate::detector::{as_bool, as_real, Detector, Observation, View};
+use crate::error::{check_rate, finite};
+use crate::DetectorError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Log-odds shifts of the mixture alternatives: 1/16 to 8, ratio √2.
+fn shifts() -> impl Iterator<Item = f64> {
+    (0..15).map(|m| 0.0625 * 2f64.powf(m as f64 / 2.0))
+}
+
+fn logit(p: f64) -> f64 {
+    (p / (1.0 - p)).ln()
+}
+
+fn logistic(l: f64) -> f64 {
+    1.0 / (1.0 + (-l).exp())
+}
+
+/// `ln` of the mixture e-value for `k` ones in `n` events against boundary rate `p`,
+/// with alternatives above (`up`) or below it.
+fn log_evalue(k: u64, n: u64, p: f64, up: bool) -> f64 {
+    let (k, f) = (k as f64, (n - k) as f64);
+    let lw = -(15f64).ln();
+    let terms: Vec<f64> = shifts()
+        .map(|d| {
+            let p1 = logistic(logit(p) + if up { d } else { -d });
+            lw + k * (p1 / p).ln() + f * ((1.0 - p1) / (1.0 - p)).ln()
+        })
+        .collect();
+    let m = terms.iter().cloned().fold(f64::MIN, f64::max);
+    m + terms.iter().map(|t| (t - m).exp()).sum::<f64>().ln()
+}
+
+/// An e-process on a stream of 0/1 outcomes against a boundary rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct EProcess {
+    boundary: f64,
+    up: bool,
+    n: u64,
+    k: u64,
+}
+
+impl EProcess {
+    fn new(boundary: f64, up: bool) -> Self {
+        EProcess { boundary, up, n: 0, k: 0 }
+    }
+    fn push(&mut self, x: bool) -> f64 {
+        self.n += 1;
+        self.k += x as u64;
+        self.log_e()
+    }
+    fn log_e(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            log_evalue(self.k, self.n, self.boundary, self.up)
+        }
+    }
+    fn clear(&mut self) {
+        self.n = 0;
+        self.k = 0;
+    }
+}
+
+/// The anytime-valid confidence interval `[lcb, ucb]` for a rate after `k` ones in `n`,
+/// at level `alpha` (each side), by inverting the mixture e-values.
+pub fn rate_confidence_interval(k: u64, n: u64, alpha: f64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let t = (1.0 / alpha).ln();
+    let bis = |up: bool| {
+        let (mut lo, mut hi) = (1e-9, 1.0 - 1e-9);
+        for _ in 0..60 {
+            let mid = 0.5 * (lo + hi);
+            let rejected = log_evalue(k, n, mid, up) >= t;
+            // up: boundaries below the truth are rejected; the lcb is the largest rejected.
+            if rejected == up {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        0.5 * (lo + hi)
+    };
+    let phat = k as f64 / n as f64;
+    let lcb = if log_evalue(k, n, 1e-9, true) >= t { bis(true) } else { 0.0 };
+    let ucb = if log_evalue(k, n, 1.0 - 1e-9, false) >= t { bis(false) } else { 1.0 };
+    (lcb.min(phat), ucb.max(phat))
+}
+
+/// Options of [`RateBound`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateBoundConfig {
+    /// The rate must stay at or below this (e.g. 0.02).
+    pub limit: f64,
+    /// Compliance is verified when the rate is shown to be below this (defaults to `limit`).
+    #[serde(default)]
+    pub exit: Option<f64>,
+    /// Level of each verdict.
+    pub alpha: f64,
+}
+
+/// Sequential test of "rate > limit" (breach) and "rate < exit" (compliance).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateBound {
+    cfg: RateBoundConfig,
+    breach: EProcess,
+    comply: EProcess,
+    n: u64,
+    epoch_start: u64,
+    last_compliance: Option<u64>,
+    last_log_e: f64,
+}
+
+impl RateBound {
+    /// A bound test; `limit` and `exit` are rates in (0, 1), `exit <= limit`.
+    pub fn new(cfg: RateBoundConfig) -> Result<Self, DetectorError> {
+        check_rate("limit", cfg.limit)?;
+        check_rate("alpha", cfg.alpha)?;
+        let exit = check_rate("exit", cfg.exit.unwrap_or(cfg.limit))?;
+        if exit > cfg.limit {
+            return Err(DetectorError::param("exit", "must not exceed the limit"));
+        }
+        Ok(RateBound {
+            breach: EProcess::new(cfg.limit, true),
+            comply: EProcess::new(exit, false),
+            cfg,
+            n: 0,
+            epoch_start: 0,
+            last_compliance: None,
+            last_log_e: 0.0,
+        })
+    }
+
+    /// Feeds one outcome (1 = the counted event, e.g. a refusal).
+    pub fn update_bool(&mut self, x: bool) -> Option<Alarm> {
+        let i = self.n;
+        self.n += 1;
+        let t = (1.0 / self.cfg.alpha).ln();
+        self.last_log_e = self.breach.push(x);
+        let comply = self.comply.push(x);
+        if self.last_log_e >= t {
+            let alarm = self.alarm(i, Estimate::Rate { p: self.cfg.limit }, None);
+            self.new_epoch(i);
+            return Some(alarm);
+        }
+        if comply >= t {
+            self.last_compliance = Some(i);
+            self.new_epoch(i);
+        }
+        None
+    }
+
+    fn new_epoch(&mut self, i: u64) {
+        self.breach.clear();
+        self.comply.clear();
+        self.epoch_start = i + 1;
+        self.last_log_e = 0.0;
+    }
+
+    fn alarm(&self, i: u64, baseline: Estimate, current: Option<Estimate>) -> Alarm {
+        let (k, n) = (self.breach.k, self.breach.n);
+        let (lcb, ucb) = rate_confidence_interval(k, n, self.cfg.alpha);
+        let mut params = BTreeMap::new();
+        params.insert("limit".to_string(), self.cfg.limit);
+        params.insert("exit".to_string(), self.comply.boundary);
+        params.insert("alpha".to_string(), self.cfg.alpha);
+        params.insert("lcb".to_string(), lcb);
+        params.insert("ucb".to_string(), ucb);
+        Alarm {
+            detector: "rate-bound".into(),
+            params,
+            statistic: self.last_log_e,
+            threshold: (1.0 / self.cfg.alpha).ln(),
+            baseline,
+            current: current.unwrap_or(Estimate::Rate { p: k as f64 / n as f64 }),
+            n_reference: 0,
+            n_current: n,
+            change_point: self.epoch_start,
+            index: i,
+            false_alarm_rate: Some(self.cfg.alpha),
+            direction: "above_limit".into(),
+        }
+    }
+}
+
+impl Detector for RateBound {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+        Ok(self.update_bool(as_bool(obs, "rate-bound")?))
+    }
+    fn view(&self) -> View {
+        View { statistic: self.last_log_e.max(0.0), threshold: (1.0 / self.cfg.alpha).ln(), n: self.n, ready: true }
+    }
+    fn reset(&mut self) {
+        *self = RateBound::new(self.cfg.clone()).expect("config was validated");
+    }
+    fn name(&self) -> &'static str {
+        "rate-bound"
+    }
+    fn verified_in_control_at(&self) -> Option<u64> {
+        self.last_compliance
+    }
+}
+
+/// Options of [`QuantileBound`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantileBoundConfig {
+    /// The quantile, e.g. 0.95.
+    pub quantile: f64,
+    /// Its limit, e.g. 3000 (ms).
+    pub limit: f64,
+    /// Compliance is verified when the quantile is shown to be below this (defaults to `limit`).
+    #[serde(default)]
+    pub exit: Option<f64>,
+    /// Level of each verdict.
+    pub alpha: f64,
+}
+
+/// Sequential test of "quantile q > limit": the same e-processes as [`RateBound`] on the
+/// indicator `x > limit` against rate `1 - q`, with an HDR histogram of the epoch's
+/// values for the observed quantile in the evidence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuantileBound {
+    cfg: QuantileBoundConfig,
+    breach: EProcess,
+    comply: EProcess,
+    #[serde(with = "crate::hdr_serde")]
+    hist: hdrhistogram::Histogram<u32>,
+    n: u64,
+    epoch_start: u64,
+    last_compliance: Option<u64>,
+    last_log_e: f64,
+}
+
+impl PartialEq for QuantileBound {
+    fn eq(&self, o: &Self) -> bool {
+        self.cfg == o.cfg
+            && self.breach == o.breach
+            && self.comply == o.comply
+            && self.hist == o.hist
+            && self.n == o.n
+            && self.epoch_start == o.epoch_start
+            && self.last_compliance == o.last_compliance
+    }
+}
+
+/// Values are recorded in the histogram in thousandths, with 2 significant digits.
+const HDR_SCALE: f64 = 1000.0;
+
+impl QuantileBound {
+    /// A quantile bound test.
+    pub fn new(cfg: QuantileBoundConfig) -> Result<Self, DetectorError> {
+        check_rate("quantile", cfg.quantile)?;
+        check_rate("alpha", cfg.alpha)?;
+        finite(cfg.limit).map_err(|_| DetectorError::param("limit", "must be finite"))?;
+        let exit = cfg.exit.unwrap_or(cfg.limit);
+        if !(exit.is_finite() && exit <= cfg.limit) {
+            return Err(DetectorError::param("exit", "must be finite and not exceed the limit"));
+        }
+        let mut hist = hdrhistogram::Histogram::<u32>::new(2).map_err(|e| DetectorError::param("quantile", e.to_string()))?;
+        hist.auto(true);
+        let tail = 1.0 - cfg.quantile;
+        Ok(QuantileBound {
+            breach: EProcess::new(tail, true),
+            comply: EProcess::new(tail, false),
+            cfg,
+            hist,
+            n: 0,
+            epoch_start: 0,
+            last_compliance: None,
+            last_log_e: 0.0,
+        })
+    }
+
+    /// The observed quantile of this epoch's values, if any.
+    pub fn observed(&self) -> Option<f64> {
+        (!self.hist.is_empty()).then(|| self.hist.value_at_quantile(self.cfg.quantile) as f64 / HDR_SCALE)
+    }
+
+    /// Feeds one finite value.
+    pub fn update_value(&mut self, x: f64) -> Option<Alarm> {
+        let i = self.n;
+        self.n += 1;
+        let t = (1.0 / self.cfg.alpha).ln();
+        // Negative values cannot breach an upper quantile bound; the histogram holds 0 for them.
+        let _ = self.hist.record((x.max(0.0) * HDR_SCALE).min(u64::MAX as f64 / 4.0) as u64);
+        self.last_log_e = self.breach.push(x > self.cfg.limit);
+        let comply = self.comply.push(x > self.cfg.exit.unwrap_or(self.cfg.limit));
+        if self.last_log_e >= t {
+            let alarm = self.alarm(i);
+            self.new_epoch(i);
+            return Some(alarm);
+        }
+        if comply >= t {
+            self.last_compliance = Some(i);
+            self.new_epoch(i);
+        }
+        None
+    }
+
+    fn new_epoch(&mut self, i: u64) {
+        self.breach.clear();
+        self.comply.clear();
+        self.hist.reset();
+        self.epoch_start = i + 1;
+        self.last_log_e = 0.0;
+    }
+
+    fn alarm(&self, i: u64) -> Alarm {
+        let (k, n) = (self.breach.k, self.breach.n);
+        let (lcb, ucb) = rate_confidence_interval(k, n, self.cfg.alpha);
+        let mut params = BTreeMap::new();
+        params.insert("quantile".to_string(), self.cfg.quantile);
+        params.insert("limit".to_string(), self.cfg.limit);
+        params.insert("exit".to_string(), self.cfg.exit.unwrap_or(self.cfg.limit));
+        params.insert("alpha".to_string(), self.cfg.alpha);
+        params.insert("exceedance_lcb".to_string(), lcb);
+        params.insert("exceedance_ucb".to_string(), ucb);
+        Alarm {
+            detector: "quantile-bound".into(),
+            params,
+            statistic: self.last_log_e,
+            threshold: (1.0 / self.cfg.alpha).ln(),
+            baseline: Estimate::Quantile { q: self.cfg.quantile, value: self.cfg.limit },
+            current: Estimate::Quantile { q: self.cfg.quantile, value: self.observed().unwrap_or(0.0) },
+            n_reference: 0,
+            n_current: n,
+            change_point: self.epoch_start,
+            index: i,
+            false_alarm_rate: Some(self.cfg.alpha),
+            direction: "above_limit".into(),
+        }
+    }
+}
+
+impl Detector for QuantileBound {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+        Ok(self.update_value(as_real(obs, "quantile-bound")?))
+    }
+    fn view(&self) -> View {
+        View { statistic: self.last_log_e.max(0.0), threshold: (1.0 / self.cfg.alpha).ln(), n: self.n, ready: true }
+    }
+    fn reset(&mut self) {
+        *self = QuantileBound::new(self.cfg.clone()).expect("config was validated");
+    }
+    fn name(&self) -> &'static str {
+        "quantile-bound"
+    }
+    fn verified_in_control_at(&self) -> Option<u64> {
+        self.last_compliance
+    }
+}
+
+/// Zero tolerance: every counted event (e.g. PII found) is a breach.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZeroTolerance {
+    n: u64,
+    count: u64,
+}
+
+impl ZeroTolerance {
+    /// A zero-tolerance counter.
+    pub fn new() -> Self {
+        ZeroTolerance { n: 0, count: 0 }
+    }
+}
+
+impl Default for ZeroTolerance {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Detector for ZeroTolerance {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+        let x = as_bool(obs, "zero-tolerance")?;
+        let i = self.n;
+        self.n += 1;
+        if !x {
+            return Ok(None);
+        }
+        self.count += 1;
+        Ok(Some(Alarm {
+            detector: "zero-tolerance".into(),
+            params: BTreeMap::new(),
+            statistic: self.count as f64,
+            threshold: 1.0,
+            baseline: Estimate::Rate { p: 0.0 },
+            current: Estimate::Rate { p: self.count as f64 / self.n as f64 },
+            n_reference: 0,
+            n_current: 1,
+            change_point: i,
+            index: i,
+            false_alarm_rate: Some(0.0),
+            direction: "occurred".into(),
+        }))
+    }
+    fn view(&self) -> View {
+        View { statistic: self.count as f64, threshold: 1.0, n: self.n, ready: true }
+    }
+    fn reset(&mut self) {
+        *self = ZeroTolerance::new();
+    }
+    fn name(&self) -> &'static str {
+        "zero-tolerance"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_ones_breach_quickly_and_zeros_verify_compliance() {
+        let mut b = RateBound::new(RateBoundConfig { limit: 0.02, exit: None, alpha: 1e-3 }).unwrap();
+        // All ones: the breach e-value grows fast.
+        let at = (0..100).find(|_| b.update_bool(true).is_some()).expect("breach");
+        assert!(at < 10, "{at}");
+        let mut c = RateBound::new(RateBoundConfig { limit: 0.02, exit: None, alpha: 1e-3 }).unwrap();
+        for _ in 0..2000 {
+            assert!(c.update_bool(false).is_none());
+        }
+        assert!(c.verified_in_control_at().is_some());
+    }
+
+    #[test]
+    fn confidence_interval_contains_estimate_and_narrows() {
+        let (l1, u1) = rate_confidence_interval(10, 100, 0.05);
+        let (l2, u2) = rate_confidence_interval(100, 1000, 0.05);
+        assert!(l1 < 0.1 && 0.1 < u1);
+        assert!(l2 < 0.1 && 0.1 < u2);
+        assert!(u2 - l2 < u1 - l1);
+    }
+
+    #[test]
+    fn zero_tolerance_alarms_on_first_occurrence() {
+        let mut z = ZeroTolerance::new();
+        assert!(z.update(Observation::Bool(false)).unwrap().is_none());
+        let a = z.update(Observation::Bool(true)).unwrap().expect("breach");
+        assert_eq!(a.index, 1);
+    }
+}

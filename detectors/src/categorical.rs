@@ -1,0 +1,240 @@
+//! `auto-categorical`: a native multinomial mixture Shiryaev–Roberts detector.
+
+use crate::alarm::{Alarm, Estimate};
+use crate::auto::{build_bank, log_stat, AutoConfig, Candidate};
+use crate::detector::{as_category, Detector, Observation, View};
+use crate::mixture::MixtureSr;
+use crate::DetectorError;
+use serde::{Deserialize, Serialize};
+
+/// Default cap on distinct categories.
+pub const DEFAULT_MAX_CATEGORIES: usize = 32;
+/// Up to this many categories the bank uses every pairwise contrast; above it, one
+/// direction per category (to bound the bank's size and its multiplicity cost).
+const CONTRAST_LIMIT: usize = 8;
+
+/// Detects a change in the category distribution without knowing it before or after.
+///
+/// The category set is learned during the first `reference_min` events and is then fixed;
+/// an unseen category afterwards is an error. The alternatives are exponential tilts of the
+/// baseline `p1 ∝ p0 · exp(η v)` along directions `v`: every contrast "mass moves from
+/// category b to category a" (for up to 8 categories) or "category c gains/loses" (above).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoCategorical {
+    cfg: AutoConfig,
+    max_categories: usize,
+    n: u64,
+    names: Vec<String>,
+    ref_counts: Vec<u64>,
+    ref_n: u64,
+    built_at: u64,
+    p0: Vec<f64>,
+    /// Likelihood ratios `lr[c * k + j]`.
+    lr: Vec<f64>,
+    kappa: Vec<f64>,
+    sr: Option<MixtureSr>,
+    threshold: f64,
+}
+
+impl AutoCategorical {
+    /// A detector with the given configuration and category cap.
+    pub fn new(cfg: AutoConfig, max_categories: usize) -> Result<Self, DetectorError> {
+        cfg.validate()?;
+        if !(2..=1024).contains(&max_categories) {
+            return Err(DetectorError::param("max_categories", "must be between 2 and 1024"));
+        }
+        let threshold = 1.0 / cfg.false_alarm_rate;
+        Ok(AutoCategorical {
+            cfg,
+            max_categories,
+            n: 0,
+            names: Vec::new(),
+            ref_counts: Vec::new(),
+            ref_n: 0,
+            built_at: 0,
+            p0: Vec::new(),
+            lr: Vec::new(),
+            kappa: Vec::new(),
+            sr: None,
+            threshold,
+        })
+    }
+
+    /// The category set (fixed once monitoring has started).
+    pub fn categories(&self) -> &[String] {
+        &self.names
+    }
+
+    fn index_of(&mut self, name: &str) -> Result<usize, DetectorError> {
+        if let Some(i) = self.names.iter().position(|n| n == name) {
+            return Ok(i);
+        }
+        if self.built_at > 0 {
+            return Err(DetectorError::UnknownCategory(name.to_string()));
+        }
+        if self.names.len() >= self.max_categories {
+            return Err(DetectorError::TooManyCategories(self.max_categories));
+        }
+        self.names.push(name.to_string());
+        self.ref_counts.push(0);
+        Ok(self.names.len() - 1)
+    }
+
+    fn directions(&self) -> Vec<Vec<f64>> {
+        let k = self.names.len();
+        let mut dirs = Vec::new();
+        if k <= CONTRAST_LIMIT {
+            for a in 0..k {
+                for b in (a + 1)..k {
+                    let mut v = vec![0.0; k];
+                    v[a] = 1.0;
+                    v[b] = -1.0;
+                    dirs.push(v.clone());
+                    dirs.push(v.iter().map(|x| -x).collect());
+                }
+            }
+        } else {
+            for c in 0..k {
+                let mut v = vec![0.0; k];
+                v[c] = 1.0;
+                dirs.push(v.clone());
+                v[c] = -1.0;
+                dirs.push(v);
+            }
+        }
+        dirs
+    }
+
+    fn rebuild(&mut self) {
+        let k = self.names.len();
+        let n = self.ref_n;
+        let denom = n as f64 + 0.5 * k as f64;
+        self.p0 = self.ref_counts.iter().map(|c| (*c as f64 + 0.5) / denom).collect();
+        let mut cands = Vec::new();
+        let mut tables: Vec<Vec<f64>> = Vec::new();
+        if k >= 2 {
+            let kappas = self.cfg.kappas();
+            for (d, v) in self.directions().iter().enumerate() {
+                let mean: f64 = v.iter().zip(&self.p0).map(|(v, p)| v * p).sum();
+                let var: f64 = v.iter().zip(&self.p0).map(|(v, p)| p * (v - mean).powi(2)).sum();
+                if var <= 0.0 {
+                    continue;
+                }
+                for (m, &kappa) in kappas.iter().enumerate() {
+                    let eta = (2.0 * kappa / var).sqrt();
+                    let log_m = v.iter().zip(&self.p0).map(|(v, p)| p * (eta * v).exp()).sum::<f64>().ln();
+                    cands.push(Candidate { id: (d as u32) * 64 + m as u32, kappa });
+                    tables.push(v.iter().map(|v| (eta * v - log_m).exp()).collect());
+                }
+            }
+        }
+        let (keep, sr) = build_bank(&self.cfg, &cands, n, self.sr.as_ref());
+        let kk = keep.len();
+        let mut lr = vec![0.0; k * kk];
+        self.kappa.clear();
+        for (j, &i) in keep.iter().enumerate() {
+            for c in 0..k {
+                lr[c * kk + j] = tables[i][c];
+            }
+            self.kappa.push(cands[i].kappa);
+        }
+        self.lr = lr;
+        self.sr = Some(sr);
+        self.built_at = n;
+    }
+
+    /// Feeds one category by name.
+    pub fn update_category(&mut self, name: &str) -> Result<Option<Alarm>, DetectorError> {
+        let c = self.index_of(name)?;
+        Ok(self.update_index(c))
+    }
+
+    fn update_index(&mut self, c: usize) -> Option<Alarm> {
+        let i = self.n;
+        self.n += 1;
+        if self.ref_n < self.cfg.reference_max {
+            self.ref_n += 1;
+            self.ref_counts[c] += 1;
+            if self.ref_n >= self.cfg.next_stage(self.built_at) {
+                self.rebuild();
+            }
+        }
+        let sr = self.sr.as_mut()?;
+        let k = sr.len();
+        if k == 0 {
+            return None;
+        }
+        let lambda = sr.step(&self.lr[c * k..c * k + k], 0.0);
+        if lambda >= self.threshold {
+            Some(self.alarm(i))
+        } else {
+            None
+        }
+    }
+
+    fn alarm(&self, i: u64) -> Alarm {
+        let sr = self.sr.as_ref().expect("alarm only with a bank");
+        let win = sr.winner();
+        let k = sr.len();
+        let j = win.member;
+        let lag = win.lag.round().max(0.0).min(i as f64) as u64;
+        let p1: Vec<(String, f64)> =
+            self.names.iter().enumerate().map(|(c, name)| (name.clone(), self.p0[c] * self.lr[c * k + j])).collect();
+        let moved_up = p1.iter().zip(&self.p0).max_by(|a, b| (a.0 .1 - a.1).total_cmp(&(b.0 .1 - b.1)));
+        let direction = moved_up.map_or(String::new(), |(p, _)| format!("toward:{}", p.0));
+        let mut params: std::collections::BTreeMap<String, f64> =
+            self.cfg.params().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        params.insert("members".into(), k as f64);
+        params.insert("categories".into(), self.names.len() as f64);
+        params.insert("winner_kappa".into(), self.kappa[j]);
+        params.insert("winner_weight".into(), sr.w[j]);
+        Alarm {
+            detector: self.name().to_string(),
+            params,
+            statistic: log_stat(sr.lambda),
+            threshold: self.threshold.ln(),
+            baseline: Estimate::Distribution {
+                probs: self.names.iter().cloned().zip(self.p0.iter().copied()).collect(),
+            },
+            current: Estimate::Distribution { probs: p1 },
+            n_reference: self.ref_n,
+            n_current: lag + 1,
+            change_point: i - lag,
+            index: i,
+            false_alarm_rate: Some(self.cfg.false_alarm_rate),
+            direction,
+        }
+    }
+
+}
+
+impl Detector for AutoCategorical {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+        let name = as_category(obs, "auto-categorical")?;
+        self.update_category(name)
+    }
+
+    fn view(&self) -> View {
+        View {
+            statistic: self.sr.as_ref().map_or(0.0, |s| log_stat(s.lambda)),
+            threshold: self.threshold.ln(),
+            n: self.n,
+            ready: self.sr.is_some(),
+        }
+    }
+
+    fn restart(&mut self) {
+        if let Some(sr) = self.sr.as_mut() {
+            sr.restart();
+        }
+    }
+
+    fn reset(&mut self) {
+        let (cfg, max) = (self.cfg.clone(), self.max_categories);
+        *self = AutoCategorical::new(cfg, max).expect("config was validated");
+    }
+
+    fn name(&self) -> &'static str {
+        "auto-categorical"
+    }
+}

@@ -1,0 +1,229 @@
+//! Maps a real value to a standard normal score through the baseline's empirical CDF.
+//!
+//! Why: a detector built on `z = Φ⁻¹(F₀(x))` has an in-control law that does not depend on
+//! the shape of `F₀`: skewed latencies, heavy tails and judge scores all become N(0, 1), so
+//! one calibration holds for every continuous metric. Hand-written because no maintained
+//! crate offers a streaming, serialisable, tie-aware probability-integral transform.
+//!
+//! The CDF is kept as counts in cells around a fixed set of edges (chosen once, from the
+//! first reference events, at normal-score-spaced quantiles). Each edge is also an atom, so
+//! ties (integer milliseconds, score levels) get a randomised transform that stays exactly
+//! uniform; the randomisation is a deterministic hash of the event index, so replays agree.
+//! Beyond the outer edges the score is extrapolated and clamped half a unit further out,
+//! which keeps heavy tails from producing unbounded scores.
+
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, Normal};
+
+/// Normal-score levels of the edges: 31 points from -2.5 to 2.5.
+const EDGE_LEVELS: usize = 31;
+const EDGE_Z: f64 = 2.5;
+/// How far beyond the outermost edge score extrapolation may go.
+const TAIL_Z: f64 = 0.5;
+
+/// A learned CDF and its normal-score transform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct NormalScore {
+    /// Distinct edge values, increasing.
+    edges: Vec<f64>,
+    /// Cell counts: `2 * edges.len() + 1` cells, alternating open interval and atom:
+    /// `(-inf, e0), {e0}, (e0, e1), {e1}, ..., {e_last}, (e_last, inf)`.
+    counts: Vec<u64>,
+    total: u64,
+    /// Score at the lower end of each cell (length `counts.len() + 1`).
+    z: Vec<f64>,
+    /// Cumulative probability at the lower end of each cell (same length as `z`).
+    u: Vec<f64>,
+}
+
+/// splitmix64: a fast, well-mixed hash used for the tie randomisation.
+pub(crate) fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A uniform number in (0, 1) from an index.
+fn uniform(i: u64) -> f64 {
+    ((splitmix64(i) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+}
+
+impl NormalScore {
+    /// Edges from a sample (at least 2 values); the sample is also counted.
+    pub fn from_sample(sample: &[f64]) -> NormalScore {
+        let mut sorted = sample.to_vec();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let std = Normal::new(0.0, 1.0).expect("standard normal");
+        let m = sorted.len();
+        let mut edges: Vec<f64> = Vec::with_capacity(EDGE_LEVELS);
+        for k in 0..EDGE_LEVELS {
+            let zk = -EDGE_Z + 2.0 * EDGE_Z * k as f64 / (EDGE_LEVELS - 1) as f64;
+            let u = std.cdf(zk);
+            let idx = ((u * m as f64).floor() as usize).min(m - 1);
+            let v = sorted[idx];
+            if edges.last().is_none_or(|l| v > *l) {
+                edges.push(v);
+            }
+        }
+        let cells = 2 * edges.len() + 1;
+        let mut ns = NormalScore { edges, counts: vec![0; cells], total: 0, z: vec![0.0; cells + 1], u: vec![0.0; cells + 1] };
+        for &x in sample {
+            ns.count(x);
+        }
+        ns.recompute();
+        ns
+    }
+
+    fn cell(&self, x: f64) -> usize {
+        // partition_point: number of edges < x.
+        let i = self.edges.partition_point(|e| *e < x);
+        if i < self.edges.len() && self.edges[i] == x {
+            2 * i + 1
+        } else {
+            2 * i
+        }
+    }
+
+    /// Adds a reference value to the counts (call [`NormalScore::recompute`] afterwards).
+    pub fn count(&mut self, x: f64) {
+        let c = self.cell(x);
+        self.counts[c] += 1;
+        self.total += 1;
+    }
+
+    /// Number of reference values counted.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Recomputes the cell-boundary scores from the counts.
+    pub fn recompute(&mut self) {
+        let std = Normal::new(0.0, 1.0).expect("standard normal");
+        let n = self.total.max(1) as f64;
+        let lo = 0.5 / n;
+        let mut cum = 0u64;
+        self.u[0] = lo;
+        self.z[0] = std.inverse_cdf(lo);
+        for (c, &cnt) in self.counts.iter().enumerate() {
+            cum += cnt;
+            let u = (cum as f64 / n).clamp(lo, 1.0 - lo);
+            self.u[c + 1] = u;
+            self.z[c + 1] = std.inverse_cdf(u);
+        }
+    }
+
+    /// The normal score of `x`, which must be finite. `i` seeds the tie randomisation.
+    #[inline]
+    pub fn score(&self, x: f64, i: u64) -> f64 {
+        let c = self.cell(x);
+        let last = self.counts.len() - 1;
+        let (z0, z1) = (self.z[c], self.z[c + 1]);
+        if c % 2 == 1 {
+            // An atom: spread ties uniformly over the atom's probability (in probability
+            // space, so the score stays exactly normal).
+            return self.spread(c, i);
+        }
+        let k = c / 2; // open interval index
+        if c == 0 || c == last {
+            // Tails: extrapolate with the slope of the nearest inner interval.
+            let e = &self.edges;
+            let slope = if e.len() >= 2 {
+                let (a, b) = if c == 0 { (0, 1) } else { (e.len() - 2, e.len() - 1) };
+                let (za, zb) = (self.z[2 * a + 2], self.z[2 * b + 1]);
+                ((zb - za) / (e[b] - e[a])).max(0.0)
+            } else {
+                0.0
+            };
+            if slope == 0.0 {
+                // No density information next to the edge (discrete data): spread the tail's
+                // probability uniformly, as for an atom.
+                return self.spread(c, i);
+            }
+            return if c == 0 {
+                let edge_z = self.z[1];
+                (edge_z - (e[0] - x) * slope).max(edge_z - TAIL_Z).min(z1)
+            } else {
+                let edge_z = self.z[last];
+                (edge_z + (x - e[e.len() - 1]) * slope).min(edge_z + TAIL_Z).max(z0)
+            };
+        }
+        let (a, b) = (self.edges[k - 1], self.edges[k]);
+        let t = (x - a) / (b - a);
+        z0 + (z1 - z0) * t
+    }
+
+    /// A score drawn uniformly (in probability) within cell `c`, seeded by `i`.
+    fn spread(&self, c: usize, i: u64) -> f64 {
+        let (u0, u1) = (self.u[c], self.u[c + 1]);
+        if u1 <= u0 {
+            return self.z[c];
+        }
+        let std = Normal::new(0.0, 1.0).expect("standard normal");
+        std.inverse_cdf(u0 + (u1 - u0) * uniform(i)).clamp(self.z[c], self.z[c + 1])
+    }
+
+    /// The value at probability `u`, interpolated in the cells (for baseline summaries).
+    pub fn quantile(&self, u: f64) -> f64 {
+        let n = self.total.max(1) as f64;
+        let target = u * n;
+        let mut cum = 0.0;
+        for (c, &cnt) in self.counts.iter().enumerate() {
+            let next = cum + cnt as f64;
+            if next >= target && cnt > 0 {
+                if c % 2 == 1 {
+                    return self.edges[c / 2];
+                }
+                let k = c / 2;
+                let lo = if k == 0 { self.edges[0] } else { self.edges[k - 1] };
+                let hi = if k == self.edges.len() { self.edges[k - 1] } else { self.edges[k] };
+                return lo + (hi - lo) * ((target - cum) / cnt as f64);
+            }
+            cum = next;
+        }
+        *self.edges.last().unwrap_or(&0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuous_scores_are_monotone_and_centred() {
+        let sample: Vec<f64> = (0..1000).map(|i| (i as f64 + 0.5) / 1000.0).collect();
+        let ns = NormalScore::from_sample(&sample);
+        let a = ns.score(0.25, 0);
+        let b = ns.score(0.5, 0);
+        let c = ns.score(0.75, 0);
+        assert!(a < b && b < c);
+        // Uniform(0,1) data: the median maps to ~0 and the quartiles to ~±0.674.
+        assert!(b.abs() < 0.05, "{b}");
+        assert!((c - 0.674).abs() < 0.05, "{c}");
+        assert!((a + 0.674).abs() < 0.05, "{a}");
+    }
+
+    #[test]
+    fn ties_are_spread_over_their_atom() {
+        // Three levels with probabilities 0.2, 0.5, 0.3.
+        let mut sample = vec![1.0; 200];
+        sample.extend(vec![2.0; 500]);
+        sample.extend(vec![3.0; 300]);
+        let ns = NormalScore::from_sample(&sample);
+        let std = Normal::new(0.0, 1.0).unwrap();
+        for i in 0..100 {
+            let z = ns.score(2.0, i);
+            let u = std.cdf(z);
+            assert!((0.2 - 1e-9..=0.7 + 1e-9).contains(&u), "u={u}");
+        }
+    }
+
+    #[test]
+    fn tails_are_clamped() {
+        let sample: Vec<f64> = (0..1000).map(|i| i as f64).collect();
+        let ns = NormalScore::from_sample(&sample);
+        assert!(ns.score(1e12, 0) <= ns.z[ns.counts.len() - 1] + TAIL_Z + 1e-12);
+        assert!(ns.score(-1e12, 0) >= ns.z[1] - TAIL_Z - 1e-12);
+    }
+}

@@ -1,0 +1,214 @@
+//! `auto-real`: mixture Shiryaev–Roberts on normal scores, for real metrics.
+
+use crate::alarm::{Alarm, Estimate};
+use crate::auto::{build_bank, log_stat, AutoConfig, Candidate};
+use crate::detector::{as_real, Detector, Observation, View};
+use crate::mixture::{MixtureSr, MAX_MEMBERS};
+use crate::normal_score::NormalScore;
+use crate::DetectorError;
+use serde::{Deserialize, Serialize};
+
+/// Largest `β` of a scale-up member (`σ² = 1/(1-β)`), keeping its likelihood ratio bounded.
+const MAX_BETA: f64 = 0.9;
+
+/// Detects changes in location *and* scale (tails) of a real metric without knowing either
+/// distribution.
+///
+/// Values are mapped to normal scores through the baseline's empirical CDF
+/// (rank-based, so the calibration holds for skewed and heavy-tailed data). The bank holds
+/// location alternatives `N(±θ, 1)` and scale alternatives `N(0, σ²)` on the scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoReal {
+    cfg: AutoConfig,
+    n: u64,
+    buffer: Vec<f64>,
+    ns: Option<NormalScore>,
+    built_at: u64,
+    /// log-likelihood ratio of member j: `a[j] * t + b[j]`, with `t = z` or `z²`.
+    a: Vec<f64>,
+    b: Vec<f64>,
+    squared: Vec<bool>,
+    kappa: Vec<f64>,
+    sr: Option<MixtureSr>,
+    baseline_center: f64,
+    baseline_scale: f64,
+    threshold: f64,
+}
+
+struct Alt {
+    a: f64,
+    b: f64,
+    squared: bool,
+}
+
+impl AutoReal {
+    /// A detector with the given configuration.
+    pub fn new(cfg: AutoConfig) -> Result<Self, DetectorError> {
+        cfg.validate()?;
+        let threshold = 1.0 / cfg.false_alarm_rate;
+        Ok(AutoReal {
+            cfg,
+            n: 0,
+            buffer: Vec::new(),
+            ns: None,
+            built_at: 0,
+            a: Vec::new(),
+            b: Vec::new(),
+            squared: Vec::new(),
+            kappa: Vec::new(),
+            sr: None,
+            baseline_center: 0.0,
+            baseline_scale: 0.0,
+            threshold,
+        })
+    }
+
+    fn rebuild(&mut self, n: u64) {
+        let ns = self.ns.as_mut().expect("rebuild after the normal score exists");
+        ns.recompute();
+        self.baseline_center = ns.quantile(0.5);
+        self.baseline_scale = (ns.quantile(0.75) - ns.quantile(0.25)) / 1.349;
+        let mut cands = Vec::new();
+        let mut alts = Vec::new();
+        for (m, &kappa) in self.cfg.kappas().iter().enumerate() {
+            let m = m as u32;
+            let theta = (2.0 * kappa).sqrt();
+            for (s, up) in [(0u32, true), (1u32, false)] {
+                if !self.cfg.direction.allows(up) {
+                    continue;
+                }
+                let th = if up { theta } else { -theta };
+                cands.push(Candidate { id: m * 4 + s, kappa });
+                alts.push(Alt { a: th, b: -th * th / 2.0, squared: false });
+                // Scale member with Var(llr)/2 = β²/4 = κ.
+                let beta = if up { 2.0 * kappa.sqrt() } else { -2.0 * kappa.sqrt() };
+                if beta < MAX_BETA {
+                    // LR = exp(β z²/2) / σ with σ = (1-β)^(-1/2).
+                    cands.push(Candidate { id: m * 4 + 2 + s, kappa });
+                    alts.push(Alt { a: beta / 2.0, b: 0.5 * (1.0 - beta).ln(), squared: true });
+                }
+            }
+        }
+        let (keep, sr) = build_bank(&self.cfg, &cands, n, self.sr.as_ref());
+        self.a.clear();
+        self.b.clear();
+        self.squared.clear();
+        self.kappa.clear();
+        for &i in &keep {
+            self.a.push(alts[i].a);
+            self.b.push(alts[i].b);
+            self.squared.push(alts[i].squared);
+            self.kappa.push(cands[i].kappa);
+        }
+        self.sr = Some(sr);
+        self.built_at = n;
+    }
+
+    /// Feeds one finite value (the caller checked finiteness).
+    #[inline]
+    pub fn update_value(&mut self, x: f64) -> Option<Alarm> {
+        let i = self.n;
+        self.n += 1;
+        let reference = self.ns.as_ref().map_or(self.buffer.len() as u64, |n| n.total());
+        if reference < self.cfg.reference_max {
+            match self.ns.as_mut() {
+                None => {
+                    self.buffer.push(x);
+                    if self.buffer.len() as u64 >= self.cfg.reference_min {
+                        self.ns = Some(NormalScore::from_sample(&self.buffer));
+                        self.buffer = Vec::new();
+                    }
+                }
+                Some(ns) => ns.count(x),
+            }
+            let total = self.ns.as_ref().map_or(0, |n| n.total());
+            if total > 0 && total >= self.cfg.next_stage(self.built_at) {
+                self.rebuild(total);
+            }
+        }
+        let (ns, sr) = match (self.ns.as_ref(), self.sr.as_mut()) {
+            (Some(ns), Some(sr)) => (ns, sr),
+            _ => return None,
+        };
+        let z = ns.score(x, i);
+        let z2 = z * z;
+        let k = sr.len();
+        let mut row = [0.0f64; MAX_MEMBERS];
+        for j in 0..k {
+            let t = if self.squared[j] { z2 } else { z };
+            row[j] = (self.a[j] * t + self.b[j]).exp();
+        }
+        let lambda = sr.step(&row[..k], x);
+        if lambda >= self.threshold {
+            Some(self.alarm(i))
+        } else {
+            None
+        }
+    }
+
+    fn alarm(&self, i: u64) -> Alarm {
+        let sr = self.sr.as_ref().expect("alarm only with a bank");
+        let win = sr.winner();
+        let j = win.member;
+        let lag = win.lag.round().max(0.0).min(i as f64) as u64;
+        let mean_now = win.aux_sum / (win.lag + 1.0);
+        let (direction, scale_now) = if self.squared[j] {
+            let beta = 2.0 * self.a[j];
+            let sigma = (1.0 / (1.0 - beta)).sqrt();
+            (if beta > 0.0 { "scale_up" } else { "scale_down" }, self.baseline_scale * sigma)
+        } else {
+            (if self.a[j] > 0.0 { "increase" } else { "decrease" }, self.baseline_scale)
+        };
+        let mut params: std::collections::BTreeMap<String, f64> =
+            self.cfg.params().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        params.insert("members".into(), sr.len() as f64);
+        params.insert("winner_kappa".into(), self.kappa[j]);
+        params.insert("winner_weight".into(), sr.w[j]);
+        params.insert(if self.squared[j] { "winner_beta" } else { "winner_theta" }.into(), if self.squared[j] { 2.0 * self.a[j] } else { self.a[j] });
+        Alarm {
+            detector: self.name().to_string(),
+            params,
+            statistic: log_stat(sr.lambda),
+            threshold: self.threshold.ln(),
+            baseline: Estimate::Location { center: self.baseline_center, scale: Some(self.baseline_scale) },
+            current: Estimate::Location { center: mean_now, scale: Some(scale_now) },
+            n_reference: self.ns.as_ref().map_or(0, |n| n.total()),
+            n_current: lag + 1,
+            change_point: i - lag,
+            index: i,
+            false_alarm_rate: Some(self.cfg.false_alarm_rate),
+            direction: direction.to_string(),
+        }
+    }
+
+}
+
+impl Detector for AutoReal {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+        Ok(self.update_value(as_real(obs, "auto-real")?))
+    }
+
+    fn view(&self) -> View {
+        View {
+            statistic: self.sr.as_ref().map_or(0.0, |s| log_stat(s.lambda)),
+            threshold: self.threshold.ln(),
+            n: self.n,
+            ready: self.sr.is_some(),
+        }
+    }
+
+    fn restart(&mut self) {
+        if let Some(sr) = self.sr.as_mut() {
+            sr.restart();
+        }
+    }
+
+    fn reset(&mut self) {
+        let cfg = self.cfg.clone();
+        *self = AutoReal::new(cfg).expect("config was validated");
+    }
+
+    fn name(&self) -> &'static str {
+        "auto-real"
+    }
+}
