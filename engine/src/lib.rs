@@ -6,4 +6,5 @@
 #![warn(missing_docs)]
 
 pub mod eval;
+pub mod history;
 pub mod input;

@@ -54,6 +54,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Contract history tools.
+    History {
+        #[command(subcommand)]
+        cmd: HistoryCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum HistoryCmd {
+    /// Verify a hash-chained history log (JSONL); names the first bad record.
+    Verify {
+        /// The history file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,6 +108,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::History { cmd: HistoryCmd::Verify { file } } => verify_history(&file),
+    }
+}
+
+fn verify_history(file: &std::path::Path) -> anyhow::Result<()> {
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    match driftgate::history::verify(std::io::BufReader::new(f)) {
+        Ok((n, last)) => {
+            println!("ok: {n} records, chain intact, last hash {last}");
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("{}: {e}", file.display()),
     }
 }
 
