@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 /// Parameters of [`Adwin`], with River's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AdwinConfig {
     /// Confidence of each cut test (smaller = fewer false alarms, slower detection).
     pub delta: f64,

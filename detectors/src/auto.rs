@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Which changes a detector looks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Direction {
     /// Increases and decreases (for real metrics: location up/down and scale up/down).
     #[default]
@@ -33,6 +34,7 @@ impl Direction {
 /// benchmark: see the crate documentation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AutoConfig {
     /// Target false alarms per in-control event (`α`); the threshold is `A = 1/α`.
     pub false_alarm_rate: f64,

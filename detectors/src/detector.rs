@@ -17,6 +17,7 @@ pub enum Observation<'a> {
 /// The metric kinds a clause can measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum MetricKind {
     /// 0/1 outcomes.
     Bernoulli,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// Parameters of [`PageHinkley`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PageHinkleyConfig {
     /// Magnitude of change tolerated before evidence accumulates (`δ`).
     pub delta: f64,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 /// Parameters of a known-parameter CUSUM; which ones are needed depends on the metric kind.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CusumSpec {
     /// Bernoulli: rate before.
     pub p0: Option<f64>,
@@ -43,6 +44,7 @@ pub struct CusumSpec {
 /// Which drift detector a clause uses, with its options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "detector", rename_all = "kebab-case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum DetectorSpec {
     /// The calibrated default for the metric kind.
     Auto(AutoConfig),

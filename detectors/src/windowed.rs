@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 /// Window parameters shared by the windowed tests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WindowConfig {
     /// Reference size.
     pub reference: usize,

@@ -5,6 +5,18 @@
 
 #![warn(missing_docs)]
 
+pub mod demo;
+pub mod duration;
+pub mod enforcement;
+pub mod engine;
 pub mod eval;
 pub mod history;
+pub mod lane;
+pub mod overrides;
+pub mod pact;
+pub mod predicate;
+pub mod replay;
+pub mod state;
+pub mod telemetry;
+pub mod timefmt;
 pub mod input;

@@ -54,6 +54,56 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run a simulated fleet through the engine core: no setup, no network.
+    Demo {
+        /// Also write the enforcement events (JSONL).
+        #[arg(long)]
+        events_out: Option<PathBuf>,
+        /// Also write the contract history (JSONL).
+        #[arg(long)]
+        history_out: Option<PathBuf>,
+    },
+    /// Replay recorded telemetry (.jsonl[.gz] or Avro .avro) through the engine core.
+    Replay {
+        /// Pact files.
+        #[arg(long, num_args = 1.., required = true)]
+        pact: Vec<PathBuf>,
+        /// Telemetry input.
+        #[arg(long)]
+        input: PathBuf,
+        /// Overrides (JSONL), merged in event-time order.
+        #[arg(long)]
+        overrides: Option<PathBuf>,
+        /// Where to write enforcement events (JSONL).
+        #[arg(long)]
+        events_out: Option<PathBuf>,
+        /// Where to write the contract history (JSONL).
+        #[arg(long)]
+        history_out: Option<PathBuf>,
+    },
+    /// Validate pact files; prints `file:line:column: reason` for the first error of each.
+    Validate {
+        /// Pact files.
+        #[arg(required = true)]
+        pacts: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of pact files.
+    PactSchema,
+    /// Write simulated fleet telemetry (for replay and benchmarks).
+    Simulate {
+        /// Output file (.jsonl or .avro).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of telemetry events.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Include the demo's scripted incidents.
+        #[arg(long)]
+        incidents: bool,
+        /// Random seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// Contract history tools.
     History {
         #[command(subcommand)]
@@ -109,6 +159,79 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::History { cmd: HistoryCmd::Verify { file } } => verify_history(&file),
+        Cmd::Demo { events_out, history_out } => {
+            let run = driftgate::demo::run();
+            print!("{}", driftgate::demo::report(&run));
+            if let Some(p) = events_out {
+                let mut w = std::io::BufWriter::new(std::fs::File::create(&p)?);
+                for e in &run.events {
+                    serde_json::to_writer(&mut w, e)?;
+                    std::io::Write::write_all(&mut w, b"\n")?;
+                }
+            }
+            if let Some(p) = history_out {
+                driftgate::history::write_jsonl(std::fs::File::create(&p)?, &run.history)?;
+            }
+            Ok(())
+        }
+        Cmd::Validate { pacts } => {
+            let mut bad = 0;
+            for p in &pacts {
+                match driftgate::pact::load_pact(p) {
+                    Ok(pact) => println!("ok: {} ({} v{}, {} clauses)", p.display(), pact.id(), pact.version(), pact.doc.clauses.len()),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        bad += 1;
+                    }
+                }
+            }
+            if bad > 0 {
+                anyhow::bail!("{bad} of {} pact(s) refused", pacts.len());
+            }
+            Ok(())
+        }
+        Cmd::PactSchema => {
+            print!("{}", driftgate::pact::pact_json_schema());
+            Ok(())
+        }
+        Cmd::Simulate { out, events, incidents, seed } => {
+            let days = (events / 200_000 + 2) as i64;
+            let records: Vec<_> = driftgate::demo::Fleet::new(seed, days, incidents)
+                .filter_map(|i| match i {
+                    driftgate::engine::Input::Telemetry(t) => Some(t),
+                    _ => None,
+                })
+                .take(events as usize)
+                .collect();
+            if out.extension().is_some_and(|e| e == "avro") {
+                driftgate::replay::write_avro(&out, &records)?;
+            } else {
+                let mut w = std::io::BufWriter::new(std::fs::File::create(&out)?);
+                for r in &records {
+                    serde_json::to_writer(&mut w, r)?;
+                    std::io::Write::write_all(&mut w, b"\n")?;
+                }
+            }
+            eprintln!("wrote {} telemetry records to {}", records.len(), out.display());
+            Ok(())
+        }
+        Cmd::Replay { pact, input, overrides, events_out, history_out } => {
+            let pacts = pact
+                .iter()
+                .map(|p| driftgate::pact::load_pact(p).map_err(anyhow::Error::from))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let s = driftgate::replay::replay(pacts, &input, overrides.as_deref(), events_out.as_deref(), history_out.as_deref())?;
+            eprintln!(
+                "replayed {} records in {:.2} s ({:.0} records/s): {} enforcement events, {} history records, {} late",
+                s.records,
+                s.seconds,
+                s.records as f64 / s.seconds.max(1e-9),
+                s.events,
+                s.history,
+                s.late
+            );
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,930 @@
+//! The deterministic heart of driftgate: telemetry and overrides in, enforcement events,
+//! history records and late records out.
+//!
+//! Inputs are processed in **event time**: they wait in a buffer until the watermark (the
+//! largest event time seen minus the bounded out-of-orderness) passes them, and are released
+//! in `(event time, arrival)` order. An input older than the watermark by more than the
+//! allowed lateness goes to the late output with its reason. Timers (evidence freshness,
+//! override expiry, state TTL) fire on the processing clock, which only event time moves.
+//! No wall-clock value is read, so the same input always yields byte-identical output.
+
+use crate::duration::Dur;
+use crate::enforcement::{event_id, Causation, Detection, EnforcementEvent, Evidence, OverrideInfo, Reason};
+use crate::history::{Chain, Entry, Record, RecordKind};
+use crate::lane::{Lane, Scope};
+use crate::overrides::{self, ActiveOverride, OverrideKind, OverrideRequest};
+use crate::pact::{Clause, Pact, Severity, Test};
+use crate::predicate::Val;
+use crate::state::{AgentState, ClauseKey, ClauseState, ModelChange};
+use crate::telemetry::Telemetry;
+use driftgate_detectors::{Alarm, AnyDetector, Detector, MetricKind, Observation};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use tracing::{debug, info_span};
+
+/// Engine settings that are not part of any pact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// How far out of order events may arrive and still be processed in event-time order.
+    pub max_out_of_orderness: Dur,
+    /// Events later than the watermark by more than this go to the late output.
+    pub allowed_lateness: Dur,
+    /// State of agents unseen for this long (and in `normal`) is dropped.
+    pub state_ttl: Dur,
+    /// Longest override lifetime accepted.
+    pub max_override_ttl: Dur,
+    /// Blast-radius cap: at most this share of a workflow's agents may be blocked...
+    pub max_blocked_share: f64,
+    /// ...once the workflow has at least this many agents.
+    pub blast_radius_min_agents: usize,
+    /// False: observe only (events carry `enforced: false`).
+    pub enforce: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_out_of_orderness: Dur(5 * 1_000_000),
+            allowed_lateness: Dur(60 * 1_000_000),
+            state_ttl: Dur(7 * 24 * 3600 * 1_000_000),
+            max_override_ttl: Dur(7 * 24 * 3600 * 1_000_000),
+            max_blocked_share: 0.2,
+            blast_radius_min_agents: 5,
+            enforce: true,
+        }
+    }
+}
+
+/// An input record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Input {
+    /// Agent telemetry.
+    Telemetry(Telemetry),
+    /// An operator override.
+    Override(OverrideRequest),
+}
+
+impl Input {
+    /// Event time (µs).
+    pub fn time(&self) -> i64 {
+        match self {
+            Input::Telemetry(t) => t.occurred_at,
+            Input::Override(o) => o.issued_at,
+        }
+    }
+}
+
+/// An event that arrived too late, with its reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LateRecord {
+    /// Telemetry event id or override id.
+    pub id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// Its event time (µs).
+    pub occurred_at: i64,
+    /// The watermark when it arrived (µs).
+    pub watermark: i64,
+    /// Why it was set aside.
+    pub reason: String,
+}
+
+/// The blast-radius cap tripped for a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PanicEvent {
+    /// Workflow.
+    pub workflow: String,
+    /// Agents that would have been blocked, including this one.
+    pub would_block: usize,
+    /// Agents in the workflow.
+    pub agents: usize,
+    /// Lane applied instead of block.
+    pub fail_mode: Lane,
+    /// Event time (µs).
+    pub at: i64,
+}
+
+/// Everything the engine emits, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "output", rename_all = "snake_case")]
+pub enum Output {
+    /// For routers.
+    Enforcement(EnforcementEvent),
+    /// For the contract history.
+    History(Record),
+    /// For the late-data output.
+    Late(LateRecord),
+    /// The blast-radius cap tripped.
+    Panic(PanicEvent),
+}
+
+/// Counters for metrics and summaries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Inputs offered.
+    pub inputs: u64,
+    /// Telemetry events processed.
+    pub telemetry: u64,
+    /// Inputs set aside as late.
+    pub late: u64,
+    /// Inputs behind the watermark but within the allowed lateness (processed).
+    pub late_accepted: u64,
+    /// Observations a detector refused (e.g. an unseen category).
+    pub invalid_observations: u64,
+    /// Detector alarms, by `pact/clause`.
+    pub alarms: BTreeMap<String, u64>,
+    /// Enforcement events emitted.
+    pub enforcement_events: u64,
+    /// Overrides accepted.
+    pub overrides_accepted: u64,
+    /// Loosening overrides accepted (policy bypass).
+    pub overrides_bypass: u64,
+    /// Overrides rejected.
+    pub overrides_rejected: u64,
+    /// High-risk telemetry events, and those whose high-risk clauses had fresh evidence.
+    pub high_risk_decisions: u64,
+    /// See `high_risk_decisions`.
+    pub high_risk_fresh: u64,
+    /// Agents whose state expired.
+    pub states_expired: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Freshness(String, ClauseKey),
+    OverrideExpiry(String, String),
+    Ttl(String),
+}
+
+#[derive(Default)]
+struct WorkflowStats {
+    agents: BTreeSet<String>,
+    blocked: BTreeSet<String>,
+    panicked: bool,
+}
+
+/// Why a re-evaluation happens: the reason, clause and evidence for any event it emits.
+#[derive(Debug, Clone)]
+struct Cause {
+    code: &'static str,
+    text: String,
+    clause: Option<ClauseKey>,
+    detection: Option<Detection>,
+    causation: Causation,
+}
+
+/// The engine.
+pub struct Engine {
+    cfg: EngineConfig,
+    pacts: Vec<Pact>,
+    protos: Vec<Vec<AnyDetector>>,
+    agents: HashMap<String, AgentState>,
+    workflows: HashMap<String, WorkflowStats>,
+    buffer: BTreeMap<(i64, u64), Input>,
+    arrivals: u64,
+    max_seen: Option<i64>,
+    now: i64,
+    timers: BTreeMap<(i64, u64), Timer>,
+    timer_seq: u64,
+    chain: Chain,
+    out: Vec<Output>,
+    stats: Stats,
+    activated: bool,
+}
+
+fn clause_label(p: &Pact, c: &Clause) -> String {
+    format!("{}/{}", p.id(), c.id)
+}
+
+impl Engine {
+    /// An engine for these pacts.
+    pub fn new(cfg: EngineConfig, pacts: Vec<Pact>) -> Engine {
+        let protos = pacts.iter().map(|p| p.doc.clauses.iter().map(Pact::detector).collect()).collect();
+        Engine {
+            cfg,
+            pacts,
+            protos,
+            agents: HashMap::new(),
+            workflows: HashMap::new(),
+            buffer: BTreeMap::new(),
+            arrivals: 0,
+            max_seen: None,
+            now: i64::MIN,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            chain: Chain::default(),
+            out: Vec::new(),
+            stats: Stats::default(),
+            activated: false,
+        }
+    }
+
+    /// The pacts in force.
+    pub fn pacts(&self) -> &[Pact] {
+        &self.pacts
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// An agent's state, if known.
+    pub fn agent(&self, id: &str) -> Option<&AgentState> {
+        self.agents.get(id)
+    }
+
+    /// Number of agents with state.
+    pub fn agent_count(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// The current watermark.
+    pub fn watermark(&self) -> Option<i64> {
+        self.max_seen.map(|m| m.saturating_sub(self.cfg.max_out_of_orderness.micros()))
+    }
+
+    /// Takes the outputs produced so far.
+    pub fn drain(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Offers one input; processes whatever the watermark releases.
+    pub fn push(&mut self, input: Input) {
+        self.stats.inputs += 1;
+        let t = input.time();
+        if let Some(wm) = self.watermark() {
+            if t < wm.saturating_sub(self.cfg.allowed_lateness.micros()) {
+                self.late(input, wm);
+                return;
+            }
+            if t < wm {
+                self.stats.late_accepted += 1;
+            }
+        }
+        self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
+        self.buffer.insert((t, self.arrivals), input);
+        self.arrivals += 1;
+        let wm = self.watermark().unwrap_or(i64::MIN);
+        while let Some(entry) = self.buffer.first_entry() {
+            if entry.key().0 > wm {
+                break;
+            }
+            let input = entry.remove();
+            self.process(input);
+        }
+    }
+
+    /// Processes everything still buffered (end of input).
+    pub fn flush(&mut self) {
+        while let Some((_, input)) = self.buffer.pop_first() {
+            self.process(input);
+        }
+    }
+
+    fn late(&mut self, input: Input, wm: i64) {
+        self.stats.late += 1;
+        let (id, agent) = match &input {
+            Input::Telemetry(t) => (t.event_id.clone(), t.agent_id.clone()),
+            Input::Override(o) => (o.override_id.clone(), o.agent_id.clone()),
+        };
+        let rec = LateRecord {
+            id: id.clone(),
+            agent_id: agent.clone(),
+            occurred_at: input.time(),
+            watermark: wm,
+            reason: format!(
+                "event time is {} s behind the watermark, beyond the allowed lateness of {}",
+                (wm - input.time()) / 1_000_000,
+                self.cfg.allowed_lateness
+            ),
+        };
+        let detail = serde_json::to_value(&rec).expect("serialisable");
+        self.history(RecordKind::Late, wm, Some(agent), None, detail);
+        self.out.push(Output::Late(rec));
+    }
+
+    fn history(&mut self, kind: RecordKind, at: i64, agent: Option<String>, clause: Option<(&Pact, &Clause)>, detail: serde_json::Value) {
+        let rec = self.chain.append(Entry {
+            kind,
+            at_micros: at,
+            agent_id: agent,
+            pact_id: clause.map(|(p, _)| p.id().to_string()),
+            pact_version: clause.map(|(p, _)| p.version()),
+            clause_id: clause.map(|(_, c)| c.id.clone()),
+            detail,
+        });
+        self.out.push(Output::History(rec));
+    }
+
+    fn schedule(&mut self, at: i64, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.insert((at, self.timer_seq), timer);
+    }
+
+    fn process(&mut self, input: Input) {
+        let t = input.time();
+        if !self.activated {
+            self.activated = true;
+            for i in 0..self.pacts.len() {
+                let p = &self.pacts[i];
+                let detail = serde_json::json!({"pact": p.id(), "version": p.version(), "clauses": p.doc.clauses.iter().map(|c| c.id.clone()).collect::<Vec<_>>()});
+                let (id, v) = (p.id().to_string(), p.version());
+                let rec = self.chain.append(Entry { kind: RecordKind::PactActivated, at_micros: t, agent_id: None, pact_id: Some(id), pact_version: Some(v), clause_id: None, detail });
+                self.out.push(Output::History(rec));
+            }
+        }
+        self.fire_timers(t);
+        self.now = self.now.max(t);
+        match input {
+            Input::Telemetry(tel) => self.on_telemetry(tel),
+            Input::Override(o) => self.on_override(o),
+        }
+    }
+
+    fn fire_timers(&mut self, upto: i64) {
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > upto {
+                break;
+            }
+            let ((at, _), timer) = entry.remove_entry();
+            self.now = self.now.max(at);
+            match timer {
+                Timer::Freshness(agent, key) => self.on_freshness_timer(&agent, key, at),
+                Timer::OverrideExpiry(agent, id) => self.on_override_expiry(&agent, &id, at),
+                Timer::Ttl(agent) => self.on_ttl(&agent, at),
+            }
+        }
+    }
+
+    fn covering(&self, agent: &str, workflow: &str) -> Vec<u16> {
+        (0..self.pacts.len()).filter(|i| self.pacts[*i].covers(agent, workflow)).map(|i| i as u16).collect()
+    }
+
+    fn on_telemetry(&mut self, tel: Telemetry) {
+        self.stats.telemetry += 1;
+        let now = tel.occurred_at;
+        let span = info_span!("telemetry", agent = %tel.agent_id, event = %tel.event_id);
+        let _g = span.enter();
+        let causation = Causation { kind: "telemetry".into(), id: tel.event_id.clone(), at: now };
+        // Agent bookkeeping: creation, workflow moves, model-version changes.
+        if !self.agents.contains_key(&tel.agent_id) {
+            let pacts = self.covering(&tel.agent_id, &tel.workflow);
+            self.agents.insert(tel.agent_id.clone(), AgentState::new(tel.workflow.clone(), tel.model.version.clone(), pacts, now));
+            self.workflows.entry(tel.workflow.clone()).or_default().agents.insert(tel.agent_id.clone());
+        }
+        let mut causes: Vec<Cause> = Vec::new();
+        {
+            let pacts = self.covering(&tel.agent_id, &tel.workflow);
+            let agent = self.agents.get_mut(&tel.agent_id).expect("inserted above");
+            agent.last_seen = agent.last_seen.max(now);
+            if agent.workflow != tel.workflow {
+                let old = std::mem::replace(&mut agent.workflow, tel.workflow.clone());
+                agent.pacts = pacts;
+                if let Some(w) = self.workflows.get_mut(&old) {
+                    w.agents.remove(&tel.agent_id);
+                    w.blocked.remove(&tel.agent_id);
+                }
+                let w = self.workflows.entry(tel.workflow.clone()).or_default();
+                w.agents.insert(tel.agent_id.clone());
+            }
+            let agent = self.agents.get_mut(&tel.agent_id).expect("present");
+            if agent.model_version != tel.model.version {
+                let from = std::mem::replace(&mut agent.model_version, tel.model.version.clone());
+                let pending: BTreeSet<ClauseKey> = agent
+                    .clauses
+                    .keys()
+                    .filter(|(p, c, _)| matches!(self.pacts[*p as usize].doc.clauses[*c as usize].test, Test::Drift(_)))
+                    .cloned()
+                    .collect();
+                if !pending.is_empty() {
+                    let lane = pending
+                        .iter()
+                        .map(|(p, c, _)| self.pacts[*p as usize].doc.clauses[*c as usize].on_model_change)
+                        .max()
+                        .unwrap_or(Lane::Watch);
+                    for k in &pending {
+                        if let Some(s) = agent.clauses.get_mut(k) {
+                            s.clean = 0;
+                        }
+                    }
+                    let text = format!(
+                        "model version changed {from} -> {}: drift baselines kept; {} clause(s) must re-verify on the new model",
+                        tel.model.version,
+                        pending.len()
+                    );
+                    agent.model_change = Some(ModelChange { from, to: tel.model.version.clone(), since: now, lane, pending });
+                    causes.push(Cause { code: "model_changed", text, clause: None, detection: None, causation: causation.clone() });
+                }
+            }
+            if agent.ttl_at.is_none() {
+                let at = agent.last_seen + self.cfg.state_ttl.micros();
+                agent.ttl_at = Some(at);
+                let timer = Timer::Ttl(tel.agent_id.clone());
+                self.schedule(at, timer);
+            }
+        }
+        // Clauses.
+        let pact_ids = self.agents[&tel.agent_id].pacts.clone();
+        let mut high_risk_fresh = true;
+        let mut has_high_risk = false;
+        for p in pact_ids {
+            for ci in 0..self.pacts[p as usize].doc.clauses.len() {
+                if let Some(c) = self.on_clause(&tel, p, ci as u16, now, &causation) {
+                    causes.push(c);
+                }
+                let clause = &self.pacts[p as usize].doc.clauses[ci];
+                if clause.high_risk && tel.risk == crate::telemetry::Risk::High {
+                    has_high_risk = true;
+                    let agent = &self.agents[&tel.agent_id];
+                    let fresh = agent.clauses.iter().filter(|((pp, cc, _), _)| *pp == p && *cc as usize == ci).all(|(_, s)| !s.stale);
+                    high_risk_fresh &= fresh;
+                }
+            }
+        }
+        if has_high_risk {
+            self.stats.high_risk_decisions += 1;
+            self.stats.high_risk_fresh += high_risk_fresh as u64;
+        }
+        if !causes.is_empty() {
+            // The most severe cause explains the event.
+            let cause = self.pick_cause(&tel.agent_id, causes);
+            self.reevaluate(&tel.agent_id, cause, false);
+        }
+    }
+
+    /// Chooses, among this step's causes, the one whose clause now demands the most.
+    fn pick_cause(&self, agent: &str, causes: Vec<Cause>) -> Cause {
+        let a = &self.agents[agent];
+        let weight = |c: &Cause| c.clause.as_ref().and_then(|k| a.clauses.get(k)).map_or(Lane::Normal, |s| s.demand);
+        let mut best = causes[0].clone();
+        for c in causes.into_iter().skip(1) {
+            if weight(&c) > weight(&best) || (best.code == "model_changed" && c.detection.is_some()) {
+                best = c;
+            }
+        }
+        best
+    }
+
+    /// Feeds one clause; returns a cause when its demand or freshness changed.
+    fn on_clause(&mut self, tel: &Telemetry, p: u16, ci: u16, now: i64, causation: &Causation) -> Option<Cause> {
+        let pact = &self.pacts[p as usize];
+        let clause = &pact.doc.clauses[ci as usize];
+        if let Some(w) = &clause.metric.when {
+            if w.0.eval(tel) != Val::Bool(true) {
+                return None;
+            }
+        }
+        let val = clause.metric.value.0.eval(tel);
+        let obs = match (clause.metric.kind, val) {
+            (_, Val::Null) => return None,
+            (MetricKind::Bernoulli, Val::Bool(b)) => Observation::Bool(b),
+            (MetricKind::Real, Val::Num(x)) => Observation::Real(x),
+            (MetricKind::Categorical, Val::Str(s)) => Observation::Category(s),
+            // Attributes are typed at run time; a mismatch is an invalid observation.
+            _ => {
+                self.stats.invalid_observations += 1;
+                return None;
+            }
+        };
+        let segment = if clause.segment_by.is_empty() {
+            String::new()
+        } else {
+            clause
+                .segment_by
+                .iter()
+                .map(|f| match f.field().get(tel) {
+                    Val::Str(s) => s.to_string(),
+                    _ => String::new(),
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        let key: ClauseKey = (p, ci, segment);
+        let keep = clause.freshness.as_ref().map_or(1, |f| f.min_events as usize);
+        let agent = self.agents.get_mut(&tel.agent_id).expect("agent exists");
+        let state = agent.clauses.entry(key.clone()).or_insert_with(|| ClauseState::new(self.protos[p as usize][ci as usize].clone(), now));
+        state.observe(now, keep);
+        let mut cause = None;
+        if state.stale {
+            state.stale = false;
+            if clause.high_risk {
+                cause = Some(Cause {
+                    code: "evidence_fresh",
+                    text: format!("clause `{}` has fresh evidence again", clause.id),
+                    clause: Some(key.clone()),
+                    detection: None,
+                    causation: causation.clone(),
+                });
+            }
+        }
+        let need_timer = clause.freshness.as_ref().map(|f| state.stale_deadline(f)).filter(|_| state.timer_at.is_none());
+        if let Some(at) = need_timer {
+            state.timer_at = Some(at);
+        }
+        let result = state.detector.update(obs);
+        let label = clause_label(pact, clause);
+        let outcome = match result {
+            Err(e) => {
+                debug!(clause = %label, error = %e, "observation refused");
+                self.stats.invalid_observations += 1;
+                None
+            }
+            Ok(Some(alarm)) => {
+                *self.stats.alarms.entry(label).or_default() += 1;
+                Some(Self::on_alarm(state, pact, clause, &alarm, now, &key, causation))
+            }
+            Ok(None) => {
+                state.clean += 1;
+                let mc = Self::check_model_reverified(agent, &key, clause, now, causation);
+                let attested = agent.attested(&clause.id);
+                let state = agent.clauses.get_mut(&key).expect("present");
+                Self::check_recovery(state, clause, attested, now, &key, causation).or(mc)
+            }
+        };
+        if let Some(at) = need_timer {
+            self.schedule(at, Timer::Freshness(tel.agent_id.clone(), key));
+        }
+        outcome.or(cause)
+    }
+
+    fn on_alarm(state: &mut ClauseState, pact: &Pact, clause: &Clause, alarm: &Alarm, now: i64, key: &ClauseKey, causation: &Causation) -> Cause {
+        let critical = clause.severity == Severity::Critical;
+        let target = if critical { Some(Lane::Block) } else { clause.consequence.lane() };
+        let gap = state.gap;
+        let first_post = now - (alarm.n_current.saturating_sub(1) as f64 * gap) as i64;
+        let detection = Detection {
+            detector: alarm.detector.clone(),
+            statistic: alarm.statistic,
+            threshold: alarm.threshold,
+            false_alarm_rate: alarm.false_alarm_rate,
+            baseline: serde_json::to_string(&alarm.baseline).expect("serialisable"),
+            observed: serde_json::to_string(&alarm.current).expect("serialisable"),
+            n: alarm.n_current,
+            change_point_at: first_post - (gap / 2.0) as i64,
+            first_post_change_at: first_post,
+            verified_at: now,
+        };
+        state.last_detection = Some(detection.clone());
+        state.clean = 0;
+        // Fresh evidence is needed for re-verification; drift detectors keep their baseline.
+        state.detector.restart();
+        let (code, what) = match &clause.test {
+            Test::Drift(_) => ("drift_verified", "drift verified"),
+            Test::Limit(l) if l.zero_tolerance => ("zero_tolerance_breach", "zero-tolerance breach"),
+            Test::Limit(_) => ("limit_breached", "limit breach verified"),
+        };
+        let Some(lane) = target else {
+            return Cause {
+                code: "settle",
+                text: format!("{what} on clause `{}` of pact `{}`: settle", clause.id, pact.id()),
+                clause: Some(key.clone()),
+                detection: Some(detection),
+                causation: causation.clone(),
+            };
+        };
+        if state.demand < lane {
+            state.demand = lane;
+            state.escalations += 1;
+        }
+        state.needs_attestation |= critical;
+        state.min_dwell_until = state.min_dwell_until.max(now + dwell(clause, state.escalations));
+        Cause {
+            code,
+            text: format!(
+                "{what} on clause `{}` of pact `{}` (statistic {:.2} >= threshold {:.2}; baseline {} -> observed {} over {} events)",
+                clause.id,
+                pact.id(),
+                alarm.statistic,
+                alarm.threshold,
+                detection.baseline,
+                detection.observed,
+                alarm.n_current
+            ),
+            clause: Some(key.clone()),
+            detection: Some(detection),
+            causation: causation.clone(),
+        }
+    }
+
+    fn check_model_reverified(agent: &mut AgentState, key: &ClauseKey, clause: &Clause, now: i64, causation: &Causation) -> Option<Cause> {
+        let clean = agent.clauses.get(key).map_or(0, |s| s.clean);
+        let mc = agent.model_change.as_mut()?;
+        if !mc.pending.contains(key) || clean < clause.recovery.clean_events || now < mc.since + clause.recovery.min_dwell.micros() {
+            return None;
+        }
+        mc.pending.remove(key);
+        if !mc.pending.is_empty() {
+            return None;
+        }
+        let mc = agent.model_change.take().expect("present");
+        Some(Cause {
+            code: "model_reverified",
+            text: format!("model {} re-verified: every drift clause saw {} clean events since the change", mc.to, clause.recovery.clean_events),
+            clause: None,
+            detection: None,
+            causation: causation.clone(),
+        })
+    }
+
+    fn check_recovery(state: &mut ClauseState, clause: &Clause, attested: bool, now: i64, key: &ClauseKey, causation: &Causation) -> Option<Cause> {
+        if state.demand == Lane::Normal || now < state.min_dwell_until {
+            return None;
+        }
+        let reverified = match &clause.test {
+            Test::Limit(l) if !l.zero_tolerance => state.detector.verified_in_control_at().is_some(),
+            Test::Limit(_) => state.clean >= clause.recovery.clean_events,
+            // Drift: enough clean events, and the restarted change statistic is not building
+            // up (below half its threshold). A quiet stretch alone is weak evidence, because
+            // detection delays have long tails.
+            Test::Drift(_) => {
+                let v = state.detector.view();
+                state.clean >= clause.recovery.clean_events && (v.threshold <= 0.0 || v.statistic <= v.threshold / 2.0)
+            }
+        };
+        if !reverified || (state.demand == Lane::Block && state.needs_attestation && !attested) {
+            return None;
+        }
+        let from = state.demand;
+        state.demand = from.step_down();
+        let clean = state.clean;
+        let view = state.detector.view();
+        state.clean = 0;
+        if matches!(&clause.test, Test::Limit(l) if !l.zero_tolerance) {
+            // The next step needs a new verification of compliance.
+            state.detector.reset();
+        }
+        state.min_dwell_until = now + dwell(clause, state.escalations);
+        if state.demand == Lane::Normal {
+            state.needs_attestation = false;
+        }
+        Some(Cause {
+            code: "reverified",
+            text: format!(
+                "clause `{}` re-verified on fresh traffic ({clean} clean events, statistic {:.2} of threshold {:.2}{}); stepping down {} -> {}",
+                clause.id,
+                view.statistic,
+                view.threshold,
+                if attested && from == Lane::Block { ", human attestation present" } else { "" },
+                from.as_str(),
+                state.demand.as_str()
+            ),
+            clause: Some(key.clone()),
+            detection: None,
+            causation: causation.clone(),
+        })
+    }
+
+    fn on_freshness_timer(&mut self, agent_id: &str, key: ClauseKey, at: i64) {
+        let (p, c) = (key.0 as usize, key.1 as usize);
+        let Some(f) = self.pacts[p].doc.clauses[c].freshness.clone() else { return };
+        let high_risk = self.pacts[p].doc.clauses[c].high_risk;
+        let Some(agent) = self.agents.get_mut(agent_id) else { return };
+        let Some(state) = agent.clauses.get_mut(&key) else { return };
+        state.timer_at = None;
+        if state.is_fresh(at, &f) {
+            let next = state.stale_deadline(&f).max(at + 1);
+            state.timer_at = Some(next);
+            self.schedule(next, Timer::Freshness(agent_id.to_string(), key));
+            return;
+        }
+        if state.stale {
+            return;
+        }
+        state.stale = true;
+        let last = state.last_at;
+        let (pact, clause) = (&self.pacts[p], &self.pacts[p].doc.clauses[c]);
+        let text = format!(
+            "clause `{}` has fewer than {} events within {} (last evidence at {}): evidence is stale",
+            clause.id,
+            f.min_events,
+            f.max_age,
+            crate::timefmt::rfc3339(last)
+        );
+        let detail = serde_json::json!({"reason": text, "last_evidence_at": last, "high_risk": high_risk});
+        let (pact, clause) = (pact.clone(), clause.clone());
+        self.history(RecordKind::Stale, at, Some(agent_id.to_string()), Some((&pact, &clause)), detail);
+        if high_risk {
+            let cause = Cause {
+                code: "evidence_stale",
+                text,
+                clause: Some(key),
+                detection: None,
+                causation: Causation { kind: "timer".into(), id: "freshness".into(), at },
+            };
+            self.reevaluate(agent_id, cause, false);
+        }
+    }
+
+    fn on_override(&mut self, req: OverrideRequest) {
+        let now = req.issued_at;
+        if !self.agents.contains_key(&req.agent_id) {
+            self.agents.insert(req.agent_id.clone(), AgentState::new(String::new(), String::new(), Vec::new(), now));
+        }
+        let seq = self.agents[&req.agent_id].seq;
+        match overrides::validate(&req, seq, self.cfg.max_override_ttl.micros()) {
+            Err(reason) => {
+                self.stats.overrides_rejected += 1;
+                let detail = serde_json::json!({"override": req, "reason": reason});
+                self.history(RecordKind::OverrideRejected, now, Some(req.agent_id.clone()), None, detail);
+            }
+            Ok(expires_at) => {
+                self.stats.overrides_accepted += 1;
+                if req.kind == OverrideKind::Loosen {
+                    self.stats.overrides_bypass += 1;
+                }
+                let detail = serde_json::json!({"override": req, "policy_bypass": req.kind == OverrideKind::Loosen});
+                self.history(RecordKind::OverrideAccepted, now, Some(req.agent_id.clone()), None, detail);
+                self.schedule(expires_at, Timer::OverrideExpiry(req.agent_id.clone(), req.override_id.clone()));
+                let agent_id = req.agent_id.clone();
+                let kind = req.kind;
+                let cause = Cause {
+                    code: "override_applied",
+                    text: format!("{:?} override `{}` by {} (ticket {}): {}", kind, req.override_id, req.principal, req.ticket, req.reason),
+                    clause: None,
+                    detection: None,
+                    causation: Causation { kind: "override".into(), id: req.override_id.clone(), at: now },
+                };
+                self.agents.get_mut(&agent_id).expect("present").overrides.push(ActiveOverride { req, expires_at });
+                // An attestation changes no lane by itself; lane overrides publish their state.
+                self.reevaluate(&agent_id, cause, kind != OverrideKind::Attest);
+            }
+        }
+    }
+
+    fn on_override_expiry(&mut self, agent_id: &str, id: &str, at: i64) {
+        let Some(agent) = self.agents.get_mut(agent_id) else { return };
+        let Some(i) = agent.overrides.iter().position(|o| o.req.override_id == id) else { return };
+        let o = agent.overrides.remove(i);
+        let detail = serde_json::json!({"override_id": id, "kind": o.req.kind, "expired_at": at});
+        self.history(RecordKind::OverrideExpired, at, Some(agent_id.to_string()), None, detail);
+        let cause = Cause {
+            code: "override_expired",
+            text: format!("override `{id}` expired; lane re-evaluated from the clauses"),
+            clause: None,
+            detection: None,
+            causation: Causation { kind: "timer".into(), id: format!("override_expiry:{id}"), at },
+        };
+        self.reevaluate(agent_id, cause, o.req.kind != OverrideKind::Attest);
+    }
+
+    fn on_ttl(&mut self, agent_id: &str, at: i64) {
+        let ttl = self.cfg.state_ttl.micros();
+        let Some(agent) = self.agents.get_mut(agent_id) else { return };
+        agent.ttl_at = None;
+        let idle = at - agent.last_seen >= ttl;
+        let quiet = agent.published == [Lane::Normal, Lane::Normal] && agent.overrides.is_empty();
+        if !(idle && quiet) {
+            let next = (agent.last_seen + ttl).max(at + 1);
+            agent.ttl_at = Some(next);
+            self.schedule(next, Timer::Ttl(agent_id.to_string()));
+            return;
+        }
+        let agent = self.agents.remove(agent_id).expect("present");
+        if let Some(w) = self.workflows.get_mut(&agent.workflow) {
+            w.agents.remove(agent_id);
+        }
+        self.stats.states_expired += 1;
+        let detail = serde_json::json!({"last_seen": agent.last_seen, "ttl": self.cfg.state_ttl.to_string(), "clauses": agent.clauses.len(), "seq": agent.seq});
+        self.history(RecordKind::StateExpired, at, Some(agent_id.to_string()), None, detail);
+    }
+
+    /// The lanes the clauses demand, before overrides: `[all, high_risk]`, each with the
+    /// clause that drives it.
+    fn computed(&self, agent: &AgentState) -> [(Lane, Option<ClauseKey>); 2] {
+        let mut all = (Lane::Normal, None);
+        for (k, s) in &agent.clauses {
+            if s.demand > all.0 {
+                all = (s.demand, Some(k.clone()));
+            }
+        }
+        if let Some(mc) = &agent.model_change {
+            if mc.lane > all.0 {
+                all = (mc.lane, None);
+            }
+        }
+        let mut high = all.clone();
+        for (k, s) in &agent.clauses {
+            let clause = &self.pacts[k.0 as usize].doc.clauses[k.1 as usize];
+            if s.stale && clause.high_risk && Lane::Review > high.0 {
+                high = (Lane::Review, Some(k.clone()));
+            }
+        }
+        [all, high]
+    }
+
+    fn reevaluate(&mut self, agent_id: &str, cause: Cause, force: bool) {
+        let Some(agent) = self.agents.get(agent_id) else { return };
+        let computed = self.computed(agent);
+        let mut lanes = [computed[0].0, computed[1].0];
+        // Blast-radius cap: a new block beyond the workflow's share applies the fail mode.
+        if lanes[0] == Lane::Block && agent.published[0] != Lane::Block && !agent.overrides.iter().any(|o| o.req.kind == OverrideKind::EmergencyKill) {
+            let fail_mode = computed[0].1.as_ref().map_or(Lane::Review, |k| self.pacts[k.0 as usize].doc.fail_mode);
+            let w = self.workflows.entry(agent.workflow.clone()).or_default();
+            let n = w.agents.len();
+            let would = w.blocked.len() + 1;
+            if n >= self.cfg.blast_radius_min_agents && would as f64 > self.cfg.max_blocked_share * n as f64 {
+                lanes[0] = fail_mode;
+                lanes[1] = lanes[1].min(Lane::Review).max(fail_mode);
+                if !w.panicked {
+                    w.panicked = true;
+                    let ev = PanicEvent { workflow: agent.workflow.clone(), would_block: would, agents: n, fail_mode, at: cause.causation.at };
+                    let detail = serde_json::to_value(&ev).expect("serialisable");
+                    self.out.push(Output::Panic(ev));
+                    self.history(RecordKind::Panic, cause.causation.at, Some(agent_id.to_string()), None, detail);
+                }
+            }
+        }
+        let agent = self.agents.get(agent_id).expect("present");
+        let effective = [
+            overrides::apply(lanes[0], Scope::All, &agent.overrides),
+            overrides::apply(lanes[1], Scope::HighRisk, &agent.overrides),
+        ];
+        // High-risk actions are never less restricted than the agent as a whole.
+        let effective = [effective[0], effective[1].max(effective[0])];
+        let settle = cause.code == "settle";
+        for (i, scope) in [Scope::All, Scope::HighRisk].into_iter().enumerate() {
+            let agent = self.agents.get(agent_id).expect("present");
+            let from = agent.published[i];
+            let to = effective[i];
+            let emit = to != from || (force && i == 0) || (settle && i == 0);
+            if !emit {
+                continue;
+            }
+            self.emit(agent_id, scope, from, to, &cause, settle);
+        }
+    }
+
+    fn emit(&mut self, agent_id: &str, scope: Scope, from: Lane, to: Lane, cause: &Cause, settle: bool) {
+        let enforced = self.cfg.enforce;
+        let agent = self.agents.get_mut(agent_id).expect("present");
+        agent.seq += 1;
+        let seq = agent.seq;
+        let i = if scope == Scope::All { 0 } else { 1 };
+        if !settle {
+            agent.published[i] = to;
+        }
+        let clause_ref = cause.clause.as_ref().map(|k| (k, &self.pacts[k.0 as usize], &self.pacts[k.0 as usize].doc.clauses[k.1 as usize]));
+        let state = cause.clause.as_ref().and_then(|k| agent.clauses.get(k));
+        let ov = agent.overrides.iter().filter(|o| o.req.scope == scope || o.req.kind == OverrideKind::EmergencyKill).max_by_key(|o| o.req.issued_at);
+        let event = EnforcementEvent {
+            event_id: event_id(agent_id, seq, scope),
+            seq,
+            agent_id: agent_id.to_string(),
+            pact_id: clause_ref.map(|(_, p, _)| p.id().to_string()),
+            pact_version: clause_ref.map(|(_, p, _)| p.version()),
+            clause_id: clause_ref.map(|(_, _, c)| c.id.clone()),
+            segment: clause_ref.map(|(k, _, _)| k.2.clone()),
+            lane_from: from,
+            lane_to: to,
+            action: if settle { "settle".into() } else { to.action().into() },
+            scope,
+            enforced,
+            effective_at: cause.causation.at,
+            expires_at: ov.map(|o| o.expires_at),
+            min_dwell_until: state.map(|s| s.min_dwell_until).filter(|t| *t > i64::MIN),
+            reason: Reason { code: cause.code.to_string(), text: cause.text.clone() },
+            detection: cause.detection.clone(),
+            evidence: state.map(|s| Evidence {
+                fresh_as_of: s.last_at,
+                stale: s.stale,
+                clean_events: s.clean,
+                required_clean_events: clause_ref.map_or(0, |(_, _, c)| c.recovery.clean_events),
+            }),
+            override_info: ov.map(|o| OverrideInfo {
+                override_id: o.req.override_id.clone(),
+                kind: serde_json::to_value(o.req.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                principal: o.req.principal.clone(),
+                ticket: o.req.ticket.clone(),
+                expires_at: o.expires_at,
+            }),
+            causation: cause.causation.clone(),
+        };
+        let workflow = agent.workflow.clone();
+        if scope == Scope::All && !settle {
+            let w = self.workflows.entry(workflow).or_default();
+            if to == Lane::Block {
+                w.blocked.insert(agent_id.to_string());
+            } else {
+                w.blocked.remove(agent_id);
+                if w.blocked.is_empty() {
+                    w.panicked = false;
+                }
+            }
+        }
+        self.stats.enforcement_events += 1;
+        let detail = serde_json::to_value(&event).expect("serialisable");
+        let pc = clause_ref.map(|(_, p, c)| (p.clone(), c.clone()));
+        self.history(RecordKind::Decision, event.effective_at, Some(agent_id.to_string()), pc.as_ref().map(|(p, c)| (p, c)), detail);
+        self.out.push(Output::Enforcement(event));
+    }
+}
+
+/// The dwell after the `escalations`-th escalation: `min_dwell · multiplier^(n-1)`, capped.
+fn dwell(clause: &Clause, escalations: u32) -> i64 {
+    let r = &clause.recovery;
+    let f = r.dwell_multiplier.powi(escalations.saturating_sub(1).min(60) as i32);
+    ((r.min_dwell.micros() as f64 * f) as i64).min(r.max_dwell.micros())
+}
