@@ -28,19 +28,70 @@ fn logistic(l: f64) -> f64 {
     1.0 / (1.0 + (-l).exp())
 }
 
+const GRID: usize = 15;
+
+/// Per alternative `j`, the log-likelihood ratios `(ln p1/p, ln (1-p1)/(1-p))` of a one
+/// and of a zero against boundary `p`.
+fn coefs(p: f64, up: bool) -> [(f64, f64); GRID] {
+    let mut coefs = [(0.0, 0.0); GRID];
+    for (slot, d) in coefs.iter_mut().zip(shifts()) {
+        let p1 = logistic(logit(p) + if up { d } else { -d });
+        *slot = ((p1 / p).ln(), ((1.0 - p1) / (1.0 - p)).ln());
+    }
+    coefs
+}
+
+/// [`coefs`], cached. They depend only on `(p, up)`, so they are cached per thread
+/// rather than kept in each detector: recomputing them costs 45 `ln`/`exp` per
+/// event, and storing them would add 240 bytes to every key's state.
+fn with_coefs<R>(p: f64, up: bool, f: impl FnOnce(&[(f64, f64); GRID]) -> R) -> R {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHE: RefCell<Vec<((u64, bool), [(f64, f64); GRID])>> = const { RefCell::new(Vec::new()) };
+    }
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let key = (p.to_bits(), up);
+        if let Some(i) = c.iter().position(|(k, _)| *k == key) {
+            return f(&c[i].1);
+        }
+        let coefs = coefs(p, up);
+        // A handful of distinct boundaries exist (one or two per clause); bound the cache anyway.
+        if c.len() >= 256 {
+            c.remove(0);
+        }
+        c.push((key, coefs));
+        f(&coefs)
+    })
+}
+
 /// `ln` of the mixture e-value for `k` ones in `n` events against boundary rate `p`,
-/// with alternatives above (`up`) or below it.
-fn log_evalue(k: u64, n: u64, p: f64, up: bool) -> f64 {
+/// with alternatives above (`up`) or below it. With uniform weights `1/GRID` it lies in
+/// `[m - ln GRID, m]`, where `m` is the largest log-likelihood ratio; `below` returns
+/// early (with `None`) when `m < below`, i.e. when the e-value cannot reach `below`.
+fn log_evalue_from(k: u64, n: u64, p: f64, up: bool, below: f64) -> Option<f64> {
+    with_coefs(p, up, |coefs| log_mixture(k, n, coefs, below))
+}
+
+fn log_mixture(k: u64, n: u64, coefs: &[(f64, f64); GRID], below: f64) -> Option<f64> {
     let (k, f) = (k as f64, (n - k) as f64);
-    let lw = -(15f64).ln();
-    let terms: Vec<f64> = shifts()
-        .map(|d| {
-            let p1 = logistic(logit(p) + if up { d } else { -d });
-            lw + k * (p1 / p).ln() + f * ((1.0 - p1) / (1.0 - p)).ln()
-        })
-        .collect();
-    let m = terms.iter().cloned().fold(f64::MIN, f64::max);
-    m + terms.iter().map(|t| (t - m).exp()).sum::<f64>().ln()
+    let mut terms = [0.0; GRID];
+    let mut m = f64::MIN;
+    for (t, (a, b)) in terms.iter_mut().zip(coefs) {
+        *t = k * a + f * b;
+        m = m.max(*t);
+    }
+    if m < below {
+        return None;
+    }
+    let sum: f64 = terms.iter().map(|t| (t - m).exp()).sum();
+    Some(m + sum.ln() - (GRID as f64).ln())
+}
+
+/// `ln` of the mixture e-value (exact; uncached, for one-off boundaries such as the
+/// bisection of a confidence interval).
+fn log_evalue(k: u64, n: u64, p: f64, up: bool) -> f64 {
+    log_mixture(k, n, &coefs(p, up), f64::NEG_INFINITY).unwrap_or(f64::NEG_INFINITY)
 }
 
 /// An e-process on a stream of 0/1 outcomes against a boundary rate.
@@ -56,16 +107,17 @@ impl EProcess {
     fn new(boundary: f64, up: bool) -> Self {
         EProcess { boundary, up, n: 0, k: 0 }
     }
-    fn push(&mut self, x: bool) -> f64 {
+    /// Adds one outcome; whether the e-process is now at or above `ln_threshold`.
+    fn push(&mut self, x: bool, ln_threshold: f64) -> bool {
         self.n += 1;
         self.k += x as u64;
-        self.log_e()
+        log_evalue_from(self.k, self.n, self.boundary, self.up, ln_threshold).is_some_and(|l| l >= ln_threshold)
     }
     fn log_e(&self) -> f64 {
         if self.n == 0 {
             0.0
         } else {
-            log_evalue(self.k, self.n, self.boundary, self.up)
+            log_evalue_from(self.k, self.n, self.boundary, self.up, f64::NEG_INFINITY).unwrap_or(f64::NEG_INFINITY)
         }
     }
     fn clear(&mut self) {
@@ -123,7 +175,6 @@ pub struct RateBound {
     n: u64,
     epoch_start: u64,
     last_compliance: Option<u64>,
-    last_log_e: f64,
 }
 
 impl RateBound {
@@ -142,7 +193,6 @@ impl RateBound {
             n: 0,
             epoch_start: 0,
             last_compliance: None,
-            last_log_e: 0.0,
         })
     }
 
@@ -151,14 +201,14 @@ impl RateBound {
         let i = self.n;
         self.n += 1;
         let t = (1.0 / self.cfg.alpha).ln();
-        self.last_log_e = self.breach.push(x);
-        let comply = self.comply.push(x);
-        if self.last_log_e >= t {
+        let breached = self.breach.push(x, t);
+        let complied = self.comply.push(x, t);
+        if breached {
             let alarm = self.alarm(i, Estimate::Rate { p: self.cfg.limit }, None);
             self.new_epoch(i);
             return Some(alarm);
         }
-        if comply >= t {
+        if complied {
             self.last_compliance = Some(i);
             self.new_epoch(i);
         }
@@ -169,7 +219,6 @@ impl RateBound {
         self.breach.clear();
         self.comply.clear();
         self.epoch_start = i + 1;
-        self.last_log_e = 0.0;
     }
 
     fn alarm(&self, i: u64, baseline: Estimate, current: Option<Estimate>) -> Alarm {
@@ -184,7 +233,7 @@ impl RateBound {
         Alarm {
             detector: "rate-bound".into(),
             params,
-            statistic: self.last_log_e,
+            statistic: self.breach.log_e(),
             threshold: (1.0 / self.cfg.alpha).ln(),
             baseline,
             current: current.unwrap_or(Estimate::Rate { p: k as f64 / n as f64 }),
@@ -203,7 +252,7 @@ impl Detector for RateBound {
         Ok(self.update_bool(as_bool(obs, "rate-bound")?))
     }
     fn view(&self) -> View {
-        View { statistic: self.last_log_e.max(0.0), threshold: (1.0 / self.cfg.alpha).ln(), n: self.n, ready: true }
+        View { statistic: self.breach.log_e().max(0.0), threshold: (1.0 / self.cfg.alpha).ln(), n: self.n, ready: true }
     }
     fn reset(&mut self) {
         *self = RateBound::new(self.cfg.clone()).expect("config was validated");
@@ -244,7 +293,6 @@ pub struct QuantileBound {
     n: u64,
     epoch_start: u64,
     last_compliance: Option<u64>,
-    last_log_e: f64,
 }
 
 impl PartialEq for QuantileBound {
@@ -283,7 +331,6 @@ impl QuantileBound {
             n: 0,
             epoch_start: 0,
             last_compliance: None,
-            last_log_e: 0.0,
         })
     }
 
@@ -299,14 +346,14 @@ impl QuantileBound {
         let t = (1.0 / self.cfg.alpha).ln();
         // Negative values cannot breach an upper quantile bound; the histogram holds 0 for them.
         let _ = self.hist.record((x.max(0.0) * HDR_SCALE).min(u64::MAX as f64 / 4.0) as u64);
-        self.last_log_e = self.breach.push(x > self.cfg.limit);
-        let comply = self.comply.push(x > self.cfg.exit.unwrap_or(self.cfg.limit));
-        if self.last_log_e >= t {
+        let breached = self.breach.push(x > self.cfg.limit, t);
+        let complied = self.comply.push(x > self.cfg.exit.unwrap_or(self.cfg.limit), t);
+        if breached {
             let alarm = self.alarm(i);
             self.new_epoch(i);
             return Some(alarm);
         }
-        if comply >= t {
+        if complied {
             self.last_compliance = Some(i);
             self.new_epoch(i);
         }
@@ -318,7 +365,6 @@ impl QuantileBound {
         self.comply.clear();
         self.hist.reset();
         self.epoch_start = i + 1;
-        self.last_log_e = 0.0;
     }
 
     fn alarm(&self, i: u64) -> Alarm {
@@ -334,7 +380,7 @@ impl QuantileBound {
         Alarm {
             detector: "quantile-bound".into(),
             params,
-            statistic: self.last_log_e,
+            statistic: self.breach.log_e(),
             threshold: (1.0 / self.cfg.alpha).ln(),
             baseline: Estimate::Quantile { q: self.cfg.quantile, value: self.cfg.limit },
             current: Estimate::Quantile { q: self.cfg.quantile, value: self.observed().unwrap_or(0.0) },
@@ -353,7 +399,7 @@ impl Detector for QuantileBound {
         Ok(self.update_value(as_real(obs, "quantile-bound")?))
     }
     fn view(&self) -> View {
-        View { statistic: self.last_log_e.max(0.0), threshold: (1.0 / self.cfg.alpha).ln(), n: self.n, ready: true }
+        View { statistic: self.breach.log_e().max(0.0), threshold: (1.0 / self.cfg.alpha).ln(), n: self.n, ready: true }
     }
     fn reset(&mut self) {
         *self = QuantileBound::new(self.cfg.clone()).expect("config was validated");

@@ -15,12 +15,12 @@ use crate::lane::{Lane, Scope};
 use crate::overrides::{self, ActiveOverride, OverrideKind, OverrideRequest};
 use crate::pact::{Clause, Pact, Severity, Test};
 use crate::predicate::Val;
-use crate::state::{AgentState, ClauseKey, ClauseState, ModelChange};
+use crate::state::{AgentState, ClauseKey, ClauseState, ModelChange, Segment};
 use crate::telemetry::Telemetry;
 use driftgate_detectors::{Alarm, AnyDetector, Detector, MetricKind, Observation};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use tracing::{debug, info_span};
+use tracing::{debug, debug_span};
 
 /// Engine settings that are not part of any pact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +173,8 @@ struct Cause {
     clause: Option<ClauseKey>,
     detection: Option<Detection>,
     causation: Causation,
+    /// Clean events counted when the decision was taken (for re-verifications).
+    clean_at_decision: Option<u64>,
 }
 
 /// The engine.
@@ -180,9 +182,12 @@ pub struct Engine {
     cfg: EngineConfig,
     pacts: Vec<Pact>,
     protos: Vec<Vec<AnyDetector>>,
-    agents: HashMap<String, AgentState>,
-    workflows: HashMap<String, WorkflowStats>,
-    buffer: BTreeMap<(i64, u64), Input>,
+    /// foldhash: a per-process-seeded fast hash (std's SipHash was ~5 % of the engine's
+    /// time); nothing iterates these maps, so output stays deterministic.
+    agents: HashMap<String, AgentState, foldhash::fast::RandomState>,
+    workflows: HashMap<String, WorkflowStats, foldhash::fast::RandomState>,
+    /// Boxed: B-tree nodes shift their values on insert and remove, and an input is large.
+    buffer: BTreeMap<(i64, u64), Box<Input>>,
     arrivals: u64,
     max_seen: Option<i64>,
     now: i64,
@@ -206,8 +211,8 @@ impl Engine {
             cfg,
             pacts,
             protos,
-            agents: HashMap::new(),
-            workflows: HashMap::new(),
+            agents: HashMap::default(),
+            workflows: HashMap::default(),
             buffer: BTreeMap::new(),
             arrivals: 0,
             max_seen: None,
@@ -265,7 +270,7 @@ impl Engine {
             }
         }
         self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
-        self.buffer.insert((t, self.arrivals), input);
+        self.buffer.insert((t, self.arrivals), Box::new(input));
         self.arrivals += 1;
         let wm = self.watermark().unwrap_or(i64::MIN);
         while let Some(entry) = self.buffer.first_entry() {
@@ -273,14 +278,14 @@ impl Engine {
                 break;
             }
             let input = entry.remove();
-            self.process(input);
+            self.process(*input);
         }
     }
 
     /// Processes everything still buffered (end of input).
     pub fn flush(&mut self) {
         while let Some((_, input)) = self.buffer.pop_first() {
-            self.process(input);
+            self.process(*input);
         }
     }
 
@@ -366,7 +371,7 @@ impl Engine {
     fn on_telemetry(&mut self, tel: Telemetry) {
         self.stats.telemetry += 1;
         let now = tel.occurred_at;
-        let span = info_span!("telemetry", agent = %tel.agent_id, event = %tel.event_id);
+        let span = debug_span!("telemetry", agent = %tel.agent_id, event = %tel.event_id);
         let _g = span.enter();
         let causation = Causation { kind: "telemetry".into(), id: tel.event_id.clone(), at: now };
         // Agent bookkeeping: creation, workflow moves, model-version changes.
@@ -377,10 +382,12 @@ impl Engine {
         }
         let mut causes: Vec<Cause> = Vec::new();
         {
-            let pacts = self.covering(&tel.agent_id, &tel.workflow);
+            let moved = self.agents[&tel.agent_id].workflow != tel.workflow;
+            // Pact coverage depends on agent and workflow only: matched again on a move.
+            let pacts = if moved { self.covering(&tel.agent_id, &tel.workflow) } else { Vec::new() };
             let agent = self.agents.get_mut(&tel.agent_id).expect("inserted above");
             agent.last_seen = agent.last_seen.max(now);
-            if agent.workflow != tel.workflow {
+            if moved {
                 let old = std::mem::replace(&mut agent.workflow, tel.workflow.clone());
                 agent.pacts = pacts;
                 if let Some(w) = self.workflows.get_mut(&old) {
@@ -416,7 +423,7 @@ impl Engine {
                         pending.len()
                     );
                     agent.model_change = Some(ModelChange { from, to: tel.model.version.clone(), since: now, lane, pending });
-                    causes.push(Cause { code: "model_changed", text, clause: None, detection: None, causation: causation.clone() });
+                    causes.push(Cause { code: "model_changed", text, clause: None, detection: None, causation: causation.clone(), clean_at_decision: None });
                 }
             }
             if agent.ttl_at.is_none() {
@@ -427,14 +434,13 @@ impl Engine {
             }
         }
         // Clauses.
-        let pact_ids = self.agents[&tel.agent_id].pacts.clone();
+        // Borrowed out of the agent for the loop (on_clause does not change coverage).
+        let pact_ids = std::mem::take(&mut self.agents.get_mut(&tel.agent_id).expect("present").pacts);
         let mut high_risk_fresh = true;
         let mut has_high_risk = false;
-        for p in pact_ids {
+        for &p in &pact_ids {
             for ci in 0..self.pacts[p as usize].doc.clauses.len() {
-                if let Some(c) = self.on_clause(&tel, p, ci as u16, now, &causation) {
-                    causes.push(c);
-                }
+                self.on_clause(&tel, p, ci as u16, now, &causation, &mut causes);
                 let clause = &self.pacts[p as usize].doc.clauses[ci];
                 if clause.high_risk && tel.risk == crate::telemetry::Risk::High {
                     has_high_risk = true;
@@ -444,49 +450,55 @@ impl Engine {
                 }
             }
         }
+        self.agents.get_mut(&tel.agent_id).expect("present").pacts = pact_ids;
         if has_high_risk {
             self.stats.high_risk_decisions += 1;
             self.stats.high_risk_fresh += high_risk_fresh as u64;
         }
         if !causes.is_empty() {
-            // The most severe cause explains the event.
-            let cause = self.pick_cause(&tel.agent_id, causes);
-            self.reevaluate(&tel.agent_id, cause, false);
+            self.reevaluate_all(&tel.agent_id, causes, false);
         }
     }
 
-    /// Chooses, among this step's causes, the one whose clause now demands the most.
-    fn pick_cause(&self, agent: &str, causes: Vec<Cause>) -> Cause {
+    /// Chooses, among one step's causes, the one that explains a scope's lane change: a
+    /// step-down cause when the lane falls, an escalation when it rises; among those, the
+    /// one whose clause now demands the most. A detection outranks a model change.
+    fn pick_cause<'c>(&self, agent: &str, causes: &'c [Cause], from: Lane, to: Lane) -> &'c Cause {
         let a = &self.agents[agent];
+        let down = |c: &Cause| matches!(c.code, "reverified" | "model_reverified" | "evidence_fresh" | "override_expired");
+        let fits = |c: &Cause| if to > from { !down(c) } else if to < from { down(c) } else { true };
         let weight = |c: &Cause| c.clause.as_ref().and_then(|k| a.clauses.get(k)).map_or(Lane::Normal, |s| s.demand);
-        let mut best = causes[0].clone();
-        for c in causes.into_iter().skip(1) {
-            if weight(&c) > weight(&best) || (best.code == "model_changed" && c.detection.is_some()) {
+        let mut best = &causes[0];
+        for c in &causes[1..] {
+            let better = (fits(c) && !fits(best))
+                || (fits(c) == fits(best) && (weight(c) > weight(best) || (best.code == "model_changed" && c.detection.is_some())));
+            if better {
                 best = c;
             }
         }
         best
     }
 
-    /// Feeds one clause; returns a cause when its demand or freshness changed.
-    fn on_clause(&mut self, tel: &Telemetry, p: u16, ci: u16, now: i64, causation: &Causation) -> Option<Cause> {
+    /// Feeds one clause; adds a cause to `causes` when its demand or freshness changed (both
+    /// may change on one event). Causes are large, so they are pushed rather than returned.
+    fn on_clause(&mut self, tel: &Telemetry, p: u16, ci: u16, now: i64, causation: &Causation, causes: &mut Vec<Cause>) {
         let pact = &self.pacts[p as usize];
         let clause = &pact.doc.clauses[ci as usize];
         if let Some(w) = &clause.metric.when {
             if w.0.eval(tel) != Val::Bool(true) {
-                return None;
+                return;
             }
         }
         let val = clause.metric.value.0.eval(tel);
         let obs = match (clause.metric.kind, val) {
-            (_, Val::Null) => return None,
+            (_, Val::Null) => return,
             (MetricKind::Bernoulli, Val::Bool(b)) => Observation::Bool(b),
             (MetricKind::Real, Val::Num(x)) => Observation::Real(x),
             (MetricKind::Categorical, Val::Str(s)) => Observation::Category(s),
             // Attributes are typed at run time; a mismatch is an invalid observation.
             _ => {
                 self.stats.invalid_observations += 1;
-                return None;
+                return;
             }
         };
         let segment = if clause.segment_by.is_empty() {
@@ -502,13 +514,14 @@ impl Engine {
                 .collect::<Vec<_>>()
                 .join("|")
         };
-        let key: ClauseKey = (p, ci, segment);
+        let key: ClauseKey = (p, ci, Segment(segment));
         let keep = clause.freshness.as_ref().map_or(1, |f| f.min_events as usize);
         let agent = self.agents.get_mut(&tel.agent_id).expect("agent exists");
         let state = agent.clauses.entry(key.clone()).or_insert_with(|| ClauseState::new(self.protos[p as usize][ci as usize].clone(), now));
         state.observe(now, keep);
         let mut cause = None;
-        if state.stale {
+        // One event is not enough when the window asks for more: stale until fresh again.
+        if state.stale && clause.freshness.as_ref().is_none_or(|f| state.is_fresh(now, f)) {
             state.stale = false;
             if clause.high_risk {
                 cause = Some(Cause {
@@ -517,6 +530,7 @@ impl Engine {
                     clause: Some(key.clone()),
                     detection: None,
                     causation: causation.clone(),
+                    clean_at_decision: None,
                 });
             }
         }
@@ -525,29 +539,36 @@ impl Engine {
             state.timer_at = Some(at);
         }
         let result = state.detector.update(obs);
-        let label = clause_label(pact, clause);
         let outcome = match result {
             Err(e) => {
-                debug!(clause = %label, error = %e, "observation refused");
+                debug!(pact = %pact.id(), clause = %clause.id, error = %e, "observation refused");
                 self.stats.invalid_observations += 1;
                 None
             }
             Ok(Some(alarm)) => {
-                *self.stats.alarms.entry(label).or_default() += 1;
+                *self.stats.alarms.entry(clause_label(pact, clause)).or_default() += 1;
                 Some(Self::on_alarm(state, pact, clause, &alarm, now, &key, causation))
             }
             Ok(None) => {
                 state.clean += 1;
-                let mc = Self::check_model_reverified(agent, &key, clause, now, causation);
-                let attested = agent.attested(&clause.id);
-                let state = agent.clauses.get_mut(&key).expect("present");
-                Self::check_recovery(state, clause, attested, now, &key, causation).or(mc)
+                let clean = state.clean;
+                // The common case (nothing to recover, no model change) needs no more lookups.
+                let recovering = state.demand != Lane::Normal;
+                let mc = if agent.model_change.is_some() { Self::check_model_reverified(agent, &key, clean, clause, now, causation) } else { None };
+                if recovering {
+                    let attested = agent.attested(&clause.id);
+                    let state = agent.clauses.get_mut(&key).expect("present");
+                    Self::check_recovery(state, clause, attested, now, &key, causation).or(mc)
+                } else {
+                    mc
+                }
             }
         };
         if let Some(at) = need_timer {
             self.schedule(at, Timer::Freshness(tel.agent_id.clone(), key));
         }
-        outcome.or(cause)
+        causes.extend(outcome);
+        causes.extend(cause);
     }
 
     fn on_alarm(state: &mut ClauseState, pact: &Pact, clause: &Clause, alarm: &Alarm, now: i64, key: &ClauseKey, causation: &Causation) -> Cause {
@@ -583,6 +604,7 @@ impl Engine {
                 clause: Some(key.clone()),
                 detection: Some(detection),
                 causation: causation.clone(),
+                clean_at_decision: None,
             };
         };
         if state.demand < lane {
@@ -606,11 +628,11 @@ impl Engine {
             clause: Some(key.clone()),
             detection: Some(detection),
             causation: causation.clone(),
+            clean_at_decision: None,
         }
     }
 
-    fn check_model_reverified(agent: &mut AgentState, key: &ClauseKey, clause: &Clause, now: i64, causation: &Causation) -> Option<Cause> {
-        let clean = agent.clauses.get(key).map_or(0, |s| s.clean);
+    fn check_model_reverified(agent: &mut AgentState, key: &ClauseKey, clean: u64, clause: &Clause, now: i64, causation: &Causation) -> Option<Cause> {
         let mc = agent.model_change.as_mut()?;
         if !mc.pending.contains(key) || clean < clause.recovery.clean_events || now < mc.since + clause.recovery.min_dwell.micros() {
             return None;
@@ -626,6 +648,7 @@ impl Engine {
             clause: None,
             detection: None,
             causation: causation.clone(),
+            clean_at_decision: None,
         })
     }
 
@@ -674,6 +697,7 @@ impl Engine {
             clause: Some(key.clone()),
             detection: None,
             causation: causation.clone(),
+            clean_at_decision: Some(clean),
         })
     }
 
@@ -713,6 +737,7 @@ impl Engine {
                 clause: Some(key),
                 detection: None,
                 causation: Causation { kind: "timer".into(), id: "freshness".into(), at },
+                clean_at_decision: None,
             };
             self.reevaluate(agent_id, cause, false);
         }
@@ -746,6 +771,7 @@ impl Engine {
                     clause: None,
                     detection: None,
                     causation: Causation { kind: "override".into(), id: req.override_id.clone(), at: now },
+                    clean_at_decision: None,
                 };
                 self.agents.get_mut(&agent_id).expect("present").overrides.push(ActiveOverride { req, expires_at });
                 // An attestation changes no lane by itself; lane overrides publish their state.
@@ -766,6 +792,7 @@ impl Engine {
             clause: None,
             detection: None,
             causation: Causation { kind: "timer".into(), id: format!("override_expiry:{id}"), at },
+            clean_at_decision: None,
         };
         self.reevaluate(agent_id, cause, o.req.kind != OverrideKind::Attest);
     }
@@ -777,7 +804,9 @@ impl Engine {
         let idle = at - agent.last_seen >= ttl;
         let quiet = agent.published == [Lane::Normal, Lane::Normal] && agent.overrides.is_empty();
         if !(idle && quiet) {
-            let next = (agent.last_seen + ttl).max(at + 1);
+            // Not idle: check again a TTL after the last event. Idle but not quiet (a lane
+            // or an override still holds): state is kept, and checked again a TTL later.
+            let next = if idle { at + ttl.max(1) } else { agent.last_seen + ttl };
             agent.ttl_at = Some(next);
             self.schedule(next, Timer::Ttl(agent_id.to_string()));
             return;
@@ -816,7 +845,15 @@ impl Engine {
     }
 
     fn reevaluate(&mut self, agent_id: &str, cause: Cause, force: bool) {
+        self.reevaluate_all(agent_id, vec![cause], force);
+    }
+
+    /// Recomputes the agent's lanes after one step, which may have several causes; each
+    /// scope's event names the cause that explains its change.
+    fn reevaluate_all(&mut self, agent_id: &str, causes: Vec<Cause>, force: bool) {
         let Some(agent) = self.agents.get(agent_id) else { return };
+        let Some(first) = causes.first() else { return };
+        let at = first.causation.at;
         let computed = self.computed(agent);
         let mut lanes = [computed[0].0, computed[1].0];
         // Blast-radius cap: a new block beyond the workflow's share applies the fail mode.
@@ -830,10 +867,10 @@ impl Engine {
                 lanes[1] = lanes[1].min(Lane::Review).max(fail_mode);
                 if !w.panicked {
                     w.panicked = true;
-                    let ev = PanicEvent { workflow: agent.workflow.clone(), would_block: would, agents: n, fail_mode, at: cause.causation.at };
+                    let ev = PanicEvent { workflow: agent.workflow.clone(), would_block: would, agents: n, fail_mode, at };
                     let detail = serde_json::to_value(&ev).expect("serialisable");
                     self.out.push(Output::Panic(ev));
-                    self.history(RecordKind::Panic, cause.causation.at, Some(agent_id.to_string()), None, detail);
+                    self.history(RecordKind::Panic, at, Some(agent_id.to_string()), None, detail);
                 }
             }
         }
@@ -844,11 +881,12 @@ impl Engine {
         ];
         // High-risk actions are never less restricted than the agent as a whole.
         let effective = [effective[0], effective[1].max(effective[0])];
-        let settle = cause.code == "settle";
         for (i, scope) in [Scope::All, Scope::HighRisk].into_iter().enumerate() {
             let agent = self.agents.get(agent_id).expect("present");
             let from = agent.published[i];
             let to = effective[i];
+            let cause = self.pick_cause(agent_id, &causes, from, to).clone();
+            let settle = cause.code == "settle";
             let emit = to != from || (force && i == 0) || (settle && i == 0);
             if !emit {
                 continue;
@@ -876,7 +914,7 @@ impl Engine {
             pact_id: clause_ref.map(|(_, p, _)| p.id().to_string()),
             pact_version: clause_ref.map(|(_, p, _)| p.version()),
             clause_id: clause_ref.map(|(_, _, c)| c.id.clone()),
-            segment: clause_ref.map(|(k, _, _)| k.2.clone()),
+            segment: clause_ref.map(|(k, _, _)| k.2 .0.clone()),
             lane_from: from,
             lane_to: to,
             action: if settle { "settle".into() } else { to.action().into() },
@@ -890,7 +928,7 @@ impl Engine {
             evidence: state.map(|s| Evidence {
                 fresh_as_of: s.last_at,
                 stale: s.stale,
-                clean_events: s.clean,
+                clean_events: cause.clean_at_decision.unwrap_or(s.clean),
                 required_clean_events: clause_ref.map_or(0, |(_, _, c)| c.recovery.clean_events),
             }),
             override_info: ov.map(|o| OverrideInfo {

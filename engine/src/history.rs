@@ -13,7 +13,16 @@ use sha2::{Digest, Sha256};
 use std::io::{BufRead, Write};
 use thiserror::Error;
 
-/// The hash that stands before the first record.
+/// The Avro schema of a history record (`schemas/history_record.avsc`).
+pub const HISTORY_AVSC: &str = include_str!("../../schemas/history_record.avsc");
+
+/// [`HISTORY_AVSC`], parsed once.
+pub fn history_schema() -> &'static apache_avro::Schema {
+    static SCHEMA: std::sync::OnceLock<apache_avro::Schema> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| apache_avro::Schema::parse_str(HISTORY_AVSC).expect("bundled schema is valid"))
+}
+
+/// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What a history record records.
@@ -107,6 +116,26 @@ fn hex(bytes: &[u8]) -> String {
         s.push(DIGITS[(b & 15) as usize] as char);
     }
     s
+}
+
+impl Record {
+    /// As an Avro value of [`HISTORY_AVSC`]; `detail` travels as its JSON text, so the
+    /// hash can be recomputed from the Avro record alone.
+    pub fn to_avro(&self) -> Result<apache_avro::types::Value, crate::avro_json::AvroJsonError> {
+        let mut json = serde_json::to_value(self)?;
+        json["detail"] = serde_json::Value::String(self.detail.to_string());
+        Ok(apache_avro::types::Value::try_from(json)?.resolve(history_schema())?)
+    }
+
+    /// From a decoded Avro value of [`HISTORY_AVSC`].
+    pub fn from_avro(v: apache_avro::types::Value) -> Result<Record, crate::avro_json::AvroJsonError> {
+        let mut json = serde_json::Value::try_from(v)?;
+        if let Some(d) = json.get_mut("detail") {
+            let text = d.as_str().unwrap_or("null").to_string();
+            *d = serde_json::from_str(&text)?;
+        }
+        Ok(serde_json::from_value(json)?)
+    }
 }
 
 /// What a new record says, before it is chained.

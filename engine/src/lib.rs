@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod avro_json;
 pub mod demo;
 pub mod duration;
 pub mod enforcement;

@@ -7,6 +7,9 @@
 use crate::lane::{Lane, Scope};
 use serde::{Deserialize, Serialize};
 
+/// The Avro schema of an override request (`schemas/override.avsc`).
+pub const OVERRIDE_AVSC: &str = include_str!("../../schemas/override.avsc");
+
 /// What an override does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

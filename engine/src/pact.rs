@@ -390,7 +390,7 @@ fn locate_clause(text: &str, id: &str) -> (usize, usize) {
         if let Some(rest) = t.strip_prefix("id:") {
             let v = rest.trim().trim_matches(|c| c == '"' || c == '\'');
             if v == id {
-                return (i + 1, line.len() - line.trim_start().len() + 1);
+                return (i + 1, line.find("id:").map_or(1, |c| c + 1));
             }
         }
     }

@@ -9,7 +9,31 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Identifies a clause state within an agent: pact index, clause index, segment.
-pub type ClauseKey = (u16, u16, String);
+pub type ClauseKey = (u16, u16, Segment);
+
+/// A segment value (`segment_by` fields joined with `|`; empty when unsegmented).
+///
+/// Ordered by length, then bytes: the unsegmented case (by far the most common) then
+/// compares without a `memcmp` call, which showed up at ~10 % of the engine's time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Segment(pub String);
+
+impl Ord for Segment {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        match self.0.len().cmp(&o.0.len()) {
+            std::cmp::Ordering::Equal if self.0.is_empty() => std::cmp::Ordering::Equal,
+            std::cmp::Ordering::Equal => self.0.as_bytes().cmp(o.0.as_bytes()),
+            other => other,
+        }
+    }
+}
+
+impl PartialOrd for Segment {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
 
 /// State of one clause for one agent and segment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,107 @@
+//! Offline pipeline throughput: telemetry through the engine core with five clauses per
+//! event (a drift clause of each kind and three limit tests), on the simulated fleet.
+//! Decoding is measured separately (`decode/*`), so the two figures add up to a replay.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use driftgate::demo::Fleet;
+use driftgate::engine::{Engine, EngineConfig, Input};
+use driftgate::pact::parse_pact;
+use driftgate::telemetry::Telemetry;
+
+/// Five clauses that apply to every agent and every event.
+const FIVE: &str = r#"
+pact: bench-five
+version: 1
+applies_to: { agents: ["*"] }
+clauses:
+  - id: verified-citations
+    metric: { kind: bernoulli, value: citations.verified > 0 }
+    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-6, direction: decrease }
+    severity: high
+    consequence: degrade
+    high_risk: true
+    freshness: { max_age: 30m, min_events: 5 }
+  - id: refusal-rate
+    metric: { kind: bernoulli, value: outcome == "refused" }
+    test: { kind: limit, alpha: 1.0e-3, rate: { max: 0.2, exit: 0.15 } }
+    severity: medium
+    consequence: watch
+  - id: no-pii
+    metric: { kind: bernoulli, value: pii_detected }
+    test: { kind: limit, zero_tolerance: true }
+    severity: critical
+    consequence: block
+  - id: p95-latency
+    metric: { kind: real, value: latency_ms }
+    test: { kind: limit, alpha: 1.0e-3, quantile: { q: 0.95, max: 30000 } }
+    severity: medium
+    consequence: watch
+  - id: latency-drift
+    metric: { kind: real, value: latency_ms }
+    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-6 }
+    severity: low
+    consequence: watch
+"#;
+
+const N: usize = 200_000;
+
+fn telemetry() -> Vec<Telemetry> {
+    Fleet::new(7, 2, false)
+        .filter_map(|i| match i {
+            Input::Telemetry(mut t) => {
+                // Every event feeds every clause.
+                t.citations.get_or_insert(driftgate::telemetry::Citations { total: 1, verified: 1 });
+                Some(t)
+            }
+            _ => None,
+        })
+        .take(N)
+        .collect()
+}
+
+fn engine(c: &mut Criterion) {
+    let events = telemetry();
+    let pact = parse_pact(FIVE, "bench-five.yaml").expect("valid bench pact");
+    let mut g = c.benchmark_group("engine");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("five_clauses", |b| {
+        b.iter_batched(
+            || events.clone(),
+            |events| {
+                let mut e = Engine::new(EngineConfig::default(), vec![pact.clone()]);
+                for t in events {
+                    e.push(Input::Telemetry(t));
+                    std::hint::black_box(e.drain());
+                }
+                e.flush();
+                e.stats().telemetry
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+
+    let json: Vec<Vec<u8>> = events.iter().take(50_000).map(|t| serde_json::to_vec(t).expect("serialisable")).collect();
+    let schema = apache_avro::Schema::parse_str(driftgate::telemetry::TELEMETRY_AVSC).expect("bundled schema");
+    let avro: Vec<Vec<u8>> =
+        events.iter().take(50_000).map(|t| driftgate::avro_json::write_datum(&schema, t.to_avro()).expect("encodes")).collect();
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(json.len() as u64));
+    g.sample_size(10);
+    g.bench_function("json", |b| b.iter(|| json.iter().map(|j| Telemetry::from_json(j).is_ok() as u64).sum::<u64>()));
+    g.bench_function("avro", |b| {
+        b.iter(|| {
+            avro.iter()
+                .map(|a| {
+                    let v = driftgate::avro_json::read_datum(&schema, None, a).expect("decodes");
+                    Telemetry::from_avro(v).is_ok() as u64
+                })
+                .sum::<u64>()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engine);
+criterion_main!(benches);

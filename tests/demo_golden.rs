@@ -1,0 +1,61 @@
+//! The demo is deterministic: its enforcement events match a golden file, and it shows what
+//! the product promises (drift degraded, PII blocked, stale evidence flagged, override
+//! expiry re-evaluated, no healthy agent touched). Regenerate the golden file with
+//! `UPDATE_GOLDEN=1 cargo test --release --test demo_golden`.
+
+use driftgate::demo::{self, INCIDENT_AGENTS};
+use driftgate::lane::{Lane, Scope};
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden/demo_events.jsonl");
+
+#[test]
+fn demo_events_match_golden_file() {
+    let run = demo::run();
+    let got: String = run.events.iter().map(|e| serde_json::to_string(e).unwrap() + "\n").collect();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(GOLDEN, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(GOLDEN).expect("golden file exists (UPDATE_GOLDEN=1 to create)");
+    assert_eq!(got, want, "demo events differ from the golden file");
+}
+
+#[test]
+fn demo_shows_the_incidents_and_leaves_healthy_agents_alone() {
+    let run = demo::run();
+    let last = |agent: &str, scope: Scope| run.events.iter().rev().find(|e| e.agent_id == agent && e.scope == scope).map(|e| e.lane_to);
+    assert_eq!(last("fin-07", Scope::All), Some(Lane::Degrade), "citation drift agent degraded");
+    assert_eq!(last("sup-04", Scope::All), Some(Lane::Block), "PII agent blocked");
+    assert_eq!(last("res-11", Scope::HighRisk), Some(Lane::Review), "silent agent's high-risk actions in review");
+    assert_eq!(last("res-11", Scope::All), None, "staleness does not touch low-risk actions");
+    assert_eq!(last("fin-03", Scope::All), Some(Lane::Normal), "override expired and was re-evaluated");
+    let healthy: Vec<_> = run.events.iter().filter(|e| !INCIDENT_AGENTS.contains(&e.agent_id.as_str())).collect();
+    assert!(healthy.is_empty(), "healthy agents changed lane: {healthy:?}");
+    // The drift was caught on the new model's traffic, with auditable evidence.
+    let d = run.events.iter().find(|e| e.agent_id == "fin-07" && e.reason.code == "drift_verified").unwrap();
+    let det = d.detection.as_ref().unwrap();
+    assert!(d.effective_at > demo::MODEL_UPDATE_AT);
+    assert!(det.statistic >= det.threshold);
+    assert_eq!(det.false_alarm_rate, Some(1e-6));
+    assert!(det.change_point_at >= demo::MODEL_UPDATE_AT - 3_600_000_000, "change point estimated near the update");
+    // The PII block is immediate: on the first PII event.
+    let b = run.events.iter().find(|e| e.agent_id == "sup-04" && e.lane_to == Lane::Block).unwrap();
+    assert!(b.effective_at - demo::PII_AT < 30_000_000);
+    // The report says so too.
+    let report = demo::report(&run);
+    assert!(report.contains("False alarms on healthy agents: 0"));
+}
+
+#[test]
+fn demo_history_is_a_valid_chain_with_a_record_per_decision() {
+    let run = demo::run();
+    let text: String = run.history.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+    let (n, _) = driftgate::history::verify(text.as_bytes()).unwrap();
+    assert_eq!(n as usize, run.history.len());
+    for e in &run.events {
+        assert!(
+            run.history.iter().any(|r| r.detail.get("event_id").and_then(|v| v.as_str()) == Some(&e.event_id)),
+            "no history record for {}",
+            e.event_id
+        );
+    }
+}
