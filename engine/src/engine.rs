@@ -187,12 +187,15 @@ pub struct Engine {
     agents: HashMap<String, AgentState, foldhash::fast::RandomState>,
     workflows: HashMap<String, WorkflowStats, foldhash::fast::RandomState>,
     /// Boxed: B-tree nodes shift their values on insert and remove, and an input is large.
-    buffer: BTreeMap<(i64, u64), Box<Input>>,
+    buffer: BTreeMap<(i64, u64), Box<(Input, Option<u64>)>>,
+    /// `(tag, arrival)` of the buffered inputs that carry a tag.
+    buffered_tags: BTreeSet<(u64, u64)>,
     arrivals: u64,
     max_seen: Option<i64>,
     now: i64,
-    timers: BTreeMap<(i64, u64), Timer>,
-    timer_seq: u64,
+    /// Ordered by due time, then by the timer itself (not by insertion), so timers rebuilt
+    /// from restored state fire in the same order as the originals.
+    timers: BTreeSet<(i64, Timer)>,
     chain: Chain,
     out: Vec<Output>,
     stats: Stats,
@@ -214,11 +217,11 @@ impl Engine {
             agents: HashMap::default(),
             workflows: HashMap::default(),
             buffer: BTreeMap::new(),
+            buffered_tags: BTreeSet::new(),
             arrivals: 0,
             max_seen: None,
             now: i64::MIN,
-            timers: BTreeMap::new(),
-            timer_seq: 0,
+            timers: BTreeSet::new(),
             chain: Chain::default(),
             out: Vec::new(),
             stats: Stats::default(),
@@ -258,6 +261,22 @@ impl Engine {
 
     /// Offers one input; processes whatever the watermark releases.
     pub fn push(&mut self, input: Input) {
+        self.offer(input, None);
+    }
+
+    /// Offers one input tagged with its position in a source (a Kafka offset). While it
+    /// waits for the watermark, [`Engine::min_buffered_tag`] reports it, so the source is
+    /// never committed past an input whose effects are not yet derived.
+    pub fn push_tagged(&mut self, input: Input, tag: u64) {
+        self.offer(input, Some(tag));
+    }
+
+    /// The smallest tag among buffered inputs, if any.
+    pub fn min_buffered_tag(&self) -> Option<u64> {
+        self.buffered_tags.first().map(|(t, _)| *t)
+    }
+
+    fn offer(&mut self, input: Input, tag: Option<u64>) {
         self.stats.inputs += 1;
         let t = input.time();
         if let Some(wm) = self.watermark() {
@@ -270,22 +289,32 @@ impl Engine {
             }
         }
         self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
-        self.buffer.insert((t, self.arrivals), Box::new(input));
+        if let Some(tag) = tag {
+            self.buffered_tags.insert((tag, self.arrivals));
+        }
+        self.buffer.insert((t, self.arrivals), Box::new((input, tag)));
         self.arrivals += 1;
         let wm = self.watermark().unwrap_or(i64::MIN);
         while let Some(entry) = self.buffer.first_entry() {
             if entry.key().0 > wm {
                 break;
             }
-            let input = entry.remove();
-            self.process(*input);
+            let ((_, arrival), item) = entry.remove_entry();
+            self.release(arrival, *item);
         }
+    }
+
+    fn release(&mut self, arrival: u64, (input, tag): (Input, Option<u64>)) {
+        if let Some(tag) = tag {
+            self.buffered_tags.remove(&(tag, arrival));
+        }
+        self.process(input);
     }
 
     /// Processes everything still buffered (end of input).
     pub fn flush(&mut self) {
-        while let Some((_, input)) = self.buffer.pop_first() {
-            self.process(*input);
+        while let Some(((_, arrival), item)) = self.buffer.pop_first() {
+            self.release(arrival, *item);
         }
     }
 
@@ -325,8 +354,7 @@ impl Engine {
     }
 
     fn schedule(&mut self, at: i64, timer: Timer) {
-        self.timer_seq += 1;
-        self.timers.insert((at, self.timer_seq), timer);
+        self.timers.insert((at, timer));
     }
 
     fn process(&mut self, input: Input) {
@@ -350,11 +378,11 @@ impl Engine {
     }
 
     fn fire_timers(&mut self, upto: i64) {
-        while let Some(entry) = self.timers.first_entry() {
-            if entry.key().0 > upto {
+        while let Some((at, _)) = self.timers.first() {
+            if *at > upto {
                 break;
             }
-            let ((at, _), timer) = entry.remove_entry();
+            let Some((at, timer)) = self.timers.pop_first() else { break };
             self.now = self.now.max(at);
             match timer {
                 Timer::Freshness(agent, key) => self.on_freshness_timer(&agent, key, at),

@@ -6,6 +6,12 @@
 #![warn(missing_docs)]
 
 pub mod avro_json;
+pub mod config;
+pub mod decode;
+pub mod pipeline;
+pub mod registry;
+pub mod sink;
+pub mod snapshot;
 pub mod demo;
 pub mod duration;
 pub mod enforcement;

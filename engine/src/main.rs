@@ -10,8 +10,17 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "driftgate", version, about = "Runtime enforcement of behavioural contracts for AI agents")]
 struct Cli {
+    /// Log format (filter with RUST_LOG, e.g. `RUST_LOG=driftgate=debug`).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -30,6 +39,13 @@ enum Dir {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run against Kafka: telemetry topics in; enforcement, snapshot, history and dead-letter
+    /// topics out. Settings come from the file and `DRIFTGATE_*` environment variables.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, env = "DRIFTGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Backtest a detector on labelled JSONL events and score delay and false alarms.
     Eval {
         /// Metric kind of the values.
@@ -120,8 +136,18 @@ enum HistoryCmd {
     },
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -133,6 +159,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Run { config } => run_pipeline(config.as_deref()),
         Cmd::Eval { metric, input, detector, false_alarm_rate, direction, options, json } => {
             let kind = match metric {
                 Metric::Bernoulli => MetricKind::Bernoulli,
@@ -233,6 +260,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn run_pipeline(config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let cfg = driftgate::config::RunConfig::load(config)?;
+    let pacts = cfg.pacts.iter().map(|p| driftgate::pact::load_pact(p).map_err(anyhow::Error::from)).collect::<anyhow::Result<Vec<_>>>()?;
+    let status = Arc::new(driftgate::pipeline::Status::default());
+    // The runtime serves signals (and HTTP); the pipeline loop runs on this thread.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    {
+        let status = status.clone();
+        rt.spawn(async move {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install the SIGTERM handler");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+            }
+            status.stop.store(true, Ordering::SeqCst);
+        });
+    }
+    let pipeline = driftgate::pipeline::Pipeline::start(cfg, pacts, status)?;
+    pipeline.run()?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
 }
 
 fn verify_history(file: &std::path::Path) -> anyhow::Result<()> {

@@ -1,0 +1,298 @@
+//! `driftgate run` configuration: a TOML file, with every setting overridable from the
+//! environment as `DRIFTGATE_<SECTION>__<KEY>` (e.g. `DRIFTGATE_KAFKA__BROKERS`).
+//!
+//! Layering and env mapping come from `figment`; librdkafka properties pass through
+//! unchanged, so SASL and TLS work by configuration alone.
+
+use crate::duration::Dur;
+use crate::engine::EngineConfig;
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Telemetry encoding on the input topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    /// Avro in the Confluent wire format (magic byte 0, 4-byte schema id, datum).
+    Avro,
+    /// One JSON object per record.
+    Json,
+}
+
+/// Encoding of enforcement events on the output topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// Confluent wire format with `output_schema_id` (see [`KafkaConfig`]).
+    Avro,
+    /// JSON objects.
+    Json,
+}
+
+/// Output topic names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    /// Enforcement events, for routers.
+    pub enforcement: String,
+    /// Compacted: the latest full state per agent, for routers to bootstrap from.
+    pub snapshot: String,
+    /// The hash-chained contract history.
+    pub history: String,
+    /// Records that could not be decoded, with the reason in headers.
+    pub dead_letter: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            enforcement: "driftgate.enforcement".into(),
+            snapshot: "driftgate.snapshot".into(),
+            history: "driftgate.history".into(),
+            dead_letter: "driftgate.dead-letter".into(),
+        }
+    }
+}
+
+/// The Kafka side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Telemetry topics.
+    pub input_topics: Vec<String>,
+    /// Telemetry encoding.
+    pub format: InputFormat,
+    /// Enforcement-event encoding.
+    pub output_format: OutputFormat,
+    /// Schema id written in front of Avro enforcement events (registered out of band).
+    pub output_schema_id: u32,
+    /// Output topics.
+    pub topics: Topics,
+    /// How often acknowledged progress is committed.
+    pub commit_interval: Dur,
+    /// How long to wait for the cluster at start-up before giving up.
+    pub startup_timeout: Dur,
+    /// librdkafka properties, passed through unchanged (e.g. `security.protocol`,
+    /// `sasl.mechanism`, `ssl.ca.location`). From the environment, `_` stands for `.`.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "localhost:9092".into(),
+            group_id: "driftgate".into(),
+            input_topics: vec!["agent-telemetry".into()],
+            format: InputFormat::Avro,
+            output_format: OutputFormat::Json,
+            output_schema_id: 0,
+            topics: Topics::default(),
+            commit_interval: Dur(1_000_000),
+            startup_timeout: Dur(30_000_000),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where writer schemas of Avro telemetry come from.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// A Confluent-compatible schema registry (`GET /schemas/ids/{id}`).
+    pub url: Option<String>,
+    /// Static mode, for deployments without a registry: schema id → `.avsc` file.
+    pub static_schemas: BTreeMap<String, PathBuf>,
+}
+
+/// Checks on decoded telemetry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeConfig {
+    /// An event stamped later than its Kafka record timestamp by more than this is refused
+    /// (a clock far in the future would otherwise drag the watermark and make everything
+    /// else late).
+    pub max_future_skew: Dur,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        DecodeConfig { max_future_skew: Dur(3600 * 1_000_000) }
+    }
+}
+
+/// Metrics and HTTP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address of `/metrics` and the HTTP API; empty disables it.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "0.0.0.0:9464".into() }
+    }
+}
+
+/// Everything `driftgate run` needs.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Pact files (relative paths are relative to the config file).
+    pub pacts: Vec<PathBuf>,
+    /// Kafka.
+    pub kafka: KafkaConfig,
+    /// Schema registry.
+    pub schema_registry: RegistryConfig,
+    /// Decoding checks.
+    pub decode: DecodeConfig,
+    /// Engine settings (event time, TTLs, blast radius).
+    pub engine: EngineConfig,
+    /// Metrics and HTTP.
+    pub http: HttpConfig,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file or an environment value does not parse or fit.
+    #[error("configuration: {0}")]
+    Invalid(String),
+    /// A setting is missing or contradictory.
+    #[error("configuration: {0}")]
+    Setting(String),
+}
+
+impl RunConfig {
+    /// Loads `path` (if given), then `DRIFTGATE_*` environment overrides, then checks it.
+    pub fn load(path: Option<&Path>) -> Result<RunConfig, ConfigError> {
+        Self::load_with(path, Env::prefixed("DRIFTGATE_").split("__"))
+    }
+
+    fn load_with(path: Option<&Path>, env: Env) -> Result<RunConfig, ConfigError> {
+        let mut fig = Figment::from(figment::providers::Serialized::defaults(RunConfig::default()));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError::Invalid(format!("{}: no such file", p.display())));
+            }
+            fig = fig.merge(Toml::file(p));
+        }
+        let mut cfg: RunConfig = fig.merge(env).extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // Environment keys cannot hold dots: `SASL_USERNAME` means `sasl.username`.
+        cfg.kafka.properties = std::mem::take(&mut cfg.kafka.properties)
+            .into_iter()
+            .map(|(k, v)| if k.contains('.') { (k, v) } else { (k.replace('_', "."), v) })
+            .collect();
+        if let Some(dir) = path.and_then(Path::parent) {
+            for p in cfg.pacts.iter_mut().chain(cfg.schema_registry.static_schemas.values_mut()) {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Refuses settings that cannot work, naming them.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Setting(m.to_string()));
+        if self.pacts.is_empty() {
+            return bad("`pacts` lists no pact files");
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return bad("`kafka.brokers` is empty");
+        }
+        if self.kafka.input_topics.is_empty() {
+            return bad("`kafka.input_topics` is empty");
+        }
+        let t = &self.kafka.topics;
+        for (name, v) in [("enforcement", &t.enforcement), ("snapshot", &t.snapshot), ("history", &t.history), ("dead_letter", &t.dead_letter)] {
+            if v.trim().is_empty() {
+                return Err(ConfigError::Setting(format!("`kafka.topics.{name}` is empty")));
+            }
+            if self.kafka.input_topics.contains(v) {
+                return Err(ConfigError::Setting(format!("`kafka.topics.{name}` is also an input topic")));
+            }
+        }
+        if self.kafka.format == InputFormat::Avro && self.schema_registry.url.is_none() && self.schema_registry.static_schemas.is_empty() {
+            return bad("Avro input needs `schema_registry.url` or `schema_registry.static_schemas`");
+        }
+        for id in self.schema_registry.static_schemas.keys() {
+            if id.parse::<u32>().is_err() {
+                return Err(ConfigError::Setting(format!("`schema_registry.static_schemas`: `{id}` is not a schema id")));
+            }
+        }
+        if self.kafka.commit_interval.micros() <= 0 {
+            return bad("`kafka.commit_interval` must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An environment provider that sees nothing (the test process may have `DRIFTGATE_*`).
+    fn no_env() -> Env {
+        Env::prefixed("DRIFTGATE_UNSET_IN_TESTS_")
+    }
+
+    #[test]
+    fn file_then_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("driftgate.toml");
+        std::fs::write(
+            &f,
+            r#"
+pacts = ["pacts/a.yaml"]
+[kafka]
+brokers = "k1:9092"
+format = "json"
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+[engine]
+allowed_lateness = "2m"
+"#,
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DRIFTGATE_KAFKA__BROKERS", "k2:9093");
+            jail.set_env("DRIFTGATE_KAFKA__PROPERTIES__SASL_USERNAME", "svc");
+            let cfg = RunConfig::load(Some(&f)).unwrap();
+            assert_eq!(cfg.kafka.brokers, "k2:9093");
+            assert_eq!(cfg.kafka.format, InputFormat::Json);
+            assert_eq!(cfg.kafka.properties.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+            assert_eq!(cfg.kafka.properties.get("sasl.username").map(String::as_str), Some("svc"));
+            assert_eq!(cfg.engine.allowed_lateness, Dur(120_000_000));
+            assert_eq!(cfg.pacts, vec![dir.path().join("pacts/a.yaml")]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_settings_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "pacts = [\"a.yaml\"]\n[kafka]\nbrokerz = \"x\"\n").unwrap();
+        let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
+        assert!(e.contains("brokerz"), "{e}");
+        std::fs::write(&f, "pacts = [\"a.yaml\"]\n").unwrap();
+        let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
+        assert!(e.contains("schema_registry"), "{e}");
+        std::fs::write(&f, "pacts = [\"a.yaml\"]\n[kafka]\nformat = \"json\"\ninput_topics = [\"driftgate.history\"]\n").unwrap();
+        let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
+        assert!(e.contains("also an input topic"), "{e}");
+        let e = RunConfig::load_with(Some(&dir.path().join("nope.toml")), no_env()).unwrap_err().to_string();
+        assert!(e.contains("no such file"), "{e}");
+    }
+}

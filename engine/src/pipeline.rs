@@ -1,0 +1,423 @@
+//! `driftgate run`: telemetry topics in; enforcement, snapshot, history and dead-letter
+//! topics out; at-least-once, in the manner of Vector's Kafka source.
+//!
+//! - One engine **task per input partition** (Kafka Streams style): its own event-time
+//!   state, watermark and history chain. Records of a partition are processed in order.
+//! - An input offset is **committed only after** every output derived from the records
+//!   before it is acknowledged by the broker, and never past a record still waiting in the
+//!   event-time buffer. Auto-commit and auto-store are off.
+//! - Bad records go to the dead-letter topic untouched, with the reason in headers, and
+//!   the partition moves on. A schema-registry outage is not a bad record: the partition
+//!   is rewound and retried.
+//! - On revoke, the revoked partitions' outputs are flushed and their offsets committed
+//!   inside the callback (which runs on this thread, in `poll`), then their state dropped.
+//! - On SIGTERM: stop consuming, flush, commit, leave the group.
+
+use crate::config::{InputFormat, OutputFormat, RunConfig};
+use crate::decode::{DecodeError, Decoder};
+use crate::engine::{Engine, EngineConfig, Input, Output};
+use crate::enforcement::ENFORCEMENT_AVSC;
+use crate::pact::Pact;
+use crate::registry::{HttpRegistry, SchemaSource, StaticSchemas};
+use crate::sink::{OutRecord, Sink, SinkError, SourceKey};
+use crate::snapshot::AgentSnapshot;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tracing::{debug, error, info, warn};
+
+/// Why the pipeline stopped or could not start.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    /// Kafka is unreachable or refused a request.
+    #[error("{0}")]
+    Kafka(String),
+    /// A topic is missing or unsuitable.
+    #[error("{0}")]
+    Topic(String),
+    /// The producer failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// Configuration (schemas, pacts).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Where the pipeline stands; shared with the HTTP API.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Partitions assigned and ready.
+    pub assigned: AtomicBool,
+    /// Set to stop the run.
+    pub stop: AtomicBool,
+}
+
+/// A commit candidate: `position` may be committed once every output numbered below
+/// `highwater` is acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    position: i64,
+    highwater: u64,
+}
+
+/// One input partition's engine and progress.
+struct Task {
+    engine: Engine,
+    marks: VecDeque<Mark>,
+    /// The furthest position whose outputs are all acknowledged.
+    safe: Option<i64>,
+    /// The position last committed.
+    committed: Option<i64>,
+}
+
+impl Task {
+    fn advance(&mut self, min_unacked: u64) {
+        while let Some(m) = self.marks.front() {
+            if m.highwater > min_unacked {
+                break;
+            }
+            self.safe = Some(self.safe.map_or(m.position, |s| s.max(m.position)));
+            self.marks.pop_front();
+        }
+    }
+}
+
+/// Engine tasks by source partition; shared between the loop and the rebalance callback.
+struct Tasks {
+    map: HashMap<SourceKey, Task>,
+    engine_cfg: EngineConfig,
+    pacts: Vec<Pact>,
+}
+
+impl Tasks {
+    fn task(&mut self, key: &SourceKey) -> &mut Task {
+        let (cfg, pacts) = (&self.engine_cfg, &self.pacts);
+        self.map.entry(key.clone()).or_insert_with(|| Task { engine: Engine::new(cfg.clone(), pacts.clone()), marks: VecDeque::new(), safe: None, committed: None })
+    }
+
+    /// Commits every task's safe position that moved; `only` restricts to some partitions.
+    fn commit(&mut self, consumer: &BaseConsumer<PipelineContext>, sink: &Sink, mode: CommitMode, only: Option<&BTreeSet<SourceKey>>) {
+        let Ok(acks) = sink.acks().lock() else { return };
+        let mut tpl = TopicPartitionList::new();
+        let mut moved = Vec::new();
+        for (key, task) in self.map.iter_mut().filter(|(k, _)| only.is_none_or(|o| o.contains(*k))) {
+            task.advance(acks.min_unacked(key));
+            if let Some(pos) = task.safe.filter(|p| task.committed.is_none_or(|c| *p > c)) {
+                if tpl.add_partition_offset(&key.0, key.1, Offset::Offset(pos)).is_ok() {
+                    moved.push((key.clone(), pos));
+                }
+            }
+        }
+        drop(acks);
+        if moved.is_empty() {
+            return;
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                for (key, pos) in moved {
+                    if let Some(t) = self.map.get_mut(&key) {
+                        t.committed = Some(pos);
+                    }
+                    debug!(topic = %key.0, partition = key.1, offset = pos, "committed");
+                }
+            }
+            Err(e) => warn!(error = %e, "offset commit failed; will retry"),
+        }
+    }
+}
+
+/// Consumer callbacks: rebalances.
+pub struct PipelineContext {
+    tasks: Arc<Mutex<Tasks>>,
+    sink: Arc<Sink>,
+    status: Arc<Status>,
+}
+
+impl ClientContext for PipelineContext {}
+
+impl ConsumerContext for PipelineContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else { return };
+        let revoked: BTreeSet<SourceKey> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        info!(partitions = ?revoked, "partitions revoked: flushing and committing");
+        // Runs inside poll() on the pipeline thread: blocking here is blocking the loop,
+        // which is what we want; no async work is awaited.
+        if let Err(e) = self.sink.flush(Duration::from_secs(30)) {
+            error!(error = %e, "flush on revoke failed; offsets of the revoked partitions are not committed past it");
+        }
+        let Ok(mut tasks) = self.tasks.lock() else { return };
+        tasks.commit(consumer, &self.sink, CommitMode::Sync, Some(&revoked));
+        for k in &revoked {
+            tasks.map.remove(k);
+            if let Ok(mut acks) = self.sink.acks().lock() {
+                acks.forget(k);
+            }
+        }
+        if tasks.map.is_empty() {
+            self.status.assigned.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let Ok(mut tasks) = self.tasks.lock() else { return };
+                for e in tpl.elements() {
+                    tasks.task(&(e.topic().to_string(), e.partition()));
+                }
+                info!(partitions = tpl.count(), total = tasks.map.len(), "partitions assigned");
+                self.status.assigned.store(!tasks.map.is_empty(), Ordering::SeqCst);
+            }
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// Dead-letter header names.
+pub mod headers {
+    /// Reason code (see [`crate::decode::reason`], plus `late_event`).
+    pub const REASON: &str = "driftgate.reason";
+    /// Human-readable detail.
+    pub const ERROR: &str = "driftgate.error";
+    /// Source topic.
+    pub const TOPIC: &str = "driftgate.source.topic";
+    /// Source partition.
+    pub const PARTITION: &str = "driftgate.source.partition";
+    /// Source offset.
+    pub const OFFSET: &str = "driftgate.source.offset";
+    /// When it was dead-lettered (RFC 3339, wall clock).
+    pub const TIME: &str = "driftgate.dead_lettered_at";
+    /// On history records: the chain (source `topic/partition`).
+    pub const CHAIN: &str = "driftgate.chain";
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    cfg: RunConfig,
+    consumer: BaseConsumer<PipelineContext>,
+    sink: Arc<Sink>,
+    tasks: Arc<Mutex<Tasks>>,
+    decoder: Decoder,
+    enforcement_schema: apache_avro::Schema,
+    status: Arc<Status>,
+}
+
+fn kafka_config(cfg: &RunConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka.brokers);
+    for (k, v) in &cfg.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+impl Pipeline {
+    /// Connects, checks the topics, and subscribes.
+    pub fn start(cfg: RunConfig, pacts: Vec<Pact>, status: Arc<Status>) -> Result<Pipeline, PipelineError> {
+        let schemas: Option<Arc<dyn SchemaSource>> = match (&cfg.schema_registry.url, cfg.kafka.format) {
+            (_, InputFormat::Json) => None,
+            (Some(url), _) => Some(Arc::new(HttpRegistry::new(url))),
+            (None, _) => {
+                let files: Vec<(u32, std::path::PathBuf)> =
+                    cfg.schema_registry.static_schemas.iter().filter_map(|(id, p)| id.parse().ok().map(|id| (id, p.clone()))).collect();
+                Some(Arc::new(StaticSchemas::load(&files).map_err(PipelineError::Setup)?))
+            }
+        };
+        let decoder = Decoder::new(cfg.kafka.format, schemas, cfg.decode.max_future_skew.micros());
+        let base = kafka_config(&cfg);
+        let sink = Arc::new(Sink::new(&base)?);
+        let tasks = Arc::new(Mutex::new(Tasks { map: HashMap::new(), engine_cfg: cfg.engine.clone(), pacts }));
+        let mut ccfg = base.clone();
+        ccfg.set("group.id", &cfg.kafka.group_id).set("auto.offset.reset", "earliest").set("partition.assignment.strategy", "cooperative-sticky");
+        for (k, v) in &cfg.kafka.properties {
+            ccfg.set(k, v);
+        }
+        // Not overridable: offsets move only when outputs are acknowledged.
+        ccfg.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+        let ctx = PipelineContext { tasks: tasks.clone(), sink: sink.clone(), status: status.clone() };
+        let consumer: BaseConsumer<PipelineContext> = ccfg.create_with_context(ctx).map_err(|e| PipelineError::Kafka(format!("cannot create the consumer: {e}")))?;
+        let p = Pipeline {
+            enforcement_schema: apache_avro::Schema::parse_str(ENFORCEMENT_AVSC).expect("bundled schema is valid"),
+            cfg,
+            consumer,
+            sink,
+            tasks,
+            decoder,
+            status,
+        };
+        p.preflight()?;
+        let topics: Vec<&str> = p.cfg.kafka.input_topics.iter().map(String::as_str).collect();
+        p.consumer.subscribe(&topics).map_err(|e| PipelineError::Kafka(format!("cannot subscribe to {topics:?}: {e}")))?;
+        info!(brokers = %p.cfg.kafka.brokers, group = %p.cfg.kafka.group_id, topics = ?topics, "subscribed");
+        Ok(p)
+    }
+
+    /// Checks that the cluster answers and every topic exists, with a clear error otherwise.
+    fn preflight(&self) -> Result<(), PipelineError> {
+        let timeout = Duration::from_micros(self.cfg.kafka.startup_timeout.micros().max(1) as u64);
+        let md = self.consumer.fetch_metadata(None, timeout).map_err(|e| {
+            PipelineError::Kafka(format!("cannot reach Kafka at `{}` within {}: {e}", self.cfg.kafka.brokers, self.cfg.kafka.startup_timeout))
+        })?;
+        let parts: HashMap<&str, usize> = md.topics().iter().filter(|t| t.error().is_none()).map(|t| (t.name(), t.partitions().len())).collect();
+        let t = &self.cfg.kafka.topics;
+        let mut missing = Vec::new();
+        for name in self.cfg.kafka.input_topics.iter().chain([&t.enforcement, &t.snapshot, &t.history, &t.dead_letter]) {
+            if !parts.contains_key(name.as_str()) {
+                missing.push(name.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(PipelineError::Topic(format!("topic(s) missing on `{}`: {} (create them first; driftgate does not auto-create topics)", self.cfg.kafka.brokers, missing.join(", "))));
+        }
+        let max_in = self.cfg.kafka.input_topics.iter().filter_map(|n| parts.get(n.as_str())).max().copied().unwrap_or(1);
+        let hist = parts.get(t.history.as_str()).copied().unwrap_or(0);
+        if hist < max_in {
+            return Err(PipelineError::Topic(format!(
+                "history topic `{}` has {hist} partition(s) but an input topic has {max_in}: each input partition writes its hash chain to the history partition of the same number",
+                t.history
+            )));
+        }
+        Ok(())
+    }
+
+    /// Consumes until [`Status::stop`] is set, then flushes and commits.
+    pub fn run(self) -> Result<(), PipelineError> {
+        let commit_every = Duration::from_micros(self.cfg.kafka.commit_interval.micros() as u64);
+        let mut last_commit = Instant::now();
+        let result = self.run_loop(commit_every, &mut last_commit);
+        info!("stopping: flushing outputs and committing");
+        let flushed = self.sink.flush(Duration::from_secs(30));
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.commit(&self.consumer, &self.sink, CommitMode::Sync, None);
+        }
+        self.consumer.unsubscribe();
+        result.and(flushed.map_err(PipelineError::from))
+    }
+
+    fn run_loop(&self, commit_every: Duration, last_commit: &mut Instant) -> Result<(), PipelineError> {
+        while !self.status.stop.load(Ordering::SeqCst) {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(e)) => warn!(error = %e, "consumer error"),
+                Some(Ok(msg)) => self.handle(&msg)?,
+            }
+            self.sink.poll(Duration::ZERO)?;
+            if last_commit.elapsed() >= commit_every {
+                if let Ok(mut tasks) = self.tasks.lock() {
+                    tasks.commit(&self.consumer, &self.sink, CommitMode::Async, None);
+                }
+                *last_commit = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        let key: SourceKey = (msg.topic().to_string(), msg.partition());
+        let offset = msg.offset();
+        let record_time = msg.timestamp().to_millis().map(|ms| ms.saturating_mul(1000));
+        let decoded = self.decoder.decode(msg.payload(), record_time);
+        let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Setup("task state poisoned".into()))?;
+        let task = tasks.task(&key);
+        match decoded {
+            Ok(t) => {
+                let event_id = t.event_id.clone();
+                task.engine.push_tagged(Input::Telemetry(t), offset as u64);
+                let outputs = task.engine.drain();
+                self.emit(&key, &task.engine, outputs, msg, &event_id)?;
+            }
+            Err(DecodeError::Rejected { code, detail }) => {
+                warn!(topic = %key.0, partition = key.1, offset, reason = code, %detail, "dead-lettering record");
+                self.dead_letter(&key, msg, code, &detail)?;
+            }
+            Err(DecodeError::Unavailable(why)) => {
+                // Nothing is wrong with the record: rewind and retry after a pause.
+                warn!(topic = %key.0, partition = key.1, offset, %why, "dependency unavailable; retrying the record");
+                drop(tasks);
+                std::thread::sleep(Duration::from_millis(500));
+                if let Err(e) = self.consumer.seek(&key.0, key.1, Offset::Offset(offset), Duration::from_secs(5)) {
+                    warn!(error = %e, "seek failed");
+                }
+                return Ok(());
+            }
+        }
+        let task = tasks.task(&key);
+        let next = offset + 1;
+        let position = task.engine.min_buffered_tag().map_or(next, |m| (m as i64).min(next));
+        let highwater = self.sink.acks().lock().map(|a| a.next_no(&key)).unwrap_or(u64::MAX);
+        task.marks.push_back(Mark { position, highwater });
+        Ok(())
+    }
+
+    fn emit(&self, key: &SourceKey, engine: &Engine, outputs: Vec<Output>, msg: &BorrowedMessage<'_>, event_id: &str) -> Result<(), PipelineError> {
+        let topics = &self.cfg.kafka.topics;
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        for out in outputs {
+            match out {
+                Output::Enforcement(e) => {
+                    let payload = match self.cfg.kafka.output_format {
+                        OutputFormat::Json => serde_json::to_vec(&e).map_err(|x| PipelineError::Setup(x.to_string()))?,
+                        OutputFormat::Avro => {
+                            let datum = crate::avro_json::encode_datum(&e, &self.enforcement_schema).map_err(|x| PipelineError::Setup(format!("enforcement event does not fit its schema: {x}")))?;
+                            crate::decode::confluent_frame(self.cfg.kafka.output_schema_id, &datum)
+                        }
+                    };
+                    info!(agent = %e.agent_id, pact = e.pact_id.as_deref().unwrap_or(""), clause = e.clause_id.as_deref().unwrap_or(""), seq = e.seq, from = e.lane_from.as_str(), to = e.lane_to.as_str(), reason = %e.reason.code, "enforcement event");
+                    let h = OwnedHeaders::new()
+                        .insert(Header { key: "driftgate.kind", value: Some("enforcement") })
+                        .insert(Header { key: "driftgate.seq", value: Some(&e.seq.to_string()) })
+                        .insert(Header { key: "driftgate.event_id", value: Some(&e.event_id) });
+                    self.sink.send(key, OutRecord { topic: &topics.enforcement, key: e.agent_id.as_bytes(), payload: Some(&payload), headers: Some(h), partition: None })?;
+                    changed.insert(e.agent_id);
+                }
+                Output::History(r) => {
+                    let line = serde_json::to_vec(&r).map_err(|x| PipelineError::Setup(x.to_string()))?;
+                    let chain = format!("{}/{}", key.0, key.1);
+                    let h = OwnedHeaders::new().insert(Header { key: headers::CHAIN, value: Some(&chain) });
+                    let k = r.agent_id.clone().unwrap_or_default();
+                    self.sink.send(key, OutRecord { topic: &topics.history, key: k.as_bytes(), payload: Some(&line), headers: Some(h), partition: Some(key.1) })?;
+                }
+                Output::Late(l) => {
+                    if l.id == event_id {
+                        self.dead_letter(key, msg, "late_event", &l.reason)?;
+                    }
+                }
+                Output::Panic(p) => warn!(workflow = %p.workflow, would_block = p.would_block, agents = p.agents, "blast-radius cap: fail mode applied instead of blocking"),
+            }
+        }
+        for agent in changed {
+            if let Some(s) = AgentSnapshot::of(engine, &agent) {
+                let v = serde_json::to_vec(&s).map_err(|x| PipelineError::Setup(x.to_string()))?;
+                self.sink.send(key, OutRecord { topic: &topics.snapshot, key: agent.as_bytes(), payload: Some(&v), headers: None, partition: None })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&self, key: &SourceKey, msg: &BorrowedMessage<'_>, code: &str, detail: &str) -> Result<(), PipelineError> {
+        let now = crate::timefmt::rfc3339(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64));
+        let h = OwnedHeaders::new()
+            .insert(Header { key: headers::REASON, value: Some(code) })
+            .insert(Header { key: headers::ERROR, value: Some(detail) })
+            .insert(Header { key: headers::TOPIC, value: Some(msg.topic()) })
+            .insert(Header { key: headers::PARTITION, value: Some(&msg.partition().to_string()) })
+            .insert(Header { key: headers::OFFSET, value: Some(&msg.offset().to_string()) })
+            .insert(Header { key: headers::TIME, value: Some(&now) });
+        self.sink.send(key, OutRecord { topic: &self.cfg.kafka.topics.dead_letter, key: msg.key().unwrap_or_default(), payload: msg.payload(), headers: Some(h), partition: None })?;
+        Ok(())
+    }
+}
+
+impl From<KafkaError> for PipelineError {
+    fn from(e: KafkaError) -> Self {
+        PipelineError::Kafka(e.to_string())
+    }
+}

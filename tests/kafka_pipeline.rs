@@ -1,0 +1,301 @@
+//! `driftgate run` against a real Kafka-compatible broker (tansu, see tests/support):
+//! end to end with Avro telemetry, dead letters, and configuration errors.
+
+#[path = "support/kafka.rs"]
+mod kafka;
+
+use driftgate::avro_json::write_datum;
+use driftgate::decode::confluent_frame;
+use driftgate::enforcement::EnforcementEvent;
+use driftgate::lane::Lane;
+use driftgate::snapshot::AgentSnapshot;
+use driftgate::telemetry::{Citations, Model, Outcome, Risk, Telemetry, TELEMETRY_AVSC};
+use kafka::{produce, rand_suffix, wait_for, Broker, Engine};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const T0: i64 = 1_772_409_600_000_000; // 2026-03-02T00:00:00Z, µs
+
+const PACT: &str = r#"
+pact: citations
+version: 1
+applies_to: { agents: ["fin-*"] }
+clauses:
+  - id: verified-citations
+    metric: { kind: bernoulli, value: citations.verified > 0, when: citations.total > 0 }
+    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-5, direction: decrease, reference_min: 300, reference_max: 1200 }
+    severity: high
+    consequence: degrade
+    on_model_change: watch
+"#;
+
+struct Topics {
+    input: String,
+    enforcement: String,
+    snapshot: String,
+    history: String,
+    dlq: String,
+    group: String,
+}
+
+fn topics(b: &Broker, partitions: i32) -> Topics {
+    let s = rand_suffix();
+    let t = Topics {
+        input: format!("telemetry-{s}"),
+        enforcement: format!("enforcement-{s}"),
+        snapshot: format!("snapshot-{s}"),
+        history: format!("history-{s}"),
+        dlq: format!("dlq-{s}"),
+        group: format!("driftgate-{s}"),
+    };
+    b.create_topics(&[(&t.input, partitions, false), (&t.enforcement, 1, false), (&t.snapshot, 1, true), (&t.history, partitions, false), (&t.dlq, 1, false)]);
+    t
+}
+
+fn write_config(dir: &Path, b: &Broker, t: &Topics, format: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("pact.yaml"), PACT).unwrap();
+    std::fs::write(dir.join("telemetry.avsc"), TELEMETRY_AVSC).unwrap();
+    std::fs::write(dir.join("no-agent.avsc"), no_agent_schema().canonical_form()).unwrap();
+    let cfg = format!(
+        r#"
+pacts = ["pact.yaml"]
+[kafka]
+brokers = "{}"
+group_id = "{}"
+input_topics = ["{}"]
+format = "{format}"
+commit_interval = "200ms"
+startup_timeout = "10s"
+[kafka.topics]
+enforcement = "{}"
+snapshot = "{}"
+history = "{}"
+dead_letter = "{}"
+[kafka.properties]
+"session.timeout.ms" = "6000"
+[schema_registry.static_schemas]
+1 = "telemetry.avsc"
+2 = "no-agent.avsc"
+[http]
+listen = ""
+"#,
+        b.bootstrap(),
+        t.group,
+        t.input,
+        t.enforcement,
+        t.snapshot,
+        t.history,
+        t.dlq
+    );
+    let p = dir.join("driftgate.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+fn event(agent: &str, i: u64, at: i64, version: &str, verified: bool) -> Telemetry {
+    Telemetry {
+        event_id: format!("{agent}-{i}"),
+        agent_id: agent.into(),
+        workflow: "finance".into(),
+        model: Model { provider: "acme".into(), name: "ledger".into(), version: version.into() },
+        occurred_at: at,
+        risk: Risk::Low,
+        outcome: Outcome::Ok,
+        latency_ms: Some(800.0),
+        citations: Some(Citations { total: 2, verified: verified as u32 }),
+        pii_detected: Some(false),
+        tool_calls: vec!["search".into()],
+        attributes: BTreeMap::new(),
+    }
+}
+
+/// A deterministic pseudo-random stream (SplitMix64), so the test needs no RNG crate.
+struct Mix(u64);
+impl Mix {
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Four finance agents, 1,500 events each, 10 s apart; fin-02 moves to model v2 at event
+/// 1,000 and its verified-citation rate falls from 0.95 to 0.60.
+fn scenario() -> Vec<Telemetry> {
+    let mut rng = Mix(42);
+    let mut out = Vec::new();
+    for i in 0..1500u64 {
+        for (a, agent) in ["fin-01", "fin-02", "fin-03", "fin-04"].iter().enumerate() {
+            let at = T0 + (i as i64 * 10 + a as i64) * 1_000_000;
+            let drifted = *agent == "fin-02" && i >= 1000;
+            let p = if drifted { 0.60 } else { 0.95 };
+            out.push(event(agent, i, at, if drifted { "v2" } else { "v1" }, rng.unit() < p));
+        }
+    }
+    out
+}
+
+fn avro(t: &Telemetry) -> Vec<u8> {
+    let schema = apache_avro::Schema::parse_str(TELEMETRY_AVSC).unwrap();
+    confluent_frame(1, &write_datum(&schema, t.to_avro()).unwrap())
+}
+
+fn partition_of(agent: &str, partitions: i32) -> i32 {
+    (agent.bytes().map(u32::from).sum::<u32>() % partitions as u32) as i32
+}
+
+fn no_agent_schema() -> apache_avro::Schema {
+    let mut v: serde_json::Value = serde_json::from_str(TELEMETRY_AVSC).unwrap();
+    v["fields"].as_array_mut().unwrap().retain(|f| f["name"] != "agent_id");
+    apache_avro::Schema::parse_str(&v.to_string()).unwrap()
+}
+
+fn enforcement_events(b: &Broker, topic: &str) -> Vec<EnforcementEvent> {
+    b.read_all(topic).iter().map(|r| serde_json::from_slice(r.value.as_deref().unwrap()).unwrap()).collect()
+}
+
+#[test]
+fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
+    let b = Broker::start();
+    let t = topics(&b, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &b, &t, "avro");
+    let records: Vec<_> = scenario().iter().map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2))).collect();
+    produce(&b.producer(), &t.input, &records);
+
+    let engine = Engine::start(&cfg);
+    let events = wait_for(120, "fin-02's degrade event", || {
+        let ev = enforcement_events(&b, &t.enforcement);
+        ev.iter().any(|e| e.lane_to == Lane::Degrade).then_some(ev)
+    });
+    // Let the remaining acknowledged progress be committed, then stop cleanly.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let log = engine.log_text();
+    assert!(engine.stop().success(), "engine exited with an error:\n{log}");
+
+    // Only the drifted agent changed lane: watch on the model update, then degrade.
+    assert!(events.iter().all(|e| e.agent_id == "fin-02"), "healthy agents got events: {events:?}");
+    let degrade = events.iter().find(|e| e.lane_to == Lane::Degrade).unwrap();
+    assert_eq!(degrade.reason.code, "drift_verified");
+    let det = degrade.detection.as_ref().unwrap();
+    assert!(det.statistic >= det.threshold);
+    assert!(det.first_post_change_at >= T0 + 10_000 * 1_000_000 - 60_000_000, "change placed near the model update");
+    assert!(events.iter().any(|e| e.reason.code == "model_changed" && e.lane_to == Lane::Watch));
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "seq increases: {seqs:?}");
+
+    // The snapshot topic holds the latest state per agent.
+    let snaps = b.read_all(&t.snapshot);
+    let last: AgentSnapshot = serde_json::from_slice(snaps.iter().rev().find(|r| r.key.as_deref() == Some("fin-02")).unwrap().value.as_deref().unwrap()).unwrap();
+    assert_eq!(last.lane, Lane::Degrade);
+    assert_eq!(last.seq, *seqs.last().unwrap());
+    assert!(last.clauses.iter().any(|c| c.clause_id == "verified-citations" && c.demand == Lane::Degrade));
+
+    // The history topic verifies: each partition is one hash chain.
+    let hist = b.read_all(&t.history);
+    assert!(!hist.is_empty());
+    for p in 0..2 {
+        let text: String = hist.iter().filter(|r| r.partition == p).map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap() + "\n").collect();
+        if text.is_empty() {
+            continue;
+        }
+        let (n, _) = driftgate::history::verify(text.as_bytes()).unwrap_or_else(|e| panic!("history partition {p}: {e}"));
+        assert!(n > 0);
+        assert!(hist.iter().filter(|r| r.partition == p).all(|r| r.header("driftgate.chain") == Some(&format!("{}/{p}", t.input)[..])));
+    }
+    let decisions = hist.iter().filter(|r| String::from_utf8_lossy(r.value.as_deref().unwrap()).contains("\"kind\":\"decision\"")).count();
+    assert_eq!(decisions, events.len(), "a history record per enforcement event");
+
+    // Offsets were committed, and never past what was processed.
+    let committed = b.committed(&t.group, &t.input, 2);
+    let total: i64 = committed.iter().map(|c| c.expect("committed offset")).sum();
+    assert!(total > records.len() as i64 - 20 && total <= records.len() as i64, "committed {committed:?} of {}", records.len());
+}
+
+#[test]
+fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
+    let b = Broker::start();
+    let t = topics(&b, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &b, &t, "avro");
+    let good = |i: u64| event("fin-01", i, T0 + i as i64 * 1_000_000, "v1", true);
+    let mut nan = good(101);
+    nan.latency_ms = Some(f64::NAN);
+    let schema2 = no_agent_schema();
+    let mut v = good(102).to_avro();
+    if let apache_avro::types::Value::Record(fields) = &mut v {
+        fields.retain(|(n, _)| n != "agent_id");
+    }
+    let missing = confluent_frame(2, &write_datum(&schema2, v).unwrap());
+    let mut future = good(103);
+    future.occurred_at = T0 + 86_400 * 1_000_000 * 3;
+    let bad: Vec<(&str, Vec<u8>, i64)> = vec![
+        ("not_confluent_avro", b"\x13garbage bytes, not avro".to_vec(), T0),
+        ("unknown_schema_id", confluent_frame(77, &write_datum(&apache_avro::Schema::parse_str(TELEMETRY_AVSC).unwrap(), good(100).to_avro()).unwrap()), T0),
+        ("missing_field", missing, T0),
+        ("invalid_field", avro(&nan), T0),
+        ("future_timestamp", avro(&future), T0),
+    ];
+    let mut records = Vec::new();
+    for i in 0..20u64 {
+        records.push(("fin-01".to_string(), avro(&good(i)), T0 / 1000 + i as i64 * 1000, 0));
+        if let Some((_, bytes, _)) = bad.get(i as usize / 4).filter(|_| i % 4 == 3) {
+            records.push(("fin-01".to_string(), bytes.clone(), T0 / 1000 + i as i64 * 1000, 0));
+        }
+    }
+    // A last good record an hour later moves the watermark past everything before it.
+    records.push(("fin-01".to_string(), avro(&good(3600)), T0 / 1000 + 3_600_000, 0));
+    produce(&b.producer(), &t.input, &records);
+
+    let engine = Engine::start(&cfg);
+    let dead = wait_for(90, "five dead letters", || {
+        let d = b.read_all(&t.dlq);
+        (d.len() >= 5).then_some(d)
+    });
+    let committed = wait_for(30, "a commit past the bad records", || {
+        let c = b.committed(&t.group, &t.input, 1)[0];
+        c.filter(|c| *c >= records.len() as i64 - 1)
+    });
+    let log = engine.log_text();
+    assert!(engine.stop().success(), "engine exited with an error:\n{log}");
+
+    assert_eq!(dead.len(), 5, "exactly the bad records: {:?}", dead.iter().map(|d| d.header("driftgate.reason")).collect::<Vec<_>>());
+    for ((reason, bytes, _), d) in bad.iter().zip(&dead) {
+        assert_eq!(d.header("driftgate.reason"), Some(*reason), "{:?}", d.headers);
+        assert_eq!(d.value.as_deref(), Some(bytes.as_slice()), "original bytes kept for {reason}");
+        assert_eq!(d.header("driftgate.source.topic"), Some(t.input.as_str()));
+        assert_eq!(d.header("driftgate.source.partition"), Some("0"));
+        let off: i64 = d.header("driftgate.source.offset").unwrap().parse().unwrap();
+        assert_eq!(records[off as usize].1, *bytes, "offset header points at the original record");
+        assert!(!d.header("driftgate.error").unwrap_or("").is_empty());
+        assert!(d.header("driftgate.dead_lettered_at").is_some());
+    }
+    // The good records around them were processed: the commit moved past every bad one.
+    assert_eq!(committed, records.len() as i64 - 1, "only the last (buffered) record is uncommitted");
+}
+
+#[test]
+fn bad_broker_and_missing_topic_fail_fast_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pact.yaml"), PACT).unwrap();
+    let run = |cfg: &str| {
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, cfg).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_driftgate")).args(["run", "--config"]).arg(&p).output().unwrap();
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let start = std::time::Instant::now();
+    let port = kafka::free_port();
+    let (status, err) = run(&format!("pacts = [\"pact.yaml\"]\n[kafka]\nbrokers = \"127.0.0.1:{port}\"\nformat = \"json\"\nstartup_timeout = \"3s\"\n[http]\nlisten = \"\"\n"));
+    assert!(!status.success());
+    assert!(err.contains("cannot reach Kafka at `127.0.0.1:"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(30), "failed fast");
+
+    let b = Broker::start();
+    let (status, err) = run(&format!("pacts = [\"pact.yaml\"]\n[kafka]\nbrokers = \"{}\"\nformat = \"json\"\ninput_topics = [\"no-such-topic\"]\n[http]\nlisten = \"\"\n", b.bootstrap()));
+    assert!(!status.success());
+    assert!(err.contains("topic(s) missing") && err.contains("no-such-topic"), "{err}");
+}
+
