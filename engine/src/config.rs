@@ -45,6 +45,8 @@ pub struct Topics {
     pub history: String,
     /// Records that could not be decoded, with the reason in headers.
     pub dead_letter: String,
+    /// Compacted, co-partitioned with the input: the engine state, for restore.
+    pub changelog: String,
 }
 
 impl Default for Topics {
@@ -54,6 +56,7 @@ impl Default for Topics {
             snapshot: "driftgate.snapshot".into(),
             history: "driftgate.history".into(),
             dead_letter: "driftgate.dead-letter".into(),
+            changelog: "driftgate.changelog".into(),
         }
     }
 }
@@ -215,7 +218,7 @@ impl RunConfig {
             return bad("`kafka.input_topics` is empty");
         }
         let t = &self.kafka.topics;
-        for (name, v) in [("enforcement", &t.enforcement), ("snapshot", &t.snapshot), ("history", &t.history), ("dead_letter", &t.dead_letter)] {
+        for (name, v) in [("enforcement", &t.enforcement), ("snapshot", &t.snapshot), ("history", &t.history), ("dead_letter", &t.dead_letter), ("changelog", &t.changelog)] {
             if v.trim().is_empty() {
                 return Err(ConfigError::Setting(format!("`kafka.topics.{name}` is empty")));
             }

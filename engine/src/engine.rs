@@ -151,6 +151,29 @@ pub struct Stats {
     pub states_expired: u64,
 }
 
+/// The engine's state besides its agents (see [`Engine::meta`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineMeta {
+    /// Pacts in index order, as `(id, version)`: clause keys refer to these indexes.
+    pub pacts: Vec<(String, u32)>,
+    /// Inputs waiting for the watermark: `(event time, arrival, input, tag)`.
+    pub buffer: Vec<(i64, u64, Input, Option<u64>)>,
+    /// Inputs offered so far.
+    pub arrivals: u64,
+    /// Largest event time seen.
+    pub max_seen: Option<i64>,
+    /// The processing clock.
+    pub now: i64,
+    /// Head of the history chain.
+    pub chain: Chain,
+    /// Counters.
+    pub stats: Stats,
+    /// Whether the pact-activation records were written.
+    pub activated: bool,
+    /// Workflows whose blast-radius cap has tripped.
+    pub panicked: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Freshness(String, ClauseKey),
@@ -158,7 +181,7 @@ enum Timer {
     Ttl(String),
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct WorkflowStats {
     agents: BTreeSet<String>,
     blocked: BTreeSet<String>,
@@ -197,6 +220,8 @@ pub struct Engine {
     /// from restored state fire in the same order as the originals.
     timers: BTreeSet<(i64, Timer)>,
     chain: Chain,
+    /// Agents changed since the last [`Engine::take_dirty`] (for the state changelog).
+    dirty: BTreeSet<String>,
     out: Vec<Output>,
     stats: Stats,
     activated: bool,
@@ -223,6 +248,7 @@ impl Engine {
             now: i64::MIN,
             timers: BTreeSet::new(),
             chain: Chain::default(),
+            dirty: BTreeSet::new(),
             out: Vec::new(),
             stats: Stats::default(),
             activated: false,
@@ -252,6 +278,88 @@ impl Engine {
     /// The current watermark.
     pub fn watermark(&self) -> Option<i64> {
         self.max_seen.map(|m| m.saturating_sub(self.cfg.max_out_of_orderness.micros()))
+    }
+
+    /// Agents changed since the last call, each with its state (`None`: it expired).
+    pub fn take_dirty(&mut self) -> Vec<(String, Option<&AgentState>)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty.into_iter().map(|id| {
+            let s = self.agents.get(&id);
+            (id, s)
+        }).collect()
+    }
+
+    /// Every agent with state.
+    pub fn agents(&self) -> impl Iterator<Item = (&String, &AgentState)> {
+        self.agents.iter()
+    }
+
+    /// The engine's own state besides the agents: the event-time buffer, clocks, the
+    /// history chain's head and counters.
+    pub fn meta(&self) -> EngineMeta {
+        EngineMeta {
+            pacts: self.pacts.iter().map(|p| (p.id().to_string(), p.version())).collect(),
+            buffer: self.buffer.iter().map(|((t, arrival), item)| (*t, *arrival, item.0.clone(), item.1)).collect(),
+            arrivals: self.arrivals,
+            max_seen: self.max_seen,
+            now: self.now,
+            chain: self.chain.clone(),
+            stats: self.stats.clone(),
+            activated: self.activated,
+            panicked: self.workflows.iter().filter(|(_, w)| w.panicked).map(|(k, _)| k.clone()).collect(),
+        }
+    }
+
+    /// An engine continuing exactly where `meta` and `agents` left off. Clause states of
+    /// pacts no longer loaded are dropped; pact indexes are remapped by id and version.
+    pub fn restore(cfg: EngineConfig, pacts: Vec<Pact>, meta: EngineMeta, agents: Vec<(String, AgentState)>) -> Engine {
+        let mut e = Engine::new(cfg, pacts);
+        let remap: Vec<Option<u16>> = meta
+            .pacts
+            .iter()
+            .map(|(id, v)| e.pacts.iter().position(|p| p.id() == id && p.version() == *v).map(|i| i as u16))
+            .collect();
+        let map = |i: u16| remap.get(i as usize).copied().flatten();
+        for ((t, arrival), (input, tag)) in meta.buffer.into_iter().map(|(t, a, i, g)| ((t, a), (i, g))) {
+            if let Some(tag) = tag {
+                e.buffered_tags.insert((tag, arrival));
+            }
+            e.buffer.insert((t, arrival), Box::new((input, tag)));
+        }
+        e.arrivals = meta.arrivals;
+        e.max_seen = meta.max_seen;
+        e.now = meta.now;
+        e.chain = meta.chain;
+        e.stats = meta.stats;
+        e.activated = meta.activated;
+        for (id, mut a) in agents {
+            a.pacts = a.pacts.iter().filter_map(|p| map(*p)).collect();
+            a.clauses = std::mem::take(&mut a.clauses).into_iter().filter_map(|((p, c, s), st)| map(p).map(|p| ((p, c, s), st))).collect();
+            if let Some(mc) = a.model_change.as_mut() {
+                mc.pending = std::mem::take(&mut mc.pending).into_iter().filter_map(|(p, c, s)| map(p).map(|p| (p, c, s))).collect();
+            }
+            for (k, st) in &a.clauses {
+                if let Some(at) = st.timer_at {
+                    e.timers.insert((at, Timer::Freshness(id.clone(), k.clone())));
+                }
+            }
+            for o in &a.overrides {
+                e.timers.insert((o.expires_at, Timer::OverrideExpiry(id.clone(), o.req.override_id.clone())));
+            }
+            if let Some(at) = a.ttl_at {
+                e.timers.insert((at, Timer::Ttl(id.clone())));
+            }
+            let w = e.workflows.entry(a.workflow.clone()).or_default();
+            w.agents.insert(id.clone());
+            if a.published[0] == Lane::Block {
+                w.blocked.insert(id.clone());
+            }
+            e.agents.insert(id, a);
+        }
+        for wf in meta.panicked {
+            e.workflows.entry(wf).or_default().panicked = true;
+        }
+        e
     }
 
     /// Takes the outputs produced so far.
@@ -371,6 +479,13 @@ impl Engine {
         }
         self.fire_timers(t);
         self.now = self.now.max(t);
+        let agent = match &input {
+            Input::Telemetry(tel) => &tel.agent_id,
+            Input::Override(o) => &o.agent_id,
+        };
+        if !self.dirty.contains(agent) {
+            self.dirty.insert(agent.clone());
+        }
         match input {
             Input::Telemetry(tel) => self.on_telemetry(tel),
             Input::Override(o) => self.on_override(o),
@@ -383,6 +498,12 @@ impl Engine {
                 break;
             }
             let Some((at, timer)) = self.timers.pop_first() else { break };
+            let agent = match &timer {
+                Timer::Freshness(a, _) | Timer::OverrideExpiry(a, _) | Timer::Ttl(a) => a,
+            };
+            if !self.dirty.contains(agent) {
+                self.dirty.insert(agent.clone());
+            }
             self.now = self.now.max(at);
             match timer {
                 Timer::Freshness(agent, key) => self.on_freshness_timer(&agent, key, at),

@@ -158,7 +158,7 @@ pub struct Entry {
 }
 
 /// Appends records to a chain, keeping the last hash.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Chain {
     last_hash: String,
     next_position: u64,

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod avro_json;
+pub mod changelog;
 pub mod config;
 pub mod decode;
 pub mod pipeline;

@@ -3,9 +3,12 @@
 //!
 //! - One engine **task per input partition** (Kafka Streams style): its own event-time
 //!   state, watermark and history chain. Records of a partition are processed in order.
-//! - An input offset is **committed only after** every output derived from the records
-//!   before it is acknowledged by the broker, and never past a record still waiting in the
-//!   event-time buffer. Auto-commit and auto-store are off.
+//! - Every commit interval, each task writes a **snapshot** to the changelog (changed
+//!   agents, then its engine state including the event-time buffer). The input offset of a
+//!   snapshot is **committed only after** the snapshot and every output derived from the
+//!   records before it are acknowledged by the broker. Auto-commit and auto-store are off.
+//! - On assignment, a partition's state is **restored** from the changelog before it is
+//!   consumed, and consumption starts at the position of the restored snapshot.
 //! - Bad records go to the dead-letter topic untouched, with the reason in headers, and
 //!   the partition moves on. A schema-registry outage is not a bad record: the partition
 //!   is rewound and retried.
@@ -14,6 +17,7 @@
 //! - On SIGTERM: stop consuming, flush, commit, leave the group.
 
 use crate::config::{InputFormat, OutputFormat, RunConfig};
+use crate::changelog;
 use crate::decode::{DecodeError, Decoder};
 use crate::engine::{Engine, EngineConfig, Input, Output};
 use crate::enforcement::ENFORCEMENT_AVSC;
@@ -22,7 +26,8 @@ use crate::registry::{HttpRegistry, SchemaSource, StaticSchemas};
 use crate::sink::{OutRecord, Sink, SinkError, SourceKey};
 use crate::snapshot::AgentSnapshot;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -70,6 +75,10 @@ struct Mark {
 /// One input partition's engine and progress.
 struct Task {
     engine: Engine,
+    /// The next offset to read: the engine reflects every record before it.
+    pushed: Option<i64>,
+    /// The position of the last snapshot written to the changelog.
+    snapshot_at: Option<i64>,
     marks: VecDeque<Mark>,
     /// The furthest position whose outputs are all acknowledged.
     safe: Option<i64>,
@@ -94,12 +103,35 @@ struct Tasks {
     map: HashMap<SourceKey, Task>,
     engine_cfg: EngineConfig,
     pacts: Vec<Pact>,
+    changelog: String,
 }
 
 impl Tasks {
     fn task(&mut self, key: &SourceKey) -> &mut Task {
         let (cfg, pacts) = (&self.engine_cfg, &self.pacts);
-        self.map.entry(key.clone()).or_insert_with(|| Task { engine: Engine::new(cfg.clone(), pacts.clone()), marks: VecDeque::new(), safe: None, committed: None })
+        self.map.entry(key.clone()).or_insert_with(|| Task { engine: Engine::new(cfg.clone(), pacts.clone()), pushed: None, snapshot_at: None, marks: VecDeque::new(), safe: None, committed: None })
+    }
+
+    /// Writes a snapshot of every task (in `only`) that moved since its last one: changed
+    /// agents, then the engine state closing it; the position becomes committable once all
+    /// of it, and every output before it, is acknowledged.
+    fn snapshot(&mut self, sink: &Sink, only: Option<&BTreeSet<SourceKey>>) -> Result<(), SinkError> {
+        for (key, task) in self.map.iter_mut().filter(|(k, _)| only.is_none_or(|o| o.contains(*k))) {
+            let Some(position) = task.pushed.filter(|p| task.snapshot_at.is_none_or(|s| *p > s)) else { continue };
+            let dirty: Vec<(String, Option<Vec<u8>>)> = task.engine.take_dirty().into_iter().map(|(id, s)| (id, s.map(changelog::encode_agent))).collect();
+            for (agent, value) in &dirty {
+                let k = changelog::Key::Agent(key.0.clone(), agent.clone()).encode();
+                sink.send(key, OutRecord { topic: &self.changelog, key: &k, payload: value.as_deref(), headers: None, partition: Some(key.1) })?;
+            }
+            let meta = changelog::encode_meta(&changelog::MetaRecord { position, meta: task.engine.meta() });
+            let k = changelog::Key::Meta(key.0.clone()).encode();
+            sink.send(key, OutRecord { topic: &self.changelog, key: &k, payload: Some(&meta), headers: None, partition: Some(key.1) })?;
+            let highwater = sink.acks().lock().map(|a| a.next_no(key)).unwrap_or(u64::MAX);
+            task.marks.push_back(Mark { position, highwater });
+            task.snapshot_at = Some(position);
+            debug!(topic = %key.0, partition = key.1, position, agents = dirty.len(), "snapshot written");
+        }
+        Ok(())
     }
 
     /// Commits every task's safe position that moved; `only` restricts to some partitions.
@@ -138,21 +170,92 @@ pub struct PipelineContext {
     tasks: Arc<Mutex<Tasks>>,
     sink: Arc<Sink>,
     status: Arc<Status>,
+    client: ClientConfig,
+    changelog: String,
+    restore_timeout: Duration,
 }
 
 impl ClientContext for PipelineContext {}
 
 impl ConsumerContext for PipelineContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else { return };
+    // Overridden to restore state *before* the assignment takes effect, and to start
+    // each partition at the position its restored state corresponds to.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.on_assign(tpl);
+                let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(e) = r {
+                    error!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.on_revoke(consumer, tpl);
+                let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = r {
+                    error!(error = %e, "unassign failed");
+                }
+            }
+            other => warn!(error = ?other, "rebalance error"),
+        }
+    }
+}
+
+impl PipelineContext {
+    fn on_assign(&self, tpl: &mut TopicPartitionList) {
+        let parts: Vec<SourceKey> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let started = Instant::now();
+        for key in parts {
+            let restored = match restore_partition(&self.client, &self.changelog, &key, self.restore_timeout) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Without its state the partition would judge on an empty baseline:
+                    // stop rather than enforce blind.
+                    error!(topic = %key.0, partition = key.1, error = %e, "cannot restore state; stopping");
+                    self.status.stop.store(true, Ordering::SeqCst);
+                    return;
+                }
+            };
+            let Ok(mut tasks) = self.tasks.lock() else { return };
+            let (cfg, pacts) = (tasks.engine_cfg.clone(), tasks.pacts.clone());
+            let task = match restored {
+                Some((meta, agents, records)) => {
+                    let position = meta.position;
+                    info!(topic = %key.0, partition = key.1, position, agents = agents.len(), records, "state restored");
+                    if tpl.set_partition_offset(&key.0, key.1, Offset::Offset(position)).is_err() {
+                        warn!(topic = %key.0, partition = key.1, "cannot set the start offset");
+                    }
+                    Task {
+                        engine: Engine::restore(cfg, pacts, meta.meta, agents),
+                        pushed: Some(position),
+                        snapshot_at: Some(position),
+                        marks: VecDeque::new(),
+                        safe: None,
+                        committed: None,
+                    }
+                }
+                None => Task { engine: Engine::new(cfg, pacts), pushed: None, snapshot_at: None, marks: VecDeque::new(), safe: None, committed: None },
+            };
+            tasks.map.insert(key, task);
+        }
+        let total = self.tasks.lock().map(|t| t.map.len()).unwrap_or(0);
+        info!(partitions = tpl.count(), total, restore_ms = started.elapsed().as_millis() as u64, "partitions assigned");
+        self.status.assigned.store(total > 0, Ordering::SeqCst);
+    }
+
+    fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let revoked: BTreeSet<SourceKey> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
-        info!(partitions = ?revoked, "partitions revoked: flushing and committing");
-        // Runs inside poll() on the pipeline thread: blocking here is blocking the loop,
-        // which is what we want; no async work is awaited.
+        info!(partitions = ?revoked, "partitions revoked: snapshotting, flushing and committing");
+        // Runs inside poll() on the pipeline thread: blocking here blocks the loop, which
+        // is what we want; no async work is awaited.
+        let Ok(mut tasks) = self.tasks.lock() else { return };
+        if let Err(e) = tasks.snapshot(&self.sink, Some(&revoked)) {
+            error!(error = %e, "snapshot on revoke failed");
+        }
         if let Err(e) = self.sink.flush(Duration::from_secs(30)) {
             error!(error = %e, "flush on revoke failed; offsets of the revoked partitions are not committed past it");
         }
-        let Ok(mut tasks) = self.tasks.lock() else { return };
         tasks.commit(consumer, &self.sink, CommitMode::Sync, Some(&revoked));
         for k in &revoked {
             tasks.map.remove(k);
@@ -164,21 +267,45 @@ impl ConsumerContext for PipelineContext {
             self.status.assigned.store(false, Ordering::SeqCst);
         }
     }
+}
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let Ok(mut tasks) = self.tasks.lock() else { return };
-                for e in tpl.elements() {
-                    tasks.task(&(e.topic().to_string(), e.partition()));
-                }
-                info!(partitions = tpl.count(), total = tasks.map.len(), "partitions assigned");
-                self.status.assigned.store(!tasks.map.is_empty(), Ordering::SeqCst);
+type Restored = (changelog::MetaRecord, Vec<(String, crate::state::AgentState)>, u64);
+
+/// Reads a source partition's changelog partition to its end and rebuilds its state.
+fn restore_partition(client: &ClientConfig, changelog_topic: &str, key: &SourceKey, timeout: Duration) -> Result<Option<Restored>, String> {
+    let reader: BaseConsumer = client
+        .clone()
+        .set("group.id", "driftgate-restore")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(|e| format!("cannot create the restore consumer: {e}"))?;
+    let (lo, hi) = reader.fetch_watermarks(changelog_topic, key.1, timeout).map_err(|e| format!("changelog {changelog_topic}/{}: {e}", key.1))?;
+    if hi <= lo {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(changelog_topic, key.1, Offset::Offset(lo)).map_err(|e| e.to_string())?;
+    reader.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut r = changelog::Restorer::default();
+    let deadline = Instant::now() + timeout;
+    let mut next = lo;
+    loop {
+        match reader.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                next = m.offset() + 1;
+                r.apply(&key.0, m.key().unwrap_or_default(), m.payload()).map_err(|e| format!("changelog {changelog_topic}/{} offset {}: {e}", key.1, m.offset()))?;
             }
-            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
-            Rebalance::Revoke(_) => {}
+            Some(Err(KafkaError::PartitionEOF(_))) if next >= hi => break,
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => return Err(format!("changelog {changelog_topic}/{}: {e}", key.1)),
+        }
+        if Instant::now() > deadline {
+            return Err(format!("changelog {changelog_topic}/{} not read to its end ({next} of {hi}) within {timeout:?}", key.1));
         }
     }
+    let records = r.records;
+    Ok(r.finish().map(|(m, a)| (m, a, records)))
 }
 
 /// Dead-letter header names.
@@ -234,7 +361,7 @@ impl Pipeline {
         let decoder = Decoder::new(cfg.kafka.format, schemas, cfg.decode.max_future_skew.micros());
         let base = kafka_config(&cfg);
         let sink = Arc::new(Sink::new(&base)?);
-        let tasks = Arc::new(Mutex::new(Tasks { map: HashMap::new(), engine_cfg: cfg.engine.clone(), pacts }));
+        let tasks = Arc::new(Mutex::new(Tasks { map: HashMap::new(), engine_cfg: cfg.engine.clone(), pacts, changelog: cfg.kafka.topics.changelog.clone() }));
         let mut ccfg = base.clone();
         ccfg.set("group.id", &cfg.kafka.group_id).set("auto.offset.reset", "earliest").set("partition.assignment.strategy", "cooperative-sticky");
         for (k, v) in &cfg.kafka.properties {
@@ -242,7 +369,14 @@ impl Pipeline {
         }
         // Not overridable: offsets move only when outputs are acknowledged.
         ccfg.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
-        let ctx = PipelineContext { tasks: tasks.clone(), sink: sink.clone(), status: status.clone() };
+        let ctx = PipelineContext {
+            tasks: tasks.clone(),
+            sink: sink.clone(),
+            status: status.clone(),
+            client: base.clone(),
+            changelog: cfg.kafka.topics.changelog.clone(),
+            restore_timeout: Duration::from_secs(300),
+        };
         let consumer: BaseConsumer<PipelineContext> = ccfg.create_with_context(ctx).map_err(|e| PipelineError::Kafka(format!("cannot create the consumer: {e}")))?;
         let p = Pipeline {
             enforcement_schema: apache_avro::Schema::parse_str(ENFORCEMENT_AVSC).expect("bundled schema is valid"),
@@ -269,7 +403,7 @@ impl Pipeline {
         let parts: HashMap<&str, usize> = md.topics().iter().filter(|t| t.error().is_none()).map(|t| (t.name(), t.partitions().len())).collect();
         let t = &self.cfg.kafka.topics;
         let mut missing = Vec::new();
-        for name in self.cfg.kafka.input_topics.iter().chain([&t.enforcement, &t.snapshot, &t.history, &t.dead_letter]) {
+        for name in self.cfg.kafka.input_topics.iter().chain([&t.enforcement, &t.snapshot, &t.history, &t.dead_letter, &t.changelog]) {
             if !parts.contains_key(name.as_str()) {
                 missing.push(name.clone());
             }
@@ -278,12 +412,13 @@ impl Pipeline {
             return Err(PipelineError::Topic(format!("topic(s) missing on `{}`: {} (create them first; driftgate does not auto-create topics)", self.cfg.kafka.brokers, missing.join(", "))));
         }
         let max_in = self.cfg.kafka.input_topics.iter().filter_map(|n| parts.get(n.as_str())).max().copied().unwrap_or(1);
-        let hist = parts.get(t.history.as_str()).copied().unwrap_or(0);
-        if hist < max_in {
-            return Err(PipelineError::Topic(format!(
-                "history topic `{}` has {hist} partition(s) but an input topic has {max_in}: each input partition writes its hash chain to the history partition of the same number",
-                t.history
-            )));
+        for (topic, what) in [(&t.history, "its hash chain"), (&t.changelog, "its state")] {
+            let n = parts.get(topic.as_str()).copied().unwrap_or(0);
+            if n < max_in {
+                return Err(PipelineError::Topic(format!(
+                    "topic `{topic}` has {n} partition(s) but an input topic has {max_in}: each input partition writes {what} to the partition of the same number"
+                )));
+            }
         }
         Ok(())
     }
@@ -293,7 +428,12 @@ impl Pipeline {
         let commit_every = Duration::from_micros(self.cfg.kafka.commit_interval.micros() as u64);
         let mut last_commit = Instant::now();
         let result = self.run_loop(commit_every, &mut last_commit);
-        info!("stopping: flushing outputs and committing");
+        info!("stopping: snapshotting, flushing outputs and committing");
+        if let Ok(mut tasks) = self.tasks.lock() {
+            if let Err(e) = tasks.snapshot(&self.sink, None) {
+                error!(error = %e, "final snapshot failed");
+            }
+        }
         let flushed = self.sink.flush(Duration::from_secs(30));
         if let Ok(mut tasks) = self.tasks.lock() {
             tasks.commit(&self.consumer, &self.sink, CommitMode::Sync, None);
@@ -312,6 +452,7 @@ impl Pipeline {
             self.sink.poll(Duration::ZERO)?;
             if last_commit.elapsed() >= commit_every {
                 if let Ok(mut tasks) = self.tasks.lock() {
+                    tasks.snapshot(&self.sink, None)?;
                     tasks.commit(&self.consumer, &self.sink, CommitMode::Async, None);
                 }
                 *last_commit = Instant::now();
@@ -349,11 +490,8 @@ impl Pipeline {
                 return Ok(());
             }
         }
-        let task = tasks.task(&key);
-        let next = offset + 1;
-        let position = task.engine.min_buffered_tag().map_or(next, |m| (m as i64).min(next));
-        let highwater = self.sink.acks().lock().map(|a| a.next_no(&key)).unwrap_or(u64::MAX);
-        task.marks.push_back(Mark { position, highwater });
+        // The event-time buffer is part of the snapshot, so the state covers this record.
+        tasks.task(&key).pushed = Some(offset + 1);
         Ok(())
     }
 
