@@ -9,39 +9,7 @@ use driftgate::pact::parse_pact;
 use driftgate::telemetry::Telemetry;
 
 /// Five clauses that apply to every agent and every event.
-const FIVE: &str = r#"
-pact: bench-five
-version: 1
-applies_to: { agents: ["*"] }
-clauses:
-  - id: verified-citations
-    metric: { kind: bernoulli, value: citations.verified > 0 }
-    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-6, direction: decrease }
-    severity: high
-    consequence: degrade
-    high_risk: true
-    freshness: { max_age: 30m, min_events: 5 }
-  - id: refusal-rate
-    metric: { kind: bernoulli, value: outcome == "refused" }
-    test: { kind: limit, alpha: 1.0e-3, rate: { max: 0.2, exit: 0.15 } }
-    severity: medium
-    consequence: watch
-  - id: no-pii
-    metric: { kind: bernoulli, value: pii_detected }
-    test: { kind: limit, zero_tolerance: true }
-    severity: critical
-    consequence: block
-  - id: p95-latency
-    metric: { kind: real, value: latency_ms }
-    test: { kind: limit, alpha: 1.0e-3, quantile: { q: 0.95, max: 30000 } }
-    severity: medium
-    consequence: watch
-  - id: latency-drift
-    metric: { kind: real, value: latency_ms }
-    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-6 }
-    severity: low
-    consequence: watch
-"#;
+const FIVE: &str = include_str!("pacts/bench-five.yaml");
 
 const N: usize = 200_000;
 

@@ -298,4 +298,20 @@ allowed_lateness = "2m"
         let e = RunConfig::load_with(Some(&dir.path().join("nope.toml")), no_env()).unwrap_err().to_string();
         assert!(e.contains("no such file"), "{e}");
     }
+
+    #[test]
+    fn the_example_config_loads_and_names_existing_pacts() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/driftgate.toml");
+        let cfg = RunConfig::load_with(Some(&f), no_env()).unwrap();
+        assert_eq!(cfg.kafka.format, InputFormat::Avro);
+        assert_eq!(cfg.kafka.group_id, "driftgate");
+        assert!(cfg.schema_registry.url.is_some());
+        for p in &cfg.pacts {
+            crate::pact::load_pact(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+        assert_eq!(cfg.pacts.len(), 5);
+        // Written out in full, so it states every default.
+        assert_eq!(cfg.engine, EngineConfig::default());
+        assert_eq!(cfg.kafka.topics, Topics::default());
+    }
 }

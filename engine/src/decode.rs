@@ -8,8 +8,10 @@
 use crate::config::InputFormat;
 use crate::registry::{RegistryError, SchemaSource};
 use crate::telemetry::{Telemetry, TelemetryError, TELEMETRY_AVSC};
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::Schema;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 /// Stable reason codes, written to the `driftgate.reason` header of dead letters.
@@ -68,19 +70,59 @@ impl From<TelemetryError> for DecodeError {
     }
 }
 
+/// Datum readers for one writer schema, with its names resolved once.
+struct Readers {
+    /// Reads the writer's datum as written (to name what is missing on a mismatch).
+    plain: GenericDatumReader<'static>,
+    /// Resolves to the telemetry schema; `None` when the writer schema is the same.
+    resolving: Option<GenericDatumReader<'static>>,
+}
+
 /// Decodes and checks telemetry records.
 pub struct Decoder {
     format: InputFormat,
     schemas: Option<Arc<dyn SchemaSource>>,
-    reader: Schema,
+    reader: &'static Schema,
+    /// By schema id. Building a reader resolves every name in both schemas, which took
+    /// more time than decoding the datum, so it is done once per writer schema.
+    readers: Mutex<HashMap<u32, (Arc<Schema>, Arc<Readers>)>>,
     max_future_skew: i64,
+}
+
+/// Schemas live as long as the process: the readers borrow them, and there are as many as
+/// distinct writer schemas the registry knows (a handful), so leaking them is bounded.
+fn leak(schema: &Schema) -> &'static Schema {
+    Box::leak(Box::new(schema.clone()))
 }
 
 impl Decoder {
     /// A decoder; Avro needs a schema source.
     pub fn new(format: InputFormat, schemas: Option<Arc<dyn SchemaSource>>, max_future_skew_micros: i64) -> Decoder {
-        let reader = Schema::parse_str(TELEMETRY_AVSC).expect("bundled schema is valid");
-        Decoder { format, schemas, reader, max_future_skew: max_future_skew_micros }
+        let reader = leak(&Schema::parse_str(TELEMETRY_AVSC).expect("bundled schema is valid"));
+        Decoder { format, schemas, reader, readers: Mutex::new(HashMap::new()), max_future_skew: max_future_skew_micros }
+    }
+
+    fn readers(&self, id: u32, writer: &Arc<Schema>) -> Result<Arc<Readers>, DecodeError> {
+        let mut cache = self.readers.lock().map_err(|_| DecodeError::Unavailable("decoder cache poisoned".into()))?;
+        if let Some((w, r)) = cache.get_mut(&id) {
+            // Sources hand out one cached object per id; should one hand out another, an
+            // equal schema reuses the readers (so nothing leaks again).
+            if Arc::ptr_eq(w, writer) || **w == **writer {
+                *w = writer.clone();
+                return Ok(r.clone());
+            }
+        }
+        let bad = |e: apache_avro::Error| rejected(reason::BAD_SCHEMA, format!("schema id {id}: {e}"));
+        let w = leak(writer);
+        let plain = GenericDatumReader::builder(w).build().map_err(bad)?;
+        let resolving = if w.canonical_form() == self.reader.canonical_form() {
+            None
+        } else {
+            Some(GenericDatumReader::builder(w).reader_schema(self.reader).build().map_err(bad)?)
+        };
+        let r = Arc::new(Readers { plain, resolving });
+        cache.insert(id, (writer.clone(), r.clone()));
+        Ok(r)
     }
 
     /// Decodes one record value. `record_time` is the Kafka timestamp (µs), the reference
@@ -119,21 +161,33 @@ impl Decoder {
             RegistryError::BadSchema { .. } => rejected(reason::BAD_SCHEMA, e.to_string()),
             RegistryError::Unavailable(m) => DecodeError::Unavailable(m),
         })?;
-        let mut datum = &bytes[5..];
-        let value = apache_avro::reader::datum::GenericDatumReader::builder(&writer)
-            .build()
-            .and_then(|r| r.read_value(&mut datum))
-            .map_err(|e| rejected(reason::AVRO_DECODE, format!("schema id {id}: {e}")))?;
-        if !datum.is_empty() {
-            return Err(rejected(reason::AVRO_DECODE, format!("schema id {id}: {} trailing bytes", datum.len())));
-        }
-        match value.clone().resolve(&self.reader) {
+        let readers = self.readers(id, &writer)?;
+        let read = |r: &GenericDatumReader<'static>| {
+            let mut datum = &bytes[5..];
+            let v = r.read_value(&mut datum).map_err(|e| rejected(reason::AVRO_DECODE, format!("schema id {id}: {e}")))?;
+            if !datum.is_empty() {
+                return Err(rejected(reason::AVRO_DECODE, format!("schema id {id}: {} trailing bytes", datum.len())));
+            }
+            Ok(v)
+        };
+        let Some(resolving) = &readers.resolving else {
+            return Ok(Telemetry::from_avro(read(&readers.plain)?)?);
+        };
+        match read(resolving) {
             Ok(v) => Ok(Telemetry::from_avro(v)?),
-            // Name the field when the writer's record simply lacks one we require.
-            Err(e) => match Telemetry::from_avro(value) {
-                Err(te @ TelemetryError::Missing(_)) => Err(te.into()),
-                _ => Err(rejected(reason::SCHEMA_MISMATCH, format!("schema id {id} does not resolve to the telemetry schema: {e}"))),
-            },
+            Err(resolve_err) => {
+                // Tell a bad datum from a schema that does not resolve, and name the field
+                // when the writer's record simply lacks one we require.
+                let value = read(&readers.plain)?;
+                let detail = match resolve_err {
+                    DecodeError::Rejected { detail, .. } => detail,
+                    DecodeError::Unavailable(d) => d,
+                };
+                match Telemetry::from_avro(value) {
+                    Err(te @ TelemetryError::Missing(_)) => Err(te.into()),
+                    _ => Err(rejected(reason::SCHEMA_MISMATCH, format!("schema id {id} does not resolve to the telemetry schema: {detail}"))),
+                }
+            }
         }
     }
 }

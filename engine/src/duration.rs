@@ -45,6 +45,13 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// For settings where zero means "none" (e.g. no out-of-orderness on an in-order source),
+/// unlike pact windows and dwell times: `#[serde(deserialize_with = "zero_ok")]`.
+pub fn zero_ok<'de, D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+    let s = String::deserialize(d)?;
+    Dur::parse(&s).map_err(D::Error::custom)
+}
+
 impl Serialize for Dur {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_string())
@@ -74,5 +81,21 @@ mod tests {
         assert_eq!(Dur::parse("1h 30m").unwrap().micros(), 90 * 60 * 1_000_000);
         assert!(Dur::parse("-5m").unwrap_err().contains("negative"));
         assert!(Dur::parse("soon").is_err());
+    }
+
+    #[test]
+    fn zero_is_refused_unless_the_setting_allows_it() {
+        #[derive(Deserialize)]
+        struct S {
+            #[serde(deserialize_with = "zero_ok")]
+            lax: Dur,
+            strict: Option<Dur>,
+        }
+        let s: S = serde_json::from_str(r#"{"lax":"0s"}"#).unwrap();
+        assert_eq!(s.lax, Dur(0));
+        assert!(s.strict.is_none());
+        let e = serde_json::from_str::<S>(r#"{"lax":"0s","strict":"0s"}"#).err().unwrap().to_string();
+        assert!(e.contains("greater than zero"), "{e}");
+        assert!(serde_json::from_str::<S>(r#"{"lax":"-1s"}"#).is_err());
     }
 }

@@ -27,8 +27,11 @@ use tracing::{debug, debug_span};
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// How far out of order events may arrive and still be processed in event-time order.
+    /// Zero (for in-order sources) processes each event as it arrives.
+    #[serde(deserialize_with = "crate::duration::zero_ok")]
     pub max_out_of_orderness: Dur,
     /// Events later than the watermark by more than this go to the late output.
+    #[serde(deserialize_with = "crate::duration::zero_ok")]
     pub allowed_lateness: Dur,
     /// State of agents unseen for this long (and in `normal`) is dropped.
     pub state_ttl: Dur,

@@ -321,14 +321,25 @@ fn unwrap_union(v: AvroValue) -> AvroValue {
     }
 }
 
-fn record_fields(v: AvroValue, field: &'static str) -> Result<BTreeMap<String, AvroValue>, TelemetryError> {
+/// A record's fields, taken out by name. A linear scan over a dozen fields beats building
+/// a map per record (the map was a fifth of the pipeline's time).
+struct Fields(Vec<(String, AvroValue)>);
+
+impl Fields {
+    fn remove(&mut self, name: &str) -> Option<AvroValue> {
+        let i = self.0.iter().position(|(n, _)| n == name)?;
+        Some(self.0.swap_remove(i).1)
+    }
+}
+
+fn record_fields(v: AvroValue, field: &'static str) -> Result<Fields, TelemetryError> {
     match unwrap_union(v) {
-        AvroValue::Record(fields) => Ok(fields.into_iter().collect()),
+        AvroValue::Record(fields) => Ok(Fields(fields)),
         other => Err(wrong(field, &other)),
     }
 }
 
-fn take(f: &mut BTreeMap<String, AvroValue>, name: &'static str) -> Result<AvroValue, TelemetryError> {
+fn take(f: &mut Fields, name: &'static str) -> Result<AvroValue, TelemetryError> {
     match f.remove(name) {
         None | Some(AvroValue::Null) => Err(TelemetryError::Missing(name)),
         Some(AvroValue::Union(_, b)) if *b == AvroValue::Null => Err(TelemetryError::Missing(name)),

@@ -201,13 +201,19 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// With debug logs (for failing tests to show).
     pub fn start(config: &std::path::Path) -> Engine {
+        Self::start_logging(config, "driftgate=debug,info")
+    }
+
+    /// With a `RUST_LOG` filter of one's own (benchmarks measure with `info`).
+    pub fn start_logging(config: &std::path::Path, filter: &str) -> Engine {
         let log = config.with_extension("log");
         let out = std::fs::File::create(&log).expect("engine log");
         let child = Command::new(env!("CARGO_BIN_EXE_driftgate"))
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "driftgate=debug,info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::from(out.try_clone().expect("log")))
             .stderr(Stdio::from(out))
             .spawn()

@@ -1,0 +1,488 @@
+//! End-to-end benchmarks of `driftgate run` on a real broker (tansu, started here):
+//!
+//! - `latency`: drift → control. Paced live telemetry for many agents, each with its own
+//!   citation-rate drop; for every `drift_verified` enforcement event, the time from the
+//!   produce of the telemetry record that verified the drift (its `causation.id`) to
+//!   (a) the enforcement record's produce timestamp and (b) a router consumer receiving
+//!   it. Next to it, in the same run on the same broker: one raw produce → consume hop.
+//! - `throughput`: the engine draining an N-record topic with five clauses per record,
+//!   against a bare rdkafka consumer that only counts the same records.
+//!
+//! tansu 0.6 does not stamp LogAppendTime (its produce response says -1), so "append time"
+//! is the producer's CreateTime, taken at the produce call by librdkafka on both sides.
+//!
+//! ```text
+//! cargo bench -p driftgate --bench kafka_e2e -- [latency] [throughput] [--incidents N]
+//!     [--rate EVENTS_PER_S] [--records N] [--format avro|json]
+//! ```
+
+#[path = "../tests/support/kafka.rs"]
+mod kafka;
+
+use driftgate::avro_json::write_datum;
+use driftgate::decode::confluent_frame;
+use driftgate::demo::Fleet;
+use driftgate::engine::Input;
+use driftgate::enforcement::EnforcementEvent;
+use driftgate::telemetry::{Citations, Model, Outcome, Risk, Telemetry, TELEMETRY_AVSC};
+use hdrhistogram::Histogram;
+use kafka::{rand_suffix, Broker, Engine};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const FIVE: &str = include_str!("pacts/bench-five.yaml");
+
+/// One drift clause: the latency bench measures the path, not the clause count.
+const LATENCY_PACT: &str = r#"
+pact: citations
+version: 1
+applies_to: { agents: ["*"] }
+clauses:
+  - id: verified-citations
+    metric: { kind: bernoulli, value: citations.verified > 0 }
+    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-6, direction: decrease, reference_min: 200, reference_max: 400 }
+    severity: high
+    consequence: degrade
+"#;
+
+struct Args {
+    latency: bool,
+    throughput: bool,
+    incidents: usize,
+    rate: f64,
+    records: usize,
+    format: String,
+    /// `fetch.wait.max.ms` for every consumer (engine, observers, bare).
+    fetch_wait_ms: u32,
+    /// The engine's `kafka.commit_interval` (also its snapshot interval).
+    commit_interval: String,
+}
+
+fn args() -> Args {
+    let mut a = Args { latency: false, throughput: false, incidents: 200, rate: 4000.0, records: 1_000_000, format: "avro".into(), fetch_wait_ms: 10, commit_interval: "1s".into() };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < v.len() {
+        let next = |i: usize| v.get(i + 1).cloned().unwrap_or_default();
+        match v[i].as_str() {
+            "latency" => a.latency = true,
+            "throughput" => a.throughput = true,
+            "--incidents" => {
+                a.incidents = next(i).parse().expect("--incidents N");
+                i += 1;
+            }
+            "--rate" => {
+                a.rate = next(i).parse().expect("--rate EVENTS_PER_S");
+                i += 1;
+            }
+            "--records" => {
+                a.records = next(i).parse().expect("--records N");
+                i += 1;
+            }
+            "--fetch-wait-ms" => {
+                a.fetch_wait_ms = next(i).parse().expect("--fetch-wait-ms N");
+                i += 1;
+            }
+            "--commit-interval" => {
+                a.commit_interval = next(i);
+                i += 1;
+            }
+            "--format" => {
+                a.format = next(i);
+                i += 1;
+            }
+            // cargo bench passes --bench; criterion-style filters are not used here.
+            _ => {}
+        }
+        i += 1;
+    }
+    if !a.latency && !a.throughput {
+        a.latency = true;
+        a.throughput = true;
+    }
+    a
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+struct Topics {
+    input: String,
+    enforcement: String,
+    snapshot: String,
+    history: String,
+    dlq: String,
+    changelog: String,
+    group: String,
+}
+
+fn topics(b: &Broker, partitions: i32) -> Topics {
+    let s = rand_suffix();
+    let t = Topics {
+        input: format!("telemetry-{s}"),
+        enforcement: format!("enforcement-{s}"),
+        snapshot: format!("snapshot-{s}"),
+        history: format!("history-{s}"),
+        dlq: format!("dlq-{s}"),
+        changelog: format!("changelog-{s}"),
+        group: format!("driftgate-{s}"),
+    };
+    b.create_topics(&[
+        (&t.input, partitions, false),
+        (&t.enforcement, 1, false),
+        (&t.snapshot, 1, true),
+        (&t.history, partitions, false),
+        (&t.dlq, 1, false),
+        (&t.changelog, partitions, true),
+    ]);
+    t
+}
+
+fn write_config(dir: &Path, b: &Broker, t: &Topics, pact: &str, engine: &str, a: &Args) -> PathBuf {
+    let (format, fetch_wait, commit_interval) = (&a.format, a.fetch_wait_ms, &a.commit_interval);
+    std::fs::write(dir.join("pact.yaml"), pact).expect("write pact");
+    std::fs::write(dir.join("telemetry.avsc"), TELEMETRY_AVSC).expect("write schema");
+    let cfg = format!(
+        r#"
+pacts = ["pact.yaml"]
+[kafka]
+brokers = "{}"
+group_id = "{}"
+input_topics = ["{}"]
+format = "{format}"
+commit_interval = "{commit_interval}"
+[kafka.topics]
+enforcement = "{}"
+snapshot = "{}"
+history = "{}"
+dead_letter = "{}"
+changelog = "{}"
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"fetch.wait.max.ms" = "{fetch_wait}"
+[schema_registry.static_schemas]
+1 = "telemetry.avsc"
+[engine]
+{engine}
+[http]
+listen = ""
+"#,
+        b.bootstrap(),
+        t.group,
+        t.input,
+        t.enforcement,
+        t.snapshot,
+        t.history,
+        t.dlq,
+        t.changelog
+    );
+    let p = dir.join("driftgate.toml");
+    std::fs::write(&p, cfg).expect("write config");
+    p
+}
+
+struct Encoder {
+    format: String,
+    schema: apache_avro::Schema,
+}
+
+impl Encoder {
+    fn new(format: &str) -> Encoder {
+        Encoder { format: format.to_string(), schema: apache_avro::Schema::parse_str(TELEMETRY_AVSC).expect("bundled schema") }
+    }
+    fn encode(&self, t: &Telemetry) -> Vec<u8> {
+        if self.format == "json" {
+            serde_json::to_vec(t).expect("telemetry serialises")
+        } else {
+            confluent_frame(1, &write_datum(&self.schema, t.to_avro()).expect("telemetry fits its schema"))
+        }
+    }
+}
+
+/// A consumer reading `topic` from the beginning, without a group.
+fn assigned_reader(b: &Broker, topic: &str, partitions: i32, fetch_wait_ms: u32) -> BaseConsumer {
+    let c: BaseConsumer = b
+        .client()
+        .set("group.id", format!("observer-{}", rand_suffix()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    c
+}
+
+fn send(p: &BaseProducer, topic: &str, key: &[u8], payload: &[u8], partition: i32, ts_ms: i64) {
+    let mut rec = BaseRecord::to(topic).key(key).payload(payload).partition(partition).timestamp(ts_ms);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                rec = r;
+                p.poll(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn row(name: &str, h: &Histogram<u64>) {
+    println!("  {name:<44} {:>8.2} {:>8.2} {:>8.2} {:>7}", pct(h, 0.5), pct(h, 0.99), h.max() as f64 / 1000.0, h.len());
+}
+
+fn latency(b: &Broker, a: &Args) {
+    let t = topics(b, 1);
+    let ping = format!("ping-{}", rand_suffix());
+    b.create_topics(&[(&ping, 1, false)]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Events arrive in order: no out-of-orderness wait, so the measured path is the
+    // engine's, not a configured buffering delay (which adds itself in event time).
+    let cfg = write_config(dir.path(), b, &t, LATENCY_PACT, "max_out_of_orderness = \"0s\"", a);
+    let engine = Engine::start_logging(&cfg, "info");
+    let enc = Encoder::new(&a.format);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent: Arc<Mutex<HashMap<String, i64>>> = Arc::new(Mutex::new(HashMap::new()));
+    // Raw hop: same client defaults as the engine's consumer and producer.
+    let hop = {
+        let (stop, reader) = (stop.clone(), assigned_reader(b, &ping, 1, a.fetch_wait_ms));
+        std::thread::spawn(move || {
+            let mut h = Histogram::<u64>::new(3).expect("histogram");
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
+                    let sent_us = m.payload().and_then(|p| std::str::from_utf8(p).ok()).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+                    let _ = h.record((now_us() - sent_us).max(0) as u64);
+                }
+            }
+            h
+        })
+    };
+    let router = {
+        let (stop, reader) = (stop.clone(), assigned_reader(b, &t.enforcement, 1, a.fetch_wait_ms));
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
+                    let recv = now_us();
+                    let create = m.timestamp().to_millis().unwrap_or(0) * 1000;
+                    if let Some(e) = m.payload().and_then(|p| serde_json::from_slice::<EnforcementEvent>(p).ok()) {
+                        seen.push((e, create, recv));
+                    }
+                }
+            }
+            seen
+        })
+    };
+    // Let the engine join its group and the observers start fetching.
+    std::thread::sleep(Duration::from_secs(8));
+
+    let producer: BaseProducer = b.client().create().expect("producer");
+    let agents: Vec<String> = (0..a.incidents).map(|i| format!("agent-{i:04}")).collect();
+    // Each agent: a staggered baseline at 95 % verified, then 20 %, for 200 events.
+    let change_at: Vec<u64> = (0..a.incidents).map(|i| 500 + (i as u64 * 37) % 300).collect();
+    let per_agent = change_at.iter().max().copied().unwrap_or(0) + 200;
+    let mut rng = 0x5EED_u64;
+    let mut unit = move || {
+        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let interval = Duration::from_secs_f64(1.0 / a.rate);
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut next_ping = Instant::now();
+    for i in 0..per_agent {
+        for (ai, agent) in agents.iter().enumerate() {
+            if i >= change_at[ai] + 200 {
+                continue;
+            }
+            let p = if i >= change_at[ai] { 0.20 } else { 0.95 };
+            let at = now_us();
+            let ev = Telemetry {
+                event_id: format!("{agent}-{i}"),
+                agent_id: agent.clone(),
+                workflow: "bench".into(),
+                model: Model { provider: "acme".into(), name: "m".into(), version: "v1".into() },
+                occurred_at: at,
+                risk: Risk::Low,
+                outcome: Outcome::Ok,
+                latency_ms: Some(500.0),
+                citations: Some(Citations { total: 1, verified: (unit() < p) as u32 }),
+                pii_detected: Some(false),
+                tool_calls: vec![],
+                attributes: BTreeMap::new(),
+            };
+            let payload = enc.encode(&ev);
+            if let Ok(mut s) = sent.lock() {
+                s.insert(ev.event_id.clone(), at);
+            }
+            send(&producer, &t.input, agent.as_bytes(), &payload, 0, at / 1000);
+            producer.poll(Duration::ZERO);
+            n += 1;
+            if Instant::now() >= next_ping {
+                let at = now_us();
+                send(&producer, &ping, b"ping", at.to_string().as_bytes(), 0, at / 1000);
+                next_ping += Duration::from_millis(10);
+            }
+            // Pace to the target rate.
+            let due = started + interval * n as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let secs = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    let hop = hop.join().expect("hop thread");
+    let seen = router.join().expect("router thread");
+    let engine_log = engine.log_text();
+    drop(engine);
+
+    let sent = sent.lock().expect("sent map");
+    let mut to_produce = Histogram::<u64>::new(3).expect("histogram");
+    let mut to_router = Histogram::<u64>::new(3).expect("histogram");
+    let mut missing = 0;
+    let mut incidents = std::collections::BTreeSet::new();
+    let mut later = BTreeMap::new();
+    for (e, create, recv) in &seen {
+        if e.reason.code != "drift_verified" {
+            continue;
+        }
+        // An incident is an agent's first verified drift; the same decision in the other
+        // scope, and later escalations, are counted but not timed twice.
+        if !incidents.insert(e.agent_id.clone()) {
+            *later.entry(format!("{} {:?}->{:?}", e.scope.as_str(), e.lane_from, e.lane_to)).or_insert(0) += 1;
+            continue;
+        }
+        match sent.get(&e.causation.id) {
+            Some(at) => {
+                let _ = to_produce.record((create - at / 1000 * 1000).max(0) as u64);
+                let _ = to_router.record((recv - at).max(0) as u64);
+            }
+            None => missing += 1,
+        }
+    }
+    println!("\ndrift → control latency: {} incidents, {n} events at {:.0}/s ({} input), tansu on this machine", to_router.len(), n as f64 / secs, a.format);
+    println!("  {:<44} {:>8} {:>8} {:>8} {:>7}", "", "p50 ms", "p99 ms", "max ms", "n");
+    row("raw hop: produce → consume", &hop);
+    row("verifying record → enforcement produced", &to_produce);
+    row("verifying record → router receives event", &to_router);
+    if !later.is_empty() {
+        println!("  other drift events (not timed): {later:?}");
+    }
+    if to_router.len() > 0 && hop.len() > 0 {
+        println!("  router-visible p99 / raw-hop p99 = {:.2}", pct(&to_router, 0.99) / pct(&hop, 0.99).max(1e-9));
+    }
+    if missing > 0 || (to_router.len() as usize) < a.incidents {
+        let reasons: BTreeMap<&str, usize> = seen.iter().fold(BTreeMap::new(), |mut m, (e, _, _)| {
+            *m.entry(e.reason.code.as_str()).or_default() += 1;
+            m
+        });
+        println!("  note: {} of {} incidents measured; {missing} without a known cause; events by reason {reasons:?}", to_router.len(), a.incidents);
+        let log = engine_log;
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        println!("  engine log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+}
+
+/// Polls the group's committed offsets until they sum to `total`: the seconds it took,
+/// and the first commit seen (seconds, offsets) for a start-up-free rate.
+fn wait_committed(b: &Broker, group: &str, topic: &str, partitions: i32, total: i64, since: Instant) -> (f64, Option<(f64, i64)>) {
+    let mut first = None;
+    loop {
+        let c: i64 = b.committed(group, topic, partitions).iter().map(|o| o.unwrap_or(0)).sum();
+        if c > 0 && first.is_none() {
+            first = Some((since.elapsed().as_secs_f64(), c));
+        }
+        if c >= total {
+            return (since.elapsed().as_secs_f64(), first);
+        }
+        assert!(since.elapsed() < Duration::from_secs(1800), "engine stalled at {c} of {total}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn throughput(b: &Broker, a: &Args) {
+    let partitions = 2;
+    let t = topics(b, partitions);
+    let enc = Encoder::new(&a.format);
+    println!("\nthroughput: producing {} {} records (five clauses each) ...", a.records, a.format);
+    let producer: BaseProducer = b.client().set("linger.ms", "20").set("batch.size", "1000000").set("compression.type", "lz4").create().expect("producer");
+    let mut n = 0;
+    for input in Fleet::new(11, 60, false) {
+        let Input::Telemetry(mut ev) = input else { continue };
+        ev.citations.get_or_insert(Citations { total: 1, verified: 1 });
+        let part = (ev.agent_id.bytes().map(u32::from).sum::<u32>() % partitions as u32) as i32;
+        send(&producer, &t.input, ev.agent_id.as_bytes(), &enc.encode(&ev), part, ev.occurred_at / 1000);
+        producer.poll(Duration::ZERO);
+        n += 1;
+        if n == a.records {
+            break;
+        }
+    }
+    producer.flush(Duration::from_secs(300)).expect("flush");
+    assert_eq!(n, a.records, "the simulated fleet ran out of events");
+
+    // Bare consumer: same broker, same group protocol, counts only.
+    let group = format!("bare-{}", rand_suffix());
+    let t0 = Instant::now();
+    let bare: BaseConsumer = b.client().set("group.id", &group).set("auto.offset.reset", "earliest").set("session.timeout.ms", "6000").set("enable.auto.commit", "false").set("fetch.wait.max.ms", a.fetch_wait_ms.to_string()).set("fetch.queue.backoff.ms", "10").create().expect("consumer");
+    bare.subscribe(&[&t.input]).expect("subscribe");
+    let mut count = 0usize;
+    let mut bytes = 0usize;
+    while count < a.records {
+        if let Some(Ok(m)) = bare.poll(Duration::from_millis(100)) {
+            count += 1;
+            bytes += m.payload_len();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1800), "bare consumer stalled at {count}");
+    }
+    let bare_secs = t0.elapsed().as_secs_f64();
+    drop(bare);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), b, &t, FIVE, "", a);
+    let t0 = Instant::now();
+    let engine = Engine::start_logging(&cfg, "info");
+    let (engine_secs, first) = wait_committed(b, &t.group, &t.input, partitions, a.records as i64, t0);
+    let ok = engine.stop().success();
+    let (br, er) = (a.records as f64 / bare_secs, a.records as f64 / engine_secs);
+    println!("  {} records, {:.0} MB, {partitions} partitions; both timed from process/consumer start to the last record (engine: to its last commit)", a.records, bytes as f64 / 1e6);
+    println!("  bare rdkafka consumer (count only)   {:>9.0} records/s  ({bare_secs:.1} s)", br);
+    println!("  driftgate run (decode, 5 clauses,   {:>9.0} records/s  ({engine_secs:.1} s)", er);
+    println!("    outputs, changelog, commits)");
+    println!("  engine / bare = {:.2}{}", er / br, if ok { "" } else { "  (engine exited with an error)" });
+    if let Some((at, c)) = first.filter(|(at, _)| engine_secs > *at) {
+        println!("  engine after its first commit ({at:.1} s, {c} records): {:.0} records/s", (a.records as i64 - c) as f64 / (engine_secs - at));
+    }
+}
+
+fn main() {
+    let a = args();
+    let b = Broker::start();
+    if a.latency {
+        latency(&b, &a);
+    }
+    if a.throughput {
+        throughput(&b, &a);
+    }
+}
