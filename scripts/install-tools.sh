@@ -15,4 +15,16 @@ if [ ! -x "$TOOLS/bin/tansu" ]; then
       done
   [ -x "$TOOLS/bin/tansu" ] || { echo "tansu install failed" >&2; exit 1; }
 fi
+# promtool: checks the Prometheus alert rules in deploy/. Taken out of Debian's
+# `prometheus` package without installing it (no server, no service).
+if ! command -v promtool >/dev/null && [ ! -x "$TOOLS/bin/promtool" ]; then
+  echo "==> installing promtool (from Debian's prometheus package) into $TOOLS..."
+  tmp=$(mktemp -d)
+  ( cd "$tmp" && apt-get download prometheus >/dev/null 2>&1 ) \
+    || { apt-get update >/dev/null 2>&1 && ( cd "$tmp" && apt-get download prometheus >/dev/null ); }
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  mkdir -p "$TOOLS/bin" && cp "$tmp/x/usr/bin/promtool" "$TOOLS/bin/promtool"
+  rm -rf "$tmp"
+  [ -x "$TOOLS/bin/promtool" ] || { echo "promtool install failed" >&2; exit 1; }
+fi
 echo "==> tools ready in $TOOLS"

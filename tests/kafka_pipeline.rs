@@ -3,6 +3,8 @@
 
 #[path = "support/kafka.rs"]
 mod kafka;
+#[path = "support/scrape.rs"]
+mod scrape;
 
 use driftgate::avro_json::write_datum;
 use driftgate::decode::confluent_frame;
@@ -62,10 +64,10 @@ fn topics(b: &Broker, partitions: i32) -> Topics {
 }
 
 fn write_config(dir: &Path, b: &Broker, t: &Topics, format: &str) -> std::path::PathBuf {
-    write_config_with(dir, b, t, format, "200ms")
+    write_config_with(dir, b, t, format, "200ms", "")
 }
 
-fn write_config_with(dir: &Path, b: &Broker, t: &Topics, format: &str, commit_interval: &str) -> std::path::PathBuf {
+fn write_config_with(dir: &Path, b: &Broker, t: &Topics, format: &str, commit_interval: &str, listen: &str) -> std::path::PathBuf {
     std::fs::write(dir.join("pact.yaml"), PACT).unwrap();
     std::fs::write(dir.join("telemetry.avsc"), TELEMETRY_AVSC).unwrap();
     std::fs::write(dir.join("no-agent.avsc"), no_agent_schema().canonical_form()).unwrap();
@@ -87,11 +89,13 @@ dead_letter = "{}"
 changelog = "{}"
 [kafka.properties]
 "session.timeout.ms" = "6000"
+"statistics.interval.ms" = "1000"
 [schema_registry.static_schemas]
 1 = "telemetry.avsc"
 2 = "no-agent.avsc"
 [http]
-listen = ""
+listen = "{listen}"
+override_token = "kafka-test-token"
 "#,
         b.bootstrap(),
         t.group,
@@ -176,7 +180,13 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     let b = Broker::start();
     let t = topics(&b, 2);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &b, &t, "avro");
+    let port = kafka::free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let cfg = write_config_with(dir.path(), &b, &t, "avro", "200ms", &format!("127.0.0.1:{port}"));
+    let control_topic = format!("control-{}", rand_suffix());
+    b.create_topics(&[(&control_topic, 1, false)]);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[kafka.topics]\n", &format!("[kafka.topics]\ncontrol = \"{control_topic}\"\n"));
+    std::fs::write(&cfg, text.replace("override_token = \"kafka-test-token\"", "override_token = \"kafka-test-token\"\noverride_hmac_secret = \"kafka-test-secret\"")).unwrap();
     let records: Vec<_> = scenario().iter().map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2))).collect();
     produce(&b.producer(), &t.input, &records);
 
@@ -185,12 +195,82 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
         let ev = enforcement_events(&b, &t.enforcement);
         ev.iter().any(|e| e.lane_to == Lane::Degrade).then_some(ev)
     });
+    // The API and metrics of the running pipeline.
+    let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let get = |path: &str| -> (u16, String) {
+        let mut r = http.get(&format!("{api}{path}")).call().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    assert_eq!(get("/readyz").0, 200);
+    let (st, body) = get("/v1/agents/fin-02");
+    assert_eq!(st, 200);
+    let a: AgentSnapshot = serde_json::from_str(&body).unwrap();
+    assert_eq!(a.lane, Lane::Degrade);
+    assert_eq!(get("/v1/agents/fin-09").0, 404);
+    // Wait for librdkafka's statistics (lag) and every record to be counted.
+    let text = wait_for(30, "lag and all records in /metrics", || {
+        let text = get("/metrics").1;
+        let s = scrape::samples(&text);
+        (scrape::sum(&s, "driftgate_records_consumed_total", &[]) == records.len() as f64 && text.contains("driftgate_consumer_lag_records{")).then_some(text)
+    });
+    let s = scrape::samples(&text);
+    assert_eq!(scrape::sum(&s, "driftgate_records_decoded_total", &[]), records.len() as f64);
+    assert_eq!(scrape::sum(&s, "driftgate_records_dead_lettered_total", &[]), 0.0);
+    assert_eq!(scrape::sum(&s, "driftgate_enforcement_events_total", &[]), enforcement_events(&b, &t.enforcement).len() as f64);
+    assert!(scrape::sum(&s, "driftgate_drift_to_enforcement_seconds_count", &[r#"clock="wall""#]) >= 1.0);
+    assert_eq!(scrape::sum(&s, "driftgate_agents", &[r#"lane="degrade""#, r#"scope="all""#]), 1.0);
+    assert_eq!(scrape::sum(&s, "driftgate_consumer_lag_records", &[]), 0.0, "drained");
+    let have = scrape::families(&text);
+    let missing: Vec<String> = scrape::referenced_by_deploy_kit(&scrape::root()).into_iter().filter(|m| !have.contains(m)).collect();
+    assert!(missing.is_empty(), "the dashboard or alert rules use metrics the pipeline does not expose: {missing:?}");
+
+    // An override through the pipeline: refused without a token (and audited), accepted
+    // with it once the state holding it is in the changelog.
+    let last_at = T0 + (1499 * 10 + 3) * 1_000_000;
+    let seq = serde_json::from_str::<AgentSnapshot>(&get("/v1/agents/fin-01").1).unwrap().seq;
+    let body = serde_json::json!({"override_id": "kill-1", "agent_id": "fin-01", "kind": "emergency_kill", "principal": "ops", "reason": "test",
+        "ticket": "INC-1", "issued_at": last_at - 10_000_000, "expires_at": last_at + 3_600_000_000_i64, "expected_seq": seq}).to_string();
+    let post = |auth: Option<&str>| -> (u16, String) {
+        let mut req = http.post(&format!("{api}/v1/overrides"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let mut r = req.send(body.as_str()).unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    assert_eq!(post(None).0, 401);
+    let (st, resp) = post(Some("Bearer kafka-test-token"));
+    assert_eq!(st, 201, "{resp}");
+    let resp: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(resp["agent"]["lane"], "block");
+    let hist = wait_for(30, "override records in the history topic", || {
+        let h = b.read_all(&t.history);
+        let text = |r: &kafka::Rec| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
+        (h.iter().any(|r| text(r).contains("override_accepted")) && h.iter().any(|r| text(r).contains("override_rejected"))).then_some(h)
+    });
+    // The same through the control topic, signed: fin-03 is blocked.
+    let ctl = serde_json::json!({"override_id": "kill-2", "agent_id": "fin-03", "kind": "emergency_kill", "principal": "ops", "reason": "test",
+        "ticket": "INC-2", "issued_at": last_at - 10_000_000, "expires_at": last_at + 3_600_000_000_i64, "expected_seq": 0}).to_string();
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let sig = driftgate::auth::sign("kafka-test-secret", now_s, ctl.as_bytes());
+    let p = b.producer();
+    let h = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header { key: "driftgate.timestamp", value: Some(&now_s.to_string()) })
+        .insert(rdkafka::message::Header { key: "driftgate.signature", value: Some(&sig) });
+    p.send(rdkafka::producer::BaseRecord::to(&control_topic).key("fin-03").payload(&ctl).headers(h)).map_err(|(e, _)| e).unwrap();
+    rdkafka::producer::Producer::flush(&p, std::time::Duration::from_secs(10)).unwrap();
+    wait_for(30, "fin-03 blocked by the control topic", || {
+        enforcement_events(&b, &t.enforcement).iter().any(|e| e.agent_id == "fin-03" && e.lane_to == Lane::Block).then_some(())
+    });
+    let audit = hist.iter().find(|r| r.header("driftgate.chain").is_some_and(|c| c.starts_with("api/"))).expect("the refusal is in the API's audit chain");
+    assert!(String::from_utf8_lossy(audit.value.as_deref().unwrap()).contains("unauthenticated"));
+
     // Let the remaining acknowledged progress be committed, then stop cleanly.
     std::thread::sleep(std::time::Duration::from_millis(800));
     let log = engine.log_text();
     assert!(engine.stop().success(), "engine exited with an error:\n{log}");
 
-    // Only the drifted agent changed lane: watch on the model update, then degrade.
+    // Only the drifted agent changed lane by itself: watch on the model update, then degrade.
     assert!(events.iter().all(|e| e.agent_id == "fin-02"), "healthy agents got events: {events:?}");
     let degrade = events.iter().find(|e| e.lane_to == Lane::Degrade).unwrap();
     assert_eq!(degrade.reason.code, "drift_verified");
@@ -211,17 +291,23 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     // The history topic verifies: each partition is one hash chain.
     let hist = b.read_all(&t.history);
     assert!(!hist.is_empty());
-    for p in 0..2 {
-        let text: String = hist.iter().filter(|r| r.partition == p).map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap() + "\n").collect();
-        if text.is_empty() {
-            continue;
+    // Each input partition is one hash chain (written to its partition); the API's audit
+    // records form a chain of their own.
+    let mut chains: BTreeMap<String, String> = BTreeMap::new();
+    for r in &hist {
+        let chain = r.header("driftgate.chain").expect("chain header").to_string();
+        if let Some(p) = chain.strip_prefix(&format!("{}/", t.input)) {
+            assert_eq!(p, r.partition.to_string(), "a partition's chain is written to its own partition");
         }
-        let (n, _) = driftgate::history::verify(text.as_bytes()).unwrap_or_else(|e| panic!("history partition {p}: {e}"));
+        *chains.entry(chain).or_default() += &(String::from_utf8(r.value.clone().unwrap()).unwrap() + "\n");
+    }
+    assert!(chains.keys().any(|c| c.starts_with("api/")));
+    for (chain, text) in &chains {
+        let (n, _) = driftgate::history::verify(text.as_bytes()).unwrap_or_else(|e| panic!("history chain {chain}: {e}"));
         assert!(n > 0);
-        assert!(hist.iter().filter(|r| r.partition == p).all(|r| r.header("driftgate.chain") == Some(&format!("{}/{p}", t.input)[..])));
     }
     let decisions = hist.iter().filter(|r| String::from_utf8_lossy(r.value.as_deref().unwrap()).contains("\"kind\":\"decision\"")).count();
-    assert_eq!(decisions, events.len(), "a history record per enforcement event");
+    assert_eq!(decisions, enforcement_events(&b, &t.enforcement).len(), "a history record per enforcement event");
 
     // Offsets were committed, and never past what was processed.
     let committed = b.committed(&t.group, &t.input, 2);
@@ -339,7 +425,7 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
     let b = Broker::start();
     let t = topics(&b, 2);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config_with(dir.path(), &b, &t, "avro", "2s");
+    let cfg = write_config_with(dir.path(), &b, &t, "avro", "2s", "");
     let records: Vec<_> = scenario().iter().map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2))).collect();
     // Phase 1 ends before the model update; phase 2 holds the drift.
     let split = 900 * 4;
@@ -364,7 +450,7 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
     // restored snapshot either way (the changelog, not the group's offsets, is the authority).
     let t2 = Topics { group: format!("{}-restart", t.group), ..t };
     let t = t2;
-    let cfg = write_config_with(dir.path(), &b, &t, "avro", "2s");
+    let cfg = write_config_with(dir.path(), &b, &t, "avro", "2s", "");
     let engine = Engine::start(&cfg);
     let committed_sum = |b: &Broker| b.committed(&t.group, &t.input, 2).iter().map(|c| c.unwrap_or(0)).sum::<i64>();
     wait_for(120, "the restarted engine to commit the rest", || (committed_sum(&b) >= records.len() as i64).then_some(()));

@@ -47,6 +47,8 @@ pub struct Topics {
     pub dead_letter: String,
     /// Compacted, co-partitioned with the input: the engine state, for restore.
     pub changelog: String,
+    /// Overrides as records (JSON, authenticated like HTTP requests); unset: none.
+    pub control: Option<String>,
 }
 
 impl Default for Topics {
@@ -57,6 +59,7 @@ impl Default for Topics {
             history: "driftgate.history".into(),
             dead_letter: "driftgate.dead-letter".into(),
             changelog: "driftgate.changelog".into(),
+            control: None,
         }
     }
 }
@@ -137,11 +140,26 @@ impl Default for DecodeConfig {
 pub struct HttpConfig {
     /// Listen address of `/metrics` and the HTTP API; empty disables it.
     pub listen: String,
+    /// Bearer token for `POST /v1/overrides` (set it from a secret, e.g.
+    /// `DRIFTGATE_HTTP__OVERRIDE_TOKEN`). With neither this nor the HMAC secret, overrides
+    /// are refused.
+    pub override_token: Option<String>,
+    /// HMAC-SHA256 secret for signed override requests (HTTP and the control topic).
+    pub override_hmac_secret: Option<String>,
+    /// How far a signature's timestamp may be from now.
+    pub signature_max_age: Dur,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "0.0.0.0:9464".into() }
+        HttpConfig { listen: "0.0.0.0:9464".into(), override_token: None, override_hmac_secret: None, signature_max_age: Dur(300 * 1_000_000) }
+    }
+}
+
+impl HttpConfig {
+    /// The override credentials.
+    pub fn credentials(&self) -> crate::auth::Credentials {
+        crate::auth::Credentials::new(self.override_token.as_deref(), self.override_hmac_secret.as_deref(), self.signature_max_age.micros() / 1_000_000)
     }
 }
 

@@ -36,6 +36,8 @@ pub mod reason {
     pub const INVALID_FIELD: &str = "invalid_field";
     /// `occurred_at` is further ahead of the Kafka timestamp than allowed.
     pub const FUTURE_TIMESTAMP: &str = "future_timestamp";
+    /// Every code the decoder gives.
+    pub const ALL: [&str; 10] = [EMPTY, NOT_CONFLUENT, UNKNOWN_SCHEMA_ID, BAD_SCHEMA, AVRO_DECODE, SCHEMA_MISMATCH, INVALID_JSON, MISSING_FIELD, INVALID_FIELD, FUTURE_TIMESTAMP];
 }
 
 /// Why a record did not decode.

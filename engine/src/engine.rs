@@ -258,6 +258,11 @@ impl Engine {
         }
     }
 
+    /// The settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
     /// The pacts in force.
     pub fn pacts(&self) -> &[Pact] {
         &self.pacts

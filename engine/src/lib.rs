@@ -5,7 +5,12 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod avro_json;
+pub mod control;
+pub mod control_topic;
+pub mod http;
+pub mod metrics;
 pub mod changelog;
 pub mod config;
 pub mod decode;

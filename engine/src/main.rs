@@ -78,6 +78,15 @@ enum Cmd {
         /// Also write the contract history (JSONL).
         #[arg(long)]
         history_out: Option<PathBuf>,
+        /// After the run, serve `/metrics` and the HTTP API on this address until SIGTERM.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Bearer token accepted by `POST /v1/overrides` while serving.
+        #[arg(long, env = "DRIFTGATE_HTTP__OVERRIDE_TOKEN", hide_env_values = true)]
+        override_token: Option<String>,
+        /// HMAC secret accepted by `POST /v1/overrides` while serving.
+        #[arg(long, env = "DRIFTGATE_HTTP__OVERRIDE_HMAC_SECRET", hide_env_values = true)]
+        override_hmac_secret: Option<String>,
     },
     /// Replay recorded telemetry (.jsonl[.gz] or Avro .avro) through the engine core.
     Replay {
@@ -186,7 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::History { cmd: HistoryCmd::Verify { file } } => verify_history(&file),
-        Cmd::Demo { events_out, history_out } => {
+        Cmd::Demo { events_out, history_out, listen, override_token, override_hmac_secret } => {
             let run = driftgate::demo::run();
             print!("{}", driftgate::demo::report(&run));
             if let Some(p) = events_out {
@@ -198,6 +207,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(p) = history_out {
                 driftgate::history::write_jsonl(std::fs::File::create(&p)?, &run.history)?;
+            }
+            if let Some(addr) = listen {
+                let creds = driftgate::auth::Credentials::new(override_token.as_deref(), override_hmac_secret.as_deref(), 300);
+                let control: std::sync::Arc<dyn driftgate::control::ControlPlane> = std::sync::Arc::new(driftgate::control::DemoControl::new(run));
+                let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+                    tracing::info!(addr = %listener.local_addr()?, "serving the demo's metrics and API until SIGTERM");
+                    let api = driftgate::http::serve(listener, driftgate::http::ApiState::new(control, creds));
+                    tokio::select! {
+                        r = api => r.context("HTTP server")?,
+                        _ = shutdown_signal() => {}
+                    }
+                    anyhow::Ok(())
+                })?;
             }
             Ok(())
         }
@@ -268,29 +292,58 @@ fn run_pipeline(config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let cfg = driftgate::config::RunConfig::load(config)?;
     let pacts = cfg.pacts.iter().map(|p| driftgate::pact::load_pact(p).map_err(anyhow::Error::from)).collect::<anyhow::Result<Vec<_>>>()?;
     let status = Arc::new(driftgate::pipeline::Status::default());
-    // The runtime serves signals (and HTTP); the pipeline loop runs on this thread.
+    // The runtime serves signals and HTTP; the pipeline loop runs on this thread.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     {
         let status = status.clone();
         rt.spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot install the SIGTERM handler");
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
-            }
+            shutdown_signal().await;
             status.stop.store(true, Ordering::SeqCst);
         });
     }
-    let pipeline = driftgate::pipeline::Pipeline::start(cfg, pacts, status)?;
+    // Bound before connecting, so a taken port fails fast.
+    let listener = match cfg.http.listen.trim() {
+        "" => None,
+        addr => Some(rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("cannot listen on `{addr}` (http.listen)"))?),
+    };
+    let creds = cfg.http.credentials();
+    let metrics = Arc::new(driftgate::metrics::Metrics::new());
+    let control_topic = cfg.kafka.topics.control.clone().map(|topic| {
+        let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| std::process::id().to_string());
+        (driftgate::pipeline::kafka_config(&cfg), format!("{}-control-{instance}", cfg.kafka.group_id), topic)
+    });
+    let pipeline = driftgate::pipeline::Pipeline::start(cfg, pacts, status.clone(), metrics)?;
+    let control: Arc<dyn driftgate::control::ControlPlane> = pipeline.control();
+    if let Some((client, group, topic)) = control_topic {
+        driftgate::control_topic::spawn(client, group, topic, control.clone(), creds.clone(), status).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(listener) = listener {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics and the HTTP API");
+        rt.spawn(async move {
+            if let Err(e) = driftgate::http::serve(listener, driftgate::http::ApiState::new(control, creds)).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
     pipeline.run()?;
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGTERM handler");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
 }
 
 fn verify_history(file: &std::path::Path) -> anyhow::Result<()> {

@@ -26,6 +26,9 @@ use crate::pact::Pact;
 use crate::registry::{HttpRegistry, SchemaSource, StaticSchemas};
 use crate::sink::{OutRecord, Sink, SinkError, SourceKey};
 use crate::snapshot::AgentSnapshot;
+use crate::control::{pact_infos, prevalidate, AuditChain, ControlPlane, PactInfo, Readiness, RecentHistory, SubmitError};
+use crate::metrics::Metrics;
+use crate::overrides::OverrideRequest;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::types::RDKafkaRespErr;
@@ -61,6 +64,8 @@ pub enum PipelineError {
 pub struct Status {
     /// Partitions assigned and ready.
     pub assigned: AtomicBool,
+    /// An assignment's state is being restored.
+    pub restoring: AtomicBool,
     /// Set to stop the run.
     pub stop: AtomicBool,
 }
@@ -71,6 +76,8 @@ pub struct Status {
 struct Mark {
     position: i64,
     highwater: u64,
+    /// The snapshot it closes (see [`Task::snapshots_started`]).
+    epoch: u64,
 }
 
 /// A snapshot's closing meta record, held back until everything before it is acknowledged.
@@ -79,6 +86,7 @@ struct PendingMeta {
     position: i64,
     meta: Vec<u8>,
     highwater: u64,
+    epoch: u64,
 }
 
 /// One input partition's engine and progress.
@@ -91,6 +99,13 @@ struct Task {
     /// A snapshot whose agent records are written and whose closing meta record waits
     /// until they, and every output before them, are acknowledged.
     pending: Option<PendingMeta>,
+    /// Snapshot even if no record was read (an override changed the state).
+    force_snapshot: bool,
+    /// Snapshots begun, and the newest whose closing record is acknowledged.
+    snapshots_started: u64,
+    snapshots_durable: u64,
+    /// Engine counters already added to the metrics.
+    last_stats: crate::engine::Stats,
     marks: VecDeque<Mark>,
     /// The furthest position whose outputs are all acknowledged.
     safe: Option<i64>,
@@ -100,7 +115,8 @@ struct Task {
 
 impl Task {
     fn fresh(engine: Engine, position: Option<i64>) -> Task {
-        Task { engine, pushed: position, snapshot_at: position, pending: None, marks: VecDeque::new(), safe: None, committed: None }
+        let last_stats = engine.stats().clone();
+        Task { engine, pushed: position, snapshot_at: position, pending: None, force_snapshot: false, snapshots_started: 0, snapshots_durable: 0, last_stats, marks: VecDeque::new(), safe: None, committed: None }
     }
 
     fn advance(&mut self, min_unacked: u64) {
@@ -109,6 +125,7 @@ impl Task {
                 break;
             }
             self.safe = Some(self.safe.map_or(m.position, |s| s.max(m.position)));
+            self.snapshots_durable = self.snapshots_durable.max(m.epoch);
             self.marks.pop_front();
         }
     }
@@ -150,17 +167,20 @@ impl Tasks {
                 }
                 let k = changelog::Key::Meta(key.0.clone()).encode();
                 sink.send(key, OutRecord { topic: &self.changelog, key: &k, payload: Some(&p.meta), headers: None, partition: Some(key.1) })?;
-                task.marks.push_back(Mark { position: p.position, highwater: acks(&|a| a.next_no(key)) });
+                task.marks.push_back(Mark { position: p.position, highwater: acks(&|a| a.next_no(key)), epoch: p.epoch });
                 debug!(topic = %key.0, partition = key.1, position = p.position, "snapshot closed");
             }
-            let Some(position) = task.pushed.filter(|p| task.snapshot_at.is_none_or(|s| *p > s)) else { continue };
+            let moved = task.pushed.filter(|p| task.snapshot_at.is_none_or(|s| *p > s));
+            let Some(position) = moved.or(task.pushed.filter(|_| task.force_snapshot)) else { continue };
+            task.force_snapshot = false;
+            task.snapshots_started += 1;
             let dirty: Vec<(String, Option<Vec<u8>>)> = task.engine.take_dirty().into_iter().map(|(id, s)| (id, s.map(changelog::encode_agent))).collect();
             for (agent, value) in &dirty {
                 let k = changelog::Key::Agent(key.0.clone(), agent.clone()).encode();
                 sink.send(key, OutRecord { topic: &self.changelog, key: &k, payload: value.as_deref(), headers: None, partition: Some(key.1) })?;
             }
             let meta = changelog::encode_meta(&changelog::MetaRecord { position, meta: task.engine.meta() });
-            task.pending = Some(PendingMeta { position, meta, highwater: acks(&|a| a.next_no(key)) });
+            task.pending = Some(PendingMeta { position, meta, highwater: acks(&|a| a.next_no(key)), epoch: task.snapshots_started });
             task.snapshot_at = Some(position);
             debug!(topic = %key.0, partition = key.1, position, agents = dirty.len(), "snapshot written");
         }
@@ -217,6 +237,7 @@ impl Tasks {
 /// Consumer callbacks: rebalances.
 pub struct PipelineContext {
     tasks: Arc<Mutex<Tasks>>,
+    metrics: Arc<Metrics>,
     sink: Arc<Sink>,
     status: Arc<Status>,
     client: ClientConfig,
@@ -224,7 +245,18 @@ pub struct PipelineContext {
     restore_timeout: Duration,
 }
 
-impl ClientContext for PipelineContext {}
+impl ClientContext for PipelineContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // librdkafka lists an internal partition -1, and -1 lag for unassigned ones.
+                if p.partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics.consumer_lag.with_label_values(&[topic.as_str(), partition.to_string().as_str()]).set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for PipelineContext {
     // Overridden to restore state *before* the assignment takes effect, and to start
@@ -255,6 +287,7 @@ impl PipelineContext {
     fn on_assign(&self, tpl: &mut TopicPartitionList) {
         let parts: Vec<SourceKey> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         let started = Instant::now();
+        self.status.restoring.store(true, Ordering::SeqCst);
         for key in parts {
             let restored = match restore_partition(&self.client, &self.changelog, &key, self.restore_timeout) {
                 Ok(r) => r,
@@ -283,6 +316,7 @@ impl PipelineContext {
         }
         let total = self.tasks.lock().map(|t| t.map.len()).unwrap_or(0);
         info!(partitions = tpl.count(), total, restore_ms = started.elapsed().as_millis() as u64, "partitions assigned");
+        self.status.restoring.store(false, Ordering::SeqCst);
         self.status.assigned.store(total > 0, Ordering::SeqCst);
     }
 
@@ -365,6 +399,95 @@ pub mod headers {
     pub const CHAIN: &str = "driftgate.chain";
 }
 
+/// Turns engine outputs into records on the output topics; shared by the pipeline loop
+/// and the HTTP API (overrides), so both produce the same way.
+pub struct Emitter {
+    topics: crate::config::Topics,
+    output_format: OutputFormat,
+    output_schema_id: u32,
+    enforcement_schema: apache_avro::Schema,
+    sink: Arc<Sink>,
+    metrics: Arc<Metrics>,
+    recent: Mutex<RecentHistory>,
+}
+
+/// The record an output derives from, when it derives from one.
+pub struct Origin<'a> {
+    msg: &'a BorrowedMessage<'a>,
+    event_id: &'a str,
+}
+
+impl Emitter {
+    fn emit(&self, key: &SourceKey, engine: &Engine, outputs: Vec<Output>, origin: Option<Origin<'_>>) -> Result<(), PipelineError> {
+        let topics = &self.topics;
+        let record_time = origin.as_ref().and_then(|o| o.msg.timestamp().to_millis()).map(|ms| ms.saturating_mul(1000));
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        for out in outputs {
+            match out {
+                Output::Enforcement(e) => {
+                    let payload = match self.output_format {
+                        OutputFormat::Json => serde_json::to_vec(&e).map_err(|x| PipelineError::Setup(x.to_string()))?,
+                        OutputFormat::Avro => {
+                            let datum = crate::avro_json::encode_datum(&e, &self.enforcement_schema).map_err(|x| PipelineError::Setup(format!("enforcement event does not fit its schema: {x}")))?;
+                            crate::decode::confluent_frame(self.output_schema_id, &datum)
+                        }
+                    };
+                    info!(agent = %e.agent_id, pact = e.pact_id.as_deref().unwrap_or(""), clause = e.clause_id.as_deref().unwrap_or(""), seq = e.seq, from = e.lane_from.as_str(), to = e.lane_to.as_str(), reason = %e.reason.code, "enforcement event");
+                    let h = OwnedHeaders::new()
+                        .insert(Header { key: "driftgate.kind", value: Some("enforcement") })
+                        .insert(Header { key: "driftgate.seq", value: Some(&e.seq.to_string()) })
+                        .insert(Header { key: "driftgate.event_id", value: Some(&e.event_id) });
+                    self.sink.send(key, OutRecord { topic: &topics.enforcement, key: e.agent_id.as_bytes(), payload: Some(&payload), headers: Some(h), partition: None })?;
+                    self.metrics.enforcement(&e, record_time, wall_micros());
+                    changed.insert(e.agent_id);
+                }
+                Output::History(r) => {
+                    let line = serde_json::to_vec(&r).map_err(|x| PipelineError::Setup(x.to_string()))?;
+                    let chain = format!("{}/{}", key.0, key.1);
+                    let h = OwnedHeaders::new().insert(Header { key: headers::CHAIN, value: Some(&chain) });
+                    let k = r.agent_id.clone().unwrap_or_default();
+                    self.sink.send(key, OutRecord { topic: &topics.history, key: k.as_bytes(), payload: Some(&line), headers: Some(h), partition: Some(key.1) })?;
+                    self.metrics.history_records.inc();
+                    if let Ok(mut recent) = self.recent.lock() {
+                        recent.push(r);
+                    }
+                }
+                Output::Late(l) => {
+                    if let Some(o) = origin.as_ref().filter(|o| o.event_id == l.id) {
+                        self.dead_letter(key, o.msg, "late_event", &l.reason)?;
+                    }
+                }
+                Output::Panic(p) => warn!(workflow = %p.workflow, would_block = p.would_block, agents = p.agents, "blast-radius cap: fail mode applied instead of blocking"),
+            }
+        }
+        for agent in changed {
+            if let Some(s) = AgentSnapshot::of(engine, &agent) {
+                let v = serde_json::to_vec(&s).map_err(|x| PipelineError::Setup(x.to_string()))?;
+                self.sink.send(key, OutRecord { topic: &topics.snapshot, key: agent.as_bytes(), payload: Some(&v), headers: None, partition: None })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&self, key: &SourceKey, msg: &BorrowedMessage<'_>, code: &str, detail: &str) -> Result<(), PipelineError> {
+        let now = crate::timefmt::rfc3339(wall_micros());
+        let h = OwnedHeaders::new()
+            .insert(Header { key: headers::REASON, value: Some(code) })
+            .insert(Header { key: headers::ERROR, value: Some(detail) })
+            .insert(Header { key: headers::TOPIC, value: Some(msg.topic()) })
+            .insert(Header { key: headers::PARTITION, value: Some(&msg.partition().to_string()) })
+            .insert(Header { key: headers::OFFSET, value: Some(&msg.offset().to_string()) })
+            .insert(Header { key: headers::TIME, value: Some(&now) });
+        self.sink.send(key, OutRecord { topic: &self.topics.dead_letter, key: msg.key().unwrap_or_default(), payload: msg.payload(), headers: Some(h), partition: None })?;
+        self.metrics.records_dead_lettered.with_label_values(&[code]).inc();
+        Ok(())
+    }
+}
+
+fn wall_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
 /// The running pipeline.
 pub struct Pipeline {
     cfg: RunConfig,
@@ -372,11 +495,13 @@ pub struct Pipeline {
     sink: Arc<Sink>,
     tasks: Arc<Mutex<Tasks>>,
     decoder: Decoder,
-    enforcement_schema: apache_avro::Schema,
+    emitter: Arc<Emitter>,
     status: Arc<Status>,
+    metrics: Arc<Metrics>,
 }
 
-fn kafka_config(cfg: &RunConfig) -> ClientConfig {
+/// Brokers plus the pass-through librdkafka properties.
+pub fn kafka_config(cfg: &RunConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.kafka.brokers);
     for (k, v) in &cfg.kafka.properties {
@@ -387,7 +512,7 @@ fn kafka_config(cfg: &RunConfig) -> ClientConfig {
 
 impl Pipeline {
     /// Connects, checks the topics, and subscribes.
-    pub fn start(cfg: RunConfig, pacts: Vec<Pact>, status: Arc<Status>) -> Result<Pipeline, PipelineError> {
+    pub fn start(cfg: RunConfig, pacts: Vec<Pact>, status: Arc<Status>, metrics: Arc<Metrics>) -> Result<Pipeline, PipelineError> {
         let schemas: Option<Arc<dyn SchemaSource>> = match (&cfg.schema_registry.url, cfg.kafka.format) {
             (_, InputFormat::Json) => None,
             (Some(url), _) => Some(Arc::new(HttpRegistry::new(url))),
@@ -406,7 +531,7 @@ impl Pipeline {
         // librdkafka pauses fetching for `fetch.queue.backoff.ms` (default 1 s) whenever its
         // prefetch queue is full; a consumer that does real work per record then drains the
         // queue and idles for the rest of the second (measured: 40 % idle, 150k records/s).
-        ccfg.set("fetch.queue.backoff.ms", "10");
+        ccfg.set("fetch.queue.backoff.ms", "10").set("statistics.interval.ms", "5000");
         for (k, v) in &cfg.kafka.properties {
             ccfg.set(k, v);
         }
@@ -414,6 +539,7 @@ impl Pipeline {
         ccfg.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
         let ctx = PipelineContext {
             tasks: tasks.clone(),
+            metrics: metrics.clone(),
             sink: sink.clone(),
             status: status.clone(),
             client: base.clone(),
@@ -421,15 +547,16 @@ impl Pipeline {
             restore_timeout: Duration::from_secs(300),
         };
         let consumer: BaseConsumer<PipelineContext> = ccfg.create_with_context(ctx).map_err(|e| PipelineError::Kafka(format!("cannot create the consumer: {e}")))?;
-        let p = Pipeline {
+        let emitter = Arc::new(Emitter {
+            topics: cfg.kafka.topics.clone(),
+            output_format: cfg.kafka.output_format,
+            output_schema_id: cfg.kafka.output_schema_id,
             enforcement_schema: apache_avro::Schema::parse_str(ENFORCEMENT_AVSC).expect("bundled schema is valid"),
-            cfg,
-            consumer,
-            sink,
-            tasks,
-            decoder,
-            status,
-        };
+            sink: sink.clone(),
+            metrics: metrics.clone(),
+            recent: Mutex::new(RecentHistory::default()),
+        });
+        let p = Pipeline { cfg, consumer, sink, tasks, decoder, emitter, status, metrics };
         p.preflight()?;
         let topics: Vec<&str> = p.cfg.kafka.input_topics.iter().map(String::as_str).collect();
         p.consumer.subscribe(&topics).map_err(|e| PipelineError::Kafka(format!("cannot subscribe to {topics:?}: {e}")))?;
@@ -446,7 +573,7 @@ impl Pipeline {
         let parts: HashMap<&str, usize> = md.topics().iter().filter(|t| t.error().is_none()).map(|t| (t.name(), t.partitions().len())).collect();
         let t = &self.cfg.kafka.topics;
         let mut missing = Vec::new();
-        for name in self.cfg.kafka.input_topics.iter().chain([&t.enforcement, &t.snapshot, &t.history, &t.dead_letter, &t.changelog]) {
+        for name in self.cfg.kafka.input_topics.iter().chain([&t.enforcement, &t.snapshot, &t.history, &t.dead_letter, &t.changelog]).chain(t.control.as_ref()) {
             if !parts.contains_key(name.as_str()) {
                 missing.push(name.clone());
             }
@@ -503,6 +630,14 @@ impl Pipeline {
     }
 
     fn handle(&self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        let started = Instant::now();
+        let r = self.handle_record(msg);
+        self.metrics.processing.observe(started.elapsed().as_secs_f64());
+        r
+    }
+
+    fn handle_record(&self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        self.metrics.records_consumed.inc();
         let key: SourceKey = (msg.topic().to_string(), msg.partition());
         let offset = msg.offset();
         let record_time = msg.timestamp().to_millis().map(|ms| ms.saturating_mul(1000));
@@ -511,14 +646,16 @@ impl Pipeline {
         let task = tasks.task(&key);
         match decoded {
             Ok(t) => {
+                self.metrics.records_decoded.inc();
                 let event_id = t.event_id.clone();
                 task.engine.push_tagged(Input::Telemetry(t), offset as u64);
                 let outputs = task.engine.drain();
-                self.emit(&key, &task.engine, outputs, msg, &event_id)?;
+                self.emitter.emit(&key, &task.engine, outputs, Some(Origin { msg, event_id: &event_id }))?;
             }
             Err(DecodeError::Rejected { code, detail }) => {
                 warn!(topic = %key.0, partition = key.1, offset, reason = code, %detail, "dead-lettering record");
-                self.dead_letter(&key, msg, code, &detail)?;
+                self.metrics.records_rejected.with_label_values(&[code]).inc();
+                self.emitter.dead_letter(&key, msg, code, &detail)?;
             }
             Err(DecodeError::Unavailable(why)) => {
                 // Nothing is wrong with the record: rewind and retry after a pause.
@@ -536,62 +673,127 @@ impl Pipeline {
         Ok(())
     }
 
-    fn emit(&self, key: &SourceKey, engine: &Engine, outputs: Vec<Output>, msg: &BorrowedMessage<'_>, event_id: &str) -> Result<(), PipelineError> {
-        let topics = &self.cfg.kafka.topics;
-        let mut changed: BTreeSet<String> = BTreeSet::new();
-        for out in outputs {
-            match out {
-                Output::Enforcement(e) => {
-                    let payload = match self.cfg.kafka.output_format {
-                        OutputFormat::Json => serde_json::to_vec(&e).map_err(|x| PipelineError::Setup(x.to_string()))?,
-                        OutputFormat::Avro => {
-                            let datum = crate::avro_json::encode_datum(&e, &self.enforcement_schema).map_err(|x| PipelineError::Setup(format!("enforcement event does not fit its schema: {x}")))?;
-                            crate::decode::confluent_frame(self.cfg.kafka.output_schema_id, &datum)
-                        }
-                    };
-                    info!(agent = %e.agent_id, pact = e.pact_id.as_deref().unwrap_or(""), clause = e.clause_id.as_deref().unwrap_or(""), seq = e.seq, from = e.lane_from.as_str(), to = e.lane_to.as_str(), reason = %e.reason.code, "enforcement event");
-                    let h = OwnedHeaders::new()
-                        .insert(Header { key: "driftgate.kind", value: Some("enforcement") })
-                        .insert(Header { key: "driftgate.seq", value: Some(&e.seq.to_string()) })
-                        .insert(Header { key: "driftgate.event_id", value: Some(&e.event_id) });
-                    self.sink.send(key, OutRecord { topic: &topics.enforcement, key: e.agent_id.as_bytes(), payload: Some(&payload), headers: Some(h), partition: None })?;
-                    changed.insert(e.agent_id);
-                }
-                Output::History(r) => {
-                    let line = serde_json::to_vec(&r).map_err(|x| PipelineError::Setup(x.to_string()))?;
-                    let chain = format!("{}/{}", key.0, key.1);
-                    let h = OwnedHeaders::new().insert(Header { key: headers::CHAIN, value: Some(&chain) });
-                    let k = r.agent_id.clone().unwrap_or_default();
-                    self.sink.send(key, OutRecord { topic: &topics.history, key: k.as_bytes(), payload: Some(&line), headers: Some(h), partition: Some(key.1) })?;
-                }
-                Output::Late(l) => {
-                    if l.id == event_id {
-                        self.dead_letter(key, msg, "late_event", &l.reason)?;
-                    }
-                }
-                Output::Panic(p) => warn!(workflow = %p.workflow, would_block = p.would_block, agents = p.agents, "blast-radius cap: fail mode applied instead of blocking"),
-            }
-        }
-        for agent in changed {
-            if let Some(s) = AgentSnapshot::of(engine, &agent) {
-                let v = serde_json::to_vec(&s).map_err(|x| PipelineError::Setup(x.to_string()))?;
-                self.sink.send(key, OutRecord { topic: &topics.snapshot, key: agent.as_bytes(), payload: Some(&v), headers: None, partition: None })?;
-            }
-        }
-        Ok(())
+    /// The HTTP API's view of this pipeline.
+    pub fn control(&self) -> Arc<PipelineControl> {
+        Arc::new(PipelineControl {
+            tasks: self.tasks.clone(),
+            emitter: self.emitter.clone(),
+            status: self.status.clone(),
+            metrics: self.metrics.clone(),
+            audit: AuditChain::new(format!("api/{}-{}", std::process::id(), wall_micros() / 1000)),
+            last_watermark: Mutex::new(None),
+            produce_errors_seen: Mutex::new(0),
+        })
+    }
+}
+
+/// The pipeline behind the HTTP API: reads under the task lock, overrides go to the
+/// engine task that holds the agent.
+pub struct PipelineControl {
+    tasks: Arc<Mutex<Tasks>>,
+    emitter: Arc<Emitter>,
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
+    audit: AuditChain,
+    last_watermark: Mutex<Option<i64>>,
+    produce_errors_seen: Mutex<usize>,
+}
+
+impl ControlPlane for PipelineControl {
+    fn readiness(&self) -> Readiness {
+        Readiness { pacts_loaded: true, state_restored: !self.status.restoring.load(Ordering::SeqCst), assigned: self.status.assigned.load(Ordering::SeqCst) }
     }
 
-    fn dead_letter(&self, key: &SourceKey, msg: &BorrowedMessage<'_>, code: &str, detail: &str) -> Result<(), PipelineError> {
-        let now = crate::timefmt::rfc3339(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64));
-        let h = OwnedHeaders::new()
-            .insert(Header { key: headers::REASON, value: Some(code) })
-            .insert(Header { key: headers::ERROR, value: Some(detail) })
-            .insert(Header { key: headers::TOPIC, value: Some(msg.topic()) })
-            .insert(Header { key: headers::PARTITION, value: Some(&msg.partition().to_string()) })
-            .insert(Header { key: headers::OFFSET, value: Some(&msg.offset().to_string()) })
-            .insert(Header { key: headers::TIME, value: Some(&now) });
-        self.sink.send(key, OutRecord { topic: &self.cfg.kafka.topics.dead_letter, key: msg.key().unwrap_or_default(), payload: msg.payload(), headers: Some(h), partition: None })?;
-        Ok(())
+    fn agent(&self, id: &str) -> Option<AgentSnapshot> {
+        let tasks = self.tasks.lock().ok()?;
+        tasks.map.values().find_map(|t| AgentSnapshot::of(&t.engine, id))
+    }
+
+    fn history(&self, id: &str, limit: usize) -> Vec<crate::history::Record> {
+        self.emitter.recent.lock().map(|r| r.of(id, limit)).unwrap_or_default()
+    }
+
+    fn pacts(&self) -> Vec<PactInfo> {
+        let Ok(tasks) = self.tasks.lock() else { return Vec::new() };
+        let engine = Engine::new(tasks.engine_cfg.clone(), tasks.pacts.clone());
+        pact_infos(&engine)
+    }
+
+    fn submit_override(&self, req: OverrideRequest, now: i64) -> Result<u64, SubmitError> {
+        let mut tasks = self.tasks.lock().map_err(|_| SubmitError::Unavailable("task state poisoned".into()))?;
+        let max_ttl = tasks.engine_cfg.max_override_ttl.micros();
+        let (key, task) = tasks.map.iter_mut().find(|(_, t)| t.engine.agent(&req.agent_id).is_some()).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
+        let agent = task.engine.agent(&req.agent_id).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
+        // A retry of an override already in force is answered, not applied twice.
+        if agent.overrides.iter().any(|o| o.req.override_id == req.override_id) {
+            return Ok(task.snapshots_durable);
+        }
+        // Expiry is judged in the partition's event time, like everything else.
+        prevalidate(&req, agent.seq, max_ttl, task.engine.watermark().unwrap_or(now))?;
+        if task.pushed.is_none() {
+            return Err(SubmitError::Unavailable("the agent's partition has not been read yet".into()));
+        }
+        let key = key.clone();
+        // In the engine's event-time buffer until the partition's watermark passes
+        // `issued_at`; the buffer is part of the snapshot, so it is durable from the next one.
+        task.engine.push(Input::Override(req));
+        task.force_snapshot = true;
+        let ticket = task.snapshots_started + 1;
+        let outputs = task.engine.drain();
+        self.emitter.emit(&key, &task.engine, outputs, None).map_err(|e| SubmitError::Unavailable(e.to_string()))?;
+        Ok(ticket)
+    }
+
+    fn override_durable(&self, agent: &str, ticket: u64) -> Option<Result<(), String>> {
+        let tasks = self.tasks.lock().ok()?;
+        match tasks.map.values().find(|t| t.engine.agent(agent).is_some()) {
+            Some(t) if t.snapshots_durable >= ticket => Some(Ok(())),
+            Some(_) => None,
+            None => Some(Err("the agent's partition was revoked before the override became durable; retry against its new owner".into())),
+        }
+    }
+
+    fn audit_rejection(&self, agent: Option<&str>, at: i64, detail: serde_json::Value) {
+        let Some(r) = self.audit.rejection(agent, at, detail) else { return };
+        let chain = self.audit.name.clone();
+        if let Ok(line) = serde_json::to_vec(&r) {
+            let h = OwnedHeaders::new().insert(Header { key: headers::CHAIN, value: Some(&chain) });
+            let k = r.agent_id.clone().unwrap_or_default();
+            let source: SourceKey = (chain.clone(), -1);
+            let _guard = self.tasks.lock();
+            if let Err(e) = self.emitter.sink.send(&source, OutRecord { topic: &self.emitter.topics.history, key: k.as_bytes(), payload: Some(&line), headers: Some(h), partition: Some(0) }) {
+                error!(error = %e, "cannot write the audit record");
+            }
+        }
+        self.metrics.history_records.inc();
+        if let Ok(mut recent) = self.emitter.recent.lock() {
+            recent.push(r);
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn refresh_metrics(&self) {
+        let r = self.readiness();
+        self.metrics.ready.set(r.ready() as i64);
+        if let Ok(acks) = self.emitter.sink.acks().lock() {
+            if let Ok(mut seen) = self.produce_errors_seen.lock() {
+                self.metrics.produce_errors.inc_by(acks.failed().saturating_sub(*seen) as u64);
+                *seen = acks.failed();
+            }
+        }
+        let Ok(mut tasks) = self.tasks.lock() else { return };
+        for t in tasks.map.values_mut() {
+            self.metrics.add_stats(&t.engine.stats().clone(), &mut t.last_stats);
+        }
+        let wm = tasks.map.values().filter_map(|t| t.engine.watermark()).max();
+        let elapsed = match (self.last_watermark.lock().ok().and_then(|mut l| std::mem::replace(&mut *l, wm)), wm) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0,
+        };
+        self.metrics.observe_engines(tasks.map.values().map(|t| &t.engine), elapsed);
     }
 }
 

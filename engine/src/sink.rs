@@ -43,6 +43,10 @@ impl Acks {
     pub fn min_unacked(&self, source: &SourceKey) -> u64 {
         self.unacked.get(source).and_then(|s| s.first().copied()).unwrap_or(u64::MAX)
     }
+    /// Deliveries that failed for good, so far.
+    pub fn failed(&self) -> usize {
+        self.failures.len()
+    }
     /// The number the next output of `source` will get.
     pub fn next_no(&self, source: &SourceKey) -> u64 {
         self.next.get(source).copied().unwrap_or(0)

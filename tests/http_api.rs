@@ -1,0 +1,346 @@
+//! `/metrics` and the HTTP API on the demo scenario (`driftgate demo --listen`), the override
+//! authentication rules, and the deploy kit (YAML, dashboard, alert rules, OpenAPI) checked
+//! against the code.
+
+#[path = "support/scrape.rs"]
+mod scrape;
+
+use driftgate::lane::Lane;
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "test-token";
+const SECRET: &str = "test-hmac-secret";
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60))).build().new_agent()
+}
+
+fn get(url: &str) -> (u16, String) {
+    let mut r = agent().get(url).call().unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, serde_json::Value) {
+    let mut req = agent().post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut r = req.send(body).unwrap();
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+}
+
+/// The demo, then its API; waits for `/readyz`.
+fn serve_demo() -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_driftgate"))
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}"), "--override-token", TOKEN, "--override-hmac-secret", SECRET])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Server { child, base: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut r) = agent().get(&format!("{}/readyz", s.base)).call() {
+            if r.status().as_u16() == 200 {
+                let _ = r.body_mut().read_to_string();
+                return s;
+            }
+        }
+        assert!(Instant::now() < deadline, "the demo server did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn metrics_of_the_demo_match_its_events() {
+    let run = driftgate::demo::run();
+    let server = serve_demo();
+    let (status, text) = get(&format!("{}/metrics", server.base));
+    assert_eq!(status, 200);
+    let s = scrape::samples(&text);
+
+    // Exactly one agent blocked (sup-04, PII), as the demo's events say.
+    let mut last: BTreeMap<(&str, &str), Lane> = BTreeMap::new();
+    for e in &run.events {
+        last.insert((e.agent_id.as_str(), e.scope.as_str()), e.lane_to);
+    }
+    let blocked = last.iter().filter(|((_, scope), l)| *scope == "all" && **l == Lane::Block).count();
+    assert_eq!(blocked, 1);
+    assert_eq!(scrape::sum(&s, "driftgate_agents", &[r#"lane="block""#, r#"scope="all""#]), 1.0);
+    assert_eq!(scrape::sum(&s, "driftgate_agents", &[r#"scope="all""#]), run.engine.agent_count() as f64);
+
+    // The zero-tolerance alarm counter matches the block events it caused (one per scope).
+    let pii_blocks = run.events.iter().filter(|e| e.clause_id.as_deref() == Some("no-pii") && e.lane_to == Lane::Block && e.scope.as_str() == "all").count();
+    assert_eq!(scrape::sum(&s, "driftgate_detector_alarms_total", &[r#"pact="no-pii""#, r#"clause="no-pii""#]), pii_blocks as f64);
+    for (label, n) in &run.engine.stats().alarms {
+        let (pact, clause) = label.split_once('/').unwrap();
+        assert_eq!(scrape::sum(&s, "driftgate_detector_alarms_total", &[&format!("pact=\"{pact}\""), &format!("clause=\"{clause}\"")]), *n as f64, "{label}");
+    }
+
+    // Every enforcement event is counted under its lane and reason.
+    assert_eq!(scrape::sum(&s, "driftgate_enforcement_events_total", &[]), run.events.len() as f64);
+    let degrade_drift = run.events.iter().filter(|e| e.lane_to == Lane::Degrade && e.reason.code == "drift_verified").count();
+    assert_eq!(scrape::sum(&s, "driftgate_enforcement_events_total", &[r#"lane="degrade""#, r#"reason="drift_verified""#]), degrade_drift as f64);
+    let with_detection = run.events.iter().filter(|e| e.detection.is_some()).count();
+    assert_eq!(scrape::sum(&s, "driftgate_drift_to_enforcement_seconds_count", &[r#"clock="event""#]), with_detection as f64);
+
+    // Evidence freshness, coverage and history.
+    let stats = run.engine.stats();
+    assert_eq!(scrape::sum(&s, "driftgate_high_risk_decisions_total", &[]), stats.high_risk_decisions as f64);
+    assert_eq!(scrape::sum(&s, "driftgate_high_risk_fresh_evidence_total", &[]), stats.high_risk_fresh as f64);
+    assert!(stats.high_risk_fresh <= stats.high_risk_decisions && stats.high_risk_decisions > 0);
+    assert_eq!(scrape::sum(&s, "driftgate_pact_routed_agents", &[]), 50.0);
+    assert_eq!(scrape::sum(&s, "driftgate_unpacted_agents", &[]), 0.0);
+    assert_eq!(scrape::sum(&s, "driftgate_history_records_total", &[]), run.history.len() as f64);
+    assert_eq!(scrape::sum(&s, "driftgate_stale_evidence_agents", &[]), 1.0, "res-11 went silent");
+    assert_eq!(scrape::sum(&s, "driftgate_records_consumed_total", &[]), run.telemetry as f64);
+    assert_eq!(scrape::sum(&s, "driftgate_ready", &[]), 1.0);
+    assert!(scrape::sum(&s, "driftgate_state_bytes", &[]) > 0.0);
+
+    // The dashboard and the alert rules only use metrics that exist (lag needs Kafka: it is
+    // checked on the pipeline's scrape in tests/kafka_pipeline.rs).
+    let have = scrape::families(&text);
+    let missing: Vec<String> = scrape::referenced_by_deploy_kit(&scrape::root()).into_iter().filter(|m| !have.contains(m) && m != "driftgate_consumer_lag_records").collect();
+    assert!(missing.is_empty(), "referenced but not exposed: {missing:?}");
+
+    // GET /v1/agents/{id} for the blocked agent: lanes, clauses with evidence, no overrides.
+    let (status, body) = get(&format!("{}/v1/agents/sup-04", server.base));
+    assert_eq!(status, 200);
+    let a: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(a["lane"], "block");
+    let pii = a["clauses"].as_array().unwrap().iter().find(|c| c["clause_id"] == "no-pii").expect("no-pii clause");
+    assert_eq!(pii["demand"], "block");
+    assert!(pii["last_evidence_at"].as_i64().unwrap() > 0);
+    let (status, body) = get(&format!("{}/v1/agents/sup-04/history?limit=5", server.base));
+    assert_eq!(status, 200);
+    let h: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert!(!h.is_empty() && h.len() <= 5);
+    assert!(h.iter().all(|r| r["agent_id"] == "sup-04"));
+    assert!(h.iter().any(|r| r["kind"] == "decision" && r["detail"]["lane_to"] == "block"), "{h:?}");
+}
+
+fn override_body(id: &str, agent: &str, seq: u64, expires_in_s: Option<i64>) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let mut v = serde_json::json!({
+        "override_id": id, "agent_id": agent, "kind": "emergency_kill", "principal": "alice@trust-ops",
+        "reason": "incident review", "ticket": "INC-7", "expected_seq": seq,
+    });
+    if let Some(s) = expires_in_s {
+        v["expires_at"] = serde_json::json!(now + s * 1_000_000);
+    }
+    v.to_string()
+}
+
+#[test]
+fn overrides_need_authentication_and_every_refusal_is_recorded() {
+    let server = serve_demo();
+    let url = format!("{}/v1/overrides", server.base);
+    let seq_of = |agent: &str| -> (u64, String) {
+        let (_, body) = get(&format!("{}/v1/agents/{agent}", server.base));
+        let a: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (a["seq"].as_u64().unwrap(), a["lane"].as_str().unwrap().to_string())
+    };
+    let (seq, lane) = seq_of("fin-01");
+    assert_eq!(lane, "normal");
+    let body = override_body("ovr-a", "fin-01", seq, Some(3600));
+
+    // Refused: no credentials, a wrong token, a forged and an expired signature, no expiry.
+    let (st, e) = post(&url, &[], &body);
+    assert_eq!((st, e["error"].as_str()), (401, Some("unauthenticated")));
+    let (st, e) = post(&url, &[("authorization", "Bearer wrong")], &body);
+    assert_eq!((st, e["error"].as_str()), (403, Some("forged")));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let forged = driftgate::auth::sign("not-the-secret", now, body.as_bytes());
+    let ts = now.to_string();
+    let (st, e) = post(&url, &[("x-driftgate-timestamp", &ts), ("x-driftgate-signature", &forged)], &body);
+    assert_eq!((st, e["error"].as_str()), (403, Some("forged")));
+    let old = now - 3600;
+    let stale_sig = driftgate::auth::sign(SECRET, old, body.as_bytes());
+    let (st, e) = post(&url, &[("x-driftgate-timestamp", &old.to_string()), ("x-driftgate-signature", &stale_sig)], &body);
+    assert_eq!((st, e["error"].as_str()), (401, Some("expired_signature")));
+    let (st, e) = post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], &override_body("ovr-b", "fin-01", seq, None));
+    assert_eq!((st, e["error"].as_str()), (422, Some("missing_expires_at")));
+    let (st, e) = post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], &override_body("ovr-c", "fin-01", seq + 5, Some(60)));
+    assert_eq!((st, e["error"].as_str()), (409, Some("seq_conflict")));
+    let (st, _) = post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], "{not json");
+    assert_eq!(st, 400);
+    assert_eq!(seq_of("fin-01").1, "normal", "nothing refused changed the lane");
+
+    // Each refusal is counted and in the history, with its reason.
+    let (_, text) = get(&format!("{}/metrics", server.base));
+    assert_eq!(scrape::sum(&scrape::samples(&text), "driftgate_overrides_rejected_total", &[r#"channel="http""#]), 7.0);
+    let (_, hist) = get(&format!("{}/v1/agents/fin-01/history?limit=100", server.base));
+    let hist: Vec<serde_json::Value> = serde_json::from_str(&hist).unwrap();
+    let reasons: Vec<&str> = hist.iter().filter(|r| r["kind"] == "override_rejected").filter_map(|r| r["detail"]["reason"].as_str()).collect();
+    assert_eq!(reasons, ["unauthenticated", "forged", "forged", "expired_signature", "missing_expires_at", "seq_conflict"], "{hist:?}");
+
+    // Accepted with the token: the lane changes and the history says so.
+    let (st, resp) = post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], &body);
+    assert_eq!(st, 201, "{resp}");
+    assert_eq!(resp["agent"]["lane"], "block");
+    assert_eq!(resp["agent"]["overrides"][0]["override_id"], "ovr-a");
+    let (_, hist) = get(&format!("{}/v1/agents/fin-01/history?limit=100", server.base));
+    let hist: Vec<serde_json::Value> = serde_json::from_str(&hist).unwrap();
+    assert!(hist.iter().any(|r| r["kind"] == "override_accepted" && r["detail"]["override"]["override_id"] == "ovr-a"));
+    assert!(hist.iter().any(|r| r["kind"] == "decision" && r["detail"]["lane_to"] == "block"));
+    // A retry of the same override is answered without applying it twice.
+    let (st, resp) = post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], &body);
+    assert_eq!(st, 201);
+    assert_eq!(resp["agent"]["overrides"].as_array().unwrap().len(), 1);
+
+    // Accepted with a valid signature, on another agent.
+    let (seq2, _) = seq_of("fin-02");
+    let body2 = override_body("ovr-d", "fin-02", seq2, Some(600));
+    let sig = driftgate::auth::sign(SECRET, now, body2.as_bytes());
+    let (st, resp) = post(&url, &[("x-driftgate-timestamp", &ts), ("x-driftgate-signature", &sig)], &body2);
+    assert_eq!(st, 201, "{resp}");
+    assert_eq!(seq_of("fin-02").1, "block");
+    let (_, text) = get(&format!("{}/metrics", server.base));
+    let s = scrape::samples(&text);
+    assert_eq!(scrape::sum(&s, "driftgate_overrides_active", &[r#"kind="emergency_kill""#]), 2.0);
+    assert!(scrape::sum(&s, "driftgate_override_next_expiry_seconds", &[]) <= 600.0);
+}
+
+#[test]
+fn bad_requests_get_json_errors() {
+    let server = serve_demo();
+    let (st, body) = get(&format!("{}/v1/agents/nobody", server.base));
+    assert_eq!(st, 404);
+    assert!(body.contains("unknown_agent"));
+    for q in ["0", "1001", "x", "-1"] {
+        let (st, body) = get(&format!("{}/v1/agents/fin-01/history?limit={q}", server.base));
+        assert_eq!(st, 400, "limit={q}");
+        assert!(body.contains("bad_limit"));
+    }
+    let (st, body) = get(&format!("{}/nowhere", server.base));
+    assert_eq!(st, 404);
+    assert!(body.contains("not_found"));
+    let (st, _) = get(&format!("{}/healthz", server.base));
+    assert_eq!(st, 200);
+}
+
+#[test]
+fn openapi_document_matches_the_routes() {
+    let server = serve_demo();
+    let doc: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(scrape::root().join("schemas/openapi.yaml")).unwrap()).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), 7);
+    for (path, ops) in paths {
+        let url = format!("{}{}", server.base, path.replace("{id}", "fin-01"));
+        for method in ops.as_object().unwrap().keys() {
+            let status = match method.as_str() {
+                "get" => get(&url).0,
+                "post" => post(&url, &[], "{}").0,
+                m => panic!("unexpected method {m}"),
+            };
+            // Served (an auth refusal counts): not the fallback's 404.
+            assert!(status != 404 && status != 405, "{method} {path}: {status}");
+        }
+    }
+}
+
+#[test]
+fn deploy_kit_agrees_with_the_code() {
+    let root = scrape::root();
+    let docs: Vec<serde_json::Value> = {
+        let text = std::fs::read_to_string(root.join("deploy/k8s/driftgate.yaml")).unwrap();
+        serde_norway::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+    };
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for k in ["ConfigMap", "Secret", "Deployment", "Service", "ServiceMonitor", "PodDisruptionBudget"] {
+        assert!(kinds.contains(&k), "no {k} in the manifests: {kinds:?}");
+    }
+    let default_port: u16 = driftgate::config::HttpConfig::default().listen.rsplit(':').next().unwrap().parse().unwrap();
+    let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["ports"][0]["containerPort"].as_u64(), Some(default_port as u64));
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let image = c["image"].as_str().unwrap();
+    let env: Vec<&str> = c["env"].as_array().unwrap().iter().filter_map(|e| e["name"].as_str()).collect();
+    assert!(env.contains(&"DRIFTGATE_HTTP__OVERRIDE_TOKEN"));
+    let sm = docs.iter().find(|d| d["kind"] == "ServiceMonitor").unwrap();
+    assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+    // The config in the ConfigMap loads.
+    let cm = docs.iter().find(|d| d["metadata"]["name"] == "driftgate-config").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("driftgate.toml");
+    std::fs::write(&f, cm["data"]["driftgate.toml"].as_str().unwrap()).unwrap();
+    let cfg = driftgate::config::RunConfig::load(Some(&f)).unwrap();
+    assert_eq!(cfg.http.listen, format!("0.0.0.0:{default_port}"));
+    // The pacts in the other ConfigMap parse.
+    let pacts = docs.iter().find(|d| d["metadata"]["name"] == "driftgate-pacts").unwrap();
+    for (name, text) in pacts["data"].as_object().unwrap() {
+        driftgate::pact::parse_pact(text.as_str().unwrap(), name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+
+    let compose: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(root.join("deploy/docker-compose.yml")).unwrap()).unwrap();
+    for svc in ["kafka", "driftgate", "prometheus", "grafana"] {
+        assert!(compose["services"][svc].is_object(), "compose has no {svc}");
+    }
+    assert_eq!(compose["services"]["driftgate"]["image"].as_str(), Some(image), "compose and k8s use one image");
+    assert!(compose["services"]["driftgate"]["ports"][0].as_str().unwrap().ends_with(&format!(":{default_port}")));
+    let prom: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(root.join("deploy/prometheus/prometheus.yml")).unwrap()).unwrap();
+    assert_eq!(prom["scrape_configs"][0]["static_configs"][0]["targets"][0], format!("driftgate:{default_port}"));
+    let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
+    assert!(dockerfile.contains(&format!("EXPOSE {default_port}")));
+    assert!(dockerfile.contains(&format!("-t {image}")), "the Dockerfile's build line names the image");
+    assert!(dockerfile.contains("USER 10001"), "non-root runtime");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana/driftgate-dashboard.json")).unwrap()).unwrap();
+    assert!(dashboard["panels"].as_array().unwrap().len() >= 10);
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let tools = std::env::var_os("DRIFTGATE_TOOLS").map(std::path::PathBuf::from).unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/driftgate/tools"));
+    let bin = [tools.join("bin/promtool"), std::path::PathBuf::from("promtool")].into_iter().find(|p| Command::new(p).arg("--version").output().is_ok());
+    let bin = bin.unwrap_or_else(|| panic!("promtool is not installed: run ./scripts/install-tools.sh (it extracts it from Debian's prometheus package)"));
+    let out = Command::new(bin).args(["check", "rules"]).arg(scrape::root().join("deploy/prometheus/alerts.yaml")).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS"));
+}
+
+#[test]
+fn control_topic_records_are_checked_like_http_requests() {
+    use driftgate::auth::{Credentials, Presented};
+    use driftgate::control::{ControlPlane, DemoControl};
+    let control = DemoControl::new(driftgate::demo::run());
+    let creds = Credentials::new(None, Some(SECRET), 300);
+    let status = driftgate::pipeline::Status::default();
+    let seq = control.agent("res-02").unwrap().seq;
+    let body = override_body("ctl-1", "res-02", seq, Some(600));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let ts = now.to_string();
+    let forged = driftgate::auth::sign("wrong", now, body.as_bytes());
+    driftgate::control_topic::apply(&control, &creds, &Presented { signature: Some(&forged), timestamp: Some(&ts), ..Default::default() }, body.as_bytes(), &status);
+    driftgate::control_topic::apply(&control, &creds, &Presented::default(), body.as_bytes(), &status);
+    assert_eq!(control.agent("res-02").unwrap().lane, Lane::Normal);
+    assert_eq!(control.metrics().overrides_rejected.with_label_values(&["control"]).get(), 2);
+    let reasons: Vec<String> = control.history("res-02", 10).iter().filter_map(|r| r.detail["reason"].as_str().map(str::to_string)).collect();
+    assert_eq!(reasons, ["forged", "unauthenticated"]);
+    let sig = driftgate::auth::sign(SECRET, now, body.as_bytes());
+    driftgate::control_topic::apply(&control, &creds, &Presented { signature: Some(&sig), timestamp: Some(&ts), ..Default::default() }, body.as_bytes(), &status);
+    assert_eq!(control.agent("res-02").unwrap().lane, Lane::Block);
+    assert!(control.history("res-02", 10).iter().any(|r| r.kind == driftgate::history::RecordKind::OverrideAccepted));
+}
