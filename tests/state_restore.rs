@@ -97,3 +97,94 @@ fn state_records_are_versioned() {
     let err = driftgate::changelog::decode_agent(&newer).unwrap_err().to_string();
     assert!(err.contains("newer"), "{err}");
 }
+
+/// fin-07's citation drift in the demo: restored from a snapshot taken when its detector
+/// stood at 90 % of its threshold, the engine alarms at the very record the uninterrupted
+/// one does.
+#[test]
+fn a_detector_restored_at_90_percent_alarms_at_the_same_record() {
+    use driftgate::snapshot::AgentSnapshot;
+    let inputs = inputs();
+    let progress = |e: &Engine| -> f64 {
+        AgentSnapshot::of(e, "fin-07")
+            .and_then(|s| s.clauses.into_iter().find(|c| c.clause_id == "verified-citations"))
+            .map_or(0.0, |c| if c.threshold > 0.0 { c.statistic / c.threshold } else { 0.0 })
+    };
+    let first_drift = |outs: &[Output]| {
+        outs.iter().find_map(|o| match o {
+            Output::Enforcement(e) if e.agent_id == "fin-07" && e.reason.code == "drift_verified" => Some(e.clone()),
+            _ => None,
+        })
+    };
+    let mut a = Engine::new(EngineConfig::default(), example_pacts());
+    let mut want = Vec::new();
+    let mut cut = None;
+    for (i, input) in inputs.iter().enumerate() {
+        a.push_tagged(input.clone(), i as u64);
+        want.extend(a.drain());
+        if cut.is_none() && first_drift(&want).is_none() && progress(&a) >= 0.9 {
+            cut = Some(i + 1);
+        }
+    }
+    let cut = cut.expect("fin-07's detector passed 90 % of its threshold before alarming");
+    let want = first_drift(&want).expect("the uninterrupted run alarms");
+
+    let mut b = Engine::new(EngineConfig::default(), example_pacts());
+    for (i, input) in inputs[..cut].iter().enumerate() {
+        b.push_tagged(input.clone(), i as u64);
+        b.drain();
+    }
+    let p = progress(&b);
+    assert!((0.9..1.0).contains(&p), "snapshot taken at {p:.3} of the threshold");
+    let mut log = Vec::new();
+    snapshot(&mut b, cut as i64, &mut log);
+    drop(b);
+    let (mut c, position) = restore(&log);
+    assert_eq!(position as usize, cut);
+    assert!((progress(&c) - p).abs() < 1e-12, "the statistic survives the changelog");
+    let mut got = Vec::new();
+    for (i, input) in inputs.iter().enumerate().skip(cut) {
+        c.push_tagged(input.clone(), i as u64);
+        got.extend(c.drain());
+        if first_drift(&got).is_some() {
+            break;
+        }
+    }
+    let got = first_drift(&got).expect("the restored engine alarms");
+    assert_eq!(got.causation.id, want.causation.id, "alarm at the same record");
+    assert_eq!(serde_json::to_string(&got).unwrap(), serde_json::to_string(&want).unwrap());
+}
+
+/// A state record written by format version 1 (`tests/fixtures/agent-state-v1.bin`, an agent
+/// of the demo) still decodes: newer engines read older snapshots.
+#[test]
+fn version_1_state_records_still_decode() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/agent-state-v1.bin");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(bytes[0], 1);
+    let state = driftgate::changelog::decode_agent(&bytes).unwrap();
+    assert_eq!(state.workflow, "finance");
+    assert!(!state.clauses.is_empty());
+    // Restorable into an engine with today's pacts.
+    let mut r = Restorer::default();
+    r.apply(TOPIC, &Key::Agent(TOPIC.into(), "fin-07".into()).encode(), Some(&bytes)).unwrap();
+    let e = Engine::new(EngineConfig::default(), example_pacts());
+    r.apply(TOPIC, &Key::Meta(TOPIC.into()).encode(), Some(&encode_meta(&MetaRecord { position: 1, meta: e.meta() }))).unwrap();
+    let (meta, agents) = r.finish().expect("complete");
+    let restored = Engine::restore(EngineConfig::default(), example_pacts(), meta.meta, agents);
+    assert!(restored.agent("fin-07").is_some());
+}
+
+/// Writes the fixture above (run once, by hand, when a format version is introduced).
+#[test]
+#[ignore]
+fn write_version_fixture() {
+    let mut e = Engine::new(EngineConfig::default(), example_pacts());
+    for input in inputs().into_iter().take(20_000) {
+        e.push(input);
+    }
+    let state = e.agent("fin-07").unwrap().clone();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("agent-state-v{}.bin", driftgate::changelog::STATE_VERSION)), encode_agent(&state)).unwrap();
+}

@@ -308,7 +308,10 @@ impl PipelineContext {
                     if tpl.set_partition_offset(&key.0, key.1, Offset::Offset(position)).is_err() {
                         warn!(topic = %key.0, partition = key.1, "cannot set the start offset");
                     }
-                    Task::fresh(Engine::restore(cfg, pacts, meta.meta, agents), Some(position))
+                    let mut t = Task::fresh(Engine::restore(cfg, pacts, meta.meta, agents), Some(position));
+                    // The restored state is durable as of `position`: the group may say so.
+                    t.safe = Some(position);
+                    t
                 }
                 None => Task::fresh(Engine::new(cfg, pacts), None),
             };
