@@ -55,6 +55,9 @@ clauses:
 struct Args {
     latency: bool,
     throughput: bool,
+    restore: bool,
+    /// Keyed states (agent × clause) for `restore`.
+    keys: usize,
     incidents: usize,
     rate: f64,
     records: usize,
@@ -66,7 +69,7 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { latency: false, throughput: false, incidents: 200, rate: 4000.0, records: 1_000_000, format: "avro".into(), fetch_wait_ms: 10, commit_interval: "1s".into() };
+    let mut a = Args { latency: false, throughput: false, restore: false, keys: 100_000, incidents: 200, rate: 4000.0, records: 1_000_000, format: "avro".into(), fetch_wait_ms: 10, commit_interval: "1s".into() };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -74,6 +77,11 @@ fn args() -> Args {
         match v[i].as_str() {
             "latency" => a.latency = true,
             "throughput" => a.throughput = true,
+            "restore" => a.restore = true,
+            "--keys" => {
+                a.keys = next(i).parse().expect("--keys N");
+                i += 1;
+            }
             "--incidents" => {
                 a.incidents = next(i).parse().expect("--incidents N");
                 i += 1;
@@ -103,7 +111,7 @@ fn args() -> Args {
         }
         i += 1;
     }
-    if !a.latency && !a.throughput {
+    if !a.latency && !a.throughput && !a.restore {
         a.latency = true;
         a.throughput = true;
     }
@@ -476,6 +484,78 @@ fn throughput(b: &Broker, a: &Args) {
     }
 }
 
+/// Restart time to ready: state for `--keys` agent × clause keys (five clauses, three events
+/// per agent) is built and snapshotted by one engine, then a second one starts on the same
+/// changelog; the time from its spawn to `/readyz` answering 200.
+fn restore(b: &Broker, a: &Args) {
+    let partitions = 2;
+    let t = topics(b, partitions);
+    let agents = a.keys / 5;
+    println!("\nrestore: {} keys ({agents} agents x 5 clauses), 3 events each ...", a.keys);
+    let producer: BaseProducer = b.client().set("linger.ms", "20").set("batch.size", "1000000").create().expect("producer");
+    let enc = Encoder::new("json");
+    let mut n = 0;
+    for round in 0..3 {
+        for i in 0..agents {
+            let agent = format!("agent-{i:07}");
+            let ev = Telemetry {
+                event_id: format!("{agent}-{round}"),
+                agent_id: agent.clone(),
+                workflow: "w".into(),
+                model: Model { provider: "p".into(), name: "m".into(), version: "v1".into() },
+                occurred_at: 1_772_409_600_000_000 + (round * agents + i) as i64 * 1000,
+                risk: Risk::Low,
+                outcome: Outcome::Ok,
+                latency_ms: Some(500.0),
+                citations: Some(Citations { total: 1, verified: 1 }),
+                pii_detected: Some(false),
+                tool_calls: vec![],
+                attributes: BTreeMap::new(),
+            };
+            let part = (i % partitions as usize) as i32;
+            send(&producer, &t.input, agent.as_bytes(), &enc.encode(&ev), part, ev.occurred_at / 1000);
+            producer.poll(Duration::ZERO);
+            n += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(300)).expect("flush");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = Args { format: "json".into(), commit_interval: "2s".into(), ..args_default() };
+    let cfg = write_config(dir.path(), b, &t, FIVE, "", &args);
+    let engine = Engine::start_logging(&cfg, "info");
+    wait_committed(b, &t.group, &t.input, partitions, n as i64, Instant::now());
+    assert!(engine.stop().success(), "the first engine failed");
+    let bytes: usize = b.read_all(&t.changelog).iter().map(|r| r.value.as_ref().map_or(0, Vec::len) + r.key.as_ref().map_or(0, String::len)).sum();
+
+    let port = kafka::free_port();
+    let text = std::fs::read_to_string(&cfg).expect("config").replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let text = text.replace(&format!("group_id = \"{}\"", t.group), &format!("group_id = \"{}-2\"", t.group));
+    std::fs::write(&cfg, text).expect("config");
+    let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let t0 = Instant::now();
+    let engine = Engine::start_logging(&cfg, "info");
+    loop {
+        if let Ok(r) = http.get(&format!("http://127.0.0.1:{port}/readyz")).call() {
+            if r.status().as_u16() == 200 {
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1800), "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ready = t0.elapsed().as_secs_f64();
+    let log = engine.log_text();
+    drop(engine);
+    let restore_ms: Vec<&str> = log.lines().filter(|l| l.contains("partitions assigned")).collect();
+    println!("  changelog: {:.1} MB ({:.0} B per key)", bytes as f64 / 1e6, bytes as f64 / a.keys as f64);
+    println!("  restart to ready: {ready:.2} s (spawn to /readyz 200; includes group join)");
+    println!("  {}", restore_ms.last().map_or("", |l| l.trim()));
+}
+
+fn args_default() -> Args {
+    Args { latency: false, throughput: false, restore: false, keys: 0, incidents: 0, rate: 0.0, records: 0, format: "json".into(), fetch_wait_ms: 10, commit_interval: "1s".into() }
+}
+
 fn main() {
     let a = args();
     let b = Broker::start();
@@ -484,5 +564,8 @@ fn main() {
     }
     if a.throughput {
         throughput(&b, &a);
+    }
+    if a.restore {
+        restore(&b, &a);
     }
 }

@@ -268,11 +268,12 @@ fn deploy_kit_agrees_with_the_code() {
         serde_norway::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
     };
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    for k in ["ConfigMap", "Secret", "Deployment", "Service", "ServiceMonitor", "PodDisruptionBudget"] {
+    for k in ["ConfigMap", "Secret", "StatefulSet", "Service", "ServiceMonitor", "PodDisruptionBudget"] {
         assert!(kinds.contains(&k), "no {k} in the manifests: {kinds:?}");
     }
     let default_port: u16 = driftgate::config::HttpConfig::default().listen.rsplit(':').next().unwrap().parse().unwrap();
-    let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let dep = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+    assert_eq!(dep["spec"]["serviceName"], "driftgate");
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["ports"][0]["containerPort"].as_u64(), Some(default_port as u64));
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
@@ -280,6 +281,7 @@ fn deploy_kit_agrees_with_the_code() {
     let image = c["image"].as_str().unwrap();
     let env: Vec<&str> = c["env"].as_array().unwrap().iter().filter_map(|e| e["name"].as_str()).collect();
     assert!(env.contains(&"DRIFTGATE_HTTP__OVERRIDE_TOKEN"));
+    assert!(env.contains(&"DRIFTGATE_KAFKA__PROPERTIES__GROUP_INSTANCE_ID"), "static membership from the pod name");
     let sm = docs.iter().find(|d| d["kind"] == "ServiceMonitor").unwrap();
     assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
     // The config in the ConfigMap loads.

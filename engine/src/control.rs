@@ -20,12 +20,14 @@ pub struct Readiness {
     pub state_restored: bool,
     /// The consumer has partitions (the demo: its run is complete).
     pub assigned: bool,
+    /// A broker answers (librdkafka's view).
+    pub broker_reachable: bool,
 }
 
 impl Readiness {
     /// All of it.
     pub fn ready(&self) -> bool {
-        self.pacts_loaded && self.state_restored && self.assigned
+        self.pacts_loaded && self.state_restored && self.assigned && self.broker_reachable
     }
 }
 
@@ -202,7 +204,7 @@ impl DemoControl {
 
 impl ControlPlane for DemoControl {
     fn readiness(&self) -> Readiness {
-        Readiness { pacts_loaded: true, state_restored: true, assigned: true }
+        Readiness { pacts_loaded: true, state_restored: true, assigned: true, broker_reachable: true }
     }
 
     fn agent(&self, id: &str) -> Option<AgentSnapshot> {

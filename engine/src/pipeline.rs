@@ -66,6 +66,8 @@ pub struct Status {
     pub assigned: AtomicBool,
     /// An assignment's state is being restored.
     pub restoring: AtomicBool,
+    /// Every broker connection is down (librdkafka's errors and statistics).
+    pub brokers_down: AtomicBool,
     /// Set to stop the run.
     pub stop: AtomicBool,
 }
@@ -246,7 +248,17 @@ pub struct PipelineContext {
 }
 
 impl ClientContext for PipelineContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)) {
+            self.status.brokers_down.store(true, Ordering::SeqCst);
+        }
+        warn!(error = %error, reason, "librdkafka");
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
+        // Bootstrap entries are placeholders; a real broker connection that is UP counts.
+        let up = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.status.brokers_down.store(!up, Ordering::SeqCst);
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 // librdkafka lists an internal partition -1, and -1 lag for unassigned ones.
@@ -618,7 +630,10 @@ impl Pipeline {
             match self.consumer.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Err(e)) => warn!(error = %e, "consumer error"),
-                Some(Ok(msg)) => self.handle(&msg)?,
+                Some(Ok(msg)) => {
+                    self.status.brokers_down.store(false, Ordering::Relaxed);
+                    self.handle(&msg)?
+                }
             }
             self.sink.poll(Duration::ZERO)?;
             if last_commit.elapsed() >= commit_every {
@@ -704,7 +719,12 @@ pub struct PipelineControl {
 
 impl ControlPlane for PipelineControl {
     fn readiness(&self) -> Readiness {
-        Readiness { pacts_loaded: true, state_restored: !self.status.restoring.load(Ordering::SeqCst), assigned: self.status.assigned.load(Ordering::SeqCst) }
+        Readiness {
+            pacts_loaded: true,
+            state_restored: !self.status.restoring.load(Ordering::SeqCst),
+            assigned: self.status.assigned.load(Ordering::SeqCst),
+            broker_reachable: !self.status.brokers_down.load(Ordering::SeqCst),
+        }
     }
 
     fn agent(&self, id: &str) -> Option<AgentSnapshot> {

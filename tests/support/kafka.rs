@@ -40,21 +40,34 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
+        let port = free_port();
+        Self::start_advertising(port, port)
+    }
+
+    /// Listens on `port` but tells clients to connect to `advertised` (a proxy in front).
+    pub fn start_advertising(port: u16, advertised: u16) -> Broker {
         let bin = tansu_path();
         assert!(bin.exists(), "the test broker is not installed at {}: install it with\n  {INSTALL}", bin.display());
-        let port = free_port();
         let log = std::env::temp_dir().join(format!("driftgate-tansu-{port}.log"));
         let out = std::fs::File::create(&log).expect("broker log file");
         let url = format!("tcp://127.0.0.1:{port}");
+        let adv = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &adv, "--storage-engine", "memory://tansu/"])
             .stdout(Stdio::from(out.try_clone().expect("log handle")))
             .stderr(Stdio::from(out))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let b = Broker { child, port, log };
-        b.wait_ready();
+        let b = Broker { child, port: advertised, log };
+        if advertised == port {
+            b.wait_ready();
+        }
         b
+    }
+
+    /// Waits until the broker answers (call after starting its proxy).
+    pub fn ready(&self) {
+        self.wait_ready();
     }
 
     pub fn bootstrap(&self) -> String {
