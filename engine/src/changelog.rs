@@ -152,9 +152,26 @@ impl Restorer {
         }
     }
 
-    /// The last complete snapshot, if any: engine state and agents.
-    pub fn finish(self) -> Option<(MetaRecord, Vec<(String, AgentState)>)> {
+    /// The last complete snapshot, if any.
+    pub fn finish(self) -> Option<Snapshot> {
         let meta = self.meta?;
-        Some((meta, self.agents.into_iter().collect()))
+        let mut torn: Vec<String> = self.pending.into_iter().map(|(a, _)| a).collect();
+        torn.sort();
+        torn.dedup();
+        Some(Snapshot { meta, agents: self.agents.into_iter().collect(), torn })
     }
+}
+
+/// A source partition's state as of its last complete snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Engine state and the input position it covers.
+    pub meta: MetaRecord,
+    /// Every agent's state.
+    pub agents: Vec<(String, AgentState)>,
+    /// Agents with records after the last meta: a torn snapshot of an instance that died
+    /// mid-write. Those records stay in the log, and the next meta would otherwise adopt
+    /// them; the restored engine rewrites these agents in its first snapshot so that its
+    /// own records supersede them.
+    pub torn: Vec<String>,
 }

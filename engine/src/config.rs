@@ -86,6 +86,12 @@ pub struct KafkaConfig {
     pub commit_interval: Dur,
     /// How long to wait for the cluster at start-up before giving up.
     pub startup_timeout: Dur,
+    /// After a restore, start reading this many records before the restored position
+    /// (the records before it are skipped, not processed again). Kafka answers a fetch in
+    /// the middle of a record batch with the whole batch, so 0 is right for it; tansu 0.6
+    /// answers only with batches that *start* at or after the offset, silently skipping the
+    /// rest of the batch, so set this above the producers' largest batch on such brokers.
+    pub resume_rewind: u64,
     /// librdkafka properties, passed through unchanged (e.g. `security.protocol`,
     /// `sasl.mechanism`, `ssl.ca.location`). From the environment, `_` stands for `.`.
     pub properties: BTreeMap<String, String>,
@@ -103,6 +109,7 @@ impl Default for KafkaConfig {
             topics: Topics::default(),
             commit_interval: Dur(1_000_000),
             startup_timeout: Dur(30_000_000),
+            resume_rewind: 0,
             properties: BTreeMap::new(),
         }
     }

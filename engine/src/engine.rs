@@ -297,6 +297,13 @@ impl Engine {
         }).collect()
     }
 
+    /// Marks agents changed, so that the next [`Engine::take_dirty`] reports them (with
+    /// their state, or `None` if they have none): used after a restore to supersede a torn
+    /// snapshot's records.
+    pub fn mark_dirty(&mut self, agents: impl IntoIterator<Item = String>) {
+        self.dirty.extend(agents);
+    }
+
     /// Every agent with state.
     pub fn agents(&self) -> impl Iterator<Item = (&String, &AgentState)> {
         self.agents.iter()

@@ -245,6 +245,8 @@ pub struct PipelineContext {
     client: ClientConfig,
     changelog: String,
     restore_timeout: Duration,
+    /// See [`crate::config::KafkaConfig::resume_rewind`].
+    resume_rewind: i64,
 }
 
 impl ClientContext for PipelineContext {
@@ -314,13 +316,18 @@ impl PipelineContext {
             let Ok(mut tasks) = self.tasks.lock() else { return };
             let (cfg, pacts) = (tasks.engine_cfg.clone(), tasks.pacts.clone());
             let task = match restored {
-                Some((meta, agents, records)) => {
-                    let position = meta.position;
-                    info!(topic = %key.0, partition = key.1, position, agents = agents.len(), records, "state restored");
-                    if tpl.set_partition_offset(&key.0, key.1, Offset::Offset(position)).is_err() {
+                Some((snap, records)) => {
+                    let position = snap.meta.position;
+                    let torn = snap.torn.len();
+                    info!(topic = %key.0, partition = key.1, position, agents = snap.agents.len(), torn, records, "state restored");
+                    // See `KafkaConfig::resume_rewind`: records before `position` are skipped.
+                    let start = position.saturating_sub(self.resume_rewind).max(0);
+                    if tpl.set_partition_offset(&key.0, key.1, Offset::Offset(start)).is_err() {
                         warn!(topic = %key.0, partition = key.1, "cannot set the start offset");
                     }
-                    let mut t = Task::fresh(Engine::restore(cfg, pacts, meta.meta, agents), Some(position));
+                    let mut engine = Engine::restore(cfg, pacts, snap.meta.meta, snap.agents);
+                    engine.mark_dirty(snap.torn);
+                    let mut t = Task::fresh(engine, Some(position));
                     // The restored state is durable as of `position`: the group may say so.
                     t.safe = Some(position);
                     t
@@ -357,7 +364,7 @@ impl PipelineContext {
     }
 }
 
-type Restored = (changelog::MetaRecord, Vec<(String, crate::state::AgentState)>, u64);
+type Restored = (changelog::Snapshot, u64);
 
 /// Reads a source partition's changelog partition to its end and rebuilds its state.
 fn restore_partition(client: &ClientConfig, changelog_topic: &str, key: &SourceKey, timeout: Duration) -> Result<Option<Restored>, String> {
@@ -393,7 +400,7 @@ fn restore_partition(client: &ClientConfig, changelog_topic: &str, key: &SourceK
         }
     }
     let records = r.records;
-    Ok(r.finish().map(|(m, a)| (m, a, records)))
+    Ok(r.finish().map(|s| (s, records)))
 }
 
 /// Dead-letter header names.
@@ -560,6 +567,7 @@ impl Pipeline {
             client: base.clone(),
             changelog: cfg.kafka.topics.changelog.clone(),
             restore_timeout: Duration::from_secs(300),
+            resume_rewind: i64::try_from(cfg.kafka.resume_rewind).unwrap_or(i64::MAX),
         };
         let consumer: BaseConsumer<PipelineContext> = ccfg.create_with_context(ctx).map_err(|e| PipelineError::Kafka(format!("cannot create the consumer: {e}")))?;
         let emitter = Arc::new(Emitter {
@@ -659,6 +667,21 @@ impl Pipeline {
         let key: SourceKey = (msg.topic().to_string(), msg.partition());
         let offset = msg.offset();
         let record_time = msg.timestamp().to_millis().map(|ms| ms.saturating_mul(1000));
+        let next = self.tasks.lock().map_err(|_| PipelineError::Setup("task state poisoned".into()))?.task(&key).pushed;
+        if let Some(next) = next {
+            if offset < next {
+                // Already reflected in the state (a rewound resume, or a broker re-sending a
+                // batch): feeding it again would count it twice in every detector.
+                debug!(topic = %key.0, partition = key.1, offset, next, "skipping a record the state already covers");
+                return Ok(());
+            }
+            if offset > next {
+                // Legitimate on Kafka (compaction, transaction markers); otherwise a sign of
+                // a broker that skips records.
+                debug!(topic = %key.0, partition = key.1, offset, next, "offset gap");
+            }
+        }
+        // Decoded outside the lock, so the HTTP API is not held up by it.
         let decoded = self.decoder.decode(msg.payload(), record_time);
         let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Setup("task state poisoned".into()))?;
         let task = tasks.task(&key);

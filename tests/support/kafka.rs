@@ -109,9 +109,10 @@ impl Broker {
         }
     }
 
-    /// A producer (idempotent, like the engine's).
+    /// A producer (idempotent, like the engine's), with batches of at most 1,000 records
+    /// (engines under test resume up to 5,000 records early: see `resume_rewind`).
     pub fn producer(&self) -> BaseProducer {
-        self.client().set("enable.idempotence", "true").set("linger.ms", "5").create().expect("producer")
+        self.client().set("enable.idempotence", "true").set("linger.ms", "5").set("batch.num.messages", "1000").create().expect("producer")
     }
 
     /// Every record of a topic, in partition then offset order. Reads until the topic has
