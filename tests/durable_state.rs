@@ -7,15 +7,13 @@
 mod kafka;
 #[path = "support/proxy.rs"]
 mod proxy;
+#[path = "support/scenario.rs"]
+mod scenario;
 
-use driftgate::enforcement::EnforcementEvent;
-use driftgate::telemetry::{Citations, Model, Outcome, Risk, Telemetry};
 use kafka::{produce, rand_suffix, wait_for, Broker, Engine};
-use std::collections::BTreeMap;
+use scenario::{assert_same_effects, final_lanes, records, Mix, PACTS};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-const T0: i64 = 1_772_409_600_000_000; // 2026-03-02T00:00:00Z, µs
 
 /// These tests run one at a time: each drives a broker and up to two engines, and on two
 /// cores running them together starves heartbeats into spurious rebalances.
@@ -24,77 +22,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
-const AGENTS: usize = 40;
-const PER_AGENT: u64 = 5_000;
 const PARTITIONS: i32 = 2;
-
-const PACTS: &str = r#"
-pact: citations
-version: 1
-applies_to: { agents: ["fin-*"] }
-clauses:
-  - id: verified-citations
-    metric: { kind: bernoulli, value: citations.verified > 0, when: citations.total > 0 }
-    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-6, direction: decrease, reference_min: 300, reference_max: 1000 }
-    severity: high
-    consequence: degrade
-  - id: no-pii
-    metric: { kind: bernoulli, value: pii_detected }
-    test: { kind: limit, zero_tolerance: true }
-    severity: critical
-    consequence: block
-"#;
-
-/// SplitMix64: a fixed-seed stream without an RNG crate.
-struct Mix(u64);
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// 40 agents × 5,000 events, 10 s apart. Incidents: five agents' verified-citation rate
-/// falls from 0.95 to 0.55 at staggered points; one agent leaks PII once.
-fn scenario() -> Vec<Telemetry> {
-    let mut rng = Mix(2026);
-    let mut out = Vec::with_capacity(AGENTS * PER_AGENT as usize);
-    for i in 0..PER_AGENT {
-        for a in 0..AGENTS {
-            let agent = format!("fin-{a:02}");
-            let drift_at = match a {
-                3 => Some(1_200),
-                11 => Some(2_000),
-                17 => Some(2_800),
-                26 => Some(3_600),
-                34 => Some(4_300),
-                _ => None,
-            };
-            let p = if drift_at.is_some_and(|d| i >= d) { 0.55 } else { 0.95 };
-            out.push(Telemetry {
-                event_id: format!("{agent}-{i}"),
-                agent_id: agent,
-                workflow: "finance".into(),
-                model: Model { provider: "acme".into(), name: "ledger".into(), version: "v1".into() },
-                occurred_at: T0 + (i as i64 * 10 + a as i64 % 10) * 1_000_000,
-                risk: Risk::Low,
-                outcome: Outcome::Ok,
-                latency_ms: Some(700.0),
-                citations: Some(Citations { total: 2, verified: (rng.unit() < p) as u32 }),
-                pii_detected: Some(a == 21 && i == 3_000),
-                tool_calls: vec![],
-                attributes: BTreeMap::new(),
-            });
-        }
-    }
-    out
-}
 
 struct Run {
     enforcement: String,
@@ -162,56 +90,17 @@ listen = ""
     p
 }
 
+/// What a router applies from `topic` (see [`scenario::dedup`]).
+fn dedup(b: &Broker, topic: &str) -> (std::collections::BTreeMap<(String, u64), String>, usize) {
+    scenario::dedup(b.read_all(topic).into_iter().map(|r| String::from_utf8(r.value.unwrap()).unwrap()))
+}
+
 fn committed(b: &Broker, group: &str, input: &str) -> i64 {
     committed_n(b, group, input, PARTITIONS)
 }
 
 fn committed_n(b: &Broker, group: &str, input: &str, partitions: i32) -> i64 {
     b.committed(group, input, partitions).iter().map(|c| c.unwrap_or(0)).sum()
-}
-
-fn records(partitions: i32) -> Vec<(String, Vec<u8>, i64, i32)> {
-    scenario()
-        .iter()
-        .map(|e| {
-            let part = (e.agent_id.bytes().map(u32::from).sum::<u32>() % partitions as u32) as i32;
-            (e.agent_id.clone(), serde_json::to_vec(e).unwrap(), e.occurred_at / 1000, part)
-        })
-        .collect()
-}
-
-/// What a router applies: the first event of each `(agent, seq)`; duplicates must be
-/// byte-identical. Returns the applied events and the number of duplicates dropped.
-fn dedup(b: &Broker, topic: &str) -> (BTreeMap<(String, u64), String>, usize) {
-    let mut applied = BTreeMap::new();
-    let mut dups = 0;
-    for r in b.read_all(topic) {
-        let text = String::from_utf8(r.value.unwrap()).unwrap();
-        let e: EnforcementEvent = serde_json::from_str(&text).unwrap();
-        match applied.get(&(e.agent_id.clone(), e.seq)) {
-            Some(prev) => {
-                assert_eq!(prev, &text, "a duplicate of seq {} for {} is not identical", e.seq, e.agent_id);
-                dups += 1;
-            }
-            None => {
-                applied.insert((e.agent_id, e.seq), text);
-            }
-        }
-    }
-    (applied, dups)
-}
-
-/// Fails naming the first `(agent, seq)` whose event differs, with both texts, so that
-/// a difference is diagnosable from the CI log alone.
-fn assert_same_effects(got: &BTreeMap<(String, u64), String>, want: &BTreeMap<(String, u64), String>, dups: usize) {
-    let keys: std::collections::BTreeSet<_> = got.keys().chain(want.keys()).collect();
-    let diffs: Vec<String> = keys
-        .into_iter()
-        .filter(|k| got.get(*k) != want.get(*k))
-        .take(3)
-        .map(|k| format!("{k:?}\n  crash run: {:?}\n  clean run: {:?}", got.get(k), want.get(k)))
-        .collect();
-    assert!(diffs.is_empty(), "after dedup by seq ({dups} duplicates dropped) the effects differ; first differences:\n{}", diffs.join("\n"));
 }
 
 /// Offset gaps an engine logged (the input topic has neither compaction nor transactions,
@@ -223,16 +112,6 @@ fn no_gaps(e: &Engine) -> usize {
         eprintln!("{g}");
     }
     gaps.len()
-}
-
-/// Final lanes `(all, high_risk)` per agent, from the applied events.
-fn final_lanes(applied: &BTreeMap<(String, u64), String>) -> BTreeMap<(String, String), String> {
-    let mut out = BTreeMap::new();
-    for text in applied.values() {
-        let e: EnforcementEvent = serde_json::from_str(text).unwrap();
-        out.insert((e.agent_id.clone(), e.scope.as_str().to_string()), e.lane_to.as_str().to_string());
-    }
-    out
 }
 
 #[test]
@@ -255,13 +134,14 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
     assert!(engine.stop().success());
     let (want, clean_dups) = dedup(&b, &clean.enforcement);
     assert_eq!(clean_dups, 0, "an uninterrupted run emits no duplicates");
+    assert_same_effects(&want, &scenario::offline_effects(PARTITIONS), 0);
     let incidents = want.values().filter(|t| t.contains("\"drift_verified\"") || t.contains("\"zero_tolerance_breach\"")).count();
     assert!(incidents >= 6 * 2, "the scenario's incidents were detected (two scopes each): {incidents}");
 
     // The same records on a second input topic, fed in stages: at five fixed-seed points
     // the engine has committed everything so far, the next records arrive, and it is
-    // SIGKILLed a fixed-seed moment later, in the middle of them. tansu 0.6 never expires a
-    // killed member's session, so each restart joins a fresh group; start position and
+    // SIGKILLed a fixed-seed moment later, in the middle of them. Each restart joins a
+    // fresh group, so as not to wait out the killed member's session; start position and
     // state come from the changelog either way.
     let input2 = format!("telemetry-crash-{}", rand_suffix());
     b.create_topics(&[(&input2, PARTITIONS, false)]);
@@ -309,14 +189,16 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
     eprintln!("crash equivalence: {} effects, {dups} duplicates dropped by seq over 5 SIGKILLs at {points:?}", got.len());
 }
 
-/// Two instances in one group on a 4-partition input; one leaves mid-run and the other
-/// takes its partitions over with their state restored from the changelog. The effects
-/// equal a single instance's. The leaving instance gets SIGTERM: tansu 0.6 never expires a
-/// SIGKILLed member's session, so after a SIGKILL its partitions would never be reassigned
-/// on this broker (on Kafka they are, after `session.timeout.ms`; the restart path after a
-/// SIGKILL is the one tested above).
+/// Two instances in one group on a 4-partition input; one is SIGKILLed mid-run and, once
+/// its session expires, the survivor takes its partitions over with their state restored
+/// from the changelog. The effects equal a single instance's.
+///
+/// The pair uses the eager `roundrobin` assignor: tansu 0.6 does not complete cooperative
+/// rebalancing's second join round (the survivor's partitions are revoked and never handed
+/// back), so the production default, `cooperative-sticky`, cannot be exercised on it. The
+/// engine's revoke and assign paths are the same for both protocols but for the
+/// incremental (un)assign call.
 #[test]
-#[ignore = "tansu 0.6 intermittently never completes the rebalance after a member leaves (the survivor's partitions are revoked and never reassigned); run with --ignored"]
 fn two_instances_share_the_work_and_a_survivor_takes_over_with_restored_state() {
     let _serial = serial();
     let parts = 4;
@@ -343,6 +225,8 @@ fn two_instances_share_the_work_and_a_survivor_takes_over_with_restored_state() 
     let pair = run_topics_n(&b, "pair", parts);
     let group = format!("pair-{}", rand_suffix());
     let cfg = config(dir.path(), &b, &input2, &pair, &group);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[kafka.properties]", "[kafka.properties]\n\"partition.assignment.strategy\" = \"roundrobin\"");
+    std::fs::write(&cfg, text).unwrap();
     let cfg_b = dir.path().join("second.toml");
     std::fs::copy(&cfg, &cfg_b).unwrap();
     produce(&b.producer(), &input2, &records[..half]);
@@ -351,8 +235,9 @@ fn two_instances_share_the_work_and_a_survivor_takes_over_with_restored_state() 
     let owned = |e: &Engine| e.log_text().lines().filter(|l| l.contains("partitions assigned")).last().map(|l| l.contains("total=") && !l.contains("total=0")).unwrap_or(false);
     wait_for(120, "both instances to hold partitions", || (owned(&first) && owned(&second)).then_some(()));
     wait_for(300, "the first half to be committed", || (committed_n(&b, &group, &input2, parts) >= half as i64).then_some(()));
-    let log = second.log_text();
-    assert!(second.stop().success(), "{log}");
+    let mut second = second;
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
     produce(&b.producer(), &input2, &records[half..]);
     wait_for(300, "the survivor to finish", || (committed_n(&b, &group, &input2, parts) >= total).then_some(()));
     let log = first.log_text();

@@ -447,10 +447,11 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
     assert!(at_kill < records.len() as i64 - 40, "the kill landed after outputs were produced but before their offsets were committed ({at_kill} of {})", records.len());
     drop(engine);
 
-    // Restart: state is restored from the changelog and the rest is reprocessed. tansu 0.6
-    // never expires the killed member's session, so the group would keep its partitions
-    // forever; the restart joins a fresh group. The engine resumes from the position of its
-    // restored snapshot either way (the changelog, not the group's offsets, is the authority).
+    // Restart: state is restored from the changelog and the rest is reprocessed. The restart
+    // joins a fresh group, so as not to wait out the killed member's session (tansu does
+    // not complete a cooperative rebalance after one expires). The engine resumes from the
+    // position of its restored snapshot either way (the changelog, not the group's offsets,
+    // is the authority).
     let t2 = Topics { group: format!("{}-restart", t.group), ..t };
     let t = t2;
     let cfg = write_config_with(dir.path(), &b, &t, "avro", "2s", "");

@@ -32,7 +32,7 @@ use crate::overrides::OverrideRequest;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -223,15 +223,23 @@ impl Tasks {
             return;
         }
         match consumer.commit(&tpl, mode) {
+            // An async commit is only sent: it counts once the broker confirms it (see
+            // `confirm_commits`); until then each interval sends it again.
+            Ok(()) if matches!(mode, CommitMode::Async) => {}
             Ok(()) => {
                 for (key, pos) in moved {
-                    if let Some(t) = self.map.get_mut(&key) {
-                        t.committed = Some(pos);
-                    }
-                    debug!(topic = %key.0, partition = key.1, offset = pos, "committed");
+                    self.confirm(&key, pos);
                 }
             }
             Err(e) => warn!(error = %e, "offset commit failed; will retry"),
+        }
+    }
+
+    /// Records a commit the broker acknowledged.
+    fn confirm(&mut self, key: &SourceKey, pos: i64) {
+        if let Some(t) = self.map.get_mut(key) {
+            t.committed = Some(t.committed.map_or(pos, |c| c.max(pos)));
+            debug!(topic = %key.0, partition = key.1, offset = pos, "committed");
         }
     }
 }
@@ -247,6 +255,9 @@ pub struct PipelineContext {
     restore_timeout: Duration,
     /// See [`crate::config::KafkaConfig::resume_rewind`].
     resume_rewind: i64,
+    /// Offsets the broker acknowledged, from the commit callback; applied by the loop.
+    /// (A lock of its own: the callback can run inside a commit made under `tasks`.)
+    confirmed: Mutex<Vec<(SourceKey, i64)>>,
 }
 
 impl ClientContext for PipelineContext {
@@ -273,6 +284,21 @@ impl ClientContext for PipelineContext {
 }
 
 impl ConsumerContext for PipelineContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                if let Ok(mut c) = self.confirmed.lock() {
+                    c.extend(offsets.elements().iter().filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                        _ => None,
+                    }));
+                }
+            }
+            // Nothing confirmed: the next interval commits the same positions again.
+            Err(e) => warn!(error = %e, "offset commit failed; will retry"),
+        }
+    }
+
     // Overridden to restore state *before* the assignment takes effect, and to start
     // each partition at the position its restored state corresponds to.
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -567,6 +593,7 @@ impl Pipeline {
             client: base.clone(),
             changelog: cfg.kafka.topics.changelog.clone(),
             restore_timeout: Duration::from_secs(300),
+            confirmed: Mutex::new(Vec::new()),
             resume_rewind: i64::try_from(cfg.kafka.resume_rewind).unwrap_or(i64::MAX),
         };
         let consumer: BaseConsumer<PipelineContext> = ccfg.create_with_context(ctx).map_err(|e| PipelineError::Kafka(format!("cannot create the consumer: {e}")))?;
@@ -645,7 +672,11 @@ impl Pipeline {
             }
             self.sink.poll(Duration::ZERO)?;
             if last_commit.elapsed() >= commit_every {
+                let confirmed = self.consumer.context().confirmed.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
                 if let Ok(mut tasks) = self.tasks.lock() {
+                    for (key, pos) in &confirmed {
+                        tasks.confirm(key, *pos);
+                    }
                     tasks.snapshot(&self.sink, None)?;
                     tasks.commit(&self.consumer, &self.sink, CommitMode::Async, None);
                 }

@@ -1,0 +1,229 @@
+//! Scale-out with the production assignor, `cooperative-sticky`, on librdkafka's mock
+//! cluster (tansu 0.6 cannot complete a cooperative rebalance; the broker tests in
+//! `durable_state.rs` use an eager assignor for that reason).
+//!
+//! Two pipelines share a 4-partition input. When the second joins, the first gives up only
+//! the partitions that move (incremental revocation) and keeps consuming the rest; when the
+//! second leaves, the first takes those partitions back with their state restored from the
+//! changelog. The effects equal the ones computed without Kafka.
+
+#[path = "support/scenario.rs"]
+mod scenario;
+
+use driftgate::config::{InputFormat, RunConfig};
+use driftgate::metrics::Metrics;
+use driftgate::pipeline::{Pipeline, Status};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use scenario::{assert_same_effects, final_lanes, offline_effects, records};
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const PARTS: i32 = 4;
+const INPUT: &str = "telemetry";
+const GROUP: &str = "driftgate-coop";
+
+/// Log lines of every pipeline thread, in one buffer (each line names its thread).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn of(&self, thread: &str) -> Vec<String> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).to_string();
+        text.lines().filter(|l| l.contains(thread)).map(str::to_string).collect()
+    }
+}
+
+fn config(bootstrap: &str) -> RunConfig {
+    let mut cfg = RunConfig::default();
+    let k = &mut cfg.kafka;
+    k.brokers = bootstrap.to_string();
+    k.group_id = GROUP.into();
+    k.input_topics = vec![INPUT.into()];
+    k.format = InputFormat::Json;
+    k.commit_interval = driftgate::duration::Dur(200_000);
+    k.startup_timeout = driftgate::duration::Dur(10_000_000);
+    k.topics.enforcement = "enforcement".into();
+    k.topics.snapshot = "snapshot".into();
+    k.topics.history = "history".into();
+    k.topics.dead_letter = "dead-letter".into();
+    k.topics.changelog = "changelog".into();
+    k.properties.insert("session.timeout.ms".into(), "6000".into());
+    // Small fetches keep both members busy for a while.
+    k.properties.insert("max.partition.fetch.bytes".into(), "65536".into());
+    cfg.http.listen = String::new();
+    cfg
+}
+
+/// A pipeline on its own named thread; stopped by its status flag.
+struct Member {
+    status: Arc<Status>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Member {
+    fn start(name: &str, bootstrap: &str) -> Member {
+        let status = Arc::new(Status::default());
+        let (cfg, s) = (config(bootstrap), status.clone());
+        let pact = driftgate::pact::parse_pact(scenario::PACTS, "pacts.yaml").expect("valid pact");
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let p = Pipeline::start(cfg, vec![pact], s, Arc::new(Metrics::new())).map_err(|e| e.to_string())?;
+                p.run().map_err(|e| e.to_string())
+            })
+            .expect("spawn");
+        Member { status, thread: Some(thread) }
+    }
+
+    /// Graceful stop: revoke (snapshot, flush, commit), leave the group.
+    fn stop(mut self) {
+        self.status.stop.store(true, Ordering::SeqCst);
+        let r = self.thread.take().expect("running").join().expect("pipeline thread panicked");
+        assert!(r.is_ok(), "pipeline failed: {r:?}");
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.status.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn wait_for(logs: &Logs, secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        if Instant::now() > deadline {
+            let all = logs.of("member-");
+            let tail = &all[all.len().saturating_sub(60)..];
+            panic!("timed out after {secs} s waiting for {what}; last log lines:\n{}", tail.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn committed(bootstrap: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", GROUP).create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTS {
+        tpl.add_partition(INPUT, p);
+    }
+    c.committed_offsets(tpl, Duration::from_secs(5))
+        .map(|t| t.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 }).sum())
+        .unwrap_or(0)
+}
+
+fn read_all(bootstrap: &str, topic: &str) -> Vec<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "reader")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).expect("partition");
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(String::from_utf8(m.payload().expect("payload").to_vec()).expect("utf-8")),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            _ => assert!(Instant::now() < deadline, "{topic} not read to its end"),
+        }
+    }
+    out
+}
+
+fn produce(p: &BaseProducer, recs: &[(String, Vec<u8>, i64, i32)]) {
+    for (k, v, ts, part) in recs {
+        let mut rec = BaseRecord::to(INPUT).key(k.as_bytes()).payload(v.as_slice()).timestamp(*ts).partition(*part);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// `partitions revoked` / `partitions assigned` lines of one member, in order.
+fn rebalances(logs: &Logs, thread: &str) -> Vec<String> {
+    logs.of(thread).into_iter().filter(|l| l.contains("partitions revoked") || l.contains("partitions assigned") || l.contains("state restored")).collect()
+}
+
+#[test]
+fn cooperative_rebalancing_moves_only_what_changes_and_state_follows() {
+    let logs = Logs::default();
+    let sink = logs.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("driftgate=info,librdkafka=info")
+        .with_thread_names(true)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .init();
+
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic(INPUT, PARTS, 1).expect("topic");
+    for (t, n) in [("enforcement", 1), ("snapshot", 1), ("history", PARTS), ("dead-letter", 1), ("changelog", PARTS)] {
+        cluster.create_topic(t, n, 1).expect("topic");
+    }
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").create().expect("producer");
+    let recs = records(PARTS);
+    let (third, total) = (recs.len() / 3, recs.len() as i64);
+
+    // One member takes everything; a second joins mid-stream; then the second leaves.
+    produce(&producer, &recs[..third]);
+    let a = Member::start("member-a", &bootstrap);
+    wait_for(&logs, 60, "member-a to process the first third", || committed(&bootstrap) >= third as i64);
+    let b = Member::start("member-b", &bootstrap);
+    wait_for(&logs, 60, "member-b to hold partitions", || b.status.assigned.load(Ordering::SeqCst));
+    produce(&producer, &recs[third..2 * third]);
+    wait_for(&logs, 120, "the second third committed", || committed(&bootstrap) >= 2 * third as i64);
+    b.stop();
+    produce(&producer, &recs[2 * third..]);
+    wait_for(&logs, 120, "member-a to finish", || committed(&bootstrap) >= total);
+    a.stop();
+
+    // Cooperative: when b joined, a gave up exactly the two partitions that moved and kept
+    // the other two (an eager rebalance would revoke all four); when b left, a got those two
+    // back with their state restored.
+    let a_log = rebalances(&logs, "member-a");
+    let b_log = rebalances(&logs, "member-b");
+    let revoked: Vec<&String> = a_log.iter().filter(|l| l.contains("partitions revoked")).collect();
+    assert!(!revoked.is_empty(), "member-a gave up partitions when member-b joined:\n{}", a_log.join("\n"));
+    let moved = revoked[0].matches(&format!("(\"{INPUT}\", ")).count();
+    assert_eq!(moved, 2, "only the partitions that move are revoked:\n{}", a_log.join("\n"));
+    let restored_by_a = a_log.iter().filter(|l| l.contains("state restored")).count();
+    assert_eq!(restored_by_a, 2, "member-a restored exactly the two partitions it took back:\n{}", a_log.join("\n"));
+    assert_eq!(b_log.iter().filter(|l| l.contains("state restored")).count(), 2, "member-b restored what it took over:\n{}", b_log.join("\n"));
+
+    let (got, dups) = scenario::dedup(read_all(&bootstrap, "enforcement"));
+    let want = offline_effects(PARTS);
+    assert_same_effects(&got, &want, dups);
+    assert_eq!(final_lanes(&got), final_lanes(&want));
+    eprintln!("cooperative rebalance: {} effects, {dups} duplicates dropped; member-a: {:?}", got.len(), a_log);
+}
