@@ -26,7 +26,7 @@ use driftgate::engine::Input;
 use driftgate::enforcement::EnforcementEvent;
 use driftgate::telemetry::{Citations, Model, Outcome, Risk, Telemetry, TELEMETRY_AVSC};
 use hdrhistogram::Histogram;
-use kafka::{rand_suffix, Broker, Engine};
+use kafka::{rand_suffix, Broker, Engine, Topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -122,38 +122,6 @@ fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
-struct Topics {
-    input: String,
-    enforcement: String,
-    snapshot: String,
-    history: String,
-    dlq: String,
-    changelog: String,
-    group: String,
-}
-
-fn topics(b: &Broker, partitions: i32) -> Topics {
-    let s = rand_suffix();
-    let t = Topics {
-        input: format!("telemetry-{s}"),
-        enforcement: format!("enforcement-{s}"),
-        snapshot: format!("snapshot-{s}"),
-        history: format!("history-{s}"),
-        dlq: format!("dlq-{s}"),
-        changelog: format!("changelog-{s}"),
-        group: format!("driftgate-{s}"),
-    };
-    b.create_topics(&[
-        (&t.input, partitions, false),
-        (&t.enforcement, 1, false),
-        (&t.snapshot, 1, true),
-        (&t.history, partitions, false),
-        (&t.dlq, 1, false),
-        (&t.changelog, partitions, true),
-    ]);
-    t
-}
-
 fn write_config(dir: &Path, b: &Broker, t: &Topics, pact: &str, engine: &str, a: &Args) -> PathBuf {
     let (format, fetch_wait, commit_interval) = (&a.format, a.fetch_wait_ms, &a.commit_interval);
     std::fs::write(dir.join("pact.yaml"), pact).expect("write pact");
@@ -167,13 +135,7 @@ group_id = "{}"
 input_topics = ["{}"]
 format = "{format}"
 commit_interval = "{commit_interval}"
-[kafka.topics]
-enforcement = "{}"
-snapshot = "{}"
-history = "{}"
-dead_letter = "{}"
-changelog = "{}"
-[kafka.properties]
+{}[kafka.properties]
 "session.timeout.ms" = "6000"
 "fetch.wait.max.ms" = "{fetch_wait}"
 [schema_registry.static_schemas]
@@ -186,11 +148,7 @@ listen = ""
         b.bootstrap(),
         t.group,
         t.input,
-        t.enforcement,
-        t.snapshot,
-        t.history,
-        t.dlq,
-        t.changelog
+        t.toml()
     );
     let p = dir.join("driftgate.toml");
     std::fs::write(&p, cfg).expect("write config");
@@ -254,7 +212,7 @@ fn row(name: &str, h: &Histogram<u64>) {
 }
 
 fn latency(b: &Broker, a: &Args) {
-    let t = topics(b, 1);
+    let t = Topics::create(b, "bench", 1);
     let ping = format!("ping-{}", rand_suffix());
     b.create_topics(&[(&ping, 1, false)]);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -431,7 +389,7 @@ fn wait_committed(b: &Broker, group: &str, topic: &str, partitions: i32, total: 
 
 fn throughput(b: &Broker, a: &Args) {
     let partitions = 2;
-    let t = topics(b, partitions);
+    let t = Topics::create(b, "bench", partitions);
     let enc = Encoder::new(&a.format);
     println!("\nthroughput: producing {} {} records (five clauses each) ...", a.records, a.format);
     let producer: BaseProducer = b.client().set("linger.ms", "20").set("batch.size", "1000000").set("compression.type", "lz4").create().expect("producer");
@@ -489,7 +447,7 @@ fn throughput(b: &Broker, a: &Args) {
 /// changelog; the time from its spawn to `/readyz` answering 200.
 fn restore(b: &Broker, a: &Args) {
     let partitions = 2;
-    let t = topics(b, partitions);
+    let t = Topics::create(b, "bench", partitions);
     let agents = a.keys / 5;
     println!("\nrestore: {} keys ({agents} agents x 5 clauses), 3 events each ...", a.keys);
     let producer: BaseProducer = b.client().set("linger.ms", "20").set("batch.size", "1000000").create().expect("producer");

@@ -10,7 +10,7 @@ mod proxy;
 #[path = "support/scenario.rs"]
 mod scenario;
 
-use kafka::{produce, rand_suffix, wait_for, Broker, Engine};
+use kafka::{produce, rand_suffix, wait_for, Broker, Engine, Topics};
 use scenario::{assert_same_effects, final_lanes, records, Mix, PACTS};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,32 +24,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 const PARTITIONS: i32 = 2;
 
-struct Run {
-    enforcement: String,
-    snapshot: String,
-    history: String,
-    dlq: String,
-    changelog: String,
-}
-
-fn run_topics(b: &Broker, name: &str) -> Run {
-    run_topics_n(b, name, PARTITIONS)
-}
-
-fn run_topics_n(b: &Broker, name: &str, partitions: i32) -> Run {
-    let s = format!("{name}-{}", rand_suffix());
-    let r = Run {
-        enforcement: format!("enforcement-{s}"),
-        snapshot: format!("snapshot-{s}"),
-        history: format!("history-{s}"),
-        dlq: format!("dlq-{s}"),
-        changelog: format!("changelog-{s}"),
-    };
-    b.create_topics(&[(&r.enforcement, 1, false), (&r.snapshot, 1, true), (&r.history, partitions, false), (&r.dlq, 1, false), (&r.changelog, partitions, true)]);
-    r
-}
-
-fn config(dir: &Path, b: &Broker, input: &str, r: &Run, group: &str) -> PathBuf {
+fn config(dir: &Path, b: &Broker, input: &str, r: &Topics, group: &str) -> PathBuf {
     std::fs::write(dir.join("pacts.yaml"), PACTS).unwrap();
     // Small fetches slow the engine to ~10k records/s, so that the kills land mid-stream.
     let text = format!(
@@ -65,13 +40,7 @@ startup_timeout = "10s"
 # tansu 0.6 skips the rest of a batch fetched mid-way (see the option's docs); test
 # producers cap batches at 1,000 records.
 resume_rewind = 5000
-[kafka.topics]
-enforcement = "{}"
-snapshot = "{}"
-history = "{}"
-dead_letter = "{}"
-changelog = "{}"
-[kafka.properties]
+{}[kafka.properties]
 "session.timeout.ms" = "6000"
 "max.partition.fetch.bytes" = "65536"
 "fetch.wait.max.ms" = "20"
@@ -79,11 +48,7 @@ changelog = "{}"
 listen = ""
 "#,
         b.bootstrap(),
-        r.enforcement,
-        r.snapshot,
-        r.history,
-        r.dlq,
-        r.changelog
+        r.toml()
     );
     let p = dir.join(format!("{group}.toml"));
     std::fs::write(&p, text).unwrap();
@@ -118,8 +83,8 @@ fn no_gaps(e: &Engine) -> usize {
 fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
     let _serial = serial();
     let b = Broker::start();
-    let input = format!("telemetry-{}", rand_suffix());
-    b.create_topics(&[(&input, PARTITIONS, false)]);
+    let clean = Topics::create(&b, "clean", PARTITIONS);
+    let input = clean.input.clone();
     let records = records(PARTITIONS);
     let total = records.len() as i64;
     assert_eq!(total, 200_000);
@@ -127,7 +92,6 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
 
     // Uninterrupted.
-    let clean = run_topics(&b, "clean");
     let group = format!("clean-{}", rand_suffix());
     let engine = Engine::start(&config(dir.path(), &b, &input, &clean, &group));
     wait_for(300, "the uninterrupted run to finish", || (committed(&b, &group, &input) >= total).then_some(()));
@@ -143,9 +107,8 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
     // SIGKILLed a fixed-seed moment later, in the middle of them. Each restart joins a
     // fresh group, so as not to wait out the killed member's session; start position and
     // state come from the changelog either way.
-    let input2 = format!("telemetry-crash-{}", rand_suffix());
-    b.create_topics(&[(&input2, PARTITIONS, false)]);
-    let crash = run_topics(&b, "crash");
+    let crash = Topics::create(&b, "crash", PARTITIONS);
+    let input2 = crash.input.clone();
     let mut rng = Mix(7);
     let mut points: Vec<usize> = (0..5).map(|_| (total as f64 * (0.05 + 0.85 * rng.unit())) as usize).collect();
     points.sort();
@@ -203,8 +166,8 @@ fn two_instances_share_the_work_and_a_survivor_takes_over_with_restored_state() 
     let _serial = serial();
     let parts = 4;
     let b = Broker::start();
-    let input = format!("telemetry4-{}", rand_suffix());
-    b.create_topics(&[(&input, parts, false)]);
+    let single = Topics::create(&b, "single", parts);
+    let input = single.input.clone();
     let records = records(parts);
     let total = records.len() as i64;
     let half = records.len() / 2;
@@ -212,7 +175,6 @@ fn two_instances_share_the_work_and_a_survivor_takes_over_with_restored_state() 
 
     // Reference: one instance.
     produce(&b.producer(), &input, &records);
-    let single = run_topics_n(&b, "single", parts);
     let group = format!("single-{}", rand_suffix());
     let engine = Engine::start(&config(dir.path(), &b, &input, &single, &group));
     wait_for(300, "the single instance to finish", || (committed_n(&b, &group, &input, parts) >= total).then_some(()));
@@ -220,9 +182,8 @@ fn two_instances_share_the_work_and_a_survivor_takes_over_with_restored_state() 
     let (want, _) = dedup(&b, &single.enforcement);
 
     // Two instances on a second copy of the input, fed in two halves.
-    let input2 = format!("telemetry4b-{}", rand_suffix());
-    b.create_topics(&[(&input2, parts, false)]);
-    let pair = run_topics_n(&b, "pair", parts);
+    let pair = Topics::create(&b, "pair", parts);
+    let input2 = pair.input.clone();
     let group = format!("pair-{}", rand_suffix());
     let cfg = config(dir.path(), &b, &input2, &pair, &group);
     let text = std::fs::read_to_string(&cfg).unwrap().replace("[kafka.properties]", "[kafka.properties]\n\"partition.assignment.strategy\" = \"roundrobin\"");
@@ -260,13 +221,12 @@ fn a_network_cut_is_reported_and_survived() {
     let b = Broker::start_advertising(broker_port, proxy_port);
     let proxy = proxy::Proxy::start(proxy_port, broker_port);
     b.ready();
-    let input = format!("telemetry-{}", rand_suffix());
-    b.create_topics(&[(&input, PARTITIONS, false)]);
+    let clean = Topics::create(&b, "clean", PARTITIONS);
+    let input = clean.input.clone();
     let records = records(PARTITIONS);
     let total = records.len() as i64;
     let dir = tempfile::tempdir().unwrap();
 
-    let clean = run_topics(&b, "clean");
     produce(&b.producer(), &input, &records);
     let group = format!("clean-{}", rand_suffix());
     let engine = Engine::start(&config(dir.path(), &b, &input, &clean, &group));
@@ -274,9 +234,8 @@ fn a_network_cut_is_reported_and_survived() {
     assert!(engine.stop().success());
     let (want, _) = dedup(&b, &clean.enforcement);
 
-    let input2 = format!("telemetry-cut-{}", rand_suffix());
-    b.create_topics(&[(&input2, PARTITIONS, false)]);
-    let cut = run_topics(&b, "cut");
+    let cut = Topics::create(&b, "cut", PARTITIONS);
+    let input2 = cut.input.clone();
     let group = format!("cut-{}", rand_suffix());
     let port = kafka::free_port();
     let cfg = config(dir.path(), &b, &input2, &cut, &group);

@@ -12,7 +12,7 @@ use driftgate::enforcement::EnforcementEvent;
 use driftgate::lane::Lane;
 use driftgate::snapshot::AgentSnapshot;
 use driftgate::telemetry::{Citations, Model, Outcome, Risk, Telemetry, TELEMETRY_AVSC};
-use kafka::{produce, rand_suffix, wait_for, Broker, Engine};
+use kafka::{produce, rand_suffix, wait_for, Broker, Engine, Topics};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -30,38 +30,6 @@ clauses:
     consequence: degrade
     on_model_change: watch
 "#;
-
-struct Topics {
-    input: String,
-    enforcement: String,
-    snapshot: String,
-    history: String,
-    dlq: String,
-    changelog: String,
-    group: String,
-}
-
-fn topics(b: &Broker, partitions: i32) -> Topics {
-    let s = rand_suffix();
-    let t = Topics {
-        input: format!("telemetry-{s}"),
-        enforcement: format!("enforcement-{s}"),
-        snapshot: format!("snapshot-{s}"),
-        history: format!("history-{s}"),
-        dlq: format!("dlq-{s}"),
-        changelog: format!("changelog-{s}"),
-        group: format!("driftgate-{s}"),
-    };
-    b.create_topics(&[
-        (&t.input, partitions, false),
-        (&t.enforcement, 1, false),
-        (&t.snapshot, 1, true),
-        (&t.history, partitions, false),
-        (&t.dlq, 1, false),
-        (&t.changelog, partitions, true),
-    ]);
-    t
-}
 
 fn write_config(dir: &Path, b: &Broker, t: &Topics, format: &str) -> std::path::PathBuf {
     write_config_with(dir, b, t, format, "200ms", "")
@@ -84,13 +52,7 @@ startup_timeout = "10s"
 # tansu 0.6 skips the rest of a batch fetched mid-way (see the option's docs); test
 # producers cap batches at 1,000 records.
 resume_rewind = 5000
-[kafka.topics]
-enforcement = "{}"
-snapshot = "{}"
-history = "{}"
-dead_letter = "{}"
-changelog = "{}"
-[kafka.properties]
+{}[kafka.properties]
 "session.timeout.ms" = "6000"
 "statistics.interval.ms" = "1000"
 [schema_registry.static_schemas]
@@ -103,11 +65,7 @@ override_token = "kafka-test-token"
         b.bootstrap(),
         t.group,
         t.input,
-        t.enforcement,
-        t.snapshot,
-        t.history,
-        t.dlq,
-        t.changelog
+        t.toml()
     );
     let p = dir.join("driftgate.toml");
     std::fs::write(&p, cfg).unwrap();
@@ -181,7 +139,7 @@ fn enforcement_events(b: &Broker, topic: &str) -> Vec<EnforcementEvent> {
 #[test]
 fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     let b = Broker::start();
-    let t = topics(&b, 2);
+    let t = Topics::create(&b, "pipeline", 2);
     let dir = tempfile::tempdir().unwrap();
     let port = kafka::free_port();
     let api = format!("http://127.0.0.1:{port}");
@@ -321,7 +279,7 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
 #[test]
 fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     let b = Broker::start();
-    let t = topics(&b, 1);
+    let t = Topics::create(&b, "pipeline", 1);
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &b, &t, "avro");
     let good = |i: u64| event("fin-01", i, T0 + i as i64 * 1_000_000, "v1", true);
@@ -426,7 +384,7 @@ fn reference_events(records: &[(String, Vec<u8>, i64, i32)], partitions: i32) ->
 #[test]
 fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_seqs() {
     let b = Broker::start();
-    let t = topics(&b, 2);
+    let t = Topics::create(&b, "pipeline", 2);
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config_with(dir.path(), &b, &t, "avro", "2s", "");
     let records: Vec<_> = scenario().iter().map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2))).collect();

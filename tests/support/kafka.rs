@@ -208,6 +208,52 @@ pub fn produce(p: &BaseProducer, topic: &str, records: &[(String, Vec<u8>, i64, 
     p.flush(Duration::from_secs(60)).expect("flush");
 }
 
+/// One run's topics, under random names: an input, the engine's outputs, and a group id.
+#[derive(Clone)]
+pub struct Topics {
+    pub input: String,
+    pub enforcement: String,
+    pub snapshot: String,
+    pub history: String,
+    pub dlq: String,
+    pub changelog: String,
+    pub group: String,
+}
+
+impl Topics {
+    /// Creates them: `partitions` for the input and the per-partition outputs (history and
+    /// changelog), one for the rest; snapshot and changelog compacted.
+    pub fn create(b: &Broker, name: &str, partitions: i32) -> Topics {
+        let s = format!("{name}-{}", rand_suffix());
+        let t = Topics {
+            input: format!("telemetry-{s}"),
+            enforcement: format!("enforcement-{s}"),
+            snapshot: format!("snapshot-{s}"),
+            history: format!("history-{s}"),
+            dlq: format!("dlq-{s}"),
+            changelog: format!("changelog-{s}"),
+            group: format!("driftgate-{s}"),
+        };
+        b.create_topics(&[
+            (&t.input, partitions, false),
+            (&t.enforcement, 1, false),
+            (&t.snapshot, 1, true),
+            (&t.history, partitions, false),
+            (&t.dlq, 1, false),
+            (&t.changelog, partitions, true),
+        ]);
+        t
+    }
+
+    /// The config's `[kafka.topics]` table (output topics only).
+    pub fn toml(&self) -> String {
+        format!(
+            "[kafka.topics]\nenforcement = \"{}\"\nsnapshot = \"{}\"\nhistory = \"{}\"\ndead_letter = \"{}\"\nchangelog = \"{}\"\n",
+            self.enforcement, self.snapshot, self.history, self.dlq, self.changelog
+        )
+    }
+}
+
 /// A `driftgate run` process, killed on drop.
 pub struct Engine {
     pub child: Child,
