@@ -7,6 +7,8 @@
 //! second leaves, the first takes those partitions back with their state restored from the
 //! changelog. The effects equal the ones computed without Kafka.
 
+#[path = "support/kafka.rs"]
+mod kafka;
 #[path = "support/scenario.rs"]
 mod scenario;
 
@@ -15,7 +17,8 @@ use driftgate::metrics::Metrics;
 use driftgate::pipeline::{Pipeline, Status};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use kafka::produce;
+use rdkafka::producer::BaseProducer;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use scenario::{assert_same_effects, final_lanes, offline_effects, records};
 use std::io::Write;
@@ -153,22 +156,6 @@ fn read_all(bootstrap: &str, topic: &str) -> Vec<String> {
     out
 }
 
-fn produce(p: &BaseProducer, recs: &[(String, Vec<u8>, i64, i32)]) {
-    for (k, v, ts, part) in recs {
-        let mut rec = BaseRecord::to(INPUT).key(k.as_bytes()).payload(v.as_slice()).timestamp(*ts).partition(*part);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    p.poll(Duration::from_millis(20));
-                }
-            }
-        }
-    }
-    p.flush(Duration::from_secs(60)).expect("flush");
-}
-
 /// `partitions revoked` / `partitions assigned` lines of one member, in order.
 fn rebalances(logs: &Logs, thread: &str) -> Vec<String> {
     logs.of(thread).into_iter().filter(|l| l.contains("partitions revoked") || l.contains("partitions assigned") || l.contains("state restored")).collect()
@@ -196,15 +183,15 @@ fn cooperative_rebalancing_moves_only_what_changes_and_state_follows() {
     let (third, total) = (recs.len() / 3, recs.len() as i64);
 
     // One member takes everything; a second joins mid-stream; then the second leaves.
-    produce(&producer, &recs[..third]);
+    produce(&producer, INPUT, &recs[..third]);
     let a = Member::start("member-a", &bootstrap);
     wait_for(&logs, 60, "member-a to process the first third", || committed(&bootstrap) >= third as i64);
     let b = Member::start("member-b", &bootstrap);
     wait_for(&logs, 60, "member-b to hold partitions", || b.status.assigned.load(Ordering::SeqCst));
-    produce(&producer, &recs[third..2 * third]);
+    produce(&producer, INPUT, &recs[third..2 * third]);
     wait_for(&logs, 120, "the second third committed", || committed(&bootstrap) >= 2 * third as i64);
     b.stop();
-    produce(&producer, &recs[2 * third..]);
+    produce(&producer, INPUT, &recs[2 * third..]);
     wait_for(&logs, 120, "member-a to finish", || committed(&bootstrap) >= total);
     a.stop();
 

@@ -199,7 +199,8 @@ fn a_detector_restored_at_90_percent_alarms_at_the_same_record() {
 }
 
 /// A state record written by format version 1 (`tests/fixtures/agent-state-v1.bin`, an agent
-/// of the demo) still decodes: newer engines read older snapshots.
+/// of the demo, written by `cargo run --example write_state_fixture`) still decodes: newer
+/// engines read older snapshots.
 #[test]
 fn version_1_state_records_still_decode() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/agent-state-v1.bin");
@@ -217,18 +218,4 @@ fn version_1_state_records_still_decode() {
     assert!(snap.torn.is_empty());
     let restored = Engine::restore(EngineConfig::default(), example_pacts(), snap.meta.meta, snap.agents);
     assert!(restored.agent("fin-07").is_some());
-}
-
-/// Writes the fixture above (run once, by hand, when a format version is introduced).
-#[test]
-#[ignore]
-fn write_version_fixture() {
-    let mut e = Engine::new(EngineConfig::default(), example_pacts());
-    for input in inputs().into_iter().take(20_000) {
-        e.push(input);
-    }
-    let state = e.agent("fin-07").unwrap().clone();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(format!("agent-state-v{}.bin", driftgate::changelog::STATE_VERSION)), encode_agent(&state)).unwrap();
 }

@@ -698,8 +698,11 @@ impl Pipeline {
         let key: SourceKey = (msg.topic().to_string(), msg.partition());
         let offset = msg.offset();
         let record_time = msg.timestamp().to_millis().map(|ms| ms.saturating_mul(1000));
-        let next = self.tasks.lock().map_err(|_| PipelineError::Setup("task state poisoned".into()))?.task(&key).pushed;
-        if let Some(next) = next {
+        // Decoded outside the lock, so the HTTP API is not held up by it.
+        let decoded = self.decoder.decode(msg.payload(), record_time);
+        let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Setup("task state poisoned".into()))?;
+        let task = tasks.task(&key);
+        if let Some(next) = task.pushed {
             if offset < next {
                 // Already reflected in the state (a rewound resume, or a broker re-sending a
                 // batch): feeding it again would count it twice in every detector.
@@ -712,10 +715,6 @@ impl Pipeline {
                 debug!(topic = %key.0, partition = key.1, offset, next, "offset gap");
             }
         }
-        // Decoded outside the lock, so the HTTP API is not held up by it.
-        let decoded = self.decoder.decode(msg.payload(), record_time);
-        let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Setup("task state poisoned".into()))?;
-        let task = tasks.task(&key);
         match decoded {
             Ok(t) => {
                 self.metrics.records_decoded.inc();
