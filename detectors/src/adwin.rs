@@ -26,7 +26,13 @@ pub struct AdwinConfig {
 
 impl Default for AdwinConfig {
     fn default() -> Self {
-        AdwinConfig { delta: 0.002, clock: 32, max_buckets: 5, min_window_length: 5, grace_period: 10 }
+        AdwinConfig {
+            delta: 0.002,
+            clock: 32,
+            max_buckets: 5,
+            min_window_length: 5,
+            grace_period: 10,
+        }
     }
 }
 
@@ -62,9 +68,20 @@ impl Adwin {
             return Err(DetectorError::param("max_buckets", "must be at least 2"));
         }
         if cfg.min_window_length == 0 {
-            return Err(DetectorError::param("min_window_length", "must be at least 1"));
+            return Err(DetectorError::param(
+                "min_window_length",
+                "must be at least 1",
+            ));
         }
-        Ok(Adwin { cfg, rows: Vec::new(), width: 0, total: 0.0, variance: 0.0, tick: 0, n: 0 })
+        Ok(Adwin {
+            cfg,
+            rows: Vec::new(),
+            width: 0,
+            total: 0.0,
+            variance: 0.0,
+            tick: 0,
+            n: 0,
+        })
     }
 
     /// The current window length.
@@ -96,7 +113,10 @@ impl Adwin {
         if self.rows.is_empty() {
             self.rows.push(VecDeque::new());
         }
-        self.rows[0].push_front(Bucket { total: x, variance: 0.0 });
+        self.rows[0].push_front(Bucket {
+            total: x,
+            variance: 0.0,
+        });
         // Compress: when a row overflows, merge its two oldest buckets into the next row.
         let mut i = 0;
         while i < self.rows.len() {
@@ -107,8 +127,10 @@ impl Adwin {
             let b2 = self.rows[i].pop_back().expect("overflowing row");
             let n = (1u64 << i) as f64;
             let (m1, m2) = (b1.total / n, b2.total / n);
-            let merged =
-                Bucket { total: b1.total + b2.total, variance: b1.variance + b2.variance + n * n * (m1 - m2).powi(2) / (2.0 * n) };
+            let merged = Bucket {
+                total: b1.total + b2.total,
+                variance: b1.variance + b2.variance + n * n * (m1 - m2).powi(2) / (2.0 * n),
+            };
             if i + 1 == self.rows.len() {
                 self.rows.push(VecDeque::new());
             }
@@ -118,7 +140,9 @@ impl Adwin {
     }
 
     fn drop_oldest(&mut self) {
-        let Some(i) = self.rows.iter().rposition(|r| !r.is_empty()) else { return };
+        let Some(i) = self.rows.iter().rposition(|r| !r.is_empty()) else {
+            return;
+        };
         let b = self.rows[i].pop_back().expect("non-empty row");
         let n = (1u64 << i) as f64;
         let w = self.width as f64;
@@ -162,7 +186,8 @@ impl Adwin {
                     }
                     let s1 = self.total - s0;
                     let m_recip = 1.0 / (n0 - min + 1.0) + 1.0 / (n1 - min + 1.0);
-                    let eps = (2.0 * m_recip * var_w * delta_prime).sqrt() + 2.0 / 3.0 * delta_prime * m_recip;
+                    let eps = (2.0 * m_recip * var_w * delta_prime).sqrt()
+                        + 2.0 / 3.0 * delta_prime * m_recip;
                     if (s0 / n0 - s1 / n1).abs() > eps {
                         found = true;
                         changed.get_or_insert(eps);
@@ -209,19 +234,35 @@ impl Detector for Adwin {
             params,
             statistic: (self.mean() - before).abs(),
             threshold: eps,
-            baseline: Estimate::Location { center: before, scale: None },
-            current: Estimate::Location { center: self.mean(), scale: Some((self.variance / self.width as f64).sqrt()) },
+            baseline: Estimate::Location {
+                center: before,
+                scale: None,
+            },
+            current: Estimate::Location {
+                center: self.mean(),
+                scale: Some((self.variance / self.width as f64).sqrt()),
+            },
             n_reference: old_width - self.width,
             n_current: self.width,
             change_point: (i + 1).saturating_sub(self.width),
             index: i,
             false_alarm_rate: None,
-            direction: if self.mean() > before { "increase" } else { "decrease" }.into(),
+            direction: if self.mean() > before {
+                "increase"
+            } else {
+                "decrease"
+            }
+            .into(),
         }))
     }
 
     fn view(&self) -> View {
-        View { statistic: self.mean(), threshold: 0.0, n: self.n, ready: self.width > self.cfg.grace_period }
+        View {
+            statistic: self.mean(),
+            threshold: 0.0,
+            n: self.n,
+            ready: self.width > self.cfg.grace_period,
+        }
     }
 
     fn reset(&mut self) {

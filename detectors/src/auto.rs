@@ -1,7 +1,7 @@
 //! Configuration and bank construction shared by the `auto` detectors.
 
 use crate::error::{check_positive, check_rate};
-use crate::mixture::{inflation, kappa_grid, weights, MixtureSr};
+use crate::mixture::{inflation, kappa_grid, MixtureSr};
 use crate::DetectorError;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,23 @@ impl Direction {
     }
 }
 
+/// How the `auto` detectors set their threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum Calibration {
+    /// Spend the whole false-alarm budget: each member's weight is divided by its overshoot
+    /// constant `ζ` (see the `overshoot` module), so the realised rate is about
+    /// `false_alarm_rate` rather than a fraction of it. The residual error of that
+    /// approximation is corrected by the simulated tables in the `calibration` module.
+    #[default]
+    Calibrated,
+    /// The provable bound: threshold `1/α` and weights that sum to one, so `ARL0 ≥ 1/α` by
+    /// optional stopping (for a known baseline). The realised rate is typically 0.3 to 0.7 α;
+    /// alarms take about `ln 2` nats more evidence. For clauses that need a certificate.
+    Bound,
+}
+
 /// Options of the `auto` detectors. Every default is chosen from theory, not from a
 /// benchmark: see the crate documentation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +72,15 @@ pub struct AutoConfig {
     pub max_inflation: f64,
     /// Categorical only: most distinct categories.
     pub max_categories: usize,
+    /// Threshold calibration: `calibrated` (the default) or `bound`.
+    pub calibration: Calibration,
+    /// The smallest change that matters, in metric units: an absolute rate change for
+    /// bernoulli metrics (`0.03`), a location shift in baseline standard deviations (or a
+    /// scale change by the factor `1 + min_shift`) for real metrics, and a change of one
+    /// category's share for categorical metrics. The bank then starts at that change and puts
+    /// most of its weight there, for oracle-like speed at and above it; smaller changes are
+    /// not watched.
+    pub min_shift: Option<f64>,
 }
 
 impl Default for AutoConfig {
@@ -69,6 +95,8 @@ impl Default for AutoConfig {
             grid_ratio: 2.0,
             max_inflation: 20.0,
             max_categories: crate::categorical::DEFAULT_MAX_CATEGORIES,
+            calibration: Calibration::Calibrated,
+            min_shift: None,
         }
     }
 }
@@ -81,12 +109,18 @@ impl AutoConfig {
             return Err(DetectorError::param("reference_min", "must be at least 10"));
         }
         if self.reference_max < self.reference_min {
-            return Err(DetectorError::param("reference_max", "must be at least reference_min"));
+            return Err(DetectorError::param(
+                "reference_max",
+                "must be at least reference_min",
+            ));
         }
         check_positive("kappa_min", self.kappa_min)?;
         check_positive("kappa_max", self.kappa_max)?;
         if self.kappa_max < self.kappa_min {
-            return Err(DetectorError::param("kappa_max", "must be at least kappa_min"));
+            return Err(DetectorError::param(
+                "kappa_max",
+                "must be at least kappa_min",
+            ));
         }
         if !(self.grid_ratio.is_finite() && self.grid_ratio > 1.0) {
             return Err(DetectorError::param("grid_ratio", "must be greater than 1"));
@@ -94,7 +128,41 @@ impl AutoConfig {
         if !(self.max_inflation.is_finite() && self.max_inflation >= 1.0) {
             return Err(DetectorError::param("max_inflation", "must be at least 1"));
         }
+        if let Some(m) = self.min_shift {
+            check_positive("min_shift", m)?;
+        }
         Ok(())
+    }
+
+    /// Checks `min_shift` against the metric kind: a rate or share change must be below 1.
+    pub fn validate_for(&self, kind: crate::MetricKind) -> Result<(), DetectorError> {
+        self.validate()?;
+        match (kind, self.min_shift) {
+            (crate::MetricKind::Bernoulli | crate::MetricKind::Categorical, Some(m))
+                if m >= 1.0 =>
+            {
+                Err(DetectorError::param(
+                    "min_shift",
+                    format!("is a change of a rate or share: must be below 1, got {m}"),
+                ))
+            }
+            (crate::MetricKind::Real, Some(m)) if m > 10.0 => Err(DetectorError::param(
+                "min_shift",
+                format!("is a shift in baseline standard deviations: must be at most 10, got {m}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The alarm threshold `A` on the mixture statistic.
+    pub(crate) fn threshold(&self, kind: crate::MetricKind) -> f64 {
+        match self.calibration {
+            Calibration::Bound => 1.0 / self.false_alarm_rate,
+            Calibration::Calibrated => {
+                crate::calibration::residual(kind, self.false_alarm_rate)
+                    / (self.false_alarm_rate * crate::calibration::TARGET)
+            }
+        }
     }
 
     /// `ln A`, the alarm threshold in nats.
@@ -126,43 +194,112 @@ impl AutoConfig {
             ("kappa_max", self.kappa_max),
             ("grid_ratio", self.grid_ratio),
             ("max_inflation", self.max_inflation),
+            (
+                "calibrated",
+                (self.calibration == Calibration::Calibrated) as u8 as f64,
+            ),
+            ("min_shift", self.min_shift.unwrap_or(0.0)),
         ]
     }
 }
 
-/// A candidate alternative: a stable id and its information per event.
+/// A candidate alternative: a stable id, its information per event, its overshoot constant
+/// and whether it sits at the pact's `min_shift`.
 pub(crate) struct Candidate {
     pub id: u32,
     pub kappa: f64,
+    pub zeta: f64,
+    pub at_min_shift: bool,
 }
 
+impl Candidate {
+    /// The member's false-alarm inflation at threshold `exp(log_a)` from a baseline of `n`.
+    fn inflation(&self, log_a: f64, n: f64) -> f64 {
+        inflation(log_a, n, self.kappa)
+    }
+}
+
+/// Largest log-likelihood ratio one event may add to a member (nats).
+///
+/// Why: a member whose single events jump by many nats (a rate of 0.3% tested against 60%)
+/// walks on a coarse lattice, and its overshoot over the threshold, so its false-alarm rate,
+/// depends on where the threshold falls on that lattice: it cannot be calibrated. Such
+/// changes are caught within a few events by the members below the cap anyway.
+pub(crate) const MAX_JUMP: f64 = 3.0;
+
+/// Share of the prior on the members at `min_shift` when it is set.
+const MIN_SHIFT_SHARE: f64 = 0.8;
+
 /// Chooses the members of a bank from `candidates` for a baseline of `n` events: returns the
-/// indices kept (into `candidates`) and a fresh [`MixtureSr`] with their weights, carrying
-/// over the statistics of `old` members with the same id.
+/// indices kept (into `candidates`), a fresh [`MixtureSr`] with their weights (carrying over
+/// the statistics of `old` members with the same id) and the threshold `A`.
+///
+/// Member `j` contributes about `w_j ζ_j F_j / A` false alarms per event, where `F_j` is its
+/// inflation from the estimated baseline (see [`inflation`]) and `ζ_j` its overshoot
+/// constant. Weights are `w_j = π_j / F_j`; a bound bank keeps `A = 1/α` (so the rate is at
+/// most `α` to first order), a calibrated one lowers `A` by `Σ w_j F_j ζ_j` so the rate is
+/// about `α`. Members whose inflation exceeds `max_inflation` are left out: the first-order
+/// inflation is no longer reliable there.
 pub(crate) fn build_bank(
     cfg: &AutoConfig,
+    kind: crate::MetricKind,
     candidates: &[Candidate],
     n: u64,
     old: Option<&MixtureSr>,
-) -> (Vec<usize>, MixtureSr) {
-    let log_a_eff = cfg.log_threshold() + (candidates.len().max(1) as f64).ln();
-    let f: Vec<f64> = candidates.iter().map(|c| inflation(log_a_eff, n as f64, c.kappa)).collect();
-    let w = weights(&f, cfg.max_inflation);
-    let mut keep = Vec::new();
-    let mut ids = Vec::new();
-    let mut ws = Vec::new();
-    for (i, c) in candidates.iter().enumerate() {
-        if w[i] > 0.0 {
-            keep.push(i);
-            ids.push(c.id);
-            ws.push(w[i]);
-        }
-    }
-    let mut sr = MixtureSr::new(ids, ws);
+) -> (Vec<usize>, MixtureSr, f64) {
+    let calibrated = cfg.calibration == Calibration::Calibrated;
+    let log_a = cfg.threshold(kind).ln();
+    let prior = |c: &[&Candidate]| -> Vec<f64> {
+        let at_min = c.iter().filter(|c| c.at_min_shift).count();
+        let rest = c.len() - at_min;
+        c.iter()
+            .map(|c| match (at_min, rest) {
+                (0, r) => 1.0 / r as f64,
+                (m, 0) => 1.0 / m as f64,
+                (m, r) => {
+                    if c.at_min_shift {
+                        MIN_SHIFT_SHARE / m as f64
+                    } else {
+                        (1.0 - MIN_SHIFT_SHARE) / r as f64
+                    }
+                }
+            })
+            .collect()
+    };
+    // First pass: the inflation at `ln(A · members)`, which decides who is in the bank.
+    let log_a_eff = log_a + (candidates.len().max(1) as f64).ln();
+    let kept: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].inflation(log_a_eff, n as f64) <= cfg.max_inflation)
+        .collect();
+    let members: Vec<&Candidate> = kept.iter().map(|&i| &candidates[i]).collect();
+    let pi = prior(&members);
+    let f: Vec<f64> = members
+        .iter()
+        .map(|c| c.inflation(log_a_eff, n as f64))
+        .collect();
+    // Every member gets its prior share of the budget after its inflation (`Σ w_j F_j = 1`);
+    // dividing by `ζ_j` as well would move weight from small changes to large ones, whose
+    // statistics overshoot most, and slow the detection of exactly the subtle drifts.
+    let w: Vec<f64> = pi.iter().zip(&f).map(|(p, f)| p / f).collect();
+    // Calibrated: the realised rate is about `Σ w_j F_j ζ_j / A` (see `overshoot`), so the
+    // threshold comes down by that weighted mean overshoot constant.
+    let zeta_bar: f64 = members
+        .iter()
+        .zip(&w)
+        .zip(&f)
+        .map(|((c, w), f)| w * f * c.zeta)
+        .sum();
+    let threshold = if calibrated && zeta_bar > 0.0 {
+        cfg.threshold(kind) * zeta_bar
+    } else {
+        cfg.threshold(kind)
+    };
+    let ids = members.iter().map(|c| c.id).collect();
+    let mut sr = MixtureSr::new(ids, w);
     if let Some(old) = old {
         sr.inherit(old);
     }
-    (keep, sr)
+    (kept, sr, threshold)
 }
 
 /// `ln Λ`, floored at 0 (no evidence), for views.

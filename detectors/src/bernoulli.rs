@@ -1,9 +1,10 @@
 //! `auto-bernoulli`: mixture Shiryaev–Roberts on a learned rate, for 0/1 metrics.
 
 use crate::alarm::{Alarm, Estimate};
-use crate::auto::{build_bank, log_stat, AutoConfig, Candidate};
-use crate::detector::{as_bool, Detector, Observation, View};
+use crate::auto::{build_bank, log_stat, AutoConfig, Candidate, MAX_JUMP};
+use crate::detector::{as_bool, Detector, MetricKind, Observation, View};
 use crate::mixture::MixtureSr;
+use crate::overshoot::zeta_two_point;
 use crate::DetectorError;
 use serde::{Deserialize, Serialize};
 
@@ -31,8 +32,8 @@ pub struct AutoBernoulli {
 impl AutoBernoulli {
     /// A detector with the given configuration.
     pub fn new(cfg: AutoConfig) -> Result<Self, DetectorError> {
-        cfg.validate()?;
-        let threshold = 1.0 / cfg.false_alarm_rate;
+        cfg.validate_for(MetricKind::Bernoulli)?;
+        let threshold = cfg.threshold(MetricKind::Bernoulli);
         Ok(AutoBernoulli {
             cfg,
             n: 0,
@@ -66,19 +67,34 @@ impl AutoBernoulli {
         let logit0 = (p0 / (1.0 - p0)).ln();
         let mut cands = Vec::new();
         let mut alts = Vec::new();
-        for (m, &kappa) in self.cfg.kappas().iter().enumerate() {
-            let delta = (2.0 * kappa / pq).sqrt();
-            for (s, up) in [(0u32, true), (1u32, false)] {
-                if !self.cfg.direction.allows(up) {
-                    continue;
-                }
+        for (s, up) in [(0u32, true), (1u32, false)] {
+            if !self.cfg.direction.allows(up) {
+                continue;
+            }
+            for (m, delta, at_min_shift) in log_odds_shifts(&self.cfg, p0, up) {
                 let l = if up { logit0 + delta } else { logit0 - delta };
                 let p1 = 1.0 / (1.0 + (-l).exp());
-                cands.push(Candidate { id: (m as u32) * 2 + s, kappa });
+                let llr = [(p1 / p0).ln(), ((1.0 - p1) / (1.0 - p0)).ln()];
+                if llr[0].max(llr[1]) > MAX_JUMP {
+                    continue;
+                }
+                let zeta = zeta_two_point(llr[0], llr[1], p0, p1);
+                cands.push(Candidate {
+                    id: m * 2 + s,
+                    kappa: delta * delta * pq / 2.0,
+                    zeta,
+                    at_min_shift,
+                });
                 alts.push(p1);
             }
         }
-        let (keep, sr) = build_bank(&self.cfg, &cands, n, self.sr.as_ref());
+        let (keep, sr, threshold) = build_bank(
+            &self.cfg,
+            MetricKind::Bernoulli,
+            &cands,
+            n,
+            self.sr.as_ref(),
+        );
         let k = keep.len();
         let mut lr = vec![0.0; 2 * k];
         self.p1.clear();
@@ -94,6 +110,7 @@ impl AutoBernoulli {
         self.lr = lr;
         self.sr = Some(sr);
         self.built_at = n;
+        self.threshold = threshold;
     }
 
     /// Feeds one 0/1 outcome. This is the hot path: a table lookup and two fused
@@ -127,8 +144,12 @@ impl AutoBernoulli {
         let n_current = lag + 1;
         let p_now = (win.aux_sum / (win.lag + 1.0)).clamp(0.0, 1.0);
         let p1 = self.p1[win.member];
-        let mut params: std::collections::BTreeMap<String, f64> =
-            self.cfg.params().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let mut params: std::collections::BTreeMap<String, f64> = self
+            .cfg
+            .params()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         params.insert("members".into(), sr.len() as f64);
         params.insert("winner_p1".into(), p1);
         params.insert("winner_kappa".into(), self.kappa[win.member]);
@@ -148,7 +169,37 @@ impl AutoBernoulli {
             direction: if p1 > self.p0 { "increase" } else { "decrease" }.to_string(),
         }
     }
+}
 
+/// The log-odds shifts `(id, δ, at_min_shift)` of the bank in one direction: with
+/// `min_shift`, the shift to `p0 ± min_shift` and then every doubling of its information up to
+/// `kappa_max`; otherwise the information grid. Directions where `p0 ± min_shift` leaves
+/// `(0, 1)` get no members.
+fn log_odds_shifts(cfg: &AutoConfig, p0: f64, up: bool) -> Vec<(u32, f64, bool)> {
+    let pq = p0 * (1.0 - p0);
+    let logit = |p: f64| (p / (1.0 - p)).ln();
+    match cfg.min_shift {
+        None => cfg
+            .kappas()
+            .into_iter()
+            .enumerate()
+            .map(|(m, k)| (m as u32, (2.0 * k / pq).sqrt(), false))
+            .collect(),
+        Some(shift) => {
+            let p1 = if up { p0 + shift } else { p0 - shift };
+            if !(p1 > 0.0 && p1 < 1.0) {
+                return Vec::new();
+            }
+            let d0 = (logit(p1) - logit(p0)).abs();
+            let mut out = vec![(0, d0, true)];
+            let mut d = d0 * std::f64::consts::SQRT_2;
+            while d * d * pq / 2.0 <= cfg.kappa_max && out.len() < 32 {
+                out.push((out.len() as u32, d, false));
+                d *= std::f64::consts::SQRT_2;
+            }
+            out
+        }
+    }
 }
 
 impl Detector for AutoBernoulli {

@@ -105,19 +105,26 @@ struct EProcess {
 
 impl EProcess {
     fn new(boundary: f64, up: bool) -> Self {
-        EProcess { boundary, up, n: 0, k: 0 }
+        EProcess {
+            boundary,
+            up,
+            n: 0,
+            k: 0,
+        }
     }
     /// Adds one outcome; whether the e-process is now at or above `ln_threshold`.
     fn push(&mut self, x: bool, ln_threshold: f64) -> bool {
         self.n += 1;
         self.k += x as u64;
-        log_evalue_from(self.k, self.n, self.boundary, self.up, ln_threshold).is_some_and(|l| l >= ln_threshold)
+        log_evalue_from(self.k, self.n, self.boundary, self.up, ln_threshold)
+            .is_some_and(|l| l >= ln_threshold)
     }
     fn log_e(&self) -> f64 {
         if self.n == 0 {
             0.0
         } else {
-            log_evalue_from(self.k, self.n, self.boundary, self.up, f64::NEG_INFINITY).unwrap_or(f64::NEG_INFINITY)
+            log_evalue_from(self.k, self.n, self.boundary, self.up, f64::NEG_INFINITY)
+                .unwrap_or(f64::NEG_INFINITY)
         }
     }
     fn clear(&mut self) {
@@ -148,8 +155,16 @@ pub fn rate_confidence_interval(k: u64, n: u64, alpha: f64) -> (f64, f64) {
         0.5 * (lo + hi)
     };
     let phat = k as f64 / n as f64;
-    let lcb = if log_evalue(k, n, 1e-9, true) >= t { bis(true) } else { 0.0 };
-    let ucb = if log_evalue(k, n, 1.0 - 1e-9, false) >= t { bis(false) } else { 1.0 };
+    let lcb = if log_evalue(k, n, 1e-9, true) >= t {
+        bis(true)
+    } else {
+        0.0
+    };
+    let ucb = if log_evalue(k, n, 1.0 - 1e-9, false) >= t {
+        bis(false)
+    } else {
+        1.0
+    };
     (lcb.min(phat), ucb.max(phat))
 }
 
@@ -236,7 +251,9 @@ impl RateBound {
             statistic: self.breach.log_e(),
             threshold: (1.0 / self.cfg.alpha).ln(),
             baseline,
-            current: current.unwrap_or(Estimate::Rate { p: k as f64 / n as f64 }),
+            current: current.unwrap_or(Estimate::Rate {
+                p: k as f64 / n as f64,
+            }),
             n_reference: 0,
             n_current: n,
             change_point: self.epoch_start,
@@ -252,7 +269,12 @@ impl Detector for RateBound {
         Ok(self.update_bool(as_bool(obs, "rate-bound")?))
     }
     fn view(&self) -> View {
-        View { statistic: self.breach.log_e().max(0.0), threshold: (1.0 / self.cfg.alpha).ln(), n: self.n, ready: true }
+        View {
+            statistic: self.breach.log_e().max(0.0),
+            threshold: (1.0 / self.cfg.alpha).ln(),
+            n: self.n,
+            ready: true,
+        }
     }
     fn reset(&mut self) {
         *self = RateBound::new(self.cfg.clone()).expect("config was validated");
@@ -318,9 +340,13 @@ impl QuantileBound {
         finite(cfg.limit).map_err(|_| DetectorError::param("limit", "must be finite"))?;
         let exit = cfg.exit.unwrap_or(cfg.limit);
         if !(exit.is_finite() && exit <= cfg.limit) {
-            return Err(DetectorError::param("exit", "must be finite and not exceed the limit"));
+            return Err(DetectorError::param(
+                "exit",
+                "must be finite and not exceed the limit",
+            ));
         }
-        let mut hist = hdrhistogram::Histogram::<u32>::new(2).map_err(|e| DetectorError::param("quantile", e.to_string()))?;
+        let mut hist = hdrhistogram::Histogram::<u32>::new(2)
+            .map_err(|e| DetectorError::param("quantile", e.to_string()))?;
         hist.auto(true);
         let tail = 1.0 - cfg.quantile;
         Ok(QuantileBound {
@@ -336,7 +362,8 @@ impl QuantileBound {
 
     /// The observed quantile of this epoch's values, if any.
     pub fn observed(&self) -> Option<f64> {
-        (!self.hist.is_empty()).then(|| self.hist.value_at_quantile(self.cfg.quantile) as f64 / HDR_SCALE)
+        (!self.hist.is_empty())
+            .then(|| self.hist.value_at_quantile(self.cfg.quantile) as f64 / HDR_SCALE)
     }
 
     /// Feeds one finite value.
@@ -345,9 +372,13 @@ impl QuantileBound {
         self.n += 1;
         let t = (1.0 / self.cfg.alpha).ln();
         // Negative values cannot breach an upper quantile bound; the histogram holds 0 for them.
-        let _ = self.hist.record((x.max(0.0) * HDR_SCALE).min(u64::MAX as f64 / 4.0) as u64);
+        let _ = self
+            .hist
+            .record((x.max(0.0) * HDR_SCALE).min(u64::MAX as f64 / 4.0) as u64);
         let breached = self.breach.push(x > self.cfg.limit, t);
-        let complied = self.comply.push(x > self.cfg.exit.unwrap_or(self.cfg.limit), t);
+        let complied = self
+            .comply
+            .push(x > self.cfg.exit.unwrap_or(self.cfg.limit), t);
         if breached {
             let alarm = self.alarm(i);
             self.new_epoch(i);
@@ -382,8 +413,14 @@ impl QuantileBound {
             params,
             statistic: self.breach.log_e(),
             threshold: (1.0 / self.cfg.alpha).ln(),
-            baseline: Estimate::Quantile { q: self.cfg.quantile, value: self.cfg.limit },
-            current: Estimate::Quantile { q: self.cfg.quantile, value: self.observed().unwrap_or(0.0) },
+            baseline: Estimate::Quantile {
+                q: self.cfg.quantile,
+                value: self.cfg.limit,
+            },
+            current: Estimate::Quantile {
+                q: self.cfg.quantile,
+                value: self.observed().unwrap_or(0.0),
+            },
             n_reference: 0,
             n_current: n,
             change_point: self.epoch_start,
@@ -399,7 +436,12 @@ impl Detector for QuantileBound {
         Ok(self.update_value(as_real(obs, "quantile-bound")?))
     }
     fn view(&self) -> View {
-        View { statistic: self.breach.log_e().max(0.0), threshold: (1.0 / self.cfg.alpha).ln(), n: self.n, ready: true }
+        View {
+            statistic: self.breach.log_e().max(0.0),
+            threshold: (1.0 / self.cfg.alpha).ln(),
+            n: self.n,
+            ready: true,
+        }
     }
     fn reset(&mut self) {
         *self = QuantileBound::new(self.cfg.clone()).expect("config was validated");
@@ -447,7 +489,9 @@ impl Detector for ZeroTolerance {
             statistic: self.count as f64,
             threshold: 1.0,
             baseline: Estimate::Rate { p: 0.0 },
-            current: Estimate::Rate { p: self.count as f64 / self.n as f64 },
+            current: Estimate::Rate {
+                p: self.count as f64 / self.n as f64,
+            },
             n_reference: 0,
             n_current: 1,
             change_point: i,
@@ -457,7 +501,12 @@ impl Detector for ZeroTolerance {
         }))
     }
     fn view(&self) -> View {
-        View { statistic: self.count as f64, threshold: 1.0, n: self.n, ready: true }
+        View {
+            statistic: self.count as f64,
+            threshold: 1.0,
+            n: self.n,
+            ready: true,
+        }
     }
     fn reset(&mut self) {
         *self = ZeroTolerance::new();
@@ -473,11 +522,23 @@ mod tests {
 
     #[test]
     fn all_ones_breach_quickly_and_zeros_verify_compliance() {
-        let mut b = RateBound::new(RateBoundConfig { limit: 0.02, exit: None, alpha: 1e-3 }).unwrap();
+        let mut b = RateBound::new(RateBoundConfig {
+            limit: 0.02,
+            exit: None,
+            alpha: 1e-3,
+        })
+        .unwrap();
         // All ones: the breach e-value grows fast.
-        let at = (0..100).find(|_| b.update_bool(true).is_some()).expect("breach");
+        let at = (0..100)
+            .find(|_| b.update_bool(true).is_some())
+            .expect("breach");
         assert!(at < 10, "{at}");
-        let mut c = RateBound::new(RateBoundConfig { limit: 0.02, exit: None, alpha: 1e-3 }).unwrap();
+        let mut c = RateBound::new(RateBoundConfig {
+            limit: 0.02,
+            exit: None,
+            alpha: 1e-3,
+        })
+        .unwrap();
         for _ in 0..2000 {
             assert!(c.update_bool(false).is_none());
         }

@@ -1,9 +1,10 @@
 //! `auto-categorical`: a native multinomial mixture Shiryaev–Roberts detector.
 
 use crate::alarm::{Alarm, Estimate};
-use crate::auto::{build_bank, log_stat, AutoConfig, Candidate};
-use crate::detector::{as_category, Detector, Observation, View};
+use crate::auto::{build_bank, log_stat, AutoConfig, Candidate, MAX_JUMP};
+use crate::detector::{as_category, Detector, MetricKind, Observation, View};
 use crate::mixture::MixtureSr;
+use crate::overshoot::{zeta_three_point, zeta_two_point};
 use crate::DetectorError;
 use serde::{Deserialize, Serialize};
 
@@ -39,11 +40,14 @@ pub struct AutoCategorical {
 impl AutoCategorical {
     /// A detector with the given configuration and category cap.
     pub fn new(cfg: AutoConfig, max_categories: usize) -> Result<Self, DetectorError> {
-        cfg.validate()?;
+        cfg.validate_for(MetricKind::Categorical)?;
         if !(2..=1024).contains(&max_categories) {
-            return Err(DetectorError::param("max_categories", "must be between 2 and 1024"));
+            return Err(DetectorError::param(
+                "max_categories",
+                "must be between 2 and 1024",
+            ));
         }
-        let threshold = 1.0 / cfg.false_alarm_rate;
+        let threshold = cfg.threshold(MetricKind::Categorical);
         Ok(AutoCategorical {
             cfg,
             max_categories,
@@ -80,6 +84,10 @@ impl AutoCategorical {
         Ok(self.names.len() - 1)
     }
 
+    /// The tilt directions: for up to [`CONTRAST_LIMIT`] categories every pairwise contrast
+    /// (mass moves from one category to another) and, for every number of categories, every
+    /// one-vs-rest tilt (one category's share rises or falls, the others scale in proportion).
+    /// Pairwise contrasts come first so their ids match earlier state.
     fn directions(&self) -> Vec<Vec<f64>> {
         let k = self.names.len();
         let mut dirs = Vec::new();
@@ -93,7 +101,9 @@ impl AutoCategorical {
                     dirs.push(v.iter().map(|x| -x).collect());
                 }
             }
-        } else {
+        }
+        // With two categories a one-vs-rest tilt is a pairwise contrast already.
+        if k > CONTRAST_LIMIT {
             for c in 0..k {
                 let mut v = vec![0.0; k];
                 v[c] = 1.0;
@@ -109,26 +119,62 @@ impl AutoCategorical {
         let k = self.names.len();
         let n = self.ref_n;
         let denom = n as f64 + 0.5 * k as f64;
-        self.p0 = self.ref_counts.iter().map(|c| (*c as f64 + 0.5) / denom).collect();
+        self.p0 = self
+            .ref_counts
+            .iter()
+            .map(|c| (*c as f64 + 0.5) / denom)
+            .collect();
         let mut cands = Vec::new();
         let mut tables: Vec<Vec<f64>> = Vec::new();
         if k >= 2 {
-            let kappas = self.cfg.kappas();
             for (d, v) in self.directions().iter().enumerate() {
-                let mean: f64 = v.iter().zip(&self.p0).map(|(v, p)| v * p).sum();
-                let var: f64 = v.iter().zip(&self.p0).map(|(v, p)| p * (v - mean).powi(2)).sum();
+                // Baseline mass of the rising (+1), falling (-1) and untouched (0) groups.
+                let mass = |sign: f64| {
+                    v.iter()
+                        .zip(&self.p0)
+                        .filter(|(v, _)| **v == sign)
+                        .map(|(_, p)| p)
+                        .sum::<f64>()
+                };
+                let (up, down) = (mass(1.0), mass(-1.0));
+                let rest = (1.0 - up - down).max(0.0);
+                let var = up + down - (up - down).powi(2);
                 if var <= 0.0 {
                     continue;
                 }
-                for (m, &kappa) in kappas.iter().enumerate() {
-                    let eta = (2.0 * kappa / var).sqrt();
-                    let log_m = v.iter().zip(&self.p0).map(|(v, p)| p * (eta * v).exp()).sum::<f64>().ln();
-                    cands.push(Candidate { id: (d as u32) * 64 + m as u32, kappa });
+                for (m, eta, at_min_shift) in tilts(&self.cfg, up, down, var) {
+                    let log_m = (up * eta.exp() + down * (-eta).exp() + rest).ln();
+                    let (lu, ld, l0) = (eta - log_m, -eta - log_m, -log_m);
+                    if lu.max(ld).max(l0) > MAX_JUMP {
+                        continue;
+                    }
+                    let (qu, qd, q0) = (up * lu.exp(), down * ld.exp(), rest * l0.exp());
+                    let zeta = if down == 0.0 {
+                        zeta_two_point(lu, l0, up, qu)
+                    } else if up == 0.0 {
+                        zeta_two_point(ld, l0, down, qd)
+                    } else if rest == 0.0 {
+                        zeta_two_point(lu, ld, up, qu)
+                    } else {
+                        zeta_three_point([lu, ld, l0], [up, down, rest], [qu, qd, q0])
+                    };
+                    cands.push(Candidate {
+                        id: (d as u32) * 64 + m,
+                        kappa: eta * eta * var / 2.0,
+                        zeta,
+                        at_min_shift,
+                    });
                     tables.push(v.iter().map(|v| (eta * v - log_m).exp()).collect());
                 }
             }
         }
-        let (keep, sr) = build_bank(&self.cfg, &cands, n, self.sr.as_ref());
+        let (keep, sr, threshold) = build_bank(
+            &self.cfg,
+            MetricKind::Categorical,
+            &cands,
+            n,
+            self.sr.as_ref(),
+        );
         let kk = keep.len();
         let mut lr = vec![0.0; k * kk];
         self.kappa.clear();
@@ -141,6 +187,7 @@ impl AutoCategorical {
         self.lr = lr;
         self.sr = Some(sr);
         self.built_at = n;
+        self.threshold = threshold;
     }
 
     /// Feeds one category by name.
@@ -178,12 +225,23 @@ impl AutoCategorical {
         let k = sr.len();
         let j = win.member;
         let lag = win.lag.round().max(0.0).min(i as f64) as u64;
-        let p1: Vec<(String, f64)> =
-            self.names.iter().enumerate().map(|(c, name)| (name.clone(), self.p0[c] * self.lr[c * k + j])).collect();
-        let moved_up = p1.iter().zip(&self.p0).max_by(|a, b| (a.0 .1 - a.1).total_cmp(&(b.0 .1 - b.1)));
+        let p1: Vec<(String, f64)> = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(c, name)| (name.clone(), self.p0[c] * self.lr[c * k + j]))
+            .collect();
+        let moved_up = p1
+            .iter()
+            .zip(&self.p0)
+            .max_by(|a, b| (a.0 .1 - a.1).total_cmp(&(b.0 .1 - b.1)));
         let direction = moved_up.map_or(String::new(), |(p, _)| format!("toward:{}", p.0));
-        let mut params: std::collections::BTreeMap<String, f64> =
-            self.cfg.params().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let mut params: std::collections::BTreeMap<String, f64> = self
+            .cfg
+            .params()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         params.insert("members".into(), k as f64);
         params.insert("categories".into(), self.names.len() as f64);
         params.insert("winner_kappa".into(), self.kappa[j]);
@@ -194,7 +252,12 @@ impl AutoCategorical {
             statistic: log_stat(sr.lambda),
             threshold: self.threshold.ln(),
             baseline: Estimate::Distribution {
-                probs: self.names.iter().cloned().zip(self.p0.iter().copied()).collect(),
+                probs: self
+                    .names
+                    .iter()
+                    .cloned()
+                    .zip(self.p0.iter().copied())
+                    .collect(),
             },
             current: Estimate::Distribution { probs: p1 },
             n_reference: self.ref_n,
@@ -205,7 +268,57 @@ impl AutoCategorical {
             direction,
         }
     }
+}
 
+/// The tilt sizes `(id, η, at_min_shift)` along one direction whose rising and falling groups
+/// hold baseline mass `up` and `down`, with `var` the variance of the direction under the
+/// baseline. With `min_shift`, the tilt that moves the rising group's share up by `min_shift`
+/// (or, without a rising group, the falling group's down by it), then every doubling of its
+/// information up to `kappa_max`; otherwise the information grid.
+fn tilts(cfg: &AutoConfig, up: f64, down: f64, var: f64) -> Vec<(u32, f64, bool)> {
+    let Some(shift) = cfg.min_shift else {
+        return cfg
+            .kappas()
+            .into_iter()
+            .enumerate()
+            .map(|(m, k)| (m as u32, (2.0 * k / var).sqrt(), false))
+            .collect();
+    };
+    let rest = (1.0 - up - down).max(0.0);
+    let moved = |eta: f64| {
+        let m = up * eta.exp() + down * (-eta).exp() + rest;
+        if up > 0.0 {
+            up * eta.exp() / m - up
+        } else {
+            down - down * (-eta).exp() / m
+        }
+    };
+    let reachable = if up > 0.0 {
+        up + shift < 1.0
+    } else {
+        down - shift > 0.0
+    };
+    if !reachable || moved(60.0) < shift {
+        return Vec::new();
+    }
+    // `moved` rises with η: bisect.
+    let (mut lo, mut hi) = (0.0, 60.0);
+    for _ in 0..80 {
+        let mid = 0.5 * (lo + hi);
+        if moved(mid) < shift {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let eta0 = 0.5 * (lo + hi);
+    let mut out = vec![(0, eta0, true)];
+    let mut eta = eta0 * std::f64::consts::SQRT_2;
+    while eta * eta * var / 2.0 <= cfg.kappa_max && out.len() < 32 {
+        out.push((out.len() as u32, eta, false));
+        eta *= std::f64::consts::SQRT_2;
+    }
+    out
 }
 
 impl Detector for AutoCategorical {

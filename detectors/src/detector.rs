@@ -86,7 +86,10 @@ pub(crate) fn as_bool(obs: Observation<'_>, detector: &'static str) -> Result<bo
         Observation::Real(v) if v == 1.0 => Ok(true),
         Observation::Real(v) if !v.is_finite() => Err(DetectorError::NotFinite(v)),
         Observation::Real(v) => Err(DetectorError::NotBinary(v)),
-        Observation::Category(_) => Err(DetectorError::WrongKind { detector, expected: "0/1" }),
+        Observation::Category(_) => Err(DetectorError::WrongKind {
+            detector,
+            expected: "0/1",
+        }),
     }
 }
 
@@ -95,14 +98,23 @@ pub(crate) fn as_real(obs: Observation<'_>, detector: &'static str) -> Result<f6
     match obs {
         Observation::Real(v) => crate::error::finite(v),
         Observation::Bool(b) => Ok(if b { 1.0 } else { 0.0 }),
-        Observation::Category(_) => Err(DetectorError::WrongKind { detector, expected: "real" }),
+        Observation::Category(_) => Err(DetectorError::WrongKind {
+            detector,
+            expected: "real",
+        }),
     }
 }
 
 /// Extracts a category name.
-pub(crate) fn as_category<'a>(obs: Observation<'a>, detector: &'static str) -> Result<&'a str, DetectorError> {
+pub(crate) fn as_category<'a>(
+    obs: Observation<'a>,
+    detector: &'static str,
+) -> Result<&'a str, DetectorError> {
     match obs {
         Observation::Category(c) => Ok(c),
-        _ => Err(DetectorError::WrongKind { detector, expected: "category" }),
+        _ => Err(DetectorError::WrongKind {
+            detector,
+            expected: "category",
+        }),
     }
 }

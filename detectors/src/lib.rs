@@ -26,6 +26,7 @@ mod alarm;
 mod auto;
 mod bernoulli;
 mod bound;
+mod calibration;
 mod categorical;
 mod cusum;
 mod detector;
@@ -34,6 +35,7 @@ mod hdr_serde;
 mod mixture;
 mod normal_score;
 mod numeric;
+mod overshoot;
 mod page_hinkley;
 mod real;
 mod spec;
@@ -41,9 +43,13 @@ mod windowed;
 
 pub use adwin::{Adwin, AdwinConfig};
 pub use alarm::{Alarm, Estimate};
-pub use auto::{AutoConfig, Direction};
+pub use auto::{AutoConfig, Calibration, Direction};
 pub use bernoulli::AutoBernoulli;
-pub use bound::{rate_confidence_interval, QuantileBound, QuantileBoundConfig, RateBound, RateBoundConfig, ZeroTolerance};
+pub use bound::{
+    rate_confidence_interval, QuantileBound, QuantileBoundConfig, RateBound, RateBoundConfig,
+    ZeroTolerance,
+};
+pub use calibration::TARGET as CALIBRATION_TARGET;
 pub use categorical::AutoCategorical;
 pub use cusum::{siegmund_arl0, Cusum, Family};
 pub use detector::{Detector, MetricKind, Observation, View};

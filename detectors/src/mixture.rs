@@ -26,7 +26,7 @@ pub(crate) const MAX_MEMBERS: usize = 256;
 pub(crate) struct MixtureSr {
     /// Stable member identifiers, so that a rebuilt bank keeps the evidence of old members.
     pub ids: Vec<u32>,
-    /// Mixture weights; `Σ w_j F_j = 1` where `F_j` is a member's false-alarm inflation.
+    /// Mixture weights (see `auto::build_bank`).
     pub w: Vec<f64>,
     r: Vec<f64>,
     d: Vec<f64>,
@@ -52,7 +52,14 @@ impl MixtureSr {
         let k = ids.len();
         debug_assert_eq!(k, w.len());
         debug_assert!(k <= MAX_MEMBERS);
-        MixtureSr { ids, w, r: vec![0.0; k], d: vec![0.0; k], c: vec![0.0; k], lambda: 0.0 }
+        MixtureSr {
+            ids,
+            w,
+            r: vec![0.0; k],
+            d: vec![0.0; k],
+            c: vec![0.0; k],
+            lambda: 0.0,
+        }
     }
 
     /// Number of members.
@@ -112,7 +119,11 @@ impl MixtureSr {
             }
         }
         let r = self.r[best].max(f64::MIN_POSITIVE);
-        Winner { member: best, lag: self.d[best] / r, aux_sum: self.c[best] / r }
+        Winner {
+            member: best,
+            lag: self.d[best] / r,
+            aux_sum: self.c[best] / r,
+        }
     }
 }
 
@@ -144,14 +155,6 @@ pub(crate) fn inflation(log_a: f64, n: f64, kappa: f64) -> f64 {
     (log_a * log_a / (n * kappa)).exp()
 }
 
-/// Weights for a bank: uniform prior over the members whose inflation is at most `max_f`,
-/// divided by each member's inflation, so that `Σ w_j F_j = 1`. Members above the cap get
-/// weight 0 and are dropped by the caller. `log_a_eff` should be `ln(A · members)`.
-pub(crate) fn weights(inflations: &[f64], max_f: f64) -> Vec<f64> {
-    let active = inflations.iter().filter(|f| **f <= max_f).count().max(1) as f64;
-    inflations.iter().map(|f| if *f <= max_f { 1.0 / (active * f) } else { 0.0 }).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,15 +172,6 @@ mod tests {
         assert_eq!(w.member, 0);
         assert!((w.lag - 1.0).abs() < 1e-12);
         assert!((w.aux_sum - 1.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn weights_sum_to_one_against_inflation() {
-        let f = [1.0, 2.0, 4.0, 100.0];
-        let w = weights(&f, 10.0);
-        let s: f64 = w.iter().zip(&f).map(|(w, f)| w * f).sum();
-        assert!((s - 1.0).abs() < 1e-12);
-        assert_eq!(w[3], 0.0);
     }
 
     #[test]

@@ -2,9 +2,10 @@
 
 use crate::alarm::{Alarm, Estimate};
 use crate::auto::{build_bank, log_stat, AutoConfig, Candidate};
-use crate::detector::{as_real, Detector, Observation, View};
+use crate::detector::{as_real, Detector, MetricKind, Observation, View};
 use crate::mixture::{MixtureSr, MAX_MEMBERS};
 use crate::normal_score::NormalScore;
+use crate::overshoot::{zeta_gaussian, zeta_scale};
 use crate::DetectorError;
 use serde::{Deserialize, Serialize};
 
@@ -44,8 +45,8 @@ struct Alt {
 impl AutoReal {
     /// A detector with the given configuration.
     pub fn new(cfg: AutoConfig) -> Result<Self, DetectorError> {
-        cfg.validate()?;
-        let threshold = 1.0 / cfg.false_alarm_rate;
+        cfg.validate_for(MetricKind::Real)?;
+        let threshold = cfg.threshold(MetricKind::Real);
         Ok(AutoReal {
             cfg,
             n: 0,
@@ -64,32 +65,71 @@ impl AutoReal {
     }
 
     fn rebuild(&mut self, n: u64) {
-        let ns = self.ns.as_mut().expect("rebuild after the normal score exists");
+        let ns = self
+            .ns
+            .as_mut()
+            .expect("rebuild after the normal score exists");
         ns.recompute();
         self.baseline_center = ns.quantile(0.5);
         self.baseline_scale = (ns.quantile(0.75) - ns.quantile(0.25)) / 1.349;
         let mut cands = Vec::new();
         let mut alts = Vec::new();
-        for (m, &kappa) in self.cfg.kappas().iter().enumerate() {
-            let m = m as u32;
-            let theta = (2.0 * kappa).sqrt();
-            for (s, up) in [(0u32, true), (1u32, false)] {
-                if !self.cfg.direction.allows(up) {
+        for (s, up) in [(0u32, true), (1u32, false)] {
+            if !self.cfg.direction.allows(up) {
+                continue;
+            }
+            let sign = if up { 1.0 } else { -1.0 };
+            for (m, theta, at_min_shift) in steps(
+                &self.cfg,
+                self.cfg.min_shift,
+                |k| (2.0 * k).sqrt(),
+                |t| t * t / 2.0,
+            ) {
+                let th = sign * theta;
+                cands.push(Candidate {
+                    id: m * 4 + s,
+                    kappa: theta * theta / 2.0,
+                    zeta: zeta_gaussian(theta),
+                    at_min_shift,
+                });
+                alts.push(Alt {
+                    a: th,
+                    b: -th * th / 2.0,
+                    squared: false,
+                });
+            }
+            // Scale members: `β` with Var(llr)/2 = β²/4 = κ; `min_shift` is the factor
+            // `1 + min_shift` on the standard deviation (σ² = 1/(1-β)).
+            let beta_min = self.cfg.min_shift.map(|m| {
+                if up {
+                    1.0 - 1.0 / (1.0 + m).powi(2)
+                } else {
+                    (1.0 + m).powi(2) - 1.0
+                }
+            });
+            for (m, beta, at_min_shift) in
+                steps(&self.cfg, beta_min, |k| 2.0 * k.sqrt(), |b| b * b / 4.0)
+            {
+                let beta = sign * beta;
+                if beta >= MAX_BETA {
                     continue;
                 }
-                let th = if up { theta } else { -theta };
-                cands.push(Candidate { id: m * 4 + s, kappa });
-                alts.push(Alt { a: th, b: -th * th / 2.0, squared: false });
-                // Scale member with Var(llr)/2 = β²/4 = κ.
-                let beta = if up { 2.0 * kappa.sqrt() } else { -2.0 * kappa.sqrt() };
-                if beta < MAX_BETA {
-                    // LR = exp(β z²/2) / σ with σ = (1-β)^(-1/2).
-                    cands.push(Candidate { id: m * 4 + 2 + s, kappa });
-                    alts.push(Alt { a: beta / 2.0, b: 0.5 * (1.0 - beta).ln(), squared: true });
-                }
+                // LR = exp(β z²/2) / σ with σ = (1-β)^(-1/2).
+                cands.push(Candidate {
+                    id: m * 4 + 2 + s,
+                    kappa: beta * beta / 4.0,
+                    zeta: zeta_scale(beta),
+                    at_min_shift,
+                });
+                alts.push(Alt {
+                    a: beta / 2.0,
+                    b: 0.5 * (1.0 - beta).ln(),
+                    squared: true,
+                });
             }
         }
-        let (keep, sr) = build_bank(&self.cfg, &cands, n, self.sr.as_ref());
+        let (keep, sr, threshold) =
+            build_bank(&self.cfg, MetricKind::Real, &cands, n, self.sr.as_ref());
         self.a.clear();
         self.b.clear();
         self.squared.clear();
@@ -102,6 +142,7 @@ impl AutoReal {
         }
         self.sr = Some(sr);
         self.built_at = n;
+        self.threshold = threshold;
     }
 
     /// Feeds one finite value (the caller checked finiteness).
@@ -109,7 +150,10 @@ impl AutoReal {
     pub fn update_value(&mut self, x: f64) -> Option<Alarm> {
         let i = self.n;
         self.n += 1;
-        let reference = self.ns.as_ref().map_or(self.buffer.len() as u64, |n| n.total());
+        let reference = self
+            .ns
+            .as_ref()
+            .map_or(self.buffer.len() as u64, |n| n.total());
         if reference < self.cfg.reference_max {
             match self.ns.as_mut() {
                 None => {
@@ -155,23 +199,55 @@ impl AutoReal {
         let (direction, scale_now) = if self.squared[j] {
             let beta = 2.0 * self.a[j];
             let sigma = (1.0 / (1.0 - beta)).sqrt();
-            (if beta > 0.0 { "scale_up" } else { "scale_down" }, self.baseline_scale * sigma)
+            (
+                if beta > 0.0 { "scale_up" } else { "scale_down" },
+                self.baseline_scale * sigma,
+            )
         } else {
-            (if self.a[j] > 0.0 { "increase" } else { "decrease" }, self.baseline_scale)
+            (
+                if self.a[j] > 0.0 {
+                    "increase"
+                } else {
+                    "decrease"
+                },
+                self.baseline_scale,
+            )
         };
-        let mut params: std::collections::BTreeMap<String, f64> =
-            self.cfg.params().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let mut params: std::collections::BTreeMap<String, f64> = self
+            .cfg
+            .params()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         params.insert("members".into(), sr.len() as f64);
         params.insert("winner_kappa".into(), self.kappa[j]);
         params.insert("winner_weight".into(), sr.w[j]);
-        params.insert(if self.squared[j] { "winner_beta" } else { "winner_theta" }.into(), if self.squared[j] { 2.0 * self.a[j] } else { self.a[j] });
+        params.insert(
+            if self.squared[j] {
+                "winner_beta"
+            } else {
+                "winner_theta"
+            }
+            .into(),
+            if self.squared[j] {
+                2.0 * self.a[j]
+            } else {
+                self.a[j]
+            },
+        );
         Alarm {
             detector: self.name().to_string(),
             params,
             statistic: log_stat(sr.lambda),
             threshold: self.threshold.ln(),
-            baseline: Estimate::Location { center: self.baseline_center, scale: Some(self.baseline_scale) },
-            current: Estimate::Location { center: mean_now, scale: Some(scale_now) },
+            baseline: Estimate::Location {
+                center: self.baseline_center,
+                scale: Some(self.baseline_scale),
+            },
+            current: Estimate::Location {
+                center: mean_now,
+                scale: Some(scale_now),
+            },
             n_reference: self.ns.as_ref().map_or(0, |n| n.total()),
             n_current: lag + 1,
             change_point: i - lag,
@@ -180,7 +256,35 @@ impl AutoReal {
             direction: direction.to_string(),
         }
     }
+}
 
+/// The sizes `(id, size, at_min_shift)` of one family of members: from `min_size` (the pact's
+/// `min_shift` in this family's units) up by doublings of the information to `kappa_max`, or
+/// on the information grid. `size_of` maps information to size, `kappa_of` back.
+fn steps(
+    cfg: &AutoConfig,
+    min_size: Option<f64>,
+    size_of: impl Fn(f64) -> f64,
+    kappa_of: impl Fn(f64) -> f64,
+) -> Vec<(u32, f64, bool)> {
+    match min_size {
+        None => cfg
+            .kappas()
+            .into_iter()
+            .enumerate()
+            .map(|(m, k)| (m as u32, size_of(k), false))
+            .collect(),
+        Some(size) => {
+            let size = size.abs();
+            let mut out = vec![(0, size, true)];
+            let mut s = size * std::f64::consts::SQRT_2;
+            while kappa_of(s) <= cfg.kappa_max && out.len() < 32 {
+                out.push((out.len() as u32, s, false));
+                s *= std::f64::consts::SQRT_2;
+            }
+            out
+        }
+    }
 }
 
 impl Detector for AutoReal {

@@ -32,14 +32,23 @@ pub struct WindowConfig {
 
 impl Default for WindowConfig {
     fn default() -> Self {
-        WindowConfig { reference: 5000, window: 1000, stride: 100, false_alarm_rate: 1e-5, threshold: None }
+        WindowConfig {
+            reference: 5000,
+            window: 1000,
+            stride: 100,
+            false_alarm_rate: 1e-5,
+            threshold: None,
+        }
     }
 }
 
 impl WindowConfig {
     fn validate(&self) -> Result<(), DetectorError> {
         if self.reference < 10 || self.window < 10 {
-            return Err(DetectorError::param("window", "reference and window need at least 10 observations"));
+            return Err(DetectorError::param(
+                "window",
+                "reference and window need at least 10 observations",
+            ));
         }
         if self.stride == 0 {
             return Err(DetectorError::param("stride", "must be at least 1"));
@@ -94,7 +103,15 @@ impl WindowedKs {
         let en = ne.sqrt() + 0.12 + 0.11 / ne.sqrt();
         let t = bisect_decreasing(kolmogorov_sf, cfg.test_level(), 0.0, 10.0);
         let d_crit = t / en;
-        Ok(WindowedKs { cfg, reference: Vec::new(), sorted: false, window: VecDeque::new(), n: 0, last_d: 0.0, d_crit })
+        Ok(WindowedKs {
+            cfg,
+            reference: Vec::new(),
+            sorted: false,
+            window: VecDeque::new(),
+            n: 0,
+            last_d: 0.0,
+            d_crit,
+        })
     }
 
     /// Two-sample KS statistic between the sorted reference and the current window.
@@ -151,19 +168,35 @@ impl Detector for WindowedKs {
             params: self.cfg.params(),
             statistic: self.last_d,
             threshold: self.d_crit,
-            baseline: Estimate::Location { center: median(&self.reference), scale: Some(iqr(&self.reference)) },
-            current: Estimate::Location { center: median(&cur), scale: Some(iqr(&cur)) },
+            baseline: Estimate::Location {
+                center: median(&self.reference),
+                scale: Some(iqr(&self.reference)),
+            },
+            current: Estimate::Location {
+                center: median(&cur),
+                scale: Some(iqr(&cur)),
+            },
             n_reference: self.reference.len() as u64,
             n_current: cur.len() as u64,
             change_point: i + 1 - cur.len() as u64,
             index: i,
             false_alarm_rate: Some(self.cfg.false_alarm_rate),
-            direction: if median(&cur) > median(&self.reference) { "increase" } else { "decrease" }.into(),
+            direction: if median(&cur) > median(&self.reference) {
+                "increase"
+            } else {
+                "decrease"
+            }
+            .into(),
         }))
     }
 
     fn view(&self) -> View {
-        View { statistic: self.last_d, threshold: self.d_crit, n: self.n, ready: self.reference.len() >= self.cfg.reference }
+        View {
+            statistic: self.last_d,
+            threshold: self.d_crit,
+            n: self.n,
+            ready: self.reference.len() >= self.cfg.reference,
+        }
     }
 
     fn reset(&mut self) {
@@ -217,7 +250,14 @@ impl BinnedWindow {
     /// A windowed chi-squared or PSI test; `real` selects decile bins for real metrics.
     pub fn new(cfg: WindowConfig, test: BinnedTest, real: bool) -> Result<Self, DetectorError> {
         cfg.validate()?;
-        let bins = if real { Bins::Deciles { sample: Vec::new(), edges: Vec::new() } } else { Bins::Names(Vec::new()) };
+        let bins = if real {
+            Bins::Deciles {
+                sample: Vec::new(),
+                edges: Vec::new(),
+            }
+        } else {
+            Bins::Names(Vec::new())
+        };
         Ok(BinnedWindow {
             cfg,
             test,
@@ -240,13 +280,17 @@ impl BinnedWindow {
         let ready = self.ready();
         match (&mut self.bins, obs) {
             (Bins::Names(names), Observation::Category(c)) => name_bin(names, c, ready),
-            (Bins::Names(names), Observation::Bool(b)) => name_bin(names, if b { "1" } else { "0" }, ready),
+            (Bins::Names(names), Observation::Bool(b)) => {
+                name_bin(names, if b { "1" } else { "0" }, ready)
+            }
             (Bins::Names(names), Observation::Real(v)) if v == 0.0 || v == 1.0 => {
                 name_bin(names, if v == 1.0 { "1" } else { "0" }, ready)
             }
-            (Bins::Names(_), Observation::Real(v)) => {
-                Err(if v.is_finite() { DetectorError::NotBinary(v) } else { DetectorError::NotFinite(v) })
-            }
+            (Bins::Names(_), Observation::Real(v)) => Err(if v.is_finite() {
+                DetectorError::NotBinary(v)
+            } else {
+                DetectorError::NotFinite(v)
+            }),
             (Bins::Deciles { sample, edges }, o) => {
                 let x = as_real(o, "windowed test")?;
                 if !ready {
@@ -282,7 +326,8 @@ impl BinnedWindow {
             // PSI is a symmetrised KL divergence; under the null it is approximately
             // (1/n + 1/m) χ²_{k-1}.
             (BinnedTest::Psi, None) => {
-                (1.0 / self.cfg.reference as f64 + 1.0 / self.cfg.window as f64) * chi2_upper_quantile(k - 1.0, level)
+                (1.0 / self.cfg.reference as f64 + 1.0 / self.cfg.window as f64)
+                    * chi2_upper_quantile(k - 1.0, level)
             }
             (BinnedTest::Chi2, _) => chi2_upper_quantile(k - 1.0, level),
         };
@@ -325,7 +370,12 @@ impl BinnedWindow {
             Bins::Names(n) => n.clone(),
             Bins::Deciles { edges, .. } => (0..=edges.len()).map(|i| format!("bin{i}")).collect(),
         };
-        Estimate::Distribution { probs: names.into_iter().zip(counts.iter().map(|c| *c as f64 / total)).collect() }
+        Estimate::Distribution {
+            probs: names
+                .into_iter()
+                .zip(counts.iter().map(|c| *c as f64 / total))
+                .collect(),
+        }
     }
 }
 
@@ -377,7 +427,10 @@ impl Detector for BinnedWindow {
         let mut params = self.cfg.params();
         params.insert("bins".into(), self.ref_counts.len() as f64);
         if self.test == BinnedTest::Chi2 {
-            params.insert("p_value".into(), chi2_sf(self.ref_counts.len() as f64 - 1.0, self.last));
+            params.insert(
+                "p_value".into(),
+                chi2_sf(self.ref_counts.len() as f64 - 1.0, self.last),
+            );
         }
         Ok(Some(Alarm {
             detector: match self.test {
@@ -400,7 +453,12 @@ impl Detector for BinnedWindow {
     }
 
     fn view(&self) -> View {
-        View { statistic: self.last, threshold: self.threshold, n: self.n, ready: self.ready() }
+        View {
+            statistic: self.last,
+            threshold: self.threshold,
+            n: self.n,
+            ready: self.ready(),
+        }
     }
 
     fn reset(&mut self) {
@@ -421,7 +479,13 @@ mod tests {
     use super::*;
 
     fn small() -> WindowConfig {
-        WindowConfig { reference: 10, window: 10, stride: 10, false_alarm_rate: 1e-3, threshold: None }
+        WindowConfig {
+            reference: 10,
+            window: 10,
+            stride: 10,
+            false_alarm_rate: 1e-3,
+            threshold: None,
+        }
     }
 
     #[test]
@@ -442,13 +506,18 @@ mod tests {
         // Reference: a x5, b x5. Window: a x10. Table [[5,5],[10,0]]: X² = 6.667.
         let mut t = BinnedWindow::new(small(), BinnedTest::Chi2, false).unwrap();
         for i in 0..10 {
-            t.update(Observation::Category(if i % 2 == 0 { "a" } else { "b" })).unwrap();
+            t.update(Observation::Category(if i % 2 == 0 { "a" } else { "b" }))
+                .unwrap();
         }
         let mut last = None;
         for _ in 0..10 {
             last = t.update(Observation::Category("a")).unwrap();
         }
-        assert!((t.view().statistic - 20.0 / 3.0).abs() < 1e-9, "{}", t.view().statistic);
+        assert!(
+            (t.view().statistic - 20.0 / 3.0).abs() < 1e-9,
+            "{}",
+            t.view().statistic
+        );
         // The 1e-2 level chi2(1) threshold is 6.635 < 6.667.
         assert!(last.is_some());
     }
@@ -456,9 +525,18 @@ mod tests {
     #[test]
     fn psi_known_answer() {
         // Reference a:b = 5:5, window 10:0, smoothed with 0.5: pr = 0.5, pc = (10.5/11, 0.5/11).
-        let mut t = BinnedWindow::new(WindowConfig { threshold: Some(0.25), ..small() }, BinnedTest::Psi, false).unwrap();
+        let mut t = BinnedWindow::new(
+            WindowConfig {
+                threshold: Some(0.25),
+                ..small()
+            },
+            BinnedTest::Psi,
+            false,
+        )
+        .unwrap();
         for i in 0..10 {
-            t.update(Observation::Category(if i % 2 == 0 { "a" } else { "b" })).unwrap();
+            t.update(Observation::Category(if i % 2 == 0 { "a" } else { "b" }))
+                .unwrap();
         }
         for _ in 0..10 {
             t.update(Observation::Category("a")).unwrap();
@@ -474,6 +552,9 @@ mod tests {
         for _ in 0..10 {
             t.update(Observation::Category("a")).unwrap();
         }
-        assert_eq!(t.update(Observation::Category("zzz")), Err(DetectorError::UnknownCategory("zzz".into())));
+        assert_eq!(
+            t.update(Observation::Category("zzz")),
+            Err(DetectorError::UnknownCategory("zzz".into()))
+        );
     }
 }
