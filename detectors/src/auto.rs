@@ -35,10 +35,9 @@ impl Direction {
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Calibration {
-    /// Spend the whole false-alarm budget: each member's weight is divided by its overshoot
-    /// constant `ζ` (see the `overshoot` module), so the realised rate is about
-    /// `false_alarm_rate` rather than a fraction of it. The residual error of that
-    /// approximation is corrected by the simulated tables in the `calibration` module.
+    /// Spend the false-alarm budget: the threshold comes down by the bank's mean overshoot
+    /// constant `ζ` and a simulated residual factor, so the realised rate is about
+    /// `0.8 × false_alarm_rate` rather than 0.3 to 0.7 of it.
     #[default]
     Calibrated,
     /// The provable bound: threshold `1/α` and weights that sum to one, so `ARL0 ≥ 1/α` by
@@ -308,5 +307,51 @@ pub(crate) fn log_stat(lambda: f64) -> f64 {
         lambda.ln()
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MetricKind;
+
+    #[test]
+    fn min_shift_is_validated_per_metric_kind() {
+        let cfg = |m: f64| AutoConfig {
+            min_shift: Some(m),
+            ..AutoConfig::default()
+        };
+        assert!(cfg(0.03).validate_for(MetricKind::Bernoulli).is_ok());
+        assert!(cfg(1.5).validate_for(MetricKind::Real).is_ok());
+        for (m, kind) in [
+            (1.0, MetricKind::Bernoulli),
+            (1.2, MetricKind::Categorical),
+            (0.0, MetricKind::Real),
+            (-0.1, MetricKind::Bernoulli),
+            (11.0, MetricKind::Real),
+        ] {
+            let err = cfg(m).validate_for(kind).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    DetectorError::InvalidParameter {
+                        name: "min_shift",
+                        ..
+                    }
+                ),
+                "{m} {kind:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn bound_threshold_is_one_over_alpha_and_calibrated_is_lower() {
+        let bound = AutoConfig {
+            calibration: Calibration::Bound,
+            ..AutoConfig::default()
+        };
+        assert_eq!(bound.threshold(MetricKind::Bernoulli), 1e5);
+        // Before the overshoot factor (≤ 1) the calibrated threshold is r/(0.8 α) with r < 0.8.
+        assert!(AutoConfig::default().threshold(MetricKind::Bernoulli) < 1e5);
     }
 }
