@@ -74,16 +74,27 @@ def score(reps, make, feed):
 
 def calibrate(reps, rate, make_with, feed, grid):
     """Most sensitive parameter in `grid` (ordered from least to most sensitive) whose false
-    alarms on in-control data are within the target; returns (param, summary)."""
-    nochange = [r for r in reps if r["change_at"] is None]
-    best = grid[0]
-    for g in grid:
-        s = score(nochange, lambda: make_with(g), feed)
-        if s["false_alarms_per_100k"] <= rate * 1e5:
-            best = g
+    alarms on the in-control data (no-change reps and pre-change parts) are within the target,
+    found by bisection (the rate rises along the grid); returns (param, summary)."""
+    def ok(g):
+        return score(reps, lambda: make_with(g), feed)
+    lo, hi = 0, len(grid) - 1
+    results = {}
+    def within(i):
+        if i not in results:
+            results[i] = ok(grid[i])
+        return results[i]["false_alarms_per_100k"] <= rate * 1e5
+    if not within(lo):
+        return grid[lo], results[lo]
+    if within(hi):
+        return grid[hi], results[hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if within(mid):
+            lo = mid
         else:
-            break
-    return best, score(reps, lambda: make_with(best), feed)
+            hi = mid
+    return grid[lo], results[lo]
 
 
 def cat_codes(reps):
@@ -106,10 +117,10 @@ def river_rows(kind, reps, rate):
         return d.drift_detected
 
     rows.append(("River ADWIN (default)", score(reps, drift.ADWIN, feed)))
-    deltas = [10 ** -e for e in (3, 4, 5, 6, 7, 8, 9, 10)][::-1]  # least sensitive first
+    deltas = [10.0 ** -e for e in (12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2)]  # least sensitive first
     p, s = calibrate(reps, rate, lambda d: drift.ADWIN(delta=d), feed, deltas)
     rows.append((f"River ADWIN (matched, delta={p:g})", s))
-    thresholds = [400, 300, 200, 150, 100, 75, 50, 35, 25, 18, 12, 8]
+    thresholds = [800, 600, 400, 300, 200, 150, 100, 75, 50, 35, 25, 18, 12, 8, 5, 3]
     p, s = calibrate(reps, rate, lambda t: drift.PageHinkley(threshold=t, mode="both"), feed, thresholds)
     rows.append((f"River PageHinkley (matched, threshold={p:g})", s))
     return rows
@@ -118,18 +129,16 @@ def river_rows(kind, reps, rate):
 def focus_rows(kind, reps, rate):
     from changepoint_online import Focus, Gaussian, Bernoulli
     if kind == "categorical":
-        cats = cat_codes(reps)
+        # Bernoulli FOCuS on the most common category's indicator (one-vs-rest, as for ADWIN).
+        top = max(cat_codes(reps), key=lambda c: sum(v == c for v in reps[0]["values"][:2000]))
 
         def make_with(t):
-            return (t, [Focus(Bernoulli(), side="both") for _ in cats])
+            return (t, Focus(Bernoulli(), side="both"))
 
         def feed(d, v):
-            t, fs = d
-            hit = False
-            for c, f in zip(cats, fs):
-                f.update(1 if v == c else 0)
-                hit |= f.statistic() >= t
-            return hit
+            t, f = d
+            f.update(1 if v == top else 0)
+            return f.statistic() >= t
     else:
         fam = Bernoulli if kind == "bernoulli" else Gaussian
 
@@ -141,9 +150,9 @@ def focus_rows(kind, reps, rate):
             f.update(v)
             return f.statistic() >= t
 
-    thresholds = [30, 25, 22, 20, 18, 16, 15, 14, 13, 12, 11, 10]
+    thresholds = [30.0 - 0.5 * i for i in range(45)]
     p, s = calibrate(reps, rate, make_with, feed, thresholds)
-    return [(f"FOCuS (pre-change mean estimated online, threshold={p:g})", s)]
+    return [(f"FOCuS (pre-change parameter unknown, threshold={p:g})", s)]
 
 
 def alibi_rows(kind, reps, rate):
@@ -219,18 +228,27 @@ def main():
         reps = pick_reps(load(path), a.reps)
         if a.alibi_worker:
             for name, s in alibi_rows(kind, reps, a.rate):
-                out.append({"scenario": scen, "detector": name, **s})
+                out.append({**s, "scenario": scen, "detector": name})
             continue
         rows = []
         if a.driftgate:
-            for opts in ("{}",):
-                r = json.loads(subprocess.check_output([a.driftgate, "eval", "--metric", kind, "--input", path,
-                                                        "--false-alarm-rate", str(a.rate), "--json", "--options", opts]))
-                rows.append(("driftgate auto (all reps)", r))
+            # The same reps as the peers, written to a temporary file for `driftgate eval`.
+            import tempfile
+            with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as t:
+                for r in reps:
+                    for i, v in enumerate(r["values"]):
+                        t.write(json.dumps({"rep": r["rep"], "seq": i, "value": v, "change_at": r["change_at"]}) + "\n")
+            try:
+                for label, opts in (("driftgate auto", "{}"), ("driftgate auto, calibration: bound", '{"calibration":"bound"}')):
+                    r = json.loads(subprocess.check_output([a.driftgate, "eval", "--metric", kind, "--input", t.name,
+                                                            "--false-alarm-rate", str(a.rate), "--json", "--options", opts]))
+                    rows.append((label, r))
+            finally:
+                os.unlink(t.name)
         rows += river_rows(kind, reps, a.rate)
         rows += focus_rows(kind, reps, a.rate)
         for name, s in rows:
-            out.append({"scenario": scen, "detector": name, **s})
+            out.append({**s, "scenario": scen, "detector": name})
     if a.alibi_worker:
         print(json.dumps(out))
         return

@@ -1,12 +1,13 @@
 //! Measures the realised false-alarm rate of the calibrated `auto` detectors on simulated
-//! in-control streams and prints the residual table of `src/calibration.rs`.
+//! in-control streams, and the factors that refine the residual table of `src/calibration.rs`.
 //!
 //! `cargo run --release -p driftgate-detectors --example calibrate [-- --quick]`
 //!
 //! Each scenario runs in-control data, resetting the detector (fresh baseline) after every
-//! alarm as `driftgate eval` does, and counts alarms per monitored event. The residual of a
-//! kind is the geometric mean, over its scenarios, of realised / (target × α) times the
-//! residual currently in the table. Fixed seeds: the output is reproducible.
+//! alarm as `driftgate eval` does, and counts alarms per monitored event. For each kind and α,
+//! multiply the table's entry by the geometric mean over the scenarios of realised /
+//! (target × α); the summary prints it per kind over all α. Fixed seeds: the output is
+//! reproducible.
 
 use driftgate_detectors::{
     AnyDetector, AutoConfig, Detector, DetectorSpec, MetricKind, Observation, CALIBRATION_TARGET,

@@ -207,7 +207,6 @@ impl AutoConfig {
 pub(crate) struct Candidate {
     pub id: u32,
     pub kappa: f64,
-    pub zeta: f64,
     pub at_min_shift: bool,
 }
 
@@ -226,6 +225,14 @@ impl Candidate {
 /// changes are caught within a few events by the members below the cap anyway.
 pub(crate) const MAX_JUMP: f64 = 3.0;
 
+/// Information per event (nats) above which a member's prior weight declines as `1/κ`.
+///
+/// Why: the evidence a smaller weight costs, `ln(1/w)` nats, takes `ln(1/w)/κ` events to
+/// gather. Above `1/8` nat per event a change is verified within about a hundred events, so
+/// shifting weight from those members to the subtle ones costs the large changes a few
+/// events (about 2 at κ = 1/2) and buys the small ones, where every nat is tens of events.
+const KAPPA_FULL: f64 = 0.125;
+
 /// Share of the prior on the members at `min_shift` when it is set.
 const MIN_SHIFT_SHARE: f64 = 0.8;
 
@@ -243,27 +250,33 @@ pub(crate) fn build_bank(
     cfg: &AutoConfig,
     kind: crate::MetricKind,
     candidates: &[Candidate],
+    zeta_of: impl Fn(usize) -> f64,
     n: u64,
     old: Option<&MixtureSr>,
 ) -> (Vec<usize>, MixtureSr, f64) {
     let calibrated = cfg.calibration == Calibration::Calibrated;
     let log_a = cfg.threshold(kind).ln();
     let prior = |c: &[&Candidate]| -> Vec<f64> {
-        let at_min = c.iter().filter(|c| c.at_min_shift).count();
-        let rest = c.len() - at_min;
-        c.iter()
-            .map(|c| match (at_min, rest) {
-                (0, r) => 1.0 / r as f64,
-                (m, 0) => 1.0 / m as f64,
-                (m, r) => {
-                    if c.at_min_shift {
-                        MIN_SHIFT_SHARE / m as f64
-                    } else {
-                        (1.0 - MIN_SHIFT_SHARE) / r as f64
-                    }
-                }
-            })
-            .collect()
+        let mass = |c: &Candidate| {
+            if calibrated {
+                (KAPPA_FULL / c.kappa).min(1.0)
+            } else {
+                1.0
+            }
+        };
+        let total = |at_min: bool| {
+            c.iter()
+                .filter(|c| c.at_min_shift == at_min)
+                .map(|c| mass(c))
+                .sum::<f64>()
+        };
+        let (at_min, rest) = (total(true), total(false));
+        let share = |at_min_shift: bool| match (at_min > 0.0, rest > 0.0) {
+            (true, true) if at_min_shift => MIN_SHIFT_SHARE / at_min,
+            (true, true) => (1.0 - MIN_SHIFT_SHARE) / rest,
+            _ => 1.0 / (at_min + rest),
+        };
+        c.iter().map(|c| mass(c) * share(c.at_min_shift)).collect()
     };
     // First pass: the inflation at `ln(A · members)`, which decides who is in the bank.
     let log_a_eff = log_a + (candidates.len().max(1) as f64).ln();
@@ -282,17 +295,18 @@ pub(crate) fn build_bank(
     let w: Vec<f64> = pi.iter().zip(&f).map(|(p, f)| p / f).collect();
     // Calibrated: the realised rate is about `Σ w_j F_j ζ_j / A` (see `overshoot`), so the
     // threshold comes down by that weighted mean overshoot constant.
-    let zeta_bar: f64 = members
-        .iter()
-        .zip(&w)
-        .zip(&f)
-        .map(|((c, w), f)| w * f * c.zeta)
-        .sum();
-    let threshold = if calibrated && zeta_bar > 0.0 {
-        cfg.threshold(kind) * zeta_bar
+    // ζ costs a short series per member: only the members kept need it, and only when
+    // calibrating.
+    let zeta_bar: f64 = if calibrated {
+        kept.iter()
+            .zip(&w)
+            .zip(&f)
+            .map(|((&i, w), f)| w * f * zeta_of(i))
+            .sum()
     } else {
-        cfg.threshold(kind)
+        1.0
     };
+    let threshold = cfg.threshold(kind) * if zeta_bar > 0.0 { zeta_bar } else { 1.0 };
     let ids = members.iter().map(|c| c.id).collect();
     let mut sr = MixtureSr::new(ids, w);
     if let Some(old) = old {

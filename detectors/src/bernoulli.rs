@@ -78,11 +78,9 @@ impl AutoBernoulli {
                 if llr[0].max(llr[1]) > MAX_JUMP {
                     continue;
                 }
-                let zeta = zeta_two_point(llr[0], llr[1], p0, p1);
                 cands.push(Candidate {
                     id: m * 2 + s,
                     kappa: delta * delta * pq / 2.0,
-                    zeta,
                     at_min_shift,
                 });
                 alts.push(p1);
@@ -92,6 +90,10 @@ impl AutoBernoulli {
             &self.cfg,
             MetricKind::Bernoulli,
             &cands,
+            |i| {
+                let p1 = alts[i];
+                zeta_two_point((p1 / p0).ln(), ((1.0 - p1) / (1.0 - p0)).ln(), p0, p1)
+            },
             n,
             self.sr.as_ref(),
         );

@@ -126,6 +126,8 @@ impl AutoCategorical {
             .collect();
         let mut cands = Vec::new();
         let mut tables: Vec<Vec<f64>> = Vec::new();
+        // Per candidate, the log-likelihood ratios and baseline masses of its three groups.
+        let mut walks: Vec<([f64; 3], [f64; 3])> = Vec::new();
         if k >= 2 {
             for (d, v) in self.directions().iter().enumerate() {
                 // Baseline mass of the rising (+1), falling (-1) and untouched (0) groups.
@@ -148,22 +150,12 @@ impl AutoCategorical {
                     if lu.max(ld).max(l0) > MAX_JUMP {
                         continue;
                     }
-                    let (qu, qd, q0) = (up * lu.exp(), down * ld.exp(), rest * l0.exp());
-                    let zeta = if down == 0.0 {
-                        zeta_two_point(lu, l0, up, qu)
-                    } else if up == 0.0 {
-                        zeta_two_point(ld, l0, down, qd)
-                    } else if rest == 0.0 {
-                        zeta_two_point(lu, ld, up, qu)
-                    } else {
-                        zeta_three_point([lu, ld, l0], [up, down, rest], [qu, qd, q0])
-                    };
                     cands.push(Candidate {
                         id: (d as u32) * 64 + m,
                         kappa: eta * eta * var / 2.0,
-                        zeta,
                         at_min_shift,
                     });
+                    walks.push(([lu, ld, l0], [up, down, rest]));
                     tables.push(v.iter().map(|v| (eta * v - log_m).exp()).collect());
                 }
             }
@@ -172,6 +164,7 @@ impl AutoCategorical {
             &self.cfg,
             MetricKind::Categorical,
             &cands,
+            |i| tilt_zeta(walks[i].0, walks[i].1),
             n,
             self.sr.as_ref(),
         );
@@ -267,6 +260,21 @@ impl AutoCategorical {
             false_alarm_rate: Some(self.cfg.false_alarm_rate),
             direction,
         }
+    }
+}
+
+/// `ζ` of a tilt member whose rising, falling and untouched groups have log-likelihood ratios
+/// `l` and baseline masses `p`; empty groups reduce the walk to two points.
+fn tilt_zeta(l: [f64; 3], p: [f64; 3]) -> f64 {
+    let q = [p[0] * l[0].exp(), p[1] * l[1].exp(), p[2] * l[2].exp()];
+    if p[1] == 0.0 {
+        zeta_two_point(l[0], l[2], p[0], q[0])
+    } else if p[0] == 0.0 {
+        zeta_two_point(l[1], l[2], p[1], q[1])
+    } else if p[2] == 0.0 {
+        zeta_two_point(l[0], l[1], p[0], q[0])
+    } else {
+        zeta_three_point(l, p, q)
     }
 }
 

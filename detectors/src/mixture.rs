@@ -9,8 +9,10 @@
 //! member and so is `Λ - n` whenever `Σ w_j = 1`. Optional stopping then gives
 //! `ARL0 = E[Λ_T] ≥ A` for *any* bank and weights: the threshold `A = 1/α` guarantees at most
 //! `α` false alarms per event without simulation or tuning (Pollak 1987; Tartakovsky, Nikiforov
-//! & Basseville 2014, ch. 8). Shiryaev–Roberts is also exactly optimal for the stationary
-//! average delay, i.e. the delay after a long in-control run.
+//! & Basseville 2014, ch. 8). That is the `bound` calibration; the default lowers `A` by the
+//! overshoot the bound leaves unspent (see `overshoot` and `auto::build_bank`).
+//! Shiryaev–Roberts is also exactly optimal for the stationary average delay, i.e. the delay
+//! after a long in-control run.
 //!
 //! Alongside `R_j` each member keeps `D_j = Σ_k (n - k) LR(k..n)`, so `D_j / R_j` is the
 //! posterior mean of the time since the change (the change-point estimate), and `C_j`, the

@@ -89,7 +89,6 @@ impl AutoReal {
                 cands.push(Candidate {
                     id: m * 4 + s,
                     kappa: theta * theta / 2.0,
-                    zeta: zeta_gaussian(theta),
                     at_min_shift,
                 });
                 alts.push(Alt {
@@ -118,7 +117,6 @@ impl AutoReal {
                 cands.push(Candidate {
                     id: m * 4 + 2 + s,
                     kappa: beta * beta / 4.0,
-                    zeta: zeta_scale(beta),
                     at_min_shift,
                 });
                 alts.push(Alt {
@@ -128,8 +126,21 @@ impl AutoReal {
                 });
             }
         }
-        let (keep, sr, threshold) =
-            build_bank(&self.cfg, MetricKind::Real, &cands, n, self.sr.as_ref());
+        let (keep, sr, threshold) = build_bank(
+            &self.cfg,
+            MetricKind::Real,
+            &cands,
+            |i| {
+                let alt = &alts[i];
+                if alt.squared {
+                    zeta_scale(2.0 * alt.a)
+                } else {
+                    zeta_gaussian(alt.a)
+                }
+            },
+            n,
+            self.sr.as_ref(),
+        );
         self.a.clear();
         self.b.clear();
         self.squared.clear();
