@@ -233,18 +233,19 @@ fn min_shift_keeps_the_rate_calibrated() {
 }
 
 /// Mean delay after a change at `pre` for any detector built from `spec`, restarting (keeping
-/// the baseline) after a false alarm.
+/// the baseline) after a false alarm before the change.
 fn mean_delay_of(
     spec: &DetectorSpec,
     kind: MetricKind,
     reps: u64,
     pre: u64,
+    seed: u64,
     mut draw: impl FnMut(&mut Pcg64, bool) -> Sample,
 ) -> f64 {
     let mut total = 0.0;
     for rep in 0..reps {
         let mut det: AnyDetector = spec.build(kind).unwrap();
-        let mut rng = Pcg64::seed_from_u64(5000 + rep);
+        let mut rng = Pcg64::seed_from_u64(seed + rep);
         let mut i = 0u64;
         loop {
             let s = draw(&mut rng, i >= pre);
@@ -289,8 +290,8 @@ fn min_shift_at_the_true_change_is_close_to_the_oracle() {
     });
     let draw =
         |g: &mut Pcg64, post: bool| Sample::B(g.random::<f64>() < if post { 0.6 } else { 0.5 });
-    let d_oracle = mean_delay_of(&oracle, MetricKind::Bernoulli, 150, 20_000, draw);
-    let d_auto = mean_delay_of(&auto, MetricKind::Bernoulli, 150, 20_000, draw);
+    let d_oracle = mean_delay_of(&oracle, MetricKind::Bernoulli, 150, 20_000, 5000, draw);
+    let d_auto = mean_delay_of(&auto, MetricKind::Bernoulli, 150, 20_000, 5000, draw);
     eprintln!(
         "min_shift: auto {d_auto:.1} vs oracle {d_oracle:.1} ({:.2}x)",
         d_auto / d_oracle
@@ -301,38 +302,14 @@ fn min_shift_at_the_true_change_is_close_to_the_oracle() {
     );
 }
 
-/// Mean delay over `reps` streams with a change after `pre` events.
+/// Mean delay over `reps` streams with a change after `pre` events, for the test's `auto`.
 fn mean_delay(
     kind: MetricKind,
     reps: u64,
     pre: u64,
-    mut draw: impl FnMut(&mut Pcg64, bool) -> Sample,
+    draw: impl FnMut(&mut Pcg64, bool) -> Sample,
 ) -> f64 {
-    let mut total = 0.0;
-    for rep in 0..reps {
-        let mut det: AnyDetector = DetectorSpec::Auto(cfg()).build(kind).unwrap();
-        let mut rng = Pcg64::seed_from_u64(1000 + rep);
-        let mut i = 0u64;
-        loop {
-            let s = draw(&mut rng, i >= pre);
-            let obs = match &s {
-                Sample::B(b) => Observation::Bool(*b),
-                Sample::R(x) => Observation::Real(*x),
-                Sample::C(c) => Observation::Category(c),
-            };
-            if det.update(obs).unwrap().is_some() {
-                if i >= pre {
-                    total += (i - pre) as f64;
-                    break;
-                }
-                // A false alarm before the change: keep the learned baseline and go on.
-                det.restart();
-            }
-            i += 1;
-            assert!(i < pre + 100_000, "never detected");
-        }
-    }
-    total / reps as f64
+    mean_delay_of(&DetectorSpec::Auto(cfg()), kind, reps, pre, 1000, draw)
 }
 
 #[test]

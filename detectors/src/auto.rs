@@ -315,6 +315,35 @@ pub(crate) fn build_bank(
     (kept, sr, threshold)
 }
 
+/// The sizes `(id, size, at_min_shift)` of one family of members: from `min_size` (the pact's
+/// `min_shift` in this family's units) up by doublings of the information to `kappa_max`, or
+/// on the information grid. `size_of` maps information to size, `kappa_of` back.
+pub(crate) fn member_sizes(
+    cfg: &AutoConfig,
+    min_size: Option<f64>,
+    size_of: impl Fn(f64) -> f64,
+    kappa_of: impl Fn(f64) -> f64,
+) -> Vec<(u32, f64, bool)> {
+    match min_size {
+        None => cfg
+            .kappas()
+            .into_iter()
+            .enumerate()
+            .map(|(m, k)| (m as u32, size_of(k), false))
+            .collect(),
+        Some(size) => {
+            let size = size.abs();
+            let mut out = vec![(0, size, true)];
+            let mut s = size * std::f64::consts::SQRT_2;
+            while kappa_of(s) <= cfg.kappa_max && out.len() < 32 {
+                out.push((out.len() as u32, s, false));
+                s *= std::f64::consts::SQRT_2;
+            }
+            out
+        }
+    }
+}
+
 /// `ln Λ`, floored at 0 (no evidence), for views.
 pub(crate) fn log_stat(lambda: f64) -> f64 {
     if lambda > 1.0 {

@@ -1,7 +1,7 @@
 //! `auto-bernoulli`: mixture Shiryaev–Roberts on a learned rate, for 0/1 metrics.
 
 use crate::alarm::{Alarm, Estimate};
-use crate::auto::{build_bank, log_stat, AutoConfig, Candidate, MAX_JUMP};
+use crate::auto::{build_bank, log_stat, member_sizes, AutoConfig, Candidate, MAX_JUMP};
 use crate::detector::{as_bool, Detector, MetricKind, Observation, View};
 use crate::mixture::MixtureSr;
 use crate::overshoot::zeta_two_point;
@@ -180,28 +180,22 @@ impl AutoBernoulli {
 fn log_odds_shifts(cfg: &AutoConfig, p0: f64, up: bool) -> Vec<(u32, f64, bool)> {
     let pq = p0 * (1.0 - p0);
     let logit = |p: f64| (p / (1.0 - p)).ln();
-    match cfg.min_shift {
-        None => cfg
-            .kappas()
-            .into_iter()
-            .enumerate()
-            .map(|(m, k)| (m as u32, (2.0 * k / pq).sqrt(), false))
-            .collect(),
+    let min_size = match cfg.min_shift {
+        None => None,
         Some(shift) => {
             let p1 = if up { p0 + shift } else { p0 - shift };
             if !(p1 > 0.0 && p1 < 1.0) {
                 return Vec::new();
             }
-            let d0 = (logit(p1) - logit(p0)).abs();
-            let mut out = vec![(0, d0, true)];
-            let mut d = d0 * std::f64::consts::SQRT_2;
-            while d * d * pq / 2.0 <= cfg.kappa_max && out.len() < 32 {
-                out.push((out.len() as u32, d, false));
-                d *= std::f64::consts::SQRT_2;
-            }
-            out
+            Some((logit(p1) - logit(p0)).abs())
         }
-    }
+    };
+    member_sizes(
+        cfg,
+        min_size,
+        |k| (2.0 * k / pq).sqrt(),
+        |d| d * d * pq / 2.0,
+    )
 }
 
 impl Detector for AutoBernoulli {

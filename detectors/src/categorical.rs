@@ -1,7 +1,7 @@
 //! `auto-categorical`: a native multinomial mixture Shiryaev–Roberts detector.
 
 use crate::alarm::{Alarm, Estimate};
-use crate::auto::{build_bank, log_stat, AutoConfig, Candidate, MAX_JUMP};
+use crate::auto::{build_bank, log_stat, member_sizes, AutoConfig, Candidate, MAX_JUMP};
 use crate::detector::{as_category, Detector, MetricKind, Observation, View};
 use crate::mixture::MixtureSr;
 use crate::overshoot::{zeta_three_point, zeta_two_point};
@@ -285,12 +285,7 @@ fn tilt_zeta(l: [f64; 3], p: [f64; 3]) -> f64 {
 /// information up to `kappa_max`; otherwise the information grid.
 fn tilts(cfg: &AutoConfig, up: f64, down: f64, var: f64) -> Vec<(u32, f64, bool)> {
     let Some(shift) = cfg.min_shift else {
-        return cfg
-            .kappas()
-            .into_iter()
-            .enumerate()
-            .map(|(m, k)| (m as u32, (2.0 * k / var).sqrt(), false))
-            .collect();
+        return member_sizes(cfg, None, |k| (2.0 * k / var).sqrt(), |e| e * e * var / 2.0);
     };
     let rest = (1.0 - up - down).max(0.0);
     let moved = |eta: f64| {
@@ -319,14 +314,12 @@ fn tilts(cfg: &AutoConfig, up: f64, down: f64, var: f64) -> Vec<(u32, f64, bool)
             hi = mid;
         }
     }
-    let eta0 = 0.5 * (lo + hi);
-    let mut out = vec![(0, eta0, true)];
-    let mut eta = eta0 * std::f64::consts::SQRT_2;
-    while eta * eta * var / 2.0 <= cfg.kappa_max && out.len() < 32 {
-        out.push((out.len() as u32, eta, false));
-        eta *= std::f64::consts::SQRT_2;
-    }
-    out
+    member_sizes(
+        cfg,
+        Some(0.5 * (lo + hi)),
+        |k| (2.0 * k / var).sqrt(),
+        |e| e * e * var / 2.0,
+    )
 }
 
 impl Detector for AutoCategorical {

@@ -1,7 +1,7 @@
 //! `auto-real`: mixture Shiryaev–Roberts on normal scores, for real metrics.
 
 use crate::alarm::{Alarm, Estimate};
-use crate::auto::{build_bank, log_stat, AutoConfig, Candidate};
+use crate::auto::{build_bank, log_stat, member_sizes, AutoConfig, Candidate};
 use crate::detector::{as_real, Detector, MetricKind, Observation, View};
 use crate::mixture::{MixtureSr, MAX_MEMBERS};
 use crate::normal_score::NormalScore;
@@ -79,7 +79,7 @@ impl AutoReal {
                 continue;
             }
             let sign = if up { 1.0 } else { -1.0 };
-            for (m, theta, at_min_shift) in steps(
+            for (m, theta, at_min_shift) in member_sizes(
                 &self.cfg,
                 self.cfg.min_shift,
                 |k| (2.0 * k).sqrt(),
@@ -107,7 +107,7 @@ impl AutoReal {
                 }
             });
             for (m, beta, at_min_shift) in
-                steps(&self.cfg, beta_min, |k| 2.0 * k.sqrt(), |b| b * b / 4.0)
+                member_sizes(&self.cfg, beta_min, |k| 2.0 * k.sqrt(), |b| b * b / 4.0)
             {
                 let beta = sign * beta;
                 if beta >= MAX_BETA {
@@ -265,35 +265,6 @@ impl AutoReal {
             index: i,
             false_alarm_rate: Some(self.cfg.false_alarm_rate),
             direction: direction.to_string(),
-        }
-    }
-}
-
-/// The sizes `(id, size, at_min_shift)` of one family of members: from `min_size` (the pact's
-/// `min_shift` in this family's units) up by doublings of the information to `kappa_max`, or
-/// on the information grid. `size_of` maps information to size, `kappa_of` back.
-fn steps(
-    cfg: &AutoConfig,
-    min_size: Option<f64>,
-    size_of: impl Fn(f64) -> f64,
-    kappa_of: impl Fn(f64) -> f64,
-) -> Vec<(u32, f64, bool)> {
-    match min_size {
-        None => cfg
-            .kappas()
-            .into_iter()
-            .enumerate()
-            .map(|(m, k)| (m as u32, size_of(k), false))
-            .collect(),
-        Some(size) => {
-            let size = size.abs();
-            let mut out = vec![(0, size, true)];
-            let mut s = size * std::f64::consts::SQRT_2;
-            while kappa_of(s) <= cfg.kappa_max && out.len() < 32 {
-                out.push((out.len() as u32, s, false));
-                s *= std::f64::consts::SQRT_2;
-            }
-            out
         }
     }
 }
