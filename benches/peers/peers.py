@@ -117,7 +117,7 @@ def river_rows(kind, reps, rate):
         return d.drift_detected
 
     rows.append(("River ADWIN (default)", score(reps, drift.ADWIN, feed)))
-    deltas = [10.0 ** -e for e in (12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2)]  # least sensitive first
+    deltas = [10.0 ** -e for e in (12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2)] + [0.05, 0.1, 0.2, 0.5]  # least sensitive first
     p, s = calibrate(reps, rate, lambda d: drift.ADWIN(delta=d), feed, deltas)
     rows.append((f"River ADWIN (matched, delta={p:g})", s))
     thresholds = [800, 600, 400, 300, 200, 150, 100, 75, 50, 35, 25, 18, 12, 8, 5, 3]
