@@ -184,8 +184,8 @@ impl AutoConfig {
     }
 
     /// Parameters recorded in alarms.
-    pub(crate) fn params(&self) -> Vec<(&'static str, f64)> {
-        vec![
+    pub(crate) fn params(&self) -> std::collections::BTreeMap<String, f64> {
+        [
             ("false_alarm_rate", self.false_alarm_rate),
             ("reference_min", self.reference_min as f64),
             ("reference_max", self.reference_max as f64),
@@ -199,22 +199,18 @@ impl AutoConfig {
             ),
             ("min_shift", self.min_shift.unwrap_or(0.0)),
         ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 }
 
-/// A candidate alternative: a stable id, its information per event, its overshoot constant
-/// and whether it sits at the pact's `min_shift`.
+/// A candidate alternative: a stable id, its information per event and whether it sits at
+/// the pact's `min_shift`.
 pub(crate) struct Candidate {
     pub id: u32,
     pub kappa: f64,
     pub at_min_shift: bool,
-}
-
-impl Candidate {
-    /// The member's false-alarm inflation at threshold `exp(log_a)` from a baseline of `n`.
-    fn inflation(&self, log_a: f64, n: f64) -> f64 {
-        inflation(log_a, n, self.kappa)
-    }
 }
 
 /// Largest log-likelihood ratio one event may add to a member (nats).
@@ -278,35 +274,35 @@ pub(crate) fn build_bank(
         };
         c.iter().map(|c| mass(c) * share(c.at_min_shift)).collect()
     };
-    // First pass: the inflation at `ln(A · members)`, which decides who is in the bank.
+    // Inflation at `ln(A · candidates)`: it decides who is in the bank and sets the weights.
     let log_a_eff = log_a + (candidates.len().max(1) as f64).ln();
-    let kept: Vec<usize> = (0..candidates.len())
-        .filter(|&i| candidates[i].inflation(log_a_eff, n as f64) <= cfg.max_inflation)
-        .collect();
+    let (kept, f): (Vec<usize>, Vec<f64>) = candidates
+        .iter()
+        .map(|c| inflation(log_a_eff, n as f64, c.kappa))
+        .enumerate()
+        .filter(|(_, f)| *f <= cfg.max_inflation)
+        .unzip();
     let members: Vec<&Candidate> = kept.iter().map(|&i| &candidates[i]).collect();
     let pi = prior(&members);
-    let f: Vec<f64> = members
-        .iter()
-        .map(|c| c.inflation(log_a_eff, n as f64))
-        .collect();
     // Every member gets its prior share of the budget after its inflation (`Σ w_j F_j = 1`);
     // dividing by `ζ_j` as well would move weight from small changes to large ones, whose
     // statistics overshoot most, and slow the detection of exactly the subtle drifts.
     let w: Vec<f64> = pi.iter().zip(&f).map(|(p, f)| p / f).collect();
     // Calibrated: the realised rate is about `Σ w_j F_j ζ_j / A` (see `overshoot`), so the
-    // threshold comes down by that weighted mean overshoot constant.
-    // ζ costs a short series per member: only the members kept need it, and only when
-    // calibrating.
-    let zeta_bar: f64 = if calibrated {
-        kept.iter()
+    // threshold comes down by that weighted mean overshoot constant. ζ costs a short series
+    // per member, so only kept members get one.
+    let mut threshold = cfg.threshold(kind);
+    if calibrated {
+        let zeta_bar: f64 = kept
+            .iter()
             .zip(&w)
             .zip(&f)
             .map(|((&i, w), f)| w * f * zeta_of(i))
-            .sum()
-    } else {
-        1.0
-    };
-    let threshold = cfg.threshold(kind) * if zeta_bar > 0.0 { zeta_bar } else { 1.0 };
+            .sum();
+        if zeta_bar > 0.0 {
+            threshold *= zeta_bar;
+        }
+    }
     let ids = members.iter().map(|c| c.id).collect();
     let mut sr = MixtureSr::new(ids, w);
     if let Some(old) = old {

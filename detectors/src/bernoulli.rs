@@ -146,12 +146,7 @@ impl AutoBernoulli {
         let n_current = lag + 1;
         let p_now = (win.aux_sum / (win.lag + 1.0)).clamp(0.0, 1.0);
         let p1 = self.p1[win.member];
-        let mut params: std::collections::BTreeMap<String, f64> = self
-            .cfg
-            .params()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let mut params = self.cfg.params();
         params.insert("members".into(), sr.len() as f64);
         params.insert("winner_p1".into(), p1);
         params.insert("winner_kappa".into(), self.kappa[win.member]);

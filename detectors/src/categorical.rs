@@ -229,12 +229,7 @@ impl AutoCategorical {
             .zip(&self.p0)
             .max_by(|a, b| (a.0 .1 - a.1).total_cmp(&(b.0 .1 - b.1)));
         let direction = moved_up.map_or(String::new(), |(p, _)| format!("toward:{}", p.0));
-        let mut params: std::collections::BTreeMap<String, f64> = self
-            .cfg
-            .params()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let mut params = self.cfg.params();
         params.insert("members".into(), k as f64);
         params.insert("categories".into(), self.names.len() as f64);
         params.insert("winner_kappa".into(), self.kappa[j]);

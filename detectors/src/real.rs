@@ -224,12 +224,7 @@ impl AutoReal {
                 self.baseline_scale,
             )
         };
-        let mut params: std::collections::BTreeMap<String, f64> = self
-            .cfg
-            .params()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let mut params = self.cfg.params();
         params.insert("members".into(), sr.len() as f64);
         params.insert("winner_kappa".into(), self.kappa[j]);
         params.insert("winner_weight".into(), sr.w[j]);
