@@ -188,7 +188,25 @@ enum Timer {
 struct WorkflowStats {
     agents: BTreeSet<String>,
     blocked: BTreeSet<String>,
+    /// Agents held at the fail mode by the cap.
+    capped: BTreeSet<String>,
+    /// A panic episode: from the first capped block until no agent is blocked or capped.
     panicked: bool,
+}
+
+impl WorkflowStats {
+    fn remove(&mut self, agent: &str) {
+        self.agents.remove(agent);
+        self.blocked.remove(agent);
+        self.capped.remove(agent);
+        self.end_panic_if_clear();
+    }
+
+    fn end_panic_if_clear(&mut self) {
+        if self.blocked.is_empty() && self.capped.is_empty() {
+            self.panicked = false;
+        }
+    }
 }
 
 /// Why a re-evaluation happens: the reason, clause and evidence for any event it emits.
@@ -368,6 +386,9 @@ impl Engine {
             w.agents.insert(id.clone());
             if a.published[0] == Lane::Block {
                 w.blocked.insert(id.clone());
+            }
+            if a.capped {
+                w.capped.insert(id.clone());
             }
             e.agents.insert(id, a);
         }
@@ -555,11 +576,17 @@ impl Engine {
                 let old = std::mem::replace(&mut agent.workflow, tel.workflow.clone());
                 agent.pacts = pacts;
                 if let Some(w) = self.workflows.get_mut(&old) {
-                    w.agents.remove(&tel.agent_id);
-                    w.blocked.remove(&tel.agent_id);
+                    w.remove(&tel.agent_id);
                 }
+                let (blocked, capped) = (agent.published[0] == Lane::Block, agent.capped);
                 let w = self.workflows.entry(tel.workflow.clone()).or_default();
                 w.agents.insert(tel.agent_id.clone());
+                if blocked {
+                    w.blocked.insert(tel.agent_id.clone());
+                }
+                if capped {
+                    w.capped.insert(tel.agent_id.clone());
+                }
             }
             let agent = self.agents.get_mut(&tel.agent_id).expect("present");
             if agent.model_version != tel.model.version {
@@ -618,6 +645,16 @@ impl Engine {
         if has_high_risk {
             self.stats.high_risk_decisions += 1;
             self.stats.high_risk_fresh += high_risk_fresh as u64;
+        }
+        if causes.is_empty() && self.agents[&tel.agent_id].capped {
+            causes.push(Cause {
+                code: "blast_radius_recheck",
+                text: "blast-radius cap re-checked: the agent's clauses demand block, and the cap no longer holds it at the fail mode".into(),
+                clause: None,
+                detection: None,
+                causation,
+                clean_at_decision: None,
+            });
         }
         if !causes.is_empty() {
             self.reevaluate_all(&tel.agent_id, causes, false);
@@ -909,10 +946,7 @@ impl Engine {
 
     fn on_override(&mut self, req: OverrideRequest) {
         let now = req.issued_at;
-        if !self.agents.contains_key(&req.agent_id) {
-            self.agents.insert(req.agent_id.clone(), AgentState::new(String::new(), String::new(), Vec::new(), now));
-        }
-        let seq = self.agents[&req.agent_id].seq;
+        let seq = self.agents.get(&req.agent_id).map_or(0, |a| a.seq);
         match overrides::validate(&req, seq, self.cfg.max_override_ttl.micros()) {
             Err(reason) => {
                 self.stats.overrides_rejected += 1;
@@ -920,6 +954,15 @@ impl Engine {
                 self.history(RecordKind::OverrideRejected, now, Some(req.agent_id.clone()), None, detail);
             }
             Ok(expires_at) => {
+                if !self.agents.contains_key(&req.agent_id) {
+                    // Known only by this override (telemetry may follow): its state expires
+                    // like any other, so overrides for unknown ids cannot pile up.
+                    let mut agent = AgentState::new(String::new(), String::new(), Vec::new(), now);
+                    let at = now.saturating_add(self.cfg.state_ttl.micros());
+                    agent.ttl_at = Some(at);
+                    self.agents.insert(req.agent_id.clone(), agent);
+                    self.schedule(at, Timer::Ttl(req.agent_id.clone()));
+                }
                 self.stats.overrides_accepted += 1;
                 if req.kind == OverrideKind::Loosen {
                     self.stats.overrides_bypass += 1;
@@ -977,7 +1020,7 @@ impl Engine {
         }
         let agent = self.agents.remove(agent_id).expect("present");
         if let Some(w) = self.workflows.get_mut(&agent.workflow) {
-            w.agents.remove(agent_id);
+            w.remove(agent_id);
         }
         self.stats.states_expired += 1;
         let detail = serde_json::json!({"last_seen": agent.last_seen, "ttl": self.cfg.state_ttl.to_string(), "clauses": agent.clauses.len(), "seq": agent.seq});
@@ -1020,13 +1063,19 @@ impl Engine {
         let at = first.causation.at;
         let computed = self.computed(agent);
         let mut lanes = [computed[0].0, computed[1].0];
-        // Blast-radius cap: a new block beyond the workflow's share applies the fail mode.
-        if lanes[0] == Lane::Block && agent.published[0] != Lane::Block && !agent.overrides.iter().any(|o| o.req.kind == OverrideKind::EmergencyKill) {
-            let fail_mode = computed[0].1.as_ref().map_or(Lane::Review, |k| self.pacts[k.0 as usize].doc.fail_mode);
+        let mut capped = false;
+        // Blast-radius cap: a new automatic block beyond the workflow's share applies the
+        // fail mode. Blocks an operator ordered (kill, tighten) are not capped, and a loosened
+        // agent that would not be blocked does not count.
+        let fail_mode = computed[0].1.as_ref().map_or(Lane::Review, |k| self.pacts[k.0 as usize].doc.fail_mode);
+        let automatic_block = overrides::apply(Lane::Block, Scope::All, &agent.overrides) == Lane::Block
+            && overrides::apply(fail_mode, Scope::All, &agent.overrides) != Lane::Block;
+        if lanes[0] == Lane::Block && agent.published[0] != Lane::Block && automatic_block {
             let w = self.workflows.entry(agent.workflow.clone()).or_default();
             let n = w.agents.len();
             let would = w.blocked.len() + 1;
             if n >= self.cfg.blast_radius_min_agents && would as f64 > self.cfg.max_blocked_share * n as f64 {
+                capped = true;
                 lanes[0] = fail_mode;
                 lanes[1] = lanes[1].min(Lane::Review).max(fail_mode);
                 if !w.panicked {
@@ -1038,6 +1087,15 @@ impl Engine {
                 }
             }
         }
+        let agent = self.agents.get_mut(agent_id).expect("present");
+        agent.capped = capped;
+        if let Some(w) = self.workflows.get_mut(&agent.workflow) {
+            if capped {
+                w.capped.insert(agent_id.to_string());
+            } else {
+                w.capped.remove(agent_id);
+            }
+        }
         let agent = self.agents.get(agent_id).expect("present");
         let effective = [
             overrides::apply(lanes[0], Scope::All, &agent.overrides),
@@ -1045,17 +1103,28 @@ impl Engine {
         ];
         // High-risk actions are never less restricted than the agent as a whole.
         let effective = [effective[0], effective[1].max(effective[0])];
+        // A settle is a side event of its own: it never stands in for a lane change that
+        // happens in the same step, which must publish the new lane.
+        let (settles, causes): (Vec<Cause>, Vec<Cause>) = causes.into_iter().partition(|c| c.code == "settle");
+        for cause in settles.iter() {
+            let lane = self.agents[agent_id].published[0];
+            self.emit(agent_id, Scope::All, lane, lane, cause, true);
+        }
+        // Only settles: a lane that moves anyway (the blast-radius cap lifted) cites them.
+        let causes = if causes.is_empty() { settles } else { causes };
         for (i, scope) in [Scope::All, Scope::HighRisk].into_iter().enumerate() {
             let agent = self.agents.get(agent_id).expect("present");
             let from = agent.published[i];
             let to = effective[i];
-            let cause = self.pick_cause(agent_id, &causes, from, to).clone();
-            let settle = cause.code == "settle";
-            let emit = to != from || (force && i == 0) || (settle && i == 0);
-            if !emit {
+            if to == from && !(force && i == 0) {
                 continue;
             }
-            self.emit(agent_id, scope, from, to, &cause, settle);
+            let cause = self.pick_cause(agent_id, &causes, from, to).clone();
+            self.emit(agent_id, scope, from, to, &cause, false);
+        }
+        let workflow = &self.agents[agent_id].workflow;
+        if let Some(w) = self.workflows.get_mut(workflow) {
+            w.end_panic_if_clear();
         }
     }
 
@@ -1111,9 +1180,6 @@ impl Engine {
                 w.blocked.insert(agent_id.to_string());
             } else {
                 w.blocked.remove(agent_id);
-                if w.blocked.is_empty() {
-                    w.panicked = false;
-                }
             }
         }
         self.stats.enforcement_events += 1;

@@ -161,6 +161,10 @@ pub struct AgentState {
     pub published: [Lane; 2],
     /// When the pending TTL check fires.
     pub ttl_at: Option<i64>,
+    /// Held at the fail mode by the blast-radius cap: re-evaluated on each of its events,
+    /// so that it is blocked as soon as the cap lets it be.
+    #[serde(default)]
+    pub capped: bool,
 }
 
 impl AgentState {
@@ -178,6 +182,7 @@ impl AgentState {
             model_change: None,
             published: [Lane::Normal, Lane::Normal],
             ttl_at: None,
+            capped: false,
         }
     }
 
