@@ -1196,3 +1196,7 @@ fn dwell(clause: &Clause, escalations: u32) -> i64 {
     let f = r.dwell_multiplier.powi(escalations.saturating_sub(1).min(60) as i32);
     ((r.min_dwell.micros() as f64 * f) as i64).min(r.max_dwell.micros())
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -1,0 +1,383 @@
+//! Hand-written scenarios for each lane rule, with the exact events expected: scope, lanes,
+//! `seq`, effective time and reason. Every clause is a zero-tolerance limit (one breach is
+//! one verified alarm) or a drift clause on a constant metric, so the expectations follow
+//! from the rules alone.
+
+use super::*;
+use crate::duration::Dur;
+use crate::pact::parse_pact;
+use crate::telemetry::{Attr, Model, Outcome, Risk};
+
+const PACT: &str = r#"
+pact: rules
+version: 1
+applies_to: { agents: ["a*"] }
+clauses:
+  - id: watch_c
+    metric: { kind: bernoulli, value: attributes.flag == "watch" }
+    test: { kind: limit, zero_tolerance: true }
+    severity: medium
+    consequence: watch
+    recovery: { clean_events: 3, min_dwell: 2m, dwell_multiplier: 2, max_dwell: 10m }
+  - id: degrade_c
+    metric: { kind: bernoulli, value: attributes.flag == "degrade", when: risk == "high" }
+    test: { kind: limit, zero_tolerance: true }
+    severity: high
+    consequence: degrade
+    high_risk: true
+    freshness: { max_age: 10m, min_events: 2 }
+    recovery: { clean_events: 2, min_dwell: 1m, dwell_multiplier: 3, max_dwell: 20m }
+  - id: block_c
+    metric: { kind: bernoulli, value: attributes.flag == "block" }
+    test: { kind: limit, zero_tolerance: true }
+    severity: critical
+    consequence: block
+    recovery: { clean_events: 2, min_dwell: 1m }
+  - id: settle_c
+    metric: { kind: bernoulli, value: attributes.flag == "settle" }
+    test: { kind: limit, zero_tolerance: true }
+    severity: low
+    consequence: settle
+  - id: drift_c
+    metric: { kind: bernoulli, value: attributes.flag == "never" }
+    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-3, reference_min: 10, reference_max: 20 }
+    severity: medium
+    consequence: watch
+    on_model_change: review
+    recovery: { clean_events: 4, min_dwell: 3m }
+"#;
+
+const S: i64 = 1_000_000;
+const T0: i64 = 1_700_000_000 * S;
+
+fn engine() -> Engine {
+    let cfg = EngineConfig {
+        max_out_of_orderness: Dur(0),
+        allowed_lateness: Dur(0),
+        state_ttl: Dur(2 * 3600 * S),
+        max_override_ttl: Dur(3600 * S),
+        max_blocked_share: 0.3,
+        blast_radius_min_agents: 3,
+        enforce: true,
+    };
+    Engine::new(cfg, vec![parse_pact(PACT, "rules.yaml").expect("valid pact")])
+}
+
+fn tel(agent: &str, at_s: i64, flag: &str, high_risk: bool, version: u32) -> Input {
+    Input::Telemetry(Telemetry {
+        event_id: format!("{agent}@{at_s}"),
+        agent_id: agent.into(),
+        workflow: "w".into(),
+        model: Model { provider: "p".into(), name: "m".into(), version: format!("v{version}") },
+        occurred_at: T0 + at_s * S,
+        risk: if high_risk { Risk::High } else { Risk::Low },
+        outcome: Outcome::Ok,
+        latency_ms: Some(1.0),
+        citations: None,
+        pii_detected: Some(false),
+        tool_calls: vec![],
+        attributes: [("flag".to_string(), Attr::Str(flag.into()))].into_iter().collect(),
+    })
+}
+
+fn ov(agent: &str, at_s: i64, kind: OverrideKind, scope: Scope, lane: Option<Lane>, ttl_s: i64, seq: u64) -> Input {
+    Input::Override(OverrideRequest {
+        override_id: format!("o-{agent}@{at_s}"),
+        agent_id: agent.into(),
+        scope,
+        kind,
+        lane,
+        clause_id: Some("block_c".into()),
+        principal: "oncall".into(),
+        reason: "test".into(),
+        ticket: "T-1".into(),
+        issued_at: T0 + at_s * S,
+        expires_at: Some(T0 + (at_s + ttl_s) * S),
+        expected_seq: Some(seq),
+    })
+}
+
+/// An enforcement event as `(agent, scope, from, to, seq, effective second, reason)`.
+type Ev = (String, Scope, Lane, Lane, u64, i64, String);
+
+fn events(out: &[Output]) -> Vec<Ev> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Enforcement(e) => Some((e.agent_id.clone(), e.scope, e.lane_from, e.lane_to, e.seq, (e.effective_at - T0) / S, e.reason.code.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ev(agent: &str, scope: Scope, from: Lane, to: Lane, seq: u64, at_s: i64, code: &str) -> Ev {
+    (agent.into(), scope, from, to, seq, at_s, code.into())
+}
+
+/// Pushes inputs and returns the enforcement events they produced.
+fn step(e: &mut Engine, inputs: impl IntoIterator<Item = Input>) -> Vec<Ev> {
+    for i in inputs {
+        e.push(i);
+    }
+    events(&e.drain())
+}
+
+use Lane::{Block, Degrade, Normal, Review, Watch};
+use Scope::{All, HighRisk};
+
+#[test]
+fn a_breach_escalates_both_scopes_and_the_lane_is_the_maximum_over_clauses() {
+    let mut e = engine();
+    assert_eq!(step(&mut e, [tel("a0", 0, "none", false, 1)]), vec![]);
+    assert_eq!(
+        step(&mut e, [tel("a0", 10, "watch", false, 1)]),
+        vec![ev("a0", All, Normal, Watch, 1, 10, "zero_tolerance_breach"), ev("a0", HighRisk, Normal, Watch, 2, 10, "zero_tolerance_breach")]
+    );
+    assert_eq!(
+        step(&mut e, [tel("a0", 20, "degrade", true, 1)]),
+        vec![ev("a0", All, Watch, Degrade, 3, 20, "zero_tolerance_breach"), ev("a0", HighRisk, Watch, Degrade, 4, 20, "zero_tolerance_breach")]
+    );
+    // watch_c re-verifies (3 clean events, dwell to 130 s), but degrade_c still demands more.
+    assert_eq!(step(&mut e, [30, 40, 50, 130].map(|t| tel("a0", t, "none", false, 1))), vec![]);
+    let watch_c = e.agent("a0").unwrap().clauses.iter().find(|(k, _)| k.1 == 0).unwrap().1;
+    assert_eq!(watch_c.demand, Normal);
+    // degrade_c: 2 clean high-risk events after its 1 min dwell; one lane down.
+    assert_eq!(
+        step(&mut e, [140, 150].map(|t| tel("a0", t, "none", true, 1))),
+        vec![ev("a0", All, Degrade, Watch, 5, 150, "reverified"), ev("a0", HighRisk, Degrade, Watch, 6, 150, "reverified")]
+    );
+    // The next step waits for a new dwell (150 + 60 s) and 2 new clean events.
+    assert_eq!(step(&mut e, [160, 170].map(|t| tel("a0", t, "none", true, 1))), vec![]);
+    assert_eq!(
+        step(&mut e, [tel("a0", 210, "none", true, 1)]),
+        vec![ev("a0", All, Watch, Normal, 7, 210, "reverified"), ev("a0", HighRisk, Watch, Normal, 8, 210, "reverified")]
+    );
+}
+
+#[test]
+fn the_dwell_multiplies_with_each_escalation_up_to_its_cap() {
+    let mut e = engine();
+    let dwell_until = |e: &mut Engine, inputs: Vec<Input>| -> Vec<Option<i64>> {
+        for i in inputs {
+            e.push(i);
+        }
+        e.drain().iter().filter_map(|o| if let Output::Enforcement(x) = o { Some(x.min_dwell_until.map(|t| (t - T0) / S)) } else { None }).collect()
+    };
+    // First escalation: 1 min.
+    assert_eq!(dwell_until(&mut e, vec![tel("a0", 0, "degrade", true, 1)]), vec![Some(60), Some(60)]);
+    assert_eq!(step(&mut e, [60, 61].map(|t| tel("a0", t, "none", true, 1))).len(), 2);
+    assert_eq!(step(&mut e, [121, 122].map(|t| tel("a0", t, "none", true, 1))).iter().map(|x| x.3).collect::<Vec<_>>(), vec![Normal, Normal]);
+    // Second: 1 min × 3.
+    assert_eq!(dwell_until(&mut e, vec![tel("a0", 200, "degrade", true, 1)]), vec![Some(380), Some(380)]);
+    assert_eq!(step(&mut e, [300, 310].map(|t| tel("a0", t, "none", true, 1))), vec![], "held by the 3 min dwell");
+    // Each step down waits for the current dwell again (3 min from 380 s).
+    assert_eq!(dwell_until(&mut e, vec![tel("a0", 380, "none", true, 1)]), vec![Some(560), Some(560)]);
+    assert_eq!(step(&mut e, [560, 561].map(|t| tel("a0", t, "none", true, 1))).len(), 2);
+    // Third: 1 min × 9; fourth: 1 min × 27, capped at max_dwell (20 min).
+    assert_eq!(dwell_until(&mut e, vec![tel("a0", 600, "degrade", true, 1)]), vec![Some(1140), Some(1140)]);
+    assert_eq!(step(&mut e, [1140, 1141].map(|t| tel("a0", t, "none", true, 1))).len(), 2);
+    assert_eq!(step(&mut e, [1681, 1682].map(|t| tel("a0", t, "none", true, 1))).len(), 2);
+    assert_eq!(dwell_until(&mut e, vec![tel("a0", 2200, "degrade", true, 1)]), vec![Some(3400), Some(3400)]);
+}
+
+#[test]
+fn leaving_block_after_a_critical_breach_needs_an_attestation() {
+    let mut e = engine();
+    assert_eq!(
+        step(&mut e, [tel("a0", 0, "block", false, 1)]),
+        vec![ev("a0", All, Normal, Block, 1, 0, "zero_tolerance_breach"), ev("a0", HighRisk, Normal, Block, 2, 0, "zero_tolerance_breach")]
+    );
+    assert_eq!(step(&mut e, [60, 70, 80].map(|t| tel("a0", t, "none", false, 1))), vec![], "clean and past the dwell, but not attested");
+    assert_eq!(step(&mut e, [ov("a0", 90, OverrideKind::Attest, All, None, 600, 2)]), vec![], "an attestation changes no lane by itself");
+    let out = {
+        e.push(tel("a0", 100, "none", false, 1));
+        e.drain()
+    };
+    assert_eq!(events(&out), vec![ev("a0", All, Block, Review, 3, 100, "reverified"), ev("a0", HighRisk, Block, Review, 4, 100, "reverified")]);
+    let Output::Enforcement(first) = out.iter().find(|o| matches!(o, Output::Enforcement(_))).unwrap() else { unreachable!() };
+    assert!(first.reason.text.contains("human attestation present"), "{}", first.reason.text);
+}
+
+#[test]
+fn stale_high_risk_evidence_sends_high_risk_actions_to_review_until_fresh_again() {
+    let mut e = engine();
+    assert_eq!(step(&mut e, [0, 60].map(|t| tel("a0", t, "none", true, 1))), vec![]);
+    // Fresh while the older of the last 2 events is at most 10 min old; the check fires when
+    // the next record passes it.
+    let out = {
+        e.push(tel("a0", 700, "none", false, 1));
+        e.drain()
+    };
+    assert_eq!(events(&out), vec![ev("a0", HighRisk, Normal, Review, 1, 600, "evidence_stale")]);
+    let Some(Output::Enforcement(stale)) = out.iter().find(|o| matches!(o, Output::Enforcement(_))) else { unreachable!() };
+    assert_eq!(stale.effective_at, T0 + 600 * S + 1, "stale 1 µs after the older event turns 10 min old");
+    assert!(e.agent("a0").unwrap().clauses.values().any(|s| s.stale));
+    // One new event is not enough: the window asks for 2 within 10 min.
+    assert_eq!(step(&mut e, [tel("a0", 710, "none", true, 1)]), vec![]);
+    assert_eq!(step(&mut e, [tel("a0", 720, "none", true, 1)]), vec![ev("a0", HighRisk, Review, Normal, 2, 720, "evidence_fresh")]);
+}
+
+#[test]
+fn a_model_change_holds_the_agent_until_every_drift_clause_reverifies() {
+    let mut e = engine();
+    assert_eq!(step(&mut e, [tel("a0", 0, "none", false, 1)]), vec![]);
+    assert_eq!(
+        step(&mut e, [tel("a0", 10, "none", false, 2)]),
+        vec![ev("a0", All, Normal, Review, 1, 10, "model_changed"), ev("a0", HighRisk, Normal, Review, 2, 10, "model_changed")]
+    );
+    // 4 clean events, but the dwell runs to 10 + 180 s.
+    assert_eq!(step(&mut e, [20, 30, 40, 100].map(|t| tel("a0", t, "none", false, 2))), vec![]);
+    assert_eq!(
+        step(&mut e, [tel("a0", 190, "none", false, 2)]),
+        vec![ev("a0", All, Review, Normal, 3, 190, "model_reverified"), ev("a0", HighRisk, Review, Normal, 4, 190, "model_reverified")]
+    );
+}
+
+#[test]
+fn a_settle_is_its_own_event_beside_a_lane_change_in_the_same_step() {
+    let mut e = engine();
+    step(&mut e, [tel("a0", 0, "none", false, 1)]);
+    let out = {
+        e.push(tel("a0", 10, "settle", false, 2));
+        e.drain()
+    };
+    assert_eq!(
+        events(&out),
+        vec![ev("a0", All, Normal, Normal, 1, 10, "settle"), ev("a0", All, Normal, Review, 2, 10, "model_changed"), ev("a0", HighRisk, Normal, Review, 3, 10, "model_changed")]
+    );
+    let actions: Vec<_> = out.iter().filter_map(|o| if let Output::Enforcement(x) = o { Some(x.action.as_str()) } else { None }).collect();
+    assert_eq!(actions, ["settle", "require_human_review", "require_human_review"]);
+    assert_eq!(e.agent("a0").unwrap().published, [Review, Review]);
+}
+
+#[test]
+fn the_blast_radius_cap_applies_the_fail_mode_and_lifts_when_the_share_allows() {
+    let mut e = engine();
+    step(&mut e, ["a0", "a1", "a2"].map(|a| tel(a, 0, "none", false, 1)));
+    // 1 of 3 blocked would exceed 30 %: fail mode (review) and one panic event.
+    e.push(tel("a0", 10, "block", false, 1));
+    let out = e.drain();
+    assert_eq!(events(&out), vec![ev("a0", All, Normal, Review, 1, 10, "zero_tolerance_breach"), ev("a0", HighRisk, Normal, Review, 2, 10, "zero_tolerance_breach")]);
+    let panics: Vec<_> = out.iter().filter_map(|o| if let Output::Panic(p) = o { Some(p.clone()) } else { None }).collect();
+    assert_eq!(panics, vec![PanicEvent { workflow: "w".into(), would_block: 1, agents: 3, fail_mode: Review, at: T0 + 10 * S }]);
+    // A second capped agent in the same episode: no second panic event.
+    e.push(tel("a1", 20, "block", false, 1));
+    assert!(!e.drain().iter().any(|o| matches!(o, Output::Panic(_))));
+    // The workflow grows to 10 agents: 1 blocked of 10 is allowed, so a0's next event blocks it.
+    step(&mut e, (3..10).map(|i| tel(&format!("a{i}"), 30, "none", false, 1)));
+    assert_eq!(
+        step(&mut e, [tel("a0", 40, "none", false, 1)]),
+        vec![ev("a0", All, Review, Block, 3, 40, "blast_radius_recheck"), ev("a0", HighRisk, Review, Block, 4, 40, "blast_radius_recheck")]
+    );
+    // 2 of 10 would exceed 30 %? No (0.2 < 0.3): a1 is blocked too; a third would be 3 > 3? No.
+    assert_eq!(step(&mut e, [tel("a1", 41, "none", false, 1)]).iter().map(|x| x.3).collect::<Vec<_>>(), vec![Block, Block]);
+    e.push(tel("a2", 42, "block", false, 1));
+    assert!(!e.drain().iter().any(|o| matches!(o, Output::Panic(_))), "3 of 10 is not more than 30 %");
+    // A fourth would be 4 of 10: capped, in the same episode (three agents are blocked).
+    e.push(tel("a3", 43, "block", false, 1));
+    let out = e.drain();
+    assert_eq!(events(&out), vec![ev("a3", All, Normal, Review, 1, 43, "zero_tolerance_breach"), ev("a3", HighRisk, Normal, Review, 2, 43, "zero_tolerance_breach")]);
+    assert_eq!(out.iter().filter(|o| matches!(o, Output::Panic(_))).count(), 0);
+}
+
+#[test]
+fn a_panic_episode_ends_when_no_agent_is_blocked_or_capped() {
+    let mut e = engine();
+    step(&mut e, ["a0", "a1", "a2"].map(|a| tel(a, 0, "none", false, 1)));
+    e.push(tel("a0", 10, "block", false, 1));
+    assert_eq!(e.drain().iter().filter(|o| matches!(o, Output::Panic(_))).count(), 1);
+    // a0 re-verifies out of its block demand while capped (attested): nothing is capped now.
+    step(&mut e, [ov("a0", 20, OverrideKind::Attest, All, None, 600, 2)]);
+    assert_eq!(step(&mut e, [80, 81].map(|t| tel("a0", t, "none", false, 1))), vec![], "demand block -> review; published review already");
+    assert!(!e.agent("a0").unwrap().capped);
+    e.push(tel("a1", 90, "block", false, 1));
+    assert_eq!(e.drain().iter().filter(|o| matches!(o, Output::Panic(_))).count(), 1);
+}
+
+#[test]
+fn overrides_apply_by_precedence_and_expire_at_their_time() {
+    let mut e = engine();
+    step(&mut e, [tel("a0", 0, "degrade", true, 1)]);
+    // Loosen (agent-wide) to normal: policy bypass; the high-risk scope keeps its lane.
+    assert_eq!(step(&mut e, [ov("a0", 10, OverrideKind::Loosen, All, Some(Normal), 300, 2)]), vec![ev("a0", All, Degrade, Normal, 3, 10, "override_applied")]);
+    assert_eq!(e.stats().overrides_bypass, 1);
+    // Tighten the high-risk scope to block: both scopes publish (the agent-wide one unchanged).
+    assert_eq!(
+        step(&mut e, [ov("a0", 20, OverrideKind::Tighten, HighRisk, Some(Block), 100, 3)]),
+        vec![ev("a0", All, Normal, Normal, 4, 20, "override_applied"), ev("a0", HighRisk, Degrade, Block, 5, 20, "override_applied")]
+    );
+    // Kill outranks the loosening.
+    assert_eq!(step(&mut e, [ov("a0", 30, OverrideKind::EmergencyKill, All, None, 60, 5)]), vec![ev("a0", All, Normal, Block, 6, 30, "override_applied")]);
+    // Expiries fire at their own times (90, 120, 310 s), when a later record passes them.
+    assert_eq!(step(&mut e, [tel("a0", 95, "none", false, 1)]), vec![ev("a0", All, Block, Normal, 7, 90, "override_expired")]);
+    assert_eq!(
+        step(&mut e, [tel("a0", 125, "none", false, 1)]),
+        vec![ev("a0", All, Normal, Normal, 8, 120, "override_expired"), ev("a0", HighRisk, Block, Degrade, 9, 120, "override_expired")]
+    );
+    assert_eq!(step(&mut e, [tel("a0", 320, "none", false, 1)]), vec![ev("a0", All, Normal, Degrade, 10, 310, "override_expired")]);
+    assert!(e.agent("a0").unwrap().overrides.is_empty());
+}
+
+#[test]
+fn invalid_overrides_are_rejected_with_their_reason_and_create_no_state() {
+    let mut e = engine();
+    step(&mut e, [tel("a0", 0, "none", false, 1)]);
+    let mut bad = Vec::new();
+    let Input::Override(mut r) = ov("ghost", 10, OverrideKind::Tighten, All, Some(Review), 60, 0) else { unreachable!() };
+    r.expires_at = None;
+    bad.push(r.clone());
+    r.expires_at = Some(r.issued_at);
+    bad.push(r.clone());
+    r.expires_at = Some(r.issued_at + 3601 * S);
+    bad.push(r.clone());
+    r.expires_at = Some(r.issued_at + 60 * S);
+    r.expected_seq = Some(4);
+    bad.push(r.clone());
+    r.expected_seq = Some(0);
+    r.lane = None;
+    bad.push(r.clone());
+    for r in bad {
+        e.push(Input::Override(r));
+    }
+    let out = e.drain();
+    let reasons: Vec<String> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::History(h) if h.kind == RecordKind::OverrideRejected => h.detail["reason"].as_str().map(String::from),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "`expires_at` is mandatory: every override expires",
+            "`expires_at` is not after `issued_at`: the override is already expired",
+            "`expires_at` is beyond the maximum override TTL of 3600 s",
+            "stale `expected_seq` 4: the agent's seq is 0",
+            "`lane` is required for tighten and loosen",
+        ]
+    );
+    assert_eq!(events(&out), vec![]);
+    assert!(e.agent("ghost").is_none());
+    assert_eq!(e.stats().overrides_rejected, 5);
+}
+
+#[test]
+fn idle_agents_in_normal_expire_and_others_are_kept() {
+    let mut e = engine();
+    step(&mut e, [tel("a0", 0, "none", false, 1), tel("a1", 0, "degrade", true, 1)]);
+    // An override for an agent never seen: its state expires too, once the override has.
+    step(&mut e, [ov("a9", 0, OverrideKind::Tighten, All, Some(Watch), 600, 0)]);
+    e.push(tel("a2", 7300, "none", false, 1));
+    let out = e.drain();
+    let expired: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::History(h) if h.kind == RecordKind::StateExpired => Some((h.agent_id.clone().unwrap(), (h.at_micros - T0) / S)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(expired, vec![("a0".to_string(), 7200), ("a9".to_string(), 7200)]);
+    assert!(e.agent("a0").is_none() && e.agent("a9").is_none());
+    assert!(e.agent("a1").is_some(), "a1 is idle but degraded: kept");
+    assert_eq!(e.stats().states_expired, 2);
+}
