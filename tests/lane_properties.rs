@@ -3,7 +3,11 @@
 //! - every enforcement event has a history record;
 //! - no step down without re-verification (and one lane at a time);
 //! - every accepted override expires;
-//! - the effective lane is the maximum over the clauses (with overrides applied on top).
+//! - the effective lane is the maximum over the clauses (with overrides applied on top), checked
+//!   after every step for both scopes while overrides are live, with the blast-radius cap on;
+//! - no step down before the clause's dwell.
+//! The model-based test (`lane_model.rs`) checks the exact lanes; this one runs the statistical
+//! detectors, and counts that step-downs and live overrides actually happen.
 
 use driftgate::engine::{Engine, EngineConfig, Input, Output};
 use driftgate::history::RecordKind;
@@ -12,6 +16,8 @@ use driftgate::overrides::{self, OverrideKind, OverrideRequest};
 use driftgate::pact::parse_pact;
 use driftgate::telemetry::{Citations, Model, Outcome, Risk, Telemetry};
 use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 const PACT: &str = r#"
@@ -49,22 +55,47 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        20 => (0u8..3, 1u32..90, any::<bool>(), prop::bool::weighted(0.02), 1.0f64..250.0, prop::bool::weighted(0.01))
+        20 => (0u8..AGENTS, 1u32..90, any::<bool>(), prop::bool::weighted(0.02), 1.0f64..250.0, prop::bool::weighted(0.01))
             .prop_map(|(agent, dt, refused, pii, latency, new_model)| Step::Event { agent, dt, refused, pii, latency, new_model }),
-        1 => (0u8..3, 1u32..90, 0u8..4, 0u8..5, 60u32..3600, prop::bool::weighted(0.8), prop::bool::weighted(0.9))
+        1 => (0u8..AGENTS, 1u32..90, 0u8..4, 0u8..5, 60u32..3600, prop::bool::weighted(0.8), prop::bool::weighted(0.9))
             .prop_map(|(agent, dt, kind, lane, ttl_s, use_seq, with_expiry)| Step::Override { agent, dt, kind, lane, ttl_s, use_seq, with_expiry }),
     ]
 }
 
 const S: i64 = 1_000_000;
+const AGENTS: u8 = 6;
 
-fn run(steps: &[Step]) -> (Engine, Vec<Output>) {
+/// How often the interesting situations occurred over the run.
+#[derive(Default)]
+struct Seen {
+    checks_with_live_override: u64,
+    step_downs: u64,
+    capped: u64,
+}
+
+/// The effective lanes `[all, high_risk]` the rules give for an agent's state.
+fn expected_lanes(engine: &Engine, agent: &driftgate::state::AgentState) -> [Lane; 2] {
+    let mut all = agent.clauses.values().map(|s| s.demand).max().unwrap_or(Lane::Normal);
+    if let Some(mc) = &agent.model_change {
+        all = all.max(mc.lane);
+    }
+    let stale_high_risk = agent.clauses.iter().any(|(k, s)| s.stale && engine.pacts()[k.0 as usize].doc.clauses[k.1 as usize].high_risk);
+    let mut high = if stale_high_risk { all.max(Lane::Review) } else { all };
+    if agent.capped {
+        all = Lane::Review;
+        high = high.min(Lane::Review);
+    }
+    let eff_all = overrides::apply(all, Scope::All, &agent.overrides);
+    [eff_all, overrides::apply(high, Scope::HighRisk, &agent.overrides).max(eff_all)]
+}
+
+fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCaseError> {
     let pact = parse_pact(PACT, "prop.yaml").unwrap();
-    let cfg = EngineConfig { blast_radius_min_agents: 1000, ..EngineConfig::default() };
+    let cfg = EngineConfig { blast_radius_min_agents: 4, max_blocked_share: 0.2, ..EngineConfig::default() };
     let mut engine = Engine::new(cfg, vec![pact]);
     let mut out = Vec::new();
     let mut t = 1_700_000_000 * S;
-    let mut versions = [1u32; 3];
+    let mut versions = [1u32; AGENTS as usize];
     let mut n = 0u64;
     for s in steps {
         match s {
@@ -112,6 +143,13 @@ fn run(steps: &[Step]) -> (Engine, Vec<Output>) {
             }
         }
         out.extend(engine.drain());
+        // After every step, while overrides are live: published = rules applied to the state.
+        for a in 0..AGENTS {
+            let Some(agent) = engine.agent(&format!("a{a}")) else { continue };
+            seen.checks_with_live_override += !agent.overrides.is_empty() as u64;
+            seen.capped += agent.capped as u64;
+            prop_assert_eq!(agent.published, expected_lanes(&engine, agent), "agent a{} after {:?}", a, s);
+        }
     }
     // A last event far in the future: every timer (override expiry, freshness) comes due.
     engine.push(Input::Telemetry(Telemetry {
@@ -130,30 +168,29 @@ fn run(steps: &[Step]) -> (Engine, Vec<Output>) {
     }));
     engine.flush();
     out.extend(engine.drain());
-    (engine, out)
+    Ok((engine, out))
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, max_shrink_iters: 300, rng_seed: proptest::test_runner::RngSeed::Fixed(20261124), ..ProptestConfig::default() })]
+fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
+    let (engine, out) = run(steps, seen)?;
+    let events: Vec<_> = out.iter().filter_map(|o| if let Output::Enforcement(e) = o { Some(e) } else { None }).collect();
+    let history: Vec<_> = out.iter().filter_map(|o| if let Output::History(r) = o { Some(r) } else { None }).collect();
 
-    #[test]
-    fn lane_invariants_hold(steps in prop::collection::vec(step(), 50..600)) {
-        let (engine, out) = run(&steps);
-        let events: Vec<_> = out.iter().filter_map(|o| if let Output::Enforcement(e) = o { Some(e) } else { None }).collect();
-        let history: Vec<_> = out.iter().filter_map(|o| if let Output::History(r) = o { Some(r) } else { None }).collect();
-
-        // seq strictly increases per agent.
-        let mut last: BTreeMap<&str, u64> = BTreeMap::new();
-        for e in &events {
-            let prev = last.insert(&e.agent_id, e.seq);
-            prop_assert!(prev.is_none_or(|p| e.seq > p), "seq did not increase for {}", e.agent_id);
-        }
-        // Every enforcement event has a history record.
-        for e in &events {
-            prop_assert!(history.iter().any(|r| r.kind == RecordKind::Decision && r.detail["event_id"] == e.event_id.as_str()), "no history for {}", e.event_id);
-        }
-        // No step down without re-verification, one lane at a time.
-        for e in events.iter().filter(|e| e.lane_to < e.lane_from) {
+    // seq strictly increases per agent.
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in &events {
+        let prev = last.insert(&e.agent_id, e.seq);
+        prop_assert!(prev.is_none_or(|p| e.seq > p), "seq did not increase for {}", e.agent_id);
+    }
+    // Every enforcement event has a history record.
+    for e in &events {
+        prop_assert!(history.iter().any(|r| r.kind == RecordKind::Decision && r.detail["event_id"] == e.event_id.as_str()), "no history for {}", e.event_id);
+    }
+    // No step down without re-verification, one lane at a time, never before the dwell.
+    let mut dwell: BTreeMap<(&str, Option<&str>), i64> = BTreeMap::new();
+    for e in &events {
+        let key = (e.agent_id.as_str(), e.clause_id.as_deref());
+        if e.lane_to < e.lane_from {
             let code = e.reason.code.as_str();
             prop_assert!(
                 ["reverified", "model_reverified", "evidence_fresh", "override_applied", "override_expired"].contains(&code),
@@ -162,30 +199,53 @@ proptest! {
             // The high-risk scope also lifts the stale-evidence review when evidence is fresh
             // again, so the one-lane rule is about the agent-wide scope.
             if code == "reverified" && e.scope == Scope::All {
+                seen.step_downs += 1;
                 prop_assert!(e.lane_to >= e.lane_from.step_down(), "more than one lane at once: {}", serde_json::to_string(e).unwrap());
                 let ev = e.evidence.as_ref().unwrap();
                 if e.clause_id.as_deref() != Some("latency") {
                     prop_assert!(ev.clean_events >= ev.required_clean_events, "stepped down after {} of {} clean events", ev.clean_events, ev.required_clean_events);
                 }
+                let until = dwell.get(&key).copied().unwrap_or(i64::MIN);
+                prop_assert!(e.effective_at >= until, "stepped down at {} before the dwell ending {until}: {}", e.effective_at, serde_json::to_string(e).unwrap());
             }
         }
-        // Every accepted override expires.
-        for r in history.iter().filter(|r| r.kind == RecordKind::OverrideAccepted) {
-            let id = r.detail["override"]["override_id"].as_str().unwrap();
-            prop_assert!(history.iter().any(|x| x.kind == RecordKind::OverrideExpired && x.detail["override_id"] == id), "override {id} never expired");
-        }
-        // Overrides without expiry were rejected.
-        for r in history.iter().filter(|r| r.kind == RecordKind::OverrideRejected) {
-            prop_assert!(r.detail["reason"].as_str().is_some());
-        }
-        // The effective lane is the max over clauses, with overrides on top.
-        for a in 0..3 {
-            let Some(agent) = engine.agent(&format!("a{a}")) else { continue };
-            let mut computed = agent.clauses.values().map(|s| s.demand).max().unwrap_or(Lane::Normal);
-            if let Some(mc) = &agent.model_change {
-                computed = computed.max(mc.lane);
-            }
-            prop_assert_eq!(agent.published[0], overrides::apply(computed, Scope::All, &agent.overrides), "agent a{}", a);
+        if let Some(until) = e.min_dwell_until {
+            dwell.insert(key, until);
         }
     }
+    // Every accepted override expires.
+    for r in history.iter().filter(|r| r.kind == RecordKind::OverrideAccepted) {
+        let id = r.detail["override"]["override_id"].as_str().unwrap();
+        prop_assert!(history.iter().any(|x| x.kind == RecordKind::OverrideExpired && x.detail["override_id"] == id), "override {id} never expired");
+    }
+    // Overrides without expiry were rejected, for that reason.
+    for r in history.iter().filter(|r| r.kind == RecordKind::OverrideAccepted) {
+        prop_assert!(r.detail["override"]["expires_at"].is_i64(), "accepted without expiry: {}", r.detail);
+    }
+    for r in history.iter().filter(|r| r.kind == RecordKind::OverrideRejected && r.detail["override"]["expires_at"].is_null()) {
+        prop_assert_eq!(r.detail["reason"].as_str(), Some("`expires_at` is mandatory: every override expires"));
+    }
+    // After the last timers, the published lanes follow from the state.
+    for a in 0..AGENTS {
+        let Some(agent) = engine.agent(&format!("a{a}")) else { continue };
+        prop_assert_eq!(agent.published, expected_lanes(&engine, agent), "agent a{} at the end", a);
+    }
+    Ok(())
+}
+
+#[test]
+fn lane_invariants_hold() {
+    let config = Config { cases: 512, max_shrink_iters: 300, failure_persistence: None, ..Config::default() };
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[24u8; 32]));
+    let seen = RefCell::new(Seen::default());
+    let result = runner.run(&prop::collection::vec(step(), 50..600), |steps| check(&steps, &mut seen.borrow_mut()));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let seen = seen.into_inner();
+    eprintln!("checks with a live override: {}, step-downs: {}, capped agent checks: {}", seen.checks_with_live_override, seen.step_downs, seen.capped);
+    // A generator that never reaches these would make the checks above vacuous.
+    assert!(seen.checks_with_live_override > 1000, "overrides were rarely live: {}", seen.checks_with_live_override);
+    assert!(seen.step_downs > 100, "the run saw only {} step-downs", seen.step_downs);
+    assert!(seen.capped > 0, "the blast-radius cap never held an agent");
 }
