@@ -37,9 +37,18 @@ fn demo_shows_the_incidents_and_leaves_healthy_agents_alone() {
     assert!(det.statistic >= det.threshold);
     assert_eq!(det.false_alarm_rate, Some(1e-6));
     assert!(det.change_point_at >= demo::MODEL_UPDATE_AT - 3_600_000_000, "change point estimated near the update");
-    // The PII block is immediate: on the first PII event.
+    // The PII block is immediate: on the first PII event, which is sup-04's first event at or
+    // after PII_AT.
+    let first_pii = run.telemetry_times["sup-04"].iter().copied().find(|t| *t >= demo::PII_AT).unwrap();
     let b = run.events.iter().find(|e| e.agent_id == "sup-04" && e.lane_to == Lane::Block).unwrap();
-    assert!(b.effective_at - demo::PII_AT < 30_000_000);
+    assert_eq!(b.effective_at, first_pii, "blocked at {} µs, the PII event was at {first_pii}", b.effective_at);
+    assert_eq!((b.causation.kind.as_str(), b.causation.at), ("telemetry", first_pii));
+    // The override holds fin-03 in watch from its issue time and expires at exactly its expiry.
+    let fin03: Vec<_> = run.events.iter().filter(|e| e.agent_id == "fin-03" && e.scope == Scope::All).collect();
+    let applied = fin03.iter().find(|e| e.reason.code == "override_applied").unwrap();
+    assert_eq!((applied.effective_at, applied.lane_from, applied.lane_to, applied.expires_at), (demo::OVERRIDE_FROM, Lane::Normal, Lane::Watch, Some(demo::OVERRIDE_UNTIL)));
+    let expired = fin03.iter().find(|e| e.reason.code == "override_expired").unwrap();
+    assert_eq!((expired.effective_at, expired.lane_from, expired.lane_to), (demo::OVERRIDE_UNTIL, Lane::Watch, Lane::Normal));
     // The report says so too.
     let report = demo::report(&run);
     assert!(report.contains("False alarms on healthy agents: 0"));

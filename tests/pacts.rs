@@ -92,7 +92,7 @@ fn negative_window_is_located() {
 fn unknown_detector_is_located() {
     let e = refused(&GOOD.replace("detector: auto", "detector: magic"));
     assert!(e.message.contains("unknown variant `magic`"), "{e}");
-    assert!(e.line >= 6 && e.line <= 15, "{e}");
+    assert_eq!((e.line, e.column), (12, 17), "{e}");
 }
 
 #[test]

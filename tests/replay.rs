@@ -38,7 +38,7 @@ fn replay_is_deterministic_across_runs_and_formats() {
     assert_eq!(outputs[0], outputs[1], "same JSONL input, different output");
     assert_eq!(outputs[0], outputs[2], "JSONL and Avro inputs disagree");
     let (n, _) = driftgate::history::verify(outputs[0].1.as_slice()).unwrap();
-    assert!(n > 0);
+    assert_eq!(n as usize, outputs[0].1.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), "every history line verifies");
 }
 
 #[test]

@@ -397,6 +397,33 @@ fn locate_clause(text: &str, id: &str) -> (usize, usize) {
     (1, 1)
 }
 
+/// serde reports an error inside a tagged enum (such as `test`) at the start of the
+/// enclosing item, because it buffers the item. For an unknown variant or field, point at the
+/// line that names it, within that item: `(line, column)`, 1-based.
+fn refine_location(text: &str, line: usize, msg: &str) -> Option<(usize, usize)> {
+    let start = msg.find("unknown variant `").map(|i| i + 17).or_else(|| msg.find("unknown field `").map(|i| i + 15))?;
+    let name = &msg[start..start + msg[start..].find('`')?];
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines.get(line.checked_sub(1)?)?;
+    // The item ends at the next line indented no deeper than its first (the next `- ` item).
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let item_indent = indent(first);
+    for (i, l) in lines.iter().enumerate().skip(line - 1) {
+        if i >= line && !l.trim().is_empty() && indent(l) <= item_indent {
+            break;
+        }
+        let is_token = |at: usize| {
+            let before = l[..at].chars().next_back().is_none_or(|ch| !ch.is_alphanumeric() && ch != '_' && ch != '-');
+            let after = l[at + name.len()..].chars().next().is_none_or(|ch| !ch.is_alphanumeric() && ch != '_' && ch != '-');
+            before && after
+        };
+        if let Some(at) = l.match_indices(name).map(|(at, _)| at).find(|at| is_token(*at)) {
+            return Some((i + 1, at + 1));
+        }
+    }
+    None
+}
+
 /// Parses and validates a pact from text; `file` names it in errors.
 pub fn parse_pact(text: &str, file: &str) -> Result<Pact, PactError> {
     let err = |line: usize, column: usize, message: String| PactError { file: file.to_string(), line, column, message };
@@ -405,6 +432,7 @@ pub fn parse_pact(text: &str, file: &str) -> Result<Pact, PactError> {
         // serde_norway appends " at line L column C"; the location is already in front.
         let msg = e.to_string();
         let msg = msg.rfind(" at line ").map_or(msg.clone(), |i| msg[..i].to_string());
+        let (l, c) = refine_location(text, l, &msg).unwrap_or((l, c));
         err(l, c, msg)
     })?;
     let top = |field: &str| {
