@@ -66,7 +66,7 @@ impl SubmitError {
     pub fn code(&self) -> &'static str {
         match self {
             SubmitError::UnknownAgent(_) => "unknown_agent",
-            SubmitError::Invalid(_) => "invalid",
+            SubmitError::Invalid(_) => "invalid_override",
             SubmitError::Conflict(_) => "seq_conflict",
             SubmitError::Unavailable(_) => "unavailable",
         }
@@ -279,5 +279,36 @@ impl ControlPlane for DemoControl {
             _ => 0,
         };
         self.metrics.observe_engines(std::iter::once(&*engine), elapsed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lane::Scope;
+    use crate::overrides::OverrideKind;
+
+    #[test]
+    fn prevalidation_refuses_a_past_expiry_and_a_stale_seq_with_their_codes() {
+        let req = OverrideRequest {
+            override_id: "o".into(),
+            agent_id: "a".into(),
+            scope: Scope::All,
+            kind: OverrideKind::EmergencyKill,
+            lane: None,
+            clause_id: None,
+            principal: "p".into(),
+            reason: "r".into(),
+            ticket: "t".into(),
+            issued_at: 1_000,
+            expires_at: Some(2_000),
+            expected_seq: Some(3),
+        };
+        let e = prevalidate(&req, 3, 10_000, 2_000).unwrap_err();
+        assert_eq!((e.code(), e.to_string().contains("is in the past")), ("invalid_override", true), "{e}");
+        let e = prevalidate(&req, 4, 10_000, 1_500).unwrap_err();
+        assert_eq!(e, SubmitError::Conflict("stale `expected_seq` 3: the agent's seq is 4".into()));
+        assert_eq!(e.code(), "seq_conflict");
+        assert_eq!(prevalidate(&req, 3, 10_000, 1_999), Ok(()));
     }
 }

@@ -16,6 +16,14 @@ pub fn samples(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// The value of label `name` in a sample key such as `metric{a="x",b="y"}`.
+pub fn label<'a>(key: &'a str, name: &str) -> Option<&'a str> {
+    let rest = key.split_once('{')?.1;
+    let start = rest.match_indices(&format!("{name}=\"")).find(|(i, _)| *i == 0 || rest.as_bytes()[i - 1] == b',')?.0 + name.len() + 2;
+    let end = rest[start..].find('"')? + start;
+    Some(&rest[start..end])
+}
+
 /// Metric family names declared in a scrape (`# TYPE` lines).
 pub fn families(text: &str) -> BTreeSet<String> {
     text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
