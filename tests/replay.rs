@@ -30,7 +30,7 @@ fn replay_is_deterministic_across_runs_and_formats() {
     for (i, input) in [&jsonl, &jsonl, &avro].iter().enumerate() {
         let ev = dir.path().join(format!("ev{i}.jsonl"));
         let hi = dir.path().join(format!("hi{i}.jsonl"));
-        let s = replay(example_pacts(), input, None, Some(&ev), Some(&hi)).unwrap();
+        let s = replay(example_pacts(), input, None, Some(&ev), Some(&hi), None).unwrap();
         assert_eq!(s.records, 120_000);
         outputs.push((std::fs::read(&ev).unwrap(), std::fs::read(&hi).unwrap()));
     }
@@ -70,4 +70,35 @@ fn replay_command_runs_with_overrides_and_reports() {
     assert!(events.lines().any(|l| l.contains("\"agent_id\":\"fin-02\"") && l.contains("override_expired")), "kill expired");
     let history = std::fs::read_to_string(&hi).unwrap();
     assert!(history.contains("override_rejected") && history.contains("expires_at` is mandatory"), "no-expiry override rejected and recorded");
+}
+
+#[test]
+fn late_records_are_set_aside_with_their_reason_and_recorded_in_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    // In-order telemetry, then one record 10 minutes behind: beyond the watermark (5 s of
+    // out-of-orderness) and the allowed lateness (60 s).
+    let mut inputs: Vec<driftgate::telemetry::Telemetry> = Fleet::new(3, 1, false)
+        .filter_map(|i| if let driftgate::engine::Input::Telemetry(t) = i { Some(t) } else { None })
+        .take(2_000)
+        .collect();
+    let max = inputs.iter().map(|t| t.occurred_at).max().unwrap();
+    let mut late = inputs[0].clone();
+    late.event_id = "late-1".into();
+    late.occurred_at = max - 600_000_000;
+    inputs.push(late.clone());
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, inputs.iter().map(|t| serde_json::to_string(t).unwrap() + "\n").collect::<String>()).unwrap();
+    let (hi, lo) = (dir.path().join("hi.jsonl"), dir.path().join("late.jsonl"));
+    let s = replay(example_pacts(), &input, None, None, Some(&hi), Some(&lo)).unwrap();
+    assert_eq!(s.late, 1);
+    let late_records: Vec<serde_json::Value> = std::fs::read_to_string(&lo).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(late_records.len(), 1);
+    let r = &late_records[0];
+    assert_eq!((r["id"].as_str(), r["agent_id"].as_str(), r["occurred_at"].as_i64()), (Some("late-1"), Some(late.agent_id.as_str()), Some(late.occurred_at)));
+    assert_eq!(r["watermark"].as_i64(), Some(max - 5_000_000));
+    assert!(r["reason"].as_str().unwrap().contains("595 s behind the watermark"), "{r}");
+    let history = std::fs::read_to_string(&hi).unwrap();
+    let in_history: Vec<serde_json::Value> = history.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|h| h["kind"] == "late").collect();
+    assert_eq!(in_history.len(), 1);
+    assert_eq!(in_history[0]["detail"]["id"], "late-1");
 }

@@ -105,6 +105,9 @@ enum Cmd {
         /// Where to write the contract history (JSONL).
         #[arg(long)]
         history_out: Option<PathBuf>,
+        /// Where to write records set aside as late, with their reason (JSONL).
+        #[arg(long)]
+        late_out: Option<PathBuf>,
     },
     /// Validate pact files; prints `file:line:column: reason` for the first error of each.
     Validate {
@@ -268,12 +271,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("wrote {} telemetry records to {}", records.len(), out.display());
             Ok(())
         }
-        Cmd::Replay { pact, input, overrides, events_out, history_out } => {
+        Cmd::Replay { pact, input, overrides, events_out, history_out, late_out } => {
             let pacts = pact
                 .iter()
                 .map(|p| driftgate::pact::load_pact(p).map_err(anyhow::Error::from))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let s = driftgate::replay::replay(pacts, &input, overrides.as_deref(), events_out.as_deref(), history_out.as_deref())?;
+            let s = driftgate::replay::replay(pacts, &input, overrides.as_deref(), events_out.as_deref(), history_out.as_deref(), late_out.as_deref())?;
             eprintln!(
                 "replayed {} records in {:.2} s ({:.0} records/s): {} enforcement events, {} history records, {} late",
                 s.records,

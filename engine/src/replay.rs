@@ -80,6 +80,7 @@ pub fn replay(
     overrides: Option<&Path>,
     events_out: Option<&Path>,
     history_out: Option<&Path>,
+    late_out: Option<&Path>,
 ) -> anyhow::Result<ReplaySummary> {
     let telemetry = read_telemetry(input)?;
     let mut inputs: Vec<Input> = telemetry.into_iter().map(Input::Telemetry).collect();
@@ -105,6 +106,7 @@ pub fn replay(
     };
     let mut events_w = events_out.map(|p| std::fs::File::create(p).map(BufWriter::new)).transpose()?;
     let mut history_w = history_out.map(|p| std::fs::File::create(p).map(BufWriter::new)).transpose()?;
+    let mut late_w = late_out.map(|p| std::fs::File::create(p).map(BufWriter::new)).transpose()?;
     let mut engine = Engine::new(EngineConfig::default(), pacts);
     let (mut events, mut history) = (0u64, 0u64);
     let start = Instant::now();
@@ -124,7 +126,13 @@ pub fn replay(
                         write_jsonl(&mut *w, std::slice::from_ref(&r))?;
                     }
                 }
-                Output::Late(_) | Output::Panic(_) => {}
+                Output::Late(l) => {
+                    if let Some(w) = late_w.as_mut() {
+                        serde_json::to_writer(&mut *w, &l)?;
+                        w.write_all(b"\n")?;
+                    }
+                }
+                Output::Panic(_) => {}
             }
         }
         Ok(())
@@ -144,6 +152,9 @@ pub fn replay(
         w.flush()?;
     }
     if let Some(w) = history_w.as_mut() {
+        w.flush()?;
+    }
+    if let Some(w) = late_w.as_mut() {
         w.flush()?;
     }
     Ok(ReplaySummary { records, events, history, late: engine.stats().late, seconds })
