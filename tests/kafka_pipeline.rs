@@ -3,6 +3,8 @@
 
 #[path = "support/kafka.rs"]
 mod kafka;
+#[path = "support/registry.rs"]
+mod registry;
 #[path = "support/scrape.rs"]
 mod scrape;
 
@@ -226,13 +228,63 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     let audit = hist.iter().find(|r| r.header("driftgate.chain").is_some_and(|c| c.starts_with("api/"))).expect("the refusal is in the API's audit chain");
     assert!(String::from_utf8_lossy(audit.value.as_deref().unwrap()).contains("unauthenticated"));
 
-    // Let the remaining acknowledged progress be committed, then stop cleanly.
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    // Both overrides expire in the running pipeline once event time passes their expiry
+    // (the next records, an hour later), at exactly their expiry time.
+    let expires_at = last_at + 3_600_000_000;
+    let later: Vec<_> = (0..8u64)
+        .map(|i| {
+            let agent = ["fin-01", "fin-03"][i as usize % 2];
+            let e = event(agent, 1500 + i, expires_at + (10 + i as i64) * 1_000_000, "v1", true);
+            (e.agent_id.clone(), avro(&e), e.occurred_at / 1000, partition_of(agent, 2))
+        })
+        .collect();
+    produce(&b.producer(), &t.input, &later);
+    let expired = wait_for(60, "both overrides expired", || {
+        let ev: Vec<EnforcementEvent> = enforcement_events(&b, &t.enforcement).into_iter().filter(|e| e.reason.code == "override_expired").collect();
+        (ev.len() == 4).then_some(ev)
+    });
+    for e in &expired {
+        assert_eq!((e.lane_from, e.lane_to, e.effective_at), (Lane::Block, Lane::Normal, expires_at), "{}", serde_json::to_string(e).unwrap());
+    }
+    let records: Vec<_> = records.iter().chain(&later).cloned().collect();
+
+    // Wait for the processed records to be committed (the last ones wait behind the
+    // watermark, so up to 4 per partition stay uncommitted), then stop cleanly.
+    let committed_total = |b: &Broker| b.committed(&t.group, &t.input, 2).iter().map(|c| c.unwrap_or(0)).sum::<i64>();
+    wait_for(30, "the processed records committed", || (committed_total(&b) >= records.len() as i64 - 8).then_some(()));
     let log = engine.log_text();
     assert!(engine.stop().success(), "engine exited with an error:\n{log}");
 
-    // Only the drifted agent changed lane by itself: watch on the model update, then degrade.
-    assert!(events.iter().all(|e| e.agent_id == "fin-02"), "healthy agents got events: {events:?}");
+    // Every event the telemetry caused, read to the end of the topic after the stop, is
+    // exactly what the offline engine derives from the same records: healthy agents
+    // untouched, fin-02 watched on the model update, then degraded.
+    let all_events = enforcement_events(&b, &t.enforcement);
+    let by_override = |e: &EnforcementEvent| e.reason.code == "override_applied" || e.reason.code == "override_expired";
+    let by_telemetry: Vec<EnforcementEvent> = all_events.iter().filter(|e| !by_override(e)).cloned().collect();
+    let mut want = reference_events(&records, 2);
+    let key = |e: &EnforcementEvent| (e.agent_id.clone(), e.seq);
+    want.sort_by_key(key);
+    let mut got = by_telemetry.clone();
+    got.sort_by_key(key);
+    assert!(!want.is_empty());
+    assert_eq!(got, want, "the pipeline's events differ from the offline ground truth");
+    assert_eq!(events, by_telemetry[..events.len()], "the first read saw a prefix of the final topic");
+    assert!(got.iter().all(|e| e.agent_id == "fin-02"), "healthy agents got events: {got:?}");
+    let overrides: Vec<(&str, &str, Lane)> = all_events.iter().filter(|e| by_override(e)).map(|e| (e.agent_id.as_str(), e.reason.code.as_str(), e.lane_to)).collect();
+    assert_eq!(
+        overrides,
+        [
+            ("fin-01", "override_applied", Lane::Block),
+            ("fin-01", "override_applied", Lane::Block),
+            ("fin-03", "override_applied", Lane::Block),
+            ("fin-03", "override_applied", Lane::Block),
+            ("fin-01", "override_expired", Lane::Normal),
+            ("fin-01", "override_expired", Lane::Normal),
+            ("fin-03", "override_expired", Lane::Normal),
+            ("fin-03", "override_expired", Lane::Normal),
+        ]
+    );
+    let events = got;
     let degrade = events.iter().find(|e| e.lane_to == Lane::Degrade).unwrap();
     assert_eq!(degrade.reason.code, "drift_verified");
     let det = degrade.detection.as_ref().unwrap();
@@ -270,10 +322,22 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     let decisions = hist.iter().filter(|r| String::from_utf8_lossy(r.value.as_deref().unwrap()).contains("\"kind\":\"decision\"")).count();
     assert_eq!(decisions, enforcement_events(&b, &t.enforcement).len(), "a history record per enforcement event");
 
-    // Offsets were committed, and never past what was processed.
+    // Offsets were committed, and never past what was processed: the stop flushed the
+    // event-time buffer into the snapshot, so everything is committed.
     let committed = b.committed(&t.group, &t.input, 2);
     let total: i64 = committed.iter().map(|c| c.expect("committed offset")).sum();
-    assert!(total > records.len() as i64 - 20 && total <= records.len() as i64, "committed {committed:?} of {}", records.len());
+    assert_eq!(total, records.len() as i64, "committed {committed:?} of {}", records.len());
+}
+
+/// A schema that parses but does not resolve to the telemetry schema.
+fn mismatched_schema() -> String {
+    let mut v: serde_json::Value = serde_json::from_str(TELEMETRY_AVSC).unwrap();
+    for f in v["fields"].as_array_mut().unwrap() {
+        if f["name"] == "occurred_at" {
+            f["type"] = "string".into();
+        }
+    }
+    v.to_string()
 }
 
 #[test]
@@ -281,7 +345,18 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     let b = Broker::start();
     let t = Topics::create(&b, "pipeline", 1);
     let dir = tempfile::tempdir().unwrap();
+    // Writer schemas from a registry that is down when the engine starts.
+    let reg = registry::Registry::start([
+        (1, TELEMETRY_AVSC.to_string()),
+        (2, no_agent_schema().canonical_form()),
+        (3, r#"{"type": "record", "name": "T", "fields": [{"name": "a", "type": "no_such_type"}]}"#.to_string()),
+        (4, mismatched_schema()),
+    ]);
+    reg.set_down(true);
     let cfg = write_config(dir.path(), &b, &t, "avro");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace("[schema_registry.static_schemas]\n1 = \"telemetry.avsc\"\n2 = \"no-agent.avsc\"", &format!("[schema_registry]\nurl = \"{}\"", reg.url));
+    std::fs::write(&cfg, text).unwrap();
     let good = |i: u64| event("fin-01", i, T0 + i as i64 * 1_000_000, "v1", true);
     let mut nan = good(101);
     nan.latency_ms = Some(f64::NAN);
@@ -293,15 +368,30 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     let missing = confluent_frame(2, &write_datum(&schema2, v).unwrap());
     let mut future = good(103);
     future.occurred_at = T0 + 86_400 * 1_000_000 * 3;
+    let mut mismatched = good(104).to_avro();
+    if let apache_avro::types::Value::Record(fields) = &mut mismatched {
+        for (n, v) in fields.iter_mut() {
+            if n == "occurred_at" {
+                *v = apache_avro::types::Value::String("yesterday".into());
+            }
+        }
+    }
+    let mismatched = confluent_frame(4, &write_datum(&apache_avro::Schema::parse_str(&mismatched_schema()).unwrap(), mismatched).unwrap());
+    // 10 minutes behind the watermark: beyond the allowed lateness (60 s).
+    let mut late = good(105);
+    late.occurred_at = T0 - 600 * 1_000_000;
     let bad: Vec<(&str, Vec<u8>, i64)> = vec![
         ("not_confluent_avro", b"\x13garbage bytes, not avro".to_vec(), T0),
         ("unknown_schema_id", confluent_frame(77, &write_datum(&apache_avro::Schema::parse_str(TELEMETRY_AVSC).unwrap(), good(100).to_avro()).unwrap()), T0),
         ("missing_field", missing, T0),
         ("invalid_field", avro(&nan), T0),
         ("future_timestamp", avro(&future), T0),
+        ("bad_writer_schema", confluent_frame(3, b"\x02"), T0),
+        ("schema_mismatch", mismatched, T0),
+        ("late_event", avro(&late), T0),
     ];
     let mut records = Vec::new();
-    for i in 0..20u64 {
+    for i in 0..40u64 {
         records.push(("fin-01".to_string(), avro(&good(i)), T0 / 1000 + i as i64 * 1000, 0));
         if let Some((_, bytes, _)) = bad.get(i as usize / 4).filter(|_| i % 4 == 3) {
             records.push(("fin-01".to_string(), bytes.clone(), T0 / 1000 + i as i64 * 1000, 0));
@@ -312,18 +402,23 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     produce(&b.producer(), &t.input, &records);
 
     let engine = Engine::start(&cfg);
-    let dead = wait_for(90, "five dead letters", || {
-        let d = b.read_all(&t.dlq);
-        (d.len() >= 5).then_some(d)
-    });
-    let committed = wait_for(30, "a commit past the bad records", || {
+    // The registry being down is not the records' fault: the first one is retried, not
+    // dead-lettered, until the registry answers.
+    wait_for(60, "the engine retrying the registry", || (reg.requests() >= 3).then_some(()));
+    assert!(b.read_all(&t.dlq).is_empty(), "nothing dead-lettered while the registry is down");
+    assert_eq!(b.committed(&t.group, &t.input, 1)[0].unwrap_or(0), 0, "nothing committed while the registry is down");
+    reg.set_down(false);
+    let committed = wait_for(90, "a commit past the bad records", || {
         let c = b.committed(&t.group, &t.input, 1)[0];
         c.filter(|c| *c >= records.len() as i64)
     });
     let log = engine.log_text();
     assert!(engine.stop().success(), "engine exited with an error:\n{log}");
+    // Read after everything was committed (a record is committed only once its dead letter
+    // is acknowledged), so this is the whole topic.
+    let dead = b.read_all(&t.dlq);
 
-    assert_eq!(dead.len(), 5, "exactly the bad records: {:?}", dead.iter().map(|d| d.header("driftgate.reason")).collect::<Vec<_>>());
+    assert_eq!(dead.len(), bad.len(), "exactly the bad records: {:?}", dead.iter().map(|d| d.header("driftgate.reason")).collect::<Vec<_>>());
     for ((reason, bytes, _), d) in bad.iter().zip(&dead) {
         assert_eq!(d.header("driftgate.reason"), Some(*reason), "{:?}", d.headers);
         assert_eq!(d.value.as_deref(), Some(bytes.as_slice()), "original bytes kept for {reason}");
@@ -336,6 +431,16 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     }
     // The good records around them were processed: the commit moved past every bad one.
     assert_eq!(committed, records.len() as i64, "the event-time buffer is part of the snapshot, so every record is committed");
+    // The late record is in the history too, with its reason.
+    let late_in_history: Vec<serde_json::Value> = b
+        .read_all(&t.history)
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(r.value.as_deref()?).ok())
+        .filter(|h| h["kind"] == "late")
+        .collect();
+    assert_eq!(late_in_history.len(), 1);
+    assert_eq!(late_in_history[0]["detail"]["id"], "fin-01-105");
+    assert!(late_in_history[0]["detail"]["reason"].as_str().unwrap().contains("beyond the allowed lateness"));
 }
 
 #[test]
@@ -393,16 +498,26 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
     let producer = b.producer();
     produce(&producer, &t.input, &records[..split]);
 
-    let committed_sum = |b: &Broker| b.committed(&t.group, &t.input, 2).iter().map(|c| c.unwrap_or(0)).sum::<i64>();
-    let mut engine = Engine::start(&cfg);
-    wait_for(60, "phase 1 snapshotted and committed", || (committed_sum(&b) >= split as i64 - 40).then_some(()));
+    let committed_sum = |b: &Broker, group: &str| b.committed(group, &t.input, 2).iter().map(|c| c.unwrap_or(0)).sum::<i64>();
+    let engine = Engine::start(&cfg);
+    wait_for(60, "phase 1 processed and committed", || (committed_sum(&b, &t.group) >= split as i64 - 8).then_some(()));
+    let log = engine.log_text();
+    assert!(engine.stop().success(), "phase 1 engine exited with an error:\n{log}");
+    assert!(enforcement_events(&b, &t.enforcement).is_empty(), "no event before the model update");
+    // Phase 2 commits (and snapshots) only every hour: the kill lands after its outputs were
+    // produced and before any of its state was made durable. A fresh group: the changelog,
+    // not the group's offsets, is where the engine resumes from.
+    let phase2 = format!("{}-phase2", t.group);
+    let cfg2 = write_config_with(dir.path(), &b, &Topics { group: phase2.clone(), ..t.clone() }, "avro", "1h", "");
+    let mut engine = Engine::start(&cfg2);
     produce(&producer, &t.input, &records[split..]);
     wait_for(120, "the degrade event", || enforcement_events(&b, &t.enforcement).iter().any(|e| e.lane_to == Lane::Degrade).then_some(()));
     // SIGKILL: no flush, no snapshot, no commit.
     engine.child.kill().unwrap();
     engine.child.wait().unwrap();
-    let at_kill = committed_sum(&b);
-    assert!(at_kill < records.len() as i64 - 40, "the kill landed after outputs were produced but before their offsets were committed ({at_kill} of {})", records.len());
+    assert_eq!(committed_sum(&b, &phase2), 0, "phase 2 committed nothing");
+    let before_restart = enforcement_events(&b, &t.enforcement).len();
+    assert!(before_restart >= 2, "watch and degrade were produced before the kill");
     drop(engine);
 
     // Restart: state is restored from the changelog and the rest is reprocessed. The restart
@@ -410,12 +525,11 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
     // not complete a cooperative rebalance after one expires). The engine resumes from the
     // position of its restored snapshot either way (the changelog, not the group's offsets,
     // is the authority).
-    let t2 = Topics { group: format!("{}-restart", t.group), ..t };
+    let t2 = Topics { group: format!("{}-restart", t.group), ..t.clone() };
     let t = t2;
     let cfg = write_config_with(dir.path(), &b, &t, "avro", "2s", "");
     let engine = Engine::start(&cfg);
-    let committed_sum = |b: &Broker| b.committed(&t.group, &t.input, 2).iter().map(|c| c.unwrap_or(0)).sum::<i64>();
-    wait_for(120, "the restarted engine to commit the rest", || (committed_sum(&b) >= records.len() as i64).then_some(()));
+    wait_for(120, "the restarted engine to commit what it processed", || (committed_sum(&b, &t.group) >= records.len() as i64 - 8).then_some(()));
     let log = engine.log_text();
     assert!(log.contains("state restored"), "restart restored state from the changelog:\n{log}");
     assert!(engine.stop().success(), "engine exited with an error:\n{log}");
@@ -443,4 +557,6 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
     want.sort_by_key(key);
     applied.sort_by_key(key);
     assert_eq!(applied, want, "no enforcement event lost or changed ({duplicates} duplicates dropped by seq)");
+    // Everything phase 2 produced was derived again after the restart, identically.
+    assert_eq!(duplicates, before_restart, "each event produced before the kill came again, once");
 }

@@ -14,7 +14,8 @@ mod scenario;
 
 use driftgate::config::{InputFormat, RunConfig};
 use driftgate::metrics::Metrics;
-use driftgate::pipeline::{Pipeline, Status};
+use driftgate::control::ControlPlane;
+use driftgate::pipeline::{Pipeline, PipelineControl, Status};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use kafka::produce;
@@ -76,22 +77,28 @@ fn config(bootstrap: &str) -> RunConfig {
 /// A pipeline on its own named thread; stopped by its status flag.
 struct Member {
     status: Arc<Status>,
+    metrics: Arc<Metrics>,
+    control: Arc<PipelineControl>,
     thread: Option<JoinHandle<Result<(), String>>>,
 }
 
 impl Member {
     fn start(name: &str, bootstrap: &str) -> Member {
         let status = Arc::new(Status::default());
-        let (cfg, s) = (config(bootstrap), status.clone());
+        let metrics = Arc::new(Metrics::new());
+        let (cfg, s, m) = (config(bootstrap), status.clone(), metrics.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
         let pact = driftgate::pact::parse_pact(scenario::PACTS, "pacts.yaml").expect("valid pact");
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                let p = Pipeline::start(cfg, vec![pact], s, Arc::new(Metrics::new())).map_err(|e| e.to_string())?;
+                let p = Pipeline::start(cfg, vec![pact], s, m).map_err(|e| e.to_string())?;
+                let _ = tx.send(p.control());
                 p.run().map_err(|e| e.to_string())
             })
             .expect("spawn");
-        Member { status, thread: Some(thread) }
+        let control = rx.recv_timeout(Duration::from_secs(60)).expect("the pipeline started");
+        Member { status, metrics, control, thread: Some(thread) }
     }
 
     /// Graceful stop: revoke (snapshot, flush, commit), leave the group.
@@ -161,17 +168,41 @@ fn rebalances(logs: &Logs, thread: &str) -> Vec<String> {
     logs.of(thread).into_iter().filter(|l| l.contains("partitions revoked") || l.contains("partitions assigned") || l.contains("state restored")).collect()
 }
 
+/// One log buffer for the process (a subscriber is installed once); tests read their own
+/// threads' lines.
+fn logs() -> Logs {
+    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("driftgate=info,librdkafka=info")
+            .with_thread_names(true)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .init();
+        logs
+    })
+    .clone()
+}
+
+/// The tests run one at a time: two cores running both starve heartbeats.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn cluster_with_topics() -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String) {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic(INPUT, PARTS, 1).expect("topic");
+    for (t, n) in [("enforcement", 1), ("snapshot", 1), ("history", PARTS), ("dead-letter", 1), ("changelog", PARTS)] {
+        cluster.create_topic(t, n, 1).expect("topic");
+    }
+    (cluster, bootstrap)
+}
+
 #[test]
 fn cooperative_rebalancing_moves_only_what_changes_and_state_follows() {
-    let logs = Logs::default();
-    let sink = logs.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("driftgate=info,librdkafka=info")
-        .with_thread_names(true)
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .init();
-
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let logs = logs();
     let cluster = MockCluster::new(1).expect("mock cluster");
     let bootstrap = cluster.bootstrap_servers();
     cluster.create_topic(INPUT, PARTS, 1).expect("topic");
@@ -188,6 +219,11 @@ fn cooperative_rebalancing_moves_only_what_changes_and_state_follows() {
     wait_for(&logs, 60, "member-a to process the first third", || committed(&bootstrap) >= third as i64);
     let b = Member::start("member-b", &bootstrap);
     wait_for(&logs, 60, "member-b to hold partitions", || b.status.assigned.load(Ordering::SeqCst));
+    // a had consumed everything produced, so the tail of each partition (within the 5 s of
+    // out-of-orderness) was waiting behind the watermark when a gave the partitions up: it
+    // must reach b in the snapshot (the effects below would otherwise differ).
+    let carried = a.metrics.revoked_buffered_records.get();
+    assert!(carried > 0, "the revoke found no record waiting behind the watermark");
     produce(&producer, INPUT, &recs[third..2 * third]);
     wait_for(&logs, 120, "the second third committed", || committed(&bootstrap) >= 2 * third as i64);
     b.stop();
@@ -212,5 +248,53 @@ fn cooperative_rebalancing_moves_only_what_changes_and_state_follows() {
     let want = offline_effects(PARTS);
     assert_same_effects(&got, &want, dups);
     assert_eq!(final_lanes(&got), final_lanes(&want));
-    eprintln!("cooperative rebalance: {} effects, {dups} duplicates dropped; member-a: {:?}", got.len(), a_log);
+    eprintln!("cooperative rebalance: {} effects, {dups} duplicates dropped, {carried} buffered records carried by the revoke; member-a: {:?}", got.len(), a_log);
+}
+
+/// After a restart, an agent's state is restored from the changelog. An operator can act
+/// on it at once, before any new record of its partition arrives (traffic may have stopped,
+/// which is when overrides matter most): the override is taken, confirmed durable by the
+/// next snapshot, and its lane published.
+#[test]
+fn an_override_is_taken_on_restored_state_before_any_new_record() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let logs = logs();
+    let (_cluster, bootstrap) = cluster_with_topics();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").create().expect("producer");
+    let recs = records(PARTS);
+    let first = 20_000;
+    produce(&producer, INPUT, &recs[..first]);
+    let a = Member::start("restore-a", &bootstrap);
+    wait_for(&logs, 60, "restore-a to commit the records", || committed(&bootstrap) >= first as i64);
+    a.stop();
+
+    let b = Member::start("restore-b", &bootstrap);
+    wait_for(&logs, 60, "restore-b to restore and hold every partition", || b.control.readiness().ready());
+    let agent = recs[0].0.clone();
+    let snapshot = b.control.agent(&agent).expect("restored from the changelog");
+    // Dated at the agent's last evidence, so that it is valid in the partition's event time.
+    let at = snapshot.clauses.iter().map(|c| c.last_evidence_at).max().expect("evidence");
+    let wm_req = driftgate::overrides::OverrideRequest {
+        override_id: "ovr-1".into(),
+        agent_id: agent.clone(),
+        scope: driftgate::lane::Scope::All,
+        kind: driftgate::overrides::OverrideKind::Tighten,
+        lane: Some(driftgate::lane::Lane::Watch),
+        clause_id: None,
+        principal: "oncall".into(),
+        reason: "test".into(),
+        ticket: "T-1".into(),
+        issued_at: at,
+        expires_at: Some(at + 3_600_000_000),
+        expected_seq: Some(snapshot.seq),
+    };
+    let ticket = b.control.submit_override(wm_req.clone(), 0).expect("taken on restored state");
+    wait_for(&logs, 30, "the override confirmed durable", || matches!(b.control.override_durable(&agent, ticket), Some(Ok(()))));
+    let now = b.control.agent(&agent).unwrap();
+    assert!(now.overrides.iter().any(|o| o.override_id == "ovr-1"));
+    assert_eq!((now.lane, now.seq), (driftgate::lane::Lane::Watch, snapshot.seq + 2), "one event per scope");
+    assert_eq!(committed(&bootstrap), first as i64, "no new record was needed");
+    b.stop();
+    let published: Vec<serde_json::Value> = read_all(&bootstrap, "enforcement").iter().map(|t| serde_json::from_str(t).unwrap()).collect();
+    assert!(published.iter().any(|e| e["agent_id"] == agent.as_str() && e["reason"]["code"] == "override_applied" && e["lane_to"] == "watch"), "the override's event was published");
 }

@@ -415,6 +415,11 @@ impl Engine {
         self.offer(input, Some(tag));
     }
 
+    /// Inputs waiting in the event-time buffer for the watermark.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// The smallest tag among buffered inputs, if any.
     pub fn min_buffered_tag(&self) -> Option<u64> {
         self.buffered_tags.first().map(|(t, _)| *t)

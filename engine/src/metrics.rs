@@ -25,6 +25,14 @@ pub struct Metrics {
     pub records_dead_lettered: IntCounterVec,
     /// Events set aside as later than the allowed lateness.
     pub records_late: IntCounter,
+    /// Input offsets skipped: legitimate after compaction or transaction markers, otherwise
+    /// a sign of a broker that loses records.
+    pub input_offset_gaps: IntCounter,
+    /// Inputs waiting behind the watermark now.
+    pub buffered_records: IntGauge,
+    /// Inputs that were waiting behind the watermark when their partition was revoked (they
+    /// travel in the snapshot to the partition's next owner).
+    pub revoked_buffered_records: IntCounter,
     /// Consumer lag per input partition (librdkafka statistics).
     pub consumer_lag: IntGaugeVec,
     /// Agents by effective lane and scope.
@@ -134,6 +142,9 @@ impl Metrics {
             records_rejected: counter_vec(&r, "driftgate_records_rejected_total", "Records the decoder refused, by reason.", &["reason"]),
             records_dead_lettered: counter_vec(&r, "driftgate_records_dead_lettered_total", "Records written to the dead-letter topic, by reason.", &["reason"]),
             records_late: counter(&r, "driftgate_records_late_total", "Events later than the watermark by more than the allowed lateness."),
+            buffered_records: gauge(&r, "driftgate_buffered_records", "Inputs waiting in the event-time buffer for the watermark to pass them."),
+            revoked_buffered_records: counter(&r, "driftgate_revoked_buffered_records_total", "Inputs waiting behind the watermark when their partition was revoked (carried to the next owner in the snapshot)."),
+            input_offset_gaps: counter(&r, "driftgate_input_offset_gaps_total", "Input records skipped between consecutive offsets of a partition (compaction, transaction markers, or a broker losing records)."),
             consumer_lag: gauge_vec(&r, "driftgate_consumer_lag_records", "Records behind the end of each input partition (librdkafka statistics).", &["topic", "partition"]),
             agents: gauge_vec(&r, "driftgate_agents", "Agents by effective lane and scope.", &["lane", "scope"]),
             alarms: counter_vec(&r, "driftgate_detector_alarms_total", "Detector alarms, by pact and clause.", &["pact", "clause"]),
@@ -229,7 +240,9 @@ impl Metrics {
         let (mut routed, mut unpacted, mut keys, mut stale) = (0i64, 0i64, 0i64, 0i64);
         let (mut routed_wf, mut all_wf) = (BTreeSet::new(), BTreeSet::new());
         let (mut sample_bytes, mut sampled, mut agents_total) = (0usize, 0usize, 0usize);
+        let mut buffered = 0usize;
         for engine in engines {
+            buffered += engine.buffered();
             let now = engine.watermark().unwrap_or(0);
             for (id, a) in engine.agents() {
                 agents_total += 1;
@@ -281,6 +294,7 @@ impl Metrics {
         self.unpacted_workflows.set(all_wf.difference(&routed_wf).count() as i64);
         self.state_keys.set(keys);
         self.stale_agents.set(stale);
+        self.buffered_records.set(buffered as i64);
         let per_agent = if sampled > 0 { sample_bytes as f64 / sampled as f64 } else { 0.0 };
         self.state_bytes.set((per_agent * agents_total as f64) as i64);
     }

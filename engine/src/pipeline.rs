@@ -374,6 +374,8 @@ impl PipelineContext {
         // Runs inside poll() on the pipeline thread: blocking here blocks the loop, which
         // is what we want; no async work is awaited.
         let Ok(mut tasks) = self.tasks.lock() else { return };
+        let buffered: usize = revoked.iter().filter_map(|k| tasks.map.get(k)).map(|t| t.engine.buffered()).sum();
+        self.metrics.revoked_buffered_records.inc_by(buffered as u64);
         if let Err(e) = tasks.snapshot_and_flush(&self.sink, Some(&revoked)) {
             error!(error = %e, "snapshot or flush on revoke failed; offsets of the revoked partitions are not committed past it");
         }
@@ -713,6 +715,7 @@ impl Pipeline {
                 // Legitimate on Kafka (compaction, transaction markers); otherwise a sign of
                 // a broker that skips records.
                 debug!(topic = %key.0, partition = key.1, offset, next, "offset gap");
+                self.metrics.input_offset_gaps.inc_by((offset - next) as u64);
             }
         }
         match decoded {
