@@ -677,7 +677,7 @@ fn check(steps: &[Step], fired: &mut Fired) -> Result<(), String> {
 
 #[test]
 fn engine_follows_the_reference_model_and_every_rule_fires() {
-    let config = Config { cases: 1000, max_shrink_iters: 2000, failure_persistence: None, ..Config::default() };
+    let config = Config { cases: cases(1000), max_shrink_iters: 2000, failure_persistence: None, ..Config::default() };
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[7u8; 32]);
     let mut runner = TestRunner::new_with_rng(config, rng);
     let fired = RefCell::new(Fired::default());
@@ -725,4 +725,10 @@ fn engine_follows_the_reference_model_and_every_rule_fires() {
     ];
     let never: Vec<_> = rules.iter().filter(|r| !fired.0.contains_key(*r)).collect();
     assert!(never.is_empty(), "rules the generators never reached: {never:?}");
+}
+
+/// `PROPTEST_CASES` overrides the number of cases (the mutation runs use fewer, since they
+/// run unoptimised builds).
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }

@@ -235,7 +235,7 @@ fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
 
 #[test]
 fn lane_invariants_hold() {
-    let config = Config { cases: 512, max_shrink_iters: 300, failure_persistence: None, ..Config::default() };
+    let config = Config { cases: cases(512), max_shrink_iters: 300, failure_persistence: None, ..Config::default() };
     let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[24u8; 32]));
     let seen = RefCell::new(Seen::default());
     let result = runner.run(&prop::collection::vec(step(), 50..600), |steps| check(&steps, &mut seen.borrow_mut()));
@@ -248,4 +248,10 @@ fn lane_invariants_hold() {
     assert!(seen.checks_with_live_override > 1000, "overrides were rarely live: {}", seen.checks_with_live_override);
     assert!(seen.step_downs > 100, "the run saw only {} step-downs", seen.step_downs);
     assert!(seen.capped > 0, "the blast-radius cap never held an agent");
+}
+
+/// `PROPTEST_CASES` overrides the number of cases (the mutation runs use fewer, since they
+/// run unoptimised builds).
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
