@@ -329,16 +329,6 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     assert_eq!(total, records.len() as i64, "committed {committed:?} of {}", records.len());
 }
 
-/// A schema that parses but does not resolve to the telemetry schema.
-fn mismatched_schema() -> String {
-    let mut v: serde_json::Value = serde_json::from_str(TELEMETRY_AVSC).unwrap();
-    for f in v["fields"].as_array_mut().unwrap() {
-        if f["name"] == "occurred_at" {
-            f["type"] = "string".into();
-        }
-    }
-    v.to_string()
-}
 
 #[test]
 fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
@@ -349,8 +339,8 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     let reg = registry::Registry::start([
         (1, TELEMETRY_AVSC.to_string()),
         (2, no_agent_schema().canonical_form()),
-        (3, r#"{"type": "record", "name": "T", "fields": [{"name": "a", "type": "no_such_type"}]}"#.to_string()),
-        (4, mismatched_schema()),
+        (3, registry::BAD_SCHEMA.to_string()),
+        (4, registry::mismatched_schema()),
     ]);
     reg.set_down(true);
     let cfg = write_config(dir.path(), &b, &t, "avro");
@@ -376,7 +366,7 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
             }
         }
     }
-    let mismatched = confluent_frame(4, &write_datum(&apache_avro::Schema::parse_str(&mismatched_schema()).unwrap(), mismatched).unwrap());
+    let mismatched = confluent_frame(4, &write_datum(&apache_avro::Schema::parse_str(&registry::mismatched_schema()).unwrap(), mismatched).unwrap());
     // 10 minutes behind the watermark: beyond the allowed lateness (60 s).
     let mut late = good(105);
     late.occurred_at = T0 - 600 * 1_000_000;

@@ -30,19 +30,7 @@ fn telemetry() -> Telemetry {
     }
 }
 
-/// A schema that parses but cannot be resolved to the telemetry schema: `occurred_at` is a
-/// string.
-fn mismatched_schema() -> String {
-    let mut v: serde_json::Value = serde_json::from_str(TELEMETRY_AVSC).unwrap();
-    for f in v["fields"].as_array_mut().unwrap() {
-        if f["name"] == "occurred_at" {
-            f["type"] = "string".into();
-        }
-    }
-    v.to_string()
-}
 
-const BAD_SCHEMA: &str = r#"{"type": "record", "name": "T", "fields": [{"name": "a", "type": "no_such_type"}]}"#;
 
 fn frame(id: u32, schema: &str, value: apache_avro::types::Value) -> Vec<u8> {
     confluent_frame(id, &write_datum(&apache_avro::Schema::parse_str(schema).unwrap(), value).unwrap())
@@ -58,7 +46,7 @@ fn code(r: Result<Telemetry, DecodeError>) -> String {
 
 #[test]
 fn the_client_caches_schemas_and_remembers_unknown_ids() {
-    let r = Registry::start([(1, TELEMETRY_AVSC.to_string()), (3, BAD_SCHEMA.to_string())]);
+    let r = Registry::start([(1, TELEMETRY_AVSC.to_string()), (3, registry::BAD_SCHEMA.to_string())]);
     let client = HttpRegistry::new(&r.url);
     let s = client.schema(1).unwrap();
     assert_eq!(s.canonical_form(), apache_avro::Schema::parse_str(TELEMETRY_AVSC).unwrap().canonical_form());
@@ -88,7 +76,7 @@ fn a_registry_outage_is_retryable_and_recovers() {
 
 #[test]
 fn each_schema_fault_has_its_dead_letter_reason() {
-    let r = Registry::start([(1, TELEMETRY_AVSC.to_string()), (3, BAD_SCHEMA.to_string()), (4, mismatched_schema())]);
+    let r = Registry::start([(1, TELEMETRY_AVSC.to_string()), (3, registry::BAD_SCHEMA.to_string()), (4, registry::mismatched_schema())]);
     let decoder = Decoder::new(InputFormat::Avro, Some(Arc::new(HttpRegistry::new(&r.url))), 3_600_000_000);
     let good = telemetry().to_avro();
     let mut mismatched = good.clone();
@@ -102,7 +90,7 @@ fn each_schema_fault_has_its_dead_letter_reason() {
     let cases = [
         (frame(1, TELEMETRY_AVSC, good.clone()), "ok"),
         (confluent_frame(3, b"\x02"), reason::BAD_SCHEMA),
-        (frame(4, &mismatched_schema(), mismatched), reason::SCHEMA_MISMATCH),
+        (frame(4, &registry::mismatched_schema(), mismatched), reason::SCHEMA_MISMATCH),
         (confluent_frame(9, b"\x02"), reason::UNKNOWN_SCHEMA_ID),
         (b"\x01\x00\x00\x00\x01".to_vec(), reason::NOT_CONFLUENT),
         (confluent_frame(1, b"\xff\xff"), reason::AVRO_DECODE),

@@ -8,44 +8,8 @@ use crate::duration::Dur;
 use crate::pact::parse_pact;
 use crate::telemetry::{Attr, Model, Outcome, Risk};
 
-const PACT: &str = r#"
-pact: rules
-version: 1
-applies_to: { agents: ["a*"] }
-clauses:
-  - id: watch_c
-    metric: { kind: bernoulli, value: attributes.flag == "watch" }
-    test: { kind: limit, zero_tolerance: true }
-    severity: medium
-    consequence: watch
-    recovery: { clean_events: 3, min_dwell: 2m, dwell_multiplier: 2, max_dwell: 10m }
-  - id: degrade_c
-    metric: { kind: bernoulli, value: attributes.flag == "degrade", when: risk == "high" }
-    test: { kind: limit, zero_tolerance: true }
-    severity: high
-    consequence: degrade
-    high_risk: true
-    freshness: { max_age: 10m, min_events: 2 }
-    recovery: { clean_events: 2, min_dwell: 1m, dwell_multiplier: 3, max_dwell: 20m }
-  - id: block_c
-    metric: { kind: bernoulli, value: attributes.flag == "block" }
-    test: { kind: limit, zero_tolerance: true }
-    severity: critical
-    consequence: block
-    recovery: { clean_events: 2, min_dwell: 1m }
-  - id: settle_c
-    metric: { kind: bernoulli, value: attributes.flag == "settle" }
-    test: { kind: limit, zero_tolerance: true }
-    severity: low
-    consequence: settle
-  - id: drift_c
-    metric: { kind: bernoulli, value: attributes.flag == "never" }
-    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-3, reference_min: 10, reference_max: 20 }
-    severity: medium
-    consequence: watch
-    on_model_change: review
-    recovery: { clean_events: 4, min_dwell: 3m }
-"#;
+/// Shared with the model-based test (`tests/lane_model.rs`).
+const PACT: &str = include_str!("../../tests/fixtures/lane-rules.yaml");
 
 const S: i64 = 1_000_000;
 const T0: i64 = 1_700_000_000 * S;

@@ -72,3 +72,18 @@ impl Registry {
         self.schemas.lock().unwrap().insert(id, schema);
     }
 }
+
+/// A writer schema that parses but cannot be resolved to the telemetry schema
+/// (`occurred_at` is a string).
+pub fn mismatched_schema() -> String {
+    let mut v: serde_json::Value = serde_json::from_str(driftgate::telemetry::TELEMETRY_AVSC).unwrap();
+    for f in v["fields"].as_array_mut().unwrap() {
+        if f["name"] == "occurred_at" {
+            f["type"] = "string".into();
+        }
+    }
+    v.to_string()
+}
+
+/// A registered schema that does not parse.
+pub const BAD_SCHEMA: &str = r#"{"type": "record", "name": "T", "fields": [{"name": "a", "type": "no_such_type"}]}"#;
