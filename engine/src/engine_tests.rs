@@ -178,6 +178,9 @@ fn stale_high_risk_evidence_sends_high_risk_actions_to_review_until_fresh_again(
     // One new event is not enough: the window asks for 2 within 10 min.
     assert_eq!(step(&mut e, [tel("a0", 710, "none", true, 1)]), vec![]);
     assert_eq!(step(&mut e, [tel("a0", 720, "none", true, 1)]), vec![ev("a0", HighRisk, Review, Normal, 2, 720, "evidence_fresh")]);
+    // 5 events, 4 of them high-risk; the one at 710 s was decided on stale evidence.
+    let st = e.stats();
+    assert_eq!((st.telemetry, st.high_risk_decisions, st.high_risk_fresh), (5, 4, 3));
 }
 
 #[test]
@@ -344,4 +347,23 @@ fn idle_agents_in_normal_expire_and_others_are_kept() {
     assert!(e.agent("a0").is_none() && e.agent("a9").is_none());
     assert!(e.agent("a1").is_some(), "a1 is idle but degraded: kept");
     assert_eq!(e.stats().states_expired, 2);
+}
+
+#[test]
+fn records_behind_the_watermark_are_processed_within_the_allowed_lateness_and_set_aside_beyond_it() {
+    let mut e = engine();
+    e.cfg.allowed_lateness = Dur(60 * S);
+    step(&mut e, [tel("a0", 100, "none", false, 1)]);
+    // 10 s behind: within the allowed lateness, processed (and its breach acts).
+    assert_eq!(step(&mut e, [tel("a0", 90, "watch", false, 1)]).iter().map(|x| (x.3, x.5)).collect::<Vec<_>>(), vec![(Watch, 90), (Watch, 90)]);
+    // 90 s behind: set aside with its reason, and recorded in the history.
+    e.push(tel("a0", 10, "block", false, 1));
+    let out = e.drain();
+    let late: Vec<&LateRecord> = out.iter().filter_map(|o| if let Output::Late(l) = o { Some(l) } else { None }).collect();
+    assert_eq!(late.len(), 1);
+    assert_eq!((late[0].id.as_str(), late[0].occurred_at, late[0].watermark), ("a0@10", T0 + 10 * S, T0 + 100 * S));
+    assert_eq!(late[0].reason, "event time is 90 s behind the watermark, beyond the allowed lateness of 1m");
+    assert!(out.iter().any(|o| matches!(o, Output::History(h) if h.kind == RecordKind::Late)));
+    assert_eq!(events(&out), vec![], "a late breach changes nothing");
+    assert_eq!((e.stats().late, e.stats().late_accepted, e.stats().telemetry), (1, 1, 2));
 }
