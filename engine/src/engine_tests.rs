@@ -367,3 +367,36 @@ fn records_behind_the_watermark_are_processed_within_the_allowed_lateness_and_se
     assert_eq!(events(&out), vec![], "a late breach changes nothing");
     assert_eq!((e.stats().late, e.stats().late_accepted, e.stats().telemetry), (1, 1, 2));
 }
+
+#[test]
+fn a_segmented_clause_keeps_state_and_recovery_per_segment() {
+    let pact = parse_pact(
+        r#"
+pact: seg
+version: 1
+applies_to: { agents: ["a*"] }
+clauses:
+  - id: by_risk
+    metric: { kind: bernoulli, value: attributes.flag == "watch" }
+    segment_by: [risk, model.name]
+    test: { kind: limit, zero_tolerance: true }
+    severity: medium
+    consequence: watch
+    recovery: { clean_events: 2, min_dwell: 1m }
+"#,
+        "seg.yaml",
+    )
+    .expect("valid pact");
+    let mut e = Engine::new(engine().cfg.clone(), vec![pact]);
+    e.push(tel("a0", 0, "watch", true, 1));
+    let segments: Vec<Option<String>> = e.drain().iter().filter_map(|o| if let Output::Enforcement(x) = o { Some(x.segment.clone()) } else { None }).collect();
+    assert_eq!(segments, vec![Some("high|m".to_string()); 2]);
+    // Clean low-risk traffic is another segment: it does not re-verify the high-risk one.
+    assert_eq!(step(&mut e, [70, 80, 90].map(|t| tel("a0", t, "none", false, 1))), vec![]);
+    let keys: Vec<String> = e.agent("a0").unwrap().clauses.keys().map(|k| k.2 .0.clone()).collect();
+    assert_eq!(keys, ["low|m", "high|m"], "ordered by length, then bytes");
+    assert_eq!(
+        step(&mut e, [100, 110].map(|t| tel("a0", t, "none", true, 1))),
+        vec![ev("a0", All, Watch, Normal, 3, 110, "reverified"), ev("a0", HighRisk, Watch, Normal, 4, 110, "reverified")]
+    );
+}
