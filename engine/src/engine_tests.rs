@@ -400,3 +400,25 @@ clauses:
         vec![ev("a0", All, Watch, Normal, 3, 110, "reverified"), ev("a0", HighRisk, Watch, Normal, 4, 110, "reverified")]
     );
 }
+
+#[test]
+fn the_cap_allows_a_share_of_blocks_equal_to_the_limit() {
+    // Shares exact in binary: 1 of 2 blocked is 50 %, not more than 50 %.
+    let mut e = engine();
+    e.cfg.max_blocked_share = 0.5;
+    e.cfg.blast_radius_min_agents = 2;
+    step(&mut e, ["a0", "a1"].map(|a| tel(a, 0, "none", false, 1)));
+    assert_eq!(step(&mut e, [tel("a0", 10, "block", false, 1)]).iter().map(|x| x.3).collect::<Vec<_>>(), vec![Block, Block]);
+    e.push(tel("a1", 20, "block", false, 1));
+    let out = e.drain();
+    assert_eq!(events(&out).iter().map(|x| x.3).collect::<Vec<_>>(), vec![Review, Review], "2 of 2 is more than 50 %");
+    assert_eq!(out.iter().filter(|o| matches!(o, Output::Panic(_))).count(), 1);
+}
+
+#[test]
+fn an_override_may_last_exactly_the_maximum_lifetime() {
+    let mut e = engine();
+    step(&mut e, [tel("a0", 0, "none", false, 1)]);
+    assert_eq!(step(&mut e, [ov("a0", 10, OverrideKind::Tighten, All, Some(Watch), 3600, 0)]).len(), 2);
+    assert_eq!(e.stats().overrides_accepted, 1);
+}

@@ -116,4 +116,16 @@ mod tests {
         assert_eq!(Lane::Block.step_down(), Lane::Review);
         assert_eq!(Lane::Watch.step_down(), Lane::Normal);
     }
+
+    #[test]
+    fn wire_names_match_serde_and_actions_are_distinct() {
+        let names: Vec<&str> = Lane::ALL.iter().map(|l| l.as_str()).collect();
+        assert_eq!(names, ["normal", "watch", "degrade", "review", "block"]);
+        for l in Lane::ALL {
+            assert_eq!(serde_json::to_value(l).unwrap(), l.as_str());
+        }
+        let actions: std::collections::BTreeSet<&str> = Lane::ALL.iter().map(|l| l.action()).collect();
+        assert_eq!(actions.len(), 5);
+        assert_eq!((Scope::All.as_str(), Scope::HighRisk.as_str()), ("all", "high_risk"));
+    }
 }
