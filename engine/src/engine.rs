@@ -646,12 +646,14 @@ impl Engine {
                 }
             }
         }
-        self.agents.get_mut(&tel.agent_id).expect("present").pacts = pact_ids;
+        let agent = self.agents.get_mut(&tel.agent_id).expect("present");
+        agent.pacts = pact_ids;
+        let capped = agent.capped;
         if has_high_risk {
             self.stats.high_risk_decisions += 1;
             self.stats.high_risk_fresh += high_risk_fresh as u64;
         }
-        if causes.is_empty() && self.agents[&tel.agent_id].capped {
+        if causes.is_empty() && capped {
             causes.push(Cause {
                 code: "blast_radius_recheck",
                 text: "blast-radius cap re-checked: the agent's clauses demand block, and the cap no longer holds it at the fail mode".into(),
@@ -1032,28 +1034,25 @@ impl Engine {
         self.history(RecordKind::StateExpired, at, Some(agent_id.to_string()), None, detail);
     }
 
-    /// The lanes the clauses demand, before overrides: `[all, high_risk]`, each with the
-    /// clause that drives it.
-    fn computed(&self, agent: &AgentState) -> [(Lane, Option<ClauseKey>); 2] {
-        let mut all = (Lane::Normal, None);
+    /// The lanes the clauses demand, before overrides: `[all, high_risk]`, and the fail mode
+    /// of the pact whose clause drives the agent-wide lane (`review` when none does).
+    fn computed(&self, agent: &AgentState) -> ([Lane; 2], Lane) {
+        let mut all = Lane::Normal;
+        let mut driver: Option<&ClauseKey> = None;
         for (k, s) in &agent.clauses {
-            if s.demand > all.0 {
-                all = (s.demand, Some(k.clone()));
+            if s.demand > all {
+                (all, driver) = (s.demand, Some(k));
             }
         }
         if let Some(mc) = &agent.model_change {
-            if mc.lane > all.0 {
-                all = (mc.lane, None);
+            if mc.lane > all {
+                (all, driver) = (mc.lane, None);
             }
         }
-        let mut high = all.clone();
-        for (k, s) in &agent.clauses {
-            let clause = &self.pacts[k.0 as usize].doc.clauses[k.1 as usize];
-            if s.stale && clause.high_risk && Lane::Review > high.0 {
-                high = (Lane::Review, Some(k.clone()));
-            }
-        }
-        [all, high]
+        let stale_high_risk = agent.clauses.iter().any(|(k, s)| s.stale && self.pacts[k.0 as usize].doc.clauses[k.1 as usize].high_risk);
+        let high = if stale_high_risk { all.max(Lane::Review) } else { all };
+        let fail_mode = driver.map_or(Lane::Review, |k| self.pacts[k.0 as usize].doc.fail_mode);
+        ([all, high], fail_mode)
     }
 
     fn reevaluate(&mut self, agent_id: &str, cause: Cause, force: bool) {
@@ -1066,16 +1065,15 @@ impl Engine {
         let Some(agent) = self.agents.get(agent_id) else { return };
         let Some(first) = causes.first() else { return };
         let at = first.causation.at;
-        let computed = self.computed(agent);
-        let mut lanes = [computed[0].0, computed[1].0];
+        let (mut lanes, fail_mode) = self.computed(agent);
         let mut capped = false;
         // Blast-radius cap: a new automatic block beyond the workflow's share applies the
         // fail mode. Blocks an operator ordered (kill, tighten) are not capped, and a loosened
         // agent that would not be blocked does not count.
-        let fail_mode = computed[0].1.as_ref().map_or(Lane::Review, |k| self.pacts[k.0 as usize].doc.fail_mode);
-        let automatic_block = overrides::apply(Lane::Block, Scope::All, &agent.overrides) == Lane::Block
-            && overrides::apply(fail_mode, Scope::All, &agent.overrides) != Lane::Block;
-        if lanes[0] == Lane::Block && agent.published[0] != Lane::Block && automatic_block {
+        let automatic_block = || {
+            overrides::apply(Lane::Block, Scope::All, &agent.overrides) == Lane::Block && overrides::apply(fail_mode, Scope::All, &agent.overrides) != Lane::Block
+        };
+        if lanes[0] == Lane::Block && agent.published[0] != Lane::Block && automatic_block() {
             let w = self.workflows.entry(agent.workflow.clone()).or_default();
             let n = w.agents.len();
             let would = w.blocked.len() + 1;
@@ -1093,12 +1091,15 @@ impl Engine {
             }
         }
         let agent = self.agents.get_mut(agent_id).expect("present");
-        agent.capped = capped;
-        if let Some(w) = self.workflows.get_mut(&agent.workflow) {
-            if capped {
-                w.capped.insert(agent_id.to_string());
-            } else {
-                w.capped.remove(agent_id);
+        // The workflow's set follows the flag; touched only when it changes.
+        if agent.capped != capped {
+            agent.capped = capped;
+            if let Some(w) = self.workflows.get_mut(&agent.workflow) {
+                if capped {
+                    w.capped.insert(agent_id.to_string());
+                } else {
+                    w.capped.remove(agent_id);
+                }
             }
         }
         let agent = self.agents.get(agent_id).expect("present");

@@ -77,12 +77,17 @@ fn ev(agent: &str, scope: Scope, from: Lane, to: Lane, seq: u64, at_s: i64, code
     (agent.into(), scope, from, to, seq, at_s, code.into())
 }
 
-/// Pushes inputs and returns the enforcement events they produced.
-fn step(e: &mut Engine, inputs: impl IntoIterator<Item = Input>) -> Vec<Ev> {
+/// Pushes inputs and returns everything they produced.
+fn outputs(e: &mut Engine, inputs: impl IntoIterator<Item = Input>) -> Vec<Output> {
     for i in inputs {
         e.push(i);
     }
-    events(&e.drain())
+    e.drain()
+}
+
+/// Pushes inputs and returns the enforcement events they produced.
+fn step(e: &mut Engine, inputs: impl IntoIterator<Item = Input>) -> Vec<Ev> {
+    events(&outputs(e, inputs))
 }
 
 use Lane::{Block, Degrade, Normal, Review, Watch};
@@ -121,10 +126,7 @@ fn a_breach_escalates_both_scopes_and_the_lane_is_the_maximum_over_clauses() {
 fn the_dwell_multiplies_with_each_escalation_up_to_its_cap() {
     let mut e = engine();
     let dwell_until = |e: &mut Engine, inputs: Vec<Input>| -> Vec<Option<i64>> {
-        for i in inputs {
-            e.push(i);
-        }
-        e.drain().iter().filter_map(|o| if let Output::Enforcement(x) = o { Some(x.min_dwell_until.map(|t| (t - T0) / S)) } else { None }).collect()
+        outputs(e, inputs).iter().filter_map(|o| if let Output::Enforcement(x) = o { Some(x.min_dwell_until.map(|t| (t - T0) / S)) } else { None }).collect()
     };
     // First escalation: 1 min.
     assert_eq!(dwell_until(&mut e, vec![tel("a0", 0, "degrade", true, 1)]), vec![Some(60), Some(60)]);
@@ -152,10 +154,7 @@ fn leaving_block_after_a_critical_breach_needs_an_attestation() {
     );
     assert_eq!(step(&mut e, [60, 70, 80].map(|t| tel("a0", t, "none", false, 1))), vec![], "clean and past the dwell, but not attested");
     assert_eq!(step(&mut e, [ov("a0", 90, OverrideKind::Attest, All, None, 600, 2)]), vec![], "an attestation changes no lane by itself");
-    let out = {
-        e.push(tel("a0", 100, "none", false, 1));
-        e.drain()
-    };
+    let out = outputs(&mut e, [tel("a0", 100, "none", false, 1)]);
     assert_eq!(events(&out), vec![ev("a0", All, Block, Review, 3, 100, "reverified"), ev("a0", HighRisk, Block, Review, 4, 100, "reverified")]);
     let Output::Enforcement(first) = out.iter().find(|o| matches!(o, Output::Enforcement(_))).unwrap() else { unreachable!() };
     assert!(first.reason.text.contains("human attestation present"), "{}", first.reason.text);
@@ -167,10 +166,7 @@ fn stale_high_risk_evidence_sends_high_risk_actions_to_review_until_fresh_again(
     assert_eq!(step(&mut e, [0, 60].map(|t| tel("a0", t, "none", true, 1))), vec![]);
     // Fresh while the older of the last 2 events is at most 10 min old; the check fires when
     // the next record passes it.
-    let out = {
-        e.push(tel("a0", 700, "none", false, 1));
-        e.drain()
-    };
+    let out = outputs(&mut e, [tel("a0", 700, "none", false, 1)]);
     assert_eq!(events(&out), vec![ev("a0", HighRisk, Normal, Review, 1, 600, "evidence_stale")]);
     let Some(Output::Enforcement(stale)) = out.iter().find(|o| matches!(o, Output::Enforcement(_))) else { unreachable!() };
     assert_eq!(stale.effective_at, T0 + 600 * S + 1, "stale 1 µs after the older event turns 10 min old");
@@ -203,10 +199,7 @@ fn a_model_change_holds_the_agent_until_every_drift_clause_reverifies() {
 fn a_settle_is_its_own_event_beside_a_lane_change_in_the_same_step() {
     let mut e = engine();
     step(&mut e, [tel("a0", 0, "none", false, 1)]);
-    let out = {
-        e.push(tel("a0", 10, "settle", false, 2));
-        e.drain()
-    };
+    let out = outputs(&mut e, [tel("a0", 10, "settle", false, 2)]);
     assert_eq!(
         events(&out),
         vec![ev("a0", All, Normal, Normal, 1, 10, "settle"), ev("a0", All, Normal, Review, 2, 10, "model_changed"), ev("a0", HighRisk, Normal, Review, 3, 10, "model_changed")]
@@ -221,14 +214,12 @@ fn the_blast_radius_cap_applies_the_fail_mode_and_lifts_when_the_share_allows() 
     let mut e = engine();
     step(&mut e, ["a0", "a1", "a2"].map(|a| tel(a, 0, "none", false, 1)));
     // 1 of 3 blocked would exceed 30 %: fail mode (review) and one panic event.
-    e.push(tel("a0", 10, "block", false, 1));
-    let out = e.drain();
+    let out = outputs(&mut e, [tel("a0", 10, "block", false, 1)]);
     assert_eq!(events(&out), vec![ev("a0", All, Normal, Review, 1, 10, "zero_tolerance_breach"), ev("a0", HighRisk, Normal, Review, 2, 10, "zero_tolerance_breach")]);
     let panics: Vec<_> = out.iter().filter_map(|o| if let Output::Panic(p) = o { Some(p.clone()) } else { None }).collect();
     assert_eq!(panics, vec![PanicEvent { workflow: "w".into(), would_block: 1, agents: 3, fail_mode: Review, at: T0 + 10 * S }]);
     // A second capped agent in the same episode: no second panic event.
-    e.push(tel("a1", 20, "block", false, 1));
-    assert!(!e.drain().iter().any(|o| matches!(o, Output::Panic(_))));
+    assert!(!outputs(&mut e, [tel("a1", 20, "block", false, 1)]).iter().any(|o| matches!(o, Output::Panic(_))));
     // The workflow grows to 10 agents: 1 blocked of 10 is allowed, so a0's next event blocks it.
     step(&mut e, (3..10).map(|i| tel(&format!("a{i}"), 30, "none", false, 1)));
     assert_eq!(
@@ -237,11 +228,9 @@ fn the_blast_radius_cap_applies_the_fail_mode_and_lifts_when_the_share_allows() 
     );
     // 2 of 10 would exceed 30 %? No (0.2 < 0.3): a1 is blocked too; a third would be 3 > 3? No.
     assert_eq!(step(&mut e, [tel("a1", 41, "none", false, 1)]).iter().map(|x| x.3).collect::<Vec<_>>(), vec![Block, Block]);
-    e.push(tel("a2", 42, "block", false, 1));
-    assert!(!e.drain().iter().any(|o| matches!(o, Output::Panic(_))), "3 of 10 is not more than 30 %");
+    assert!(!outputs(&mut e, [tel("a2", 42, "block", false, 1)]).iter().any(|o| matches!(o, Output::Panic(_))), "3 of 10 is not more than 30 %");
     // A fourth would be 4 of 10: capped, in the same episode (three agents are blocked).
-    e.push(tel("a3", 43, "block", false, 1));
-    let out = e.drain();
+    let out = outputs(&mut e, [tel("a3", 43, "block", false, 1)]);
     assert_eq!(events(&out), vec![ev("a3", All, Normal, Review, 1, 43, "zero_tolerance_breach"), ev("a3", HighRisk, Normal, Review, 2, 43, "zero_tolerance_breach")]);
     assert_eq!(out.iter().filter(|o| matches!(o, Output::Panic(_))).count(), 0);
 }
@@ -250,14 +239,12 @@ fn the_blast_radius_cap_applies_the_fail_mode_and_lifts_when_the_share_allows() 
 fn a_panic_episode_ends_when_no_agent_is_blocked_or_capped() {
     let mut e = engine();
     step(&mut e, ["a0", "a1", "a2"].map(|a| tel(a, 0, "none", false, 1)));
-    e.push(tel("a0", 10, "block", false, 1));
-    assert_eq!(e.drain().iter().filter(|o| matches!(o, Output::Panic(_))).count(), 1);
+    assert_eq!(outputs(&mut e, [tel("a0", 10, "block", false, 1)]).iter().filter(|o| matches!(o, Output::Panic(_))).count(), 1);
     // a0 re-verifies out of its block demand while capped (attested): nothing is capped now.
     step(&mut e, [ov("a0", 20, OverrideKind::Attest, All, None, 600, 2)]);
     assert_eq!(step(&mut e, [80, 81].map(|t| tel("a0", t, "none", false, 1))), vec![], "demand block -> review; published review already");
     assert!(!e.agent("a0").unwrap().capped);
-    e.push(tel("a1", 90, "block", false, 1));
-    assert_eq!(e.drain().iter().filter(|o| matches!(o, Output::Panic(_))).count(), 1);
+    assert_eq!(outputs(&mut e, [tel("a1", 90, "block", false, 1)]).iter().filter(|o| matches!(o, Output::Panic(_))).count(), 1);
 }
 
 #[test]
@@ -302,10 +289,7 @@ fn invalid_overrides_are_rejected_with_their_reason_and_create_no_state() {
     r.expected_seq = Some(0);
     r.lane = None;
     bad.push(r.clone());
-    for r in bad {
-        e.push(Input::Override(r));
-    }
-    let out = e.drain();
+    let out = outputs(&mut e, bad.into_iter().map(Input::Override));
     let reasons: Vec<String> = out
         .iter()
         .filter_map(|o| match o {
@@ -334,8 +318,7 @@ fn idle_agents_in_normal_expire_and_others_are_kept() {
     step(&mut e, [tel("a0", 0, "none", false, 1), tel("a1", 0, "degrade", true, 1)]);
     // An override for an agent never seen: its state expires too, once the override has.
     step(&mut e, [ov("a9", 0, OverrideKind::Tighten, All, Some(Watch), 600, 0)]);
-    e.push(tel("a2", 7300, "none", false, 1));
-    let out = e.drain();
+    let out = outputs(&mut e, [tel("a2", 7300, "none", false, 1)]);
     let expired: Vec<_> = out
         .iter()
         .filter_map(|o| match o {
@@ -357,8 +340,7 @@ fn records_behind_the_watermark_are_processed_within_the_allowed_lateness_and_se
     // 10 s behind: within the allowed lateness, processed (and its breach acts).
     assert_eq!(step(&mut e, [tel("a0", 90, "watch", false, 1)]).iter().map(|x| (x.3, x.5)).collect::<Vec<_>>(), vec![(Watch, 90), (Watch, 90)]);
     // 90 s behind: set aside with its reason, and recorded in the history.
-    e.push(tel("a0", 10, "block", false, 1));
-    let out = e.drain();
+    let out = outputs(&mut e, [tel("a0", 10, "block", false, 1)]);
     let late: Vec<&LateRecord> = out.iter().filter_map(|o| if let Output::Late(l) = o { Some(l) } else { None }).collect();
     assert_eq!(late.len(), 1);
     assert_eq!((late[0].id.as_str(), late[0].occurred_at, late[0].watermark), ("a0@10", T0 + 10 * S, T0 + 100 * S));
@@ -388,8 +370,7 @@ clauses:
     )
     .expect("valid pact");
     let mut e = Engine::new(engine().cfg.clone(), vec![pact]);
-    e.push(tel("a0", 0, "watch", true, 1));
-    let segments: Vec<Option<String>> = e.drain().iter().filter_map(|o| if let Output::Enforcement(x) = o { Some(x.segment.clone()) } else { None }).collect();
+    let segments: Vec<Option<String>> = outputs(&mut e, [tel("a0", 0, "watch", true, 1)]).iter().filter_map(|o| if let Output::Enforcement(x) = o { Some(x.segment.clone()) } else { None }).collect();
     assert_eq!(segments, vec![Some("high|m".to_string()); 2]);
     // Clean low-risk traffic is another segment: it does not re-verify the high-risk one.
     assert_eq!(step(&mut e, [70, 80, 90].map(|t| tel("a0", t, "none", false, 1))), vec![]);
@@ -409,8 +390,7 @@ fn the_cap_allows_a_share_of_blocks_equal_to_the_limit() {
     e.cfg.blast_radius_min_agents = 2;
     step(&mut e, ["a0", "a1"].map(|a| tel(a, 0, "none", false, 1)));
     assert_eq!(step(&mut e, [tel("a0", 10, "block", false, 1)]).iter().map(|x| x.3).collect::<Vec<_>>(), vec![Block, Block]);
-    e.push(tel("a1", 20, "block", false, 1));
-    let out = e.drain();
+    let out = outputs(&mut e, [tel("a1", 20, "block", false, 1)]);
     assert_eq!(events(&out).iter().map(|x| x.3).collect::<Vec<_>>(), vec![Review, Review], "2 of 2 is more than 50 %");
     assert_eq!(out.iter().filter(|o| matches!(o, Output::Panic(_))).count(), 1);
 }
