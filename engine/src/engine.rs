@@ -5,8 +5,18 @@
 //! largest event time seen minus the bounded out-of-orderness) passes them, and are released
 //! in `(event time, arrival)` order. An input older than the watermark by more than the
 //! allowed lateness goes to the late output with its reason. Timers (evidence freshness,
-//! override expiry, state TTL) fire on the processing clock, which only event time moves.
-//! No wall-clock value is read, so the same input always yields byte-identical output.
+//! override expiry, state TTL) fire when the watermark passes them, in `(due time, timer)`
+//! order.
+//!
+//! No wall-clock value is read, so the same input always yields byte-identical output. The
+//! passage of wall time reaches the engine only as an input: a source that has been idle
+//! feeds a [`Engine::tick`], which lets the watermark move on by the wall time elapsed;
+//! every tick that changes anything is written to the history, so a replay given the same
+//! ticks derives the same outputs.
+//!
+//! Two inputs do not wait for the watermark: a record that breaches a `critical`
+//! zero-tolerance clause, and an emergency-kill override. They are processed on arrival, in
+//! arrival (offset) order; see [`Engine::push`].
 
 use crate::duration::Dur;
 use crate::enforcement::{event_id, Causation, Detection, EnforcementEvent, Evidence, OverrideInfo, Reason};
@@ -43,6 +53,18 @@ pub struct EngineConfig {
     pub blast_radius_min_agents: usize,
     /// False: observe only (events carry `enforced: false`).
     pub enforce: bool,
+    /// Wall time a source partition may be silent before the pipeline feeds its engine a
+    /// tick (see [`Engine::tick`]); zero: never (for backfills of old data).
+    #[serde(deserialize_with = "crate::duration::zero_ok")]
+    pub idle_timeout: Dur,
+    /// How much later than its event time a record may still arrive, beyond the source's own
+    /// lag: after a partition has been silent for `d` of wall time, a tick lets the watermark
+    /// reach `(largest event time seen) + d - max_event_lag`.
+    #[serde(deserialize_with = "crate::duration::zero_ok")]
+    pub max_event_lag: Dur,
+    /// Wall time between two heartbeats of a partition's engine; zero: none.
+    #[serde(deserialize_with = "crate::duration::zero_ok")]
+    pub heartbeat_interval: Dur,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +77,9 @@ impl Default for EngineConfig {
             max_blocked_share: 0.2,
             blast_radius_min_agents: 5,
             enforce: true,
+            idle_timeout: Dur(5 * 1_000_000),
+            max_event_lag: Dur(5 * 1_000_000),
+            heartbeat_interval: Dur(5 * 1_000_000),
         }
     }
 }
@@ -152,6 +177,15 @@ pub struct Stats {
     pub high_risk_fresh: u64,
     /// Agents whose state expired.
     pub states_expired: u64,
+    /// Ticks that moved the watermark (see [`Engine::tick`]).
+    #[serde(default)]
+    pub ticks: u64,
+    /// Inputs processed on arrival, ahead of the watermark (severe breaches, kills).
+    #[serde(default)]
+    pub fast_path: u64,
+    /// Timers fired.
+    #[serde(default)]
+    pub timers_fired: u64,
 }
 
 /// The engine's state besides its agents (see [`Engine::meta`]).
@@ -175,6 +209,9 @@ pub struct EngineMeta {
     pub activated: bool,
     /// Workflows whose blast-radius cap has tripped.
     pub panicked: Vec<String>,
+    /// The watermark's floor set by the last applied tick.
+    #[serde(default)]
+    pub tick_floor: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -236,6 +273,10 @@ pub struct Engine {
     buffered_tags: BTreeSet<(u64, u64)>,
     arrivals: u64,
     max_seen: Option<i64>,
+    /// See [`Engine::tick`].
+    tick_floor: Option<i64>,
+    /// Per pact, its `critical` zero-tolerance clauses: a breach of one acts on arrival.
+    severe: Vec<Vec<u16>>,
     now: i64,
     /// Ordered by due time, then by the timer itself (not by insertion), so timers rebuilt
     /// from restored state fire in the same order as the originals.
@@ -256,6 +297,13 @@ impl Engine {
     /// An engine for these pacts.
     pub fn new(cfg: EngineConfig, pacts: Vec<Pact>) -> Engine {
         let protos = pacts.iter().map(|p| p.doc.clauses.iter().map(Pact::detector).collect()).collect();
+        let severe = pacts
+            .iter()
+            .map(|p| {
+                let severe = |c: &Clause| c.severity == Severity::Critical && matches!(&c.test, Test::Limit(l) if l.zero_tolerance);
+                (0..p.doc.clauses.len()).filter(|i| severe(&p.doc.clauses[*i])).map(|i| i as u16).collect()
+            })
+            .collect();
         Engine {
             cfg,
             pacts,
@@ -266,6 +314,8 @@ impl Engine {
             buffered_tags: BTreeSet::new(),
             arrivals: 0,
             max_seen: None,
+            tick_floor: None,
+            severe,
             now: i64::MIN,
             timers: BTreeSet::new(),
             chain: Chain::default(),
@@ -301,9 +351,63 @@ impl Engine {
         self.agents.len()
     }
 
-    /// The current watermark.
+    /// The current watermark: the largest event time seen minus the out-of-orderness, or
+    /// the floor set by the last applied tick, whichever is later.
     pub fn watermark(&self) -> Option<i64> {
-        self.max_seen.map(|m| m.saturating_sub(self.cfg.max_out_of_orderness.micros()))
+        let seen = self.max_seen.map(|m| m.saturating_sub(self.cfg.max_out_of_orderness.micros()));
+        match (seen, self.tick_floor) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The event time of the oldest input waiting for the watermark.
+    pub fn oldest_buffered(&self) -> Option<i64> {
+        self.buffer.first_key_value().map(|((t, _), _)| *t)
+    }
+
+    /// The largest event time seen, if any.
+    pub fn max_event_time(&self) -> Option<i64> {
+        self.max_seen
+    }
+
+    /// The passage of wall time, fed by a source whose partition has been idle. `at` is the
+    /// source's event-time clock: the largest event time seen plus the wall time elapsed
+    /// since the last record (the pipeline's rule, see the README). The watermark may
+    /// reach `at - max_event_lag`, releasing buffered inputs and firing due timers.
+    /// `wall_micros` is only recorded.
+    ///
+    /// A tick applies only if something is due by then (a buffered input or a timer);
+    /// otherwise it changes nothing and returns false. An applied tick is written to the
+    /// history (`tick`, with `at`, the wall time and the number of inputs offered before it),
+    /// so that the same calls at the same input positions reproduce a run exactly.
+    pub fn tick(&mut self, at: i64, wall_micros: i64) -> bool {
+        let floor = at.saturating_sub(self.cfg.max_event_lag.micros());
+        let before = self.watermark();
+        if before.is_some_and(|wm| wm >= floor) {
+            return false;
+        }
+        let due = match (self.oldest_buffered(), self.timers.first().map(|(t, _)| *t)) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return false,
+        };
+        if due > floor {
+            return false;
+        }
+        self.tick_floor = Some(floor);
+        self.stats.ticks += 1;
+        let detail = serde_json::json!({
+            "at": at,
+            "wall_time": wall_micros,
+            "after_inputs": self.stats.inputs,
+            "watermark_before": before,
+            "watermark": floor,
+            "buffered": self.buffer.len(),
+        });
+        self.history(RecordKind::Tick, floor, None, None, detail);
+        self.advance();
+        true
     }
 
     /// Agents changed since the last call, each with its state (`None`: it expired).
@@ -340,6 +444,7 @@ impl Engine {
             stats: self.stats.clone(),
             activated: self.activated,
             panicked: self.workflows.iter().filter(|(_, w)| w.panicked).map(|(k, _)| k.clone()).collect(),
+            tick_floor: self.tick_floor,
         }
     }
 
@@ -361,6 +466,7 @@ impl Engine {
         }
         e.arrivals = meta.arrivals;
         e.max_seen = meta.max_seen;
+        e.tick_floor = meta.tick_floor;
         e.now = meta.now;
         e.chain = meta.chain;
         e.stats = meta.stats;
@@ -404,6 +510,13 @@ impl Engine {
     }
 
     /// Offers one input; processes whatever the watermark releases.
+    ///
+    /// A telemetry record that breaches a `critical` zero-tolerance clause, and an
+    /// emergency-kill override, skip the out-of-orderness hold: whatever their arrival moves
+    /// the watermark past is processed, then they are, at once. Inputs still held (of any
+    /// agent, including the same one) are processed after them, in event-time order, as
+    /// they would be after a late input; they cannot undo the block, which needs an
+    /// attestation to step down.
     pub fn push(&mut self, input: Input) {
         self.offer(input, None);
     }
@@ -438,11 +551,49 @@ impl Engine {
             }
         }
         self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
-        if let Some(tag) = tag {
-            self.buffered_tags.insert((tag, self.arrivals));
-        }
-        self.buffer.insert((t, self.arrivals), Box::new((input, tag)));
+        let arrival = self.arrivals;
         self.arrivals += 1;
+        if self.acts_on_arrival(&input) {
+            // It skips the hold, not the watermark: what its arrival releases comes first,
+            // so with no out-of-orderness the order is the same as on the normal path.
+            self.stats.fast_path += 1;
+            self.advance();
+            self.process(input, false);
+        } else {
+            if let Some(tag) = tag {
+                self.buffered_tags.insert((tag, arrival));
+            }
+            self.buffer.insert((t, arrival), Box::new((input, tag)));
+            self.advance();
+        }
+    }
+
+    /// Whether an input must not wait for the watermark: an emergency kill, or telemetry
+    /// that breaches a `critical` zero-tolerance clause of a pact covering its agent.
+    fn acts_on_arrival(&self, input: &Input) -> bool {
+        let tel = match input {
+            Input::Override(o) => return o.kind == OverrideKind::EmergencyKill,
+            Input::Telemetry(t) => t,
+        };
+        if self.severe.iter().all(Vec::is_empty) {
+            return false;
+        }
+        let breaches = |pacts: &[u16]| {
+            pacts.iter().any(|&p| {
+                self.severe[p as usize].iter().any(|&c| {
+                    let metric = &self.pacts[p as usize].doc.clauses[c as usize].metric;
+                    metric.when.as_ref().is_none_or(|w| w.0.eval(tel) == Val::Bool(true)) && metric.value.0.eval(tel) == Val::Bool(true)
+                })
+            })
+        };
+        match self.agents.get(&tel.agent_id).filter(|a| a.workflow == tel.workflow) {
+            Some(a) => breaches(&a.pacts),
+            None => breaches(&self.covering(&tel.agent_id, &tel.workflow)),
+        }
+    }
+
+    /// Releases every buffered input the watermark has passed, then fires due timers.
+    fn advance(&mut self) {
         let wm = self.watermark().unwrap_or(i64::MIN);
         while let Some(entry) = self.buffer.first_entry() {
             if entry.key().0 > wm {
@@ -451,13 +602,14 @@ impl Engine {
             let ((_, arrival), item) = entry.remove_entry();
             self.release(arrival, *item);
         }
+        self.fire_timers(wm);
     }
 
     fn release(&mut self, arrival: u64, (input, tag): (Input, Option<u64>)) {
         if let Some(tag) = tag {
             self.buffered_tags.remove(&(tag, arrival));
         }
-        self.process(input);
+        self.process(input, true);
     }
 
     /// Processes everything still buffered (end of input).
@@ -506,7 +658,9 @@ impl Engine {
         self.timers.insert((at, timer));
     }
 
-    fn process(&mut self, input: Input) {
+    /// Processes one input; `in_order` (released by the watermark) first fires the timers due
+    /// by its time. An input acting on arrival fires none: timers follow the watermark.
+    fn process(&mut self, input: Input, in_order: bool) {
         let t = input.time();
         if !self.activated {
             self.activated = true;
@@ -518,7 +672,9 @@ impl Engine {
                 self.out.push(Output::History(rec));
             }
         }
-        self.fire_timers(t);
+        if in_order {
+            self.fire_timers(t);
+        }
         self.now = self.now.max(t);
         let agent = match &input {
             Input::Telemetry(tel) => &tel.agent_id,
@@ -546,6 +702,7 @@ impl Engine {
                 self.dirty.insert(agent.clone());
             }
             self.now = self.now.max(at);
+            self.stats.timers_fired += 1;
             match timer {
                 Timer::Freshness(agent, key) => self.on_freshness_timer(&agent, key, at),
                 Timer::OverrideExpiry(agent, id) => self.on_override_expiry(&agent, &id, at),

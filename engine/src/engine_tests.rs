@@ -23,6 +23,7 @@ fn engine() -> Engine {
         max_blocked_share: 0.3,
         blast_radius_min_agents: 3,
         enforce: true,
+        ..EngineConfig::default()
     };
     Engine::new(cfg, vec![parse_pact(PACT, "rules.yaml").expect("valid pact")])
 }
@@ -401,4 +402,179 @@ fn an_override_may_last_exactly_the_maximum_lifetime() {
     step(&mut e, [tel("a0", 0, "none", false, 1)]);
     assert_eq!(step(&mut e, [ov("a0", 10, OverrideKind::Tighten, All, Some(Watch), 3600, 0)]).len(), 2);
     assert_eq!(e.stats().overrides_accepted, 1);
+}
+
+/// An engine holding records `ooo_s` seconds for the watermark, with ticks allowed to move
+/// it up to `lag_s` behind the source's clock.
+fn held_engine(ooo_s: i64, lag_s: i64) -> Engine {
+    let mut e = engine();
+    e.cfg.max_out_of_orderness = Dur(ooo_s * S);
+    e.cfg.allowed_lateness = Dur(60 * S);
+    e.cfg.max_event_lag = Dur(lag_s * S);
+    e
+}
+
+fn ticks(out: &[Output]) -> Vec<serde_json::Value> {
+    out.iter().filter_map(|o| if let Output::History(h) = o { (h.kind == RecordKind::Tick).then(|| h.detail.clone()) } else { None }).collect()
+}
+
+#[test]
+fn a_tick_releases_what_waits_behind_the_watermark_and_is_recorded() {
+    let mut e = held_engine(5, 5);
+    // Held 5 s: the watch breach at 10 s waits for an event at 15 s that never comes.
+    assert_eq!(step(&mut e, [tel("a0", 0, "none", false, 1), tel("a0", 10, "watch", false, 1)]), vec![]);
+    assert_eq!((e.buffered(), e.watermark()), (1, Some(T0 + 5 * S)));
+    // The source's clock at 14 s: the watermark may reach 9 s; nothing is due, nothing moves.
+    assert!(!e.tick(T0 + 14 * S, 1));
+    assert_eq!((e.drain(), e.buffered(), e.watermark()), (vec![], 1, Some(T0 + 5 * S)));
+    // At 15 s the breach is due: released, and the tick recorded before its effects.
+    assert!(e.tick(T0 + 15 * S, 2));
+    let out = e.drain();
+    assert_eq!(events(&out), vec![ev("a0", All, Normal, Watch, 1, 10, "zero_tolerance_breach"), ev("a0", HighRisk, Normal, Watch, 2, 10, "zero_tolerance_breach")]);
+    assert_eq!(
+        ticks(&out),
+        vec![serde_json::json!({"at": T0 + 15 * S, "wall_time": 2, "after_inputs": 2, "watermark_before": T0 + 5 * S, "watermark": T0 + 10 * S, "buffered": 1})]
+    );
+    assert!(matches!(&out[0], Output::History(h) if h.kind == RecordKind::Tick), "the tick comes first in the history");
+    assert_eq!((e.buffered(), e.watermark(), e.stats().ticks), (0, Some(T0 + 10 * S), 1));
+    // A tick never moves the watermark back.
+    assert!(!e.tick(T0 + 12 * S, 3));
+    assert_eq!(e.watermark(), Some(T0 + 10 * S));
+}
+
+#[test]
+fn a_silent_partition_still_turns_stale_evidence_stale() {
+    let mut e = held_engine(0, 5);
+    assert_eq!(step(&mut e, [0, 60].map(|t| tel("a0", t, "none", true, 1))), vec![]);
+    // No further input. Evidence turns stale 1 µs after 600 s (the older of the last 2 events
+    // is then 10 min old); the source's clock must pass that by the event lag.
+    assert!(!e.tick(T0 + 604 * S, 1), "nothing due by 599 s");
+    // The check due at 600 s finds the evidence exactly 10 min old, still fresh, and re-arms.
+    assert!(e.tick(T0 + 605 * S, 2));
+    assert_eq!(events(&e.drain()), vec![]);
+    assert!(e.tick(T0 + 605 * S + 1, 3));
+    let out = e.drain();
+    assert_eq!(events(&out), vec![ev("a0", HighRisk, Normal, Review, 1, 600, "evidence_stale")]);
+    let Some(Output::Enforcement(stale)) = out.iter().find(|o| matches!(o, Output::Enforcement(_))) else { unreachable!() };
+    assert_eq!((stale.effective_at, stale.causation.kind.as_str()), (T0 + 600 * S + 1, "timer"));
+    assert!(out.iter().any(|o| matches!(o, Output::History(h) if h.kind == RecordKind::Stale)));
+}
+
+#[test]
+fn timers_fire_when_the_watermark_passes_them_not_when_a_released_record_does() {
+    let mut e = held_engine(30, 5);
+    e.push(tel("a0", 0, "none", true, 1));
+    e.push(tel("a0", 20, "none", true, 1));
+    assert_eq!(e.drain(), vec![], "held: nothing released, not even the pact activation");
+    // A record at 631 s moves the watermark to 601 s, past the stale deadline (600 s + 1 µs):
+    // the two held records are released, then the timer fires; the new record stays held.
+    let out = outputs(&mut e, [tel("a0", 631, "none", false, 1)]);
+    assert_eq!(events(&out), vec![ev("a0", HighRisk, Normal, Review, 1, 600, "evidence_stale")]);
+    // Two checks: at 600 s (exactly 10 min, still fresh; re-armed 1 µs later), then stale.
+    assert_eq!((e.buffered(), e.stats().telemetry, e.stats().timers_fired), (1, 2, 2));
+}
+
+#[test]
+fn a_critical_breach_acts_on_arrival_and_names_its_record() {
+    let mut e = held_engine(30, 5);
+    assert_eq!(step(&mut e, [tel("a0", 0, "none", false, 1), tel("a0", 5, "watch", false, 1)]), vec![]);
+    // The block breach at 10 s is applied when it arrives, 30 s before the watermark would
+    // pass it; the watch breach at 5 s, still held, comes after it.
+    let out = outputs(&mut e, [tel("a0", 10, "block", false, 1)]);
+    assert_eq!(events(&out), vec![ev("a0", All, Normal, Block, 1, 10, "zero_tolerance_breach"), ev("a0", HighRisk, Normal, Block, 2, 10, "zero_tolerance_breach")]);
+    let Some(Output::Enforcement(block)) = out.iter().find(|o| matches!(o, Output::Enforcement(_))) else { unreachable!() };
+    assert_eq!((block.causation.kind.as_str(), block.causation.id.as_str()), ("telemetry", "a0@10"));
+    assert_eq!((e.buffered(), e.stats().fast_path), (2, 1), "the other two records still wait");
+    // When the watermark passes them, they are processed; the block stands.
+    assert_eq!(step(&mut e, [tel("a0", 40, "none", false, 1)]), vec![]);
+    assert_eq!(e.buffered(), 1);
+    assert_eq!(e.agent("a0").unwrap().published, [Block, Block]);
+    assert_eq!(e.stats().alarms.get("rules/watch_c"), Some(&1), "the held watch breach was judged");
+    // A breach of a non-critical clause waits as before.
+    assert_eq!(step(&mut e, [tel("a0", 41, "degrade", true, 1)]), vec![]);
+    assert_eq!(e.stats().fast_path, 1);
+}
+
+#[test]
+fn an_emergency_kill_acts_on_arrival() {
+    let mut e = held_engine(30, 5);
+    step(&mut e, [tel("a0", 0, "none", false, 1)]);
+    let out = outputs(&mut e, [ov("a0", 5, OverrideKind::EmergencyKill, All, None, 600, 0)]);
+    assert_eq!(events(&out), vec![ev("a0", All, Normal, Block, 1, 5, "override_applied"), ev("a0", HighRisk, Normal, Block, 2, 5, "override_applied")]);
+    // A tightening override still waits for the watermark.
+    assert_eq!(step(&mut e, [ov("a1", 6, OverrideKind::Tighten, All, Some(Watch), 600, 0)]), vec![]);
+    assert_eq!(e.buffered(), 2);
+}
+
+/// A run with ticks, for the determinism tests: inputs and ticks interleaved.
+enum Step {
+    In(Input),
+    Tick(i64),
+}
+
+fn idle_run() -> Vec<Step> {
+    use Step::{In, Tick};
+    vec![
+        In(tel("a0", 0, "none", true, 1)),
+        In(tel("a1", 1, "none", true, 1)),
+        In(tel("a0", 60, "none", true, 1)),
+        In(tel("a1", 61, "watch", true, 1)),
+        Tick(T0 + 70 * S),
+        Tick(T0 + 400 * S),
+        Tick(T0 + 700 * S),
+        In(tel("a0", 690, "none", true, 1)),
+        In(tel("a0", 700, "degrade", true, 1)),
+        Tick(T0 + 720 * S),
+        Tick(T0 + 3 * 3600 * S),
+    ]
+}
+
+fn run_steps(e: &mut Engine, steps: &[Step]) -> Vec<Output> {
+    for s in steps {
+        match s {
+            Step::In(i) => e.push(i.clone()),
+            Step::Tick(at) => {
+                e.tick(*at, *at / 1000);
+            }
+        }
+    }
+    e.drain()
+}
+
+#[test]
+fn ticks_replayed_at_their_recorded_positions_reproduce_the_run() {
+    let run = idle_run();
+    let mut live = held_engine(5, 5);
+    let out = run_steps(&mut live, &run);
+    assert!(ticks(&out).len() >= 4, "the run's ticks apply: {:?}", ticks(&out));
+    assert!(events(&out).iter().any(|x| x.6 == "evidence_stale"), "a silent stretch turned evidence stale");
+    // Replay: the same inputs, and each recorded tick before the input at its position.
+    let recorded: Vec<(u64, i64, i64)> = ticks(&out).iter().map(|d| (d["after_inputs"].as_u64().unwrap(), d["at"].as_i64().unwrap(), d["wall_time"].as_i64().unwrap())).collect();
+    let inputs: Vec<Input> = run.into_iter().filter_map(|s| if let Step::In(i) = s { Some(i) } else { None }).collect();
+    let mut replay = held_engine(5, 5);
+    let mut pending = recorded.iter().peekable();
+    for (n, i) in inputs.into_iter().enumerate() {
+        while let Some((_, at, wall)) = pending.next_if(|(pos, _, _)| *pos == n as u64) {
+            assert!(replay.tick(*at, *wall), "a recorded tick applies again");
+        }
+        replay.push(i);
+    }
+    for (_, at, wall) in pending {
+        assert!(replay.tick(*at, *wall));
+    }
+    assert_eq!(serde_json::to_string(&replay.drain()).unwrap(), serde_json::to_string(&out).unwrap(), "byte-identical outputs");
+}
+
+#[test]
+fn a_restore_in_the_middle_of_an_idle_period_gives_the_same_effects() {
+    let run = idle_run();
+    let mut whole = held_engine(5, 5);
+    let expected = run_steps(&mut whole, &run);
+    // Stop after the first two ticks, restore from the engine's state, and go on.
+    let mut first = held_engine(5, 5);
+    let mut got = run_steps(&mut first, &run[..6]);
+    let agents: Vec<(String, AgentState)> = first.agents().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut second = Engine::restore(first.config().clone(), first.pacts().to_vec(), first.meta(), agents);
+    got.extend(run_steps(&mut second, &run[6..]));
+    assert_eq!(serde_json::to_string(&got).unwrap(), serde_json::to_string(&expected).unwrap());
 }

@@ -47,6 +47,8 @@ pub enum RecordKind {
     PactActivated,
     /// The blast-radius cap tripped.
     Panic,
+    /// Wall time reached an idle source's engine and moved its watermark.
+    Tick,
 }
 
 /// One history record.
