@@ -33,9 +33,6 @@ clauses:
     on_model_change: watch
 "#;
 
-fn write_config(dir: &Path, b: &Broker, t: &Topics, format: &str) -> std::path::PathBuf {
-    write_config_with(dir, b, t, format, "200ms", "")
-}
 
 fn write_config_with(dir: &Path, b: &Broker, t: &Topics, format: &str, commit_interval: &str, listen: &str) -> std::path::PathBuf {
     std::fs::write(dir.join("pact.yaml"), PACT).unwrap();
@@ -343,7 +340,8 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
         (4, registry::mismatched_schema()),
     ]);
     reg.set_down(true);
-    let cfg = write_config(dir.path(), &b, &t, "avro");
+    let port = kafka::free_port();
+    let cfg = write_config_with(dir.path(), &b, &t, "avro", "200ms", &format!("127.0.0.1:{port}"));
     let text = std::fs::read_to_string(&cfg).unwrap();
     let text = text.replace("[schema_registry.static_schemas]\n1 = \"telemetry.avsc\"\n2 = \"no-agent.avsc\"", &format!("[schema_registry]\nurl = \"{}\"", reg.url));
     std::fs::write(&cfg, text).unwrap();
@@ -397,7 +395,16 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     wait_for(60, "the engine retrying the registry", || (reg.requests() >= 3).then_some(()));
     assert!(b.read_all(&t.dlq).is_empty(), "nothing dead-lettered while the registry is down");
     assert_eq!(b.committed(&t.group, &t.input, 1)[0].unwrap_or(0), 0, "nothing committed while the registry is down");
+    // Not ready while nothing can be decoded, and saying why.
+    let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let readyz = || -> (u16, serde_json::Value) {
+        let mut r = http.get(&format!("http://127.0.0.1:{port}/readyz")).call().unwrap();
+        (r.status().as_u16(), serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap())
+    };
+    let (status, body) = readyz();
+    assert_eq!((status, &body["checks"]["decoder_available"], &body["checks"]["assigned"]), (503, &serde_json::json!(false), &serde_json::json!(true)), "{body}");
     reg.set_down(false);
+    wait_for(60, "/readyz once the registry answers", || (readyz().0 == 200).then_some(()));
     let committed = wait_for(90, "a commit past the bad records", || {
         let c = b.committed(&t.group, &t.input, 1)[0];
         c.filter(|c| *c >= records.len() as i64)

@@ -118,3 +118,17 @@ fn validate_command_exits_nonzero_naming_the_place() {
     let ok = Command::new(env!("CARGO_BIN_EXE_driftgate")).arg("validate").arg(root().join("examples/no-pii.yaml")).output().unwrap();
     assert!(ok.status.success());
 }
+
+#[test]
+fn the_readme_example_matches_its_file() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let marker = "`examples/finance-citations.yaml` (comments added";
+    let after = &readme[readme.find(marker).expect("the README's example")..];
+    let start = after.find("```yaml\n").expect("its yaml block") + "```yaml\n".len();
+    let block = &after[start..start + after[start..].find("```").unwrap()];
+    let shown = parse_pact(block, "README.md").unwrap_or_else(|e| panic!("{e}"));
+    let mut file = load_pact(&root().join("examples/finance-citations.yaml")).unwrap().doc;
+    assert!(!shown.doc.clauses.is_empty() && shown.doc.clauses.len() <= file.clauses.len());
+    file.clauses.truncate(shown.doc.clauses.len());
+    assert_eq!(shown.doc, file, "README.md's example and examples/finance-citations.yaml disagree");
+}

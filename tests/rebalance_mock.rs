@@ -71,6 +71,9 @@ fn config(bootstrap: &str) -> RunConfig {
     // Small fetches keep both members busy for a while.
     k.properties.insert("max.partition.fetch.bytes".into(), "65536".into());
     cfg.http.listen = String::new();
+    // No ticks: the records must still be held behind the watermark when a partition is
+    // revoked (the idle gaps between the phases would otherwise release them).
+    cfg.engine.idle_timeout = driftgate::duration::Dur(0);
     cfg
 }
 

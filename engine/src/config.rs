@@ -92,9 +92,16 @@ pub struct KafkaConfig {
     /// answers only with batches that *start* at or after the offset, silently skipping the
     /// rest of the batch, so set this above the producers' largest batch on such brokers.
     pub resume_rewind: u64,
-    /// librdkafka properties, passed through unchanged (e.g. `security.protocol`,
-    /// `sasl.mechanism`, `ssl.ca.location`). From the environment, `_` stands for `.`.
+    /// librdkafka properties for every client, passed through unchanged (e.g.
+    /// `security.protocol`, `sasl.mechanism`, `ssl.ca.location`). From the environment, `_`
+    /// stands for `.`.
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumers only (e.g. `fetch.wait.max.ms`), on top of
+    /// `properties`.
+    pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only (e.g. `linger.ms`), on top of
+    /// `properties`.
+    pub producer_properties: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -111,6 +118,8 @@ impl Default for KafkaConfig {
             startup_timeout: Dur(30_000_000),
             resume_rewind: 0,
             properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
         }
     }
 }
@@ -215,10 +224,9 @@ impl RunConfig {
         }
         let mut cfg: RunConfig = fig.merge(env).extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         // Environment keys cannot hold dots: `SASL_USERNAME` means `sasl.username`.
-        cfg.kafka.properties = std::mem::take(&mut cfg.kafka.properties)
-            .into_iter()
-            .map(|(k, v)| if k.contains('.') { (k, v) } else { (k.replace('_', "."), v) })
-            .collect();
+        for props in [&mut cfg.kafka.properties, &mut cfg.kafka.consumer_properties, &mut cfg.kafka.producer_properties] {
+            *props = std::mem::take(props).into_iter().map(|(k, v)| if k.contains('.') { (k, v) } else { (k.replace('_', "."), v) }).collect();
+        }
         if let Some(dir) = path.and_then(Path::parent) {
             for p in cfg.pacts.iter_mut().chain(cfg.schema_registry.static_schemas.values_mut()) {
                 if p.is_relative() {
@@ -253,6 +261,9 @@ impl RunConfig {
         }
         if self.kafka.format == InputFormat::Avro && self.schema_registry.url.is_none() && self.schema_registry.static_schemas.is_empty() {
             return bad("Avro input needs `schema_registry.url` or `schema_registry.static_schemas`");
+        }
+        if self.schema_registry.url.is_some() && !self.schema_registry.static_schemas.is_empty() {
+            return bad("both `schema_registry.url` and `schema_registry.static_schemas` are set: writer schemas come from one of them; remove the other (e.g. DRIFTGATE_SCHEMA_REGISTRY__URL overrides only the URL)");
         }
         for id in self.schema_registry.static_schemas.keys() {
             if id.parse::<u32>().is_err() {
@@ -322,6 +333,51 @@ allowed_lateness = "2m"
         assert!(e.contains("also an input topic"), "{e}");
         let e = RunConfig::load_with(Some(&dir.path().join("nope.toml")), no_env()).unwrap_err().to_string();
         assert!(e.contains("no such file"), "{e}");
+    }
+
+    #[test]
+    fn a_registry_url_beside_static_schemas_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "pacts = [\"a.yaml\"]\n[schema_registry]\nurl = \"http://r:8081\"\n[schema_registry.static_schemas]\n1 = \"t.avsc\"\n").unwrap();
+        let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
+        assert!(e.contains("`schema_registry.url`") && e.contains("`schema_registry.static_schemas`"), "{e}");
+    }
+
+    /// Every leaf setting's key, as `section.key` paths.
+    fn setting_paths(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        let serde_json::Value::Object(m) = v else { return };
+        for (k, child) in m {
+            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            match child {
+                // Tables of free-form entries (properties, schema ids) are settings themselves.
+                serde_json::Value::Object(c) if !c.is_empty() => setting_paths(child, &path, out),
+                _ => out.push(path),
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_config_shows_every_setting() {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/driftgate.toml")).unwrap();
+        let mut paths = Vec::new();
+        setting_paths(&serde_json::to_value(RunConfig::default()).unwrap(), "", &mut paths);
+        assert!(paths.len() > 30, "{paths:?}");
+        let mut section = String::new();
+        let mut shown = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            // Commented-out settings count: they are shown, with their form.
+            let l = line.trim_start_matches('#').trim();
+            if let Some(h) = l.strip_prefix('[').and_then(|h| h.split(']').next()) {
+                section = h.to_string();
+                shown.insert(section.clone());
+            } else if let Some((k, _)) = l.split_once('=') {
+                let k = k.trim().trim_matches('"');
+                shown.insert(if section.is_empty() { k.to_string() } else { format!("{section}.{k}") });
+            }
+        }
+        let missing: Vec<&String> = paths.iter().filter(|p| !shown.contains(*p)).collect();
+        assert!(missing.is_empty(), "deploy/driftgate.toml does not show: {missing:?}");
     }
 
     #[test]

@@ -22,12 +22,14 @@ pub struct Readiness {
     pub assigned: bool,
     /// A broker answers (librdkafka's view).
     pub broker_reachable: bool,
+    /// The decoder can decode: its schema source answered the last lookup.
+    pub decoder_available: bool,
 }
 
 impl Readiness {
     /// All of it.
     pub fn ready(&self) -> bool {
-        self.pacts_loaded && self.state_restored && self.assigned && self.broker_reachable
+        self.pacts_loaded && self.state_restored && self.assigned && self.broker_reachable && self.decoder_available
     }
 }
 
@@ -204,7 +206,7 @@ impl DemoControl {
 
 impl ControlPlane for DemoControl {
     fn readiness(&self) -> Readiness {
-        Readiness { pacts_loaded: true, state_restored: true, assigned: true, broker_reachable: true }
+        Readiness { pacts_loaded: true, state_restored: true, assigned: true, broker_reachable: true, decoder_available: true }
     }
 
     fn agent(&self, id: &str) -> Option<AgentSnapshot> {

@@ -23,6 +23,7 @@ pub mod duration;
 pub mod enforcement;
 pub mod engine;
 pub mod eval;
+pub mod heartbeat;
 pub mod history;
 pub mod lane;
 pub mod overrides;

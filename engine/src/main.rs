@@ -108,6 +108,14 @@ enum Cmd {
         /// Where to write records set aside as late, with their reason (JSONL).
         #[arg(long)]
         late_out: Option<PathBuf>,
+        /// A `driftgate run` configuration whose `[engine]` settings to use (default: the
+        /// built-in defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A contract history (JSONL) whose `tick` records to apply at their input
+        /// positions, to reproduce a live run's idle periods exactly.
+        #[arg(long)]
+        ticks: Option<PathBuf>,
     },
     /// Validate pact files; prints `file:line:column: reason` for the first error of each.
     Validate {
@@ -117,6 +125,8 @@ enum Cmd {
     },
     /// Print the JSON Schema of pact files.
     PactSchema,
+    /// Print the JSON Schema of the heartbeats on the snapshot topic.
+    HeartbeatSchema,
     /// Write simulated fleet telemetry (for replay and benchmarks).
     Simulate {
         /// Output file (.jsonl or .avro).
@@ -250,6 +260,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", driftgate::pact::pact_json_schema());
             Ok(())
         }
+        Cmd::HeartbeatSchema => {
+            print!("{}", driftgate::heartbeat::heartbeat_json_schema());
+            Ok(())
+        }
         Cmd::Simulate { out, events, incidents, seed } => {
             let days = (events / 200_000 + 2) as i64;
             let records: Vec<_> = driftgate::demo::Fleet::new(seed, days, incidents)
@@ -271,12 +285,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("wrote {} telemetry records to {}", records.len(), out.display());
             Ok(())
         }
-        Cmd::Replay { pact, input, overrides, events_out, history_out, late_out } => {
+        Cmd::Replay { pact, input, overrides, events_out, history_out, late_out, config, ticks } => {
             let pacts = pact
                 .iter()
                 .map(|p| driftgate::pact::load_pact(p).map_err(anyhow::Error::from))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let s = driftgate::replay::replay(pacts, &input, overrides.as_deref(), events_out.as_deref(), history_out.as_deref(), late_out.as_deref())?;
+            let engine = config.as_deref().map(|c| driftgate::config::RunConfig::load(Some(c)).map(|c| c.engine)).transpose()?;
+            let ticks = ticks.as_deref().map(driftgate::replay::read_ticks).transpose()?.unwrap_or_default();
+            let opts = driftgate::replay::ReplayOptions {
+                engine,
+                overrides: overrides.as_deref(),
+                ticks,
+                events_out: events_out.as_deref(),
+                history_out: history_out.as_deref(),
+                late_out: late_out.as_deref(),
+            };
+            let s = driftgate::replay::replay_with(pacts, &input, &opts)?;
             eprintln!(
                 "replayed {} records in {:.2} s ({:.0} records/s): {} enforcement events, {} history records, {} late",
                 s.records,
@@ -315,7 +339,7 @@ fn run_pipeline(config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let metrics = Arc::new(driftgate::metrics::Metrics::new());
     let control_topic = cfg.kafka.topics.control.clone().map(|topic| {
         let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| std::process::id().to_string());
-        (driftgate::pipeline::kafka_config(&cfg), format!("{}-control-{instance}", cfg.kafka.group_id), topic)
+        (driftgate::pipeline::consumer_config(&cfg), format!("{}-control-{instance}", cfg.kafka.group_id), topic)
     });
     let pipeline = driftgate::pipeline::Pipeline::start(cfg, pacts, status.clone(), metrics)?;
     let control: Arc<dyn driftgate::control::ControlPlane> = pipeline.control();

@@ -30,6 +30,23 @@ pub struct Metrics {
     pub input_offset_gaps: IntCounter,
     /// Inputs waiting behind the watermark now.
     pub buffered_records: IntGauge,
+    /// Inputs waiting behind the watermark, per input partition.
+    pub partition_buffered: IntGaugeVec,
+    /// How long the oldest buffered input has waited, per input partition, on the
+    /// partition's clock (largest event time seen, plus wall time since the last record).
+    pub partition_oldest_buffered_age: prometheus::GaugeVec,
+    /// Wall time minus the partition's watermark.
+    pub partition_watermark_lag: prometheus::GaugeVec,
+    /// Ticks fed to idle partitions' engines.
+    pub ticks_fed: IntCounter,
+    /// Ticks that moved a watermark (and were written to the history).
+    pub ticks_applied: IntCounter,
+    /// Input partitions with no record for `engine.idle_timeout`.
+    pub idle_partitions: IntGauge,
+    /// Heartbeats produced.
+    pub heartbeats: IntCounter,
+    /// Inputs processed on arrival, ahead of the watermark (critical breaches, kills).
+    pub fast_path: IntCounter,
     /// Inputs that were waiting behind the watermark when their partition was revoked (they
     /// travel in the snapshot to the partition's next owner).
     pub revoked_buffered_records: IntCounter,
@@ -110,6 +127,23 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
     g
 }
 
+fn float_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    let g = prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+/// One input partition's time-keeping, for the per-partition gauges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartitionTime {
+    /// Inputs waiting behind the watermark.
+    pub buffered: usize,
+    /// Seconds the oldest of them has waited (see [`Metrics::partition_oldest_buffered_age`]).
+    pub oldest_buffered_age: f64,
+    /// Wall time minus the watermark, in seconds (absent before the first record).
+    pub watermark_lag: Option<f64>,
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -143,6 +177,14 @@ impl Metrics {
             records_dead_lettered: counter_vec(&r, "driftgate_records_dead_lettered_total", "Records written to the dead-letter topic, by reason.", &["reason"]),
             records_late: counter(&r, "driftgate_records_late_total", "Events later than the watermark by more than the allowed lateness."),
             buffered_records: gauge(&r, "driftgate_buffered_records", "Inputs waiting in the event-time buffer for the watermark to pass them."),
+            partition_buffered: gauge_vec(&r, "driftgate_partition_buffered_records", "Inputs waiting behind the watermark, per input partition.", &["topic", "partition"]),
+            partition_oldest_buffered_age: float_gauge_vec(&r, "driftgate_partition_oldest_buffered_age_seconds", "Age of the oldest input waiting behind the watermark, on the partition's clock (largest event time seen plus wall time since the last record).", &["topic", "partition"]),
+            partition_watermark_lag: float_gauge_vec(&r, "driftgate_partition_watermark_lag_seconds", "Wall time minus the partition's watermark (event time).", &["topic", "partition"]),
+            ticks_fed: counter(&r, "driftgate_ticks_fed_total", "Ticks fed to the engines of idle input partitions."),
+            ticks_applied: counter(&r, "driftgate_ticks_applied_total", "Ticks that moved a watermark, releasing inputs or firing timers (each is a history record)."),
+            idle_partitions: gauge(&r, "driftgate_idle_partitions", "Input partitions with no record for engine.idle_timeout."),
+            heartbeats: counter(&r, "driftgate_heartbeats_total", "Heartbeats produced for routers (snapshot topic)."),
+            fast_path: counter(&r, "driftgate_fast_path_inputs_total", "Inputs processed on arrival, ahead of the watermark (critical zero-tolerance breaches, emergency kills)."),
             revoked_buffered_records: counter(&r, "driftgate_revoked_buffered_records_total", "Inputs waiting behind the watermark when their partition was revoked (carried to the next owner in the snapshot)."),
             input_offset_gaps: counter(&r, "driftgate_input_offset_gaps_total", "Input records skipped between consecutive offsets of a partition (compaction, transaction markers, or a broker losing records)."),
             consumer_lag: gauge_vec(&r, "driftgate_consumer_lag_records", "Records behind the end of each input partition (librdkafka statistics).", &["topic", "partition"]),
@@ -224,12 +266,28 @@ impl Metrics {
         self.overrides_rejected.with_label_values(&["engine"]).inc_by(d(now.overrides_rejected, last.overrides_rejected));
         self.high_risk_decisions.inc_by(d(now.high_risk_decisions, last.high_risk_decisions));
         self.high_risk_fresh.inc_by(d(now.high_risk_fresh, last.high_risk_fresh));
+        self.fast_path.inc_by(d(now.fast_path, last.fast_path));
         for (label, n) in &now.alarms {
             let before = last.alarms.get(label).copied().unwrap_or(0);
             let (pact, clause) = label.split_once('/').unwrap_or((label.as_str(), ""));
             self.alarms.with_label_values(&[pact, clause]).inc_by(d(*n, before));
         }
         *last = now.clone();
+    }
+
+    /// Sets the per-partition gauges, forgetting partitions no longer assigned.
+    pub fn observe_partitions<'a>(&self, parts: impl Iterator<Item = (&'a str, i32, PartitionTime)>) {
+        self.partition_buffered.reset();
+        self.partition_oldest_buffered_age.reset();
+        self.partition_watermark_lag.reset();
+        for (topic, partition, t) in parts {
+            let p = partition.to_string();
+            self.partition_buffered.with_label_values(&[topic, &p]).set(t.buffered as i64);
+            self.partition_oldest_buffered_age.with_label_values(&[topic, &p]).set(t.oldest_buffered_age);
+            if let Some(lag) = t.watermark_lag {
+                self.partition_watermark_lag.with_label_values(&[topic, &p]).set(lag);
+            }
+        }
     }
 
     /// Recomputes the state gauges over every engine; `event_now` is the latest event time

@@ -21,13 +21,14 @@ use crate::config::{InputFormat, OutputFormat, RunConfig};
 use crate::changelog;
 use crate::decode::{DecodeError, Decoder};
 use crate::engine::{Engine, EngineConfig, Input, Output};
+use crate::heartbeat::{EngineState, Heartbeat};
 use crate::enforcement::ENFORCEMENT_AVSC;
 use crate::pact::Pact;
 use crate::registry::{HttpRegistry, SchemaSource, StaticSchemas};
 use crate::sink::{OutRecord, Sink, SinkError, SourceKey};
 use crate::snapshot::AgentSnapshot;
 use crate::control::{pact_infos, prevalidate, AuditChain, ControlPlane, PactInfo, Readiness, RecentHistory, SubmitError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PartitionTime};
 use crate::overrides::OverrideRequest;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -68,6 +69,9 @@ pub struct Status {
     pub restoring: AtomicBool,
     /// Every broker connection is down (librdkafka's errors and statistics).
     pub brokers_down: AtomicBool,
+    /// The last decode needed the schema registry and could not reach it (cleared by the
+    /// next successful decode).
+    pub decoder_unavailable: AtomicBool,
     /// Set to stop the run.
     pub stop: AtomicBool,
 }
@@ -113,12 +117,57 @@ struct Task {
     safe: Option<i64>,
     /// The position last committed.
     committed: Option<i64>,
+    /// When the last record reached the engine (or the task began): idleness is measured
+    /// from it, and a tick's clock runs from it.
+    last_input: Instant,
+    /// When the last heartbeat was produced.
+    last_heartbeat: Option<Instant>,
 }
 
 impl Task {
     fn fresh(engine: Engine, position: Option<i64>) -> Task {
         let last_stats = engine.stats().clone();
-        Task { engine, pushed: position, snapshot_at: position, pending: None, force_snapshot: false, snapshots_started: 0, snapshots_durable: 0, last_stats, marks: VecDeque::new(), safe: None, committed: None }
+        Task {
+            engine,
+            pushed: position,
+            snapshot_at: position,
+            pending: None,
+            force_snapshot: false,
+            snapshots_started: 0,
+            snapshots_durable: 0,
+            last_stats,
+            marks: VecDeque::new(),
+            safe: None,
+            committed: None,
+            last_input: Instant::now(),
+            last_heartbeat: None,
+        }
+    }
+
+    /// The partition's event-time clock: the largest event time read, plus the wall time
+    /// since the last record (see [`Engine::tick`]).
+    fn clock(&self) -> Option<i64> {
+        let quiet = i64::try_from(self.last_input.elapsed().as_micros()).unwrap_or(i64::MAX);
+        self.engine.max_event_time().map(|m| m.saturating_add(quiet))
+    }
+
+    fn heartbeat(&self, key: &SourceKey, instance: &str, state: EngineState, interval: Duration, idle: bool) -> Heartbeat {
+        Heartbeat {
+            kind: "heartbeat".into(),
+            source_topic: key.0.clone(),
+            source_partition: key.1,
+            instance: instance.to_string(),
+            state,
+            wall_time: wall_micros(),
+            interval_ms: interval.as_millis() as u64,
+            watermark: self.engine.watermark(),
+            max_event_time: self.engine.max_event_time(),
+            last_offset: self.pushed.map(|p| p - 1),
+            position: self.pushed,
+            committed: self.committed,
+            buffered: self.engine.buffered(),
+            idle,
+        }
     }
 
     fn advance(&mut self, min_unacked: u64) {
@@ -394,14 +443,29 @@ impl PipelineContext {
 
 type Restored = (changelog::Snapshot, u64);
 
+/// The restore reader's callbacks: reaching the end of the changelog partition is how a
+/// restore ends, not an error.
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(p) => debug!(partition = p, "changelog partition read to its end"),
+            e => warn!(error = %e, reason, "changelog reader"),
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
 /// Reads a source partition's changelog partition to its end and rebuilds its state.
 fn restore_partition(client: &ClientConfig, changelog_topic: &str, key: &SourceKey, timeout: Duration) -> Result<Option<Restored>, String> {
-    let reader: BaseConsumer = client
+    let reader: BaseConsumer<RestoreContext> = client
         .clone()
         .set("group.id", "driftgate-restore")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(RestoreContext)
         .map_err(|e| format!("cannot create the restore consumer: {e}"))?;
     let (lo, hi) = reader.fetch_watermarks(changelog_topic, key.1, timeout).map_err(|e| format!("changelog {changelog_topic}/{}: {e}", key.1))?;
     if hi <= lo {
@@ -459,6 +523,8 @@ pub struct Emitter {
     sink: Arc<Sink>,
     metrics: Arc<Metrics>,
     recent: Mutex<RecentHistory>,
+    /// This process, as named in heartbeats.
+    instance: String,
 }
 
 /// The record an output derives from, when it derives from one.
@@ -519,6 +585,16 @@ impl Emitter {
         Ok(())
     }
 
+    /// Produces a partition's heartbeat on the snapshot topic (see [`crate::heartbeat`]).
+    fn heartbeat(&self, key: &SourceKey, hb: &Heartbeat) -> Result<(), PipelineError> {
+        let payload = serde_json::to_vec(hb).map_err(|x| PipelineError::Setup(x.to_string()))?;
+        let k = crate::heartbeat::key(&key.0, key.1);
+        let h = OwnedHeaders::new().insert(Header { key: "driftgate.kind", value: Some("heartbeat") });
+        self.sink.send(key, OutRecord { topic: &self.topics.snapshot, key: k.as_bytes(), payload: Some(&payload), headers: Some(h), partition: None })?;
+        self.metrics.heartbeats.inc();
+        Ok(())
+    }
+
     fn dead_letter(&self, key: &SourceKey, msg: &BorrowedMessage<'_>, code: &str, detail: &str) -> Result<(), PipelineError> {
         let now = crate::timefmt::rfc3339(wall_micros());
         let h = OwnedHeaders::new()
@@ -533,6 +609,9 @@ impl Emitter {
         Ok(())
     }
 }
+
+/// How often the loop feeds ticks and heartbeats: the resolution of `idle_timeout`.
+const TIMEKEEPING_EVERY: Duration = Duration::from_millis(100);
 
 fn wall_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
@@ -550,11 +629,29 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
 }
 
-/// Brokers plus the pass-through librdkafka properties.
+/// Brokers plus the librdkafka properties shared by every client.
 pub fn kafka_config(cfg: &RunConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.kafka.brokers);
     for (k, v) in &cfg.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The shared properties plus the consumer-only ones.
+pub fn consumer_config(cfg: &RunConfig) -> ClientConfig {
+    let mut c = kafka_config(cfg);
+    for (k, v) in &cfg.kafka.consumer_properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The shared properties plus the producer-only ones.
+pub fn producer_config(cfg: &RunConfig) -> ClientConfig {
+    let mut c = kafka_config(cfg);
+    for (k, v) in &cfg.kafka.producer_properties {
         c.set(k, v);
     }
     c
@@ -573,8 +670,8 @@ impl Pipeline {
             }
         };
         let decoder = Decoder::new(cfg.kafka.format, schemas, cfg.decode.max_future_skew.micros());
-        let base = kafka_config(&cfg);
-        let sink = Arc::new(Sink::new(&base)?);
+        let base = consumer_config(&cfg);
+        let sink = Arc::new(Sink::new(&producer_config(&cfg))?);
         let tasks = Arc::new(Mutex::new(Tasks { map: HashMap::new(), engine_cfg: cfg.engine.clone(), pacts, changelog: cfg.kafka.topics.changelog.clone() }));
         let mut ccfg = base.clone();
         ccfg.set("group.id", &cfg.kafka.group_id).set("auto.offset.reset", "earliest").set("partition.assignment.strategy", "cooperative-sticky");
@@ -582,7 +679,7 @@ impl Pipeline {
         // prefetch queue is full; a consumer that does real work per record then drains the
         // queue and idles for the rest of the second (measured: 40 % idle, 150k records/s).
         ccfg.set("fetch.queue.backoff.ms", "10").set("statistics.interval.ms", "5000");
-        for (k, v) in &cfg.kafka.properties {
+        for (k, v) in cfg.kafka.properties.iter().chain(&cfg.kafka.consumer_properties) {
             ccfg.set(k, v);
         }
         // Not overridable: offsets move only when outputs are acknowledged.
@@ -607,6 +704,7 @@ impl Pipeline {
             sink: sink.clone(),
             metrics: metrics.clone(),
             recent: Mutex::new(RecentHistory::default()),
+            instance: format!("{}-{}", std::process::id(), wall_micros() / 1000),
         });
         let p = Pipeline { cfg, consumer, sink, tasks, decoder, emitter, status, metrics };
         p.preflight()?;
@@ -651,6 +749,7 @@ impl Pipeline {
         let mut last_commit = Instant::now();
         let result = self.run_loop(commit_every, &mut last_commit);
         info!("stopping: snapshotting, flushing outputs and committing");
+        self.final_heartbeats();
         let flushed = match self.tasks.lock() {
             Ok(mut tasks) => tasks.snapshot_and_flush(&self.sink, None),
             Err(_) => Err(SinkError::Delivery("task state poisoned".into())),
@@ -663,7 +762,12 @@ impl Pipeline {
     }
 
     fn run_loop(&self, commit_every: Duration, last_commit: &mut Instant) -> Result<(), PipelineError> {
+        let mut last_timekeeping = Instant::now();
         while !self.status.stop.load(Ordering::SeqCst) {
+            if last_timekeeping.elapsed() >= TIMEKEEPING_EVERY {
+                self.keep_time()?;
+                last_timekeeping = Instant::now();
+            }
             match self.consumer.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Err(e)) => warn!(error = %e, "consumer error"),
@@ -686,6 +790,52 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// Wall time reaches the engines: a tick for each idle partition, and heartbeats when due.
+    fn keep_time(&self) -> Result<(), PipelineError> {
+        let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Setup("task state poisoned".into()))?;
+        let cfg = &tasks.engine_cfg;
+        let idle_after = (cfg.idle_timeout.micros() > 0).then(|| Duration::from_micros(cfg.idle_timeout.micros() as u64));
+        let beat_every = (cfg.heartbeat_interval.micros() > 0).then(|| Duration::from_micros(cfg.heartbeat_interval.micros() as u64));
+        let mut idle_partitions = 0;
+        for (key, task) in tasks.map.iter_mut() {
+            let idle = idle_after.is_some_and(|d| task.last_input.elapsed() >= d);
+            if idle {
+                idle_partitions += 1;
+                if let Some(at) = task.clock() {
+                    self.metrics.ticks_fed.inc();
+                    if task.engine.tick(at, wall_micros()) {
+                        self.metrics.ticks_applied.inc();
+                        debug!(topic = %key.0, partition = key.1, at, "tick applied");
+                        // The tick changed the state: the next snapshot must carry it.
+                        task.force_snapshot = true;
+                        let outputs = task.engine.drain();
+                        self.emitter.emit(key, &task.engine, outputs, None)?;
+                    }
+                }
+            }
+            if let Some(every) = beat_every.filter(|e| task.last_heartbeat.is_none_or(|t| t.elapsed() >= *e)) {
+                self.emitter.heartbeat(key, &task.heartbeat(key, &self.emitter.instance, EngineState::Running, every, idle))?;
+                task.last_heartbeat = Some(Instant::now());
+            }
+        }
+        self.metrics.idle_partitions.set(idle_partitions);
+        Ok(())
+    }
+
+    /// On a clean stop: tells routers this instance no longer runs its partitions.
+    fn final_heartbeats(&self) {
+        let Ok(tasks) = self.tasks.lock() else { return };
+        let every = Duration::from_micros(tasks.engine_cfg.heartbeat_interval.micros().max(0) as u64);
+        if every.is_zero() {
+            return;
+        }
+        for (key, task) in &tasks.map {
+            if let Err(e) = self.emitter.heartbeat(key, &task.heartbeat(key, &self.emitter.instance, EngineState::Stopped, every, false)) {
+                warn!(error = %e, "cannot produce the final heartbeat");
+            }
+        }
     }
 
     fn handle(&self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
@@ -721,6 +871,8 @@ impl Pipeline {
         match decoded {
             Ok(t) => {
                 self.metrics.records_decoded.inc();
+                self.status.decoder_unavailable.store(false, Ordering::Relaxed);
+                task.last_input = Instant::now();
                 let event_id = t.event_id.clone();
                 task.engine.push_tagged(Input::Telemetry(t), offset as u64);
                 let outputs = task.engine.drain();
@@ -734,6 +886,7 @@ impl Pipeline {
             Err(DecodeError::Unavailable(why)) => {
                 // Nothing is wrong with the record: rewind and retry after a pause.
                 warn!(topic = %key.0, partition = key.1, offset, %why, "dependency unavailable; retrying the record");
+                self.status.decoder_unavailable.store(true, Ordering::Relaxed);
                 drop(tasks);
                 std::thread::sleep(Duration::from_millis(500));
                 if let Err(e) = self.consumer.seek(&key.0, key.1, Offset::Offset(offset), Duration::from_secs(5)) {
@@ -780,6 +933,7 @@ impl ControlPlane for PipelineControl {
             state_restored: !self.status.restoring.load(Ordering::SeqCst),
             assigned: self.status.assigned.load(Ordering::SeqCst),
             broker_reachable: !self.status.brokers_down.load(Ordering::SeqCst),
+            decoder_available: !self.status.decoder_unavailable.load(Ordering::SeqCst),
         }
     }
 
@@ -873,6 +1027,19 @@ impl ControlPlane for PipelineControl {
             _ => 0,
         };
         self.metrics.observe_engines(tasks.map.values().map(|t| &t.engine), elapsed);
+        let wall = wall_micros();
+        self.metrics.observe_partitions(tasks.map.iter().map(|(key, t)| {
+            let clock = t.clock();
+            let time = PartitionTime {
+                buffered: t.engine.buffered(),
+                oldest_buffered_age: match (clock, t.engine.oldest_buffered()) {
+                    (Some(c), Some(o)) => (c - o).max(0) as f64 / 1e6,
+                    _ => 0.0,
+                },
+                watermark_lag: t.engine.watermark().map(|wm| (wall - wm) as f64 / 1e6),
+            };
+            (key.0.as_str(), key.1, time)
+        }));
     }
 }
 

@@ -2,7 +2,7 @@
 //! the engine core, with optional overrides, writing enforcement events and history.
 
 use crate::engine::{Engine, EngineConfig, Input, Output};
-use crate::history::write_jsonl;
+use crate::history::{write_jsonl, Record, RecordKind};
 use crate::input::open_maybe_gzip;
 use crate::overrides::OverrideRequest;
 use crate::pact::Pact;
@@ -73,7 +73,55 @@ pub fn write_avro(path: &Path, records: &[Telemetry]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replays telemetry (and overrides) through a fresh engine.
+/// A recorded tick: applied before the input at position `after_inputs`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecordedTick {
+    /// Inputs offered before it.
+    pub after_inputs: u64,
+    /// The source's event-time clock it carried.
+    pub at: i64,
+    /// The wall time it was fed at.
+    pub wall_time: i64,
+}
+
+/// Reads the `tick` records of a contract history (JSONL, optionally gzip), in order.
+pub fn read_ticks(path: &Path) -> anyhow::Result<Vec<RecordedTick>> {
+    let r = BufReader::new(open_maybe_gzip(path)?);
+    let mut out = Vec::new();
+    for (i, line) in r.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let rec: Record = serde_json::from_str(&line).with_context(|| format!("{}: line {}: not a history record", path.display(), i + 1))?;
+        if rec.kind != RecordKind::Tick {
+            continue;
+        }
+        let field = |k: &str| rec.detail.get(k).and_then(serde_json::Value::as_i64).with_context(|| format!("{}: line {}: tick without `{k}`", path.display(), i + 1));
+        out.push(RecordedTick { after_inputs: u64::try_from(field("after_inputs")?).context("negative `after_inputs`")?, at: field("at")?, wall_time: field("wall_time")? });
+    }
+    Ok(out)
+}
+
+/// What to replay and where to write.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions<'a> {
+    /// Engine settings (default: [`EngineConfig::default`]).
+    pub engine: Option<EngineConfig>,
+    /// Overrides (JSONL), merged in event-time order.
+    pub overrides: Option<&'a Path>,
+    /// Ticks recorded by a live run, applied at their input positions.
+    pub ticks: Vec<RecordedTick>,
+    /// Enforcement events (JSONL).
+    pub events_out: Option<&'a Path>,
+    /// Contract history (JSONL).
+    pub history_out: Option<&'a Path>,
+    /// Late records (JSONL).
+    pub late_out: Option<&'a Path>,
+}
+
+/// Replays telemetry (and overrides) through a fresh engine, with the default settings and
+/// no ticks.
 pub fn replay(
     pacts: Vec<Pact>,
     input: &Path,
@@ -82,6 +130,12 @@ pub fn replay(
     history_out: Option<&Path>,
     late_out: Option<&Path>,
 ) -> anyhow::Result<ReplaySummary> {
+    replay_with(pacts, input, &ReplayOptions { overrides, events_out, history_out, late_out, ..ReplayOptions::default() })
+}
+
+/// Replays telemetry (and overrides, and recorded ticks) through a fresh engine.
+pub fn replay_with(pacts: Vec<Pact>, input: &Path, opts: &ReplayOptions<'_>) -> anyhow::Result<ReplaySummary> {
+    let ReplayOptions { overrides, events_out, history_out, late_out, .. } = *opts;
     let telemetry = read_telemetry(input)?;
     let mut inputs: Vec<Input> = telemetry.into_iter().map(Input::Telemetry).collect();
     if let Some(p) = overrides {
@@ -107,7 +161,8 @@ pub fn replay(
     let mut events_w = events_out.map(|p| std::fs::File::create(p).map(BufWriter::new)).transpose()?;
     let mut history_w = history_out.map(|p| std::fs::File::create(p).map(BufWriter::new)).transpose()?;
     let mut late_w = late_out.map(|p| std::fs::File::create(p).map(BufWriter::new)).transpose()?;
-    let mut engine = Engine::new(EngineConfig::default(), pacts);
+    let mut engine = Engine::new(opts.engine.clone().unwrap_or_default(), pacts);
+    let mut ticks = opts.ticks.iter().peekable();
     let (mut events, mut history) = (0u64, 0u64);
     let start = Instant::now();
     let mut sink = |out: Vec<Output>| -> anyhow::Result<()> {
@@ -137,12 +192,30 @@ pub fn replay(
         }
         Ok(())
     };
+    let apply = |engine: &mut Engine, t: &RecordedTick| -> anyhow::Result<()> {
+        if !engine.tick(t.at, t.wall_time) {
+            bail!(
+                "the tick recorded after {} inputs (at {}) changes nothing here: the input or the engine settings differ from the recorded run",
+                t.after_inputs,
+                crate::timefmt::rfc3339(t.at)
+            );
+        }
+        Ok(())
+    };
     for (i, input) in inputs.into_iter().enumerate() {
+        while let Some(t) = ticks.next_if(|t| t.after_inputs <= i as u64) {
+            apply(&mut engine, t)?;
+            sink(engine.drain())?;
+        }
         engine.push(input);
         sink(engine.drain())?;
         if i % 65_536 == 0 {
             bar.set_position(i as u64);
         }
+    }
+    for t in ticks {
+        apply(&mut engine, t)?;
+        sink(engine.drain())?;
     }
     engine.flush();
     sink(engine.drain())?;

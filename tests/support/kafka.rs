@@ -322,3 +322,56 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// Follows a topic from its beginning, stamping each record with when it was consumed: for
+/// measuring how long an output took to reach a consumer (a router's view).
+pub struct Tail {
+    consumer: BaseConsumer,
+    pub seen: Vec<(Instant, Rec)>,
+}
+
+impl Tail {
+    pub fn new(b: &Broker, topic: &str) -> Tail {
+        let consumer: BaseConsumer = b
+            .client()
+            .set("group.id", format!("tail-{}", rand_suffix()))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("consumer");
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..md.topics()[0].partitions().len() as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+        }
+        consumer.assign(&tpl).expect("assign");
+        Tail { consumer, seen: Vec::new() }
+    }
+
+    /// Consumes for `d`.
+    pub fn poll_for(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(10)) {
+                let headers = m
+                    .headers()
+                    .map(|h| h.iter().map(|x| (x.key.to_string(), x.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())).collect())
+                    .unwrap_or_default();
+                let rec = Rec { partition: m.partition(), offset: m.offset(), key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()), value: m.payload().map(<[u8]>::to_vec), headers };
+                self.seen.push((Instant::now(), rec));
+            }
+        }
+    }
+
+    /// Consumes until `f` finds something among the records seen, or panics after `secs`.
+    pub fn until<T>(&mut self, secs: u64, what: &str, mut f: impl FnMut(&[(Instant, Rec)]) -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = f(&self.seen) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+            self.poll_for(Duration::from_millis(20));
+        }
+    }
+}
