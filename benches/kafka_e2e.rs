@@ -8,11 +8,16 @@
 //! - `throughput`: the engine draining an N-record topic with five clauses per record,
 //!   against a bare rdkafka consumer that only counts the same records.
 //!
+//! - `breach`: a critical zero-tolerance breach (PII) → the router receiving its block, in a
+//!   live stream and as the last record before the input goes silent; and a held (non-critical)
+//!   breach as the last record, which only the idle tick releases. Default engine settings
+//!   (`max_out_of_orderness` 5 s) except `idle_timeout` = `max_event_lag` = 1 s.
+//!
 //! tansu 0.6 does not stamp LogAppendTime (its produce response says -1), so "append time"
 //! is the producer's CreateTime, taken at the produce call by librdkafka on both sides.
 //!
 //! ```text
-//! cargo bench -p driftgate --bench kafka_e2e -- [latency] [throughput] [--incidents N]
+//! cargo bench -p driftgate --bench kafka_e2e -- [latency] [throughput] [breach] [--incidents N]
 //!     [--rate EVENTS_PER_S] [--records N] [--format avro|json]
 //! ```
 
@@ -56,6 +61,8 @@ struct Args {
     latency: bool,
     throughput: bool,
     restore: bool,
+    /// Critical breach → control, in a live stream and as the last record before silence.
+    breach: bool,
     /// Keyed states (agent × clause) for `restore`.
     keys: usize,
     incidents: usize,
@@ -69,7 +76,7 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { latency: false, throughput: false, restore: false, keys: 100_000, incidents: 200, rate: 4000.0, records: 1_000_000, format: "avro".into(), fetch_wait_ms: 10, commit_interval: "1s".into() };
+    let mut a = Args { latency: false, throughput: false, restore: false, breach: false, keys: 100_000, incidents: 200, rate: 4000.0, records: 1_000_000, format: "avro".into(), fetch_wait_ms: 10, commit_interval: "1s".into() };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -78,6 +85,7 @@ fn args() -> Args {
             "latency" => a.latency = true,
             "throughput" => a.throughput = true,
             "restore" => a.restore = true,
+            "breach" => a.breach = true,
             "--keys" => {
                 a.keys = next(i).parse().expect("--keys N");
                 i += 1;
@@ -111,7 +119,7 @@ fn args() -> Args {
         }
         i += 1;
     }
-    if !a.latency && !a.throughput && !a.restore {
+    if !a.latency && !a.throughput && !a.restore && !a.breach {
         a.latency = true;
         a.throughput = true;
     }
@@ -211,6 +219,49 @@ fn row(name: &str, h: &Histogram<u64>) {
     println!("  {name:<44} {:>8.2} {:>8.2} {:>8.2} {:>7}", pct(h, 0.5), pct(h, 0.99), h.max() as f64 / 1000.0, h.len());
 }
 
+/// Raw hop: one produce → consume, with the same client defaults as the engine's consumer
+/// and producer; `ping` carries the send time (µs) as its payload.
+fn spawn_hop(b: &Broker, ping: &str, fetch_wait_ms: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Histogram<u64>> {
+    let reader = assigned_reader(b, ping, 1, fetch_wait_ms);
+    std::thread::spawn(move || {
+        let mut h = Histogram::<u64>::new(3).expect("histogram");
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
+                let sent_us = m.payload().and_then(|p| std::str::from_utf8(p).ok()).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+                let _ = h.record((now_us() - sent_us).max(0) as u64);
+            }
+        }
+        h
+    })
+}
+
+/// Events a router received: `(event, producer's timestamp µs, received µs)`.
+type Received = Vec<(EnforcementEvent, i64, i64)>;
+
+/// A router reading the enforcement topic; also shares `causation id → received µs` live.
+fn spawn_router(b: &Broker, topic: &str, fetch_wait_ms: u32, stop: Arc<AtomicBool>) -> (std::thread::JoinHandle<Received>, Arc<Mutex<HashMap<String, i64>>>) {
+    let reader = assigned_reader(b, topic, 1, fetch_wait_ms);
+    let by_cause = Arc::new(Mutex::new(HashMap::new()));
+    let shared = by_cause.clone();
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
+                let recv = now_us();
+                let create = m.timestamp().to_millis().unwrap_or(0) * 1000;
+                if let Some(e) = m.payload().and_then(|p| serde_json::from_slice::<EnforcementEvent>(p).ok()) {
+                    if let Ok(mut c) = shared.lock() {
+                        c.entry(e.causation.id.clone()).or_insert(recv);
+                    }
+                    seen.push((e, create, recv));
+                }
+            }
+        }
+        seen
+    });
+    (handle, by_cause)
+}
+
 fn latency(b: &Broker, a: &Args) {
     let t = Topics::create(b, "bench", 1);
     let ping = format!("ping-{}", rand_suffix());
@@ -224,36 +275,8 @@ fn latency(b: &Broker, a: &Args) {
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent: Arc<Mutex<HashMap<String, i64>>> = Arc::new(Mutex::new(HashMap::new()));
-    // Raw hop: same client defaults as the engine's consumer and producer.
-    let hop = {
-        let (stop, reader) = (stop.clone(), assigned_reader(b, &ping, 1, a.fetch_wait_ms));
-        std::thread::spawn(move || {
-            let mut h = Histogram::<u64>::new(3).expect("histogram");
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
-                    let sent_us = m.payload().and_then(|p| std::str::from_utf8(p).ok()).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-                    let _ = h.record((now_us() - sent_us).max(0) as u64);
-                }
-            }
-            h
-        })
-    };
-    let router = {
-        let (stop, reader) = (stop.clone(), assigned_reader(b, &t.enforcement, 1, a.fetch_wait_ms));
-        std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
-                    let recv = now_us();
-                    let create = m.timestamp().to_millis().unwrap_or(0) * 1000;
-                    if let Some(e) = m.payload().and_then(|p| serde_json::from_slice::<EnforcementEvent>(p).ok()) {
-                        seen.push((e, create, recv));
-                    }
-                }
-            }
-            seen
-        })
-    };
+    let hop = spawn_hop(b, &ping, a.fetch_wait_ms, stop.clone());
+    let (router, _) = spawn_router(b, &t.enforcement, a.fetch_wait_ms, stop.clone());
     // Let the engine join its group and the observers start fetching.
     std::thread::sleep(Duration::from_secs(8));
 
@@ -511,7 +534,7 @@ fn restore(b: &Broker, a: &Args) {
 }
 
 fn args_default() -> Args {
-    Args { latency: false, throughput: false, restore: false, keys: 0, incidents: 0, rate: 0.0, records: 0, format: "json".into(), fetch_wait_ms: 10, commit_interval: "1s".into() }
+    Args { latency: false, throughput: false, restore: false, breach: false, keys: 0, incidents: 0, rate: 0.0, records: 0, format: "json".into(), fetch_wait_ms: 10, commit_interval: "1s".into() }
 }
 
 fn main() {
@@ -526,4 +549,128 @@ fn main() {
     if a.restore {
         restore(&b, &a);
     }
+    if a.breach {
+        breach(&b, &a);
+    }
+}
+
+const BREACH_PACT: &str = r#"
+pact: breaches
+version: 1
+applies_to: { agents: ["*"] }
+clauses:
+  - id: no-pii
+    metric: { kind: bernoulli, value: pii_detected }
+    test: { kind: limit, zero_tolerance: true }
+    severity: critical
+    consequence: block
+  - id: no-bad-flag
+    metric: { kind: bernoulli, value: attributes.flag == "bad" }
+    test: { kind: limit, zero_tolerance: true }
+    severity: high
+    consequence: degrade
+"#;
+
+fn breach_event(agent: &str, i: u64, pii: bool, flag: &str) -> Telemetry {
+    Telemetry {
+        event_id: format!("{agent}-{i}"),
+        agent_id: agent.to_string(),
+        workflow: "bench".into(),
+        model: Model { provider: "acme".into(), name: "m".into(), version: "v1".into() },
+        occurred_at: now_us(),
+        risk: Risk::Low,
+        outcome: Outcome::Ok,
+        latency_ms: Some(100.0),
+        citations: None,
+        pii_detected: Some(pii),
+        tool_calls: vec![],
+        attributes: [("flag".to_string(), driftgate::telemetry::Attr::Str(flag.into()))].into_iter().collect(),
+    }
+}
+
+fn breach(b: &Broker, a: &Args) {
+    let t = Topics::create(b, "breach", 1);
+    let ping = format!("ping-{}", rand_suffix());
+    b.create_topics(&[(&ping, 1, false)]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), b, &t, BREACH_PACT, "idle_timeout = \"1s\"\nmax_event_lag = \"1s\"", a);
+    let engine = Engine::start_logging(&cfg, "info");
+    let enc = Encoder::new(&a.format);
+    let stop = Arc::new(AtomicBool::new(false));
+    let hop = spawn_hop(b, &ping, a.fetch_wait_ms, stop.clone());
+    let (router, received) = spawn_router(b, &t.enforcement, a.fetch_wait_ms, stop.clone());
+    std::thread::sleep(Duration::from_secs(8));
+    let incidents = a.incidents.max(50);
+    let producer: Arc<BaseProducer> = Arc::new(b.client().create().expect("producer"));
+    let ping_now = |p: &BaseProducer| {
+        let at = now_us();
+        send(p, &ping, b"ping", at.to_string().as_bytes(), 0, at / 1000);
+    };
+    // Produces one record and waits for the router to receive an event it caused.
+    let incident = |agent: &str, pii: bool, flag: &str, h: &mut Histogram<u64>| {
+        let ev = breach_event(agent, 0, pii, flag);
+        let at = ev.occurred_at;
+        send(&producer, &t.input, agent.as_bytes(), &enc.encode(&ev), 0, at / 1000);
+        producer.flush(Duration::from_secs(10)).expect("flush");
+        ping_now(&producer);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(recv) = received.lock().ok().and_then(|r| r.get(&ev.event_id).copied()) {
+                let _ = h.record((recv - at).max(0) as u64);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        println!("  no event for {} within 30 s", ev.event_id);
+    };
+
+    // Live: a background stream of clean events keeps the partition busy.
+    let live_stop = Arc::new(AtomicBool::new(false));
+    let background = {
+        let (p, stop, input, enc) = (producer.clone(), live_stop.clone(), t.input.clone(), Encoder::new(&a.format));
+        let rate = a.rate.min(2000.0);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let agent = format!("clean-{:03}", n % 100);
+                let ev = breach_event(&agent, n, false, "ok");
+                send(&p, &input, agent.as_bytes(), &enc.encode(&ev), 0, ev.occurred_at / 1000);
+                p.poll(Duration::ZERO);
+                n += 1;
+                if let Some(wait) = (started + Duration::from_secs_f64(n as f64 / rate)).checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let mut live = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..incidents {
+        incident(&format!("pii-live-{i:03}"), true, "ok", &mut live);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    live_stop.store(true, Ordering::SeqCst);
+    background.join().expect("background producer");
+    // Silent: each breach is the last record; the input then stays quiet.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut silent = Histogram::<u64>::new(3).expect("histogram");
+    let mut held = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..incidents {
+        incident(&format!("pii-silent-{i:03}"), true, "ok", &mut silent);
+        std::thread::sleep(Duration::from_millis(1500));
+        incident(&format!("held-silent-{i:03}"), false, "bad", &mut held);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let hop = hop.join().expect("hop thread");
+    let _ = router.join().expect("router thread");
+    drop(engine);
+    println!("\ncritical breach → control: {incidents} incidents per row, tansu on this machine ({} input)", a.format);
+    println!("  {:<44} {:>8} {:>8} {:>8} {:>7}", "", "p50 ms", "p99 ms", "max ms", "n");
+    row("raw hop: produce → consume", &hop);
+    row("critical breach in a live stream → router", &live);
+    row("critical breach, then silence → router", &silent);
+    row("held breach, then silence → router", &held);
+    let bound = 1000.0 + 2.0 * pct(&hop, 0.99);
+    println!("  target: p99 <= idle_timeout + 2 x raw-hop p99 = {bound:.1} ms");
 }
