@@ -243,7 +243,7 @@ fn the_last_records_before_a_silence_act_within_the_idle_timeout_and_replay_repr
     let lag = get("driftgate_partition_watermark_lag_seconds", &part);
     assert!(lag > 0.0 && lag < 30.0, "the watermark follows a live partition's clock: {lag}");
     let applied = get("driftgate_ticks_applied_total", &[]);
-    assert!(applied >= 2.0 && get("driftgate_ticks_fed_total", &[]) > applied, "fed {} applied {applied}", get("driftgate_ticks_fed_total", &[]));
+    assert!(applied >= 2.0 && get("driftgate_ticks_fed_total", &[]) >= applied, "fed {} applied {applied}", get("driftgate_ticks_fed_total", &[]));
     assert!(get("driftgate_heartbeats_total", &[]) >= beats.len() as f64);
 
     // Stopped: a last heartbeat says so, then none.

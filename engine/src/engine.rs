@@ -366,6 +366,14 @@ impl Engine {
         self.buffer.first_key_value().map(|((t, _), _)| *t)
     }
 
+    /// The earliest event time at which something waits: a buffered input or a timer.
+    pub fn next_due(&self) -> Option<i64> {
+        match (self.oldest_buffered(), self.timers.first().map(|(t, _)| *t)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The largest event time seen, if any.
     pub fn max_event_time(&self) -> Option<i64> {
         self.max_seen
@@ -387,12 +395,7 @@ impl Engine {
         if before.is_some_and(|wm| wm >= floor) {
             return false;
         }
-        let due = match (self.oldest_buffered(), self.timers.first().map(|(t, _)| *t)) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return false,
-        };
-        if due > floor {
+        if self.next_due().is_none_or(|due| due > floor) {
             return false;
         }
         self.tick_floor = Some(floor);

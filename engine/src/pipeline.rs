@@ -144,6 +144,15 @@ impl Task {
         }
     }
 
+    /// When the next tick would apply: once the partition has been idle for `idle_after`
+    /// and its clock has passed the engine's next due time by `lag` (µs); `None` if nothing
+    /// is due.
+    fn next_tick(&self, idle_after: Duration, lag: i64) -> Option<Instant> {
+        let (due, max) = (self.engine.next_due()?, self.engine.max_event_time()?);
+        let need = Duration::from_micros(due.saturating_add(lag).saturating_sub(max).max(0) as u64);
+        Some(self.last_input + need.max(idle_after))
+    }
+
     /// The partition's event-time clock: the largest event time read, plus the wall time
     /// since the last record (see [`Engine::tick`]).
     fn clock(&self) -> Option<i64> {
@@ -610,8 +619,9 @@ impl Emitter {
     }
 }
 
-/// How often the loop feeds ticks and heartbeats: the resolution of `idle_timeout`.
-const TIMEKEEPING_EVERY: Duration = Duration::from_millis(100);
+/// The longest the loop waits for a record before it looks at the time again (idleness,
+/// heartbeats, commits).
+const IDLE_WAKE_UP: Duration = Duration::from_millis(100);
 
 fn wall_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
@@ -762,13 +772,12 @@ impl Pipeline {
     }
 
     fn run_loop(&self, commit_every: Duration, last_commit: &mut Instant) -> Result<(), PipelineError> {
-        let mut last_timekeeping = Instant::now();
+        let mut next_timekeeping = Instant::now();
         while !self.status.stop.load(Ordering::SeqCst) {
-            if last_timekeeping.elapsed() >= TIMEKEEPING_EVERY {
-                self.keep_time()?;
-                last_timekeeping = Instant::now();
+            if Instant::now() >= next_timekeeping {
+                next_timekeeping = self.keep_time()?;
             }
-            match self.consumer.poll(Duration::from_millis(100)) {
+            match self.consumer.poll(next_timekeeping.saturating_duration_since(Instant::now()).min(IDLE_WAKE_UP)) {
                 None => {}
                 Some(Err(e)) => warn!(error = %e, "consumer error"),
                 Some(Ok(msg)) => {
@@ -792,36 +801,49 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Wall time reaches the engines: a tick for each idle partition, and heartbeats when due.
-    fn keep_time(&self) -> Result<(), PipelineError> {
+    /// Wall time reaches the engines: a tick for each idle partition whose engine has
+    /// something due, and heartbeats when due. Returns when it next has work, so the loop
+    /// wakes then (ticks land on time, not on a polling grid).
+    fn keep_time(&self) -> Result<Instant, PipelineError> {
         let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Setup("task state poisoned".into()))?;
         let cfg = &tasks.engine_cfg;
         let idle_after = (cfg.idle_timeout.micros() > 0).then(|| Duration::from_micros(cfg.idle_timeout.micros() as u64));
         let beat_every = (cfg.heartbeat_interval.micros() > 0).then(|| Duration::from_micros(cfg.heartbeat_interval.micros() as u64));
+        let lag = cfg.max_event_lag.micros();
+        let now = Instant::now();
+        let mut next = now + IDLE_WAKE_UP;
         let mut idle_partitions = 0;
         for (key, task) in tasks.map.iter_mut() {
-            let idle = idle_after.is_some_and(|d| task.last_input.elapsed() >= d);
-            if idle {
-                idle_partitions += 1;
-                if let Some(at) = task.clock() {
-                    self.metrics.ticks_fed.inc();
-                    if task.engine.tick(at, wall_micros()) {
-                        self.metrics.ticks_applied.inc();
-                        debug!(topic = %key.0, partition = key.1, at, "tick applied");
-                        // The tick changed the state: the next snapshot must carry it.
-                        task.force_snapshot = true;
-                        let outputs = task.engine.drain();
-                        self.emitter.emit(key, &task.engine, outputs, None)?;
+            let idle = idle_after.is_some_and(|d| now.duration_since(task.last_input) >= d);
+            idle_partitions += idle as i64;
+            if let Some(due) = idle_after.and_then(|d| task.next_tick(d, lag)) {
+                if due <= now {
+                    if let Some(at) = task.clock() {
+                        self.metrics.ticks_fed.inc();
+                        if task.engine.tick(at, wall_micros()) {
+                            self.metrics.ticks_applied.inc();
+                            debug!(topic = %key.0, partition = key.1, at, "tick applied");
+                            // The tick changed the state: the next snapshot must carry it.
+                            task.force_snapshot = true;
+                            let outputs = task.engine.drain();
+                            self.emitter.emit(key, &task.engine, outputs, None)?;
+                        }
                     }
                 }
+                // A tick that did not apply (rounding) is retried a millisecond later.
+                let again = task.next_tick(idle_after.unwrap_or_default(), lag).map(|d| d.max(now + Duration::from_millis(1)));
+                next = next.min(again.unwrap_or(next));
             }
-            if let Some(every) = beat_every.filter(|e| task.last_heartbeat.is_none_or(|t| t.elapsed() >= *e)) {
-                self.emitter.heartbeat(key, &task.heartbeat(key, &self.emitter.instance, EngineState::Running, every, idle))?;
-                task.last_heartbeat = Some(Instant::now());
+            if let Some(every) = beat_every {
+                if task.last_heartbeat.is_none_or(|t| now.duration_since(t) >= every) {
+                    self.emitter.heartbeat(key, &task.heartbeat(key, &self.emitter.instance, EngineState::Running, every, idle))?;
+                    task.last_heartbeat = Some(now);
+                }
+                next = next.min(task.last_heartbeat.map_or(now, |t| t + every));
             }
         }
         self.metrics.idle_partitions.set(idle_partitions);
-        Ok(())
+        Ok(next)
     }
 
     /// On a clean stop: tells routers this instance no longer runs its partitions.
