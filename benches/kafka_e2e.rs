@@ -554,22 +554,7 @@ fn main() {
     }
 }
 
-const BREACH_PACT: &str = r#"
-pact: breaches
-version: 1
-applies_to: { agents: ["*"] }
-clauses:
-  - id: no-pii
-    metric: { kind: bernoulli, value: pii_detected }
-    test: { kind: limit, zero_tolerance: true }
-    severity: critical
-    consequence: block
-  - id: no-bad-flag
-    metric: { kind: bernoulli, value: attributes.flag == "bad" }
-    test: { kind: limit, zero_tolerance: true }
-    severity: high
-    consequence: degrade
-"#;
+const BREACH_PACT: &str = include_str!("../tests/fixtures/live-breaches.yaml");
 
 fn breach_event(agent: &str, i: u64, pii: bool, flag: &str) -> Telemetry {
     Telemetry {

@@ -18,29 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const PACT: &str = r#"
-pact: live
-version: 1
-applies_to: { agents: ["live-*"] }
-clauses:
-  - id: no-pii
-    metric: { kind: bernoulli, value: pii_detected }
-    test: { kind: limit, zero_tolerance: true }
-    severity: critical
-    consequence: block
-  - id: no-bad-flag
-    metric: { kind: bernoulli, value: attributes.flag == "bad" }
-    test: { kind: limit, zero_tolerance: true }
-    severity: high
-    consequence: degrade
-  - id: high-risk-evidence
-    metric: { kind: bernoulli, value: attributes.flag == "bad", when: risk == "high" }
-    test: { kind: limit, zero_tolerance: true }
-    severity: high
-    consequence: degrade
-    high_risk: true
-    freshness: { max_age: 3s, min_events: 1 }
-"#;
+const PACT: &str = include_str!("fixtures/live-breaches.yaml");
 
 /// Settings under test: records are held 30 s for stragglers, so only a tick (or the fast
 /// path) can act on the last records before a silence.
@@ -266,37 +244,19 @@ fn the_last_records_before_a_silence_act_within_the_idle_timeout_and_replay_repr
     std::fs::write(&input_file, lines(&input_topic)).unwrap();
     std::fs::write(&history_file, lines(&history_topic)).unwrap();
     let (ev_out, hist_out) = (dir.path().join("replay-events.jsonl"), dir.path().join("replay-history.jsonl"));
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_driftgate"))
-        .args(["replay", "--pact"])
-        .arg(dir.path().join("pact.yaml"))
-        .arg("--input")
-        .arg(&input_file)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--ticks")
-        .arg(&history_file)
-        .arg("--events-out")
-        .arg(&ev_out)
-        .arg("--history-out")
-        .arg(&hist_out)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let replay = |extra: &[&Path]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_driftgate"));
+        c.args(["replay", "--pact"]).arg(dir.path().join("pact.yaml")).arg("--input").arg(&input_file).arg("--config").arg(&cfg).arg("--events-out").arg(&ev_out);
+        for pair in extra.chunks(2) {
+            c.arg(pair[0]).arg(pair[1]);
+        }
+        assert!(c.status().unwrap().success());
+    };
+    replay(&[Path::new("--ticks"), &history_file, Path::new("--history-out"), &hist_out]);
     assert_eq!(std::fs::read_to_string(&ev_out).unwrap(), lines(&events_topic), "replayed events");
     assert_eq!(std::fs::read_to_string(&hist_out).unwrap(), lines(&history_topic), "replayed history");
     // Without the ticks the silence never happened: the stale evidence is not derived.
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_driftgate"))
-        .args(["replay", "--pact"])
-        .arg(dir.path().join("pact.yaml"))
-        .arg("--input")
-        .arg(&input_file)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--events-out")
-        .arg(&ev_out)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    replay(&[]);
     assert!(!std::fs::read_to_string(&ev_out).unwrap().contains("evidence_stale"));
 }
 

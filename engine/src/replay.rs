@@ -49,16 +49,25 @@ pub fn read_telemetry(path: &Path) -> anyhow::Result<Vec<Telemetry>> {
         }
         return Ok(out);
     }
-    let r = BufReader::new(open_maybe_gzip(path)?);
     let mut out = Vec::new();
+    for_each_line(path, |line, at| {
+        out.push(Telemetry::from_json(line.as_bytes()).with_context(|| format!("{at}"))?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with every non-blank line of a JSONL file (optionally gzip) and its place
+/// (`file: line N`), stopping at the first error.
+fn for_each_line(path: &Path, mut f: impl FnMut(&str, &str) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let r = BufReader::new(open_maybe_gzip(path)?);
     for (i, line) in r.lines().enumerate() {
         let line = line?;
-        if line.trim().is_empty() {
-            continue;
+        if !line.trim().is_empty() {
+            f(&line, &format!("{}: line {}", path.display(), i + 1))?;
         }
-        out.push(Telemetry::from_json(line.as_bytes()).with_context(|| format!("{}: line {}", path.display(), i + 1))?);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Writes telemetry as an Avro object container file.
@@ -86,20 +95,15 @@ pub struct RecordedTick {
 
 /// Reads the `tick` records of a contract history (JSONL, optionally gzip), in order.
 pub fn read_ticks(path: &Path) -> anyhow::Result<Vec<RecordedTick>> {
-    let r = BufReader::new(open_maybe_gzip(path)?);
     let mut out = Vec::new();
-    for (i, line) in r.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
+    for_each_line(path, |line, at| {
+        let rec: Record = serde_json::from_str(line).with_context(|| format!("{at}: not a history record"))?;
+        if rec.kind == RecordKind::Tick {
+            let field = |k: &str| rec.detail.get(k).and_then(serde_json::Value::as_i64).with_context(|| format!("{at}: tick without `{k}`"));
+            out.push(RecordedTick { after_inputs: u64::try_from(field("after_inputs")?).context("negative `after_inputs`")?, at: field("at")?, wall_time: field("wall_time")? });
         }
-        let rec: Record = serde_json::from_str(&line).with_context(|| format!("{}: line {}: not a history record", path.display(), i + 1))?;
-        if rec.kind != RecordKind::Tick {
-            continue;
-        }
-        let field = |k: &str| rec.detail.get(k).and_then(serde_json::Value::as_i64).with_context(|| format!("{}: line {}: tick without `{k}`", path.display(), i + 1));
-        out.push(RecordedTick { after_inputs: u64::try_from(field("after_inputs")?).context("negative `after_inputs`")?, at: field("at")?, wall_time: field("wall_time")? });
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
