@@ -301,3 +301,68 @@ fn an_override_is_taken_on_restored_state_before_any_new_record() {
     let published: Vec<serde_json::Value> = read_all(&bootstrap, "enforcement").iter().map(|t| serde_json::from_str(t).unwrap()).collect();
     assert!(published.iter().any(|e| e["agent_id"] == agent.as_str() && e["reason"]["code"] == "override_applied" && e["lane_to"] == "watch"), "the override's event was published");
 }
+
+#[test]
+fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_durable() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let logs = logs();
+    let (cluster, bootstrap) = cluster_with_topics();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").create().expect("producer");
+    let recs = records(PARTS);
+    let first = 4_000;
+    produce(&producer, INPUT, &recs[..first]);
+    let a = Member::start("durable-a", &bootstrap);
+    wait_for(&logs, 60, "durable-a to commit the records", || committed(&bootstrap) >= first as i64);
+    let agent = recs[0].0.clone();
+    let snapshot = a.control.agent(&agent).expect("known");
+    let at = snapshot.clauses.iter().map(|c| c.last_evidence_at).max().expect("evidence");
+
+    // The HTTP API over the running pipeline, waiting 2 s for durability.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("listener");
+    let url = format!("http://{}/v1/overrides", listener.local_addr().expect("address"));
+    let control: Arc<dyn ControlPlane> = a.control.clone();
+    let state = driftgate::http::ApiState::new(control, driftgate::auth::Credentials::new(Some("t0ken"), None, 300)).with_durable_timeout(Duration::from_secs(2));
+    rt.spawn(driftgate::http::serve(listener, state));
+    let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let body = serde_json::json!({
+        "override_id": "ovr-slow", "agent_id": agent, "kind": "tighten", "lane": "watch",
+        "principal": "oncall", "reason": "test", "ticket": "T-2",
+        "issued_at": at, "expires_at": at + 3_600_000_000i64, "expected_seq": snapshot.seq,
+    });
+    let post = || -> (u16, serde_json::Value) {
+        let mut r = http.post(&url).header("Authorization", "Bearer t0ken").header("content-type", "application/json").send(body.to_string().as_str()).expect("request");
+        (r.status().as_u16(), serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("JSON"))
+    };
+
+    // Every broker round trip now takes 3 s: the snapshot holding the override cannot be
+    // acknowledged within the API's 2 s.
+    cluster.broker_round_trip_time(1, Duration::from_secs(3)).expect("rtt");
+    let started = Instant::now();
+    let (status, v) = post();
+    let waited = started.elapsed();
+    assert_eq!((status, v["error"].as_str()), (504, Some("not_durable")), "{v}");
+    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(10), "answered after {waited:?}");
+    assert!(a.control.agent(&agent).expect("known").overrides.iter().any(|o| o.override_id == "ovr-slow"), "handed to the engine");
+
+    // A retry while the broker is still slow is not answered 201 before a snapshot holding the
+    // override is durable, and is not applied twice.
+    let (status, v) = post();
+    assert_eq!((status, v["error"].as_str()), (504, Some("not_durable")), "{v}");
+
+    // The broker recovers; retrying with the same override_id is safe and is answered once a
+    // snapshot holding the override is durable.
+    cluster.broker_round_trip_time(1, Duration::ZERO).expect("rtt");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (status, v) = loop {
+        let (status, v) = post();
+        if status != 504 || Instant::now() > deadline {
+            break (status, v);
+        }
+    };
+    assert_eq!(status, 201, "{v}");
+    let now = a.control.agent(&agent).expect("known");
+    assert_eq!(now.overrides.iter().filter(|o| o.override_id == "ovr-slow").count(), 1, "applied once");
+    assert_eq!((now.lane, now.seq), (driftgate::lane::Lane::Watch, snapshot.seq + 2), "one event per scope, once");
+    a.stop();
+}

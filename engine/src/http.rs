@@ -36,6 +36,13 @@ impl ApiState {
     pub fn new(control: Arc<dyn ControlPlane>, creds: Credentials) -> ApiState {
         ApiState { control, creds, durable_timeout: Duration::from_secs(30) }
     }
+
+    /// How long `POST /v1/overrides` waits for the override's state to be durable before
+    /// answering 504 `not_durable` (default 30 s).
+    pub fn with_durable_timeout(mut self, d: Duration) -> ApiState {
+        self.durable_timeout = d;
+        self
+    }
 }
 
 /// The routes.

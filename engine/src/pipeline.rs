@@ -979,9 +979,11 @@ impl ControlPlane for PipelineControl {
         let max_ttl = tasks.engine_cfg.max_override_ttl.micros();
         let (key, task) = tasks.map.iter_mut().find(|(_, t)| t.engine.agent(&req.agent_id).is_some()).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
         let agent = task.engine.agent(&req.agent_id).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
-        // A retry of an override already in force is answered, not applied twice.
+        // A retry of an override already in force is not applied twice; it is answered once
+        // a snapshot taken after it is durable (the first answer may have been a 504).
         if agent.overrides.iter().any(|o| o.req.override_id == req.override_id) {
-            return Ok(task.snapshots_durable);
+            task.force_snapshot = true;
+            return Ok(task.snapshots_started + 1);
         }
         // Expiry is judged in the partition's event time, like everything else.
         prevalidate(&req, agent.seq, max_ttl, task.engine.watermark().unwrap_or(now))?;
