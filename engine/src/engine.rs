@@ -277,6 +277,8 @@ pub struct Engine {
     tick_floor: Option<i64>,
     /// Per pact, its `critical` zero-tolerance clauses: a breach of one acts on arrival.
     severe: Vec<Vec<u16>>,
+    /// Whether any pact has such a clause (most inputs need no further look).
+    any_severe: bool,
     now: i64,
     /// Ordered by due time, then by the timer itself (not by insertion), so timers rebuilt
     /// from restored state fire in the same order as the originals.
@@ -297,13 +299,14 @@ impl Engine {
     /// An engine for these pacts.
     pub fn new(cfg: EngineConfig, pacts: Vec<Pact>) -> Engine {
         let protos = pacts.iter().map(|p| p.doc.clauses.iter().map(Pact::detector).collect()).collect();
-        let severe = pacts
+        let severe: Vec<Vec<u16>> = pacts
             .iter()
             .map(|p| {
                 let severe = |c: &Clause| c.severity == Severity::Critical && matches!(&c.test, Test::Limit(l) if l.zero_tolerance);
                 (0..p.doc.clauses.len()).filter(|i| severe(&p.doc.clauses[*i])).map(|i| i as u16).collect()
             })
             .collect();
+        let any_severe = severe.iter().any(|c| !c.is_empty());
         Engine {
             cfg,
             pacts,
@@ -315,6 +318,7 @@ impl Engine {
             arrivals: 0,
             max_seen: None,
             tick_floor: None,
+            any_severe,
             severe,
             now: i64::MIN,
             timers: BTreeSet::new(),
@@ -578,7 +582,7 @@ impl Engine {
             Input::Override(o) => return o.kind == OverrideKind::EmergencyKill,
             Input::Telemetry(t) => t,
         };
-        if self.severe.iter().all(Vec::is_empty) {
+        if !self.any_severe {
             return false;
         }
         let breaches = |pacts: &[u16]| {
