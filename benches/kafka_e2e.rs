@@ -21,7 +21,9 @@
 //!     [--rate EVENTS_PER_S] [--records N] [--format avro|json]
 //! ```
 
-#[path = "../tests/support/kafka.rs"]
+// The test harness's broker and engine launcher; the bench uses only part of it.
+#[allow(dead_code)]
+#[path = "../tests/it/support/kafka.rs"]
 mod kafka;
 
 use driftgate::avro_json::write_datum;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing, then runs every test.
-# Tests are built once in release mode (the same artifacts as `cargo build --release`).
+# Tests build in the `test-release` profile: release optimisation without LTO (see Cargo.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-tools.sh
@@ -8,7 +8,7 @@ export PATH="${DRIFTGATE_TOOLS:-$HOME/.cache/driftgate/tools}/bin:$PATH"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --release --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --profile test-release --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -8,7 +8,7 @@ use crate::duration::Dur;
 use crate::pact::parse_pact;
 use crate::telemetry::{Attr, Model, Outcome, Risk};
 
-/// Shared with the model-based test (`tests/lane_model.rs`).
+/// Shared with the model-based test (`tests/it/lane_model.rs`).
 const PACT: &str = include_str!("../../tests/fixtures/lane-rules.yaml");
 
 const S: i64 = 1_000_000;

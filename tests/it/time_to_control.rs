@@ -4,10 +4,8 @@
 //! recorded so that a replay, or a restore in the middle of an idle period, gives the same
 //! effects.
 
-#[path = "support/kafka.rs"]
-mod kafka;
-#[path = "support/scrape.rs"]
-mod scrape;
+use crate::support::kafka;
+use crate::support::scrape;
 
 use driftgate::enforcement::EnforcementEvent;
 use driftgate::heartbeat::{EngineState, Heartbeat};
@@ -18,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const PACT: &str = include_str!("fixtures/live-breaches.yaml");
+const PACT: &str = include_str!("../fixtures/live-breaches.yaml");
 
 /// Settings under test: records are held 30 s for stragglers, so only a tick (or the fast
 /// path) can act on the last records before a silence.

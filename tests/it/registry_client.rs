@@ -2,8 +2,7 @@
 //! registry's API: caching, unknown ids, a schema that does not parse, one that does not
 //! resolve to the telemetry schema, and the registry going down and coming back.
 
-#[path = "support/registry.rs"]
-mod registry;
+use crate::support::registry;
 
 use driftgate::avro_json::write_datum;
 use driftgate::config::InputFormat;

@@ -1,7 +1,6 @@
 //! A TCP proxy that can cut the network: while cut, existing connections are shut down
 //! and new ones are accepted and dropped at once (like a partition with RSTs).
 
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -10,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct Proxy {
-    pub port: u16,
     cut: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
@@ -37,7 +35,7 @@ impl Proxy {
     pub fn start(port: u16, target_port: u16) -> Proxy {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("proxy port");
         listener.set_nonblocking(true).expect("nonblocking");
-        let p = Proxy { port, cut: Arc::new(AtomicBool::new(false)), conns: Arc::new(Mutex::new(Vec::new())), stop: Arc::new(AtomicBool::new(false)) };
+        let p = Proxy { cut: Arc::new(AtomicBool::new(false)), conns: Arc::new(Mutex::new(Vec::new())), stop: Arc::new(AtomicBool::new(false)) };
         let (cut, conns, stop) = (p.cut.clone(), p.conns.clone(), p.stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {

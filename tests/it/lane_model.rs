@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The pact of the lane tests, shared with the engine's unit tests.
-const PACT: &str = include_str!("fixtures/lane-rules.yaml");
+const PACT: &str = include_str!("../fixtures/lane-rules.yaml");
 
 const S: i64 = 1_000_000;
 const MIN: i64 = 60 * S;

@@ -7,10 +7,8 @@
 //! second leaves, the first takes those partitions back with their state restored from the
 //! changelog. The effects equal the ones computed without Kafka.
 
-#[path = "support/kafka.rs"]
-mod kafka;
-#[path = "support/scenario.rs"]
-mod scenario;
+use crate::support::kafka;
+use crate::support::scenario;
 
 use driftgate::config::{InputFormat, RunConfig};
 use driftgate::metrics::Metrics;

@@ -3,14 +3,10 @@
 //! points (fixed seed) and restarted each time. After router-style dedup by `seq`, the
 //! effects and every agent's final lanes must be identical.
 
-#[path = "support/kafka.rs"]
-mod kafka;
-#[path = "support/proxy.rs"]
-mod proxy;
-#[path = "support/scenario.rs"]
-mod scenario;
-#[path = "support/scrape.rs"]
-mod scrape;
+use crate::support::kafka;
+use crate::support::proxy;
+use crate::support::scenario;
+use crate::support::scrape;
 
 use kafka::{produce, rand_suffix, wait_for, Broker, Engine, Topics};
 use scenario::{assert_same_effects, final_lanes, records, Mix, PACTS};

@@ -1,6 +1,5 @@
 //! Reading a Prometheus scrape, and the metrics that the deploy kit references.
 
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -1,6 +1,5 @@
 //! The durable-state scenario shared by the broker tests: 40 agents of a finance fleet,
 //! 5,000 events each, with five citation-drift incidents and one PII leak.
-#![allow(dead_code)]
 
 use driftgate::enforcement::EnforcementEvent;
 use driftgate::telemetry::{Citations, Model, Outcome, Risk, Telemetry};

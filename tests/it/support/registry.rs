@@ -2,7 +2,6 @@
 //! uses (`GET /schemas/ids/{id}`), which can be taken down and brought back, and counts the
 //! requests it got.
 
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -14,7 +13,6 @@ use std::sync::{Arc, Mutex};
 pub struct Registry {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
-    schemas: Arc<Mutex<BTreeMap<u32, String>>>,
     down: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
 }
@@ -27,7 +25,7 @@ impl Registry {
         let schemas = Arc::new(Mutex::new(schemas.into_iter().collect::<BTreeMap<_, _>>()));
         let down = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicU64::new(0));
-        let (s, d, n) = (schemas.clone(), down.clone(), requests.clone());
+        let (s, d, n) = (schemas, down.clone(), requests.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
@@ -54,7 +52,7 @@ impl Registry {
                 let _ = write!(stream, "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
             }
         });
-        Registry { url, schemas, down, requests }
+        Registry { url, down, requests }
     }
 
     /// Answers 503 to everything while `down`.
@@ -65,11 +63,6 @@ impl Registry {
     /// Requests served so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
-    }
-
-    /// Registers a schema under `id`.
-    pub fn register(&self, id: u32, schema: String) {
-        self.schemas.lock().unwrap().insert(id, schema);
     }
 }
 

@@ -2,8 +2,7 @@
 //! authentication rules, and the deploy kit (YAML, dashboard, alert rules, OpenAPI) checked
 //! against the code.
 
-#[path = "support/scrape.rs"]
-mod scrape;
+use crate::support::scrape;
 
 use driftgate::engine::Input;
 use driftgate::lane::Lane;
@@ -167,7 +166,7 @@ fn metrics_of_the_demo_match_its_events() {
     assert!(scrape::sum(&s, "driftgate_state_bytes", &[]) > 0.0);
 
     // The dashboard and the alert rules only use metrics that exist (lag needs Kafka: it is
-    // checked on the pipeline's scrape in tests/kafka_pipeline.rs).
+    // checked on the pipeline's scrape in kafka_pipeline.rs).
     let have = scrape::families(&text);
     let missing: Vec<String> = scrape::referenced_by_deploy_kit(&scrape::root()).into_iter().filter(|m| !have.contains(m) && m != "driftgate_consumer_lag_records").collect();
     assert!(missing.is_empty(), "referenced but not exposed: {missing:?}");

@@ -2,7 +2,6 @@
 //! drop (also when a test fails). A missing broker binary fails the test with the command
 //! that installs it; Kafka tests never pass by skipping.
 
-#![allow(dead_code)]
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

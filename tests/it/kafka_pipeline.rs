@@ -1,12 +1,9 @@
-//! `driftgate run` against a real Kafka-compatible broker (tansu, see tests/support):
+//! `driftgate run` against a real Kafka-compatible broker (tansu, see tests/it/support):
 //! end to end with Avro telemetry, dead letters, and configuration errors.
 
-#[path = "support/kafka.rs"]
-mod kafka;
-#[path = "support/registry.rs"]
-mod registry;
-#[path = "support/scrape.rs"]
-mod scrape;
+use crate::support::kafka;
+use crate::support::registry;
+use crate::support::scrape;
 
 use driftgate::avro_json::write_datum;
 use driftgate::decode::confluent_frame;

@@ -1,7 +1,7 @@
 //! The demo is deterministic: its enforcement events match a golden file, and it shows what
 //! the product promises (drift degraded, PII blocked, stale evidence flagged, override
 //! expiry re-evaluated, no healthy agent touched). Regenerate the golden file with
-//! `UPDATE_GOLDEN=1 cargo test --release --test demo_golden`.
+//! `UPDATE_GOLDEN=1 cargo test --profile test-release --test it -- demo_golden`.
 
 use driftgate::demo::{self, INCIDENT_AGENTS};
 use driftgate::lane::{Lane, Scope};

@@ -1,0 +1,20 @@
+//! The engine's integration tests, in one binary so that they link once. Each module is one
+//! area; the broker-backed ones start their own peers from `support`.
+
+mod support;
+
+mod demo_golden;
+mod durable_state;
+mod eval_cli;
+mod history_cli;
+mod http_api;
+mod kafka_pipeline;
+mod lane_model;
+mod lane_properties;
+mod pacts;
+mod rebalance_mock;
+mod registry_client;
+mod replay;
+mod schemas;
+mod state_restore;
+mod time_to_control;

@@ -1,0 +1,9 @@
+//! Real peers for the integration tests: a Kafka broker and the engine as a child process
+//! (`kafka`), a TCP proxy that can cut connections (`proxy`), a schema registry (`registry`),
+//! the shared demo scenario (`scenario`) and a Prometheus text parser (`scrape`).
+
+pub mod kafka;
+pub mod proxy;
+pub mod registry;
+pub mod scenario;
+pub mod scrape;
