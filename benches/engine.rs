@@ -3,10 +3,10 @@
 //! Decoding is measured separately (`decode/*`), so the two figures add up to a replay.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use driftgate::demo::Fleet;
-use driftgate::engine::{Engine, EngineConfig, Input};
-use driftgate::pact::parse_pact;
-use driftgate::telemetry::Telemetry;
+use driftgate::cli::demo::Fleet;
+use driftgate_core::engine::{Engine, EngineConfig, Input};
+use driftgate_core::pact::parse_pact;
+use driftgate_core::model::telemetry::Telemetry;
 
 /// Five clauses that apply to every agent and every event.
 const FIVE: &str = include_str!("pacts/bench-five.yaml");
@@ -18,7 +18,7 @@ fn telemetry() -> Vec<Telemetry> {
         .filter_map(|i| match i {
             Input::Telemetry(mut t) => {
                 // Every event feeds every clause.
-                t.citations.get_or_insert(driftgate::telemetry::Citations { total: 1, verified: 1 });
+                t.citations.get_or_insert(driftgate_core::model::telemetry::Citations { total: 1, verified: 1 });
                 Some(t)
             }
             _ => None,
@@ -51,9 +51,9 @@ fn engine(c: &mut Criterion) {
     g.finish();
 
     let json: Vec<Vec<u8>> = events.iter().take(50_000).map(|t| serde_json::to_vec(t).expect("serialisable")).collect();
-    let schema = apache_avro::Schema::parse_str(driftgate::telemetry::TELEMETRY_AVSC).expect("bundled schema");
+    let schema = apache_avro::Schema::parse_str(driftgate_core::model::telemetry::TELEMETRY_AVSC).expect("bundled schema");
     let avro: Vec<Vec<u8>> =
-        events.iter().take(50_000).map(|t| driftgate::avro_json::write_datum(&schema, t.to_avro()).expect("encodes")).collect();
+        events.iter().take(50_000).map(|t| driftgate_core::codec::avro_json::write_datum(&schema, t.to_avro()).expect("encodes")).collect();
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(json.len() as u64));
     g.sample_size(10);
@@ -62,7 +62,7 @@ fn engine(c: &mut Criterion) {
         b.iter(|| {
             avro.iter()
                 .map(|a| {
-                    let v = driftgate::avro_json::read_datum(&schema, None, a).expect("decodes");
+                    let v = driftgate_core::codec::avro_json::read_datum(&schema, None, a).expect("decodes");
                     Telemetry::from_avro(v).is_ok() as u64
                 })
                 .sum::<u64>()

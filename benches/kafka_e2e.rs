@@ -26,12 +26,12 @@
 #[path = "../tests/it/support/kafka.rs"]
 mod kafka;
 
-use driftgate::avro_json::write_datum;
-use driftgate::decode::confluent_frame;
-use driftgate::demo::Fleet;
-use driftgate::engine::Input;
-use driftgate::enforcement::EnforcementEvent;
-use driftgate::telemetry::{Citations, Model, Outcome, Risk, Telemetry, TELEMETRY_AVSC};
+use driftgate_core::codec::avro_json::write_datum;
+use driftgate::kafka::decode::confluent_frame;
+use driftgate::cli::demo::Fleet;
+use driftgate_core::engine::Input;
+use driftgate_core::model::enforcement::EnforcementEvent;
+use driftgate_core::model::telemetry::{Citations, Model, Outcome, Risk, Telemetry, TELEMETRY_AVSC};
 use hdrhistogram::Histogram;
 use kafka::{rand_suffix, Broker, Engine, Topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -571,7 +571,7 @@ fn breach_event(agent: &str, i: u64, pii: bool, flag: &str) -> Telemetry {
         citations: None,
         pii_detected: Some(pii),
         tool_calls: vec![],
-        attributes: [("flag".to_string(), driftgate::telemetry::Attr::Str(flag.into()))].into_iter().collect(),
+        attributes: [("flag".to_string(), driftgate_core::model::telemetry::Attr::Str(flag.into()))].into_iter().collect(),
     }
 }
 

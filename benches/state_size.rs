@@ -2,10 +2,10 @@
 //! (MessagePack behind a version byte) of one agent after 5,000 events, minus that of an
 //! agent with no clauses. `cargo bench -p driftgate --bench state_size`
 
-use driftgate::changelog::encode_agent;
-use driftgate::engine::{Engine, EngineConfig, Input};
-use driftgate::pact::parse_pact;
-use driftgate::telemetry::{Citations, Model, Outcome, Risk, Telemetry};
+use driftgate_core::codec::changelog::encode_agent;
+use driftgate_core::engine::{Engine, EngineConfig, Input};
+use driftgate_core::pact::parse_pact;
+use driftgate_core::model::telemetry::{Citations, Model, Outcome, Risk, Telemetry};
 use std::collections::BTreeMap;
 
 const KINDS: &[(&str, &str, &str)] = &[

@@ -13,6 +13,6 @@ shard=()
 if [ $# -gt 0 ]; then shard=(--shard "$1" --sharding round-robin); fi
 export PROPTEST_CASES="${PROPTEST_CASES:-150}"
 cargo mutants --in-place --no-shuffle "${shard[@]}" --timeout 600 \
-  --file engine/src/engine.rs --file engine/src/lane.rs --file engine/src/overrides.rs \
-  -- -p driftgate --lib --test it -- --skip kafka_pipeline:: --skip durable_state:: --skip rebalance_mock:: \
+  --file core/src/engine/mod.rs --file core/src/model/lane.rs --file core/src/model/overrides.rs \
+  -- -p driftgate-core -p driftgate --lib --test it -- --skip kafka_pipeline:: --skip durable_state:: --skip rebalance_mock:: \
      --skip time_to_control:: --skip http_api:: --skip registry_client:: --skip eval_cli:: --skip history_cli:: --skip schemas::

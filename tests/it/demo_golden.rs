@@ -3,8 +3,8 @@
 //! expiry re-evaluated, no healthy agent touched). Regenerate the golden file with
 //! `UPDATE_GOLDEN=1 cargo test --profile test-release --test it -- demo_golden`.
 
-use driftgate::demo::{self, INCIDENT_AGENTS};
-use driftgate::lane::{Lane, Scope};
+use driftgate::cli::demo::{self, INCIDENT_AGENTS};
+use driftgate_core::model::lane::{Lane, Scope};
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden/demo_events.jsonl");
 
@@ -58,7 +58,7 @@ fn demo_shows_the_incidents_and_leaves_healthy_agents_alone() {
 fn demo_history_is_a_valid_chain_with_a_record_per_decision() {
     let run = demo::run();
     let text: String = run.history.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
-    let (n, _) = driftgate::history::verify(text.as_bytes()).unwrap();
+    let (n, _) = driftgate_core::model::history::verify(text.as_bytes()).unwrap();
     assert_eq!(n as usize, run.history.len());
     for e in &run.events {
         assert!(

@@ -1,6 +1,6 @@
 //! `driftgate history verify` through the binary.
 
-use driftgate::history::{write_jsonl, Chain, Entry, RecordKind};
+use driftgate_core::model::history::{write_jsonl, Chain, Entry, RecordKind};
 use std::process::Command;
 
 fn write_log(path: &std::path::Path, n: usize) {

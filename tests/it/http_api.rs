@@ -4,10 +4,10 @@
 
 use crate::support::scrape;
 
-use driftgate::engine::Input;
-use driftgate::lane::Lane;
-use driftgate::predicate::Val;
-use driftgate::telemetry::{Risk, Telemetry};
+use driftgate_core::engine::Input;
+use driftgate_core::model::lane::Lane;
+use driftgate_core::pact::predicate::Val;
+use driftgate_core::model::telemetry::{Risk, Telemetry};
 use driftgate_detectors::{Detector, Observation};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -83,7 +83,7 @@ fn serve_demo_with(extra: &[&str]) -> Server {
 
 #[test]
 fn metrics_of_the_demo_match_its_events() {
-    let run = driftgate::demo::run();
+    let run = driftgate::cli::demo::run();
     let server = serve_demo();
     let (status, text) = get(&format!("{}/metrics", server.base));
     assert_eq!(status, 200);
@@ -100,9 +100,9 @@ fn metrics_of_the_demo_match_its_events() {
     assert_eq!(scrape::sum(&s, "driftgate_agents", &[r#"scope="all""#]), run.engine.agent_count() as f64);
 
     // Expectations from the demo's input, not from the engine's counters that feed /metrics.
-    let inputs: Vec<Input> = driftgate::demo::Fleet::new(7, 1, true).collect();
+    let inputs: Vec<Input> = driftgate::cli::demo::Fleet::new(7, 1, true).collect();
     let telemetry: Vec<&Telemetry> = inputs.iter().filter_map(|i| if let Input::Telemetry(t) = i { Some(t) } else { None }).collect();
-    let pacts = driftgate::demo::example_pacts();
+    let pacts = driftgate::cli::demo::example_pacts();
     // The zero-tolerance clause alarms on every PII event, and blocked on the first one.
     let pii_events = telemetry.iter().filter(|t| t.pii_detected == Some(true)).count();
     assert_eq!(pii_events, 1);
@@ -125,7 +125,7 @@ fn metrics_of_the_demo_match_its_events() {
                     Val::Str(s) => Observation::Category(s),
                     _ => continue,
                 };
-                let det = per_agent.entry(&t.agent_id).or_insert_with(|| driftgate::pact::Pact::detector(c));
+                let det = per_agent.entry(&t.agent_id).or_insert_with(|| driftgate_core::pact::Pact::detector(c));
                 if let Ok(Some(_)) = det.update(obs) {
                     det.restart();
                     *detections.entry(format!("{}/{}", p.id(), c.id)).or_default() += 1.0;
@@ -218,12 +218,12 @@ fn overrides_need_authentication_and_every_refusal_is_recorded() {
     let (st, e) = post(&url, &[("authorization", "Bearer wrong")], &body);
     assert_eq!((st, e["error"].as_str()), (403, Some("forged")));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let forged = driftgate::auth::sign("not-the-secret", now, body.as_bytes());
+    let forged = driftgate::api::auth::sign("not-the-secret", now, body.as_bytes());
     let ts = now.to_string();
     let (st, e) = post(&url, &[("x-driftgate-timestamp", &ts), ("x-driftgate-signature", &forged)], &body);
     assert_eq!((st, e["error"].as_str()), (403, Some("forged")));
     let old = now - 3600;
-    let stale_sig = driftgate::auth::sign(SECRET, old, body.as_bytes());
+    let stale_sig = driftgate::api::auth::sign(SECRET, old, body.as_bytes());
     let (st, e) = post(&url, &[("x-driftgate-timestamp", &old.to_string()), ("x-driftgate-signature", &stale_sig)], &body);
     assert_eq!((st, e["error"].as_str()), (401, Some("expired_signature")));
     let (st, e) = post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], &override_body("ovr-b", "fin-01", seq, None));
@@ -259,7 +259,7 @@ fn overrides_need_authentication_and_every_refusal_is_recorded() {
     // Accepted with a valid signature, on another agent.
     let (seq2, _) = seq_of("fin-02");
     let body2 = override_body("ovr-d", "fin-02", seq2, Some(600));
-    let sig = driftgate::auth::sign(SECRET, now, body2.as_bytes());
+    let sig = driftgate::api::auth::sign(SECRET, now, body2.as_bytes());
     let (st, resp) = post(&url, &[("x-driftgate-timestamp", &ts), ("x-driftgate-signature", &sig)], &body2);
     assert_eq!(st, 201, "{resp}");
     assert_eq!(seq_of("fin-02").1, "block");
@@ -371,7 +371,7 @@ fn deploy_kit_agrees_with_the_code() {
     // The pacts in the other ConfigMap parse.
     let pacts = docs.iter().find(|d| d["metadata"]["name"] == "driftgate-pacts").unwrap();
     for (name, text) in pacts["data"].as_object().unwrap() {
-        driftgate::pact::parse_pact(text.as_str().unwrap(), name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        driftgate_core::pact::parse_pact(text.as_str().unwrap(), name).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 
     let compose: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(root.join("deploy/docker-compose.yml")).unwrap()).unwrap();
@@ -402,24 +402,24 @@ fn alert_rules_pass_promtool() {
 
 #[test]
 fn control_topic_records_are_checked_like_http_requests() {
-    use driftgate::auth::{Credentials, Presented};
-    use driftgate::control::{ControlPlane, DemoControl};
-    let control = DemoControl::new(driftgate::demo::run());
+    use driftgate::api::auth::{Credentials, Presented};
+    use driftgate::api::control::{ControlPlane, DemoControl};
+    let control = DemoControl::new(driftgate::cli::demo::run());
     let creds = Credentials::new(None, Some(SECRET), 300);
-    let status = driftgate::pipeline::Status::default();
+    let status = driftgate::kafka::pipeline::Status::default();
     let seq = control.agent("res-02").unwrap().seq;
     let body = override_body("ctl-1", "res-02", seq, Some(600));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let ts = now.to_string();
-    let forged = driftgate::auth::sign("wrong", now, body.as_bytes());
-    driftgate::control_topic::apply(&control, &creds, &Presented { signature: Some(&forged), timestamp: Some(&ts), ..Default::default() }, body.as_bytes(), &status);
-    driftgate::control_topic::apply(&control, &creds, &Presented::default(), body.as_bytes(), &status);
+    let forged = driftgate::api::auth::sign("wrong", now, body.as_bytes());
+    driftgate::kafka::control_topic::apply(&control, &creds, &Presented { signature: Some(&forged), timestamp: Some(&ts), ..Default::default() }, body.as_bytes(), &status);
+    driftgate::kafka::control_topic::apply(&control, &creds, &Presented::default(), body.as_bytes(), &status);
     assert_eq!(control.agent("res-02").unwrap().lane, Lane::Normal);
     assert_eq!(control.metrics().overrides_rejected.with_label_values(&["control"]).get(), 2);
     let reasons: Vec<String> = control.history("res-02", 10).iter().filter_map(|r| r.detail["reason"].as_str().map(str::to_string)).collect();
     assert_eq!(reasons, ["forged", "unauthenticated"]);
-    let sig = driftgate::auth::sign(SECRET, now, body.as_bytes());
-    driftgate::control_topic::apply(&control, &creds, &Presented { signature: Some(&sig), timestamp: Some(&ts), ..Default::default() }, body.as_bytes(), &status);
+    let sig = driftgate::api::auth::sign(SECRET, now, body.as_bytes());
+    driftgate::kafka::control_topic::apply(&control, &creds, &Presented { signature: Some(&sig), timestamp: Some(&ts), ..Default::default() }, body.as_bytes(), &status);
     assert_eq!(control.agent("res-02").unwrap().lane, Lane::Block);
-    assert!(control.history("res-02", 10).iter().any(|r| r.kind == driftgate::history::RecordKind::OverrideAccepted));
+    assert!(control.history("res-02", 10).iter().any(|r| r.kind == driftgate_core::model::history::RecordKind::OverrideAccepted));
 }

@@ -5,12 +5,12 @@ use crate::support::kafka;
 use crate::support::registry;
 use crate::support::scrape;
 
-use driftgate::avro_json::write_datum;
-use driftgate::decode::confluent_frame;
-use driftgate::enforcement::EnforcementEvent;
-use driftgate::lane::Lane;
-use driftgate::snapshot::AgentSnapshot;
-use driftgate::telemetry::{Citations, Model, Outcome, Risk, Telemetry, TELEMETRY_AVSC};
+use driftgate_core::codec::avro_json::write_datum;
+use driftgate::kafka::decode::confluent_frame;
+use driftgate_core::model::enforcement::EnforcementEvent;
+use driftgate_core::model::lane::Lane;
+use driftgate_core::model::router_view::AgentSnapshot;
+use driftgate_core::model::telemetry::{Citations, Model, Outcome, Risk, Telemetry, TELEMETRY_AVSC};
 use kafka::{produce, rand_suffix, wait_for, Broker, Engine, Topics};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -209,7 +209,7 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     let ctl = serde_json::json!({"override_id": "kill-2", "agent_id": "fin-03", "kind": "emergency_kill", "principal": "ops", "reason": "test",
         "ticket": "INC-2", "issued_at": last_at - 10_000_000, "expires_at": last_at + 3_600_000_000_i64, "expected_seq": 0}).to_string();
     let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let sig = driftgate::auth::sign("kafka-test-secret", now_s, ctl.as_bytes());
+    let sig = driftgate::api::auth::sign("kafka-test-secret", now_s, ctl.as_bytes());
     let p = b.producer();
     let h = rdkafka::message::OwnedHeaders::new()
         .insert(rdkafka::message::Header { key: "driftgate.timestamp", value: Some(&now_s.to_string()) })
@@ -310,7 +310,7 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     }
     assert!(chains.keys().any(|c| c.starts_with("api/")));
     for (chain, text) in &chains {
-        let (n, _) = driftgate::history::verify(text.as_bytes()).unwrap_or_else(|e| panic!("history chain {chain}: {e}"));
+        let (n, _) = driftgate_core::model::history::verify(text.as_bytes()).unwrap_or_else(|e| panic!("history chain {chain}: {e}"));
         assert!(n > 0);
     }
     let decisions = hist.iter().filter(|r| String::from_utf8_lossy(r.value.as_deref().unwrap()).contains("\"kind\":\"decision\"")).count();
@@ -463,16 +463,16 @@ fn bad_broker_and_missing_topic_fail_fast_with_a_clear_error() {
 
 /// The events an uninterrupted run derives: one engine per input partition, in offset order.
 fn reference_events(records: &[(String, Vec<u8>, i64, i32)], partitions: i32) -> Vec<EnforcementEvent> {
-    let pact = driftgate::pact::parse_pact(PACT, "pact.yaml").unwrap();
+    let pact = driftgate_core::pact::parse_pact(PACT, "pact.yaml").unwrap();
     let schema = apache_avro::Schema::parse_str(TELEMETRY_AVSC).unwrap();
     let mut out = Vec::new();
     for p in 0..partitions {
-        let mut e = driftgate::engine::Engine::new(driftgate::engine::EngineConfig::default(), vec![pact.clone()]);
+        let mut e = driftgate_core::engine::Engine::new(driftgate_core::engine::EngineConfig::default(), vec![pact.clone()]);
         for (_, bytes, _, _) in records.iter().filter(|r| r.3 == p) {
-            let v = driftgate::avro_json::read_datum(&schema, None, &bytes[5..]).unwrap();
-            e.push(driftgate::engine::Input::Telemetry(Telemetry::from_avro(v).unwrap()));
+            let v = driftgate_core::codec::avro_json::read_datum(&schema, None, &bytes[5..]).unwrap();
+            e.push(driftgate_core::engine::Input::Telemetry(Telemetry::from_avro(v).unwrap()));
             out.extend(e.drain().into_iter().filter_map(|o| match o {
-                driftgate::engine::Output::Enforcement(ev) => Some(ev),
+                driftgate_core::engine::Output::Enforcement(ev) => Some(ev),
                 _ => None,
             }));
         }

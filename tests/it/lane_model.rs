@@ -13,11 +13,11 @@
 //! each rule fired and fails if one never did, so the generators provably reach recovery,
 //! dwell expiry, attestation and the cap.
 
-use driftgate::engine::{Engine, EngineConfig, Input, Output};
-use driftgate::lane::{Lane, Scope};
-use driftgate::overrides::{OverrideKind, OverrideRequest};
-use driftgate::pact::parse_pact;
-use driftgate::telemetry::{Attr, Model as ModelInfo, Outcome, Risk, Telemetry};
+use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
+use driftgate_core::model::lane::{Lane, Scope};
+use driftgate_core::model::overrides::{OverrideKind, OverrideRequest};
+use driftgate_core::pact::parse_pact;
+use driftgate_core::model::telemetry::{Attr, Model as ModelInfo, Outcome, Risk, Telemetry};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use std::cell::RefCell;
@@ -34,10 +34,10 @@ const MAX_OVERRIDE_TTL: i64 = 3600 * S;
 
 fn config() -> EngineConfig {
     let mut cfg = EngineConfig::default();
-    cfg.max_out_of_orderness = driftgate::duration::Dur(0);
-    cfg.allowed_lateness = driftgate::duration::Dur(0);
-    cfg.state_ttl = driftgate::duration::Dur(TTL);
-    cfg.max_override_ttl = driftgate::duration::Dur(MAX_OVERRIDE_TTL);
+    cfg.max_out_of_orderness = driftgate_core::pact::duration::Dur(0);
+    cfg.allowed_lateness = driftgate_core::pact::duration::Dur(0);
+    cfg.state_ttl = driftgate_core::pact::duration::Dur(TTL);
+    cfg.max_override_ttl = driftgate_core::pact::duration::Dur(MAX_OVERRIDE_TTL);
     cfg.max_blocked_share = 0.3;
     cfg.blast_radius_min_agents = 3;
     cfg

@@ -9,12 +9,12 @@
 //! The model-based test (`lane_model.rs`) checks the exact lanes; this one runs the statistical
 //! detectors, and counts that step-downs and live overrides actually happen.
 
-use driftgate::engine::{Engine, EngineConfig, Input, Output};
-use driftgate::history::RecordKind;
-use driftgate::lane::{Lane, Scope};
-use driftgate::overrides::{self, OverrideKind, OverrideRequest};
-use driftgate::pact::parse_pact;
-use driftgate::telemetry::{Citations, Model, Outcome, Risk, Telemetry};
+use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
+use driftgate_core::model::history::RecordKind;
+use driftgate_core::model::lane::{Lane, Scope};
+use driftgate_core::model::overrides::{self, OverrideKind, OverrideRequest};
+use driftgate_core::pact::parse_pact;
+use driftgate_core::model::telemetry::{Citations, Model, Outcome, Risk, Telemetry};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use std::cell::RefCell;
@@ -74,7 +74,7 @@ struct Seen {
 }
 
 /// The effective lanes `[all, high_risk]` the rules give for an agent's state.
-fn expected_lanes(engine: &Engine, agent: &driftgate::state::AgentState) -> [Lane; 2] {
+fn expected_lanes(engine: &Engine, agent: &driftgate_core::engine::state::AgentState) -> [Lane; 2] {
     let mut all = agent.clauses.values().map(|s| s.demand).max().unwrap_or(Lane::Normal);
     if let Some(mc) = &agent.model_change {
         all = all.max(mc.lane);

@@ -1,7 +1,7 @@
 //! Pact validation: the examples are valid, the published schema matches the parser, and
 //! invalid pacts are refused with `file:line:column` and a plain reason.
 
-use driftgate::pact::{load_pact, pact_json_schema, parse_pact};
+use driftgate_core::pact::{load_pact, pact_json_schema, parse_pact};
 use std::process::Command;
 
 fn root() -> std::path::PathBuf {
@@ -46,7 +46,7 @@ clauses:
     freshness: { max_age: 30m, min_events: 5 }
 "#;
 
-fn refused(text: &str) -> driftgate::pact::PactError {
+fn refused(text: &str) -> driftgate_core::pact::PactError {
     parse_pact(text, "p.yaml").expect_err("must be refused")
 }
 

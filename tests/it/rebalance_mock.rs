@@ -11,9 +11,9 @@ use crate::support::kafka;
 use crate::support::scenario;
 
 use driftgate::config::{InputFormat, RunConfig};
-use driftgate::metrics::Metrics;
-use driftgate::control::ControlPlane;
-use driftgate::pipeline::{Pipeline, PipelineControl, Status};
+use driftgate::obs::metrics::Metrics;
+use driftgate::api::control::ControlPlane;
+use driftgate::kafka::pipeline::{Pipeline, PipelineControl, Status};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use kafka::produce;
@@ -58,8 +58,8 @@ fn config(bootstrap: &str) -> RunConfig {
     k.group_id = GROUP.into();
     k.input_topics = vec![INPUT.into()];
     k.format = InputFormat::Json;
-    k.commit_interval = driftgate::duration::Dur(200_000);
-    k.startup_timeout = driftgate::duration::Dur(10_000_000);
+    k.commit_interval = driftgate_core::pact::duration::Dur(200_000);
+    k.startup_timeout = driftgate_core::pact::duration::Dur(10_000_000);
     k.topics.enforcement = "enforcement".into();
     k.topics.snapshot = "snapshot".into();
     k.topics.history = "history".into();
@@ -71,7 +71,7 @@ fn config(bootstrap: &str) -> RunConfig {
     cfg.http.listen = String::new();
     // No ticks: the records must still be held behind the watermark when a partition is
     // revoked (the idle gaps between the phases would otherwise release them).
-    cfg.engine.idle_timeout = driftgate::duration::Dur(0);
+    cfg.engine.idle_timeout = driftgate_core::pact::duration::Dur(0);
     cfg
 }
 
@@ -89,7 +89,7 @@ impl Member {
         let metrics = Arc::new(Metrics::new());
         let (cfg, s, m) = (config(bootstrap), status.clone(), metrics.clone());
         let (tx, rx) = std::sync::mpsc::channel();
-        let pact = driftgate::pact::parse_pact(scenario::PACTS, "pacts.yaml").expect("valid pact");
+        let pact = driftgate_core::pact::parse_pact(scenario::PACTS, "pacts.yaml").expect("valid pact");
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
@@ -275,12 +275,12 @@ fn an_override_is_taken_on_restored_state_before_any_new_record() {
     let snapshot = b.control.agent(&agent).expect("restored from the changelog");
     // Dated at the agent's last evidence, so that it is valid in the partition's event time.
     let at = snapshot.clauses.iter().map(|c| c.last_evidence_at).max().expect("evidence");
-    let wm_req = driftgate::overrides::OverrideRequest {
+    let wm_req = driftgate_core::model::overrides::OverrideRequest {
         override_id: "ovr-1".into(),
         agent_id: agent.clone(),
-        scope: driftgate::lane::Scope::All,
-        kind: driftgate::overrides::OverrideKind::Tighten,
-        lane: Some(driftgate::lane::Lane::Watch),
+        scope: driftgate_core::model::lane::Scope::All,
+        kind: driftgate_core::model::overrides::OverrideKind::Tighten,
+        lane: Some(driftgate_core::model::lane::Lane::Watch),
         clause_id: None,
         principal: "oncall".into(),
         reason: "test".into(),
@@ -293,7 +293,7 @@ fn an_override_is_taken_on_restored_state_before_any_new_record() {
     wait_for(&logs, 30, "the override confirmed durable", || matches!(b.control.override_durable(&agent, ticket), Some(Ok(()))));
     let now = b.control.agent(&agent).unwrap();
     assert!(now.overrides.iter().any(|o| o.override_id == "ovr-1"));
-    assert_eq!((now.lane, now.seq), (driftgate::lane::Lane::Watch, snapshot.seq + 2), "one event per scope");
+    assert_eq!((now.lane, now.seq), (driftgate_core::model::lane::Lane::Watch, snapshot.seq + 2), "one event per scope");
     assert_eq!(committed(&bootstrap), first as i64, "no new record was needed");
     b.stop();
     let published: Vec<serde_json::Value> = read_all(&bootstrap, "enforcement").iter().map(|t| serde_json::from_str(t).unwrap()).collect();
@@ -320,8 +320,8 @@ fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("listener");
     let url = format!("http://{}/v1/overrides", listener.local_addr().expect("address"));
     let control: Arc<dyn ControlPlane> = a.control.clone();
-    let state = driftgate::http::ApiState::new(control, driftgate::auth::Credentials::new(Some("t0ken"), None, 300)).with_durable_timeout(Duration::from_secs(2));
-    rt.spawn(driftgate::http::serve(listener, state));
+    let state = driftgate::api::http::ApiState::new(control, driftgate::api::auth::Credentials::new(Some("t0ken"), None, 300)).with_durable_timeout(Duration::from_secs(2));
+    rt.spawn(driftgate::api::http::serve(listener, state));
     let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
     let body = serde_json::json!({
         "override_id": "ovr-slow", "agent_id": agent, "kind": "tighten", "lane": "watch",
@@ -361,6 +361,6 @@ fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_
     assert_eq!(status, 201, "{v}");
     let now = a.control.agent(&agent).expect("known");
     assert_eq!(now.overrides.iter().filter(|o| o.override_id == "ovr-slow").count(), 1, "applied once");
-    assert_eq!((now.lane, now.seq), (driftgate::lane::Lane::Watch, snapshot.seq + 2), "one event per scope, once");
+    assert_eq!((now.lane, now.seq), (driftgate_core::model::lane::Lane::Watch, snapshot.seq + 2), "one event per scope, once");
     a.stop();
 }

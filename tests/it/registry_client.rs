@@ -4,11 +4,11 @@
 
 use crate::support::registry;
 
-use driftgate::avro_json::write_datum;
+use driftgate_core::codec::avro_json::write_datum;
 use driftgate::config::InputFormat;
-use driftgate::decode::{confluent_frame, reason, DecodeError, Decoder};
-use driftgate::registry::{HttpRegistry, RegistryError, SchemaSource};
-use driftgate::telemetry::{Citations, Model, Outcome, Risk, Telemetry, TELEMETRY_AVSC};
+use driftgate::kafka::decode::{confluent_frame, reason, DecodeError, Decoder};
+use driftgate::kafka::registry::{HttpRegistry, RegistryError, SchemaSource};
+use driftgate_core::model::telemetry::{Citations, Model, Outcome, Risk, Telemetry, TELEMETRY_AVSC};
 use registry::Registry;
 use std::sync::Arc;
 

@@ -1,9 +1,9 @@
 //! `driftgate replay`: the same input gives identical events and history, whether it comes
 //! as JSONL or as an Avro object container file.
 
-use driftgate::demo::{example_pacts, Fleet};
-use driftgate::engine::Input;
-use driftgate::replay::{replay, write_avro};
+use driftgate::cli::demo::{example_pacts, Fleet};
+use driftgate_core::engine::Input;
+use driftgate::cli::replay::{replay, write_avro};
 use std::process::Command;
 
 fn fleet_file(dir: &std::path::Path, n: usize) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -37,7 +37,7 @@ fn replay_is_deterministic_across_runs_and_formats() {
     assert!(!outputs[0].0.is_empty(), "the scenario produces enforcement events");
     assert_eq!(outputs[0], outputs[1], "same JSONL input, different output");
     assert_eq!(outputs[0], outputs[2], "JSONL and Avro inputs disagree");
-    let (n, _) = driftgate::history::verify(outputs[0].1.as_slice()).unwrap();
+    let (n, _) = driftgate_core::model::history::verify(outputs[0].1.as_slice()).unwrap();
     assert_eq!(n as usize, outputs[0].1.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), "every history line verifies");
 }
 
@@ -77,8 +77,8 @@ fn late_records_are_set_aside_with_their_reason_and_recorded_in_the_history() {
     let dir = tempfile::tempdir().unwrap();
     // In-order telemetry, then one record 10 minutes behind: beyond the watermark (5 s of
     // out-of-orderness) and the allowed lateness (60 s).
-    let mut inputs: Vec<driftgate::telemetry::Telemetry> = Fleet::new(3, 1, false)
-        .filter_map(|i| if let driftgate::engine::Input::Telemetry(t) = i { Some(t) } else { None })
+    let mut inputs: Vec<driftgate_core::model::telemetry::Telemetry> = Fleet::new(3, 1, false)
+        .filter_map(|i| if let driftgate_core::engine::Input::Telemetry(t) = i { Some(t) } else { None })
         .take(2_000)
         .collect();
     let max = inputs.iter().map(|t| t.occurred_at).max().unwrap();

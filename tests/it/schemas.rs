@@ -2,20 +2,20 @@
 //! enforcement-event schema matches what the engine emits.
 
 use apache_avro::{types::Value, Schema};
-use driftgate::avro_json::{read_datum, write_datum};
+use driftgate_core::codec::avro_json::{read_datum, write_datum};
 
-fn to_avro_datum(schema: &Schema, v: Value) -> Result<Vec<u8>, driftgate::avro_json::AvroJsonError> {
+fn to_avro_datum(schema: &Schema, v: Value) -> Result<Vec<u8>, driftgate_core::codec::avro_json::AvroJsonError> {
     write_datum(schema, v)
 }
 
-fn from_avro_datum(writer: &Schema, bytes: &mut &[u8], reader: Option<&Schema>) -> Result<Value, driftgate::avro_json::AvroJsonError> {
+fn from_avro_datum(writer: &Schema, bytes: &mut &[u8], reader: Option<&Schema>) -> Result<Value, driftgate_core::codec::avro_json::AvroJsonError> {
     read_datum(writer, reader, bytes)
 }
-use driftgate::avro_json;
-use driftgate::enforcement::{EnforcementEvent, ENFORCEMENT_AVSC};
-use driftgate::history::{Record, RecordKind, HISTORY_AVSC};
-use driftgate::overrides::{OverrideRequest, OVERRIDE_AVSC};
-use driftgate::telemetry::{Telemetry, TELEMETRY_AVSC};
+use driftgate_core::codec::avro_json;
+use driftgate_core::model::enforcement::{EnforcementEvent, ENFORCEMENT_AVSC};
+use driftgate_core::model::history::{Record, RecordKind, HISTORY_AVSC};
+use driftgate_core::model::overrides::{OverrideRequest, OVERRIDE_AVSC};
+use driftgate_core::model::telemetry::{Telemetry, TELEMETRY_AVSC};
 
 fn sample() -> Telemetry {
     Telemetry::from_json(
@@ -122,7 +122,7 @@ fn enforcement_schema_matches_emitted_events() {
     let mut want = Vec::new();
     schema_fields(&schema_json, "", &mut want);
     want.sort();
-    let run = driftgate::demo::run();
+    let run = driftgate::cli::demo::run();
     // The richest events: a detection (with evidence) and an override.
     let detection = run.events.iter().find(|e| e.detection.is_some() && e.evidence.is_some()).unwrap();
     let ovr = run.events.iter().find(|e| e.override_info.is_some()).unwrap();
@@ -146,7 +146,7 @@ fn enforcement_schema_matches_emitted_events() {
 
 #[test]
 fn history_and_override_schemas_match_emitted_records() {
-    let run = driftgate::demo::run();
+    let run = driftgate::cli::demo::run();
     let schema = Schema::parse_str(HISTORY_AVSC).unwrap();
     assert!(!run.history.is_empty());
     for r in &run.history {

@@ -2,10 +2,10 @@
 //! point continues byte-identically to one that never stopped, including across a torn
 //! snapshot (a crash between the agent records and the meta record that closes them).
 
-use driftgate::changelog::{encode_agent, encode_meta, Key, MetaRecord, Restorer};
-use driftgate::demo::{example_pacts, Fleet};
-use driftgate::engine::{Engine, EngineConfig, Input, Output};
-use driftgate::lane::Lane;
+use driftgate_core::codec::changelog::{encode_agent, encode_meta, Key, MetaRecord, Restorer};
+use driftgate::cli::demo::{example_pacts, Fleet};
+use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
+use driftgate_core::model::lane::Lane;
 
 const TOPIC: &str = "telemetry";
 
@@ -134,11 +134,11 @@ fn state_records_are_versioned() {
     }
     let (id, state) = e.take_dirty().into_iter().find_map(|(id, s)| s.map(|s| (id, s.clone()))).unwrap();
     let bytes = encode_agent(&state);
-    assert_eq!(bytes[0], driftgate::changelog::STATE_VERSION);
-    assert_eq!(driftgate::changelog::decode_agent(&bytes).unwrap(), state, "agent {id} round-trips");
+    assert_eq!(bytes[0], driftgate_core::codec::changelog::STATE_VERSION);
+    assert_eq!(driftgate_core::codec::changelog::decode_agent(&bytes).unwrap(), state, "agent {id} round-trips");
     let mut newer = bytes.clone();
     newer[0] = 99;
-    let err = driftgate::changelog::decode_agent(&newer).unwrap_err().to_string();
+    let err = driftgate_core::codec::changelog::decode_agent(&newer).unwrap_err().to_string();
     assert!(err.contains("newer"), "{err}");
 }
 
@@ -147,7 +147,7 @@ fn state_records_are_versioned() {
 /// one does.
 #[test]
 fn a_detector_restored_at_90_percent_alarms_at_the_same_record() {
-    use driftgate::snapshot::AgentSnapshot;
+    use driftgate_core::model::router_view::AgentSnapshot;
     let inputs = inputs();
     let progress = |e: &Engine| -> f64 {
         AgentSnapshot::of(e, "fin-07")
@@ -201,7 +201,7 @@ fn a_detector_restored_at_90_percent_alarms_at_the_same_record() {
 
 /// A state record written by format version 1 still decodes, into the same detector state:
 /// newer engines read older snapshots. `tests/fixtures/agent-state-v1.bin` is fin-07 after
-/// the demo's first 20,000 inputs, written by `engine/examples/write_state_fixture.rs` built
+/// the demo's first 20,000 inputs, written by `driftgate/examples/write_state_fixture.rs` built
 /// on commit e86b3fa (the format's first release; the example, added later, reproduces the
 /// committed bytes exactly on that commit). The expected values below were printed by the
 /// same build from its own engine: they are v1's view, not this code's.
@@ -210,7 +210,7 @@ fn version_1_state_records_still_decode() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/agent-state-v1.bin");
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(bytes[0], 1);
-    let state = driftgate::changelog::decode_agent(&bytes).unwrap();
+    let state = driftgate_core::codec::changelog::decode_agent(&bytes).unwrap();
     assert_eq!(state.workflow, "finance");
     assert!(!state.clauses.is_empty());
     // Restorable into an engine with today's pacts.
@@ -222,7 +222,7 @@ fn version_1_state_records_still_decode() {
     assert!(snap.torn.is_empty());
     let restored = Engine::restore(EngineConfig::default(), example_pacts(), snap.meta.meta, snap.agents);
     type View = (String, String, f64, f64, u64, u64, i64, Lane);
-    let got: Vec<View> = driftgate::snapshot::AgentSnapshot::of(&restored, "fin-07")
+    let got: Vec<View> = driftgate_core::model::router_view::AgentSnapshot::of(&restored, "fin-07")
         .expect("fin-07 restored")
         .clauses
         .into_iter()

@@ -7,10 +7,10 @@
 use crate::support::kafka;
 use crate::support::scrape;
 
-use driftgate::enforcement::EnforcementEvent;
-use driftgate::heartbeat::{EngineState, Heartbeat};
-use driftgate::lane::{Lane, Scope};
-use driftgate::telemetry::{Model, Outcome, Risk, Telemetry};
+use driftgate_core::model::enforcement::EnforcementEvent;
+use driftgate_core::model::heartbeat::{EngineState, Heartbeat};
+use driftgate_core::model::lane::{Lane, Scope};
+use driftgate_core::model::telemetry::{Model, Outcome, Risk, Telemetry};
 use kafka::{produce, Broker, Engine, Rec, Tail, Topics};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,7 +82,7 @@ fn tel(agent: &str, i: u64, at: i64, risk: Risk, flag: &str, pii: bool) -> Telem
         citations: None,
         pii_detected: Some(pii),
         tool_calls: vec![],
-        attributes: [("flag".to_string(), driftgate::telemetry::Attr::Str(flag.into()))].into_iter().collect(),
+        attributes: [("flag".to_string(), driftgate_core::model::telemetry::Attr::Str(flag.into()))].into_iter().collect(),
     }
 }
 
@@ -118,7 +118,7 @@ fn heartbeats(seen: &[(Instant, Rec)]) -> Vec<(Instant, Heartbeat)> {
     seen.iter()
         .filter(|(_, r)| r.header("driftgate.kind") == Some("heartbeat"))
         .map(|(at, r)| {
-            assert!(r.key.as_deref().is_some_and(|k| k.starts_with(driftgate::heartbeat::KEY_PREFIX)), "heartbeat key {:?}", r.key);
+            assert!(r.key.as_deref().is_some_and(|k| k.starts_with(driftgate_core::model::heartbeat::KEY_PREFIX)), "heartbeat key {:?}", r.key);
             (*at, serde_json::from_slice(r.value.as_deref().unwrap()).unwrap())
         })
         .collect()

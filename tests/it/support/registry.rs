@@ -69,7 +69,7 @@ impl Registry {
 /// A writer schema that parses but cannot be resolved to the telemetry schema
 /// (`occurred_at` is a string).
 pub fn mismatched_schema() -> String {
-    let mut v: serde_json::Value = serde_json::from_str(driftgate::telemetry::TELEMETRY_AVSC).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(driftgate_core::model::telemetry::TELEMETRY_AVSC).unwrap();
     for f in v["fields"].as_array_mut().unwrap() {
         if f["name"] == "occurred_at" {
             f["type"] = "string".into();

@@ -1,8 +1,8 @@
 //! The durable-state scenario shared by the broker tests: 40 agents of a finance fleet,
 //! 5,000 events each, with five citation-drift incidents and one PII leak.
 
-use driftgate::enforcement::EnforcementEvent;
-use driftgate::telemetry::{Citations, Model, Outcome, Risk, Telemetry};
+use driftgate_core::model::enforcement::EnforcementEvent;
+use driftgate_core::model::telemetry::{Citations, Model, Outcome, Risk, Telemetry};
 use std::collections::BTreeMap;
 
 pub const T0: i64 = 1_772_409_600_000_000; // 2026-03-02T00:00:00Z, µs
@@ -92,8 +92,8 @@ pub fn records(partitions: i32) -> Vec<(String, Vec<u8>, i64, i32)> {
 /// partition fed that partition's records in order (records still waiting for the
 /// watermark at the end are not flushed, as a running pipeline does not flush them).
 pub fn offline_effects(partitions: i32) -> BTreeMap<(String, u64), String> {
-    use driftgate::engine::{Engine, EngineConfig, Input, Output};
-    let pact = driftgate::pact::parse_pact(PACTS, "pacts.yaml").expect("the scenario's pact is valid");
+    use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
+    let pact = driftgate_core::pact::parse_pact(PACTS, "pacts.yaml").expect("the scenario's pact is valid");
     let mut engines: Vec<Engine> = (0..partitions).map(|_| Engine::new(EngineConfig::default(), vec![pact.clone()])).collect();
     let mut texts = Vec::new();
     for (offset, (_, value, _, part)) in records(partitions).into_iter().enumerate() {

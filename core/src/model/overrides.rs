@@ -1,0 +1,162 @@
+//! Operator overrides: validation and precedence.
+//!
+//! Precedence: emergency kill > tightening > loosening > computed. Loosening overrides are
+//! policy bypass and are counted as such. Every override expires; only the engine evaluates
+//! expiry, in event time.
+
+use crate::model::lane::{Lane, Scope};
+use serde::{Deserialize, Serialize};
+
+/// The Avro schema of an override request (`schemas/override.avsc`).
+pub const OVERRIDE_AVSC: &str = include_str!("../../../schemas/override.avsc");
+
+/// What an override does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverrideKind {
+    /// Block now, whatever the clauses say.
+    EmergencyKill,
+    /// Hold the agent at least at `lane`.
+    Tighten,
+    /// Let the agent run at most at `lane` (policy bypass).
+    Loosen,
+    /// Human attestation for a clause, required to leave `block` after a critical breach.
+    Attest,
+}
+
+/// An override as submitted (HTTP, control topic, or a replay file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideRequest {
+    /// Unique id.
+    pub override_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// Scope (default `all`).
+    #[serde(default = "all")]
+    pub scope: Scope,
+    /// What it does.
+    pub kind: OverrideKind,
+    /// Target lane for `tighten` and `loosen`.
+    #[serde(default)]
+    pub lane: Option<Lane>,
+    /// Clause attested, for `attest`.
+    #[serde(default)]
+    pub clause_id: Option<String>,
+    /// Who asks.
+    pub principal: String,
+    /// Why.
+    pub reason: String,
+    /// Change ticket.
+    pub ticket: String,
+    /// Event time of the request (µs).
+    pub issued_at: i64,
+    /// Mandatory expiry (µs).
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// Compare-and-set: the agent's current `seq` as the operator last saw it.
+    #[serde(default)]
+    pub expected_seq: Option<u64>,
+}
+
+fn all() -> Scope {
+    Scope::All
+}
+
+/// An accepted override.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveOverride {
+    /// The request.
+    pub req: OverrideRequest,
+    /// Its expiry (validated).
+    pub expires_at: i64,
+}
+
+/// Checks a request against the rules; `current_seq` is the agent's current `seq`.
+pub fn validate(req: &OverrideRequest, current_seq: u64, max_ttl_micros: i64) -> Result<i64, String> {
+    for (name, v) in [("override_id", &req.override_id), ("agent_id", &req.agent_id), ("principal", &req.principal), ("reason", &req.reason), ("ticket", &req.ticket)] {
+        if v.trim().is_empty() {
+            return Err(format!("`{name}` is required"));
+        }
+    }
+    let Some(expires_at) = req.expires_at else {
+        return Err("`expires_at` is mandatory: every override expires".into());
+    };
+    if expires_at <= req.issued_at {
+        return Err("`expires_at` is not after `issued_at`: the override is already expired".into());
+    }
+    if expires_at - req.issued_at > max_ttl_micros {
+        return Err(format!("`expires_at` is beyond the maximum override TTL of {} s", max_ttl_micros / 1_000_000));
+    }
+    match req.expected_seq {
+        None => return Err("`expected_seq` is mandatory (compare-and-set on the agent's seq)".into()),
+        Some(s) if s != current_seq => return Err(format!("stale `expected_seq` {s}: the agent's seq is {current_seq}")),
+        Some(_) => {}
+    }
+    match req.kind {
+        OverrideKind::Tighten | OverrideKind::Loosen if req.lane.is_none() => Err("`lane` is required for tighten and loosen".into()),
+        OverrideKind::Attest if req.clause_id.is_none() => Err("`clause_id` is required for attest".into()),
+        _ => Ok(expires_at),
+    }
+}
+
+/// Applies the overrides in force to a computed lane for one scope.
+pub fn apply(computed: Lane, scope: Scope, active: &[ActiveOverride]) -> Lane {
+    let here = || active.iter().filter(|o| o.req.scope == scope || o.req.kind == OverrideKind::EmergencyKill);
+    if here().any(|o| o.req.kind == OverrideKind::EmergencyKill) {
+        return Lane::Block;
+    }
+    let mut lane = computed;
+    if let Some(l) = here().filter(|o| o.req.kind == OverrideKind::Loosen).filter_map(|o| o.req.lane).min() {
+        lane = lane.min(l);
+    }
+    if let Some(t) = here().filter(|o| o.req.kind == OverrideKind::Tighten).filter_map(|o| o.req.lane).max() {
+        lane = lane.max(t);
+    }
+    lane
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(kind: OverrideKind, lane: Option<Lane>) -> ActiveOverride {
+        ActiveOverride {
+            req: OverrideRequest {
+                override_id: "o".into(),
+                agent_id: "a".into(),
+                scope: Scope::All,
+                kind,
+                lane,
+                clause_id: None,
+                principal: "p".into(),
+                reason: "r".into(),
+                ticket: "t".into(),
+                issued_at: 0,
+                expires_at: Some(10),
+                expected_seq: Some(0),
+            },
+            expires_at: 10,
+        }
+    }
+
+    #[test]
+    fn precedence_kill_then_tighten_then_loosen_then_computed() {
+        use OverrideKind::*;
+        assert_eq!(apply(Lane::Degrade, Scope::All, &[]), Lane::Degrade);
+        assert_eq!(apply(Lane::Degrade, Scope::All, &[req(Loosen, Some(Lane::Normal))]), Lane::Normal);
+        assert_eq!(apply(Lane::Degrade, Scope::All, &[req(Loosen, Some(Lane::Normal)), req(Tighten, Some(Lane::Watch))]), Lane::Watch);
+        assert_eq!(apply(Lane::Normal, Scope::All, &[req(Tighten, Some(Lane::Review)), req(EmergencyKill, None)]), Lane::Block);
+    }
+
+    #[test]
+    fn validation_rules() {
+        let mut r = req(OverrideKind::Tighten, Some(Lane::Watch)).req;
+        assert!(validate(&r, 0, 100).is_ok());
+        assert!(validate(&r, 3, 100).unwrap_err().contains("stale"));
+        r.expires_at = None;
+        assert!(validate(&r, 0, 100).unwrap_err().contains("mandatory"));
+        r.expires_at = Some(1000);
+        assert!(validate(&r, 0, 100).unwrap_err().contains("maximum override TTL"));
+    }
+}

@@ -1,0 +1,316 @@
+//! What the HTTP API asks of a running engine, whatever runs it: the Kafka pipeline
+//! ([`crate::kafka::pipeline`]) or the demo (`driftgate demo --listen`, [`DemoControl`]).
+
+use driftgate_core::engine::{Engine, Input, Output, Stats};
+use driftgate_core::model::history::{Chain, Entry, Record, RecordKind};
+use crate::obs::metrics::Metrics;
+use driftgate_core::model::overrides::{self, OverrideRequest};
+use driftgate_core::model::router_view::AgentSnapshot;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use thiserror::Error;
+
+/// `/readyz`: every part must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    /// Pacts parsed and compiled.
+    pub pacts_loaded: bool,
+    /// Every assigned partition's state restored.
+    pub state_restored: bool,
+    /// The consumer has partitions (the demo: its run is complete).
+    pub assigned: bool,
+    /// A broker answers (librdkafka's view).
+    pub broker_reachable: bool,
+    /// The decoder can decode: its schema source answered the last lookup.
+    pub decoder_available: bool,
+}
+
+impl Readiness {
+    /// All of it.
+    pub fn ready(&self) -> bool {
+        self.pacts_loaded && self.state_restored && self.assigned && self.broker_reachable && self.decoder_available
+    }
+}
+
+/// One active pact version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PactInfo {
+    /// Pact id.
+    pub pact: String,
+    /// Version.
+    pub version: u32,
+    /// Description.
+    pub description: Option<String>,
+    /// Clause ids.
+    pub clauses: Vec<String>,
+}
+
+/// Why an override was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SubmitError {
+    /// No engine here knows the agent.
+    #[error("agent `{0}` is unknown to this instance (no telemetry seen, or its partition is assigned elsewhere)")]
+    UnknownAgent(String),
+    /// The request breaks a rule (missing fields, expiry, lifetime).
+    #[error("{0}")]
+    Invalid(String),
+    /// `expected_seq` does not match the agent's current `seq`.
+    #[error("{0}")]
+    Conflict(String),
+    /// Not ready, or the state could not be made durable in time.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl SubmitError {
+    /// Short code for metrics and history.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SubmitError::UnknownAgent(_) => "unknown_agent",
+            SubmitError::Invalid(_) => "invalid_override",
+            SubmitError::Conflict(_) => "seq_conflict",
+            SubmitError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// Validates an override against the agent's current state, as the engine will.
+pub fn prevalidate(req: &OverrideRequest, current_seq: u64, max_ttl_micros: i64, now_micros: i64) -> Result<(), SubmitError> {
+    if let Some(exp) = req.expires_at {
+        if exp <= now_micros {
+            return Err(SubmitError::Invalid(format!("expired: `expires_at` {} is in the past", driftgate_core::timefmt::rfc3339(exp))));
+        }
+    }
+    overrides::validate(req, current_seq, max_ttl_micros).map(|_| ()).map_err(|m| if m.starts_with("stale `expected_seq`") { SubmitError::Conflict(m) } else { SubmitError::Invalid(m) })
+}
+
+/// The engine side of the HTTP API.
+pub trait ControlPlane: Send + Sync + 'static {
+    /// `/readyz`.
+    fn readiness(&self) -> Readiness;
+    /// The agent's full state.
+    fn agent(&self, id: &str) -> Option<AgentSnapshot>;
+    /// The agent's recent history records, newest last.
+    fn history(&self, id: &str, limit: usize) -> Vec<Record>;
+    /// Active pact versions.
+    fn pacts(&self) -> Vec<PactInfo>;
+    /// Validates an override and hands it to the engine owning the agent; the returned
+    /// ticket is passed to [`ControlPlane::override_durable`].
+    fn submit_override(&self, req: OverrideRequest, now_micros: i64) -> Result<u64, SubmitError>;
+    /// `None` while the state holding the override is not yet durable.
+    fn override_durable(&self, agent: &str, ticket: u64) -> Option<Result<(), String>>;
+    /// Records a refused request (authentication or validation) in the API's audit chain.
+    fn audit_rejection(&self, agent: Option<&str>, at_micros: i64, detail: serde_json::Value);
+    /// The metrics, refreshed.
+    fn metrics(&self) -> &Metrics;
+    /// Recomputes state gauges before a scrape.
+    fn refresh_metrics(&self);
+}
+
+/// The most recent history records, for `GET /v1/agents/{id}/history`. Bounded: the
+/// history topic is the durable record; this serves recent questions quickly.
+#[derive(Debug, Default)]
+pub struct RecentHistory {
+    records: VecDeque<Record>,
+}
+
+/// Records kept in memory.
+pub const RECENT_HISTORY: usize = 50_000;
+
+impl RecentHistory {
+    /// Keeps a record.
+    pub fn push(&mut self, r: Record) {
+        if self.records.len() == RECENT_HISTORY {
+            self.records.pop_front();
+        }
+        self.records.push_back(r);
+    }
+
+    /// The agent's newest `limit` records, oldest first.
+    pub fn of(&self, agent: &str, limit: usize) -> Vec<Record> {
+        let mut v: Vec<Record> = self.records.iter().rev().filter(|r| r.agent_id.as_deref() == Some(agent)).take(limit).cloned().collect();
+        v.reverse();
+        v
+    }
+}
+
+/// The API's own hash chain: refused requests never reach an engine, and an engine's
+/// chain must stay a pure function of its input (so that replays re-derive it exactly).
+#[derive(Debug)]
+pub struct AuditChain {
+    /// Chain name (history header `driftgate.chain`).
+    pub name: String,
+    chain: Mutex<Chain>,
+}
+
+impl AuditChain {
+    /// A new chain called `name`.
+    pub fn new(name: String) -> AuditChain {
+        AuditChain { name, chain: Mutex::new(Chain::default()) }
+    }
+
+    /// Chains a rejection record.
+    pub fn rejection(&self, agent: Option<&str>, at_micros: i64, detail: serde_json::Value) -> Option<Record> {
+        let mut c = self.chain.lock().ok()?;
+        Some(c.append(Entry { kind: RecordKind::OverrideRejected, at_micros, agent_id: agent.map(str::to_string), pact_id: None, pact_version: None, clause_id: None, detail }))
+    }
+}
+
+/// Pact descriptions for `/v1/pacts`.
+pub fn pact_infos(engine: &Engine) -> Vec<PactInfo> {
+    engine
+        .pacts()
+        .iter()
+        .map(|p| PactInfo { pact: p.id().to_string(), version: p.version(), description: p.doc.description.clone(), clauses: p.doc.clauses.iter().map(|c| c.id.clone()).collect() })
+        .collect()
+}
+
+/// The demo's engine behind the API: the day has run; overrides apply at once.
+pub struct DemoControl {
+    engine: Mutex<Engine>,
+    recent: Mutex<RecentHistory>,
+    audit: AuditChain,
+    metrics: Metrics,
+    last_stats: Mutex<Stats>,
+    last_watermark: Mutex<Option<i64>>,
+}
+
+impl DemoControl {
+    /// Serves a finished demo run.
+    pub fn new(run: crate::cli::demo::DemoRun) -> DemoControl {
+        let metrics = Metrics::new();
+        let mut recent = RecentHistory::default();
+        for r in run.history {
+            recent.push(r);
+        }
+        metrics.history_records.inc_by(recent.records.len() as u64);
+        for e in &run.events {
+            metrics.enforcement(e, None, 0);
+        }
+        metrics.records_consumed.inc_by(run.telemetry);
+        metrics.records_decoded.inc_by(run.telemetry);
+        metrics.ready.set(1);
+        let mut last = Stats::default();
+        metrics.add_stats(run.engine.stats(), &mut last);
+        DemoControl {
+            engine: Mutex::new(run.engine),
+            recent: Mutex::new(recent),
+            audit: AuditChain::new("api/demo".into()),
+            metrics,
+            last_stats: Mutex::new(last),
+            last_watermark: Mutex::new(None),
+        }
+    }
+}
+
+impl ControlPlane for DemoControl {
+    fn readiness(&self) -> Readiness {
+        Readiness { pacts_loaded: true, state_restored: true, assigned: true, broker_reachable: true, decoder_available: true }
+    }
+
+    fn agent(&self, id: &str) -> Option<AgentSnapshot> {
+        AgentSnapshot::of(&*self.engine.lock().ok()?, id)
+    }
+
+    fn history(&self, id: &str, limit: usize) -> Vec<Record> {
+        self.recent.lock().map(|r| r.of(id, limit)).unwrap_or_default()
+    }
+
+    fn pacts(&self) -> Vec<PactInfo> {
+        self.engine.lock().map(|e| pact_infos(&e)).unwrap_or_default()
+    }
+
+    fn submit_override(&self, mut req: OverrideRequest, _now: i64) -> Result<u64, SubmitError> {
+        let mut engine = self.engine.lock().map_err(|_| SubmitError::Unavailable("engine poisoned".into()))?;
+        let agent = engine.agent(&req.agent_id).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
+        // A retry of an override already in force is answered, not applied twice.
+        if agent.overrides.iter().any(|o| o.req.override_id == req.override_id) {
+            return Ok(0);
+        }
+        let seq = agent.seq;
+        // The demo's clock is its simulated day: the override is moved to the day's end,
+        // keeping its lifetime (a jump to today would fire months of timers).
+        let at = engine.watermark().unwrap_or(req.issued_at);
+        let shift = at - req.issued_at;
+        req.issued_at = at;
+        req.expires_at = req.expires_at.map(|e| e.saturating_add(shift));
+        prevalidate(&req, seq, engine.config().max_override_ttl.micros(), at)?;
+        engine.push(Input::Override(req));
+        engine.flush();
+        let out = engine.drain();
+        let mut recent = self.recent.lock().map_err(|_| SubmitError::Unavailable("history poisoned".into()))?;
+        for o in out {
+            match o {
+                Output::History(r) => {
+                    self.metrics.history_records.inc();
+                    recent.push(r);
+                }
+                Output::Enforcement(e) => self.metrics.enforcement(&e, None, 0),
+                Output::Late(_) | Output::Panic(_) => {}
+            }
+        }
+        Ok(0)
+    }
+
+    fn override_durable(&self, _agent: &str, _ticket: u64) -> Option<Result<(), String>> {
+        Some(Ok(()))
+    }
+
+    fn audit_rejection(&self, agent: Option<&str>, at: i64, detail: serde_json::Value) {
+        if let Some(r) = self.audit.rejection(agent, at, detail) {
+            self.metrics.history_records.inc();
+            if let Ok(mut recent) = self.recent.lock() {
+                recent.push(r);
+            }
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn refresh_metrics(&self) {
+        let Ok(engine) = self.engine.lock() else { return };
+        if let Ok(mut last) = self.last_stats.lock() {
+            self.metrics.add_stats(engine.stats(), &mut last);
+        }
+        let wm = engine.watermark();
+        let elapsed = match (self.last_watermark.lock().ok().and_then(|mut l| std::mem::replace(&mut *l, wm)), wm) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0,
+        };
+        self.metrics.observe_engines(std::iter::once(&*engine), elapsed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use driftgate_core::model::lane::Scope;
+    use driftgate_core::model::overrides::OverrideKind;
+
+    #[test]
+    fn prevalidation_refuses_a_past_expiry_and_a_stale_seq_with_their_codes() {
+        let req = OverrideRequest {
+            override_id: "o".into(),
+            agent_id: "a".into(),
+            scope: Scope::All,
+            kind: OverrideKind::EmergencyKill,
+            lane: None,
+            clause_id: None,
+            principal: "p".into(),
+            reason: "r".into(),
+            ticket: "t".into(),
+            issued_at: 1_000,
+            expires_at: Some(2_000),
+            expected_seq: Some(3),
+        };
+        let e = prevalidate(&req, 3, 10_000, 2_000).unwrap_err();
+        assert_eq!((e.code(), e.to_string().contains("is in the past")), ("invalid_override", true), "{e}");
+        let e = prevalidate(&req, 4, 10_000, 1_500).unwrap_err();
+        assert_eq!(e, SubmitError::Conflict("stale `expected_seq` 3: the agent's seq is 4".into()));
+        assert_eq!(e.code(), "seq_conflict");
+        assert_eq!(prevalidate(&req, 3, 10_000, 1_999), Ok(()));
+    }
+}

@@ -1,0 +1,100 @@
+//! Overrides from a Kafka control topic (`kafka.topics.control`): the record value is the
+//! same JSON as `POST /v1/overrides`, authenticated the same way, by headers
+//! `driftgate.timestamp` + `driftgate.signature` (HMAC) or `authorization` (bearer token).
+//!
+//! Every instance reads the whole topic in a group of its own and applies the overrides of
+//! the agents it holds; the others are not its to judge. An override is applied once (by
+//! `override_id`), and the record's offset is committed only after the state holding it
+//! is durable, so a crash re-reads it.
+
+use crate::api::auth::{Credentials, Presented};
+use crate::api::control::{ControlPlane, SubmitError};
+use driftgate_core::model::overrides::OverrideRequest;
+use crate::kafka::pipeline::Status;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Headers, Message};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Starts the control-topic reader on a thread of its own.
+pub fn spawn(client: ClientConfig, group: String, topic: String, control: Arc<dyn ControlPlane>, creds: Credentials, status: Arc<Status>) -> Result<std::thread::JoinHandle<()>, String> {
+    let consumer: BaseConsumer = client
+        .clone()
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|e| format!("cannot create the control-topic consumer: {e}"))?;
+    consumer.subscribe(&[&topic]).map_err(|e| format!("cannot subscribe to the control topic `{topic}`: {e}"))?;
+    info!(%topic, %group, "reading overrides from the control topic");
+    std::thread::Builder::new()
+        .name("control-topic".into())
+        .spawn(move || {
+            while !status.stop.load(Ordering::SeqCst) {
+                let Some(r) = consumer.poll(Duration::from_millis(200)) else { continue };
+                let m = match r {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(error = %e, "control topic");
+                        continue;
+                    }
+                };
+                // Not before the engines hold their partitions: the agents must be found.
+                while !(control.readiness().ready() || status.stop.load(Ordering::SeqCst)) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let header = |name: &str| m.headers().and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value)).and_then(|v| std::str::from_utf8(v).ok());
+                let presented = Presented { authorization: header("authorization"), signature: header("driftgate.signature"), timestamp: header("driftgate.timestamp") };
+                apply(&*control, &creds, &presented, m.payload().unwrap_or_default(), &status);
+                if let Err(e) = consumer.commit_message(&m, CommitMode::Sync) {
+                    warn!(error = %e, "control topic: commit failed; the record will be read again");
+                }
+            }
+        })
+        .map_err(|e| e.to_string())
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Checks and applies one control record, waiting until it is durable.
+pub fn apply(control: &dyn ControlPlane, creds: &Credentials, presented: &Presented<'_>, body: &[u8], status: &Status) {
+    let now = now_micros();
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let agent = parsed.as_ref().and_then(|v| v.get("agent_id")).and_then(|v| v.as_str()).map(str::to_string);
+    let reject = |code: &str, message: String| {
+        warn!(agent = agent.as_deref().unwrap_or(""), code, %message, "control-topic override refused");
+        control.metrics().overrides_rejected.with_label_values(&["control"]).inc();
+        control.audit_rejection(agent.as_deref(), now, json!({"channel": "control", "reason": code, "message": message, "request": parsed.clone()}));
+    };
+    if let Err(e) = creds.check(presented, body, now / 1_000_000) {
+        return reject(e.code(), e.to_string());
+    }
+    let Some(mut v) = parsed.clone().filter(|v| v.is_object()) else { return reject("invalid_json", "the record is not a JSON object".into()) };
+    if v.get("expires_at").is_none_or(|e| e.is_null()) {
+        return reject("missing_expires_at", "`expires_at` is mandatory: every override expires".into());
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.entry("issued_at").or_insert(json!(now));
+    }
+    let req: OverrideRequest = match serde_json::from_value(v) {
+        Ok(r) => r,
+        Err(e) => return reject("invalid_override", e.to_string()),
+    };
+    let ticket = match control.submit_override(req, now) {
+        Ok(t) => t,
+        // Another instance holds the agent.
+        Err(SubmitError::UnknownAgent(a)) => return debug!(agent = %a, "control topic: agent not held here"),
+        Err(e) => return reject(e.code(), e.to_string()),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let agent = agent.unwrap_or_default();
+    while control.override_durable(&agent, ticket).is_none() && Instant::now() < deadline && !status.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

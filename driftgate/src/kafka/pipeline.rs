@@ -1,0 +1,1074 @@
+//! `driftgate run`: telemetry topics in; enforcement, snapshot, history and dead-letter
+//! topics out; at-least-once, in the manner of Vector's Kafka source.
+//!
+//! - One engine **task per input partition** (Kafka Streams style): its own event-time
+//!   state, watermark and history chain. Records of a partition are processed in order.
+//! - Every commit interval, each task writes a **snapshot** to the changelog: changed
+//!   agents, then (once they and every output before them are acknowledged) its engine
+//!   state including the event-time buffer, which closes the snapshot. The input offset of
+//!   a snapshot is **committed only after** its closing record is acknowledged. Auto-commit
+//!   and auto-store are off. See [`Tasks::snapshot`].
+//! - On assignment, a partition's state is **restored** from the changelog before it is
+//!   consumed, and consumption starts at the position of the restored snapshot.
+//! - Bad records go to the dead-letter topic untouched, with the reason in headers, and
+//!   the partition moves on. A schema-registry outage is not a bad record: the partition
+//!   is rewound and retried.
+//! - On revoke, the revoked partitions' outputs are flushed and their offsets committed
+//!   inside the callback (which runs on this thread, in `poll`), then their state dropped.
+//! - On SIGTERM: stop consuming, flush, commit, leave the group.
+
+use crate::config::{InputFormat, OutputFormat, RunConfig};
+use driftgate_core::codec::changelog;
+use crate::kafka::decode::{DecodeError, Decoder};
+use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
+use driftgate_core::model::heartbeat::{EngineState, Heartbeat};
+use driftgate_core::model::enforcement::ENFORCEMENT_AVSC;
+use driftgate_core::pact::Pact;
+use crate::kafka::registry::{HttpRegistry, SchemaSource, StaticSchemas};
+use crate::kafka::sink::{OutRecord, Sink, SinkError, SourceKey};
+use driftgate_core::model::router_view::AgentSnapshot;
+use crate::api::control::{pact_infos, prevalidate, AuditChain, ControlPlane, PactInfo, Readiness, RecentHistory, SubmitError};
+use crate::obs::metrics::{Metrics, PartitionTime};
+use driftgate_core::model::overrides::OverrideRequest;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tracing::{debug, error, info, warn};
+
+/// Why the pipeline stopped or could not start.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    /// Kafka is unreachable or refused a request.
+    #[error("{0}")]
+    Kafka(String),
+    /// A topic is missing or unsuitable.
+    #[error("{0}")]
+    Topic(String),
+    /// The producer failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// Configuration (schemas, pacts).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Where the pipeline stands; shared with the HTTP API.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Partitions assigned and ready.
+    pub assigned: AtomicBool,
+    /// An assignment's state is being restored.
+    pub restoring: AtomicBool,
+    /// Every broker connection is down (librdkafka's errors and statistics).
+    pub brokers_down: AtomicBool,
+    /// The last decode needed the schema registry and could not reach it (cleared by the
+    /// next successful decode).
+    pub decoder_unavailable: AtomicBool,
+    /// Set to stop the run.
+    pub stop: AtomicBool,
+}
+
+/// A commit candidate: `position` may be committed once every output numbered below
+/// `highwater` is acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    position: i64,
+    highwater: u64,
+    /// The snapshot it closes (see [`Task::snapshots_started`]).
+    epoch: u64,
+}
+
+/// A snapshot's closing meta record, held back until everything before it is acknowledged.
+#[derive(Debug)]
+struct PendingMeta {
+    position: i64,
+    meta: Vec<u8>,
+    highwater: u64,
+    epoch: u64,
+}
+
+/// One input partition's engine and progress.
+struct Task {
+    engine: Engine,
+    /// The next offset to read: the engine reflects every record before it.
+    pushed: Option<i64>,
+    /// The position of the last snapshot written to the changelog.
+    snapshot_at: Option<i64>,
+    /// A snapshot whose agent records are written and whose closing meta record waits
+    /// until they, and every output before them, are acknowledged.
+    pending: Option<PendingMeta>,
+    /// Snapshot even if no record was read (an override changed the state).
+    force_snapshot: bool,
+    /// Snapshots begun, and the newest whose closing record is acknowledged.
+    snapshots_started: u64,
+    snapshots_durable: u64,
+    /// Engine counters already added to the metrics.
+    last_stats: driftgate_core::engine::Stats,
+    marks: VecDeque<Mark>,
+    /// The furthest position whose outputs are all acknowledged.
+    safe: Option<i64>,
+    /// The position last committed.
+    committed: Option<i64>,
+    /// When the last record reached the engine (or the task began): idleness is measured
+    /// from it, and a tick's clock runs from it.
+    last_input: Instant,
+    /// When the last heartbeat was produced.
+    last_heartbeat: Option<Instant>,
+}
+
+impl Task {
+    fn fresh(engine: Engine, position: Option<i64>) -> Task {
+        let last_stats = engine.stats().clone();
+        Task {
+            engine,
+            pushed: position,
+            snapshot_at: position,
+            pending: None,
+            force_snapshot: false,
+            snapshots_started: 0,
+            snapshots_durable: 0,
+            last_stats,
+            marks: VecDeque::new(),
+            safe: None,
+            committed: None,
+            last_input: Instant::now(),
+            last_heartbeat: None,
+        }
+    }
+
+    /// When the next tick would apply: once the partition has been idle for `idle_after`
+    /// and its clock has passed the engine's next due time by `lag` (µs); `None` if nothing
+    /// is due.
+    fn next_tick(&self, idle_after: Duration, lag: i64) -> Option<Instant> {
+        let (due, max) = (self.engine.next_due()?, self.engine.max_event_time()?);
+        let need = Duration::from_micros(due.saturating_add(lag).saturating_sub(max).max(0) as u64);
+        Some(self.last_input + need.max(idle_after))
+    }
+
+    /// The partition's event-time clock: the largest event time read, plus the wall time
+    /// since the last record (see [`Engine::tick`]).
+    fn clock(&self) -> Option<i64> {
+        let quiet = i64::try_from(self.last_input.elapsed().as_micros()).unwrap_or(i64::MAX);
+        self.engine.max_event_time().map(|m| m.saturating_add(quiet))
+    }
+
+    fn heartbeat(&self, key: &SourceKey, instance: &str, state: EngineState, interval: Duration, idle: bool) -> Heartbeat {
+        Heartbeat {
+            kind: "heartbeat".into(),
+            source_topic: key.0.clone(),
+            source_partition: key.1,
+            instance: instance.to_string(),
+            state,
+            wall_time: wall_micros(),
+            interval_ms: interval.as_millis() as u64,
+            watermark: self.engine.watermark(),
+            max_event_time: self.engine.max_event_time(),
+            last_offset: self.pushed.map(|p| p - 1),
+            position: self.pushed,
+            committed: self.committed,
+            buffered: self.engine.buffered(),
+            idle,
+        }
+    }
+
+    fn advance(&mut self, min_unacked: u64) {
+        while let Some(m) = self.marks.front() {
+            if m.highwater > min_unacked {
+                break;
+            }
+            self.safe = Some(self.safe.map_or(m.position, |s| s.max(m.position)));
+            self.snapshots_durable = self.snapshots_durable.max(m.epoch);
+            self.marks.pop_front();
+        }
+    }
+}
+
+/// Engine tasks by source partition; shared between the loop and the rebalance callback.
+struct Tasks {
+    map: HashMap<SourceKey, Task>,
+    engine_cfg: EngineConfig,
+    pacts: Vec<Pact>,
+    changelog: String,
+}
+
+impl Tasks {
+    fn task(&mut self, key: &SourceKey) -> &mut Task {
+        let (cfg, pacts) = (&self.engine_cfg, &self.pacts);
+        self.map.entry(key.clone()).or_insert_with(|| Task::fresh(Engine::new(cfg.clone(), pacts.clone()), None))
+    }
+
+    /// Writes a snapshot of every task (in `only`) that moved since its last one, in two
+    /// steps so that a snapshot in the changelog never runs ahead of the outputs:
+    ///
+    /// 1. the changed agents are written, and the engine state at that position is encoded
+    ///    and held back;
+    /// 2. once those records *and every output derived before them* are acknowledged, the
+    ///    held meta record is written: it closes the snapshot (restore ignores agent records
+    ///    after the last meta) and names the input position it covers;
+    /// 3. once the meta record is acknowledged, that position may be committed.
+    ///
+    /// So after any crash the newest complete snapshot covers only records whose outputs
+    /// are all in Kafka, and consumption restarts at its position.
+    fn snapshot(&mut self, sink: &Sink, only: Option<&BTreeSet<SourceKey>>) -> Result<(), SinkError> {
+        for (key, task) in self.map.iter_mut().filter(|(k, _)| only.is_none_or(|o| o.contains(*k))) {
+            let acks = |f: &dyn Fn(&crate::kafka::sink::Acks) -> u64| sink.acks().lock().map(|a| f(&a)).unwrap_or(u64::MAX);
+            if let Some(p) = task.pending.take() {
+                if acks(&|a| a.min_unacked(key)) < p.highwater {
+                    task.pending = Some(p);
+                    continue;
+                }
+                let k = changelog::Key::Meta(key.0.clone()).encode();
+                sink.send(key, OutRecord { topic: &self.changelog, key: &k, payload: Some(&p.meta), headers: None, partition: Some(key.1) })?;
+                task.marks.push_back(Mark { position: p.position, highwater: acks(&|a| a.next_no(key)), epoch: p.epoch });
+                debug!(topic = %key.0, partition = key.1, position = p.position, "snapshot closed");
+            }
+            let moved = task.pushed.filter(|p| task.snapshot_at.is_none_or(|s| *p > s));
+            let Some(position) = moved.or(task.pushed.filter(|_| task.force_snapshot)) else { continue };
+            task.force_snapshot = false;
+            task.snapshots_started += 1;
+            let dirty: Vec<(String, Option<Vec<u8>>)> = task.engine.take_dirty().into_iter().map(|(id, s)| (id, s.map(changelog::encode_agent))).collect();
+            for (agent, value) in &dirty {
+                let k = changelog::Key::Agent(key.0.clone(), agent.clone()).encode();
+                sink.send(key, OutRecord { topic: &self.changelog, key: &k, payload: value.as_deref(), headers: None, partition: Some(key.1) })?;
+            }
+            let meta = changelog::encode_meta(&changelog::MetaRecord { position, meta: task.engine.meta() });
+            task.pending = Some(PendingMeta { position, meta, highwater: acks(&|a| a.next_no(key)), epoch: task.snapshots_started });
+            task.snapshot_at = Some(position);
+            debug!(topic = %key.0, partition = key.1, position, agents = dirty.len(), "snapshot written");
+        }
+        Ok(())
+    }
+
+    /// Whether any task (in `only`) holds a meta record back.
+    fn has_pending(&self, only: Option<&BTreeSet<SourceKey>>) -> bool {
+        self.map.iter().any(|(k, t)| t.pending.is_some() && only.is_none_or(|o| o.contains(k)))
+    }
+
+    /// For revoke and shutdown: snapshot, flush, close the snapshot, flush again.
+    fn snapshot_and_flush(&mut self, sink: &Sink, only: Option<&BTreeSet<SourceKey>>) -> Result<(), SinkError> {
+        self.snapshot(sink, only)?;
+        sink.flush(Duration::from_secs(30))?;
+        if self.has_pending(only) {
+            self.snapshot(sink, only)?;
+            sink.flush(Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+
+    /// Commits every task's safe position that moved; `only` restricts to some partitions.
+    fn commit(&mut self, consumer: &BaseConsumer<PipelineContext>, sink: &Sink, mode: CommitMode, only: Option<&BTreeSet<SourceKey>>) {
+        let Ok(acks) = sink.acks().lock() else { return };
+        let mut tpl = TopicPartitionList::new();
+        let mut moved = Vec::new();
+        for (key, task) in self.map.iter_mut().filter(|(k, _)| only.is_none_or(|o| o.contains(*k))) {
+            task.advance(acks.min_unacked(key));
+            if let Some(pos) = task.safe.filter(|p| task.committed.is_none_or(|c| *p > c)) {
+                if tpl.add_partition_offset(&key.0, key.1, Offset::Offset(pos)).is_ok() {
+                    moved.push((key.clone(), pos));
+                }
+            }
+        }
+        drop(acks);
+        if moved.is_empty() {
+            return;
+        }
+        match consumer.commit(&tpl, mode) {
+            // An async commit is only sent: it counts once the broker confirms it (see
+            // `confirm_commits`); until then each interval sends it again.
+            Ok(()) if matches!(mode, CommitMode::Async) => {}
+            Ok(()) => {
+                for (key, pos) in moved {
+                    self.confirm(&key, pos);
+                }
+            }
+            Err(e) => warn!(error = %e, "offset commit failed; will retry"),
+        }
+    }
+
+    /// Records a commit the broker acknowledged.
+    fn confirm(&mut self, key: &SourceKey, pos: i64) {
+        if let Some(t) = self.map.get_mut(key) {
+            t.committed = Some(t.committed.map_or(pos, |c| c.max(pos)));
+            debug!(topic = %key.0, partition = key.1, offset = pos, "committed");
+        }
+    }
+}
+
+/// Consumer callbacks: rebalances.
+pub struct PipelineContext {
+    tasks: Arc<Mutex<Tasks>>,
+    metrics: Arc<Metrics>,
+    sink: Arc<Sink>,
+    status: Arc<Status>,
+    client: ClientConfig,
+    changelog: String,
+    restore_timeout: Duration,
+    /// See [`crate::config::KafkaConfig::resume_rewind`].
+    resume_rewind: i64,
+    /// Offsets the broker acknowledged, from the commit callback; applied by the loop.
+    /// (A lock of its own: the callback can run inside a commit made under `tasks`.)
+    confirmed: Mutex<Vec<(SourceKey, i64)>>,
+}
+
+impl ClientContext for PipelineContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)) {
+            self.status.brokers_down.store(true, Ordering::SeqCst);
+        }
+        warn!(error = %error, reason, "librdkafka");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        // Bootstrap entries are placeholders; a real broker connection that is UP counts.
+        let up = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.status.brokers_down.store(!up, Ordering::SeqCst);
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // librdkafka lists an internal partition -1, and -1 lag for unassigned ones.
+                if p.partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics.consumer_lag.with_label_values(&[topic.as_str(), partition.to_string().as_str()]).set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for PipelineContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                if let Ok(mut c) = self.confirmed.lock() {
+                    c.extend(offsets.elements().iter().filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                        _ => None,
+                    }));
+                }
+            }
+            // Nothing confirmed: the next interval commits the same positions again.
+            Err(e) => warn!(error = %e, "offset commit failed; will retry"),
+        }
+    }
+
+    // Overridden to restore state *before* the assignment takes effect, and to start
+    // each partition at the position its restored state corresponds to.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.on_assign(tpl);
+                let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(e) = r {
+                    error!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.on_revoke(consumer, tpl);
+                let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = r {
+                    error!(error = %e, "unassign failed");
+                }
+            }
+            other => warn!(error = ?other, "rebalance error"),
+        }
+    }
+}
+
+impl PipelineContext {
+    fn on_assign(&self, tpl: &mut TopicPartitionList) {
+        let parts: Vec<SourceKey> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let started = Instant::now();
+        self.status.restoring.store(true, Ordering::SeqCst);
+        for key in parts {
+            let restored = match restore_partition(&self.client, &self.changelog, &key, self.restore_timeout) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Without its state the partition would judge on an empty baseline:
+                    // stop rather than enforce blind.
+                    error!(topic = %key.0, partition = key.1, error = %e, "cannot restore state; stopping");
+                    self.status.stop.store(true, Ordering::SeqCst);
+                    return;
+                }
+            };
+            let Ok(mut tasks) = self.tasks.lock() else { return };
+            let (cfg, pacts) = (tasks.engine_cfg.clone(), tasks.pacts.clone());
+            let task = match restored {
+                Some((snap, records)) => {
+                    let position = snap.meta.position;
+                    let torn = snap.torn.len();
+                    info!(topic = %key.0, partition = key.1, position, agents = snap.agents.len(), torn, records, "state restored");
+                    // See `KafkaConfig::resume_rewind`: records before `position` are skipped.
+                    let start = position.saturating_sub(self.resume_rewind).max(0);
+                    if tpl.set_partition_offset(&key.0, key.1, Offset::Offset(start)).is_err() {
+                        warn!(topic = %key.0, partition = key.1, "cannot set the start offset");
+                    }
+                    let mut engine = Engine::restore(cfg, pacts, snap.meta.meta, snap.agents);
+                    engine.mark_dirty(snap.torn);
+                    let mut t = Task::fresh(engine, Some(position));
+                    // The restored state is durable as of `position`: the group may say so.
+                    t.safe = Some(position);
+                    t
+                }
+                None => Task::fresh(Engine::new(cfg, pacts), None),
+            };
+            tasks.map.insert(key, task);
+        }
+        let total = self.tasks.lock().map(|t| t.map.len()).unwrap_or(0);
+        info!(partitions = tpl.count(), total, restore_ms = started.elapsed().as_millis() as u64, "partitions assigned");
+        self.status.restoring.store(false, Ordering::SeqCst);
+        self.status.assigned.store(total > 0, Ordering::SeqCst);
+    }
+
+    fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let revoked: BTreeSet<SourceKey> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        info!(partitions = ?revoked, "partitions revoked: snapshotting, flushing and committing");
+        // Runs inside poll() on the pipeline thread: blocking here blocks the loop, which
+        // is what we want; no async work is awaited.
+        let Ok(mut tasks) = self.tasks.lock() else { return };
+        let buffered: usize = revoked.iter().filter_map(|k| tasks.map.get(k)).map(|t| t.engine.buffered()).sum();
+        self.metrics.revoked_buffered_records.inc_by(buffered as u64);
+        if let Err(e) = tasks.snapshot_and_flush(&self.sink, Some(&revoked)) {
+            error!(error = %e, "snapshot or flush on revoke failed; offsets of the revoked partitions are not committed past it");
+        }
+        tasks.commit(consumer, &self.sink, CommitMode::Sync, Some(&revoked));
+        for k in &revoked {
+            tasks.map.remove(k);
+            if let Ok(mut acks) = self.sink.acks().lock() {
+                acks.forget(k);
+            }
+        }
+        if tasks.map.is_empty() {
+            self.status.assigned.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+type Restored = (changelog::Snapshot, u64);
+
+/// The restore reader's callbacks: reaching the end of the changelog partition is how a
+/// restore ends, not an error.
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(p) => debug!(partition = p, "changelog partition read to its end"),
+            e => warn!(error = %e, reason, "changelog reader"),
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
+/// Reads a source partition's changelog partition to its end and rebuilds its state.
+fn restore_partition(client: &ClientConfig, changelog_topic: &str, key: &SourceKey, timeout: Duration) -> Result<Option<Restored>, String> {
+    let reader: BaseConsumer<RestoreContext> = client
+        .clone()
+        .set("group.id", "driftgate-restore")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create_with_context(RestoreContext)
+        .map_err(|e| format!("cannot create the restore consumer: {e}"))?;
+    let (lo, hi) = reader.fetch_watermarks(changelog_topic, key.1, timeout).map_err(|e| format!("changelog {changelog_topic}/{}: {e}", key.1))?;
+    if hi <= lo {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(changelog_topic, key.1, Offset::Offset(lo)).map_err(|e| e.to_string())?;
+    reader.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut r = changelog::Restorer::default();
+    let deadline = Instant::now() + timeout;
+    let mut next = lo;
+    loop {
+        match reader.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                next = m.offset() + 1;
+                r.apply(&key.0, m.key().unwrap_or_default(), m.payload()).map_err(|e| format!("changelog {changelog_topic}/{} offset {}: {e}", key.1, m.offset()))?;
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) if next >= hi => break,
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => return Err(format!("changelog {changelog_topic}/{}: {e}", key.1)),
+        }
+        if Instant::now() > deadline {
+            return Err(format!("changelog {changelog_topic}/{} not read to its end ({next} of {hi}) within {timeout:?}", key.1));
+        }
+    }
+    let records = r.records;
+    Ok(r.finish().map(|s| (s, records)))
+}
+
+/// Dead-letter header names.
+pub mod headers {
+    /// Reason code (see [`crate::kafka::decode::reason`], plus `late_event`).
+    pub const REASON: &str = "driftgate.reason";
+    /// Human-readable detail.
+    pub const ERROR: &str = "driftgate.error";
+    /// Source topic.
+    pub const TOPIC: &str = "driftgate.source.topic";
+    /// Source partition.
+    pub const PARTITION: &str = "driftgate.source.partition";
+    /// Source offset.
+    pub const OFFSET: &str = "driftgate.source.offset";
+    /// When it was dead-lettered (RFC 3339, wall clock).
+    pub const TIME: &str = "driftgate.dead_lettered_at";
+    /// On history records: the chain (source `topic/partition`).
+    pub const CHAIN: &str = "driftgate.chain";
+}
+
+/// Turns engine outputs into records on the output topics; shared by the pipeline loop
+/// and the HTTP API (overrides), so both produce the same way.
+pub struct Emitter {
+    topics: crate::config::Topics,
+    output_format: OutputFormat,
+    output_schema_id: u32,
+    enforcement_schema: apache_avro::Schema,
+    sink: Arc<Sink>,
+    metrics: Arc<Metrics>,
+    recent: Mutex<RecentHistory>,
+    /// This process, as named in heartbeats.
+    instance: String,
+}
+
+/// The record an output derives from, when it derives from one.
+pub struct Origin<'a> {
+    msg: &'a BorrowedMessage<'a>,
+    event_id: &'a str,
+}
+
+impl Emitter {
+    fn emit(&self, key: &SourceKey, engine: &Engine, outputs: Vec<Output>, origin: Option<Origin<'_>>) -> Result<(), PipelineError> {
+        let topics = &self.topics;
+        let record_time = origin.as_ref().and_then(|o| o.msg.timestamp().to_millis()).map(|ms| ms.saturating_mul(1000));
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        for out in outputs {
+            match out {
+                Output::Enforcement(e) => {
+                    let payload = match self.output_format {
+                        OutputFormat::Json => serde_json::to_vec(&e).map_err(|x| PipelineError::Setup(x.to_string()))?,
+                        OutputFormat::Avro => {
+                            let datum = driftgate_core::codec::avro_json::encode_datum(&e, &self.enforcement_schema).map_err(|x| PipelineError::Setup(format!("enforcement event does not fit its schema: {x}")))?;
+                            crate::kafka::decode::confluent_frame(self.output_schema_id, &datum)
+                        }
+                    };
+                    info!(agent = %e.agent_id, pact = e.pact_id.as_deref().unwrap_or(""), clause = e.clause_id.as_deref().unwrap_or(""), seq = e.seq, from = e.lane_from.as_str(), to = e.lane_to.as_str(), reason = %e.reason.code, "enforcement event");
+                    let h = OwnedHeaders::new()
+                        .insert(Header { key: "driftgate.kind", value: Some("enforcement") })
+                        .insert(Header { key: "driftgate.seq", value: Some(&e.seq.to_string()) })
+                        .insert(Header { key: "driftgate.event_id", value: Some(&e.event_id) });
+                    self.sink.send(key, OutRecord { topic: &topics.enforcement, key: e.agent_id.as_bytes(), payload: Some(&payload), headers: Some(h), partition: None })?;
+                    self.metrics.enforcement(&e, record_time, wall_micros());
+                    changed.insert(e.agent_id);
+                }
+                Output::History(r) => {
+                    let line = serde_json::to_vec(&r).map_err(|x| PipelineError::Setup(x.to_string()))?;
+                    let chain = format!("{}/{}", key.0, key.1);
+                    let h = OwnedHeaders::new().insert(Header { key: headers::CHAIN, value: Some(&chain) });
+                    let k = r.agent_id.clone().unwrap_or_default();
+                    self.sink.send(key, OutRecord { topic: &topics.history, key: k.as_bytes(), payload: Some(&line), headers: Some(h), partition: Some(key.1) })?;
+                    self.metrics.history_records.inc();
+                    if let Ok(mut recent) = self.recent.lock() {
+                        recent.push(r);
+                    }
+                }
+                Output::Late(l) => {
+                    if let Some(o) = origin.as_ref().filter(|o| o.event_id == l.id) {
+                        self.dead_letter(key, o.msg, "late_event", &l.reason)?;
+                    }
+                }
+                Output::Panic(p) => warn!(workflow = %p.workflow, would_block = p.would_block, agents = p.agents, "blast-radius cap: fail mode applied instead of blocking"),
+            }
+        }
+        for agent in changed {
+            if let Some(s) = AgentSnapshot::of(engine, &agent) {
+                let v = serde_json::to_vec(&s).map_err(|x| PipelineError::Setup(x.to_string()))?;
+                self.sink.send(key, OutRecord { topic: &topics.snapshot, key: agent.as_bytes(), payload: Some(&v), headers: None, partition: None })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Produces a partition's heartbeat on the snapshot topic (see [`driftgate_core::model::heartbeat`]).
+    fn heartbeat(&self, key: &SourceKey, hb: &Heartbeat) -> Result<(), PipelineError> {
+        let payload = serde_json::to_vec(hb).map_err(|x| PipelineError::Setup(x.to_string()))?;
+        let k = driftgate_core::model::heartbeat::key(&key.0, key.1);
+        let h = OwnedHeaders::new().insert(Header { key: "driftgate.kind", value: Some("heartbeat") });
+        self.sink.send(key, OutRecord { topic: &self.topics.snapshot, key: k.as_bytes(), payload: Some(&payload), headers: Some(h), partition: None })?;
+        self.metrics.heartbeats.inc();
+        Ok(())
+    }
+
+    fn dead_letter(&self, key: &SourceKey, msg: &BorrowedMessage<'_>, code: &str, detail: &str) -> Result<(), PipelineError> {
+        let now = driftgate_core::timefmt::rfc3339(wall_micros());
+        let h = OwnedHeaders::new()
+            .insert(Header { key: headers::REASON, value: Some(code) })
+            .insert(Header { key: headers::ERROR, value: Some(detail) })
+            .insert(Header { key: headers::TOPIC, value: Some(msg.topic()) })
+            .insert(Header { key: headers::PARTITION, value: Some(&msg.partition().to_string()) })
+            .insert(Header { key: headers::OFFSET, value: Some(&msg.offset().to_string()) })
+            .insert(Header { key: headers::TIME, value: Some(&now) });
+        self.sink.send(key, OutRecord { topic: &self.topics.dead_letter, key: msg.key().unwrap_or_default(), payload: msg.payload(), headers: Some(h), partition: None })?;
+        self.metrics.records_dead_lettered.with_label_values(&[code]).inc();
+        Ok(())
+    }
+}
+
+/// The longest the loop waits for a record before it looks at the time again (idleness,
+/// heartbeats, commits).
+const IDLE_WAKE_UP: Duration = Duration::from_millis(100);
+
+fn wall_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    cfg: RunConfig,
+    consumer: BaseConsumer<PipelineContext>,
+    sink: Arc<Sink>,
+    tasks: Arc<Mutex<Tasks>>,
+    decoder: Decoder,
+    emitter: Arc<Emitter>,
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
+}
+
+/// Brokers plus the librdkafka properties shared by every client.
+pub fn kafka_config(cfg: &RunConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka.brokers);
+    for (k, v) in &cfg.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The shared properties plus the consumer-only ones.
+pub fn consumer_config(cfg: &RunConfig) -> ClientConfig {
+    let mut c = kafka_config(cfg);
+    for (k, v) in &cfg.kafka.consumer_properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The shared properties plus the producer-only ones.
+pub fn producer_config(cfg: &RunConfig) -> ClientConfig {
+    let mut c = kafka_config(cfg);
+    for (k, v) in &cfg.kafka.producer_properties {
+        c.set(k, v);
+    }
+    c
+}
+
+impl Pipeline {
+    /// Connects, checks the topics, and subscribes.
+    pub fn start(cfg: RunConfig, pacts: Vec<Pact>, status: Arc<Status>, metrics: Arc<Metrics>) -> Result<Pipeline, PipelineError> {
+        let schemas: Option<Arc<dyn SchemaSource>> = match (&cfg.schema_registry.url, cfg.kafka.format) {
+            (_, InputFormat::Json) => None,
+            (Some(url), _) => Some(Arc::new(HttpRegistry::new(url))),
+            (None, _) => {
+                let files: Vec<(u32, std::path::PathBuf)> =
+                    cfg.schema_registry.static_schemas.iter().filter_map(|(id, p)| id.parse().ok().map(|id| (id, p.clone()))).collect();
+                Some(Arc::new(StaticSchemas::load(&files).map_err(PipelineError::Setup)?))
+            }
+        };
+        let decoder = Decoder::new(cfg.kafka.format, schemas, cfg.decode.max_future_skew.micros());
+        let base = consumer_config(&cfg);
+        let sink = Arc::new(Sink::new(&producer_config(&cfg))?);
+        let tasks = Arc::new(Mutex::new(Tasks { map: HashMap::new(), engine_cfg: cfg.engine.clone(), pacts, changelog: cfg.kafka.topics.changelog.clone() }));
+        let mut ccfg = base.clone();
+        ccfg.set("group.id", &cfg.kafka.group_id).set("auto.offset.reset", "earliest").set("partition.assignment.strategy", "cooperative-sticky");
+        // librdkafka pauses fetching for `fetch.queue.backoff.ms` (default 1 s) whenever its
+        // prefetch queue is full; a consumer that does real work per record then drains the
+        // queue and idles for the rest of the second (measured: 40 % idle, 150k records/s).
+        ccfg.set("fetch.queue.backoff.ms", "10").set("statistics.interval.ms", "5000");
+        for (k, v) in cfg.kafka.properties.iter().chain(&cfg.kafka.consumer_properties) {
+            ccfg.set(k, v);
+        }
+        // Not overridable: offsets move only when outputs are acknowledged.
+        ccfg.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+        let ctx = PipelineContext {
+            tasks: tasks.clone(),
+            metrics: metrics.clone(),
+            sink: sink.clone(),
+            status: status.clone(),
+            client: base.clone(),
+            changelog: cfg.kafka.topics.changelog.clone(),
+            restore_timeout: Duration::from_secs(300),
+            confirmed: Mutex::new(Vec::new()),
+            resume_rewind: i64::try_from(cfg.kafka.resume_rewind).unwrap_or(i64::MAX),
+        };
+        let consumer: BaseConsumer<PipelineContext> = ccfg.create_with_context(ctx).map_err(|e| PipelineError::Kafka(format!("cannot create the consumer: {e}")))?;
+        let emitter = Arc::new(Emitter {
+            topics: cfg.kafka.topics.clone(),
+            output_format: cfg.kafka.output_format,
+            output_schema_id: cfg.kafka.output_schema_id,
+            enforcement_schema: apache_avro::Schema::parse_str(ENFORCEMENT_AVSC).expect("bundled schema is valid"),
+            sink: sink.clone(),
+            metrics: metrics.clone(),
+            recent: Mutex::new(RecentHistory::default()),
+            instance: format!("{}-{}", std::process::id(), wall_micros() / 1000),
+        });
+        let p = Pipeline { cfg, consumer, sink, tasks, decoder, emitter, status, metrics };
+        p.preflight()?;
+        let topics: Vec<&str> = p.cfg.kafka.input_topics.iter().map(String::as_str).collect();
+        p.consumer.subscribe(&topics).map_err(|e| PipelineError::Kafka(format!("cannot subscribe to {topics:?}: {e}")))?;
+        info!(brokers = %p.cfg.kafka.brokers, group = %p.cfg.kafka.group_id, topics = ?topics, "subscribed");
+        Ok(p)
+    }
+
+    /// Checks that the cluster answers and every topic exists, with a clear error otherwise.
+    fn preflight(&self) -> Result<(), PipelineError> {
+        let timeout = Duration::from_micros(self.cfg.kafka.startup_timeout.micros().max(1) as u64);
+        let md = self.consumer.fetch_metadata(None, timeout).map_err(|e| {
+            PipelineError::Kafka(format!("cannot reach Kafka at `{}` within {}: {e}", self.cfg.kafka.brokers, self.cfg.kafka.startup_timeout))
+        })?;
+        let parts: HashMap<&str, usize> = md.topics().iter().filter(|t| t.error().is_none()).map(|t| (t.name(), t.partitions().len())).collect();
+        let t = &self.cfg.kafka.topics;
+        let mut missing = Vec::new();
+        for name in self.cfg.kafka.input_topics.iter().chain([&t.enforcement, &t.snapshot, &t.history, &t.dead_letter, &t.changelog]).chain(t.control.as_ref()) {
+            if !parts.contains_key(name.as_str()) {
+                missing.push(name.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(PipelineError::Topic(format!("topic(s) missing on `{}`: {} (create them first; driftgate does not auto-create topics)", self.cfg.kafka.brokers, missing.join(", "))));
+        }
+        let max_in = self.cfg.kafka.input_topics.iter().filter_map(|n| parts.get(n.as_str())).max().copied().unwrap_or(1);
+        for (topic, what) in [(&t.history, "its hash chain"), (&t.changelog, "its state")] {
+            let n = parts.get(topic.as_str()).copied().unwrap_or(0);
+            if n < max_in {
+                return Err(PipelineError::Topic(format!(
+                    "topic `{topic}` has {n} partition(s) but an input topic has {max_in}: each input partition writes {what} to the partition of the same number"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Consumes until [`Status::stop`] is set, then flushes and commits.
+    pub fn run(self) -> Result<(), PipelineError> {
+        let commit_every = Duration::from_micros(self.cfg.kafka.commit_interval.micros() as u64);
+        let mut last_commit = Instant::now();
+        let result = self.run_loop(commit_every, &mut last_commit);
+        info!("stopping: snapshotting, flushing outputs and committing");
+        self.final_heartbeats();
+        let flushed = match self.tasks.lock() {
+            Ok(mut tasks) => tasks.snapshot_and_flush(&self.sink, None),
+            Err(_) => Err(SinkError::Delivery("task state poisoned".into())),
+        };
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.commit(&self.consumer, &self.sink, CommitMode::Sync, None);
+        }
+        self.consumer.unsubscribe();
+        result.and(flushed.map_err(PipelineError::from))
+    }
+
+    fn run_loop(&self, commit_every: Duration, last_commit: &mut Instant) -> Result<(), PipelineError> {
+        let mut next_timekeeping = Instant::now();
+        while !self.status.stop.load(Ordering::SeqCst) {
+            if Instant::now() >= next_timekeeping {
+                next_timekeeping = self.keep_time()?;
+            }
+            match self.consumer.poll(next_timekeeping.saturating_duration_since(Instant::now()).min(IDLE_WAKE_UP)) {
+                None => {}
+                Some(Err(e)) => warn!(error = %e, "consumer error"),
+                Some(Ok(msg)) => {
+                    self.status.brokers_down.store(false, Ordering::Relaxed);
+                    self.handle(&msg)?
+                }
+            }
+            self.sink.poll(Duration::ZERO)?;
+            if last_commit.elapsed() >= commit_every {
+                let confirmed = self.consumer.context().confirmed.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
+                if let Ok(mut tasks) = self.tasks.lock() {
+                    for (key, pos) in &confirmed {
+                        tasks.confirm(key, *pos);
+                    }
+                    tasks.snapshot(&self.sink, None)?;
+                    tasks.commit(&self.consumer, &self.sink, CommitMode::Async, None);
+                }
+                *last_commit = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Wall time reaches the engines: a tick for each idle partition whose engine has
+    /// something due, and heartbeats when due. Returns when it next has work, so the loop
+    /// wakes then (ticks land on time, not on a polling grid).
+    fn keep_time(&self) -> Result<Instant, PipelineError> {
+        let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Setup("task state poisoned".into()))?;
+        let cfg = &tasks.engine_cfg;
+        let idle_after = (cfg.idle_timeout.micros() > 0).then(|| Duration::from_micros(cfg.idle_timeout.micros() as u64));
+        let beat_every = (cfg.heartbeat_interval.micros() > 0).then(|| Duration::from_micros(cfg.heartbeat_interval.micros() as u64));
+        let lag = cfg.max_event_lag.micros();
+        let now = Instant::now();
+        let mut next = now + IDLE_WAKE_UP;
+        let mut idle_partitions = 0;
+        for (key, task) in tasks.map.iter_mut() {
+            let idle = idle_after.is_some_and(|d| now.duration_since(task.last_input) >= d);
+            idle_partitions += idle as i64;
+            if let Some(due) = idle_after.and_then(|d| task.next_tick(d, lag)) {
+                if due <= now {
+                    if let Some(at) = task.clock() {
+                        self.metrics.ticks_fed.inc();
+                        if task.engine.tick(at, wall_micros()) {
+                            self.metrics.ticks_applied.inc();
+                            debug!(topic = %key.0, partition = key.1, at, "tick applied");
+                            // The tick changed the state: the next snapshot must carry it.
+                            task.force_snapshot = true;
+                            let outputs = task.engine.drain();
+                            self.emitter.emit(key, &task.engine, outputs, None)?;
+                        }
+                    }
+                }
+                // A tick that did not apply (rounding) is retried a millisecond later.
+                let again = task.next_tick(idle_after.unwrap_or_default(), lag).map(|d| d.max(now + Duration::from_millis(1)));
+                next = next.min(again.unwrap_or(next));
+            }
+            if let Some(every) = beat_every {
+                if task.last_heartbeat.is_none_or(|t| now.duration_since(t) >= every) {
+                    self.emitter.heartbeat(key, &task.heartbeat(key, &self.emitter.instance, EngineState::Running, every, idle))?;
+                    task.last_heartbeat = Some(now);
+                }
+                next = next.min(task.last_heartbeat.map_or(now, |t| t + every));
+            }
+        }
+        self.metrics.idle_partitions.set(idle_partitions);
+        Ok(next)
+    }
+
+    /// On a clean stop: tells routers this instance no longer runs its partitions.
+    fn final_heartbeats(&self) {
+        let Ok(tasks) = self.tasks.lock() else { return };
+        let every = Duration::from_micros(tasks.engine_cfg.heartbeat_interval.micros().max(0) as u64);
+        if every.is_zero() {
+            return;
+        }
+        for (key, task) in &tasks.map {
+            if let Err(e) = self.emitter.heartbeat(key, &task.heartbeat(key, &self.emitter.instance, EngineState::Stopped, every, false)) {
+                warn!(error = %e, "cannot produce the final heartbeat");
+            }
+        }
+    }
+
+    fn handle(&self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        let started = Instant::now();
+        let r = self.handle_record(msg);
+        self.metrics.processing.observe(started.elapsed().as_secs_f64());
+        r
+    }
+
+    fn handle_record(&self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        self.metrics.records_consumed.inc();
+        let key: SourceKey = (msg.topic().to_string(), msg.partition());
+        let offset = msg.offset();
+        let record_time = msg.timestamp().to_millis().map(|ms| ms.saturating_mul(1000));
+        // Decoded outside the lock, so the HTTP API is not held up by it.
+        let decoded = self.decoder.decode(msg.payload(), record_time);
+        let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Setup("task state poisoned".into()))?;
+        let task = tasks.task(&key);
+        if let Some(next) = task.pushed {
+            if offset < next {
+                // Already reflected in the state (a rewound resume, or a broker re-sending a
+                // batch): feeding it again would count it twice in every detector.
+                debug!(topic = %key.0, partition = key.1, offset, next, "skipping a record the state already covers");
+                return Ok(());
+            }
+            if offset > next {
+                // Legitimate on Kafka (compaction, transaction markers); otherwise a sign of
+                // a broker that skips records.
+                debug!(topic = %key.0, partition = key.1, offset, next, "offset gap");
+                self.metrics.input_offset_gaps.inc_by((offset - next) as u64);
+            }
+        }
+        match decoded {
+            Ok(t) => {
+                self.metrics.records_decoded.inc();
+                self.status.decoder_unavailable.store(false, Ordering::Relaxed);
+                task.last_input = Instant::now();
+                let event_id = t.event_id.clone();
+                task.engine.push_tagged(Input::Telemetry(t), offset as u64);
+                let outputs = task.engine.drain();
+                self.emitter.emit(&key, &task.engine, outputs, Some(Origin { msg, event_id: &event_id }))?;
+            }
+            Err(DecodeError::Rejected { code, detail }) => {
+                warn!(topic = %key.0, partition = key.1, offset, reason = code, %detail, "dead-lettering record");
+                self.metrics.records_rejected.with_label_values(&[code]).inc();
+                self.emitter.dead_letter(&key, msg, code, &detail)?;
+            }
+            Err(DecodeError::Unavailable(why)) => {
+                // Nothing is wrong with the record: rewind and retry after a pause.
+                warn!(topic = %key.0, partition = key.1, offset, %why, "dependency unavailable; retrying the record");
+                self.status.decoder_unavailable.store(true, Ordering::Relaxed);
+                drop(tasks);
+                std::thread::sleep(Duration::from_millis(500));
+                if let Err(e) = self.consumer.seek(&key.0, key.1, Offset::Offset(offset), Duration::from_secs(5)) {
+                    warn!(error = %e, "seek failed");
+                }
+                return Ok(());
+            }
+        }
+        // The event-time buffer is part of the snapshot, so the state covers this record.
+        tasks.task(&key).pushed = Some(offset + 1);
+        Ok(())
+    }
+
+    /// The HTTP API's view of this pipeline.
+    pub fn control(&self) -> Arc<PipelineControl> {
+        Arc::new(PipelineControl {
+            tasks: self.tasks.clone(),
+            emitter: self.emitter.clone(),
+            status: self.status.clone(),
+            metrics: self.metrics.clone(),
+            audit: AuditChain::new(format!("api/{}-{}", std::process::id(), wall_micros() / 1000)),
+            last_watermark: Mutex::new(None),
+            produce_errors_seen: Mutex::new(0),
+        })
+    }
+}
+
+/// The pipeline behind the HTTP API: reads under the task lock, overrides go to the
+/// engine task that holds the agent.
+pub struct PipelineControl {
+    tasks: Arc<Mutex<Tasks>>,
+    emitter: Arc<Emitter>,
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
+    audit: AuditChain,
+    last_watermark: Mutex<Option<i64>>,
+    produce_errors_seen: Mutex<usize>,
+}
+
+impl ControlPlane for PipelineControl {
+    fn readiness(&self) -> Readiness {
+        Readiness {
+            pacts_loaded: true,
+            state_restored: !self.status.restoring.load(Ordering::SeqCst),
+            assigned: self.status.assigned.load(Ordering::SeqCst),
+            broker_reachable: !self.status.brokers_down.load(Ordering::SeqCst),
+            decoder_available: !self.status.decoder_unavailable.load(Ordering::SeqCst),
+        }
+    }
+
+    fn agent(&self, id: &str) -> Option<AgentSnapshot> {
+        let tasks = self.tasks.lock().ok()?;
+        tasks.map.values().find_map(|t| AgentSnapshot::of(&t.engine, id))
+    }
+
+    fn history(&self, id: &str, limit: usize) -> Vec<driftgate_core::model::history::Record> {
+        self.emitter.recent.lock().map(|r| r.of(id, limit)).unwrap_or_default()
+    }
+
+    fn pacts(&self) -> Vec<PactInfo> {
+        let Ok(tasks) = self.tasks.lock() else { return Vec::new() };
+        let engine = Engine::new(tasks.engine_cfg.clone(), tasks.pacts.clone());
+        pact_infos(&engine)
+    }
+
+    fn submit_override(&self, req: OverrideRequest, now: i64) -> Result<u64, SubmitError> {
+        let mut tasks = self.tasks.lock().map_err(|_| SubmitError::Unavailable("task state poisoned".into()))?;
+        let max_ttl = tasks.engine_cfg.max_override_ttl.micros();
+        let (key, task) = tasks.map.iter_mut().find(|(_, t)| t.engine.agent(&req.agent_id).is_some()).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
+        let agent = task.engine.agent(&req.agent_id).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
+        // A retry of an override already in force is not applied twice; it is answered once
+        // a snapshot taken after it is durable (the first answer may have been a 504).
+        if agent.overrides.iter().any(|o| o.req.override_id == req.override_id) {
+            task.force_snapshot = true;
+            return Ok(task.snapshots_started + 1);
+        }
+        // Expiry is judged in the partition's event time, like everything else.
+        prevalidate(&req, agent.seq, max_ttl, task.engine.watermark().unwrap_or(now))?;
+        if task.pushed.is_none() {
+            return Err(SubmitError::Unavailable("the agent's partition has not been read yet".into()));
+        }
+        let key = key.clone();
+        // In the engine's event-time buffer until the partition's watermark passes
+        // `issued_at`; the buffer is part of the snapshot, so it is durable from the next one.
+        task.engine.push(Input::Override(req));
+        task.force_snapshot = true;
+        let ticket = task.snapshots_started + 1;
+        let outputs = task.engine.drain();
+        self.emitter.emit(&key, &task.engine, outputs, None).map_err(|e| SubmitError::Unavailable(e.to_string()))?;
+        Ok(ticket)
+    }
+
+    fn override_durable(&self, agent: &str, ticket: u64) -> Option<Result<(), String>> {
+        let tasks = self.tasks.lock().ok()?;
+        match tasks.map.values().find(|t| t.engine.agent(agent).is_some()) {
+            Some(t) if t.snapshots_durable >= ticket => Some(Ok(())),
+            Some(_) => None,
+            None => Some(Err("the agent's partition was revoked before the override became durable; retry against its new owner".into())),
+        }
+    }
+
+    fn audit_rejection(&self, agent: Option<&str>, at: i64, detail: serde_json::Value) {
+        let Some(r) = self.audit.rejection(agent, at, detail) else { return };
+        let chain = self.audit.name.clone();
+        if let Ok(line) = serde_json::to_vec(&r) {
+            let h = OwnedHeaders::new().insert(Header { key: headers::CHAIN, value: Some(&chain) });
+            let k = r.agent_id.clone().unwrap_or_default();
+            let source: SourceKey = (chain.clone(), -1);
+            let _guard = self.tasks.lock();
+            if let Err(e) = self.emitter.sink.send(&source, OutRecord { topic: &self.emitter.topics.history, key: k.as_bytes(), payload: Some(&line), headers: Some(h), partition: Some(0) }) {
+                error!(error = %e, "cannot write the audit record");
+            }
+        }
+        self.metrics.history_records.inc();
+        if let Ok(mut recent) = self.emitter.recent.lock() {
+            recent.push(r);
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn refresh_metrics(&self) {
+        let r = self.readiness();
+        self.metrics.ready.set(r.ready() as i64);
+        if let Ok(acks) = self.emitter.sink.acks().lock() {
+            if let Ok(mut seen) = self.produce_errors_seen.lock() {
+                self.metrics.produce_errors.inc_by(acks.failed().saturating_sub(*seen) as u64);
+                *seen = acks.failed();
+            }
+        }
+        let Ok(mut tasks) = self.tasks.lock() else { return };
+        for t in tasks.map.values_mut() {
+            self.metrics.add_stats(&t.engine.stats().clone(), &mut t.last_stats);
+        }
+        let wm = tasks.map.values().filter_map(|t| t.engine.watermark()).max();
+        let elapsed = match (self.last_watermark.lock().ok().and_then(|mut l| std::mem::replace(&mut *l, wm)), wm) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0,
+        };
+        self.metrics.observe_engines(tasks.map.values().map(|t| &t.engine), elapsed);
+        let wall = wall_micros();
+        self.metrics.observe_partitions(tasks.map.iter().map(|(key, t)| {
+            let clock = t.clock();
+            let time = PartitionTime {
+                buffered: t.engine.buffered(),
+                oldest_buffered_age: match (clock, t.engine.oldest_buffered()) {
+                    (Some(c), Some(o)) => (c - o).max(0) as f64 / 1e6,
+                    _ => 0.0,
+                },
+                watermark_lag: t.engine.watermark().map(|wm| (wall - wm) as f64 / 1e6),
+            };
+            (key.0.as_str(), key.1, time)
+        }));
+    }
+}
+
+impl From<KafkaError> for PipelineError {
+    fn from(e: KafkaError) -> Self {
+        PipelineError::Kafka(e.to_string())
+    }
+}

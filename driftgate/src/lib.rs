@@ -1,0 +1,20 @@
+//! # driftgate
+//!
+//! The runtime that makes behavioural contracts (pacts) bite: telemetry in, calibrated
+//! detectors per agent and clause, enforcement lanes out, with an auditable history.
+//!
+//! This crate holds the adapters around the pure core (`driftgate-core`):
+//! - [`kafka`]: the pipeline loop, per-partition tasks, record decoding, the schema
+//!   registry, output sinks and the control topic;
+//! - [`api`]: the HTTP API, override authentication and the control-plane trait;
+//! - [`obs`]: Prometheus metrics;
+//! - [`cli`]: the subcommands that are not the pipeline: demo, replay, eval;
+//! - [`config`]: the `driftgate.toml` settings.
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod kafka;
+pub mod obs;

@@ -1,0 +1,411 @@
+//! The `driftgate` command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use driftgate::cli::eval::{evaluate, EvalReport};
+use driftgate_detectors::{Direction, DetectorSpec, MetricKind};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "driftgate", version, about = "Runtime enforcement of behavioural contracts for AI agents")]
+struct Cli {
+    /// Log format (filter with RUST_LOG, e.g. `RUST_LOG=driftgate=debug`).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Metric {
+    Bernoulli,
+    Real,
+    Categorical,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Dir {
+    Both,
+    Increase,
+    Decrease,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run against Kafka: telemetry topics in; enforcement, snapshot, history and dead-letter
+    /// topics out. Settings come from the file and `DRIFTGATE_*` environment variables.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, env = "DRIFTGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Backtest a detector on labelled JSONL events and score delay and false alarms.
+    Eval {
+        /// Metric kind of the values.
+        #[arg(long, value_enum)]
+        metric: Metric,
+        /// Input file (.jsonl or .jsonl.gz; gzip is detected).
+        #[arg(long)]
+        input: PathBuf,
+        /// Detector: auto, cusum, page-hinkley, adwin, ks, chi2, psi.
+        #[arg(long, default_value = "auto")]
+        detector: String,
+        /// Target false alarms per in-control event.
+        #[arg(long, default_value_t = 1e-5)]
+        false_alarm_rate: f64,
+        /// For `auto`: which changes to watch.
+        #[arg(long, value_enum, default_value = "both")]
+        direction: Dir,
+        /// Detector options as a JSON object (merged over the defaults).
+        #[arg(long)]
+        options: Option<String>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a simulated fleet through the engine core: no setup, no network.
+    Demo {
+        /// Also write the enforcement events (JSONL).
+        #[arg(long)]
+        events_out: Option<PathBuf>,
+        /// Also write the contract history (JSONL).
+        #[arg(long)]
+        history_out: Option<PathBuf>,
+        /// After the run, serve `/metrics` and the HTTP API on this address until SIGTERM.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Bearer token accepted by `POST /v1/overrides` while serving.
+        #[arg(long, env = "DRIFTGATE_HTTP__OVERRIDE_TOKEN", hide_env_values = true)]
+        override_token: Option<String>,
+        /// HMAC secret accepted by `POST /v1/overrides` while serving.
+        #[arg(long, env = "DRIFTGATE_HTTP__OVERRIDE_HMAC_SECRET", hide_env_values = true)]
+        override_hmac_secret: Option<String>,
+    },
+    /// Replay recorded telemetry (.jsonl[.gz] or Avro .avro) through the engine core.
+    Replay {
+        /// Pact files.
+        #[arg(long, num_args = 1.., required = true)]
+        pact: Vec<PathBuf>,
+        /// Telemetry input.
+        #[arg(long)]
+        input: PathBuf,
+        /// Overrides (JSONL), merged in event-time order.
+        #[arg(long)]
+        overrides: Option<PathBuf>,
+        /// Where to write enforcement events (JSONL).
+        #[arg(long)]
+        events_out: Option<PathBuf>,
+        /// Where to write the contract history (JSONL).
+        #[arg(long)]
+        history_out: Option<PathBuf>,
+        /// Where to write records set aside as late, with their reason (JSONL).
+        #[arg(long)]
+        late_out: Option<PathBuf>,
+        /// A `driftgate run` configuration whose `[engine]` settings to use (default: the
+        /// built-in defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A contract history (JSONL) whose `tick` records to apply at their input
+        /// positions, to reproduce a live run's idle periods exactly.
+        #[arg(long)]
+        ticks: Option<PathBuf>,
+    },
+    /// Validate pact files; prints `file:line:column: reason` for the first error of each.
+    Validate {
+        /// Pact files.
+        #[arg(required = true)]
+        pacts: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of pact files.
+    PactSchema,
+    /// Print the JSON Schema of the heartbeats on the snapshot topic.
+    HeartbeatSchema,
+    /// Write simulated fleet telemetry (for replay and benchmarks).
+    Simulate {
+        /// Output file (.jsonl or .avro).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of telemetry events.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Include the demo's scripted incidents.
+        #[arg(long)]
+        incidents: bool,
+        /// Random seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Contract history tools.
+    History {
+        #[command(subcommand)]
+        cmd: HistoryCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum HistoryCmd {
+    /// Verify a hash-chained history log (JSONL); names the first bad record.
+    Verify {
+        /// The history file.
+        file: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Run { config } => run_pipeline(config.as_deref()),
+        Cmd::Eval { metric, input, detector, false_alarm_rate, direction, options, json } => {
+            let kind = match metric {
+                Metric::Bernoulli => MetricKind::Bernoulli,
+                Metric::Real => MetricKind::Real,
+                Metric::Categorical => MetricKind::Categorical,
+            };
+            let mut spec = DetectorSpec::from_name(&detector, false_alarm_rate)?;
+            if let DetectorSpec::Auto(c) = &mut spec {
+                c.direction = match direction {
+                    Dir::Both => Direction::Both,
+                    Dir::Increase => Direction::Increase,
+                    Dir::Decrease => Direction::Decrease,
+                };
+            }
+            if let Some(opts) = options {
+                spec = merge_options(&spec, &opts)?;
+            }
+            let report = evaluate(&input, kind, &spec).with_context(|| format!("evaluating {}", input.display()))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print_report(&report);
+            }
+            Ok(())
+        }
+        Cmd::History { cmd: HistoryCmd::Verify { file } } => verify_history(&file),
+        Cmd::Demo { events_out, history_out, listen, override_token, override_hmac_secret } => {
+            let run = driftgate::cli::demo::run();
+            print!("{}", driftgate::cli::demo::report(&run));
+            if let Some(p) = events_out {
+                let mut w = std::io::BufWriter::new(std::fs::File::create(&p)?);
+                for e in &run.events {
+                    serde_json::to_writer(&mut w, e)?;
+                    std::io::Write::write_all(&mut w, b"\n")?;
+                }
+            }
+            if let Some(p) = history_out {
+                driftgate_core::model::history::write_jsonl(std::fs::File::create(&p)?, &run.history)?;
+            }
+            if let Some(addr) = listen {
+                let creds = driftgate::api::auth::Credentials::new(override_token.as_deref(), override_hmac_secret.as_deref(), 300);
+                let control: std::sync::Arc<dyn driftgate::api::control::ControlPlane> = std::sync::Arc::new(driftgate::api::control::DemoControl::new(run));
+                let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+                    tracing::info!(addr = %listener.local_addr()?, "serving the demo's metrics and API until SIGTERM");
+                    let api = driftgate::api::http::serve(listener, driftgate::api::http::ApiState::new(control, creds));
+                    tokio::select! {
+                        r = api => r.context("HTTP server")?,
+                        _ = shutdown_signal() => {}
+                    }
+                    anyhow::Ok(())
+                })?;
+            }
+            Ok(())
+        }
+        Cmd::Validate { pacts } => {
+            let mut bad = 0;
+            for p in &pacts {
+                match driftgate_core::pact::load_pact(p) {
+                    Ok(pact) => println!("ok: {} ({} v{}, {} clauses)", p.display(), pact.id(), pact.version(), pact.doc.clauses.len()),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        bad += 1;
+                    }
+                }
+            }
+            if bad > 0 {
+                anyhow::bail!("{bad} of {} pact(s) refused", pacts.len());
+            }
+            Ok(())
+        }
+        Cmd::PactSchema => {
+            print!("{}", driftgate_core::pact::pact_json_schema());
+            Ok(())
+        }
+        Cmd::HeartbeatSchema => {
+            print!("{}", driftgate_core::model::heartbeat::heartbeat_json_schema());
+            Ok(())
+        }
+        Cmd::Simulate { out, events, incidents, seed } => {
+            let days = (events / 200_000 + 2) as i64;
+            let records: Vec<_> = driftgate::cli::demo::Fleet::new(seed, days, incidents)
+                .filter_map(|i| match i {
+                    driftgate_core::engine::Input::Telemetry(t) => Some(t),
+                    _ => None,
+                })
+                .take(events as usize)
+                .collect();
+            if out.extension().is_some_and(|e| e == "avro") {
+                driftgate::cli::replay::write_avro(&out, &records)?;
+            } else {
+                let mut w = std::io::BufWriter::new(std::fs::File::create(&out)?);
+                for r in &records {
+                    serde_json::to_writer(&mut w, r)?;
+                    std::io::Write::write_all(&mut w, b"\n")?;
+                }
+            }
+            eprintln!("wrote {} telemetry records to {}", records.len(), out.display());
+            Ok(())
+        }
+        Cmd::Replay { pact, input, overrides, events_out, history_out, late_out, config, ticks } => {
+            let pacts = pact
+                .iter()
+                .map(|p| driftgate_core::pact::load_pact(p).map_err(anyhow::Error::from))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let engine = config.as_deref().map(|c| driftgate::config::RunConfig::load(Some(c)).map(|c| c.engine)).transpose()?;
+            let ticks = ticks.as_deref().map(driftgate::cli::replay::read_ticks).transpose()?.unwrap_or_default();
+            let opts = driftgate::cli::replay::ReplayOptions {
+                engine,
+                overrides: overrides.as_deref(),
+                ticks,
+                events_out: events_out.as_deref(),
+                history_out: history_out.as_deref(),
+                late_out: late_out.as_deref(),
+            };
+            let s = driftgate::cli::replay::replay_with(pacts, &input, &opts)?;
+            eprintln!(
+                "replayed {} records in {:.2} s ({:.0} records/s): {} enforcement events, {} history records, {} late",
+                s.records,
+                s.seconds,
+                s.records as f64 / s.seconds.max(1e-9),
+                s.events,
+                s.history,
+                s.late
+            );
+            Ok(())
+        }
+    }
+}
+
+fn run_pipeline(config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let cfg = driftgate::config::RunConfig::load(config)?;
+    let pacts = cfg.pacts.iter().map(|p| driftgate_core::pact::load_pact(p).map_err(anyhow::Error::from)).collect::<anyhow::Result<Vec<_>>>()?;
+    let status = Arc::new(driftgate::kafka::pipeline::Status::default());
+    // The runtime serves signals and HTTP; the pipeline loop runs on this thread.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    {
+        let status = status.clone();
+        rt.spawn(async move {
+            shutdown_signal().await;
+            status.stop.store(true, Ordering::SeqCst);
+        });
+    }
+    // Bound before connecting, so a taken port fails fast.
+    let listener = match cfg.http.listen.trim() {
+        "" => None,
+        addr => Some(rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("cannot listen on `{addr}` (http.listen)"))?),
+    };
+    let creds = cfg.http.credentials();
+    let metrics = Arc::new(driftgate::obs::metrics::Metrics::new());
+    let control_topic = cfg.kafka.topics.control.clone().map(|topic| {
+        let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| std::process::id().to_string());
+        (driftgate::kafka::pipeline::consumer_config(&cfg), format!("{}-control-{instance}", cfg.kafka.group_id), topic)
+    });
+    let pipeline = driftgate::kafka::pipeline::Pipeline::start(cfg, pacts, status.clone(), metrics)?;
+    let control: Arc<dyn driftgate::api::control::ControlPlane> = pipeline.control();
+    if let Some((client, group, topic)) = control_topic {
+        driftgate::kafka::control_topic::spawn(client, group, topic, control.clone(), creds.clone(), status).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(listener) = listener {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics and the HTTP API");
+        rt.spawn(async move {
+            if let Err(e) = driftgate::api::http::serve(listener, driftgate::api::http::ApiState::new(control, creds)).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
+    pipeline.run()?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGTERM handler");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+}
+
+fn verify_history(file: &std::path::Path) -> anyhow::Result<()> {
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    match driftgate_core::model::history::verify(std::io::BufReader::new(f)) {
+        Ok((n, last)) => {
+            println!("ok: {n} records, chain intact, last hash {last}");
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("{}: {e}", file.display()),
+    }
+}
+
+fn merge_options(spec: &DetectorSpec, opts: &str) -> anyhow::Result<DetectorSpec> {
+    let mut base = serde_json::to_value(spec)?;
+    let extra: serde_json::Value = serde_json::from_str(opts).context("--options must be a JSON object")?;
+    let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) else {
+        anyhow::bail!("--options must be a JSON object");
+    };
+    for (k, v) in e {
+        b.insert(k.clone(), v.clone());
+    }
+    Ok(serde_json::from_value(base).context("invalid detector options")?)
+}
+
+fn print_report(r: &EvalReport) {
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    println!("metric               {}", r.metric);
+    println!("detector             {}", r.detector);
+    println!("false_alarm_rate     {}", r.false_alarm_rate.map_or("-".into(), |v| format!("{v:e}")));
+    println!("reps (change/none)   {} / {}", r.reps_change, r.reps_nochange);
+    println!("delay mean/med/p90   {} / {} / {}", f(r.mean_delay), f(r.median_delay), f(r.p90_delay));
+    println!("missed               {}", r.missed);
+    println!("false alarms / 100k  {:.3}", r.false_alarms_per_100k);
+    println!("updates / s          {:.0}", r.updates_per_sec);
+}

@@ -1,0 +1,3 @@
+//! Observability: the Prometheus registry and the `driftgate_*` metrics.
+
+pub mod metrics;
