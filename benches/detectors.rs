@@ -21,10 +21,7 @@ fn uniforms(seed: u64) -> impl Iterator<Item = f64> {
 }
 
 fn warmed(kind: MetricKind, name: &str, data: &[Observation<'static>]) -> AnyDetector {
-    let mut det = DetectorSpec::from_name(name, 1e-5)
-        .unwrap()
-        .build(kind)
-        .unwrap();
+    let mut det = DetectorSpec::from_name(name, 1e-5).unwrap().build(kind).unwrap();
     for o in data.iter().cycle().take(20_000) {
         if det.update(*o).unwrap().is_some() {
             det.restart();
@@ -35,31 +32,16 @@ fn warmed(kind: MetricKind, name: &str, data: &[Observation<'static>]) -> AnyDet
 
 fn bench(c: &mut Criterion) {
     const CATS: [&str; 5] = ["search", "code_exec", "browse", "calculator", "none"];
-    let bern: Vec<Observation> = uniforms(1)
-        .take(N)
-        .map(|u| Observation::Bool(u < 0.9))
-        .collect();
-    let real: Vec<Observation> = uniforms(2)
-        .take(N)
-        .map(|u| Observation::Real(-(1.0 - u).ln() * 100.0))
-        .collect();
-    let cat: Vec<Observation> = uniforms(3)
-        .take(N)
-        .map(|u| Observation::Category(CATS[(u * 5.0) as usize % 5]))
-        .collect();
+    let bern: Vec<Observation> = uniforms(1).take(N).map(|u| Observation::Bool(u < 0.9)).collect();
+    let real: Vec<Observation> =
+        uniforms(2).take(N).map(|u| Observation::Real(-(1.0 - u).ln() * 100.0)).collect();
+    let cat: Vec<Observation> =
+        uniforms(3).take(N).map(|u| Observation::Category(CATS[(u * 5.0) as usize % 5])).collect();
     let mut g = c.benchmark_group("update");
     g.throughput(Throughput::Elements(N as u64));
     for (kind, data, names) in [
-        (
-            MetricKind::Bernoulli,
-            &bern,
-            &["auto", "page-hinkley", "adwin", "chi2", "psi"][..],
-        ),
-        (
-            MetricKind::Real,
-            &real,
-            &["auto", "page-hinkley", "adwin", "ks", "psi"][..],
-        ),
+        (MetricKind::Bernoulli, &bern, &["auto", "page-hinkley", "adwin", "chi2", "psi"][..]),
+        (MetricKind::Real, &real, &["auto", "page-hinkley", "adwin", "ks", "psi"][..]),
         (MetricKind::Categorical, &cat, &["auto", "chi2", "psi"][..]),
     ] {
         for name in names {

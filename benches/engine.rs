@@ -5,8 +5,8 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use driftgate::cli::demo::Fleet;
 use driftgate_core::engine::{Engine, EngineConfig, Input};
-use driftgate_core::pact::parse_pact;
 use driftgate_core::model::telemetry::Telemetry;
+use driftgate_core::pact::parse_pact;
 
 /// Five clauses that apply to every agent and every event.
 const FIVE: &str = include_str!("pacts/bench-five.yaml");
@@ -18,7 +18,8 @@ fn telemetry() -> Vec<Telemetry> {
         .filter_map(|i| match i {
             Input::Telemetry(mut t) => {
                 // Every event feeds every clause.
-                t.citations.get_or_insert(driftgate_core::model::telemetry::Citations { total: 1, verified: 1 });
+                t.citations
+                    .get_or_insert(driftgate_core::model::telemetry::Citations { total: 1, verified: 1 });
                 Some(t)
             }
             _ => None,
@@ -50,14 +51,21 @@ fn engine(c: &mut Criterion) {
     });
     g.finish();
 
-    let json: Vec<Vec<u8>> = events.iter().take(50_000).map(|t| serde_json::to_vec(t).expect("serialisable")).collect();
-    let schema = apache_avro::Schema::parse_str(driftgate_core::model::telemetry::TELEMETRY_AVSC).expect("bundled schema");
-    let avro: Vec<Vec<u8>> =
-        events.iter().take(50_000).map(|t| driftgate_core::codec::avro_json::write_datum(&schema, t.to_avro()).expect("encodes")).collect();
+    let json: Vec<Vec<u8>> =
+        events.iter().take(50_000).map(|t| serde_json::to_vec(t).expect("serialisable")).collect();
+    let schema = apache_avro::Schema::parse_str(driftgate_core::model::telemetry::TELEMETRY_AVSC)
+        .expect("bundled schema");
+    let avro: Vec<Vec<u8>> = events
+        .iter()
+        .take(50_000)
+        .map(|t| driftgate_core::codec::avro_json::write_datum(&schema, t.to_avro()).expect("encodes"))
+        .collect();
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(json.len() as u64));
     g.sample_size(10);
-    g.bench_function("json", |b| b.iter(|| json.iter().map(|j| Telemetry::from_json(j).is_ok() as u64).sum::<u64>()));
+    g.bench_function("json", |b| {
+        b.iter(|| json.iter().map(|j| Telemetry::from_json(j).is_ok() as u64).sum::<u64>())
+    });
     g.bench_function("avro", |b| {
         b.iter(|| {
             avro.iter()

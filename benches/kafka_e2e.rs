@@ -26,9 +26,9 @@
 #[path = "../tests/it/support/kafka.rs"]
 mod kafka;
 
-use driftgate_core::codec::avro_json::write_datum;
-use driftgate::kafka::decode::confluent_frame;
 use driftgate::cli::demo::Fleet;
+use driftgate::kafka::decode::confluent_frame;
+use driftgate_core::codec::avro_json::write_datum;
 use driftgate_core::engine::Input;
 use driftgate_core::model::enforcement::EnforcementEvent;
 use driftgate_core::model::telemetry::{Citations, Model, Outcome, Risk, Telemetry, TELEMETRY_AVSC};
@@ -78,7 +78,19 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { latency: false, throughput: false, restore: false, breach: false, keys: 100_000, incidents: 200, rate: 4000.0, records: 1_000_000, format: "avro".into(), fetch_wait_ms: 10, commit_interval: "1s".into() };
+    let mut a = Args {
+        latency: false,
+        throughput: false,
+        restore: false,
+        breach: false,
+        keys: 100_000,
+        incidents: 200,
+        rate: 4000.0,
+        records: 1_000_000,
+        format: "avro".into(),
+        fetch_wait_ms: 10,
+        commit_interval: "1s".into(),
+    };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -172,7 +184,10 @@ struct Encoder {
 
 impl Encoder {
     fn new(format: &str) -> Encoder {
-        Encoder { format: format.to_string(), schema: apache_avro::Schema::parse_str(TELEMETRY_AVSC).expect("bundled schema") }
+        Encoder {
+            format: format.to_string(),
+            schema: apache_avro::Schema::parse_str(TELEMETRY_AVSC).expect("bundled schema"),
+        }
     }
     fn encode(&self, t: &Telemetry) -> Vec<u8> {
         if self.format == "json" {
@@ -218,18 +233,33 @@ fn pct(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 fn row(name: &str, h: &Histogram<u64>) {
-    println!("  {name:<44} {:>8.2} {:>8.2} {:>8.2} {:>7}", pct(h, 0.5), pct(h, 0.99), h.max() as f64 / 1000.0, h.len());
+    println!(
+        "  {name:<44} {:>8.2} {:>8.2} {:>8.2} {:>7}",
+        pct(h, 0.5),
+        pct(h, 0.99),
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
 }
 
 /// Raw hop: one produce → consume, with the same client defaults as the engine's consumer
 /// and producer; `ping` carries the send time (µs) as its payload.
-fn spawn_hop(b: &Broker, ping: &str, fetch_wait_ms: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Histogram<u64>> {
+fn spawn_hop(
+    b: &Broker,
+    ping: &str,
+    fetch_wait_ms: u32,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Histogram<u64>> {
     let reader = assigned_reader(b, ping, 1, fetch_wait_ms);
     std::thread::spawn(move || {
         let mut h = Histogram::<u64>::new(3).expect("histogram");
         while !stop.load(Ordering::Relaxed) {
             if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
-                let sent_us = m.payload().and_then(|p| std::str::from_utf8(p).ok()).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+                let sent_us = m
+                    .payload()
+                    .and_then(|p| std::str::from_utf8(p).ok())
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .unwrap_or(0);
                 let _ = h.record((now_us() - sent_us).max(0) as u64);
             }
         }
@@ -241,7 +271,12 @@ fn spawn_hop(b: &Broker, ping: &str, fetch_wait_ms: u32, stop: Arc<AtomicBool>) 
 type Received = Vec<(EnforcementEvent, i64, i64)>;
 
 /// A router reading the enforcement topic; also shares `causation id → received µs` live.
-fn spawn_router(b: &Broker, topic: &str, fetch_wait_ms: u32, stop: Arc<AtomicBool>) -> (std::thread::JoinHandle<Received>, Arc<Mutex<HashMap<String, i64>>>) {
+fn spawn_router(
+    b: &Broker,
+    topic: &str,
+    fetch_wait_ms: u32,
+    stop: Arc<AtomicBool>,
+) -> (std::thread::JoinHandle<Received>, Arc<Mutex<HashMap<String, i64>>>) {
     let reader = assigned_reader(b, topic, 1, fetch_wait_ms);
     let by_cause = Arc::new(Mutex::new(HashMap::new()));
     let shared = by_cause.clone();
@@ -251,7 +286,8 @@ fn spawn_router(b: &Broker, topic: &str, fetch_wait_ms: u32, stop: Arc<AtomicBoo
             if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
                 let recv = now_us();
                 let create = m.timestamp().to_millis().unwrap_or(0) * 1000;
-                if let Some(e) = m.payload().and_then(|p| serde_json::from_slice::<EnforcementEvent>(p).ok()) {
+                if let Some(e) = m.payload().and_then(|p| serde_json::from_slice::<EnforcementEvent>(p).ok())
+                {
                     if let Ok(mut c) = shared.lock() {
                         c.entry(e.causation.id.clone()).or_insert(recv);
                     }
@@ -361,7 +397,8 @@ fn latency(b: &Broker, a: &Args) {
         // An incident is an agent's first verified drift; the same decision in the other
         // scope, and later escalations, are counted but not timed twice.
         if !incidents.insert(e.agent_id.clone()) {
-            *later.entry(format!("{} {:?}->{:?}", e.scope.as_str(), e.lane_from, e.lane_to)).or_insert(0) += 1;
+            *later.entry(format!("{} {:?}->{:?}", e.scope.as_str(), e.lane_from, e.lane_to)).or_insert(0) +=
+                1;
             continue;
         }
         match sent.get(&e.causation.id) {
@@ -372,7 +409,12 @@ fn latency(b: &Broker, a: &Args) {
             None => missing += 1,
         }
     }
-    println!("\ndrift → control latency: {} incidents, {n} events at {:.0}/s ({} input), tansu on this machine", to_router.len(), n as f64 / secs, a.format);
+    println!(
+        "\ndrift → control latency: {} incidents, {n} events at {:.0}/s ({} input), tansu on this machine",
+        to_router.len(),
+        n as f64 / secs,
+        a.format
+    );
     println!("  {:<44} {:>8} {:>8} {:>8} {:>7}", "", "p50 ms", "p99 ms", "max ms", "n");
     row("raw hop: produce → consume", &hop);
     row("verifying record → enforcement produced", &to_produce);
@@ -380,8 +422,11 @@ fn latency(b: &Broker, a: &Args) {
     if !later.is_empty() {
         println!("  other drift events (not timed): {later:?}");
     }
-    if to_router.len() > 0 && hop.len() > 0 {
-        println!("  router-visible p99 / raw-hop p99 = {:.2}", pct(&to_router, 0.99) / pct(&hop, 0.99).max(1e-9));
+    if !to_router.is_empty() && !hop.is_empty() {
+        println!(
+            "  router-visible p99 / raw-hop p99 = {:.2}",
+            pct(&to_router, 0.99) / pct(&hop, 0.99).max(1e-9)
+        );
     }
     if missing > 0 || (to_router.len() as usize) < a.incidents {
         let reasons: BTreeMap<&str, usize> = seen.iter().fold(BTreeMap::new(), |mut m, (e, _, _)| {
@@ -397,7 +442,14 @@ fn latency(b: &Broker, a: &Args) {
 
 /// Polls the group's committed offsets until they sum to `total`: the seconds it took,
 /// and the first commit seen (seconds, offsets) for a start-up-free rate.
-fn wait_committed(b: &Broker, group: &str, topic: &str, partitions: i32, total: i64, since: Instant) -> (f64, Option<(f64, i64)>) {
+fn wait_committed(
+    b: &Broker,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    total: i64,
+    since: Instant,
+) -> (f64, Option<(f64, i64)>) {
     let mut first = None;
     loop {
         let c: i64 = b.committed(group, topic, partitions).iter().map(|o| o.unwrap_or(0)).sum();
@@ -417,7 +469,13 @@ fn throughput(b: &Broker, a: &Args) {
     let t = Topics::create(b, "bench", partitions);
     let enc = Encoder::new(&a.format);
     println!("\nthroughput: producing {} {} records (five clauses each) ...", a.records, a.format);
-    let producer: BaseProducer = b.client().set("linger.ms", "20").set("batch.size", "1000000").set("compression.type", "lz4").create().expect("producer");
+    let producer: BaseProducer = b
+        .client()
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("producer");
     let mut n = 0;
     for input in Fleet::new(11, 60, false) {
         let Input::Telemetry(mut ev) = input else { continue };
@@ -436,7 +494,16 @@ fn throughput(b: &Broker, a: &Args) {
     // Bare consumer: same broker, same group protocol, counts only.
     let group = format!("bare-{}", rand_suffix());
     let t0 = Instant::now();
-    let bare: BaseConsumer = b.client().set("group.id", &group).set("auto.offset.reset", "earliest").set("session.timeout.ms", "6000").set("enable.auto.commit", "false").set("fetch.wait.max.ms", a.fetch_wait_ms.to_string()).set("fetch.queue.backoff.ms", "10").create().expect("consumer");
+    let bare: BaseConsumer = b
+        .client()
+        .set("group.id", &group)
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", a.fetch_wait_ms.to_string())
+        .set("fetch.queue.backoff.ms", "10")
+        .create()
+        .expect("consumer");
     bare.subscribe(&[&t.input]).expect("subscribe");
     let mut count = 0usize;
     let mut bytes = 0usize;
@@ -463,7 +530,10 @@ fn throughput(b: &Broker, a: &Args) {
     println!("    outputs, changelog, commits)");
     println!("  engine / bare = {:.2}{}", er / br, if ok { "" } else { "  (engine exited with an error)" });
     if let Some((at, c)) = first.filter(|(at, _)| engine_secs > *at) {
-        println!("  engine after its first commit ({at:.1} s, {c} records): {:.0} records/s", (a.records as i64 - c) as f64 / (engine_secs - at));
+        println!(
+            "  engine after its first commit ({at:.1} s, {c} records): {:.0} records/s",
+            (a.records as i64 - c) as f64 / (engine_secs - at)
+        );
     }
 }
 
@@ -475,7 +545,8 @@ fn restore(b: &Broker, a: &Args) {
     let t = Topics::create(b, "bench", partitions);
     let agents = a.keys / 5;
     println!("\nrestore: {} keys ({agents} agents x 5 clauses), 3 events each ...", a.keys);
-    let producer: BaseProducer = b.client().set("linger.ms", "20").set("batch.size", "1000000").create().expect("producer");
+    let producer: BaseProducer =
+        b.client().set("linger.ms", "20").set("batch.size", "1000000").create().expect("producer");
     let enc = Encoder::new("json");
     let mut n = 0;
     for round in 0..3 {
@@ -508,10 +579,16 @@ fn restore(b: &Broker, a: &Args) {
     let engine = Engine::start_logging(&cfg, "info");
     wait_committed(b, &t.group, &t.input, partitions, n as i64, Instant::now());
     assert!(engine.stop().success(), "the first engine failed");
-    let bytes: usize = b.read_all(&t.changelog).iter().map(|r| r.value.as_ref().map_or(0, Vec::len) + r.key.as_ref().map_or(0, String::len)).sum();
+    let bytes: usize = b
+        .read_all(&t.changelog)
+        .iter()
+        .map(|r| r.value.as_ref().map_or(0, Vec::len) + r.key.as_ref().map_or(0, String::len))
+        .sum();
 
     let port = kafka::free_port();
-    let text = std::fs::read_to_string(&cfg).expect("config").replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let text = std::fs::read_to_string(&cfg)
+        .expect("config")
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
     let text = text.replace(&format!("group_id = \"{}\"", t.group), &format!("group_id = \"{}-2\"", t.group));
     std::fs::write(&cfg, text).expect("config");
     let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
@@ -536,7 +613,19 @@ fn restore(b: &Broker, a: &Args) {
 }
 
 fn args_default() -> Args {
-    Args { latency: false, throughput: false, restore: false, breach: false, keys: 0, incidents: 0, rate: 0.0, records: 0, format: "json".into(), fetch_wait_ms: 10, commit_interval: "1s".into() }
+    Args {
+        latency: false,
+        throughput: false,
+        restore: false,
+        breach: false,
+        keys: 0,
+        incidents: 0,
+        rate: 0.0,
+        records: 0,
+        format: "json".into(),
+        fetch_wait_ms: 10,
+        commit_interval: "1s".into(),
+    }
 }
 
 fn main() {
@@ -571,7 +660,9 @@ fn breach_event(agent: &str, i: u64, pii: bool, flag: &str) -> Telemetry {
         citations: None,
         pii_detected: Some(pii),
         tool_calls: vec![],
-        attributes: [("flag".to_string(), driftgate_core::model::telemetry::Attr::Str(flag.into()))].into_iter().collect(),
+        attributes: [("flag".to_string(), driftgate_core::model::telemetry::Attr::Str(flag.into()))]
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -580,7 +671,8 @@ fn breach(b: &Broker, a: &Args) {
     let ping = format!("ping-{}", rand_suffix());
     b.create_topics(&[(&ping, 1, false)]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path(), b, &t, BREACH_PACT, "idle_timeout = \"1s\"\nmax_event_lag = \"1s\"", a);
+    let cfg =
+        write_config(dir.path(), b, &t, BREACH_PACT, "idle_timeout = \"1s\"\nmax_event_lag = \"1s\"", a);
     let engine = Engine::start_logging(&cfg, "info");
     let enc = Encoder::new(&a.format);
     let stop = Arc::new(AtomicBool::new(false));
@@ -628,7 +720,9 @@ fn breach(b: &Broker, a: &Args) {
                 send(&p, &input, agent.as_bytes(), &enc.encode(&ev), 0, ev.occurred_at / 1000);
                 p.poll(Duration::ZERO);
                 n += 1;
-                if let Some(wait) = (started + Duration::from_secs_f64(n as f64 / rate)).checked_duration_since(Instant::now()) {
+                if let Some(wait) = (started + Duration::from_secs_f64(n as f64 / rate))
+                    .checked_duration_since(Instant::now())
+                {
                     std::thread::sleep(wait);
                 }
             }
@@ -655,7 +749,10 @@ fn breach(b: &Broker, a: &Args) {
     let hop = hop.join().expect("hop thread");
     let _ = router.join().expect("router thread");
     drop(engine);
-    println!("\ncritical breach → control: {incidents} incidents per row, tansu on this machine ({} input)", a.format);
+    println!(
+        "\ncritical breach → control: {incidents} incidents per row, tansu on this machine ({} input)",
+        a.format
+    );
     println!("  {:<44} {:>8} {:>8} {:>8} {:>7}", "", "p50 ms", "p99 ms", "max ms", "n");
     row("raw hop: produce → consume", &hop);
     row("critical breach in a live stream → router", &live);

@@ -4,23 +4,55 @@
 
 use driftgate_core::codec::changelog::encode_agent;
 use driftgate_core::engine::{Engine, EngineConfig, Input};
-use driftgate_core::pact::parse_pact;
 use driftgate_core::model::telemetry::{Citations, Model, Outcome, Risk, Telemetry};
+use driftgate_core::pact::parse_pact;
 use std::collections::BTreeMap;
 
 const KINDS: &[(&str, &str, &str)] = &[
-    ("auto (bernoulli)", "{ kind: bernoulli, value: citations.verified > 0 }", "{ kind: drift, detector: auto, false_alarm_rate: 1.0e-6 }"),
-    ("auto (real)", "{ kind: real, value: latency_ms }", "{ kind: drift, detector: auto, false_alarm_rate: 1.0e-6 }"),
-    ("auto (categorical)", "{ kind: categorical, value: 'tool_calls[0]' }", "{ kind: drift, detector: auto, false_alarm_rate: 1.0e-6 }"),
-    ("cusum (bernoulli)", "{ kind: bernoulli, value: citations.verified > 0 }", "{ kind: drift, detector: cusum, p0: 0.95, p1: 0.8, false_alarm_rate: 1.0e-6 }"),
+    (
+        "auto (bernoulli)",
+        "{ kind: bernoulli, value: citations.verified > 0 }",
+        "{ kind: drift, detector: auto, false_alarm_rate: 1.0e-6 }",
+    ),
+    (
+        "auto (real)",
+        "{ kind: real, value: latency_ms }",
+        "{ kind: drift, detector: auto, false_alarm_rate: 1.0e-6 }",
+    ),
+    (
+        "auto (categorical)",
+        "{ kind: categorical, value: 'tool_calls[0]' }",
+        "{ kind: drift, detector: auto, false_alarm_rate: 1.0e-6 }",
+    ),
+    (
+        "cusum (bernoulli)",
+        "{ kind: bernoulli, value: citations.verified > 0 }",
+        "{ kind: drift, detector: cusum, p0: 0.95, p1: 0.8, false_alarm_rate: 1.0e-6 }",
+    ),
     ("page-hinkley (real)", "{ kind: real, value: latency_ms }", "{ kind: drift, detector: page-hinkley }"),
     ("adwin (real)", "{ kind: real, value: latency_ms }", "{ kind: drift, detector: adwin }"),
     ("ks (real)", "{ kind: real, value: latency_ms }", "{ kind: drift, detector: ks }"),
-    ("chi2 (categorical)", "{ kind: categorical, value: 'tool_calls[0]' }", "{ kind: drift, detector: chi2 }"),
+    (
+        "chi2 (categorical)",
+        "{ kind: categorical, value: 'tool_calls[0]' }",
+        "{ kind: drift, detector: chi2 }",
+    ),
     ("psi (real)", "{ kind: real, value: latency_ms }", "{ kind: drift, detector: psi }"),
-    ("limit: rate", "{ kind: bernoulli, value: outcome == \"refused\" }", "{ kind: limit, alpha: 1.0e-3, rate: { max: 0.02 } }"),
-    ("limit: quantile", "{ kind: real, value: latency_ms }", "{ kind: limit, alpha: 1.0e-3, quantile: { q: 0.95, max: 3000 } }"),
-    ("limit: zero tolerance", "{ kind: bernoulli, value: pii_detected }", "{ kind: limit, zero_tolerance: true }"),
+    (
+        "limit: rate",
+        "{ kind: bernoulli, value: outcome == \"refused\" }",
+        "{ kind: limit, alpha: 1.0e-3, rate: { max: 0.02 } }",
+    ),
+    (
+        "limit: quantile",
+        "{ kind: real, value: latency_ms }",
+        "{ kind: limit, alpha: 1.0e-3, quantile: { q: 0.95, max: 3000 } }",
+    ),
+    (
+        "limit: zero tolerance",
+        "{ kind: bernoulli, value: pii_detected }",
+        "{ kind: limit, zero_tolerance: true }",
+    ),
 ];
 
 fn event(i: u64) -> Telemetry {
@@ -54,7 +86,9 @@ fn agent_bytes(pact: &str) -> usize {
 
 fn main() {
     let base = agent_bytes("pact: none\nversion: 1\napplies_to: { agents: [\"nobody\"] }\nclauses:\n  - id: c\n    metric: { kind: bernoulli, value: pii_detected }\n    test: { kind: limit, zero_tolerance: true }\n    severity: low\n    consequence: watch\n");
-    println!("bytes per agent x clause after 5,000 events (changelog encoding; agent overhead {base} B excluded)");
+    println!(
+        "bytes per agent x clause after 5,000 events (changelog encoding; agent overhead {base} B excluded)"
+    );
     for (name, metric, test) in KINDS {
         let pact = format!("pact: p\nversion: 1\napplies_to: {{ agents: [\"*\"] }}\nclauses:\n  - id: c\n    metric: {metric}\n    test: {test}\n    severity: low\n    consequence: watch\n");
         let bytes = agent_bytes(&pact);

@@ -27,4 +27,11 @@ if ! command -v promtool >/dev/null && [ ! -x "$TOOLS/bin/promtool" ]; then
   rm -rf "$tmp"
   [ -x "$TOOLS/bin/promtool" ] || { echo "promtool install failed" >&2; exit 1; }
 fi
+# rustfmt and clippy: the style gates of ./scripts/test.sh.
+for c in rustfmt clippy; do
+  if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    echo "==> installing the $c component (rustup component add $c)..."
+    rustup component add "$c" || { echo "$c is missing: rustup component add $c" >&2; exit 1; }
+  fi
+done
 echo "==> tools ready in $TOOLS"

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 export PATH="${DRIFTGATE_TOOLS:-$HOME/.cache/driftgate/tools}/bin:$PATH"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# Style gates first: they fail early and name the place.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --profile test-release -- -D warnings
 status=0
 cargo test --workspace --profile test-release --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary.

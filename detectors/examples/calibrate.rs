@@ -26,10 +26,8 @@ enum Source {
     Cat(Vec<f64>),
 }
 
-const NAMES: [&str; 16] = [
-    "c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9", "c10", "c11", "c12", "c13", "c14",
-    "c15",
-];
+const NAMES: [&str; 16] =
+    ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9", "c10", "c11", "c12", "c13", "c14", "c15"];
 
 fn kind(s: &Source) -> MetricKind {
     match s {
@@ -41,13 +39,8 @@ fn kind(s: &Source) -> MetricKind {
 
 /// (alarms, monitored events) until `target_alarms` alarms or `max_events` events.
 fn run(src: &Source, alpha: f64, target_alarms: u64, max_events: u64, seed: u64) -> (u64, u64) {
-    let cfg = AutoConfig {
-        false_alarm_rate: alpha,
-        ..AutoConfig::default()
-    };
-    let mut det: AnyDetector = DetectorSpec::Auto(cfg)
-        .build(kind(src))
-        .expect("valid config");
+    let cfg = AutoConfig { false_alarm_rate: alpha, ..AutoConfig::default() };
+    let mut det: AnyDetector = DetectorSpec::Auto(cfg).build(kind(src)).expect("valid config");
     let mut rng = Pcg64::seed_from_u64(seed);
     let (norm, logn, t, po) = (
         Normal::new(0.0, 1.0).unwrap(),
@@ -76,9 +69,7 @@ fn run(src: &Source, alpha: f64, target_alarms: u64, max_events: u64, seed: u64)
             Source::Poisson => Observation::Real(po.sample(&mut rng)),
             Source::Cat(_) => {
                 let u: f64 = rng.random();
-                Observation::Category(
-                    NAMES[cdf.iter().position(|c| u < *c).unwrap_or(cdf.len() - 1)],
-                )
+                Observation::Category(NAMES[cdf.iter().position(|c| u < *c).unwrap_or(cdf.len() - 1)])
             }
         };
         if let Some(alarm) = det.update(obs).expect("valid observation") {
@@ -105,11 +96,7 @@ fn run(src: &Source, alpha: f64, target_alarms: u64, max_events: u64, seed: u64)
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
-    let alphas: Vec<f64> = if quick {
-        vec![1e-4]
-    } else {
-        vec![1e-3, 1e-4, 1e-5]
-    };
+    let alphas: Vec<f64> = if quick { vec![1e-4] } else { vec![1e-3, 1e-4, 1e-5] };
     let scenarios: Vec<(&str, Source)> = vec![
         ("bernoulli p=0.5", Source::Bern(0.5)),
         ("bernoulli p=0.9", Source::Bern(0.9)),
@@ -119,17 +106,12 @@ fn main() {
         ("real lognormal", Source::LogNormal),
         ("real student-t(1.5)", Source::StudentT),
         ("real poisson(3)", Source::Poisson),
-        (
-            "categorical bench-5",
-            Source::Cat(vec![0.40, 0.25, 0.15, 0.12, 0.08]),
-        ),
+        ("categorical bench-5", Source::Cat(vec![0.40, 0.25, 0.15, 0.12, 0.08])),
         ("categorical 3", Source::Cat(vec![0.5, 0.3, 0.2])),
         (
             "categorical 12 rare",
             Source::Cat({
-                let mut p = vec![
-                    0.2, 0.15, 0.12, 0.1, 0.09, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03,
-                ];
+                let mut p = vec![0.2, 0.15, 0.12, 0.1, 0.09, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03];
                 p.push(1.0 - p.iter().sum::<f64>());
                 p
             }),
@@ -157,25 +139,19 @@ fn main() {
                 let max_events = (target_alarms as f64 / alpha * 3.0) as u64;
                 let (a, m) = run(src, *alpha, target_alarms, max_events, 1000 + i as u64);
                 let ratio = a as f64 / (m as f64 * alpha);
-                println!("{name:24} α={alpha:.0e}  {a:5} alarms / {m:>11} monitored = {ratio:.3} α  (± {:.3})", ratio / (a.max(1) as f64).sqrt());
+                println!(
+                    "{name:24} α={alpha:.0e}  {a:5} alarms / {m:>11} monitored = {ratio:.3} α  (± {:.3})",
+                    ratio / (a.max(1) as f64).sqrt()
+                );
                 results.lock().unwrap().push((kind(src), ratio));
             });
         }
     });
     let results = results.into_inner().unwrap();
-    println!(
-        "\nrealised / (target α) by kind, geometric mean; multiply the table's entries by it:"
-    );
-    for k in [
-        MetricKind::Bernoulli,
-        MetricKind::Real,
-        MetricKind::Categorical,
-    ] {
-        let r: Vec<f64> = results
-            .iter()
-            .filter(|(kk, _)| *kk == k)
-            .map(|(_, r)| r / CALIBRATION_TARGET)
-            .collect();
+    println!("\nrealised / (target α) by kind, geometric mean; multiply the table's entries by it:");
+    for k in [MetricKind::Bernoulli, MetricKind::Real, MetricKind::Categorical] {
+        let r: Vec<f64> =
+            results.iter().filter(|(kk, _)| *kk == k).map(|(_, r)| r / CALIBRATION_TARGET).collect();
         if r.is_empty() {
             continue;
         }

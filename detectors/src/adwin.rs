@@ -26,13 +26,7 @@ pub struct AdwinConfig {
 
 impl Default for AdwinConfig {
     fn default() -> Self {
-        AdwinConfig {
-            delta: 0.002,
-            clock: 32,
-            max_buckets: 5,
-            min_window_length: 5,
-            grace_period: 10,
-        }
+        AdwinConfig { delta: 0.002, clock: 32, max_buckets: 5, min_window_length: 5, grace_period: 10 }
     }
 }
 
@@ -68,20 +62,9 @@ impl Adwin {
             return Err(DetectorError::param("max_buckets", "must be at least 2"));
         }
         if cfg.min_window_length == 0 {
-            return Err(DetectorError::param(
-                "min_window_length",
-                "must be at least 1",
-            ));
+            return Err(DetectorError::param("min_window_length", "must be at least 1"));
         }
-        Ok(Adwin {
-            cfg,
-            rows: Vec::new(),
-            width: 0,
-            total: 0.0,
-            variance: 0.0,
-            tick: 0,
-            n: 0,
-        })
+        Ok(Adwin { cfg, rows: Vec::new(), width: 0, total: 0.0, variance: 0.0, tick: 0, n: 0 })
     }
 
     /// The current window length.
@@ -113,10 +96,7 @@ impl Adwin {
         if self.rows.is_empty() {
             self.rows.push(VecDeque::new());
         }
-        self.rows[0].push_front(Bucket {
-            total: x,
-            variance: 0.0,
-        });
+        self.rows[0].push_front(Bucket { total: x, variance: 0.0 });
         // Compress: when a row overflows, merge its two oldest buckets into the next row.
         let mut i = 0;
         while i < self.rows.len() {
@@ -186,8 +166,8 @@ impl Adwin {
                     }
                     let s1 = self.total - s0;
                     let m_recip = 1.0 / (n0 - min + 1.0) + 1.0 / (n1 - min + 1.0);
-                    let eps = (2.0 * m_recip * var_w * delta_prime).sqrt()
-                        + 2.0 / 3.0 * delta_prime * m_recip;
+                    let eps =
+                        (2.0 * m_recip * var_w * delta_prime).sqrt() + 2.0 / 3.0 * delta_prime * m_recip;
                     if (s0 / n0 - s1 / n1).abs() > eps {
                         found = true;
                         changed.get_or_insert(eps);
@@ -212,7 +192,7 @@ impl Detector for Adwin {
         let before = self.mean();
         self.insert(x);
         self.tick += 1;
-        if self.tick % self.cfg.clock != 0 || self.width <= self.cfg.grace_period {
+        if !self.tick.is_multiple_of(self.cfg.clock) || self.width <= self.cfg.grace_period {
             return Ok(None);
         }
         let old_width = self.width;
@@ -234,10 +214,7 @@ impl Detector for Adwin {
             params,
             statistic: (self.mean() - before).abs(),
             threshold: eps,
-            baseline: Estimate::Location {
-                center: before,
-                scale: None,
-            },
+            baseline: Estimate::Location { center: before, scale: None },
             current: Estimate::Location {
                 center: self.mean(),
                 scale: Some((self.variance / self.width as f64).sqrt()),
@@ -247,22 +224,12 @@ impl Detector for Adwin {
             change_point: (i + 1).saturating_sub(self.width),
             index: i,
             false_alarm_rate: None,
-            direction: if self.mean() > before {
-                "increase"
-            } else {
-                "decrease"
-            }
-            .into(),
+            direction: if self.mean() > before { "increase" } else { "decrease" }.into(),
         }))
     }
 
     fn view(&self) -> View {
-        View {
-            statistic: self.mean(),
-            threshold: 0.0,
-            n: self.n,
-            ready: self.width > self.cfg.grace_period,
-        }
+        View { statistic: self.mean(), threshold: 0.0, n: self.n, ready: self.width > self.cfg.grace_period }
     }
 
     fn reset(&mut self) {

@@ -108,18 +108,12 @@ impl AutoConfig {
             return Err(DetectorError::param("reference_min", "must be at least 10"));
         }
         if self.reference_max < self.reference_min {
-            return Err(DetectorError::param(
-                "reference_max",
-                "must be at least reference_min",
-            ));
+            return Err(DetectorError::param("reference_max", "must be at least reference_min"));
         }
         check_positive("kappa_min", self.kappa_min)?;
         check_positive("kappa_max", self.kappa_max)?;
         if self.kappa_max < self.kappa_min {
-            return Err(DetectorError::param(
-                "kappa_max",
-                "must be at least kappa_min",
-            ));
+            return Err(DetectorError::param("kappa_max", "must be at least kappa_min"));
         }
         if !(self.grid_ratio.is_finite() && self.grid_ratio > 1.0) {
             return Err(DetectorError::param("grid_ratio", "must be greater than 1"));
@@ -137,9 +131,7 @@ impl AutoConfig {
     pub fn validate_for(&self, kind: crate::MetricKind) -> Result<(), DetectorError> {
         self.validate()?;
         match (kind, self.min_shift) {
-            (crate::MetricKind::Bernoulli | crate::MetricKind::Categorical, Some(m))
-                if m >= 1.0 =>
-            {
+            (crate::MetricKind::Bernoulli | crate::MetricKind::Categorical, Some(m)) if m >= 1.0 => {
                 Err(DetectorError::param(
                     "min_shift",
                     format!("is a change of a rate or share: must be below 1, got {m}"),
@@ -193,10 +185,7 @@ impl AutoConfig {
             ("kappa_max", self.kappa_max),
             ("grid_ratio", self.grid_ratio),
             ("max_inflation", self.max_inflation),
-            (
-                "calibrated",
-                (self.calibration == Calibration::Calibrated) as u8 as f64,
-            ),
+            ("calibrated", (self.calibration == Calibration::Calibrated) as u8 as f64),
             ("min_shift", self.min_shift.unwrap_or(0.0)),
         ]
         .into_iter()
@@ -260,12 +249,8 @@ pub(crate) fn build_bank(
                 1.0
             }
         };
-        let total = |at_min: bool| {
-            c.iter()
-                .filter(|c| c.at_min_shift == at_min)
-                .map(|c| mass(c))
-                .sum::<f64>()
-        };
+        let total =
+            |at_min: bool| c.iter().filter(|c| c.at_min_shift == at_min).map(|c| mass(c)).sum::<f64>();
         let (at_min, rest) = (total(true), total(false));
         let share = |at_min_shift: bool| match (at_min > 0.0, rest > 0.0) {
             (true, true) if at_min_shift => MIN_SHIFT_SHARE / at_min,
@@ -293,12 +278,7 @@ pub(crate) fn build_bank(
     // per member, so only kept members get one.
     let mut threshold = cfg.threshold(kind);
     if calibrated {
-        let zeta_bar: f64 = kept
-            .iter()
-            .zip(&w)
-            .zip(&f)
-            .map(|((&i, w), f)| w * f * zeta_of(i))
-            .sum();
+        let zeta_bar: f64 = kept.iter().zip(&w).zip(&f).map(|((&i, w), f)| w * f * zeta_of(i)).sum();
         if zeta_bar > 0.0 {
             threshold *= zeta_bar;
         }
@@ -321,12 +301,7 @@ pub(crate) fn member_sizes(
     kappa_of: impl Fn(f64) -> f64,
 ) -> Vec<(u32, f64, bool)> {
     match min_size {
-        None => cfg
-            .kappas()
-            .into_iter()
-            .enumerate()
-            .map(|(m, k)| (m as u32, size_of(k), false))
-            .collect(),
+        None => cfg.kappas().into_iter().enumerate().map(|(m, k)| (m as u32, size_of(k), false)).collect(),
         Some(size) => {
             let size = size.abs();
             let mut out = vec![(0, size, true)];
@@ -356,10 +331,7 @@ mod tests {
 
     #[test]
     fn min_shift_is_validated_per_metric_kind() {
-        let cfg = |m: f64| AutoConfig {
-            min_shift: Some(m),
-            ..AutoConfig::default()
-        };
+        let cfg = |m: f64| AutoConfig { min_shift: Some(m), ..AutoConfig::default() };
         assert!(cfg(0.03).validate_for(MetricKind::Bernoulli).is_ok());
         assert!(cfg(1.5).validate_for(MetricKind::Real).is_ok());
         for (m, kind) in [
@@ -371,13 +343,7 @@ mod tests {
         ] {
             let err = cfg(m).validate_for(kind).unwrap_err();
             assert!(
-                matches!(
-                    err,
-                    DetectorError::InvalidParameter {
-                        name: "min_shift",
-                        ..
-                    }
-                ),
+                matches!(err, DetectorError::InvalidParameter { name: "min_shift", .. }),
                 "{m} {kind:?}: {err}"
             );
         }
@@ -385,10 +351,7 @@ mod tests {
 
     #[test]
     fn bound_threshold_is_one_over_alpha_and_calibrated_is_lower() {
-        let bound = AutoConfig {
-            calibration: Calibration::Bound,
-            ..AutoConfig::default()
-        };
+        let bound = AutoConfig { calibration: Calibration::Bound, ..AutoConfig::default() };
         assert!((bound.threshold(MetricKind::Bernoulli) / 1e5 - 1.0).abs() < 1e-12);
         // Before the overshoot factor (≤ 1) the calibrated threshold is r/(0.8 α) with r < 0.8.
         assert!(AutoConfig::default().threshold(MetricKind::Bernoulli) < 1e5);

@@ -78,11 +78,7 @@ impl AutoBernoulli {
                 if llr[0].max(llr[1]) > MAX_JUMP {
                     continue;
                 }
-                cands.push(Candidate {
-                    id: m * 2 + s,
-                    kappa: delta * delta * pq / 2.0,
-                    at_min_shift,
-                });
+                cands.push(Candidate { id: m * 2 + s, kappa: delta * delta * pq / 2.0, at_min_shift });
                 alts.push(p1);
             }
         }
@@ -185,12 +181,7 @@ fn log_odds_shifts(cfg: &AutoConfig, p0: f64, up: bool) -> Vec<(u32, f64, bool)>
             Some((logit(p1) - logit(p0)).abs())
         }
     };
-    member_sizes(
-        cfg,
-        min_size,
-        |k| (2.0 * k / pq).sqrt(),
-        |d| d * d * pq / 2.0,
-    )
+    member_sizes(cfg, min_size, |k| (2.0 * k / pq).sqrt(), |d| d * d * pq / 2.0)
 }
 
 impl Detector for AutoBernoulli {

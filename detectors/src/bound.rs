@@ -41,13 +41,17 @@ fn coefs(p: f64, up: bool) -> [(f64, f64); GRID] {
     coefs
 }
 
+/// One cache entry: the key `(p as bits, up)` and its coefficients.
+type CachedCoefs = ((u64, bool), [(f64, f64); GRID]);
+
 /// [`coefs`], cached. They depend only on `(p, up)`, so they are cached per thread
 /// rather than kept in each detector: recomputing them costs 45 `ln`/`exp` per
 /// event, and storing them would add 240 bytes to every key's state.
 fn with_coefs<R>(p: f64, up: bool, f: impl FnOnce(&[(f64, f64); GRID]) -> R) -> R {
     use std::cell::RefCell;
     thread_local! {
-        static CACHE: RefCell<Vec<((u64, bool), [(f64, f64); GRID])>> = const { RefCell::new(Vec::new()) };
+        /// `((p bits, up), coefs)`, oldest first.
+        static CACHE: RefCell<Vec<CachedCoefs>> = const { RefCell::new(Vec::new()) };
     }
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
@@ -105,12 +109,7 @@ struct EProcess {
 
 impl EProcess {
     fn new(boundary: f64, up: bool) -> Self {
-        EProcess {
-            boundary,
-            up,
-            n: 0,
-            k: 0,
-        }
+        EProcess { boundary, up, n: 0, k: 0 }
     }
     /// Adds one outcome; whether the e-process is now at or above `ln_threshold`.
     fn push(&mut self, x: bool, ln_threshold: f64) -> bool {
@@ -155,16 +154,8 @@ pub fn rate_confidence_interval(k: u64, n: u64, alpha: f64) -> (f64, f64) {
         0.5 * (lo + hi)
     };
     let phat = k as f64 / n as f64;
-    let lcb = if log_evalue(k, n, 1e-9, true) >= t {
-        bis(true)
-    } else {
-        0.0
-    };
-    let ucb = if log_evalue(k, n, 1.0 - 1e-9, false) >= t {
-        bis(false)
-    } else {
-        1.0
-    };
+    let lcb = if log_evalue(k, n, 1e-9, true) >= t { bis(true) } else { 0.0 };
+    let ucb = if log_evalue(k, n, 1.0 - 1e-9, false) >= t { bis(false) } else { 1.0 };
     (lcb.min(phat), ucb.max(phat))
 }
 
@@ -251,9 +242,7 @@ impl RateBound {
             statistic: self.breach.log_e(),
             threshold: (1.0 / self.cfg.alpha).ln(),
             baseline,
-            current: current.unwrap_or(Estimate::Rate {
-                p: k as f64 / n as f64,
-            }),
+            current: current.unwrap_or(Estimate::Rate { p: k as f64 / n as f64 }),
             n_reference: 0,
             n_current: n,
             change_point: self.epoch_start,
@@ -340,10 +329,7 @@ impl QuantileBound {
         finite(cfg.limit).map_err(|_| DetectorError::param("limit", "must be finite"))?;
         let exit = cfg.exit.unwrap_or(cfg.limit);
         if !(exit.is_finite() && exit <= cfg.limit) {
-            return Err(DetectorError::param(
-                "exit",
-                "must be finite and not exceed the limit",
-            ));
+            return Err(DetectorError::param("exit", "must be finite and not exceed the limit"));
         }
         let mut hist = hdrhistogram::Histogram::<u32>::new(2)
             .map_err(|e| DetectorError::param("quantile", e.to_string()))?;
@@ -362,8 +348,7 @@ impl QuantileBound {
 
     /// The observed quantile of this epoch's values, if any.
     pub fn observed(&self) -> Option<f64> {
-        (!self.hist.is_empty())
-            .then(|| self.hist.value_at_quantile(self.cfg.quantile) as f64 / HDR_SCALE)
+        (!self.hist.is_empty()).then(|| self.hist.value_at_quantile(self.cfg.quantile) as f64 / HDR_SCALE)
     }
 
     /// Feeds one finite value.
@@ -372,13 +357,9 @@ impl QuantileBound {
         self.n += 1;
         let t = (1.0 / self.cfg.alpha).ln();
         // Negative values cannot breach an upper quantile bound; the histogram holds 0 for them.
-        let _ = self
-            .hist
-            .record((x.max(0.0) * HDR_SCALE).min(u64::MAX as f64 / 4.0) as u64);
+        let _ = self.hist.record((x.max(0.0) * HDR_SCALE).min(u64::MAX as f64 / 4.0) as u64);
         let breached = self.breach.push(x > self.cfg.limit, t);
-        let complied = self
-            .comply
-            .push(x > self.cfg.exit.unwrap_or(self.cfg.limit), t);
+        let complied = self.comply.push(x > self.cfg.exit.unwrap_or(self.cfg.limit), t);
         if breached {
             let alarm = self.alarm(i);
             self.new_epoch(i);
@@ -413,14 +394,8 @@ impl QuantileBound {
             params,
             statistic: self.breach.log_e(),
             threshold: (1.0 / self.cfg.alpha).ln(),
-            baseline: Estimate::Quantile {
-                q: self.cfg.quantile,
-                value: self.cfg.limit,
-            },
-            current: Estimate::Quantile {
-                q: self.cfg.quantile,
-                value: self.observed().unwrap_or(0.0),
-            },
+            baseline: Estimate::Quantile { q: self.cfg.quantile, value: self.cfg.limit },
+            current: Estimate::Quantile { q: self.cfg.quantile, value: self.observed().unwrap_or(0.0) },
             n_reference: 0,
             n_current: n,
             change_point: self.epoch_start,
@@ -489,9 +464,7 @@ impl Detector for ZeroTolerance {
             statistic: self.count as f64,
             threshold: 1.0,
             baseline: Estimate::Rate { p: 0.0 },
-            current: Estimate::Rate {
-                p: self.count as f64 / self.n as f64,
-            },
+            current: Estimate::Rate { p: self.count as f64 / self.n as f64 },
             n_reference: 0,
             n_current: 1,
             change_point: i,
@@ -501,12 +474,7 @@ impl Detector for ZeroTolerance {
         }))
     }
     fn view(&self) -> View {
-        View {
-            statistic: self.count as f64,
-            threshold: 1.0,
-            n: self.n,
-            ready: true,
-        }
+        View { statistic: self.count as f64, threshold: 1.0, n: self.n, ready: true }
     }
     fn reset(&mut self) {
         *self = ZeroTolerance::new();
@@ -522,23 +490,11 @@ mod tests {
 
     #[test]
     fn all_ones_breach_quickly_and_zeros_verify_compliance() {
-        let mut b = RateBound::new(RateBoundConfig {
-            limit: 0.02,
-            exit: None,
-            alpha: 1e-3,
-        })
-        .unwrap();
+        let mut b = RateBound::new(RateBoundConfig { limit: 0.02, exit: None, alpha: 1e-3 }).unwrap();
         // All ones: the breach e-value grows fast.
-        let at = (0..100)
-            .find(|_| b.update_bool(true).is_some())
-            .expect("breach");
+        let at = (0..100).find(|_| b.update_bool(true).is_some()).expect("breach");
         assert!(at < 10, "{at}");
-        let mut c = RateBound::new(RateBoundConfig {
-            limit: 0.02,
-            exit: None,
-            alpha: 1e-3,
-        })
-        .unwrap();
+        let mut c = RateBound::new(RateBoundConfig { limit: 0.02, exit: None, alpha: 1e-3 }).unwrap();
         for _ in 0..2000 {
             assert!(c.update_bool(false).is_none());
         }

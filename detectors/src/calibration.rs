@@ -35,10 +35,7 @@ const RESIDUAL: [(MetricKind, [f64; 3]); 3] = [
 /// and held constant beyond the table (below `α = 1e-5` the baseline is mature at almost
 /// every alarm, as at `1e-5`).
 pub fn residual(kind: MetricKind, false_alarm_rate: f64) -> f64 {
-    let row = RESIDUAL
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map_or([1.0; 3], |(_, r)| *r);
+    let row = RESIDUAL.iter().find(|(k, _)| *k == kind).map_or([1.0; 3], |(_, r)| *r);
     let x = false_alarm_rate.log10().clamp(LOG_ALPHAS[2], LOG_ALPHAS[0]);
     for i in 0..2 {
         let (a, b) = (LOG_ALPHAS[i], LOG_ALPHAS[i + 1]);

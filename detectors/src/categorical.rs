@@ -42,10 +42,7 @@ impl AutoCategorical {
     pub fn new(cfg: AutoConfig, max_categories: usize) -> Result<Self, DetectorError> {
         cfg.validate_for(MetricKind::Categorical)?;
         if !(2..=1024).contains(&max_categories) {
-            return Err(DetectorError::param(
-                "max_categories",
-                "must be between 2 and 1024",
-            ));
+            return Err(DetectorError::param("max_categories", "must be between 2 and 1024"));
         }
         let threshold = cfg.threshold(MetricKind::Categorical);
         Ok(AutoCategorical {
@@ -119,11 +116,7 @@ impl AutoCategorical {
         let k = self.names.len();
         let n = self.ref_n;
         let denom = n as f64 + 0.5 * k as f64;
-        self.p0 = self
-            .ref_counts
-            .iter()
-            .map(|c| (*c as f64 + 0.5) / denom)
-            .collect();
+        self.p0 = self.ref_counts.iter().map(|c| (*c as f64 + 0.5) / denom).collect();
         let mut cands = Vec::new();
         let mut tables: Vec<Vec<f64>> = Vec::new();
         // Per candidate, the log-likelihood ratios and baseline masses of its three groups.
@@ -132,11 +125,7 @@ impl AutoCategorical {
             for (d, v) in self.directions().iter().enumerate() {
                 // Baseline mass of the rising (+1), falling (-1) and untouched (0) groups.
                 let mass = |sign: f64| {
-                    v.iter()
-                        .zip(&self.p0)
-                        .filter(|(v, _)| **v == sign)
-                        .map(|(_, p)| p)
-                        .sum::<f64>()
+                    v.iter().zip(&self.p0).filter(|(v, _)| **v == sign).map(|(_, p)| p).sum::<f64>()
                 };
                 let (up, down) = (mass(1.0), mass(-1.0));
                 let rest = (1.0 - up - down).max(0.0);
@@ -224,10 +213,7 @@ impl AutoCategorical {
             .enumerate()
             .map(|(c, name)| (name.clone(), self.p0[c] * self.lr[c * k + j]))
             .collect();
-        let moved_up = p1
-            .iter()
-            .zip(&self.p0)
-            .max_by(|a, b| (a.0 .1 - a.1).total_cmp(&(b.0 .1 - b.1)));
+        let moved_up = p1.iter().zip(&self.p0).max_by(|a, b| (a.0 .1 - a.1).total_cmp(&(b.0 .1 - b.1)));
         let direction = moved_up.map_or(String::new(), |(p, _)| format!("toward:{}", p.0));
         let mut params = self.cfg.params();
         params.insert("members".into(), k as f64);
@@ -240,12 +226,7 @@ impl AutoCategorical {
             statistic: log_stat(sr.lambda),
             threshold: self.threshold.ln(),
             baseline: Estimate::Distribution {
-                probs: self
-                    .names
-                    .iter()
-                    .cloned()
-                    .zip(self.p0.iter().copied())
-                    .collect(),
+                probs: self.names.iter().cloned().zip(self.p0.iter().copied()).collect(),
             },
             current: Estimate::Distribution { probs: p1 },
             n_reference: self.ref_n,
@@ -291,11 +272,7 @@ fn tilts(cfg: &AutoConfig, up: f64, down: f64, var: f64) -> Vec<(u32, f64, bool)
             down - down * (-eta).exp() / m
         }
     };
-    let reachable = if up > 0.0 {
-        up + shift < 1.0
-    } else {
-        down - shift > 0.0
-    };
+    let reachable = if up > 0.0 { up + shift < 1.0 } else { down - shift > 0.0 };
     if !reachable || moved(60.0) < shift {
         return Vec::new();
     }
@@ -309,12 +286,7 @@ fn tilts(cfg: &AutoConfig, up: f64, down: f64, var: f64) -> Vec<(u32, f64, bool)
             hi = mid;
         }
     }
-    member_sizes(
-        cfg,
-        Some(0.5 * (lo + hi)),
-        |k| (2.0 * k / var).sqrt(),
-        |e| e * e * var / 2.0,
-    )
+    member_sizes(cfg, Some(0.5 * (lo + hi)), |k| (2.0 * k / var).sqrt(), |e| e * e * var / 2.0)
 }
 
 impl Detector for AutoCategorical {

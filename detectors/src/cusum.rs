@@ -57,14 +57,8 @@ impl Family {
                 }
             }
             Family::Categorical { categories, p0, p1 } => {
-                if categories.len() < 2
-                    || p0.len() != categories.len()
-                    || p1.len() != categories.len()
-                {
-                    return Err(DetectorError::param(
-                        "p0",
-                        "needs one probability per category, at least 2",
-                    ));
+                if categories.len() < 2 || p0.len() != categories.len() || p1.len() != categories.len() {
+                    return Err(DetectorError::param("p0", "needs one probability per category, at least 2"));
                 }
                 for (name, v) in [("p0", p0), ("p1", p1)] {
                     if v.iter().any(|p| !(p.is_finite() && *p > 0.0))
@@ -130,11 +124,7 @@ pub struct Cusum {
 impl Cusum {
     /// A CUSUM with threshold `h` if given, else with the threshold whose ARL0 is
     /// `1 / false_alarm_rate`.
-    pub fn new(
-        family: Family,
-        h: Option<f64>,
-        false_alarm_rate: f64,
-    ) -> Result<Self, DetectorError> {
+    pub fn new(family: Family, h: Option<f64>, false_alarm_rate: f64) -> Result<Self, DetectorError> {
         family.validate()?;
         check_rate("false_alarm_rate", false_alarm_rate)?;
         let h = match h {
@@ -143,23 +133,10 @@ impl Cusum {
                 let (mu, sigma) = family.llr_moments();
                 let target = 1.0 / false_alarm_rate;
                 // ARL0 increases with h, so bisect on its reciprocal.
-                bisect_decreasing(
-                    |h| 1.0 / siegmund_arl0(h, mu, sigma),
-                    1.0 / target,
-                    0.0,
-                    200.0,
-                )
+                bisect_decreasing(|h| 1.0 / siegmund_arl0(h, mu, sigma), 1.0 / target, 0.0, 200.0)
             }
         };
-        Ok(Cusum {
-            family,
-            h,
-            false_alarm_rate,
-            s: 0.0,
-            n: 0,
-            start: 0,
-            sum_since: 0.0,
-        })
+        Ok(Cusum { family, h, false_alarm_rate, s: 0.0, n: 0, start: 0, sum_since: 0.0 })
     }
 
     /// The threshold in nats.
@@ -171,11 +148,7 @@ impl Cusum {
         Ok(match &self.family {
             Family::Bernoulli { p0, p1 } => {
                 let x = as_bool(obs, "cusum")?;
-                let l = if x {
-                    (p1 / p0).ln()
-                } else {
-                    ((1.0 - p1) / (1.0 - p0)).ln()
-                };
+                let l = if x { (p1 / p0).ln() } else { ((1.0 - p1) / (1.0 - p0)).ln() };
                 (l, x as u8 as f64)
             }
             Family::Gaussian { mu0, mu1, sigma } => {
@@ -217,14 +190,8 @@ impl Detector for Cusum {
                 if p1 > p0 { "increase" } else { "decrease" },
             ),
             Family::Gaussian { mu0, mu1, sigma } => (
-                Estimate::Location {
-                    center: *mu0,
-                    scale: Some(*sigma),
-                },
-                Estimate::Location {
-                    center: mean,
-                    scale: Some(*sigma),
-                },
+                Estimate::Location { center: *mu0, scale: Some(*sigma) },
+                Estimate::Location { center: mean, scale: Some(*sigma) },
                 if mu1 > mu0 { "increase" } else { "decrease" },
             ),
             Family::Categorical { categories, p0, p1 } => (
@@ -268,12 +235,7 @@ impl Detector for Cusum {
     }
 
     fn view(&self) -> View {
-        View {
-            statistic: self.s,
-            threshold: self.h,
-            n: self.n,
-            ready: true,
-        }
+        View { statistic: self.s, threshold: self.h, n: self.n, ready: true }
     }
 
     fn reset(&mut self) {
@@ -299,16 +261,7 @@ mod tests {
     #[test]
     fn known_answer_gaussian() {
         // mu0=0, mu1=1, sigma=1: llr = x - 0.5. h = 2.
-        let mut c = Cusum::new(
-            Family::Gaussian {
-                mu0: 0.0,
-                mu1: 1.0,
-                sigma: 1.0,
-            },
-            Some(2.0),
-            1e-3,
-        )
-        .unwrap();
+        let mut c = Cusum::new(Family::Gaussian { mu0: 0.0, mu1: 1.0, sigma: 1.0 }, Some(2.0), 1e-3).unwrap();
         // S: 0.5, 0 (clamped from -1.0), 1.0, 2.5 -> alarm at index 3, started at index 2.
         for x in [1.0, -0.5] {
             assert!(c.update(Observation::Real(x)).unwrap().is_none());
@@ -323,16 +276,7 @@ mod tests {
 
     #[test]
     fn siegmund_threshold_inverts() {
-        let c = Cusum::new(
-            Family::Gaussian {
-                mu0: 0.0,
-                mu1: 0.5,
-                sigma: 1.0,
-            },
-            None,
-            1e-5,
-        )
-        .unwrap();
+        let c = Cusum::new(Family::Gaussian { mu0: 0.0, mu1: 0.5, sigma: 1.0 }, None, 1e-5).unwrap();
         let arl = siegmund_arl0(c.threshold(), -0.125, 0.5);
         assert!((arl / 1e5 - 1.0).abs() < 1e-6, "arl {arl}");
     }

@@ -82,14 +82,11 @@ pub trait Detector {
 pub(crate) fn as_bool(obs: Observation<'_>, detector: &'static str) -> Result<bool, DetectorError> {
     match obs {
         Observation::Bool(b) => Ok(b),
-        Observation::Real(v) if v == 0.0 => Ok(false),
-        Observation::Real(v) if v == 1.0 => Ok(true),
+        Observation::Real(0.0) => Ok(false),
+        Observation::Real(1.0) => Ok(true),
         Observation::Real(v) if !v.is_finite() => Err(DetectorError::NotFinite(v)),
         Observation::Real(v) => Err(DetectorError::NotBinary(v)),
-        Observation::Category(_) => Err(DetectorError::WrongKind {
-            detector,
-            expected: "0/1",
-        }),
+        Observation::Category(_) => Err(DetectorError::WrongKind { detector, expected: "0/1" }),
     }
 }
 
@@ -98,10 +95,7 @@ pub(crate) fn as_real(obs: Observation<'_>, detector: &'static str) -> Result<f6
     match obs {
         Observation::Real(v) => crate::error::finite(v),
         Observation::Bool(b) => Ok(if b { 1.0 } else { 0.0 }),
-        Observation::Category(_) => Err(DetectorError::WrongKind {
-            detector,
-            expected: "real",
-        }),
+        Observation::Category(_) => Err(DetectorError::WrongKind { detector, expected: "real" }),
     }
 }
 
@@ -112,9 +106,6 @@ pub(crate) fn as_category<'a>(
 ) -> Result<&'a str, DetectorError> {
     match obs {
         Observation::Category(c) => Ok(c),
-        _ => Err(DetectorError::WrongKind {
-            detector,
-            expected: "category",
-        }),
+        _ => Err(DetectorError::WrongKind { detector, expected: "category" }),
     }
 }

@@ -37,10 +37,7 @@ pub enum DetectorError {
 
 impl DetectorError {
     pub(crate) fn param(name: &'static str, reason: impl Into<String>) -> Self {
-        DetectorError::InvalidParameter {
-            name,
-            reason: reason.into(),
-        }
+        DetectorError::InvalidParameter { name, reason: reason.into() }
     }
 }
 
@@ -58,10 +55,7 @@ pub(crate) fn check_rate(name: &'static str, v: f64) -> Result<f64, DetectorErro
     if v.is_finite() && v > 0.0 && v < 1.0 {
         Ok(v)
     } else {
-        Err(DetectorError::param(
-            name,
-            format!("must be in (0, 1), got {v}"),
-        ))
+        Err(DetectorError::param(name, format!("must be in (0, 1), got {v}")))
     }
 }
 
@@ -69,9 +63,6 @@ pub(crate) fn check_positive(name: &'static str, v: f64) -> Result<f64, Detector
     if v.is_finite() && v > 0.0 {
         Ok(v)
     } else {
-        Err(DetectorError::param(
-            name,
-            format!("must be a positive number, got {v}"),
-        ))
+        Err(DetectorError::param(name, format!("must be a positive number, got {v}")))
     }
 }

@@ -7,17 +7,14 @@ use serde::{de::Error as _, ser::Error as _, Deserialize, Deserializer, Serializ
 
 pub(crate) fn serialize<S: Serializer>(h: &Histogram<u32>, s: S) -> Result<S::Ok, S::Error> {
     let mut buf = Vec::new();
-    V2Serializer::new()
-        .serialize(h, &mut buf)
-        .map_err(|e| S::Error::custom(format!("{e:?}")))?;
+    V2Serializer::new().serialize(h, &mut buf).map_err(|e| S::Error::custom(format!("{e:?}")))?;
     s.serialize_bytes(&buf)
 }
 
 pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Histogram<u32>, D::Error> {
     let bytes: Vec<u8> = Vec::deserialize(d)?;
-    let mut h: Histogram<u32> = HdrDe::new()
-        .deserialize(&mut bytes.as_slice())
-        .map_err(|e| D::Error::custom(format!("{e:?}")))?;
+    let mut h: Histogram<u32> =
+        HdrDe::new().deserialize(&mut bytes.as_slice()).map_err(|e| D::Error::custom(format!("{e:?}")))?;
     h.auto(true);
     Ok(h)
 }

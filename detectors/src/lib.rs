@@ -51,8 +51,7 @@ pub use alarm::{Alarm, Estimate};
 pub use auto::{AutoConfig, Calibration, Direction};
 pub use bernoulli::AutoBernoulli;
 pub use bound::{
-    rate_confidence_interval, QuantileBound, QuantileBoundConfig, RateBound, RateBoundConfig,
-    ZeroTolerance,
+    rate_confidence_interval, QuantileBound, QuantileBoundConfig, RateBound, RateBoundConfig, ZeroTolerance,
 };
 pub use calibration::TARGET as CALIBRATION_TARGET;
 pub use categorical::AutoCategorical;

@@ -54,14 +54,7 @@ impl MixtureSr {
         let k = ids.len();
         debug_assert_eq!(k, w.len());
         debug_assert!(k <= MAX_MEMBERS);
-        MixtureSr {
-            ids,
-            w,
-            r: vec![0.0; k],
-            d: vec![0.0; k],
-            c: vec![0.0; k],
-            lambda: 0.0,
-        }
+        MixtureSr { ids, w, r: vec![0.0; k], d: vec![0.0; k], c: vec![0.0; k], lambda: 0.0 }
     }
 
     /// Number of members.
@@ -121,11 +114,7 @@ impl MixtureSr {
             }
         }
         let r = self.r[best].max(f64::MIN_POSITIVE);
-        Winner {
-            member: best,
-            lag: self.d[best] / r,
-            aux_sum: self.c[best] / r,
-        }
+        Winner { member: best, lag: self.d[best] / r, aux_sum: self.c[best] / r }
     }
 }
 

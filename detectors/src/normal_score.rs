@@ -136,11 +136,7 @@ impl NormalScore {
             // Tails: extrapolate with the slope of the nearest inner interval.
             let e = &self.edges;
             let slope = if e.len() >= 2 {
-                let (a, b) = if c == 0 {
-                    (0, 1)
-                } else {
-                    (e.len() - 2, e.len() - 1)
-                };
+                let (a, b) = if c == 0 { (0, 1) } else { (e.len() - 2, e.len() - 1) };
                 let (za, zb) = (self.z[2 * a + 2], self.z[2 * b + 1]);
                 ((zb - za) / (e[b] - e[a])).max(0.0)
             } else {
@@ -156,9 +152,7 @@ impl NormalScore {
                 (edge_z - (e[0] - x) * slope).max(edge_z - TAIL_Z).min(z1)
             } else {
                 let edge_z = self.z[last];
-                (edge_z + (x - e[e.len() - 1]) * slope)
-                    .min(edge_z + TAIL_Z)
-                    .max(z0)
+                (edge_z + (x - e[e.len() - 1]) * slope).min(edge_z + TAIL_Z).max(z0)
             };
         }
         let (a, b) = (self.edges[k - 1], self.edges[k]);
@@ -173,8 +167,7 @@ impl NormalScore {
             return self.z[c];
         }
         let std = Normal::new(0.0, 1.0).expect("standard normal");
-        std.inverse_cdf(u0 + (u1 - u0) * uniform(i))
-            .clamp(self.z[c], self.z[c + 1])
+        std.inverse_cdf(u0 + (u1 - u0) * uniform(i)).clamp(self.z[c], self.z[c + 1])
     }
 
     /// The value at probability `u`, interpolated in the cells (for baseline summaries).
@@ -189,16 +182,8 @@ impl NormalScore {
                     return self.edges[c / 2];
                 }
                 let k = c / 2;
-                let lo = if k == 0 {
-                    self.edges[0]
-                } else {
-                    self.edges[k - 1]
-                };
-                let hi = if k == self.edges.len() {
-                    self.edges[k - 1]
-                } else {
-                    self.edges[k]
-                };
+                let lo = if k == 0 { self.edges[0] } else { self.edges[k - 1] };
+                let hi = if k == self.edges.len() { self.edges[k - 1] } else { self.edges[k] };
                 return lo + (hi - lo) * ((target - cum) / cnt as f64);
             }
             cum = next;

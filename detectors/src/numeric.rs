@@ -7,12 +7,7 @@
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 /// Finds `x` in `[lo, hi]` with `f(x) ≈ target` for a decreasing `f`.
-pub(crate) fn bisect_decreasing(
-    f: impl Fn(f64) -> f64,
-    target: f64,
-    mut lo: f64,
-    mut hi: f64,
-) -> f64 {
+pub(crate) fn bisect_decreasing(f: impl Fn(f64) -> f64, target: f64, mut lo: f64, mut hi: f64) -> f64 {
     for _ in 0..200 {
         let mid = 0.5 * (lo + hi);
         if f(mid) > target {
@@ -35,9 +30,7 @@ pub(crate) fn chi2_upper_quantile(df: f64, p: f64) -> f64 {
 
 /// `P(χ²_df > x)`.
 pub(crate) fn chi2_sf(df: f64, x: f64) -> f64 {
-    ChiSquared::new(df.max(1.0))
-        .expect("df >= 1")
-        .sf(x.max(0.0))
+    ChiSquared::new(df.max(1.0)).expect("df >= 1").sf(x.max(0.0))
 }
 
 /// Kolmogorov's limiting survival function `Q(t) = 2 Σ (-1)^{k-1} exp(-2 k² t²)`.

@@ -66,18 +66,8 @@ impl Moments {
     fn from_points(vals: &[f64], p0: &[f64], p1: &[f64]) -> Moments {
         let m = |p: &[f64]| vals.iter().zip(p).map(|(v, p)| v * p).sum::<f64>();
         let (mu0, mu1) = (m(p0), m(p1));
-        let var = |p: &[f64], mu: f64| {
-            vals.iter()
-                .zip(p)
-                .map(|(v, p)| p * (v - mu).powi(2))
-                .sum::<f64>()
-        };
-        Moments {
-            mu0,
-            v0: var(p0, mu0),
-            mu1,
-            v1: var(p1, mu1),
-        }
+        let var = |p: &[f64], mu: f64| vals.iter().zip(p).map(|(v, p)| p * (v - mu).powi(2)).sum::<f64>();
+        Moments { mu0, v0: var(p0, mu0), mu1, v1: var(p1, mu1) }
     }
 
     /// `ζ` from the exact part of the series (`n ≤ n0`) and the normal tail.
@@ -85,8 +75,7 @@ impl Moments {
         if !(self.mu1 > 0.0 && self.mu0 < 0.0 && self.v0 > 0.0 && self.v1 > 0.0) {
             return 1.0;
         }
-        let tail =
-            tail_sum(-self.mu0 / self.v0.sqrt(), n0) + tail_sum(self.mu1 / self.v1.sqrt(), n0);
+        let tail = tail_sum(-self.mu0 / self.v0.sqrt(), n0) + tail_sum(self.mu1 / self.v1.sqrt(), n0);
         let z = (-(exact + tail)).exp() / self.mu1;
         // ζ is an expectation of exp(-overshoot): in (0, 1]. Guard the approximation.
         if z.is_finite() {
@@ -179,15 +168,9 @@ pub(crate) fn zeta_three_point(vals: [f64; 3], p0: [f64; 3], p1: [f64; 3]) -> f6
 /// `(2/θ²) exp(-2 Σ Φ(-θ√n/2)/n)`, Siegmund's `ν(θ)`.
 pub(crate) fn zeta_gaussian(theta: f64) -> f64 {
     let t = theta.abs();
-    let mom = Moments {
-        mu0: -t * t / 2.0,
-        v0: t * t,
-        mu1: t * t / 2.0,
-        v1: t * t,
-    };
-    let exact: f64 = (1..=EXACT_STEPS)
-        .map(|n| 2.0 * upper_tail(t * (n as f64).sqrt() / 2.0) / n as f64)
-        .sum();
+    let mom = Moments { mu0: -t * t / 2.0, v0: t * t, mu1: t * t / 2.0, v1: t * t };
+    let exact: f64 =
+        (1..=EXACT_STEPS).map(|n| 2.0 * upper_tail(t * (n as f64).sqrt() / 2.0) / n as f64).sum();
     mom.zeta(exact, EXACT_STEPS)
 }
 
@@ -200,12 +183,7 @@ pub(crate) fn zeta_scale(beta: f64) -> f64 {
     let half_log = 0.5 * (1.0 - beta).ln();
     let mu0 = beta / 2.0 + half_log;
     let mu1 = beta / (2.0 * (1.0 - beta)) + half_log;
-    let mom = Moments {
-        mu0,
-        v0: beta * beta / 2.0,
-        mu1,
-        v1: beta * beta / (2.0 * (1.0 - beta).powi(2)),
-    };
+    let mom = Moments { mu0, v0: beta * beta / 2.0, mu1, v1: beta * beta / (2.0 * (1.0 - beta).powi(2)) };
     // S_n > 0 ⇔ Σz² > n t (β > 0) or Σz² < n t (β < 0), with t = -ln(1-β)/β.
     let t = -(1.0 - beta).ln() / beta;
     let mut exact = 0.0;
@@ -215,11 +193,7 @@ pub(crate) fn zeta_scale(beta: f64) -> f64 {
         };
         let c0 = chi.cdf(n as f64 * t);
         let c1 = chi.cdf(n as f64 * t * (1.0 - beta));
-        let (up0, down1) = if beta > 0.0 {
-            (1.0 - c0, c1)
-        } else {
-            (c0, 1.0 - c1)
-        };
+        let (up0, down1) = if beta > 0.0 { (1.0 - c0, c1) } else { (c0, 1.0 - c1) };
         exact += (up0 + down1) / n as f64;
     }
     mom.zeta(exact, EXACT_STEPS)

@@ -23,12 +23,7 @@ pub struct PageHinkleyConfig {
 
 impl Default for PageHinkleyConfig {
     fn default() -> Self {
-        PageHinkleyConfig {
-            delta: 0.005,
-            threshold: 50.0,
-            alpha: 0.9999,
-            min_instances: 30,
-        }
+        PageHinkleyConfig { delta: 0.005, threshold: 50.0, alpha: 0.9999, min_instances: 30 }
     }
 }
 
@@ -50,24 +45,13 @@ impl PageHinkley {
     /// A test with the given parameters.
     pub fn new(cfg: PageHinkleyConfig) -> Result<Self, DetectorError> {
         if !(cfg.delta.is_finite() && cfg.delta >= 0.0) {
-            return Err(DetectorError::param(
-                "delta",
-                "must be a non-negative number",
-            ));
+            return Err(DetectorError::param("delta", "must be a non-negative number"));
         }
         check_positive("threshold", cfg.threshold)?;
         if !(cfg.alpha > 0.0 && cfg.alpha <= 1.0) {
             return Err(DetectorError::param("alpha", "must be in (0, 1]"));
         }
-        Ok(PageHinkley {
-            cfg,
-            n: 0,
-            mean: 0.0,
-            sum_up: 0.0,
-            min_up: 0.0,
-            sum_down: 0.0,
-            max_down: 0.0,
-        })
+        Ok(PageHinkley { cfg, n: 0, mean: 0.0, sum_up: 0.0, min_up: 0.0, sum_down: 0.0, max_down: 0.0 })
     }
 
     fn stat(&self) -> f64 {
@@ -104,14 +88,8 @@ impl Detector for PageHinkley {
             params,
             statistic: self.stat(),
             threshold: self.cfg.threshold,
-            baseline: Estimate::Location {
-                center: self.mean,
-                scale: None,
-            },
-            current: Estimate::Location {
-                center: x,
-                scale: None,
-            },
+            baseline: Estimate::Location { center: self.mean, scale: None },
+            current: Estimate::Location { center: x, scale: None },
             n_reference: self.n,
             n_current: 1,
             change_point: i,
@@ -147,13 +125,9 @@ mod tests {
     fn known_answer_step() {
         // delta=0, threshold=1, no forgetting, min 1. Data 0,0,2:
         // n=1 mean 0 dev 0; n=2 mean 0 dev 0; n=3 mean 2/3 dev 4/3 -> sum_up 4/3 > 1.
-        let mut ph = PageHinkley::new(PageHinkleyConfig {
-            delta: 0.0,
-            threshold: 1.0,
-            alpha: 1.0,
-            min_instances: 1,
-        })
-        .unwrap();
+        let mut ph =
+            PageHinkley::new(PageHinkleyConfig { delta: 0.0, threshold: 1.0, alpha: 1.0, min_instances: 1 })
+                .unwrap();
         assert!(ph.update(Observation::Real(0.0)).unwrap().is_none());
         assert!(ph.update(Observation::Real(0.0)).unwrap().is_none());
         let a = ph.update(Observation::Real(2.0)).unwrap().expect("alarm");

@@ -65,10 +65,7 @@ impl AutoReal {
     }
 
     fn rebuild(&mut self, n: u64) {
-        let ns = self
-            .ns
-            .as_mut()
-            .expect("rebuild after the normal score exists");
+        let ns = self.ns.as_mut().expect("rebuild after the normal score exists");
         ns.recompute();
         self.baseline_center = ns.quantile(0.5);
         self.baseline_scale = (ns.quantile(0.75) - ns.quantile(0.25)) / 1.349;
@@ -79,23 +76,12 @@ impl AutoReal {
                 continue;
             }
             let sign = if up { 1.0 } else { -1.0 };
-            for (m, theta, at_min_shift) in member_sizes(
-                &self.cfg,
-                self.cfg.min_shift,
-                |k| (2.0 * k).sqrt(),
-                |t| t * t / 2.0,
-            ) {
+            for (m, theta, at_min_shift) in
+                member_sizes(&self.cfg, self.cfg.min_shift, |k| (2.0 * k).sqrt(), |t| t * t / 2.0)
+            {
                 let th = sign * theta;
-                cands.push(Candidate {
-                    id: m * 4 + s,
-                    kappa: theta * theta / 2.0,
-                    at_min_shift,
-                });
-                alts.push(Alt {
-                    a: th,
-                    b: -th * th / 2.0,
-                    squared: false,
-                });
+                cands.push(Candidate { id: m * 4 + s, kappa: theta * theta / 2.0, at_min_shift });
+                alts.push(Alt { a: th, b: -th * th / 2.0, squared: false });
             }
             // Scale members: `β` with Var(llr)/2 = β²/4 = κ; `min_shift` is the factor
             // `1 + min_shift` on the standard deviation (σ² = 1/(1-β)).
@@ -114,16 +100,8 @@ impl AutoReal {
                     continue;
                 }
                 // LR = exp(β z²/2) / σ with σ = (1-β)^(-1/2).
-                cands.push(Candidate {
-                    id: m * 4 + 2 + s,
-                    kappa: beta * beta / 4.0,
-                    at_min_shift,
-                });
-                alts.push(Alt {
-                    a: beta / 2.0,
-                    b: 0.5 * (1.0 - beta).ln(),
-                    squared: true,
-                });
+                cands.push(Candidate { id: m * 4 + 2 + s, kappa: beta * beta / 4.0, at_min_shift });
+                alts.push(Alt { a: beta / 2.0, b: 0.5 * (1.0 - beta).ln(), squared: true });
             }
         }
         let (keep, sr, threshold) = build_bank(
@@ -161,10 +139,7 @@ impl AutoReal {
     pub fn update_value(&mut self, x: f64) -> Option<Alarm> {
         let i = self.n;
         self.n += 1;
-        let reference = self
-            .ns
-            .as_ref()
-            .map_or(self.buffer.len() as u64, |n| n.total());
+        let reference = self.ns.as_ref().map_or(self.buffer.len() as u64, |n| n.total());
         if reference < self.cfg.reference_max {
             match self.ns.as_mut() {
                 None => {
@@ -189,9 +164,9 @@ impl AutoReal {
         let z2 = z * z;
         let k = sr.len();
         let mut row = [0.0f64; MAX_MEMBERS];
-        for j in 0..k {
+        for (j, r) in row.iter_mut().enumerate().take(k) {
             let t = if self.squared[j] { z2 } else { z };
-            row[j] = (self.a[j] * t + self.b[j]).exp();
+            *r = (self.a[j] * t + self.b[j]).exp();
         }
         let lambda = sr.step(&row[..k], x);
         if lambda >= self.threshold {
@@ -210,50 +185,25 @@ impl AutoReal {
         let (direction, scale_now) = if self.squared[j] {
             let beta = 2.0 * self.a[j];
             let sigma = (1.0 / (1.0 - beta)).sqrt();
-            (
-                if beta > 0.0 { "scale_up" } else { "scale_down" },
-                self.baseline_scale * sigma,
-            )
+            (if beta > 0.0 { "scale_up" } else { "scale_down" }, self.baseline_scale * sigma)
         } else {
-            (
-                if self.a[j] > 0.0 {
-                    "increase"
-                } else {
-                    "decrease"
-                },
-                self.baseline_scale,
-            )
+            (if self.a[j] > 0.0 { "increase" } else { "decrease" }, self.baseline_scale)
         };
         let mut params = self.cfg.params();
         params.insert("members".into(), sr.len() as f64);
         params.insert("winner_kappa".into(), self.kappa[j]);
         params.insert("winner_weight".into(), sr.w[j]);
         params.insert(
-            if self.squared[j] {
-                "winner_beta"
-            } else {
-                "winner_theta"
-            }
-            .into(),
-            if self.squared[j] {
-                2.0 * self.a[j]
-            } else {
-                self.a[j]
-            },
+            if self.squared[j] { "winner_beta" } else { "winner_theta" }.into(),
+            if self.squared[j] { 2.0 * self.a[j] } else { self.a[j] },
         );
         Alarm {
             detector: self.name().to_string(),
             params,
             statistic: log_stat(sr.lambda),
             threshold: self.threshold.ln(),
-            baseline: Estimate::Location {
-                center: self.baseline_center,
-                scale: Some(self.baseline_scale),
-            },
-            current: Estimate::Location {
-                center: mean_now,
-                scale: Some(scale_now),
-            },
+            baseline: Estimate::Location { center: self.baseline_center, scale: Some(self.baseline_scale) },
+            current: Estimate::Location { center: mean_now, scale: Some(scale_now) },
             n_reference: self.ns.as_ref().map_or(0, |n| n.total()),
             n_current: lag + 1,
             change_point: i - lag,

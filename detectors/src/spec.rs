@@ -69,49 +69,26 @@ impl Default for DetectorSpec {
 }
 
 /// Names accepted for `detector`.
-pub const DETECTOR_NAMES: &[&str] = &[
-    "auto",
-    "cusum",
-    "page-hinkley",
-    "adwin",
-    "ks",
-    "chi2",
-    "psi",
-];
+pub const DETECTOR_NAMES: &[&str] = &["auto", "cusum", "page-hinkley", "adwin", "ks", "chi2", "psi"];
 
 impl DetectorSpec {
     /// The spec for a detector name with default options and the given false-alarm rate.
     pub fn from_name(name: &str, false_alarm_rate: f64) -> Result<DetectorSpec, DetectorError> {
         Ok(match name {
-            "auto" => DetectorSpec::Auto(AutoConfig {
-                false_alarm_rate,
-                ..AutoConfig::default()
-            }),
+            "auto" => DetectorSpec::Auto(AutoConfig { false_alarm_rate, ..AutoConfig::default() }),
             "cusum" => DetectorSpec::Cusum(CusumSpec {
                 false_alarm_rate: Some(false_alarm_rate),
                 ..Default::default()
             }),
             "page-hinkley" => DetectorSpec::PageHinkley(PageHinkleyConfig::default()),
             "adwin" => DetectorSpec::Adwin(AdwinConfig::default()),
-            "ks" => DetectorSpec::Ks(WindowConfig {
-                false_alarm_rate,
-                ..WindowConfig::default()
-            }),
-            "chi2" => DetectorSpec::Chi2(WindowConfig {
-                false_alarm_rate,
-                ..WindowConfig::default()
-            }),
-            "psi" => DetectorSpec::Psi(WindowConfig {
-                false_alarm_rate,
-                ..WindowConfig::default()
-            }),
+            "ks" => DetectorSpec::Ks(WindowConfig { false_alarm_rate, ..WindowConfig::default() }),
+            "chi2" => DetectorSpec::Chi2(WindowConfig { false_alarm_rate, ..WindowConfig::default() }),
+            "psi" => DetectorSpec::Psi(WindowConfig { false_alarm_rate, ..WindowConfig::default() }),
             other => {
                 return Err(DetectorError::param(
                     "detector",
-                    format!(
-                        "unknown detector `{other}`; expected one of {}",
-                        DETECTOR_NAMES.join(", ")
-                    ),
+                    format!("unknown detector `{other}`; expected one of {}", DETECTOR_NAMES.join(", ")),
                 ))
             }
         })
@@ -135,9 +112,7 @@ impl DetectorSpec {
         match self {
             DetectorSpec::Auto(c) => Some(c.false_alarm_rate),
             DetectorSpec::Cusum(c) => Some(c.false_alarm_rate.unwrap_or(1e-5)),
-            DetectorSpec::Ks(c) | DetectorSpec::Chi2(c) | DetectorSpec::Psi(c) => {
-                Some(c.false_alarm_rate)
-            }
+            DetectorSpec::Ks(c) | DetectorSpec::Chi2(c) | DetectorSpec::Psi(c) => Some(c.false_alarm_rate),
             DetectorSpec::PageHinkley(_) | DetectorSpec::Adwin(_) => None,
         }
     }
@@ -154,9 +129,7 @@ impl DetectorSpec {
             (DetectorSpec::Auto(c), MetricKind::Bernoulli) => {
                 AnyDetector::AutoBernoulli(AutoBernoulli::new(c.clone())?)
             }
-            (DetectorSpec::Auto(c), MetricKind::Real) => {
-                AnyDetector::AutoReal(AutoReal::new(c.clone())?)
-            }
+            (DetectorSpec::Auto(c), MetricKind::Real) => AnyDetector::AutoReal(AutoReal::new(c.clone())?),
             (DetectorSpec::Auto(c), MetricKind::Categorical) => {
                 AnyDetector::AutoCategorical(AutoCategorical::new(c.clone(), c.max_categories)?)
             }
@@ -170,10 +143,9 @@ impl DetectorSpec {
                     })
                 };
                 let family = match kind {
-                    MetricKind::Bernoulli => Family::Bernoulli {
-                        p0: need(c.p0, "p0")?,
-                        p1: need(c.p1, "p1")?,
-                    },
+                    MetricKind::Bernoulli => {
+                        Family::Bernoulli { p0: need(c.p0, "p0")?, p1: need(c.p1, "p1")? }
+                    }
                     MetricKind::Real => Family::Gaussian {
                         mu0: need(c.mu0, "mu0")?,
                         mu1: need(c.mu1, "mu1")?,
@@ -187,45 +159,27 @@ impl DetectorSpec {
                             )
                         })?,
                         p0: c.probs0.clone().ok_or_else(|| {
-                            DetectorError::param(
-                                "probs0",
-                                "cusum on a categorical metric needs `probs0`",
-                            )
+                            DetectorError::param("probs0", "cusum on a categorical metric needs `probs0`")
                         })?,
                         p1: c.probs1.clone().ok_or_else(|| {
-                            DetectorError::param(
-                                "probs1",
-                                "cusum on a categorical metric needs `probs1`",
-                            )
+                            DetectorError::param("probs1", "cusum on a categorical metric needs `probs1`")
                         })?,
                     },
                 };
-                AnyDetector::Cusum(Cusum::new(
-                    family,
-                    c.threshold,
-                    c.false_alarm_rate.unwrap_or(1e-5),
-                )?)
+                AnyDetector::Cusum(Cusum::new(family, c.threshold, c.false_alarm_rate.unwrap_or(1e-5))?)
             }
-            (DetectorSpec::PageHinkley(_), MetricKind::Categorical) => {
-                return unsupported("page-hinkley")
-            }
-            (DetectorSpec::PageHinkley(c), _) => {
-                AnyDetector::PageHinkley(PageHinkley::new(c.clone())?)
-            }
+            (DetectorSpec::PageHinkley(_), MetricKind::Categorical) => return unsupported("page-hinkley"),
+            (DetectorSpec::PageHinkley(c), _) => AnyDetector::PageHinkley(PageHinkley::new(c.clone())?),
             (DetectorSpec::Adwin(_), MetricKind::Categorical) => return unsupported("adwin"),
             (DetectorSpec::Adwin(c), _) => AnyDetector::Adwin(Adwin::new(c.clone())?),
             (DetectorSpec::Ks(c), MetricKind::Real) => AnyDetector::Ks(WindowedKs::new(c.clone())?),
             (DetectorSpec::Ks(_), _) => return unsupported("ks"),
-            (DetectorSpec::Chi2(c), k) => AnyDetector::Binned(BinnedWindow::new(
-                c.clone(),
-                BinnedTest::Chi2,
-                k == MetricKind::Real,
-            )?),
-            (DetectorSpec::Psi(c), k) => AnyDetector::Binned(BinnedWindow::new(
-                c.clone(),
-                BinnedTest::Psi,
-                k == MetricKind::Real,
-            )?),
+            (DetectorSpec::Chi2(c), k) => {
+                AnyDetector::Binned(BinnedWindow::new(c.clone(), BinnedTest::Chi2, k == MetricKind::Real)?)
+            }
+            (DetectorSpec::Psi(c), k) => {
+                AnyDetector::Binned(BinnedWindow::new(c.clone(), BinnedTest::Psi, k == MetricKind::Real)?)
+            }
         })
     }
 }
@@ -283,9 +237,7 @@ impl Detector for AnyDetector {
         // The hot kinds get their typed fast paths.
         match (self, obs) {
             (AnyDetector::AutoBernoulli(d), Observation::Bool(b)) => Ok(d.update_bool(b)),
-            (AnyDetector::AutoReal(d), Observation::Real(x)) if x.is_finite() => {
-                Ok(d.update_value(x))
-            }
+            (AnyDetector::AutoReal(d), Observation::Real(x)) if x.is_finite() => Ok(d.update_value(x)),
             (s, o) => dispatch!(s, d => d.update(o)),
         }
     }

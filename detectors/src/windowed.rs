@@ -32,23 +32,14 @@ pub struct WindowConfig {
 
 impl Default for WindowConfig {
     fn default() -> Self {
-        WindowConfig {
-            reference: 5000,
-            window: 1000,
-            stride: 100,
-            false_alarm_rate: 1e-5,
-            threshold: None,
-        }
+        WindowConfig { reference: 5000, window: 1000, stride: 100, false_alarm_rate: 1e-5, threshold: None }
     }
 }
 
 impl WindowConfig {
     fn validate(&self) -> Result<(), DetectorError> {
         if self.reference < 10 || self.window < 10 {
-            return Err(DetectorError::param(
-                "window",
-                "reference and window need at least 10 observations",
-            ));
+            return Err(DetectorError::param("window", "reference and window need at least 10 observations"));
         }
         if self.stride == 0 {
             return Err(DetectorError::param("stride", "must be at least 1"));
@@ -152,7 +143,7 @@ impl Detector for WindowedKs {
         if self.window.len() > self.cfg.window {
             self.window.pop_front();
         }
-        if self.window.len() < self.cfg.window || self.n % self.cfg.stride as u64 != 0 {
+        if self.window.len() < self.cfg.window || !self.n.is_multiple_of(self.cfg.stride as u64) {
             return Ok(None);
         }
         self.last_d = self.statistic();
@@ -172,21 +163,13 @@ impl Detector for WindowedKs {
                 center: median(&self.reference),
                 scale: Some(iqr(&self.reference)),
             },
-            current: Estimate::Location {
-                center: median(&cur),
-                scale: Some(iqr(&cur)),
-            },
+            current: Estimate::Location { center: median(&cur), scale: Some(iqr(&cur)) },
             n_reference: self.reference.len() as u64,
             n_current: cur.len() as u64,
             change_point: i + 1 - cur.len() as u64,
             index: i,
             false_alarm_rate: Some(self.cfg.false_alarm_rate),
-            direction: if median(&cur) > median(&self.reference) {
-                "increase"
-            } else {
-                "decrease"
-            }
-            .into(),
+            direction: if median(&cur) > median(&self.reference) { "increase" } else { "decrease" }.into(),
         }))
     }
 
@@ -251,10 +234,7 @@ impl BinnedWindow {
     pub fn new(cfg: WindowConfig, test: BinnedTest, real: bool) -> Result<Self, DetectorError> {
         cfg.validate()?;
         let bins = if real {
-            Bins::Deciles {
-                sample: Vec::new(),
-                edges: Vec::new(),
-            }
+            Bins::Deciles { sample: Vec::new(), edges: Vec::new() }
         } else {
             Bins::Names(Vec::new())
         };
@@ -280,17 +260,13 @@ impl BinnedWindow {
         let ready = self.ready();
         match (&mut self.bins, obs) {
             (Bins::Names(names), Observation::Category(c)) => name_bin(names, c, ready),
-            (Bins::Names(names), Observation::Bool(b)) => {
-                name_bin(names, if b { "1" } else { "0" }, ready)
-            }
+            (Bins::Names(names), Observation::Bool(b)) => name_bin(names, if b { "1" } else { "0" }, ready),
             (Bins::Names(names), Observation::Real(v)) if v == 0.0 || v == 1.0 => {
                 name_bin(names, if v == 1.0 { "1" } else { "0" }, ready)
             }
-            (Bins::Names(_), Observation::Real(v)) => Err(if v.is_finite() {
-                DetectorError::NotBinary(v)
-            } else {
-                DetectorError::NotFinite(v)
-            }),
+            (Bins::Names(_), Observation::Real(v)) => {
+                Err(if v.is_finite() { DetectorError::NotBinary(v) } else { DetectorError::NotFinite(v) })
+            }
             (Bins::Deciles { sample, edges }, o) => {
                 let x = as_real(o, "windowed test")?;
                 if !ready {
@@ -371,10 +347,7 @@ impl BinnedWindow {
             Bins::Deciles { edges, .. } => (0..=edges.len()).map(|i| format!("bin{i}")).collect(),
         };
         Estimate::Distribution {
-            probs: names
-                .into_iter()
-                .zip(counts.iter().map(|c| *c as f64 / total))
-                .collect(),
+            probs: names.into_iter().zip(counts.iter().map(|c| *c as f64 / total)).collect(),
         }
     }
 }
@@ -416,7 +389,7 @@ impl Detector for BinnedWindow {
                 self.win_counts[old as usize] -= 1;
             }
         }
-        if self.window.len() < self.cfg.window || self.n % self.cfg.stride as u64 != 0 {
+        if self.window.len() < self.cfg.window || !self.n.is_multiple_of(self.cfg.stride as u64) {
             return Ok(None);
         }
         self.last = self.statistic();
@@ -427,10 +400,7 @@ impl Detector for BinnedWindow {
         let mut params = self.cfg.params();
         params.insert("bins".into(), self.ref_counts.len() as f64);
         if self.test == BinnedTest::Chi2 {
-            params.insert(
-                "p_value".into(),
-                chi2_sf(self.ref_counts.len() as f64 - 1.0, self.last),
-            );
+            params.insert("p_value".into(), chi2_sf(self.ref_counts.len() as f64 - 1.0, self.last));
         }
         Ok(Some(Alarm {
             detector: match self.test {
@@ -453,12 +423,7 @@ impl Detector for BinnedWindow {
     }
 
     fn view(&self) -> View {
-        View {
-            statistic: self.last,
-            threshold: self.threshold,
-            n: self.n,
-            ready: self.ready(),
-        }
+        View { statistic: self.last, threshold: self.threshold, n: self.n, ready: self.ready() }
     }
 
     fn reset(&mut self) {
@@ -479,13 +444,7 @@ mod tests {
     use super::*;
 
     fn small() -> WindowConfig {
-        WindowConfig {
-            reference: 10,
-            window: 10,
-            stride: 10,
-            false_alarm_rate: 1e-3,
-            threshold: None,
-        }
+        WindowConfig { reference: 10, window: 10, stride: 10, false_alarm_rate: 1e-3, threshold: None }
     }
 
     #[test]
@@ -506,18 +465,13 @@ mod tests {
         // Reference: a x5, b x5. Window: a x10. Table [[5,5],[10,0]]: X² = 6.667.
         let mut t = BinnedWindow::new(small(), BinnedTest::Chi2, false).unwrap();
         for i in 0..10 {
-            t.update(Observation::Category(if i % 2 == 0 { "a" } else { "b" }))
-                .unwrap();
+            t.update(Observation::Category(if i % 2 == 0 { "a" } else { "b" })).unwrap();
         }
         let mut last = None;
         for _ in 0..10 {
             last = t.update(Observation::Category("a")).unwrap();
         }
-        assert!(
-            (t.view().statistic - 20.0 / 3.0).abs() < 1e-9,
-            "{}",
-            t.view().statistic
-        );
+        assert!((t.view().statistic - 20.0 / 3.0).abs() < 1e-9, "{}", t.view().statistic);
         // The 1e-2 level chi2(1) threshold is 6.635 < 6.667.
         assert!(last.is_some());
     }
@@ -525,18 +479,11 @@ mod tests {
     #[test]
     fn psi_known_answer() {
         // Reference a:b = 5:5, window 10:0, smoothed with 0.5: pr = 0.5, pc = (10.5/11, 0.5/11).
-        let mut t = BinnedWindow::new(
-            WindowConfig {
-                threshold: Some(0.25),
-                ..small()
-            },
-            BinnedTest::Psi,
-            false,
-        )
-        .unwrap();
-        for i in 0..10 {
-            t.update(Observation::Category(if i % 2 == 0 { "a" } else { "b" }))
+        let mut t =
+            BinnedWindow::new(WindowConfig { threshold: Some(0.25), ..small() }, BinnedTest::Psi, false)
                 .unwrap();
+        for i in 0..10 {
+            t.update(Observation::Category(if i % 2 == 0 { "a" } else { "b" })).unwrap();
         }
         for _ in 0..10 {
             t.update(Observation::Category("a")).unwrap();
@@ -552,9 +499,6 @@ mod tests {
         for _ in 0..10 {
             t.update(Observation::Category("a")).unwrap();
         }
-        assert_eq!(
-            t.update(Observation::Category("zzz")),
-            Err(DetectorError::UnknownCategory("zzz".into()))
-        );
+        assert_eq!(t.update(Observation::Category("zzz")), Err(DetectorError::UnknownCategory("zzz".into())));
     }
 }

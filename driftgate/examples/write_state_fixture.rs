@@ -3,8 +3,8 @@
 //! format changes. Run once by hand when a format version is introduced:
 //! `cargo run --release --example write_state_fixture`
 
-use driftgate_core::codec::changelog::{encode_agent, STATE_VERSION};
 use driftgate::cli::demo::{example_pacts, Fleet};
+use driftgate_core::codec::changelog::{encode_agent, STATE_VERSION};
 use driftgate_core::engine::{Engine, EngineConfig};
 
 fn main() -> std::io::Result<()> {

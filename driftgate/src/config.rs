@@ -4,8 +4,8 @@
 //! Layering and env mapping come from `figment`; librdkafka properties pass through
 //! unchanged, so SASL and TLS work by configuration alone.
 
-use driftgate_core::pact::duration::Dur;
 use driftgate_core::engine::EngineConfig;
+use driftgate_core::pact::duration::Dur;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -168,14 +168,23 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "0.0.0.0:9464".into(), override_token: None, override_hmac_secret: None, signature_max_age: Dur(300 * 1_000_000) }
+        HttpConfig {
+            listen: "0.0.0.0:9464".into(),
+            override_token: None,
+            override_hmac_secret: None,
+            signature_max_age: Dur(300 * 1_000_000),
+        }
     }
 }
 
 impl HttpConfig {
     /// The override credentials.
     pub fn credentials(&self) -> crate::api::auth::Credentials {
-        crate::api::auth::Credentials::new(self.override_token.as_deref(), self.override_hmac_secret.as_deref(), self.signature_max_age.micros() / 1_000_000)
+        crate::api::auth::Credentials::new(
+            self.override_token.as_deref(),
+            self.override_hmac_secret.as_deref(),
+            self.signature_max_age.micros() / 1_000_000,
+        )
     }
 }
 
@@ -224,8 +233,15 @@ impl RunConfig {
         }
         let mut cfg: RunConfig = fig.merge(env).extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         // Environment keys cannot hold dots: `SASL_USERNAME` means `sasl.username`.
-        for props in [&mut cfg.kafka.properties, &mut cfg.kafka.consumer_properties, &mut cfg.kafka.producer_properties] {
-            *props = std::mem::take(props).into_iter().map(|(k, v)| if k.contains('.') { (k, v) } else { (k.replace('_', "."), v) }).collect();
+        for props in [
+            &mut cfg.kafka.properties,
+            &mut cfg.kafka.consumer_properties,
+            &mut cfg.kafka.producer_properties,
+        ] {
+            *props = std::mem::take(props)
+                .into_iter()
+                .map(|(k, v)| if k.contains('.') { (k, v) } else { (k.replace('_', "."), v) })
+                .collect();
         }
         if let Some(dir) = path.and_then(Path::parent) {
             for p in cfg.pacts.iter_mut().chain(cfg.schema_registry.static_schemas.values_mut()) {
@@ -251,7 +267,13 @@ impl RunConfig {
             return bad("`kafka.input_topics` is empty");
         }
         let t = &self.kafka.topics;
-        for (name, v) in [("enforcement", &t.enforcement), ("snapshot", &t.snapshot), ("history", &t.history), ("dead_letter", &t.dead_letter), ("changelog", &t.changelog)] {
+        for (name, v) in [
+            ("enforcement", &t.enforcement),
+            ("snapshot", &t.snapshot),
+            ("history", &t.history),
+            ("dead_letter", &t.dead_letter),
+            ("changelog", &t.changelog),
+        ] {
             if v.trim().is_empty() {
                 return Err(ConfigError::Setting(format!("`kafka.topics.{name}` is empty")));
             }
@@ -259,7 +281,10 @@ impl RunConfig {
                 return Err(ConfigError::Setting(format!("`kafka.topics.{name}` is also an input topic")));
             }
         }
-        if self.kafka.format == InputFormat::Avro && self.schema_registry.url.is_none() && self.schema_registry.static_schemas.is_empty() {
+        if self.kafka.format == InputFormat::Avro
+            && self.schema_registry.url.is_none()
+            && self.schema_registry.static_schemas.is_empty()
+        {
             return bad("Avro input needs `schema_registry.url` or `schema_registry.static_schemas`");
         }
         if self.schema_registry.url.is_some() && !self.schema_registry.static_schemas.is_empty() {
@@ -267,7 +292,9 @@ impl RunConfig {
         }
         for id in self.schema_registry.static_schemas.keys() {
             if id.parse::<u32>().is_err() {
-                return Err(ConfigError::Setting(format!("`schema_registry.static_schemas`: `{id}` is not a schema id")));
+                return Err(ConfigError::Setting(format!(
+                    "`schema_registry.static_schemas`: `{id}` is not a schema id"
+                )));
             }
         }
         if self.kafka.commit_interval.micros() <= 0 {
@@ -287,6 +314,8 @@ mod tests {
     }
 
     #[test]
+    // figment::Jail fixes the closure's error type (figment::Error, which is large).
+    #[allow(clippy::result_large_err)]
     fn file_then_env_overrides() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("driftgate.toml");
@@ -328,7 +357,11 @@ allowed_lateness = "2m"
         std::fs::write(&f, "pacts = [\"a.yaml\"]\n").unwrap();
         let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
         assert!(e.contains("schema_registry"), "{e}");
-        std::fs::write(&f, "pacts = [\"a.yaml\"]\n[kafka]\nformat = \"json\"\ninput_topics = [\"driftgate.history\"]\n").unwrap();
+        std::fs::write(
+            &f,
+            "pacts = [\"a.yaml\"]\n[kafka]\nformat = \"json\"\ninput_topics = [\"driftgate.history\"]\n",
+        )
+        .unwrap();
         let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
         assert!(e.contains("also an input topic"), "{e}");
         let e = RunConfig::load_with(Some(&dir.path().join("nope.toml")), no_env()).unwrap_err().to_string();
@@ -359,7 +392,9 @@ allowed_lateness = "2m"
 
     #[test]
     fn the_example_config_shows_every_setting() {
-        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/driftgate.toml")).unwrap();
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/driftgate.toml"))
+                .unwrap();
         let mut paths = Vec::new();
         setting_paths(&serde_json::to_value(RunConfig::default()).unwrap(), "", &mut paths);
         assert!(paths.len() > 30, "{paths:?}");

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use driftgate::cli::eval::{evaluate, EvalReport};
-use driftgate_detectors::{Direction, DetectorSpec, MetricKind};
+use driftgate_detectors::{DetectorSpec, Direction, MetricKind};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -159,7 +159,8 @@ enum HistoryCmd {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
@@ -201,7 +202,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(opts) = options {
                 spec = merge_options(&spec, &opts)?;
             }
-            let report = evaluate(&input, kind, &spec).with_context(|| format!("evaluating {}", input.display()))?;
+            let report =
+                evaluate(&input, kind, &spec).with_context(|| format!("evaluating {}", input.display()))?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -224,9 +226,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 driftgate_core::model::history::write_jsonl(std::fs::File::create(&p)?, &run.history)?;
             }
             if let Some(addr) = listen {
-                let creds = driftgate::api::auth::Credentials::new(override_token.as_deref(), override_hmac_secret.as_deref(), 300);
-                let control: std::sync::Arc<dyn driftgate::api::control::ControlPlane> = std::sync::Arc::new(driftgate::api::control::DemoControl::new(run));
-                let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+                let creds = driftgate::api::auth::Credentials::new(
+                    override_token.as_deref(),
+                    override_hmac_secret.as_deref(),
+                    300,
+                );
+                let control: std::sync::Arc<dyn driftgate::api::control::ControlPlane> =
+                    std::sync::Arc::new(driftgate::api::control::DemoControl::new(run));
+                let rt =
+                    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
                     tracing::info!(addr = %listener.local_addr()?, "serving the demo's metrics and API until SIGTERM");
@@ -244,7 +252,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut bad = 0;
             for p in &pacts {
                 match driftgate_core::pact::load_pact(p) {
-                    Ok(pact) => println!("ok: {} ({} v{}, {} clauses)", p.display(), pact.id(), pact.version(), pact.doc.clauses.len()),
+                    Ok(pact) => println!(
+                        "ok: {} ({} v{}, {} clauses)",
+                        p.display(),
+                        pact.id(),
+                        pact.version(),
+                        pact.doc.clauses.len()
+                    ),
                     Err(e) => {
                         eprintln!("{e}");
                         bad += 1;
@@ -290,8 +304,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .map(|p| driftgate_core::pact::load_pact(p).map_err(anyhow::Error::from))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let engine = config.as_deref().map(|c| driftgate::config::RunConfig::load(Some(c)).map(|c| c.engine)).transpose()?;
-            let ticks = ticks.as_deref().map(driftgate::cli::replay::read_ticks).transpose()?.unwrap_or_default();
+            let engine = config
+                .as_deref()
+                .map(|c| driftgate::config::RunConfig::load(Some(c)).map(|c| c.engine))
+                .transpose()?;
+            let ticks =
+                ticks.as_deref().map(driftgate::cli::replay::read_ticks).transpose()?.unwrap_or_default();
             let opts = driftgate::cli::replay::ReplayOptions {
                 engine,
                 overrides: overrides.as_deref(),
@@ -319,7 +337,11 @@ fn run_pipeline(config: Option<&std::path::Path>) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
     let cfg = driftgate::config::RunConfig::load(config)?;
-    let pacts = cfg.pacts.iter().map(|p| driftgate_core::pact::load_pact(p).map_err(anyhow::Error::from)).collect::<anyhow::Result<Vec<_>>>()?;
+    let pacts = cfg
+        .pacts
+        .iter()
+        .map(|p| driftgate_core::pact::load_pact(p).map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let status = Arc::new(driftgate::kafka::pipeline::Status::default());
     // The runtime serves signals and HTTP; the pipeline loop runs on this thread.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -333,23 +355,34 @@ fn run_pipeline(config: Option<&std::path::Path>) -> anyhow::Result<()> {
     // Bound before connecting, so a taken port fails fast.
     let listener = match cfg.http.listen.trim() {
         "" => None,
-        addr => Some(rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("cannot listen on `{addr}` (http.listen)"))?),
+        addr => Some(
+            rt.block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("cannot listen on `{addr}` (http.listen)"))?,
+        ),
     };
     let creds = cfg.http.credentials();
     let metrics = Arc::new(driftgate::obs::metrics::Metrics::new());
     let control_topic = cfg.kafka.topics.control.clone().map(|topic| {
         let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| std::process::id().to_string());
-        (driftgate::kafka::pipeline::consumer_config(&cfg), format!("{}-control-{instance}", cfg.kafka.group_id), topic)
+        (
+            driftgate::kafka::pipeline::consumer_config(&cfg),
+            format!("{}-control-{instance}", cfg.kafka.group_id),
+            topic,
+        )
     });
     let pipeline = driftgate::kafka::pipeline::Pipeline::start(cfg, pacts, status.clone(), metrics)?;
     let control: Arc<dyn driftgate::api::control::ControlPlane> = pipeline.control();
     if let Some((client, group, topic)) = control_topic {
-        driftgate::kafka::control_topic::spawn(client, group, topic, control.clone(), creds.clone(), status).map_err(anyhow::Error::msg)?;
+        driftgate::kafka::control_topic::spawn(client, group, topic, control.clone(), creds.clone(), status)
+            .map_err(anyhow::Error::msg)?;
     }
     if let Some(listener) = listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics and the HTTP API");
         rt.spawn(async move {
-            if let Err(e) = driftgate::api::http::serve(listener, driftgate::api::http::ApiState::new(control, creds)).await {
+            if let Err(e) =
+                driftgate::api::http::serve(listener, driftgate::api::http::ApiState::new(control, creds))
+                    .await
+            {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });
@@ -395,7 +428,7 @@ fn merge_options(spec: &DetectorSpec, opts: &str) -> anyhow::Result<DetectorSpec
     for (k, v) in e {
         b.insert(k.clone(), v.clone());
     }
-    Ok(serde_json::from_value(base).context("invalid detector options")?)
+    serde_json::from_value(base).context("invalid detector options")
 }
 
 fn print_report(r: &EvalReport) {

@@ -1,8 +1,8 @@
 //! Restore equivalence, robustness to bad input, and error typing for every detector.
 
 use driftgate_detectors::{
-    AnyDetector, AutoConfig, Calibration, Detector, DetectorError, DetectorSpec, MetricKind,
-    Observation, QuantileBound, QuantileBoundConfig, RateBound, RateBoundConfig, ZeroTolerance,
+    AnyDetector, AutoConfig, Calibration, Detector, DetectorError, DetectorSpec, MetricKind, Observation,
+    QuantileBound, QuantileBoundConfig, RateBound, RateBoundConfig, ZeroTolerance,
 };
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -46,11 +46,16 @@ fn all_detectors(kind: MetricKind) -> Vec<AnyDetector> {
         );
         match spec.build(kind) {
             Ok(d) => {
-                assert!(!unsupported, "{name} built for {} metrics, which it does not support", kind.as_str());
+                assert!(
+                    !unsupported,
+                    "{name} built for {} metrics, which it does not support",
+                    kind.as_str()
+                );
                 out.push(d);
             }
             Err(e) => assert!(
-                unsupported && matches!(e, DetectorError::InvalidParameter { .. } | DetectorError::WrongKind { .. }),
+                unsupported
+                    && matches!(e, DetectorError::InvalidParameter { .. } | DetectorError::WrongKind { .. }),
                 "{name} on {} metrics: {e}",
                 kind.as_str()
             ),
@@ -59,43 +64,23 @@ fn all_detectors(kind: MetricKind) -> Vec<AnyDetector> {
         if let DetectorSpec::Auto(c) = &spec {
             let shift = if kind == MetricKind::Real { 0.5 } else { 0.1 };
             for variant in [
-                AutoConfig {
-                    calibration: Calibration::Bound,
-                    ..c.clone()
-                },
-                AutoConfig {
-                    min_shift: Some(shift),
-                    ..c.clone()
-                },
+                AutoConfig { calibration: Calibration::Bound, ..c.clone() },
+                AutoConfig { min_shift: Some(shift), ..c.clone() },
             ] {
-                out.push(
-                    DetectorSpec::Auto(variant)
-                        .build(kind)
-                        .expect("auto builds for every kind"),
-                );
+                out.push(DetectorSpec::Auto(variant).build(kind).expect("auto builds for every kind"));
             }
         }
     }
     match kind {
         MetricKind::Bernoulli => {
             out.push(AnyDetector::Rate(
-                RateBound::new(RateBoundConfig {
-                    limit: 0.4,
-                    exit: Some(0.3),
-                    alpha: 1e-3,
-                })
-                .unwrap(),
+                RateBound::new(RateBoundConfig { limit: 0.4, exit: Some(0.3), alpha: 1e-3 }).unwrap(),
             ));
             out.push(AnyDetector::Zero(ZeroTolerance::new()));
         }
         MetricKind::Real => out.push(AnyDetector::Quantile(
-            QuantileBound::new(QuantileBoundConfig {
-                quantile: 0.9,
-                limit: 1.5,
-                exit: None,
-                alpha: 1e-3,
-            })
-            .unwrap(),
+            QuantileBound::new(QuantileBoundConfig { quantile: 0.9, limit: 1.5, exit: None, alpha: 1e-3 })
+                .unwrap(),
         )),
         MetricKind::Categorical => {}
     }
@@ -110,16 +95,10 @@ fn stream(kind: MetricKind, n: usize, seed: u64) -> Vec<Obs> {
             let post = i >= n / 2;
             match kind {
                 MetricKind::Bernoulli => Obs::B(g.random::<f64>() < if post { 0.8 } else { 0.5 }),
-                MetricKind::Real => {
-                    Obs::R(g.random::<f64>() * 2.0 - 1.0 + if post { 1.0 } else { 0.0 })
-                }
+                MetricKind::Real => Obs::R(g.random::<f64>() * 2.0 - 1.0 + if post { 1.0 } else { 0.0 }),
                 MetricKind::Categorical => {
                     let u: f64 = g.random();
-                    Obs::C(if post && u < 0.5 {
-                        "a"
-                    } else {
-                        CATS[(u * 4.0) as usize % 4]
-                    })
+                    Obs::C(if post && u < 0.5 { "a" } else { CATS[(u * 4.0) as usize % 4] })
                 }
             }
         })
@@ -156,11 +135,7 @@ fn run(det: &mut AnyDetector, data: &[Obs]) -> Vec<(usize, String)> {
 
 #[test]
 fn restore_mid_stream_gives_identical_alarms() {
-    for kind in [
-        MetricKind::Bernoulli,
-        MetricKind::Real,
-        MetricKind::Categorical,
-    ] {
+    for kind in [MetricKind::Bernoulli, MetricKind::Real, MetricKind::Categorical] {
         let data = stream(kind, 3000, 5);
         for proto in all_detectors(kind) {
             let name = proto.name();
@@ -171,28 +146,12 @@ fn restore_mid_stream_gives_identical_alarms() {
                 let mut got = run(&mut first, &data[..cut]);
                 let json = serde_json::to_string(&first).unwrap();
                 let mut restored: AnyDetector = serde_json::from_str(&json).unwrap();
-                assert_eq!(
-                    restored, first,
-                    "{name}: state differs after a serde round trip"
-                );
-                got.extend(
-                    run(&mut restored, &data[cut..])
-                        .into_iter()
-                        .map(|(i, a)| (i + cut, a)),
-                );
-                assert_eq!(
-                    got,
-                    expected,
-                    "{name} ({}) restored at {cut}",
-                    kind.as_str()
-                );
+                assert_eq!(restored, first, "{name}: state differs after a serde round trip");
+                got.extend(run(&mut restored, &data[cut..]).into_iter().map(|(i, a)| (i + cut, a)));
+                assert_eq!(got, expected, "{name} ({}) restored at {cut}", kind.as_str());
             }
             // Restore equivalence over an alarm-free run would compare two empty lists.
-            assert!(
-                !expected.is_empty(),
-                "{name} on {} never alarmed on a clear change",
-                kind.as_str()
-            );
+            assert!(!expected.is_empty(), "{name} on {} never alarmed on a clear change", kind.as_str());
         }
     }
 }
@@ -207,18 +166,9 @@ fn non_finite_values_are_typed_errors_and_leave_state_untouched() {
             let before = det.clone();
             for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
                 let e = det.update(Observation::Real(bad)).unwrap_err();
-                assert!(
-                    matches!(e, DetectorError::NotFinite(_)),
-                    "{}: {e:?}",
-                    det.name()
-                );
+                assert!(matches!(e, DetectorError::NotFinite(_)), "{}: {e:?}", det.name());
             }
-            assert_eq!(
-                det,
-                before,
-                "{} changed state on a rejected value",
-                det.name()
-            );
+            assert_eq!(det, before, "{} changed state on a rejected value", det.name());
         }
     }
 }
@@ -226,13 +176,9 @@ fn non_finite_values_are_typed_errors_and_leave_state_untouched() {
 #[test]
 fn unknown_category_after_baseline_is_rejected() {
     let spec = DetectorSpec::from_name("auto", 1e-3).unwrap();
-    let DetectorSpec::Auto(mut c) = spec else {
-        unreachable!()
-    };
+    let DetectorSpec::Auto(mut c) = spec else { unreachable!() };
     c.reference_min = 50;
-    let mut det = DetectorSpec::Auto(c)
-        .build(MetricKind::Categorical)
-        .unwrap();
+    let mut det = DetectorSpec::Auto(c).build(MetricKind::Categorical).unwrap();
     for i in 0..100 {
         det.update(Observation::Category(CATS[i % 4])).unwrap();
     }
@@ -246,7 +192,7 @@ fn unknown_category_after_baseline_is_rejected() {
 /// and leaves the state as it was; an accepted one keeps the statistic a number.
 fn feed(det: &mut AnyDetector, kind: MetricKind, o: Observation<'_>) -> Result<(), TestCaseError> {
     let before = det.clone();
-    match det.update(o.clone()) {
+    match det.update(o) {
         Ok(_) => {
             let v = det.view();
             prop_assert!(!v.statistic.is_nan(), "{}: statistic NaN after {o:?}", det.name());
@@ -261,8 +207,13 @@ fn feed(det: &mut AnyDetector, kind: MetricKind, o: Observation<'_>) -> Result<(
                 DetectorError::WrongKind { .. } => true,
                 DetectorError::InvalidParameter { .. } => false,
             };
-            let real_metric_got_non_finite = kind == MetricKind::Real && matches!(o, Observation::Real(x) if !x.is_finite());
-            prop_assert!(!real_metric_got_non_finite || matches!(e, DetectorError::NotFinite(_)), "{}: {e:?} for {o:?}", det.name());
+            let real_metric_got_non_finite =
+                kind == MetricKind::Real && matches!(o, Observation::Real(x) if !x.is_finite());
+            prop_assert!(
+                !real_metric_got_non_finite || matches!(e, DetectorError::NotFinite(_)),
+                "{}: {e:?} for {o:?}",
+                det.name()
+            );
             prop_assert!(expected, "{} on {}: unexpected error {e:?} for {o:?}", det.name(), kind.as_str());
             prop_assert_eq!(&*det, &before, "{} changed state on a rejected {:?}", det.name(), o);
         }

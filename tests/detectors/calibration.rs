@@ -23,12 +23,7 @@ use rand_pcg::Pcg64;
 const ALPHA: f64 = 1e-3;
 
 fn cfg() -> AutoConfig {
-    AutoConfig {
-        false_alarm_rate: ALPHA,
-        reference_min: 2000,
-        reference_max: 4000,
-        ..AutoConfig::default()
-    }
+    AutoConfig { false_alarm_rate: ALPHA, reference_min: 2000, reference_max: 4000, ..AutoConfig::default() }
 }
 
 /// Runs a detector over `total` events from `draw`, resetting after each alarm, and returns
@@ -40,10 +35,7 @@ fn run_in_control(
     draw: impl FnMut(&mut Pcg64) -> Sample,
 ) -> (u64, u64) {
     run_in_control_with(
-        AutoConfig {
-            false_alarm_rate: ALPHA,
-            ..AutoConfig::default()
-        },
+        AutoConfig { false_alarm_rate: ALPHA, ..AutoConfig::default() },
         kind,
         total,
         seed,
@@ -90,23 +82,14 @@ fn check_rate(name: &str, r: (u64, u64)) {
 
 /// The two-sided band: Poisson 1e-6 quantiles around `[0.5 α N, 1.2 α N]`.
 fn check_rate_at(name: &str, (alarms, monitored): (u64, u64), alpha: f64) {
-    let (lo, hi) = (
-        0.5 * monitored as f64 * alpha,
-        1.2 * monitored as f64 * alpha,
-    );
+    let (lo, hi) = (0.5 * monitored as f64 * alpha, 1.2 * monitored as f64 * alpha);
     let lower = lo - 5.0 * lo.sqrt();
     let upper = hi + 5.0 * hi.sqrt() + 5.0;
     let ratio = alarms as f64 / (monitored as f64 * alpha);
     eprintln!("{name}: {alarms} alarms in {monitored} monitored events = {ratio:.2} α (accepted {lower:.0}..{upper:.0})");
     assert!(lower > 20.0, "{name}: too few events for a two-sided check");
-    assert!(
-        (alarms as f64) <= upper,
-        "{name}: {alarms} alarms > {upper:.1}: the budget is exceeded"
-    );
-    assert!(
-        (alarms as f64) >= lower,
-        "{name}: {alarms} alarms < {lower:.1}: the budget is not spent"
-    );
+    assert!((alarms as f64) <= upper, "{name}: {alarms} alarms > {upper:.1}: the budget is exceeded");
+    assert!((alarms as f64) >= lower, "{name}: {alarms} alarms < {lower:.1}: the budget is not spent");
 }
 
 #[test]
@@ -122,10 +105,7 @@ fn bernoulli_rate_holds_with_estimated_baseline() {
 #[test]
 fn bernoulli_rate_holds_at_a_smaller_alpha() {
     let alpha = 1e-4;
-    let cfg = AutoConfig {
-        false_alarm_rate: alpha,
-        ..AutoConfig::default()
-    };
+    let cfg = AutoConfig { false_alarm_rate: alpha, ..AutoConfig::default() };
     let r = run_in_control_with(cfg, MetricKind::Bernoulli, 8_000_000, 15, |g| {
         Sample::B(g.random::<f64>() < 0.8)
     });
@@ -134,11 +114,8 @@ fn bernoulli_rate_holds_at_a_smaller_alpha() {
 
 #[test]
 fn bound_calibration_keeps_its_guarantee() {
-    let cfg = AutoConfig {
-        false_alarm_rate: ALPHA,
-        calibration: Calibration::Bound,
-        ..AutoConfig::default()
-    };
+    let cfg =
+        AutoConfig { false_alarm_rate: ALPHA, calibration: Calibration::Bound, ..AutoConfig::default() };
     let (alarms, monitored) = run_in_control_with(cfg, MetricKind::Bernoulli, 2_000_000, 16, |g| {
         Sample::B(g.random::<f64>() < 0.9)
     });
@@ -154,10 +131,7 @@ fn bound_calibration_keeps_its_guarantee() {
 #[test]
 fn real_rate_holds_on_gaussian_heavy_tailed_skewed_and_tied_data() {
     let n = Normal::new(5.0, 2.0).unwrap();
-    check_rate(
-        "real normal",
-        run_in_control(MetricKind::Real, 1_500_000, 21, |g| Sample::R(n.sample(g))),
-    );
+    check_rate("real normal", run_in_control(MetricKind::Real, 1_500_000, 21, |g| Sample::R(n.sample(g))));
     let t = StudentT::new(1.5).unwrap();
     check_rate(
         "real student-t(1.5)",
@@ -176,9 +150,7 @@ fn real_rate_holds_on_gaussian_heavy_tailed_skewed_and_tied_data() {
     // Latencies quantised to 10 ms steps.
     check_rate(
         "real quantised lognormal",
-        run_in_control(MetricKind::Real, 1_500_000, 25, |g| {
-            Sample::R((ln.sample(g) / 10.0).round() * 10.0)
-        }),
+        run_in_control(MetricKind::Real, 1_500_000, 25, |g| Sample::R((ln.sample(g) / 10.0).round() * 10.0)),
     );
 }
 
@@ -193,9 +165,7 @@ fn categorical_rate_holds() {
     check_rate("categorical", r);
     // Twelve categories, the rarest at 1%.
     const MANY: [&str; 12] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
-    let p = [
-        0.2, 0.15, 0.12, 0.1, 0.09, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03, 0.01,
-    ];
+    let p = [0.2, 0.15, 0.12, 0.1, 0.09, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03, 0.01];
     let r = run_in_control(MetricKind::Categorical, 1_500_000, 32, |g| {
         let mut u: f64 = g.random();
         for (c, p) in MANY.iter().zip(p) {
@@ -211,24 +181,14 @@ fn categorical_rate_holds() {
 
 #[test]
 fn min_shift_keeps_the_rate_calibrated() {
-    let cfg = AutoConfig {
-        false_alarm_rate: ALPHA,
-        min_shift: Some(0.05),
-        ..AutoConfig::default()
-    };
+    let cfg = AutoConfig { false_alarm_rate: ALPHA, min_shift: Some(0.05), ..AutoConfig::default() };
     let r = run_in_control_with(cfg, MetricKind::Bernoulli, 2_000_000, 41, |g| {
         Sample::B(g.random::<f64>() < 0.5)
     });
     check_rate("bernoulli min_shift 0.05", r);
-    let cfg = AutoConfig {
-        false_alarm_rate: ALPHA,
-        min_shift: Some(0.5),
-        ..AutoConfig::default()
-    };
+    let cfg = AutoConfig { false_alarm_rate: ALPHA, min_shift: Some(0.5), ..AutoConfig::default() };
     let n = Normal::new(3.0, 2.0).unwrap();
-    let r = run_in_control_with(cfg, MetricKind::Real, 1_500_000, 42, |g| {
-        Sample::R(n.sample(g))
-    });
+    let r = run_in_control_with(cfg, MetricKind::Real, 1_500_000, 42, |g| Sample::R(n.sample(g)));
     check_rate("real min_shift 0.5", r);
 }
 
@@ -288,27 +248,15 @@ fn min_shift_at_the_true_change_is_close_to_the_oracle() {
         min_shift: Some(0.1),
         ..AutoConfig::default()
     });
-    let draw =
-        |g: &mut Pcg64, post: bool| Sample::B(g.random::<f64>() < if post { 0.6 } else { 0.5 });
+    let draw = |g: &mut Pcg64, post: bool| Sample::B(g.random::<f64>() < if post { 0.6 } else { 0.5 });
     let d_oracle = mean_delay_of(&oracle, MetricKind::Bernoulli, 150, 20_000, 5000, draw);
     let d_auto = mean_delay_of(&auto, MetricKind::Bernoulli, 150, 20_000, 5000, draw);
-    eprintln!(
-        "min_shift: auto {d_auto:.1} vs oracle {d_oracle:.1} ({:.2}x)",
-        d_auto / d_oracle
-    );
-    assert!(
-        d_auto <= 1.2 * d_oracle,
-        "auto {d_auto} > 1.2 x oracle {d_oracle}"
-    );
+    eprintln!("min_shift: auto {d_auto:.1} vs oracle {d_oracle:.1} ({:.2}x)", d_auto / d_oracle);
+    assert!(d_auto <= 1.2 * d_oracle, "auto {d_auto} > 1.2 x oracle {d_oracle}");
 }
 
 /// Mean delay over `reps` streams with a change after `pre` events, for the test's `auto`.
-fn mean_delay(
-    kind: MetricKind,
-    reps: u64,
-    pre: u64,
-    draw: impl FnMut(&mut Pcg64, bool) -> Sample,
-) -> f64 {
+fn mean_delay(kind: MetricKind, reps: u64, pre: u64, draw: impl FnMut(&mut Pcg64, bool) -> Sample) -> f64 {
     mean_delay_of(&DetectorSpec::Auto(cfg()), kind, reps, pre, 1000, draw)
 }
 
@@ -320,11 +268,7 @@ fn clear_shifts_are_detected_within_theory_bound() {
     let d = mean_delay(MetricKind::Bernoulli, 20, 5000, |g, post| {
         Sample::B(g.random::<f64>() < if post { 0.7 } else { 0.5 })
     });
-    assert!(
-        d < 2.0 * log_a / kl,
-        "bernoulli delay {d} vs bound {}",
-        2.0 * log_a / kl
-    );
+    assert!(d < 2.0 * log_a / kl, "bernoulli delay {d} vs bound {}", 2.0 * log_a / kl);
     // Normal mean shift of 0.75 sd: KL = 0.28.
     let n0 = Normal::new(0.0, 1.0).unwrap();
     let d = mean_delay(MetricKind::Real, 20, 5000, |g, post| {
@@ -338,11 +282,7 @@ fn clear_shifts_are_detected_within_theory_bound() {
     let d = mean_delay(MetricKind::Real, 20, 5000, |g, post| {
         Sample::R(n0.sample(g) * if post { 1.5 } else { 1.0 })
     });
-    assert!(
-        d < 2.0 * log_a / kl,
-        "real scale delay {d} vs {}",
-        2.0 * log_a / kl
-    );
+    assert!(d < 2.0 * log_a / kl, "real scale delay {d} vs {}", 2.0 * log_a / kl);
     // Categorical [.5,.3,.2] -> [.3,.3,.4]: KL = .3 ln .6 + .4 ln 2 = 0.124.
     const C: [&str; 3] = ["a", "b", "c"];
     let kl = 0.3f64 * (0.6f64).ln() + 0.4 * 2f64.ln();
@@ -351,11 +291,7 @@ fn clear_shifts_are_detected_within_theory_bound() {
         let cdf = if post { [0.3, 0.6] } else { [0.5, 0.8] };
         Sample::C(C[cdf.iter().position(|c| u < *c).unwrap_or(2)])
     });
-    assert!(
-        d < 2.0 * log_a / kl,
-        "categorical delay {d} vs {}",
-        2.0 * log_a / kl
-    );
+    assert!(d < 2.0 * log_a / kl, "categorical delay {d} vs {}", 2.0 * log_a / kl);
 }
 
 #[test]
@@ -376,11 +312,7 @@ fn cusum_siegmund_threshold_holds_by_simulation() {
     let total = 2_000_000u64;
     let mut alarms = 0u64;
     for _ in 0..total {
-        if det
-            .update(Observation::Real(n.sample(&mut rng)))
-            .unwrap()
-            .is_some()
-        {
+        if det.update(Observation::Real(n.sample(&mut rng))).unwrap().is_some() {
             alarms += 1;
             det.reset();
         }

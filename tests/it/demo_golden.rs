@@ -22,13 +22,20 @@ fn demo_events_match_golden_file() {
 #[test]
 fn demo_shows_the_incidents_and_leaves_healthy_agents_alone() {
     let run = demo::run();
-    let last = |agent: &str, scope: Scope| run.events.iter().rev().find(|e| e.agent_id == agent && e.scope == scope).map(|e| e.lane_to);
+    let last = |agent: &str, scope: Scope| {
+        run.events.iter().rev().find(|e| e.agent_id == agent && e.scope == scope).map(|e| e.lane_to)
+    };
     assert_eq!(last("fin-07", Scope::All), Some(Lane::Degrade), "citation drift agent degraded");
     assert_eq!(last("sup-04", Scope::All), Some(Lane::Block), "PII agent blocked");
-    assert_eq!(last("res-11", Scope::HighRisk), Some(Lane::Review), "silent agent's high-risk actions in review");
+    assert_eq!(
+        last("res-11", Scope::HighRisk),
+        Some(Lane::Review),
+        "silent agent's high-risk actions in review"
+    );
     assert_eq!(last("res-11", Scope::All), None, "staleness does not touch low-risk actions");
     assert_eq!(last("fin-03", Scope::All), Some(Lane::Normal), "override expired and was re-evaluated");
-    let healthy: Vec<_> = run.events.iter().filter(|e| !INCIDENT_AGENTS.contains(&e.agent_id.as_str())).collect();
+    let healthy: Vec<_> =
+        run.events.iter().filter(|e| !INCIDENT_AGENTS.contains(&e.agent_id.as_str())).collect();
     assert!(healthy.is_empty(), "healthy agents changed lane: {healthy:?}");
     // The drift was caught on the new model's traffic, with auditable evidence.
     let d = run.events.iter().find(|e| e.agent_id == "fin-07" && e.reason.code == "drift_verified").unwrap();
@@ -36,19 +43,33 @@ fn demo_shows_the_incidents_and_leaves_healthy_agents_alone() {
     assert!(d.effective_at > demo::MODEL_UPDATE_AT);
     assert!(det.statistic >= det.threshold);
     assert_eq!(det.false_alarm_rate, Some(1e-6));
-    assert!(det.change_point_at >= demo::MODEL_UPDATE_AT - 3_600_000_000, "change point estimated near the update");
+    assert!(
+        det.change_point_at >= demo::MODEL_UPDATE_AT - 3_600_000_000,
+        "change point estimated near the update"
+    );
     // The PII block is immediate: on the first PII event, which is sup-04's first event at or
     // after PII_AT.
     let first_pii = run.telemetry_times["sup-04"].iter().copied().find(|t| *t >= demo::PII_AT).unwrap();
     let b = run.events.iter().find(|e| e.agent_id == "sup-04" && e.lane_to == Lane::Block).unwrap();
-    assert_eq!(b.effective_at, first_pii, "blocked at {} µs, the PII event was at {first_pii}", b.effective_at);
+    assert_eq!(
+        b.effective_at, first_pii,
+        "blocked at {} µs, the PII event was at {first_pii}",
+        b.effective_at
+    );
     assert_eq!((b.causation.kind.as_str(), b.causation.at), ("telemetry", first_pii));
     // The override holds fin-03 in watch from its issue time and expires at exactly its expiry.
-    let fin03: Vec<_> = run.events.iter().filter(|e| e.agent_id == "fin-03" && e.scope == Scope::All).collect();
+    let fin03: Vec<_> =
+        run.events.iter().filter(|e| e.agent_id == "fin-03" && e.scope == Scope::All).collect();
     let applied = fin03.iter().find(|e| e.reason.code == "override_applied").unwrap();
-    assert_eq!((applied.effective_at, applied.lane_from, applied.lane_to, applied.expires_at), (demo::OVERRIDE_FROM, Lane::Normal, Lane::Watch, Some(demo::OVERRIDE_UNTIL)));
+    assert_eq!(
+        (applied.effective_at, applied.lane_from, applied.lane_to, applied.expires_at),
+        (demo::OVERRIDE_FROM, Lane::Normal, Lane::Watch, Some(demo::OVERRIDE_UNTIL))
+    );
     let expired = fin03.iter().find(|e| e.reason.code == "override_expired").unwrap();
-    assert_eq!((expired.effective_at, expired.lane_from, expired.lane_to), (demo::OVERRIDE_UNTIL, Lane::Watch, Lane::Normal));
+    assert_eq!(
+        (expired.effective_at, expired.lane_from, expired.lane_to),
+        (demo::OVERRIDE_UNTIL, Lane::Watch, Lane::Normal)
+    );
     // The report says so too.
     let report = demo::report(&run);
     assert!(report.contains("False alarms on healthy agents: 0"));
@@ -62,7 +83,9 @@ fn demo_history_is_a_valid_chain_with_a_record_per_decision() {
     assert_eq!(n as usize, run.history.len());
     for e in &run.events {
         assert!(
-            run.history.iter().any(|r| r.detail.get("event_id").and_then(|v| v.as_str()) == Some(&e.event_id)),
+            run.history
+                .iter()
+                .any(|r| r.detail.get("event_id").and_then(|v| v.as_str()) == Some(&e.event_id)),
             "no history record for {}",
             e.event_id
         );

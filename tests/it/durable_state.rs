@@ -75,10 +75,23 @@ fn committed_n(b: &Broker, group: &str, input: &str, partitions: i32) -> i64 {
 /// input topic has neither compaction nor transactions, so any gap is a record the broker
 /// skipped), read from its `/metrics` on `port`.
 fn offset_gaps(port: u16) -> f64 {
-    let http = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(10))).build().new_agent();
-    let text = http.get(&format!("http://127.0.0.1:{port}/metrics")).call().expect("/metrics answers").body_mut().read_to_string().unwrap();
+    let http = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let text = http
+        .get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .expect("/metrics answers")
+        .body_mut()
+        .read_to_string()
+        .unwrap();
     let samples = scrape::samples(&text);
-    assert!(samples.keys().any(|k| k.starts_with("driftgate_input_offset_gaps_total")), "the gap counter is exposed");
+    assert!(
+        samples.keys().any(|k| k.starts_with("driftgate_input_offset_gaps_total")),
+        "the gap counter is exposed"
+    );
     scrape::sum(&samples, "driftgate_input_offset_gaps_total", &[])
 }
 
@@ -97,12 +110,17 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
     // Uninterrupted.
     let group = format!("clean-{}", rand_suffix());
     let engine = Engine::start(&config(dir.path(), &b, &input, &clean, &group));
-    wait_for(120, "the uninterrupted run to finish", || (committed(&b, &group, &input) >= total).then_some(()));
+    wait_for(120, "the uninterrupted run to finish", || {
+        (committed(&b, &group, &input) >= total).then_some(())
+    });
     assert!(engine.stop().success());
     let (want, clean_dups) = dedup(&b, &clean.enforcement);
     assert_eq!(clean_dups, 0, "an uninterrupted run emits no duplicates");
     assert_same_effects(&want, &scenario::offline_effects(PARTITIONS), 0);
-    let incidents = want.values().filter(|t| t.contains("\"drift_verified\"") || t.contains("\"zero_tolerance_breach\"")).count();
+    let incidents = want
+        .values()
+        .filter(|t| t.contains("\"drift_verified\"") || t.contains("\"zero_tolerance_breach\""))
+        .count();
     assert!(incidents >= 6 * 2, "the scenario's incidents were detected (two scopes each): {incidents}");
 
     // The same records on a second input topic, fed in stages: at five fixed-seed points
@@ -113,7 +131,8 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
     let crash = Topics::create(&b, "crash", PARTITIONS);
     let input2 = crash.input.clone();
     let mut rng = Mix(7);
-    let mut points: Vec<usize> = (0..5).map(|_| (total as f64 * (0.05 + 0.85 * rng.unit())) as usize).collect();
+    let mut points: Vec<usize> =
+        (0..5).map(|_| (total as f64 * (0.05 + 0.85 * rng.unit())) as usize).collect();
     points.sort();
     let producer = b.producer();
     let mut produced = 0;
@@ -125,8 +144,17 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
         produced = upto;
         let group = format!("crash-{i}-{}", rand_suffix());
         let port = kafka::free_port();
-        let mut engine = Engine::start(&config_listening(dir.path(), &b, &input2, &crash, &group, &format!("127.0.0.1:{port}")));
-        wait_for(120, &format!("everything up to {produced} committed"), || (committed(&b, &group, &input2) >= produced as i64).then_some(()));
+        let mut engine = Engine::start(&config_listening(
+            dir.path(),
+            &b,
+            &input2,
+            &crash,
+            &group,
+            &format!("127.0.0.1:{port}"),
+        ));
+        wait_for(120, &format!("everything up to {produced} committed"), || {
+            (committed(&b, &group, &input2) >= produced as i64).then_some(())
+        });
         if engine.log_text().contains("state restored") {
             restored += 1;
         }
@@ -143,7 +171,14 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
     produce(&producer, &input2, &records[produced..]);
     let group = format!("crash-final-{}", rand_suffix());
     let port = kafka::free_port();
-    let engine = Engine::start(&config_listening(dir.path(), &b, &input2, &crash, &group, &format!("127.0.0.1:{port}")));
+    let engine = Engine::start(&config_listening(
+        dir.path(),
+        &b,
+        &input2,
+        &crash,
+        &group,
+        &format!("127.0.0.1:{port}"),
+    ));
     wait_for(120, "the last restart to finish", || (committed(&b, &group, &input2) >= total).then_some(()));
     let log = engine.log_text();
     assert!(log.contains("state restored"), "{log}");
@@ -155,7 +190,10 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
     let (got, dups) = dedup(&b, &crash.enforcement);
     assert_same_effects(&got, &want, dups);
     assert_eq!(final_lanes(&got), final_lanes(&want));
-    eprintln!("crash equivalence: {} effects, {dups} duplicates dropped by seq over 5 SIGKILLs at {points:?}", got.len());
+    eprintln!(
+        "crash equivalence: {} effects, {dups} duplicates dropped by seq over 5 SIGKILLs at {points:?}",
+        got.len()
+    );
 }
 
 /// Two instances in one group on a 4-partition input; one is SIGKILLed mid-run and, once
@@ -183,7 +221,9 @@ fn two_instances_share_the_work_and_a_survivor_takes_over_with_restored_state() 
     produce(&b.producer(), &input, &records);
     let group = format!("single-{}", rand_suffix());
     let engine = Engine::start(&config(dir.path(), &b, &input, &single, &group));
-    wait_for(120, "the single instance to finish", || (committed_n(&b, &group, &input, parts) >= total).then_some(()));
+    wait_for(120, "the single instance to finish", || {
+        (committed_n(&b, &group, &input, parts) >= total).then_some(())
+    });
     assert!(engine.stop().success());
     let (want, _) = dedup(&b, &single.enforcement);
     assert!(!want.is_empty());
@@ -194,27 +234,43 @@ fn two_instances_share_the_work_and_a_survivor_takes_over_with_restored_state() 
     let input2 = pair.input.clone();
     let group = format!("pair-{}", rand_suffix());
     let cfg = config(dir.path(), &b, &input2, &pair, &group);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("[kafka.properties]", "[kafka.properties]\n\"partition.assignment.strategy\" = \"roundrobin\"");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[kafka.properties]",
+        "[kafka.properties]\n\"partition.assignment.strategy\" = \"roundrobin\"",
+    );
     std::fs::write(&cfg, text).unwrap();
     let cfg_b = dir.path().join("second.toml");
     std::fs::copy(&cfg, &cfg_b).unwrap();
     produce(&b.producer(), &input2, &records[..half]);
     let first = Engine::start(&cfg);
     let second = Engine::start(&cfg_b);
-    let owned = |e: &Engine| e.log_text().lines().filter(|l| l.contains("partitions assigned")).last().map(|l| l.contains("total=") && !l.contains("total=0")).unwrap_or(false);
+    let owned = |e: &Engine| {
+        e.log_text()
+            .lines()
+            .rfind(|l| l.contains("partitions assigned"))
+            .map(|l| l.contains("total=") && !l.contains("total=0"))
+            .unwrap_or(false)
+    };
     wait_for(120, "both instances to hold partitions", || (owned(&first) && owned(&second)).then_some(()));
-    wait_for(120, "the first half to be committed", || (committed_n(&b, &group, &input2, parts) >= half as i64).then_some(()));
+    wait_for(120, "the first half to be committed", || {
+        (committed_n(&b, &group, &input2, parts) >= half as i64).then_some(())
+    });
     let mut second = second;
     second.child.kill().unwrap();
     second.child.wait().unwrap();
     produce(&b.producer(), &input2, &records[half..]);
-    wait_for(120, "the survivor to finish", || (committed_n(&b, &group, &input2, parts) >= total).then_some(()));
+    wait_for(120, "the survivor to finish", || {
+        (committed_n(&b, &group, &input2, parts) >= total).then_some(())
+    });
     let log = first.log_text();
     assert!(log.contains("state restored"), "the survivor restored the partitions it took over:\n{log}");
     assert!(first.stop().success());
 
     let (got, dups) = dedup(&b, &pair.enforcement);
-    assert_eq!(got, want, "two instances, one leaving, give the single instance's effects ({dups} duplicates dropped)");
+    assert_eq!(
+        got, want,
+        "two instances, one leaving, give the single instance's effects ({dups} duplicates dropped)"
+    );
     assert_eq!(final_lanes(&got), final_lanes(&want));
 }
 
@@ -249,16 +305,29 @@ fn a_network_cut_is_reported_and_survived() {
     let group = format!("cut-{}", rand_suffix());
     let port = kafka::free_port();
     let cfg = config(dir.path(), &b, &input2, &cut, &group);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
-    let text = text.replace("\"fetch.wait.max.ms\" = \"20\"", "\"fetch.wait.max.ms\" = \"20\"\n\"statistics.interval.ms\" = \"500\"");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let text = text.replace(
+        "\"fetch.wait.max.ms\" = \"20\"",
+        "\"fetch.wait.max.ms\" = \"20\"\n\"statistics.interval.ms\" = \"500\"",
+    );
     std::fs::write(&cfg, text).unwrap();
     let half = records.len() / 2;
     produce(&b.producer(), &input2, &records[..half]);
     let engine = Engine::start(&cfg);
-    let http = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(5))).build().new_agent();
-    let ready = || http.get(&format!("http://127.0.0.1:{port}/readyz")).call().map(|r| r.status().as_u16()).unwrap_or(0);
+    let http = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .new_agent();
+    let ready = || {
+        http.get(&format!("http://127.0.0.1:{port}/readyz")).call().map(|r| r.status().as_u16()).unwrap_or(0)
+    };
     wait_for(120, "ready", || (ready() == 200).then_some(()));
-    wait_for(120, "the first half committed", || (committed(&b, &group, &input2) >= half as i64).then_some(()));
+    wait_for(120, "the first half committed", || {
+        (committed(&b, &group, &input2) >= half as i64).then_some(())
+    });
 
     proxy.cut();
     wait_for(60, "/readyz to report the outage", || (ready() == 503).then_some(()));

@@ -49,17 +49,37 @@ fn scoring_matches_hand_computation_on_gzip_input() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.jsonl.gz");
-    let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
+    let mut gz =
+        flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
     gz.write_all(lines.as_bytes()).unwrap();
     gz.finish().unwrap();
     let out = eval(&[
-        "--metric", "bernoulli", "--input", path.to_str().unwrap(), "--detector", "cusum", "--json",
-        "--options", r#"{"p0":0.1,"p1":0.9,"threshold":2.0}"#,
+        "--metric",
+        "bernoulli",
+        "--input",
+        path.to_str().unwrap(),
+        "--detector",
+        "cusum",
+        "--json",
+        "--options",
+        r#"{"p0":0.1,"p1":0.9,"threshold":2.0}"#,
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(|s| s.as_str()).collect();
-    let mut want = vec!["metric", "detector", "false_alarm_rate", "reps_change", "reps_nochange", "mean_delay", "median_delay", "p90_delay", "missed", "false_alarms_per_100k", "updates_per_sec"];
+    let mut want = vec![
+        "metric",
+        "detector",
+        "false_alarm_rate",
+        "reps_change",
+        "reps_nochange",
+        "mean_delay",
+        "median_delay",
+        "p90_delay",
+        "missed",
+        "false_alarms_per_100k",
+        "updates_per_sec",
+    ];
     want.sort();
     let mut got = keys.clone();
     got.sort();

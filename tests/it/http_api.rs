@@ -6,8 +6,8 @@ use crate::support::scrape;
 
 use driftgate_core::engine::Input;
 use driftgate_core::model::lane::Lane;
-use driftgate_core::pact::predicate::Val;
 use driftgate_core::model::telemetry::{Risk, Telemetry};
+use driftgate_core::pact::predicate::Val;
 use driftgate_detectors::{Detector, Observation};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -33,7 +33,11 @@ fn free_port() -> u16 {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60))).build().new_agent()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .new_agent()
 }
 
 fn get(url: &str) -> (u16, String) {
@@ -101,13 +105,23 @@ fn metrics_of_the_demo_match_its_events() {
 
     // Expectations from the demo's input, not from the engine's counters that feed /metrics.
     let inputs: Vec<Input> = driftgate::cli::demo::Fleet::new(7, 1, true).collect();
-    let telemetry: Vec<&Telemetry> = inputs.iter().filter_map(|i| if let Input::Telemetry(t) = i { Some(t) } else { None }).collect();
+    let telemetry: Vec<&Telemetry> =
+        inputs.iter().filter_map(|i| if let Input::Telemetry(t) = i { Some(t) } else { None }).collect();
     let pacts = driftgate::cli::demo::example_pacts();
     // The zero-tolerance clause alarms on every PII event, and blocked on the first one.
     let pii_events = telemetry.iter().filter(|t| t.pii_detected == Some(true)).count();
     assert_eq!(pii_events, 1);
-    assert_eq!(scrape::sum(&s, "driftgate_detector_alarms_total", &[r#"pact="no-pii""#, r#"clause="no-pii""#]), pii_events as f64);
-    let pii_blocks = run.events.iter().filter(|e| e.clause_id.as_deref() == Some("no-pii") && e.lane_to == Lane::Block && e.scope.as_str() == "all").count();
+    assert_eq!(
+        scrape::sum(&s, "driftgate_detector_alarms_total", &[r#"pact="no-pii""#, r#"clause="no-pii""#]),
+        pii_events as f64
+    );
+    let pii_blocks = run
+        .events
+        .iter()
+        .filter(|e| {
+            e.clause_id.as_deref() == Some("no-pii") && e.lane_to == Lane::Block && e.scope.as_str() == "all"
+        })
+        .count();
     assert_eq!(pii_blocks, pii_events);
     // Alarms per clause, recomputed with a standalone detector per agent over the input (a
     // drift detector restarts after each alarm, and keeps alarming while the drift lasts).
@@ -125,7 +139,8 @@ fn metrics_of_the_demo_match_its_events() {
                     Val::Str(s) => Observation::Category(s),
                     _ => continue,
                 };
-                let det = per_agent.entry(&t.agent_id).or_insert_with(|| driftgate_core::pact::Pact::detector(c));
+                let det =
+                    per_agent.entry(&t.agent_id).or_insert_with(|| driftgate_core::pact::Pact::detector(c));
                 if let Ok(Some(_)) = det.update(obs) {
                     det.restart();
                     *detections.entry(format!("{}/{}", p.id(), c.id)).or_default() += 1.0;
@@ -136,23 +151,42 @@ fn metrics_of_the_demo_match_its_events() {
     let mut alarms: BTreeMap<String, f64> = BTreeMap::new();
     for (key, v) in &s {
         if key.starts_with("driftgate_detector_alarms_total{") && *v > 0.0 {
-            alarms.insert(format!("{}/{}", scrape::label(key, "pact").unwrap(), scrape::label(key, "clause").unwrap()), *v);
+            alarms.insert(
+                format!("{}/{}", scrape::label(key, "pact").unwrap(), scrape::label(key, "clause").unwrap()),
+                *v,
+            );
         }
     }
     assert_eq!(alarms, detections);
 
     // Every enforcement event is counted under its lane and reason.
     assert_eq!(scrape::sum(&s, "driftgate_enforcement_events_total", &[]), run.events.len() as f64);
-    let degrade_drift = run.events.iter().filter(|e| e.lane_to == Lane::Degrade && e.reason.code == "drift_verified").count();
-    assert_eq!(scrape::sum(&s, "driftgate_enforcement_events_total", &[r#"lane="degrade""#, r#"reason="drift_verified""#]), degrade_drift as f64);
+    let degrade_drift =
+        run.events.iter().filter(|e| e.lane_to == Lane::Degrade && e.reason.code == "drift_verified").count();
+    assert_eq!(
+        scrape::sum(
+            &s,
+            "driftgate_enforcement_events_total",
+            &[r#"lane="degrade""#, r#"reason="drift_verified""#]
+        ),
+        degrade_drift as f64
+    );
     let with_detection = run.events.iter().filter(|e| e.detection.is_some()).count();
-    assert_eq!(scrape::sum(&s, "driftgate_drift_to_enforcement_seconds_count", &[r#"clock="event""#]), with_detection as f64);
+    assert_eq!(
+        scrape::sum(&s, "driftgate_drift_to_enforcement_seconds_count", &[r#"clock="event""#]),
+        with_detection as f64
+    );
 
     // Evidence freshness: a high-risk decision is a high-risk event of an agent a pact with a
     // high-risk clause covers; res-11's evidence went stale only once it sent nothing more.
     let high_risk = telemetry
         .iter()
-        .filter(|t| t.risk == Risk::High && pacts.iter().any(|p| p.covers(&t.agent_id, &t.workflow) && p.doc.clauses.iter().any(|c| c.high_risk)))
+        .filter(|t| {
+            t.risk == Risk::High
+                && pacts
+                    .iter()
+                    .any(|p| p.covers(&t.agent_id, &t.workflow) && p.doc.clauses.iter().any(|c| c.high_risk))
+        })
         .count();
     assert!(high_risk > 1000, "{high_risk}");
     assert_eq!(scrape::sum(&s, "driftgate_high_risk_decisions_total", &[]), high_risk as f64);
@@ -168,7 +202,10 @@ fn metrics_of_the_demo_match_its_events() {
     // The dashboard and the alert rules only use metrics that exist (lag needs Kafka: it is
     // checked on the pipeline's scrape in kafka_pipeline.rs).
     let have = scrape::families(&text);
-    let missing: Vec<String> = scrape::referenced_by_deploy_kit(&scrape::root()).into_iter().filter(|m| !have.contains(m) && m != "driftgate_consumer_lag_records").collect();
+    let missing: Vec<String> = scrape::referenced_by_deploy_kit(&scrape::root())
+        .into_iter()
+        .filter(|m| !have.contains(m) && m != "driftgate_consumer_lag_records")
+        .collect();
     assert!(missing.is_empty(), "referenced but not exposed: {missing:?}");
 
     // GET /v1/agents/{id} for the blocked agent: lanes, clauses with evidence, no overrides.
@@ -176,7 +213,8 @@ fn metrics_of_the_demo_match_its_events() {
     assert_eq!(status, 200);
     let a: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(a["lane"], "block");
-    let pii = a["clauses"].as_array().unwrap().iter().find(|c| c["clause_id"] == "no-pii").expect("no-pii clause");
+    let pii =
+        a["clauses"].as_array().unwrap().iter().find(|c| c["clause_id"] == "no-pii").expect("no-pii clause");
     assert_eq!(pii["demand"], "block");
     assert!(pii["last_evidence_at"].as_i64().unwrap() > 0);
     let (status, body) = get(&format!("{}/v1/agents/sup-04/history?limit=5", server.base));
@@ -224,11 +262,23 @@ fn overrides_need_authentication_and_every_refusal_is_recorded() {
     assert_eq!((st, e["error"].as_str()), (403, Some("forged")));
     let old = now - 3600;
     let stale_sig = driftgate::api::auth::sign(SECRET, old, body.as_bytes());
-    let (st, e) = post(&url, &[("x-driftgate-timestamp", &old.to_string()), ("x-driftgate-signature", &stale_sig)], &body);
+    let (st, e) = post(
+        &url,
+        &[("x-driftgate-timestamp", &old.to_string()), ("x-driftgate-signature", &stale_sig)],
+        &body,
+    );
     assert_eq!((st, e["error"].as_str()), (401, Some("expired_signature")));
-    let (st, e) = post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], &override_body("ovr-b", "fin-01", seq, None));
+    let (st, e) = post(
+        &url,
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        &override_body("ovr-b", "fin-01", seq, None),
+    );
     assert_eq!((st, e["error"].as_str()), (422, Some("missing_expires_at")));
-    let (st, e) = post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], &override_body("ovr-c", "fin-01", seq + 5, Some(60)));
+    let (st, e) = post(
+        &url,
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        &override_body("ovr-c", "fin-01", seq + 5, Some(60)),
+    );
     assert_eq!((st, e["error"].as_str()), (409, Some("seq_conflict")));
     let (st, _) = post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], "{not json");
     assert_eq!(st, 400);
@@ -236,11 +286,22 @@ fn overrides_need_authentication_and_every_refusal_is_recorded() {
 
     // Each refusal is counted and in the history, with its reason.
     let (_, text) = get(&format!("{}/metrics", server.base));
-    assert_eq!(scrape::sum(&scrape::samples(&text), "driftgate_overrides_rejected_total", &[r#"channel="http""#]), 7.0);
+    assert_eq!(
+        scrape::sum(&scrape::samples(&text), "driftgate_overrides_rejected_total", &[r#"channel="http""#]),
+        7.0
+    );
     let (_, hist) = get(&format!("{}/v1/agents/fin-01/history?limit=100", server.base));
     let hist: Vec<serde_json::Value> = serde_json::from_str(&hist).unwrap();
-    let reasons: Vec<&str> = hist.iter().filter(|r| r["kind"] == "override_rejected").filter_map(|r| r["detail"]["reason"].as_str()).collect();
-    assert_eq!(reasons, ["unauthenticated", "forged", "forged", "expired_signature", "missing_expires_at", "seq_conflict"], "{hist:?}");
+    let reasons: Vec<&str> = hist
+        .iter()
+        .filter(|r| r["kind"] == "override_rejected")
+        .filter_map(|r| r["detail"]["reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["unauthenticated", "forged", "forged", "expired_signature", "missing_expires_at", "seq_conflict"],
+        "{hist:?}"
+    );
 
     // Accepted with the token: the lane changes and the history says so.
     let (st, resp) = post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], &body);
@@ -249,7 +310,9 @@ fn overrides_need_authentication_and_every_refusal_is_recorded() {
     assert_eq!(resp["agent"]["overrides"][0]["override_id"], "ovr-a");
     let (_, hist) = get(&format!("{}/v1/agents/fin-01/history?limit=100", server.base));
     let hist: Vec<serde_json::Value> = serde_json::from_str(&hist).unwrap();
-    assert!(hist.iter().any(|r| r["kind"] == "override_accepted" && r["detail"]["override"]["override_id"] == "ovr-a"));
+    assert!(hist
+        .iter()
+        .any(|r| r["kind"] == "override_accepted" && r["detail"]["override"]["override_id"] == "ovr-a"));
     assert!(hist.iter().any(|r| r["kind"] == "decision" && r["detail"]["lane_to"] == "block"));
     // A retry of the same override is answered without applying it twice.
     let (st, resp) = post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], &body);
@@ -296,7 +359,8 @@ fn bad_requests_get_json_errors() {
     }
     let (st, e) = post(&url, &auth, &override_body("ovr-x", "nobody", 0, Some(60)));
     assert_eq!((st, e["error"].as_str()), (404, Some("unknown_agent")));
-    let mut v: serde_json::Value = serde_json::from_str(&override_body("ovr-y", "fin-01", 0, Some(60))).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&override_body("ovr-y", "fin-01", 0, Some(60))).unwrap();
     v["kind"] = "nuke".into();
     let (st, e) = post(&url, &auth, &v.to_string());
     assert_eq!((st, e["error"].as_str()), (422, Some("invalid_override")));
@@ -312,14 +376,21 @@ fn bad_requests_get_json_errors() {
 #[test]
 fn overrides_are_refused_when_no_credential_is_configured() {
     let server = serve_demo_with(&[]);
-    let (st, e) = post(&format!("{}/v1/overrides", server.base), &[("authorization", "Bearer anything")], &override_body("ovr-a", "fin-01", 0, Some(60)));
+    let (st, e) = post(
+        &format!("{}/v1/overrides", server.base),
+        &[("authorization", "Bearer anything")],
+        &override_body("ovr-a", "fin-01", 0, Some(60)),
+    );
     assert_eq!((st, e["error"].as_str()), (403, Some("disabled")));
 }
 
 #[test]
 fn openapi_document_matches_the_routes() {
     let server = serve_demo();
-    let doc: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(scrape::root().join("schemas/openapi.yaml")).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_norway::from_str(
+        &std::fs::read_to_string(scrape::root().join("schemas/openapi.yaml")).unwrap(),
+    )
+    .unwrap();
     let paths = doc["paths"].as_object().unwrap();
     assert_eq!(paths.len(), 7);
     for (path, ops) in paths {
@@ -332,7 +403,10 @@ fn openapi_document_matches_the_routes() {
             };
             // A status the document lists for this operation (an auth refusal counts).
             let documented: Vec<&String> = ops[method]["responses"].as_object().unwrap().keys().collect();
-            assert!(documented.iter().any(|c| c.as_str() == status.to_string()), "{method} {path}: {status}, documented {documented:?}");
+            assert!(
+                documented.iter().any(|c| c.as_str() == status.to_string()),
+                "{method} {path}: {status}, documented {documented:?}"
+            );
         }
     }
 }
@@ -342,13 +416,16 @@ fn deploy_kit_agrees_with_the_code() {
     let root = scrape::root();
     let docs: Vec<serde_json::Value> = {
         let text = std::fs::read_to_string(root.join("deploy/k8s/driftgate.yaml")).unwrap();
-        serde_norway::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+        serde_norway::Deserializer::from_str(&text)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect()
     };
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
     for k in ["ConfigMap", "Secret", "StatefulSet", "Service", "ServiceMonitor", "PodDisruptionBudget"] {
         assert!(kinds.contains(&k), "no {k} in the manifests: {kinds:?}");
     }
-    let default_port: u16 = driftgate::config::HttpConfig::default().listen.rsplit(':').next().unwrap().parse().unwrap();
+    let default_port: u16 =
+        driftgate::config::HttpConfig::default().listen.rsplit(':').next().unwrap().parse().unwrap();
     let dep = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
     assert_eq!(dep["spec"]["serviceName"], "driftgate");
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
@@ -358,7 +435,10 @@ fn deploy_kit_agrees_with_the_code() {
     let image = c["image"].as_str().unwrap();
     let env: Vec<&str> = c["env"].as_array().unwrap().iter().filter_map(|e| e["name"].as_str()).collect();
     assert!(env.contains(&"DRIFTGATE_HTTP__OVERRIDE_TOKEN"));
-    assert!(env.contains(&"DRIFTGATE_KAFKA__PROPERTIES__GROUP_INSTANCE_ID"), "static membership from the pod name");
+    assert!(
+        env.contains(&"DRIFTGATE_KAFKA__PROPERTIES__GROUP_INSTANCE_ID"),
+        "static membership from the pod name"
+    );
     let sm = docs.iter().find(|d| d["kind"] == "ServiceMonitor").unwrap();
     assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
     // The config in the ConfigMap loads.
@@ -371,32 +451,64 @@ fn deploy_kit_agrees_with_the_code() {
     // The pacts in the other ConfigMap parse.
     let pacts = docs.iter().find(|d| d["metadata"]["name"] == "driftgate-pacts").unwrap();
     for (name, text) in pacts["data"].as_object().unwrap() {
-        driftgate_core::pact::parse_pact(text.as_str().unwrap(), name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        driftgate_core::pact::parse_pact(text.as_str().unwrap(), name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 
-    let compose: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(root.join("deploy/docker-compose.yml")).unwrap()).unwrap();
+    let compose: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(root.join("deploy/docker-compose.yml")).unwrap())
+            .unwrap();
     for svc in ["kafka", "driftgate", "prometheus", "grafana"] {
         assert!(compose["services"][svc].is_object(), "compose has no {svc}");
     }
-    assert_eq!(compose["services"]["driftgate"]["image"].as_str(), Some(image), "compose and k8s use one image");
-    assert!(compose["services"]["driftgate"]["ports"][0].as_str().unwrap().ends_with(&format!(":{default_port}")));
-    let prom: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(root.join("deploy/prometheus/prometheus.yml")).unwrap()).unwrap();
-    assert_eq!(prom["scrape_configs"][0]["static_configs"][0]["targets"][0], format!("driftgate:{default_port}"));
+    assert_eq!(
+        compose["services"]["driftgate"]["image"].as_str(),
+        Some(image),
+        "compose and k8s use one image"
+    );
+    assert!(compose["services"]["driftgate"]["ports"][0]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!(":{default_port}")));
+    let prom: serde_json::Value = serde_norway::from_str(
+        &std::fs::read_to_string(root.join("deploy/prometheus/prometheus.yml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        prom["scrape_configs"][0]["static_configs"][0]["targets"][0],
+        format!("driftgate:{default_port}")
+    );
     let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
     assert!(dockerfile.contains(&format!("EXPOSE {default_port}")));
     assert!(dockerfile.contains(&format!("-t {image}")), "the Dockerfile's build line names the image");
     assert!(dockerfile.contains("USER 10001"), "non-root runtime");
-    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana/driftgate-dashboard.json")).unwrap()).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/driftgate-dashboard.json")).unwrap(),
+    )
+    .unwrap();
     assert!(dashboard["panels"].as_array().unwrap().len() >= 10);
 }
 
 #[test]
 fn alert_rules_pass_promtool() {
-    let tools = std::env::var_os("DRIFTGATE_TOOLS").map(std::path::PathBuf::from).unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/driftgate/tools"));
-    let bin = [tools.join("bin/promtool"), std::path::PathBuf::from("promtool")].into_iter().find(|p| Command::new(p).arg("--version").output().is_ok());
+    let tools = std::env::var_os("DRIFTGATE_TOOLS").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/driftgate/tools")
+    });
+    let bin = [tools.join("bin/promtool"), std::path::PathBuf::from("promtool")]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok());
     let bin = bin.unwrap_or_else(|| panic!("promtool is not installed: run ./scripts/install-tools.sh (it extracts it from Debian's prometheus package)"));
-    let out = Command::new(bin).args(["check", "rules"]).arg(scrape::root().join("deploy/prometheus/alerts.yaml")).output().unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin)
+        .args(["check", "rules"])
+        .arg(scrape::root().join("deploy/prometheus/alerts.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS"));
 }
 
@@ -412,14 +524,33 @@ fn control_topic_records_are_checked_like_http_requests() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let ts = now.to_string();
     let forged = driftgate::api::auth::sign("wrong", now, body.as_bytes());
-    driftgate::kafka::control_topic::apply(&control, &creds, &Presented { signature: Some(&forged), timestamp: Some(&ts), ..Default::default() }, body.as_bytes(), &status);
+    driftgate::kafka::control_topic::apply(
+        &control,
+        &creds,
+        &Presented { signature: Some(&forged), timestamp: Some(&ts), ..Default::default() },
+        body.as_bytes(),
+        &status,
+    );
     driftgate::kafka::control_topic::apply(&control, &creds, &Presented::default(), body.as_bytes(), &status);
     assert_eq!(control.agent("res-02").unwrap().lane, Lane::Normal);
     assert_eq!(control.metrics().overrides_rejected.with_label_values(&["control"]).get(), 2);
-    let reasons: Vec<String> = control.history("res-02", 10).iter().filter_map(|r| r.detail["reason"].as_str().map(str::to_string)).collect();
+    let reasons: Vec<String> = control
+        .history("res-02", 10)
+        .iter()
+        .filter_map(|r| r.detail["reason"].as_str().map(str::to_string))
+        .collect();
     assert_eq!(reasons, ["forged", "unauthenticated"]);
     let sig = driftgate::api::auth::sign(SECRET, now, body.as_bytes());
-    driftgate::kafka::control_topic::apply(&control, &creds, &Presented { signature: Some(&sig), timestamp: Some(&ts), ..Default::default() }, body.as_bytes(), &status);
+    driftgate::kafka::control_topic::apply(
+        &control,
+        &creds,
+        &Presented { signature: Some(&sig), timestamp: Some(&ts), ..Default::default() },
+        body.as_bytes(),
+        &status,
+    );
     assert_eq!(control.agent("res-02").unwrap().lane, Lane::Block);
-    assert!(control.history("res-02", 10).iter().any(|r| r.kind == driftgate_core::model::history::RecordKind::OverrideAccepted));
+    assert!(control
+        .history("res-02", 10)
+        .iter()
+        .any(|r| r.kind == driftgate_core::model::history::RecordKind::OverrideAccepted));
 }

@@ -5,8 +5,8 @@ use crate::support::kafka;
 use crate::support::registry;
 use crate::support::scrape;
 
-use driftgate_core::codec::avro_json::write_datum;
 use driftgate::kafka::decode::confluent_frame;
+use driftgate_core::codec::avro_json::write_datum;
 use driftgate_core::model::enforcement::EnforcementEvent;
 use driftgate_core::model::lane::Lane;
 use driftgate_core::model::router_view::AgentSnapshot;
@@ -30,8 +30,14 @@ clauses:
     on_model_change: watch
 "#;
 
-
-fn write_config_with(dir: &Path, b: &Broker, t: &Topics, format: &str, commit_interval: &str, listen: &str) -> std::path::PathBuf {
+fn write_config_with(
+    dir: &Path,
+    b: &Broker,
+    t: &Topics,
+    format: &str,
+    commit_interval: &str,
+    listen: &str,
+) -> std::path::PathBuf {
     std::fs::write(dir.join("pact.yaml"), PACT).unwrap();
     std::fs::write(dir.join("telemetry.avsc"), TELEMETRY_AVSC).unwrap();
     std::fs::write(dir.join("no-agent.avsc"), no_agent_schema().canonical_form()).unwrap();
@@ -142,9 +148,21 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     let cfg = write_config_with(dir.path(), &b, &t, "avro", "200ms", &format!("127.0.0.1:{port}"));
     let control_topic = format!("control-{}", rand_suffix());
     b.create_topics(&[(&control_topic, 1, false)]);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("[kafka.topics]\n", &format!("[kafka.topics]\ncontrol = \"{control_topic}\"\n"));
-    std::fs::write(&cfg, text.replace("override_token = \"kafka-test-token\"", "override_token = \"kafka-test-token\"\noverride_hmac_secret = \"kafka-test-secret\"")).unwrap();
-    let records: Vec<_> = scenario().iter().map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2))).collect();
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[kafka.topics]\n", &format!("[kafka.topics]\ncontrol = \"{control_topic}\"\n"));
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "override_token = \"kafka-test-token\"",
+            "override_token = \"kafka-test-token\"\noverride_hmac_secret = \"kafka-test-secret\"",
+        ),
+    )
+    .unwrap();
+    let records: Vec<_> = scenario()
+        .iter()
+        .map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2)))
+        .collect();
     produce(&b.producer(), &t.input, &records);
 
     let engine = Engine::start(&cfg);
@@ -168,18 +186,27 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     let text = wait_for(30, "lag and all records in /metrics", || {
         let text = get("/metrics").1;
         let s = scrape::samples(&text);
-        (scrape::sum(&s, "driftgate_records_consumed_total", &[]) == records.len() as f64 && text.contains("driftgate_consumer_lag_records{")).then_some(text)
+        (scrape::sum(&s, "driftgate_records_consumed_total", &[]) == records.len() as f64
+            && text.contains("driftgate_consumer_lag_records{"))
+        .then_some(text)
     });
     let s = scrape::samples(&text);
     assert_eq!(scrape::sum(&s, "driftgate_records_decoded_total", &[]), records.len() as f64);
     assert_eq!(scrape::sum(&s, "driftgate_records_dead_lettered_total", &[]), 0.0);
-    assert_eq!(scrape::sum(&s, "driftgate_enforcement_events_total", &[]), enforcement_events(&b, &t.enforcement).len() as f64);
+    assert_eq!(
+        scrape::sum(&s, "driftgate_enforcement_events_total", &[]),
+        enforcement_events(&b, &t.enforcement).len() as f64
+    );
     assert!(scrape::sum(&s, "driftgate_drift_to_enforcement_seconds_count", &[r#"clock="wall""#]) >= 1.0);
     assert_eq!(scrape::sum(&s, "driftgate_agents", &[r#"lane="degrade""#, r#"scope="all""#]), 1.0);
     assert_eq!(scrape::sum(&s, "driftgate_consumer_lag_records", &[]), 0.0, "drained");
     let have = scrape::families(&text);
-    let missing: Vec<String> = scrape::referenced_by_deploy_kit(&scrape::root()).into_iter().filter(|m| !have.contains(m)).collect();
-    assert!(missing.is_empty(), "the dashboard or alert rules use metrics the pipeline does not expose: {missing:?}");
+    let missing: Vec<String> =
+        scrape::referenced_by_deploy_kit(&scrape::root()).into_iter().filter(|m| !have.contains(m)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard or alert rules use metrics the pipeline does not expose: {missing:?}"
+    );
 
     // An override through the pipeline: refused without a token (and audited), accepted
     // with it once the state holding it is in the changelog.
@@ -202,8 +229,11 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     assert_eq!(resp["agent"]["lane"], "block");
     let hist = wait_for(30, "override records in the history topic", || {
         let h = b.read_all(&t.history);
-        let text = |r: &kafka::Rec| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
-        (h.iter().any(|r| text(r).contains("override_accepted")) && h.iter().any(|r| text(r).contains("override_rejected"))).then_some(h)
+        let text =
+            |r: &kafka::Rec| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
+        (h.iter().any(|r| text(r).contains("override_accepted"))
+            && h.iter().any(|r| text(r).contains("override_rejected")))
+        .then_some(h)
     });
     // The same through the control topic, signed: fin-03 is blocked.
     let ctl = serde_json::json!({"override_id": "kill-2", "agent_id": "fin-03", "kind": "emergency_kill", "principal": "ops", "reason": "test",
@@ -214,12 +244,20 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     let h = rdkafka::message::OwnedHeaders::new()
         .insert(rdkafka::message::Header { key: "driftgate.timestamp", value: Some(&now_s.to_string()) })
         .insert(rdkafka::message::Header { key: "driftgate.signature", value: Some(&sig) });
-    p.send(rdkafka::producer::BaseRecord::to(&control_topic).key("fin-03").payload(&ctl).headers(h)).map_err(|(e, _)| e).unwrap();
+    p.send(rdkafka::producer::BaseRecord::to(&control_topic).key("fin-03").payload(&ctl).headers(h))
+        .map_err(|(e, _)| e)
+        .unwrap();
     rdkafka::producer::Producer::flush(&p, std::time::Duration::from_secs(10)).unwrap();
     wait_for(30, "fin-03 blocked by the control topic", || {
-        enforcement_events(&b, &t.enforcement).iter().any(|e| e.agent_id == "fin-03" && e.lane_to == Lane::Block).then_some(())
+        enforcement_events(&b, &t.enforcement)
+            .iter()
+            .any(|e| e.agent_id == "fin-03" && e.lane_to == Lane::Block)
+            .then_some(())
     });
-    let audit = hist.iter().find(|r| r.header("driftgate.chain").is_some_and(|c| c.starts_with("api/"))).expect("the refusal is in the API's audit chain");
+    let audit = hist
+        .iter()
+        .find(|r| r.header("driftgate.chain").is_some_and(|c| c.starts_with("api/")))
+        .expect("the refusal is in the API's audit chain");
     assert!(String::from_utf8_lossy(audit.value.as_deref().unwrap()).contains("unauthenticated"));
 
     // Both overrides expire in the running pipeline once event time passes their expiry
@@ -234,18 +272,29 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
         .collect();
     produce(&b.producer(), &t.input, &later);
     let expired = wait_for(60, "both overrides expired", || {
-        let ev: Vec<EnforcementEvent> = enforcement_events(&b, &t.enforcement).into_iter().filter(|e| e.reason.code == "override_expired").collect();
+        let ev: Vec<EnforcementEvent> = enforcement_events(&b, &t.enforcement)
+            .into_iter()
+            .filter(|e| e.reason.code == "override_expired")
+            .collect();
         (ev.len() == 4).then_some(ev)
     });
     for e in &expired {
-        assert_eq!((e.lane_from, e.lane_to, e.effective_at), (Lane::Block, Lane::Normal, expires_at), "{}", serde_json::to_string(e).unwrap());
+        assert_eq!(
+            (e.lane_from, e.lane_to, e.effective_at),
+            (Lane::Block, Lane::Normal, expires_at),
+            "{}",
+            serde_json::to_string(e).unwrap()
+        );
     }
     let records: Vec<_> = records.iter().chain(&later).cloned().collect();
 
     // Wait for the processed records to be committed (the last ones wait behind the
     // watermark, so up to 4 per partition stay uncommitted), then stop cleanly.
-    let committed_total = |b: &Broker| b.committed(&t.group, &t.input, 2).iter().map(|c| c.unwrap_or(0)).sum::<i64>();
-    wait_for(30, "the processed records committed", || (committed_total(&b) >= records.len() as i64 - 8).then_some(()));
+    let committed_total =
+        |b: &Broker| b.committed(&t.group, &t.input, 2).iter().map(|c| c.unwrap_or(0)).sum::<i64>();
+    wait_for(30, "the processed records committed", || {
+        (committed_total(&b) >= records.len() as i64 - 8).then_some(())
+    });
     let log = engine.log_text();
     assert!(engine.stop().success(), "engine exited with an error:\n{log}");
 
@@ -253,8 +302,10 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     // exactly what the offline engine derives from the same records: healthy agents
     // untouched, fin-02 watched on the model update, then degraded.
     let all_events = enforcement_events(&b, &t.enforcement);
-    let by_override = |e: &EnforcementEvent| e.reason.code == "override_applied" || e.reason.code == "override_expired";
-    let by_telemetry: Vec<EnforcementEvent> = all_events.iter().filter(|e| !by_override(e)).cloned().collect();
+    let by_override =
+        |e: &EnforcementEvent| e.reason.code == "override_applied" || e.reason.code == "override_expired";
+    let by_telemetry: Vec<EnforcementEvent> =
+        all_events.iter().filter(|e| !by_override(e)).cloned().collect();
     let mut want = reference_events(&records, 2);
     let key = |e: &EnforcementEvent| (e.agent_id.clone(), e.seq);
     want.sort_by_key(key);
@@ -264,7 +315,11 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     assert_eq!(got, want, "the pipeline's events differ from the offline ground truth");
     assert_eq!(events, by_telemetry[..events.len()], "the first read saw a prefix of the final topic");
     assert!(got.iter().all(|e| e.agent_id == "fin-02"), "healthy agents got events: {got:?}");
-    let overrides: Vec<(&str, &str, Lane)> = all_events.iter().filter(|e| by_override(e)).map(|e| (e.agent_id.as_str(), e.reason.code.as_str(), e.lane_to)).collect();
+    let overrides: Vec<(&str, &str, Lane)> = all_events
+        .iter()
+        .filter(|e| by_override(e))
+        .map(|e| (e.agent_id.as_str(), e.reason.code.as_str(), e.lane_to))
+        .collect();
     assert_eq!(
         overrides,
         [
@@ -283,14 +338,20 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     assert_eq!(degrade.reason.code, "drift_verified");
     let det = degrade.detection.as_ref().unwrap();
     assert!(det.statistic >= det.threshold);
-    assert!(det.first_post_change_at >= T0 + 10_000 * 1_000_000 - 60_000_000, "change placed near the model update");
+    assert!(
+        det.first_post_change_at >= T0 + 10_000 * 1_000_000 - 60_000_000,
+        "change placed near the model update"
+    );
     assert!(events.iter().any(|e| e.reason.code == "model_changed" && e.lane_to == Lane::Watch));
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert!(seqs.windows(2).all(|w| w[1] > w[0]), "seq increases: {seqs:?}");
 
     // The snapshot topic holds the latest state per agent.
     let snaps = b.read_all(&t.snapshot);
-    let last: AgentSnapshot = serde_json::from_slice(snaps.iter().rev().find(|r| r.key.as_deref() == Some("fin-02")).unwrap().value.as_deref().unwrap()).unwrap();
+    let last: AgentSnapshot = serde_json::from_slice(
+        snaps.iter().rev().find(|r| r.key.as_deref() == Some("fin-02")).unwrap().value.as_deref().unwrap(),
+    )
+    .unwrap();
     assert_eq!(last.lane, Lane::Degrade);
     assert_eq!(last.seq, *seqs.last().unwrap());
     assert!(last.clauses.iter().any(|c| c.clause_id == "verified-citations" && c.demand == Lane::Degrade));
@@ -310,11 +371,19 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     }
     assert!(chains.keys().any(|c| c.starts_with("api/")));
     for (chain, text) in &chains {
-        let (n, _) = driftgate_core::model::history::verify(text.as_bytes()).unwrap_or_else(|e| panic!("history chain {chain}: {e}"));
+        let (n, _) = driftgate_core::model::history::verify(text.as_bytes())
+            .unwrap_or_else(|e| panic!("history chain {chain}: {e}"));
         assert!(n > 0);
     }
-    let decisions = hist.iter().filter(|r| String::from_utf8_lossy(r.value.as_deref().unwrap()).contains("\"kind\":\"decision\"")).count();
-    assert_eq!(decisions, enforcement_events(&b, &t.enforcement).len(), "a history record per enforcement event");
+    let decisions = hist
+        .iter()
+        .filter(|r| String::from_utf8_lossy(r.value.as_deref().unwrap()).contains("\"kind\":\"decision\""))
+        .count();
+    assert_eq!(
+        decisions,
+        enforcement_events(&b, &t.enforcement).len(),
+        "a history record per enforcement event"
+    );
 
     // Offsets were committed, and never past what was processed: the stop flushed the
     // event-time buffer into the snapshot, so everything is committed.
@@ -322,7 +391,6 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     let total: i64 = committed.iter().map(|c| c.expect("committed offset")).sum();
     assert_eq!(total, records.len() as i64, "committed {committed:?} of {}", records.len());
 }
-
 
 #[test]
 fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
@@ -340,7 +408,10 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     let port = kafka::free_port();
     let cfg = write_config_with(dir.path(), &b, &t, "avro", "200ms", &format!("127.0.0.1:{port}"));
     let text = std::fs::read_to_string(&cfg).unwrap();
-    let text = text.replace("[schema_registry.static_schemas]\n1 = \"telemetry.avsc\"\n2 = \"no-agent.avsc\"", &format!("[schema_registry]\nurl = \"{}\"", reg.url));
+    let text = text.replace(
+        "[schema_registry.static_schemas]\n1 = \"telemetry.avsc\"\n2 = \"no-agent.avsc\"",
+        &format!("[schema_registry]\nurl = \"{}\"", reg.url),
+    );
     std::fs::write(&cfg, text).unwrap();
     let good = |i: u64| event("fin-01", i, T0 + i as i64 * 1_000_000, "v1", true);
     let mut nan = good(101);
@@ -361,13 +432,25 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
             }
         }
     }
-    let mismatched = confluent_frame(4, &write_datum(&apache_avro::Schema::parse_str(&registry::mismatched_schema()).unwrap(), mismatched).unwrap());
+    let mismatched = confluent_frame(
+        4,
+        &write_datum(&apache_avro::Schema::parse_str(&registry::mismatched_schema()).unwrap(), mismatched)
+            .unwrap(),
+    );
     // 10 minutes behind the watermark: beyond the allowed lateness (60 s).
     let mut late = good(105);
     late.occurred_at = T0 - 600 * 1_000_000;
     let bad: Vec<(&str, Vec<u8>, i64)> = vec![
         ("not_confluent_avro", b"\x13garbage bytes, not avro".to_vec(), T0),
-        ("unknown_schema_id", confluent_frame(77, &write_datum(&apache_avro::Schema::parse_str(TELEMETRY_AVSC).unwrap(), good(100).to_avro()).unwrap()), T0),
+        (
+            "unknown_schema_id",
+            confluent_frame(
+                77,
+                &write_datum(&apache_avro::Schema::parse_str(TELEMETRY_AVSC).unwrap(), good(100).to_avro())
+                    .unwrap(),
+            ),
+            T0,
+        ),
         ("missing_field", missing, T0),
         ("invalid_field", avro(&nan), T0),
         ("future_timestamp", avro(&future), T0),
@@ -391,7 +474,11 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     // dead-lettered, until the registry answers.
     wait_for(60, "the engine retrying the registry", || (reg.requests() >= 3).then_some(()));
     assert!(b.read_all(&t.dlq).is_empty(), "nothing dead-lettered while the registry is down");
-    assert_eq!(b.committed(&t.group, &t.input, 1)[0].unwrap_or(0), 0, "nothing committed while the registry is down");
+    assert_eq!(
+        b.committed(&t.group, &t.input, 1)[0].unwrap_or(0),
+        0,
+        "nothing committed while the registry is down"
+    );
     // Not ready while nothing can be decoded, and saying why.
     let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
     let readyz = || -> (u16, serde_json::Value) {
@@ -399,7 +486,11 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
         (r.status().as_u16(), serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap())
     };
     let (status, body) = readyz();
-    assert_eq!((status, &body["checks"]["decoder_available"], &body["checks"]["assigned"]), (503, &serde_json::json!(false), &serde_json::json!(true)), "{body}");
+    assert_eq!(
+        (status, &body["checks"]["decoder_available"], &body["checks"]["assigned"]),
+        (503, &serde_json::json!(false), &serde_json::json!(true)),
+        "{body}"
+    );
     reg.set_down(false);
     wait_for(60, "/readyz once the registry answers", || (readyz().0 == 200).then_some(()));
     let committed = wait_for(90, "a commit past the bad records", || {
@@ -412,7 +503,12 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     // is acknowledged), so this is the whole topic.
     let dead = b.read_all(&t.dlq);
 
-    assert_eq!(dead.len(), bad.len(), "exactly the bad records: {:?}", dead.iter().map(|d| d.header("driftgate.reason")).collect::<Vec<_>>());
+    assert_eq!(
+        dead.len(),
+        bad.len(),
+        "exactly the bad records: {:?}",
+        dead.iter().map(|d| d.header("driftgate.reason")).collect::<Vec<_>>()
+    );
     for ((reason, bytes, _), d) in bad.iter().zip(&dead) {
         assert_eq!(d.header("driftgate.reason"), Some(*reason), "{:?}", d.headers);
         assert_eq!(d.value.as_deref(), Some(bytes.as_slice()), "original bytes kept for {reason}");
@@ -424,7 +520,11 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
         assert!(d.header("driftgate.dead_lettered_at").is_some());
     }
     // The good records around them were processed: the commit moved past every bad one.
-    assert_eq!(committed, records.len() as i64, "the event-time buffer is part of the snapshot, so every record is committed");
+    assert_eq!(
+        committed,
+        records.len() as i64,
+        "the event-time buffer is part of the snapshot, so every record is committed"
+    );
     // The late record is in the history too, with its reason.
     let late_in_history: Vec<serde_json::Value> = b
         .read_all(&t.history)
@@ -444,7 +544,11 @@ fn bad_broker_and_missing_topic_fail_fast_with_a_clear_error() {
     let run = |cfg: &str| {
         let p = dir.path().join("c.toml");
         std::fs::write(&p, cfg).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_driftgate")).args(["run", "--config"]).arg(&p).output().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_driftgate"))
+            .args(["run", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
         (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let start = std::time::Instant::now();
@@ -460,14 +564,16 @@ fn bad_broker_and_missing_topic_fail_fast_with_a_clear_error() {
     assert!(err.contains("topic(s) missing") && err.contains("no-such-topic"), "{err}");
 }
 
-
 /// The events an uninterrupted run derives: one engine per input partition, in offset order.
 fn reference_events(records: &[(String, Vec<u8>, i64, i32)], partitions: i32) -> Vec<EnforcementEvent> {
     let pact = driftgate_core::pact::parse_pact(PACT, "pact.yaml").unwrap();
     let schema = apache_avro::Schema::parse_str(TELEMETRY_AVSC).unwrap();
     let mut out = Vec::new();
     for p in 0..partitions {
-        let mut e = driftgate_core::engine::Engine::new(driftgate_core::engine::EngineConfig::default(), vec![pact.clone()]);
+        let mut e = driftgate_core::engine::Engine::new(
+            driftgate_core::engine::EngineConfig::default(),
+            vec![pact.clone()],
+        );
         for (_, bytes, _, _) in records.iter().filter(|r| r.3 == p) {
             let v = driftgate_core::codec::avro_json::read_datum(&schema, None, &bytes[5..]).unwrap();
             e.push(driftgate_core::engine::Input::Telemetry(Telemetry::from_avro(v).unwrap()));
@@ -486,15 +592,21 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
     let t = Topics::create(&b, "pipeline", 2);
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config_with(dir.path(), &b, &t, "avro", "2s", "");
-    let records: Vec<_> = scenario().iter().map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2))).collect();
+    let records: Vec<_> = scenario()
+        .iter()
+        .map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2)))
+        .collect();
     // Phase 1 ends before the model update; phase 2 holds the drift.
     let split = 900 * 4;
     let producer = b.producer();
     produce(&producer, &t.input, &records[..split]);
 
-    let committed_sum = |b: &Broker, group: &str| b.committed(group, &t.input, 2).iter().map(|c| c.unwrap_or(0)).sum::<i64>();
+    let committed_sum =
+        |b: &Broker, group: &str| b.committed(group, &t.input, 2).iter().map(|c| c.unwrap_or(0)).sum::<i64>();
     let engine = Engine::start(&cfg);
-    wait_for(60, "phase 1 processed and committed", || (committed_sum(&b, &t.group) >= split as i64 - 8).then_some(()));
+    wait_for(60, "phase 1 processed and committed", || {
+        (committed_sum(&b, &t.group) >= split as i64 - 8).then_some(())
+    });
     let log = engine.log_text();
     assert!(engine.stop().success(), "phase 1 engine exited with an error:\n{log}");
     assert!(enforcement_events(&b, &t.enforcement).is_empty(), "no event before the model update");
@@ -502,10 +614,13 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
     // produced and before any of its state was made durable. A fresh group: the changelog,
     // not the group's offsets, is where the engine resumes from.
     let phase2 = format!("{}-phase2", t.group);
-    let cfg2 = write_config_with(dir.path(), &b, &Topics { group: phase2.clone(), ..t.clone() }, "avro", "1h", "");
+    let cfg2 =
+        write_config_with(dir.path(), &b, &Topics { group: phase2.clone(), ..t.clone() }, "avro", "1h", "");
     let mut engine = Engine::start(&cfg2);
     produce(&producer, &t.input, &records[split..]);
-    wait_for(120, "the degrade event", || enforcement_events(&b, &t.enforcement).iter().any(|e| e.lane_to == Lane::Degrade).then_some(()));
+    wait_for(120, "the degrade event", || {
+        enforcement_events(&b, &t.enforcement).iter().any(|e| e.lane_to == Lane::Degrade).then_some(())
+    });
     // SIGKILL: no flush, no snapshot, no commit.
     engine.child.kill().unwrap();
     engine.child.wait().unwrap();
@@ -523,7 +638,9 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
     let t = t2;
     let cfg = write_config_with(dir.path(), &b, &t, "avro", "2s", "");
     let engine = Engine::start(&cfg);
-    wait_for(120, "the restarted engine to commit what it processed", || (committed_sum(&b, &t.group) >= records.len() as i64 - 8).then_some(()));
+    wait_for(120, "the restarted engine to commit what it processed", || {
+        (committed_sum(&b, &t.group) >= records.len() as i64 - 8).then_some(())
+    });
     let log = engine.log_text();
     assert!(log.contains("state restored"), "restart restored state from the changelog:\n{log}");
     assert!(engine.stop().success(), "engine exited with an error:\n{log}");
@@ -550,7 +667,10 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
     let key = |e: &EnforcementEvent| (e.agent_id.clone(), e.seq);
     want.sort_by_key(key);
     applied.sort_by_key(key);
-    assert_eq!(applied, want, "no enforcement event lost or changed ({duplicates} duplicates dropped by seq)");
+    assert_eq!(
+        applied, want,
+        "no enforcement event lost or changed ({duplicates} duplicates dropped by seq)"
+    );
     // Everything phase 2 produced was derived again after the restart, identically.
     assert_eq!(duplicates, before_restart, "each event produced before the kill came again, once");
 }

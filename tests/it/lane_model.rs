@@ -16,8 +16,8 @@
 use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
 use driftgate_core::model::lane::{Lane, Scope};
 use driftgate_core::model::overrides::{OverrideKind, OverrideRequest};
-use driftgate_core::pact::parse_pact;
 use driftgate_core::model::telemetry::{Attr, Model as ModelInfo, Outcome, Risk, Telemetry};
+use driftgate_core::pact::parse_pact;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use std::cell::RefCell;
@@ -33,14 +33,15 @@ const TTL: i64 = 2 * 3600 * S;
 const MAX_OVERRIDE_TTL: i64 = 3600 * S;
 
 fn config() -> EngineConfig {
-    let mut cfg = EngineConfig::default();
-    cfg.max_out_of_orderness = driftgate_core::pact::duration::Dur(0);
-    cfg.allowed_lateness = driftgate_core::pact::duration::Dur(0);
-    cfg.state_ttl = driftgate_core::pact::duration::Dur(TTL);
-    cfg.max_override_ttl = driftgate_core::pact::duration::Dur(MAX_OVERRIDE_TTL);
-    cfg.max_blocked_share = 0.3;
-    cfg.blast_radius_min_agents = 3;
-    cfg
+    EngineConfig {
+        max_out_of_orderness: driftgate_core::pact::duration::Dur(0),
+        allowed_lateness: driftgate_core::pact::duration::Dur(0),
+        state_ttl: driftgate_core::pact::duration::Dur(TTL),
+        max_override_ttl: driftgate_core::pact::duration::Dur(MAX_OVERRIDE_TTL),
+        max_blocked_share: 0.3,
+        blast_radius_min_agents: 3,
+        ..EngineConfig::default()
+    }
 }
 
 /// The clause a flag trips (index into `CLAUSES`).
@@ -73,7 +74,15 @@ enum Step {
     /// Time passes: an event from an agent no pact covers moves the clock.
     Tick { dt_s: u32 },
     /// An operator override; `fault` makes it invalid in one of several ways.
-    Override { agent: u8, dt_s: u32, kind: OverrideKind, scope: Scope, lane: Lane, ttl_s: u32, fault: Option<Fault> },
+    Override {
+        agent: u8,
+        dt_s: u32,
+        kind: OverrideKind,
+        scope: Scope,
+        lane: Lane,
+        ttl_s: u32,
+        fault: Option<Fault>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -139,11 +148,51 @@ struct ClauseSpec {
 }
 
 const CLAUSES: [ClauseSpec; 5] = [
-    ClauseSpec { id: "watch_c", lane: Some(Lane::Watch), critical: false, clean_events: 3, min_dwell: 2 * MIN, multiplier: 2.0, max_dwell: 10 * MIN },
-    ClauseSpec { id: "degrade_c", lane: Some(Lane::Degrade), critical: false, clean_events: 2, min_dwell: MIN, multiplier: 3.0, max_dwell: 20 * MIN },
-    ClauseSpec { id: "block_c", lane: Some(Lane::Block), critical: true, clean_events: 2, min_dwell: MIN, multiplier: 2.0, max_dwell: 24 * 60 * MIN },
-    ClauseSpec { id: "settle_c", lane: None, critical: false, clean_events: 200, min_dwell: 15 * MIN, multiplier: 2.0, max_dwell: 24 * 60 * MIN },
-    ClauseSpec { id: "drift_c", lane: None, critical: false, clean_events: 4, min_dwell: 3 * MIN, multiplier: 2.0, max_dwell: 24 * 60 * MIN },
+    ClauseSpec {
+        id: "watch_c",
+        lane: Some(Lane::Watch),
+        critical: false,
+        clean_events: 3,
+        min_dwell: 2 * MIN,
+        multiplier: 2.0,
+        max_dwell: 10 * MIN,
+    },
+    ClauseSpec {
+        id: "degrade_c",
+        lane: Some(Lane::Degrade),
+        critical: false,
+        clean_events: 2,
+        min_dwell: MIN,
+        multiplier: 3.0,
+        max_dwell: 20 * MIN,
+    },
+    ClauseSpec {
+        id: "block_c",
+        lane: Some(Lane::Block),
+        critical: true,
+        clean_events: 2,
+        min_dwell: MIN,
+        multiplier: 2.0,
+        max_dwell: 24 * 60 * MIN,
+    },
+    ClauseSpec {
+        id: "settle_c",
+        lane: None,
+        critical: false,
+        clean_events: 200,
+        min_dwell: 15 * MIN,
+        multiplier: 2.0,
+        max_dwell: 24 * 60 * MIN,
+    },
+    ClauseSpec {
+        id: "drift_c",
+        lane: None,
+        critical: false,
+        clean_events: 4,
+        min_dwell: 3 * MIN,
+        multiplier: 2.0,
+        max_dwell: 24 * 60 * MIN,
+    },
 ];
 const FRESH_AGE: i64 = 10 * MIN;
 const FRESH_MIN: usize = 2;
@@ -177,7 +226,9 @@ impl MClause {
         self.demand.unwrap_or(Lane::Normal)
     }
     fn fresh(&self, now: i64) -> bool {
-        now - self.created < FRESH_AGE || (self.recent.len() >= FRESH_MIN && self.recent[self.recent.len() - FRESH_MIN] >= now - FRESH_AGE)
+        now - self.created < FRESH_AGE
+            || (self.recent.len() >= FRESH_MIN
+                && self.recent[self.recent.len() - FRESH_MIN] >= now - FRESH_AGE)
     }
     /// When the evidence goes stale if nothing more arrives.
     fn deadline(&self) -> i64 {
@@ -217,7 +268,18 @@ struct MAgent {
 
 impl MAgent {
     fn new(now: i64, version: u32, in_workflow: bool) -> Self {
-        MAgent { seq: 0, in_workflow, version, last_seen: now, clauses: Default::default(), overrides: Vec::new(), model_change: None, published: [Lane::Normal; 2], ttl_at: None, capped: false }
+        MAgent {
+            seq: 0,
+            in_workflow,
+            version,
+            last_seen: now,
+            clauses: Default::default(),
+            overrides: Vec::new(),
+            model_change: None,
+            published: [Lane::Normal; 2],
+            ttl_at: None,
+            capped: false,
+        }
     }
     fn attested(&self, clause: &str) -> bool {
         self.overrides.iter().any(|o| o.kind == OverrideKind::Attest && o.clause == clause)
@@ -268,7 +330,11 @@ impl Model {
                     let o = agent.overrides.remove(i);
                     fired.hit("override_expired");
                     let live = agent.published;
-                    self.settle_lanes(a, Extra { force: o.kind != OverrideKind::Attest, settle: false }, fired);
+                    self.settle_lanes(
+                        a,
+                        Extra { force: o.kind != OverrideKind::Attest, settle: false },
+                        fired,
+                    );
                     if self.agents[a].as_ref().unwrap().published != live {
                         fired.hit("override_expiry_changed_lane");
                     }
@@ -429,7 +495,8 @@ impl Model {
                 exp > now
                     && exp - now <= MAX_OVERRIDE_TTL
                     && req.expected_seq == Some(seq)
-                    && (req.lane.is_some() || !matches!(req.kind, OverrideKind::Tighten | OverrideKind::Loosen))
+                    && (req.lane.is_some()
+                        || !matches!(req.kind, OverrideKind::Tighten | OverrideKind::Loosen))
                     && (req.clause_id.is_some() || req.kind != OverrideKind::Attest)
             }
             None => false,
@@ -479,7 +546,11 @@ impl Model {
         let mut high = if stale { all.max(Lane::Review) } else { all };
         // Overrides: kill > tighten > loosen > computed.
         let apply = |lane: Lane, scope: Scope| {
-            let here: Vec<&MOverride> = agent.overrides.iter().filter(|o| o.scope == scope || o.kind == OverrideKind::EmergencyKill).collect();
+            let here: Vec<&MOverride> = agent
+                .overrides
+                .iter()
+                .filter(|o| o.scope == scope || o.kind == OverrideKind::EmergencyKill)
+                .collect();
             if here.iter().any(|o| o.kind == OverrideKind::EmergencyKill) {
                 return Lane::Block;
             }
@@ -494,7 +565,8 @@ impl Model {
         };
         // The blast-radius cap holds back automatic blocks only: not one an operator ordered,
         // nor one a loosening override turns into a lesser lane.
-        let automatic = apply(Lane::Block, Scope::All) == Lane::Block && apply(Lane::Review, Scope::All) != Lane::Block;
+        let automatic =
+            apply(Lane::Block, Scope::All) == Lane::Block && apply(Lane::Review, Scope::All) != Lane::Block;
         let mut capped = false;
         if all == Lane::Block && agent.published[0] != Lane::Block && automatic {
             let members: Vec<&MAgent> = self.agents.iter().flatten().filter(|x| x.in_workflow).collect();
@@ -537,7 +609,13 @@ impl Model {
 
     /// A panic episode lasts while some agent of the workflow is blocked or capped.
     fn end_panic_if_clear(&mut self) {
-        if self.agents.iter().flatten().filter(|x| x.in_workflow).all(|x| x.published[0] != Lane::Block && !x.capped) {
+        if self
+            .agents
+            .iter()
+            .flatten()
+            .filter(|x| x.in_workflow)
+            .all(|x| x.published[0] != Lane::Block && !x.capped)
+        {
             self.panicked = false;
         }
     }
@@ -546,7 +624,15 @@ impl Model {
 // ---------------------------------------------------------------------------------------
 // The run.
 
-fn telemetry(id: String, agent: String, workflow: &str, version: u32, t: i64, flag: Flag, high_risk: bool) -> Telemetry {
+fn telemetry(
+    id: String,
+    agent: String,
+    workflow: &str,
+    version: u32,
+    t: i64,
+    flag: Flag,
+    high_risk: bool,
+) -> Telemetry {
     Telemetry {
         event_id: id,
         agent_id: agent,
@@ -584,10 +670,26 @@ fn check(steps: &[Step], fired: &mut Fired) -> Result<(), String> {
                     versions[a] += 1;
                 }
                 model.on_event(a, t, *flag, *high_risk, versions[a], fired);
-                engine.push(Input::Telemetry(telemetry(format!("e{n}"), format!("a{a}"), "w", versions[a], t, *flag, *high_risk)));
+                engine.push(Input::Telemetry(telemetry(
+                    format!("e{n}"),
+                    format!("a{a}"),
+                    "w",
+                    versions[a],
+                    t,
+                    *flag,
+                    *high_risk,
+                )));
             }
             Step::Tick { .. } => {
-                engine.push(Input::Telemetry(telemetry(format!("e{n}"), "clock".into(), "other", 1, t, Flag::None, false)));
+                engine.push(Input::Telemetry(telemetry(
+                    format!("e{n}"),
+                    "clock".into(),
+                    "other",
+                    1,
+                    t,
+                    Flag::None,
+                    false,
+                )));
             }
             Step::Override { agent, kind, scope, lane, ttl_s, fault, .. } => {
                 let a = *agent as usize;
@@ -640,7 +742,8 @@ fn check(steps: &[Step], fired: &mut Fired) -> Result<(), String> {
 
 #[test]
 fn engine_follows_the_reference_model_and_every_rule_fires() {
-    let config = Config { cases: cases(1000), max_shrink_iters: 2000, failure_persistence: None, ..Config::default() };
+    let config =
+        Config { cases: cases(1000), max_shrink_iters: 2000, failure_persistence: None, ..Config::default() };
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[7u8; 32]);
     let mut runner = TestRunner::new_with_rng(config, rng);
     let fired = RefCell::new(Fired::default());

@@ -6,6 +6,7 @@
 //! - the effective lane is the maximum over the clauses (with overrides applied on top), checked
 //!   after every step for both scopes while overrides are live, with the blast-radius cap on;
 //! - no step down before the clause's dwell.
+//!
 //! The model-based test (`lane_model.rs`) checks the exact lanes; this one runs the statistical
 //! detectors, and counts that step-downs and live overrides actually happen.
 
@@ -13,8 +14,8 @@ use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
 use driftgate_core::model::history::RecordKind;
 use driftgate_core::model::lane::{Lane, Scope};
 use driftgate_core::model::overrides::{self, OverrideKind, OverrideRequest};
-use driftgate_core::pact::parse_pact;
 use driftgate_core::model::telemetry::{Citations, Model, Outcome, Risk, Telemetry};
+use driftgate_core::pact::parse_pact;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use std::cell::RefCell;
@@ -79,7 +80,10 @@ fn expected_lanes(engine: &Engine, agent: &driftgate_core::engine::state::AgentS
     if let Some(mc) = &agent.model_change {
         all = all.max(mc.lane);
     }
-    let stale_high_risk = agent.clauses.iter().any(|(k, s)| s.stale && engine.pacts()[k.0 as usize].doc.clauses[k.1 as usize].high_risk);
+    let stale_high_risk = agent
+        .clauses
+        .iter()
+        .any(|(k, s)| s.stale && engine.pacts()[k.0 as usize].doc.clauses[k.1 as usize].high_risk);
     let mut high = if stale_high_risk { all.max(Lane::Review) } else { all };
     if agent.capped {
         all = Lane::Review;
@@ -109,9 +113,13 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
                     event_id: format!("e{n}"),
                     agent_id: format!("a{agent}"),
                     workflow: "w".into(),
-                    model: Model { provider: "p".into(), name: "m".into(), version: format!("v{}", versions[*agent as usize]) },
+                    model: Model {
+                        provider: "p".into(),
+                        name: "m".into(),
+                        version: format!("v{}", versions[*agent as usize]),
+                    },
                     occurred_at: t,
-                    risk: if n % 3 == 0 { Risk::High } else { Risk::Low },
+                    risk: if n.is_multiple_of(3) { Risk::High } else { Risk::Low },
                     outcome: if *refused { Outcome::Refused } else { Outcome::Ok },
                     latency_ms: Some(*latency),
                     citations: Some(Citations { total: 1, verified: 1 }),
@@ -125,11 +133,16 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
                 n += 1;
                 let id = format!("a{agent}");
                 let seq = engine.agent(&id).map_or(0, |a| a.seq);
-                let kind = [OverrideKind::EmergencyKill, OverrideKind::Tighten, OverrideKind::Loosen, OverrideKind::Attest][*kind as usize];
+                let kind = [
+                    OverrideKind::EmergencyKill,
+                    OverrideKind::Tighten,
+                    OverrideKind::Loosen,
+                    OverrideKind::Attest,
+                ][*kind as usize];
                 engine.push(Input::Override(OverrideRequest {
                     override_id: format!("o{n}"),
                     agent_id: id,
-                    scope: if n % 2 == 0 { Scope::All } else { Scope::HighRisk },
+                    scope: if n.is_multiple_of(2) { Scope::All } else { Scope::HighRisk },
                     kind,
                     lane: Some(Lane::ALL[*lane as usize]),
                     clause_id: Some("pii".into()),
@@ -173,8 +186,10 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
 
 fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
     let (engine, out) = run(steps, seen)?;
-    let events: Vec<_> = out.iter().filter_map(|o| if let Output::Enforcement(e) = o { Some(e) } else { None }).collect();
-    let history: Vec<_> = out.iter().filter_map(|o| if let Output::History(r) = o { Some(r) } else { None }).collect();
+    let events: Vec<_> =
+        out.iter().filter_map(|o| if let Output::Enforcement(e) = o { Some(e) } else { None }).collect();
+    let history: Vec<_> =
+        out.iter().filter_map(|o| if let Output::History(r) = o { Some(r) } else { None }).collect();
 
     // seq strictly increases per agent.
     let mut last: BTreeMap<&str, u64> = BTreeMap::new();
@@ -184,7 +199,13 @@ fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
     }
     // Every enforcement event has a history record.
     for e in &events {
-        prop_assert!(history.iter().any(|r| r.kind == RecordKind::Decision && r.detail["event_id"] == e.event_id.as_str()), "no history for {}", e.event_id);
+        prop_assert!(
+            history
+                .iter()
+                .any(|r| r.kind == RecordKind::Decision && r.detail["event_id"] == e.event_id.as_str()),
+            "no history for {}",
+            e.event_id
+        );
     }
     // No step down without re-verification, one lane at a time, never before the dwell.
     let mut dwell: BTreeMap<(&str, Option<&str>), i64> = BTreeMap::new();
@@ -193,20 +214,38 @@ fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
         if e.lane_to < e.lane_from {
             let code = e.reason.code.as_str();
             prop_assert!(
-                ["reverified", "model_reverified", "evidence_fresh", "override_applied", "override_expired"].contains(&code),
-                "step down {:?} -> {:?} with reason {code}: {}", e.lane_from, e.lane_to, serde_json::to_string(e).unwrap()
+                ["reverified", "model_reverified", "evidence_fresh", "override_applied", "override_expired"]
+                    .contains(&code),
+                "step down {:?} -> {:?} with reason {code}: {}",
+                e.lane_from,
+                e.lane_to,
+                serde_json::to_string(e).unwrap()
             );
             // The high-risk scope also lifts the stale-evidence review when evidence is fresh
             // again, so the one-lane rule is about the agent-wide scope.
             if code == "reverified" && e.scope == Scope::All {
                 seen.step_downs += 1;
-                prop_assert!(e.lane_to >= e.lane_from.step_down(), "more than one lane at once: {}", serde_json::to_string(e).unwrap());
+                prop_assert!(
+                    e.lane_to >= e.lane_from.step_down(),
+                    "more than one lane at once: {}",
+                    serde_json::to_string(e).unwrap()
+                );
                 let ev = e.evidence.as_ref().unwrap();
                 if e.clause_id.as_deref() != Some("latency") {
-                    prop_assert!(ev.clean_events >= ev.required_clean_events, "stepped down after {} of {} clean events", ev.clean_events, ev.required_clean_events);
+                    prop_assert!(
+                        ev.clean_events >= ev.required_clean_events,
+                        "stepped down after {} of {} clean events",
+                        ev.clean_events,
+                        ev.required_clean_events
+                    );
                 }
                 let until = dwell.get(&key).copied().unwrap_or(i64::MIN);
-                prop_assert!(e.effective_at >= until, "stepped down at {} before the dwell ending {until}: {}", e.effective_at, serde_json::to_string(e).unwrap());
+                prop_assert!(
+                    e.effective_at >= until,
+                    "stepped down at {} before the dwell ending {until}: {}",
+                    e.effective_at,
+                    serde_json::to_string(e).unwrap()
+                );
             }
         }
         if let Some(until) = e.min_dwell_until {
@@ -216,14 +255,23 @@ fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
     // Every accepted override expires.
     for r in history.iter().filter(|r| r.kind == RecordKind::OverrideAccepted) {
         let id = r.detail["override"]["override_id"].as_str().unwrap();
-        prop_assert!(history.iter().any(|x| x.kind == RecordKind::OverrideExpired && x.detail["override_id"] == id), "override {id} never expired");
+        prop_assert!(
+            history.iter().any(|x| x.kind == RecordKind::OverrideExpired && x.detail["override_id"] == id),
+            "override {id} never expired"
+        );
     }
     // Overrides without expiry were rejected, for that reason.
     for r in history.iter().filter(|r| r.kind == RecordKind::OverrideAccepted) {
         prop_assert!(r.detail["override"]["expires_at"].is_i64(), "accepted without expiry: {}", r.detail);
     }
-    for r in history.iter().filter(|r| r.kind == RecordKind::OverrideRejected && r.detail["override"]["expires_at"].is_null()) {
-        prop_assert_eq!(r.detail["reason"].as_str(), Some("`expires_at` is mandatory: every override expires"));
+    for r in history
+        .iter()
+        .filter(|r| r.kind == RecordKind::OverrideRejected && r.detail["override"]["expires_at"].is_null())
+    {
+        prop_assert_eq!(
+            r.detail["reason"].as_str(),
+            Some("`expires_at` is mandatory: every override expires")
+        );
     }
     // After the last timers, the published lanes follow from the state.
     for a in 0..AGENTS {
@@ -235,17 +283,26 @@ fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
 
 #[test]
 fn lane_invariants_hold() {
-    let config = Config { cases: cases(512), max_shrink_iters: 300, failure_persistence: None, ..Config::default() };
+    let config =
+        Config { cases: cases(512), max_shrink_iters: 300, failure_persistence: None, ..Config::default() };
     let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[24u8; 32]));
     let seen = RefCell::new(Seen::default());
-    let result = runner.run(&prop::collection::vec(step(), 50..600), |steps| check(&steps, &mut seen.borrow_mut()));
+    let result =
+        runner.run(&prop::collection::vec(step(), 50..600), |steps| check(&steps, &mut seen.borrow_mut()));
     if let Err(e) = result {
         panic!("{e}");
     }
     let seen = seen.into_inner();
-    eprintln!("checks with a live override: {}, step-downs: {}, capped agent checks: {}", seen.checks_with_live_override, seen.step_downs, seen.capped);
+    eprintln!(
+        "checks with a live override: {}, step-downs: {}, capped agent checks: {}",
+        seen.checks_with_live_override, seen.step_downs, seen.capped
+    );
     // A generator that never reaches these would make the checks above vacuous.
-    assert!(seen.checks_with_live_override > 1000, "overrides were rarely live: {}", seen.checks_with_live_override);
+    assert!(
+        seen.checks_with_live_override > 1000,
+        "overrides were rarely live: {}",
+        seen.checks_with_live_override
+    );
     assert!(seen.step_downs > 100, "the run saw only {} step-downs", seen.step_downs);
     assert!(seen.capped > 0, "the blast-radius cap never held an agent");
 }

@@ -24,8 +24,13 @@ fn every_example_pact_is_valid() {
 
 #[test]
 fn published_schema_matches_the_parser() {
-    let published = std::fs::read_to_string(root().join("schemas/pact.schema.json")).expect("schemas/pact.schema.json");
-    assert_eq!(published, pact_json_schema(), "regenerate with: driftgate pact-schema > schemas/pact.schema.json");
+    let published =
+        std::fs::read_to_string(root().join("schemas/pact.schema.json")).expect("schemas/pact.schema.json");
+    assert_eq!(
+        published,
+        pact_json_schema(),
+        "regenerate with: driftgate pact-schema > schemas/pact.schema.json"
+    );
 }
 
 const GOOD: &str = r#"pact: t
@@ -69,7 +74,11 @@ fn bad_predicate_is_located_with_its_column() {
     let e = refused(&GOOD.replace("citations.verified > 0", "citations.verifed > 0"));
     // The metric block (line 8), with the column inside the expression.
     assert_eq!(e.line, 8, "{e}");
-    assert!(e.message.contains("at column 1: unknown field `citations.verifed` (did you mean `citations.verified`?)"), "{e}");
+    assert!(
+        e.message
+            .contains("at column 1: unknown field `citations.verifed` (did you mean `citations.verified`?)"),
+        "{e}"
+    );
     let e = refused(&GOOD.replace("citations.verified > 0", "latency_ms"));
     assert!(e.message.contains("a bernoulli metric needs a boolean value"), "{e}");
 }
@@ -97,12 +106,16 @@ fn unknown_detector_is_located() {
 
 #[test]
 fn cross_field_errors_point_at_the_clause() {
-    let e = refused(&GOOD.replace("      kind: drift\n      detector: auto\n      false_alarm_rate: 1.0e-6\n", "      kind: limit\n      quantile: { q: 0.95, max: 3000 }\n"));
+    let e = refused(&GOOD.replace(
+        "      kind: drift\n      detector: auto\n      false_alarm_rate: 1.0e-6\n",
+        "      kind: limit\n      quantile: { q: 0.95, max: 3000 }\n",
+    ));
     assert!(e.message.contains("clause `c1`: a `quantile` limit needs a real metric"), "{e}");
     assert_eq!((e.line, e.column), (6, 5), "{e}");
     let e = refused(&format!("{GOOD}{}", &GOOD[GOOD.find("  - id: c1").unwrap()..]));
     assert!(e.message.contains("duplicate clause id"), "{e}");
-    let e = refused(&GOOD.replace("    freshness: { max_age: 30m, min_events: 5 }\n", "    high_risk: true\n"));
+    let e =
+        refused(&GOOD.replace("    freshness: { max_age: 30m, min_events: 5 }\n", "    high_risk: true\n"));
     assert!(e.message.contains("needs `freshness`"), "{e}");
 }
 
@@ -115,7 +128,11 @@ fn validate_command_exits_nonzero_naming_the_place() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml:16:") && err.contains("negative duration"), "{err}");
-    let ok = Command::new(env!("CARGO_BIN_EXE_driftgate")).arg("validate").arg(root().join("examples/no-pii.yaml")).output().unwrap();
+    let ok = Command::new(env!("CARGO_BIN_EXE_driftgate"))
+        .arg("validate")
+        .arg(root().join("examples/no-pii.yaml"))
+        .output()
+        .unwrap();
     assert!(ok.status.success());
 }
 

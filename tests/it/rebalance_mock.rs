@@ -10,13 +10,13 @@
 use crate::support::kafka;
 use crate::support::scenario;
 
-use driftgate::config::{InputFormat, RunConfig};
-use driftgate::obs::metrics::Metrics;
 use driftgate::api::control::ControlPlane;
+use driftgate::config::{InputFormat, RunConfig};
 use driftgate::kafka::pipeline::{Pipeline, PipelineControl, Status};
+use driftgate::obs::metrics::Metrics;
+use kafka::produce;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use kafka::produce;
 use rdkafka::producer::BaseProducer;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use scenario::{assert_same_effects, final_lanes, offline_effects, records};
@@ -132,7 +132,11 @@ fn wait_for(logs: &Logs, secs: u64, what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn committed(bootstrap: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", GROUP).create().expect("consumer");
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", GROUP)
+        .create()
+        .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTS {
         tpl.add_partition(INPUT, p);
@@ -156,7 +160,9 @@ fn read_all(bootstrap: &str, topic: &str) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => out.push(String::from_utf8(m.payload().expect("payload").to_vec()).expect("utf-8")),
+            Some(Ok(m)) => {
+                out.push(String::from_utf8(m.payload().expect("payload").to_vec()).expect("utf-8"))
+            }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
             _ => assert!(Instant::now() < deadline, "{topic} not read to its end"),
         }
@@ -166,7 +172,14 @@ fn read_all(bootstrap: &str, topic: &str) -> Vec<String> {
 
 /// `partitions revoked` / `partitions assigned` lines of one member, in order.
 fn rebalances(logs: &Logs, thread: &str) -> Vec<String> {
-    logs.of(thread).into_iter().filter(|l| l.contains("partitions revoked") || l.contains("partitions assigned") || l.contains("state restored")).collect()
+    logs.of(thread)
+        .into_iter()
+        .filter(|l| {
+            l.contains("partitions revoked")
+                || l.contains("partitions assigned")
+                || l.contains("state restored")
+        })
+        .collect()
 }
 
 /// One log buffer for the process (a subscriber is installed once); tests read their own
@@ -194,7 +207,9 @@ fn cluster_with_topics() -> (MockCluster<'static, rdkafka::producer::DefaultProd
     let cluster = MockCluster::new(1).expect("mock cluster");
     let bootstrap = cluster.bootstrap_servers();
     cluster.create_topic(INPUT, PARTS, 1).expect("topic");
-    for (t, n) in [("enforcement", 1), ("snapshot", 1), ("history", PARTS), ("dead-letter", 1), ("changelog", PARTS)] {
+    for (t, n) in
+        [("enforcement", 1), ("snapshot", 1), ("history", PARTS), ("dead-letter", 1), ("changelog", PARTS)]
+    {
         cluster.create_topic(t, n, 1).expect("topic");
     }
     (cluster, bootstrap)
@@ -207,10 +222,16 @@ fn cooperative_rebalancing_moves_only_what_changes_and_state_follows() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let bootstrap = cluster.bootstrap_servers();
     cluster.create_topic(INPUT, PARTS, 1).expect("topic");
-    for (t, n) in [("enforcement", 1), ("snapshot", 1), ("history", PARTS), ("dead-letter", 1), ("changelog", PARTS)] {
+    for (t, n) in
+        [("enforcement", 1), ("snapshot", 1), ("history", PARTS), ("dead-letter", 1), ("changelog", PARTS)]
+    {
         cluster.create_topic(t, n, 1).expect("topic");
     }
-    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").create().expect("producer");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
     let recs = records(PARTS);
     let (third, total) = (recs.len() / 3, recs.len() as i64);
 
@@ -242,8 +263,18 @@ fn cooperative_rebalancing_moves_only_what_changes_and_state_follows() {
     let moved = revoked[0].matches(&format!("(\"{INPUT}\", ")).count();
     assert_eq!(moved, 2, "only the partitions that move are revoked:\n{}", a_log.join("\n"));
     let restored_by_a = a_log.iter().filter(|l| l.contains("state restored")).count();
-    assert_eq!(restored_by_a, 2, "member-a restored exactly the two partitions it took back:\n{}", a_log.join("\n"));
-    assert_eq!(b_log.iter().filter(|l| l.contains("state restored")).count(), 2, "member-b restored what it took over:\n{}", b_log.join("\n"));
+    assert_eq!(
+        restored_by_a,
+        2,
+        "member-a restored exactly the two partitions it took back:\n{}",
+        a_log.join("\n")
+    );
+    assert_eq!(
+        b_log.iter().filter(|l| l.contains("state restored")).count(),
+        2,
+        "member-b restored what it took over:\n{}",
+        b_log.join("\n")
+    );
 
     let (got, dups) = scenario::dedup(read_all(&bootstrap, "enforcement"));
     let want = offline_effects(PARTS);
@@ -261,7 +292,11 @@ fn an_override_is_taken_on_restored_state_before_any_new_record() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let logs = logs();
     let (_cluster, bootstrap) = cluster_with_topics();
-    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").create().expect("producer");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
     let recs = records(PARTS);
     let first = 20_000;
     produce(&producer, INPUT, &recs[..first]);
@@ -290,14 +325,26 @@ fn an_override_is_taken_on_restored_state_before_any_new_record() {
         expected_seq: Some(snapshot.seq),
     };
     let ticket = b.control.submit_override(wm_req.clone(), 0).expect("taken on restored state");
-    wait_for(&logs, 30, "the override confirmed durable", || matches!(b.control.override_durable(&agent, ticket), Some(Ok(()))));
+    wait_for(&logs, 30, "the override confirmed durable", || {
+        matches!(b.control.override_durable(&agent, ticket), Some(Ok(())))
+    });
     let now = b.control.agent(&agent).unwrap();
     assert!(now.overrides.iter().any(|o| o.override_id == "ovr-1"));
-    assert_eq!((now.lane, now.seq), (driftgate_core::model::lane::Lane::Watch, snapshot.seq + 2), "one event per scope");
+    assert_eq!(
+        (now.lane, now.seq),
+        (driftgate_core::model::lane::Lane::Watch, snapshot.seq + 2),
+        "one event per scope"
+    );
     assert_eq!(committed(&bootstrap), first as i64, "no new record was needed");
     b.stop();
-    let published: Vec<serde_json::Value> = read_all(&bootstrap, "enforcement").iter().map(|t| serde_json::from_str(t).unwrap()).collect();
-    assert!(published.iter().any(|e| e["agent_id"] == agent.as_str() && e["reason"]["code"] == "override_applied" && e["lane_to"] == "watch"), "the override's event was published");
+    let published: Vec<serde_json::Value> =
+        read_all(&bootstrap, "enforcement").iter().map(|t| serde_json::from_str(t).unwrap()).collect();
+    assert!(
+        published.iter().any(|e| e["agent_id"] == agent.as_str()
+            && e["reason"]["code"] == "override_applied"
+            && e["lane_to"] == "watch"),
+        "the override's event was published"
+    );
 }
 
 #[test]
@@ -305,7 +352,11 @@ fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let logs = logs();
     let (cluster, bootstrap) = cluster_with_topics();
-    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").create().expect("producer");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
     let recs = records(PARTS);
     let first = 4_000;
     produce(&producer, INPUT, &recs[..first]);
@@ -320,7 +371,11 @@ fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("listener");
     let url = format!("http://{}/v1/overrides", listener.local_addr().expect("address"));
     let control: Arc<dyn ControlPlane> = a.control.clone();
-    let state = driftgate::api::http::ApiState::new(control, driftgate::api::auth::Credentials::new(Some("t0ken"), None, 300)).with_durable_timeout(Duration::from_secs(2));
+    let state = driftgate::api::http::ApiState::new(
+        control,
+        driftgate::api::auth::Credentials::new(Some("t0ken"), None, 300),
+    )
+    .with_durable_timeout(Duration::from_secs(2));
     rt.spawn(driftgate::api::http::serve(listener, state));
     let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
     let body = serde_json::json!({
@@ -329,8 +384,16 @@ fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_
         "issued_at": at, "expires_at": at + 3_600_000_000i64, "expected_seq": snapshot.seq,
     });
     let post = || -> (u16, serde_json::Value) {
-        let mut r = http.post(&url).header("Authorization", "Bearer t0ken").header("content-type", "application/json").send(body.to_string().as_str()).expect("request");
-        (r.status().as_u16(), serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("JSON"))
+        let mut r = http
+            .post(&url)
+            .header("Authorization", "Bearer t0ken")
+            .header("content-type", "application/json")
+            .send(body.to_string().as_str())
+            .expect("request");
+        (
+            r.status().as_u16(),
+            serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("JSON"),
+        )
     };
 
     // Every broker round trip now takes 3 s: the snapshot holding the override cannot be
@@ -340,8 +403,14 @@ fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_
     let (status, v) = post();
     let waited = started.elapsed();
     assert_eq!((status, v["error"].as_str()), (504, Some("not_durable")), "{v}");
-    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(10), "answered after {waited:?}");
-    assert!(a.control.agent(&agent).expect("known").overrides.iter().any(|o| o.override_id == "ovr-slow"), "handed to the engine");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+    assert!(
+        a.control.agent(&agent).expect("known").overrides.iter().any(|o| o.override_id == "ovr-slow"),
+        "handed to the engine"
+    );
 
     // A retry while the broker is still slow is not answered 201 before a snapshot holding the
     // override is durable, and is not applied twice.
@@ -361,6 +430,10 @@ fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_
     assert_eq!(status, 201, "{v}");
     let now = a.control.agent(&agent).expect("known");
     assert_eq!(now.overrides.iter().filter(|o| o.override_id == "ovr-slow").count(), 1, "applied once");
-    assert_eq!((now.lane, now.seq), (driftgate_core::model::lane::Lane::Watch, snapshot.seq + 2), "one event per scope, once");
+    assert_eq!(
+        (now.lane, now.seq),
+        (driftgate_core::model::lane::Lane::Watch, snapshot.seq + 2),
+        "one event per scope, once"
+    );
     a.stop();
 }

@@ -4,10 +4,10 @@
 
 use crate::support::registry;
 
-use driftgate_core::codec::avro_json::write_datum;
 use driftgate::config::InputFormat;
 use driftgate::kafka::decode::{confluent_frame, reason, DecodeError, Decoder};
 use driftgate::kafka::registry::{HttpRegistry, RegistryError, SchemaSource};
+use driftgate_core::codec::avro_json::write_datum;
 use driftgate_core::model::telemetry::{Citations, Model, Outcome, Risk, Telemetry, TELEMETRY_AVSC};
 use registry::Registry;
 use std::sync::Arc;
@@ -28,8 +28,6 @@ fn telemetry() -> Telemetry {
         attributes: Default::default(),
     }
 }
-
-
 
 fn frame(id: u32, schema: &str, value: apache_avro::types::Value) -> Vec<u8> {
     confluent_frame(id, &write_datum(&apache_avro::Schema::parse_str(schema).unwrap(), value).unwrap())
@@ -75,7 +73,11 @@ fn a_registry_outage_is_retryable_and_recovers() {
 
 #[test]
 fn each_schema_fault_has_its_dead_letter_reason() {
-    let r = Registry::start([(1, TELEMETRY_AVSC.to_string()), (3, registry::BAD_SCHEMA.to_string()), (4, registry::mismatched_schema())]);
+    let r = Registry::start([
+        (1, TELEMETRY_AVSC.to_string()),
+        (3, registry::BAD_SCHEMA.to_string()),
+        (4, registry::mismatched_schema()),
+    ]);
     let decoder = Decoder::new(InputFormat::Avro, Some(Arc::new(HttpRegistry::new(&r.url))), 3_600_000_000);
     let good = telemetry().to_avro();
     let mut mismatched = good.clone();

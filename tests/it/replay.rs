@@ -2,8 +2,8 @@
 //! as JSONL or as an Avro object container file.
 
 use driftgate::cli::demo::{example_pacts, Fleet};
-use driftgate_core::engine::Input;
 use driftgate::cli::replay::{replay, write_avro};
+use driftgate_core::engine::Input;
 use std::process::Command;
 
 fn fleet_file(dir: &std::path::Path, n: usize) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -38,7 +38,11 @@ fn replay_is_deterministic_across_runs_and_formats() {
     assert_eq!(outputs[0], outputs[1], "same JSONL input, different output");
     assert_eq!(outputs[0], outputs[2], "JSONL and Avro inputs disagree");
     let (n, _) = driftgate_core::model::history::verify(outputs[0].1.as_slice()).unwrap();
-    assert_eq!(n as usize, outputs[0].1.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), "every history line verifies");
+    assert_eq!(
+        n as usize,
+        outputs[0].1.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(),
+        "every history line verifies"
+    );
 }
 
 #[test]
@@ -58,7 +62,11 @@ fn replay_command_runs_with_overrides_and_reports() {
     let out = Command::new(env!("CARGO_BIN_EXE_driftgate"))
         .arg("replay")
         .arg("--pact")
-        .args(std::fs::read_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")).unwrap().map(|e| e.unwrap().path()))
+        .args(
+            std::fs::read_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"))
+                .unwrap()
+                .map(|e| e.unwrap().path()),
+        )
         .args(["--input", jsonl.to_str().unwrap(), "--overrides", ovr.to_str().unwrap()])
         .args(["--events-out", ev.to_str().unwrap(), "--history-out", hi.to_str().unwrap()])
         .output()
@@ -66,10 +74,19 @@ fn replay_command_runs_with_overrides_and_reports() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("replayed 20002 records"));
     let events = std::fs::read_to_string(&ev).unwrap();
-    assert!(events.lines().any(|l| l.contains("\"agent_id\":\"fin-02\"") && l.contains("\"lane_to\":\"block\"")), "kill applied");
-    assert!(events.lines().any(|l| l.contains("\"agent_id\":\"fin-02\"") && l.contains("override_expired")), "kill expired");
+    assert!(
+        events.lines().any(|l| l.contains("\"agent_id\":\"fin-02\"") && l.contains("\"lane_to\":\"block\"")),
+        "kill applied"
+    );
+    assert!(
+        events.lines().any(|l| l.contains("\"agent_id\":\"fin-02\"") && l.contains("override_expired")),
+        "kill expired"
+    );
     let history = std::fs::read_to_string(&hi).unwrap();
-    assert!(history.contains("override_rejected") && history.contains("expires_at` is mandatory"), "no-expiry override rejected and recorded");
+    assert!(
+        history.contains("override_rejected") && history.contains("expires_at` is mandatory"),
+        "no-expiry override rejected and recorded"
+    );
 }
 
 #[test]
@@ -87,18 +104,30 @@ fn late_records_are_set_aside_with_their_reason_and_recorded_in_the_history() {
     late.occurred_at = max - 600_000_000;
     inputs.push(late.clone());
     let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, inputs.iter().map(|t| serde_json::to_string(t).unwrap() + "\n").collect::<String>()).unwrap();
+    std::fs::write(
+        &input,
+        inputs.iter().map(|t| serde_json::to_string(t).unwrap() + "\n").collect::<String>(),
+    )
+    .unwrap();
     let (hi, lo) = (dir.path().join("hi.jsonl"), dir.path().join("late.jsonl"));
     let s = replay(example_pacts(), &input, None, None, Some(&hi), Some(&lo)).unwrap();
     assert_eq!(s.late, 1);
-    let late_records: Vec<serde_json::Value> = std::fs::read_to_string(&lo).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let late_records: Vec<serde_json::Value> =
+        std::fs::read_to_string(&lo).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(late_records.len(), 1);
     let r = &late_records[0];
-    assert_eq!((r["id"].as_str(), r["agent_id"].as_str(), r["occurred_at"].as_i64()), (Some("late-1"), Some(late.agent_id.as_str()), Some(late.occurred_at)));
+    assert_eq!(
+        (r["id"].as_str(), r["agent_id"].as_str(), r["occurred_at"].as_i64()),
+        (Some("late-1"), Some(late.agent_id.as_str()), Some(late.occurred_at))
+    );
     assert_eq!(r["watermark"].as_i64(), Some(max - 5_000_000));
     assert!(r["reason"].as_str().unwrap().contains("595 s behind the watermark"), "{r}");
     let history = std::fs::read_to_string(&hi).unwrap();
-    let in_history: Vec<serde_json::Value> = history.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|h| h["kind"] == "late").collect();
+    let in_history: Vec<serde_json::Value> = history
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|h| h["kind"] == "late")
+        .collect();
     assert_eq!(in_history.len(), 1);
     assert_eq!(in_history[0]["detail"]["id"], "late-1");
 }

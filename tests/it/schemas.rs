@@ -4,11 +4,18 @@
 use apache_avro::{types::Value, Schema};
 use driftgate_core::codec::avro_json::{read_datum, write_datum};
 
-fn to_avro_datum(schema: &Schema, v: Value) -> Result<Vec<u8>, driftgate_core::codec::avro_json::AvroJsonError> {
+fn to_avro_datum(
+    schema: &Schema,
+    v: Value,
+) -> Result<Vec<u8>, driftgate_core::codec::avro_json::AvroJsonError> {
     write_datum(schema, v)
 }
 
-fn from_avro_datum(writer: &Schema, bytes: &mut &[u8], reader: Option<&Schema>) -> Result<Value, driftgate_core::codec::avro_json::AvroJsonError> {
+fn from_avro_datum(
+    writer: &Schema,
+    bytes: &mut &[u8],
+    reader: Option<&Schema>,
+) -> Result<Value, driftgate_core::codec::avro_json::AvroJsonError> {
     read_datum(writer, reader, bytes)
 }
 use driftgate_core::codec::avro_json;
@@ -30,7 +37,10 @@ fn sample() -> Telemetry {
 /// v2 adds an optional field with a default, as a producer evolving compatibly would.
 fn v2_schema() -> Schema {
     let mut v: serde_json::Value = serde_json::from_str(TELEMETRY_AVSC).unwrap();
-    v["fields"].as_array_mut().unwrap().push(serde_json::json!({"name": "session_id", "type": ["null", "string"], "default": null}));
+    v["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "session_id", "type": ["null", "string"], "default": null}));
     Schema::parse_str(&v.to_string()).unwrap()
 }
 
@@ -71,7 +81,10 @@ fn incompatible_reader_is_refused() {
     let bad = Schema::parse_str(&v.to_string()).unwrap();
     let v1 = Schema::parse_str(TELEMETRY_AVSC).unwrap();
     let bytes = to_avro_datum(&v1, sample().to_avro()).unwrap();
-    assert!(from_avro_datum(&v1, &mut bytes.as_slice(), Some(&bad)).is_err(), "a new required field without default cannot resolve");
+    assert!(
+        from_avro_datum(&v1, &mut bytes.as_slice(), Some(&bad)).is_err(),
+        "a new required field without default cannot resolve"
+    );
 }
 
 #[test]
@@ -94,7 +107,9 @@ fn schema_fields(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
         out.push(name.clone());
         let ty = &f["type"];
         let rec = match ty {
-            serde_json::Value::Array(u) => u.iter().find(|t| t.get("type") == Some(&serde_json::json!("record"))).cloned(),
+            serde_json::Value::Array(u) => {
+                u.iter().find(|t| t.get("type") == Some(&serde_json::json!("record"))).cloned()
+            }
             t if t.get("type") == Some(&serde_json::json!("record")) => Some(t.clone()),
             _ => None,
         };
@@ -138,8 +153,10 @@ fn enforcement_schema_matches_emitted_events() {
     // And every emitted event encodes under the schema and decodes back unchanged.
     let schema = Schema::parse_str(ENFORCEMENT_AVSC).unwrap();
     for e in &run.events {
-        let bytes = avro_json::encode_datum(e, &schema).unwrap_or_else(|err| panic!("event {} does not encode: {err}", e.event_id));
-        let back: EnforcementEvent = avro_json::decode(from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap()).unwrap();
+        let bytes = avro_json::encode_datum(e, &schema)
+            .unwrap_or_else(|err| panic!("event {} does not encode: {err}", e.event_id));
+        let back: EnforcementEvent =
+            avro_json::decode(from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap()).unwrap();
         assert_eq!(&back, e);
     }
 }
@@ -150,7 +167,8 @@ fn history_and_override_schemas_match_emitted_records() {
     let schema = Schema::parse_str(HISTORY_AVSC).unwrap();
     assert!(!run.history.is_empty());
     for r in &run.history {
-        let bytes = to_avro_datum(&schema, r.to_avro().unwrap()).unwrap_or_else(|err| panic!("record {} does not encode: {err}", r.position));
+        let bytes = to_avro_datum(&schema, r.to_avro().unwrap())
+            .unwrap_or_else(|err| panic!("record {} does not encode: {err}", r.position));
         let back = Record::from_avro(from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap()).unwrap();
         assert_eq!(&back, r);
     }
@@ -161,7 +179,8 @@ fn history_and_override_schemas_match_emitted_records() {
     for r in accepted {
         let req: OverrideRequest = serde_json::from_value(r.detail["override"].clone()).unwrap();
         let bytes = avro_json::encode_datum(&req, &schema).unwrap();
-        let back: OverrideRequest = avro_json::decode(from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap()).unwrap();
+        let back: OverrideRequest =
+            avro_json::decode(from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap()).unwrap();
         assert_eq!(back, req);
     }
 }

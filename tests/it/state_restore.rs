@@ -2,8 +2,8 @@
 //! point continues byte-identically to one that never stopped, including across a torn
 //! snapshot (a crash between the agent records and the meta record that closes them).
 
-use driftgate_core::codec::changelog::{encode_agent, encode_meta, Key, MetaRecord, Restorer};
 use driftgate::cli::demo::{example_pacts, Fleet};
+use driftgate_core::codec::changelog::{encode_agent, encode_meta, Key, MetaRecord, Restorer};
 use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
 use driftgate_core::model::lane::Lane;
 
@@ -19,7 +19,8 @@ fn render(out: &[Output]) -> Vec<String> {
 
 /// Appends a snapshot of the engine (dirty agents, then meta) to a changelog.
 fn snapshot(e: &mut Engine, position: i64, log: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>) {
-    let dirty: Vec<(String, Option<Vec<u8>>)> = e.take_dirty().into_iter().map(|(id, s)| (id, s.map(encode_agent))).collect();
+    let dirty: Vec<(String, Option<Vec<u8>>)> =
+        e.take_dirty().into_iter().map(|(id, s)| (id, s.map(encode_agent))).collect();
     for (id, v) in dirty {
         log.push((Key::Agent(TOPIC.into(), id).encode(), v));
     }
@@ -62,7 +63,8 @@ fn a_torn_snapshot_is_superseded_by_the_next_one() {
         a.push_tagged(input.clone(), (10_000 + i) as u64);
     }
     // The crash: every changed agent written, the meta record never.
-    let torn: Vec<(String, Vec<u8>)> = a.take_dirty().into_iter().filter_map(|(id, s)| s.map(|s| (id, encode_agent(s)))).collect();
+    let torn: Vec<(String, Vec<u8>)> =
+        a.take_dirty().into_iter().filter_map(|(id, s)| s.map(|s| (id, encode_agent(s)))).collect();
     for (id, v) in &torn {
         log.push((Key::Agent(TOPIC.into(), id.clone()).encode(), Some(v.clone())));
     }
@@ -75,7 +77,11 @@ fn a_torn_snapshot_is_superseded_by_the_next_one() {
     // The restored instance snapshots with no further input, then dies too.
     snapshot(&mut b, position, &mut log);
     let (c, _) = restore(&log);
-    assert_eq!(states(&c), restored, "the second restore returns the first restore's states, not the torn ones");
+    assert_eq!(
+        states(&c),
+        restored,
+        "the second restore returns the first restore's states, not the torn ones"
+    );
 }
 
 #[test]
@@ -91,7 +97,10 @@ fn restored_engine_continues_byte_identically() {
         after.push(want.len());
     }
     let want = render(&want);
-    assert!(want.iter().any(|o| o.contains("\"output\":\"enforcement\"")), "the scenario has enforcement events");
+    assert!(
+        want.iter().any(|o| o.contains("\"output\":\"enforcement\"")),
+        "the scenario has enforcement events"
+    );
 
     // The same input, snapshotted every 20,000 inputs and "crashed" three times: each crash
     // loses the engine, plus a torn snapshot (agent records without their meta).
@@ -105,7 +114,7 @@ fn restored_engine_continues_byte_identically() {
         b.push_tagged(inputs[i].clone(), i as u64);
         got.extend(b.drain());
         i += 1;
-        if i % 20_000 == 0 {
+        if i.is_multiple_of(20_000) {
             snapshot(&mut b, i as i64, &mut log);
         }
         if crashed < crashes.len() && i == crashes[crashed] {
@@ -135,7 +144,11 @@ fn state_records_are_versioned() {
     let (id, state) = e.take_dirty().into_iter().find_map(|(id, s)| s.map(|s| (id, s.clone()))).unwrap();
     let bytes = encode_agent(&state);
     assert_eq!(bytes[0], driftgate_core::codec::changelog::STATE_VERSION);
-    assert_eq!(driftgate_core::codec::changelog::decode_agent(&bytes).unwrap(), state, "agent {id} round-trips");
+    assert_eq!(
+        driftgate_core::codec::changelog::decode_agent(&bytes).unwrap(),
+        state,
+        "agent {id} round-trips"
+    );
     let mut newer = bytes.clone();
     newer[0] = 99;
     let err = driftgate_core::codec::changelog::decode_agent(&newer).unwrap_err().to_string();
@@ -156,7 +169,9 @@ fn a_detector_restored_at_90_percent_alarms_at_the_same_record() {
     };
     let first_drift = |outs: &[Output]| {
         outs.iter().find_map(|o| match o {
-            Output::Enforcement(e) if e.agent_id == "fin-07" && e.reason.code == "drift_verified" => Some(e.clone()),
+            Output::Enforcement(e) if e.agent_id == "fin-07" && e.reason.code == "drift_verified" => {
+                Some(e.clone())
+            }
             _ => None,
         })
     };
@@ -217,7 +232,12 @@ fn version_1_state_records_still_decode() {
     let mut r = Restorer::default();
     r.apply(TOPIC, &Key::Agent(TOPIC.into(), "fin-07".into()).encode(), Some(&bytes)).unwrap();
     let e = Engine::new(EngineConfig::default(), example_pacts());
-    r.apply(TOPIC, &Key::Meta(TOPIC.into()).encode(), Some(&encode_meta(&MetaRecord { position: 1, meta: e.meta() }))).unwrap();
+    r.apply(
+        TOPIC,
+        &Key::Meta(TOPIC.into()).encode(),
+        Some(&encode_meta(&MetaRecord { position: 1, meta: e.meta() })),
+    )
+    .unwrap();
     let snap = r.finish().expect("complete");
     assert!(snap.torn.is_empty());
     let restored = Engine::restore(EngineConfig::default(), example_pacts(), snap.meta.meta, snap.agents);
@@ -226,17 +246,40 @@ fn version_1_state_records_still_decode() {
         .expect("fin-07 restored")
         .clauses
         .into_iter()
-        .map(|c| (c.clause_id, c.detector, c.statistic, c.threshold, c.n, c.clean_events, c.last_evidence_at, c.demand))
+        .map(|c| {
+            (
+                c.clause_id,
+                c.detector,
+                c.statistic,
+                c.threshold,
+                c.n,
+                c.clean_events,
+                c.last_evidence_at,
+                c.demand,
+            )
+        })
         .collect();
     // (clause, detector, statistic, threshold, n, clean events, last evidence, demand)
     let v1 = [
-        ("verified-citations", "auto-bernoulli", 0.0, 13.815510557964274, 402, 402, 1772417602832403, Lane::Normal),
+        (
+            "verified-citations",
+            "auto-bernoulli",
+            0.0,
+            13.815510557964274,
+            402,
+            402,
+            1772417602832403,
+            Lane::Normal,
+        ),
         ("refusal-rate", "rate-bound", 0.0, 6.907755278982137, 402, 402, 1772417602832403, Lane::Normal),
         ("judge-score", "auto-real", 0.0, 13.815510557964274, 402, 402, 1772417602832403, Lane::Normal),
         ("no-pii", "zero-tolerance", 0.0, 1.0, 402, 402, 1772417602832403, Lane::Normal),
         ("p95-latency", "quantile-bound", 0.0, 6.907755278982137, 402, 402, 1772417602832403, Lane::Normal),
     ];
-    let want: Vec<View> = v1.iter().map(|(c, d, s, t, n, k, at, l)| (c.to_string(), d.to_string(), *s, *t, *n, *k, *at, *l)).collect();
+    let want: Vec<View> = v1
+        .iter()
+        .map(|(c, d, s, t, n, k, at, l)| (c.to_string(), d.to_string(), *s, *t, *n, *k, *at, *l))
+        .collect();
     assert_eq!(got, want, "the v1 record restores to the detector state v1 had");
     assert_eq!(state.clauses.len(), 5);
 }

@@ -5,8 +5,8 @@
 //! then resolving against the schema gives the schema's types (records, unions, enums,
 //! logical timestamps) from the serde field names, so one schema file is the only contract.
 
-use apache_avro::types::Value;
 use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use serde::de::DeserializeOwned;

@@ -11,8 +11,8 @@
 //! Values are MessagePack with field names (self-describing, so fields can be added with
 //! defaults), behind a format-version byte: a newer engine reads older versions.
 
-use crate::engine::EngineMeta;
 use crate::engine::state::AgentState;
+use crate::engine::EngineMeta;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use thiserror::Error;
@@ -118,15 +118,12 @@ pub struct Restorer {
     meta: Option<MetaRecord>,
     /// Records read.
     pub records: u64,
-    /// Bytes read.
-    pub bytes: u64,
 }
 
 impl Restorer {
     /// Applies one record of `topic`'s state (records of other source topics are ignored).
     pub fn apply(&mut self, topic: &str, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError> {
         self.records += 1;
-        self.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
         match Key::decode(key)? {
             Key::Agent(t, _) | Key::Meta(t) if t != topic => Ok(()),
             Key::Agent(_, a) => {

@@ -20,15 +20,17 @@
 
 pub mod state;
 
-use crate::pact::duration::Dur;
-use crate::model::enforcement::{event_id, Causation, Detection, EnforcementEvent, Evidence, OverrideInfo, Reason};
+use crate::engine::state::{AgentState, ClauseKey, ClauseState, ModelChange, Segment};
+use crate::model::enforcement::{
+    event_id, Causation, Detection, EnforcementEvent, Evidence, OverrideInfo, Reason,
+};
 use crate::model::history::{Chain, Entry, Record, RecordKind};
 use crate::model::lane::{Lane, Scope};
 use crate::model::overrides::{self, ActiveOverride, OverrideKind, OverrideRequest};
-use crate::pact::{Clause, Pact, Severity, Test};
-use crate::pact::predicate::Val;
-use crate::engine::state::{AgentState, ClauseKey, ClauseState, ModelChange, Segment};
 use crate::model::telemetry::Telemetry;
+use crate::pact::duration::Dur;
+use crate::pact::predicate::Val;
+use crate::pact::{Clause, Pact, Severity, Test};
 use driftgate_detectors::{Alarm, AnyDetector, Detector, MetricKind, Observation};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -136,7 +138,13 @@ pub struct PanicEvent {
     pub at: i64,
 }
 
+/// A buffered input and its source position (see [`Engine::push_tagged`]).
+type Tagged = (Input, Option<u64>);
+
 /// Everything the engine emits, in order.
+// Not boxed: an output is built once and moved to its sink, so a box per output would only
+// add an allocation per event to the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "output", rename_all = "snake_case")]
 pub enum Output {
@@ -270,9 +278,7 @@ pub struct Engine {
     agents: HashMap<String, AgentState, foldhash::fast::RandomState>,
     workflows: HashMap<String, WorkflowStats, foldhash::fast::RandomState>,
     /// Boxed: B-tree nodes shift their values on insert and remove, and an input is large.
-    buffer: BTreeMap<(i64, u64), Box<(Input, Option<u64>)>>,
-    /// `(tag, arrival)` of the buffered inputs that carry a tag.
-    buffered_tags: BTreeSet<(u64, u64)>,
+    buffer: BTreeMap<(i64, u64), Box<Tagged>>,
     arrivals: u64,
     max_seen: Option<i64>,
     /// See [`Engine::tick`].
@@ -304,7 +310,9 @@ impl Engine {
         let severe: Vec<Vec<u16>> = pacts
             .iter()
             .map(|p| {
-                let severe = |c: &Clause| c.severity == Severity::Critical && matches!(&c.test, Test::Limit(l) if l.zero_tolerance);
+                let severe = |c: &Clause| {
+                    c.severity == Severity::Critical && matches!(&c.test, Test::Limit(l) if l.zero_tolerance)
+                };
                 (0..p.doc.clauses.len()).filter(|i| severe(&p.doc.clauses[*i])).map(|i| i as u16).collect()
             })
             .collect();
@@ -316,7 +324,6 @@ impl Engine {
             agents: HashMap::default(),
             workflows: HashMap::default(),
             buffer: BTreeMap::new(),
-            buffered_tags: BTreeSet::new(),
             arrivals: 0,
             max_seen: None,
             tick_floor: None,
@@ -422,10 +429,13 @@ impl Engine {
     /// Agents changed since the last call, each with its state (`None`: it expired).
     pub fn take_dirty(&mut self) -> Vec<(String, Option<&AgentState>)> {
         let dirty = std::mem::take(&mut self.dirty);
-        dirty.into_iter().map(|id| {
-            let s = self.agents.get(&id);
-            (id, s)
-        }).collect()
+        dirty
+            .into_iter()
+            .map(|id| {
+                let s = self.agents.get(&id);
+                (id, s)
+            })
+            .collect()
     }
 
     /// Marks agents changed, so that the next [`Engine::take_dirty`] reports them (with
@@ -445,7 +455,11 @@ impl Engine {
     pub fn meta(&self) -> EngineMeta {
         EngineMeta {
             pacts: self.pacts.iter().map(|p| (p.id().to_string(), p.version())).collect(),
-            buffer: self.buffer.iter().map(|((t, arrival), item)| (*t, *arrival, item.0.clone(), item.1)).collect(),
+            buffer: self
+                .buffer
+                .iter()
+                .map(|((t, arrival), item)| (*t, *arrival, item.0.clone(), item.1))
+                .collect(),
             arrivals: self.arrivals,
             max_seen: self.max_seen,
             now: self.now,
@@ -459,7 +473,12 @@ impl Engine {
 
     /// An engine continuing exactly where `meta` and `agents` left off. Clause states of
     /// pacts no longer loaded are dropped; pact indexes are remapped by id and version.
-    pub fn restore(cfg: EngineConfig, pacts: Vec<Pact>, meta: EngineMeta, agents: Vec<(String, AgentState)>) -> Engine {
+    pub fn restore(
+        cfg: EngineConfig,
+        pacts: Vec<Pact>,
+        meta: EngineMeta,
+        agents: Vec<(String, AgentState)>,
+    ) -> Engine {
         let mut e = Engine::new(cfg, pacts);
         let remap: Vec<Option<u16>> = meta
             .pacts
@@ -467,10 +486,7 @@ impl Engine {
             .map(|(id, v)| e.pacts.iter().position(|p| p.id() == id && p.version() == *v).map(|i| i as u16))
             .collect();
         let map = |i: u16| remap.get(i as usize).copied().flatten();
-        for ((t, arrival), (input, tag)) in meta.buffer.into_iter().map(|(t, a, i, g)| ((t, a), (i, g))) {
-            if let Some(tag) = tag {
-                e.buffered_tags.insert((tag, arrival));
-            }
+        for (t, arrival, input, tag) in meta.buffer {
             e.buffer.insert((t, arrival), Box::new((input, tag)));
         }
         e.arrivals = meta.arrivals;
@@ -482,9 +498,15 @@ impl Engine {
         e.activated = meta.activated;
         for (id, mut a) in agents {
             a.pacts = a.pacts.iter().filter_map(|p| map(*p)).collect();
-            a.clauses = std::mem::take(&mut a.clauses).into_iter().filter_map(|((p, c, s), st)| map(p).map(|p| ((p, c, s), st))).collect();
+            a.clauses = std::mem::take(&mut a.clauses)
+                .into_iter()
+                .filter_map(|((p, c, s), st)| map(p).map(|p| ((p, c, s), st)))
+                .collect();
             if let Some(mc) = a.model_change.as_mut() {
-                mc.pending = std::mem::take(&mut mc.pending).into_iter().filter_map(|(p, c, s)| map(p).map(|p| (p, c, s))).collect();
+                mc.pending = std::mem::take(&mut mc.pending)
+                    .into_iter()
+                    .filter_map(|(p, c, s)| map(p).map(|p| (p, c, s)))
+                    .collect();
             }
             for (k, st) in &a.clauses {
                 if let Some(at) = st.timer_at {
@@ -530,9 +552,9 @@ impl Engine {
         self.offer(input, None);
     }
 
-    /// Offers one input tagged with its position in a source (a Kafka offset). While it
-    /// waits for the watermark, [`Engine::min_buffered_tag`] reports it, so the source is
-    /// never committed past an input whose effects are not yet derived.
+    /// Offers one input tagged with its position in a source (a Kafka offset). The tag
+    /// travels with the input while it waits for the watermark, into the changelog too, so
+    /// a restored buffer still knows where each of its inputs came from.
     pub fn push_tagged(&mut self, input: Input, tag: u64) {
         self.offer(input, Some(tag));
     }
@@ -540,11 +562,6 @@ impl Engine {
     /// Inputs waiting in the event-time buffer for the watermark.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
-    }
-
-    /// The smallest tag among buffered inputs, if any.
-    pub fn min_buffered_tag(&self) -> Option<u64> {
-        self.buffered_tags.first().map(|(t, _)| *t)
     }
 
     fn offer(&mut self, input: Input, tag: Option<u64>) {
@@ -569,9 +586,6 @@ impl Engine {
             self.advance();
             self.process(input, false);
         } else {
-            if let Some(tag) = tag {
-                self.buffered_tags.insert((tag, arrival));
-            }
             self.buffer.insert((t, arrival), Box::new((input, tag)));
             self.advance();
         }
@@ -591,7 +605,8 @@ impl Engine {
             pacts.iter().any(|&p| {
                 self.severe[p as usize].iter().any(|&c| {
                     let metric = &self.pacts[p as usize].doc.clauses[c as usize].metric;
-                    metric.when.as_ref().is_none_or(|w| w.0.eval(tel) == Val::Bool(true)) && metric.value.0.eval(tel) == Val::Bool(true)
+                    metric.when.as_ref().is_none_or(|w| w.0.eval(tel) == Val::Bool(true))
+                        && metric.value.0.eval(tel) == Val::Bool(true)
                 })
             })
         };
@@ -608,23 +623,17 @@ impl Engine {
             if entry.key().0 > wm {
                 break;
             }
-            let ((_, arrival), item) = entry.remove_entry();
-            self.release(arrival, *item);
+            let (input, _tag) = *entry.remove();
+            self.process(input, true);
         }
         self.fire_timers(wm);
     }
 
-    fn release(&mut self, arrival: u64, (input, tag): (Input, Option<u64>)) {
-        if let Some(tag) = tag {
-            self.buffered_tags.remove(&(tag, arrival));
-        }
-        self.process(input, true);
-    }
-
     /// Processes everything still buffered (end of input).
     pub fn flush(&mut self) {
-        while let Some(((_, arrival), item)) = self.buffer.pop_first() {
-            self.release(arrival, *item);
+        while let Some((_, item)) = self.buffer.pop_first() {
+            let (input, _tag) = *item;
+            self.process(input, true);
         }
     }
 
@@ -650,7 +659,14 @@ impl Engine {
         self.out.push(Output::Late(rec));
     }
 
-    fn history(&mut self, kind: RecordKind, at: i64, agent: Option<String>, clause: Option<(&Pact, &Clause)>, detail: serde_json::Value) {
+    fn history(
+        &mut self,
+        kind: RecordKind,
+        at: i64,
+        agent: Option<String>,
+        clause: Option<(&Pact, &Clause)>,
+        detail: serde_json::Value,
+    ) {
         let rec = self.chain.append(Entry {
             kind,
             at_micros: at,
@@ -677,7 +693,15 @@ impl Engine {
                 let p = &self.pacts[i];
                 let detail = serde_json::json!({"pact": p.id(), "version": p.version(), "clauses": p.doc.clauses.iter().map(|c| c.id.clone()).collect::<Vec<_>>()});
                 let (id, v) = (p.id().to_string(), p.version());
-                let rec = self.chain.append(Entry { kind: RecordKind::PactActivated, at_micros: t, agent_id: None, pact_id: Some(id), pact_version: Some(v), clause_id: None, detail });
+                let rec = self.chain.append(Entry {
+                    kind: RecordKind::PactActivated,
+                    at_micros: t,
+                    agent_id: None,
+                    pact_id: Some(id),
+                    pact_version: Some(v),
+                    clause_id: None,
+                    detail,
+                });
                 self.out.push(Output::History(rec));
             }
         }
@@ -733,7 +757,10 @@ impl Engine {
         // Agent bookkeeping: creation, workflow moves, model-version changes.
         if !self.agents.contains_key(&tel.agent_id) {
             let pacts = self.covering(&tel.agent_id, &tel.workflow);
-            self.agents.insert(tel.agent_id.clone(), AgentState::new(tel.workflow.clone(), tel.model.version.clone(), pacts, now));
+            self.agents.insert(
+                tel.agent_id.clone(),
+                AgentState::new(tel.workflow.clone(), tel.model.version.clone(), pacts, now),
+            );
             self.workflows.entry(tel.workflow.clone()).or_default().agents.insert(tel.agent_id.clone());
         }
         let mut causes: Vec<Cause> = Vec::new();
@@ -765,7 +792,9 @@ impl Engine {
                 let pending: BTreeSet<ClauseKey> = agent
                     .clauses
                     .keys()
-                    .filter(|(p, c, _)| matches!(self.pacts[*p as usize].doc.clauses[*c as usize].test, Test::Drift(_)))
+                    .filter(|(p, c, _)| {
+                        matches!(self.pacts[*p as usize].doc.clauses[*c as usize].test, Test::Drift(_))
+                    })
                     .cloned()
                     .collect();
                 if !pending.is_empty() {
@@ -784,8 +813,16 @@ impl Engine {
                         tel.model.version,
                         pending.len()
                     );
-                    agent.model_change = Some(ModelChange { from, to: tel.model.version.clone(), since: now, lane, pending });
-                    causes.push(Cause { code: "model_changed", text, clause: None, detection: None, causation: causation.clone(), clean_at_decision: None });
+                    agent.model_change =
+                        Some(ModelChange { from, to: tel.model.version.clone(), since: now, lane, pending });
+                    causes.push(Cause {
+                        code: "model_changed",
+                        text,
+                        clause: None,
+                        detection: None,
+                        causation: causation.clone(),
+                        clean_at_decision: None,
+                    });
                 }
             }
             if agent.ttl_at.is_none() {
@@ -807,7 +844,11 @@ impl Engine {
                 if clause.high_risk && tel.risk == crate::model::telemetry::Risk::High {
                     has_high_risk = true;
                     let agent = &self.agents[&tel.agent_id];
-                    let fresh = agent.clauses.iter().filter(|((pp, cc, _), _)| *pp == p && *cc as usize == ci).all(|(_, s)| !s.stale);
+                    let fresh = agent
+                        .clauses
+                        .iter()
+                        .filter(|((pp, cc, _), _)| *pp == p && *cc as usize == ci)
+                        .all(|(_, s)| !s.stale);
                     high_risk_fresh &= fresh;
                 }
             }
@@ -839,13 +880,25 @@ impl Engine {
     /// one whose clause now demands the most. A detection outranks a model change.
     fn pick_cause<'c>(&self, agent: &str, causes: &'c [Cause], from: Lane, to: Lane) -> &'c Cause {
         let a = &self.agents[agent];
-        let down = |c: &Cause| matches!(c.code, "reverified" | "model_reverified" | "evidence_fresh" | "override_expired");
-        let fits = |c: &Cause| if to > from { !down(c) } else if to < from { down(c) } else { true };
-        let weight = |c: &Cause| c.clause.as_ref().and_then(|k| a.clauses.get(k)).map_or(Lane::Normal, |s| s.demand);
+        let down = |c: &Cause| {
+            matches!(c.code, "reverified" | "model_reverified" | "evidence_fresh" | "override_expired")
+        };
+        let fits = |c: &Cause| {
+            if to > from {
+                !down(c)
+            } else if to < from {
+                down(c)
+            } else {
+                true
+            }
+        };
+        let weight =
+            |c: &Cause| c.clause.as_ref().and_then(|k| a.clauses.get(k)).map_or(Lane::Normal, |s| s.demand);
         let mut best = &causes[0];
         for c in &causes[1..] {
             let better = (fits(c) && !fits(best))
-                || (fits(c) == fits(best) && (weight(c) > weight(best) || (best.code == "model_changed" && c.detection.is_some())));
+                || (fits(c) == fits(best)
+                    && (weight(c) > weight(best) || (best.code == "model_changed" && c.detection.is_some())));
             if better {
                 best = c;
             }
@@ -855,7 +908,15 @@ impl Engine {
 
     /// Feeds one clause; adds a cause to `causes` when its demand or freshness changed (both
     /// may change on one event). Causes are large, so they are pushed rather than returned.
-    fn on_clause(&mut self, tel: &Telemetry, p: u16, ci: u16, now: i64, causation: &Causation, causes: &mut Vec<Cause>) {
+    fn on_clause(
+        &mut self,
+        tel: &Telemetry,
+        p: u16,
+        ci: u16,
+        now: i64,
+        causation: &Causation,
+        causes: &mut Vec<Cause>,
+    ) {
         let pact = &self.pacts[p as usize];
         let clause = &pact.doc.clauses[ci as usize];
         if let Some(w) = &clause.metric.when {
@@ -891,7 +952,10 @@ impl Engine {
         let key: ClauseKey = (p, ci, Segment(segment));
         let keep = clause.freshness.as_ref().map_or(1, |f| f.min_events as usize);
         let agent = self.agents.get_mut(&tel.agent_id).expect("agent exists");
-        let state = agent.clauses.entry(key.clone()).or_insert_with(|| ClauseState::new(self.protos[p as usize][ci as usize].clone(), now));
+        let state = agent
+            .clauses
+            .entry(key.clone())
+            .or_insert_with(|| ClauseState::new(self.protos[p as usize][ci as usize].clone(), now));
         state.observe(now, keep);
         let mut cause = None;
         // One event is not enough when the window asks for more: stale until fresh again.
@@ -908,7 +972,8 @@ impl Engine {
                 });
             }
         }
-        let need_timer = clause.freshness.as_ref().map(|f| state.stale_deadline(f)).filter(|_| state.timer_at.is_none());
+        let need_timer =
+            clause.freshness.as_ref().map(|f| state.stale_deadline(f)).filter(|_| state.timer_at.is_none());
         if let Some(at) = need_timer {
             state.timer_at = Some(at);
         }
@@ -928,7 +993,11 @@ impl Engine {
                 let clean = state.clean;
                 // The common case (nothing to recover, no model change) needs no more lookups.
                 let recovering = state.demand != Lane::Normal;
-                let mc = if agent.model_change.is_some() { Self::check_model_reverified(agent, &key, clean, clause, now, causation) } else { None };
+                let mc = if agent.model_change.is_some() {
+                    Self::check_model_reverified(agent, &key, clean, clause, now, causation)
+                } else {
+                    None
+                };
                 if recovering {
                     let attested = agent.attested(&clause.id);
                     let state = agent.clauses.get_mut(&key).expect("present");
@@ -945,7 +1014,15 @@ impl Engine {
         causes.extend(cause);
     }
 
-    fn on_alarm(state: &mut ClauseState, pact: &Pact, clause: &Clause, alarm: &Alarm, now: i64, key: &ClauseKey, causation: &Causation) -> Cause {
+    fn on_alarm(
+        state: &mut ClauseState,
+        pact: &Pact,
+        clause: &Clause,
+        alarm: &Alarm,
+        now: i64,
+        key: &ClauseKey,
+        causation: &Causation,
+    ) -> Cause {
         let critical = clause.severity == Severity::Critical;
         let target = if critical { Some(Lane::Block) } else { clause.consequence.lane() };
         let gap = state.gap;
@@ -1006,9 +1083,19 @@ impl Engine {
         }
     }
 
-    fn check_model_reverified(agent: &mut AgentState, key: &ClauseKey, clean: u64, clause: &Clause, now: i64, causation: &Causation) -> Option<Cause> {
+    fn check_model_reverified(
+        agent: &mut AgentState,
+        key: &ClauseKey,
+        clean: u64,
+        clause: &Clause,
+        now: i64,
+        causation: &Causation,
+    ) -> Option<Cause> {
         let mc = agent.model_change.as_mut()?;
-        if !mc.pending.contains(key) || clean < clause.recovery.clean_events || now < mc.since + clause.recovery.min_dwell.micros() {
+        if !mc.pending.contains(key)
+            || clean < clause.recovery.clean_events
+            || now < mc.since + clause.recovery.min_dwell.micros()
+        {
             return None;
         }
         mc.pending.remove(key);
@@ -1018,7 +1105,10 @@ impl Engine {
         let mc = agent.model_change.take().expect("present");
         Some(Cause {
             code: "model_reverified",
-            text: format!("model {} re-verified: every drift clause saw {} clean events since the change", mc.to, clause.recovery.clean_events),
+            text: format!(
+                "model {} re-verified: every drift clause saw {} clean events since the change",
+                mc.to, clause.recovery.clean_events
+            ),
             clause: None,
             detection: None,
             causation: causation.clone(),
@@ -1026,7 +1116,14 @@ impl Engine {
         })
     }
 
-    fn check_recovery(state: &mut ClauseState, clause: &Clause, attested: bool, now: i64, key: &ClauseKey, causation: &Causation) -> Option<Cause> {
+    fn check_recovery(
+        state: &mut ClauseState,
+        clause: &Clause,
+        attested: bool,
+        now: i64,
+        key: &ClauseKey,
+        causation: &Causation,
+    ) -> Option<Cause> {
         if state.demand == Lane::Normal || now < state.min_dwell_until {
             return None;
         }
@@ -1038,7 +1135,8 @@ impl Engine {
             // detection delays have long tails.
             Test::Drift(_) => {
                 let v = state.detector.view();
-                state.clean >= clause.recovery.clean_events && (v.threshold <= 0.0 || v.statistic <= v.threshold / 2.0)
+                state.clean >= clause.recovery.clean_events
+                    && (v.threshold <= 0.0 || v.statistic <= v.threshold / 2.0)
             }
         };
         if !reverified || (state.demand == Lane::Block && state.needs_attestation && !attested) {
@@ -1140,20 +1238,31 @@ impl Engine {
                 if req.kind == OverrideKind::Loosen {
                     self.stats.overrides_bypass += 1;
                 }
-                let detail = serde_json::json!({"override": req, "policy_bypass": req.kind == OverrideKind::Loosen});
+                let detail =
+                    serde_json::json!({"override": req, "policy_bypass": req.kind == OverrideKind::Loosen});
                 self.history(RecordKind::OverrideAccepted, now, Some(req.agent_id.clone()), None, detail);
-                self.schedule(expires_at, Timer::OverrideExpiry(req.agent_id.clone(), req.override_id.clone()));
+                self.schedule(
+                    expires_at,
+                    Timer::OverrideExpiry(req.agent_id.clone(), req.override_id.clone()),
+                );
                 let agent_id = req.agent_id.clone();
                 let kind = req.kind;
                 let cause = Cause {
                     code: "override_applied",
-                    text: format!("{:?} override `{}` by {} (ticket {}): {}", kind, req.override_id, req.principal, req.ticket, req.reason),
+                    text: format!(
+                        "{:?} override `{}` by {} (ticket {}): {}",
+                        kind, req.override_id, req.principal, req.ticket, req.reason
+                    ),
                     clause: None,
                     detection: None,
                     causation: Causation { kind: "override".into(), id: req.override_id.clone(), at: now },
                     clean_at_decision: None,
                 };
-                self.agents.get_mut(&agent_id).expect("present").overrides.push(ActiveOverride { req, expires_at });
+                self.agents
+                    .get_mut(&agent_id)
+                    .expect("present")
+                    .overrides
+                    .push(ActiveOverride { req, expires_at });
                 // An attestation changes no lane by itself; lane overrides publish their state.
                 self.reevaluate(&agent_id, cause, kind != OverrideKind::Attest);
             }
@@ -1215,7 +1324,10 @@ impl Engine {
                 (all, driver) = (mc.lane, None);
             }
         }
-        let stale_high_risk = agent.clauses.iter().any(|(k, s)| s.stale && self.pacts[k.0 as usize].doc.clauses[k.1 as usize].high_risk);
+        let stale_high_risk = agent
+            .clauses
+            .iter()
+            .any(|(k, s)| s.stale && self.pacts[k.0 as usize].doc.clauses[k.1 as usize].high_risk);
         let high = if stale_high_risk { all.max(Lane::Review) } else { all };
         let fail_mode = driver.map_or(Lane::Review, |k| self.pacts[k.0 as usize].doc.fail_mode);
         ([all, high], fail_mode)
@@ -1237,7 +1349,8 @@ impl Engine {
         // fail mode. Blocks an operator ordered (kill, tighten) are not capped, and a loosened
         // agent that would not be blocked does not count.
         let automatic_block = || {
-            overrides::apply(Lane::Block, Scope::All, &agent.overrides) == Lane::Block && overrides::apply(fail_mode, Scope::All, &agent.overrides) != Lane::Block
+            overrides::apply(Lane::Block, Scope::All, &agent.overrides) == Lane::Block
+                && overrides::apply(fail_mode, Scope::All, &agent.overrides) != Lane::Block
         };
         if lanes[0] == Lane::Block && agent.published[0] != Lane::Block && automatic_block() {
             let w = self.workflows.entry(agent.workflow.clone()).or_default();
@@ -1249,7 +1362,13 @@ impl Engine {
                 lanes[1] = lanes[1].min(Lane::Review).max(fail_mode);
                 if !w.panicked {
                     w.panicked = true;
-                    let ev = PanicEvent { workflow: agent.workflow.clone(), would_block: would, agents: n, fail_mode, at };
+                    let ev = PanicEvent {
+                        workflow: agent.workflow.clone(),
+                        would_block: would,
+                        agents: n,
+                        fail_mode,
+                        at,
+                    };
                     let detail = serde_json::to_value(&ev).expect("serialisable");
                     self.out.push(Output::Panic(ev));
                     self.history(RecordKind::Panic, at, Some(agent_id.to_string()), None, detail);
@@ -1277,7 +1396,8 @@ impl Engine {
         let effective = [effective[0], effective[1].max(effective[0])];
         // A settle is a side event of its own: it never stands in for a lane change that
         // happens in the same step, which must publish the new lane.
-        let (settles, causes): (Vec<Cause>, Vec<Cause>) = causes.into_iter().partition(|c| c.code == "settle");
+        let (settles, causes): (Vec<Cause>, Vec<Cause>) =
+            causes.into_iter().partition(|c| c.code == "settle");
         for cause in settles.iter() {
             let lane = self.agents[agent_id].published[0];
             self.emit(agent_id, Scope::All, lane, lane, cause, true);
@@ -1309,9 +1429,16 @@ impl Engine {
         if !settle {
             agent.published[i] = to;
         }
-        let clause_ref = cause.clause.as_ref().map(|k| (k, &self.pacts[k.0 as usize], &self.pacts[k.0 as usize].doc.clauses[k.1 as usize]));
+        let clause_ref = cause
+            .clause
+            .as_ref()
+            .map(|k| (k, &self.pacts[k.0 as usize], &self.pacts[k.0 as usize].doc.clauses[k.1 as usize]));
         let state = cause.clause.as_ref().and_then(|k| agent.clauses.get(k));
-        let ov = agent.overrides.iter().filter(|o| o.req.scope == scope || o.req.kind == OverrideKind::EmergencyKill).max_by_key(|o| o.req.issued_at);
+        let ov = agent
+            .overrides
+            .iter()
+            .filter(|o| o.req.scope == scope || o.req.kind == OverrideKind::EmergencyKill)
+            .max_by_key(|o| o.req.issued_at);
         let event = EnforcementEvent {
             event_id: event_id(agent_id, seq, scope),
             seq,
@@ -1338,7 +1465,10 @@ impl Engine {
             }),
             override_info: ov.map(|o| OverrideInfo {
                 override_id: o.req.override_id.clone(),
-                kind: serde_json::to_value(o.req.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                kind: serde_json::to_value(o.req.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
                 principal: o.req.principal.clone(),
                 ticket: o.req.ticket.clone(),
                 expires_at: o.expires_at,
@@ -1357,7 +1487,13 @@ impl Engine {
         self.stats.enforcement_events += 1;
         let detail = serde_json::to_value(&event).expect("serialisable");
         let pc = clause_ref.map(|(_, p, c)| (p.clone(), c.clone()));
-        self.history(RecordKind::Decision, event.effective_at, Some(agent_id.to_string()), pc.as_ref().map(|(p, c)| (p, c)), detail);
+        self.history(
+            RecordKind::Decision,
+            event.effective_at,
+            Some(agent_id.to_string()),
+            pc.as_ref().map(|(p, c)| (p, c)),
+            detail,
+        );
         self.out.push(Output::Enforcement(event));
     }
 }

@@ -188,6 +188,8 @@ impl AgentState {
 
     /// Whether an attestation for `clause_id` is in force.
     pub fn attested(&self, clause_id: &str) -> bool {
-        self.overrides.iter().any(|o| o.req.kind == OverrideKind::Attest && o.req.clause_id.as_deref() == Some(clause_id))
+        self.overrides
+            .iter()
+            .any(|o| o.req.kind == OverrideKind::Attest && o.req.clause_id.as_deref() == Some(clause_id))
     }
 }

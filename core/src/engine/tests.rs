@@ -4,9 +4,9 @@
 //! from the rules alone.
 
 use super::*;
+use crate::model::telemetry::{Attr, Model, Outcome, Risk};
 use crate::pact::duration::Dur;
 use crate::pact::parse_pact;
-use crate::model::telemetry::{Attr, Model, Outcome, Risk};
 
 /// Shared with the model-based test (`tests/it/lane_model.rs`).
 const PACT: &str = include_str!("../../../tests/fixtures/lane-rules.yaml");
@@ -45,7 +45,15 @@ fn tel(agent: &str, at_s: i64, flag: &str, high_risk: bool, version: u32) -> Inp
     })
 }
 
-fn ov(agent: &str, at_s: i64, kind: OverrideKind, scope: Scope, lane: Option<Lane>, ttl_s: i64, seq: u64) -> Input {
+fn ov(
+    agent: &str,
+    at_s: i64,
+    kind: OverrideKind,
+    scope: Scope,
+    lane: Option<Lane>,
+    ttl_s: i64,
+    seq: u64,
+) -> Input {
     Input::Override(OverrideRequest {
         override_id: format!("o-{agent}@{at_s}"),
         agent_id: agent.into(),
@@ -68,7 +76,15 @@ type Ev = (String, Scope, Lane, Lane, u64, i64, String);
 fn events(out: &[Output]) -> Vec<Ev> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Enforcement(e) => Some((e.agent_id.clone(), e.scope, e.lane_from, e.lane_to, e.seq, (e.effective_at - T0) / S, e.reason.code.clone())),
+            Output::Enforcement(e) => Some((
+                e.agent_id.clone(),
+                e.scope,
+                e.lane_from,
+                e.lane_to,
+                e.seq,
+                (e.effective_at - T0) / S,
+                e.reason.code.clone(),
+            )),
             _ => None,
         })
         .collect()
@@ -100,11 +116,17 @@ fn a_breach_escalates_both_scopes_and_the_lane_is_the_maximum_over_clauses() {
     assert_eq!(step(&mut e, [tel("a0", 0, "none", false, 1)]), vec![]);
     assert_eq!(
         step(&mut e, [tel("a0", 10, "watch", false, 1)]),
-        vec![ev("a0", All, Normal, Watch, 1, 10, "zero_tolerance_breach"), ev("a0", HighRisk, Normal, Watch, 2, 10, "zero_tolerance_breach")]
+        vec![
+            ev("a0", All, Normal, Watch, 1, 10, "zero_tolerance_breach"),
+            ev("a0", HighRisk, Normal, Watch, 2, 10, "zero_tolerance_breach")
+        ]
     );
     assert_eq!(
         step(&mut e, [tel("a0", 20, "degrade", true, 1)]),
-        vec![ev("a0", All, Watch, Degrade, 3, 20, "zero_tolerance_breach"), ev("a0", HighRisk, Watch, Degrade, 4, 20, "zero_tolerance_breach")]
+        vec![
+            ev("a0", All, Watch, Degrade, 3, 20, "zero_tolerance_breach"),
+            ev("a0", HighRisk, Watch, Degrade, 4, 20, "zero_tolerance_breach")
+        ]
     );
     // watch_c re-verifies (3 clean events, dwell to 130 s), but degrade_c still demands more.
     assert_eq!(step(&mut e, [30, 40, 50, 130].map(|t| tel("a0", t, "none", false, 1))), vec![]);
@@ -113,13 +135,19 @@ fn a_breach_escalates_both_scopes_and_the_lane_is_the_maximum_over_clauses() {
     // degrade_c: 2 clean high-risk events after its 1 min dwell; one lane down.
     assert_eq!(
         step(&mut e, [140, 150].map(|t| tel("a0", t, "none", true, 1))),
-        vec![ev("a0", All, Degrade, Watch, 5, 150, "reverified"), ev("a0", HighRisk, Degrade, Watch, 6, 150, "reverified")]
+        vec![
+            ev("a0", All, Degrade, Watch, 5, 150, "reverified"),
+            ev("a0", HighRisk, Degrade, Watch, 6, 150, "reverified")
+        ]
     );
     // The next step waits for a new dwell (150 + 60 s) and 2 new clean events.
     assert_eq!(step(&mut e, [160, 170].map(|t| tel("a0", t, "none", true, 1))), vec![]);
     assert_eq!(
         step(&mut e, [tel("a0", 210, "none", true, 1)]),
-        vec![ev("a0", All, Watch, Normal, 7, 210, "reverified"), ev("a0", HighRisk, Watch, Normal, 8, 210, "reverified")]
+        vec![
+            ev("a0", All, Watch, Normal, 7, 210, "reverified"),
+            ev("a0", HighRisk, Watch, Normal, 8, 210, "reverified")
+        ]
     );
 }
 
@@ -127,15 +155,34 @@ fn a_breach_escalates_both_scopes_and_the_lane_is_the_maximum_over_clauses() {
 fn the_dwell_multiplies_with_each_escalation_up_to_its_cap() {
     let mut e = engine();
     let dwell_until = |e: &mut Engine, inputs: Vec<Input>| -> Vec<Option<i64>> {
-        outputs(e, inputs).iter().filter_map(|o| if let Output::Enforcement(x) = o { Some(x.min_dwell_until.map(|t| (t - T0) / S)) } else { None }).collect()
+        outputs(e, inputs)
+            .iter()
+            .filter_map(|o| {
+                if let Output::Enforcement(x) = o {
+                    Some(x.min_dwell_until.map(|t| (t - T0) / S))
+                } else {
+                    None
+                }
+            })
+            .collect()
     };
     // First escalation: 1 min.
     assert_eq!(dwell_until(&mut e, vec![tel("a0", 0, "degrade", true, 1)]), vec![Some(60), Some(60)]);
     assert_eq!(step(&mut e, [60, 61].map(|t| tel("a0", t, "none", true, 1))).len(), 2);
-    assert_eq!(step(&mut e, [121, 122].map(|t| tel("a0", t, "none", true, 1))).iter().map(|x| x.3).collect::<Vec<_>>(), vec![Normal, Normal]);
+    assert_eq!(
+        step(&mut e, [121, 122].map(|t| tel("a0", t, "none", true, 1)))
+            .iter()
+            .map(|x| x.3)
+            .collect::<Vec<_>>(),
+        vec![Normal, Normal]
+    );
     // Second: 1 min × 3.
     assert_eq!(dwell_until(&mut e, vec![tel("a0", 200, "degrade", true, 1)]), vec![Some(380), Some(380)]);
-    assert_eq!(step(&mut e, [300, 310].map(|t| tel("a0", t, "none", true, 1))), vec![], "held by the 3 min dwell");
+    assert_eq!(
+        step(&mut e, [300, 310].map(|t| tel("a0", t, "none", true, 1))),
+        vec![],
+        "held by the 3 min dwell"
+    );
     // Each step down waits for the current dwell again (3 min from 380 s).
     assert_eq!(dwell_until(&mut e, vec![tel("a0", 380, "none", true, 1)]), vec![Some(560), Some(560)]);
     assert_eq!(step(&mut e, [560, 561].map(|t| tel("a0", t, "none", true, 1))).len(), 2);
@@ -151,13 +198,32 @@ fn leaving_block_after_a_critical_breach_needs_an_attestation() {
     let mut e = engine();
     assert_eq!(
         step(&mut e, [tel("a0", 0, "block", false, 1)]),
-        vec![ev("a0", All, Normal, Block, 1, 0, "zero_tolerance_breach"), ev("a0", HighRisk, Normal, Block, 2, 0, "zero_tolerance_breach")]
+        vec![
+            ev("a0", All, Normal, Block, 1, 0, "zero_tolerance_breach"),
+            ev("a0", HighRisk, Normal, Block, 2, 0, "zero_tolerance_breach")
+        ]
     );
-    assert_eq!(step(&mut e, [60, 70, 80].map(|t| tel("a0", t, "none", false, 1))), vec![], "clean and past the dwell, but not attested");
-    assert_eq!(step(&mut e, [ov("a0", 90, OverrideKind::Attest, All, None, 600, 2)]), vec![], "an attestation changes no lane by itself");
+    assert_eq!(
+        step(&mut e, [60, 70, 80].map(|t| tel("a0", t, "none", false, 1))),
+        vec![],
+        "clean and past the dwell, but not attested"
+    );
+    assert_eq!(
+        step(&mut e, [ov("a0", 90, OverrideKind::Attest, All, None, 600, 2)]),
+        vec![],
+        "an attestation changes no lane by itself"
+    );
     let out = outputs(&mut e, [tel("a0", 100, "none", false, 1)]);
-    assert_eq!(events(&out), vec![ev("a0", All, Block, Review, 3, 100, "reverified"), ev("a0", HighRisk, Block, Review, 4, 100, "reverified")]);
-    let Output::Enforcement(first) = out.iter().find(|o| matches!(o, Output::Enforcement(_))).unwrap() else { unreachable!() };
+    assert_eq!(
+        events(&out),
+        vec![
+            ev("a0", All, Block, Review, 3, 100, "reverified"),
+            ev("a0", HighRisk, Block, Review, 4, 100, "reverified")
+        ]
+    );
+    let Output::Enforcement(first) = out.iter().find(|o| matches!(o, Output::Enforcement(_))).unwrap() else {
+        unreachable!()
+    };
     assert!(first.reason.text.contains("human attestation present"), "{}", first.reason.text);
 }
 
@@ -169,12 +235,17 @@ fn stale_high_risk_evidence_sends_high_risk_actions_to_review_until_fresh_again(
     // the next record passes it.
     let out = outputs(&mut e, [tel("a0", 700, "none", false, 1)]);
     assert_eq!(events(&out), vec![ev("a0", HighRisk, Normal, Review, 1, 600, "evidence_stale")]);
-    let Some(Output::Enforcement(stale)) = out.iter().find(|o| matches!(o, Output::Enforcement(_))) else { unreachable!() };
+    let Some(Output::Enforcement(stale)) = out.iter().find(|o| matches!(o, Output::Enforcement(_))) else {
+        unreachable!()
+    };
     assert_eq!(stale.effective_at, T0 + 600 * S + 1, "stale 1 µs after the older event turns 10 min old");
     assert!(e.agent("a0").unwrap().clauses.values().any(|s| s.stale));
     // One new event is not enough: the window asks for 2 within 10 min.
     assert_eq!(step(&mut e, [tel("a0", 710, "none", true, 1)]), vec![]);
-    assert_eq!(step(&mut e, [tel("a0", 720, "none", true, 1)]), vec![ev("a0", HighRisk, Review, Normal, 2, 720, "evidence_fresh")]);
+    assert_eq!(
+        step(&mut e, [tel("a0", 720, "none", true, 1)]),
+        vec![ev("a0", HighRisk, Review, Normal, 2, 720, "evidence_fresh")]
+    );
     // 5 events, 4 of them high-risk; the one at 710 s was decided on stale evidence.
     let st = e.stats();
     assert_eq!((st.telemetry, st.high_risk_decisions, st.high_risk_fresh), (5, 4, 3));
@@ -186,13 +257,19 @@ fn a_model_change_holds_the_agent_until_every_drift_clause_reverifies() {
     assert_eq!(step(&mut e, [tel("a0", 0, "none", false, 1)]), vec![]);
     assert_eq!(
         step(&mut e, [tel("a0", 10, "none", false, 2)]),
-        vec![ev("a0", All, Normal, Review, 1, 10, "model_changed"), ev("a0", HighRisk, Normal, Review, 2, 10, "model_changed")]
+        vec![
+            ev("a0", All, Normal, Review, 1, 10, "model_changed"),
+            ev("a0", HighRisk, Normal, Review, 2, 10, "model_changed")
+        ]
     );
     // 4 clean events, but the dwell runs to 10 + 180 s.
     assert_eq!(step(&mut e, [20, 30, 40, 100].map(|t| tel("a0", t, "none", false, 2))), vec![]);
     assert_eq!(
         step(&mut e, [tel("a0", 190, "none", false, 2)]),
-        vec![ev("a0", All, Review, Normal, 3, 190, "model_reverified"), ev("a0", HighRisk, Review, Normal, 4, 190, "model_reverified")]
+        vec![
+            ev("a0", All, Review, Normal, 3, 190, "model_reverified"),
+            ev("a0", HighRisk, Review, Normal, 4, 190, "model_reverified")
+        ]
     );
 }
 
@@ -203,9 +280,16 @@ fn a_settle_is_its_own_event_beside_a_lane_change_in_the_same_step() {
     let out = outputs(&mut e, [tel("a0", 10, "settle", false, 2)]);
     assert_eq!(
         events(&out),
-        vec![ev("a0", All, Normal, Normal, 1, 10, "settle"), ev("a0", All, Normal, Review, 2, 10, "model_changed"), ev("a0", HighRisk, Normal, Review, 3, 10, "model_changed")]
+        vec![
+            ev("a0", All, Normal, Normal, 1, 10, "settle"),
+            ev("a0", All, Normal, Review, 2, 10, "model_changed"),
+            ev("a0", HighRisk, Normal, Review, 3, 10, "model_changed")
+        ]
     );
-    let actions: Vec<_> = out.iter().filter_map(|o| if let Output::Enforcement(x) = o { Some(x.action.as_str()) } else { None }).collect();
+    let actions: Vec<_> = out
+        .iter()
+        .filter_map(|o| if let Output::Enforcement(x) = o { Some(x.action.as_str()) } else { None })
+        .collect();
     assert_eq!(actions, ["settle", "require_human_review", "require_human_review"]);
     assert_eq!(e.agent("a0").unwrap().published, [Review, Review]);
 }
@@ -216,23 +300,56 @@ fn the_blast_radius_cap_applies_the_fail_mode_and_lifts_when_the_share_allows() 
     step(&mut e, ["a0", "a1", "a2"].map(|a| tel(a, 0, "none", false, 1)));
     // 1 of 3 blocked would exceed 30 %: fail mode (review) and one panic event.
     let out = outputs(&mut e, [tel("a0", 10, "block", false, 1)]);
-    assert_eq!(events(&out), vec![ev("a0", All, Normal, Review, 1, 10, "zero_tolerance_breach"), ev("a0", HighRisk, Normal, Review, 2, 10, "zero_tolerance_breach")]);
-    let panics: Vec<_> = out.iter().filter_map(|o| if let Output::Panic(p) = o { Some(p.clone()) } else { None }).collect();
-    assert_eq!(panics, vec![PanicEvent { workflow: "w".into(), would_block: 1, agents: 3, fail_mode: Review, at: T0 + 10 * S }]);
+    assert_eq!(
+        events(&out),
+        vec![
+            ev("a0", All, Normal, Review, 1, 10, "zero_tolerance_breach"),
+            ev("a0", HighRisk, Normal, Review, 2, 10, "zero_tolerance_breach")
+        ]
+    );
+    let panics: Vec<_> =
+        out.iter().filter_map(|o| if let Output::Panic(p) = o { Some(p.clone()) } else { None }).collect();
+    assert_eq!(
+        panics,
+        vec![PanicEvent {
+            workflow: "w".into(),
+            would_block: 1,
+            agents: 3,
+            fail_mode: Review,
+            at: T0 + 10 * S
+        }]
+    );
     // A second capped agent in the same episode: no second panic event.
-    assert!(!outputs(&mut e, [tel("a1", 20, "block", false, 1)]).iter().any(|o| matches!(o, Output::Panic(_))));
+    assert!(!outputs(&mut e, [tel("a1", 20, "block", false, 1)])
+        .iter()
+        .any(|o| matches!(o, Output::Panic(_))));
     // The workflow grows to 10 agents: 1 blocked of 10 is allowed, so a0's next event blocks it.
     step(&mut e, (3..10).map(|i| tel(&format!("a{i}"), 30, "none", false, 1)));
     assert_eq!(
         step(&mut e, [tel("a0", 40, "none", false, 1)]),
-        vec![ev("a0", All, Review, Block, 3, 40, "blast_radius_recheck"), ev("a0", HighRisk, Review, Block, 4, 40, "blast_radius_recheck")]
+        vec![
+            ev("a0", All, Review, Block, 3, 40, "blast_radius_recheck"),
+            ev("a0", HighRisk, Review, Block, 4, 40, "blast_radius_recheck")
+        ]
     );
     // 2 of 10 would exceed 30 %? No (0.2 < 0.3): a1 is blocked too; a third would be 3 > 3? No.
-    assert_eq!(step(&mut e, [tel("a1", 41, "none", false, 1)]).iter().map(|x| x.3).collect::<Vec<_>>(), vec![Block, Block]);
-    assert!(!outputs(&mut e, [tel("a2", 42, "block", false, 1)]).iter().any(|o| matches!(o, Output::Panic(_))), "3 of 10 is not more than 30 %");
+    assert_eq!(
+        step(&mut e, [tel("a1", 41, "none", false, 1)]).iter().map(|x| x.3).collect::<Vec<_>>(),
+        vec![Block, Block]
+    );
+    assert!(
+        !outputs(&mut e, [tel("a2", 42, "block", false, 1)]).iter().any(|o| matches!(o, Output::Panic(_))),
+        "3 of 10 is not more than 30 %"
+    );
     // A fourth would be 4 of 10: capped, in the same episode (three agents are blocked).
     let out = outputs(&mut e, [tel("a3", 43, "block", false, 1)]);
-    assert_eq!(events(&out), vec![ev("a3", All, Normal, Review, 1, 43, "zero_tolerance_breach"), ev("a3", HighRisk, Normal, Review, 2, 43, "zero_tolerance_breach")]);
+    assert_eq!(
+        events(&out),
+        vec![
+            ev("a3", All, Normal, Review, 1, 43, "zero_tolerance_breach"),
+            ev("a3", HighRisk, Normal, Review, 2, 43, "zero_tolerance_breach")
+        ]
+    );
     assert_eq!(out.iter().filter(|o| matches!(o, Output::Panic(_))).count(), 0);
 }
 
@@ -240,12 +357,28 @@ fn the_blast_radius_cap_applies_the_fail_mode_and_lifts_when_the_share_allows() 
 fn a_panic_episode_ends_when_no_agent_is_blocked_or_capped() {
     let mut e = engine();
     step(&mut e, ["a0", "a1", "a2"].map(|a| tel(a, 0, "none", false, 1)));
-    assert_eq!(outputs(&mut e, [tel("a0", 10, "block", false, 1)]).iter().filter(|o| matches!(o, Output::Panic(_))).count(), 1);
+    assert_eq!(
+        outputs(&mut e, [tel("a0", 10, "block", false, 1)])
+            .iter()
+            .filter(|o| matches!(o, Output::Panic(_)))
+            .count(),
+        1
+    );
     // a0 re-verifies out of its block demand while capped (attested): nothing is capped now.
     step(&mut e, [ov("a0", 20, OverrideKind::Attest, All, None, 600, 2)]);
-    assert_eq!(step(&mut e, [80, 81].map(|t| tel("a0", t, "none", false, 1))), vec![], "demand block -> review; published review already");
+    assert_eq!(
+        step(&mut e, [80, 81].map(|t| tel("a0", t, "none", false, 1))),
+        vec![],
+        "demand block -> review; published review already"
+    );
     assert!(!e.agent("a0").unwrap().capped);
-    assert_eq!(outputs(&mut e, [tel("a1", 90, "block", false, 1)]).iter().filter(|o| matches!(o, Output::Panic(_))).count(), 1);
+    assert_eq!(
+        outputs(&mut e, [tel("a1", 90, "block", false, 1)])
+            .iter()
+            .filter(|o| matches!(o, Output::Panic(_)))
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -253,22 +386,40 @@ fn overrides_apply_by_precedence_and_expire_at_their_time() {
     let mut e = engine();
     step(&mut e, [tel("a0", 0, "degrade", true, 1)]);
     // Loosen (agent-wide) to normal: policy bypass; the high-risk scope keeps its lane.
-    assert_eq!(step(&mut e, [ov("a0", 10, OverrideKind::Loosen, All, Some(Normal), 300, 2)]), vec![ev("a0", All, Degrade, Normal, 3, 10, "override_applied")]);
+    assert_eq!(
+        step(&mut e, [ov("a0", 10, OverrideKind::Loosen, All, Some(Normal), 300, 2)]),
+        vec![ev("a0", All, Degrade, Normal, 3, 10, "override_applied")]
+    );
     assert_eq!(e.stats().overrides_bypass, 1);
     // Tighten the high-risk scope to block: both scopes publish (the agent-wide one unchanged).
     assert_eq!(
         step(&mut e, [ov("a0", 20, OverrideKind::Tighten, HighRisk, Some(Block), 100, 3)]),
-        vec![ev("a0", All, Normal, Normal, 4, 20, "override_applied"), ev("a0", HighRisk, Degrade, Block, 5, 20, "override_applied")]
+        vec![
+            ev("a0", All, Normal, Normal, 4, 20, "override_applied"),
+            ev("a0", HighRisk, Degrade, Block, 5, 20, "override_applied")
+        ]
     );
     // Kill outranks the loosening.
-    assert_eq!(step(&mut e, [ov("a0", 30, OverrideKind::EmergencyKill, All, None, 60, 5)]), vec![ev("a0", All, Normal, Block, 6, 30, "override_applied")]);
+    assert_eq!(
+        step(&mut e, [ov("a0", 30, OverrideKind::EmergencyKill, All, None, 60, 5)]),
+        vec![ev("a0", All, Normal, Block, 6, 30, "override_applied")]
+    );
     // Expiries fire at their own times (90, 120, 310 s), when a later record passes them.
-    assert_eq!(step(&mut e, [tel("a0", 95, "none", false, 1)]), vec![ev("a0", All, Block, Normal, 7, 90, "override_expired")]);
+    assert_eq!(
+        step(&mut e, [tel("a0", 95, "none", false, 1)]),
+        vec![ev("a0", All, Block, Normal, 7, 90, "override_expired")]
+    );
     assert_eq!(
         step(&mut e, [tel("a0", 125, "none", false, 1)]),
-        vec![ev("a0", All, Normal, Normal, 8, 120, "override_expired"), ev("a0", HighRisk, Block, Degrade, 9, 120, "override_expired")]
+        vec![
+            ev("a0", All, Normal, Normal, 8, 120, "override_expired"),
+            ev("a0", HighRisk, Block, Degrade, 9, 120, "override_expired")
+        ]
     );
-    assert_eq!(step(&mut e, [tel("a0", 320, "none", false, 1)]), vec![ev("a0", All, Normal, Degrade, 10, 310, "override_expired")]);
+    assert_eq!(
+        step(&mut e, [tel("a0", 320, "none", false, 1)]),
+        vec![ev("a0", All, Normal, Degrade, 10, 310, "override_expired")]
+    );
     assert!(e.agent("a0").unwrap().overrides.is_empty());
 }
 
@@ -277,7 +428,9 @@ fn invalid_overrides_are_rejected_with_their_reason_and_create_no_state() {
     let mut e = engine();
     step(&mut e, [tel("a0", 0, "none", false, 1)]);
     let mut bad = Vec::new();
-    let Input::Override(mut r) = ov("ghost", 10, OverrideKind::Tighten, All, Some(Review), 60, 0) else { unreachable!() };
+    let Input::Override(mut r) = ov("ghost", 10, OverrideKind::Tighten, All, Some(Review), 60, 0) else {
+        unreachable!()
+    };
     r.expires_at = None;
     bad.push(r.clone());
     r.expires_at = Some(r.issued_at);
@@ -294,7 +447,9 @@ fn invalid_overrides_are_rejected_with_their_reason_and_create_no_state() {
     let reasons: Vec<String> = out
         .iter()
         .filter_map(|o| match o {
-            Output::History(h) if h.kind == RecordKind::OverrideRejected => h.detail["reason"].as_str().map(String::from),
+            Output::History(h) if h.kind == RecordKind::OverrideRejected => {
+                h.detail["reason"].as_str().map(String::from)
+            }
             _ => None,
         })
         .collect();
@@ -323,7 +478,9 @@ fn idle_agents_in_normal_expire_and_others_are_kept() {
     let expired: Vec<_> = out
         .iter()
         .filter_map(|o| match o {
-            Output::History(h) if h.kind == RecordKind::StateExpired => Some((h.agent_id.clone().unwrap(), (h.at_micros - T0) / S)),
+            Output::History(h) if h.kind == RecordKind::StateExpired => {
+                Some((h.agent_id.clone().unwrap(), (h.at_micros - T0) / S))
+            }
             _ => None,
         })
         .collect();
@@ -339,12 +496,19 @@ fn records_behind_the_watermark_are_processed_within_the_allowed_lateness_and_se
     e.cfg.allowed_lateness = Dur(60 * S);
     step(&mut e, [tel("a0", 100, "none", false, 1)]);
     // 10 s behind: within the allowed lateness, processed (and its breach acts).
-    assert_eq!(step(&mut e, [tel("a0", 90, "watch", false, 1)]).iter().map(|x| (x.3, x.5)).collect::<Vec<_>>(), vec![(Watch, 90), (Watch, 90)]);
+    assert_eq!(
+        step(&mut e, [tel("a0", 90, "watch", false, 1)]).iter().map(|x| (x.3, x.5)).collect::<Vec<_>>(),
+        vec![(Watch, 90), (Watch, 90)]
+    );
     // 90 s behind: set aside with its reason, and recorded in the history.
     let out = outputs(&mut e, [tel("a0", 10, "block", false, 1)]);
-    let late: Vec<&LateRecord> = out.iter().filter_map(|o| if let Output::Late(l) = o { Some(l) } else { None }).collect();
+    let late: Vec<&LateRecord> =
+        out.iter().filter_map(|o| if let Output::Late(l) = o { Some(l) } else { None }).collect();
     assert_eq!(late.len(), 1);
-    assert_eq!((late[0].id.as_str(), late[0].occurred_at, late[0].watermark), ("a0@10", T0 + 10 * S, T0 + 100 * S));
+    assert_eq!(
+        (late[0].id.as_str(), late[0].occurred_at, late[0].watermark),
+        ("a0@10", T0 + 10 * S, T0 + 100 * S)
+    );
     assert_eq!(late[0].reason, "event time is 90 s behind the watermark, beyond the allowed lateness of 1m");
     assert!(out.iter().any(|o| matches!(o, Output::History(h) if h.kind == RecordKind::Late)));
     assert_eq!(events(&out), vec![], "a late breach changes nothing");
@@ -371,7 +535,10 @@ clauses:
     )
     .expect("valid pact");
     let mut e = Engine::new(engine().cfg.clone(), vec![pact]);
-    let segments: Vec<Option<String>> = outputs(&mut e, [tel("a0", 0, "watch", true, 1)]).iter().filter_map(|o| if let Output::Enforcement(x) = o { Some(x.segment.clone()) } else { None }).collect();
+    let segments: Vec<Option<String>> = outputs(&mut e, [tel("a0", 0, "watch", true, 1)])
+        .iter()
+        .filter_map(|o| if let Output::Enforcement(x) = o { Some(x.segment.clone()) } else { None })
+        .collect();
     assert_eq!(segments, vec![Some("high|m".to_string()); 2]);
     // Clean low-risk traffic is another segment: it does not re-verify the high-risk one.
     assert_eq!(step(&mut e, [70, 80, 90].map(|t| tel("a0", t, "none", false, 1))), vec![]);
@@ -379,7 +546,10 @@ clauses:
     assert_eq!(keys, ["low|m", "high|m"], "ordered by length, then bytes");
     assert_eq!(
         step(&mut e, [100, 110].map(|t| tel("a0", t, "none", true, 1))),
-        vec![ev("a0", All, Watch, Normal, 3, 110, "reverified"), ev("a0", HighRisk, Watch, Normal, 4, 110, "reverified")]
+        vec![
+            ev("a0", All, Watch, Normal, 3, 110, "reverified"),
+            ev("a0", HighRisk, Watch, Normal, 4, 110, "reverified")
+        ]
     );
 }
 
@@ -390,9 +560,16 @@ fn the_cap_allows_a_share_of_blocks_equal_to_the_limit() {
     e.cfg.max_blocked_share = 0.5;
     e.cfg.blast_radius_min_agents = 2;
     step(&mut e, ["a0", "a1"].map(|a| tel(a, 0, "none", false, 1)));
-    assert_eq!(step(&mut e, [tel("a0", 10, "block", false, 1)]).iter().map(|x| x.3).collect::<Vec<_>>(), vec![Block, Block]);
+    assert_eq!(
+        step(&mut e, [tel("a0", 10, "block", false, 1)]).iter().map(|x| x.3).collect::<Vec<_>>(),
+        vec![Block, Block]
+    );
     let out = outputs(&mut e, [tel("a1", 20, "block", false, 1)]);
-    assert_eq!(events(&out).iter().map(|x| x.3).collect::<Vec<_>>(), vec![Review, Review], "2 of 2 is more than 50 %");
+    assert_eq!(
+        events(&out).iter().map(|x| x.3).collect::<Vec<_>>(),
+        vec![Review, Review],
+        "2 of 2 is more than 50 %"
+    );
     assert_eq!(out.iter().filter(|o| matches!(o, Output::Panic(_))).count(), 1);
 }
 
@@ -415,7 +592,15 @@ fn held_engine(ooo_s: i64, lag_s: i64) -> Engine {
 }
 
 fn ticks(out: &[Output]) -> Vec<serde_json::Value> {
-    out.iter().filter_map(|o| if let Output::History(h) = o { (h.kind == RecordKind::Tick).then(|| h.detail.clone()) } else { None }).collect()
+    out.iter()
+        .filter_map(|o| {
+            if let Output::History(h) = o {
+                (h.kind == RecordKind::Tick).then(|| h.detail.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 #[test]
@@ -430,12 +615,23 @@ fn a_tick_releases_what_waits_behind_the_watermark_and_is_recorded() {
     // At 15 s the breach is due: released, and the tick recorded before its effects.
     assert!(e.tick(T0 + 15 * S, 2));
     let out = e.drain();
-    assert_eq!(events(&out), vec![ev("a0", All, Normal, Watch, 1, 10, "zero_tolerance_breach"), ev("a0", HighRisk, Normal, Watch, 2, 10, "zero_tolerance_breach")]);
+    assert_eq!(
+        events(&out),
+        vec![
+            ev("a0", All, Normal, Watch, 1, 10, "zero_tolerance_breach"),
+            ev("a0", HighRisk, Normal, Watch, 2, 10, "zero_tolerance_breach")
+        ]
+    );
     assert_eq!(
         ticks(&out),
-        vec![serde_json::json!({"at": T0 + 15 * S, "wall_time": 2, "after_inputs": 2, "watermark_before": T0 + 5 * S, "watermark": T0 + 10 * S, "buffered": 1})]
+        vec![
+            serde_json::json!({"at": T0 + 15 * S, "wall_time": 2, "after_inputs": 2, "watermark_before": T0 + 5 * S, "watermark": T0 + 10 * S, "buffered": 1})
+        ]
     );
-    assert!(matches!(&out[0], Output::History(h) if h.kind == RecordKind::Tick), "the tick comes first in the history");
+    assert!(
+        matches!(&out[0], Output::History(h) if h.kind == RecordKind::Tick),
+        "the tick comes first in the history"
+    );
     assert_eq!((e.buffered(), e.watermark(), e.stats().ticks), (0, Some(T0 + 10 * S), 1));
     // A tick never moves the watermark back.
     assert!(!e.tick(T0 + 12 * S, 3));
@@ -455,7 +651,9 @@ fn a_silent_partition_still_turns_stale_evidence_stale() {
     assert!(e.tick(T0 + 605 * S + 1, 3));
     let out = e.drain();
     assert_eq!(events(&out), vec![ev("a0", HighRisk, Normal, Review, 1, 600, "evidence_stale")]);
-    let Some(Output::Enforcement(stale)) = out.iter().find(|o| matches!(o, Output::Enforcement(_))) else { unreachable!() };
+    let Some(Output::Enforcement(stale)) = out.iter().find(|o| matches!(o, Output::Enforcement(_))) else {
+        unreachable!()
+    };
     assert_eq!((stale.effective_at, stale.causation.kind.as_str()), (T0 + 600 * S + 1, "timer"));
     assert!(out.iter().any(|o| matches!(o, Output::History(h) if h.kind == RecordKind::Stale)));
 }
@@ -481,8 +679,16 @@ fn a_critical_breach_acts_on_arrival_and_names_its_record() {
     // The block breach at 10 s is applied when it arrives, 30 s before the watermark would
     // pass it; the watch breach at 5 s, still held, comes after it.
     let out = outputs(&mut e, [tel("a0", 10, "block", false, 1)]);
-    assert_eq!(events(&out), vec![ev("a0", All, Normal, Block, 1, 10, "zero_tolerance_breach"), ev("a0", HighRisk, Normal, Block, 2, 10, "zero_tolerance_breach")]);
-    let Some(Output::Enforcement(block)) = out.iter().find(|o| matches!(o, Output::Enforcement(_))) else { unreachable!() };
+    assert_eq!(
+        events(&out),
+        vec![
+            ev("a0", All, Normal, Block, 1, 10, "zero_tolerance_breach"),
+            ev("a0", HighRisk, Normal, Block, 2, 10, "zero_tolerance_breach")
+        ]
+    );
+    let Some(Output::Enforcement(block)) = out.iter().find(|o| matches!(o, Output::Enforcement(_))) else {
+        unreachable!()
+    };
     assert_eq!((block.causation.kind.as_str(), block.causation.id.as_str()), ("telemetry", "a0@10"));
     assert_eq!((e.buffered(), e.stats().fast_path), (2, 1), "the other two records still wait");
     // When the watermark passes them, they are processed; the block stands.
@@ -500,7 +706,13 @@ fn an_emergency_kill_acts_on_arrival() {
     let mut e = held_engine(30, 5);
     step(&mut e, [tel("a0", 0, "none", false, 1)]);
     let out = outputs(&mut e, [ov("a0", 5, OverrideKind::EmergencyKill, All, None, 600, 0)]);
-    assert_eq!(events(&out), vec![ev("a0", All, Normal, Block, 1, 5, "override_applied"), ev("a0", HighRisk, Normal, Block, 2, 5, "override_applied")]);
+    assert_eq!(
+        events(&out),
+        vec![
+            ev("a0", All, Normal, Block, 1, 5, "override_applied"),
+            ev("a0", HighRisk, Normal, Block, 2, 5, "override_applied")
+        ]
+    );
     // A tightening override still waits for the watermark.
     assert_eq!(step(&mut e, [ov("a1", 6, OverrideKind::Tighten, All, Some(Watch), 600, 0)]), vec![]);
     assert_eq!(e.buffered(), 2);
@@ -508,22 +720,22 @@ fn an_emergency_kill_acts_on_arrival() {
 
 /// A run with ticks, for the determinism tests: inputs and ticks interleaved.
 enum Step {
-    In(Input),
+    In(Box<Input>),
     Tick(i64),
 }
 
 fn idle_run() -> Vec<Step> {
     use Step::{In, Tick};
     vec![
-        In(tel("a0", 0, "none", true, 1)),
-        In(tel("a1", 1, "none", true, 1)),
-        In(tel("a0", 60, "none", true, 1)),
-        In(tel("a1", 61, "watch", true, 1)),
+        In(Box::new(tel("a0", 0, "none", true, 1))),
+        In(Box::new(tel("a1", 1, "none", true, 1))),
+        In(Box::new(tel("a0", 60, "none", true, 1))),
+        In(Box::new(tel("a1", 61, "watch", true, 1))),
         Tick(T0 + 70 * S),
         Tick(T0 + 400 * S),
         Tick(T0 + 700 * S),
-        In(tel("a0", 690, "none", true, 1)),
-        In(tel("a0", 700, "degrade", true, 1)),
+        In(Box::new(tel("a0", 690, "none", true, 1))),
+        In(Box::new(tel("a0", 700, "degrade", true, 1))),
         Tick(T0 + 720 * S),
         Tick(T0 + 3 * 3600 * S),
     ]
@@ -532,7 +744,7 @@ fn idle_run() -> Vec<Step> {
 fn run_steps(e: &mut Engine, steps: &[Step]) -> Vec<Output> {
     for s in steps {
         match s {
-            Step::In(i) => e.push(i.clone()),
+            Step::In(i) => e.push((**i).clone()),
             Step::Tick(at) => {
                 e.tick(*at, *at / 1000);
             }
@@ -549,8 +761,14 @@ fn ticks_replayed_at_their_recorded_positions_reproduce_the_run() {
     assert!(ticks(&out).len() >= 4, "the run's ticks apply: {:?}", ticks(&out));
     assert!(events(&out).iter().any(|x| x.6 == "evidence_stale"), "a silent stretch turned evidence stale");
     // Replay: the same inputs, and each recorded tick before the input at its position.
-    let recorded: Vec<(u64, i64, i64)> = ticks(&out).iter().map(|d| (d["after_inputs"].as_u64().unwrap(), d["at"].as_i64().unwrap(), d["wall_time"].as_i64().unwrap())).collect();
-    let inputs: Vec<Input> = run.into_iter().filter_map(|s| if let Step::In(i) = s { Some(i) } else { None }).collect();
+    let recorded: Vec<(u64, i64, i64)> = ticks(&out)
+        .iter()
+        .map(|d| {
+            (d["after_inputs"].as_u64().unwrap(), d["at"].as_i64().unwrap(), d["wall_time"].as_i64().unwrap())
+        })
+        .collect();
+    let inputs: Vec<Input> =
+        run.into_iter().filter_map(|s| if let Step::In(i) = s { Some(*i) } else { None }).collect();
     let mut replay = held_engine(5, 5);
     let mut pending = recorded.iter().peekable();
     for (n, i) in inputs.into_iter().enumerate() {
@@ -562,7 +780,11 @@ fn ticks_replayed_at_their_recorded_positions_reproduce_the_run() {
     for (_, at, wall) in pending {
         assert!(replay.tick(*at, *wall));
     }
-    assert_eq!(serde_json::to_string(&replay.drain()).unwrap(), serde_json::to_string(&out).unwrap(), "byte-identical outputs");
+    assert_eq!(
+        serde_json::to_string(&replay.drain()).unwrap(),
+        serde_json::to_string(&out).unwrap(),
+        "byte-identical outputs"
+    );
 }
 
 #[test]

@@ -81,7 +81,11 @@ mod tests {
     fn the_published_schema_is_current() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/heartbeat.schema.json");
         let published = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(published, heartbeat_json_schema(), "regenerate with: driftgate heartbeat-schema > schemas/heartbeat.schema.json");
+        assert_eq!(
+            published,
+            heartbeat_json_schema(),
+            "regenerate with: driftgate heartbeat-schema > schemas/heartbeat.schema.json"
+        );
     }
 
     #[test]
@@ -103,7 +107,10 @@ mod tests {
             idle: true,
         };
         let v = serde_json::to_value(&h).unwrap();
-        assert_eq!((v["type"].as_str(), v["state"].as_str(), v["position"].as_i64(), v["committed"].is_null()), (Some("heartbeat"), Some("running"), Some(42), true));
+        assert_eq!(
+            (v["type"].as_str(), v["state"].as_str(), v["position"].as_i64(), v["committed"].is_null()),
+            (Some("heartbeat"), Some("running"), Some(42), true)
+        );
         assert_eq!(serde_json::from_value::<Heartbeat>(v).unwrap(), h);
         assert_eq!(key("agent-telemetry", 3), "driftgate.heartbeat/agent-telemetry/3");
     }

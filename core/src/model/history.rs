@@ -248,8 +248,8 @@ pub fn verify(reader: impl BufRead) -> Result<(u64, String), VerifyError> {
         if line.trim().is_empty() {
             continue;
         }
-        let r: Record =
-            serde_json::from_str(&line).map_err(|e| VerifyError::Malformed { line: line_no, reason: e.to_string() })?;
+        let r: Record = serde_json::from_str(&line)
+            .map_err(|e| VerifyError::Malformed { line: line_no, reason: e.to_string() })?;
         if r.compute_hash() != r.hash {
             return Err(VerifyError::Edited { line: line_no, position: r.position });
         }

@@ -74,7 +74,13 @@ pub struct ActiveOverride {
 
 /// Checks a request against the rules; `current_seq` is the agent's current `seq`.
 pub fn validate(req: &OverrideRequest, current_seq: u64, max_ttl_micros: i64) -> Result<i64, String> {
-    for (name, v) in [("override_id", &req.override_id), ("agent_id", &req.agent_id), ("principal", &req.principal), ("reason", &req.reason), ("ticket", &req.ticket)] {
+    for (name, v) in [
+        ("override_id", &req.override_id),
+        ("agent_id", &req.agent_id),
+        ("principal", &req.principal),
+        ("reason", &req.reason),
+        ("ticket", &req.ticket),
+    ] {
         if v.trim().is_empty() {
             return Err(format!("`{name}` is required"));
         }
@@ -86,15 +92,22 @@ pub fn validate(req: &OverrideRequest, current_seq: u64, max_ttl_micros: i64) ->
         return Err("`expires_at` is not after `issued_at`: the override is already expired".into());
     }
     if expires_at - req.issued_at > max_ttl_micros {
-        return Err(format!("`expires_at` is beyond the maximum override TTL of {} s", max_ttl_micros / 1_000_000));
+        return Err(format!(
+            "`expires_at` is beyond the maximum override TTL of {} s",
+            max_ttl_micros / 1_000_000
+        ));
     }
     match req.expected_seq {
         None => return Err("`expected_seq` is mandatory (compare-and-set on the agent's seq)".into()),
-        Some(s) if s != current_seq => return Err(format!("stale `expected_seq` {s}: the agent's seq is {current_seq}")),
+        Some(s) if s != current_seq => {
+            return Err(format!("stale `expected_seq` {s}: the agent's seq is {current_seq}"))
+        }
         Some(_) => {}
     }
     match req.kind {
-        OverrideKind::Tighten | OverrideKind::Loosen if req.lane.is_none() => Err("`lane` is required for tighten and loosen".into()),
+        OverrideKind::Tighten | OverrideKind::Loosen if req.lane.is_none() => {
+            Err("`lane` is required for tighten and loosen".into())
+        }
         OverrideKind::Attest if req.clause_id.is_none() => Err("`clause_id` is required for attest".into()),
         _ => Ok(expires_at),
     }
@@ -145,8 +158,18 @@ mod tests {
         use OverrideKind::*;
         assert_eq!(apply(Lane::Degrade, Scope::All, &[]), Lane::Degrade);
         assert_eq!(apply(Lane::Degrade, Scope::All, &[req(Loosen, Some(Lane::Normal))]), Lane::Normal);
-        assert_eq!(apply(Lane::Degrade, Scope::All, &[req(Loosen, Some(Lane::Normal)), req(Tighten, Some(Lane::Watch))]), Lane::Watch);
-        assert_eq!(apply(Lane::Normal, Scope::All, &[req(Tighten, Some(Lane::Review)), req(EmergencyKill, None)]), Lane::Block);
+        assert_eq!(
+            apply(
+                Lane::Degrade,
+                Scope::All,
+                &[req(Loosen, Some(Lane::Normal)), req(Tighten, Some(Lane::Watch))]
+            ),
+            Lane::Watch
+        );
+        assert_eq!(
+            apply(Lane::Normal, Scope::All, &[req(Tighten, Some(Lane::Review)), req(EmergencyKill, None)]),
+            Lane::Block
+        );
     }
 
     #[test]

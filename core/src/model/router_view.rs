@@ -5,8 +5,8 @@
 
 use crate::engine::Engine;
 use crate::model::lane::Lane;
-use crate::model::overrides::OverrideKind;
 use crate::model::lane::Scope;
+use crate::model::overrides::OverrideKind;
 use driftgate_detectors::Detector;
 use serde::{Deserialize, Serialize};
 

@@ -131,7 +131,8 @@ impl Telemetry {
     /// Checks values that the types alone do not: finite latency, sane citation counts,
     /// non-empty ids.
     pub fn validate(&self) -> Result<(), TelemetryError> {
-        let invalid = |field, reason: &str| Err(TelemetryError::Invalid { field, reason: reason.to_string() });
+        let invalid =
+            |field, reason: &str| Err(TelemetryError::Invalid { field, reason: reason.to_string() });
         if self.event_id.is_empty() {
             return invalid("event_id", "must not be empty");
         }
@@ -151,7 +152,10 @@ impl Telemetry {
         for (k, v) in &self.attributes {
             if let Attr::Num(x) = v {
                 if !x.is_finite() {
-                    return Err(TelemetryError::Invalid { field: "attributes", reason: format!("`{k}` is not finite") });
+                    return Err(TelemetryError::Invalid {
+                        field: "attributes",
+                        reason: format!("`{k}` is not finite"),
+                    });
                 }
             }
         }
@@ -182,7 +186,12 @@ impl Telemetry {
                     "low" => Risk::Low,
                     "medium" => Risk::Medium,
                     "high" => Risk::High,
-                    _ => return Err(TelemetryError::Invalid { field: "risk", reason: format!("unknown risk {s:?}") }),
+                    _ => {
+                        return Err(TelemetryError::Invalid {
+                            field: "risk",
+                            reason: format!("unknown risk {s:?}"),
+                        })
+                    }
                 },
                 other => return Err(wrong("risk", &other)),
             },
@@ -191,7 +200,12 @@ impl Telemetry {
                     "ok" => Outcome::Ok,
                     "refused" => Outcome::Refused,
                     "error" => Outcome::Error,
-                    _ => return Err(TelemetryError::Invalid { field: "outcome", reason: format!("unknown outcome {s:?}") }),
+                    _ => {
+                        return Err(TelemetryError::Invalid {
+                            field: "outcome",
+                            reason: format!("unknown outcome {s:?}"),
+                        })
+                    }
                 },
                 other => return Err(wrong("outcome", &other)),
             },

@@ -24,7 +24,9 @@ impl Dur {
         if t.starts_with('-') {
             return Err(format!("negative duration `{s}`: windows and dwell times must be positive"));
         }
-        humantime::parse_duration(t).map(Dur::from_std).map_err(|e| format!("invalid duration `{s}`: {e} (write e.g. 30s, 15m, 2h, 7d)"))
+        humantime::parse_duration(t)
+            .map(Dur::from_std)
+            .map_err(|e| format!("invalid duration `{s}`: {e} (write e.g. 30s, 15m, 2h, 7d)"))
     }
 }
 

@@ -7,11 +7,12 @@
 pub mod duration;
 pub mod predicate;
 
-use crate::pact::duration::Dur;
 use crate::model::lane::{Consequence, Lane};
+use crate::pact::duration::Dur;
 use crate::pact::predicate::{Compiled, Field, Type};
 use driftgate_detectors::{
-    AnyDetector, DetectorSpec, MetricKind, QuantileBound, QuantileBoundConfig, RateBound, RateBoundConfig, ZeroTolerance,
+    AnyDetector, DetectorSpec, MetricKind, QuantileBound, QuantileBoundConfig, RateBound, RateBoundConfig,
+    ZeroTolerance,
 };
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use schemars::JsonSchema;
@@ -40,7 +41,9 @@ pub struct Expr(pub Compiled);
 impl<'de> Deserialize<'de> for Expr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Compiled::compile(&s).map(Expr).map_err(|e| D::Error::custom(format!("invalid expression `{s}` at {e}")))
+        Compiled::compile(&s)
+            .map(Expr)
+            .map_err(|e| D::Error::custom(format!("invalid expression `{s}` at {e}")))
     }
 }
 
@@ -153,7 +156,10 @@ impl TryFrom<MetricRaw> for Metric {
         }
         if let Some(w) = &r.when {
             if !matches!(w.0.ty, Type::Bool | Type::Dyn) {
-                return Err(format!("`when` must be a boolean expression, but `{}` is a {}", w.0.source, w.0.ty));
+                return Err(format!(
+                    "`when` must be a boolean expression, but `{}` is a {}",
+                    w.0.source, w.0.ty
+                ));
             }
         }
         Ok(Metric { kind: r.kind, value: r.value, when: r.when })
@@ -247,7 +253,12 @@ pub struct Recovery {
 
 impl Default for Recovery {
     fn default() -> Self {
-        Recovery { clean_events: 200, min_dwell: Dur(15 * 60 * 1_000_000), dwell_multiplier: 2.0, max_dwell: Dur(24 * 3600 * 1_000_000) }
+        Recovery {
+            clean_events: 200,
+            min_dwell: Dur(15 * 60 * 1_000_000),
+            dwell_multiplier: 2.0,
+            max_dwell: Dur(24 * 3600 * 1_000_000),
+        }
     }
 }
 
@@ -335,7 +346,9 @@ pub struct Pact {
 impl Pact {
     /// Whether the pact covers this agent in this workflow.
     pub fn covers(&self, agent_id: &str, workflow: &str) -> bool {
-        self.agents.is_match(agent_id) && (self.doc.applies_to.workflows.is_empty() || self.doc.applies_to.workflows.iter().any(|w| w == workflow))
+        self.agents.is_match(agent_id)
+            && (self.doc.applies_to.workflows.is_empty()
+                || self.doc.applies_to.workflows.iter().any(|w| w == workflow))
     }
 
     /// Pact id.
@@ -360,7 +373,9 @@ fn build_detector(c: &Clause) -> Result<AnyDetector, String> {
         Test::Limit(l) => {
             let n = l.rate.is_some() as u8 + l.quantile.is_some() as u8 + l.zero_tolerance as u8;
             if n != 1 {
-                return Err("a limit test needs exactly one of `rate`, `quantile` or `zero_tolerance: true`".into());
+                return Err(
+                    "a limit test needs exactly one of `rate`, `quantile` or `zero_tolerance: true`".into()
+                );
             }
             if let Some(r) = &l.rate {
                 if c.metric.kind != MetricKind::Bernoulli {
@@ -374,9 +389,14 @@ fn build_detector(c: &Clause) -> Result<AnyDetector, String> {
                 if c.metric.kind != MetricKind::Real {
                     return Err("a `quantile` limit needs a real metric".into());
                 }
-                return QuantileBound::new(QuantileBoundConfig { quantile: q.q, limit: q.max, exit: q.exit, alpha: l.alpha })
-                    .map(AnyDetector::Quantile)
-                    .map_err(|e| e.to_string());
+                return QuantileBound::new(QuantileBoundConfig {
+                    quantile: q.q,
+                    limit: q.max,
+                    exit: q.exit,
+                    alpha: l.alpha,
+                })
+                .map(AnyDetector::Quantile)
+                .map_err(|e| e.to_string());
             }
             if c.metric.kind != MetricKind::Bernoulli {
                 return Err("`zero_tolerance` needs a bernoulli metric".into());
@@ -404,7 +424,10 @@ fn locate_clause(text: &str, id: &str) -> (usize, usize) {
 /// enclosing item, because it buffers the item. For an unknown variant or field, point at the
 /// line that names it, within that item: `(line, column)`, 1-based.
 fn refine_location(text: &str, line: usize, msg: &str) -> Option<(usize, usize)> {
-    let start = msg.find("unknown variant `").map(|i| i + 17).or_else(|| msg.find("unknown field `").map(|i| i + 15))?;
+    let start = msg
+        .find("unknown variant `")
+        .map(|i| i + 17)
+        .or_else(|| msg.find("unknown field `").map(|i| i + 15))?;
     let name = &msg[start..start + msg[start..].find('`')?];
     let lines: Vec<&str> = text.lines().collect();
     let first = lines.get(line.checked_sub(1)?)?;
@@ -416,8 +439,12 @@ fn refine_location(text: &str, line: usize, msg: &str) -> Option<(usize, usize)>
             break;
         }
         let is_token = |at: usize| {
-            let before = l[..at].chars().next_back().is_none_or(|ch| !ch.is_alphanumeric() && ch != '_' && ch != '-');
-            let after = l[at + name.len()..].chars().next().is_none_or(|ch| !ch.is_alphanumeric() && ch != '_' && ch != '-');
+            let before =
+                l[..at].chars().next_back().is_none_or(|ch| !ch.is_alphanumeric() && ch != '_' && ch != '-');
+            let after = l[at + name.len()..]
+                .chars()
+                .next()
+                .is_none_or(|ch| !ch.is_alphanumeric() && ch != '_' && ch != '-');
             before && after
         };
         if let Some(at) = l.match_indices(name).map(|(at, _)| at).find(|at| is_token(*at)) {
@@ -429,7 +456,12 @@ fn refine_location(text: &str, line: usize, msg: &str) -> Option<(usize, usize)>
 
 /// Parses and validates a pact from text; `file` names it in errors.
 pub fn parse_pact(text: &str, file: &str) -> Result<Pact, PactError> {
-    let err = |line: usize, column: usize, message: String| PactError { file: file.to_string(), line, column, message };
+    let err = |line: usize, column: usize, message: String| PactError {
+        file: file.to_string(),
+        line,
+        column,
+        message,
+    };
     let doc: PactDoc = serde_norway::from_str(text).map_err(|e| {
         let (l, c) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         // serde_norway appends " at line L column C"; the location is already in front.
@@ -438,9 +470,7 @@ pub fn parse_pact(text: &str, file: &str) -> Result<Pact, PactError> {
         let (l, c) = refine_location(text, l, &msg).unwrap_or((l, c));
         err(l, c, msg)
     })?;
-    let top = |field: &str| {
-        text.lines().position(|l| l.starts_with(field)).map_or((1, 1), |i| (i + 1, 1))
-    };
+    let top = |field: &str| text.lines().position(|l| l.starts_with(field)).map_or((1, 1), |i| (i + 1, 1));
     if doc.pact.trim().is_empty() {
         let (l, c) = top("pact:");
         return Err(err(l, c, "`pact` (the pact id) must not be empty".into()));
@@ -493,7 +523,9 @@ pub fn parse_pact(text: &str, file: &str) -> Result<Pact, PactError> {
             }
         }
         if c.high_risk && c.freshness.is_none() {
-            return Err(cerr("a `high_risk` clause needs `freshness` (no data never counts as healthy)".into()));
+            return Err(cerr(
+                "a `high_risk` clause needs `freshness` (no data never counts as healthy)".into(),
+            ));
         }
     }
     Ok(Pact { doc, agents })
@@ -502,7 +534,12 @@ pub fn parse_pact(text: &str, file: &str) -> Result<Pact, PactError> {
 /// Loads and validates a pact file.
 pub fn load_pact(path: &Path) -> Result<Pact, PactError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| PactError { file: file.clone(), line: 1, column: 1, message: format!("cannot read: {e}") })?;
+    let text = std::fs::read_to_string(path).map_err(|e| PactError {
+        file: file.clone(),
+        line: 1,
+        column: 1,
+        message: format!("cannot read: {e}"),
+    })?;
     parse_pact(&text, &file)
 }
 

@@ -106,8 +106,21 @@ pub enum Field {
 
 /// Field names, for error messages and the pact schema.
 pub const FIELDS: &[&str] = &[
-    "event_id", "agent_id", "workflow", "model.provider", "model.name", "model.version", "occurred_at", "risk",
-    "outcome", "latency_ms", "citations.total", "citations.verified", "pii_detected", "tool_calls", "attributes.<name>",
+    "event_id",
+    "agent_id",
+    "workflow",
+    "model.provider",
+    "model.name",
+    "model.version",
+    "occurred_at",
+    "risk",
+    "outcome",
+    "latency_ms",
+    "citations.total",
+    "citations.verified",
+    "pii_detected",
+    "tool_calls",
+    "attributes.<name>",
 ];
 
 impl Field {
@@ -133,9 +146,13 @@ impl Field {
 
     fn ty(&self) -> Type {
         match self {
-            Field::EventId | Field::AgentId | Field::Workflow | Field::ModelProvider | Field::ModelName => Type::Str,
+            Field::EventId | Field::AgentId | Field::Workflow | Field::ModelProvider | Field::ModelName => {
+                Type::Str
+            }
             Field::ModelVersion | Field::Risk | Field::Outcome => Type::Str,
-            Field::OccurredAt | Field::LatencyMs | Field::CitationsTotal | Field::CitationsVerified => Type::Num,
+            Field::OccurredAt | Field::LatencyMs | Field::CitationsTotal | Field::CitationsVerified => {
+                Type::Num
+            }
             Field::PiiDetected => Type::Bool,
             Field::ToolCalls => Type::List,
             Field::Attribute(_) => Type::Dyn,
@@ -382,7 +399,8 @@ struct Token {
     col: usize,
 }
 
-const OPS: &[&str] = &["||", "&&", "==", "!=", "<=", ">=", "<", ">", "!", "+", "-", "*", "/", "(", ")", "[", "]", ",", "."];
+const OPS: &[&str] =
+    &["||", "&&", "==", "!=", "<=", ">=", "<", ">", "!", "+", "-", "*", "/", "(", ")", "[", "]", ",", "."];
 
 fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
     let b = src.as_bytes();
@@ -401,10 +419,18 @@ fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
             out.push(Token { tok: Tok::Ident(src[s..i].to_string()), col });
         } else if c.is_ascii_digit() {
             let s = i;
-            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.' || b[i] == b'e' || b[i] == b'E' || ((b[i] == b'-' || b[i] == b'+') && matches!(b[i - 1], b'e' | b'E'))) {
+            while i < b.len()
+                && (b[i].is_ascii_digit()
+                    || b[i] == b'.'
+                    || b[i] == b'e'
+                    || b[i] == b'E'
+                    || ((b[i] == b'-' || b[i] == b'+') && matches!(b[i - 1], b'e' | b'E')))
+            {
                 i += 1;
             }
-            let n: f64 = src[s..i].parse().map_err(|_| ParseError { column: col, message: format!("bad number `{}`", &src[s..i]) })?;
+            let n: f64 = src[s..i]
+                .parse()
+                .map_err(|_| ParseError { column: col, message: format!("bad number `{}`", &src[s..i]) })?;
             out.push(Token { tok: Tok::Num(n), col });
         } else if c == b'"' || c == b'\'' {
             let mut s = String::new();
@@ -419,7 +445,9 @@ fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
                     Some(b'\\') => {
                         match b.get(i + 1) {
                             Some(&e) => s.push(e as char),
-                            None => return Err(ParseError { column: col, message: "unterminated string".into() }),
+                            None => {
+                                return Err(ParseError { column: col, message: "unterminated string".into() })
+                            }
                         }
                         i += 2;
                     }
@@ -552,7 +580,11 @@ impl Parser {
     }
 
     fn arith(&mut self, level: u8) -> Result<Typed, ParseError> {
-        let ops: [(&str, BinOp); 2] = if level == 0 { [("+", BinOp::Add), ("-", BinOp::Sub)] } else { [("*", BinOp::Mul), ("/", BinOp::Div)] };
+        let ops: [(&str, BinOp); 2] = if level == 0 {
+            [("+", BinOp::Add), ("-", BinOp::Sub)]
+        } else {
+            [("*", BinOp::Mul), ("/", BinOp::Div)]
+        };
         let col = self.col();
         let mut left = if level == 0 { self.arith(1)? } else { self.neg()? };
         while let Some((sym, op)) = ops.iter().find(|(s, _)| self.peek_op(s)).copied() {
@@ -615,7 +647,9 @@ impl Parser {
                 self.expect_op(")")?;
                 Ok(e)
             }
-            Tok::Ident(id) if id == "true" || id == "false" => Ok((Expr::Lit(Lit::Bool(id == "true")), Type::Bool)),
+            Tok::Ident(id) if id == "true" || id == "false" => {
+                Ok((Expr::Lit(Lit::Bool(id == "true")), Type::Bool))
+            }
             Tok::Ident(id) if self.peek_op("(") => {
                 self.pos += 1;
                 let acol = self.col();
@@ -644,14 +678,18 @@ impl Parser {
                         None => return self.err(acol, unknown_field(&arg)),
                     },
                     "len" | "contains" => return self.err(acol, format!("`{id}` applies to `tool_calls`")),
-                    _ => return self.err(col, format!("unknown function `{id}`; expected len, contains or has")),
+                    _ => {
+                        return self
+                            .err(col, format!("unknown function `{id}`; expected len, contains or has"))
+                    }
                 };
                 self.expect_op(")")?;
                 Ok(out)
             }
             Tok::Ident(id) => {
                 let path = self.path(id)?;
-                let field = Field::parse(&path).ok_or_else(|| ParseError { column: col, message: unknown_field(&path) })?;
+                let field = Field::parse(&path)
+                    .ok_or_else(|| ParseError { column: col, message: unknown_field(&path) })?;
                 if field == Field::ToolCalls && self.peek_op("[") {
                     self.pos += 1;
                     let c = self.col();

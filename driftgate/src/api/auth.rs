@@ -65,7 +65,10 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("token", &self.token.as_ref().map(|_| "***")).field("secret", &self.secret.as_ref().map(|_| "***")).finish()
+        f.debug_struct("Credentials")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .finish()
     }
 }
 
@@ -85,7 +88,8 @@ impl Credentials {
             let Some(secret) = &self.secret else { return Err(AuthError::BadSignature) };
             let ts = p.timestamp.ok_or_else(|| AuthError::Expired("missing".into()))?;
             let t: i64 = ts.trim().parse().map_err(|_| AuthError::Expired(format!("unreadable ({ts:?})")))?;
-            let expected = hex_decode(sig.trim().strip_prefix("sha256=").unwrap_or(sig.trim())).ok_or(AuthError::BadSignature)?;
+            let expected = hex_decode(sig.trim().strip_prefix("sha256=").unwrap_or(sig.trim()))
+                .ok_or(AuthError::BadSignature)?;
             let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| AuthError::BadSignature)?;
             mac.update(ts.trim().as_bytes());
             mac.update(b".");
@@ -93,14 +97,22 @@ impl Credentials {
             // Constant-time comparison, inside `verify_slice`.
             mac.verify_slice(&expected).map_err(|_| AuthError::BadSignature)?;
             if (now_secs - t).abs() > self.max_age_secs {
-                return Err(AuthError::Expired(format!("{} s from now (allowed {} s)", t - now_secs, self.max_age_secs)));
+                return Err(AuthError::Expired(format!(
+                    "{} s from now (allowed {} s)",
+                    t - now_secs,
+                    self.max_age_secs
+                )));
             }
             return Ok("hmac");
         }
         if let Some(h) = p.authorization {
             let Some(token) = &self.token else { return Err(AuthError::BadToken) };
             let given = h.trim().strip_prefix("Bearer ").unwrap_or("").trim();
-            return if bool::from(given.as_bytes().ct_eq(token.as_bytes())) { Ok("token") } else { Err(AuthError::BadToken) };
+            return if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+                Ok("token")
+            } else {
+                Err(AuthError::BadToken)
+            };
         }
         Err(AuthError::Missing)
     }
@@ -117,7 +129,7 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
@@ -150,10 +162,27 @@ mod tests {
         // Another body, another key, or an old timestamp.
         assert_eq!(c.check(&signed, br#"{"x":2}"#, NOW), Err(AuthError::BadSignature));
         let forged = sign("guess", NOW - 10, body);
-        assert_eq!(c.check(&Presented { signature: Some(&forged), timestamp: Some(&ts), ..Default::default() }, body, NOW), Err(AuthError::BadSignature));
+        assert_eq!(
+            c.check(
+                &Presented { signature: Some(&forged), timestamp: Some(&ts), ..Default::default() },
+                body,
+                NOW
+            ),
+            Err(AuthError::BadSignature)
+        );
         assert!(matches!(c.check(&signed, body, NOW + 600), Err(AuthError::Expired(_))));
-        assert!(matches!(c.check(&Presented { signature: Some(&sig), ..Default::default() }, body, NOW), Err(AuthError::Expired(_))));
-        assert_eq!(c.check(&Presented { signature: Some("sha256=zz"), timestamp: Some(&ts), ..Default::default() }, body, NOW), Err(AuthError::BadSignature));
+        assert!(matches!(
+            c.check(&Presented { signature: Some(&sig), ..Default::default() }, body, NOW),
+            Err(AuthError::Expired(_))
+        ));
+        assert_eq!(
+            c.check(
+                &Presented { signature: Some("sha256=zz"), timestamp: Some(&ts), ..Default::default() },
+                body,
+                NOW
+            ),
+            Err(AuthError::BadSignature)
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! What the HTTP API asks of a running engine, whatever runs it: the Kafka pipeline
 //! ([`crate::kafka::pipeline`]) or the demo (`driftgate demo --listen`, [`DemoControl`]).
 
+use crate::obs::metrics::Metrics;
 use driftgate_core::engine::{Engine, Input, Output, Stats};
 use driftgate_core::model::history::{Chain, Entry, Record, RecordKind};
-use crate::obs::metrics::Metrics;
 use driftgate_core::model::overrides::{self, OverrideRequest};
 use driftgate_core::model::router_view::AgentSnapshot;
 use serde::Serialize;
@@ -29,7 +29,11 @@ pub struct Readiness {
 impl Readiness {
     /// All of it.
     pub fn ready(&self) -> bool {
-        self.pacts_loaded && self.state_restored && self.assigned && self.broker_reachable && self.decoder_available
+        self.pacts_loaded
+            && self.state_restored
+            && self.assigned
+            && self.broker_reachable
+            && self.decoder_available
     }
 }
 
@@ -50,7 +54,9 @@ pub struct PactInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SubmitError {
     /// No engine here knows the agent.
-    #[error("agent `{0}` is unknown to this instance (no telemetry seen, or its partition is assigned elsewhere)")]
+    #[error(
+        "agent `{0}` is unknown to this instance (no telemetry seen, or its partition is assigned elsewhere)"
+    )]
     UnknownAgent(String),
     /// The request breaks a rule (missing fields, expiry, lifetime).
     #[error("{0}")]
@@ -76,13 +82,27 @@ impl SubmitError {
 }
 
 /// Validates an override against the agent's current state, as the engine will.
-pub fn prevalidate(req: &OverrideRequest, current_seq: u64, max_ttl_micros: i64, now_micros: i64) -> Result<(), SubmitError> {
+pub fn prevalidate(
+    req: &OverrideRequest,
+    current_seq: u64,
+    max_ttl_micros: i64,
+    now_micros: i64,
+) -> Result<(), SubmitError> {
     if let Some(exp) = req.expires_at {
         if exp <= now_micros {
-            return Err(SubmitError::Invalid(format!("expired: `expires_at` {} is in the past", driftgate_core::timefmt::rfc3339(exp))));
+            return Err(SubmitError::Invalid(format!(
+                "expired: `expires_at` {} is in the past",
+                driftgate_core::timefmt::rfc3339(exp)
+            )));
         }
     }
-    overrides::validate(req, current_seq, max_ttl_micros).map(|_| ()).map_err(|m| if m.starts_with("stale `expected_seq`") { SubmitError::Conflict(m) } else { SubmitError::Invalid(m) })
+    overrides::validate(req, current_seq, max_ttl_micros).map(|_| ()).map_err(|m| {
+        if m.starts_with("stale `expected_seq`") {
+            SubmitError::Conflict(m)
+        } else {
+            SubmitError::Invalid(m)
+        }
+    })
 }
 
 /// The engine side of the HTTP API.
@@ -129,7 +149,14 @@ impl RecentHistory {
 
     /// The agent's newest `limit` records, oldest first.
     pub fn of(&self, agent: &str, limit: usize) -> Vec<Record> {
-        let mut v: Vec<Record> = self.records.iter().rev().filter(|r| r.agent_id.as_deref() == Some(agent)).take(limit).cloned().collect();
+        let mut v: Vec<Record> = self
+            .records
+            .iter()
+            .rev()
+            .filter(|r| r.agent_id.as_deref() == Some(agent))
+            .take(limit)
+            .cloned()
+            .collect();
         v.reverse();
         v
     }
@@ -151,9 +178,22 @@ impl AuditChain {
     }
 
     /// Chains a rejection record.
-    pub fn rejection(&self, agent: Option<&str>, at_micros: i64, detail: serde_json::Value) -> Option<Record> {
+    pub fn rejection(
+        &self,
+        agent: Option<&str>,
+        at_micros: i64,
+        detail: serde_json::Value,
+    ) -> Option<Record> {
         let mut c = self.chain.lock().ok()?;
-        Some(c.append(Entry { kind: RecordKind::OverrideRejected, at_micros, agent_id: agent.map(str::to_string), pact_id: None, pact_version: None, clause_id: None, detail }))
+        Some(c.append(Entry {
+            kind: RecordKind::OverrideRejected,
+            at_micros,
+            agent_id: agent.map(str::to_string),
+            pact_id: None,
+            pact_version: None,
+            clause_id: None,
+            detail,
+        }))
     }
 }
 
@@ -162,7 +202,12 @@ pub fn pact_infos(engine: &Engine) -> Vec<PactInfo> {
     engine
         .pacts()
         .iter()
-        .map(|p| PactInfo { pact: p.id().to_string(), version: p.version(), description: p.doc.description.clone(), clauses: p.doc.clauses.iter().map(|c| c.id.clone()).collect() })
+        .map(|p| PactInfo {
+            pact: p.id().to_string(),
+            version: p.version(),
+            description: p.doc.description.clone(),
+            clauses: p.doc.clauses.iter().map(|c| c.id.clone()).collect(),
+        })
         .collect()
 }
 
@@ -206,7 +251,13 @@ impl DemoControl {
 
 impl ControlPlane for DemoControl {
     fn readiness(&self) -> Readiness {
-        Readiness { pacts_loaded: true, state_restored: true, assigned: true, broker_reachable: true, decoder_available: true }
+        Readiness {
+            pacts_loaded: true,
+            state_restored: true,
+            assigned: true,
+            broker_reachable: true,
+            decoder_available: true,
+        }
     }
 
     fn agent(&self, id: &str) -> Option<AgentSnapshot> {
@@ -222,8 +273,10 @@ impl ControlPlane for DemoControl {
     }
 
     fn submit_override(&self, mut req: OverrideRequest, _now: i64) -> Result<u64, SubmitError> {
-        let mut engine = self.engine.lock().map_err(|_| SubmitError::Unavailable("engine poisoned".into()))?;
-        let agent = engine.agent(&req.agent_id).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
+        let mut engine =
+            self.engine.lock().map_err(|_| SubmitError::Unavailable("engine poisoned".into()))?;
+        let agent =
+            engine.agent(&req.agent_id).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
         // A retry of an override already in force is answered, not applied twice.
         if agent.overrides.iter().any(|o| o.req.override_id == req.override_id) {
             return Ok(0);
@@ -239,7 +292,8 @@ impl ControlPlane for DemoControl {
         engine.push(Input::Override(req));
         engine.flush();
         let out = engine.drain();
-        let mut recent = self.recent.lock().map_err(|_| SubmitError::Unavailable("history poisoned".into()))?;
+        let mut recent =
+            self.recent.lock().map_err(|_| SubmitError::Unavailable("history poisoned".into()))?;
         for o in out {
             match o {
                 Output::History(r) => {
@@ -276,10 +330,11 @@ impl ControlPlane for DemoControl {
             self.metrics.add_stats(engine.stats(), &mut last);
         }
         let wm = engine.watermark();
-        let elapsed = match (self.last_watermark.lock().ok().and_then(|mut l| std::mem::replace(&mut *l, wm)), wm) {
-            (Some(a), Some(b)) => b - a,
-            _ => 0,
-        };
+        let elapsed =
+            match (self.last_watermark.lock().ok().and_then(|mut l| std::mem::replace(&mut *l, wm)), wm) {
+                (Some(a), Some(b)) => b - a,
+                _ => 0,
+            };
         self.metrics.observe_engines(std::iter::once(&*engine), elapsed);
     }
 }

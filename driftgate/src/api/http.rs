@@ -5,13 +5,13 @@
 
 use crate::api::auth::{AuthError, Credentials, Presented};
 use crate::api::control::{ControlPlane, SubmitError};
-use driftgate_core::model::overrides::OverrideRequest;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use driftgate_core::model::overrides::OverrideRequest;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -97,7 +97,9 @@ async fn pacts(State(s): State<ApiState>) -> Response {
 async fn agent(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     match s.control.agent(&id) {
         Some(a) => Json(a).into_response(),
-        None => error(StatusCode::NOT_FOUND, "unknown_agent", format!("agent `{id}` is unknown to this instance")),
+        None => {
+            error(StatusCode::NOT_FOUND, "unknown_agent", format!("agent `{id}` is unknown to this instance"))
+        }
     }
 }
 
@@ -109,15 +111,29 @@ struct HistoryQuery {
 /// Most records one request returns.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
 
-async fn history(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Query<HistoryQuery>) -> Response {
+async fn history(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
     let limit = match q.limit.as_deref().map(str::parse::<usize>) {
         None => 50,
         Some(Ok(n)) if (1..=MAX_HISTORY_LIMIT).contains(&n) => n,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "bad_limit", format!("`limit` must be an integer from 1 to {MAX_HISTORY_LIMIT}")),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_limit",
+                format!("`limit` must be an integer from 1 to {MAX_HISTORY_LIMIT}"),
+            )
+        }
     };
     let records = s.control.history(&id, limit);
     if records.is_empty() && s.control.agent(&id).is_none() {
-        return error(StatusCode::NOT_FOUND, "unknown_agent", format!("agent `{id}` is unknown to this instance"));
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_agent",
+            format!("agent `{id}` is unknown to this instance"),
+        );
     }
     Json(records).into_response()
 }
@@ -125,22 +141,35 @@ async fn history(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Qu
 async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     let now = now_micros();
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    let presented = Presented { authorization: h("authorization"), signature: h(SIGNATURE_HEADER), timestamp: h(TIMESTAMP_HEADER) };
+    let presented = Presented {
+        authorization: h("authorization"),
+        signature: h(SIGNATURE_HEADER),
+        timestamp: h(TIMESTAMP_HEADER),
+    };
     // The agent named in the body, for the audit record even when the rest is refused.
     let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
     let agent = parsed.as_ref().and_then(|v| v.get("agent_id")).and_then(|v| v.as_str()).map(str::to_string);
     let reject = |status: StatusCode, code: &str, message: String| {
         warn!(agent = agent.as_deref().unwrap_or(""), code, %message, "override refused");
         s.control.metrics().overrides_rejected.with_label_values(&["http"]).inc();
-        let request = parsed.clone().unwrap_or_else(|| json!(String::from_utf8_lossy(&body[..body.len().min(4096)])));
-        s.control.audit_rejection(agent.as_deref(), now, json!({"channel": "http", "reason": code, "message": message, "request": request}));
+        let request =
+            parsed.clone().unwrap_or_else(|| json!(String::from_utf8_lossy(&body[..body.len().min(4096)])));
+        s.control.audit_rejection(
+            agent.as_deref(),
+            now,
+            json!({"channel": "http", "reason": code, "message": message, "request": request}),
+        );
         error(status, code, message)
     };
     let method = match s.creds.check(&presented, &body, now / 1_000_000) {
         Ok(m) => m,
         Err(e @ AuthError::Disabled) => return reject(StatusCode::FORBIDDEN, e.code(), e.to_string()),
-        Err(e @ (AuthError::Missing | AuthError::Expired(_))) => return reject(StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
-        Err(e @ (AuthError::BadToken | AuthError::BadSignature)) => return reject(StatusCode::FORBIDDEN, e.code(), e.to_string()),
+        Err(e @ (AuthError::Missing | AuthError::Expired(_))) => {
+            return reject(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+        }
+        Err(e @ (AuthError::BadToken | AuthError::BadSignature)) => {
+            return reject(StatusCode::FORBIDDEN, e.code(), e.to_string())
+        }
     };
     let Some(mut v) = parsed.clone() else {
         return reject(StatusCode::BAD_REQUEST, "invalid_json", "the body is not a JSON object".into());
@@ -149,7 +178,11 @@ async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: By
         return reject(StatusCode::BAD_REQUEST, "invalid_json", "the body is not a JSON object".into());
     };
     if obj.get("expires_at").is_none_or(|e| e.is_null()) {
-        return reject(StatusCode::UNPROCESSABLE_ENTITY, "missing_expires_at", "`expires_at` is mandatory: every override expires".into());
+        return reject(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_expires_at",
+            "`expires_at` is mandatory: every override expires".into(),
+        );
     }
     obj.entry("issued_at").or_insert(json!(now));
     let req: OverrideRequest = match serde_json::from_value(v) {
@@ -182,5 +215,6 @@ async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: By
         }
     }
     info!(agent = %agent_id, override_id = %id, auth = method, "override accepted");
-    (StatusCode::CREATED, Json(json!({"override_id": id, "agent": s.control.agent(&agent_id)}))).into_response()
+    (StatusCode::CREATED, Json(json!({"override_id": id, "agent": s.control.agent(&agent_id)})))
+        .into_response()
 }

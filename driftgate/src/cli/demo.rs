@@ -15,13 +15,13 @@ use driftgate_core::model::enforcement::EnforcementEvent;
 use driftgate_core::model::history::Record;
 use driftgate_core::model::lane::{Lane, Scope};
 use driftgate_core::model::overrides::{OverrideKind, OverrideRequest};
-use driftgate_core::pact::{parse_pact, Pact};
 use driftgate_core::model::telemetry::{Attr, Citations, Model, Outcome, Risk, Telemetry};
+use driftgate_core::pact::{parse_pact, Pact};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Normal};
 use rand_pcg::Pcg64;
-use std::collections::{BinaryHeap, BTreeMap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 /// The example pacts, embedded so the demo needs no files.
 pub const EXAMPLE_PACTS: &[(&str, &str)] = &[
@@ -150,16 +150,26 @@ impl Fleet {
                     0.95
                 };
                 let total = a.rng.random_range(1..=4);
-                let verified = if a.rng.random::<f64>() < p_verified { a.rng.random_range(1..=total) } else { 0 };
+                let verified =
+                    if a.rng.random::<f64>() < p_verified { a.rng.random_range(1..=total) } else { 0 };
                 citations = Some(Citations { total, verified });
                 let judge: f64 = Normal::new(4.2, 0.4).expect("valid").sample(&mut a.rng);
-                attributes.insert("judge_score".to_string(), Attr::Num((judge.clamp(1.0, 5.0) * 100.0).round() / 100.0));
+                attributes.insert(
+                    "judge_score".to_string(),
+                    Attr::Num((judge.clamp(1.0, 5.0) * 100.0).round() / 100.0),
+                );
                 if a.rng.random::<f64>() < 0.5 {
                     tool_calls.push("search".to_string());
                 }
             }
             _ => {
-                const TOOLS: [(&str, f64); 5] = [("search", 0.40), ("kb_lookup", 0.30), ("browse", 0.15), ("none", 0.10), ("code_exec", 0.05)];
+                const TOOLS: [(&str, f64); 5] = [
+                    ("search", 0.40),
+                    ("kb_lookup", 0.30),
+                    ("browse", 0.15),
+                    ("none", 0.10),
+                    ("code_exec", 0.05),
+                ];
                 let mut u: f64 = a.rng.random();
                 let tool = TOOLS.iter().find(|(_, p)| {
                     u -= p;
@@ -283,7 +293,11 @@ pub fn report(run: &DemoRun) -> String {
         let e = &run.events[i];
         // The same change in both scopes at once prints as one line.
         let twin = run.events.get(i + 1).filter(|n| {
-            n.agent_id == e.agent_id && n.effective_at == e.effective_at && n.lane_from == e.lane_from && n.lane_to == e.lane_to && n.reason.code == e.reason.code
+            n.agent_id == e.agent_id
+                && n.effective_at == e.effective_at
+                && n.lane_from == e.lane_from
+                && n.lane_to == e.lane_to
+                && n.reason.code == e.reason.code
         });
         let scope = match (twin, e.scope) {
             (Some(_), _) => "",
@@ -307,7 +321,9 @@ pub fn report(run: &DemoRun) -> String {
         run.telemetry_times.get(agent).map_or(0, |v| v.iter().filter(|t| **t >= from && **t <= to).count())
     };
     s += "\nIncidents: from the real change to the enforcement event\n";
-    let first = |agent: &str, pred: &dyn Fn(&EnforcementEvent) -> bool| run.events.iter().find(|e| e.agent_id == agent && pred(e)).cloned();
+    let first = |agent: &str, pred: &dyn Fn(&EnforcementEvent) -> bool| {
+        run.events.iter().find(|e| e.agent_id == agent && pred(e)).cloned()
+    };
     match first("fin-07", &|e| e.lane_to == Lane::Degrade) {
         Some(e) => {
             let watch = first("fin-07", &|e| e.reason.code == "model_changed");
@@ -348,7 +364,14 @@ pub fn report(run: &DemoRun) -> String {
         None => s += "  silent agent     res-11  NOT FLAGGED STALE\n",
     }
     match first("fin-03", &|e| e.reason.code == "override_expired") {
-        Some(e) => s += &format!("  override expiry  fin-03  watch by override at {}; expired at {}: back to {}\n", clock(OVERRIDE_FROM), clock(e.effective_at), e.lane_to.as_str()),
+        Some(e) => {
+            s += &format!(
+                "  override expiry  fin-03  watch by override at {}; expired at {}: back to {}\n",
+                clock(OVERRIDE_FROM),
+                clock(e.effective_at),
+                e.lane_to.as_str()
+            )
+        }
         None => s += "  override expiry  fin-03  NO EXPIRY EVENT\n",
     }
     s += "\nFinal lanes (agents not in normal)\n";
@@ -363,7 +386,8 @@ pub fn report(run: &DemoRun) -> String {
             s += &format!("  {agent:<7} {:<10} {}\n", scope.as_str(), lane.as_str());
         }
     }
-    let healthy_changes = run.events.iter().filter(|e| !INCIDENT_AGENTS.contains(&e.agent_id.as_str())).count();
+    let healthy_changes =
+        run.events.iter().filter(|e| !INCIDENT_AGENTS.contains(&e.agent_id.as_str())).count();
     s += &format!(
         "\nFalse alarms on healthy agents: {healthy_changes} (expected 0)\nTelemetry events: {}; enforcement events: {}; history records: {}\n",
         run.telemetry,

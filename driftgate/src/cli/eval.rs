@@ -174,7 +174,8 @@ pub fn evaluate(path: &Path, kind: MetricKind, spec: &DetectorSpec) -> Result<Ev
             if raw.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
             }
-            let line: Line = serde_json::from_slice(raw).map_err(|e| EvalError::BadLine { line: line_no, reason: e.to_string() })?;
+            let line: Line = serde_json::from_slice(raw)
+                .map_err(|e| EvalError::BadLine { line: line_no, reason: e.to_string() })?;
             let new_rep = rep.as_ref().is_none_or(|r| r.name != line.rep);
             if new_rep {
                 // Flush the previous rep's events before switching detectors.
@@ -185,23 +186,41 @@ pub fn evaluate(path: &Path, kind: MetricKind, spec: &DetectorSpec) -> Result<Ev
                     totals.finish(&r);
                 }
                 det.reset();
-                rep = Some(Rep { name: line.rep.to_string(), change_at: line.change_at, next_seq: 0, delay: None, done: false });
+                rep = Some(Rep {
+                    name: line.rep.to_string(),
+                    change_at: line.change_at,
+                    next_seq: 0,
+                    delay: None,
+                    done: false,
+                });
             }
             let r = rep.as_mut().expect("rep set above");
             if line.seq != r.next_seq + batch.len() as u64 {
                 return Err(EvalError::BadLine {
                     line: line_no,
-                    reason: format!("seq {} out of order in rep {:?} (expected {})", line.seq, r.name, r.next_seq + batch.len() as u64),
+                    reason: format!(
+                        "seq {} out of order in rep {:?} (expected {})",
+                        line.seq,
+                        r.name,
+                        r.next_seq + batch.len() as u64
+                    ),
                 });
             }
             if line.change_at != r.change_at {
-                return Err(EvalError::BadLine { line: line_no, reason: format!("change_at differs within rep {:?}", r.name) });
+                return Err(EvalError::BadLine {
+                    line: line_no,
+                    reason: format!("change_at differs within rep {:?}", r.name),
+                });
             }
             let obs = match (kind, line.value) {
-                (MetricKind::Bernoulli, Value::Num(v)) if v == 0.0 || v == 1.0 => Pending::Obs(Observation::Bool(v == 1.0)),
+                (MetricKind::Bernoulli, Value::Num(v)) if v == 0.0 || v == 1.0 => {
+                    Pending::Obs(Observation::Bool(v == 1.0))
+                }
                 (MetricKind::Bernoulli, Value::Bool(b)) => Pending::Obs(Observation::Bool(b)),
                 (MetricKind::Real, Value::Num(v)) => Pending::Obs(Observation::Real(v)),
-                (MetricKind::Categorical, Value::Str(Cow::Borrowed(s))) => Pending::Obs(Observation::Category(s)),
+                (MetricKind::Categorical, Value::Str(Cow::Borrowed(s))) => {
+                    Pending::Obs(Observation::Category(s))
+                }
                 (MetricKind::Categorical, Value::Str(Cow::Owned(s))) => Pending::OwnedCategory(s),
                 (_, _) => {
                     return Err(EvalError::BadLine {
@@ -222,7 +241,8 @@ pub fn evaluate(path: &Path, kind: MetricKind, spec: &DetectorSpec) -> Result<Ev
     let mut delays = totals.delays.clone();
     delays.sort_unstable();
     let pct = |q: f64| {
-        (!delays.is_empty()).then(|| delays[((q * (delays.len() - 1) as f64).round() as usize).min(delays.len() - 1)] as f64)
+        (!delays.is_empty())
+            .then(|| delays[((q * (delays.len() - 1) as f64).round() as usize).min(delays.len() - 1)] as f64)
     };
     Ok(EvalReport {
         metric: kind.as_str().to_string(),
@@ -270,7 +290,9 @@ fn run_batch(
             Pending::Obs(o) => *o,
             Pending::OwnedCategory(s) => Observation::Category(s),
         };
-        let alarm = det.update(obs).map_err(|e| EvalError::BadLine { line: line_no, reason: format!("seq {seq}: {e}") })?;
+        let alarm = det
+            .update(obs)
+            .map_err(|e| EvalError::BadLine { line: line_no, reason: format!("seq {seq}: {e}") })?;
         if alarm.is_some() {
             match rep.change_at {
                 Some(c) if seq >= c => {

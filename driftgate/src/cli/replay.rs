@@ -1,13 +1,13 @@
 //! `driftgate replay`: recorded telemetry (JSONL or an Avro object container file) through
 //! the engine core, with optional overrides, writing enforcement events and history.
 
+use crate::cli::input::open_maybe_gzip;
+use anyhow::{bail, Context};
 use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
 use driftgate_core::model::history::{write_jsonl, Record, RecordKind};
-use crate::cli::input::open_maybe_gzip;
 use driftgate_core::model::overrides::OverrideRequest;
-use driftgate_core::pact::Pact;
 use driftgate_core::model::telemetry::{Telemetry, TELEMETRY_AVSC};
-use anyhow::{bail, Context};
+use driftgate_core::pact::Pact;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
 use std::path::Path;
@@ -41,17 +41,22 @@ pub fn read_telemetry(path: &Path) -> anyhow::Result<Vec<Telemetry>> {
     if is_avro(path)? {
         let reader_schema = apache_avro::Schema::parse_str(TELEMETRY_AVSC).expect("bundled schema is valid");
         let f = std::fs::File::open(path)?;
-        let reader = apache_avro::Reader::builder(BufReader::new(f)).reader_schema(&reader_schema).build().context("not an Avro object container file")?;
+        let reader = apache_avro::Reader::builder(BufReader::new(f))
+            .reader_schema(&reader_schema)
+            .build()
+            .context("not an Avro object container file")?;
         let mut out = Vec::new();
         for (i, v) in reader.enumerate() {
             let v = v.with_context(|| format!("{}: record {}", path.display(), i + 1))?;
-            out.push(Telemetry::from_avro(v).with_context(|| format!("{}: record {}", path.display(), i + 1))?);
+            out.push(
+                Telemetry::from_avro(v).with_context(|| format!("{}: record {}", path.display(), i + 1))?,
+            );
         }
         return Ok(out);
     }
     let mut out = Vec::new();
     for_each_line(path, |line, at| {
-        out.push(Telemetry::from_json(line.as_bytes()).with_context(|| format!("{at}"))?);
+        out.push(Telemetry::from_json(line.as_bytes()).with_context(|| at.to_string())?);
         Ok(())
     })?;
     Ok(out)
@@ -97,10 +102,20 @@ pub struct RecordedTick {
 pub fn read_ticks(path: &Path) -> anyhow::Result<Vec<RecordedTick>> {
     let mut out = Vec::new();
     for_each_line(path, |line, at| {
-        let rec: Record = serde_json::from_str(line).with_context(|| format!("{at}: not a history record"))?;
+        let rec: Record =
+            serde_json::from_str(line).with_context(|| format!("{at}: not a history record"))?;
         if rec.kind == RecordKind::Tick {
-            let field = |k: &str| rec.detail.get(k).and_then(serde_json::Value::as_i64).with_context(|| format!("{at}: tick without `{k}`"));
-            out.push(RecordedTick { after_inputs: u64::try_from(field("after_inputs")?).context("negative `after_inputs`")?, at: field("at")?, wall_time: field("wall_time")? });
+            let field = |k: &str| {
+                rec.detail
+                    .get(k)
+                    .and_then(serde_json::Value::as_i64)
+                    .with_context(|| format!("{at}: tick without `{k}`"))
+            };
+            out.push(RecordedTick {
+                after_inputs: u64::try_from(field("after_inputs")?).context("negative `after_inputs`")?,
+                at: field("at")?,
+                wall_time: field("wall_time")?,
+            });
         }
         Ok(())
     })?;
@@ -134,18 +149,27 @@ pub fn replay(
     history_out: Option<&Path>,
     late_out: Option<&Path>,
 ) -> anyhow::Result<ReplaySummary> {
-    replay_with(pacts, input, &ReplayOptions { overrides, events_out, history_out, late_out, ..ReplayOptions::default() })
+    replay_with(
+        pacts,
+        input,
+        &ReplayOptions { overrides, events_out, history_out, late_out, ..ReplayOptions::default() },
+    )
 }
 
 /// Replays telemetry (and overrides, and recorded ticks) through a fresh engine.
-pub fn replay_with(pacts: Vec<Pact>, input: &Path, opts: &ReplayOptions<'_>) -> anyhow::Result<ReplaySummary> {
+pub fn replay_with(
+    pacts: Vec<Pact>,
+    input: &Path,
+    opts: &ReplayOptions<'_>,
+) -> anyhow::Result<ReplaySummary> {
     let ReplayOptions { overrides, events_out, history_out, late_out, .. } = *opts;
     let telemetry = read_telemetry(input)?;
     let mut inputs: Vec<Input> = telemetry.into_iter().map(Input::Telemetry).collect();
     if let Some(p) = overrides {
         let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let o: OverrideRequest = serde_json::from_str(line).with_context(|| format!("{}: line {}", p.display(), i + 1))?;
+            let o: OverrideRequest =
+                serde_json::from_str(line).with_context(|| format!("{}: line {}", p.display(), i + 1))?;
             inputs.push(Input::Override(o));
         }
         // Overrides join the telemetry in event-time order (stable for equal times).
@@ -157,7 +181,10 @@ pub fn replay_with(pacts: Vec<Pact>, input: &Path, opts: &ReplayOptions<'_>) -> 
     let records = inputs.len() as u64;
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(records);
-        b.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} records ({per_sec}, eta {eta})").expect("valid template"));
+        b.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} records ({per_sec}, eta {eta})")
+                .expect("valid template"),
+        );
         b
     } else {
         ProgressBar::hidden()

@@ -9,8 +9,8 @@
 
 use crate::api::auth::{Credentials, Presented};
 use crate::api::control::{ControlPlane, SubmitError};
-use driftgate_core::model::overrides::OverrideRequest;
 use crate::kafka::pipeline::Status;
+use driftgate_core::model::overrides::OverrideRequest;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -21,7 +21,14 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 /// Starts the control-topic reader on a thread of its own.
-pub fn spawn(client: ClientConfig, group: String, topic: String, control: Arc<dyn ControlPlane>, creds: Credentials, status: Arc<Status>) -> Result<std::thread::JoinHandle<()>, String> {
+pub fn spawn(
+    client: ClientConfig,
+    group: String,
+    topic: String,
+    control: Arc<dyn ControlPlane>,
+    creds: Credentials,
+    status: Arc<Status>,
+) -> Result<std::thread::JoinHandle<()>, String> {
     let consumer: BaseConsumer = client
         .clone()
         .set("group.id", &group)
@@ -29,7 +36,9 @@ pub fn spawn(client: ClientConfig, group: String, topic: String, control: Arc<dy
         .set("auto.offset.reset", "earliest")
         .create()
         .map_err(|e| format!("cannot create the control-topic consumer: {e}"))?;
-    consumer.subscribe(&[&topic]).map_err(|e| format!("cannot subscribe to the control topic `{topic}`: {e}"))?;
+    consumer
+        .subscribe(&[&topic])
+        .map_err(|e| format!("cannot subscribe to the control topic `{topic}`: {e}"))?;
     info!(%topic, %group, "reading overrides from the control topic");
     std::thread::Builder::new()
         .name("control-topic".into())
@@ -47,8 +56,16 @@ pub fn spawn(client: ClientConfig, group: String, topic: String, control: Arc<dy
                 while !(control.readiness().ready() || status.stop.load(Ordering::SeqCst)) {
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                let header = |name: &str| m.headers().and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value)).and_then(|v| std::str::from_utf8(v).ok());
-                let presented = Presented { authorization: header("authorization"), signature: header("driftgate.signature"), timestamp: header("driftgate.timestamp") };
+                let header = |name: &str| {
+                    m.headers()
+                        .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                };
+                let presented = Presented {
+                    authorization: header("authorization"),
+                    signature: header("driftgate.signature"),
+                    timestamp: header("driftgate.timestamp"),
+                };
                 apply(&*control, &creds, &presented, m.payload().unwrap_or_default(), &status);
                 if let Err(e) = consumer.commit_message(&m, CommitMode::Sync) {
                     warn!(error = %e, "control topic: commit failed; the record will be read again");
@@ -63,19 +80,31 @@ fn now_micros() -> i64 {
 }
 
 /// Checks and applies one control record, waiting until it is durable.
-pub fn apply(control: &dyn ControlPlane, creds: &Credentials, presented: &Presented<'_>, body: &[u8], status: &Status) {
+pub fn apply(
+    control: &dyn ControlPlane,
+    creds: &Credentials,
+    presented: &Presented<'_>,
+    body: &[u8],
+    status: &Status,
+) {
     let now = now_micros();
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let agent = parsed.as_ref().and_then(|v| v.get("agent_id")).and_then(|v| v.as_str()).map(str::to_string);
     let reject = |code: &str, message: String| {
         warn!(agent = agent.as_deref().unwrap_or(""), code, %message, "control-topic override refused");
         control.metrics().overrides_rejected.with_label_values(&["control"]).inc();
-        control.audit_rejection(agent.as_deref(), now, json!({"channel": "control", "reason": code, "message": message, "request": parsed.clone()}));
+        control.audit_rejection(
+            agent.as_deref(),
+            now,
+            json!({"channel": "control", "reason": code, "message": message, "request": parsed.clone()}),
+        );
     };
     if let Err(e) = creds.check(presented, body, now / 1_000_000) {
         return reject(e.code(), e.to_string());
     }
-    let Some(mut v) = parsed.clone().filter(|v| v.is_object()) else { return reject("invalid_json", "the record is not a JSON object".into()) };
+    let Some(mut v) = parsed.clone().filter(|v| v.is_object()) else {
+        return reject("invalid_json", "the record is not a JSON object".into());
+    };
     if v.get("expires_at").is_none_or(|e| e.is_null()) {
         return reject("missing_expires_at", "`expires_at` is mandatory: every override expires".into());
     }
@@ -94,7 +123,10 @@ pub fn apply(control: &dyn ControlPlane, creds: &Credentials, presented: &Presen
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let agent = agent.unwrap_or_default();
-    while control.override_durable(&agent, ticket).is_none() && Instant::now() < deadline && !status.stop.load(Ordering::SeqCst) {
+    while control.override_durable(&agent, ticket).is_none()
+        && Instant::now() < deadline
+        && !status.stop.load(Ordering::SeqCst)
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
 }

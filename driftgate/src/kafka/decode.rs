@@ -7,9 +7,9 @@
 
 use crate::config::InputFormat;
 use crate::kafka::registry::{RegistryError, SchemaSource};
-use driftgate_core::model::telemetry::{Telemetry, TelemetryError, TELEMETRY_AVSC};
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::Schema;
+use driftgate_core::model::telemetry::{Telemetry, TelemetryError, TELEMETRY_AVSC};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
@@ -37,7 +37,18 @@ pub mod reason {
     /// `occurred_at` is further ahead of the Kafka timestamp than allowed.
     pub const FUTURE_TIMESTAMP: &str = "future_timestamp";
     /// Every code the decoder gives.
-    pub const ALL: [&str; 10] = [EMPTY, NOT_CONFLUENT, UNKNOWN_SCHEMA_ID, BAD_SCHEMA, AVRO_DECODE, SCHEMA_MISMATCH, INVALID_JSON, MISSING_FIELD, INVALID_FIELD, FUTURE_TIMESTAMP];
+    pub const ALL: [&str; 10] = [
+        EMPTY,
+        NOT_CONFLUENT,
+        UNKNOWN_SCHEMA_ID,
+        BAD_SCHEMA,
+        AVRO_DECODE,
+        SCHEMA_MISMATCH,
+        INVALID_JSON,
+        MISSING_FIELD,
+        INVALID_FIELD,
+        FUTURE_TIMESTAMP,
+    ];
 }
 
 /// Why a record did not decode.
@@ -80,6 +91,9 @@ struct Readers {
     resolving: Option<GenericDatumReader<'static>>,
 }
 
+/// A writer schema and the readers resolved from it.
+type ReaderPair = (Arc<Schema>, Arc<Readers>);
+
 /// Decodes and checks telemetry records.
 pub struct Decoder {
     format: InputFormat,
@@ -87,7 +101,7 @@ pub struct Decoder {
     reader: &'static Schema,
     /// By schema id. Building a reader resolves every name in both schemas, which took
     /// more time than decoding the datum, so it is done once per writer schema.
-    readers: Mutex<HashMap<u32, (Arc<Schema>, Arc<Readers>)>>,
+    readers: Mutex<HashMap<u32, ReaderPair>>,
     max_future_skew: i64,
 }
 
@@ -99,13 +113,24 @@ fn leak(schema: &Schema) -> &'static Schema {
 
 impl Decoder {
     /// A decoder; Avro needs a schema source.
-    pub fn new(format: InputFormat, schemas: Option<Arc<dyn SchemaSource>>, max_future_skew_micros: i64) -> Decoder {
+    pub fn new(
+        format: InputFormat,
+        schemas: Option<Arc<dyn SchemaSource>>,
+        max_future_skew_micros: i64,
+    ) -> Decoder {
         let reader = leak(&Schema::parse_str(TELEMETRY_AVSC).expect("bundled schema is valid"));
-        Decoder { format, schemas, reader, readers: Mutex::new(HashMap::new()), max_future_skew: max_future_skew_micros }
+        Decoder {
+            format,
+            schemas,
+            reader,
+            readers: Mutex::new(HashMap::new()),
+            max_future_skew: max_future_skew_micros,
+        }
     }
 
     fn readers(&self, id: u32, writer: &Arc<Schema>) -> Result<Arc<Readers>, DecodeError> {
-        let mut cache = self.readers.lock().map_err(|_| DecodeError::Unavailable("decoder cache poisoned".into()))?;
+        let mut cache =
+            self.readers.lock().map_err(|_| DecodeError::Unavailable("decoder cache poisoned".into()))?;
         if let Some((w, r)) = cache.get_mut(&id) {
             // Sources hand out one cached object per id; should one hand out another, an
             // equal schema reuses the readers (so nothing leaks again).
@@ -130,7 +155,9 @@ impl Decoder {
     /// Decodes one record value. `record_time` is the Kafka timestamp (µs), the reference
     /// for the future-timestamp check (never the wall clock, so replays agree).
     pub fn decode(&self, payload: Option<&[u8]>, record_time: Option<i64>) -> Result<Telemetry, DecodeError> {
-        let bytes = payload.filter(|b| !b.is_empty()).ok_or_else(|| rejected(reason::EMPTY, "the record has no value"))?;
+        let bytes = payload
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| rejected(reason::EMPTY, "the record has no value"))?;
         let t = match self.format {
             InputFormat::Json => Telemetry::from_json(bytes)?,
             InputFormat::Avro => self.decode_avro(bytes)?,
@@ -154,10 +181,20 @@ impl Decoder {
 
     fn decode_avro(&self, bytes: &[u8]) -> Result<Telemetry, DecodeError> {
         if bytes.len() < 5 || bytes[0] != 0 {
-            return Err(rejected(reason::NOT_CONFLUENT, format!("{} bytes, first byte {:#04x}; expected magic byte 0 and a 4-byte schema id", bytes.len(), bytes[0])));
+            return Err(rejected(
+                reason::NOT_CONFLUENT,
+                format!(
+                    "{} bytes, first byte {:#04x}; expected magic byte 0 and a 4-byte schema id",
+                    bytes.len(),
+                    bytes[0]
+                ),
+            ));
         }
         let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-        let source = self.schemas.as_ref().ok_or_else(|| rejected(reason::UNKNOWN_SCHEMA_ID, "no schema source configured"))?;
+        let source = self
+            .schemas
+            .as_ref()
+            .ok_or_else(|| rejected(reason::UNKNOWN_SCHEMA_ID, "no schema source configured"))?;
         let writer = source.schema(id).map_err(|e| match e {
             RegistryError::UnknownId(_) => rejected(reason::UNKNOWN_SCHEMA_ID, e.to_string()),
             RegistryError::BadSchema { .. } => rejected(reason::BAD_SCHEMA, e.to_string()),
@@ -166,9 +203,14 @@ impl Decoder {
         let readers = self.readers(id, &writer)?;
         let read = |r: &GenericDatumReader<'static>| {
             let mut datum = &bytes[5..];
-            let v = r.read_value(&mut datum).map_err(|e| rejected(reason::AVRO_DECODE, format!("schema id {id}: {e}")))?;
+            let v = r
+                .read_value(&mut datum)
+                .map_err(|e| rejected(reason::AVRO_DECODE, format!("schema id {id}: {e}")))?;
             if !datum.is_empty() {
-                return Err(rejected(reason::AVRO_DECODE, format!("schema id {id}: {} trailing bytes", datum.len())));
+                return Err(rejected(
+                    reason::AVRO_DECODE,
+                    format!("schema id {id}: {} trailing bytes", datum.len()),
+                ));
             }
             Ok(v)
         };
@@ -187,7 +229,10 @@ impl Decoder {
                 };
                 match Telemetry::from_avro(value) {
                     Err(te @ TelemetryError::Missing(_)) => Err(te.into()),
-                    _ => Err(rejected(reason::SCHEMA_MISMATCH, format!("schema id {id} does not resolve to the telemetry schema: {detail}"))),
+                    _ => Err(rejected(
+                        reason::SCHEMA_MISMATCH,
+                        format!("schema id {id} does not resolve to the telemetry schema: {detail}"),
+                    )),
                 }
             }
         }
@@ -238,9 +283,15 @@ mod tests {
         assert_eq!(ok, sample());
         assert_eq!(code(d.decode(Some(b"garbage!"), None)), reason::NOT_CONFLUENT);
         assert_eq!(code(d.decode(Some(&confluent_frame(99, &datum)), None)), reason::UNKNOWN_SCHEMA_ID);
-        assert_eq!(code(d.decode(Some(&confluent_frame(7, &datum[..datum.len() / 2])), None)), reason::AVRO_DECODE);
+        assert_eq!(
+            code(d.decode(Some(&confluent_frame(7, &datum[..datum.len() / 2])), None)),
+            reason::AVRO_DECODE
+        );
         assert_eq!(code(d.decode(None, None)), reason::EMPTY);
-        assert_eq!(code(d.decode(Some(&confluent_frame(7, &datum)), Some(sample().occurred_at - 7_200_000_000))), reason::FUTURE_TIMESTAMP);
+        assert_eq!(
+            code(d.decode(Some(&confluent_frame(7, &datum)), Some(sample().occurred_at - 7_200_000_000))),
+            reason::FUTURE_TIMESTAMP
+        );
     }
 
     #[test]
@@ -250,7 +301,8 @@ mod tests {
         let mut v = serde_json::to_value(sample()).unwrap();
         v.as_object_mut().unwrap().remove("agent_id");
         assert_eq!(code(d.decode(Some(v.to_string().as_bytes()), None)), reason::MISSING_FIELD);
-        let text = serde_json::to_string(&sample()).unwrap().replace("\"latency_ms\":10.0", "\"latency_ms\":-5.0");
+        let text =
+            serde_json::to_string(&sample()).unwrap().replace("\"latency_ms\":10.0", "\"latency_ms\":-5.0");
         assert_eq!(code(d.decode(Some(text.as_bytes()), None)), reason::INVALID_FIELD);
     }
 

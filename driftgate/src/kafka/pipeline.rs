@@ -17,24 +17,26 @@
 //!   inside the callback (which runs on this thread, in `poll`), then their state dropped.
 //! - On SIGTERM: stop consuming, flush, commit, leave the group.
 
+use crate::api::control::{
+    pact_infos, prevalidate, AuditChain, ControlPlane, PactInfo, Readiness, RecentHistory, SubmitError,
+};
 use crate::config::{InputFormat, OutputFormat, RunConfig};
-use driftgate_core::codec::changelog;
 use crate::kafka::decode::{DecodeError, Decoder};
-use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
-use driftgate_core::model::heartbeat::{EngineState, Heartbeat};
-use driftgate_core::model::enforcement::ENFORCEMENT_AVSC;
-use driftgate_core::pact::Pact;
 use crate::kafka::registry::{HttpRegistry, SchemaSource, StaticSchemas};
 use crate::kafka::sink::{OutRecord, Sink, SinkError, SourceKey};
-use driftgate_core::model::router_view::AgentSnapshot;
-use crate::api::control::{pact_infos, prevalidate, AuditChain, ControlPlane, PactInfo, Readiness, RecentHistory, SubmitError};
 use crate::obs::metrics::{Metrics, PartitionTime};
+use driftgate_core::codec::changelog;
+use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
+use driftgate_core::model::enforcement::ENFORCEMENT_AVSC;
+use driftgate_core::model::heartbeat::{EngineState, Heartbeat};
 use driftgate_core::model::overrides::OverrideRequest;
+use driftgate_core::model::router_view::AgentSnapshot;
+use driftgate_core::pact::Pact;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -160,7 +162,14 @@ impl Task {
         self.engine.max_event_time().map(|m| m.saturating_add(quiet))
     }
 
-    fn heartbeat(&self, key: &SourceKey, instance: &str, state: EngineState, interval: Duration, idle: bool) -> Heartbeat {
+    fn heartbeat(
+        &self,
+        key: &SourceKey,
+        instance: &str,
+        state: EngineState,
+        interval: Duration,
+        idle: bool,
+    ) -> Heartbeat {
         Heartbeat {
             kind: "heartbeat".into(),
             source_topic: key.0.clone(),
@@ -202,7 +211,9 @@ struct Tasks {
 impl Tasks {
     fn task(&mut self, key: &SourceKey) -> &mut Task {
         let (cfg, pacts) = (&self.engine_cfg, &self.pacts);
-        self.map.entry(key.clone()).or_insert_with(|| Task::fresh(Engine::new(cfg.clone(), pacts.clone()), None))
+        self.map
+            .entry(key.clone())
+            .or_insert_with(|| Task::fresh(Engine::new(cfg.clone(), pacts.clone()), None))
     }
 
     /// Writes a snapshot of every task (in `only`) that moved since its last one, in two
@@ -219,28 +230,62 @@ impl Tasks {
     /// are all in Kafka, and consumption restarts at its position.
     fn snapshot(&mut self, sink: &Sink, only: Option<&BTreeSet<SourceKey>>) -> Result<(), SinkError> {
         for (key, task) in self.map.iter_mut().filter(|(k, _)| only.is_none_or(|o| o.contains(*k))) {
-            let acks = |f: &dyn Fn(&crate::kafka::sink::Acks) -> u64| sink.acks().lock().map(|a| f(&a)).unwrap_or(u64::MAX);
+            let acks = |f: &dyn Fn(&crate::kafka::sink::Acks) -> u64| {
+                sink.acks().lock().map(|a| f(&a)).unwrap_or(u64::MAX)
+            };
             if let Some(p) = task.pending.take() {
                 if acks(&|a| a.min_unacked(key)) < p.highwater {
                     task.pending = Some(p);
                     continue;
                 }
                 let k = changelog::Key::Meta(key.0.clone()).encode();
-                sink.send(key, OutRecord { topic: &self.changelog, key: &k, payload: Some(&p.meta), headers: None, partition: Some(key.1) })?;
-                task.marks.push_back(Mark { position: p.position, highwater: acks(&|a| a.next_no(key)), epoch: p.epoch });
+                sink.send(
+                    key,
+                    OutRecord {
+                        topic: &self.changelog,
+                        key: &k,
+                        payload: Some(&p.meta),
+                        headers: None,
+                        partition: Some(key.1),
+                    },
+                )?;
+                task.marks.push_back(Mark {
+                    position: p.position,
+                    highwater: acks(&|a| a.next_no(key)),
+                    epoch: p.epoch,
+                });
                 debug!(topic = %key.0, partition = key.1, position = p.position, "snapshot closed");
             }
             let moved = task.pushed.filter(|p| task.snapshot_at.is_none_or(|s| *p > s));
             let Some(position) = moved.or(task.pushed.filter(|_| task.force_snapshot)) else { continue };
             task.force_snapshot = false;
             task.snapshots_started += 1;
-            let dirty: Vec<(String, Option<Vec<u8>>)> = task.engine.take_dirty().into_iter().map(|(id, s)| (id, s.map(changelog::encode_agent))).collect();
+            let dirty: Vec<(String, Option<Vec<u8>>)> = task
+                .engine
+                .take_dirty()
+                .into_iter()
+                .map(|(id, s)| (id, s.map(changelog::encode_agent)))
+                .collect();
             for (agent, value) in &dirty {
                 let k = changelog::Key::Agent(key.0.clone(), agent.clone()).encode();
-                sink.send(key, OutRecord { topic: &self.changelog, key: &k, payload: value.as_deref(), headers: None, partition: Some(key.1) })?;
+                sink.send(
+                    key,
+                    OutRecord {
+                        topic: &self.changelog,
+                        key: &k,
+                        payload: value.as_deref(),
+                        headers: None,
+                        partition: Some(key.1),
+                    },
+                )?;
             }
             let meta = changelog::encode_meta(&changelog::MetaRecord { position, meta: task.engine.meta() });
-            task.pending = Some(PendingMeta { position, meta, highwater: acks(&|a| a.next_no(key)), epoch: task.snapshots_started });
+            task.pending = Some(PendingMeta {
+                position,
+                meta,
+                highwater: acks(&|a| a.next_no(key)),
+                epoch: task.snapshots_started,
+            });
             task.snapshot_at = Some(position);
             debug!(topic = %key.0, partition = key.1, position, agents = dirty.len(), "snapshot written");
         }
@@ -253,7 +298,11 @@ impl Tasks {
     }
 
     /// For revoke and shutdown: snapshot, flush, close the snapshot, flush again.
-    fn snapshot_and_flush(&mut self, sink: &Sink, only: Option<&BTreeSet<SourceKey>>) -> Result<(), SinkError> {
+    fn snapshot_and_flush(
+        &mut self,
+        sink: &Sink,
+        only: Option<&BTreeSet<SourceKey>>,
+    ) -> Result<(), SinkError> {
         self.snapshot(sink, only)?;
         sink.flush(Duration::from_secs(30))?;
         if self.has_pending(only) {
@@ -264,7 +313,13 @@ impl Tasks {
     }
 
     /// Commits every task's safe position that moved; `only` restricts to some partitions.
-    fn commit(&mut self, consumer: &BaseConsumer<PipelineContext>, sink: &Sink, mode: CommitMode, only: Option<&BTreeSet<SourceKey>>) {
+    fn commit(
+        &mut self,
+        consumer: &BaseConsumer<PipelineContext>,
+        sink: &Sink,
+        mode: CommitMode,
+        only: Option<&BTreeSet<SourceKey>>,
+    ) {
         let Ok(acks) = sink.acks().lock() else { return };
         let mut tpl = TopicPartitionList::new();
         let mut moved = Vec::new();
@@ -334,7 +389,10 @@ impl ClientContext for PipelineContext {
             for (partition, p) in &t.partitions {
                 // librdkafka lists an internal partition -1, and -1 lag for unassigned ones.
                 if p.partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics.consumer_lag.with_label_values(&[topic.as_str(), partition.to_string().as_str()]).set(p.consumer_lag);
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), partition.to_string().as_str()])
+                        .set(p.consumer_lag);
                 }
             }
         }
@@ -383,11 +441,13 @@ impl ConsumerContext for PipelineContext {
 
 impl PipelineContext {
     fn on_assign(&self, tpl: &mut TopicPartitionList) {
-        let parts: Vec<SourceKey> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let parts: Vec<SourceKey> =
+            tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         let started = Instant::now();
         self.status.restoring.store(true, Ordering::SeqCst);
         for key in parts {
-            let restored = match restore_partition(&self.client, &self.changelog, &key, self.restore_timeout) {
+            let restored = match restore_partition(&self.client, &self.changelog, &key, self.restore_timeout)
+            {
                 Ok(r) => r,
                 Err(e) => {
                     // Without its state the partition would judge on an empty baseline:
@@ -421,18 +481,25 @@ impl PipelineContext {
             tasks.map.insert(key, task);
         }
         let total = self.tasks.lock().map(|t| t.map.len()).unwrap_or(0);
-        info!(partitions = tpl.count(), total, restore_ms = started.elapsed().as_millis() as u64, "partitions assigned");
+        info!(
+            partitions = tpl.count(),
+            total,
+            restore_ms = started.elapsed().as_millis() as u64,
+            "partitions assigned"
+        );
         self.status.restoring.store(false, Ordering::SeqCst);
         self.status.assigned.store(total > 0, Ordering::SeqCst);
     }
 
     fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let revoked: BTreeSet<SourceKey> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let revoked: BTreeSet<SourceKey> =
+            tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         info!(partitions = ?revoked, "partitions revoked: snapshotting, flushing and committing");
         // Runs inside poll() on the pipeline thread: blocking here blocks the loop, which
         // is what we want; no async work is awaited.
         let Ok(mut tasks) = self.tasks.lock() else { return };
-        let buffered: usize = revoked.iter().filter_map(|k| tasks.map.get(k)).map(|t| t.engine.buffered()).sum();
+        let buffered: usize =
+            revoked.iter().filter_map(|k| tasks.map.get(k)).map(|t| t.engine.buffered()).sum();
         self.metrics.revoked_buffered_records.inc_by(buffered as u64);
         if let Err(e) = tasks.snapshot_and_flush(&self.sink, Some(&revoked)) {
             error!(error = %e, "snapshot or flush on revoke failed; offsets of the revoked partitions are not committed past it");
@@ -468,7 +535,12 @@ impl ClientContext for RestoreContext {
 impl ConsumerContext for RestoreContext {}
 
 /// Reads a source partition's changelog partition to its end and rebuilds its state.
-fn restore_partition(client: &ClientConfig, changelog_topic: &str, key: &SourceKey, timeout: Duration) -> Result<Option<Restored>, String> {
+fn restore_partition(
+    client: &ClientConfig,
+    changelog_topic: &str,
+    key: &SourceKey,
+    timeout: Duration,
+) -> Result<Option<Restored>, String> {
     let reader: BaseConsumer<RestoreContext> = client
         .clone()
         .set("group.id", "driftgate-restore")
@@ -476,7 +548,9 @@ fn restore_partition(client: &ClientConfig, changelog_topic: &str, key: &SourceK
         .set("enable.partition.eof", "true")
         .create_with_context(RestoreContext)
         .map_err(|e| format!("cannot create the restore consumer: {e}"))?;
-    let (lo, hi) = reader.fetch_watermarks(changelog_topic, key.1, timeout).map_err(|e| format!("changelog {changelog_topic}/{}: {e}", key.1))?;
+    let (lo, hi) = reader
+        .fetch_watermarks(changelog_topic, key.1, timeout)
+        .map_err(|e| format!("changelog {changelog_topic}/{}: {e}", key.1))?;
     if hi <= lo {
         return Ok(None);
     }
@@ -490,14 +564,19 @@ fn restore_partition(client: &ClientConfig, changelog_topic: &str, key: &SourceK
         match reader.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 next = m.offset() + 1;
-                r.apply(&key.0, m.key().unwrap_or_default(), m.payload()).map_err(|e| format!("changelog {changelog_topic}/{} offset {}: {e}", key.1, m.offset()))?;
+                r.apply(&key.0, m.key().unwrap_or_default(), m.payload()).map_err(|e| {
+                    format!("changelog {changelog_topic}/{} offset {}: {e}", key.1, m.offset())
+                })?;
             }
             Some(Err(KafkaError::PartitionEOF(_))) if next >= hi => break,
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
             Some(Err(e)) => return Err(format!("changelog {changelog_topic}/{}: {e}", key.1)),
         }
         if Instant::now() > deadline {
-            return Err(format!("changelog {changelog_topic}/{} not read to its end ({next} of {hi}) within {timeout:?}", key.1));
+            return Err(format!(
+                "changelog {changelog_topic}/{} not read to its end ({next} of {hi}) within {timeout:?}",
+                key.1
+            ));
         }
     }
     let records = r.records;
@@ -543,17 +622,32 @@ pub struct Origin<'a> {
 }
 
 impl Emitter {
-    fn emit(&self, key: &SourceKey, engine: &Engine, outputs: Vec<Output>, origin: Option<Origin<'_>>) -> Result<(), PipelineError> {
+    fn emit(
+        &self,
+        key: &SourceKey,
+        engine: &Engine,
+        outputs: Vec<Output>,
+        origin: Option<Origin<'_>>,
+    ) -> Result<(), PipelineError> {
         let topics = &self.topics;
-        let record_time = origin.as_ref().and_then(|o| o.msg.timestamp().to_millis()).map(|ms| ms.saturating_mul(1000));
+        let record_time =
+            origin.as_ref().and_then(|o| o.msg.timestamp().to_millis()).map(|ms| ms.saturating_mul(1000));
         let mut changed: BTreeSet<String> = BTreeSet::new();
         for out in outputs {
             match out {
                 Output::Enforcement(e) => {
                     let payload = match self.output_format {
-                        OutputFormat::Json => serde_json::to_vec(&e).map_err(|x| PipelineError::Setup(x.to_string()))?,
+                        OutputFormat::Json => {
+                            serde_json::to_vec(&e).map_err(|x| PipelineError::Setup(x.to_string()))?
+                        }
                         OutputFormat::Avro => {
-                            let datum = driftgate_core::codec::avro_json::encode_datum(&e, &self.enforcement_schema).map_err(|x| PipelineError::Setup(format!("enforcement event does not fit its schema: {x}")))?;
+                            let datum =
+                                driftgate_core::codec::avro_json::encode_datum(&e, &self.enforcement_schema)
+                                    .map_err(|x| {
+                                        PipelineError::Setup(format!(
+                                            "enforcement event does not fit its schema: {x}"
+                                        ))
+                                    })?;
                             crate::kafka::decode::confluent_frame(self.output_schema_id, &datum)
                         }
                     };
@@ -562,7 +656,16 @@ impl Emitter {
                         .insert(Header { key: "driftgate.kind", value: Some("enforcement") })
                         .insert(Header { key: "driftgate.seq", value: Some(&e.seq.to_string()) })
                         .insert(Header { key: "driftgate.event_id", value: Some(&e.event_id) });
-                    self.sink.send(key, OutRecord { topic: &topics.enforcement, key: e.agent_id.as_bytes(), payload: Some(&payload), headers: Some(h), partition: None })?;
+                    self.sink.send(
+                        key,
+                        OutRecord {
+                            topic: &topics.enforcement,
+                            key: e.agent_id.as_bytes(),
+                            payload: Some(&payload),
+                            headers: Some(h),
+                            partition: None,
+                        },
+                    )?;
                     self.metrics.enforcement(&e, record_time, wall_micros());
                     changed.insert(e.agent_id);
                 }
@@ -571,7 +674,16 @@ impl Emitter {
                     let chain = format!("{}/{}", key.0, key.1);
                     let h = OwnedHeaders::new().insert(Header { key: headers::CHAIN, value: Some(&chain) });
                     let k = r.agent_id.clone().unwrap_or_default();
-                    self.sink.send(key, OutRecord { topic: &topics.history, key: k.as_bytes(), payload: Some(&line), headers: Some(h), partition: Some(key.1) })?;
+                    self.sink.send(
+                        key,
+                        OutRecord {
+                            topic: &topics.history,
+                            key: k.as_bytes(),
+                            payload: Some(&line),
+                            headers: Some(h),
+                            partition: Some(key.1),
+                        },
+                    )?;
                     self.metrics.history_records.inc();
                     if let Ok(mut recent) = self.recent.lock() {
                         recent.push(r);
@@ -582,13 +694,24 @@ impl Emitter {
                         self.dead_letter(key, o.msg, "late_event", &l.reason)?;
                     }
                 }
-                Output::Panic(p) => warn!(workflow = %p.workflow, would_block = p.would_block, agents = p.agents, "blast-radius cap: fail mode applied instead of blocking"),
+                Output::Panic(p) => {
+                    warn!(workflow = %p.workflow, would_block = p.would_block, agents = p.agents, "blast-radius cap: fail mode applied instead of blocking")
+                }
             }
         }
         for agent in changed {
             if let Some(s) = AgentSnapshot::of(engine, &agent) {
                 let v = serde_json::to_vec(&s).map_err(|x| PipelineError::Setup(x.to_string()))?;
-                self.sink.send(key, OutRecord { topic: &topics.snapshot, key: agent.as_bytes(), payload: Some(&v), headers: None, partition: None })?;
+                self.sink.send(
+                    key,
+                    OutRecord {
+                        topic: &topics.snapshot,
+                        key: agent.as_bytes(),
+                        payload: Some(&v),
+                        headers: None,
+                        partition: None,
+                    },
+                )?;
             }
         }
         Ok(())
@@ -599,12 +722,27 @@ impl Emitter {
         let payload = serde_json::to_vec(hb).map_err(|x| PipelineError::Setup(x.to_string()))?;
         let k = driftgate_core::model::heartbeat::key(&key.0, key.1);
         let h = OwnedHeaders::new().insert(Header { key: "driftgate.kind", value: Some("heartbeat") });
-        self.sink.send(key, OutRecord { topic: &self.topics.snapshot, key: k.as_bytes(), payload: Some(&payload), headers: Some(h), partition: None })?;
+        self.sink.send(
+            key,
+            OutRecord {
+                topic: &self.topics.snapshot,
+                key: k.as_bytes(),
+                payload: Some(&payload),
+                headers: Some(h),
+                partition: None,
+            },
+        )?;
         self.metrics.heartbeats.inc();
         Ok(())
     }
 
-    fn dead_letter(&self, key: &SourceKey, msg: &BorrowedMessage<'_>, code: &str, detail: &str) -> Result<(), PipelineError> {
+    fn dead_letter(
+        &self,
+        key: &SourceKey,
+        msg: &BorrowedMessage<'_>,
+        code: &str,
+        detail: &str,
+    ) -> Result<(), PipelineError> {
         let now = driftgate_core::timefmt::rfc3339(wall_micros());
         let h = OwnedHeaders::new()
             .insert(Header { key: headers::REASON, value: Some(code) })
@@ -613,7 +751,16 @@ impl Emitter {
             .insert(Header { key: headers::PARTITION, value: Some(&msg.partition().to_string()) })
             .insert(Header { key: headers::OFFSET, value: Some(&msg.offset().to_string()) })
             .insert(Header { key: headers::TIME, value: Some(&now) });
-        self.sink.send(key, OutRecord { topic: &self.topics.dead_letter, key: msg.key().unwrap_or_default(), payload: msg.payload(), headers: Some(h), partition: None })?;
+        self.sink.send(
+            key,
+            OutRecord {
+                topic: &self.topics.dead_letter,
+                key: msg.key().unwrap_or_default(),
+                payload: msg.payload(),
+                headers: Some(h),
+                partition: None,
+            },
+        )?;
         self.metrics.records_dead_lettered.with_label_values(&[code]).inc();
         Ok(())
     }
@@ -669,22 +816,38 @@ pub fn producer_config(cfg: &RunConfig) -> ClientConfig {
 
 impl Pipeline {
     /// Connects, checks the topics, and subscribes.
-    pub fn start(cfg: RunConfig, pacts: Vec<Pact>, status: Arc<Status>, metrics: Arc<Metrics>) -> Result<Pipeline, PipelineError> {
+    pub fn start(
+        cfg: RunConfig,
+        pacts: Vec<Pact>,
+        status: Arc<Status>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Pipeline, PipelineError> {
         let schemas: Option<Arc<dyn SchemaSource>> = match (&cfg.schema_registry.url, cfg.kafka.format) {
             (_, InputFormat::Json) => None,
             (Some(url), _) => Some(Arc::new(HttpRegistry::new(url))),
             (None, _) => {
-                let files: Vec<(u32, std::path::PathBuf)> =
-                    cfg.schema_registry.static_schemas.iter().filter_map(|(id, p)| id.parse().ok().map(|id| (id, p.clone()))).collect();
+                let files: Vec<(u32, std::path::PathBuf)> = cfg
+                    .schema_registry
+                    .static_schemas
+                    .iter()
+                    .filter_map(|(id, p)| id.parse().ok().map(|id| (id, p.clone())))
+                    .collect();
                 Some(Arc::new(StaticSchemas::load(&files).map_err(PipelineError::Setup)?))
             }
         };
         let decoder = Decoder::new(cfg.kafka.format, schemas, cfg.decode.max_future_skew.micros());
         let base = consumer_config(&cfg);
         let sink = Arc::new(Sink::new(&producer_config(&cfg))?);
-        let tasks = Arc::new(Mutex::new(Tasks { map: HashMap::new(), engine_cfg: cfg.engine.clone(), pacts, changelog: cfg.kafka.topics.changelog.clone() }));
+        let tasks = Arc::new(Mutex::new(Tasks {
+            map: HashMap::new(),
+            engine_cfg: cfg.engine.clone(),
+            pacts,
+            changelog: cfg.kafka.topics.changelog.clone(),
+        }));
         let mut ccfg = base.clone();
-        ccfg.set("group.id", &cfg.kafka.group_id).set("auto.offset.reset", "earliest").set("partition.assignment.strategy", "cooperative-sticky");
+        ccfg.set("group.id", &cfg.kafka.group_id)
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky");
         // librdkafka pauses fetching for `fetch.queue.backoff.ms` (default 1 s) whenever its
         // prefetch queue is full; a consumer that does real work per record then drains the
         // queue and idles for the rest of the second (measured: 40 % idle, 150k records/s).
@@ -705,12 +868,15 @@ impl Pipeline {
             confirmed: Mutex::new(Vec::new()),
             resume_rewind: i64::try_from(cfg.kafka.resume_rewind).unwrap_or(i64::MAX),
         };
-        let consumer: BaseConsumer<PipelineContext> = ccfg.create_with_context(ctx).map_err(|e| PipelineError::Kafka(format!("cannot create the consumer: {e}")))?;
+        let consumer: BaseConsumer<PipelineContext> = ccfg
+            .create_with_context(ctx)
+            .map_err(|e| PipelineError::Kafka(format!("cannot create the consumer: {e}")))?;
         let emitter = Arc::new(Emitter {
             topics: cfg.kafka.topics.clone(),
             output_format: cfg.kafka.output_format,
             output_schema_id: cfg.kafka.output_schema_id,
-            enforcement_schema: apache_avro::Schema::parse_str(ENFORCEMENT_AVSC).expect("bundled schema is valid"),
+            enforcement_schema: apache_avro::Schema::parse_str(ENFORCEMENT_AVSC)
+                .expect("bundled schema is valid"),
             sink: sink.clone(),
             metrics: metrics.clone(),
             recent: Mutex::new(RecentHistory::default()),
@@ -719,7 +885,9 @@ impl Pipeline {
         let p = Pipeline { cfg, consumer, sink, tasks, decoder, emitter, status, metrics };
         p.preflight()?;
         let topics: Vec<&str> = p.cfg.kafka.input_topics.iter().map(String::as_str).collect();
-        p.consumer.subscribe(&topics).map_err(|e| PipelineError::Kafka(format!("cannot subscribe to {topics:?}: {e}")))?;
+        p.consumer
+            .subscribe(&topics)
+            .map_err(|e| PipelineError::Kafka(format!("cannot subscribe to {topics:?}: {e}")))?;
         info!(brokers = %p.cfg.kafka.brokers, group = %p.cfg.kafka.group_id, topics = ?topics, "subscribed");
         Ok(p)
     }
@@ -728,20 +896,47 @@ impl Pipeline {
     fn preflight(&self) -> Result<(), PipelineError> {
         let timeout = Duration::from_micros(self.cfg.kafka.startup_timeout.micros().max(1) as u64);
         let md = self.consumer.fetch_metadata(None, timeout).map_err(|e| {
-            PipelineError::Kafka(format!("cannot reach Kafka at `{}` within {}: {e}", self.cfg.kafka.brokers, self.cfg.kafka.startup_timeout))
+            PipelineError::Kafka(format!(
+                "cannot reach Kafka at `{}` within {}: {e}",
+                self.cfg.kafka.brokers, self.cfg.kafka.startup_timeout
+            ))
         })?;
-        let parts: HashMap<&str, usize> = md.topics().iter().filter(|t| t.error().is_none()).map(|t| (t.name(), t.partitions().len())).collect();
+        let parts: HashMap<&str, usize> = md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| (t.name(), t.partitions().len()))
+            .collect();
         let t = &self.cfg.kafka.topics;
         let mut missing = Vec::new();
-        for name in self.cfg.kafka.input_topics.iter().chain([&t.enforcement, &t.snapshot, &t.history, &t.dead_letter, &t.changelog]).chain(t.control.as_ref()) {
+        for name in self
+            .cfg
+            .kafka
+            .input_topics
+            .iter()
+            .chain([&t.enforcement, &t.snapshot, &t.history, &t.dead_letter, &t.changelog])
+            .chain(t.control.as_ref())
+        {
             if !parts.contains_key(name.as_str()) {
                 missing.push(name.clone());
             }
         }
         if !missing.is_empty() {
-            return Err(PipelineError::Topic(format!("topic(s) missing on `{}`: {} (create them first; driftgate does not auto-create topics)", self.cfg.kafka.brokers, missing.join(", "))));
+            return Err(PipelineError::Topic(format!(
+                "topic(s) missing on `{}`: {} (create them first; driftgate does not auto-create topics)",
+                self.cfg.kafka.brokers,
+                missing.join(", ")
+            )));
         }
-        let max_in = self.cfg.kafka.input_topics.iter().filter_map(|n| parts.get(n.as_str())).max().copied().unwrap_or(1);
+        let max_in = self
+            .cfg
+            .kafka
+            .input_topics
+            .iter()
+            .filter_map(|n| parts.get(n.as_str()))
+            .max()
+            .copied()
+            .unwrap_or(1);
         for (topic, what) in [(&t.history, "its hash chain"), (&t.changelog, "its state")] {
             let n = parts.get(topic.as_str()).copied().unwrap_or(0);
             if n < max_in {
@@ -777,7 +972,10 @@ impl Pipeline {
             if Instant::now() >= next_timekeeping {
                 next_timekeeping = self.keep_time()?;
             }
-            match self.consumer.poll(next_timekeeping.saturating_duration_since(Instant::now()).min(IDLE_WAKE_UP)) {
+            match self
+                .consumer
+                .poll(next_timekeeping.saturating_duration_since(Instant::now()).min(IDLE_WAKE_UP))
+            {
                 None => {}
                 Some(Err(e)) => warn!(error = %e, "consumer error"),
                 Some(Ok(msg)) => {
@@ -787,7 +985,13 @@ impl Pipeline {
             }
             self.sink.poll(Duration::ZERO)?;
             if last_commit.elapsed() >= commit_every {
-                let confirmed = self.consumer.context().confirmed.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
+                let confirmed = self
+                    .consumer
+                    .context()
+                    .confirmed
+                    .lock()
+                    .map(|mut c| std::mem::take(&mut *c))
+                    .unwrap_or_default();
                 if let Ok(mut tasks) = self.tasks.lock() {
                     for (key, pos) in &confirmed {
                         tasks.confirm(key, *pos);
@@ -807,8 +1011,10 @@ impl Pipeline {
     fn keep_time(&self) -> Result<Instant, PipelineError> {
         let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Setup("task state poisoned".into()))?;
         let cfg = &tasks.engine_cfg;
-        let idle_after = (cfg.idle_timeout.micros() > 0).then(|| Duration::from_micros(cfg.idle_timeout.micros() as u64));
-        let beat_every = (cfg.heartbeat_interval.micros() > 0).then(|| Duration::from_micros(cfg.heartbeat_interval.micros() as u64));
+        let idle_after =
+            (cfg.idle_timeout.micros() > 0).then(|| Duration::from_micros(cfg.idle_timeout.micros() as u64));
+        let beat_every = (cfg.heartbeat_interval.micros() > 0)
+            .then(|| Duration::from_micros(cfg.heartbeat_interval.micros() as u64));
         let lag = cfg.max_event_lag.micros();
         let now = Instant::now();
         let mut next = now + IDLE_WAKE_UP;
@@ -831,12 +1037,17 @@ impl Pipeline {
                     }
                 }
                 // A tick that did not apply (rounding) is retried a millisecond later.
-                let again = task.next_tick(idle_after.unwrap_or_default(), lag).map(|d| d.max(now + Duration::from_millis(1)));
+                let again = task
+                    .next_tick(idle_after.unwrap_or_default(), lag)
+                    .map(|d| d.max(now + Duration::from_millis(1)));
                 next = next.min(again.unwrap_or(next));
             }
             if let Some(every) = beat_every {
                 if task.last_heartbeat.is_none_or(|t| now.duration_since(t) >= every) {
-                    self.emitter.heartbeat(key, &task.heartbeat(key, &self.emitter.instance, EngineState::Running, every, idle))?;
+                    self.emitter.heartbeat(
+                        key,
+                        &task.heartbeat(key, &self.emitter.instance, EngineState::Running, every, idle),
+                    )?;
                     task.last_heartbeat = Some(now);
                 }
                 next = next.min(task.last_heartbeat.map_or(now, |t| t + every));
@@ -854,7 +1065,10 @@ impl Pipeline {
             return;
         }
         for (key, task) in &tasks.map {
-            if let Err(e) = self.emitter.heartbeat(key, &task.heartbeat(key, &self.emitter.instance, EngineState::Stopped, every, false)) {
+            if let Err(e) = self.emitter.heartbeat(
+                key,
+                &task.heartbeat(key, &self.emitter.instance, EngineState::Stopped, every, false),
+            ) {
                 warn!(error = %e, "cannot produce the final heartbeat");
             }
         }
@@ -911,7 +1125,9 @@ impl Pipeline {
                 self.status.decoder_unavailable.store(true, Ordering::Relaxed);
                 drop(tasks);
                 std::thread::sleep(Duration::from_millis(500));
-                if let Err(e) = self.consumer.seek(&key.0, key.1, Offset::Offset(offset), Duration::from_secs(5)) {
+                if let Err(e) =
+                    self.consumer.seek(&key.0, key.1, Offset::Offset(offset), Duration::from_secs(5))
+                {
                     warn!(error = %e, "seek failed");
                 }
                 return Ok(());
@@ -975,10 +1191,18 @@ impl ControlPlane for PipelineControl {
     }
 
     fn submit_override(&self, req: OverrideRequest, now: i64) -> Result<u64, SubmitError> {
-        let mut tasks = self.tasks.lock().map_err(|_| SubmitError::Unavailable("task state poisoned".into()))?;
+        let mut tasks =
+            self.tasks.lock().map_err(|_| SubmitError::Unavailable("task state poisoned".into()))?;
         let max_ttl = tasks.engine_cfg.max_override_ttl.micros();
-        let (key, task) = tasks.map.iter_mut().find(|(_, t)| t.engine.agent(&req.agent_id).is_some()).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
-        let agent = task.engine.agent(&req.agent_id).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
+        let (key, task) = tasks
+            .map
+            .iter_mut()
+            .find(|(_, t)| t.engine.agent(&req.agent_id).is_some())
+            .ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
+        let agent = task
+            .engine
+            .agent(&req.agent_id)
+            .ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
         // A retry of an override already in force is not applied twice; it is answered once
         // a snapshot taken after it is durable (the first answer may have been a 504).
         if agent.overrides.iter().any(|o| o.req.override_id == req.override_id) {
@@ -997,7 +1221,9 @@ impl ControlPlane for PipelineControl {
         task.force_snapshot = true;
         let ticket = task.snapshots_started + 1;
         let outputs = task.engine.drain();
-        self.emitter.emit(&key, &task.engine, outputs, None).map_err(|e| SubmitError::Unavailable(e.to_string()))?;
+        self.emitter
+            .emit(&key, &task.engine, outputs, None)
+            .map_err(|e| SubmitError::Unavailable(e.to_string()))?;
         Ok(ticket)
     }
 
@@ -1018,7 +1244,16 @@ impl ControlPlane for PipelineControl {
             let k = r.agent_id.clone().unwrap_or_default();
             let source: SourceKey = (chain.clone(), -1);
             let _guard = self.tasks.lock();
-            if let Err(e) = self.emitter.sink.send(&source, OutRecord { topic: &self.emitter.topics.history, key: k.as_bytes(), payload: Some(&line), headers: Some(h), partition: Some(0) }) {
+            if let Err(e) = self.emitter.sink.send(
+                &source,
+                OutRecord {
+                    topic: &self.emitter.topics.history,
+                    key: k.as_bytes(),
+                    payload: Some(&line),
+                    headers: Some(h),
+                    partition: Some(0),
+                },
+            ) {
                 error!(error = %e, "cannot write the audit record");
             }
         }
@@ -1046,10 +1281,11 @@ impl ControlPlane for PipelineControl {
             self.metrics.add_stats(&t.engine.stats().clone(), &mut t.last_stats);
         }
         let wm = tasks.map.values().filter_map(|t| t.engine.watermark()).max();
-        let elapsed = match (self.last_watermark.lock().ok().and_then(|mut l| std::mem::replace(&mut *l, wm)), wm) {
-            (Some(a), Some(b)) => b - a,
-            _ => 0,
-        };
+        let elapsed =
+            match (self.last_watermark.lock().ok().and_then(|mut l| std::mem::replace(&mut *l, wm)), wm) {
+                (Some(a), Some(b)) => b - a,
+                _ => 0,
+            };
         self.metrics.observe_engines(tasks.map.values().map(|t| &t.engine), elapsed);
         let wall = wall_micros();
         self.metrics.observe_partitions(tasks.map.iter().map(|(key, t)| {

@@ -48,7 +48,8 @@ impl StaticSchemas {
         let mut schemas = HashMap::new();
         for (id, path) in files {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let s = Schema::parse_str(&text).map_err(|e| format!("{}: not an Avro schema: {e}", path.display()))?;
+            let s = Schema::parse_str(&text)
+                .map_err(|e| format!("{}: not an Avro schema: {e}", path.display()))?;
             schemas.insert(*id, Arc::new(s));
         }
         Ok(StaticSchemas { schemas })
@@ -81,33 +82,53 @@ pub struct HttpRegistry {
 impl HttpRegistry {
     /// A client of the registry at `url` (e.g. `http://registry:8081`).
     pub fn new(url: &str) -> HttpRegistry {
-        let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).http_status_as_error(false).build().new_agent();
-        HttpRegistry { base: url.trim_end_matches('/').to_string(), agent, cache: Mutex::new(HashMap::new()), unknown: Mutex::new(HashMap::new()) }
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        HttpRegistry {
+            base: url.trim_end_matches('/').to_string(),
+            agent,
+            cache: Mutex::new(HashMap::new()),
+            unknown: Mutex::new(HashMap::new()),
+        }
     }
 
     fn fetch(&self, id: u32) -> Result<Schema, RegistryError> {
         let url = format!("{}/schemas/ids/{id}", self.base);
-        let mut resp = self.agent.get(&url).call().map_err(|e| RegistryError::Unavailable(format!("{url}: {e}")))?;
+        let mut resp =
+            self.agent.get(&url).call().map_err(|e| RegistryError::Unavailable(format!("{url}: {e}")))?;
         let status = resp.status().as_u16();
-        let body = resp.body_mut().read_to_string().map_err(|e| RegistryError::Unavailable(format!("{url}: {e}")))?;
+        let body = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| RegistryError::Unavailable(format!("{url}: {e}")))?;
         match status {
             200 => {}
             404 => return Err(RegistryError::UnknownId(id)),
             s => return Err(RegistryError::Unavailable(format!("{url}: HTTP {s}"))),
         }
-        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| RegistryError::BadSchema { id, reason: e.to_string() })?;
-        let text = v.get("schema").and_then(|s| s.as_str()).ok_or_else(|| RegistryError::BadSchema { id, reason: "no `schema` in the response".into() })?;
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|e| RegistryError::BadSchema { id, reason: e.to_string() })?;
+        let text = v
+            .get("schema")
+            .and_then(|s| s.as_str())
+            .ok_or_else(|| RegistryError::BadSchema { id, reason: "no `schema` in the response".into() })?;
         Schema::parse_str(text).map_err(|e| RegistryError::BadSchema { id, reason: e.to_string() })
     }
 }
 
 impl SchemaSource for HttpRegistry {
     fn schema(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
-        if let Some(s) = self.cache.lock().map_err(|_| RegistryError::Unavailable("cache poisoned".into()))?.get(&id) {
+        if let Some(s) =
+            self.cache.lock().map_err(|_| RegistryError::Unavailable("cache poisoned".into()))?.get(&id)
+        {
             return Ok(s.clone());
         }
         {
-            let mut unknown = self.unknown.lock().map_err(|_| RegistryError::Unavailable("cache poisoned".into()))?;
+            let mut unknown =
+                self.unknown.lock().map_err(|_| RegistryError::Unavailable("cache poisoned".into()))?;
             match unknown.get(&id) {
                 Some(t) if t.elapsed() < NEGATIVE_TTL => return Err(RegistryError::UnknownId(id)),
                 Some(_) => {
@@ -119,7 +140,10 @@ impl SchemaSource for HttpRegistry {
         match self.fetch(id) {
             Ok(s) => {
                 let s = Arc::new(s);
-                self.cache.lock().map_err(|_| RegistryError::Unavailable("cache poisoned".into()))?.insert(id, s.clone());
+                self.cache
+                    .lock()
+                    .map_err(|_| RegistryError::Unavailable("cache poisoned".into()))?
+                    .insert(id, s.clone());
                 Ok(s)
             }
             Err(RegistryError::UnknownId(id)) => {

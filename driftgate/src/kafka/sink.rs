@@ -34,8 +34,6 @@ pub struct Acks {
     next: HashMap<SourceKey, u64>,
     /// Deliveries that failed for good (after the producer's own retries).
     failures: Vec<String>,
-    /// Records acknowledged, in all.
-    pub delivered: u64,
 }
 
 impl Acks {
@@ -72,13 +70,14 @@ impl ProducerContext for SinkContext {
         let Ok(mut acks) = self.acks.lock() else { return };
         match result {
             Ok(_) => {
-                acks.delivered += 1;
                 if let Some(s) = acks.unacked.get_mut(&token.source) {
                     s.remove(&token.no);
                 }
             }
             // Left unacknowledged on purpose: the offset is never committed past it.
-            Err((e, _)) => acks.failures.push(format!("delivery to {}:{} failed: {e}", token.source.0, token.source.1)),
+            Err((e, _)) => {
+                acks.failures.push(format!("delivery to {}:{} failed: {e}", token.source.0, token.source.1))
+            }
         }
     }
 }
@@ -131,7 +130,8 @@ impl Sink {
         let acks = Arc::new(Mutex::new(Acks::default()));
         let mut cfg = base.clone();
         cfg.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "2");
-        let producer = cfg.create_with_context(SinkContext { acks: acks.clone() }).map_err(SinkError::Create)?;
+        let producer =
+            cfg.create_with_context(SinkContext { acks: acks.clone() }).map_err(SinkError::Create)?;
         Ok(Sink { producer, acks })
     }
 
@@ -150,7 +150,9 @@ impl Sink {
             acks.unacked.entry(source.clone()).or_default().insert(no);
             no
         };
-        let mut record = BaseRecord::with_opaque_to(rec.topic, Box::new(Token { source: source.clone(), no })).key(rec.key);
+        let mut record =
+            BaseRecord::with_opaque_to(rec.topic, Box::new(Token { source: source.clone(), no }))
+                .key(rec.key);
         if let Some(p) = rec.payload {
             record = record.payload(p);
         }
@@ -192,10 +194,5 @@ impl Sink {
             Some(f) => Err(SinkError::Delivery(f.clone())),
             None => Ok(()),
         }
-    }
-
-    /// The underlying producer (metadata queries).
-    pub fn producer(&self) -> &BaseProducer<SinkContext> {
-        &self.producer
     }
 }

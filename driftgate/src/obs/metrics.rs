@@ -9,7 +9,10 @@ use driftgate_core::engine::{Engine, Stats};
 use driftgate_core::model::enforcement::EnforcementEvent;
 use driftgate_core::model::lane::Lane;
 use driftgate_core::model::overrides::OverrideKind;
-use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
 use std::collections::BTreeSet;
 
 /// Every metric, registered in one registry.
@@ -162,14 +165,25 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(drift_to_enforcement.clone())).expect("unique metric");
         let processing = Histogram::with_opts(
-            HistogramOpts::new("driftgate_processing_seconds", "Time to decode and process one input record, outputs handed to the producer.")
-                .buckets(vec![1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1]),
+            HistogramOpts::new(
+                "driftgate_processing_seconds",
+                "Time to decode and process one input record, outputs handed to the producer.",
+            )
+            .buckets(vec![1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1]),
         )
         .expect("valid metric");
         r.register(Box::new(processing.clone())).expect("unique metric");
-        let bypass_minutes = prometheus::Counter::new("driftgate_override_bypass_minutes_total", "Override-minutes (event time) during which loosening overrides bypassed pact policy.").expect("valid metric");
+        let bypass_minutes = prometheus::Counter::new(
+            "driftgate_override_bypass_minutes_total",
+            "Override-minutes (event time) during which loosening overrides bypassed pact policy.",
+        )
+        .expect("valid metric");
         r.register(Box::new(bypass_minutes.clone())).expect("unique metric");
-        let next_expiry = Gauge::new("driftgate_override_next_expiry_seconds", "Event-time seconds until the next override expires (absent: none in force).").expect("valid metric");
+        let next_expiry = Gauge::new(
+            "driftgate_override_next_expiry_seconds",
+            "Event-time seconds until the next override expires (absent: none in force).",
+        )
+        .expect("valid metric");
         Metrics {
             records_consumed: counter(&r, "driftgate_records_consumed_total", "Records read from the input topics."),
             records_decoded: counter(&r, "driftgate_records_decoded_total", "Records decoded into telemetry."),
@@ -253,7 +267,9 @@ impl Metrics {
             let event_secs = (e.effective_at - d.first_post_change_at).max(0) as f64 / 1e6;
             self.drift_to_enforcement.with_label_values(&["event"]).observe(event_secs);
             if let Some(rt) = record_time {
-                self.drift_to_enforcement.with_label_values(&["wall"]).observe((now - rt).max(0) as f64 / 1e6);
+                self.drift_to_enforcement
+                    .with_label_values(&["wall"])
+                    .observe((now - rt).max(0) as f64 / 1e6);
             }
         }
     }
@@ -263,7 +279,9 @@ impl Metrics {
         let d = |a: u64, b: u64| a.saturating_sub(b);
         self.records_late.inc_by(d(now.late, last.late));
         self.overrides_accepted.inc_by(d(now.overrides_accepted, last.overrides_accepted));
-        self.overrides_rejected.with_label_values(&["engine"]).inc_by(d(now.overrides_rejected, last.overrides_rejected));
+        self.overrides_rejected
+            .with_label_values(&["engine"])
+            .inc_by(d(now.overrides_rejected, last.overrides_rejected));
         self.high_risk_decisions.inc_by(d(now.high_risk_decisions, last.high_risk_decisions));
         self.high_risk_fresh.inc_by(d(now.high_risk_fresh, last.high_risk_fresh));
         self.fast_path.inc_by(d(now.fast_path, last.fast_path));

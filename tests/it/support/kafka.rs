@@ -2,7 +2,6 @@
 //! drop (also when a test fails). A missing broker binary fails the test with the command
 //! that installs it; Kafka tests never pass by skipping.
 
-
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -46,13 +45,25 @@ impl Broker {
     /// Listens on `port` but tells clients to connect to `advertised` (a proxy in front).
     pub fn start_advertising(port: u16, advertised: u16) -> Broker {
         let bin = tansu_path();
-        assert!(bin.exists(), "the test broker is not installed at {}: install it with\n  {INSTALL}", bin.display());
+        assert!(
+            bin.exists(),
+            "the test broker is not installed at {}: install it with\n  {INSTALL}",
+            bin.display()
+        );
         let log = std::env::temp_dir().join(format!("driftgate-tansu-{port}.log"));
         let out = std::fs::File::create(&log).expect("broker log file");
         let url = format!("tcp://127.0.0.1:{port}");
         let adv = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &adv, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &adv,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .stdout(Stdio::from(out.try_clone().expect("log handle")))
             .stderr(Stdio::from(out))
             .spawn()
@@ -82,7 +93,10 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("broker did not answer within 30 s; log: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        panic!(
+            "broker did not answer within 30 s; log: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
     }
 
     pub fn client(&self) -> ClientConfig {
@@ -98,11 +112,22 @@ impl Broker {
             .iter()
             .map(|(n, p, compact)| {
                 let t = NewTopic::new(n, *p, TopicReplication::Fixed(1));
-                if *compact { t.set("cleanup.policy", "compact") } else { t }
+                if *compact {
+                    t.set("cleanup.policy", "compact")
+                } else {
+                    t
+                }
             })
             .collect();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let res = rt.block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))).expect("create_topics");
+        let res = rt
+            .block_on(
+                admin.create_topics(
+                    &new,
+                    &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+                ),
+            )
+            .expect("create_topics");
         for r in res {
             r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
         }
@@ -111,14 +136,24 @@ impl Broker {
     /// A producer (idempotent, like the engine's), with batches of at most 1,000 records
     /// (engines under test resume up to 5,000 records early: see `resume_rewind`).
     pub fn producer(&self) -> BaseProducer {
-        self.client().set("enable.idempotence", "true").set("linger.ms", "5").set("batch.num.messages", "1000").create().expect("producer")
+        self.client()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "1000")
+            .create()
+            .expect("producer")
     }
 
     /// Every record of a topic, in partition then offset order. Reads until the topic has
     /// been quiet for a second: tansu 0.6's high watermark can lag the last acknowledged
     /// batch, so it is not used as the end.
     pub fn read_all(&self, topic: &str) -> Vec<Rec> {
-        let consumer: BaseConsumer = self.client().set("group.id", format!("reader-{}", rand_suffix())).set("enable.auto.commit", "false").create().expect("consumer");
+        let consumer: BaseConsumer = self
+            .client()
+            .set("group.id", format!("reader-{}", rand_suffix()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
         let parts = md.topics()[0].partitions().len() as i32;
         let mut tpl = TopicPartitionList::new();
@@ -134,9 +169,26 @@ impl Broker {
                 last = Instant::now();
                 let headers = m
                     .headers()
-                    .map(|h| h.iter().map(|x| (x.key.to_string(), x.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())).collect())
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| {
+                                (
+                                    x.key.to_string(),
+                                    x.value
+                                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                                        .unwrap_or_default(),
+                                )
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
-                out.push(Rec { partition: m.partition(), offset: m.offset(), key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()), value: m.payload().map(<[u8]>::to_vec), headers });
+                out.push(Rec {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
             }
         }
         out.sort_by_key(|r| (r.partition, r.offset));
@@ -186,14 +238,18 @@ impl Rec {
 pub fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("{}-{nanos:x}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
 }
 
 /// Produces `(key, value, timestamp_ms, partition)` records and waits for them.
 pub fn produce(p: &BaseProducer, topic: &str, records: &[(String, Vec<u8>, i64, i32)]) {
     for (k, v, ts, part) in records {
-        let mut rec = BaseRecord::to(topic).key(k.as_bytes()).payload(v.as_slice()).timestamp(*ts).partition(*part);
+        let mut rec =
+            BaseRecord::to(topic).key(k.as_bytes()).payload(v.as_slice()).timestamp(*ts).partition(*part);
         loop {
             match p.send(rec) {
                 Ok(()) => break,
@@ -303,7 +359,10 @@ impl Drop for Engine {
         if std::thread::panicking() {
             let text = self.log_text();
             let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!("--- engine log (last 60 lines) ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "--- engine log (last 60 lines) ---\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -354,16 +413,38 @@ impl Tail {
             if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(10)) {
                 let headers = m
                     .headers()
-                    .map(|h| h.iter().map(|x| (x.key.to_string(), x.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())).collect())
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| {
+                                (
+                                    x.key.to_string(),
+                                    x.value
+                                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                                        .unwrap_or_default(),
+                                )
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
-                let rec = Rec { partition: m.partition(), offset: m.offset(), key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()), value: m.payload().map(<[u8]>::to_vec), headers };
+                let rec = Rec {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                };
                 self.seen.push((Instant::now(), rec));
             }
         }
     }
 
     /// Consumes until `f` finds something among the records seen, or panics after `secs`.
-    pub fn until<T>(&mut self, secs: u64, what: &str, mut f: impl FnMut(&[(Instant, Rec)]) -> Option<T>) -> T {
+    pub fn until<T>(
+        &mut self,
+        secs: u64,
+        what: &str,
+        mut f: impl FnMut(&[(Instant, Rec)]) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             if let Some(v) = f(&self.seen) {

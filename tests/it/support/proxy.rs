@@ -1,7 +1,6 @@
 //! A TCP proxy that can cut the network: while cut, existing connections are shut down
 //! and new ones are accepted and dropped at once (like a partition with RSTs).
 
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +34,11 @@ impl Proxy {
     pub fn start(port: u16, target_port: u16) -> Proxy {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("proxy port");
         listener.set_nonblocking(true).expect("nonblocking");
-        let p = Proxy { cut: Arc::new(AtomicBool::new(false)), conns: Arc::new(Mutex::new(Vec::new())), stop: Arc::new(AtomicBool::new(false)) };
+        let p = Proxy {
+            cut: Arc::new(AtomicBool::new(false)),
+            conns: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
         let (cut, conns, stop) = (p.cut.clone(), p.conns.clone(), p.stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {

@@ -2,7 +2,6 @@
 //! uses (`GET /schemas/ids/{id}`), which can be taken down and brought back, and counts the
 //! requests it got.
 
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -44,9 +43,16 @@ impl Registry {
                 let (status, body) = if d.load(Ordering::SeqCst) {
                     ("503 Service Unavailable", r#"{"error_code":50301,"message":"down"}"#.to_string())
                 } else {
-                    match path.strip_prefix("/schemas/ids/").and_then(|id| id.parse::<u32>().ok()).and_then(|id| s.lock().unwrap().get(&id).cloned()) {
+                    match path
+                        .strip_prefix("/schemas/ids/")
+                        .and_then(|id| id.parse::<u32>().ok())
+                        .and_then(|id| s.lock().unwrap().get(&id).cloned())
+                    {
                         Some(schema) => ("200 OK", serde_json::json!({ "schema": schema }).to_string()),
-                        None => ("404 Not Found", r#"{"error_code":40403,"message":"Schema not found"}"#.to_string()),
+                        None => (
+                            "404 Not Found",
+                            r#"{"error_code":40403,"message":"Schema not found"}"#.to_string(),
+                        ),
                     }
                 };
                 let _ = write!(stream, "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
@@ -69,7 +75,8 @@ impl Registry {
 /// A writer schema that parses but cannot be resolved to the telemetry schema
 /// (`occurred_at` is a string).
 pub fn mismatched_schema() -> String {
-    let mut v: serde_json::Value = serde_json::from_str(driftgate_core::model::telemetry::TELEMETRY_AVSC).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(driftgate_core::model::telemetry::TELEMETRY_AVSC).unwrap();
     for f in v["fields"].as_array_mut().unwrap() {
         if f["name"] == "occurred_at" {
             f["type"] = "string".into();
@@ -79,4 +86,5 @@ pub fn mismatched_schema() -> String {
 }
 
 /// A registered schema that does not parse.
-pub const BAD_SCHEMA: &str = r#"{"type": "record", "name": "T", "fields": [{"name": "a", "type": "no_such_type"}]}"#;
+pub const BAD_SCHEMA: &str =
+    r#"{"type": "record", "name": "T", "fields": [{"name": "a", "type": "no_such_type"}]}"#;

@@ -94,11 +94,15 @@ pub fn records(partitions: i32) -> Vec<(String, Vec<u8>, i64, i32)> {
 pub fn offline_effects(partitions: i32) -> BTreeMap<(String, u64), String> {
     use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
     let pact = driftgate_core::pact::parse_pact(PACTS, "pacts.yaml").expect("the scenario's pact is valid");
-    let mut engines: Vec<Engine> = (0..partitions).map(|_| Engine::new(EngineConfig::default(), vec![pact.clone()])).collect();
+    let mut engines: Vec<Engine> =
+        (0..partitions).map(|_| Engine::new(EngineConfig::default(), vec![pact.clone()])).collect();
     let mut texts = Vec::new();
     for (offset, (_, value, _, part)) in records(partitions).into_iter().enumerate() {
         let e = &mut engines[part as usize];
-        e.push_tagged(Input::Telemetry(serde_json::from_slice(&value).expect("scenario JSON")), offset as u64);
+        e.push_tagged(
+            Input::Telemetry(serde_json::from_slice(&value).expect("scenario JSON")),
+            offset as u64,
+        );
         for out in e.drain() {
             if let Output::Enforcement(ev) = out {
                 texts.push(serde_json::to_string(&ev).expect("serialisable"));
@@ -132,7 +136,11 @@ pub fn dedup(texts: impl IntoIterator<Item = String>) -> (BTreeMap<(String, u64)
 
 /// Fails naming the first `(agent, seq)` whose event differs, with both texts, so that
 /// a difference is diagnosable from the CI log alone.
-pub fn assert_same_effects(got: &BTreeMap<(String, u64), String>, want: &BTreeMap<(String, u64), String>, dups: usize) {
+pub fn assert_same_effects(
+    got: &BTreeMap<(String, u64), String>,
+    want: &BTreeMap<(String, u64), String>,
+    dups: usize,
+) {
     let keys: std::collections::BTreeSet<_> = got.keys().chain(want.keys()).collect();
     let diffs: Vec<String> = keys
         .into_iter()
@@ -140,7 +148,11 @@ pub fn assert_same_effects(got: &BTreeMap<(String, u64), String>, want: &BTreeMa
         .take(3)
         .map(|k| format!("{k:?}\n  crash run: {:?}\n  clean run: {:?}", got.get(k), want.get(k)))
         .collect();
-    assert!(diffs.is_empty(), "after dedup by seq ({dups} duplicates dropped) the effects differ; first differences:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "after dedup by seq ({dups} duplicates dropped) the effects differ; first differences:\n{}",
+        diffs.join("\n")
+    );
 }
 
 /// Final lanes `(all, high_risk)` per agent, from the applied events.
@@ -152,4 +164,3 @@ pub fn final_lanes(applied: &BTreeMap<(String, u64), String>) -> BTreeMap<(Strin
     }
     out
 }
-

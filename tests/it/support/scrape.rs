@@ -1,6 +1,5 @@
 //! Reading a Prometheus scrape, and the metrics that the deploy kit references.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -18,14 +17,21 @@ pub fn samples(text: &str) -> BTreeMap<String, f64> {
 /// The value of label `name` in a sample key such as `metric{a="x",b="y"}`.
 pub fn label<'a>(key: &'a str, name: &str) -> Option<&'a str> {
     let rest = key.split_once('{')?.1;
-    let start = rest.match_indices(&format!("{name}=\"")).find(|(i, _)| *i == 0 || rest.as_bytes()[i - 1] == b',')?.0 + name.len() + 2;
+    let start =
+        rest.match_indices(&format!("{name}=\"")).find(|(i, _)| *i == 0 || rest.as_bytes()[i - 1] == b',')?.0
+            + name.len()
+            + 2;
     let end = rest[start..].find('"')? + start;
     Some(&rest[start..end])
 }
 
 /// Metric family names declared in a scrape (`# TYPE` lines).
 pub fn families(text: &str) -> BTreeSet<String> {
-    text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Sum of every sample of `name` whose labels contain all of `labels` (`k="v"` pairs).
@@ -41,7 +47,8 @@ pub fn sum(s: &BTreeMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
 
 /// Every `driftgate_*` family named in the Grafana dashboard and the alert rules.
 pub fn referenced_by_deploy_kit(root: &Path) -> BTreeSet<String> {
-    let mut text = std::fs::read_to_string(root.join("deploy/grafana/driftgate-dashboard.json")).expect("dashboard");
+    let mut text =
+        std::fs::read_to_string(root.join("deploy/grafana/driftgate-dashboard.json")).expect("dashboard");
     text += &std::fs::read_to_string(root.join("deploy/prometheus/alerts.yaml")).expect("alert rules");
     let mut out = BTreeSet::new();
     let bytes = text.as_bytes();
