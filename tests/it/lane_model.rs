@@ -727,7 +727,7 @@ fn check(steps: &[Step], fired: &mut Fired) -> Result<(), String> {
         }
         let panics = engine.drain().iter().filter(|o| matches!(o, Output::Panic(_))).count() as u64;
         for a in 0..AGENTS {
-            let got = engine.agent(&format!("a{a}")).map(|x| (x.published, x.seq));
+            let got = engine.agent(&format!("a{a}")).map(|x| (<[Lane; 2]>::from(x.published), x.seq));
             let want = model.agents[a].as_ref().map(|x| (x.published, x.seq));
             if got != want {
                 return Err(format!("after step {n} ({s:?}) at t+{} s, agent a{a}: engine (lanes [all, high_risk], seq) = {got:?}, model = {want:?}", (t - 1_700_000_000 * S) / S));

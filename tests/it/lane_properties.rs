@@ -161,7 +161,13 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
             let Some(agent) = engine.agent(&format!("a{a}")) else { continue };
             seen.checks_with_live_override += !agent.overrides.is_empty() as u64;
             seen.capped += agent.capped as u64;
-            prop_assert_eq!(agent.published, expected_lanes(&engine, agent), "agent a{} after {:?}", a, s);
+            prop_assert_eq!(
+                <[Lane; 2]>::from(agent.published),
+                expected_lanes(&engine, agent),
+                "agent a{} after {:?}",
+                a,
+                s
+            );
         }
     }
     // A last event far in the future: every timer (override expiry, freshness) comes due.
@@ -276,7 +282,12 @@ fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
     // After the last timers, the published lanes follow from the state.
     for a in 0..AGENTS {
         let Some(agent) = engine.agent(&format!("a{a}")) else { continue };
-        prop_assert_eq!(agent.published, expected_lanes(&engine, agent), "agent a{} at the end", a);
+        prop_assert_eq!(
+            <[Lane; 2]>::from(agent.published),
+            expected_lanes(&engine, agent),
+            "agent a{} at the end",
+            a
+        );
     }
     Ok(())
 }

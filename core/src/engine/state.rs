@@ -1,7 +1,7 @@
 //! Keyed state: per agent, and per agent × pact × clause × segment.
 
 use crate::model::enforcement::Detection;
-use crate::model::lane::Lane;
+use crate::model::lane::{ByScope, Lane};
 use crate::model::overrides::{ActiveOverride, OverrideKind};
 use crate::pact::Freshness;
 use driftgate_detectors::AnyDetector;
@@ -157,8 +157,8 @@ pub struct AgentState {
     pub overrides: Vec<ActiveOverride>,
     /// Pending model-change re-verification.
     pub model_change: Option<ModelChange>,
-    /// Lanes last published: `[all, high_risk]`.
-    pub published: [Lane; 2],
+    /// Lanes last published, per scope.
+    pub published: ByScope<Lane>,
     /// When the pending TTL check fires.
     pub ttl_at: Option<i64>,
     /// Held at the fail mode by the blast-radius cap: re-evaluated on each of its events,
@@ -180,7 +180,7 @@ impl AgentState {
             clauses: BTreeMap::new(),
             overrides: Vec::new(),
             model_change: None,
-            published: [Lane::Normal, Lane::Normal],
+            published: ByScope::both(Lane::Normal),
             ttl_at: None,
             capped: false,
         }

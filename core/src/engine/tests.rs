@@ -291,7 +291,7 @@ fn a_settle_is_its_own_event_beside_a_lane_change_in_the_same_step() {
         .filter_map(|o| if let Output::Enforcement(x) = o { Some(x.action.as_str()) } else { None })
         .collect();
     assert_eq!(actions, ["settle", "require_human_review", "require_human_review"]);
-    assert_eq!(e.agent("a0").unwrap().published, [Review, Review]);
+    assert_eq!(e.agent("a0").unwrap().published, ByScope::both(Review));
 }
 
 #[test]
@@ -694,7 +694,7 @@ fn a_critical_breach_acts_on_arrival_and_names_its_record() {
     // When the watermark passes them, they are processed; the block stands.
     assert_eq!(step(&mut e, [tel("a0", 40, "none", false, 1)]), vec![]);
     assert_eq!(e.buffered(), 1);
-    assert_eq!(e.agent("a0").unwrap().published, [Block, Block]);
+    assert_eq!(e.agent("a0").unwrap().published, ByScope::both(Block));
     assert_eq!(e.stats().alarms.get("rules/watch_c"), Some(&1), "the held watch breach was judged");
     // A breach of a non-critical clause waits as before.
     assert_eq!(step(&mut e, [tel("a0", 41, "degrade", true, 1)]), vec![]);

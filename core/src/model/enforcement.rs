@@ -10,9 +10,10 @@ pub const ENFORCEMENT_AVSC: &str = include_str!("../../../schemas/enforcement_ev
 /// Why the lane is what it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reason {
-    /// Machine code: `drift_verified`, `limit_breached`, `zero_tolerance_breach`,
-    /// `reverified`, `evidence_stale`, `evidence_fresh`, `model_changed`, `model_reverified`,
-    /// `override_applied`, `override_expired`, `blast_radius_fail_mode`, `settle`.
+    /// Machine code (the engine's `CauseCode`): `drift_verified`, `limit_breached`,
+    /// `zero_tolerance_breach`, `settle`, `evidence_fresh`, `evidence_stale`, `model_changed`,
+    /// `model_reverified`, `reverified`, `override_applied`, `override_expired`,
+    /// `blast_radius_recheck`.
     pub code: String,
     /// Plain words for a person.
     pub text: String,

@@ -104,6 +104,70 @@ impl Scope {
             Scope::HighRisk => "high_risk",
         }
     }
+
+    /// Both scopes, agent-wide first.
+    pub const BOTH: [Scope; 2] = [Scope::All, Scope::HighRisk];
+}
+
+/// One value per scope. Serialised as the pair `[all, high_risk]`, the form the state
+/// changelog has always used for the published lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(
+    from = "[T; 2]",
+    into = "[T; 2]",
+    bound(serialize = "T: Clone + Serialize", deserialize = "T: Deserialize<'de>")
+)]
+pub struct ByScope<T> {
+    /// Every action of the agent.
+    pub all: T,
+    /// High-risk actions only.
+    pub high_risk: T,
+}
+
+impl<T> ByScope<T> {
+    /// The same value for both scopes.
+    pub fn both(v: T) -> Self
+    where
+        T: Clone,
+    {
+        ByScope { all: v.clone(), high_risk: v }
+    }
+
+    /// `(scope, value)` for both scopes, agent-wide first.
+    pub fn iter(&self) -> impl Iterator<Item = (Scope, &T)> {
+        [(Scope::All, &self.all), (Scope::HighRisk, &self.high_risk)].into_iter()
+    }
+}
+
+impl<T> std::ops::Index<Scope> for ByScope<T> {
+    type Output = T;
+    fn index(&self, scope: Scope) -> &T {
+        match scope {
+            Scope::All => &self.all,
+            Scope::HighRisk => &self.high_risk,
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<Scope> for ByScope<T> {
+    fn index_mut(&mut self, scope: Scope) -> &mut T {
+        match scope {
+            Scope::All => &mut self.all,
+            Scope::HighRisk => &mut self.high_risk,
+        }
+    }
+}
+
+impl<T> From<[T; 2]> for ByScope<T> {
+    fn from([all, high_risk]: [T; 2]) -> Self {
+        ByScope { all, high_risk }
+    }
+}
+
+impl<T> From<ByScope<T>> for [T; 2] {
+    fn from(b: ByScope<T>) -> Self {
+        [b.all, b.high_risk]
+    }
 }
 
 #[cfg(test)]
@@ -127,5 +191,21 @@ mod tests {
         let actions: std::collections::BTreeSet<&str> = Lane::ALL.iter().map(|l| l.action()).collect();
         assert_eq!(actions.len(), 5);
         assert_eq!((Scope::All.as_str(), Scope::HighRisk.as_str()), ("all", "high_risk"));
+    }
+
+    #[test]
+    fn by_scope_indexes_by_scope_and_keeps_the_pair_encoding() {
+        let mut b = ByScope { all: Lane::Watch, high_risk: Lane::Block };
+        assert_eq!((b[Scope::All], b[Scope::HighRisk]), (Lane::Watch, Lane::Block));
+        b[Scope::HighRisk] = Lane::Review;
+        assert_eq!(
+            b.iter().map(|(s, l)| (s, *l)).collect::<Vec<_>>(),
+            [(Scope::All, Lane::Watch), (Scope::HighRisk, Lane::Review)]
+        );
+        // The changelog's encoding of `[Lane; 2]`: a restored v1 state reads the same.
+        let pair = rmp_serde::to_vec_named(&[Lane::Watch, Lane::Review]).unwrap();
+        assert_eq!(rmp_serde::to_vec_named(&b).unwrap(), pair);
+        assert_eq!(rmp_serde::from_slice::<ByScope<Lane>>(&pair).unwrap(), b);
+        assert_eq!(serde_json::to_string(&b).unwrap(), r#"["watch","review"]"#);
     }
 }

@@ -117,8 +117,8 @@ impl AgentSnapshot {
         Some(AgentSnapshot {
             agent_id: agent_id.to_string(),
             seq: a.seq,
-            lane: a.published[0],
-            high_risk_lane: a.published[1],
+            lane: a.published.all,
+            high_risk_lane: a.published.high_risk,
             workflow: a.workflow.clone(),
             model_version: a.model_version.clone(),
             model_change: a.model_change.as_ref().map(|m| format!("{} -> {}", m.from, m.to)),

@@ -7,7 +7,7 @@
 
 use driftgate_core::engine::{Engine, Stats};
 use driftgate_core::model::enforcement::EnforcementEvent;
-use driftgate_core::model::lane::Lane;
+use driftgate_core::model::lane::{ByScope, Lane};
 use driftgate_core::model::overrides::OverrideKind;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -311,7 +311,7 @@ impl Metrics {
     /// Recomputes the state gauges over every engine; `event_now` is the latest event time
     /// (µs) and `elapsed_event` the event time since the previous call (for bypass minutes).
     pub fn observe_engines<'a>(&self, engines: impl Iterator<Item = &'a Engine>, elapsed_event_micros: i64) {
-        let mut lanes = [[0i64; 5]; 2];
+        let mut lanes = ByScope::both([0i64; 5]);
         let (mut kinds, mut bypass, mut next_expiry) = ([0i64; 4], 0i64, None::<i64>);
         let (mut routed, mut unpacted, mut keys, mut stale) = (0i64, 0i64, 0i64, 0i64);
         let (mut routed_wf, mut all_wf) = (BTreeSet::new(), BTreeSet::new());
@@ -322,7 +322,7 @@ impl Metrics {
             let now = engine.watermark().unwrap_or(0);
             for (id, a) in engine.agents() {
                 agents_total += 1;
-                for (scope, lane) in a.published.iter().enumerate() {
+                for (scope, lane) in a.published.iter() {
                     lanes[scope][lane_index(*lane)] += 1;
                 }
                 for o in &a.overrides {
@@ -351,9 +351,9 @@ impl Metrics {
                 }
             }
         }
-        for (scope, name) in ["all", "high_risk"].iter().enumerate() {
+        for (scope, counts) in lanes.iter() {
             for (i, lane) in LANES.iter().enumerate() {
-                self.agents.with_label_values(&[lane.as_str(), name]).set(lanes[scope][i]);
+                self.agents.with_label_values(&[lane.as_str(), scope.as_str()]).set(counts[i]);
             }
         }
         for (i, k) in ["emergency_kill", "tighten", "loosen", "attest"].iter().enumerate() {

@@ -1,0 +1,156 @@
+//! Agent bookkeeping: coverage, the per-event walk over an agent's clauses, model changes and the state TTL.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn covering(&self, agent: &str, workflow: &str) -> Vec<u16> {
+        (0..self.pacts.len()).filter(|i| self.pacts[*i].covers(agent, workflow)).map(|i| i as u16).collect()
+    }
+
+    pub(super) fn on_telemetry(&mut self, tel: Telemetry) {
+        self.stats.telemetry += 1;
+        let now = tel.occurred_at;
+        let span = debug_span!("telemetry", agent = %tel.agent_id, event = %tel.event_id);
+        let _g = span.enter();
+        let causation = Causation { kind: "telemetry".into(), id: tel.event_id.clone(), at: now };
+        // Agent bookkeeping: creation, workflow moves, model-version changes.
+        if !self.agents.contains_key(&tel.agent_id) {
+            let pacts = self.covering(&tel.agent_id, &tel.workflow);
+            self.agents.insert(
+                tel.agent_id.clone(),
+                AgentState::new(tel.workflow.clone(), tel.model.version.clone(), pacts, now),
+            );
+            self.workflows.entry(tel.workflow.clone()).or_default().agents.insert(tel.agent_id.clone());
+        }
+        let mut causes: Vec<Cause> = Vec::new();
+        {
+            let moved = self.agents[&tel.agent_id].workflow != tel.workflow;
+            // Pact coverage depends on agent and workflow only: matched again on a move.
+            let pacts = if moved { self.covering(&tel.agent_id, &tel.workflow) } else { Vec::new() };
+            let agent = self.agents.get_mut(&tel.agent_id).expect("inserted above");
+            agent.last_seen = agent.last_seen.max(now);
+            if moved {
+                let old = std::mem::replace(&mut agent.workflow, tel.workflow.clone());
+                agent.pacts = pacts;
+                if let Some(w) = self.workflows.get_mut(&old) {
+                    w.remove(&tel.agent_id);
+                }
+                let (blocked, capped) = (agent.published.all == Lane::Block, agent.capped);
+                let w = self.workflows.entry(tel.workflow.clone()).or_default();
+                w.agents.insert(tel.agent_id.clone());
+                if blocked {
+                    w.blocked.insert(tel.agent_id.clone());
+                }
+                if capped {
+                    w.capped.insert(tel.agent_id.clone());
+                }
+            }
+            let agent = self.agents.get_mut(&tel.agent_id).expect("present");
+            if agent.model_version != tel.model.version {
+                let from = std::mem::replace(&mut agent.model_version, tel.model.version.clone());
+                let pending: BTreeSet<ClauseKey> = agent
+                    .clauses
+                    .keys()
+                    .filter(|(p, c, _)| matches!(clause_at(&self.pacts, *p, *c).1.test, Test::Drift(_)))
+                    .cloned()
+                    .collect();
+                if !pending.is_empty() {
+                    let lane = pending
+                        .iter()
+                        .map(|(p, c, _)| clause_at(&self.pacts, *p, *c).1.on_model_change)
+                        .max()
+                        .unwrap_or(Lane::Watch);
+                    for k in &pending {
+                        if let Some(s) = agent.clauses.get_mut(k) {
+                            s.clean = 0;
+                        }
+                    }
+                    let text = format!(
+                        "model version changed {from} -> {}: drift baselines kept; {} clause(s) must re-verify on the new model",
+                        tel.model.version,
+                        pending.len()
+                    );
+                    agent.model_change =
+                        Some(ModelChange { from, to: tel.model.version.clone(), since: now, lane, pending });
+                    causes.push(Cause {
+                        code: CauseCode::ModelChanged,
+                        text,
+                        clause: None,
+                        detection: None,
+                        causation: causation.clone(),
+                        clean_at_decision: None,
+                    });
+                }
+            }
+            if agent.ttl_at.is_none() {
+                let at = agent.last_seen + self.cfg.state_ttl.micros();
+                agent.ttl_at = Some(at);
+                let timer = Timer::Ttl(tel.agent_id.clone());
+                self.schedule(at, timer);
+            }
+        }
+        // Clauses.
+        // By position: on_clause does not change the agent's coverage.
+        let covering = self.agents[&tel.agent_id].pacts.len();
+        let mut high_risk_fresh = true;
+        let mut has_high_risk = false;
+        for i in 0..covering {
+            let p = self.agents[&tel.agent_id].pacts[i];
+            for ci in 0..self.pacts[p as usize].doc.clauses.len() as u16 {
+                self.on_clause(&tel, p, ci, now, &causation, &mut causes);
+                let (_, clause) = clause_at(&self.pacts, p, ci);
+                if clause.high_risk && tel.risk == crate::model::telemetry::Risk::High {
+                    has_high_risk = true;
+                    let agent = &self.agents[&tel.agent_id];
+                    let fresh = agent
+                        .clauses
+                        .iter()
+                        .filter(|((pp, cc, _), _)| *pp == p && *cc == ci)
+                        .all(|(_, s)| !s.stale);
+                    high_risk_fresh &= fresh;
+                }
+            }
+        }
+        let capped = self.agents[&tel.agent_id].capped;
+        if has_high_risk {
+            self.stats.high_risk_decisions += 1;
+            self.stats.high_risk_fresh += high_risk_fresh as u64;
+        }
+        if causes.is_empty() && capped {
+            causes.push(Cause {
+                code: CauseCode::BlastRadiusRecheck,
+                text: "blast-radius cap re-checked: the agent's clauses demand block, and the cap no longer holds it at the fail mode".into(),
+                clause: None,
+                detection: None,
+                causation,
+                clean_at_decision: None,
+            });
+        }
+        if !causes.is_empty() {
+            self.reevaluate_all(&tel.agent_id, causes, false);
+        }
+    }
+
+    pub(super) fn on_ttl(&mut self, agent_id: &str, at: i64) {
+        let ttl = self.cfg.state_ttl.micros();
+        let Some(agent) = self.agents.get_mut(agent_id) else { return };
+        agent.ttl_at = None;
+        let idle = at - agent.last_seen >= ttl;
+        let quiet = agent.published == ByScope::both(Lane::Normal) && agent.overrides.is_empty();
+        if !(idle && quiet) {
+            // Not idle: check again a TTL after the last event. Idle but not quiet (a lane
+            // or an override still holds): state is kept, and checked again a TTL later.
+            let next = if idle { at + ttl.max(1) } else { agent.last_seen + ttl };
+            agent.ttl_at = Some(next);
+            self.schedule(next, Timer::Ttl(agent_id.to_string()));
+            return;
+        }
+        let agent = self.agents.remove(agent_id).expect("present");
+        if let Some(w) = self.workflows.get_mut(&agent.workflow) {
+            w.remove(agent_id);
+        }
+        self.stats.states_expired += 1;
+        let detail = serde_json::json!({"last_seen": agent.last_seen, "ttl": self.cfg.state_ttl.to_string(), "clauses": agent.clauses.len(), "seq": agent.seq});
+        self.history(RecordKind::StateExpired, at, Some(agent_id.to_string()), None, detail);
+    }
+}

@@ -1,0 +1,320 @@
+//! Clause evaluation: one observation through a clause's detector, alarms, recovery, re-verification after a model change, and evidence freshness.
+
+use super::*;
+
+impl Engine {
+    /// Feeds one clause; adds a cause to `causes` when its demand or freshness changed (both
+    /// may change on one event). Causes are large, so they are pushed rather than returned.
+    pub(super) fn on_clause(
+        &mut self,
+        tel: &Telemetry,
+        p: u16,
+        ci: u16,
+        now: i64,
+        causation: &Causation,
+        causes: &mut Vec<Cause>,
+    ) {
+        let (pact, clause) = clause_at(&self.pacts, p, ci);
+        if let Some(w) = &clause.metric.when {
+            if w.0.eval(tel) != Val::Bool(true) {
+                return;
+            }
+        }
+        let val = clause.metric.value.0.eval(tel);
+        let obs = match (clause.metric.kind, val) {
+            (_, Val::Null) => return,
+            (MetricKind::Bernoulli, Val::Bool(b)) => Observation::Bool(b),
+            (MetricKind::Real, Val::Num(x)) => Observation::Real(x),
+            (MetricKind::Categorical, Val::Str(s)) => Observation::Category(s),
+            // Attributes are typed at run time; a mismatch is an invalid observation.
+            _ => {
+                self.stats.invalid_observations += 1;
+                return;
+            }
+        };
+        let segment = if clause.segment_by.is_empty() {
+            String::new()
+        } else {
+            clause
+                .segment_by
+                .iter()
+                .map(|f| match f.field().get(tel) {
+                    Val::Str(s) => s.to_string(),
+                    _ => String::new(),
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        let key: ClauseKey = (p, ci, Segment(segment));
+        let keep = clause.freshness.as_ref().map_or(1, |f| f.min_events as usize);
+        let agent = self.agents.get_mut(&tel.agent_id).expect("agent exists");
+        let state = agent
+            .clauses
+            .entry(key.clone())
+            .or_insert_with(|| ClauseState::new(self.protos[p as usize][ci as usize].clone(), now));
+        state.observe(now, keep);
+        let mut cause = None;
+        // One event is not enough when the window asks for more: stale until fresh again.
+        if state.stale && clause.freshness.as_ref().is_none_or(|f| state.is_fresh(now, f)) {
+            state.stale = false;
+            if clause.high_risk {
+                cause = Some(Cause {
+                    code: CauseCode::EvidenceFresh,
+                    text: format!("clause `{}` has fresh evidence again", clause.id),
+                    clause: Some(key.clone()),
+                    detection: None,
+                    causation: causation.clone(),
+                    clean_at_decision: None,
+                });
+            }
+        }
+        let need_timer =
+            clause.freshness.as_ref().map(|f| state.stale_deadline(f)).filter(|_| state.timer_at.is_none());
+        if let Some(at) = need_timer {
+            state.timer_at = Some(at);
+        }
+        let result = state.detector.update(obs);
+        let outcome = match result {
+            Err(e) => {
+                debug!(pact = %pact.id(), clause = %clause.id, error = %e, "observation refused");
+                self.stats.invalid_observations += 1;
+                None
+            }
+            Ok(Some(alarm)) => {
+                *self.stats.alarms.entry(clause_label(pact, clause)).or_default() += 1;
+                Some(Self::on_alarm(state, pact, clause, &alarm, now, &key, causation))
+            }
+            Ok(None) => {
+                state.clean += 1;
+                let clean = state.clean;
+                // The common case (nothing to recover, no model change) needs no more lookups.
+                let recovering = state.demand != Lane::Normal;
+                let mc = if agent.model_change.is_some() {
+                    Self::check_model_reverified(agent, &key, clean, clause, now, causation)
+                } else {
+                    None
+                };
+                if recovering {
+                    let attested = agent.attested(&clause.id);
+                    let state = agent.clauses.get_mut(&key).expect("present");
+                    Self::check_recovery(state, clause, attested, now, &key, causation).or(mc)
+                } else {
+                    mc
+                }
+            }
+        };
+        if let Some(at) = need_timer {
+            self.schedule(at, Timer::Freshness(tel.agent_id.clone(), key));
+        }
+        causes.extend(outcome);
+        causes.extend(cause);
+    }
+
+    pub(super) fn on_alarm(
+        state: &mut ClauseState,
+        pact: &Pact,
+        clause: &Clause,
+        alarm: &Alarm,
+        now: i64,
+        key: &ClauseKey,
+        causation: &Causation,
+    ) -> Cause {
+        let critical = clause.severity == Severity::Critical;
+        let target = if critical { Some(Lane::Block) } else { clause.consequence.lane() };
+        let gap = state.gap;
+        let first_post = now - (alarm.n_current.saturating_sub(1) as f64 * gap) as i64;
+        let detection = Detection {
+            detector: alarm.detector.clone(),
+            statistic: alarm.statistic,
+            threshold: alarm.threshold,
+            false_alarm_rate: alarm.false_alarm_rate,
+            baseline: serde_json::to_string(&alarm.baseline).expect("serialisable"),
+            observed: serde_json::to_string(&alarm.current).expect("serialisable"),
+            n: alarm.n_current,
+            change_point_at: first_post - (gap / 2.0) as i64,
+            first_post_change_at: first_post,
+            verified_at: now,
+        };
+        state.last_detection = Some(detection.clone());
+        state.clean = 0;
+        // Fresh evidence is needed for re-verification; drift detectors keep their baseline.
+        state.detector.restart();
+        let (code, what) = match &clause.test {
+            Test::Drift(_) => (CauseCode::DriftVerified, "drift verified"),
+            Test::Limit(l) if l.zero_tolerance => (CauseCode::ZeroToleranceBreach, "zero-tolerance breach"),
+            Test::Limit(_) => (CauseCode::LimitBreached, "limit breach verified"),
+        };
+        let Some(lane) = target else {
+            return Cause {
+                code: CauseCode::Settle,
+                text: format!("{what} on clause `{}` of pact `{}`: settle", clause.id, pact.id()),
+                clause: Some(key.clone()),
+                detection: Some(detection),
+                causation: causation.clone(),
+                clean_at_decision: None,
+            };
+        };
+        if state.demand < lane {
+            state.demand = lane;
+            state.escalations += 1;
+        }
+        state.needs_attestation |= critical;
+        state.min_dwell_until = state.min_dwell_until.max(now + dwell(clause, state.escalations));
+        Cause {
+            code,
+            text: format!(
+                "{what} on clause `{}` of pact `{}` (statistic {:.2} >= threshold {:.2}; baseline {} -> observed {} over {} events)",
+                clause.id,
+                pact.id(),
+                alarm.statistic,
+                alarm.threshold,
+                detection.baseline,
+                detection.observed,
+                alarm.n_current
+            ),
+            clause: Some(key.clone()),
+            detection: Some(detection),
+            causation: causation.clone(),
+            clean_at_decision: None,
+        }
+    }
+
+    pub(super) fn check_model_reverified(
+        agent: &mut AgentState,
+        key: &ClauseKey,
+        clean: u64,
+        clause: &Clause,
+        now: i64,
+        causation: &Causation,
+    ) -> Option<Cause> {
+        let mc = agent.model_change.as_mut()?;
+        if !mc.pending.contains(key)
+            || clean < clause.recovery.clean_events
+            || now < mc.since + clause.recovery.min_dwell.micros()
+        {
+            return None;
+        }
+        mc.pending.remove(key);
+        if !mc.pending.is_empty() {
+            return None;
+        }
+        let mc = agent.model_change.take().expect("present");
+        Some(Cause {
+            code: CauseCode::ModelReverified,
+            text: format!(
+                "model {} re-verified: every drift clause saw {} clean events since the change",
+                mc.to, clause.recovery.clean_events
+            ),
+            clause: None,
+            detection: None,
+            causation: causation.clone(),
+            clean_at_decision: None,
+        })
+    }
+
+    pub(super) fn check_recovery(
+        state: &mut ClauseState,
+        clause: &Clause,
+        attested: bool,
+        now: i64,
+        key: &ClauseKey,
+        causation: &Causation,
+    ) -> Option<Cause> {
+        if state.demand == Lane::Normal || now < state.min_dwell_until {
+            return None;
+        }
+        let reverified = match &clause.test {
+            Test::Limit(l) if !l.zero_tolerance => state.detector.verified_in_control_at().is_some(),
+            Test::Limit(_) => state.clean >= clause.recovery.clean_events,
+            // Drift: enough clean events, and the restarted change statistic is not building
+            // up (below half its threshold). A quiet stretch alone is weak evidence, because
+            // detection delays have long tails.
+            Test::Drift(_) => {
+                let v = state.detector.view();
+                state.clean >= clause.recovery.clean_events
+                    && (v.threshold <= 0.0 || v.statistic <= v.threshold / 2.0)
+            }
+        };
+        if !reverified || (state.demand == Lane::Block && state.needs_attestation && !attested) {
+            return None;
+        }
+        let from = state.demand;
+        state.demand = from.step_down();
+        let clean = state.clean;
+        let view = state.detector.view();
+        state.clean = 0;
+        if matches!(&clause.test, Test::Limit(l) if !l.zero_tolerance) {
+            // The next step needs a new verification of compliance.
+            state.detector.reset();
+        }
+        state.min_dwell_until = now + dwell(clause, state.escalations);
+        if state.demand == Lane::Normal {
+            state.needs_attestation = false;
+        }
+        Some(Cause {
+            code: CauseCode::Reverified,
+            text: format!(
+                "clause `{}` re-verified on fresh traffic ({clean} clean events, statistic {:.2} of threshold {:.2}{}); stepping down {} -> {}",
+                clause.id,
+                view.statistic,
+                view.threshold,
+                if attested && from == Lane::Block { ", human attestation present" } else { "" },
+                from.as_str(),
+                state.demand.as_str()
+            ),
+            clause: Some(key.clone()),
+            detection: None,
+            causation: causation.clone(),
+            clean_at_decision: Some(clean),
+        })
+    }
+
+    pub(super) fn on_freshness_timer(&mut self, agent_id: &str, key: ClauseKey, at: i64) {
+        let (_, clause) = clause_at(&self.pacts, key.0, key.1);
+        let Some(f) = clause.freshness.clone() else { return };
+        let high_risk = clause.high_risk;
+        let Some(agent) = self.agents.get_mut(agent_id) else { return };
+        let Some(state) = agent.clauses.get_mut(&key) else { return };
+        state.timer_at = None;
+        if state.is_fresh(at, &f) {
+            let next = state.stale_deadline(&f).max(at + 1);
+            state.timer_at = Some(next);
+            self.schedule(next, Timer::Freshness(agent_id.to_string(), key));
+            return;
+        }
+        if state.stale {
+            return;
+        }
+        state.stale = true;
+        let last = state.last_at;
+        let (pact, clause) = clause_at(&self.pacts, key.0, key.1);
+        let text = format!(
+            "clause `{}` has fewer than {} events within {} (last evidence at {}): evidence is stale",
+            clause.id,
+            f.min_events,
+            f.max_age,
+            crate::timefmt::rfc3339(last)
+        );
+        let detail = serde_json::json!({"reason": text, "last_evidence_at": last, "high_risk": high_risk});
+        let (pact, clause) = (pact.clone(), clause.clone());
+        self.history(RecordKind::Stale, at, Some(agent_id.to_string()), Some((&pact, &clause)), detail);
+        if high_risk {
+            let cause = Cause {
+                code: CauseCode::EvidenceStale,
+                text,
+                clause: Some(key),
+                detection: None,
+                causation: Causation { kind: "timer".into(), id: "freshness".into(), at },
+                clean_at_decision: None,
+            };
+            self.reevaluate(agent_id, cause, false);
+        }
+    }
+}
+
+/// The dwell after the `escalations`-th escalation: `min_dwell · multiplier^(n-1)`, capped.
+pub(super) fn dwell(clause: &Clause, escalations: u32) -> i64 {
+    let r = &clause.recovery;
+    let f = r.dwell_multiplier.powi(escalations.saturating_sub(1).min(60) as i32);
+    ((r.min_dwell.micros() as f64 * f) as i64).min(r.max_dwell.micros())
+}

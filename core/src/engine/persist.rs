@@ -1,0 +1,109 @@
+//! What the changelog keeps: the engine's meta record and the agents changed since the last snapshot, and the restore from them.
+
+use super::*;
+
+impl Engine {
+    /// Agents changed since the last call, each with its state (`None`: it expired).
+    pub fn take_dirty(&mut self) -> Vec<(String, Option<&AgentState>)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .map(|id| {
+                let s = self.agents.get(&id);
+                (id, s)
+            })
+            .collect()
+    }
+
+    /// Marks agents changed, so that the next [`Engine::take_dirty`] reports them (with
+    /// their state, or `None` if they have none): used after a restore to supersede a torn
+    /// snapshot's records.
+    pub fn mark_dirty(&mut self, agents: impl IntoIterator<Item = String>) {
+        self.dirty.extend(agents);
+    }
+
+    /// The engine's own state besides the agents: the event-time buffer, clocks, the
+    /// history chain's head and counters.
+    pub fn meta(&self) -> EngineMeta {
+        EngineMeta {
+            pacts: self.pacts.iter().map(|p| (p.id().to_string(), p.version())).collect(),
+            buffer: self
+                .buffer
+                .iter()
+                .map(|((t, arrival), item)| (*t, *arrival, item.0.clone(), item.1))
+                .collect(),
+            arrivals: self.arrivals,
+            max_seen: self.max_seen,
+            now: self.now,
+            chain: self.chain.clone(),
+            stats: self.stats.clone(),
+            activated: self.activated,
+            panicked: self.workflows.iter().filter(|(_, w)| w.panicked).map(|(k, _)| k.clone()).collect(),
+            tick_floor: self.tick_floor,
+        }
+    }
+
+    /// An engine continuing exactly where `meta` and `agents` left off. Clause states of
+    /// pacts no longer loaded are dropped; pact indexes are remapped by id and version.
+    pub fn restore(
+        cfg: EngineConfig,
+        pacts: Vec<Pact>,
+        meta: EngineMeta,
+        agents: Vec<(String, AgentState)>,
+    ) -> Engine {
+        let mut e = Engine::new(cfg, pacts);
+        let remap: Vec<Option<u16>> = meta
+            .pacts
+            .iter()
+            .map(|(id, v)| e.pacts.iter().position(|p| p.id() == id && p.version() == *v).map(|i| i as u16))
+            .collect();
+        let map = |i: u16| remap.get(i as usize).copied().flatten();
+        for (t, arrival, input, tag) in meta.buffer {
+            e.buffer.insert((t, arrival), Box::new((input, tag)));
+        }
+        e.arrivals = meta.arrivals;
+        e.max_seen = meta.max_seen;
+        e.tick_floor = meta.tick_floor;
+        e.now = meta.now;
+        e.chain = meta.chain;
+        e.stats = meta.stats;
+        e.activated = meta.activated;
+        for (id, mut a) in agents {
+            a.pacts = a.pacts.iter().filter_map(|p| map(*p)).collect();
+            a.clauses = std::mem::take(&mut a.clauses)
+                .into_iter()
+                .filter_map(|((p, c, s), st)| map(p).map(|p| ((p, c, s), st)))
+                .collect();
+            if let Some(mc) = a.model_change.as_mut() {
+                mc.pending = std::mem::take(&mut mc.pending)
+                    .into_iter()
+                    .filter_map(|(p, c, s)| map(p).map(|p| (p, c, s)))
+                    .collect();
+            }
+            for (k, st) in &a.clauses {
+                if let Some(at) = st.timer_at {
+                    e.timers.insert((at, Timer::Freshness(id.clone(), k.clone())));
+                }
+            }
+            for o in &a.overrides {
+                e.timers.insert((o.expires_at, Timer::OverrideExpiry(id.clone(), o.req.override_id.clone())));
+            }
+            if let Some(at) = a.ttl_at {
+                e.timers.insert((at, Timer::Ttl(id.clone())));
+            }
+            let w = e.workflows.entry(a.workflow.clone()).or_default();
+            w.agents.insert(id.clone());
+            if a.published.all == Lane::Block {
+                w.blocked.insert(id.clone());
+            }
+            if a.capped {
+                w.capped.insert(id.clone());
+            }
+            e.agents.insert(id, a);
+        }
+        for wf in meta.panicked {
+            e.workflows.entry(wf).or_default().panicked = true;
+        }
+        e
+    }
+}
