@@ -9,7 +9,7 @@ impl Engine {
         match overrides::validate(&req, seq, self.cfg.max_override_ttl.micros()) {
             Err(reason) => {
                 self.stats.overrides_rejected += 1;
-                let detail = serde_json::json!({"override": req, "reason": reason});
+                let detail = serde_json::json!({"override": req, "reason": reason.to_string()});
                 self.history(RecordKind::OverrideRejected, now, Some(req.agent_id.clone()), None, detail);
             }
             Ok(expires_at) => {

@@ -6,6 +6,7 @@
 
 use crate::model::lane::{Lane, Scope};
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 /// The Avro schema of an override request (`schemas/override.avsc`).
 pub const OVERRIDE_AVSC: &str = include_str!("../../../schemas/override.avsc");
@@ -72,8 +73,47 @@ pub struct ActiveOverride {
     pub expires_at: i64,
 }
 
-/// Checks a request against the rules; `current_seq` is the agent's current `seq`.
-pub fn validate(req: &OverrideRequest, current_seq: u64, max_ttl_micros: i64) -> Result<i64, String> {
+/// Why an override request is refused. The messages are part of the record: the history's
+/// `override_rejected` entries and the API's error bodies carry them.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum OverrideError {
+    /// A required text field is empty.
+    #[error("`{0}` is required")]
+    Required(&'static str),
+    /// No `expires_at`.
+    #[error("`expires_at` is mandatory: every override expires")]
+    NoExpiry,
+    /// `expires_at` is not after `issued_at`.
+    #[error("`expires_at` is not after `issued_at`: the override is already expired")]
+    AlreadyExpired,
+    /// The override would outlive the maximum TTL.
+    #[error("`expires_at` is beyond the maximum override TTL of {max_ttl_s} s")]
+    BeyondMaxTtl {
+        /// The maximum, in seconds.
+        max_ttl_s: i64,
+    },
+    /// No `expected_seq`.
+    #[error("`expected_seq` is mandatory (compare-and-set on the agent's seq)")]
+    NoExpectedSeq,
+    /// `expected_seq` is not the agent's current `seq`: a conflict, not a malformed request.
+    #[error("stale `expected_seq` {expected}: the agent's seq is {current}")]
+    StaleSeq {
+        /// The request's `expected_seq`.
+        expected: u64,
+        /// The agent's `seq`.
+        current: u64,
+    },
+    /// A tighten or loosen without a lane.
+    #[error("`lane` is required for tighten and loosen")]
+    NoLane,
+    /// An attest without a clause.
+    #[error("`clause_id` is required for attest")]
+    NoClause,
+}
+
+/// Checks a request against the rules; `current_seq` is the agent's current `seq`. Returns
+/// the expiry.
+pub fn validate(req: &OverrideRequest, current_seq: u64, max_ttl_micros: i64) -> Result<i64, OverrideError> {
     for (name, v) in [
         ("override_id", &req.override_id),
         ("agent_id", &req.agent_id),
@@ -82,33 +122,28 @@ pub fn validate(req: &OverrideRequest, current_seq: u64, max_ttl_micros: i64) ->
         ("ticket", &req.ticket),
     ] {
         if v.trim().is_empty() {
-            return Err(format!("`{name}` is required"));
+            return Err(OverrideError::Required(name));
         }
     }
     let Some(expires_at) = req.expires_at else {
-        return Err("`expires_at` is mandatory: every override expires".into());
+        return Err(OverrideError::NoExpiry);
     };
     if expires_at <= req.issued_at {
-        return Err("`expires_at` is not after `issued_at`: the override is already expired".into());
+        return Err(OverrideError::AlreadyExpired);
     }
     if expires_at - req.issued_at > max_ttl_micros {
-        return Err(format!(
-            "`expires_at` is beyond the maximum override TTL of {} s",
-            max_ttl_micros / 1_000_000
-        ));
+        return Err(OverrideError::BeyondMaxTtl { max_ttl_s: max_ttl_micros / 1_000_000 });
     }
     match req.expected_seq {
-        None => return Err("`expected_seq` is mandatory (compare-and-set on the agent's seq)".into()),
+        None => return Err(OverrideError::NoExpectedSeq),
         Some(s) if s != current_seq => {
-            return Err(format!("stale `expected_seq` {s}: the agent's seq is {current_seq}"))
+            return Err(OverrideError::StaleSeq { expected: s, current: current_seq })
         }
         Some(_) => {}
     }
     match req.kind {
-        OverrideKind::Tighten | OverrideKind::Loosen if req.lane.is_none() => {
-            Err("`lane` is required for tighten and loosen".into())
-        }
-        OverrideKind::Attest if req.clause_id.is_none() => Err("`clause_id` is required for attest".into()),
+        OverrideKind::Tighten | OverrideKind::Loosen if req.lane.is_none() => Err(OverrideError::NoLane),
+        OverrideKind::Attest if req.clause_id.is_none() => Err(OverrideError::NoClause),
         _ => Ok(expires_at),
     }
 }
@@ -176,10 +211,22 @@ mod tests {
     fn validation_rules() {
         let mut r = req(OverrideKind::Tighten, Some(Lane::Watch)).req;
         assert!(validate(&r, 0, 100).is_ok());
-        assert!(validate(&r, 3, 100).unwrap_err().contains("stale"));
+        let stale = validate(&r, 3, 100).unwrap_err();
+        assert_eq!(stale, OverrideError::StaleSeq { expected: 0, current: 3 });
+        assert_eq!(stale.to_string(), "stale `expected_seq` 0: the agent's seq is 3");
         r.expires_at = None;
-        assert!(validate(&r, 0, 100).unwrap_err().contains("mandatory"));
-        r.expires_at = Some(1000);
-        assert!(validate(&r, 0, 100).unwrap_err().contains("maximum override TTL"));
+        assert_eq!(validate(&r, 0, 100), Err(OverrideError::NoExpiry));
+        r.expires_at = Some(10_000_000);
+        assert_eq!(validate(&r, 0, 5_000_000), Err(OverrideError::BeyondMaxTtl { max_ttl_s: 5 }));
+        assert_eq!(validate(&r, 0, 10_000_000), Ok(10_000_000), "a TTL of exactly the maximum is allowed");
+        r.expires_at = Some(r.issued_at);
+        assert_eq!(validate(&r, 0, 100), Err(OverrideError::AlreadyExpired));
+        r.expires_at = Some(r.issued_at + 50);
+        r.lane = None;
+        assert_eq!(validate(&r, 0, 100), Err(OverrideError::NoLane));
+        r.expected_seq = None;
+        assert_eq!(validate(&r, 0, 100), Err(OverrideError::NoExpectedSeq));
+        r.ticket = " ".into();
+        assert_eq!(validate(&r, 0, 100).unwrap_err().to_string(), "`ticket` is required");
     }
 }

@@ -4,7 +4,7 @@
 use crate::obs::metrics::Metrics;
 use driftgate_core::engine::{Engine, Input, Output, Stats};
 use driftgate_core::model::history::{Chain, Entry, Record, RecordKind};
-use driftgate_core::model::overrides::{self, OverrideRequest};
+use driftgate_core::model::overrides::{self, OverrideError, OverrideRequest};
 use driftgate_core::model::router_view::AgentSnapshot;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -96,12 +96,9 @@ pub fn prevalidate(
             )));
         }
     }
-    overrides::validate(req, current_seq, max_ttl_micros).map(|_| ()).map_err(|m| {
-        if m.starts_with("stale `expected_seq`") {
-            SubmitError::Conflict(m)
-        } else {
-            SubmitError::Invalid(m)
-        }
+    overrides::validate(req, current_seq, max_ttl_micros).map(|_| ()).map_err(|e| match e {
+        OverrideError::StaleSeq { .. } => SubmitError::Conflict(e.to_string()),
+        _ => SubmitError::Invalid(e.to_string()),
     })
 }
 
