@@ -27,6 +27,13 @@ if ! command -v promtool >/dev/null && [ ! -x "$TOOLS/bin/promtool" ]; then
   rm -rf "$tmp"
   [ -x "$TOOLS/bin/promtool" ] || { echo "promtool install failed" >&2; exit 1; }
 fi
+# schemathesis: the property-based client of the HTTP API contract test, in a venv of its own.
+if [ ! -x "$TOOLS/schemathesis/bin/schemathesis" ]; then
+  echo "==> installing schemathesis (PyPI) into $TOOLS/schemathesis..."
+  python3 -m venv "$TOOLS/schemathesis"
+  "$TOOLS/schemathesis/bin/pip" install --quiet "schemathesis>=4.3,<5" \
+    || { echo "schemathesis install failed: python3 -m venv $TOOLS/schemathesis && $TOOLS/schemathesis/bin/pip install schemathesis" >&2; exit 1; }
+fi
 # rustfmt and clippy: the style gates of ./scripts/test.sh.
 for c in rustfmt clippy; do
   if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then

@@ -343,6 +343,11 @@ fn bad_requests_get_json_errors() {
         assert_eq!(st, 400, "limit={q}");
         assert!(body.contains("bad_limit"));
     }
+    // Found by the contract test: the query extractor's own refusal was plain text.
+    let (st, body) = get(&format!("{}/v1/agents/fin-01/history?limit=1&limit=2", server.base));
+    let e: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    assert_eq!((st, e["error"].as_str()), (400, Some("bad_query")), "{body}");
     let (st, body) = get(&format!("{}/nowhere", server.base));
     assert_eq!(st, 404);
     assert!(body.contains("not_found"));
@@ -489,11 +494,72 @@ fn deploy_kit_agrees_with_the_code() {
     assert!(dashboard["panels"].as_array().unwrap().len() >= 10);
 }
 
+/// The per-user tool cache of `scripts/install-tools.sh`.
+fn tools_dir() -> std::path::PathBuf {
+    std::env::var_os("DRIFTGATE_TOOLS").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/driftgate/tools")
+    })
+}
+
+/// The API contract: schemathesis generates valid and invalid requests for every operation
+/// of `schemas/openapi.yaml` (examples, boundary values, fuzzing, and stateful sequences
+/// over the links it infers) and checks every answer: no 5xx, status codes, content types
+/// and bodies as documented, invalid input refused, valid input accepted, and no answer
+/// slower than 2 s. A fixed seed makes a failure reproducible.
+#[test]
+fn the_http_api_keeps_its_openapi_contract() {
+    let bin = tools_dir().join("schemathesis/bin/schemathesis");
+    assert!(
+        bin.exists(),
+        "schemathesis is not installed at {}: run ./scripts/install-tools.sh (pip install into a venv there)",
+        bin.display()
+    );
+    let server = serve_demo();
+    let report = tempfile::tempdir().unwrap();
+    let out = Command::new(&bin)
+        .arg("--config-file")
+        .arg(scrape::root().join("tests/fixtures/schemathesis.toml"))
+        .arg("run")
+        .arg(scrape::root().join("schemas/openapi.yaml"))
+        .args([
+            "--url",
+            &server.base,
+            "--checks",
+            "all",
+            "--max-response-time",
+            "2",
+            "--request-timeout",
+            "5",
+        ])
+        .args(["--seed", "20261128", "--max-examples", "60", "--workers", "1", "--no-color"])
+        .args(["--report", "junit", "--report-dir"])
+        .arg(report.path())
+        .env("DRIFTGATE_CONTRACT_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the API breaks its contract:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It did test every documented operation, in every phase.
+    assert!(text.contains("Selected: 7/7") && text.contains("Tested: 7"), "{text}");
+    for phase in ["Examples", "Coverage", "Fuzzing", "Stateful"] {
+        assert!(text.contains(&format!("✅ {phase}")), "phase {phase} did not pass:\n{text}");
+    }
+    let junit = std::fs::read_dir(report.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("junit"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .unwrap_or_else(|| panic!("no JUnit report in the report directory:\n{text}"));
+    assert!(junit.contains("POST /v1/overrides") && junit.contains("GET /v1/agents/{id}/history"), "{junit}");
+}
+
 #[test]
 fn alert_rules_pass_promtool() {
-    let tools = std::env::var_os("DRIFTGATE_TOOLS").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/driftgate/tools")
-    });
+    let tools = tools_dir();
     let bin = [tools.join("bin/promtool"), std::path::PathBuf::from("promtool")]
         .into_iter()
         .find(|p| Command::new(p).arg("--version").output().is_ok());

@@ -6,6 +6,7 @@
 use crate::api::auth::{AuthError, Credentials, Presented};
 use crate::api::control::{ControlPlane, SubmitError};
 use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -94,7 +95,17 @@ async fn pacts(State(s): State<ApiState>) -> Response {
     Json(s.control.pacts()).into_response()
 }
 
-async fn agent(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+/// A path or query string the extractors refuse, answered in the API's JSON error shape
+/// (axum's own rejection is plain text).
+fn bad_request(code: &str, rejection: impl std::fmt::Display) -> Response {
+    error(StatusCode::BAD_REQUEST, code, rejection)
+}
+
+async fn agent(State(s): State<ApiState>, id: Result<Path<String>, PathRejection>) -> Response {
+    let Path(id) = match id {
+        Ok(id) => id,
+        Err(e) => return bad_request("bad_path", e),
+    };
     match s.control.agent(&id) {
         Some(a) => Json(a).into_response(),
         None => {
@@ -113,9 +124,14 @@ pub const MAX_HISTORY_LIMIT: usize = 1000;
 
 async fn history(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Response {
+    let (Path(id), Query(q)) = match (id, q) {
+        (Ok(id), Ok(q)) => (id, q),
+        (Err(e), _) => return bad_request("bad_path", e),
+        (_, Err(e)) => return bad_request("bad_query", e),
+    };
     let limit = match q.limit.as_deref().map(str::parse::<usize>) {
         None => 50,
         Some(Ok(n)) if (1..=MAX_HISTORY_LIMIT).contains(&n) => n,
