@@ -2,6 +2,10 @@
 //!
 //! Every error is a 4xx/5xx with a JSON body `{"error": code, "message": text}`; handlers
 //! never panic on input, and the only wait (an override becoming durable) is bounded.
+//!
+//! Handlers never block an async worker: every call into the control plane, which may wait
+//! for the pipeline (a rebalance holds its state while it flushes), runs on the blocking
+//! pool. So `/healthz` answers while the pipeline is busy.
 
 use crate::api::auth::{AuthError, Credentials, Presented};
 use crate::api::control::{ControlPlane, SubmitError};
@@ -73,26 +77,46 @@ fn now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
-async fn metrics(State(s): State<ApiState>) -> Response {
+/// Runs `f` on the control plane on the blocking pool (see the module docs). A panic in
+/// it is answered 500, not propagated.
+async fn off_worker<T: Send + 'static>(
+    s: &ApiState,
+    f: impl FnOnce(&dyn ControlPlane) -> T + Send + 'static,
+) -> Result<T, Response> {
     let control = s.control.clone();
-    // Gauges walk every agent: off the async workers.
-    let text = tokio::task::spawn_blocking(move || {
-        control.refresh_metrics();
-        control.metrics().render()
+    tokio::task::spawn_blocking(move || f(&*control))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    // Gauges walk every agent.
+    let text = off_worker(&s, |c| {
+        c.refresh_metrics();
+        c.metrics().render()
     })
-    .await
-    .unwrap_or_default();
-    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+    .await;
+    match text {
+        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {
-    let r = s.control.readiness();
-    let status = if r.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"ready": r.ready(), "checks": r}))).into_response()
+    match off_worker(&s, |c| c.readiness()).await {
+        Ok(r) => {
+            let status = if r.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            (status, Json(json!({"ready": r.ready(), "checks": r}))).into_response()
+        }
+        Err(r) => r,
+    }
 }
 
 async fn pacts(State(s): State<ApiState>) -> Response {
-    Json(s.control.pacts()).into_response()
+    match off_worker(&s, |c| c.pacts()).await {
+        Ok(p) => Json(p).into_response(),
+        Err(r) => r,
+    }
 }
 
 /// A path or query string the extractors refuse, answered in the API's JSON error shape
@@ -106,11 +130,16 @@ async fn agent(State(s): State<ApiState>, id: Result<Path<String>, PathRejection
         Ok(id) => id,
         Err(e) => return bad_request("bad_path", e),
     };
-    match s.control.agent(&id) {
-        Some(a) => Json(a).into_response(),
-        None => {
+    let found = {
+        let id = id.clone();
+        off_worker(&s, move |c| c.agent(&id)).await
+    };
+    match found {
+        Ok(Some(a)) => Json(a).into_response(),
+        Ok(None) => {
             error(StatusCode::NOT_FOUND, "unknown_agent", format!("agent `{id}` is unknown to this instance"))
         }
+        Err(r) => r,
     }
 }
 
@@ -143,8 +172,20 @@ async fn history(
             )
         }
     };
-    let records = s.control.history(&id, limit);
-    if records.is_empty() && s.control.agent(&id).is_none() {
+    let found = {
+        let id = id.clone();
+        off_worker(&s, move |c| {
+            let records = c.history(&id, limit);
+            let known = !records.is_empty() || c.agent(&id).is_some();
+            (records, known)
+        })
+        .await
+    };
+    let (records, known) = match found {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if !known {
         return error(
             StatusCode::NOT_FOUND,
             "unknown_agent",
@@ -155,6 +196,51 @@ async fn history(
 }
 
 async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let accepted = {
+        let s2 = s.clone();
+        tokio::task::spawn_blocking(move || accept_override(&s2, &headers, &body)).await
+    };
+    let (id, agent_id, ticket, method) = match accepted {
+        Ok(Ok(a)) => a,
+        Ok(Err(r)) => return *r,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+    };
+    // Answer only once the state holding the override is durable (in the changelog).
+    let deadline = Instant::now() + s.durable_timeout;
+    loop {
+        let durable = {
+            let agent_id = agent_id.clone();
+            off_worker(&s, move |c| c.override_durable(&agent_id, ticket)).await
+        };
+        match durable {
+            Ok(Some(Ok(()))) => break,
+            Ok(Some(Err(m))) => return error(StatusCode::SERVICE_UNAVAILABLE, "not_durable", m),
+            Ok(None) if Instant::now() > deadline => {
+                return error(StatusCode::GATEWAY_TIMEOUT, "not_durable", "the override was handed to the engine but its state was not confirmed durable in time; retrying with the same override_id is safe")
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(r) => return r,
+        }
+    }
+    info!(agent = %agent_id, override_id = %id, auth = method, "override accepted");
+    let agent = {
+        let agent_id = agent_id.clone();
+        off_worker(&s, move |c| c.agent(&agent_id)).await
+    };
+    match agent {
+        Ok(agent) => (StatusCode::CREATED, Json(json!({"override_id": id, "agent": agent}))).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Authenticates, parses and submits an override (on the blocking pool): the override's id,
+/// its agent, the durability ticket and the authentication method; or the refusal, already
+/// counted and recorded.
+fn accept_override(
+    s: &ApiState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(String, String, u64, &'static str), Box<Response>> {
     let now = now_micros();
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let presented = Presented {
@@ -163,9 +249,10 @@ async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: By
         timestamp: h(TIMESTAMP_HEADER),
     };
     // The agent named in the body, for the audit record even when the rest is refused.
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let agent = parsed.as_ref().and_then(|v| v.get("agent_id")).and_then(|v| v.as_str()).map(str::to_string);
-    let reject = |status: StatusCode, code: &str, message: String| {
+    type Accepted = Result<(String, String, u64, &'static str), Box<Response>>;
+    let reject = |status: StatusCode, code: &str, message: String| -> Accepted {
         warn!(agent = agent.as_deref().unwrap_or(""), code, %message, "override refused");
         s.control.metrics().overrides_rejected.with_label_values(&["http"]).inc();
         let request =
@@ -175,9 +262,9 @@ async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: By
             now,
             json!({"channel": "http", "reason": code, "message": message, "request": request}),
         );
-        error(status, code, message)
+        Err(Box::new(error(status, code, message)))
     };
-    let method = match s.creds.check(&presented, &body, now / 1_000_000) {
+    let method = match s.creds.check(&presented, body, now / 1_000_000) {
         Ok(m) => m,
         Err(e @ AuthError::Disabled) => return reject(StatusCode::FORBIDDEN, e.code(), e.to_string()),
         Err(e @ (AuthError::Missing | AuthError::Expired(_))) => {
@@ -206,8 +293,8 @@ async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: By
         Err(e) => return reject(StatusCode::UNPROCESSABLE_ENTITY, "invalid_override", e.to_string()),
     };
     let (id, agent_id) = (req.override_id.clone(), req.agent_id.clone());
-    let ticket = match s.control.submit_override(req, now) {
-        Ok(t) => t,
+    match s.control.submit_override(req, now) {
+        Ok(ticket) => Ok((id, agent_id, ticket, method)),
         Err(e) => {
             let status = match &e {
                 SubmitError::UnknownAgent(_) => StatusCode::NOT_FOUND,
@@ -215,22 +302,95 @@ async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: By
                 SubmitError::Conflict(_) => StatusCode::CONFLICT,
                 SubmitError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
-            return reject(status, e.code(), e.to_string());
-        }
-    };
-    // Answer only once the state holding the override is durable (in the changelog).
-    let deadline = Instant::now() + s.durable_timeout;
-    loop {
-        match s.control.override_durable(&agent_id, ticket) {
-            Some(Ok(())) => break,
-            Some(Err(m)) => return error(StatusCode::SERVICE_UNAVAILABLE, "not_durable", m),
-            None if Instant::now() > deadline => {
-                return error(StatusCode::GATEWAY_TIMEOUT, "not_durable", "the override was handed to the engine but its state was not confirmed durable in time; retrying with the same override_id is safe")
-            }
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
+            reject(status, e.code(), e.to_string())
         }
     }
-    info!(agent = %agent_id, override_id = %id, auth = method, "override accepted");
-    (StatusCode::CREATED, Json(json!({"override_id": id, "agent": s.control.agent(&agent_id)})))
-        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::control::{PactInfo, Readiness};
+    use crate::obs::metrics::Metrics;
+    use driftgate_core::model::history::Record;
+    use driftgate_core::model::router_view::AgentSnapshot;
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+
+    /// A control plane whose `agent` blocks until the test releases it, as the pipeline's
+    /// does while a rebalance holds its state.
+    struct Stuck {
+        entered: Mutex<mpsc::Sender<()>>,
+        release: Mutex<mpsc::Receiver<()>>,
+        metrics: Metrics,
+    }
+
+    impl ControlPlane for Stuck {
+        fn readiness(&self) -> Readiness {
+            Readiness {
+                pacts_loaded: true,
+                state_restored: true,
+                assigned: false,
+                broker_reachable: true,
+                decoder_available: true,
+            }
+        }
+        fn agent(&self, _id: &str) -> Option<AgentSnapshot> {
+            let _ = self.entered.lock().unwrap().send(());
+            let _ = self.release.lock().unwrap().recv();
+            None
+        }
+        fn history(&self, _id: &str, _limit: usize) -> Vec<Record> {
+            Vec::new()
+        }
+        fn pacts(&self) -> Vec<PactInfo> {
+            Vec::new()
+        }
+        fn submit_override(&self, _req: OverrideRequest, _now: i64) -> Result<u64, SubmitError> {
+            Err(SubmitError::Unavailable("stuck".into()))
+        }
+        fn override_durable(&self, _agent: &str, _ticket: u64) -> Option<Result<(), String>> {
+            None
+        }
+        fn audit_rejection(&self, _agent: Option<&str>, _at: i64, _detail: serde_json::Value) {}
+        fn metrics(&self) -> &Metrics {
+            &self.metrics
+        }
+        fn refresh_metrics(&self) {}
+    }
+
+    #[test]
+    fn health_and_readiness_answer_while_the_control_plane_is_stuck() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let stuck = Stuck {
+            entered: Mutex::new(entered_tx),
+            release: Mutex::new(release_rx),
+            metrics: Metrics::new(),
+        };
+        // One worker, as `driftgate run` has.
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = ApiState::new(Arc::new(stuck), Credentials::new(None, None, 300));
+        rt.spawn(serve(listener, state));
+        let http = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .new_agent();
+        let blocked = {
+            let (http, url) = (http.clone(), format!("{base}/v1/agents/a1"));
+            std::thread::spawn(move || http.get(&url).call().map(|r| r.status().as_u16()))
+        };
+        entered.recv_timeout(Duration::from_secs(30)).expect("the agent request reached the control plane");
+        // While it is stuck inside the control plane:
+        let health = http.get(&format!("{base}/healthz")).call().unwrap();
+        assert_eq!(health.status().as_u16(), 200);
+        let ready = http.get(&format!("{base}/readyz")).call().unwrap();
+        assert_eq!(ready.status().as_u16(), 503, "answered, and not ready");
+        assert!(!blocked.is_finished(), "the agent request was still waiting");
+        release.send(()).unwrap();
+        assert_eq!(blocked.join().unwrap().unwrap(), 404);
+    }
 }
