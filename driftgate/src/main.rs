@@ -373,8 +373,7 @@ fn run_pipeline(config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let pipeline = driftgate::kafka::pipeline::Pipeline::start(cfg, pacts, status.clone(), metrics)?;
     let control: Arc<dyn driftgate::api::control::ControlPlane> = pipeline.control();
     if let Some((client, group, topic)) = control_topic {
-        driftgate::kafka::control_topic::spawn(client, group, topic, control.clone(), creds.clone(), status)
-            .map_err(anyhow::Error::msg)?;
+        driftgate::kafka::control_topic::spawn(client, group, topic, control.clone(), creds.clone(), status)?;
     }
     if let Some(listener) = listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics and the HTTP API");

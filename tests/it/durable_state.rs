@@ -75,6 +75,15 @@ fn committed_n(b: &Broker, group: &str, input: &str, partitions: i32) -> i64 {
 /// input topic has neither compaction nor transactions, so any gap is a record the broker
 /// skipped), read from its `/metrics` on `port`.
 fn offset_gaps(port: u16) -> f64 {
+    let samples = scrape_port(port);
+    assert!(
+        samples.keys().any(|k| k.starts_with("driftgate_input_offset_gaps_total")),
+        "the gap counter is exposed"
+    );
+    scrape::sum(&samples, "driftgate_input_offset_gaps_total", &[])
+}
+
+fn scrape_port(port: u16) -> std::collections::BTreeMap<String, f64> {
     let http = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -87,12 +96,7 @@ fn offset_gaps(port: u16) -> f64 {
         .body_mut()
         .read_to_string()
         .unwrap();
-    let samples = scrape::samples(&text);
-    assert!(
-        samples.keys().any(|k| k.starts_with("driftgate_input_offset_gaps_total")),
-        "the gap counter is exposed"
-    );
-    scrape::sum(&samples, "driftgate_input_offset_gaps_total", &[])
+    scrape::samples(&text)
 }
 
 #[test]
@@ -342,6 +346,10 @@ fn a_network_cut_is_reported_and_survived() {
     wait_for(120, "ready again after the cut heals", || (ready() == 200).then_some(()));
     produce(&b.producer(), &input2, &records[half..]);
     wait_for(120, "the rest committed", || (committed(&b, &group, &input2) >= total).then_some(()));
+    // The outage is counted, not only logged: librdkafka's transport errors.
+    let s = scrape_port(port);
+    let client_errors = scrape::sum(&s, "driftgate_errors_total", &[r#"stage="client""#]);
+    assert!(client_errors >= 1.0, "errors counted during the cut: {client_errors}");
     let log = engine.log_text();
     assert!(engine.stop().success(), "{log}");
 

@@ -10,15 +10,37 @@
 use crate::api::auth::{Credentials, Presented};
 use crate::api::control::{ControlPlane, SubmitError};
 use crate::kafka::pipeline::Status;
+use crate::obs::events::{self, InternalEvent};
 use driftgate_core::model::overrides::OverrideRequest;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use thiserror::Error;
 use tracing::{debug, info, warn};
+
+/// Why the control-topic reader could not start.
+#[derive(Debug, Error)]
+pub enum ControlTopicError {
+    /// The consumer could not be created.
+    #[error("cannot create the control-topic consumer: {0}")]
+    Client(#[source] KafkaError),
+    /// The subscription was refused.
+    #[error("cannot subscribe to the control topic `{topic}`: {source}")]
+    Subscribe {
+        /// The topic.
+        topic: String,
+        /// Cause.
+        source: KafkaError,
+    },
+    /// The thread could not be started.
+    #[error("cannot start the control-topic thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
 
 /// Starts the control-topic reader on a thread of its own.
 pub fn spawn(
@@ -28,17 +50,17 @@ pub fn spawn(
     control: Arc<dyn ControlPlane>,
     creds: Credentials,
     status: Arc<Status>,
-) -> Result<std::thread::JoinHandle<()>, String> {
+) -> Result<std::thread::JoinHandle<()>, ControlTopicError> {
     let consumer: BaseConsumer = client
         .clone()
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()
-        .map_err(|e| format!("cannot create the control-topic consumer: {e}"))?;
+        .map_err(ControlTopicError::Client)?;
     consumer
         .subscribe(&[&topic])
-        .map_err(|e| format!("cannot subscribe to the control topic `{topic}`: {e}"))?;
+        .map_err(|source| ControlTopicError::Subscribe { topic: topic.clone(), source })?;
     info!(%topic, %group, "reading overrides from the control topic");
     std::thread::Builder::new()
         .name("control-topic".into())
@@ -48,7 +70,7 @@ pub fn spawn(
                 let m = match r {
                     Ok(m) => m,
                     Err(e) => {
-                        warn!(error = %e, "control topic");
+                        events::ControlTopicError { op: "poll", error: &e }.emit(control.metrics());
                         continue;
                     }
                 };
@@ -68,11 +90,11 @@ pub fn spawn(
                 };
                 apply(&*control, &creds, &presented, m.payload().unwrap_or_default(), &status);
                 if let Err(e) = consumer.commit_message(&m, CommitMode::Sync) {
-                    warn!(error = %e, "control topic: commit failed; the record will be read again");
+                    events::ControlTopicError { op: "commit", error: &e }.emit(control.metrics());
                 }
             }
         })
-        .map_err(|e| e.to_string())
+        .map_err(ControlTopicError::Thread)
 }
 
 fn now_micros() -> i64 {

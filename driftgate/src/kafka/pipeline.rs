@@ -22,8 +22,13 @@ use crate::api::control::{
 };
 use crate::config::{InputFormat, OutputFormat, RunConfig};
 use crate::kafka::decode::{DecodeError, Decoder};
-use crate::kafka::registry::{HttpRegistry, SchemaSource, StaticSchemas};
+use crate::kafka::registry::{HttpRegistry, SchemaFileError, SchemaSource, StaticSchemas};
 use crate::kafka::sink::{OutRecord, Sink, SinkError, SourceKey};
+use crate::obs::events::{
+    kafka_code, AuditWriteFailed, ClientError, CommitFailed, ConsumerError, DependencyUnavailable,
+    HeartbeatFailed, InternalEvent, RebalanceFailed, Rebalanced, RecordRejected, RestoreFailed,
+    RevokeFlushFailed, SeekFailed, StartOffsetFailed,
+};
 use crate::obs::metrics::{Metrics, PartitionTime};
 use driftgate_core::codec::changelog;
 use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
@@ -43,23 +48,121 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 /// Why the pipeline stopped or could not start.
 #[derive(Debug, Error)]
 pub enum PipelineError {
-    /// Kafka is unreachable or refused a request.
-    #[error("{0}")]
-    Kafka(String),
-    /// A topic is missing or unsuitable.
-    #[error("{0}")]
-    Topic(String),
+    /// A Kafka client could not be created.
+    #[error("cannot create the {client}: {source}")]
+    Client {
+        /// Which client.
+        client: &'static str,
+        /// Cause.
+        source: Box<KafkaError>,
+    },
+    /// The cluster did not answer at startup.
+    #[error("cannot reach Kafka at `{brokers}` within {timeout}: {source}")]
+    Unreachable {
+        /// `kafka.brokers`.
+        brokers: String,
+        /// `kafka.startup_timeout`.
+        timeout: String,
+        /// Cause.
+        source: Box<KafkaError>,
+    },
+    /// The subscription was refused.
+    #[error("cannot subscribe to {topics:?}: {source}")]
+    Subscribe {
+        /// The input topics.
+        topics: Vec<String>,
+        /// Cause.
+        source: Box<KafkaError>,
+    },
+    /// Topics are missing (driftgate does not create them).
+    #[error("topic(s) missing on `{brokers}`: {} (create them first; driftgate does not auto-create topics)", missing.join(", "))]
+    MissingTopics {
+        /// `kafka.brokers`.
+        brokers: String,
+        /// The missing topics.
+        missing: Vec<String>,
+    },
+    /// An output topic keyed by input partition has fewer partitions than an input topic.
+    #[error("topic `{topic}` has {has} partition(s) but an input topic has {needs}: each input partition writes {what} to the partition of the same number")]
+    TooFewPartitions {
+        /// The topic.
+        topic: String,
+        /// Its partitions.
+        has: usize,
+        /// The input topics' most.
+        needs: usize,
+        /// What it holds per input partition.
+        what: &'static str,
+    },
     /// The producer failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
-    /// Configuration (schemas, pacts).
-    #[error("{0}")]
-    Setup(String),
+    /// A schema file of `schema_registry.static_schemas`.
+    #[error(transparent)]
+    Schemas(#[from] SchemaFileError),
+    /// An output could not be encoded.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// What.
+        what: &'static str,
+        /// Cause.
+        source: serde_json::Error,
+    },
+    /// An enforcement event does not fit the bundled Avro schema (a bug, reported as such).
+    #[error("enforcement event does not fit its schema: {0}")]
+    Avro(String),
+    /// A thread panicked while holding the per-partition state.
+    #[error("task state poisoned")]
+    Poisoned,
+}
+
+/// Why a partition's state could not be restored from the changelog.
+#[derive(Debug, Error)]
+pub enum RestoreError {
+    /// The reader could not be created.
+    #[error("cannot create the restore consumer: {0}")]
+    Client(#[source] KafkaError),
+    /// Reading the changelog failed.
+    #[error("changelog {topic}/{partition}: {source}")]
+    Read {
+        /// The changelog topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// Cause.
+        source: KafkaError,
+    },
+    /// A record did not decode.
+    #[error("changelog {topic}/{partition} offset {offset}: {source}")]
+    Decode {
+        /// The changelog topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// The record's offset.
+        offset: i64,
+        /// Cause.
+        source: changelog::StateError,
+    },
+    /// The end was not reached in time.
+    #[error("changelog {topic}/{partition} not read to its end ({next} of {end}) within {timeout:?}")]
+    Timeout {
+        /// The changelog topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// The next offset to read.
+        next: i64,
+        /// The end offset.
+        end: i64,
+        /// `restore_timeout`.
+        timeout: Duration,
+    },
 }
 
 /// Where the pipeline stands; shared with the HTTP API.
@@ -319,8 +422,8 @@ impl Tasks {
         sink: &Sink,
         mode: CommitMode,
         only: Option<&BTreeSet<SourceKey>>,
-    ) {
-        let Ok(acks) = sink.acks().lock() else { return };
+    ) -> Result<(), KafkaError> {
+        let Ok(acks) = sink.acks().lock() else { return Ok(()) };
         let mut tpl = TopicPartitionList::new();
         let mut moved = Vec::new();
         for (key, task) in self.map.iter_mut().filter(|(k, _)| only.is_none_or(|o| o.contains(*k))) {
@@ -333,19 +436,17 @@ impl Tasks {
         }
         drop(acks);
         if moved.is_empty() {
-            return;
+            return Ok(());
         }
-        match consumer.commit(&tpl, mode) {
-            // An async commit is only sent: it counts once the broker confirms it (see
-            // `confirm_commits`); until then each interval sends it again.
-            Ok(()) if matches!(mode, CommitMode::Async) => {}
-            Ok(()) => {
-                for (key, pos) in moved {
-                    self.confirm(&key, pos);
-                }
+        consumer.commit(&tpl, mode)?;
+        // An async commit is only sent: it counts once the broker confirms it (see
+        // `confirm_commits`); until then each interval sends it again.
+        if matches!(mode, CommitMode::Sync) {
+            for (key, pos) in moved {
+                self.confirm(&key, pos);
             }
-            Err(e) => warn!(error = %e, "offset commit failed; will retry"),
         }
+        Ok(())
     }
 
     /// Records a commit the broker acknowledged.
@@ -378,7 +479,7 @@ impl ClientContext for PipelineContext {
         if matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)) {
             self.status.brokers_down.store(true, Ordering::SeqCst);
         }
-        warn!(error = %error, reason, "librdkafka");
+        ClientError { error: &error, reason }.emit(&self.metrics);
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -411,7 +512,7 @@ impl ConsumerContext for PipelineContext {
                 }
             }
             // Nothing confirmed: the next interval commits the same positions again.
-            Err(e) => warn!(error = %e, "offset commit failed; will retry"),
+            Err(e) => CommitFailed { error: &e }.emit(&self.metrics),
         }
     }
 
@@ -424,17 +525,21 @@ impl ConsumerContext for PipelineContext {
                 self.on_assign(tpl);
                 let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = r {
-                    error!(error = %e, "assign failed");
+                    RebalanceFailed { op: "assign", error: &e, code: kafka_code(&e) }.emit(&self.metrics);
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.on_revoke(consumer, tpl);
                 let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
                 if let Err(e) = r {
-                    error!(error = %e, "unassign failed");
+                    RebalanceFailed { op: "unassign", error: &e, code: kafka_code(&e) }.emit(&self.metrics);
                 }
             }
-            other => warn!(error = ?other, "rebalance error"),
+            other => {
+                let error = rdkafka::types::RDKafkaErrorCode::from(other);
+                RebalanceFailed { op: "protocol", error: &error, code: format!("{error:?}") }
+                    .emit(&self.metrics)
+            }
         }
     }
 }
@@ -452,7 +557,7 @@ impl PipelineContext {
                 Err(e) => {
                     // Without its state the partition would judge on an empty baseline:
                     // stop rather than enforce blind.
-                    error!(topic = %key.0, partition = key.1, error = %e, "cannot restore state; stopping");
+                    RestoreFailed { topic: &key.0, partition: key.1, error: &e }.emit(&self.metrics);
                     self.status.stop.store(true, Ordering::SeqCst);
                     return;
                 }
@@ -466,8 +571,8 @@ impl PipelineContext {
                     info!(topic = %key.0, partition = key.1, position, agents = snap.agents.len(), torn, records, "state restored");
                     // See `KafkaConfig::resume_rewind`: records before `position` are skipped.
                     let start = position.saturating_sub(self.resume_rewind).max(0);
-                    if tpl.set_partition_offset(&key.0, key.1, Offset::Offset(start)).is_err() {
-                        warn!(topic = %key.0, partition = key.1, "cannot set the start offset");
+                    if let Err(e) = tpl.set_partition_offset(&key.0, key.1, Offset::Offset(start)) {
+                        StartOffsetFailed { topic: &key.0, partition: key.1, error: &e }.emit(&self.metrics);
                     }
                     let mut engine = Engine::restore(cfg, pacts, snap.meta.meta, snap.agents);
                     engine.mark_dirty(snap.torn);
@@ -487,6 +592,7 @@ impl PipelineContext {
             restore_ms = started.elapsed().as_millis() as u64,
             "partitions assigned"
         );
+        Rebalanced { change: "assign", partitions: tpl.count() }.emit(&self.metrics);
         self.status.restoring.store(false, Ordering::SeqCst);
         self.status.assigned.store(total > 0, Ordering::SeqCst);
     }
@@ -502,9 +608,12 @@ impl PipelineContext {
             revoked.iter().filter_map(|k| tasks.map.get(k)).map(|t| t.engine.buffered()).sum();
         self.metrics.revoked_buffered_records.inc_by(buffered as u64);
         if let Err(e) = tasks.snapshot_and_flush(&self.sink, Some(&revoked)) {
-            error!(error = %e, "snapshot or flush on revoke failed; offsets of the revoked partitions are not committed past it");
+            RevokeFlushFailed { error: &e }.emit(&self.metrics);
         }
-        tasks.commit(consumer, &self.sink, CommitMode::Sync, Some(&revoked));
+        if let Err(e) = tasks.commit(consumer, &self.sink, CommitMode::Sync, Some(&revoked)) {
+            CommitFailed { error: &e }.emit(&self.metrics);
+        }
+        Rebalanced { change: "revoke", partitions: revoked.len() }.emit(&self.metrics);
         for k in &revoked {
             tasks.map.remove(k);
             if let Ok(mut acks) = self.sink.acks().lock() {
@@ -540,23 +649,22 @@ fn restore_partition(
     changelog_topic: &str,
     key: &SourceKey,
     timeout: Duration,
-) -> Result<Option<Restored>, String> {
+) -> Result<Option<Restored>, RestoreError> {
+    let read = |source| RestoreError::Read { topic: changelog_topic.to_string(), partition: key.1, source };
     let reader: BaseConsumer<RestoreContext> = client
         .clone()
         .set("group.id", "driftgate-restore")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .create_with_context(RestoreContext)
-        .map_err(|e| format!("cannot create the restore consumer: {e}"))?;
-    let (lo, hi) = reader
-        .fetch_watermarks(changelog_topic, key.1, timeout)
-        .map_err(|e| format!("changelog {changelog_topic}/{}: {e}", key.1))?;
+        .map_err(RestoreError::Client)?;
+    let (lo, hi) = reader.fetch_watermarks(changelog_topic, key.1, timeout).map_err(read)?;
     if hi <= lo {
         return Ok(None);
     }
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(changelog_topic, key.1, Offset::Offset(lo)).map_err(|e| e.to_string())?;
-    reader.assign(&tpl).map_err(|e| e.to_string())?;
+    tpl.add_partition_offset(changelog_topic, key.1, Offset::Offset(lo)).map_err(read)?;
+    reader.assign(&tpl).map_err(read)?;
     let mut r = changelog::Restorer::default();
     let deadline = Instant::now() + timeout;
     let mut next = lo;
@@ -564,19 +672,27 @@ fn restore_partition(
         match reader.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 next = m.offset() + 1;
-                r.apply(&key.0, m.key().unwrap_or_default(), m.payload()).map_err(|e| {
-                    format!("changelog {changelog_topic}/{} offset {}: {e}", key.1, m.offset())
+                r.apply(&key.0, m.key().unwrap_or_default(), m.payload()).map_err(|source| {
+                    RestoreError::Decode {
+                        topic: changelog_topic.to_string(),
+                        partition: key.1,
+                        offset: m.offset(),
+                        source,
+                    }
                 })?;
             }
             Some(Err(KafkaError::PartitionEOF(_))) if next >= hi => break,
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
-            Some(Err(e)) => return Err(format!("changelog {changelog_topic}/{}: {e}", key.1)),
+            Some(Err(e)) => return Err(read(e)),
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "changelog {changelog_topic}/{} not read to its end ({next} of {hi}) within {timeout:?}",
-                key.1
-            ));
+            return Err(RestoreError::Timeout {
+                topic: changelog_topic.to_string(),
+                partition: key.1,
+                next,
+                end: hi,
+                timeout,
+            });
         }
     }
     let records = r.records;
@@ -637,17 +753,13 @@ impl Emitter {
             match out {
                 Output::Enforcement(e) => {
                     let payload = match self.output_format {
-                        OutputFormat::Json => {
-                            serde_json::to_vec(&e).map_err(|x| PipelineError::Setup(x.to_string()))?
-                        }
+                        OutputFormat::Json => serde_json::to_vec(&e).map_err(|source| {
+                            PipelineError::Encode { what: "an enforcement event", source }
+                        })?,
                         OutputFormat::Avro => {
                             let datum =
                                 driftgate_core::codec::avro_json::encode_datum(&e, &self.enforcement_schema)
-                                    .map_err(|x| {
-                                        PipelineError::Setup(format!(
-                                            "enforcement event does not fit its schema: {x}"
-                                        ))
-                                    })?;
+                                    .map_err(|x| PipelineError::Avro(x.to_string()))?;
                             crate::kafka::decode::confluent_frame(self.output_schema_id, &datum)
                         }
                     };
@@ -670,7 +782,8 @@ impl Emitter {
                     changed.insert(e.agent_id);
                 }
                 Output::History(r) => {
-                    let line = serde_json::to_vec(&r).map_err(|x| PipelineError::Setup(x.to_string()))?;
+                    let line = serde_json::to_vec(&r)
+                        .map_err(|source| PipelineError::Encode { what: "a history record", source })?;
                     let chain = format!("{}/{}", key.0, key.1);
                     let h = OwnedHeaders::new().insert(Header { key: headers::CHAIN, value: Some(&chain) });
                     let k = r.agent_id.clone().unwrap_or_default();
@@ -701,7 +814,8 @@ impl Emitter {
         }
         for agent in changed {
             if let Some(s) = AgentSnapshot::of(engine, &agent) {
-                let v = serde_json::to_vec(&s).map_err(|x| PipelineError::Setup(x.to_string()))?;
+                let v = serde_json::to_vec(&s)
+                    .map_err(|source| PipelineError::Encode { what: "an agent snapshot", source })?;
                 self.sink.send(
                     key,
                     OutRecord {
@@ -719,7 +833,8 @@ impl Emitter {
 
     /// Produces a partition's heartbeat on the snapshot topic (see [`driftgate_core::model::heartbeat`]).
     fn heartbeat(&self, key: &SourceKey, hb: &Heartbeat) -> Result<(), PipelineError> {
-        let payload = serde_json::to_vec(hb).map_err(|x| PipelineError::Setup(x.to_string()))?;
+        let payload =
+            serde_json::to_vec(hb).map_err(|source| PipelineError::Encode { what: "a heartbeat", source })?;
         let k = driftgate_core::model::heartbeat::key(&key.0, key.1);
         let h = OwnedHeaders::new().insert(Header { key: "driftgate.kind", value: Some("heartbeat") });
         self.sink.send(
@@ -832,7 +947,7 @@ impl Pipeline {
                     .iter()
                     .filter_map(|(id, p)| id.parse().ok().map(|id| (id, p.clone())))
                     .collect();
-                Some(Arc::new(StaticSchemas::load(&files).map_err(PipelineError::Setup)?))
+                Some(Arc::new(StaticSchemas::load(&files)?))
             }
         };
         let decoder = Decoder::new(cfg.kafka.format, schemas, cfg.decode.max_future_skew.micros());
@@ -870,7 +985,7 @@ impl Pipeline {
         };
         let consumer: BaseConsumer<PipelineContext> = ccfg
             .create_with_context(ctx)
-            .map_err(|e| PipelineError::Kafka(format!("cannot create the consumer: {e}")))?;
+            .map_err(|e| PipelineError::Client { client: "consumer", source: Box::new(e) })?;
         let emitter = Arc::new(Emitter {
             topics: cfg.kafka.topics.clone(),
             output_format: cfg.kafka.output_format,
@@ -885,9 +1000,10 @@ impl Pipeline {
         let p = Pipeline { cfg, consumer, sink, tasks, decoder, emitter, status, metrics };
         p.preflight()?;
         let topics: Vec<&str> = p.cfg.kafka.input_topics.iter().map(String::as_str).collect();
-        p.consumer
-            .subscribe(&topics)
-            .map_err(|e| PipelineError::Kafka(format!("cannot subscribe to {topics:?}: {e}")))?;
+        p.consumer.subscribe(&topics).map_err(|source| PipelineError::Subscribe {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            source: Box::new(source),
+        })?;
         info!(brokers = %p.cfg.kafka.brokers, group = %p.cfg.kafka.group_id, topics = ?topics, "subscribed");
         Ok(p)
     }
@@ -895,12 +1011,12 @@ impl Pipeline {
     /// Checks that the cluster answers and every topic exists, with a clear error otherwise.
     fn preflight(&self) -> Result<(), PipelineError> {
         let timeout = Duration::from_micros(self.cfg.kafka.startup_timeout.micros().max(1) as u64);
-        let md = self.consumer.fetch_metadata(None, timeout).map_err(|e| {
-            PipelineError::Kafka(format!(
-                "cannot reach Kafka at `{}` within {}: {e}",
-                self.cfg.kafka.brokers, self.cfg.kafka.startup_timeout
-            ))
-        })?;
+        let md =
+            self.consumer.fetch_metadata(None, timeout).map_err(|source| PipelineError::Unreachable {
+                brokers: self.cfg.kafka.brokers.clone(),
+                timeout: self.cfg.kafka.startup_timeout.to_string(),
+                source: Box::new(source),
+            })?;
         let parts: HashMap<&str, usize> = md
             .topics()
             .iter()
@@ -922,11 +1038,7 @@ impl Pipeline {
             }
         }
         if !missing.is_empty() {
-            return Err(PipelineError::Topic(format!(
-                "topic(s) missing on `{}`: {} (create them first; driftgate does not auto-create topics)",
-                self.cfg.kafka.brokers,
-                missing.join(", ")
-            )));
+            return Err(PipelineError::MissingTopics { brokers: self.cfg.kafka.brokers.clone(), missing });
         }
         let max_in = self
             .cfg
@@ -940,9 +1052,12 @@ impl Pipeline {
         for (topic, what) in [(&t.history, "its hash chain"), (&t.changelog, "its state")] {
             let n = parts.get(topic.as_str()).copied().unwrap_or(0);
             if n < max_in {
-                return Err(PipelineError::Topic(format!(
-                    "topic `{topic}` has {n} partition(s) but an input topic has {max_in}: each input partition writes {what} to the partition of the same number"
-                )));
+                return Err(PipelineError::TooFewPartitions {
+                    topic: topic.clone(),
+                    has: n,
+                    needs: max_in,
+                    what,
+                });
             }
         }
         Ok(())
@@ -960,7 +1075,9 @@ impl Pipeline {
             Err(_) => Err(SinkError::Delivery("task state poisoned".into())),
         };
         if let Ok(mut tasks) = self.tasks.lock() {
-            tasks.commit(&self.consumer, &self.sink, CommitMode::Sync, None);
+            if let Err(e) = tasks.commit(&self.consumer, &self.sink, CommitMode::Sync, None) {
+                CommitFailed { error: &e }.emit(&self.metrics);
+            }
         }
         self.consumer.unsubscribe();
         result.and(flushed.map_err(PipelineError::from))
@@ -977,7 +1094,7 @@ impl Pipeline {
                 .poll(next_timekeeping.saturating_duration_since(Instant::now()).min(IDLE_WAKE_UP))
             {
                 None => {}
-                Some(Err(e)) => warn!(error = %e, "consumer error"),
+                Some(Err(e)) => ConsumerError { error: &e }.emit(&self.metrics),
                 Some(Ok(msg)) => {
                     self.status.brokers_down.store(false, Ordering::Relaxed);
                     self.handle(&msg)?
@@ -997,7 +1114,9 @@ impl Pipeline {
                         tasks.confirm(key, *pos);
                     }
                     tasks.snapshot(&self.sink, None)?;
-                    tasks.commit(&self.consumer, &self.sink, CommitMode::Async, None);
+                    if let Err(e) = tasks.commit(&self.consumer, &self.sink, CommitMode::Async, None) {
+                        CommitFailed { error: &e }.emit(&self.metrics);
+                    }
                 }
                 *last_commit = Instant::now();
             }
@@ -1009,7 +1128,7 @@ impl Pipeline {
     /// something due, and heartbeats when due. Returns when it next has work, so the loop
     /// wakes then (ticks land on time, not on a polling grid).
     fn keep_time(&self) -> Result<Instant, PipelineError> {
-        let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Setup("task state poisoned".into()))?;
+        let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Poisoned)?;
         let cfg = &tasks.engine_cfg;
         let idle_after =
             (cfg.idle_timeout.micros() > 0).then(|| Duration::from_micros(cfg.idle_timeout.micros() as u64));
@@ -1069,7 +1188,7 @@ impl Pipeline {
                 key,
                 &task.heartbeat(key, &self.emitter.instance, EngineState::Stopped, every, false),
             ) {
-                warn!(error = %e, "cannot produce the final heartbeat");
+                HeartbeatFailed { error: &e }.emit(&self.metrics);
             }
         }
     }
@@ -1088,7 +1207,7 @@ impl Pipeline {
         let record_time = msg.timestamp().to_millis().map(|ms| ms.saturating_mul(1000));
         // Decoded outside the lock, so the HTTP API is not held up by it.
         let decoded = self.decoder.decode(msg.payload(), record_time);
-        let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Setup("task state poisoned".into()))?;
+        let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Poisoned)?;
         let task = tasks.task(&key);
         if let Some(next) = task.pushed {
             if offset < next {
@@ -1115,20 +1234,21 @@ impl Pipeline {
                 self.emitter.emit(&key, &task.engine, outputs, Some(Origin { msg, event_id: &event_id }))?;
             }
             Err(DecodeError::Rejected { code, detail }) => {
-                warn!(topic = %key.0, partition = key.1, offset, reason = code, %detail, "dead-lettering record");
-                self.metrics.records_rejected.with_label_values(&[code]).inc();
+                RecordRejected { topic: &key.0, partition: key.1, offset, code, detail: &detail }
+                    .emit(&self.metrics);
                 self.emitter.dead_letter(&key, msg, code, &detail)?;
             }
             Err(DecodeError::Unavailable(why)) => {
                 // Nothing is wrong with the record: rewind and retry after a pause.
-                warn!(topic = %key.0, partition = key.1, offset, %why, "dependency unavailable; retrying the record");
+                DependencyUnavailable { topic: &key.0, partition: key.1, offset, why: &why }
+                    .emit(&self.metrics);
                 self.status.decoder_unavailable.store(true, Ordering::Relaxed);
                 drop(tasks);
                 std::thread::sleep(Duration::from_millis(500));
                 if let Err(e) =
                     self.consumer.seek(&key.0, key.1, Offset::Offset(offset), Duration::from_secs(5))
                 {
-                    warn!(error = %e, "seek failed");
+                    SeekFailed { error: &e }.emit(&self.metrics);
                 }
                 return Ok(());
             }
@@ -1254,7 +1374,7 @@ impl ControlPlane for PipelineControl {
                     partition: Some(0),
                 },
             ) {
-                error!(error = %e, "cannot write the audit record");
+                AuditWriteFailed { error: &e }.emit(&self.metrics);
             }
         }
         self.metrics.history_records.inc();
@@ -1300,11 +1420,5 @@ impl ControlPlane for PipelineControl {
             };
             (key.0.as_str(), key.1, time)
         }));
-    }
-}
-
-impl From<KafkaError> for PipelineError {
-    fn from(e: KafkaError) -> Self {
-        PipelineError::Kafka(e.to_string())
     }
 }

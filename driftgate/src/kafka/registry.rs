@@ -37,6 +37,27 @@ pub trait SchemaSource: Send + Sync {
     fn schema(&self, id: u32) -> Result<Arc<Schema>, RegistryError>;
 }
 
+/// A schema file that cannot be used.
+#[derive(Debug, Error)]
+pub enum SchemaFileError {
+    /// It cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// It is not an Avro schema.
+    #[error("{}: not an Avro schema: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: Box<apache_avro::Error>,
+    },
+}
+
 /// Schemas from files, by id.
 pub struct StaticSchemas {
     schemas: HashMap<u32, Arc<Schema>>,
@@ -44,12 +65,13 @@ pub struct StaticSchemas {
 
 impl StaticSchemas {
     /// Loads each `id → .avsc` file.
-    pub fn load(files: &[(u32, PathBuf)]) -> Result<StaticSchemas, String> {
+    pub fn load(files: &[(u32, PathBuf)]) -> Result<StaticSchemas, SchemaFileError> {
         let mut schemas = HashMap::new();
         for (id, path) in files {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| SchemaFileError::Read { path: path.clone(), source })?;
             let s = Schema::parse_str(&text)
-                .map_err(|e| format!("{}: not an Avro schema: {e}", path.display()))?;
+                .map_err(|e| SchemaFileError::Parse { path: path.clone(), source: Box::new(e) })?;
             schemas.insert(*id, Arc::new(s));
         }
         Ok(StaticSchemas { schemas })

@@ -102,6 +102,10 @@ pub struct Metrics {
     pub produce_errors: IntCounter,
     /// Contract-history records written.
     pub history_records: IntCounter,
+    /// Errors on the Kafka side, by stage and code (see `obs::events`).
+    pub errors: IntCounterVec,
+    /// Partitions assigned to or revoked from this instance.
+    pub rebalanced_partitions: IntCounterVec,
     /// 1 when ready (pacts loaded, state restored, partitions assigned).
     pub ready: IntGauge,
 }
@@ -224,6 +228,8 @@ impl Metrics {
             processing,
             produce_errors: counter(&r, "driftgate_produce_errors_total", "Outputs the broker refused for good."),
             history_records: counter(&r, "driftgate_history_records_total", "Contract-history records written."),
+            errors: counter_vec(&r, "driftgate_errors_total", "Errors on the Kafka side (consumer, commit, rebalance, restore, seek, heartbeat, audit, control topic), by stage and code.", &["stage", "code"]),
+            rebalanced_partitions: counter_vec(&r, "driftgate_rebalanced_partitions_total", "Partitions assigned to or revoked from this instance.", &["change"]),
             ready: gauge(&r, "driftgate_ready", "1 when pacts are loaded, state restored and partitions assigned."),
             registry: r,
         }
@@ -242,6 +248,14 @@ impl Metrics {
         }
         for c in ["event", "wall"] {
             self.drift_to_enforcement.with_label_values(&[c]);
+        }
+        // The errors whose code is a fixed word (the others carry librdkafka's code, known
+        // only when they happen).
+        for (stage, code) in crate::obs::events::FIXED_CODES {
+            self.errors.with_label_values(&[stage, code]);
+        }
+        for c in ["assign", "revoke"] {
+            self.rebalanced_partitions.with_label_values(&[c]);
         }
         // Registered only while overrides are in force would need unregistering; a NaN
         // would break alert arithmetic, so the gauge is registered and reads +Inf when idle.

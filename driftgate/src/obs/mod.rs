@@ -1,3 +1,5 @@
-//! Observability: the Prometheus registry and the `driftgate_*` metrics.
+//! Observability: the Prometheus registry and the `driftgate_*` metrics (`metrics`), and the
+//! named internal events that log and count what happens on the Kafka side (`events`).
 
+pub mod events;
 pub mod metrics;

@@ -1,0 +1,308 @@
+//! Internal events, in the manner of Vector's `internal_events`: each observable occurrence
+//! on the Kafka side is a named type whose [`InternalEvent::emit`] both logs it and counts
+//! it, so no error path is logged without being counted, or counted without a log line.
+//!
+//! Errors count in `driftgate_errors_total{stage, code}`. `stage` is where it happened;
+//! `code` is librdkafka's error code name when there is one (a bounded set), else a fixed
+//! word. Neither carries a topic or an agent, so the labels stay low-cardinality.
+
+use crate::obs::metrics::Metrics;
+use rdkafka::error::KafkaError;
+use tracing::{error, info, warn};
+
+/// Something that happened: logs and counts itself.
+pub trait InternalEvent {
+    /// Logs the event and moves its counters.
+    fn emit(self, metrics: &Metrics);
+}
+
+/// librdkafka's code for an error, or `other`.
+pub fn kafka_code(e: &KafkaError) -> String {
+    e.rdkafka_error_code().map_or_else(|| "other".to_string(), |c| format!("{c:?}"))
+}
+
+/// The `(stage, code)` pairs whose code is a fixed word; their series exist from the start.
+pub const FIXED_CODES: [(&str, &str); 7] = [
+    ("restore", "decode"),
+    ("restore", "timeout"),
+    ("restore", "start_offset"),
+    ("revoke", "flush"),
+    ("decode", "unavailable"),
+    ("heartbeat", "produce"),
+    ("audit", "produce"),
+];
+
+fn count(metrics: &Metrics, stage: &str, code: &str) {
+    metrics.errors.with_label_values(&[stage, code]).inc();
+}
+
+/// The consumer's poll returned an error (librdkafka retries by itself).
+pub struct ConsumerError<'a> {
+    /// The error.
+    pub error: &'a KafkaError,
+}
+
+impl InternalEvent for ConsumerError<'_> {
+    fn emit(self, metrics: &Metrics) {
+        warn!(error = %self.error, "consumer error");
+        count(metrics, "consume", &kafka_code(self.error));
+    }
+}
+
+/// librdkafka reported an error through the client's error callback.
+pub struct ClientError<'a> {
+    /// The error.
+    pub error: &'a KafkaError,
+    /// librdkafka's reason text.
+    pub reason: &'a str,
+}
+
+impl InternalEvent for ClientError<'_> {
+    fn emit(self, metrics: &Metrics) {
+        warn!(error = %self.error, reason = self.reason, "librdkafka");
+        count(metrics, "client", &kafka_code(self.error));
+    }
+}
+
+/// An offset commit failed; the next interval commits the same positions again.
+pub struct CommitFailed<'a> {
+    /// The error.
+    pub error: &'a KafkaError,
+}
+
+impl InternalEvent for CommitFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        warn!(error = %self.error, "offset commit failed; will retry");
+        count(metrics, "commit", &kafka_code(self.error));
+    }
+}
+
+/// Partitions were assigned (`assign`) or revoked (`revoke`).
+pub struct Rebalanced {
+    /// `assign` or `revoke`.
+    pub change: &'static str,
+    /// How many partitions.
+    pub partitions: usize,
+}
+
+impl InternalEvent for Rebalanced {
+    fn emit(self, metrics: &Metrics) {
+        info!(change = self.change, partitions = self.partitions, "rebalance");
+        metrics.rebalanced_partitions.with_label_values(&[self.change]).inc_by(self.partitions as u64);
+    }
+}
+
+/// Applying a rebalance to the consumer failed (`assign`, `unassign`), or the group
+/// reported a rebalance error (`protocol`).
+pub struct RebalanceFailed<'a> {
+    /// What failed.
+    pub op: &'static str,
+    /// The error, as librdkafka words it.
+    pub error: &'a dyn std::fmt::Display,
+    /// Its code.
+    pub code: String,
+}
+
+impl InternalEvent for RebalanceFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        error!(op = self.op, error = %self.error, "rebalance failed");
+        count(metrics, "rebalance", &self.code);
+    }
+}
+
+/// A partition's state could not be restored; the pipeline stops rather than judge on an
+/// empty baseline.
+pub struct RestoreFailed<'a> {
+    /// The input topic.
+    pub topic: &'a str,
+    /// The input partition.
+    pub partition: i32,
+    /// Why.
+    pub error: &'a crate::kafka::pipeline::RestoreError,
+}
+
+impl InternalEvent for RestoreFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        error!(topic = self.topic, partition = self.partition, error = %self.error, "cannot restore state; stopping");
+        use crate::kafka::pipeline::RestoreError as E;
+        let code = match self.error {
+            E::Client(e) | E::Read { source: e, .. } => kafka_code(e),
+            E::Decode { .. } => "decode".to_string(),
+            E::Timeout { .. } => "timeout".to_string(),
+        };
+        count(metrics, "restore", &code);
+    }
+}
+
+/// A restored partition's start offset could not be set; it starts at the committed one.
+pub struct StartOffsetFailed<'a> {
+    /// The input topic.
+    pub topic: &'a str,
+    /// The input partition.
+    pub partition: i32,
+    /// The error.
+    pub error: &'a KafkaError,
+}
+
+impl InternalEvent for StartOffsetFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        warn!(topic = self.topic, partition = self.partition, error = %self.error, "cannot set the start offset");
+        count(metrics, "restore", "start_offset");
+    }
+}
+
+/// Snapshotting or flushing the revoked partitions failed; their offsets are not
+/// committed past it.
+pub struct RevokeFlushFailed<'a> {
+    /// The error.
+    pub error: &'a crate::kafka::sink::SinkError,
+}
+
+impl InternalEvent for RevokeFlushFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        error!(error = %self.error, "snapshot or flush on revoke failed; offsets of the revoked partitions are not committed past it");
+        count(metrics, "revoke", "flush");
+    }
+}
+
+/// Rewinding a partition to retry a record failed.
+pub struct SeekFailed<'a> {
+    /// The error.
+    pub error: &'a KafkaError,
+}
+
+impl InternalEvent for SeekFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        warn!(error = %self.error, "seek failed");
+        count(metrics, "seek", &kafka_code(self.error));
+    }
+}
+
+/// The decoder refused a record; it goes to the dead-letter topic with its reason.
+pub struct RecordRejected<'a> {
+    /// The input topic.
+    pub topic: &'a str,
+    /// The input partition.
+    pub partition: i32,
+    /// The record's offset.
+    pub offset: i64,
+    /// The reason code (a bounded set, see `kafka::decode::reason`).
+    pub code: &'static str,
+    /// What exactly.
+    pub detail: &'a str,
+}
+
+impl InternalEvent for RecordRejected<'_> {
+    fn emit(self, metrics: &Metrics) {
+        warn!(
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            reason = self.code,
+            detail = self.detail,
+            "dead-lettering record"
+        );
+        metrics.records_rejected.with_label_values(&[self.code]).inc();
+    }
+}
+
+/// A dependency of the decoder (the schema registry) is unavailable; the record is read
+/// again after a pause.
+pub struct DependencyUnavailable<'a> {
+    /// The input topic.
+    pub topic: &'a str,
+    /// The input partition.
+    pub partition: i32,
+    /// The record's offset.
+    pub offset: i64,
+    /// Why.
+    pub why: &'a str,
+}
+
+impl InternalEvent for DependencyUnavailable<'_> {
+    fn emit(self, metrics: &Metrics) {
+        warn!(
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            why = self.why,
+            "dependency unavailable; retrying the record"
+        );
+        count(metrics, "decode", "unavailable");
+    }
+}
+
+/// A heartbeat could not be produced.
+pub struct HeartbeatFailed<'a> {
+    /// The error.
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for HeartbeatFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        warn!(error = %self.error, "cannot produce the heartbeat");
+        count(metrics, "heartbeat", "produce");
+    }
+}
+
+/// A refused override's audit record could not be written.
+pub struct AuditWriteFailed<'a> {
+    /// The error.
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for AuditWriteFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        error!(error = %self.error, "cannot write the audit record");
+        count(metrics, "audit", "produce");
+    }
+}
+
+/// The control-topic reader's poll or commit failed (`op` is `poll` or `commit`).
+pub struct ControlTopicError<'a> {
+    /// What failed.
+    pub op: &'static str,
+    /// The error.
+    pub error: &'a KafkaError,
+}
+
+impl InternalEvent for ControlTopicError<'_> {
+    fn emit(self, metrics: &Metrics) {
+        if self.op == "commit" {
+            warn!(error = %self.error, "control topic: commit failed; the record will be read again");
+        } else {
+            warn!(error = %self.error, op = self.op, "control topic");
+        }
+        count(metrics, &format!("control_topic_{}", self.op), &kafka_code(self.error));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    fn errors(m: &Metrics, stage: &str, code: &str) -> u64 {
+        m.errors.with_label_values(&[stage, code]).get()
+    }
+
+    #[test]
+    fn each_event_counts_under_its_stage_and_code() {
+        let m = Metrics::new();
+        let down = KafkaError::Global(RDKafkaErrorCode::AllBrokersDown);
+        ConsumerError { error: &down }.emit(&m);
+        ConsumerError { error: &down }.emit(&m);
+        CommitFailed { error: &KafkaError::ConsumerCommit(RDKafkaErrorCode::RebalanceInProgress) }.emit(&m);
+        SeekFailed { error: &KafkaError::Seek("gone".into()) }.emit(&m);
+        Rebalanced { change: "assign", partitions: 3 }.emit(&m);
+        assert_eq!(errors(&m, "consume", "AllBrokersDown"), 2);
+        assert_eq!(errors(&m, "commit", "RebalanceInProgress"), 1);
+        assert_eq!(errors(&m, "seek", "other"), 1, "an error without a librdkafka code");
+        assert_eq!(m.rebalanced_partitions.with_label_values(&["assign"]).get(), 3);
+        let text = m.render();
+        assert!(
+            text.contains(r#"driftgate_errors_total{code="AllBrokersDown",stage="consume"} 2"#),
+            "{text}"
+        );
+    }
+}
