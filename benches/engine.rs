@@ -53,12 +53,11 @@ fn engine(c: &mut Criterion) {
 
     let json: Vec<Vec<u8>> =
         events.iter().take(50_000).map(|t| serde_json::to_vec(t).expect("serialisable")).collect();
-    let schema = apache_avro::Schema::parse_str(driftgate_core::model::telemetry::TELEMETRY_AVSC)
-        .expect("bundled schema");
+    let schema = driftgate_core::codec::schemas::telemetry();
     let avro: Vec<Vec<u8>> = events
         .iter()
         .take(50_000)
-        .map(|t| driftgate_core::codec::avro_json::write_datum(&schema, t.to_avro()).expect("encodes"))
+        .map(|t| driftgate_core::codec::avro_json::write_datum(schema, t.to_avro()).expect("encodes"))
         .collect();
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(json.len() as u64));
@@ -70,7 +69,7 @@ fn engine(c: &mut Criterion) {
         b.iter(|| {
             avro.iter()
                 .map(|a| {
-                    let v = driftgate_core::codec::avro_json::read_datum(&schema, None, a).expect("decodes");
+                    let v = driftgate_core::codec::avro_json::read_datum(schema, None, a).expect("decodes");
                     Telemetry::from_avro(v).is_ok() as u64
                 })
                 .sum::<u64>()

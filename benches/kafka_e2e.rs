@@ -179,21 +179,18 @@ listen = ""
 
 struct Encoder {
     format: String,
-    schema: apache_avro::Schema,
+    schema: &'static apache_avro::Schema,
 }
 
 impl Encoder {
     fn new(format: &str) -> Encoder {
-        Encoder {
-            format: format.to_string(),
-            schema: apache_avro::Schema::parse_str(TELEMETRY_AVSC).expect("bundled schema"),
-        }
+        Encoder { format: format.to_string(), schema: driftgate_core::codec::schemas::telemetry() }
     }
     fn encode(&self, t: &Telemetry) -> Vec<u8> {
         if self.format == "json" {
             serde_json::to_vec(t).expect("telemetry serialises")
         } else {
-            confluent_frame(1, &write_datum(&self.schema, t.to_avro()).expect("telemetry fits its schema"))
+            confluent_frame(1, &write_datum(self.schema, t.to_avro()).expect("telemetry fits its schema"))
         }
     }
 }

@@ -9,12 +9,14 @@
 //! - [`api`]: the HTTP API, override authentication and the control-plane trait;
 //! - [`obs`]: Prometheus metrics;
 //! - [`cli`]: the subcommands that are not the pipeline: demo, replay, eval;
-//! - [`config`]: the `driftgate.toml` settings.
+//! - [`config`]: the `driftgate.toml` settings;
+//! - [`clock`]: the adapters' wall clock (the core has none).
 
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod kafka;
 pub mod obs;

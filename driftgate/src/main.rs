@@ -216,11 +216,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let run = driftgate::cli::demo::run();
             print!("{}", driftgate::cli::demo::report(&run));
             if let Some(p) = events_out {
-                let mut w = std::io::BufWriter::new(std::fs::File::create(&p)?);
-                for e in &run.events {
-                    serde_json::to_writer(&mut w, e)?;
-                    std::io::Write::write_all(&mut w, b"\n")?;
-                }
+                let w = std::io::BufWriter::new(std::fs::File::create(&p)?);
+                driftgate_core::codec::jsonl::write_all(w, &run.events)?;
             }
             if let Some(p) = history_out {
                 driftgate_core::model::history::write_jsonl(std::fs::File::create(&p)?, &run.history)?;
@@ -290,11 +287,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if out.extension().is_some_and(|e| e == "avro") {
                 driftgate::cli::replay::write_avro(&out, &records)?;
             } else {
-                let mut w = std::io::BufWriter::new(std::fs::File::create(&out)?);
-                for r in &records {
-                    serde_json::to_writer(&mut w, r)?;
-                    std::io::Write::write_all(&mut w, b"\n")?;
-                }
+                let w = std::io::BufWriter::new(std::fs::File::create(&out)?);
+                driftgate_core::codec::jsonl::write_all(w, &records)?;
             }
             eprintln!("wrote {} telemetry records to {}", records.len(), out.display());
             Ok(())

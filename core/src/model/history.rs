@@ -18,8 +18,7 @@ pub const HISTORY_AVSC: &str = include_str!("../../../schemas/history_record.avs
 
 /// [`HISTORY_AVSC`], parsed once.
 pub fn history_schema() -> &'static apache_avro::Schema {
-    static SCHEMA: std::sync::OnceLock<apache_avro::Schema> = std::sync::OnceLock::new();
-    SCHEMA.get_or_init(|| apache_avro::Schema::parse_str(HISTORY_AVSC).expect("bundled schema is valid"))
+    crate::codec::schemas::history()
 }
 
 /// The `prev_hash` of the first record.
@@ -263,12 +262,8 @@ pub fn verify(reader: impl BufRead) -> Result<(u64, String), VerifyError> {
 }
 
 /// Writes records as JSON lines.
-pub fn write_jsonl(mut w: impl Write, records: &[Record]) -> std::io::Result<()> {
-    for r in records {
-        serde_json::to_writer(&mut w, r)?;
-        w.write_all(b"\n")?;
-    }
-    Ok(())
+pub fn write_jsonl(w: impl Write, records: &[Record]) -> std::io::Result<()> {
+    crate::codec::jsonl::write_all(w, records)
 }
 
 #[cfg(test)]

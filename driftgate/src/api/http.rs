@@ -73,10 +73,6 @@ fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Res
     (status, Json(json!({"error": code, "message": message.to_string()}))).into_response()
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
-}
-
 /// Runs `f` on the control plane on the blocking pool (see the module docs). A panic in
 /// it is answered 500, not propagated.
 async fn off_worker<T: Send + 'static>(
@@ -241,7 +237,7 @@ fn accept_override(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(String, String, u64, &'static str), Box<Response>> {
-    let now = now_micros();
+    let now = crate::clock::wall_micros();
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let presented = Presented {
         authorization: h("authorization"),

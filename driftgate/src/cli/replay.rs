@@ -3,10 +3,11 @@
 
 use crate::cli::input::open_maybe_gzip;
 use anyhow::{bail, Context};
+use driftgate_core::codec::jsonl;
 use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
-use driftgate_core::model::history::{write_jsonl, Record, RecordKind};
+use driftgate_core::model::history::{Record, RecordKind};
 use driftgate_core::model::overrides::OverrideRequest;
-use driftgate_core::model::telemetry::{Telemetry, TELEMETRY_AVSC};
+use driftgate_core::model::telemetry::Telemetry;
 use driftgate_core::pact::Pact;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
@@ -39,10 +40,10 @@ fn is_avro(path: &Path) -> anyhow::Result<bool> {
 /// Reads every telemetry record of a file (JSONL, optionally gzip, or Avro OCF).
 pub fn read_telemetry(path: &Path) -> anyhow::Result<Vec<Telemetry>> {
     if is_avro(path)? {
-        let reader_schema = apache_avro::Schema::parse_str(TELEMETRY_AVSC).expect("bundled schema is valid");
+        let reader_schema = driftgate_core::codec::schemas::telemetry();
         let f = std::fs::File::open(path)?;
         let reader = apache_avro::Reader::builder(BufReader::new(f))
-            .reader_schema(&reader_schema)
+            .reader_schema(reader_schema)
             .build()
             .context("not an Avro object container file")?;
         let mut out = Vec::new();
@@ -77,9 +78,9 @@ fn for_each_line(path: &Path, mut f: impl FnMut(&str, &str) -> anyhow::Result<()
 
 /// Writes telemetry as an Avro object container file.
 pub fn write_avro(path: &Path, records: &[Telemetry]) -> anyhow::Result<()> {
-    let schema = apache_avro::Schema::parse_str(TELEMETRY_AVSC).expect("bundled schema is valid");
+    let schema = driftgate_core::codec::schemas::telemetry();
     let f = BufWriter::new(std::fs::File::create(path)?);
-    let mut w = apache_avro::Writer::with_codec(&schema, f, apache_avro::Codec::Null)?;
+    let mut w = apache_avro::Writer::with_codec(schema, f, apache_avro::Codec::Null)?;
     for t in records {
         w.append_value(t.to_avro())?;
     }
@@ -202,20 +203,18 @@ pub fn replay_with(
                 Output::Enforcement(e) => {
                     events += 1;
                     if let Some(w) = events_w.as_mut() {
-                        serde_json::to_writer(&mut *w, &e)?;
-                        w.write_all(b"\n")?;
+                        jsonl::write_line(&mut *w, &e)?;
                     }
                 }
                 Output::History(r) => {
                     history += 1;
                     if let Some(w) = history_w.as_mut() {
-                        write_jsonl(&mut *w, std::slice::from_ref(&r))?;
+                        jsonl::write_line(&mut *w, &r)?;
                     }
                 }
                 Output::Late(l) => {
                     if let Some(w) = late_w.as_mut() {
-                        serde_json::to_writer(&mut *w, &l)?;
-                        w.write_all(b"\n")?;
+                        jsonl::write_line(&mut *w, &l)?;
                     }
                 }
                 Output::Panic(_) => {}

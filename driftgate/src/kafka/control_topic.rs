@@ -97,10 +97,6 @@ pub fn spawn(
         .map_err(ControlTopicError::Thread)
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
-}
-
 /// Checks and applies one control record, waiting until it is durable.
 pub fn apply(
     control: &dyn ControlPlane,
@@ -109,7 +105,7 @@ pub fn apply(
     body: &[u8],
     status: &Status,
 ) {
-    let now = now_micros();
+    let now = crate::clock::wall_micros();
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let agent = parsed.as_ref().and_then(|v| v.get("agent_id")).and_then(|v| v.as_str()).map(str::to_string);
     let reject = |code: &str, message: String| {

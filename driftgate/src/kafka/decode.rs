@@ -9,7 +9,7 @@ use crate::config::InputFormat;
 use crate::kafka::registry::{RegistryError, SchemaSource};
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::Schema;
-use driftgate_core::model::telemetry::{Telemetry, TelemetryError, TELEMETRY_AVSC};
+use driftgate_core::model::telemetry::{Telemetry, TelemetryError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
@@ -118,7 +118,7 @@ impl Decoder {
         schemas: Option<Arc<dyn SchemaSource>>,
         max_future_skew_micros: i64,
     ) -> Decoder {
-        let reader = leak(&Schema::parse_str(TELEMETRY_AVSC).expect("bundled schema is valid"));
+        let reader = driftgate_core::codec::schemas::telemetry();
         Decoder {
             format,
             schemas,
@@ -263,7 +263,7 @@ mod tests {
     }
 
     fn avro_decoder() -> (Decoder, Schema) {
-        let schema = Schema::parse_str(TELEMETRY_AVSC).unwrap();
+        let schema = driftgate_core::codec::schemas::telemetry().clone();
         let src = Arc::new(StaticSchemas::new([(7, schema.clone())]));
         (Decoder::new(InputFormat::Avro, Some(src), 3_600_000_000), schema)
     }

@@ -32,7 +32,6 @@ use crate::obs::events::{
 use crate::obs::metrics::{Metrics, PartitionTime};
 use driftgate_core::codec::changelog;
 use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
-use driftgate_core::model::enforcement::ENFORCEMENT_AVSC;
 use driftgate_core::model::heartbeat::{EngineState, Heartbeat};
 use driftgate_core::model::overrides::OverrideRequest;
 use driftgate_core::model::router_view::AgentSnapshot;
@@ -279,7 +278,7 @@ impl Task {
             source_partition: key.1,
             instance: instance.to_string(),
             state,
-            wall_time: wall_micros(),
+            wall_time: crate::clock::wall_micros(),
             interval_ms: interval.as_millis() as u64,
             watermark: self.engine.watermark(),
             max_event_time: self.engine.max_event_time(),
@@ -723,7 +722,7 @@ pub struct Emitter {
     topics: crate::config::Topics,
     output_format: OutputFormat,
     output_schema_id: u32,
-    enforcement_schema: apache_avro::Schema,
+    enforcement_schema: &'static apache_avro::Schema,
     sink: Arc<Sink>,
     metrics: Arc<Metrics>,
     recent: Mutex<RecentHistory>,
@@ -758,7 +757,7 @@ impl Emitter {
                         })?,
                         OutputFormat::Avro => {
                             let datum =
-                                driftgate_core::codec::avro_json::encode_datum(&e, &self.enforcement_schema)
+                                driftgate_core::codec::avro_json::encode_datum(&e, self.enforcement_schema)
                                     .map_err(|x| PipelineError::Avro(x.to_string()))?;
                             crate::kafka::decode::confluent_frame(self.output_schema_id, &datum)
                         }
@@ -778,7 +777,7 @@ impl Emitter {
                             partition: None,
                         },
                     )?;
-                    self.metrics.enforcement(&e, record_time, wall_micros());
+                    self.metrics.enforcement(&e, record_time, crate::clock::wall_micros());
                     changed.insert(e.agent_id);
                 }
                 Output::History(r) => {
@@ -858,7 +857,7 @@ impl Emitter {
         code: &str,
         detail: &str,
     ) -> Result<(), PipelineError> {
-        let now = driftgate_core::timefmt::rfc3339(wall_micros());
+        let now = driftgate_core::timefmt::rfc3339(crate::clock::wall_micros());
         let h = OwnedHeaders::new()
             .insert(Header { key: headers::REASON, value: Some(code) })
             .insert(Header { key: headers::ERROR, value: Some(detail) })
@@ -884,10 +883,6 @@ impl Emitter {
 /// The longest the loop waits for a record before it looks at the time again (idleness,
 /// heartbeats, commits).
 const IDLE_WAKE_UP: Duration = Duration::from_millis(100);
-
-fn wall_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
-}
 
 /// The running pipeline.
 pub struct Pipeline {
@@ -990,12 +985,11 @@ impl Pipeline {
             topics: cfg.kafka.topics.clone(),
             output_format: cfg.kafka.output_format,
             output_schema_id: cfg.kafka.output_schema_id,
-            enforcement_schema: apache_avro::Schema::parse_str(ENFORCEMENT_AVSC)
-                .expect("bundled schema is valid"),
+            enforcement_schema: driftgate_core::codec::schemas::enforcement(),
             sink: sink.clone(),
             metrics: metrics.clone(),
             recent: Mutex::new(RecentHistory::default()),
-            instance: format!("{}-{}", std::process::id(), wall_micros() / 1000),
+            instance: format!("{}-{}", std::process::id(), crate::clock::wall_micros() / 1000),
         });
         let p = Pipeline { cfg, consumer, sink, tasks, decoder, emitter, status, metrics };
         p.preflight()?;
@@ -1145,7 +1139,7 @@ impl Pipeline {
                 if due <= now {
                     if let Some(at) = task.clock() {
                         self.metrics.ticks_fed.inc();
-                        if task.engine.tick(at, wall_micros()) {
+                        if task.engine.tick(at, crate::clock::wall_micros()) {
                             self.metrics.ticks_applied.inc();
                             debug!(topic = %key.0, partition = key.1, at, "tick applied");
                             // The tick changed the state: the next snapshot must carry it.
@@ -1265,7 +1259,11 @@ impl Pipeline {
             emitter: self.emitter.clone(),
             status: self.status.clone(),
             metrics: self.metrics.clone(),
-            audit: AuditChain::new(format!("api/{}-{}", std::process::id(), wall_micros() / 1000)),
+            audit: AuditChain::new(format!(
+                "api/{}-{}",
+                std::process::id(),
+                crate::clock::wall_micros() / 1000
+            )),
             last_watermark: Mutex::new(None),
             produce_errors_seen: Mutex::new(0),
         })
@@ -1407,7 +1405,7 @@ impl ControlPlane for PipelineControl {
                 _ => 0,
             };
         self.metrics.observe_engines(tasks.map.values().map(|t| &t.engine), elapsed);
-        let wall = wall_micros();
+        let wall = crate::clock::wall_micros();
         self.metrics.observe_partitions(tasks.map.iter().map(|(key, t)| {
             let clock = t.clock();
             let time = PartitionTime {
