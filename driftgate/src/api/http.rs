@@ -7,8 +7,9 @@
 //! for the pipeline (a rebalance holds its state while it flushes), runs on the blocking
 //! pool. So `/healthz` answers while the pipeline is busy.
 
-use crate::api::auth::{AuthError, Credentials, Presented};
-use crate::api::control::{ControlPlane, SubmitError};
+use crate::api::auth::{Credentials, Presented};
+use crate::api::control::ControlPlane;
+use crate::api::ingest::{ingest, Accepted, Channel, RefusalKind};
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -16,12 +17,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use driftgate_core::model::overrides::OverrideRequest;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::info;
 
 /// Header carrying the HMAC timestamp (Unix seconds).
 pub const TIMESTAMP_HEADER: &str = "x-driftgate-timestamp";
@@ -196,7 +196,7 @@ async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: By
         let s2 = s.clone();
         tokio::task::spawn_blocking(move || accept_override(&s2, &headers, &body)).await
     };
-    let (id, agent_id, ticket, method) = match accepted {
+    let Accepted { override_id: id, agent_id, ticket, auth: method } = match accepted {
         Ok(Ok(a)) => a,
         Ok(Err(r)) => return *r,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
@@ -229,86 +229,36 @@ async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: By
     }
 }
 
-/// Authenticates, parses and submits an override (on the blocking pool): the override's id,
-/// its agent, the durability ticket and the authentication method; or the refusal, already
-/// counted and recorded.
-fn accept_override(
-    s: &ApiState,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(String, String, u64, &'static str), Box<Response>> {
-    let now = crate::clock::wall_micros();
+/// [`ingest`]s an override from the request (on the blocking pool); a refusal is answered
+/// with its status and the API's JSON error.
+fn accept_override(s: &ApiState, headers: &HeaderMap, body: &Bytes) -> Result<Accepted, Box<Response>> {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let presented = Presented {
         authorization: h("authorization"),
         signature: h(SIGNATURE_HEADER),
         timestamp: h(TIMESTAMP_HEADER),
     };
-    // The agent named in the body, for the audit record even when the rest is refused.
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let agent = parsed.as_ref().and_then(|v| v.get("agent_id")).and_then(|v| v.as_str()).map(str::to_string);
-    type Accepted = Result<(String, String, u64, &'static str), Box<Response>>;
-    let reject = |status: StatusCode, code: &str, message: String| -> Accepted {
-        warn!(agent = agent.as_deref().unwrap_or(""), code, %message, "override refused");
-        s.control.metrics().overrides_rejected.with_label_values(&["http"]).inc();
-        let request =
-            parsed.clone().unwrap_or_else(|| json!(String::from_utf8_lossy(&body[..body.len().min(4096)])));
-        s.control.audit_rejection(
-            agent.as_deref(),
-            now,
-            json!({"channel": "http", "reason": code, "message": message, "request": request}),
-        );
-        Err(Box::new(error(status, code, message)))
-    };
-    let method = match s.creds.check(&presented, body, now / 1_000_000) {
-        Ok(m) => m,
-        Err(e @ AuthError::Disabled) => return reject(StatusCode::FORBIDDEN, e.code(), e.to_string()),
-        Err(e @ (AuthError::Missing | AuthError::Expired(_))) => {
-            return reject(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
-        }
-        Err(e @ (AuthError::BadToken | AuthError::BadSignature)) => {
-            return reject(StatusCode::FORBIDDEN, e.code(), e.to_string())
-        }
-    };
-    let Some(mut v) = parsed.clone() else {
-        return reject(StatusCode::BAD_REQUEST, "invalid_json", "the body is not a JSON object".into());
-    };
-    let Some(obj) = v.as_object_mut() else {
-        return reject(StatusCode::BAD_REQUEST, "invalid_json", "the body is not a JSON object".into());
-    };
-    if obj.get("expires_at").is_none_or(|e| e.is_null()) {
-        return reject(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "missing_expires_at",
-            "`expires_at` is mandatory: every override expires".into(),
-        );
-    }
-    obj.entry("issued_at").or_insert(json!(now));
-    let req: OverrideRequest = match serde_json::from_value(v) {
-        Ok(r) => r,
-        Err(e) => return reject(StatusCode::UNPROCESSABLE_ENTITY, "invalid_override", e.to_string()),
-    };
-    let (id, agent_id) = (req.override_id.clone(), req.agent_id.clone());
-    match s.control.submit_override(req, now) {
-        Ok(ticket) => Ok((id, agent_id, ticket, method)),
-        Err(e) => {
-            let status = match &e {
-                SubmitError::UnknownAgent(_) => StatusCode::NOT_FOUND,
-                SubmitError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                SubmitError::Conflict(_) => StatusCode::CONFLICT,
-                SubmitError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            reject(status, e.code(), e.to_string())
-        }
-    }
+    ingest(&*s.control, &s.creds, Channel::Http, &presented, body, crate::clock::wall_micros()).map_err(|r| {
+        let status = match r.kind {
+            RefusalKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            RefusalKind::Forbidden => StatusCode::FORBIDDEN,
+            RefusalKind::NotJson => StatusCode::BAD_REQUEST,
+            RefusalKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            RefusalKind::UnknownAgent => StatusCode::NOT_FOUND,
+            RefusalKind::Conflict => StatusCode::CONFLICT,
+            RefusalKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Box::new(error(status, r.code, r.message))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::control::{PactInfo, Readiness};
+    use crate::api::control::{PactInfo, Readiness, SubmitError};
     use crate::obs::metrics::Metrics;
     use driftgate_core::model::history::Record;
+    use driftgate_core::model::overrides::OverrideRequest;
     use driftgate_core::model::router_view::AgentSnapshot;
     use std::sync::mpsc;
     use std::sync::Mutex;

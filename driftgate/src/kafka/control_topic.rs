@@ -8,20 +8,19 @@
 //! is durable, so a crash re-reads it.
 
 use crate::api::auth::{Credentials, Presented};
-use crate::api::control::{ControlPlane, SubmitError};
+use crate::api::control::ControlPlane;
+use crate::api::ingest::{ingest, Channel};
 use crate::kafka::pipeline::Status;
 use crate::obs::events::{self, InternalEvent};
-use driftgate_core::model::overrides::OverrideRequest;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 /// Why the control-topic reader could not start.
 #[derive(Debug, Error)]
@@ -105,43 +104,13 @@ pub fn apply(
     body: &[u8],
     status: &Status,
 ) {
-    let now = crate::clock::wall_micros();
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let agent = parsed.as_ref().and_then(|v| v.get("agent_id")).and_then(|v| v.as_str()).map(str::to_string);
-    let reject = |code: &str, message: String| {
-        warn!(agent = agent.as_deref().unwrap_or(""), code, %message, "control-topic override refused");
-        control.metrics().overrides_rejected.with_label_values(&["control"]).inc();
-        control.audit_rejection(
-            agent.as_deref(),
-            now,
-            json!({"channel": "control", "reason": code, "message": message, "request": parsed.clone()}),
-        );
-    };
-    if let Err(e) = creds.check(presented, body, now / 1_000_000) {
-        return reject(e.code(), e.to_string());
-    }
-    let Some(mut v) = parsed.clone().filter(|v| v.is_object()) else {
-        return reject("invalid_json", "the record is not a JSON object".into());
-    };
-    if v.get("expires_at").is_none_or(|e| e.is_null()) {
-        return reject("missing_expires_at", "`expires_at` is mandatory: every override expires".into());
-    }
-    if let Some(o) = v.as_object_mut() {
-        o.entry("issued_at").or_insert(json!(now));
-    }
-    let req: OverrideRequest = match serde_json::from_value(v) {
-        Ok(r) => r,
-        Err(e) => return reject("invalid_override", e.to_string()),
-    };
-    let ticket = match control.submit_override(req, now) {
-        Ok(t) => t,
-        // Another instance holds the agent.
-        Err(SubmitError::UnknownAgent(a)) => return debug!(agent = %a, "control topic: agent not held here"),
-        Err(e) => return reject(e.code(), e.to_string()),
+    // Refusals are logged, counted and recorded by `ingest`.
+    let Ok(accepted) = ingest(control, creds, Channel::Control, presented, body, crate::clock::wall_micros())
+    else {
+        return;
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    let agent = agent.unwrap_or_default();
-    while control.override_durable(&agent, ticket).is_none()
+    while control.override_durable(&accepted.agent_id, accepted.ticket).is_none()
         && Instant::now() < deadline
         && !status.stop.load(Ordering::SeqCst)
     {

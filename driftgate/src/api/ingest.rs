@@ -1,0 +1,154 @@
+//! One way in for overrides, whatever carries them (`POST /v1/overrides` or a record on the
+//! control topic): authenticate, parse, require `expires_at`, fill `issued_at`, submit. Every
+//! refusal is logged, counted (`driftgate_overrides_rejected_total{channel}`) and recorded in
+//! the audit chain, the same way for both channels.
+
+use crate::api::auth::{AuthError, Credentials, Presented};
+use crate::api::control::{ControlPlane, SubmitError};
+use driftgate_core::model::overrides::OverrideRequest;
+use serde_json::json;
+use tracing::{debug, warn};
+
+/// What carried an override request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// `POST /v1/overrides`.
+    Http,
+    /// A record on the control topic.
+    Control,
+}
+
+impl Channel {
+    /// The label and the audit record's `channel`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Http => "http",
+            Channel::Control => "control",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Channel::Http => "body",
+            Channel::Control => "record",
+        }
+    }
+}
+
+/// Which rule a refused request broke; the HTTP API maps it to a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// No credentials, or an expired signature (401).
+    Unauthenticated,
+    /// Wrong token, forged signature, or overrides disabled (403).
+    Forbidden,
+    /// Not a JSON object (400).
+    NotJson,
+    /// A rule of the override itself (422).
+    Invalid,
+    /// The agent is not held by this instance (404).
+    UnknownAgent,
+    /// Stale `expected_seq` (409).
+    Conflict,
+    /// The pipeline cannot take it now (503).
+    Unavailable,
+}
+
+/// A refused request: which rule, the code and the message the caller is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// Which rule.
+    pub kind: RefusalKind,
+    /// Short code (the API's `error`, the audit record's `reason`).
+    pub code: &'static str,
+    /// Plain words.
+    pub message: String,
+}
+
+/// An accepted override, handed to the engine that holds its agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    /// `override_id`.
+    pub override_id: String,
+    /// `agent_id`.
+    pub agent_id: String,
+    /// For [`ControlPlane::override_durable`].
+    pub ticket: u64,
+    /// How it authenticated (`bearer` or `hmac`).
+    pub auth: &'static str,
+}
+
+/// Authenticates, parses, checks and submits one override request, `now` being the wall
+/// clock (µs). A control-topic record for an agent held by another instance is not a
+/// refusal: it is returned as [`RefusalKind::UnknownAgent`] without being recorded.
+pub fn ingest(
+    control: &dyn ControlPlane,
+    creds: &Credentials,
+    channel: Channel,
+    presented: &Presented<'_>,
+    body: &[u8],
+    now: i64,
+) -> Result<Accepted, Refusal> {
+    // The agent named in the body, for the audit record even when the rest is refused.
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let agent = parsed.as_ref().and_then(|v| v.get("agent_id")).and_then(|v| v.as_str()).map(str::to_string);
+    let refuse = |kind: RefusalKind, code: &'static str, message: String| -> Result<Accepted, Refusal> {
+        warn!(channel = channel.as_str(), agent = agent.as_deref().unwrap_or(""), code, %message, "override refused");
+        control.metrics().overrides_rejected.with_label_values(&[channel.as_str()]).inc();
+        let request =
+            parsed.clone().unwrap_or_else(|| json!(String::from_utf8_lossy(&body[..body.len().min(4096)])));
+        control.audit_rejection(
+            agent.as_deref(),
+            now,
+            json!({"channel": channel.as_str(), "reason": code, "message": message, "request": request}),
+        );
+        Err(Refusal { kind, code, message })
+    };
+    let auth = match creds.check(presented, body, now / 1_000_000) {
+        Ok(m) => m,
+        Err(e @ (AuthError::Missing | AuthError::Expired(_))) => {
+            return refuse(RefusalKind::Unauthenticated, e.code(), e.to_string())
+        }
+        Err(e @ (AuthError::Disabled | AuthError::BadToken | AuthError::BadSignature)) => {
+            return refuse(RefusalKind::Forbidden, e.code(), e.to_string())
+        }
+    };
+    let Some(mut v) = parsed.clone().filter(|v| v.is_object()) else {
+        return refuse(
+            RefusalKind::NotJson,
+            "invalid_json",
+            format!("the {} is not a JSON object", channel.noun()),
+        );
+    };
+    if v.get("expires_at").is_none_or(|e| e.is_null()) {
+        return refuse(
+            RefusalKind::Invalid,
+            "missing_expires_at",
+            "`expires_at` is mandatory: every override expires".into(),
+        );
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.entry("issued_at").or_insert(json!(now));
+    }
+    let req: OverrideRequest = match serde_json::from_value(v) {
+        Ok(r) => r,
+        Err(e) => return refuse(RefusalKind::Invalid, "invalid_override", e.to_string()),
+    };
+    let (override_id, agent_id) = (req.override_id.clone(), req.agent_id.clone());
+    match control.submit_override(req, now) {
+        Ok(ticket) => Ok(Accepted { override_id, agent_id, ticket, auth }),
+        Err(e @ SubmitError::UnknownAgent(_)) if channel == Channel::Control => {
+            debug!(agent = %agent_id, "control topic: agent not held here");
+            Err(Refusal { kind: RefusalKind::UnknownAgent, code: e.code(), message: e.to_string() })
+        }
+        Err(e) => {
+            let kind = match &e {
+                SubmitError::UnknownAgent(_) => RefusalKind::UnknownAgent,
+                SubmitError::Invalid(_) => RefusalKind::Invalid,
+                SubmitError::Conflict(_) => RefusalKind::Conflict,
+                SubmitError::Unavailable(_) => RefusalKind::Unavailable,
+            };
+            refuse(kind, e.code(), e.to_string())
+        }
+    }
+}
