@@ -21,7 +21,7 @@ use thiserror::Error;
 pub const STATE_VERSION: u8 = 1;
 
 /// A changelog record that cannot be read.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StateError {
     /// Empty value where state was expected.
     #[error("empty state record")]
@@ -171,4 +171,78 @@ pub struct Snapshot {
     /// them; the restored engine rewrites these agents in its first snapshot so that its
     /// own records supersede them.
     pub torn: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, EngineConfig};
+
+    fn agent(workflow: &str) -> AgentState {
+        AgentState::new(workflow.into(), "v1".into(), vec![0], 7)
+    }
+
+    fn meta(position: i64) -> Vec<u8> {
+        encode_meta(&MetaRecord { position, meta: Engine::new(EngineConfig::default(), Vec::new()).meta() })
+    }
+
+    #[test]
+    fn keys_round_trip_and_bad_keys_are_refused() {
+        for k in [Key::Agent("in".into(), "a\u{e9}1".into()), Key::Meta("in".into())] {
+            assert_eq!(Key::decode(&k.encode()), Ok(k));
+        }
+        // An agent id may itself hold the separator: only the first two split.
+        assert_eq!(Key::decode(b"a\0in\0x\0y"), Ok(Key::Agent("in".into(), "x\0y".into())));
+        for bad in [&b"m\0in\0x"[..], b"z\0in", b"a\0in", b"", &[0xff, 0]] {
+            assert_eq!(Key::decode(bad), Err(StateError::Key), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn values_carry_their_version_and_newer_ones_are_refused() {
+        let a = agent("w");
+        let bytes = encode_agent(&a);
+        assert_eq!(bytes[0], STATE_VERSION);
+        assert_eq!(decode_agent(&bytes).unwrap(), a);
+        let mut newer = bytes.clone();
+        newer[0] = STATE_VERSION + 1;
+        assert_eq!(decode_agent(&newer), Err(StateError::TooNew(STATE_VERSION + 1)));
+        assert_eq!(decode_agent(&[]), Err(StateError::Empty));
+        assert!(matches!(decode_agent(&bytes[..bytes.len() / 2]), Err(StateError::Decode(_))));
+    }
+
+    #[test]
+    fn a_snapshot_counts_only_once_its_meta_record_closes_it() {
+        let mut r = Restorer::default();
+        let key = |a: &str| Key::Agent("in".into(), a.into()).encode();
+        let meta_key = Key::Meta("in".into()).encode();
+        r.apply("in", &key("a1"), Some(&encode_agent(&agent("w1")))).unwrap();
+        r.apply("in", &key("a2"), Some(&encode_agent(&agent("w2")))).unwrap();
+        r.apply("in", &meta_key, Some(&meta(10))).unwrap();
+        // The next snapshot: a2 deleted, a1 rewritten; closed.
+        r.apply("in", &key("a2"), None).unwrap();
+        r.apply("in", &key("a1"), Some(&encode_agent(&agent("w3")))).unwrap();
+        r.apply("in", &meta_key, Some(&meta(20))).unwrap();
+        // Another source topic's records are not this partition's state.
+        r.apply("other", &key("a9"), Some(&encode_agent(&agent("x")))).unwrap();
+        // A torn snapshot: an agent written, its meta never.
+        r.apply("in", &key("a3"), Some(&encode_agent(&agent("w4")))).unwrap();
+        assert_eq!(r.records, 8);
+        let snap = r.finish().expect("a complete snapshot");
+        assert_eq!(snap.meta.position, 20);
+        let workflows: Vec<(&str, &str)> =
+            snap.agents.iter().map(|(id, a)| (id.as_str(), a.workflow.as_str())).collect();
+        assert_eq!(workflows, [("a1", "w3")], "a2 deleted, a3 not adopted");
+        assert_eq!(snap.torn, ["a3"]);
+    }
+
+    #[test]
+    fn no_meta_record_means_no_state() {
+        let mut r = Restorer::default();
+        r.apply("in", &Key::Agent("in".into(), "a1".into()).encode(), Some(&encode_agent(&agent("w"))))
+            .unwrap();
+        assert!(r.finish().is_none());
+        let mut bad = Restorer::default();
+        assert_eq!(bad.apply("in", b"nonsense", None), Err(StateError::Key));
+    }
 }

@@ -74,7 +74,7 @@ pub struct Accepted {
     pub agent_id: String,
     /// For [`ControlPlane::override_durable`].
     pub ticket: u64,
-    /// How it authenticated (`bearer` or `hmac`).
+    /// How it authenticated (`token` or `hmac`).
     pub auth: &'static str,
 }
 
@@ -150,5 +150,90 @@ pub fn ingest(
             };
             refuse(kind, e.code(), e.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::control::DemoControl;
+
+    const NOW: i64 = 1_772_409_600_000_000;
+
+    fn demo() -> DemoControl {
+        DemoControl::new(crate::cli::demo::run())
+    }
+
+    fn body(agent: &str, extra: serde_json::Value) -> Vec<u8> {
+        let mut v = json!({"override_id": "o1", "agent_id": agent, "kind": "tighten", "lane": "watch",
+            "principal": "p", "reason": "r", "ticket": "t", "expected_seq": 0});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn bearer() -> Presented<'static> {
+        Presented { authorization: Some("Bearer tok"), ..Default::default() }
+    }
+
+    fn refused(
+        control: &DemoControl,
+        channel: Channel,
+        p: &Presented<'_>,
+        b: &[u8],
+    ) -> (RefusalKind, &'static str) {
+        let creds = Credentials::new(Some("tok"), None, 300);
+        let r = ingest(control, &creds, channel, p, b, NOW).unwrap_err();
+        (r.kind, r.code)
+    }
+
+    #[test]
+    fn each_rule_is_refused_with_its_kind_counted_per_channel_and_audited() {
+        let c = demo();
+        let later = json!({"expires_at": NOW + 60_000_000});
+        let cases: [(Presented<'_>, Vec<u8>, RefusalKind, &str); 5] = [
+            (
+                Presented::default(),
+                body("fin-01", later.clone()),
+                RefusalKind::Unauthenticated,
+                "unauthenticated",
+            ),
+            (
+                Presented { authorization: Some("Bearer nope"), ..Default::default() },
+                body("fin-01", later.clone()),
+                RefusalKind::Forbidden,
+                "forged",
+            ),
+            (bearer(), b"[1]".to_vec(), RefusalKind::NotJson, "invalid_json"),
+            (bearer(), body("fin-01", json!({})), RefusalKind::Invalid, "missing_expires_at"),
+            (bearer(), body("nobody", later.clone()), RefusalKind::UnknownAgent, "unknown_agent"),
+        ];
+        for (p, b, kind, code) in &cases {
+            assert_eq!(refused(&c, Channel::Http, p, b), (*kind, *code));
+        }
+        let count = |ch: &str| c.metrics().overrides_rejected.with_label_values(&[ch]).get();
+        assert_eq!((count("http"), count("control")), (5, 0));
+        // The same refusals from the control topic count there, except an agent held by
+        // another instance, which is not this instance's to refuse.
+        for (p, b, kind, code) in &cases {
+            assert_eq!(refused(&c, Channel::Control, p, b), (*kind, *code));
+        }
+        assert_eq!((count("http"), count("control")), (5, 4));
+        let audited = c.history("fin-01", 1000).iter().filter(|r| r.detail["channel"] == "control").count();
+        assert_eq!(audited, 3, "fin-01's control-topic refusals are in its history");
+    }
+
+    #[test]
+    fn an_accepted_override_names_its_agent_and_reaches_the_engine() {
+        let c = demo();
+        let creds = Credentials::new(Some("tok"), None, 300);
+        let seq = c.agent("fin-01").unwrap().seq;
+        let b = body("fin-01", json!({"expires_at": NOW + 60_000_000, "expected_seq": seq}));
+        let a = ingest(&c, &creds, Channel::Http, &bearer(), &b, NOW).unwrap();
+        assert_eq!((a.override_id.as_str(), a.agent_id.as_str(), a.auth), ("o1", "fin-01", "token"));
+        assert_eq!(c.override_durable("fin-01", a.ticket), Some(Ok(())));
+        let o = &c.agent("fin-01").unwrap().overrides;
+        assert_eq!(o.len(), 1, "{o:?}");
     }
 }
