@@ -23,7 +23,7 @@ use crate::api::control::{
 use crate::config::{InputFormat, OutputFormat, RunConfig};
 use crate::kafka::decode::{DecodeError, Decoder};
 use crate::kafka::registry::{HttpRegistry, SchemaFileError, SchemaSource, StaticSchemas};
-use crate::kafka::sink::{OutRecord, Sink, SinkError, SourceKey};
+use crate::kafka::sink::{OutRecord, OutputSink, Sink, SinkError, SourceKey};
 use crate::obs::events::{
     kafka_code, AuditWriteFailed, ClientError, CommitFailed, ConsumerError, DependencyUnavailable,
     HeartbeatFailed, InternalEvent, RebalanceFailed, Rebalanced, RecordRejected, RestoreFailed,
@@ -330,13 +330,14 @@ impl Tasks {
     ///
     /// So after any crash the newest complete snapshot covers only records whose outputs
     /// are all in Kafka, and consumption restarts at its position.
-    fn snapshot(&mut self, sink: &Sink, only: Option<&BTreeSet<SourceKey>>) -> Result<(), SinkError> {
+    fn snapshot(
+        &mut self,
+        sink: &dyn OutputSink,
+        only: Option<&BTreeSet<SourceKey>>,
+    ) -> Result<(), SinkError> {
         for (key, task) in self.map.iter_mut().filter(|(k, _)| only.is_none_or(|o| o.contains(*k))) {
-            let acks = |f: &dyn Fn(&crate::kafka::sink::Acks) -> u64| {
-                sink.acks().lock().map(|a| f(&a)).unwrap_or(u64::MAX)
-            };
             if let Some(p) = task.pending.take() {
-                if acks(&|a| a.min_unacked(key)) < p.highwater {
+                if sink.min_unacked(key) < p.highwater {
                     task.pending = Some(p);
                     continue;
                 }
@@ -353,7 +354,7 @@ impl Tasks {
                 )?;
                 task.marks.push_back(Mark {
                     position: p.position,
-                    highwater: acks(&|a| a.next_no(key)),
+                    highwater: sink.next_no(key),
                     epoch: p.epoch,
                 });
                 debug!(topic = %key.0, partition = key.1, position = p.position, "snapshot closed");
@@ -385,7 +386,7 @@ impl Tasks {
             task.pending = Some(PendingMeta {
                 position,
                 meta,
-                highwater: acks(&|a| a.next_no(key)),
+                highwater: sink.next_no(key),
                 epoch: task.snapshots_started,
             });
             task.snapshot_at = Some(position);
@@ -402,7 +403,7 @@ impl Tasks {
     /// For revoke and shutdown: snapshot, flush, close the snapshot, flush again.
     fn snapshot_and_flush(
         &mut self,
-        sink: &Sink,
+        sink: &dyn OutputSink,
         only: Option<&BTreeSet<SourceKey>>,
     ) -> Result<(), SinkError> {
         self.snapshot(sink, only)?;
@@ -417,27 +418,22 @@ impl Tasks {
     /// Commits every task's safe position that moved; `only` restricts to some partitions.
     fn commit(
         &mut self,
-        consumer: &BaseConsumer<PipelineContext>,
-        sink: &Sink,
+        consumer: &dyn Committer,
+        sink: &dyn OutputSink,
         mode: CommitMode,
         only: Option<&BTreeSet<SourceKey>>,
     ) -> Result<(), KafkaError> {
-        let Ok(acks) = sink.acks().lock() else { return Ok(()) };
-        let mut tpl = TopicPartitionList::new();
         let mut moved = Vec::new();
         for (key, task) in self.map.iter_mut().filter(|(k, _)| only.is_none_or(|o| o.contains(*k))) {
-            task.advance(acks.min_unacked(key));
+            task.advance(sink.min_unacked(key));
             if let Some(pos) = task.safe.filter(|p| task.committed.is_none_or(|c| *p > c)) {
-                if tpl.add_partition_offset(&key.0, key.1, Offset::Offset(pos)).is_ok() {
-                    moved.push((key.clone(), pos));
-                }
+                moved.push((key.clone(), pos));
             }
         }
-        drop(acks);
         if moved.is_empty() {
             return Ok(());
         }
-        consumer.commit(&tpl, mode)?;
+        consumer.commit_offsets(&moved, mode)?;
         // An async commit is only sent: it counts once the broker confirms it (see
         // `confirm_commits`); until then each interval sends it again.
         if matches!(mode, CommitMode::Sync) {
@@ -454,6 +450,22 @@ impl Tasks {
             t.committed = Some(t.committed.map_or(pos, |c| c.max(pos)));
             debug!(topic = %key.0, partition = key.1, offset = pos, "committed");
         }
+    }
+}
+
+/// Offset commits: the consumer group in production, a recording fake in unit tests.
+trait Committer {
+    /// Commits `offsets` (the next offset to read, per partition).
+    fn commit_offsets(&self, offsets: &[(SourceKey, i64)], mode: CommitMode) -> Result<(), KafkaError>;
+}
+
+impl Committer for BaseConsumer<PipelineContext> {
+    fn commit_offsets(&self, offsets: &[(SourceKey, i64)], mode: CommitMode) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), pos) in offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*pos))?;
+        }
+        self.commit(&tpl, mode)
     }
 }
 
@@ -606,10 +618,10 @@ impl PipelineContext {
         let buffered: usize =
             revoked.iter().filter_map(|k| tasks.map.get(k)).map(|t| t.engine.buffered()).sum();
         self.metrics.revoked_buffered_records.inc_by(buffered as u64);
-        if let Err(e) = tasks.snapshot_and_flush(&self.sink, Some(&revoked)) {
+        if let Err(e) = tasks.snapshot_and_flush(&*self.sink, Some(&revoked)) {
             RevokeFlushFailed { error: &e }.emit(&self.metrics);
         }
-        if let Err(e) = tasks.commit(consumer, &self.sink, CommitMode::Sync, Some(&revoked)) {
+        if let Err(e) = tasks.commit(consumer, &*self.sink, CommitMode::Sync, Some(&revoked)) {
             CommitFailed { error: &e }.emit(&self.metrics);
         }
         Rebalanced { change: "revoke", partitions: revoked.len() }.emit(&self.metrics);
@@ -1065,11 +1077,11 @@ impl Pipeline {
         info!("stopping: snapshotting, flushing outputs and committing");
         self.final_heartbeats();
         let flushed = match self.tasks.lock() {
-            Ok(mut tasks) => tasks.snapshot_and_flush(&self.sink, None),
+            Ok(mut tasks) => tasks.snapshot_and_flush(&*self.sink, None),
             Err(_) => Err(SinkError::Delivery("task state poisoned".into())),
         };
         if let Ok(mut tasks) = self.tasks.lock() {
-            if let Err(e) = tasks.commit(&self.consumer, &self.sink, CommitMode::Sync, None) {
+            if let Err(e) = tasks.commit(&self.consumer, &*self.sink, CommitMode::Sync, None) {
                 CommitFailed { error: &e }.emit(&self.metrics);
             }
         }
@@ -1107,8 +1119,8 @@ impl Pipeline {
                     for (key, pos) in &confirmed {
                         tasks.confirm(key, *pos);
                     }
-                    tasks.snapshot(&self.sink, None)?;
-                    if let Err(e) = tasks.commit(&self.consumer, &self.sink, CommitMode::Async, None) {
+                    tasks.snapshot(&*self.sink, None)?;
+                    if let Err(e) = tasks.commit(&self.consumer, &*self.sink, CommitMode::Async, None) {
                         CommitFailed { error: &e }.emit(&self.metrics);
                     }
                 }
@@ -1418,5 +1430,174 @@ impl ControlPlane for PipelineControl {
             };
             (key.0.as_str(), key.1, time)
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The durability protocol without a broker: a sink that numbers records and is
+    //! acknowledged by hand, and a committer that records (or refuses) commits.
+
+    use super::*;
+    use std::cell::RefCell;
+
+    /// `(source, number, topic, key)` of a record sent.
+    type Sent = (SourceKey, u64, String, Vec<u8>);
+
+    #[derive(Default)]
+    struct FakeSink {
+        sent: RefCell<Vec<Sent>>,
+        next: RefCell<HashMap<SourceKey, u64>>,
+        unacked: RefCell<HashMap<SourceKey, BTreeSet<u64>>>,
+    }
+
+    impl FakeSink {
+        fn ack(&self, source: &SourceKey, no: u64) {
+            self.unacked.borrow_mut().entry(source.clone()).or_default().remove(&no);
+        }
+        fn topics(&self) -> Vec<String> {
+            self.sent.borrow().iter().map(|(_, _, t, _)| t.clone()).collect()
+        }
+    }
+
+    impl OutputSink for FakeSink {
+        fn send(&self, source: &SourceKey, rec: OutRecord<'_>) -> Result<u64, SinkError> {
+            let mut next = self.next.borrow_mut();
+            let n = next.entry(source.clone()).or_insert(0);
+            let no = *n;
+            *n += 1;
+            self.unacked.borrow_mut().entry(source.clone()).or_default().insert(no);
+            self.sent.borrow_mut().push((source.clone(), no, rec.topic.to_string(), rec.key.to_vec()));
+            Ok(no)
+        }
+        fn next_no(&self, source: &SourceKey) -> u64 {
+            self.next.borrow().get(source).copied().unwrap_or(0)
+        }
+        fn min_unacked(&self, source: &SourceKey) -> u64 {
+            self.unacked.borrow().get(source).and_then(|s| s.first().copied()).unwrap_or(u64::MAX)
+        }
+        fn flush(&self, _timeout: Duration) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeCommitter {
+        commits: RefCell<Vec<Vec<(SourceKey, i64)>>>,
+        refuse: RefCell<bool>,
+    }
+
+    impl Committer for FakeCommitter {
+        fn commit_offsets(&self, offsets: &[(SourceKey, i64)], _mode: CommitMode) -> Result<(), KafkaError> {
+            if *self.refuse.borrow() {
+                return Err(KafkaError::ConsumerCommit(
+                    rdkafka::types::RDKafkaErrorCode::RebalanceInProgress,
+                ));
+            }
+            self.commits.borrow_mut().push(offsets.to_vec());
+            Ok(())
+        }
+    }
+
+    fn key() -> SourceKey {
+        ("in".to_string(), 0)
+    }
+
+    /// One partition that has read up to offset 10, with one changed agent and one output
+    /// (say, an enforcement event) already sent for it as record 0.
+    fn setup(sink: &FakeSink) -> Tasks {
+        let mut tasks = Tasks {
+            map: HashMap::new(),
+            engine_cfg: EngineConfig::default(),
+            pacts: Vec::new(),
+            changelog: "changelog".into(),
+        };
+        let task = tasks.task(&key());
+        task.engine.mark_dirty(["a1".to_string()]);
+        task.pushed = Some(10);
+        let out = OutRecord {
+            topic: "enforcement",
+            key: b"a1",
+            payload: Some(b"{}"),
+            headers: None,
+            partition: None,
+        };
+        sink.send(&key(), out).unwrap();
+        tasks
+    }
+
+    #[test]
+    fn a_snapshot_closes_only_after_everything_before_it_is_acknowledged_and_the_commit_follows_the_close() {
+        let (sink, group) = (FakeSink::default(), FakeCommitter::default());
+        let mut tasks = setup(&sink);
+        let meta_key = changelog::Key::Meta("in".into()).encode();
+        tasks.snapshot(&sink, None).unwrap();
+        assert_eq!(sink.topics(), ["enforcement", "changelog"], "the agent record; the meta record is held");
+        // The agent record (1) is acknowledged, the earlier output (0) is not: still held.
+        sink.ack(&key(), 1);
+        tasks.snapshot(&sink, None).unwrap();
+        assert_eq!(sink.topics().len(), 2);
+        tasks.commit(&group, &sink, CommitMode::Sync, None).unwrap();
+        assert!(group.commits.borrow().is_empty(), "nothing is committed before the snapshot closes");
+        sink.ack(&key(), 0);
+        tasks.snapshot(&sink, None).unwrap();
+        let sent = sink.sent.borrow().clone();
+        assert_eq!(
+            (sent.len(), sent[2].1, &sent[2].3),
+            (3, 2, &meta_key),
+            "closed by the meta record, as record 2"
+        );
+        // Closed but the meta record not yet acknowledged: no commit.
+        tasks.commit(&group, &sink, CommitMode::Sync, None).unwrap();
+        assert!(group.commits.borrow().is_empty());
+        sink.ack(&key(), 2);
+        tasks.commit(&group, &sink, CommitMode::Sync, None).unwrap();
+        assert_eq!(*group.commits.borrow(), [vec![(key(), 10)]]);
+        assert_eq!(tasks.map[&key()].committed, Some(10));
+        assert_eq!(tasks.map[&key()].snapshots_durable, 1);
+        // Nothing moved since: no second commit.
+        tasks.commit(&group, &sink, CommitMode::Sync, None).unwrap();
+        assert_eq!(group.commits.borrow().len(), 1);
+    }
+
+    #[test]
+    fn a_torn_snapshot_is_never_closed_and_nothing_is_committed() {
+        let (sink, group) = (FakeSink::default(), FakeCommitter::default());
+        let mut tasks = setup(&sink);
+        tasks.snapshot(&sink, None).unwrap();
+        sink.ack(&key(), 0);
+        // The agent record (1) never gets its acknowledgement (the instance dies).
+        for _ in 0..3 {
+            tasks.snapshot(&sink, None).unwrap();
+            tasks.commit(&group, &sink, CommitMode::Sync, None).unwrap();
+        }
+        assert_eq!(sink.topics(), ["enforcement", "changelog"]);
+        assert!(tasks.has_pending(None));
+        assert!(group.commits.borrow().is_empty());
+        assert_eq!(tasks.map[&key()].committed, None);
+    }
+
+    #[test]
+    fn a_refused_commit_is_retried_with_the_same_position_and_an_async_one_waits_for_confirmation() {
+        let (sink, group) = (FakeSink::default(), FakeCommitter::default());
+        let mut tasks = setup(&sink);
+        tasks.snapshot(&sink, None).unwrap();
+        sink.ack(&key(), 0);
+        sink.ack(&key(), 1);
+        tasks.snapshot(&sink, None).unwrap();
+        sink.ack(&key(), 2);
+        *group.refuse.borrow_mut() = true;
+        assert!(tasks.commit(&group, &sink, CommitMode::Sync, None).is_err());
+        assert_eq!(tasks.map[&key()].committed, None, "a refused commit confirms nothing");
+        *group.refuse.borrow_mut() = false;
+        tasks.commit(&group, &sink, CommitMode::Async, None).unwrap();
+        assert_eq!(*group.commits.borrow(), [vec![(key(), 10)]]);
+        assert_eq!(tasks.map[&key()].committed, None, "sent, not yet confirmed by the broker");
+        tasks.commit(&group, &sink, CommitMode::Async, None).unwrap();
+        assert_eq!(group.commits.borrow().len(), 2, "unconfirmed: sent again");
+        tasks.confirm(&key(), 10);
+        tasks.commit(&group, &sink, CommitMode::Async, None).unwrap();
+        assert_eq!(group.commits.borrow().len(), 2, "confirmed: not sent again");
+        assert_eq!(tasks.map[&key()].committed, Some(10));
     }
 }

@@ -118,6 +118,38 @@ pub struct OutRecord<'a> {
     pub partition: Option<i32>,
 }
 
+/// Where outputs go. Every record is numbered per source partition and acknowledged
+/// later; the durability protocol (snapshot, then close, then commit: see the pipeline's
+/// `Tasks`) orders its steps by these numbers alone, so it runs against [`Sink`] in
+/// production and against a recording fake in unit tests.
+pub trait OutputSink {
+    /// Enqueues a record derived from `source`; returns its output number.
+    fn send(&self, source: &SourceKey, rec: OutRecord<'_>) -> Result<u64, SinkError>;
+    /// The number the next record of `source` will get.
+    fn next_no(&self, source: &SourceKey) -> u64;
+    /// The smallest unacknowledged number of `source` (`u64::MAX` if none).
+    fn min_unacked(&self, source: &SourceKey) -> u64;
+    /// Waits up to `timeout` for every record to be acknowledged.
+    fn flush(&self, timeout: Duration) -> Result<(), SinkError>;
+}
+
+impl OutputSink for Sink {
+    fn send(&self, source: &SourceKey, rec: OutRecord<'_>) -> Result<u64, SinkError> {
+        Sink::send(self, source, rec)
+    }
+    // A poisoned lock reads as "nothing acknowledged, nothing numbered": no step is taken
+    // on bookkeeping that cannot be read.
+    fn next_no(&self, source: &SourceKey) -> u64 {
+        self.acks.lock().map_or(u64::MAX, |a| a.next_no(source))
+    }
+    fn min_unacked(&self, source: &SourceKey) -> u64 {
+        self.acks.lock().map_or(0, |a| a.min_unacked(source))
+    }
+    fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        Sink::flush(self, timeout)
+    }
+}
+
 /// The producer with acknowledgement tracking.
 pub struct Sink {
     producer: BaseProducer<SinkContext>,
