@@ -186,87 +186,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Run { config } => run_pipeline(config.as_deref()),
         Cmd::Eval { metric, input, detector, false_alarm_rate, direction, options, json } => {
-            let kind = match metric {
-                Metric::Bernoulli => MetricKind::Bernoulli,
-                Metric::Real => MetricKind::Real,
-                Metric::Categorical => MetricKind::Categorical,
-            };
-            let mut spec = DetectorSpec::from_name(&detector, false_alarm_rate)?;
-            if let DetectorSpec::Auto(c) = &mut spec {
-                c.direction = match direction {
-                    Dir::Both => Direction::Both,
-                    Dir::Increase => Direction::Increase,
-                    Dir::Decrease => Direction::Decrease,
-                };
-            }
-            if let Some(opts) = options {
-                spec = merge_options(&spec, &opts)?;
-            }
-            let report =
-                evaluate(&input, kind, &spec).with_context(|| format!("evaluating {}", input.display()))?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print_report(&report);
-            }
-            Ok(())
+            eval_cmd(metric, &input, &detector, false_alarm_rate, direction, options.as_deref(), json)
         }
         Cmd::History { cmd: HistoryCmd::Verify { file } } => verify_history(&file),
         Cmd::Demo { events_out, history_out, listen, override_token, override_hmac_secret } => {
-            let run = driftgate::cli::demo::run();
-            print!("{}", driftgate::cli::demo::report(&run));
-            if let Some(p) = events_out {
-                let w = std::io::BufWriter::new(std::fs::File::create(&p)?);
-                driftgate_core::codec::jsonl::write_all(w, &run.events)?;
-            }
-            if let Some(p) = history_out {
-                driftgate_core::model::history::write_jsonl(std::fs::File::create(&p)?, &run.history)?;
-            }
-            if let Some(addr) = listen {
-                let creds = driftgate::api::auth::Credentials::new(
-                    override_token.as_deref(),
-                    override_hmac_secret.as_deref(),
-                    300,
-                );
-                let control: std::sync::Arc<dyn driftgate::api::control::ControlPlane> =
-                    std::sync::Arc::new(driftgate::api::control::DemoControl::new(run));
-                let rt =
-                    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-                    tracing::info!(addr = %listener.local_addr()?, "serving the demo's metrics and API until SIGTERM");
-                    let api = driftgate::api::http::serve(listener, driftgate::api::http::ApiState::new(control, creds));
-                    tokio::select! {
-                        r = api => r.context("HTTP server")?,
-                        _ = shutdown_signal() => {}
-                    }
-                    anyhow::Ok(())
-                })?;
-            }
-            Ok(())
+            demo_cmd(events_out, history_out, listen, override_token, override_hmac_secret)
         }
-        Cmd::Validate { pacts } => {
-            let mut bad = 0;
-            for p in &pacts {
-                match driftgate_core::pact::load_pact(p) {
-                    Ok(pact) => println!(
-                        "ok: {} ({} v{}, {} clauses)",
-                        p.display(),
-                        pact.id(),
-                        pact.version(),
-                        pact.doc.clauses.len()
-                    ),
-                    Err(e) => {
-                        eprintln!("{e}");
-                        bad += 1;
-                    }
-                }
-            }
-            if bad > 0 {
-                anyhow::bail!("{bad} of {} pact(s) refused", pacts.len());
-            }
-            Ok(())
-        }
+        Cmd::Validate { pacts } => validate_cmd(&pacts),
         Cmd::PactSchema => {
             print!("{}", driftgate_core::pact::pact_json_schema());
             Ok(())
@@ -275,56 +201,174 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", driftgate_core::model::heartbeat::heartbeat_json_schema());
             Ok(())
         }
-        Cmd::Simulate { out, events, incidents, seed } => {
-            let days = (events / 200_000 + 2) as i64;
-            let records: Vec<_> = driftgate::cli::demo::Fleet::new(seed, days, incidents)
-                .filter_map(|i| match i {
-                    driftgate_core::engine::Input::Telemetry(t) => Some(t),
-                    _ => None,
-                })
-                .take(events as usize)
-                .collect();
-            if out.extension().is_some_and(|e| e == "avro") {
-                driftgate::cli::replay::write_avro(&out, &records)?;
-            } else {
-                let w = std::io::BufWriter::new(std::fs::File::create(&out)?);
-                driftgate_core::codec::jsonl::write_all(w, &records)?;
-            }
-            eprintln!("wrote {} telemetry records to {}", records.len(), out.display());
-            Ok(())
-        }
+        Cmd::Simulate { out, events, incidents, seed } => simulate_cmd(&out, events, incidents, seed),
         Cmd::Replay { pact, input, overrides, events_out, history_out, late_out, config, ticks } => {
-            let pacts = pact
-                .iter()
-                .map(|p| driftgate_core::pact::load_pact(p).map_err(anyhow::Error::from))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let engine = config
-                .as_deref()
-                .map(|c| driftgate::config::RunConfig::load(Some(c)).map(|c| c.engine))
-                .transpose()?;
-            let ticks =
-                ticks.as_deref().map(driftgate::cli::replay::read_ticks).transpose()?.unwrap_or_default();
-            let opts = driftgate::cli::replay::ReplayOptions {
-                engine,
-                overrides: overrides.as_deref(),
-                ticks,
-                events_out: events_out.as_deref(),
-                history_out: history_out.as_deref(),
-                late_out: late_out.as_deref(),
-            };
-            let s = driftgate::cli::replay::replay_with(pacts, &input, &opts)?;
-            eprintln!(
-                "replayed {} records in {:.2} s ({:.0} records/s): {} enforcement events, {} history records, {} late",
-                s.records,
-                s.seconds,
-                s.records as f64 / s.seconds.max(1e-9),
-                s.events,
-                s.history,
-                s.late
-            );
-            Ok(())
+            let files = ReplayFiles { overrides, events_out, history_out, late_out, config, ticks };
+            replay_cmd(&pact, &input, files)
         }
     }
+}
+
+/// `driftgate eval`: one detector over a recorded stream.
+fn eval_cmd(
+    metric: Metric,
+    input: &std::path::Path,
+    detector: &str,
+    false_alarm_rate: f64,
+    direction: Dir,
+    options: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let kind = match metric {
+        Metric::Bernoulli => MetricKind::Bernoulli,
+        Metric::Real => MetricKind::Real,
+        Metric::Categorical => MetricKind::Categorical,
+    };
+    let mut spec = DetectorSpec::from_name(detector, false_alarm_rate)?;
+    if let DetectorSpec::Auto(c) = &mut spec {
+        c.direction = match direction {
+            Dir::Both => Direction::Both,
+            Dir::Increase => Direction::Increase,
+            Dir::Decrease => Direction::Decrease,
+        };
+    }
+    if let Some(opts) = options {
+        spec = merge_options(&spec, opts)?;
+    }
+    let report = evaluate(input, kind, &spec).with_context(|| format!("evaluating {}", input.display()))?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// `driftgate demo`: the simulated day, its report, and optionally its API.
+fn demo_cmd(
+    events_out: Option<std::path::PathBuf>,
+    history_out: Option<std::path::PathBuf>,
+    listen: Option<String>,
+    override_token: Option<String>,
+    override_hmac_secret: Option<String>,
+) -> anyhow::Result<()> {
+    let run = driftgate::cli::demo::run();
+    print!("{}", driftgate::cli::demo::report(&run));
+    if let Some(p) = events_out {
+        let w = std::io::BufWriter::new(std::fs::File::create(&p)?);
+        driftgate_core::codec::jsonl::write_all(w, &run.events)?;
+    }
+    if let Some(p) = history_out {
+        driftgate_core::model::history::write_jsonl(std::fs::File::create(&p)?, &run.history)?;
+    }
+    if let Some(addr) = listen {
+        let creds = driftgate::api::auth::Credentials::new(
+            override_token.as_deref(),
+            override_hmac_secret.as_deref(),
+            300,
+        );
+        let control: std::sync::Arc<dyn driftgate::api::control::ControlPlane> =
+            std::sync::Arc::new(driftgate::api::control::DemoControl::new(run));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "serving the demo's metrics and API until SIGTERM");
+            let api = driftgate::api::http::serve(listener, driftgate::api::http::ApiState::new(control, creds));
+            tokio::select! {
+                r = api => r.context("HTTP server")?,
+                _ = shutdown_signal() => {}
+            }
+            anyhow::Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// `driftgate validate`: parses and compiles pact files.
+fn validate_cmd(pacts: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let mut bad = 0;
+    for p in pacts {
+        match driftgate_core::pact::load_pact(p) {
+            Ok(pact) => println!(
+                "ok: {} ({} v{}, {} clauses)",
+                p.display(),
+                pact.id(),
+                pact.version(),
+                pact.doc.clauses.len()
+            ),
+            Err(e) => {
+                eprintln!("{e}");
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{bad} of {} pact(s) refused", pacts.len());
+    }
+    Ok(())
+}
+
+/// `driftgate simulate`: writes the simulated fleet's telemetry to a file.
+fn simulate_cmd(out: &std::path::Path, events: u64, incidents: bool, seed: u64) -> anyhow::Result<()> {
+    let days = (events / 200_000 + 2) as i64;
+    let records: Vec<_> = driftgate::cli::demo::Fleet::new(seed, days, incidents)
+        .filter_map(|i| match i {
+            driftgate_core::engine::Input::Telemetry(t) => Some(t),
+            _ => None,
+        })
+        .take(events as usize)
+        .collect();
+    if out.extension().is_some_and(|e| e == "avro") {
+        driftgate::cli::replay::write_avro(out, &records)?;
+    } else {
+        let w = std::io::BufWriter::new(std::fs::File::create(out)?);
+        driftgate_core::codec::jsonl::write_all(w, &records)?;
+    }
+    eprintln!("wrote {} telemetry records to {}", records.len(), out.display());
+    Ok(())
+}
+
+/// `driftgate replay`'s optional files.
+struct ReplayFiles {
+    overrides: Option<std::path::PathBuf>,
+    events_out: Option<std::path::PathBuf>,
+    history_out: Option<std::path::PathBuf>,
+    late_out: Option<std::path::PathBuf>,
+    config: Option<std::path::PathBuf>,
+    ticks: Option<std::path::PathBuf>,
+}
+
+/// `driftgate replay`: recorded input through the engine, offline.
+fn replay_cmd(pact: &[std::path::PathBuf], input: &std::path::Path, f: ReplayFiles) -> anyhow::Result<()> {
+    let ReplayFiles { overrides, events_out, history_out, late_out, config, ticks } = f;
+    let pacts = pact
+        .iter()
+        .map(|p| driftgate_core::pact::load_pact(p).map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let engine = config
+        .as_deref()
+        .map(|c| driftgate::config::RunConfig::load(Some(c)).map(|c| c.engine))
+        .transpose()?;
+    let ticks = ticks.as_deref().map(driftgate::cli::replay::read_ticks).transpose()?.unwrap_or_default();
+    let opts = driftgate::cli::replay::ReplayOptions {
+        engine,
+        overrides: overrides.as_deref(),
+        ticks,
+        events_out: events_out.as_deref(),
+        history_out: history_out.as_deref(),
+        late_out: late_out.as_deref(),
+    };
+    let s = driftgate::cli::replay::replay_with(pacts, input, &opts)?;
+    eprintln!(
+        "replayed {} records in {:.2} s ({:.0} records/s): {} enforcement events, {} history records, {} late",
+        s.records,
+        s.seconds,
+        s.records as f64 / s.seconds.max(1e-9),
+        s.events,
+        s.history,
+        s.late
+    );
+    Ok(())
 }
 
 fn run_pipeline(config: Option<&std::path::Path>) -> anyhow::Result<()> {
