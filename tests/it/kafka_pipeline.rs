@@ -182,13 +182,15 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     let a: AgentSnapshot = serde_json::from_str(&body).unwrap();
     assert_eq!(a.lane, Lane::Degrade);
     assert_eq!(get("/v1/agents/fin-09").0, 404);
-    // Wait for librdkafka's statistics (lag) and every record to be counted.
-    let text = wait_for(30, "lag and all records in /metrics", || {
+    // Wait for every record to be counted and for librdkafka's statistics (every 5 s) to
+    // report the drained lag: a report taken mid-consumption still shows the backlog.
+    let text = wait_for(30, "all records and zero lag in /metrics", || {
         let text = get("/metrics").1;
         let s = scrape::samples(&text);
         (scrape::sum(&s, "driftgate_records_consumed_total", &[]) == records.len() as f64
-            && text.contains("driftgate_consumer_lag_records{"))
-        .then_some(text)
+            && text.contains("driftgate_consumer_lag_records{")
+            && scrape::sum(&s, "driftgate_consumer_lag_records", &[]) == 0.0)
+            .then_some(text)
     });
     let s = scrape::samples(&text);
     assert_eq!(scrape::sum(&s, "driftgate_records_decoded_total", &[]), records.len() as f64);
