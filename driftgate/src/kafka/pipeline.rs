@@ -308,9 +308,74 @@ struct Tasks {
     engine_cfg: EngineConfig,
     pacts: Vec<Pact>,
     changelog: String,
+    /// Accepted overrides whose durability an API caller may still ask about: agent →
+    /// ticket (the snapshot that must be durable).
+    awaiting: HashMap<String, u64>,
+    /// For overrides whose partition was revoked while awaited: whether the revoke's own
+    /// snapshot made them durable (the new owner restores them) or not.
+    settled: HashMap<String, bool>,
 }
 
+/// Settled outcomes kept at most (callers that never ask again are forgotten).
+const MAX_SETTLED: usize = 10_000;
+
 impl Tasks {
+    fn new(engine_cfg: EngineConfig, pacts: Vec<Pact>, changelog: String) -> Tasks {
+        Tasks {
+            map: HashMap::new(),
+            engine_cfg,
+            pacts,
+            changelog,
+            awaiting: HashMap::new(),
+            settled: HashMap::new(),
+        }
+    }
+
+    /// Whether the override behind `ticket` for `agent` is durable: `None` while not yet,
+    /// an error if its partition was revoked before it was.
+    fn override_durable(&mut self, agent: &str, ticket: u64) -> Option<Result<(), String>> {
+        let revoked = || {
+            Err("the agent's partition was revoked before the override became durable; retry against its new owner".to_string())
+        };
+        match self.map.values().find(|t| t.engine.agent(agent).is_some()) {
+            Some(t) if t.snapshots_durable >= ticket => {
+                self.awaiting.remove(agent);
+                Some(Ok(()))
+            }
+            Some(_) => None,
+            None => match self.settled.remove(agent) {
+                Some(true) => Some(Ok(())),
+                _ => Some(revoked()),
+            },
+        }
+    }
+
+    /// Drops revoked tasks, after their final snapshot and commit. An awaited override is
+    /// settled first: durable if the revoke's snapshot covered it.
+    fn remove_revoked(&mut self, revoked: &BTreeSet<SourceKey>) {
+        let settle: Vec<(String, bool)> = self
+            .awaiting
+            .iter()
+            .filter_map(|(agent, ticket)| {
+                let task = revoked
+                    .iter()
+                    .filter_map(|k| self.map.get(k))
+                    .find(|t| t.engine.agent(agent).is_some())?;
+                Some((agent.clone(), task.snapshots_durable >= *ticket))
+            })
+            .collect();
+        if self.settled.len() + settle.len() > MAX_SETTLED {
+            self.settled.clear();
+        }
+        for (agent, durable) in settle {
+            self.awaiting.remove(&agent);
+            self.settled.insert(agent, durable);
+        }
+        for k in revoked {
+            self.map.remove(k);
+        }
+    }
+
     fn task(&mut self, key: &SourceKey) -> &mut Task {
         let (cfg, pacts) = (&self.engine_cfg, &self.pacts);
         self.map
@@ -625,8 +690,8 @@ impl PipelineContext {
             CommitFailed { error: &e }.emit(&self.metrics);
         }
         Rebalanced { change: "revoke", partitions: revoked.len() }.emit(&self.metrics);
+        tasks.remove_revoked(&revoked);
         for k in &revoked {
-            tasks.map.remove(k);
             if let Ok(mut acks) = self.sink.acks().lock() {
                 acks.forget(k);
             }
@@ -960,12 +1025,8 @@ impl Pipeline {
         let decoder = Decoder::new(cfg.kafka.format, schemas, cfg.decode.max_future_skew.micros());
         let base = consumer_config(&cfg);
         let sink = Arc::new(Sink::new(&producer_config(&cfg))?);
-        let tasks = Arc::new(Mutex::new(Tasks {
-            map: HashMap::new(),
-            engine_cfg: cfg.engine.clone(),
-            pacts,
-            changelog: cfg.kafka.topics.changelog.clone(),
-        }));
+        let tasks =
+            Arc::new(Mutex::new(Tasks::new(cfg.engine.clone(), pacts, cfg.kafka.topics.changelog.clone())));
         let mut ccfg = base.clone();
         ccfg.set("group.id", &cfg.kafka.group_id)
             .set("auto.offset.reset", "earliest")
@@ -1337,7 +1398,9 @@ impl ControlPlane for PipelineControl {
         // a snapshot taken after it is durable (the first answer may have been a 504).
         if agent.overrides.iter().any(|o| o.req.override_id == req.override_id) {
             task.force_snapshot = true;
-            return Ok(task.snapshots_started + 1);
+            let ticket = task.snapshots_started + 1;
+            tasks.awaiting.insert(req.agent_id, ticket);
+            return Ok(ticket);
         }
         // Expiry is judged in the partition's event time, like everything else.
         prevalidate(&req, agent.seq, max_ttl, task.engine.watermark().unwrap_or(now))?;
@@ -1345,6 +1408,7 @@ impl ControlPlane for PipelineControl {
             return Err(SubmitError::Unavailable("the agent's partition has not been read yet".into()));
         }
         let key = key.clone();
+        let agent_id = req.agent_id.clone();
         // In the engine's event-time buffer until the partition's watermark passes
         // `issued_at`; the buffer is part of the snapshot, so it is durable from the next one.
         task.engine.push(Input::Override(req));
@@ -1354,16 +1418,12 @@ impl ControlPlane for PipelineControl {
         self.emitter
             .emit(&key, &task.engine, outputs, None)
             .map_err(|e| SubmitError::Unavailable(e.to_string()))?;
+        tasks.awaiting.insert(agent_id, ticket);
         Ok(ticket)
     }
 
     fn override_durable(&self, agent: &str, ticket: u64) -> Option<Result<(), String>> {
-        let tasks = self.tasks.lock().ok()?;
-        match tasks.map.values().find(|t| t.engine.agent(agent).is_some()) {
-            Some(t) if t.snapshots_durable >= ticket => Some(Ok(())),
-            Some(_) => None,
-            None => Some(Err("the agent's partition was revoked before the override became durable; retry against its new owner".into())),
-        }
+        self.tasks.lock().ok()?.override_durable(agent, ticket)
     }
 
     fn audit_rejection(&self, agent: Option<&str>, at: i64, detail: serde_json::Value) {
@@ -1506,12 +1566,7 @@ mod tests {
     /// One partition that has read up to offset 10, with one changed agent and one output
     /// (say, an enforcement event) already sent for it as record 0.
     fn setup(sink: &FakeSink) -> Tasks {
-        let mut tasks = Tasks {
-            map: HashMap::new(),
-            engine_cfg: EngineConfig::default(),
-            pacts: Vec::new(),
-            changelog: "changelog".into(),
-        };
+        let mut tasks = Tasks::new(EngineConfig::default(), Vec::new(), "changelog".into());
         let task = tasks.task(&key());
         task.engine.mark_dirty(["a1".to_string()]);
         task.pushed = Some(10);
@@ -1599,5 +1654,50 @@ mod tests {
         tasks.commit(&group, &sink, CommitMode::Async, None).unwrap();
         assert_eq!(group.commits.borrow().len(), 2, "confirmed: not sent again");
         assert_eq!(tasks.map[&key()].committed, Some(10));
+    }
+    /// A task holding agent `a1` (known by an override), whose snapshots up to `durable`
+    /// are durable.
+    fn holding_a1(durable: u64) -> Tasks {
+        use driftgate_core::model::lane::{Lane, Scope};
+        use driftgate_core::model::overrides::{OverrideKind, OverrideRequest};
+        let mut tasks = Tasks::new(EngineConfig::default(), Vec::new(), "changelog".into());
+        let task = tasks.task(&key());
+        task.engine.push(Input::Override(OverrideRequest {
+            override_id: "o1".into(),
+            agent_id: "a1".into(),
+            scope: Scope::All,
+            kind: OverrideKind::Tighten,
+            lane: Some(Lane::Watch),
+            clause_id: None,
+            principal: "p".into(),
+            reason: "r".into(),
+            ticket: "t".into(),
+            issued_at: 1_000_000,
+            expires_at: Some(61_000_000),
+            expected_seq: Some(0),
+        }));
+        task.engine.flush();
+        assert!(task.engine.agent("a1").is_some());
+        task.snapshots_durable = durable;
+        tasks.awaiting.insert("a1".into(), 2);
+        tasks
+    }
+
+    #[test]
+    fn an_awaited_override_made_durable_by_the_revoke_is_reported_durable_after_it() {
+        let revoked = BTreeSet::from([key()]);
+        let mut before = holding_a1(1);
+        assert_eq!(before.override_durable("a1", 2), None, "snapshot 2 not yet durable");
+        // The revoke's final snapshot (2) is durable before the task is dropped.
+        let mut tasks = holding_a1(2);
+        tasks.remove_revoked(&revoked);
+        assert!(tasks.map.is_empty());
+        assert_eq!(tasks.override_durable("a1", 2), Some(Ok(())), "the new owner restores it");
+        // Not durable when the partition went: the caller is told to retry elsewhere.
+        before.remove_revoked(&revoked);
+        assert!(matches!(before.override_durable("a1", 2), Some(Err(m)) if m.contains("revoked")));
+        // A settled outcome is answered once; an agent never awaited is "revoked".
+        assert!(matches!(tasks.override_durable("a1", 2), Some(Err(_))));
+        assert!(tasks.awaiting.is_empty() && tasks.settled.is_empty());
     }
 }
