@@ -1,0 +1,198 @@
+//! Turning engine outputs into records: enforcement events, history records, router
+//! snapshots, late records and heartbeats on their topics, and dead letters with their
+//! reason in the headers.
+
+use crate::api::control::RecentHistory;
+use crate::config::OutputFormat;
+use crate::kafka::pipeline::PipelineError;
+use crate::kafka::sink::{OutRecord, Sink, SourceKey};
+use crate::obs::metrics::Metrics;
+use driftgate_core::engine::{Engine, Output};
+use driftgate_core::model::heartbeat::Heartbeat;
+use driftgate_core::model::router_view::AgentSnapshot;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use tracing::{info, warn};
+
+/// Dead-letter header names.
+pub mod headers {
+    /// Reason code (see [`crate::kafka::decode::reason`], plus `late_event`).
+    pub const REASON: &str = "driftgate.reason";
+    /// Human-readable detail.
+    pub const ERROR: &str = "driftgate.error";
+    /// Source topic.
+    pub const TOPIC: &str = "driftgate.source.topic";
+    /// Source partition.
+    pub const PARTITION: &str = "driftgate.source.partition";
+    /// Source offset.
+    pub const OFFSET: &str = "driftgate.source.offset";
+    /// When it was dead-lettered (RFC 3339, wall clock).
+    pub const TIME: &str = "driftgate.dead_lettered_at";
+    /// On history records: the chain (source `topic/partition`).
+    pub const CHAIN: &str = "driftgate.chain";
+}
+
+/// Turns engine outputs into records on the output topics; shared by the pipeline loop
+/// and the HTTP API (overrides), so both produce the same way.
+pub struct Emitter {
+    pub(super) topics: crate::config::Topics,
+    pub(super) output_format: OutputFormat,
+    pub(super) output_schema_id: u32,
+    pub(super) enforcement_schema: &'static apache_avro::Schema,
+    pub(super) sink: Arc<Sink>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) recent: Mutex<RecentHistory>,
+    /// This process, as named in heartbeats.
+    pub(super) instance: String,
+}
+
+/// The record an output derives from, when it derives from one.
+pub struct Origin<'a> {
+    pub(super) msg: &'a BorrowedMessage<'a>,
+    pub(super) event_id: &'a str,
+}
+
+impl Emitter {
+    pub(super) fn emit(
+        &self,
+        key: &SourceKey,
+        engine: &Engine,
+        outputs: Vec<Output>,
+        origin: Option<Origin<'_>>,
+    ) -> Result<(), PipelineError> {
+        let topics = &self.topics;
+        let record_time =
+            origin.as_ref().and_then(|o| o.msg.timestamp().to_millis()).map(|ms| ms.saturating_mul(1000));
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        for out in outputs {
+            match out {
+                Output::Enforcement(e) => {
+                    let payload = match self.output_format {
+                        OutputFormat::Json => serde_json::to_vec(&e).map_err(|source| {
+                            PipelineError::Encode { what: "an enforcement event", source }
+                        })?,
+                        OutputFormat::Avro => {
+                            let datum =
+                                driftgate_core::codec::avro_json::encode_datum(&e, self.enforcement_schema)
+                                    .map_err(|x| PipelineError::Avro(x.to_string()))?;
+                            crate::kafka::decode::confluent_frame(self.output_schema_id, &datum)
+                        }
+                    };
+                    info!(agent = %e.agent_id, pact = e.pact_id.as_deref().unwrap_or(""), clause = e.clause_id.as_deref().unwrap_or(""), seq = e.seq, from = e.lane_from.as_str(), to = e.lane_to.as_str(), reason = %e.reason.code, "enforcement event");
+                    let h = OwnedHeaders::new()
+                        .insert(Header { key: "driftgate.kind", value: Some("enforcement") })
+                        .insert(Header { key: "driftgate.seq", value: Some(&e.seq.to_string()) })
+                        .insert(Header { key: "driftgate.event_id", value: Some(&e.event_id) });
+                    self.sink.send(
+                        key,
+                        OutRecord {
+                            topic: &topics.enforcement,
+                            key: e.agent_id.as_bytes(),
+                            payload: Some(&payload),
+                            headers: Some(h),
+                            partition: None,
+                        },
+                    )?;
+                    self.metrics.enforcement(&e, record_time, crate::clock::wall_micros());
+                    changed.insert(e.agent_id);
+                }
+                Output::History(r) => {
+                    let line = serde_json::to_vec(&r)
+                        .map_err(|source| PipelineError::Encode { what: "a history record", source })?;
+                    let chain = format!("{}/{}", key.0, key.1);
+                    let h = OwnedHeaders::new().insert(Header { key: headers::CHAIN, value: Some(&chain) });
+                    let k = r.agent_id.clone().unwrap_or_default();
+                    self.sink.send(
+                        key,
+                        OutRecord {
+                            topic: &topics.history,
+                            key: k.as_bytes(),
+                            payload: Some(&line),
+                            headers: Some(h),
+                            partition: Some(key.1),
+                        },
+                    )?;
+                    self.metrics.history_records.inc();
+                    if let Ok(mut recent) = self.recent.lock() {
+                        recent.push(r);
+                    }
+                }
+                Output::Late(l) => {
+                    if let Some(o) = origin.as_ref().filter(|o| o.event_id == l.id) {
+                        self.dead_letter(key, o.msg, "late_event", &l.reason)?;
+                    }
+                }
+                Output::Panic(p) => {
+                    warn!(workflow = %p.workflow, would_block = p.would_block, agents = p.agents, "blast-radius cap: fail mode applied instead of blocking")
+                }
+            }
+        }
+        for agent in changed {
+            if let Some(s) = AgentSnapshot::of(engine, &agent) {
+                let v = serde_json::to_vec(&s)
+                    .map_err(|source| PipelineError::Encode { what: "an agent snapshot", source })?;
+                self.sink.send(
+                    key,
+                    OutRecord {
+                        topic: &topics.snapshot,
+                        key: agent.as_bytes(),
+                        payload: Some(&v),
+                        headers: None,
+                        partition: None,
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Produces a partition's heartbeat on the snapshot topic (see [`driftgate_core::model::heartbeat`]).
+    pub(super) fn heartbeat(&self, key: &SourceKey, hb: &Heartbeat) -> Result<(), PipelineError> {
+        let payload =
+            serde_json::to_vec(hb).map_err(|source| PipelineError::Encode { what: "a heartbeat", source })?;
+        let k = driftgate_core::model::heartbeat::key(&key.0, key.1);
+        let h = OwnedHeaders::new().insert(Header { key: "driftgate.kind", value: Some("heartbeat") });
+        self.sink.send(
+            key,
+            OutRecord {
+                topic: &self.topics.snapshot,
+                key: k.as_bytes(),
+                payload: Some(&payload),
+                headers: Some(h),
+                partition: None,
+            },
+        )?;
+        self.metrics.heartbeats.inc();
+        Ok(())
+    }
+
+    pub(super) fn dead_letter(
+        &self,
+        key: &SourceKey,
+        msg: &BorrowedMessage<'_>,
+        code: &str,
+        detail: &str,
+    ) -> Result<(), PipelineError> {
+        let now = driftgate_core::timefmt::rfc3339(crate::clock::wall_micros());
+        let h = OwnedHeaders::new()
+            .insert(Header { key: headers::REASON, value: Some(code) })
+            .insert(Header { key: headers::ERROR, value: Some(detail) })
+            .insert(Header { key: headers::TOPIC, value: Some(msg.topic()) })
+            .insert(Header { key: headers::PARTITION, value: Some(&msg.partition().to_string()) })
+            .insert(Header { key: headers::OFFSET, value: Some(&msg.offset().to_string()) })
+            .insert(Header { key: headers::TIME, value: Some(&now) });
+        self.sink.send(
+            key,
+            OutRecord {
+                topic: &self.topics.dead_letter,
+                key: msg.key().unwrap_or_default(),
+                payload: msg.payload(),
+                headers: Some(h),
+                partition: None,
+            },
+        )?;
+        self.metrics.records_dead_lettered.with_label_values(&[code]).inc();
+        Ok(())
+    }
+}
