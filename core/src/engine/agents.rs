@@ -13,81 +13,15 @@ impl Engine {
         let span = debug_span!("telemetry", agent = %tel.agent_id, event = %tel.event_id);
         let _g = span.enter();
         let causation = Causation { kind: "telemetry".into(), id: tel.event_id.clone(), at: now };
-        // Agent bookkeeping: creation, workflow moves, model-version changes.
-        if !self.agents.contains_key(&tel.agent_id) {
-            let pacts = self.covering(&tel.agent_id, &tel.workflow);
-            self.agents.insert(
-                tel.agent_id.clone(),
-                AgentState::new(tel.workflow.clone(), tel.model.version.clone(), pacts, now),
-            );
-            self.workflows.entry(tel.workflow.clone()).or_default().agents.insert(tel.agent_id.clone());
-        }
+        // Agent bookkeeping: creation, workflow moves, model-version changes, TTL.
+        self.track_agent(&tel, now);
         let mut causes: Vec<Cause> = Vec::new();
-        {
-            let moved = self.agents[&tel.agent_id].workflow != tel.workflow;
-            // Pact coverage depends on agent and workflow only: matched again on a move.
-            let pacts = if moved { self.covering(&tel.agent_id, &tel.workflow) } else { Vec::new() };
-            let agent = self.agents.get_mut(&tel.agent_id).expect("inserted above");
-            agent.last_seen = agent.last_seen.max(now);
-            if moved {
-                let old = std::mem::replace(&mut agent.workflow, tel.workflow.clone());
-                agent.pacts = pacts;
-                if let Some(w) = self.workflows.get_mut(&old) {
-                    w.remove(&tel.agent_id);
-                }
-                let (blocked, capped) = (agent.published.all == Lane::Block, agent.capped);
-                let w = self.workflows.entry(tel.workflow.clone()).or_default();
-                w.agents.insert(tel.agent_id.clone());
-                if blocked {
-                    w.blocked.insert(tel.agent_id.clone());
-                }
-                if capped {
-                    w.capped.insert(tel.agent_id.clone());
-                }
-            }
-            let agent = self.agents.get_mut(&tel.agent_id).expect("present");
-            if agent.model_version != tel.model.version {
-                let from = std::mem::replace(&mut agent.model_version, tel.model.version.clone());
-                let pending: BTreeSet<ClauseKey> = agent
-                    .clauses
-                    .keys()
-                    .filter(|(p, c, _)| matches!(clause_at(&self.pacts, *p, *c).1.test, Test::Drift(_)))
-                    .cloned()
-                    .collect();
-                if !pending.is_empty() {
-                    let lane = pending
-                        .iter()
-                        .map(|(p, c, _)| clause_at(&self.pacts, *p, *c).1.on_model_change)
-                        .max()
-                        .unwrap_or(Lane::Watch);
-                    for k in &pending {
-                        if let Some(s) = agent.clauses.get_mut(k) {
-                            s.clean = 0;
-                        }
-                    }
-                    let text = format!(
-                        "model version changed {from} -> {}: drift baselines kept; {} clause(s) must re-verify on the new model",
-                        tel.model.version,
-                        pending.len()
-                    );
-                    agent.model_change =
-                        Some(ModelChange { from, to: tel.model.version.clone(), since: now, lane, pending });
-                    causes.push(Cause {
-                        code: CauseCode::ModelChanged,
-                        text,
-                        clause: None,
-                        detection: None,
-                        causation: causation.clone(),
-                        clean_at_decision: None,
-                    });
-                }
-            }
-            if agent.ttl_at.is_none() {
-                let at = agent.last_seen + self.cfg.state_ttl.micros();
-                agent.ttl_at = Some(at);
-                let timer = Timer::Ttl(tel.agent_id.clone());
-                self.schedule(at, timer);
-            }
+        causes.extend(self.on_model_version(&tel, now, &causation));
+        let agent = self.agents.get_mut(&tel.agent_id).expect("tracked above");
+        if agent.ttl_at.is_none() {
+            let at = agent.last_seen + self.cfg.state_ttl.micros();
+            agent.ttl_at = Some(at);
+            self.schedule(at, Timer::Ttl(tel.agent_id.clone()));
         }
         // Clauses.
         // By position: on_clause does not change the agent's coverage.
@@ -129,6 +63,83 @@ impl Engine {
         if !causes.is_empty() {
             self.reevaluate_all(&tel.agent_id, causes, false);
         }
+    }
+
+    /// Creates the agent on its first event, follows it to a new workflow (coverage, and the
+    /// workflow sets the blast-radius cap counts), and records when it was last seen.
+    fn track_agent(&mut self, tel: &Telemetry, now: i64) {
+        if !self.agents.contains_key(&tel.agent_id) {
+            let pacts = self.covering(&tel.agent_id, &tel.workflow);
+            self.agents.insert(
+                tel.agent_id.clone(),
+                AgentState::new(tel.workflow.clone(), tel.model.version.clone(), pacts, now),
+            );
+            self.workflows.entry(tel.workflow.clone()).or_default().agents.insert(tel.agent_id.clone());
+        }
+        let moved = self.agents[&tel.agent_id].workflow != tel.workflow;
+        // Pact coverage depends on agent and workflow only: matched again on a move.
+        let pacts = if moved { self.covering(&tel.agent_id, &tel.workflow) } else { Vec::new() };
+        let agent = self.agents.get_mut(&tel.agent_id).expect("inserted above");
+        agent.last_seen = agent.last_seen.max(now);
+        if moved {
+            let old = std::mem::replace(&mut agent.workflow, tel.workflow.clone());
+            agent.pacts = pacts;
+            if let Some(w) = self.workflows.get_mut(&old) {
+                w.remove(&tel.agent_id);
+            }
+            let (blocked, capped) = (agent.published.all == Lane::Block, agent.capped);
+            let w = self.workflows.entry(tel.workflow.clone()).or_default();
+            w.agents.insert(tel.agent_id.clone());
+            if blocked {
+                w.blocked.insert(tel.agent_id.clone());
+            }
+            if capped {
+                w.capped.insert(tel.agent_id.clone());
+            }
+        }
+    }
+
+    /// A new model version: drift clauses must re-verify on it, and the agent waits in the
+    /// clauses' `on_model_change` lane meanwhile. The cause, if any clause has to.
+    fn on_model_version(&mut self, tel: &Telemetry, now: i64, causation: &Causation) -> Option<Cause> {
+        let agent = self.agents.get_mut(&tel.agent_id)?;
+        if agent.model_version != tel.model.version {
+            let from = std::mem::replace(&mut agent.model_version, tel.model.version.clone());
+            let pending: BTreeSet<ClauseKey> = agent
+                .clauses
+                .keys()
+                .filter(|(p, c, _)| matches!(clause_at(&self.pacts, *p, *c).1.test, Test::Drift(_)))
+                .cloned()
+                .collect();
+            if !pending.is_empty() {
+                let lane = pending
+                    .iter()
+                    .map(|(p, c, _)| clause_at(&self.pacts, *p, *c).1.on_model_change)
+                    .max()
+                    .unwrap_or(Lane::Watch);
+                for k in &pending {
+                    if let Some(s) = agent.clauses.get_mut(k) {
+                        s.clean = 0;
+                    }
+                }
+                let text = format!(
+                    "model version changed {from} -> {}: drift baselines kept; {} clause(s) must re-verify on the new model",
+                    tel.model.version,
+                    pending.len()
+                );
+                agent.model_change =
+                    Some(ModelChange { from, to: tel.model.version.clone(), since: now, lane, pending });
+                return Some(Cause {
+                    code: CauseCode::ModelChanged,
+                    text,
+                    clause: None,
+                    detection: None,
+                    causation: causation.clone(),
+                    clean_at_decision: None,
+                });
+            }
+        }
+        None
     }
 
     pub(super) fn on_ttl(&mut self, agent_id: &str, at: i64) {
