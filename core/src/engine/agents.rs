@@ -13,16 +13,10 @@ impl Engine {
         let span = debug_span!("telemetry", agent = %tel.agent_id, event = %tel.event_id);
         let _g = span.enter();
         let causation = Causation { kind: "telemetry".into(), id: tel.event_id.clone(), at: now };
-        // Agent bookkeeping: creation, workflow moves, model-version changes, TTL.
+        // Agent bookkeeping: creation, workflow moves, TTL, model-version changes.
         self.track_agent(&tel, now);
         let mut causes: Vec<Cause> = Vec::new();
         causes.extend(self.on_model_version(&tel, now, &causation));
-        let agent = self.agents.get_mut(&tel.agent_id).expect("tracked above");
-        if agent.ttl_at.is_none() {
-            let at = agent.last_seen + self.cfg.state_ttl.micros();
-            agent.ttl_at = Some(at);
-            self.schedule(at, Timer::Ttl(tel.agent_id.clone()));
-        }
         // Clauses.
         // By position: on_clause does not change the agent's coverage.
         let covering = self.agents[&tel.agent_id].pacts.len();
@@ -66,7 +60,8 @@ impl Engine {
     }
 
     /// Creates the agent on its first event, follows it to a new workflow (coverage, and the
-    /// workflow sets the blast-radius cap counts), and records when it was last seen.
+    /// workflow sets the blast-radius cap counts), records when it was last seen, and
+    /// schedules its state TTL if none is pending.
     fn track_agent(&mut self, tel: &Telemetry, now: i64) {
         if !self.agents.contains_key(&tel.agent_id) {
             let pacts = self.covering(&tel.agent_id, &tel.workflow);
@@ -81,6 +76,10 @@ impl Engine {
         let pacts = if moved { self.covering(&tel.agent_id, &tel.workflow) } else { Vec::new() };
         let agent = self.agents.get_mut(&tel.agent_id).expect("inserted above");
         agent.last_seen = agent.last_seen.max(now);
+        let ttl_at = agent.ttl_at.is_none().then(|| agent.last_seen + self.cfg.state_ttl.micros());
+        if ttl_at.is_some() {
+            agent.ttl_at = ttl_at;
+        }
         if moved {
             let old = std::mem::replace(&mut agent.workflow, tel.workflow.clone());
             agent.pacts = pacts;
@@ -96,6 +95,9 @@ impl Engine {
             if capped {
                 w.capped.insert(tel.agent_id.clone());
             }
+        }
+        if let Some(at) = ttl_at {
+            self.schedule(at, Timer::Ttl(tel.agent_id.clone()));
         }
     }
 

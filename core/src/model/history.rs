@@ -16,11 +16,6 @@ use thiserror::Error;
 /// The Avro schema of a history record (`schemas/history_record.avsc`).
 pub const HISTORY_AVSC: &str = include_str!("../../../schemas/history_record.avsc");
 
-/// [`HISTORY_AVSC`], parsed once.
-pub fn history_schema() -> &'static apache_avro::Schema {
-    crate::codec::schemas::history()
-}
-
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -125,7 +120,7 @@ impl Record {
     pub fn to_avro(&self) -> Result<apache_avro::types::Value, crate::codec::avro_json::AvroJsonError> {
         let mut json = serde_json::to_value(self)?;
         json["detail"] = serde_json::Value::String(self.detail.to_string());
-        Ok(apache_avro::types::Value::try_from(json)?.resolve(history_schema())?)
+        Ok(apache_avro::types::Value::try_from(json)?.resolve(crate::codec::schemas::history())?)
     }
 
     /// From a decoded Avro value of [`HISTORY_AVSC`].
