@@ -9,8 +9,6 @@ mod eval_cli;
 mod history_cli;
 mod http_api;
 mod kafka_pipeline;
-mod lane_model;
-mod lane_properties;
 mod pacts;
 mod rebalance_mock;
 mod registry_client;

@@ -7,7 +7,7 @@
 //!   after every step for both scopes while overrides are live, with the blast-radius cap on;
 //! - no step down before the clause's dwell.
 //!
-//! The model-based test (`lane_model.rs`) checks the exact lanes; this one runs the statistical
+//! The model-based test (`model.rs`) checks the exact lanes; this one runs the statistical
 //! detectors, and counts that step-downs and live overrides actually happen.
 
 use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
