@@ -588,7 +588,7 @@ fn control_topic_records_are_checked_like_http_requests() {
     let control = DemoControl::new(driftgate::cli::demo::run());
     let creds = Credentials::new(None, Some(SECRET), 300);
     let status = driftgate::kafka::pipeline::Status::default();
-    let seq = control.agent("res-02").unwrap().seq;
+    let seq = control.agent("res-02").unwrap().unwrap().seq;
     let body = override_body("ctl-1", "res-02", seq, Some(600));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let ts = now.to_string();
@@ -601,7 +601,7 @@ fn control_topic_records_are_checked_like_http_requests() {
         &status,
     );
     driftgate::kafka::control_topic::apply(&control, &creds, &Presented::default(), body.as_bytes(), &status);
-    assert_eq!(control.agent("res-02").unwrap().lane, Lane::Normal);
+    assert_eq!(control.agent("res-02").unwrap().unwrap().lane, Lane::Normal);
     assert_eq!(control.metrics().overrides_rejected.with_label_values(&["control"]).get(), 2);
     let reasons: Vec<String> = control
         .history("res-02", 10)
@@ -617,7 +617,7 @@ fn control_topic_records_are_checked_like_http_requests() {
         body.as_bytes(),
         &status,
     );
-    assert_eq!(control.agent("res-02").unwrap().lane, Lane::Block);
+    assert_eq!(control.agent("res-02").unwrap().unwrap().lane, Lane::Block);
     assert!(control
         .history("res-02", 10)
         .iter()

@@ -12,7 +12,8 @@ use crate::support::scenario;
 
 use driftgate::api::control::ControlPlane;
 use driftgate::config::{InputFormat, RunConfig};
-use driftgate::kafka::pipeline::{Pipeline, PipelineControl, Status};
+use driftgate::kafka::commands::PipelineControl;
+use driftgate::kafka::pipeline::{Pipeline, Status};
 use driftgate::obs::metrics::Metrics;
 use kafka::produce;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -307,7 +308,7 @@ fn an_override_is_taken_on_restored_state_before_any_new_record() {
     let b = Member::start("restore-b", &bootstrap);
     wait_for(&logs, 60, "restore-b to restore and hold every partition", || b.control.readiness().ready());
     let agent = recs[0].0.clone();
-    let snapshot = b.control.agent(&agent).expect("restored from the changelog");
+    let snapshot = b.control.agent(&agent).expect("answered").expect("restored from the changelog");
     // Dated at the agent's last evidence, so that it is valid in the partition's event time.
     let at = snapshot.clauses.iter().map(|c| c.last_evidence_at).max().expect("evidence");
     let wm_req = driftgate_core::model::overrides::OverrideRequest {
@@ -324,11 +325,9 @@ fn an_override_is_taken_on_restored_state_before_any_new_record() {
         expires_at: Some(at + 3_600_000_000),
         expected_seq: Some(snapshot.seq),
     };
-    let ticket = b.control.submit_override(wm_req.clone(), 0).expect("taken on restored state");
-    wait_for(&logs, 30, "the override confirmed durable", || {
-        matches!(b.control.override_durable(&agent, ticket), Some(Ok(())))
-    });
-    let now = b.control.agent(&agent).unwrap();
+    let durability = b.control.submit_override(wm_req.clone(), 0).expect("taken on restored state");
+    assert_eq!(durability.wait(Duration::from_secs(30)), Some(Ok(())), "the override confirmed durable");
+    let now = b.control.agent(&agent).expect("answered").expect("known");
     assert!(now.overrides.iter().any(|o| o.override_id == "ovr-1"));
     assert_eq!(
         (now.lane, now.seq),
@@ -363,7 +362,7 @@ fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_
     let a = Member::start("durable-a", &bootstrap);
     wait_for(&logs, 60, "durable-a to commit the records", || committed(&bootstrap) >= first as i64);
     let agent = recs[0].0.clone();
-    let snapshot = a.control.agent(&agent).expect("known");
+    let snapshot = a.control.agent(&agent).expect("answered").expect("known");
     let at = snapshot.clauses.iter().map(|c| c.last_evidence_at).max().expect("evidence");
 
     // The HTTP API over the running pipeline, waiting 2 s for durability.
@@ -408,7 +407,13 @@ fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_
         "answered after {waited:?}"
     );
     assert!(
-        a.control.agent(&agent).expect("known").overrides.iter().any(|o| o.override_id == "ovr-slow"),
+        a.control
+            .agent(&agent)
+            .expect("answered")
+            .expect("known")
+            .overrides
+            .iter()
+            .any(|o| o.override_id == "ovr-slow"),
         "handed to the engine"
     );
 
@@ -428,7 +433,7 @@ fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_
         }
     };
     assert_eq!(status, 201, "{v}");
-    let now = a.control.agent(&agent).expect("known");
+    let now = a.control.agent(&agent).expect("answered").expect("known");
     assert_eq!(now.overrides.iter().filter(|o| o.override_id == "ovr-slow").count(), 1, "applied once");
     assert_eq!(
         (now.lane, now.seq),

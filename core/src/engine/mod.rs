@@ -170,6 +170,35 @@ pub enum Output {
     Panic(PanicEvent),
 }
 
+/// An engine's outputs sorted by kind, each kind in order: for callers that handle the
+/// kinds apart (the demo, replay, the demo's API). The Kafka emitter matches [`Output`]
+/// itself, since a late record needs the input it came from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Collected {
+    /// Enforcement events.
+    pub events: Vec<EnforcementEvent>,
+    /// History records.
+    pub history: Vec<Record>,
+    /// Late inputs.
+    pub late: Vec<LateRecord>,
+    /// Blast-radius cap trips.
+    pub panics: Vec<PanicEvent>,
+}
+
+impl Collected {
+    /// Sorts `outputs` in.
+    pub fn take(&mut self, outputs: impl IntoIterator<Item = Output>) {
+        for o in outputs {
+            match o {
+                Output::Enforcement(e) => self.events.push(e),
+                Output::History(r) => self.history.push(r),
+                Output::Late(l) => self.late.push(l),
+                Output::Panic(p) => self.panics.push(p),
+            }
+        }
+    }
+}
+
 /// Counters for metrics and summaries.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {

@@ -1,14 +1,17 @@
 //! What the HTTP API asks of a running engine, whatever runs it: the Kafka pipeline
 //! ([`crate::kafka::pipeline`]) or the demo (`driftgate demo --listen`, [`DemoControl`]).
 
-use crate::obs::metrics::Metrics;
-use driftgate_core::engine::{Engine, Input, Output, Stats};
+use crate::obs::metrics::{EngineScrape, Metrics};
+use driftgate_core::engine::{Collected, Engine, Input, Stats};
+use driftgate_core::model::enforcement::EnforcementEvent;
 use driftgate_core::model::history::{Chain, Entry, Record, RecordKind};
 use driftgate_core::model::overrides::{self, OverrideError, OverrideRequest};
 use driftgate_core::model::router_view::AgentSnapshot;
 use serde::Serialize;
 use std::collections::VecDeque;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Mutex;
+use std::time::Duration;
 use thiserror::Error;
 
 /// `/readyz`: every part must hold.
@@ -102,21 +105,110 @@ pub fn prevalidate(
     })
 }
 
+/// What became of an override handed to an engine by [`hand_to_engine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handed {
+    /// Pushed into the engine (its outputs wait in [`Engine::drain`]).
+    Pushed,
+    /// An override with this `override_id` is already in force: a retry, not applied twice.
+    AlreadyInForce,
+}
+
+/// Checks an override against the engine holding its agent and pushes it. Expiry is
+/// judged in the engine's event time (`now`, wall µs, only before the first event).
+pub fn hand_to_engine(engine: &mut Engine, req: OverrideRequest, now: i64) -> Result<Handed, SubmitError> {
+    let agent = engine.agent(&req.agent_id).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
+    if agent.overrides.iter().any(|o| o.req.override_id == req.override_id) {
+        return Ok(Handed::AlreadyInForce);
+    }
+    let max_ttl = engine.config().max_override_ttl.micros();
+    prevalidate(&req, agent.seq, max_ttl, engine.watermark().unwrap_or(now))?;
+    engine.push(Input::Override(req));
+    Ok(Handed::Pushed)
+}
+
+/// Why an accepted override's state did not become durable here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum NotDurable {
+    /// Its partition went to another instance first; that instance restores the state the
+    /// revoke made durable, which did not include the override.
+    #[error(
+        "the agent's partition was revoked before the override became durable; retry against its new owner"
+    )]
+    Revoked,
+    /// The engine stopped (shutdown or failure) first.
+    #[error(
+        "the engine stopped before the override became durable; retrying with the same override_id is safe"
+    )]
+    Stopped,
+}
+
+/// The answer to "is the accepted override durable?", delivered once by the engine's owner
+/// when the snapshot holding it is acknowledged, or when it no longer can be.
+#[derive(Debug)]
+pub struct Durability(Receiver<Result<(), NotDurable>>);
+
+/// The owner's side of a [`Durability`]: dropping it unanswered reads as
+/// [`NotDurable::Stopped`].
+#[derive(Debug)]
+pub struct DurabilityPromise(SyncSender<Result<(), NotDurable>>);
+
+impl Durability {
+    /// A pending answer and the promise that gives it.
+    pub fn pending() -> (DurabilityPromise, Durability) {
+        let (tx, rx) = sync_channel(1);
+        (DurabilityPromise(tx), Durability(rx))
+    }
+
+    /// Durable already (the demo applies overrides at once).
+    pub fn done() -> Durability {
+        let (promise, d) = Durability::pending();
+        promise.keep(Ok(()));
+        d
+    }
+
+    /// The answer, waiting at most `timeout`; `None` if none came in time.
+    pub fn wait(&self, timeout: Duration) -> Option<Result<(), NotDurable>> {
+        match self.0.recv_timeout(timeout) {
+            Ok(r) => Some(r),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Err(NotDurable::Stopped)),
+        }
+    }
+}
+
+impl DurabilityPromise {
+    /// Gives the answer (a caller that stopped waiting is not an error).
+    pub fn keep(self, outcome: Result<(), NotDurable>) {
+        let _ = self.0.try_send(outcome);
+    }
+}
+
+/// The engine's owner did not answer in time: it is busy (a rebalance restoring or
+/// flushing partitions) or has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("the engine did not answer within {} ms (restoring or flushing partitions in a rebalance, or stopping); retry", .0.as_millis())]
+pub struct Busy(pub Duration);
+
+impl From<Busy> for SubmitError {
+    fn from(b: Busy) -> SubmitError {
+        SubmitError::Unavailable(b.to_string())
+    }
+}
+
 /// The engine side of the HTTP API.
 pub trait ControlPlane: Send + Sync + 'static {
     /// `/readyz`.
     fn readiness(&self) -> Readiness;
-    /// The agent's full state.
-    fn agent(&self, id: &str) -> Option<AgentSnapshot>;
+    /// The agent's full state; `None` if no engine here holds it.
+    fn agent(&self, id: &str) -> Result<Option<AgentSnapshot>, Busy>;
     /// The agent's recent history records, newest last.
     fn history(&self, id: &str, limit: usize) -> Vec<Record>;
     /// Active pact versions.
     fn pacts(&self) -> Vec<PactInfo>;
-    /// Validates an override and hands it to the engine owning the agent; the returned
-    /// ticket is passed to [`ControlPlane::override_durable`].
-    fn submit_override(&self, req: OverrideRequest, now_micros: i64) -> Result<u64, SubmitError>;
-    /// `None` while the state holding the override is not yet durable.
-    fn override_durable(&self, agent: &str, ticket: u64) -> Option<Result<(), String>>;
+    /// Validates an override and hands it to the engine holding the agent; the answer says
+    /// when the state holding it is durable.
+    fn submit_override(&self, req: OverrideRequest, now_micros: i64) -> Result<Durability, SubmitError>;
     /// Records a refused request (authentication or validation) in the API's audit chain.
     fn audit_rejection(&self, agent: Option<&str>, at_micros: i64, detail: serde_json::Value);
     /// The metrics, refreshed.
@@ -210,38 +302,47 @@ pub fn pact_infos(engine: &Engine) -> Vec<PactInfo> {
 
 /// The demo's engine behind the API: the day has run; overrides apply at once.
 pub struct DemoControl {
-    engine: Mutex<Engine>,
+    state: Mutex<DemoState>,
     recent: Mutex<RecentHistory>,
     audit: AuditChain,
     metrics: Metrics,
-    last_stats: Mutex<Stats>,
-    last_watermark: Mutex<Option<i64>>,
+}
+
+struct DemoState {
+    engine: Engine,
+    last_stats: Stats,
+    scrape: EngineScrape,
 }
 
 impl DemoControl {
     /// Serves a finished demo run.
     pub fn new(run: crate::cli::demo::DemoRun) -> DemoControl {
         let metrics = Metrics::new();
-        let mut recent = RecentHistory::default();
-        for r in run.history {
-            recent.push(r);
-        }
-        metrics.history_records.inc_by(recent.records.len() as u64);
-        for e in &run.events {
-            metrics.enforcement(e, None, 0);
-        }
         metrics.records_consumed.inc_by(run.telemetry);
         metrics.records_decoded.inc_by(run.telemetry);
         metrics.ready.set(1);
-        let mut last = Stats::default();
-        metrics.add_stats(run.engine.stats(), &mut last);
-        DemoControl {
-            engine: Mutex::new(run.engine),
-            recent: Mutex::new(recent),
+        let mut last_stats = Stats::default();
+        metrics.add_stats(run.engine.stats(), &mut last_stats);
+        let c = DemoControl {
+            state: Mutex::new(DemoState { engine: run.engine, last_stats, scrape: EngineScrape::default() }),
+            recent: Mutex::new(RecentHistory::default()),
             audit: AuditChain::new("api/demo".into()),
             metrics,
-            last_stats: Mutex::new(last),
-            last_watermark: Mutex::new(None),
+        };
+        c.publish(run.events, run.history);
+        c
+    }
+
+    /// Counts enforcement events and keeps history records, as the pipeline's emitter does.
+    fn publish(&self, events: Vec<EnforcementEvent>, history: Vec<Record>) {
+        for e in &events {
+            self.metrics.enforcement(e, None, 0);
+        }
+        self.metrics.history_records.inc_by(history.len() as u64);
+        if let Ok(mut recent) = self.recent.lock() {
+            for r in history {
+                recent.push(r);
+            }
         }
     }
 }
@@ -257,8 +358,8 @@ impl ControlPlane for DemoControl {
         }
     }
 
-    fn agent(&self, id: &str) -> Option<AgentSnapshot> {
-        AgentSnapshot::of(&*self.engine.lock().ok()?, id)
+    fn agent(&self, id: &str) -> Result<Option<AgentSnapshot>, Busy> {
+        Ok(self.state.lock().ok().and_then(|s| AgentSnapshot::of(&s.engine, id)))
     }
 
     fn history(&self, id: &str, limit: usize) -> Vec<Record> {
@@ -266,54 +367,31 @@ impl ControlPlane for DemoControl {
     }
 
     fn pacts(&self) -> Vec<PactInfo> {
-        self.engine.lock().map(|e| pact_infos(&e)).unwrap_or_default()
+        self.state.lock().map(|s| pact_infos(&s.engine)).unwrap_or_default()
     }
 
-    fn submit_override(&self, mut req: OverrideRequest, _now: i64) -> Result<u64, SubmitError> {
-        let mut engine =
-            self.engine.lock().map_err(|_| SubmitError::Unavailable("engine poisoned".into()))?;
-        let agent =
-            engine.agent(&req.agent_id).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
-        // A retry of an override already in force is answered, not applied twice.
-        if agent.overrides.iter().any(|o| o.req.override_id == req.override_id) {
-            return Ok(0);
-        }
-        let seq = agent.seq;
+    fn submit_override(&self, mut req: OverrideRequest, _now: i64) -> Result<Durability, SubmitError> {
+        let mut state = self.state.lock().map_err(|_| SubmitError::Unavailable("engine poisoned".into()))?;
+        let engine = &mut state.engine;
         // The demo's clock is its simulated day: the override is moved to the day's end,
         // keeping its lifetime (a jump to today would fire months of timers).
         let at = engine.watermark().unwrap_or(req.issued_at);
         let shift = at - req.issued_at;
         req.issued_at = at;
         req.expires_at = req.expires_at.map(|e| e.saturating_add(shift));
-        prevalidate(&req, seq, engine.config().max_override_ttl.micros(), at)?;
-        engine.push(Input::Override(req));
-        engine.flush();
-        let out = engine.drain();
-        let mut recent =
-            self.recent.lock().map_err(|_| SubmitError::Unavailable("history poisoned".into()))?;
-        for o in out {
-            match o {
-                Output::History(r) => {
-                    self.metrics.history_records.inc();
-                    recent.push(r);
-                }
-                Output::Enforcement(e) => self.metrics.enforcement(&e, None, 0),
-                Output::Late(_) | Output::Panic(_) => {}
-            }
+        if hand_to_engine(engine, req, at)? == Handed::Pushed {
+            engine.flush();
+            let mut out = Collected::default();
+            out.take(engine.drain());
+            drop(state);
+            self.publish(out.events, out.history);
         }
-        Ok(0)
-    }
-
-    fn override_durable(&self, _agent: &str, _ticket: u64) -> Option<Result<(), String>> {
-        Some(Ok(()))
+        Ok(Durability::done())
     }
 
     fn audit_rejection(&self, agent: Option<&str>, at: i64, detail: serde_json::Value) {
         if let Some(r) = self.audit.rejection(agent, at, detail) {
-            self.metrics.history_records.inc();
-            if let Ok(mut recent) = self.recent.lock() {
-                recent.push(r);
-            }
+            self.publish(Vec::new(), vec![r]);
         }
     }
 
@@ -322,17 +400,9 @@ impl ControlPlane for DemoControl {
     }
 
     fn refresh_metrics(&self) {
-        let Ok(engine) = self.engine.lock() else { return };
-        if let Ok(mut last) = self.last_stats.lock() {
-            self.metrics.add_stats(engine.stats(), &mut last);
-        }
-        let wm = engine.watermark();
-        let elapsed =
-            match (self.last_watermark.lock().ok().and_then(|mut l| std::mem::replace(&mut *l, wm)), wm) {
-                (Some(a), Some(b)) => b - a,
-                _ => 0,
-            };
-        self.metrics.observe_engines(std::iter::once(&*engine), elapsed);
+        let Ok(mut state) = self.state.lock() else { return };
+        let DemoState { engine, last_stats, scrape } = &mut *state;
+        scrape.refresh(&self.metrics, std::iter::once((&*engine, last_stats)));
     }
 }
 

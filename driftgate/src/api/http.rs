@@ -8,7 +8,7 @@
 //! pool. So `/healthz` answers while the pipeline is busy.
 
 use crate::api::auth::{Credentials, Presented};
-use crate::api::control::ControlPlane;
+use crate::api::control::{Busy, ControlPlane};
 use crate::api::ingest::{ingest, Accepted, Channel, RefusalKind};
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::info;
 
 /// Header carrying the HMAC timestamp (Unix seconds).
@@ -131,10 +131,11 @@ async fn agent(State(s): State<ApiState>, id: Result<Path<String>, PathRejection
         off_worker(&s, move |c| c.agent(&id)).await
     };
     match found {
-        Ok(Some(a)) => Json(a).into_response(),
-        Ok(None) => {
+        Ok(Ok(Some(a))) => Json(a).into_response(),
+        Ok(Ok(None)) => {
             error(StatusCode::NOT_FOUND, "unknown_agent", format!("agent `{id}` is unknown to this instance"))
         }
+        Ok(Err(busy)) => unavailable(busy),
         Err(r) => r,
     }
 }
@@ -172,13 +173,14 @@ async fn history(
         let id = id.clone();
         off_worker(&s, move |c| {
             let records = c.history(&id, limit);
-            let known = !records.is_empty() || c.agent(&id).is_some();
+            let known = if records.is_empty() { c.agent(&id).map(|a| a.is_some()) } else { Ok(true) };
             (records, known)
         })
         .await
     };
     let (records, known) = match found {
-        Ok(f) => f,
+        Ok((records, Ok(known))) => (records, known),
+        Ok((_, Err(busy))) => return unavailable(busy),
         Err(r) => return r,
     };
     if !known {
@@ -196,27 +198,20 @@ async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: By
         let s2 = s.clone();
         tokio::task::spawn_blocking(move || accept_override(&s2, &headers, &body)).await
     };
-    let Accepted { override_id: id, agent_id, ticket, auth: method } = match accepted {
+    let Accepted { override_id: id, agent_id, durability, auth: method } = match accepted {
         Ok(Ok(a)) => a,
         Ok(Err(r)) => return *r,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
     };
     // Answer only once the state holding the override is durable (in the changelog).
-    let deadline = Instant::now() + s.durable_timeout;
-    loop {
-        let durable = {
-            let agent_id = agent_id.clone();
-            off_worker(&s, move |c| c.override_durable(&agent_id, ticket)).await
-        };
-        match durable {
-            Ok(Some(Ok(()))) => break,
-            Ok(Some(Err(m))) => return error(StatusCode::SERVICE_UNAVAILABLE, "not_durable", m),
-            Ok(None) if Instant::now() > deadline => {
-                return error(StatusCode::GATEWAY_TIMEOUT, "not_durable", "the override was handed to the engine but its state was not confirmed durable in time; retrying with the same override_id is safe")
-            }
-            Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(r) => return r,
+    let timeout = s.durable_timeout;
+    match tokio::task::spawn_blocking(move || durability.wait(timeout)).await {
+        Ok(Some(Ok(()))) => {}
+        Ok(Some(Err(e))) => return error(StatusCode::SERVICE_UNAVAILABLE, "not_durable", e),
+        Ok(None) => {
+            return error(StatusCode::GATEWAY_TIMEOUT, "not_durable", "the override was handed to the engine but its state was not confirmed durable in time; retrying with the same override_id is safe")
         }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
     }
     info!(agent = %agent_id, override_id = %id, auth = method, "override accepted");
     let agent = {
@@ -224,9 +219,18 @@ async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: By
         off_worker(&s, move |c| c.agent(&agent_id)).await
     };
     match agent {
-        Ok(agent) => (StatusCode::CREATED, Json(json!({"override_id": id, "agent": agent}))).into_response(),
+        Ok(Ok(agent)) => {
+            (StatusCode::CREATED, Json(json!({"override_id": id, "agent": agent}))).into_response()
+        }
+        // Durable is what the caller waited for; the agent's state is for convenience.
+        Ok(Err(_busy)) => (StatusCode::CREATED, Json(json!({"override_id": id}))).into_response(),
         Err(r) => r,
     }
+}
+
+/// 503 `unavailable`: the engine's owner did not answer in time.
+fn unavailable(busy: Busy) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", busy)
 }
 
 /// [`ingest`]s an override from the request (on the blocking pool); a refusal is answered
@@ -255,88 +259,54 @@ fn accept_override(s: &ApiState, headers: &HeaderMap, body: &Bytes) -> Result<Ac
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::control::{PactInfo, Readiness, SubmitError};
+    use crate::api::control::AuditChain;
+    use crate::kafka::commands::{self, Command, PipelineControl};
+    use crate::kafka::pipeline::Status;
     use crate::obs::metrics::Metrics;
-    use driftgate_core::model::history::Record;
-    use driftgate_core::model::overrides::OverrideRequest;
-    use driftgate_core::model::router_view::AgentSnapshot;
-    use std::sync::mpsc;
-    use std::sync::Mutex;
-
-    /// A control plane whose `agent` blocks until the test releases it, as the pipeline's
-    /// does while a rebalance holds its state.
-    struct Stuck {
-        entered: Mutex<mpsc::Sender<()>>,
-        release: Mutex<mpsc::Receiver<()>>,
-        metrics: Metrics,
-    }
-
-    impl ControlPlane for Stuck {
-        fn readiness(&self) -> Readiness {
-            Readiness {
-                pacts_loaded: true,
-                state_restored: true,
-                assigned: false,
-                broker_reachable: true,
-                decoder_available: true,
-            }
-        }
-        fn agent(&self, _id: &str) -> Option<AgentSnapshot> {
-            let _ = self.entered.lock().unwrap().send(());
-            let _ = self.release.lock().unwrap().recv();
-            None
-        }
-        fn history(&self, _id: &str, _limit: usize) -> Vec<Record> {
-            Vec::new()
-        }
-        fn pacts(&self) -> Vec<PactInfo> {
-            Vec::new()
-        }
-        fn submit_override(&self, _req: OverrideRequest, _now: i64) -> Result<u64, SubmitError> {
-            Err(SubmitError::Unavailable("stuck".into()))
-        }
-        fn override_durable(&self, _agent: &str, _ticket: u64) -> Option<Result<(), String>> {
-            None
-        }
-        fn audit_rejection(&self, _agent: Option<&str>, _at: i64, _detail: serde_json::Value) {}
-        fn metrics(&self) -> &Metrics {
-            &self.metrics
-        }
-        fn refresh_metrics(&self) {}
-    }
 
     #[test]
-    fn health_and_readiness_answer_while_the_control_plane_is_stuck() {
-        let (entered_tx, entered) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel();
-        let stuck = Stuck {
-            entered: Mutex::new(entered_tx),
-            release: Mutex::new(release_rx),
-            metrics: Metrics::new(),
-        };
+    fn health_answers_while_the_pipeline_is_busy_and_a_query_it_cannot_answer_is_503_unavailable() {
+        // The pipeline's control plane over a pipeline thread that takes commands but never
+        // answers (as while a rebalance flushes).
+        let (tx, commands) = commands::channel();
+        let control = PipelineControl::new(
+            tx,
+            Arc::new(Status::default()),
+            Arc::new(Metrics::new()),
+            Arc::default(),
+            Vec::new(),
+            AuditChain::new("api/test".into()),
+        )
+        .answer_within(Duration::from_secs(2));
         // One worker, as `driftgate run` has.
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = ApiState::new(Arc::new(stuck), Credentials::new(None, None, 300));
+        let state = ApiState::new(Arc::new(control), Credentials::new(None, None, 300));
         rt.spawn(serve(listener, state));
         let http = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .new_agent();
-        let blocked = {
+        let waiting = {
             let (http, url) = (http.clone(), format!("{base}/v1/agents/a1"));
-            std::thread::spawn(move || http.get(&url).call().map(|r| r.status().as_u16()))
+            std::thread::spawn(move || {
+                let mut r = http.get(&url).call()?;
+                Ok::<_, ureq::Error>((r.status().as_u16(), r.body_mut().read_to_string()?))
+            })
         };
-        entered.recv_timeout(Duration::from_secs(30)).expect("the agent request reached the control plane");
-        // While it is stuck inside the control plane:
+        let held = commands.recv_timeout(Duration::from_secs(30)).expect("the query reached the pipeline");
+        assert!(matches!(&held, Command::Agent { id, .. } if id == "a1"), "{held:?}");
+        // While the query waits for the pipeline:
         let health = http.get(&format!("{base}/healthz")).call().unwrap();
         assert_eq!(health.status().as_u16(), 200);
         let ready = http.get(&format!("{base}/readyz")).call().unwrap();
         assert_eq!(ready.status().as_u16(), 503, "answered, and not ready");
-        assert!(!blocked.is_finished(), "the agent request was still waiting");
-        release.send(()).unwrap();
-        assert_eq!(blocked.join().unwrap().unwrap(), 404);
+        assert!(!waiting.is_finished(), "the agent query was still waiting");
+        let (status, body) = waiting.join().unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((status, v["error"].as_str()), (503, Some("unavailable")), "{body}");
+        assert!(v["message"].as_str().unwrap().contains("did not answer within 2000 ms"), "{body}");
     }
 }

@@ -4,7 +4,7 @@
 //! the audit chain, the same way for both channels.
 
 use crate::api::auth::{AuthError, Credentials, Presented};
-use crate::api::control::{ControlPlane, SubmitError};
+use crate::api::control::{ControlPlane, Durability, SubmitError};
 use driftgate_core::model::overrides::OverrideRequest;
 use serde_json::json;
 use tracing::{debug, warn};
@@ -66,14 +66,14 @@ pub struct Refusal {
 }
 
 /// An accepted override, handed to the engine that holds its agent.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Accepted {
     /// `override_id`.
     pub override_id: String,
     /// `agent_id`.
     pub agent_id: String,
-    /// For [`ControlPlane::override_durable`].
-    pub ticket: u64,
+    /// Says when the state holding it is durable.
+    pub durability: Durability,
     /// How it authenticated (`token` or `hmac`).
     pub auth: &'static str,
 }
@@ -136,7 +136,7 @@ pub fn ingest(
     };
     let (override_id, agent_id) = (req.override_id.clone(), req.agent_id.clone());
     match control.submit_override(req, now) {
-        Ok(ticket) => Ok(Accepted { override_id, agent_id, ticket, auth }),
+        Ok(durability) => Ok(Accepted { override_id, agent_id, durability, auth }),
         Err(e @ SubmitError::UnknownAgent(_)) if channel == Channel::Control => {
             debug!(agent = %agent_id, "control topic: agent not held here");
             Err(Refusal { kind: RefusalKind::UnknownAgent, code: e.code(), message: e.to_string() })
@@ -228,12 +228,12 @@ mod tests {
     fn an_accepted_override_names_its_agent_and_reaches_the_engine() {
         let c = demo();
         let creds = Credentials::new(Some("tok"), None, 300);
-        let seq = c.agent("fin-01").unwrap().seq;
+        let seq = c.agent("fin-01").unwrap().unwrap().seq;
         let b = body("fin-01", json!({"expires_at": NOW + 60_000_000, "expected_seq": seq}));
         let a = ingest(&c, &creds, Channel::Http, &bearer(), &b, NOW).unwrap();
         assert_eq!((a.override_id.as_str(), a.agent_id.as_str(), a.auth), ("o1", "fin-01", "token"));
-        assert_eq!(c.override_durable("fin-01", a.ticket), Some(Ok(())));
-        let o = &c.agent("fin-01").unwrap().overrides;
+        assert_eq!(a.durability.wait(std::time::Duration::ZERO), Some(Ok(())), "the demo is durable at once");
+        let o = &c.agent("fin-01").unwrap().unwrap().overrides;
         assert_eq!(o.len(), 1, "{o:?}");
     }
 }

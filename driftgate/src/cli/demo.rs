@@ -10,7 +10,7 @@
 //!
 //! The same generator (`simulate`) writes telemetry files for `replay` and benchmarks.
 
-use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
+use driftgate_core::engine::{Collected, Engine, EngineConfig, Input};
 use driftgate_core::model::enforcement::EnforcementEvent;
 use driftgate_core::model::history::Record;
 use driftgate_core::model::lane::{Lane, Scope};
@@ -241,28 +241,19 @@ pub struct DemoRun {
 /// Runs the demo day through the engine.
 pub fn run() -> DemoRun {
     let mut engine = Engine::new(EngineConfig::default(), example_pacts());
-    let mut events = Vec::new();
-    let mut history = Vec::new();
+    let mut out = Collected::default();
     let mut times: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    let collect = |out: Vec<Output>, events: &mut Vec<EnforcementEvent>, history: &mut Vec<Record>| {
-        for o in out {
-            match o {
-                Output::Enforcement(e) => events.push(e),
-                Output::History(r) => history.push(r),
-                Output::Late(_) | Output::Panic(_) => {}
-            }
-        }
-    };
     for input in Fleet::new(7, 1, true) {
         if let Input::Telemetry(t) = &input {
             times.entry(t.agent_id.clone()).or_default().push(t.occurred_at);
         }
         engine.push(input);
-        collect(engine.drain(), &mut events, &mut history);
+        out.take(engine.drain());
     }
     engine.flush();
-    collect(engine.drain(), &mut events, &mut history);
+    out.take(engine.drain());
     let telemetry = engine.stats().telemetry;
+    let Collected { events, history, .. } = out;
     DemoRun { events, history, telemetry_times: times, telemetry, engine }
 }
 

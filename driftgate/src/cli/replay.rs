@@ -4,7 +4,7 @@
 use crate::cli::input::open_maybe_gzip;
 use anyhow::{bail, Context};
 use driftgate_core::codec::jsonl;
-use driftgate_core::engine::{Engine, EngineConfig, Input, Output};
+use driftgate_core::engine::{Collected, Engine, EngineConfig, Input, Output};
 use driftgate_core::model::history::{Record, RecordKind};
 use driftgate_core::model::overrides::OverrideRequest;
 use driftgate_core::model::telemetry::Telemetry;
@@ -198,27 +198,17 @@ pub fn replay_with(
     let (mut events, mut history) = (0u64, 0u64);
     let start = Instant::now();
     let mut sink = |out: Vec<Output>| -> anyhow::Result<()> {
-        for o in out {
-            match o {
-                Output::Enforcement(e) => {
-                    events += 1;
-                    if let Some(w) = events_w.as_mut() {
-                        jsonl::write_line(&mut *w, &e)?;
-                    }
-                }
-                Output::History(r) => {
-                    history += 1;
-                    if let Some(w) = history_w.as_mut() {
-                        jsonl::write_line(&mut *w, &r)?;
-                    }
-                }
-                Output::Late(l) => {
-                    if let Some(w) = late_w.as_mut() {
-                        jsonl::write_line(&mut *w, &l)?;
-                    }
-                }
-                Output::Panic(_) => {}
-            }
+        let mut c = Collected::default();
+        c.take(out);
+        (events, history) = (events + c.events.len() as u64, history + c.history.len() as u64);
+        if let Some(w) = events_w.as_mut() {
+            jsonl::write_all(&mut *w, &c.events)?;
+        }
+        if let Some(w) = history_w.as_mut() {
+            jsonl::write_all(&mut *w, &c.history)?;
+        }
+        if let Some(w) = late_w.as_mut() {
+            jsonl::write_all(&mut *w, &c.late)?;
         }
         Ok(())
     };

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Why the control-topic reader could not start.
 #[derive(Debug, Error)]
@@ -109,11 +109,17 @@ pub fn apply(
     else {
         return;
     };
+    // The offset is committed after this returns: wait for the state holding the override
+    // (bounded, and no longer than the run).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while control.override_durable(&accepted.agent_id, accepted.ticket).is_none()
-        && Instant::now() < deadline
-        && !status.stop.load(Ordering::SeqCst)
-    {
-        std::thread::sleep(Duration::from_millis(50));
+    while Instant::now() < deadline && !status.stop.load(Ordering::SeqCst) {
+        match accepted.durability.wait(Duration::from_millis(200)) {
+            None => continue,
+            Some(Ok(())) => return,
+            Some(Err(e)) => {
+                warn!(agent = %accepted.agent_id, override_id = %accepted.override_id, error = %e, "control topic: override not durable");
+                return;
+            }
+        }
     }
 }

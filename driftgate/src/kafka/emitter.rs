@@ -42,7 +42,7 @@ pub struct Emitter {
     pub(super) enforcement_schema: &'static apache_avro::Schema,
     pub(super) sink: Arc<Sink>,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) recent: Mutex<RecentHistory>,
+    pub(super) recent: Arc<Mutex<RecentHistory>>,
     /// This process, as named in heartbeats.
     pub(super) instance: String,
 }

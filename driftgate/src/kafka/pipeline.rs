@@ -18,9 +18,10 @@
 //! - On SIGTERM: stop consuming, flush, commit, leave the group.
 
 use crate::api::control::{
-    pact_infos, prevalidate, AuditChain, ControlPlane, PactInfo, Readiness, RecentHistory, SubmitError,
+    hand_to_engine, pact_infos, AuditChain, Durability, Handed, RecentHistory, SubmitError,
 };
 use crate::config::{InputFormat, RunConfig};
+use crate::kafka::commands::{self, Command, PipelineControl};
 use crate::kafka::decode::{DecodeError, Decoder};
 use crate::kafka::emitter::{headers, Emitter, Origin};
 use crate::kafka::registry::{HttpRegistry, SchemaFileError, SchemaSource, StaticSchemas};
@@ -31,10 +32,11 @@ use crate::obs::events::{
     HeartbeatFailed, InternalEvent, RebalanceFailed, Rebalanced, RecordRejected, RestoreFailed,
     RevokeFlushFailed, SeekFailed, StartOffsetFailed,
 };
-use crate::obs::metrics::{Metrics, PartitionTime};
+use crate::obs::metrics::{EngineScrape, Metrics, PartitionTime};
 use driftgate_core::codec::changelog;
 use driftgate_core::engine::{Engine, Input};
 use driftgate_core::model::heartbeat::EngineState;
+use driftgate_core::model::history::Record;
 use driftgate_core::model::overrides::OverrideRequest;
 use driftgate_core::model::router_view::AgentSnapshot;
 use driftgate_core::pact::Pact;
@@ -44,8 +46,10 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -427,7 +431,15 @@ fn restore_partition(
 /// heartbeats, commits).
 const IDLE_WAKE_UP: Duration = Duration::from_millis(100);
 
-/// The running pipeline.
+/// The longest a control-plane command waits while the input is quiet: librdkafka's poll
+/// cannot be woken by the command channel, so the loop polls in slices this long.
+const COMMAND_WAKE_UP: Duration = Duration::from_millis(10);
+
+/// Commands served per turn of the loop, at most.
+const COMMANDS_PER_TURN: usize = 64;
+
+/// The running pipeline. Its thread alone owns the per-partition tasks; everyone else asks
+/// through [`PipelineControl`].
 pub struct Pipeline {
     cfg: RunConfig,
     consumer: BaseConsumer<PipelineContext>,
@@ -437,6 +449,13 @@ pub struct Pipeline {
     emitter: Arc<Emitter>,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
+    commands: Receiver<Command>,
+    control: Arc<PipelineControl>,
+    /// The API's audit chain (history header `driftgate.chain`).
+    audit_chain: String,
+    scrape: RefCell<EngineScrape>,
+    /// Producer failures already counted.
+    produce_errors_seen: Cell<usize>,
 }
 
 /// Brokers plus the librdkafka properties shared by every client.
@@ -520,6 +539,8 @@ impl Pipeline {
         let consumer: BaseConsumer<PipelineContext> = ccfg
             .create_with_context(ctx)
             .map_err(|e| PipelineError::Client { client: "consumer", source: Box::new(e) })?;
+        let instance = format!("{}-{}", std::process::id(), crate::clock::wall_micros() / 1000);
+        let recent = Arc::new(Mutex::new(RecentHistory::default()));
         let emitter = Arc::new(Emitter {
             topics: cfg.kafka.topics.clone(),
             output_format: cfg.kafka.output_format,
@@ -527,10 +548,35 @@ impl Pipeline {
             enforcement_schema: driftgate_core::codec::schemas::enforcement(),
             sink: sink.clone(),
             metrics: metrics.clone(),
-            recent: Mutex::new(RecentHistory::default()),
-            instance: format!("{}-{}", std::process::id(), crate::clock::wall_micros() / 1000),
+            recent: recent.clone(),
+            instance: instance.clone(),
         });
-        let p = Pipeline { cfg, consumer, sink, tasks, decoder, emitter, status, metrics };
+        let audit_chain = format!("api/{instance}");
+        let (commands_tx, commands) = commands::channel();
+        let pact_list = tasks.lock().map(|t| pact_infos(&Engine::new(t.engine_cfg.clone(), t.pacts.clone())));
+        let control = Arc::new(PipelineControl::new(
+            commands_tx,
+            status.clone(),
+            metrics.clone(),
+            recent,
+            pact_list.map_err(|_| PipelineError::Poisoned)?,
+            AuditChain::new(audit_chain.clone()),
+        ));
+        let p = Pipeline {
+            cfg,
+            consumer,
+            sink,
+            tasks,
+            decoder,
+            emitter,
+            status,
+            metrics,
+            commands,
+            control,
+            audit_chain,
+            scrape: RefCell::new(EngineScrape::default()),
+            produce_errors_seen: Cell::new(0),
+        };
         p.preflight()?;
         let topics: Vec<&str> = p.cfg.kafka.input_topics.iter().map(String::as_str).collect();
         p.consumer.subscribe(&topics).map_err(|source| PipelineError::Subscribe {
@@ -622,9 +668,10 @@ impl Pipeline {
             if Instant::now() >= next_timekeeping {
                 next_timekeeping = self.keep_time()?;
             }
+            self.serve_commands()?;
             match self
                 .consumer
-                .poll(next_timekeeping.saturating_duration_since(Instant::now()).min(IDLE_WAKE_UP))
+                .poll(next_timekeeping.saturating_duration_since(Instant::now()).min(COMMAND_WAKE_UP))
             {
                 None => {}
                 Some(Err(e)) => ConsumerError { error: &e }.emit(&self.metrics),
@@ -791,158 +838,68 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The HTTP API's view of this pipeline.
+    /// The HTTP API's and the control topic's view of this pipeline.
     pub fn control(&self) -> Arc<PipelineControl> {
-        Arc::new(PipelineControl {
-            tasks: self.tasks.clone(),
-            emitter: self.emitter.clone(),
-            status: self.status.clone(),
-            metrics: self.metrics.clone(),
-            audit: AuditChain::new(format!(
-                "api/{}-{}",
-                std::process::id(),
-                crate::clock::wall_micros() / 1000
-            )),
-            last_watermark: Mutex::new(None),
-            produce_errors_seen: Mutex::new(0),
-        })
+        self.control.clone()
     }
-}
 
-/// The pipeline behind the HTTP API: reads under the task lock, overrides go to the
-/// engine task that holds the agent.
-pub struct PipelineControl {
-    tasks: Arc<Mutex<Tasks>>,
-    emitter: Arc<Emitter>,
-    status: Arc<Status>,
-    metrics: Arc<Metrics>,
-    audit: AuditChain,
-    last_watermark: Mutex<Option<i64>>,
-    produce_errors_seen: Mutex<usize>,
-}
-
-impl ControlPlane for PipelineControl {
-    fn readiness(&self) -> Readiness {
-        Readiness {
-            pacts_loaded: true,
-            state_restored: !self.status.restoring.load(Ordering::SeqCst),
-            assigned: self.status.assigned.load(Ordering::SeqCst),
-            broker_reachable: !self.status.brokers_down.load(Ordering::SeqCst),
-            decoder_available: !self.status.decoder_unavailable.load(Ordering::SeqCst),
+    /// Serves the control plane's [`Command`]s, at most [`COMMANDS_PER_TURN`] a turn so
+    /// that a burst of requests cannot starve the input.
+    fn serve_commands(&self) -> Result<(), PipelineError> {
+        for command in self.commands.try_iter().take(COMMANDS_PER_TURN) {
+            let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Poisoned)?;
+            match command {
+                Command::Agent { id, reply } => {
+                    let _ =
+                        reply.try_send(tasks.map.values().find_map(|t| AgentSnapshot::of(&t.engine, &id)));
+                }
+                Command::Override { req, now, reply } => {
+                    let _ = reply.try_send(self.take_override(&mut tasks, req, now));
+                }
+                Command::RefreshMetrics { reply } => {
+                    self.refresh_metrics(&mut tasks);
+                    let _ = reply.try_send(());
+                }
+                Command::Audit(record) => self.write_audit(&record),
+            }
         }
+        Ok(())
     }
 
-    fn agent(&self, id: &str) -> Option<AgentSnapshot> {
-        let tasks = self.tasks.lock().ok()?;
-        tasks.map.values().find_map(|t| AgentSnapshot::of(&t.engine, id))
-    }
-
-    fn history(&self, id: &str, limit: usize) -> Vec<driftgate_core::model::history::Record> {
-        self.emitter.recent.lock().map(|r| r.of(id, limit)).unwrap_or_default()
-    }
-
-    fn pacts(&self) -> Vec<PactInfo> {
-        let Ok(tasks) = self.tasks.lock() else { return Vec::new() };
-        let engine = Engine::new(tasks.engine_cfg.clone(), tasks.pacts.clone());
-        pact_infos(&engine)
-    }
-
-    fn submit_override(&self, req: OverrideRequest, now: i64) -> Result<u64, SubmitError> {
-        let mut tasks =
-            self.tasks.lock().map_err(|_| SubmitError::Unavailable("task state poisoned".into()))?;
-        let max_ttl = tasks.engine_cfg.max_override_ttl.micros();
+    /// Hands an override to the task holding its agent. It waits in the engine's
+    /// event-time buffer until the partition's watermark passes `issued_at`; the buffer is
+    /// part of the snapshot, so it is durable from the next one.
+    fn take_override(
+        &self,
+        tasks: &mut Tasks,
+        req: OverrideRequest,
+        now: i64,
+    ) -> Result<Durability, SubmitError> {
         let (key, task) = tasks
             .map
             .iter_mut()
             .find(|(_, t)| t.engine.agent(&req.agent_id).is_some())
             .ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
-        let agent = task
-            .engine
-            .agent(&req.agent_id)
-            .ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
         // A retry of an override already in force is not applied twice; it is answered once
         // a snapshot taken after it is durable (the first answer may have been a 504).
-        if agent.overrides.iter().any(|o| o.req.override_id == req.override_id) {
-            task.force_snapshot = true;
-            let ticket = task.snapshots_started + 1;
-            tasks.awaiting.insert(req.agent_id, ticket);
-            return Ok(ticket);
+        if hand_to_engine(&mut task.engine, req, now)? == Handed::Pushed {
+            let outputs = task.engine.drain();
+            self.emitter
+                .emit(key, &task.engine, outputs, None)
+                .map_err(|e| SubmitError::Unavailable(e.to_string()))?;
         }
-        // Expiry is judged in the partition's event time, like everything else.
-        prevalidate(&req, agent.seq, max_ttl, task.engine.watermark().unwrap_or(now))?;
-        if task.pushed.is_none() {
-            return Err(SubmitError::Unavailable("the agent's partition has not been read yet".into()));
-        }
-        let key = key.clone();
-        let agent_id = req.agent_id.clone();
-        // In the engine's event-time buffer until the partition's watermark passes
-        // `issued_at`; the buffer is part of the snapshot, so it is durable from the next one.
-        task.engine.push(Input::Override(req));
-        task.force_snapshot = true;
-        let ticket = task.snapshots_started + 1;
-        let outputs = task.engine.drain();
-        self.emitter
-            .emit(&key, &task.engine, outputs, None)
-            .map_err(|e| SubmitError::Unavailable(e.to_string()))?;
-        tasks.awaiting.insert(agent_id, ticket);
-        Ok(ticket)
+        Ok(task.await_next_snapshot())
     }
 
-    fn override_durable(&self, agent: &str, ticket: u64) -> Option<Result<(), String>> {
-        self.tasks.lock().ok()?.override_durable(agent, ticket)
-    }
-
-    fn audit_rejection(&self, agent: Option<&str>, at: i64, detail: serde_json::Value) {
-        let Some(r) = self.audit.rejection(agent, at, detail) else { return };
-        let chain = self.audit.name.clone();
-        if let Ok(line) = serde_json::to_vec(&r) {
-            let h = OwnedHeaders::new().insert(Header { key: headers::CHAIN, value: Some(&chain) });
-            let k = r.agent_id.clone().unwrap_or_default();
-            let source: SourceKey = (chain.clone(), -1);
-            let _guard = self.tasks.lock();
-            if let Err(e) = self.emitter.sink.send(
-                &source,
-                OutRecord {
-                    topic: &self.emitter.topics.history,
-                    key: k.as_bytes(),
-                    payload: Some(&line),
-                    headers: Some(h),
-                    partition: Some(0),
-                },
-            ) {
-                AuditWriteFailed { error: &e }.emit(&self.metrics);
-            }
+    /// Recomputes the engines' and partitions' metrics before a scrape.
+    fn refresh_metrics(&self, tasks: &mut Tasks) {
+        if let Ok(acks) = self.sink.acks().lock() {
+            let seen = self.produce_errors_seen.replace(acks.failed());
+            self.metrics.produce_errors.inc_by(acks.failed().saturating_sub(seen) as u64);
         }
-        self.metrics.history_records.inc();
-        if let Ok(mut recent) = self.emitter.recent.lock() {
-            recent.push(r);
-        }
-    }
-
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    fn refresh_metrics(&self) {
-        let r = self.readiness();
-        self.metrics.ready.set(r.ready() as i64);
-        if let Ok(acks) = self.emitter.sink.acks().lock() {
-            if let Ok(mut seen) = self.produce_errors_seen.lock() {
-                self.metrics.produce_errors.inc_by(acks.failed().saturating_sub(*seen) as u64);
-                *seen = acks.failed();
-            }
-        }
-        let Ok(mut tasks) = self.tasks.lock() else { return };
-        for t in tasks.map.values_mut() {
-            self.metrics.add_stats(&t.engine.stats().clone(), &mut t.last_stats);
-        }
-        let wm = tasks.map.values().filter_map(|t| t.engine.watermark()).max();
-        let elapsed =
-            match (self.last_watermark.lock().ok().and_then(|mut l| std::mem::replace(&mut *l, wm)), wm) {
-                (Some(a), Some(b)) => b - a,
-                _ => 0,
-            };
-        self.metrics.observe_engines(tasks.map.values().map(|t| &t.engine), elapsed);
+        self.scrape
+            .borrow_mut()
+            .refresh(&self.metrics, tasks.map.values_mut().map(|t| (&t.engine, &mut t.last_stats)));
         let wall = crate::clock::wall_micros();
         self.metrics.observe_partitions(tasks.map.iter().map(|(key, t)| {
             let clock = t.clock();
@@ -956,5 +913,26 @@ impl ControlPlane for PipelineControl {
             };
             (key.0.as_str(), key.1, time)
         }));
+    }
+
+    /// Produces an API audit record to the history topic, in the API's own chain.
+    fn write_audit(&self, r: &Record) {
+        let line = match serde_json::to_vec(r) {
+            Ok(l) => l,
+            Err(e) => return AuditWriteFailed { error: &e }.emit(&self.metrics),
+        };
+        let h = OwnedHeaders::new().insert(Header { key: headers::CHAIN, value: Some(&self.audit_chain) });
+        let k = r.agent_id.clone().unwrap_or_default();
+        let source: SourceKey = (self.audit_chain.clone(), -1);
+        let record = OutRecord {
+            topic: &self.emitter.topics.history,
+            key: k.as_bytes(),
+            payload: Some(&line),
+            headers: Some(h),
+            partition: Some(0),
+        };
+        if let Err(e) = self.emitter.sink.send(&source, record) {
+            AuditWriteFailed { error: &e }.emit(&self.metrics);
+        }
     }
 }

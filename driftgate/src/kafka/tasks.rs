@@ -3,6 +3,7 @@
 //! ([`Tasks`]), written against [`OutputSink`] and [`Committer`] so that it is unit-tested
 //! without a broker.
 
+use crate::api::control::{Durability, DurabilityPromise, NotDurable};
 use crate::kafka::pipeline::PipelineContext;
 use crate::kafka::sink::{OutRecord, OutputSink, SinkError, SourceKey};
 use driftgate_core::codec::changelog;
@@ -62,6 +63,9 @@ pub(super) struct Task {
     pub(super) last_input: Instant,
     /// When the last heartbeat was produced.
     pub(super) last_heartbeat: Option<Instant>,
+    /// Accepted overrides awaiting durability: the snapshot that must be durable, and the
+    /// promise to keep when it is.
+    awaiting: Vec<(u64, DurabilityPromise)>,
 }
 
 impl Task {
@@ -81,6 +85,25 @@ impl Task {
             committed: None,
             last_input: Instant::now(),
             last_heartbeat: None,
+            awaiting: Vec::new(),
+        }
+    }
+
+    /// The answer to "is the state as of now durable?": the next snapshot is forced, and the
+    /// answer comes once it is acknowledged ([`Tasks::commit`]), or when the partition is
+    /// revoked ([`Tasks::remove_revoked`]).
+    pub(super) fn await_next_snapshot(&mut self) -> Durability {
+        self.force_snapshot = true;
+        let (promise, durability) = Durability::pending();
+        self.awaiting.push((self.snapshots_started + 1, promise));
+        durability
+    }
+
+    /// Keeps the promises whose snapshot is durable.
+    fn settle_durable(&mut self) {
+        let durable = self.snapshots_durable;
+        for (_, p) in self.awaiting.extract_if(.., |(ticket, _)| *ticket <= durable) {
+            p.keep(Ok(()));
         }
     }
 
@@ -138,77 +161,31 @@ impl Task {
     }
 }
 
-/// Engine tasks by source partition; shared between the loop and the rebalance callback.
+/// Engine tasks by source partition. Owned by the pipeline thread: its loop, and the
+/// rebalance callback that runs inside its `poll` (the mutex is there because librdkafka's
+/// contexts must be `Sync`; no other thread takes it).
 pub(super) struct Tasks {
     pub(super) map: HashMap<SourceKey, Task>,
     pub(super) engine_cfg: EngineConfig,
     pub(super) pacts: Vec<Pact>,
     pub(super) changelog: String,
-    /// Accepted overrides whose durability an API caller may still ask about: agent →
-    /// ticket (the snapshot that must be durable).
-    pub(super) awaiting: HashMap<String, u64>,
-    /// For overrides whose partition was revoked while awaited: whether the revoke's own
-    /// snapshot made them durable (the new owner restores them) or not.
-    pub(super) settled: HashMap<String, bool>,
 }
-
-/// Settled outcomes kept at most (callers that never ask again are forgotten).
-const MAX_SETTLED: usize = 10_000;
 
 impl Tasks {
     pub(super) fn new(engine_cfg: EngineConfig, pacts: Vec<Pact>, changelog: String) -> Tasks {
-        Tasks {
-            map: HashMap::new(),
-            engine_cfg,
-            pacts,
-            changelog,
-            awaiting: HashMap::new(),
-            settled: HashMap::new(),
-        }
-    }
-
-    /// Whether the override behind `ticket` for `agent` is durable: `None` while not yet,
-    /// an error if its partition was revoked before it was.
-    pub(super) fn override_durable(&mut self, agent: &str, ticket: u64) -> Option<Result<(), String>> {
-        let revoked = || {
-            Err("the agent's partition was revoked before the override became durable; retry against its new owner".to_string())
-        };
-        match self.map.values().find(|t| t.engine.agent(agent).is_some()) {
-            Some(t) if t.snapshots_durable >= ticket => {
-                self.awaiting.remove(agent);
-                Some(Ok(()))
-            }
-            Some(_) => None,
-            None => match self.settled.remove(agent) {
-                Some(true) => Some(Ok(())),
-                _ => Some(revoked()),
-            },
-        }
+        Tasks { map: HashMap::new(), engine_cfg, pacts, changelog }
     }
 
     /// Drops revoked tasks, after their final snapshot and commit. An awaited override is
-    /// settled first: durable if the revoke's snapshot covered it.
+    /// answered: durable if the revoke's snapshot covered it (the new owner restores it),
+    /// else [`NotDurable::Revoked`].
     pub(super) fn remove_revoked(&mut self, revoked: &BTreeSet<SourceKey>) {
-        let settle: Vec<(String, bool)> = self
-            .awaiting
-            .iter()
-            .filter_map(|(agent, ticket)| {
-                let task = revoked
-                    .iter()
-                    .filter_map(|k| self.map.get(k))
-                    .find(|t| t.engine.agent(agent).is_some())?;
-                Some((agent.clone(), task.snapshots_durable >= *ticket))
-            })
-            .collect();
-        if self.settled.len() + settle.len() > MAX_SETTLED {
-            self.settled.clear();
-        }
-        for (agent, durable) in settle {
-            self.awaiting.remove(&agent);
-            self.settled.insert(agent, durable);
-        }
         for k in revoked {
-            self.map.remove(k);
+            let Some(mut task) = self.map.remove(k) else { continue };
+            task.settle_durable();
+            for (_, p) in task.awaiting.drain(..) {
+                p.keep(Err(NotDurable::Revoked));
+            }
         }
     }
 
@@ -327,6 +304,7 @@ impl Tasks {
         let mut moved = Vec::new();
         for (key, task) in self.map.iter_mut().filter(|(k, _)| only.is_none_or(|o| o.contains(*k))) {
             task.advance(sink.min_unacked(key));
+            task.settle_durable();
             if let Some(pos) = task.safe.filter(|p| task.committed.is_none_or(|c| *p > c)) {
                 moved.push((key.clone(), pos));
             }
@@ -532,50 +510,48 @@ mod tests {
         assert_eq!(group.commits.borrow().len(), 2, "confirmed: not sent again");
         assert_eq!(tasks.map[&key()].committed, Some(10));
     }
-    /// A task holding agent `a1` (known by an override), whose snapshots up to `durable`
-    /// are durable.
-    fn holding_a1(durable: u64) -> Tasks {
-        use driftgate_core::engine::Input;
-        use driftgate_core::model::lane::{Lane, Scope};
-        use driftgate_core::model::overrides::{OverrideKind, OverrideRequest};
-        let mut tasks = Tasks::new(EngineConfig::default(), Vec::new(), "changelog".into());
-        let task = tasks.task(&key());
-        task.engine.push(Input::Override(OverrideRequest {
-            override_id: "o1".into(),
-            agent_id: "a1".into(),
-            scope: Scope::All,
-            kind: OverrideKind::Tighten,
-            lane: Some(Lane::Watch),
-            clause_id: None,
-            principal: "p".into(),
-            reason: "r".into(),
-            ticket: "t".into(),
-            issued_at: 1_000_000,
-            expires_at: Some(61_000_000),
-            expected_seq: Some(0),
-        }));
-        task.engine.flush();
-        assert!(task.engine.agent("a1").is_some());
-        task.snapshots_durable = durable;
-        tasks.awaiting.insert("a1".into(), 2);
-        tasks
+
+    #[test]
+    fn an_awaited_override_is_answered_when_the_snapshot_after_it_is_acknowledged() {
+        let (sink, group) = (FakeSink::default(), FakeCommitter::default());
+        let mut tasks = setup(&sink);
+        let durable = tasks.task(&key()).await_next_snapshot();
+        let not_yet = || durable.wait(Duration::ZERO);
+        tasks.snapshot(&sink, None).unwrap();
+        tasks.commit(&group, &sink, CommitMode::Sync, None).unwrap();
+        assert_eq!(not_yet(), None, "written, not acknowledged");
+        sink.ack(&key(), 0);
+        sink.ack(&key(), 1);
+        tasks.snapshot(&sink, None).unwrap();
+        tasks.commit(&group, &sink, CommitMode::Sync, None).unwrap();
+        assert_eq!(not_yet(), None, "closed, the closing record not acknowledged");
+        sink.ack(&key(), 2);
+        tasks.commit(&group, &sink, CommitMode::Sync, None).unwrap();
+        assert_eq!(durable.wait(Duration::ZERO), Some(Ok(())));
     }
 
     #[test]
-    fn an_awaited_override_made_durable_by_the_revoke_is_reported_durable_after_it() {
+    fn an_awaited_override_is_answered_at_revoke_durable_if_the_revokes_snapshot_covered_it() {
         let revoked = BTreeSet::from([key()]);
-        let mut before = holding_a1(1);
-        assert_eq!(before.override_durable("a1", 2), None, "snapshot 2 not yet durable");
-        // The revoke's final snapshot (2) is durable before the task is dropped.
-        let mut tasks = holding_a1(2);
+        let (sink, group) = (FakeSink::default(), FakeCommitter::default());
+        // The revoke's final snapshot is acknowledged before the task is dropped.
+        let mut tasks = setup(&sink);
+        let covered = tasks.task(&key()).await_next_snapshot();
+        tasks.snapshot(&sink, None).unwrap();
+        (0..2).for_each(|n| sink.ack(&key(), n));
+        tasks.snapshot(&sink, None).unwrap();
+        sink.ack(&key(), 2);
+        tasks.commit(&group, &sink, CommitMode::Sync, Some(&revoked)).unwrap();
+        // One more, awaited after that snapshot: nothing covers it when the partition goes.
+        let late = tasks.task(&key()).await_next_snapshot();
         tasks.remove_revoked(&revoked);
         assert!(tasks.map.is_empty());
-        assert_eq!(tasks.override_durable("a1", 2), Some(Ok(())), "the new owner restores it");
-        // Not durable when the partition went: the caller is told to retry elsewhere.
-        before.remove_revoked(&revoked);
-        assert!(matches!(before.override_durable("a1", 2), Some(Err(m)) if m.contains("revoked")));
-        // A settled outcome is answered once; an agent never awaited is "revoked".
-        assert!(matches!(tasks.override_durable("a1", 2), Some(Err(_))));
-        assert!(tasks.awaiting.is_empty() && tasks.settled.is_empty());
+        assert_eq!(covered.wait(Duration::ZERO), Some(Ok(())), "the new owner restores it");
+        assert_eq!(late.wait(Duration::ZERO), Some(Err(NotDurable::Revoked)));
+        // A task dropped without an answer (the pipeline stopped) reads as stopped.
+        let mut tasks = setup(&sink);
+        let dropped = tasks.task(&key()).await_next_snapshot();
+        drop(tasks);
+        assert_eq!(dropped.wait(Duration::ZERO), Some(Err(NotDurable::Stopped)));
     }
 }

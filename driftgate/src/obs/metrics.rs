@@ -404,3 +404,32 @@ fn kind_index(k: OverrideKind) -> usize {
         OverrideKind::Attest => 3,
     }
 }
+
+/// The engines' share of a scrape, for whatever runs engines (the demo's one, the
+/// pipeline's tasks): counters added since each engine's last scrape, then the gauges.
+#[derive(Debug, Default)]
+pub struct EngineScrape {
+    /// The newest watermark at the last scrape: event time elapsed between scrapes.
+    last_watermark: Option<i64>,
+}
+
+impl EngineScrape {
+    /// Refreshes from `engines`, each with the counters it had at the last scrape.
+    pub fn refresh<'a>(
+        &mut self,
+        metrics: &Metrics,
+        engines: impl Iterator<Item = (&'a Engine, &'a mut Stats)>,
+    ) {
+        let mut seen = Vec::new();
+        for (engine, last) in engines {
+            metrics.add_stats(engine.stats(), last);
+            seen.push(engine);
+        }
+        let wm = seen.iter().filter_map(|e| e.watermark()).max();
+        let elapsed = match (std::mem::replace(&mut self.last_watermark, wm), wm) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0,
+        };
+        metrics.observe_engines(seen.into_iter(), elapsed);
+    }
+}
