@@ -14,32 +14,36 @@ impl Engine {
         let _g = span.enter();
         let causation = Causation { kind: "telemetry".into(), id: tel.event_id.clone(), at: now };
         // Agent bookkeeping: creation, workflow moves, TTL, model-version changes.
-        self.track_agent(&tel, now);
+        if !self.track_agent(&tel, now) {
+            return;
+        }
         let mut causes: Vec<Cause> = Vec::new();
         causes.extend(self.on_model_version(&tel, now, &causation));
         // Clauses.
         // By position: on_clause does not change the agent's coverage.
-        let covering = self.agents[&tel.agent_id].pacts.len();
+        let agent_pact =
+            |e: &Engine, i: usize| e.agents.get(&tel.agent_id).and_then(|a| a.pacts.get(i).copied());
         let mut high_risk_fresh = true;
         let mut has_high_risk = false;
-        for i in 0..covering {
-            let p = self.agents[&tel.agent_id].pacts[i];
+        for i in 0.. {
+            let Some(p) = agent_pact(self, i) else { break };
             for ci in 0..self.pacts[p as usize].doc.clauses.len() as u16 {
                 self.on_clause(&tel, p, ci, now, &causation, &mut causes);
                 let (_, clause) = clause_at(&self.pacts, p, ci);
                 if clause.high_risk && tel.risk == crate::model::telemetry::Risk::High {
                     has_high_risk = true;
-                    let agent = &self.agents[&tel.agent_id];
-                    let fresh = agent
-                        .clauses
-                        .iter()
-                        .filter(|((pp, cc, _), _)| *pp == p && *cc == ci)
-                        .all(|(_, s)| !s.stale);
+                    let fresh = self.agents.get(&tel.agent_id).is_some_and(|agent| {
+                        agent
+                            .clauses
+                            .iter()
+                            .filter(|((pp, cc, _), _)| *pp == p && *cc == ci)
+                            .all(|(_, s)| !s.stale)
+                    });
                     high_risk_fresh &= fresh;
                 }
             }
         }
-        let capped = self.agents[&tel.agent_id].capped;
+        let capped = self.agents.get(&tel.agent_id).is_some_and(|a| a.capped);
         if has_high_risk {
             self.stats.high_risk_decisions += 1;
             self.stats.high_risk_fresh += high_risk_fresh as u64;
@@ -61,8 +65,9 @@ impl Engine {
 
     /// Creates the agent on its first event, follows it to a new workflow (coverage, and the
     /// workflow sets the blast-radius cap counts), records when it was last seen, and
-    /// schedules its state TTL if none is pending.
-    fn track_agent(&mut self, tel: &Telemetry, now: i64) {
+    /// schedules its state TTL if none is pending. False only if the agent could not be
+    /// found after its creation (an engine bug: the event is skipped, not a panic).
+    fn track_agent(&mut self, tel: &Telemetry, now: i64) -> bool {
         if !self.agents.contains_key(&tel.agent_id) {
             let pacts = self.covering(&tel.agent_id, &tel.workflow);
             self.agents.insert(
@@ -71,10 +76,10 @@ impl Engine {
             );
             self.workflows.entry(tel.workflow.clone()).or_default().agents.insert(tel.agent_id.clone());
         }
-        let moved = self.agents[&tel.agent_id].workflow != tel.workflow;
+        let moved = self.agents.get(&tel.agent_id).is_some_and(|a| a.workflow != tel.workflow);
         // Pact coverage depends on agent and workflow only: matched again on a move.
         let pacts = if moved { self.covering(&tel.agent_id, &tel.workflow) } else { Vec::new() };
-        let agent = self.agents.get_mut(&tel.agent_id).expect("inserted above");
+        let Some(agent) = self.agents.get_mut(&tel.agent_id) else { return false };
         agent.last_seen = agent.last_seen.max(now);
         let ttl_at = agent.ttl_at.is_none().then(|| agent.last_seen + self.cfg.state_ttl.micros());
         if ttl_at.is_some() {
@@ -99,6 +104,7 @@ impl Engine {
         if let Some(at) = ttl_at {
             self.schedule(at, Timer::Ttl(tel.agent_id.clone()));
         }
+        true
     }
 
     /// A new model version: drift clauses must re-verify on it, and the agent waits in the
@@ -158,7 +164,7 @@ impl Engine {
             self.schedule(next, Timer::Ttl(agent_id.to_string()));
             return;
         }
-        let agent = self.agents.remove(agent_id).expect("present");
+        let Some(agent) = self.agents.remove(agent_id) else { return };
         if let Some(w) = self.workflows.get_mut(&agent.workflow) {
             w.remove(agent_id);
         }

@@ -47,7 +47,7 @@ impl Engine {
         };
         let key: ClauseKey = (p, ci, Segment(segment));
         let keep = clause.freshness.as_ref().map_or(1, |f| f.min_events as usize);
-        let agent = self.agents.get_mut(&tel.agent_id).expect("agent exists");
+        let Some(agent) = self.agents.get_mut(&tel.agent_id) else { return };
         let state = agent
             .clauses
             .entry(key.clone())
@@ -96,8 +96,11 @@ impl Engine {
                 };
                 if recovering {
                     let attested = agent.attested(&clause.id);
-                    let state = agent.clauses.get_mut(&key).expect("present");
-                    Self::check_recovery(state, clause, attested, now, &key, causation).or(mc)
+                    agent
+                        .clauses
+                        .get_mut(&key)
+                        .and_then(|state| Self::check_recovery(state, clause, attested, now, &key, causation))
+                        .or(mc)
                 } else {
                     mc
                 }
@@ -128,8 +131,8 @@ impl Engine {
             statistic: alarm.statistic,
             threshold: alarm.threshold,
             false_alarm_rate: alarm.false_alarm_rate,
-            baseline: serde_json::to_string(&alarm.baseline).expect("serialisable"),
-            observed: serde_json::to_string(&alarm.current).expect("serialisable"),
+            baseline: serde_json::to_string(&alarm.baseline).unwrap_or_default(),
+            observed: serde_json::to_string(&alarm.current).unwrap_or_default(),
             n: alarm.n_current,
             change_point_at: first_post - (gap / 2.0) as i64,
             first_post_change_at: first_post,
@@ -198,7 +201,7 @@ impl Engine {
         if !mc.pending.is_empty() {
             return None;
         }
-        let mc = agent.model_change.take().expect("present");
+        let mc = agent.model_change.take()?;
         Some(Cause {
             code: CauseCode::ModelReverified,
             text: format!(

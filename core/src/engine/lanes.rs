@@ -61,13 +61,13 @@ impl Engine {
                         fail_mode,
                         at,
                     };
-                    let detail = serde_json::to_value(&ev).expect("serialisable");
+                    let detail = serde_json::to_value(&ev).unwrap_or_default();
                     self.out.push(Output::Panic(ev));
                     self.history(RecordKind::Panic, at, Some(agent_id.to_string()), None, detail);
                 }
             }
         }
-        let agent = self.agents.get_mut(agent_id).expect("present");
+        let Some(agent) = self.agents.get_mut(agent_id) else { return };
         // The workflow's set follows the flag; touched only when it changes.
         if agent.capped != capped {
             agent.capped = capped;
@@ -79,7 +79,6 @@ impl Engine {
                 }
             }
         }
-        let agent = self.agents.get(agent_id).expect("present");
         let all = overrides::apply(lanes.all, Scope::All, &agent.overrides);
         // High-risk actions are never less restricted than the agent as a whole.
         let high_risk = overrides::apply(lanes.high_risk, Scope::HighRisk, &agent.overrides).max(all);
@@ -88,24 +87,25 @@ impl Engine {
         // happens in the same step, which must publish the new lane.
         let (settles, causes): (Vec<Cause>, Vec<Cause>) =
             causes.into_iter().partition(|c| c.code == CauseCode::Settle);
+        let published = |e: &Engine| e.agents.get(agent_id).map(|a| a.published);
         for cause in settles.iter() {
-            let lane = self.agents[agent_id].published.all;
-            self.emit(agent_id, Scope::All, lane, lane, cause, true);
+            let Some(lane) = published(self) else { return };
+            self.emit(agent_id, Scope::All, lane.all, lane.all, cause, true);
         }
         // Only settles: a lane that moves anyway (the blast-radius cap lifted) cites them.
         let causes = if causes.is_empty() { settles } else { causes };
         for scope in Scope::BOTH {
-            let agent = self.agents.get(agent_id).expect("present");
+            let Some(agent) = self.agents.get(agent_id) else { return };
             let from = agent.published[scope];
             let to = effective[scope];
             if to == from && !(force && scope == Scope::All) {
                 continue;
             }
-            let cause = self.pick_cause(agent_id, &causes, from, to).clone();
+            let cause = Self::pick_cause(agent, &causes, from, to).clone();
             self.emit(agent_id, scope, from, to, &cause, false);
         }
-        let workflow = &self.agents[agent_id].workflow;
-        if let Some(w) = self.workflows.get_mut(workflow) {
+        let Engine { agents, workflows, .. } = self;
+        if let Some(w) = agents.get(agent_id).and_then(|a| workflows.get_mut(&a.workflow)) {
             w.end_panic_if_clear();
         }
     }
@@ -113,8 +113,7 @@ impl Engine {
     /// Chooses, among one step's causes, the one that explains a scope's lane change: a
     /// step-down cause when the lane falls, an escalation when it rises; among those, the
     /// one whose clause now demands the most. A detection outranks a model change.
-    pub(super) fn pick_cause<'c>(&self, agent: &str, causes: &'c [Cause], from: Lane, to: Lane) -> &'c Cause {
-        let a = &self.agents[agent];
+    pub(super) fn pick_cause<'c>(a: &AgentState, causes: &'c [Cause], from: Lane, to: Lane) -> &'c Cause {
         let down = |c: &Cause| c.code.steps_down();
         let fits = |c: &Cause| {
             if to > from {
@@ -149,15 +148,15 @@ impl Engine {
         cause: &Cause,
         settle: bool,
     ) {
-        let enforced = self.cfg.enforce;
-        let agent = self.agents.get_mut(agent_id).expect("present");
+        let Engine { cfg, pacts, agents, workflows, stats, chain, out, .. } = self;
+        let Some(agent) = agents.get_mut(agent_id) else { return };
         agent.seq += 1;
         let seq = agent.seq;
         if !settle {
             agent.published[scope] = to;
         }
         let clause_ref = cause.clause.as_ref().map(|k| {
-            let (pact, clause) = clause_at(&self.pacts, k.0, k.1);
+            let (pact, clause) = clause_at(pacts, k.0, k.1);
             (k, pact, clause)
         });
         let state = cause.clause.as_ref().and_then(|k| agent.clauses.get(k));
@@ -178,7 +177,7 @@ impl Engine {
             lane_to: to,
             action: if settle { "settle".into() } else { to.action().into() },
             scope,
-            enforced,
+            enforced: cfg.enforce,
             effective_at: cause.causation.at,
             expires_at: ov.map(|o| o.expires_at),
             min_dwell_until: state.map(|s| s.min_dwell_until).filter(|t| *t > i64::MIN),
@@ -202,25 +201,25 @@ impl Engine {
             }),
             causation: cause.causation.clone(),
         };
-        let workflow = agent.workflow.clone();
         if scope == Scope::All && !settle {
-            let w = self.workflows.entry(workflow).or_default();
+            let w = workflows.entry(agent.workflow.clone()).or_default();
             if to == Lane::Block {
                 w.blocked.insert(agent_id.to_string());
             } else {
                 w.blocked.remove(agent_id);
             }
         }
-        self.stats.enforcement_events += 1;
-        let detail = serde_json::to_value(&event).expect("serialisable");
-        let pc = clause_ref.map(|(_, p, c)| (p.clone(), c.clone()));
-        self.history(
+        stats.enforcement_events += 1;
+        let detail = serde_json::to_value(&event).unwrap_or_default();
+        record_history(
+            chain,
+            out,
             RecordKind::Decision,
             event.effective_at,
             Some(agent_id.to_string()),
-            pc.as_ref().map(|(p, c)| (p, c)),
+            clause_ref.map(|(_, p, c)| (p, c)),
             detail,
         );
-        self.out.push(Output::Enforcement(event));
+        out.push(Output::Enforcement(event));
     }
 }

@@ -336,6 +336,29 @@ fn clause_at(pacts: &[Pact], p: u16, c: u16) -> (&Pact, &Clause) {
     (pact, &pact.doc.clauses[c as usize])
 }
 
+/// Chains a history record and outputs it. A free function so that a caller can hold the
+/// pacts and an agent's state while it records.
+fn record_history(
+    chain: &mut Chain,
+    out: &mut Vec<Output>,
+    kind: RecordKind,
+    at: i64,
+    agent: Option<String>,
+    clause: Option<(&Pact, &Clause)>,
+    detail: serde_json::Value,
+) {
+    let rec = chain.append(Entry {
+        kind,
+        at_micros: at,
+        agent_id: agent,
+        pact_id: clause.map(|(p, _)| p.id().to_string()),
+        pact_version: clause.map(|(p, _)| p.version()),
+        clause_id: clause.map(|(_, c)| c.id.clone()),
+        detail,
+    });
+    out.push(Output::History(rec));
+}
+
 fn clause_label(p: &Pact, c: &Clause) -> String {
     format!("{}/{}", p.id(), c.id)
 }
@@ -419,16 +442,7 @@ impl Engine {
         clause: Option<(&Pact, &Clause)>,
         detail: serde_json::Value,
     ) {
-        let rec = self.chain.append(Entry {
-            kind,
-            at_micros: at,
-            agent_id: agent,
-            pact_id: clause.map(|(p, _)| p.id().to_string()),
-            pact_version: clause.map(|(p, _)| p.version()),
-            clause_id: clause.map(|(_, c)| c.id.clone()),
-            detail,
-        });
-        self.out.push(Output::History(rec));
+        record_history(&mut self.chain, &mut self.out, kind, at, agent, clause, detail);
     }
 
     /// Processes one input; `in_order` (released by the watermark) first fires the timers due

@@ -46,11 +46,8 @@ impl Engine {
                     causation: Causation { kind: "override".into(), id: req.override_id.clone(), at: now },
                     clean_at_decision: None,
                 };
-                self.agents
-                    .get_mut(&agent_id)
-                    .expect("present")
-                    .overrides
-                    .push(ActiveOverride { req, expires_at });
+                let Some(agent) = self.agents.get_mut(&agent_id) else { return };
+                agent.overrides.push(ActiveOverride { req, expires_at });
                 // An attestation changes no lane by itself; lane overrides publish their state.
                 self.reevaluate(&agent_id, cause, kind != OverrideKind::Attest);
             }

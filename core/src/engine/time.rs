@@ -179,7 +179,7 @@ impl Engine {
                 self.cfg.allowed_lateness
             ),
         };
-        let detail = serde_json::to_value(&rec).expect("serialisable");
+        let detail = serde_json::to_value(&rec).unwrap_or_default();
         self.history(RecordKind::Late, wm, Some(agent), None, detail);
         self.out.push(Output::Late(rec));
     }

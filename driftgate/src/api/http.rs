@@ -219,11 +219,12 @@ async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: By
         off_worker(&s, move |c| c.agent(&agent_id)).await
     };
     match agent {
-        Ok(Ok(agent)) => {
+        Ok(Ok(Some(agent))) => {
             (StatusCode::CREATED, Json(json!({"override_id": id, "agent": agent}))).into_response()
         }
-        // Durable is what the caller waited for; the agent's state is for convenience.
-        Ok(Err(_busy)) => (StatusCode::CREATED, Json(json!({"override_id": id}))).into_response(),
+        // Durable is what the caller waited for; the agent's state is a convenience, left out
+        // if the engine is busy or the partition has just moved.
+        Ok(Ok(None) | Err(_)) => (StatusCode::CREATED, Json(json!({"override_id": id}))).into_response(),
         Err(r) => r,
     }
 }
