@@ -2,6 +2,7 @@
 //! authentication rules, and the deploy kit (YAML, dashboard, alert rules, OpenAPI) checked
 //! against the code.
 
+use crate::support::contract;
 use crate::support::scrape;
 
 use driftgate_core::engine::Input;
@@ -494,13 +495,6 @@ fn deploy_kit_agrees_with_the_code() {
     assert!(dashboard["panels"].as_array().unwrap().len() >= 10);
 }
 
-/// The per-user tool cache of `scripts/install-tools.sh`.
-fn tools_dir() -> std::path::PathBuf {
-    std::env::var_os("DRIFTGATE_TOOLS").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/driftgate/tools")
-    })
-}
-
 /// The API contract: schemathesis generates valid and invalid requests for every operation
 /// of `schemas/openapi.yaml` (examples, boundary values, fuzzing, and stateful sequences
 /// over the links it infers) and checks every answer: no 5xx, status codes, content types
@@ -508,61 +502,13 @@ fn tools_dir() -> std::path::PathBuf {
 /// slower than 2 s. A fixed seed makes a failure reproducible.
 #[test]
 fn the_http_api_keeps_its_openapi_contract() {
-    let bin = tools_dir().join("schemathesis/bin/schemathesis");
-    assert!(
-        bin.exists(),
-        "schemathesis is not installed at {}: run ./scripts/install-tools.sh (pip install into a venv there)",
-        bin.display()
-    );
     let server = serve_demo();
-    let report = tempfile::tempdir().unwrap();
-    let out = Command::new(&bin)
-        .arg("--config-file")
-        .arg(scrape::root().join("tests/fixtures/schemathesis.toml"))
-        .arg("run")
-        .arg(scrape::root().join("schemas/openapi.yaml"))
-        .args([
-            "--url",
-            &server.base,
-            "--checks",
-            "all",
-            "--max-response-time",
-            "2",
-            "--request-timeout",
-            "5",
-        ])
-        .args(["--seed", "20261128", "--max-examples", "60", "--workers", "1", "--no-color"])
-        .args(["--report", "junit", "--report-dir"])
-        .arg(report.path())
-        .env("DRIFTGATE_CONTRACT_TOKEN", TOKEN)
-        // Its crash cache stays in the temporary directory, not in the source tree, so that
-        // every run starts from the seed alone.
-        .current_dir(report.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the API breaks its contract:\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // It did test every documented operation, in every phase.
-    assert!(text.contains("Selected: 7/7") && text.contains("Tested: 7"), "{text}");
-    for phase in ["Examples", "Coverage", "Fuzzing", "Stateful"] {
-        assert!(text.contains(&format!("✅ {phase}")), "phase {phase} did not pass:\n{text}");
-    }
-    let junit = std::fs::read_dir(report.path())
-        .unwrap()
-        .filter_map(Result::ok)
-        .find(|e| e.file_name().to_string_lossy().starts_with("junit"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .unwrap_or_else(|| panic!("no JUnit report in the report directory:\n{text}"));
-    assert!(junit.contains("POST /v1/overrides") && junit.contains("GET /v1/agents/{id}/history"), "{junit}");
+    contract::check(&server.base, TOKEN);
 }
 
 #[test]
 fn alert_rules_pass_promtool() {
-    let tools = tools_dir();
+    let tools = contract::tools_dir();
     let bin = [tools.join("bin/promtool"), std::path::PathBuf::from("promtool")]
         .into_iter()
         .find(|p| Command::new(p).arg("--version").output().is_ok());

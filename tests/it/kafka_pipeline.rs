@@ -1,6 +1,7 @@
 //! `driftgate run` against a real Kafka-compatible broker (tansu, see tests/it/support):
 //! end to end with Avro telemetry, dead letters, and configuration errors.
 
+use crate::support::contract;
 use crate::support::kafka;
 use crate::support::registry;
 use crate::support::scrape;
@@ -392,6 +393,82 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     let committed = b.committed(&t.group, &t.input, 2);
     let total: i64 = committed.iter().map(|c| c.expect("committed offset")).sum();
     assert_eq!(total, records.len() as i64, "committed {committed:?} of {}", records.len());
+}
+
+/// The API contract of `driftgate run`: the same schemathesis check as the demo's
+/// (`http_api::the_http_api_keeps_its_openapi_contract`), here over the pipeline's control
+/// plane, where every query, override and scrape is a command served by the pipeline thread
+/// between records, and an override is answered once the changelog holds it.
+#[test]
+fn the_pipelines_http_api_keeps_its_openapi_contract() {
+    let b = Broker::start();
+    let t = Topics::create(&b, "contract", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let port = kafka::free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let cfg = write_config_with(dir.path(), &b, &t, "avro", "200ms", &format!("127.0.0.1:{port}"));
+    let records: Vec<_> = scenario()
+        .iter()
+        .map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2)))
+        .collect();
+    produce(&b.producer(), &t.input, &records);
+    let engine = Engine::start(&cfg);
+    let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let status = |path: &str| http.get(&format!("{api}{path}")).call().map(|r| r.status().as_u16()).ok();
+    let fin01 = || -> Option<AgentSnapshot> {
+        let mut r = http.get(&format!("{api}/v1/agents/fin-01")).call().ok()?;
+        serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()
+    };
+    // Ready, holding the documented example agent, and every record read (fin-01's last event
+    // is at T0 + 14,990 s).
+    let last = T0 + 14_990 * 1_000_000;
+    wait_for(120, "the pipeline ready with every record read", || {
+        (status("/readyz") == Some(200) && fin01()?.last_seen == last).then_some(())
+    });
+    contract::check(&api, "kafka-test-token");
+
+    // Beside the generated requests, which are nearly all refused: an override dated within
+    // the partition's event time is taken by the pipeline thread, answered once durable,
+    // applied and published; one dated before the engine's late cutoff is refused (the
+    // engine would have set it aside as late after a 201).
+    let post = |id: &str, issued_at: i64, seq: u64| -> (u16, serde_json::Value) {
+        let body = serde_json::json!({"override_id": id, "agent_id": "fin-01", "kind": "tighten",
+            "lane": "watch", "principal": "oncall", "reason": "contract", "ticket": "T-9",
+            "issued_at": issued_at, "expires_at": last + 3_600_000_000i64, "expected_seq": seq});
+        let mut r = http
+            .post(&format!("{api}/v1/overrides"))
+            .header("Authorization", "Bearer kafka-test-token")
+            .header("content-type", "application/json")
+            .send(body.to_string().as_str())
+            .unwrap();
+        (r.status().as_u16(), serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap())
+    };
+    let seq = fin01().unwrap().seq;
+    let (st, v) = post("ov-too-old", last - 7_200_000_000, seq);
+    assert_eq!((st, v["error"].as_str()), (422, Some("invalid_override")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("allowed lateness"), "{v}");
+    let (st, v) = post("ov-contract", last - 10_000_000, seq);
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(
+        (v["agent"]["lane"].as_str(), v["agent"]["seq"].as_u64()),
+        (Some("watch"), Some(seq + 2)),
+        "{v}"
+    );
+    let applied = wait_for(30, "the override's event published", || {
+        let ev = enforcement_events(&b, &t.enforcement);
+        ev.into_iter().find(|e| e.override_info.as_ref().is_some_and(|o| o.override_id == "ov-contract"))
+    });
+    assert_eq!((applied.agent_id.as_str(), applied.reason.code.as_str()), ("fin-01", "override_applied"));
+    // The pipeline served it all and is still up.
+    assert_eq!(status("/readyz"), Some(200));
+    let s = scrape::samples(
+        &http.get(&format!("{api}/metrics")).call().unwrap().body_mut().read_to_string().unwrap(),
+    );
+    assert!(
+        scrape::sum(&s, "driftgate_overrides_rejected_total", &["channel=\"http\""]) > 0.0,
+        "schemathesis's invalid overrides were refused and counted"
+    );
+    assert!(engine.stop().success());
 }
 
 #[test]

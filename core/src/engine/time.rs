@@ -84,6 +84,12 @@ impl Engine {
         self.offer(input, Some(tag));
     }
 
+    /// Inputs dated before this event time go to the late output (the watermark less the
+    /// allowed lateness); `None` before the first input.
+    pub fn late_before(&self) -> Option<i64> {
+        self.watermark().map(|wm| wm.saturating_sub(self.cfg.allowed_lateness.micros()))
+    }
+
     /// Inputs waiting in the event-time buffer for the watermark.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
@@ -92,8 +98,8 @@ impl Engine {
     pub(super) fn offer(&mut self, input: Input, tag: Option<u64>) {
         self.stats.inputs += 1;
         let t = input.time();
-        if let Some(wm) = self.watermark() {
-            if t < wm.saturating_sub(self.cfg.allowed_lateness.micros()) {
+        if let (Some(wm), Some(cutoff)) = (self.watermark(), self.late_before()) {
+            if t < cutoff {
                 self.late(input, wm);
                 return;
             }

@@ -64,6 +64,20 @@ fn all() -> Scope {
     Scope::All
 }
 
+impl OverrideRequest {
+    /// Whether `other` asks for the same thing: a retry carries the same request. Its times
+    /// may differ (`issued_at` defaults to the moment of each attempt); the first one's stand.
+    pub fn same_request(&self, other: &OverrideRequest) -> bool {
+        fn key(r: &OverrideRequest) -> impl PartialEq + '_ {
+            (
+                (&r.override_id, &r.agent_id, r.scope, r.kind, r.lane, &r.clause_id),
+                (&r.principal, &r.reason, &r.ticket, r.expected_seq),
+            )
+        }
+        key(self) == key(other)
+    }
+}
+
 /// An accepted override.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActiveOverride {
@@ -114,6 +128,17 @@ pub enum OverrideError {
 /// Checks a request against the rules; `current_seq` is the agent's current `seq`. Returns
 /// the expiry.
 pub fn validate(req: &OverrideRequest, current_seq: u64, max_ttl_micros: i64) -> Result<i64, OverrideError> {
+    let expires_at = check_request(req, max_ttl_micros)?;
+    match req.expected_seq {
+        Some(s) if s != current_seq => Err(OverrideError::StaleSeq { expected: s, current: current_seq }),
+        _ => Ok(expires_at),
+    }
+}
+
+/// The rules a request must meet by itself, whatever the agent's state (everything but the
+/// compare-and-set on `seq`): a retry of an override already in force is checked by these.
+/// Returns the expiry.
+pub fn check_request(req: &OverrideRequest, max_ttl_micros: i64) -> Result<i64, OverrideError> {
     for (name, v) in [
         ("override_id", &req.override_id),
         ("agent_id", &req.agent_id),
@@ -134,12 +159,8 @@ pub fn validate(req: &OverrideRequest, current_seq: u64, max_ttl_micros: i64) ->
     if expires_at - req.issued_at > max_ttl_micros {
         return Err(OverrideError::BeyondMaxTtl { max_ttl_s: max_ttl_micros / 1_000_000 });
     }
-    match req.expected_seq {
-        None => return Err(OverrideError::NoExpectedSeq),
-        Some(s) if s != current_seq => {
-            return Err(OverrideError::StaleSeq { expected: s, current: current_seq })
-        }
-        Some(_) => {}
+    if req.expected_seq.is_none() {
+        return Err(OverrideError::NoExpectedSeq);
     }
     match req.kind {
         OverrideKind::Tighten | OverrideKind::Loosen if req.lane.is_none() => Err(OverrideError::NoLane),

@@ -67,6 +67,9 @@ pub enum SubmitError {
     /// `expected_seq` does not match the agent's current `seq`.
     #[error("{0}")]
     Conflict(String),
+    /// The `override_id` is in force with a different request.
+    #[error("override_id `{0}` is already in force with a different request; a retry must repeat the request, a new override needs a new id")]
+    DuplicateId(String),
     /// Not ready, or the state could not be made durable in time.
     #[error("{0}")]
     Unavailable(String),
@@ -79,6 +82,7 @@ impl SubmitError {
             SubmitError::UnknownAgent(_) => "unknown_agent",
             SubmitError::Invalid(_) => "invalid_override",
             SubmitError::Conflict(_) => "seq_conflict",
+            SubmitError::DuplicateId(_) => "duplicate_override_id",
             SubmitError::Unavailable(_) => "unavailable",
         }
     }
@@ -118,11 +122,24 @@ pub enum Handed {
 /// judged in the engine's event time (`now`, wall µs, only before the first event).
 pub fn hand_to_engine(engine: &mut Engine, req: OverrideRequest, now: i64) -> Result<Handed, SubmitError> {
     let agent = engine.agent(&req.agent_id).ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
-    if agent.overrides.iter().any(|o| o.req.override_id == req.override_id) {
+    let max_ttl = engine.config().max_override_ttl.micros();
+    if let Some(first) = agent.overrides.iter().find(|o| o.req.override_id == req.override_id) {
+        // A retry meets the rules a first request meets, and asks for the same thing.
+        overrides::check_request(&req, max_ttl).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        if !first.req.same_request(&req) {
+            return Err(SubmitError::DuplicateId(req.override_id));
+        }
         return Ok(Handed::AlreadyInForce);
     }
-    let max_ttl = engine.config().max_override_ttl.micros();
     prevalidate(&req, agent.seq, max_ttl, engine.watermark().unwrap_or(now))?;
+    // The engine would set it aside as late, after an answer that it was accepted.
+    if let Some(cutoff) = engine.late_before().filter(|c| req.issued_at < *c) {
+        return Err(SubmitError::Invalid(format!(
+            "`issued_at` {} is before {}, the partition's watermark less the allowed lateness: the engine has moved past it; leave `issued_at` out to issue the override now",
+            driftgate_core::timefmt::rfc3339(req.issued_at),
+            driftgate_core::timefmt::rfc3339(cutoff)
+        )));
+    }
     engine.push(Input::Override(req));
     Ok(Handed::Pushed)
 }
@@ -409,7 +426,7 @@ impl ControlPlane for DemoControl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use driftgate_core::model::lane::Scope;
+    use driftgate_core::model::lane::{Lane, Scope};
     use driftgate_core::model::overrides::OverrideKind;
 
     #[test]
@@ -434,5 +451,39 @@ mod tests {
         assert_eq!(e, SubmitError::Conflict("stale `expected_seq` 3: the agent's seq is 4".into()));
         assert_eq!(e.code(), "seq_conflict");
         assert_eq!(prevalidate(&req, 3, 10_000, 1_999), Ok(()));
+    }
+
+    #[test]
+    fn a_retry_is_answered_once_and_a_different_request_under_the_same_id_is_refused() {
+        let c = DemoControl::new(crate::cli::demo::run());
+        let agent = || c.agent("fin-01").unwrap().unwrap();
+        let seq = agent().seq;
+        let req = |ticket: &str, lane: Lane| OverrideRequest {
+            override_id: "o-1".into(),
+            agent_id: "fin-01".into(),
+            scope: Scope::All,
+            kind: OverrideKind::Tighten,
+            lane: Some(lane),
+            clause_id: None,
+            principal: "p".into(),
+            reason: "r".into(),
+            ticket: ticket.into(),
+            issued_at: 1_000,
+            expires_at: Some(60_000_000),
+            expected_seq: Some(seq),
+        };
+        c.submit_override(req("T-1", Lane::Watch), 1_000).unwrap();
+        let applied = agent();
+        assert_eq!((applied.lane, applied.overrides.len()), (Lane::Watch, 1));
+        // The same request again, its `expected_seq` now stale: answered, not applied twice.
+        assert!(c.submit_override(req("T-1", Lane::Watch), 2_000).is_ok());
+        assert_eq!((agent().seq, agent().overrides.len()), (applied.seq, 1));
+        // Another request under the same id, and a retry that breaks a rule, are refused.
+        let e = c.submit_override(req("T-1", Lane::Review), 2_000).unwrap_err();
+        assert_eq!(e, SubmitError::DuplicateId("o-1".into()));
+        assert_eq!(e.code(), "duplicate_override_id");
+        let e = c.submit_override(req(" ", Lane::Watch), 2_000).unwrap_err();
+        assert_eq!(e, SubmitError::Invalid("`ticket` is required".into()));
+        assert_eq!(agent().lane, Lane::Watch);
     }
 }

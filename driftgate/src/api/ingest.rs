@@ -145,7 +145,7 @@ pub fn ingest(
             let kind = match &e {
                 SubmitError::UnknownAgent(_) => RefusalKind::UnknownAgent,
                 SubmitError::Invalid(_) => RefusalKind::Invalid,
-                SubmitError::Conflict(_) => RefusalKind::Conflict,
+                SubmitError::Conflict(_) | SubmitError::DuplicateId(_) => RefusalKind::Conflict,
                 SubmitError::Unavailable(_) => RefusalKind::Unavailable,
             };
             refuse(kind, e.code(), e.to_string())

@@ -1,7 +1,8 @@
 //! Real peers for the integration tests: a Kafka broker and the engine as a child process
-//! (`kafka`), a TCP proxy that can cut connections (`proxy`), a schema registry (`registry`),
+//! (`kafka`), the API contract check (`contract`), a TCP proxy that can cut connections (`proxy`), a schema registry (`registry`),
 //! the shared demo scenario (`scenario`) and a Prometheus text parser (`scrape`).
 
+pub mod contract;
 pub mod kafka;
 pub mod proxy;
 pub mod registry;

@@ -1,0 +1,60 @@
+//! The HTTP API contract check: schemathesis (installed by `scripts/install-tools.sh` into a
+//! venv in the per-user tool cache) against a running server, for the demo's control plane
+//! and the pipeline's alike.
+
+use crate::support::scrape;
+use std::process::Command;
+
+/// The per-user tool cache of `scripts/install-tools.sh`.
+pub fn tools_dir() -> std::path::PathBuf {
+    std::env::var_os("DRIFTGATE_TOOLS").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/driftgate/tools")
+    })
+}
+
+/// Runs schemathesis on every operation of `schemas/openapi.yaml` against `base`, with
+/// `token` for the bearer scheme, and fails with its report unless every check passed in
+/// every phase. Returns its output.
+pub fn check(base: &str, token: &str) -> String {
+    let bin = tools_dir().join("schemathesis/bin/schemathesis");
+    assert!(
+        bin.exists(),
+        "schemathesis is not installed at {}: run ./scripts/install-tools.sh (pip install into a venv there)",
+        bin.display()
+    );
+    let report = tempfile::tempdir().unwrap();
+    let out = Command::new(&bin)
+        .arg("--config-file")
+        .arg(scrape::root().join("tests/fixtures/schemathesis.toml"))
+        .arg("run")
+        .arg(scrape::root().join("schemas/openapi.yaml"))
+        .args(["--url", base, "--checks", "all", "--max-response-time", "2", "--request-timeout", "5"])
+        .args(["--seed", "20261128", "--max-examples", "60", "--workers", "1", "--no-color"])
+        .args(["--report", "junit", "--report-dir"])
+        .arg(report.path())
+        .env("DRIFTGATE_CONTRACT_TOKEN", token)
+        // Its crash cache stays in the temporary directory, not in the source tree, so that
+        // every run starts from the seed alone.
+        .current_dir(report.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the API at {base} breaks its contract:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It did test every documented operation, in every phase.
+    assert!(text.contains("Selected: 7/7") && text.contains("Tested: 7"), "{text}");
+    for phase in ["Examples", "Coverage", "Fuzzing", "Stateful"] {
+        assert!(text.contains(&format!("✅ {phase}")), "phase {phase} did not pass:\n{text}");
+    }
+    let junit = std::fs::read_dir(report.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("junit"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .unwrap_or_else(|| panic!("no JUnit report in the report directory:\n{text}"));
+    assert!(junit.contains("POST /v1/overrides") && junit.contains("GET /v1/agents/{id}/history"), "{junit}");
+    text
+}
