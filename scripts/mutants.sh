@@ -18,5 +18,5 @@ files=()
 for f in core/src/engine/*.rs core/src/model/lane.rs core/src/model/overrides.rs; do
   case "$f" in */tests.rs) ;; *) files+=(--file "$f") ;; esac
 done
-cargo mutants --in-place --no-shuffle "${shard[@]}" --timeout 300 "${files[@]}" \
+cargo mutants --in-place --no-shuffle "${shard[@]}" --timeout 60 "${files[@]}" \
   -- -p driftgate-core
