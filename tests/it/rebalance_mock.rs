@@ -426,11 +426,17 @@ fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_
     // snapshot holding the override is durable.
     cluster.broker_round_trip_time(1, Duration::ZERO).expect("rtt");
     let deadline = Instant::now() + Duration::from_secs(90);
+    // With 3 s round trips the member may also have lost its group session and be taking its
+    // partitions back: while it does, the agent is unknown here (404) or the pipeline busy
+    // (503), which the log shows as a revoke.
+    let rebalanced = || logs.of("durable-a").iter().any(|l| l.contains("partitions revoked"));
     let (status, v) = loop {
         let (status, v) = post();
-        if status != 504 || Instant::now() > deadline {
+        let retry = status == 504 || (matches!(status, 404 | 503) && rebalanced());
+        if !retry || Instant::now() > deadline {
             break (status, v);
         }
+        std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(status, 201, "{v}");
     let now = a.control.agent(&agent).expect("answered").expect("known");
@@ -440,5 +446,135 @@ fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_
         (driftgate_core::model::lane::Lane::Watch, snapshot.seq + 2),
         "one event per scope, once"
     );
+    a.stop();
+}
+
+/// A revoke while overrides wait for their answers. Every produce request fails (a broker
+/// refusing writes), so no snapshot holding the overrides can be acknowledged; then a second
+/// member joins and takes half the partitions. The revoke's final snapshot cannot be flushed
+/// either, so the overrides on the moved partitions are answered `503 not_durable`: retry
+/// against the new owner. The others stay with the first member and are answered `201` once
+/// the broker takes writes again. A retry on the new owner succeeds there.
+#[test]
+fn an_override_whose_partition_is_revoked_before_it_is_durable_is_answered_503_and_a_retry_succeeds_on_the_new_owner(
+) {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let logs = logs();
+    let (cluster, bootstrap) = cluster_with_topics();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let recs = records(PARTS);
+    let first = 4_000;
+    produce(&producer, INPUT, &recs[..first]);
+    let a = Member::start("revoked-a", &bootstrap);
+    wait_for(&logs, 60, "revoked-a to commit the records", || committed(&bootstrap) >= first as i64);
+    // One agent per partition, with the request that tightens it.
+    let agents: Vec<String> = (0..PARTS)
+        .map(|p| recs[..first].iter().find(|r| r.3 == p).expect("an agent per partition").0.clone())
+        .collect();
+    let request = |agent: &str, seq: u64, at: i64| {
+        serde_json::json!({
+            "override_id": format!("ovr-{agent}"), "agent_id": agent, "kind": "tighten", "lane": "watch",
+            "principal": "oncall", "reason": "test", "ticket": "T-3",
+            "issued_at": at, "expires_at": at + 3_600_000_000i64, "expected_seq": seq,
+        })
+    };
+    // Dated 10 s before the partition's newest event: behind its watermark (so applied at
+    // once) and within the allowed lateness.
+    let bodies: Vec<serde_json::Value> = agents
+        .iter()
+        .enumerate()
+        .map(|(p, agent)| {
+            let s = a.control.agent(agent).expect("answered").expect("known");
+            let newest =
+                recs[..first].iter().filter(|r| r.3 == p as i32).map(|r| r.2).max().expect("records");
+            request(agent, s.seq, newest * 1000 - 10_000_000)
+        })
+        .collect();
+
+    // The HTTP API over the first member, waiting up to 120 s for durability.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("listener");
+    let url = format!("http://{}/v1/overrides", listener.local_addr().expect("address"));
+    let control: Arc<dyn ControlPlane> = a.control.clone();
+    let state = driftgate::api::http::ApiState::new(
+        control,
+        driftgate::api::auth::Credentials::new(Some("t0ken"), None, 300),
+    )
+    .with_durable_timeout(Duration::from_secs(120));
+    rt.spawn(driftgate::api::http::serve(listener, state));
+
+    // Every write now fails (retriably: the producers keep trying).
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+    );
+    let answers: Vec<_> = bodies
+        .iter()
+        .map(|body| {
+            let (url, body) = (url.clone(), body.to_string());
+            std::thread::spawn(move || {
+                let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+                let mut r = http
+                    .post(&url)
+                    .header("Authorization", "Bearer t0ken")
+                    .header("content-type", "application/json")
+                    .send(body.as_str())
+                    .expect("request");
+                let text = r.body_mut().read_to_string().expect("body");
+                (r.status().as_u16(), serde_json::from_str::<serde_json::Value>(&text).expect("JSON"))
+            })
+        })
+        .collect();
+    wait_for(&logs, 30, "every override handed to revoked-a's engines", || {
+        agents.iter().all(|agent| {
+            a.control
+                .agent(agent)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.overrides.iter().any(|o| o.override_id == format!("ovr-{agent}")))
+        })
+    });
+
+    // A second member joins: half the partitions move while their overrides wait.
+    let b = Member::start("revoked-b", &bootstrap);
+    let moved: Vec<usize> = {
+        wait_for(&logs, 120, "revoked-b to hold partitions", || b.status.assigned.load(Ordering::SeqCst));
+        wait_for(&logs, 120, "revoked-a to give two partitions up", || {
+            agents.iter().filter(|ag| matches!(a.control.agent(ag), Ok(None))).count() == 2
+        });
+        (0..agents.len()).filter(|i| matches!(a.control.agent(&agents[*i]), Ok(None))).collect()
+    };
+    let mut answers: Vec<Option<_>> = answers.into_iter().map(Some).collect();
+    for &i in &moved {
+        let (status, v) = answers[i].take().expect("once").join().expect("request thread");
+        assert_eq!((status, v["error"].as_str()), (503, Some("not_durable")), "{}: {v}", agents[i]);
+        assert!(v["message"].as_str().unwrap_or_default().contains("revoked"), "{v}");
+    }
+    // Writes succeed again: the overrides that stayed are answered once durable.
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    for (i, answer) in answers.into_iter().enumerate() {
+        if let Some(thread) = answer {
+            let (status, v) = thread.join().expect("request thread");
+            assert_eq!(status, 201, "{}: {v}", agents[i]);
+        }
+    }
+    // The new owner restored the moved agents without the override (it was never durable);
+    // the same request, retried there, is taken and made durable.
+    for &i in &moved {
+        let agent = &agents[i];
+        let restored = b.control.agent(agent).expect("answered").expect("held by the new owner");
+        assert!(restored.overrides.is_empty(), "{restored:?}");
+        let req = serde_json::from_value(bodies[i].clone()).expect("request");
+        let durable = b.control.submit_override(req, 0).expect("taken by the new owner");
+        assert_eq!(durable.wait(Duration::from_secs(60)), Some(Ok(())), "{agent}");
+        let now = b.control.agent(agent).expect("answered").expect("held");
+        assert_eq!(now.lane, driftgate_core::model::lane::Lane::Watch, "{agent}");
+    }
+    b.stop();
     a.stop();
 }
