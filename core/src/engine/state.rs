@@ -193,3 +193,42 @@ impl AgentState {
             .any(|o| o.req.kind == OverrideKind::Attest && o.req.clause_id.as_deref() == Some(clause_id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clause's detector, for states built by hand.
+    fn detector() -> AnyDetector {
+        let pact = include_str!("../../../tests/fixtures/lane-rules.yaml");
+        let p = crate::pact::parse_pact(pact, "rules.yaml").unwrap();
+        crate::engine::Engine::new(Default::default(), vec![p]).protos[0][0].clone()
+    }
+
+    #[test]
+    fn segments_order_by_length_then_bytes_and_the_unsegmented_one_comes_first() {
+        let s = |x: &str| Segment(x.into());
+        let mut v = vec![s("bb"), s("a"), s(""), s("ab"), s("b"), s("")];
+        v.sort();
+        assert_eq!(v, [s(""), s(""), s("a"), s("b"), s("ab"), s("bb")]);
+        assert!(s("z") < s("aa") && s("ab") < s("ac") && s("") < s("a"));
+        assert_eq!(s("").partial_cmp(&s("")), Some(std::cmp::Ordering::Equal));
+    }
+
+    #[test]
+    fn observations_keep_the_newest_times_and_a_smoothed_gap() {
+        let mut st = ClauseState::new(detector(), 0);
+        st.observe(100, 2);
+        assert_eq!((st.gap, st.last_at), (0.0, 100), "no gap from one observation");
+        st.observe(300, 2);
+        assert_eq!(st.gap, 200.0, "the first gap is taken as it is");
+        st.observe(1_300, 2);
+        assert_eq!(st.gap, 0.95 * 200.0 + 0.05 * 1_000.0);
+        // An older observation (out of order) adds a zero gap and leaves `last_at`.
+        st.observe(1_000, 2);
+        assert_eq!((st.gap, st.last_at), (0.95 * 240.0, 1_300));
+        assert_eq!(st.recent, [1_300, 1_000], "at most `keep`, newest last");
+        st.observe(2_000, 0);
+        assert_eq!(st.recent, [2_000], "at least one is kept");
+    }
+}

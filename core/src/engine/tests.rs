@@ -8,7 +8,7 @@ use crate::model::telemetry::{Attr, Model, Outcome, Risk};
 use crate::pact::duration::Dur;
 use crate::pact::parse_pact;
 
-/// Shared with the model-based test (`tests/it/lane_model.rs`).
+/// Shared with the model-based test (`tests/lanes/model.rs`).
 const PACT: &str = include_str!("../../../tests/fixtures/lane-rules.yaml");
 
 const S: i64 = 1_000_000;
@@ -799,4 +799,38 @@ fn a_restore_in_the_middle_of_an_idle_period_gives_the_same_effects() {
     let mut second = Engine::restore(first.config().clone(), first.pacts().to_vec(), first.meta(), agents);
     got.extend(run_steps(&mut second, &run[6..]));
     assert_eq!(serde_json::to_string(&got).unwrap(), serde_json::to_string(&expected).unwrap());
+}
+
+#[test]
+fn pacts_are_activated_once_and_every_input_marks_its_agent_for_the_changelog() {
+    let mut e = engine();
+    assert_eq!((e.agent_count(), e.config().max_override_ttl), (0, Dur(3600 * S)));
+    for (i, agent) in ["a0", "a1", "a0"].iter().enumerate() {
+        e.push(tel(agent, i as i64, "ok", false, 1));
+    }
+    let out = e.drain();
+    let activated =
+        out.iter().filter(|o| matches!(o, Output::History(r) if r.kind == RecordKind::PactActivated)).count();
+    assert_eq!(activated, 1, "one pact, activated by the first input only");
+    assert_eq!(e.agent_count(), 2);
+    let dirty: Vec<(String, bool)> = e.take_dirty().into_iter().map(|(id, s)| (id, s.is_some())).collect();
+    assert_eq!(dirty, [("a0".to_string(), true), ("a1".to_string(), true)]);
+    assert!(e.take_dirty().is_empty(), "taken");
+    e.push(tel("a1", 3, "ok", false, 1));
+    assert_eq!(e.take_dirty().into_iter().map(|(id, _)| id).collect::<Vec<_>>(), ["a1"]);
+}
+
+#[test]
+fn collected_outputs_keep_each_kind_in_order() {
+    let mut e = engine();
+    e.push(tel("a0", 0, "ok", false, 1));
+    e.push(tel("a0", 1, "block", false, 1));
+    let out = e.drain();
+    let mut c = Collected::default();
+    c.take(out.clone());
+    let history: Vec<Record> =
+        out.iter().filter_map(|o| if let Output::History(r) = o { Some(r.clone()) } else { None }).collect();
+    assert_eq!(c.history, history);
+    assert_eq!(events(&out).len(), c.events.len());
+    assert!(!c.events.is_empty() && c.late.is_empty() && c.panics.is_empty());
 }
