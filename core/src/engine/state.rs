@@ -231,4 +231,20 @@ mod tests {
         st.observe(2_000, 0);
         assert_eq!(st.recent, [2_000], "at least one is kept");
     }
+
+    #[test]
+    fn evidence_is_fresh_with_min_events_within_max_age_after_a_grace_period_of_max_age() {
+        let f = Freshness { max_age: crate::pact::duration::Dur(100), min_events: 2 };
+        let mut st = ClauseState::new(detector(), 1_000);
+        // Grace: a new state has `max_age` to gather its events.
+        assert!(st.is_fresh(1_099, &f) && !st.is_fresh(1_100, &f));
+        assert_eq!(st.stale_deadline(&f), 1_100);
+        st.observe(1_050, 2);
+        assert!(!st.is_fresh(1_120, &f), "one event of two");
+        assert_eq!(st.stale_deadline(&f), 1_100, "still the grace period's end");
+        st.observe(1_080, 2);
+        // Fresh while the older of the two is within `max_age`.
+        assert!(st.is_fresh(1_150, &f) && !st.is_fresh(1_151, &f));
+        assert_eq!(st.stale_deadline(&f), 1_150);
+    }
 }
