@@ -1,7 +1,9 @@
 //! The Kafka side: consume telemetry and overrides, drive the engine per partition, and
 //! produce events, history, router snapshots and the changelog.
 //!
-//! - `pipeline`: the loop, rebalances and restore; its thread alone owns the tasks;
+//! - `pipeline`: the loop; its thread alone owns the tasks;
+//! - `rebalance`: the consumer's callbacks (assign, revoke, commits); `restore`: state
+//!   from the changelog;
 //! - `commands`: the API's and control topic's way in, as commands on a channel;
 //! - `tasks`: per-partition engines and the durability protocol (snapshot, close, commit);
 //! - `emitter`: engine outputs and dead letters as records;
@@ -13,6 +15,8 @@ pub mod control_topic;
 pub mod decode;
 pub mod emitter;
 pub mod pipeline;
+pub mod rebalance;
 pub mod registry;
+pub mod restore;
 pub mod sink;
 pub mod tasks;

@@ -9,12 +9,15 @@
 //!   a snapshot is **committed only after** its closing record is acknowledged. Auto-commit
 //!   and auto-store are off. See [`Tasks::snapshot`].
 //! - On assignment, a partition's state is **restored** from the changelog before it is
-//!   consumed, and consumption starts at the position of the restored snapshot.
+//!   consumed, and consumption starts at the position of the restored snapshot
+//!   ([`crate::kafka::rebalance`], [`crate::kafka::restore`]).
 //! - Bad records go to the dead-letter topic untouched, with the reason in headers, and
 //!   the partition moves on. A schema-registry outage is not a bad record: the partition
 //!   is rewound and retried.
 //! - On revoke, the revoked partitions' outputs are flushed and their offsets committed
 //!   inside the callback (which runs on this thread, in `poll`), then their state dropped.
+//! - The pipeline thread alone owns the tasks: the HTTP API and the control topic send it
+//!   [`Command`]s, served between records.
 //! - On SIGTERM: stop consuming, flush, commit, leave the group.
 
 use crate::api::control::{
@@ -24,16 +27,15 @@ use crate::config::{InputFormat, RunConfig};
 use crate::kafka::commands::{self, Command, PipelineControl};
 use crate::kafka::decode::{DecodeError, Decoder};
 use crate::kafka::emitter::{headers, Emitter, Origin};
+use crate::kafka::rebalance::PipelineContext;
 use crate::kafka::registry::{HttpRegistry, SchemaFileError, SchemaSource, StaticSchemas};
 use crate::kafka::sink::{OutRecord, Sink, SinkError, SourceKey};
-use crate::kafka::tasks::{Task, Tasks};
+use crate::kafka::tasks::Tasks;
 use crate::obs::events::{
-    kafka_code, AuditWriteFailed, ClientError, CommitFailed, ConsumerError, DependencyUnavailable,
-    HeartbeatFailed, InternalEvent, RebalanceFailed, Rebalanced, RecordRejected, RestoreFailed,
-    RevokeFlushFailed, SeekFailed, StartOffsetFailed,
+    AuditWriteFailed, CommitFailed, ConsumerError, DependencyUnavailable, HeartbeatFailed, InternalEvent,
+    RecordRejected, SeekFailed,
 };
 use crate::obs::metrics::{EngineScrape, Metrics, PartitionTime};
-use driftgate_core::codec::changelog;
 use driftgate_core::engine::{Engine, Input};
 use driftgate_core::model::heartbeat::EngineState;
 use driftgate_core::model::history::Record;
@@ -41,19 +43,18 @@ use driftgate_core::model::overrides::OverrideRequest;
 use driftgate_core::model::router_view::AgentSnapshot;
 use driftgate_core::pact::Pact;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::Offset;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 /// Why the pipeline stopped or could not start.
 #[derive(Debug, Error)]
@@ -126,50 +127,6 @@ pub enum PipelineError {
     Poisoned,
 }
 
-/// Why a partition's state could not be restored from the changelog.
-#[derive(Debug, Error)]
-pub enum RestoreError {
-    /// The reader could not be created.
-    #[error("cannot create the restore consumer: {0}")]
-    Client(#[source] KafkaError),
-    /// Reading the changelog failed.
-    #[error("changelog {topic}/{partition}: {source}")]
-    Read {
-        /// The changelog topic.
-        topic: String,
-        /// Its partition.
-        partition: i32,
-        /// Cause.
-        source: KafkaError,
-    },
-    /// A record did not decode.
-    #[error("changelog {topic}/{partition} offset {offset}: {source}")]
-    Decode {
-        /// The changelog topic.
-        topic: String,
-        /// Its partition.
-        partition: i32,
-        /// The record's offset.
-        offset: i64,
-        /// Cause.
-        source: changelog::StateError,
-    },
-    /// The end was not reached in time.
-    #[error("changelog {topic}/{partition} not read to its end ({next} of {end}) within {timeout:?}")]
-    Timeout {
-        /// The changelog topic.
-        topic: String,
-        /// Its partition.
-        partition: i32,
-        /// The next offset to read.
-        next: i64,
-        /// The end offset.
-        end: i64,
-        /// `restore_timeout`.
-        timeout: Duration,
-    },
-}
-
 /// Where the pipeline stands; shared with the HTTP API.
 #[derive(Debug, Default)]
 pub struct Status {
@@ -184,247 +141,6 @@ pub struct Status {
     pub decoder_unavailable: AtomicBool,
     /// Set to stop the run.
     pub stop: AtomicBool,
-}
-
-/// Consumer callbacks: rebalances.
-pub struct PipelineContext {
-    tasks: Arc<Mutex<Tasks>>,
-    metrics: Arc<Metrics>,
-    sink: Arc<Sink>,
-    status: Arc<Status>,
-    client: ClientConfig,
-    changelog: String,
-    restore_timeout: Duration,
-    /// See [`crate::config::KafkaConfig::resume_rewind`].
-    resume_rewind: i64,
-    /// Offsets the broker acknowledged, from the commit callback; applied by the loop.
-    /// (A lock of its own: the callback can run inside a commit made under `tasks`.)
-    confirmed: Mutex<Vec<(SourceKey, i64)>>,
-}
-
-impl ClientContext for PipelineContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)) {
-            self.status.brokers_down.store(true, Ordering::SeqCst);
-        }
-        ClientError { error: &error, reason }.emit(&self.metrics);
-    }
-
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        // Bootstrap entries are placeholders; a real broker connection that is UP counts.
-        let up = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
-        self.status.brokers_down.store(!up, Ordering::SeqCst);
-        for (topic, t) in &statistics.topics {
-            for (partition, p) in &t.partitions {
-                // librdkafka lists an internal partition -1, and -1 lag for unassigned ones.
-                if p.partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics
-                        .consumer_lag
-                        .with_label_values(&[topic.as_str(), partition.to_string().as_str()])
-                        .set(p.consumer_lag);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for PipelineContext {
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => {
-                if let Ok(mut c) = self.confirmed.lock() {
-                    c.extend(offsets.elements().iter().filter_map(|e| match e.offset() {
-                        Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
-                        _ => None,
-                    }));
-                }
-            }
-            // Nothing confirmed: the next interval commits the same positions again.
-            Err(e) => CommitFailed { error: &e }.emit(&self.metrics),
-        }
-    }
-
-    // Overridden to restore state *before* the assignment takes effect, and to start
-    // each partition at the position its restored state corresponds to.
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.on_assign(tpl);
-                let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
-                if let Err(e) = r {
-                    RebalanceFailed { op: "assign", error: &e, code: kafka_code(&e) }.emit(&self.metrics);
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.on_revoke(consumer, tpl);
-                let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
-                if let Err(e) = r {
-                    RebalanceFailed { op: "unassign", error: &e, code: kafka_code(&e) }.emit(&self.metrics);
-                }
-            }
-            other => {
-                let error = rdkafka::types::RDKafkaErrorCode::from(other);
-                RebalanceFailed { op: "protocol", error: &error, code: format!("{error:?}") }
-                    .emit(&self.metrics)
-            }
-        }
-    }
-}
-
-impl PipelineContext {
-    fn on_assign(&self, tpl: &mut TopicPartitionList) {
-        let parts: Vec<SourceKey> =
-            tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
-        let started = Instant::now();
-        self.status.restoring.store(true, Ordering::SeqCst);
-        for key in parts {
-            let restored = match restore_partition(&self.client, &self.changelog, &key, self.restore_timeout)
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    // Without its state the partition would judge on an empty baseline:
-                    // stop rather than enforce blind.
-                    RestoreFailed { topic: &key.0, partition: key.1, error: &e }.emit(&self.metrics);
-                    self.status.stop.store(true, Ordering::SeqCst);
-                    return;
-                }
-            };
-            let Ok(mut tasks) = self.tasks.lock() else { return };
-            let (cfg, pacts) = (tasks.engine_cfg.clone(), tasks.pacts.clone());
-            let task = match restored {
-                Some((snap, records)) => {
-                    let position = snap.meta.position;
-                    let torn = snap.torn.len();
-                    info!(topic = %key.0, partition = key.1, position, agents = snap.agents.len(), torn, records, "state restored");
-                    // See `KafkaConfig::resume_rewind`: records before `position` are skipped.
-                    let start = position.saturating_sub(self.resume_rewind).max(0);
-                    if let Err(e) = tpl.set_partition_offset(&key.0, key.1, Offset::Offset(start)) {
-                        StartOffsetFailed { topic: &key.0, partition: key.1, error: &e }.emit(&self.metrics);
-                    }
-                    let mut engine = Engine::restore(cfg, pacts, snap.meta.meta, snap.agents);
-                    engine.mark_dirty(snap.torn);
-                    let mut t = Task::fresh(engine, Some(position));
-                    // The restored state is durable as of `position`: the group may say so.
-                    t.safe = Some(position);
-                    t
-                }
-                None => Task::fresh(Engine::new(cfg, pacts), None),
-            };
-            tasks.map.insert(key, task);
-        }
-        let total = self.tasks.lock().map(|t| t.map.len()).unwrap_or(0);
-        info!(
-            partitions = tpl.count(),
-            total,
-            restore_ms = started.elapsed().as_millis() as u64,
-            "partitions assigned"
-        );
-        Rebalanced { change: "assign", partitions: tpl.count() }.emit(&self.metrics);
-        self.status.restoring.store(false, Ordering::SeqCst);
-        self.status.assigned.store(total > 0, Ordering::SeqCst);
-    }
-
-    fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let revoked: BTreeSet<SourceKey> =
-            tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
-        info!(partitions = ?revoked, "partitions revoked: snapshotting, flushing and committing");
-        // Runs inside poll() on the pipeline thread: blocking here blocks the loop, which
-        // is what we want; no async work is awaited.
-        let Ok(mut tasks) = self.tasks.lock() else { return };
-        let buffered: usize =
-            revoked.iter().filter_map(|k| tasks.map.get(k)).map(|t| t.engine.buffered()).sum();
-        self.metrics.revoked_buffered_records.inc_by(buffered as u64);
-        if let Err(e) = tasks.snapshot_and_flush(&*self.sink, Some(&revoked)) {
-            RevokeFlushFailed { error: &e }.emit(&self.metrics);
-        }
-        if let Err(e) = tasks.commit(consumer, &*self.sink, CommitMode::Sync, Some(&revoked)) {
-            CommitFailed { error: &e }.emit(&self.metrics);
-        }
-        Rebalanced { change: "revoke", partitions: revoked.len() }.emit(&self.metrics);
-        tasks.remove_revoked(&revoked);
-        for k in &revoked {
-            if let Ok(mut acks) = self.sink.acks().lock() {
-                acks.forget(k);
-            }
-        }
-        if tasks.map.is_empty() {
-            self.status.assigned.store(false, Ordering::SeqCst);
-        }
-    }
-}
-
-type Restored = (changelog::Snapshot, u64);
-
-/// The restore reader's callbacks: reaching the end of the changelog partition is how a
-/// restore ends, not an error.
-struct RestoreContext;
-
-impl ClientContext for RestoreContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(p) => debug!(partition = p, "changelog partition read to its end"),
-            e => warn!(error = %e, reason, "changelog reader"),
-        }
-    }
-}
-
-impl ConsumerContext for RestoreContext {}
-
-/// Reads a source partition's changelog partition to its end and rebuilds its state.
-fn restore_partition(
-    client: &ClientConfig,
-    changelog_topic: &str,
-    key: &SourceKey,
-    timeout: Duration,
-) -> Result<Option<Restored>, RestoreError> {
-    let read = |source| RestoreError::Read { topic: changelog_topic.to_string(), partition: key.1, source };
-    let reader: BaseConsumer<RestoreContext> = client
-        .clone()
-        .set("group.id", "driftgate-restore")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create_with_context(RestoreContext)
-        .map_err(RestoreError::Client)?;
-    let (lo, hi) = reader.fetch_watermarks(changelog_topic, key.1, timeout).map_err(read)?;
-    if hi <= lo {
-        return Ok(None);
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(changelog_topic, key.1, Offset::Offset(lo)).map_err(read)?;
-    reader.assign(&tpl).map_err(read)?;
-    let mut r = changelog::Restorer::default();
-    let deadline = Instant::now() + timeout;
-    let mut next = lo;
-    loop {
-        match reader.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                next = m.offset() + 1;
-                r.apply(&key.0, m.key().unwrap_or_default(), m.payload()).map_err(|source| {
-                    RestoreError::Decode {
-                        topic: changelog_topic.to_string(),
-                        partition: key.1,
-                        offset: m.offset(),
-                        source,
-                    }
-                })?;
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) if next >= hi => break,
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
-            Some(Err(e)) => return Err(read(e)),
-        }
-        if Instant::now() > deadline {
-            return Err(RestoreError::Timeout {
-                topic: changelog_topic.to_string(),
-                partition: key.1,
-                next,
-                end: hi,
-                timeout,
-            });
-        }
-    }
-    let records = r.records;
-    Ok(r.finish().map(|s| (s, records)))
 }
 
 /// The longest the loop waits for a record before it looks at the time again (idleness,

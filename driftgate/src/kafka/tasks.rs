@@ -4,7 +4,7 @@
 //! without a broker.
 
 use crate::api::control::{Durability, DurabilityPromise, NotDurable};
-use crate::kafka::pipeline::PipelineContext;
+use crate::kafka::rebalance::PipelineContext;
 use crate::kafka::sink::{OutRecord, OutputSink, SinkError, SourceKey};
 use driftgate_core::codec::changelog;
 use driftgate_core::engine::{Engine, EngineConfig};

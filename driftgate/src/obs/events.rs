@@ -118,13 +118,13 @@ pub struct RestoreFailed<'a> {
     /// The input partition.
     pub partition: i32,
     /// Why.
-    pub error: &'a crate::kafka::pipeline::RestoreError,
+    pub error: &'a crate::kafka::restore::RestoreError,
 }
 
 impl InternalEvent for RestoreFailed<'_> {
     fn emit(self, metrics: &Metrics) {
         error!(topic = self.topic, partition = self.partition, error = %self.error, "cannot restore state; stopping");
-        use crate::kafka::pipeline::RestoreError as E;
+        use crate::kafka::restore::RestoreError as E;
         let code = match self.error {
             E::Client(e) | E::Read { source: e, .. } => kafka_code(e),
             E::Decode { .. } => "decode".to_string(),
