@@ -120,6 +120,14 @@ fn scenario() -> Vec<Telemetry> {
     out
 }
 
+/// The scenario as Avro records for a 2-partition input: (key, value, timestamp ms, partition).
+fn scenario_records() -> Vec<(String, Vec<u8>, i64, i32)> {
+    scenario()
+        .iter()
+        .map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2)))
+        .collect()
+}
+
 fn avro(t: &Telemetry) -> Vec<u8> {
     let schema = apache_avro::Schema::parse_str(TELEMETRY_AVSC).unwrap();
     confluent_frame(1, &write_datum(&schema, t.to_avro()).unwrap())
@@ -160,10 +168,7 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
         ),
     )
     .unwrap();
-    let records: Vec<_> = scenario()
-        .iter()
-        .map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2)))
-        .collect();
+    let records = scenario_records();
     produce(&b.producer(), &t.input, &records);
 
     let engine = Engine::start(&cfg);
@@ -407,10 +412,7 @@ fn the_pipelines_http_api_keeps_its_openapi_contract() {
     let port = kafka::free_port();
     let api = format!("http://127.0.0.1:{port}");
     let cfg = write_config_with(dir.path(), &b, &t, "avro", "200ms", &format!("127.0.0.1:{port}"));
-    let records: Vec<_> = scenario()
-        .iter()
-        .map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2)))
-        .collect();
+    let records = scenario_records();
     produce(&b.producer(), &t.input, &records);
     let engine = Engine::start(&cfg);
     let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
@@ -671,10 +673,7 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
     let t = Topics::create(&b, "pipeline", 2);
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config_with(dir.path(), &b, &t, "avro", "2s", "");
-    let records: Vec<_> = scenario()
-        .iter()
-        .map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2)))
-        .collect();
+    let records = scenario_records();
     // Phase 1 ends before the model update; phase 2 holds the drift.
     let split = 900 * 4;
     let producer = b.producer();

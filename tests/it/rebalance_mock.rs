@@ -216,6 +216,45 @@ fn cluster_with_topics() -> (MockCluster<'static, rdkafka::producer::DefaultProd
     (cluster, bootstrap)
 }
 
+/// A mock cluster with the topics, the first `first` scenario records produced, and a member
+/// that has committed them all.
+fn committed_member(
+    logs: &Logs,
+    name: &str,
+    first: usize,
+) -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String, Vec<Rec>, Member) {
+    let (cluster, bootstrap) = cluster_with_topics();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let recs = records(PARTS);
+    produce(&producer, INPUT, &recs[..first]);
+    let member = Member::start(name, &bootstrap);
+    wait_for(logs, 60, &format!("{name} to commit the records"), || committed(&bootstrap) >= first as i64);
+    (cluster, bootstrap, recs, member)
+}
+
+/// A scenario record: agent, payload, timestamp (ms), partition.
+type Rec = (String, Vec<u8>, i64, i32);
+
+/// The HTTP API over `member`'s pipeline, waiting `durable` for an override's durability;
+/// the runtime serving it, and the overrides URL (token `t0ken`).
+fn serve_api(member: &Member, durable: Duration) -> (tokio::runtime::Runtime, String) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("listener");
+    let url = format!("http://{}/v1/overrides", listener.local_addr().expect("address"));
+    let control: Arc<dyn ControlPlane> = member.control.clone();
+    let state = driftgate::api::http::ApiState::new(
+        control,
+        driftgate::api::auth::Credentials::new(Some("t0ken"), None, 300),
+    )
+    .with_durable_timeout(durable);
+    rt.spawn(driftgate::api::http::serve(listener, state));
+    (rt, url)
+}
+
 #[test]
 fn cooperative_rebalancing_moves_only_what_changes_and_state_follows() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -292,17 +331,8 @@ fn cooperative_rebalancing_moves_only_what_changes_and_state_follows() {
 fn an_override_is_taken_on_restored_state_before_any_new_record() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let logs = logs();
-    let (_cluster, bootstrap) = cluster_with_topics();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
-    let recs = records(PARTS);
+    let (_cluster, bootstrap, recs, a) = committed_member(&logs, "restore-a", 20_000);
     let first = 20_000;
-    produce(&producer, INPUT, &recs[..first]);
-    let a = Member::start("restore-a", &bootstrap);
-    wait_for(&logs, 60, "restore-a to commit the records", || committed(&bootstrap) >= first as i64);
     a.stop();
 
     let b = Member::start("restore-b", &bootstrap);
@@ -350,32 +380,13 @@ fn an_override_is_taken_on_restored_state_before_any_new_record() {
 fn an_override_not_durable_in_time_is_answered_504_and_a_retry_is_answered_once_durable() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let logs = logs();
-    let (cluster, bootstrap) = cluster_with_topics();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
-    let recs = records(PARTS);
-    let first = 4_000;
-    produce(&producer, INPUT, &recs[..first]);
-    let a = Member::start("durable-a", &bootstrap);
-    wait_for(&logs, 60, "durable-a to commit the records", || committed(&bootstrap) >= first as i64);
+    let (cluster, _bootstrap, recs, a) = committed_member(&logs, "durable-a", 4_000);
     let agent = recs[0].0.clone();
     let snapshot = a.control.agent(&agent).expect("answered").expect("known");
     let at = snapshot.clauses.iter().map(|c| c.last_evidence_at).max().expect("evidence");
 
     // The HTTP API over the running pipeline, waiting 2 s for durability.
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("listener");
-    let url = format!("http://{}/v1/overrides", listener.local_addr().expect("address"));
-    let control: Arc<dyn ControlPlane> = a.control.clone();
-    let state = driftgate::api::http::ApiState::new(
-        control,
-        driftgate::api::auth::Credentials::new(Some("t0ken"), None, 300),
-    )
-    .with_durable_timeout(Duration::from_secs(2));
-    rt.spawn(driftgate::api::http::serve(listener, state));
+    let (_rt, url) = serve_api(&a, Duration::from_secs(2));
     let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
     let body = serde_json::json!({
         "override_id": "ovr-slow", "agent_id": agent, "kind": "tighten", "lane": "watch",
@@ -461,17 +472,8 @@ fn an_override_whose_partition_is_revoked_before_it_is_durable_is_answered_503_a
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let logs = logs();
-    let (cluster, bootstrap) = cluster_with_topics();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
-    let recs = records(PARTS);
+    let (cluster, bootstrap, recs, a) = committed_member(&logs, "revoked-a", 4_000);
     let first = 4_000;
-    produce(&producer, INPUT, &recs[..first]);
-    let a = Member::start("revoked-a", &bootstrap);
-    wait_for(&logs, 60, "revoked-a to commit the records", || committed(&bootstrap) >= first as i64);
     // One agent per partition, with the request that tightens it.
     let agents: Vec<String> = (0..PARTS)
         .map(|p| recs[..first].iter().find(|r| r.3 == p).expect("an agent per partition").0.clone())
@@ -497,16 +499,7 @@ fn an_override_whose_partition_is_revoked_before_it_is_durable_is_answered_503_a
         .collect();
 
     // The HTTP API over the first member, waiting up to 120 s for durability.
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("listener");
-    let url = format!("http://{}/v1/overrides", listener.local_addr().expect("address"));
-    let control: Arc<dyn ControlPlane> = a.control.clone();
-    let state = driftgate::api::http::ApiState::new(
-        control,
-        driftgate::api::auth::Credentials::new(Some("t0ken"), None, 300),
-    )
-    .with_durable_timeout(Duration::from_secs(120));
-    rt.spawn(driftgate::api::http::serve(listener, state));
+    let (_rt, url) = serve_api(&a, Duration::from_secs(120));
 
     // Every write now fails (retriably: the producers keep trying).
     cluster.request_errors(

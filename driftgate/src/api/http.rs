@@ -260,25 +260,13 @@ fn accept_override(s: &ApiState, headers: &HeaderMap, body: &Bytes) -> Result<Ac
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::control::AuditChain;
-    use crate::kafka::commands::{self, Command, PipelineControl};
-    use crate::kafka::pipeline::Status;
-    use crate::obs::metrics::Metrics;
+    use crate::kafka::commands::{self, Command};
 
     #[test]
     fn health_answers_while_the_pipeline_is_busy_and_a_query_it_cannot_answer_is_503_unavailable() {
         // The pipeline's control plane over a pipeline thread that takes commands but never
         // answers (as while a rebalance flushes).
-        let (tx, commands) = commands::channel();
-        let control = PipelineControl::new(
-            tx,
-            Arc::new(Status::default()),
-            Arc::new(Metrics::new()),
-            Arc::default(),
-            Vec::new(),
-            AuditChain::new("api/test".into()),
-        )
-        .answer_within(Duration::from_secs(2));
+        let (control, commands) = commands::control(Duration::from_secs(2));
         // One worker, as `driftgate run` has.
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();

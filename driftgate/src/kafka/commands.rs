@@ -155,23 +155,25 @@ impl ControlPlane for PipelineControl {
     }
 }
 
+/// A control plane over a channel the test plays the pipeline thread on.
+#[cfg(test)]
+pub(crate) fn control(answer_within: Duration) -> (PipelineControl, Receiver<Command>) {
+    let (tx, rx) = channel();
+    let c = PipelineControl::new(
+        tx,
+        Arc::new(Status::default()),
+        Arc::new(Metrics::new()),
+        Arc::default(),
+        Vec::new(),
+        AuditChain::new("api/test".into()),
+    )
+    .answer_within(answer_within);
+    (c, rx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn control(answer_within: Duration) -> (PipelineControl, Receiver<Command>) {
-        let (tx, rx) = channel();
-        let c = PipelineControl::new(
-            tx,
-            Arc::new(Status::default()),
-            Arc::new(Metrics::new()),
-            Arc::default(),
-            Vec::new(),
-            AuditChain::new("api/test".into()),
-        )
-        .answer_within(answer_within);
-        (c, rx)
-    }
 
     #[test]
     fn a_pipeline_that_does_not_answer_in_time_is_busy_and_the_caller_is_released() {
