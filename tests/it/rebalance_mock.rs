@@ -259,14 +259,7 @@ fn serve_api(member: &Member, durable: Duration) -> (tokio::runtime::Runtime, St
 fn cooperative_rebalancing_moves_only_what_changes_and_state_follows() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let logs = logs();
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let bootstrap = cluster.bootstrap_servers();
-    cluster.create_topic(INPUT, PARTS, 1).expect("topic");
-    for (t, n) in
-        [("enforcement", 1), ("snapshot", 1), ("history", PARTS), ("dead-letter", 1), ("changelog", PARTS)]
-    {
-        cluster.create_topic(t, n, 1).expect("topic");
-    }
+    let (_cluster, bootstrap) = cluster_with_topics();
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("enable.idempotence", "true")
