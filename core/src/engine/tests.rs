@@ -834,3 +834,16 @@ fn collected_outputs_keep_each_kind_in_order() {
     assert_eq!(events(&out).len(), c.events.len());
     assert!(!c.events.is_empty() && c.late.is_empty() && c.panics.is_empty());
 }
+
+#[test]
+fn an_agent_no_pact_covers_is_tracked_but_never_judged() {
+    let mut e = engine();
+    // The pact applies to `a*` agents only.
+    e.push(tel("z0", 0, "block", false, 1));
+    e.push(tel("a0", 1, "block", false, 1));
+    let out = e.drain();
+    let judged: Vec<(String, Scope, Lane)> = events(&out).into_iter().map(|ev| (ev.0, ev.1, ev.3)).collect();
+    assert_eq!(judged, [("a0".into(), All, Block), ("a0".into(), HighRisk, Block)], "only the covered agent");
+    let z = e.agent("z0").expect("tracked");
+    assert!(z.pacts.is_empty() && z.clauses.is_empty(), "{z:?}");
+}
