@@ -8,7 +8,7 @@
 //! is durable, so a crash re-reads it.
 
 use crate::api::auth::{Credentials, Presented};
-use crate::api::control::ControlPlane;
+use crate::api::control::{ControlPlane, NotDurable};
 use crate::api::ingest::{ingest, Channel};
 use crate::kafka::pipeline::Status;
 use crate::obs::events::{self, InternalEvent};
@@ -16,6 +16,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +26,8 @@ use tracing::{info, warn};
 /// Why the control-topic reader could not start.
 #[derive(Debug, Error)]
 pub enum ControlTopicError {
-    /// The consumer could not be created.
-    #[error("cannot create the control-topic consumer: {0}")]
+    /// The consumer or producer could not be created.
+    #[error("cannot create the control-topic client: {0}")]
     Client(#[source] KafkaError),
     /// The subscription was refused.
     #[error("cannot subscribe to the control topic `{topic}`: {source}")]
@@ -60,6 +61,7 @@ pub fn spawn(
     consumer
         .subscribe(&[&topic])
         .map_err(|source| ControlTopicError::Subscribe { topic: topic.clone(), source })?;
+    let producer: BaseProducer = client.create().map_err(ControlTopicError::Client)?;
     info!(%topic, %group, "reading overrides from the control topic");
     std::thread::Builder::new()
         .name("control-topic".into())
@@ -87,13 +89,50 @@ pub fn spawn(
                     signature: header("driftgate.signature"),
                     timestamp: header("driftgate.timestamp"),
                 };
-                apply(&*control, &creds, &presented, m.payload().unwrap_or_default(), &status);
+                let payload = m.payload().unwrap_or_default();
+                if apply(&*control, &creds, &presented, payload, &status) == Applied::Revoked {
+                    // Offered again to every instance; the agent's new owner takes it, and a
+                    // copy it already took is answered as a retry.
+                    let mut again = BaseRecord::<[u8], [u8]>::to(&topic).payload(payload);
+                    if let Some(k) = m.key() {
+                        again = again.key(k);
+                    }
+                    if let Some(h) = m.headers() {
+                        again = again.headers(h.detach());
+                    }
+                    let sent = producer
+                        .send(again)
+                        .map_err(|(e, _)| e)
+                        .and_then(|()| producer.flush(Duration::from_secs(10)));
+                    match sent {
+                        Ok(()) => {
+                            info!(%topic, offset = m.offset(), "control record offered again after a revoke")
+                        }
+                        Err(e) => {
+                            events::ControlTopicError { op: "requeue", error: &e }.emit(control.metrics())
+                        }
+                    }
+                }
                 if let Err(e) = consumer.commit_message(&m, CommitMode::Sync) {
                     events::ControlTopicError { op: "commit", error: &e }.emit(control.metrics());
                 }
             }
         })
         .map_err(ControlTopicError::Thread)
+}
+
+/// What became of one control record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Refused, or for an agent held elsewhere (`ingest` logged and counted it).
+    NotTaken,
+    /// Taken, and the state holding it is durable.
+    Durable,
+    /// Taken, but its partition was revoked first: the new owner read the record while the
+    /// agent was not its own, so the record must be offered again.
+    Revoked,
+    /// Taken; no answer within the wait, or the engine stopped.
+    Unconfirmed,
 }
 
 /// Checks and applies one control record, waiting until it is durable.
@@ -103,11 +142,11 @@ pub fn apply(
     presented: &Presented<'_>,
     body: &[u8],
     status: &Status,
-) {
+) -> Applied {
     // Refusals are logged, counted and recorded by `ingest`.
     let Ok(accepted) = ingest(control, creds, Channel::Control, presented, body, crate::clock::wall_micros())
     else {
-        return;
+        return Applied::NotTaken;
     };
     // The offset is committed after this returns: wait for the state holding the override
     // (bounded, and no longer than the run).
@@ -115,11 +154,83 @@ pub fn apply(
     while Instant::now() < deadline && !status.stop.load(Ordering::SeqCst) {
         match accepted.durability.wait(Duration::from_millis(200)) {
             None => continue,
-            Some(Ok(())) => return,
+            Some(Ok(())) => return Applied::Durable,
             Some(Err(e)) => {
                 warn!(agent = %accepted.agent_id, override_id = %accepted.override_id, error = %e, "control topic: override not durable");
-                return;
+                return match e {
+                    NotDurable::Revoked => Applied::Revoked,
+                    NotDurable::Stopped => Applied::Unconfirmed,
+                };
             }
         }
+    }
+    Applied::Unconfirmed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::control::{Busy, Durability, PactInfo, Readiness, SubmitError};
+    use crate::obs::metrics::Metrics;
+    use driftgate_core::model::history::Record;
+    use driftgate_core::model::overrides::OverrideRequest;
+    use driftgate_core::model::router_view::AgentSnapshot;
+
+    /// Takes every override and answers its durability with `outcome`.
+    struct Answers {
+        outcome: Result<(), NotDurable>,
+        metrics: Metrics,
+    }
+
+    impl ControlPlane for Answers {
+        fn readiness(&self) -> Readiness {
+            Readiness {
+                pacts_loaded: true,
+                state_restored: true,
+                assigned: true,
+                broker_reachable: true,
+                decoder_available: true,
+            }
+        }
+        fn agent(&self, _id: &str) -> Result<Option<AgentSnapshot>, Busy> {
+            Ok(None)
+        }
+        fn history(&self, _id: &str, _limit: usize) -> Vec<Record> {
+            Vec::new()
+        }
+        fn pacts(&self) -> Vec<PactInfo> {
+            Vec::new()
+        }
+        fn submit_override(&self, _req: OverrideRequest, _now: i64) -> Result<Durability, SubmitError> {
+            let (promise, durability) = Durability::pending();
+            promise.keep(self.outcome);
+            Ok(durability)
+        }
+        fn audit_rejection(&self, _agent: Option<&str>, _at: i64, _detail: serde_json::Value) {}
+        fn metrics(&self) -> &Metrics {
+            &self.metrics
+        }
+        fn refresh_metrics(&self) {}
+    }
+
+    #[test]
+    fn a_record_whose_partition_was_revoked_before_it_was_durable_is_to_be_offered_again() {
+        let creds = Credentials::new(Some("tok"), None, 300);
+        let presented = Presented { authorization: Some("Bearer tok"), ..Default::default() };
+        let body = serde_json::json!({"override_id": "o", "agent_id": "a1", "kind": "emergency_kill",
+            "principal": "p", "reason": "r", "ticket": "t", "expected_seq": 0,
+            "expires_at": crate::clock::wall_micros() + 60_000_000});
+        let body = serde_json::to_vec(&body).unwrap();
+        let status = Status::default();
+        let outcome = |outcome| {
+            let control = Answers { outcome, metrics: Metrics::new() };
+            apply(&control, &creds, &presented, &body, &status)
+        };
+        assert_eq!(outcome(Ok(())), Applied::Durable);
+        assert_eq!(outcome(Err(NotDurable::Revoked)), Applied::Revoked);
+        assert_eq!(outcome(Err(NotDurable::Stopped)), Applied::Unconfirmed);
+        let refused = Presented { authorization: Some("Bearer nope"), ..Default::default() };
+        let control = Answers { outcome: Ok(()), metrics: Metrics::new() };
+        assert_eq!(apply(&control, &creds, &refused, &body, &status), Applied::NotTaken);
     }
 }
