@@ -847,3 +847,74 @@ fn an_agent_no_pact_covers_is_tracked_but_never_judged() {
     let z = e.agent("z0").expect("tracked");
     assert!(z.pacts.is_empty() && z.clauses.is_empty(), "{z:?}");
 }
+
+/// Drift on each metric kind, and a metric of the wrong type.
+const KINDS: &str = r#"
+pact: kinds
+version: 1
+applies_to: { agents: ["k*"] }
+clauses:
+  - id: flag_rate
+    metric: { kind: bernoulli, value: attributes.flag == "x" }
+    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-3, reference_min: 200, reference_max: 200 }
+    severity: medium
+    consequence: watch
+  - id: latency
+    metric: { kind: real, value: latency_ms }
+    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-3, reference_min: 200, reference_max: 200 }
+    severity: medium
+    consequence: watch
+  - id: flag_mix
+    metric: { kind: categorical, value: attributes.flag }
+    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-3, reference_min: 200, reference_max: 200 }
+    severity: medium
+    consequence: watch
+  - id: mistyped
+    metric: { kind: categorical, value: attributes.size }
+    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-3, reference_min: 200, reference_max: 200 }
+    severity: medium
+    consequence: watch
+"#;
+
+#[test]
+fn drift_is_verified_on_every_metric_kind_and_dated_back_from_its_evidence() {
+    let mut e = Engine::new(
+        EngineConfig { max_out_of_orderness: Dur(0), ..EngineConfig::default() },
+        vec![parse_pact(KINDS, "kinds.yaml").expect("valid pact")],
+    );
+    // One event a second: 200 as the baseline (one in ten flagged, latency 1.0-2.0), then
+    // every event flagged and 50 times slower.
+    let n = 300;
+    for i in 0..n {
+        let drifted = i >= 200;
+        let flag = if drifted || i % 10 == 0 { "x" } else { "ok" };
+        let mut input = tel("k0", i, flag, false, 1);
+        if let Input::Telemetry(t) = &mut input {
+            t.latency_ms = Some(if drifted { 50.0 } else { 1.0 } + ((i * 7919) % 1000) as f64 / 1000.0);
+            // Typed at run time: a number where the clause wants a category.
+            t.attributes.insert("size".into(), Attr::Num(i as f64));
+        }
+        e.push(input);
+    }
+    let out = e.drain();
+    let alarms = &e.stats().alarms;
+    for clause in ["flag_rate", "latency", "flag_mix"] {
+        assert!(alarms.get(&format!("kinds/{clause}")).is_some_and(|n| *n >= 1), "{clause}: {alarms:?}");
+    }
+    assert!(!alarms.contains_key("kinds/mistyped"));
+    assert_eq!(e.stats().invalid_observations, n as u64, "every size is a number, not a category");
+    // The first verified drift, dated back from its evidence at the observed one-second gap.
+    let d = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Enforcement(ev) => ev.detection.clone(),
+            _ => None,
+        })
+        .expect("a detection");
+    assert!(d.n > 1, "{d:?}");
+    assert_eq!(d.first_post_change_at, d.verified_at - (d.n as i64 - 1) * S, "{d:?}");
+    assert_eq!(d.change_point_at, d.first_post_change_at - S / 2, "{d:?}");
+    // `n` is the detector's estimate of the post-change run, so the dating is near the change,
+    // not exact.
+    assert!(d.verified_at >= T0 + 200 * S && d.first_post_change_at > T0 + 190 * S, "{d:?}");
+}
