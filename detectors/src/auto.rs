@@ -221,6 +221,31 @@ const KAPPA_FULL: f64 = 0.125;
 /// Share of the prior on the members at `min_shift` when it is set.
 const MIN_SHIFT_SHARE: f64 = 0.8;
 
+/// Refuses a configuration under which no member could ever enter the bank: with a baseline
+/// of `reference_max` events, every candidate's inflation (see [`build_bank`]) exceeds
+/// `max_inflation`, so the detector would watch without ever being able to alarm. The error
+/// names the smallest `reference_max` that admits the largest member.
+pub(crate) fn check_bank_possible(
+    cfg: &AutoConfig,
+    kind: crate::MetricKind,
+    candidates: &[Candidate],
+) -> Result<(), DetectorError> {
+    let log_a_eff = cfg.threshold(kind).ln() + (candidates.len().max(1) as f64).ln();
+    let n = cfg.reference_max as f64;
+    if candidates.iter().any(|c| inflation(log_a_eff, n, c.kappa) <= cfg.max_inflation) {
+        return Ok(());
+    }
+    let kappa = candidates.iter().map(|c| c.kappa).fold(0.0, f64::max);
+    let need = (log_a_eff * log_a_eff / (kappa * cfg.max_inflation.ln())).ceil();
+    Err(DetectorError::param(
+        "reference_max",
+        format!(
+            "{} events are too few to judge any change at false_alarm_rate {}: the detector could never alarm; use at least {need}",
+            cfg.reference_max, cfg.false_alarm_rate
+        ),
+    ))
+}
+
 /// Chooses the members of a bank from `candidates` for a baseline of `n` events: returns the
 /// indices kept (into `candidates`), a fresh [`MixtureSr`] with their weights (carrying over
 /// the statistics of `old` members with the same id) and the threshold `A`.

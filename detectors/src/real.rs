@@ -1,7 +1,7 @@
 //! `auto-real`: mixture Shiryaev–Roberts on normal scores, for real metrics.
 
 use crate::alarm::{Alarm, Estimate};
-use crate::auto::{build_bank, log_stat, member_sizes, AutoConfig, Candidate};
+use crate::auto::{build_bank, check_bank_possible, log_stat, member_sizes, AutoConfig, Candidate};
 use crate::detector::{as_real, Detector, MetricKind, Observation, View};
 use crate::mixture::{MixtureSr, MAX_MEMBERS};
 use crate::normal_score::NormalScore;
@@ -42,10 +42,45 @@ struct Alt {
     squared: bool,
 }
 
+/// The bank's possible members and their alternatives: location `±θ` and scale `β` on the
+/// normal scores, sized from the configuration alone (not from the data).
+fn bank_candidates(cfg: &AutoConfig) -> (Vec<Candidate>, Vec<Alt>) {
+    let mut cands = Vec::new();
+    let mut alts = Vec::new();
+    for (s, up) in [(0u32, true), (1u32, false)] {
+        if !cfg.direction.allows(up) {
+            continue;
+        }
+        let sign = if up { 1.0 } else { -1.0 };
+        for (m, theta, at_min_shift) in
+            member_sizes(cfg, cfg.min_shift, |k| (2.0 * k).sqrt(), |t| t * t / 2.0)
+        {
+            let th = sign * theta;
+            cands.push(Candidate { id: m * 4 + s, kappa: theta * theta / 2.0, at_min_shift });
+            alts.push(Alt { a: th, b: -th * th / 2.0, squared: false });
+        }
+        // Scale members: `β` with Var(llr)/2 = β²/4 = κ; `min_shift` is the factor
+        // `1 + min_shift` on the standard deviation (σ² = 1/(1-β)).
+        let beta_min =
+            cfg.min_shift.map(|m| if up { 1.0 - 1.0 / (1.0 + m).powi(2) } else { (1.0 + m).powi(2) - 1.0 });
+        for (m, beta, at_min_shift) in member_sizes(cfg, beta_min, |k| 2.0 * k.sqrt(), |b| b * b / 4.0) {
+            let beta = sign * beta;
+            if beta >= MAX_BETA {
+                continue;
+            }
+            // LR = exp(β z²/2) / σ with σ = (1-β)^(-1/2).
+            cands.push(Candidate { id: m * 4 + 2 + s, kappa: beta * beta / 4.0, at_min_shift });
+            alts.push(Alt { a: beta / 2.0, b: 0.5 * (1.0 - beta).ln(), squared: true });
+        }
+    }
+    (cands, alts)
+}
+
 impl AutoReal {
     /// A detector with the given configuration.
     pub fn new(cfg: AutoConfig) -> Result<Self, DetectorError> {
         cfg.validate_for(MetricKind::Real)?;
+        check_bank_possible(&cfg, MetricKind::Real, &bank_candidates(&cfg).0)?;
         let threshold = cfg.threshold(MetricKind::Real);
         Ok(AutoReal {
             cfg,
@@ -69,41 +104,7 @@ impl AutoReal {
         ns.recompute();
         self.baseline_center = ns.quantile(0.5);
         self.baseline_scale = (ns.quantile(0.75) - ns.quantile(0.25)) / 1.349;
-        let mut cands = Vec::new();
-        let mut alts = Vec::new();
-        for (s, up) in [(0u32, true), (1u32, false)] {
-            if !self.cfg.direction.allows(up) {
-                continue;
-            }
-            let sign = if up { 1.0 } else { -1.0 };
-            for (m, theta, at_min_shift) in
-                member_sizes(&self.cfg, self.cfg.min_shift, |k| (2.0 * k).sqrt(), |t| t * t / 2.0)
-            {
-                let th = sign * theta;
-                cands.push(Candidate { id: m * 4 + s, kappa: theta * theta / 2.0, at_min_shift });
-                alts.push(Alt { a: th, b: -th * th / 2.0, squared: false });
-            }
-            // Scale members: `β` with Var(llr)/2 = β²/4 = κ; `min_shift` is the factor
-            // `1 + min_shift` on the standard deviation (σ² = 1/(1-β)).
-            let beta_min = self.cfg.min_shift.map(|m| {
-                if up {
-                    1.0 - 1.0 / (1.0 + m).powi(2)
-                } else {
-                    (1.0 + m).powi(2) - 1.0
-                }
-            });
-            for (m, beta, at_min_shift) in
-                member_sizes(&self.cfg, beta_min, |k| 2.0 * k.sqrt(), |b| b * b / 4.0)
-            {
-                let beta = sign * beta;
-                if beta >= MAX_BETA {
-                    continue;
-                }
-                // LR = exp(β z²/2) / σ with σ = (1-β)^(-1/2).
-                cands.push(Candidate { id: m * 4 + 2 + s, kappa: beta * beta / 4.0, at_min_shift });
-                alts.push(Alt { a: beta / 2.0, b: 0.5 * (1.0 - beta).ln(), squared: true });
-            }
-        }
+        let (cands, alts) = bank_candidates(&self.cfg);
         let (keep, sr, threshold) = build_bank(
             &self.cfg,
             MetricKind::Real,
@@ -241,5 +242,40 @@ impl Detector for AutoReal {
 
     fn name(&self) -> &'static str {
         "auto-real"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(reference: u64) -> AutoConfig {
+        AutoConfig {
+            false_alarm_rate: 1e-3,
+            reference_min: reference.min(60),
+            reference_max: reference,
+            ..AutoConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_baseline_too_short_for_any_member_is_refused_with_the_length_that_would_do() {
+        // 60 events at α = 1e-3: every member's inflation from so short a baseline exceeds
+        // the limit, so the bank would be empty and the detector blind.
+        let e = AutoReal::new(cfg(60)).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("reference_max") && text.contains("could never alarm"), "{text}");
+        let need: u64 = text.rsplit("at least ").next().unwrap().parse().unwrap();
+        assert!(need > 60, "{text}");
+        // At that length the largest member is admitted: the detector is built, and a large
+        // location shift after the baseline is detected.
+        let mut d = AutoReal::new(cfg(need)).unwrap();
+        let value = |i: u64| ((i * 7919) % 1000) as f64 / 1000.0;
+        for i in 0..need {
+            assert!(d.update(Observation::Real(value(i))).unwrap().is_none());
+        }
+        let alarmed = (0..50).find(|i| d.update(Observation::Real(50.0 + value(*i))).unwrap().is_some());
+        assert!(alarmed.is_some(), "a shift of 50 scales is detected within 50 events");
+        assert!(AutoReal::new(cfg(need - 1)).is_err(), "{need} is the smallest that does");
     }
 }

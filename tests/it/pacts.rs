@@ -120,6 +120,24 @@ fn cross_field_errors_point_at_the_clause() {
 }
 
 #[test]
+fn a_drift_clause_whose_baseline_is_too_short_to_ever_alarm_is_refused_at_the_clause() {
+    let short = r#"pact: t
+version: 1
+applies_to: { agents: ["*"] }
+clauses:
+  - id: latency
+    metric: { kind: real, value: latency_ms }
+    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-3, reference_min: 60, reference_max: 60 }
+    severity: medium
+    consequence: watch
+"#;
+    let e = refused(short);
+    assert_eq!((e.line, e.column), (5, 5), "{e}");
+    assert!(e.message.contains("`reference_max`") && e.message.contains("use at least 69"), "{e}");
+    parse_pact(&short.replace("reference_max: 60", "reference_max: 69"), "p.yaml").unwrap();
+}
+
+#[test]
 fn validate_command_exits_nonzero_naming_the_place() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
