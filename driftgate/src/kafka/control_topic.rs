@@ -184,13 +184,7 @@ mod tests {
 
     impl ControlPlane for Answers {
         fn readiness(&self) -> Readiness {
-            Readiness {
-                pacts_loaded: true,
-                state_restored: true,
-                assigned: true,
-                broker_reachable: true,
-                decoder_available: true,
-            }
+            Readiness::all()
         }
         fn agent(&self, _id: &str) -> Result<Option<AgentSnapshot>, Busy> {
             Ok(None)
