@@ -891,8 +891,15 @@ fn drift_is_verified_on_every_metric_kind_and_dated_back_from_its_evidence() {
         let mut input = tel("k0", i, flag, false, 1);
         if let Input::Telemetry(t) = &mut input {
             t.latency_ms = Some(if drifted { 50.0 } else { 1.0 } + ((i * 7919) % 1000) as f64 / 1000.0);
-            // Typed at run time: a number where the clause wants a category.
-            t.attributes.insert("size".into(), Attr::Num(i as f64));
+            // Typed at run time: a number where the clause wants a category; a missing
+            // attribute is no observation, and not an invalid one.
+            if i % 50 != 7 {
+                t.attributes.insert("size".into(), Attr::Num(i as f64));
+            }
+            // A latency the detector refuses.
+            if i == 3 {
+                t.latency_ms = Some(f64::NAN);
+            }
         }
         e.push(input);
     }
@@ -902,7 +909,11 @@ fn drift_is_verified_on_every_metric_kind_and_dated_back_from_its_evidence() {
         assert!(alarms.get(&format!("kinds/{clause}")).is_some_and(|n| *n >= 1), "{clause}: {alarms:?}");
     }
     assert!(!alarms.contains_key("kinds/mistyped"));
-    assert_eq!(e.stats().invalid_observations, n as u64, "every size is a number, not a category");
+    assert_eq!(
+        e.stats().invalid_observations,
+        (n - n / 50) as u64 + 1,
+        "every size present is a number, not a category; and one latency is NaN"
+    );
     // The first verified drift, dated back from its evidence at the observed one-second gap.
     let d = out
         .iter()
@@ -957,4 +968,171 @@ fn a_rate_limit_breach_is_verified_and_recovery_needs_compliance_verified_again_
         ]
     );
     assert!((100..200).contains(&all[0].5) && all[1].5 >= 200 && all[2].5 - all[1].5 >= 60);
+}
+
+/// Three clauses that breach together on one event: `up` breaches a watch clause, then a
+/// degrade clause; `down` the degrade clause, then a watch clause; `pair` two watch clauses.
+const TIES: &str = r#"
+pact: ties
+version: 1
+applies_to: { agents: ["b*"] }
+fail_mode: review
+clauses:
+  - id: watch_a
+    metric: { kind: bernoulli, value: 'attributes.flag in ["up", "pair"]' }
+    test: { kind: limit, zero_tolerance: true }
+    severity: medium
+    consequence: watch
+  - id: degrade_b
+    metric: { kind: bernoulli, value: 'attributes.flag in ["up", "down"]' }
+    test: { kind: limit, zero_tolerance: true }
+    severity: high
+    consequence: degrade
+  - id: watch_c
+    metric: { kind: bernoulli, value: 'attributes.flag in ["pair", "down"]' }
+    test: { kind: limit, zero_tolerance: true }
+    severity: medium
+    consequence: watch
+"#;
+
+/// The clause each enforcement event cites.
+fn cited_clauses(out: &[Output]) -> Vec<Option<String>> {
+    out.iter()
+        .filter_map(|o| if let Output::Enforcement(x) = o { Some(x.clause_id.clone()) } else { None })
+        .collect()
+}
+
+#[test]
+fn of_several_breaches_in_one_step_the_event_cites_the_clause_demanding_most_then_the_first() {
+    let cfg = engine().cfg;
+    let mut e = Engine::new(cfg, vec![parse_pact(TIES, "ties.yaml").expect("valid pact")]);
+    for (agent, flag, lane, clause) in [
+        ("b1", "up", Degrade, "degrade_b"),
+        ("b2", "down", Degrade, "degrade_b"),
+        ("b3", "pair", Watch, "watch_a"),
+    ] {
+        let out = outputs(&mut e, [tel(agent, 0, flag, false, 1)]);
+        assert_eq!(
+            events(&out),
+            vec![
+                ev(agent, All, Normal, lane, 1, 0, "zero_tolerance_breach"),
+                ev(agent, HighRisk, Normal, lane, 2, 0, "zero_tolerance_breach")
+            ],
+            "{flag}"
+        );
+        assert_eq!(cited_clauses(&out), vec![Some(clause.to_string()); 2], "{flag}");
+    }
+}
+
+#[test]
+fn a_step_cites_a_cause_that_moves_its_scope_the_way_the_lane_moves() {
+    let mut e = engine();
+    // watch_c re-verifies (3 clean events after its 2 min dwell) on the event that breaches
+    // block_c: the lane rises, so the breach is cited, not the step down.
+    step(&mut e, [tel("a0", 0, "watch", false, 1)]);
+    step(&mut e, [10, 20].map(|t| tel("a0", t, "none", false, 1)));
+    let out = outputs(&mut e, [tel("a0", 200, "block", false, 1)]);
+    assert_eq!(
+        events(&out),
+        vec![
+            ev("a0", All, Watch, Block, 3, 200, "zero_tolerance_breach"),
+            ev("a0", HighRisk, Watch, Block, 4, 200, "zero_tolerance_breach")
+        ]
+    );
+    assert_eq!(cited_clauses(&out), vec![Some("block_c".to_string()); 2]);
+    let watch_c = e.agent("a0").unwrap().clauses.iter().find(|(k, _)| k.1 == 0).unwrap().1;
+    assert_eq!(watch_c.demand, Normal, "watch_c did re-verify in that step");
+    // Stale high-risk evidence turns fresh on the event that breaches degrade_c: the agent
+    // rises to degrade, and its high-risk actions fall from review to degrade.
+    let mut e = engine();
+    step(&mut e, [0, 60].map(|t| tel("a1", t, "none", true, 1)));
+    assert_eq!(
+        step(&mut e, [tel("a1", 700, "none", true, 1)]),
+        vec![ev("a1", HighRisk, Normal, Review, 1, 600, "evidence_stale")]
+    );
+    let out = outputs(&mut e, [tel("a1", 710, "degrade", true, 1)]);
+    assert_eq!(
+        events(&out),
+        vec![
+            ev("a1", All, Normal, Degrade, 2, 710, "zero_tolerance_breach"),
+            ev("a1", HighRisk, Review, Degrade, 3, 710, "evidence_fresh")
+        ]
+    );
+}
+
+/// The override each enforcement event cites.
+fn cited_overrides(out: &[Output]) -> Vec<Option<String>> {
+    out.iter()
+        .filter_map(|o| {
+            if let Output::Enforcement(x) = o {
+                Some(x.override_info.as_ref().map(|i| i.override_id.clone()))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn an_event_cites_the_latest_override_of_its_scope_or_an_emergency_kill_and_counts_itself() {
+    let mut e = engine();
+    step(&mut e, [tel("a0", 0, "degrade", true, 1)]);
+    let loosen = outputs(&mut e, [ov("a0", 10, OverrideKind::Loosen, All, Some(Normal), 300, 2)]);
+    assert_eq!(cited_overrides(&loosen), [Some("o-a0@10".to_string())]);
+    // The high-risk tightening is issued later, but the agent-wide event cites the
+    // agent-wide override.
+    let tighten = outputs(&mut e, [ov("a0", 20, OverrideKind::Tighten, HighRisk, Some(Block), 100, 3)]);
+    assert_eq!(cited_overrides(&tighten), [Some("o-a0@10".to_string()), Some("o-a0@20".to_string())]);
+    let Some(Output::Enforcement(x)) = tighten.iter().find(|o| matches!(o, Output::Enforcement(_))) else {
+        unreachable!()
+    };
+    assert_eq!(x.expires_at, Some(T0 + 310 * S));
+    // A kill (agent-wide) is cited by both scopes' events.
+    step(&mut e, [tel("a1", 21, "none", false, 1)]);
+    let kill = outputs(&mut e, [ov("a1", 30, OverrideKind::EmergencyKill, All, None, 60, 0)]);
+    assert_eq!(events(&kill).len(), 2);
+    assert_eq!(cited_overrides(&kill), vec![Some("o-a1@30".to_string()); 2]);
+    // Events that no override explains cite none, and a clause that never escalated has no dwell.
+    let breach = outputs(&mut e, [tel("a2", 40, "watch", false, 1)]);
+    assert_eq!(cited_overrides(&breach), [None, None]);
+    assert_eq!(e.stats().enforcement_events, 2 + 1 + 2 + 2 + 2);
+    step(&mut e, [0, 60].map(|t| tel("a3", 50 + t, "none", true, 1)));
+    let stale = outputs(&mut e, [tel("a3", 800, "none", false, 1)]);
+    let Some(Output::Enforcement(x)) =
+        stale.iter().find(|o| matches!(o, Output::Enforcement(x) if x.agent_id == "a3"))
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (x.reason.code.as_str(), x.min_dwell_until, x.clause_id.as_deref()),
+        ("evidence_stale", None, Some("degrade_c"))
+    );
+}
+
+#[test]
+fn a_restore_remaps_pacts_by_id_and_version_and_rebuilds_the_workflow_sets() {
+    let mut e = engine();
+    step(
+        &mut e,
+        [tel("a0", 0, "block", false, 1), tel("a1", 1, "watch", false, 1), tel("a2", 2, "none", false, 1)],
+    );
+    let agents =
+        || -> Vec<(String, AgentState)> { e.agents().map(|(k, v)| (k.clone(), v.clone())).collect() };
+    let other = PACT.replace("pact: rules", "pact: other");
+    let v2 = PACT.replace("version: 1", "version: 2");
+    // Loaded again behind a pact of another id with the same version: found by id and version.
+    let pacts = vec![parse_pact(&other, "other.yaml").unwrap(), parse_pact(PACT, "rules.yaml").unwrap()];
+    let r = Engine::restore(e.config().clone(), pacts, e.meta(), agents());
+    let a0 = r.agent("a0").unwrap();
+    assert_eq!(a0.pacts, [1]);
+    assert!(!a0.clauses.is_empty() && a0.clauses.keys().all(|k| k.0 == 1));
+    assert_eq!(a0.published, ByScope::both(Block));
+    let w = &r.workflows["w"];
+    assert_eq!(w.agents, ["a0", "a1", "a2"].map(String::from).into_iter().collect());
+    assert_eq!(w.blocked, ["a0".to_string()].into_iter().collect(), "only the blocked agent");
+    // Another version of the same pact: its old clause states are dropped.
+    let pacts = vec![parse_pact(&v2, "rules.yaml").unwrap()];
+    let r = Engine::restore(e.config().clone(), pacts, e.meta(), agents());
+    let a0 = r.agent("a0").unwrap();
+    assert!(a0.pacts.is_empty() && a0.clauses.is_empty());
 }

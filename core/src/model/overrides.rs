@@ -250,4 +250,28 @@ mod tests {
         r.ticket = " ".into();
         assert_eq!(validate(&r, 0, 100).unwrap_err().to_string(), "`ticket` is required");
     }
+
+    #[test]
+    fn a_retry_is_the_same_request_whatever_its_times_and_any_other_field_makes_it_another() {
+        let first = req(OverrideKind::Tighten, Some(Lane::Watch)).req;
+        let retry = OverrideRequest { issued_at: 7, expires_at: Some(99), ..first.clone() };
+        assert!(first.same_request(&retry) && retry.same_request(&first));
+        let changes: [fn(&mut OverrideRequest); 10] = [
+            |r| r.override_id = "o2".into(),
+            |r| r.agent_id = "b".into(),
+            |r| r.scope = Scope::HighRisk,
+            |r| r.kind = OverrideKind::Loosen,
+            |r| r.lane = Some(Lane::Block),
+            |r| r.clause_id = Some("c".into()),
+            |r| r.principal = "q".into(),
+            |r| r.reason = "s".into(),
+            |r| r.ticket = "u".into(),
+            |r| r.expected_seq = Some(1),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut other = first.clone();
+            change(&mut other);
+            assert!(!first.same_request(&other), "change {i} makes another request");
+        }
+    }
 }
