@@ -3,25 +3,18 @@
 use super::*;
 
 impl Engine {
-    /// The lanes the clauses demand, before overrides, and the fail mode of the pact whose
-    /// clause drives the agent-wide lane (`review` when none does).
+    /// The lanes the clauses demand, before overrides, and the fail mode the blast-radius cap
+    /// would apply: that of the pact whose clause drives the agent-wide lane, the strictest
+    /// when clauses of several pacts drive it together, and `review` for a model change.
     pub(super) fn computed(&self, agent: &AgentState) -> (ByScope<Lane>, Lane) {
-        let mut all = Lane::Normal;
-        let mut driver: Option<&ClauseKey> = None;
-        for (k, s) in &agent.clauses {
-            if s.demand > all {
-                (all, driver) = (s.demand, Some(k));
-            }
-        }
-        if let Some(mc) = &agent.model_change {
-            if mc.lane > all {
-                (all, driver) = (mc.lane, None);
-            }
-        }
+        let fail_mode = |k: &ClauseKey| clause_at(&self.pacts, k.0, k.1).0.doc.fail_mode;
+        let clauses = agent.clauses.iter().map(|(k, s)| (s.demand, fail_mode(k)));
+        let model = agent.model_change.as_ref().map(|mc| (mc.lane, Lane::Review));
+        // By the lane, then the fail mode: ties go to the stricter, whatever the pacts' order.
+        let (all, fail_mode) = clauses.chain(model).max().unwrap_or((Lane::Normal, Lane::Review));
         let stale_high_risk =
             agent.clauses.iter().any(|(k, s)| s.stale && clause_at(&self.pacts, k.0, k.1).1.high_risk);
         let high = if stale_high_risk { all.max(Lane::Review) } else { all };
-        let fail_mode = driver.map_or(Lane::Review, |k| clause_at(&self.pacts, k.0, k.1).0.doc.fail_mode);
         (ByScope { all, high_risk: high }, fail_mode)
     }
 
@@ -113,17 +106,11 @@ impl Engine {
     /// Chooses, among one step's causes, the one that explains a scope's lane change: a
     /// step-down cause when the lane falls, an escalation when it rises; among those, the
     /// one whose clause now demands the most. A detection outranks a model change.
+    ///
+    /// A step has several causes only on telemetry, whose lanes are published only when
+    /// they change; a forced publication of an unchanged lane has one cause.
     pub(super) fn pick_cause<'c>(a: &AgentState, causes: &'c [Cause], from: Lane, to: Lane) -> &'c Cause {
-        let down = |c: &Cause| c.code.steps_down();
-        let fits = |c: &Cause| {
-            if to > from {
-                !down(c)
-            } else if to < from {
-                down(c)
-            } else {
-                true
-            }
-        };
+        let fits = |c: &Cause| c.code.steps_down() == (to < from);
         let weight =
             |c: &Cause| c.clause.as_ref().and_then(|k| a.clauses.get(k)).map_or(Lane::Normal, |s| s.demand);
         let mut best = &causes[0];

@@ -1136,3 +1136,98 @@ fn a_restore_remaps_pacts_by_id_and_version_and_rebuilds_the_workflow_sets() {
     let a0 = r.agent("a0").unwrap();
     assert!(a0.pacts.is_empty() && a0.clauses.is_empty());
 }
+
+const DRIFT_RECOVERY: &str = r#"
+pact: recovery
+version: 1
+applies_to: { agents: ["d*"] }
+clauses:
+  - id: flag_rate
+    metric: { kind: bernoulli, value: attributes.flag == "x" }
+    test: { kind: drift, detector: auto, false_alarm_rate: 1.0e-3, reference_min: 200, reference_max: 200 }
+    severity: medium
+    consequence: watch
+    recovery: { clean_events: 4, min_dwell: 1s }
+"#;
+
+#[test]
+fn drift_recovery_waits_until_the_restarted_statistic_is_below_half_its_threshold() {
+    let mut e = Engine::new(
+        EngineConfig { max_out_of_orderness: Dur(0), ..EngineConfig::default() },
+        vec![parse_pact(DRIFT_RECOVERY, "recovery.yaml").expect("valid pact")],
+    );
+    // A baseline of one flag in ten, then one in two until the drift is verified (at 215 s),
+    // and one more clean event.
+    let flags = (0..200).map(|i| if i % 10 == 0 { "x" } else { "ok" }).chain((0..16).map(|i| {
+        if i % 2 == 0 {
+            "x"
+        } else {
+            "ok"
+        }
+    }));
+    let inputs: Vec<Input> = flags.enumerate().map(|(i, f)| tel("d0", i as i64 + 1, f, false, 1)).collect();
+    assert_eq!(
+        step(&mut e, inputs),
+        vec![
+            ev("d0", All, Normal, Watch, 1, 215, "drift_verified"),
+            ev("d0", HighRisk, Normal, Watch, 2, 215, "drift_verified")
+        ]
+    );
+    // Four clean events (from 216 s) after the 1 s dwell, but three flags in a row build the restarted
+    // statistic past half its threshold: held.
+    assert_eq!(
+        step(&mut e, [(217, "x"), (218, "x"), (219, "x")].map(|(t, f)| tel("d0", t, f, false, 1))),
+        vec![]
+    );
+    let state = || e.agent("d0").unwrap().clauses.values().next().unwrap().clone();
+    let (clean, view) = (state().clean, state().detector.view());
+    assert_eq!(clean, 4);
+    assert!(view.statistic > view.threshold / 2.0 && view.statistic < view.threshold, "{view:?}");
+    // One more clean event takes it below half: re-verified.
+    assert_eq!(
+        step(&mut e, [tel("d0", 220, "ok", false, 1)]),
+        vec![
+            ev("d0", All, Watch, Normal, 3, 220, "reverified"),
+            ev("d0", HighRisk, Watch, Normal, 4, 220, "reverified")
+        ]
+    );
+}
+
+/// A pact whose only clause blocks `c*` agents on a `block` flag, with the given fail mode.
+fn blocking_pact(id: &str, fail_mode: &str) -> Pact {
+    let yaml = format!(
+        r#"
+pact: {id}
+version: 1
+applies_to: {{ agents: ["c*"] }}
+fail_mode: {fail_mode}
+clauses:
+  - id: blocks
+    metric: {{ kind: bernoulli, value: attributes.flag == "block" }}
+    test: {{ kind: limit, zero_tolerance: true }}
+    severity: high
+    consequence: block
+"#
+    );
+    parse_pact(&yaml, &format!("{id}.yaml")).expect("valid pact")
+}
+
+#[test]
+fn when_two_pacts_drive_a_capped_block_the_stricter_fail_mode_applies_in_either_order() {
+    for order in [["lenient", "strict"], ["strict", "lenient"]] {
+        let pacts = order.map(|id| blocking_pact(id, if id == "strict" { "review" } else { "degrade" }));
+        let mut e = Engine::new(engine().cfg, pacts.to_vec());
+        step(&mut e, ["c0", "c1", "c2"].map(|a| tel(a, 0, "none", false, 1)));
+        // The first block is within the cap (1 of 3); the second is not (2 of 3 > 0.3).
+        step(&mut e, [tel("c0", 1, "block", false, 1)]);
+        let capped = step(&mut e, [tel("c1", 2, "block", false, 1)]);
+        assert_eq!(
+            capped,
+            vec![
+                ev("c1", All, Normal, Review, 1, 2, "zero_tolerance_breach"),
+                ev("c1", HighRisk, Normal, Review, 2, 2, "zero_tolerance_breach")
+            ],
+            "{order:?}"
+        );
+    }
+}
