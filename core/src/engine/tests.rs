@@ -512,7 +512,35 @@ fn records_behind_the_watermark_are_processed_within_the_allowed_lateness_and_se
     assert_eq!(late[0].reason, "event time is 90 s behind the watermark, beyond the allowed lateness of 1m");
     assert!(out.iter().any(|o| matches!(o, Output::History(h) if h.kind == RecordKind::Late)));
     assert_eq!(events(&out), vec![], "a late breach changes nothing");
-    assert_eq!((e.stats().late, e.stats().late_accepted, e.stats().telemetry), (1, 1, 2));
+    // Exactly at the cutoff (the watermark less the allowed lateness): still processed.
+    assert_eq!(e.late_before(), Some(T0 + 40 * S));
+    let out = outputs(&mut e, [tel("a0", 40, "none", false, 1)]);
+    assert!(!out.iter().any(|o| matches!(o, Output::Late(_))));
+    assert_eq!((e.stats().late, e.stats().late_accepted, e.stats().telemetry), (1, 2, 3));
+    assert_eq!(e.max_event_time(), Some(T0 + 100 * S), "late inputs do not move the clock");
+}
+
+#[test]
+fn buffered_inputs_keep_their_source_tags_in_the_meta_record_and_a_flush_processes_them() {
+    let mut e = held_engine(30, 5);
+    assert_eq!(e.max_event_time(), None);
+    e.push_tagged(tel("a0", 0, "none", false, 1), 7);
+    e.push_tagged(tel("a0", 10, "watch", false, 1), 8);
+    e.push(tel("a0", 5, "none", false, 1));
+    assert_eq!(e.max_event_time(), Some(T0 + 10 * S));
+    let tags: Vec<(i64, Option<u64>)> = e.meta().buffer.iter().map(|b| ((b.0 - T0) / S, b.3)).collect();
+    assert_eq!(tags, [(0, Some(7)), (5, None), (10, Some(8))]);
+    assert_eq!(e.drain(), vec![], "held behind the watermark");
+    // The end of the input: everything held is processed, in event-time order.
+    e.flush();
+    assert_eq!((e.buffered(), e.stats().telemetry), (0, 3));
+    assert_eq!(
+        events(&e.drain()),
+        vec![
+            ev("a0", All, Normal, Watch, 1, 10, "zero_tolerance_breach"),
+            ev("a0", HighRisk, Normal, Watch, 2, 10, "zero_tolerance_breach")
+        ]
+    );
 }
 
 #[test]
@@ -642,6 +670,7 @@ fn a_tick_releases_what_waits_behind_the_watermark_and_is_recorded() {
 fn a_silent_partition_still_turns_stale_evidence_stale() {
     let mut e = held_engine(0, 5);
     assert_eq!(step(&mut e, [0, 60].map(|t| tel("a0", t, "none", true, 1))), vec![]);
+    assert_eq!(e.take_dirty().len(), 1);
     // No further input. Evidence turns stale 1 µs after 600 s (the older of the last 2 events
     // is then 10 min old); the source's clock must pass that by the event lag.
     assert!(!e.tick(T0 + 604 * S, 1), "nothing due by 599 s");
@@ -656,6 +685,8 @@ fn a_silent_partition_still_turns_stale_evidence_stale() {
     };
     assert_eq!((stale.effective_at, stale.causation.kind.as_str()), (T0 + 600 * S + 1, "timer"));
     assert!(out.iter().any(|o| matches!(o, Output::History(h) if h.kind == RecordKind::Stale)));
+    let dirty: Vec<String> = e.take_dirty().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(dirty, ["a0"], "a timer marks its agent for the changelog");
 }
 
 #[test]
