@@ -1161,6 +1161,13 @@ fn a_restore_remaps_pacts_by_id_and_version_and_rebuilds_the_workflow_sets() {
     let w = &r.workflows["w"];
     assert_eq!(w.agents, ["a0", "a1", "a2"].map(String::from).into_iter().collect());
     assert_eq!(w.blocked, ["a0".to_string()].into_iter().collect(), "only the blocked agent");
+    // After a restore, agents are marked to supersede a torn snapshot: one that has no state
+    // is reported as such.
+    let mut r = r;
+    assert!(r.take_dirty().is_empty());
+    r.mark_dirty(["a1".to_string(), "gone".to_string()]);
+    let dirty: Vec<(String, bool)> = r.take_dirty().into_iter().map(|(id, s)| (id, s.is_some())).collect();
+    assert_eq!(dirty, [("a1".to_string(), true), ("gone".to_string(), false)]);
     // Another version of the same pact: its old clause states are dropped.
     let pacts = vec![parse_pact(&v2, "rules.yaml").unwrap()];
     let r = Engine::restore(e.config().clone(), pacts, e.meta(), agents());
@@ -1261,4 +1268,49 @@ fn when_two_pacts_drive_a_capped_block_the_stricter_fail_mode_applies_in_either_
             "{order:?}"
         );
     }
+}
+
+/// A critical clause for high-risk actions, in one workflow only.
+const CRITICAL_IN_CRIT: &str = r#"
+pact: crit
+version: 1
+applies_to: { agents: ["c*"], workflows: ["crit"] }
+clauses:
+  - id: kill_switch
+    metric: { kind: bernoulli, value: attributes.flag == "block", when: risk == "high" }
+    test: { kind: limit, zero_tolerance: true }
+    severity: critical
+    consequence: block
+"#;
+
+fn in_workflow(mut input: Input, workflow: &str) -> Input {
+    if let Input::Telemetry(t) = &mut input {
+        t.workflow = workflow.into();
+    }
+    input
+}
+
+#[test]
+fn only_a_record_that_breaches_a_critical_clause_of_its_current_coverage_skips_the_hold() {
+    let cfg = held_engine(30, 5).cfg;
+    let mut e = Engine::new(cfg, vec![parse_pact(CRITICAL_IN_CRIT, "crit.yaml").expect("valid pact")]);
+    // c0 is first seen in a workflow the pact does not cover (processed once the watermark
+    // passes it).
+    step(
+        &mut e,
+        [in_workflow(tel("c0", 0, "none", true, 1), "w"), in_workflow(tel("c9", 40, "none", false, 1), "w")],
+    );
+    assert!(e.agent("c0").is_some_and(|a| a.pacts.is_empty()));
+    // The flag outside the clause's `when` (a low-risk action) waits like any record.
+    assert_eq!(step(&mut e, [in_workflow(tel("c0", 41, "block", false, 1), "crit")]), vec![]);
+    assert_eq!(e.stats().fast_path, 0);
+    // Moved to the covered workflow, a high-risk breach acts on arrival.
+    assert_eq!(
+        step(&mut e, [in_workflow(tel("c0", 42, "block", true, 1), "crit")]),
+        vec![
+            ev("c0", All, Normal, Block, 1, 42, "zero_tolerance_breach"),
+            ev("c0", HighRisk, Normal, Block, 2, 42, "zero_tolerance_breach")
+        ]
+    );
+    assert_eq!(e.stats().fast_path, 1);
 }
