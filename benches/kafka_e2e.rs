@@ -1,4 +1,4 @@
-//! End-to-end benchmarks of `driftgate run` on a real broker (tansu, started here):
+//! End-to-end benchmarks of `driftgate run` on a real broker (Apache Kafka, started here):
 //!
 //! - `latency`: drift → control. Paced live telemetry for many agents, each with its own
 //!   citation-rate drop; for every `drift_verified` enforcement event, the time from the
@@ -13,8 +13,9 @@
 //!   breach as the last record, which only the idle tick releases. Default engine settings
 //!   (`max_out_of_orderness` 5 s) except `idle_timeout` = `max_event_lag` = 1 s.
 //!
-//! tansu 0.6 does not stamp LogAppendTime (its produce response says -1), so "append time"
-//! is the producer's CreateTime, taken at the produce call by librdkafka on both sides.
+//! "Append time" is the producer's CreateTime, taken at the produce call by librdkafka on
+//! both sides (the topics use CreateTime, as they did on tansu 0.6, which stamped no
+//! LogAppendTime).
 //!
 //! ```text
 //! cargo bench -p driftgate --bench kafka_e2e -- [latency] [throughput] [breach] [--incidents N]
@@ -407,7 +408,7 @@ fn latency(b: &Broker, a: &Args) {
         }
     }
     println!(
-        "\ndrift → control latency: {} incidents, {n} events at {:.0}/s ({} input), tansu on this machine",
+        "\ndrift → control latency: {} incidents, {n} events at {:.0}/s ({} input), Apache Kafka on this machine",
         to_router.len(),
         n as f64 / secs,
         a.format
@@ -747,7 +748,7 @@ fn breach(b: &Broker, a: &Args) {
     let _ = router.join().expect("router thread");
     drop(engine);
     println!(
-        "\ncritical breach → control: {incidents} incidents per row, tansu on this machine ({} input)",
+        "\ncritical breach → control: {incidents} incidents per row, Apache Kafka on this machine ({} input)",
         a.format
     );
     println!("  {:<44} {:>8} {:>8} {:>8} {:>7}", "", "p50 ms", "p99 ms", "max ms", "n");

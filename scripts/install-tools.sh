@@ -5,15 +5,23 @@ set -euo pipefail
 TOOLS="${DRIFTGATE_TOOLS:-$HOME/.cache/driftgate/tools}"
 mkdir -p "$TOOLS"
 
-# tansu: the Kafka-compatible broker used by the Kafka tests (Apache Kafka cannot be
-# installed here). The first build takes 7-20 minutes on 2 cores.
-if [ ! -x "$TOOLS/bin/tansu" ]; then
-  echo "==> installing tansu 0.6.0 into $TOOLS (first time only, 7-20 min)..."
-  cargo install tansu --version 0.6.0 --locked --features dynostore --root "$TOOLS" 2>&1 \
-    | while IFS= read -r line; do
-        case "$line" in *Compiling*|*Installing*|*Installed*|*error*) echo "    $line";; esac
-      done
-  [ -x "$TOOLS/bin/tansu" ] || { echo "tansu install failed" >&2; exit 1; }
+# Apache Kafka: the broker of the Kafka tests and benches (KRaft, one combined node started
+# by the test harness). Its jars come from Maven Central through scripts/kafka/pom.xml; the
+# harness runs them with this machine's Java 17.
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$(dirname "$0")/kafka/pom.xml")
+KAFKA_HOME="$TOOLS/kafka-$KAFKA_VERSION"
+if [ ! -f "$KAFKA_HOME/.complete" ]; then
+  echo "==> installing Apache Kafka $KAFKA_VERSION (Maven Central) into $KAFKA_HOME..."
+  command -v mvn >/dev/null || { echo "Maven is missing: apt-get install maven (and a Java 17 JDK)" >&2; exit 1; }
+  command -v java >/dev/null || { echo "Java is missing: apt-get install openjdk-17-jre-headless" >&2; exit 1; }
+  rm -rf "$KAFKA_HOME"
+  mvn -q -B -f "$(dirname "$0")/kafka/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$KAFKA_HOME/libs" -DincludeScope=runtime \
+    || { echo "Apache Kafka install failed: mvn -f scripts/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$KAFKA_HOME/libs" >&2; exit 1; }
+  ls "$KAFKA_HOME/libs/kafka_2.13-$KAFKA_VERSION.jar" >/dev/null \
+    || { echo "Apache Kafka install failed: kafka_2.13-$KAFKA_VERSION.jar is missing" >&2; exit 1; }
+  touch "$KAFKA_HOME/.complete"
+  echo "    $(ls "$KAFKA_HOME/libs" | wc -l) jars"
 fi
 # promtool: checks the Prometheus alert rules in deploy/. Taken out of Debian's
 # `prometheus` package without installing it (no server, no service).

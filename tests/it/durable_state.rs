@@ -1,6 +1,6 @@
-//! Durable state on the real broker (tansu): a 200k-record scenario with several drift
+//! Durable state on Apache Kafka: a 200k-record scenario with several drift
 //! incidents, run once without interruption and once with the engine SIGKILLed at five
-//! points (fixed seed) and restarted each time. After router-style dedup by `seq`, the
+//! points (fixed seed) and restarted each time in the same consumer group. After router-style dedup by `seq`, the
 //! effects and every agent's final lanes must be identical.
 
 use crate::support::kafka;
@@ -11,7 +11,7 @@ use crate::support::scrape;
 use kafka::{produce, rand_suffix, wait_for, Broker, Engine, Topics};
 use scenario::{assert_same_effects, final_lanes, records, Mix, PACTS};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// These tests run one at a time: each drives a broker and up to two engines, and on two
 /// cores running them together starves heartbeats into spurious rebalances.
@@ -40,9 +40,6 @@ input_topics = ["{input}"]
 format = "json"
 commit_interval = "200ms"
 startup_timeout = "10s"
-# tansu 0.6 skips the rest of a batch fetched mid-way (see the option's docs); test
-# producers cap batches at 1,000 records.
-resume_rewind = 5000
 {}[kafka.properties]
 "session.timeout.ms" = "6000"
 "max.partition.fetch.bytes" = "65536"
@@ -102,8 +99,8 @@ fn scrape_port(port: u16) -> std::collections::BTreeMap<String, f64> {
 #[test]
 fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
     let _serial = serial();
-    let b = Broker::start();
-    let clean = Topics::create(&b, "clean", PARTITIONS);
+    let b = Broker::shared();
+    let clean = Topics::create(b, "clean", PARTITIONS);
     let input = clean.input.clone();
     let records = records(PARTITIONS);
     let total = records.len() as i64;
@@ -113,12 +110,12 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
 
     // Uninterrupted.
     let group = format!("clean-{}", rand_suffix());
-    let engine = Engine::start(&config(dir.path(), &b, &input, &clean, &group));
+    let engine = Engine::start(&config(dir.path(), b, &input, &clean, &group));
     wait_for(120, "the uninterrupted run to finish", || {
-        (committed(&b, &group, &input) >= total).then_some(())
+        (committed(b, &group, &input) >= total).then_some(())
     });
     assert!(engine.stop().success());
-    let (want, clean_dups) = dedup(&b, &clean.enforcement);
+    let (want, clean_dups) = dedup(b, &clean.enforcement);
     assert_eq!(clean_dups, 0, "an uninterrupted run emits no duplicates");
     assert_same_effects(&want, &scenario::offline_effects(PARTITIONS), 0);
     let incidents = want
@@ -129,10 +126,11 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
 
     // The same records on a second input topic, fed in stages: at five fixed-seed points
     // the engine has committed everything so far, the next records arrive, and it is
-    // SIGKILLed a fixed-seed moment later, in the middle of them. Each restart joins a
-    // fresh group, so as not to wait out the killed member's session; start position and
-    // state come from the changelog either way.
-    let crash = Topics::create(&b, "crash", PARTITIONS);
+    // SIGKILLed a fixed-seed moment later, in the middle of them. Each restart joins the
+    // same group, as a restarted pod would: its partitions come back once the killed
+    // member's session (6 s here) has expired. Start position and state come from the
+    // changelog.
+    let crash = Topics::create(b, "crash", PARTITIONS);
     let input2 = crash.input.clone();
     let mut rng = Mix(7);
     let mut points: Vec<usize> =
@@ -142,22 +140,28 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
     let mut produced = 0;
     let mut restored = 0;
     let mut gaps = 0.0;
-    for (i, point) in points.iter().enumerate() {
+    let group = format!("crash-{}", rand_suffix());
+    let mut ready = Vec::new();
+    for point in points.iter() {
         let upto = (*point).max(produced);
         produce(&producer, &input2, &records[produced..upto]);
         produced = upto;
-        let group = format!("crash-{i}-{}", rand_suffix());
         let port = kafka::free_port();
+        let started = Instant::now();
         let mut engine = Engine::start(&config_listening(
             dir.path(),
-            &b,
+            b,
             &input2,
             &crash,
             &group,
             &format!("127.0.0.1:{port}"),
         ));
+        wait_for(60, "partitions assigned", || {
+            engine.log_text().contains("partitions assigned").then_some(())
+        });
+        ready.push(started.elapsed().as_secs_f64());
         wait_for(120, &format!("everything up to {produced} committed"), || {
-            (committed(&b, &group, &input2) >= produced as i64).then_some(())
+            (committed(b, &group, &input2) >= produced as i64).then_some(())
         });
         if engine.log_text().contains("state restored") {
             restored += 1;
@@ -173,17 +177,16 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
         drop(engine);
     }
     produce(&producer, &input2, &records[produced..]);
-    let group = format!("crash-final-{}", rand_suffix());
     let port = kafka::free_port();
     let engine = Engine::start(&config_listening(
         dir.path(),
-        &b,
+        b,
         &input2,
         &crash,
         &group,
         &format!("127.0.0.1:{port}"),
     ));
-    wait_for(120, "the last restart to finish", || (committed(&b, &group, &input2) >= total).then_some(()));
+    wait_for(120, "the last restart to finish", || (committed(b, &group, &input2) >= total).then_some(()));
     let log = engine.log_text();
     assert!(log.contains("state restored"), "{log}");
     gaps += offset_gaps(port);
@@ -191,95 +194,106 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
     assert_eq!(restored, 4, "every restart restored its state");
     assert_eq!(gaps, 0.0, "no engine saw an offset gap: the broker delivered every record after each resume");
 
-    let (got, dups) = dedup(&b, &crash.enforcement);
+    let (got, dups) = dedup(b, &crash.enforcement);
     assert_same_effects(&got, &want, dups);
     assert_eq!(final_lanes(&got), final_lanes(&want));
     eprintln!(
-        "crash equivalence: {} effects, {dups} duplicates dropped by seq over 5 SIGKILLs at {points:?}",
+        "crash equivalence: {} effects, {dups} duplicates dropped by seq over 5 SIGKILLs at {points:?}; \
+         time to partitions assigned after each start in the same group (s): {ready:.1?}",
         got.len()
     );
 }
 
-/// Two instances in one group on a 4-partition input; one is SIGKILLed mid-run and, once
-/// its session expires, the survivor takes its partitions over with their state restored
-/// from the changelog. The effects equal a single instance's.
-///
-/// The pair uses the eager `roundrobin` assignor: tansu 0.6 does not complete cooperative
-/// rebalancing's second join round (the survivor's partitions are revoked and never handed
-/// back), so the production default, `cooperative-sticky`, cannot be exercised on it. The
-/// engine's revoke and assign paths are the same for both protocols but for the
-/// incremental (un)assign call.
+/// Instances joining and leaving one group on a 4-partition input, with the production
+/// assignor (`cooperative-sticky`): a second instance joins, is SIGKILLed mid-run, and once
+/// its session expires the survivor takes its partitions over with their state restored from
+/// the changelog; a third joins, then leaves cleanly (SIGTERM), handing its partitions back.
+/// The effects equal a single instance's.
 #[test]
-fn two_instances_share_the_work_and_a_survivor_takes_over_with_restored_state() {
+fn instances_join_die_and_leave_and_the_effects_equal_a_single_instances() {
     let _serial = serial();
     let parts = 4;
-    let b = Broker::start();
-    let single = Topics::create(&b, "single", parts);
+    let b = Broker::shared();
+    let single = Topics::create(b, "single", parts);
     let input = single.input.clone();
     let records = records(parts);
     let total = records.len() as i64;
-    let half = records.len() / 2;
     let dir = tempfile::tempdir().unwrap();
 
     // Reference: one instance.
     produce(&b.producer(), &input, &records);
     let group = format!("single-{}", rand_suffix());
-    let engine = Engine::start(&config(dir.path(), &b, &input, &single, &group));
+    let engine = Engine::start(&config(dir.path(), b, &input, &single, &group));
     wait_for(120, "the single instance to finish", || {
-        (committed_n(&b, &group, &input, parts) >= total).then_some(())
+        (committed_n(b, &group, &input, parts) >= total).then_some(())
     });
     assert!(engine.stop().success());
-    let (want, _) = dedup(&b, &single.enforcement);
+    let (want, _) = dedup(b, &single.enforcement);
     assert!(!want.is_empty());
     assert_same_effects(&want, &scenario::offline_effects(parts), 0);
 
-    // Two instances on a second copy of the input, fed in two halves.
-    let pair = Topics::create(&b, "pair", parts);
+    // The instances, on a second copy of the input fed in thirds.
+    let pair = Topics::create(b, "pair", parts);
     let input2 = pair.input.clone();
     let group = format!("pair-{}", rand_suffix());
-    let cfg = config(dir.path(), &b, &input2, &pair, &group);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "[kafka.properties]",
-        "[kafka.properties]\n\"partition.assignment.strategy\" = \"roundrobin\"",
-    );
-    std::fs::write(&cfg, text).unwrap();
-    let cfg_b = dir.path().join("second.toml");
-    std::fs::copy(&cfg, &cfg_b).unwrap();
-    produce(&b.producer(), &input2, &records[..half]);
-    let first = Engine::start(&cfg);
-    let second = Engine::start(&cfg_b);
-    let owned = |e: &Engine| {
-        e.log_text()
-            .lines()
-            .rfind(|l| l.contains("partitions assigned"))
-            .map(|l| l.contains("total=") && !l.contains("total=0"))
-            .unwrap_or(false)
+    let cfg = config(dir.path(), b, &input2, &pair, &group);
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        std::fs::copy(&cfg, &to).unwrap();
+        to
     };
-    wait_for(120, "both instances to hold partitions", || (owned(&first) && owned(&second)).then_some(()));
-    wait_for(120, "the first half to be committed", || {
-        (committed_n(&b, &group, &input2, parts) >= half as i64).then_some(())
+    let (cfg_b, cfg_c) = (copy("second.toml"), copy("third.toml"));
+    let third = records.len() / 3;
+    let committed_at_least = |n: usize, what: &str| {
+        wait_for(120, what, || (committed_n(b, &group, &input2, parts) >= n as i64).then_some(()))
+    };
+    // How many partitions an instance's last assignment left it with.
+    let held = |e: &Engine| -> Option<u32> {
+        let log = e.log_text();
+        let line = log.lines().rfind(|l| {
+            (l.contains("partitions assigned") || l.contains("partitions revoked")) && l.contains("total=")
+        })?;
+        line.split("total=").nth(1)?.split_whitespace().next()?.parse().ok()
+    };
+    produce(&b.producer(), &input2, &records[..third]);
+    let first = Engine::start(&cfg);
+    wait_for(60, "the first instance to hold every partition", || (held(&first) == Some(4)).then_some(()));
+    // A join: the partitions are shared.
+    let second = Engine::start(&cfg_b);
+    wait_for(60, "two instances to share the partitions", || {
+        (held(&first) == Some(2) && held(&second) == Some(2)).then_some(())
     });
+    committed_at_least(third, "the first third to be committed");
+    // A SIGKILL: the survivor takes over once the dead member's session expires.
     let mut second = second;
     second.child.kill().unwrap();
     second.child.wait().unwrap();
-    produce(&b.producer(), &input2, &records[half..]);
-    wait_for(120, "the survivor to finish", || {
-        (committed_n(&b, &group, &input2, parts) >= total).then_some(())
+    produce(&b.producer(), &input2, &records[third..2 * third]);
+    wait_for(60, "the survivor to hold every partition", || (held(&first) == Some(4)).then_some(()));
+    committed_at_least(2 * third, "the second third to be committed");
+    // Another join, then a clean leave.
+    let joined = Engine::start(&cfg_c);
+    wait_for(60, "two instances to share the partitions again", || {
+        (held(&first) == Some(2) && held(&joined) == Some(2)).then_some(())
     });
+    produce(&b.producer(), &input2, &records[2 * third..]);
+    assert!(joined.stop().success());
+    wait_for(60, "the partitions handed back", || (held(&first) == Some(4)).then_some(()));
+    committed_at_least(records.len(), "the survivor to finish");
     let log = first.log_text();
     assert!(log.contains("state restored"), "the survivor restored the partitions it took over:\n{log}");
     assert!(first.stop().success());
 
-    let (got, dups) = dedup(&b, &pair.enforcement);
+    let (got, dups) = dedup(b, &pair.enforcement);
     assert_eq!(
         got, want,
-        "two instances, one leaving, give the single instance's effects ({dups} duplicates dropped)"
+        "joins, a SIGKILL and a leave give the single instance's effects ({dups} duplicates dropped)"
     );
     assert_eq!(final_lanes(&got), final_lanes(&want));
 }
 
-/// A network cut between the engine and the broker mid-run (a TCP proxy in front of tansu,
-/// whose memory storage would not survive a real broker restart). `/readyz` reports the
+/// A network cut between the engine and the broker mid-run (a TCP proxy in front of the
+/// broker). `/readyz` reports the
 /// outage; after the cut heals the engine resumes by itself, and the effects equal an
 /// uninterrupted run's.
 #[test]

@@ -1,4 +1,4 @@
-//! `driftgate run` against a real Kafka-compatible broker (tansu, see tests/it/support):
+//! `driftgate run` against Apache Kafka (see tests/it/support):
 //! end to end with Avro telemetry, dead letters, and configuration errors.
 
 use crate::support::contract;
@@ -52,9 +52,6 @@ input_topics = ["{}"]
 format = "{format}"
 commit_interval = "{commit_interval}"
 startup_timeout = "10s"
-# tansu 0.6 skips the rest of a batch fetched mid-way (see the option's docs); test
-# producers cap batches at 1,000 records.
-resume_rewind = 5000
 {}[kafka.properties]
 "session.timeout.ms" = "6000"
 "statistics.interval.ms" = "1000"
@@ -149,12 +146,12 @@ fn enforcement_events(b: &Broker, topic: &str) -> Vec<EnforcementEvent> {
 
 #[test]
 fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
-    let b = Broker::start();
-    let t = Topics::create(&b, "pipeline", 2);
+    let b = Broker::shared();
+    let t = Topics::create(b, "pipeline", 2);
     let dir = tempfile::tempdir().unwrap();
     let port = kafka::free_port();
     let api = format!("http://127.0.0.1:{port}");
-    let cfg = write_config_with(dir.path(), &b, &t, "avro", "200ms", &format!("127.0.0.1:{port}"));
+    let cfg = write_config_with(dir.path(), b, &t, "avro", "200ms", &format!("127.0.0.1:{port}"));
     let control_topic = format!("control-{}", rand_suffix());
     b.create_topics(&[(&control_topic, 1, false)]);
     let text = std::fs::read_to_string(&cfg)
@@ -173,7 +170,7 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
 
     let engine = Engine::start(&cfg);
     let events = wait_for(120, "fin-02's degrade event", || {
-        let ev = enforcement_events(&b, &t.enforcement);
+        let ev = enforcement_events(b, &t.enforcement);
         ev.iter().any(|e| e.lane_to == Lane::Degrade).then_some(ev)
     });
     // The API and metrics of the running pipeline.
@@ -203,7 +200,7 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     assert_eq!(scrape::sum(&s, "driftgate_records_dead_lettered_total", &[]), 0.0);
     assert_eq!(
         scrape::sum(&s, "driftgate_enforcement_events_total", &[]),
-        enforcement_events(&b, &t.enforcement).len() as f64
+        enforcement_events(b, &t.enforcement).len() as f64
     );
     assert!(scrape::sum(&s, "driftgate_drift_to_enforcement_seconds_count", &[r#"clock="wall""#]) >= 1.0);
     assert_eq!(scrape::sum(&s, "driftgate_agents", &[r#"lane="degrade""#, r#"scope="all""#]), 1.0);
@@ -257,7 +254,7 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
         .unwrap();
     rdkafka::producer::Producer::flush(&p, std::time::Duration::from_secs(10)).unwrap();
     wait_for(30, "fin-03 blocked by the control topic", || {
-        enforcement_events(&b, &t.enforcement)
+        enforcement_events(b, &t.enforcement)
             .iter()
             .any(|e| e.agent_id == "fin-03" && e.lane_to == Lane::Block)
             .then_some(())
@@ -280,7 +277,7 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
         .collect();
     produce(&b.producer(), &t.input, &later);
     let expired = wait_for(60, "both overrides expired", || {
-        let ev: Vec<EnforcementEvent> = enforcement_events(&b, &t.enforcement)
+        let ev: Vec<EnforcementEvent> = enforcement_events(b, &t.enforcement)
             .into_iter()
             .filter(|e| e.reason.code == "override_expired")
             .collect();
@@ -301,7 +298,7 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     let committed_total =
         |b: &Broker| b.committed(&t.group, &t.input, 2).iter().map(|c| c.unwrap_or(0)).sum::<i64>();
     wait_for(30, "the processed records committed", || {
-        (committed_total(&b) >= records.len() as i64 - 8).then_some(())
+        (committed_total(b) >= records.len() as i64 - 8).then_some(())
     });
     let log = engine.log_text();
     assert!(engine.stop().success(), "engine exited with an error:\n{log}");
@@ -309,7 +306,7 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     // Every event the telemetry caused, read to the end of the topic after the stop, is
     // exactly what the offline engine derives from the same records: healthy agents
     // untouched, fin-02 watched on the model update, then degraded.
-    let all_events = enforcement_events(&b, &t.enforcement);
+    let all_events = enforcement_events(b, &t.enforcement);
     let by_override =
         |e: &EnforcementEvent| e.reason.code == "override_applied" || e.reason.code == "override_expired";
     let by_telemetry: Vec<EnforcementEvent> =
@@ -389,7 +386,7 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
         .count();
     assert_eq!(
         decisions,
-        enforcement_events(&b, &t.enforcement).len(),
+        enforcement_events(b, &t.enforcement).len(),
         "a history record per enforcement event"
     );
 
@@ -406,12 +403,12 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
 /// between records, and an override is answered once the changelog holds it.
 #[test]
 fn the_pipelines_http_api_keeps_its_openapi_contract() {
-    let b = Broker::start();
-    let t = Topics::create(&b, "contract", 2);
+    let b = Broker::shared();
+    let t = Topics::create(b, "contract", 2);
     let dir = tempfile::tempdir().unwrap();
     let port = kafka::free_port();
     let api = format!("http://127.0.0.1:{port}");
-    let cfg = write_config_with(dir.path(), &b, &t, "avro", "200ms", &format!("127.0.0.1:{port}"));
+    let cfg = write_config_with(dir.path(), b, &t, "avro", "200ms", &format!("127.0.0.1:{port}"));
     let records = scenario_records();
     produce(&b.producer(), &t.input, &records);
     let engine = Engine::start(&cfg);
@@ -457,7 +454,7 @@ fn the_pipelines_http_api_keeps_its_openapi_contract() {
         "{v}"
     );
     let applied = wait_for(30, "the override's event published", || {
-        let ev = enforcement_events(&b, &t.enforcement);
+        let ev = enforcement_events(b, &t.enforcement);
         ev.into_iter().find(|e| e.override_info.as_ref().is_some_and(|o| o.override_id == "ov-contract"))
     });
     assert_eq!((applied.agent_id.as_str(), applied.reason.code.as_str()), ("fin-01", "override_applied"));
@@ -475,8 +472,8 @@ fn the_pipelines_http_api_keeps_its_openapi_contract() {
 
 #[test]
 fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
-    let b = Broker::start();
-    let t = Topics::create(&b, "pipeline", 1);
+    let b = Broker::shared();
+    let t = Topics::create(b, "pipeline", 1);
     let dir = tempfile::tempdir().unwrap();
     // Writer schemas from a registry that is down when the engine starts.
     let reg = registry::Registry::start([
@@ -487,7 +484,7 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     ]);
     reg.set_down(true);
     let port = kafka::free_port();
-    let cfg = write_config_with(dir.path(), &b, &t, "avro", "200ms", &format!("127.0.0.1:{port}"));
+    let cfg = write_config_with(dir.path(), b, &t, "avro", "200ms", &format!("127.0.0.1:{port}"));
     let text = std::fs::read_to_string(&cfg).unwrap();
     let text = text.replace(
         "[schema_registry.static_schemas]\n1 = \"telemetry.avsc\"\n2 = \"no-agent.avsc\"",
@@ -639,7 +636,7 @@ fn bad_broker_and_missing_topic_fail_fast_with_a_clear_error() {
     assert!(err.contains("cannot reach Kafka at `127.0.0.1:"), "{err}");
     assert!(start.elapsed() < std::time::Duration::from_secs(30), "failed fast");
 
-    let b = Broker::start();
+    let b = Broker::shared();
     let (status, err) = run(&format!("pacts = [\"pact.yaml\"]\n[kafka]\nbrokers = \"{}\"\nformat = \"json\"\ninput_topics = [\"no-such-topic\"]\n[http]\nlisten = \"\"\n", b.bootstrap()));
     assert!(!status.success());
     assert!(err.contains("topic(s) missing") && err.contains("no-such-topic"), "{err}");
@@ -669,10 +666,10 @@ fn reference_events(records: &[(String, Vec<u8>, i64, i32)], partitions: i32) ->
 
 #[test]
 fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_seqs() {
-    let b = Broker::start();
-    let t = Topics::create(&b, "pipeline", 2);
+    let b = Broker::shared();
+    let t = Topics::create(b, "pipeline", 2);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config_with(dir.path(), &b, &t, "avro", "2s", "");
+    let cfg = write_config_with(dir.path(), b, &t, "avro", "2s", "");
     let records = scenario_records();
     // Phase 1 ends before the model update; phase 2 holds the drift.
     let split = 900 * 4;
@@ -683,48 +680,45 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
         |b: &Broker, group: &str| b.committed(group, &t.input, 2).iter().map(|c| c.unwrap_or(0)).sum::<i64>();
     let engine = Engine::start(&cfg);
     wait_for(60, "phase 1 processed and committed", || {
-        (committed_sum(&b, &t.group) >= split as i64 - 8).then_some(())
+        (committed_sum(b, &t.group) >= split as i64 - 8).then_some(())
     });
     let log = engine.log_text();
     assert!(engine.stop().success(), "phase 1 engine exited with an error:\n{log}");
-    assert!(enforcement_events(&b, &t.enforcement).is_empty(), "no event before the model update");
+    assert!(enforcement_events(b, &t.enforcement).is_empty(), "no event before the model update");
     // Phase 2 commits (and snapshots) only every hour: the kill lands after its outputs were
     // produced and before any of its state was made durable. A fresh group: the changelog,
     // not the group's offsets, is where the engine resumes from.
     let phase2 = format!("{}-phase2", t.group);
     let cfg2 =
-        write_config_with(dir.path(), &b, &Topics { group: phase2.clone(), ..t.clone() }, "avro", "1h", "");
+        write_config_with(dir.path(), b, &Topics { group: phase2.clone(), ..t.clone() }, "avro", "1h", "");
     let mut engine = Engine::start(&cfg2);
     produce(&producer, &t.input, &records[split..]);
     wait_for(120, "the degrade event", || {
-        enforcement_events(&b, &t.enforcement).iter().any(|e| e.lane_to == Lane::Degrade).then_some(())
+        enforcement_events(b, &t.enforcement).iter().any(|e| e.lane_to == Lane::Degrade).then_some(())
     });
     // SIGKILL: no flush, no snapshot, no commit.
     engine.child.kill().unwrap();
     engine.child.wait().unwrap();
-    assert_eq!(committed_sum(&b, &phase2), 0, "phase 2 committed nothing");
-    let before_restart = enforcement_events(&b, &t.enforcement).len();
+    assert_eq!(committed_sum(b, &phase2), 0, "phase 2 committed nothing");
+    let before_restart = enforcement_events(b, &t.enforcement).len();
     assert!(before_restart >= 2, "watch and degrade were produced before the kill");
     drop(engine);
 
-    // Restart: state is restored from the changelog and the rest is reprocessed. The restart
-    // joins a fresh group, so as not to wait out the killed member's session (tansu does
-    // not complete a cooperative rebalance after one expires). The engine resumes from the
-    // position of its restored snapshot either way (the changelog, not the group's offsets,
-    // is the authority).
-    let t2 = Topics { group: format!("{}-restart", t.group), ..t.clone() };
-    let t = t2;
-    let cfg = write_config_with(dir.path(), &b, &t, "avro", "2s", "");
+    // Restart in the same group, as a restarted pod would: state is restored from the
+    // changelog and the rest is reprocessed. The engine resumes from the position of its
+    // restored snapshot (the changelog, not the group's offsets, is the authority).
+    let cfg =
+        write_config_with(dir.path(), b, &Topics { group: phase2.clone(), ..t.clone() }, "avro", "2s", "");
     let engine = Engine::start(&cfg);
     wait_for(120, "the restarted engine to commit what it processed", || {
-        (committed_sum(&b, &t.group) >= records.len() as i64 - 8).then_some(())
+        (committed_sum(b, &phase2) >= records.len() as i64 - 8).then_some(())
     });
     let log = engine.log_text();
     assert!(log.contains("state restored"), "restart restored state from the changelog:\n{log}");
     assert!(engine.stop().success(), "engine exited with an error:\n{log}");
 
     // A router that drops seqs it has seen ends up with exactly the uninterrupted run's events.
-    let got = enforcement_events(&b, &t.enforcement);
+    let got = enforcement_events(b, &t.enforcement);
     let mut seen: BTreeMap<(String, u64), String> = BTreeMap::new();
     let mut applied = Vec::new();
     let mut duplicates = 0;

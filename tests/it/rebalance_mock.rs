@@ -1,6 +1,7 @@
 //! Scale-out with the production assignor, `cooperative-sticky`, on librdkafka's mock
-//! cluster (tansu 0.6 cannot complete a cooperative rebalance; the broker tests in
-//! `durable_state.rs` use an eager assignor for that reason).
+//! cluster, for the faults a real broker cannot be made to show on cue (refused produce
+//! requests mid-rebalance). `durable_state.rs` runs joins, a SIGKILL and a leave on Apache
+//! Kafka.
 //!
 //! Two pipelines share a 4-partition input. When the second joins, the first gives up only
 //! the partitions that move (incremental revocation) and keeps consuming the rest; when the

@@ -37,7 +37,6 @@ input_topics = ["{}"]
 format = "json"
 commit_interval = "200ms"
 startup_timeout = "10s"
-resume_rewind = 5000
 {}[kafka.properties]
 "session.timeout.ms" = "6000"
 [kafka.consumer_properties]
@@ -163,17 +162,17 @@ fn wait_running(hb: &mut Tail) {
 #[test]
 fn the_last_records_before_a_silence_act_within_the_idle_timeout_and_replay_reproduces_the_run() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let b = Broker::start();
-    let t = Topics::create(&b, "ttc", 1);
+    let b = Broker::shared();
+    let t = Topics::create(b, "ttc", 1);
     let dir = tempfile::tempdir().unwrap();
     let port = kafka::free_port();
-    let cfg = write_config(dir.path(), &b, &t, &format!("127.0.0.1:{port}"));
+    let cfg = write_config(dir.path(), b, &t, &format!("127.0.0.1:{port}"));
     let engine = Engine::start(&cfg);
-    let mut hb = Tail::new(&b, &t.snapshot);
+    let mut hb = Tail::new(b, &t.snapshot);
     wait_running(&mut hb);
-    let mut out = Tail::new(&b, &t.enforcement);
+    let mut out = Tail::new(b, &t.enforcement);
 
-    let producer = warm_producer(&b);
+    let producer = warm_producer(b);
     let input = burst(wall_micros());
     let produced = Instant::now();
     produce(&producer, &t.input, &records(&input));
@@ -360,18 +359,18 @@ fn deduped(evs: &[EnforcementEvent]) -> Deduped {
 #[test]
 fn a_crash_in_the_middle_of_an_idle_period_gives_the_same_effects_after_dedup() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let b = Broker::start();
-    let (ta, tb) = (Topics::create(&b, "ttc-a", 1), Topics::create(&b, "ttc-b", 1));
+    let b = Broker::shared();
+    let (ta, tb) = (Topics::create(b, "ttc-a", 1), Topics::create(b, "ttc-b", 1));
     let dir = tempfile::tempdir().unwrap();
-    let (cfg_a, cfg_b) = (write_config(dir.path(), &b, &ta, ""), write_config(dir.path(), &b, &tb, ""));
+    let (cfg_a, cfg_b) = (write_config(dir.path(), b, &ta, ""), write_config(dir.path(), b, &tb, ""));
     let (reference, crashing) = (Engine::start(&cfg_a), Engine::start(&cfg_b));
-    let (mut hb_a, mut hb_b) = (Tail::new(&b, &ta.snapshot), Tail::new(&b, &tb.snapshot));
+    let (mut hb_a, mut hb_b) = (Tail::new(b, &ta.snapshot), Tail::new(b, &tb.snapshot));
     wait_running(&mut hb_a);
     wait_running(&mut hb_b);
-    let mut out_b = Tail::new(&b, &tb.enforcement);
+    let mut out_b = Tail::new(b, &tb.enforcement);
 
     let input = burst(wall_micros());
-    let p = warm_producer(&b);
+    let p = warm_producer(b);
     produce(&p, &ta.input, &records(&input));
     produce(&p, &tb.input, &records(&input));
     // Kill B after the first tick released the held breach, before the stale evidence (due
@@ -390,7 +389,7 @@ fn a_crash_in_the_middle_of_an_idle_period_gives_the_same_effects_after_dedup() 
     out_b.until(60, "evidence_stale on B after the restart", |s| {
         find(&enforcement(s), "live-hr", Scope::HighRisk, "evidence_stale")
     });
-    let mut out_a = Tail::new(&b, &ta.enforcement);
+    let mut out_a = Tail::new(b, &ta.enforcement);
     out_a.until(30, "evidence_stale on A", |s| {
         find(&enforcement(s), "live-hr", Scope::HighRisk, "evidence_stale")
     });

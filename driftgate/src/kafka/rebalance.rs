@@ -185,6 +185,7 @@ impl PipelineContext {
                 acks.forget(k);
             }
         }
+        info!(partitions = revoked.len(), total = tasks.map.len(), "partitions revoked");
         if tasks.map.is_empty() {
             self.status.assigned.store(false, Ordering::SeqCst);
         }

@@ -1,6 +1,8 @@
-//! A real Kafka-compatible broker (tansu) for tests: started on a free port, stopped on
-//! drop (also when a test fails). A missing broker binary fails the test with the command
-//! that installs it; Kafka tests never pass by skipping.
+//! Apache Kafka for tests: one KRaft node (broker and controller) on free ports. Most tests
+//! share one broker per test binary ([`Broker::shared`]); a test that needs a broker of its
+//! own (behind a proxy) starts one, stopped on drop. A watchdog stops every broker when the
+//! test process ends, however it ends. A missing broker fails the test with the command that
+//! installs it; Kafka tests never pass by skipping.
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -10,33 +12,59 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub const INSTALL: &str = "cargo install tansu --version 0.6.0 --locked --features dynostore --root ~/.cache/driftgate/tools (or run ./scripts/test.sh, which does it)";
+pub const INSTALL: &str = "./scripts/install-tools.sh (Apache Kafka's jars from Maven Central into ~/.cache/driftgate/tools; needs mvn and Java 17), or run ./scripts/test.sh, which does it";
 
-/// The tansu binary: `$DRIFTGATE_TANSU`, else the per-user tool cache.
-pub fn tansu_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("DRIFTGATE_TANSU") {
+/// The pinned Apache Kafka version: the one scripts/kafka/pom.xml installs.
+pub fn kafka_version() -> &'static str {
+    const POM: &str = include_str!("../../../scripts/kafka/pom.xml");
+    POM.split("<kafka.version>")
+        .nth(1)
+        .and_then(|r| r.split("</kafka.version>").next())
+        .expect("scripts/kafka/pom.xml names <kafka.version>")
+}
+
+/// Where the broker's jars are: `$DRIFTGATE_KAFKA_HOME`, else the per-user tool cache.
+pub fn kafka_home() -> PathBuf {
+    if let Some(p) = std::env::var_os("DRIFTGATE_KAFKA_HOME") {
         return PathBuf::from(p);
     }
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-    home.join(".cache/driftgate/tools/bin/tansu")
+    home.join(format!(".cache/driftgate/tools/kafka-{}", kafka_version()))
 }
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+// Time retention is off: test records carry the scenario's event times, months in the
+// past, and the broker's retention check (every 5 min) would delete them mid-test.
+
+/// A fixed KRaft cluster id: every test broker is a cluster of its own, on its own ports.
+const CLUSTER_ID: &str = "Non9p9DUR4KlN_aVmT-GPQ";
+
 /// A running broker.
 pub struct Broker {
+    /// The watchdog shell, leader of the broker's process group.
     child: Child,
     pub port: u16,
     pub log: PathBuf,
+    dir: PathBuf,
 }
 
 impl Broker {
+    /// The test binary's broker, started on first use. It lives until the process ends.
+    pub fn shared() -> &'static Broker {
+        static SHARED: OnceLock<Broker> = OnceLock::new();
+        SHARED.get_or_init(Broker::start)
+    }
+
+    /// A broker of one's own, stopped on drop.
     pub fn start() -> Broker {
         let port = free_port();
         Self::start_advertising(port, port)
@@ -44,31 +72,90 @@ impl Broker {
 
     /// Listens on `port` but tells clients to connect to `advertised` (a proxy in front).
     pub fn start_advertising(port: u16, advertised: u16) -> Broker {
-        let bin = tansu_path();
+        let home = kafka_home();
         assert!(
-            bin.exists(),
-            "the test broker is not installed at {}: install it with\n  {INSTALL}",
-            bin.display()
+            home.join(".complete").exists(),
+            "Apache Kafka {} is not installed at {}: install it with\n  {INSTALL}",
+            kafka_version(),
+            home.display()
         );
-        let log = std::env::temp_dir().join(format!("driftgate-tansu-{port}.log"));
-        let out = std::fs::File::create(&log).expect("broker log file");
-        let url = format!("tcp://127.0.0.1:{port}");
-        let adv = format!("tcp://127.0.0.1:{advertised}");
-        let child = Command::new(&bin)
+        let dir = std::env::temp_dir().join(format!("driftgate-kafka-{port}-{}", rand_suffix()));
+        std::fs::create_dir_all(&dir).expect("broker directory");
+        let controller = free_port();
+        let props = dir.join("server.properties");
+        std::fs::write(
+            &props,
+            format!(
+                "process.roles=broker,controller\n\
+                 node.id=1\n\
+                 controller.quorum.voters=1@127.0.0.1:{controller}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{advertised}\n\
+                 controller.listener.names=CONTROLLER\n\
+                 inter.broker.listener.name=PLAINTEXT\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 log.dirs={}\n\
+                 num.partitions=1\n\
+                 offsets.topic.replication.factor=1\n\
+                 offsets.topic.num.partitions=4\n\
+                 transaction.state.log.replication.factor=1\n\
+                 transaction.state.log.min.isr=1\n\
+                 transaction.state.log.num.partitions=4\n\
+                 share.coordinator.state.topic.replication.factor=1\n\
+                 share.coordinator.state.topic.min.isr=1\n\
+                 group.initial.rebalance.delay.ms=0\n\
+                 log.retention.ms=-1\n",
+                dir.join("data").display()
+            ),
+        )
+        .expect("server.properties");
+        std::fs::write(
+            dir.join("log4j2.properties"),
+            "rootLogger.level=WARN\nrootLogger.appenderRef.out.ref=out\nappender.out.type=Console\nappender.out.name=out\nappender.out.layout.type=PatternLayout\nappender.out.layout.pattern=[%d] %p %m (%c)%n\n",
+        )
+        .expect("log4j2.properties");
+        let classpath = format!("{}/libs/*", home.display());
+        let log_config = format!("-Dlog4j2.configurationFile={}", dir.join("log4j2.properties").display());
+        let format = Command::new("java")
             .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &adv,
-                "--storage-engine",
-                "memory://tansu/",
+                &log_config,
+                "-cp",
+                &classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                CLUSTER_ID,
+                "-c",
             ])
+            .arg(&props)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run java (Java 17 is needed for Apache Kafka): {e}"));
+        assert!(
+            format.status.success(),
+            "formatting the broker's storage failed: {}{}",
+            String::from_utf8_lossy(&format.stdout),
+            String::from_utf8_lossy(&format.stderr)
+        );
+        let log = dir.join("broker.log");
+        let out = std::fs::File::create(&log).expect("broker log file");
+        // The shell watches this process and the broker: when either ends, it stops the
+        // other and removes the directory. It leads the process group, which Drop kills.
+        let script = format!(
+            "java -Xms128m -Xmx512m -XX:+UseSerialGC {log_config} -cp '{classpath}' kafka.Kafka '{}' & j=$!; \
+             while kill -0 {} 2>/dev/null && kill -0 $j 2>/dev/null; do sleep 1; done; \
+             kill -9 $j 2>/dev/null; wait $j 2>/dev/null; rm -rf '{}'",
+            props.display(),
+            std::process::id(),
+            dir.display()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .process_group(0)
             .stdout(Stdio::from(out.try_clone().expect("log handle")))
             .stderr(Stdio::from(out))
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let b = Broker { child, port: advertised, log };
+            .unwrap_or_else(|e| panic!("cannot start the broker: {e}"));
+        let b = Broker { child, port: advertised, log, dir };
         if advertised == port {
             b.wait_ready();
         }
@@ -85,7 +172,7 @@ impl Broker {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         let consumer: BaseConsumer = self.client().create().expect("consumer");
         while Instant::now() < deadline {
             if consumer.fetch_metadata(None, Duration::from_secs(1)).is_ok() {
@@ -94,7 +181,7 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!(
-            "broker did not answer within 30 s; log: {}",
+            "broker did not answer within 60 s; log: {}",
             std::fs::read_to_string(&self.log).unwrap_or_default()
         );
     }
@@ -133,8 +220,7 @@ impl Broker {
         }
     }
 
-    /// A producer (idempotent, like the engine's), with batches of at most 1,000 records
-    /// (engines under test resume up to 5,000 records early: see `resume_rewind`).
+    /// A producer (idempotent, like the engine's), with batches of at most 1,000 records.
     pub fn producer(&self) -> BaseProducer {
         self.client()
             .set("enable.idempotence", "true")
@@ -145,8 +231,7 @@ impl Broker {
     }
 
     /// Every record of a topic, in partition then offset order. Reads until the topic has
-    /// been quiet for a second: tansu 0.6's high watermark can lag the last acknowledged
-    /// batch, so it is not used as the end.
+    /// been quiet for a second.
     pub fn read_all(&self, topic: &str) -> Vec<Rec> {
         let consumer: BaseConsumer = self
             .client()
@@ -202,7 +287,10 @@ impl Broker {
         for p in 0..partitions {
             tpl.add_partition(topic, p);
         }
-        let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+        // The coordinator may still be loading the group (NotCoordinator, retriable).
+        let got = wait_for(30, "the group's committed offsets", || {
+            consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)).ok()
+        });
         (0..partitions)
             .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => Some(o),
@@ -214,8 +302,10 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // The whole group: the watchdog and the JVM.
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -358,9 +448,11 @@ impl Drop for Engine {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let text = self.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            // `ENGINE_LOG_LINES=N` shows more of a failing engine's log.
+            let lines = std::env::var("ENGINE_LOG_LINES").ok().and_then(|n| n.parse().ok()).unwrap_or(60);
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
             eprintln!(
-                "--- engine log (last 60 lines) ---\n{}",
+                "--- engine log (last {lines} lines) ---\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
