@@ -96,6 +96,24 @@ fn scrape_port(port: u16) -> std::collections::BTreeMap<String, f64> {
     scrape::samples(&text)
 }
 
+/// An engine's rebalance log lines: each assignment and revocation, with the partitions it
+/// holds after it (`total=`).
+fn rebalances(e: &Engine) -> Vec<String> {
+    e.log_text()
+        .lines()
+        .filter(|l| {
+            (l.contains("partitions assigned") || l.contains("partitions revoked")) && l.contains("total=")
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// How many partitions an engine's last rebalance left it with.
+fn held(e: &Engine) -> Option<u32> {
+    let last = rebalances(e).pop()?;
+    last.split("total=").nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
 #[test]
 fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
     let _serial = serial();
@@ -247,14 +265,6 @@ fn instances_join_die_and_leave_and_the_effects_equal_a_single_instances() {
     let committed_at_least = |n: usize, what: &str| {
         wait_for(120, what, || (committed_n(b, &group, &input2, parts) >= n as i64).then_some(()))
     };
-    // How many partitions an instance's last assignment left it with.
-    let held = |e: &Engine| -> Option<u32> {
-        let log = e.log_text();
-        let line = log.lines().rfind(|l| {
-            (l.contains("partitions assigned") || l.contains("partitions revoked")) && l.contains("total=")
-        })?;
-        line.split("total=").nth(1)?.split_whitespace().next()?.parse().ok()
-    };
     produce(&b.producer(), &input2, &records[..third]);
     let first = Engine::start(&cfg);
     wait_for(60, "the first instance to hold every partition", || (held(&first) == Some(4)).then_some(()));
@@ -290,6 +300,58 @@ fn instances_join_die_and_leave_and_the_effects_equal_a_single_instances() {
         "joins, a SIGKILL and a leave give the single instance's effects ({dups} duplicates dropped)"
     );
     assert_eq!(final_lanes(&got), final_lanes(&want));
+}
+
+/// Static membership (`group.instance.id`): a member SIGKILLed and restarted within its
+/// session gets its own partitions back without a rebalance; the other member's partitions
+/// never move. The effects equal the offline ground truth.
+#[test]
+fn a_static_member_restarted_within_its_session_takes_its_partitions_back_and_nothing_moves() {
+    let _serial = serial();
+    let parts = 4;
+    let b = Broker::shared();
+    let t = Topics::create(b, "static", parts);
+    let records = records(parts);
+    let half = records.len() / 2;
+    let dir = tempfile::tempdir().unwrap();
+    let group = format!("static-{}", rand_suffix());
+    let base = std::fs::read_to_string(config(dir.path(), b, &t.input, &t, &group)).unwrap();
+    let member = |id: &str| {
+        let p = dir.path().join(format!("{id}.toml"));
+        let props = format!("[kafka.consumer_properties]\n\"group.instance.id\" = \"{id}\"\n[http]");
+        std::fs::write(&p, base.replace("[http]", &props)).unwrap();
+        p
+    };
+    let (cfg_a, cfg_b) = (member("a"), member("b"));
+    produce(&b.producer(), &t.input, &records[..half]);
+    let first = Engine::start(&cfg_a);
+    let second = Engine::start(&cfg_b);
+    wait_for(60, "two static members to share the partitions", || {
+        (held(&first) == Some(2) && held(&second) == Some(2)).then_some(())
+    });
+    wait_for(120, "the first half to be committed", || {
+        (committed_n(b, &group, &t.input, parts) >= half as i64).then_some(())
+    });
+    let moves = rebalances(&first);
+    let mut second = second;
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    let started = Instant::now();
+    let second = Engine::start(&cfg_b);
+    wait_for(30, "the restarted member to hold its partitions", || (held(&second) == Some(2)).then_some(()));
+    let ready = started.elapsed();
+    produce(&b.producer(), &t.input, &records[half..]);
+    wait_for(120, "everything to be committed", || {
+        (committed_n(b, &group, &t.input, parts) >= records.len() as i64).then_some(())
+    });
+    assert_eq!(rebalances(&first), moves, "the other member's partitions never moved");
+    assert!(second.log_text().contains("state restored"), "the restarted member restored its state");
+    assert!(first.stop().success() && second.stop().success());
+    let (got, dups) = dedup(b, &t.enforcement);
+    assert_same_effects(&got, &scenario::offline_effects(parts), dups);
+    eprintln!(
+        "static membership: a SIGKILLed member held its partitions again {ready:.1?} after its restart"
+    );
 }
 
 /// A network cut between the engine and the broker mid-run (a TCP proxy in front of the
@@ -370,4 +432,39 @@ fn a_network_cut_is_reported_and_survived() {
     let (got, dups) = dedup(&b, &cut.enforcement);
     assert_eq!(got, want, "after the cut, the same effects ({dups} duplicates dropped)");
     assert_eq!(final_lanes(&got), final_lanes(&want));
+}
+
+/// The broker itself restarted mid-run (stopped cleanly and started again on its log
+/// directory, as an upgrade would). The engine rides it out and resumes by itself, with no
+/// input record skipped and the offline ground truth's effects.
+#[test]
+fn a_broker_restart_mid_run_is_survived() {
+    let _serial = serial();
+    let mut b = Broker::start();
+    let t = Topics::create(&b, "restart", PARTITIONS);
+    let records = records(PARTITIONS);
+    let half = records.len() / 2;
+    let dir = tempfile::tempdir().unwrap();
+    let group = format!("restart-{}", rand_suffix());
+    let port = kafka::free_port();
+    let cfg = config_listening(dir.path(), &b, &t.input, &t, &group, &format!("127.0.0.1:{port}"));
+    produce(&b.producer(), &t.input, &records[..half]);
+    let engine = Engine::start(&cfg);
+    wait_for(120, "the first half committed", || {
+        (committed(&b, &group, &t.input) >= half as i64).then_some(())
+    });
+    // The second half arrives, and the broker restarts while the engine works through it
+    // (small fetches hold it to about 10k records/s).
+    produce(&b.producer(), &t.input, &records[half..]);
+    b.restart();
+    wait_for(180, "the rest committed after the restart", || {
+        (committed(&b, &group, &t.input) >= records.len() as i64).then_some(())
+    });
+    assert_eq!(offset_gaps(port), 0.0, "no input record was skipped");
+    let client_errors = scrape::sum(&scrape_port(port), "driftgate_errors_total", &[r#"stage="client""#]);
+    assert!(client_errors >= 1.0, "the engine saw the broker go away: {client_errors}");
+    let log = engine.log_text();
+    assert!(engine.stop().success(), "{log}");
+    let (got, dups) = dedup(&b, &t.enforcement);
+    assert_same_effects(&got, &scenario::offline_effects(PARTITIONS), dups);
 }

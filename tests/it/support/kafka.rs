@@ -55,6 +55,22 @@ pub struct Broker {
     pub port: u16,
     pub log: PathBuf,
     dir: PathBuf,
+    /// What the watchdog runs, for a restart.
+    script: String,
+    /// The port it listens on (`port` is the one it advertises).
+    listen: u16,
+}
+
+/// Starts the watchdog shell (and so the broker), appending to `log`.
+fn spawn_broker(script: &str, log: &std::path::Path) -> Child {
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("broker log file");
+    Command::new("sh")
+        .args(["-c", script])
+        .process_group(0)
+        .stdout(Stdio::from(out.try_clone().expect("log handle")))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start the broker: {e}"))
 }
 
 impl Broker {
@@ -137,29 +153,35 @@ impl Broker {
             String::from_utf8_lossy(&format.stderr)
         );
         let log = dir.join("broker.log");
-        let out = std::fs::File::create(&log).expect("broker log file");
-        // The shell watches this process and the broker: when either ends, it stops the
-        // other and removes the directory. It leads the process group, which Drop kills.
+        // The shell watches this process and the broker. If this process ends, it stops the
+        // broker and removes its directory; if the broker ends (a restart), it ends too. It
+        // leads the process group, which `stop` and Drop signal.
         let script = format!(
             "java -Xms128m -Xmx512m -XX:+UseSerialGC {log_config} -cp '{classpath}' kafka.Kafka '{}' & j=$!; \
-             while kill -0 {} 2>/dev/null && kill -0 $j 2>/dev/null; do sleep 1; done; \
-             kill -9 $j 2>/dev/null; wait $j 2>/dev/null; rm -rf '{}'",
+             while kill -0 {pid} 2>/dev/null && kill -0 $j 2>/dev/null; do sleep 1; done; \
+             if ! kill -0 {pid} 2>/dev/null; then kill -9 $j 2>/dev/null; wait $j 2>/dev/null; rm -rf '{}'; fi",
             props.display(),
-            std::process::id(),
-            dir.display()
+            dir.display(),
+            pid = std::process::id(),
         );
-        let child = Command::new("sh")
-            .args(["-c", &script])
-            .process_group(0)
-            .stdout(Stdio::from(out.try_clone().expect("log handle")))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the broker: {e}"));
-        let b = Broker { child, port: advertised, log, dir };
+        let child = spawn_broker(&script, &log);
+        let b = Broker { child, port: advertised, log, dir, script, listen: port };
         if advertised == port {
             b.wait_ready();
         }
         b
+    }
+
+    /// Stops the broker cleanly (SIGTERM, as a service manager would) and starts it again on
+    /// the same ports and log directory; returns once it answers again.
+    pub fn restart(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", self.child.id())]).status();
+        let _ = self.child.wait();
+        wait_for(60, "the broker to stop listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", self.listen)).is_err().then_some(())
+        });
+        self.child = spawn_broker(&self.script, &self.log);
+        self.wait_ready();
     }
 
     /// Waits until the broker answers (call after starting its proxy).
