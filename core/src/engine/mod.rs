@@ -244,8 +244,14 @@ pub struct Stats {
 pub struct EngineMeta {
     /// Pacts in index order, as `(id, version)`: clause keys refer to these indexes.
     pub pacts: Vec<(String, u32)>,
-    /// Inputs waiting for the watermark: `(event time, arrival, input, tag)`.
+    /// Inputs waiting for the watermark that have no source position: `(event time,
+    /// arrival, input, tag)` (the tag is `None` in records written now).
     pub buffer: Vec<(i64, u64, Input, Option<u64>)>,
+    /// Inputs waiting for the watermark, kept by their source position only: `(event time,
+    /// arrival, tag)`. The source reads them again on restore ([`Engine::rebuffer`]), so the
+    /// record stays small however much the buffer holds.
+    #[serde(default)]
+    pub by_reference: Vec<(i64, u64, u64)>,
     /// Inputs offered so far.
     pub arrivals: u64,
     /// Largest event time seen.
@@ -308,6 +314,9 @@ pub struct Engine {
     workflows: HashMap<String, WorkflowStats, foldhash::fast::RandomState>,
     /// Boxed: B-tree nodes shift their values on insert and remove, and an input is large.
     buffer: BTreeMap<(i64, u64), Box<Tagged>>,
+    /// Restored buffer entries whose input the source has not read again yet, by tag: their
+    /// `(event time, arrival)` in the buffer.
+    awaited: BTreeMap<u64, (i64, u64)>,
     arrivals: u64,
     max_seen: Option<i64>,
     /// See [`Engine::tick`].
@@ -384,6 +393,7 @@ impl Engine {
             agents: HashMap::default(),
             workflows: HashMap::default(),
             buffer: BTreeMap::new(),
+            awaited: BTreeMap::new(),
             arrivals: 0,
             max_seen: None,
             tick_floor: None,

@@ -22,6 +22,31 @@ impl Engine {
         self.dirty.extend(agents);
     }
 
+    /// The lowest source position among restored buffer entries still to be read again
+    /// (see [`Engine::rebuffer`]); the source must start reading there.
+    pub fn first_awaited(&self) -> Option<u64> {
+        self.awaited.keys().next().copied()
+    }
+
+    /// Whether the restored buffer waits for the input at source position `tag`.
+    pub fn awaits(&self, tag: u64) -> bool {
+        self.awaited.contains_key(&tag)
+    }
+
+    /// Puts back a restored buffer entry, read again from its source position `tag`, where
+    /// it was in the buffer; processes nothing. False if no entry waits for `tag`.
+    pub fn rebuffer(&mut self, tag: u64, input: Input) -> bool {
+        let Some(key) = self.awaited.remove(&tag) else { return false };
+        self.buffer.insert(key, Box::new((input, Some(tag))));
+        true
+    }
+
+    /// Gives up the restored buffer entries not read again (their records are gone from the
+    /// source, e.g. deleted by retention), returning how many. They are never processed.
+    pub fn abandon_awaited(&mut self) -> usize {
+        std::mem::take(&mut self.awaited).len()
+    }
+
     /// The engine's own state besides the agents: the event-time buffer, clocks, the
     /// history chain's head and counters.
     pub fn meta(&self) -> EngineMeta {
@@ -30,8 +55,16 @@ impl Engine {
             buffer: self
                 .buffer
                 .iter()
-                .map(|((t, arrival), item)| (*t, *arrival, item.0.clone(), item.1))
+                .filter(|(_, item)| item.1.is_none())
+                .map(|((t, arrival), item)| (*t, *arrival, item.0.clone(), None))
                 .collect(),
+            by_reference: {
+                let tagged = self.buffer.iter().filter_map(|((t, a), item)| item.1.map(|tag| (*t, *a, tag)));
+                let awaited = self.awaited.iter().map(|(tag, (t, a))| (*t, *a, *tag));
+                let mut all: Vec<_> = tagged.chain(awaited).collect();
+                all.sort_unstable();
+                all
+            },
             arrivals: self.arrivals,
             max_seen: self.max_seen,
             now: self.now,
@@ -60,6 +93,9 @@ impl Engine {
         let map = |i: u16| remap.get(i as usize).copied().flatten();
         for (t, arrival, input, tag) in meta.buffer {
             e.buffer.insert((t, arrival), Box::new((input, tag)));
+        }
+        for (t, arrival, tag) in meta.by_reference {
+            e.awaited.insert(tag, (t, arrival));
         }
         e.arrivals = meta.arrivals;
         e.max_seen = meta.max_seen;

@@ -531,8 +531,12 @@ fn buffered_inputs_keep_their_source_tags_in_the_meta_record_and_a_flush_process
     e.push_tagged(tel("a0", 10, "watch", false, 1), 8);
     e.push(tel("a0", 5, "none", false, 1));
     assert_eq!(e.max_event_time(), Some(T0 + 10 * S));
-    let tags: Vec<(i64, Option<u64>)> = e.meta().buffer.iter().map(|b| ((b.0 - T0) / S, b.3)).collect();
-    assert_eq!(tags, [(0, Some(7)), (5, None), (10, Some(8))]);
+    // Tagged inputs are kept by reference, the others inline.
+    let meta = e.meta();
+    let inline: Vec<(i64, u64)> = meta.buffer.iter().map(|b| ((b.0 - T0) / S, b.1)).collect();
+    let by_reference: Vec<(i64, u64, u64)> =
+        meta.by_reference.iter().map(|b| ((b.0 - T0) / S, b.1, b.2)).collect();
+    assert_eq!((inline, by_reference), (vec![(5, 2)], vec![(0, 0, 7), (10, 1, 8)]));
     assert_eq!(e.drain(), vec![], "held behind the watermark");
     // The end of the input: everything held is processed, in event-time order.
     e.flush();
@@ -1316,4 +1320,43 @@ fn only_a_record_that_breaches_a_critical_clause_of_its_current_coverage_skips_t
         ]
     );
     assert_eq!(e.stats().fast_path, 1);
+}
+
+#[test]
+fn a_restored_buffer_waits_for_its_inputs_read_again_and_then_runs_as_without_the_restart() {
+    let inputs: Vec<Input> =
+        (0..6).map(|i| tel("a0", i * 5, if i == 3 { "watch" } else { "none" }, false, 1)).collect();
+    let mut whole = held_engine(30, 5);
+    for (tag, i) in inputs.iter().enumerate() {
+        whole.push_tagged(i.clone(), tag as u64);
+    }
+    whole.push_tagged(tel("a0", 100, "none", false, 1), 6);
+    let expected = events(&whole.drain());
+    assert_eq!(expected.len(), 2, "the watch breach, once released");
+    // Stop with the six inputs held, and restore: they are awaited by their tags.
+    let mut first = held_engine(30, 5);
+    for (tag, i) in inputs.iter().enumerate() {
+        first.push_tagged(i.clone(), tag as u64);
+    }
+    let agents: Vec<(String, AgentState)> = first.agents().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let meta = first.meta();
+    assert!(meta.buffer.is_empty() && meta.by_reference.len() == 6);
+    let mut second = Engine::restore(first.config().clone(), first.pacts().to_vec(), meta, agents.clone());
+    assert_eq!((second.first_awaited(), second.buffered()), (Some(0), 6));
+    assert!(!second.tick(T0 + 3600 * S, 0), "no tick while entries are awaited");
+    // A snapshot taken meanwhile still names them.
+    assert_eq!(second.meta().by_reference.len(), 6);
+    // The source reads from the first awaited position again.
+    assert!(!second.rebuffer(99, inputs[0].clone()), "nothing waits for 99");
+    for (tag, i) in inputs.iter().enumerate() {
+        assert!(second.awaits(tag as u64));
+        assert!(second.rebuffer(tag as u64, i.clone()));
+    }
+    assert_eq!((second.first_awaited(), second.buffered(), second.drain()), (None, 6, vec![]));
+    second.push_tagged(tel("a0", 100, "none", false, 1), 6);
+    assert_eq!(events(&second.drain()), expected);
+    // Entries whose records are gone are given up, and counted.
+    let mut third = Engine::restore(first.config().clone(), first.pacts().to_vec(), first.meta(), agents);
+    assert!(third.rebuffer(0, inputs[0].clone()));
+    assert_eq!((third.abandon_awaited(), third.buffered(), third.first_awaited()), (5, 1, None));
 }

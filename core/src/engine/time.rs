@@ -42,6 +42,10 @@ impl Engine {
     /// history (`tick`, with `at`, the wall time and the number of inputs offered before it),
     /// so that the same calls at the same input positions reproduce a run exactly.
     pub fn tick(&mut self, at: i64, wall_micros: i64) -> bool {
+        // Restored entries still to be read again belong before what the tick would release.
+        if !self.awaited.is_empty() {
+            return false;
+        }
         let floor = at.saturating_sub(self.cfg.max_event_lag.micros());
         let before = self.watermark();
         if before.is_some_and(|wm| wm >= floor) {
@@ -92,7 +96,7 @@ impl Engine {
 
     /// Inputs waiting in the event-time buffer for the watermark.
     pub fn buffered(&self) -> usize {
-        self.buffer.len()
+        self.buffer.len() + self.awaited.len()
     }
 
     pub(super) fn offer(&mut self, input: Input, tag: Option<u64>) {

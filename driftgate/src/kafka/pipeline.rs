@@ -32,8 +32,8 @@ use crate::kafka::registry::{HttpRegistry, SchemaFileError, SchemaSource, Static
 use crate::kafka::sink::{OutRecord, Sink, SinkError, SourceKey};
 use crate::kafka::tasks::Tasks;
 use crate::obs::events::{
-    AuditWriteFailed, CommitFailed, ConsumerError, DependencyUnavailable, HeartbeatFailed, InternalEvent,
-    RecordRejected, SeekFailed,
+    AuditWriteFailed, BufferedInputsLost, CommitFailed, ConsumerError, DependencyUnavailable,
+    HeartbeatFailed, InternalEvent, RecordRejected, SeekFailed,
 };
 use crate::obs::metrics::{EngineScrape, Metrics, PartitionTime};
 use driftgate_core::engine::{Engine, Input};
@@ -505,12 +505,19 @@ impl Pipeline {
         let decoded = self.decoder.decode(msg.payload(), record_time);
         let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Poisoned)?;
         let task = tasks.task(&key);
+        // A record the restored event-time buffer holds by reference, read again.
+        let awaited = u64::try_from(offset).is_ok_and(|o| task.engine.awaits(o));
         if let Some(next) = task.pushed {
-            if offset < next {
+            if offset < next && !awaited {
                 // Already reflected in the state (a rewound resume, or a broker re-sending a
                 // batch): feeding it again would count it twice in every detector.
                 debug!(topic = %key.0, partition = key.1, offset, next, "skipping a record the state already covers");
                 return Ok(());
+            }
+            if offset >= next && task.engine.first_awaited().is_some() {
+                // Past the restored position, what was not read again is gone.
+                let count = task.engine.abandon_awaited();
+                BufferedInputsLost { topic: &key.0, partition: key.1, count }.emit(&self.metrics);
             }
             if offset > next {
                 // Legitimate on Kafka (compaction, transaction markers); otherwise a sign of
@@ -524,6 +531,11 @@ impl Pipeline {
                 self.metrics.records_decoded.inc();
                 self.status.decoder_unavailable.store(false, Ordering::Relaxed);
                 task.last_input = Instant::now();
+                if awaited {
+                    // Back where it waited; the state already covers it.
+                    task.engine.rebuffer(offset as u64, Input::Telemetry(t));
+                    return Ok(());
+                }
                 let event_id = t.event_id.clone();
                 task.engine.push_tagged(Input::Telemetry(t), offset as u64);
                 let outputs = task.engine.drain();
@@ -549,8 +561,11 @@ impl Pipeline {
                 return Ok(());
             }
         }
-        // The event-time buffer is part of the snapshot, so the state covers this record.
-        tasks.task(&key).pushed = Some(offset + 1);
+        // The event-time buffer is part of the snapshot, so the state covers this record. (A
+        // record read again for the restored buffer is behind that position already.)
+        if !awaited {
+            tasks.task(&key).pushed = Some(offset + 1);
+        }
         Ok(())
     }
 

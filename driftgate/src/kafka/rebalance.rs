@@ -133,13 +133,19 @@ impl PipelineContext {
                 Some((snap, records)) => {
                     let position = snap.meta.position;
                     let torn = snap.torn.len();
-                    info!(topic = %key.0, partition = key.1, position, agents = snap.agents.len(), torn, records, "state restored");
-                    // See `KafkaConfig::resume_rewind`: records before `position` are skipped.
-                    let start = position.saturating_sub(self.resume_rewind).max(0);
+                    let agents = snap.agents.len();
+                    let mut engine = Engine::restore(cfg, pacts, snap.meta.meta, snap.agents);
+                    let by_reference = engine.first_awaited();
+                    let buffered = engine.buffered();
+                    info!(topic = %key.0, partition = key.1, position, agents, torn, records, buffered, "state restored");
+                    // See `KafkaConfig::resume_rewind`: records before `position` are skipped,
+                    // except those the restored buffer holds by reference, read again.
+                    let rewound = position.saturating_sub(self.resume_rewind).max(0);
+                    let start =
+                        by_reference.map_or(rewound, |t| rewound.min(i64::try_from(t).unwrap_or(i64::MAX)));
                     if let Err(e) = tpl.set_partition_offset(&key.0, key.1, Offset::Offset(start)) {
                         StartOffsetFailed { topic: &key.0, partition: key.1, error: &e }.emit(&self.metrics);
                     }
-                    let mut engine = Engine::restore(cfg, pacts, snap.meta.meta, snap.agents);
                     engine.mark_dirty(snap.torn);
                     let mut t = Task::fresh(engine, Some(position));
                     // The restored state is durable as of `position`: the group may say so.

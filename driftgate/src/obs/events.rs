@@ -178,6 +178,29 @@ impl InternalEvent for SeekFailed<'_> {
     }
 }
 
+/// A restored partition's event-time buffer held inputs by reference (their offsets) that the
+/// input topic no longer has, e.g. deleted by retention while the partition was unowned.
+pub struct BufferedInputsLost<'a> {
+    /// The input topic.
+    pub topic: &'a str,
+    /// The input partition.
+    pub partition: i32,
+    /// How many inputs.
+    pub count: usize,
+}
+
+impl InternalEvent for BufferedInputsLost<'_> {
+    fn emit(self, metrics: &Metrics) {
+        warn!(
+            topic = self.topic,
+            partition = self.partition,
+            count = self.count,
+            "restored buffer entries are gone from the input topic; they are never processed"
+        );
+        metrics.restored_buffer_lost.inc_by(self.count as u64);
+    }
+}
+
 /// The decoder refused a record; it goes to the dead-letter topic with its reason.
 pub struct RecordRejected<'a> {
     /// The input topic.

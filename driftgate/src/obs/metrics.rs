@@ -31,6 +31,8 @@ pub struct Metrics {
     /// Input offsets skipped: legitimate after compaction or transaction markers, otherwise
     /// a sign of a broker that loses records.
     pub input_offset_gaps: IntCounter,
+    /// See [`crate::obs::events::BufferedInputsLost`].
+    pub restored_buffer_lost: IntCounter,
     /// Inputs waiting behind the watermark now.
     pub buffered_records: IntGauge,
     /// Inputs waiting behind the watermark, per input partition.
@@ -205,6 +207,7 @@ impl Metrics {
             fast_path: counter(&r, "driftgate_fast_path_inputs_total", "Inputs processed on arrival, ahead of the watermark (critical zero-tolerance breaches, emergency kills)."),
             revoked_buffered_records: counter(&r, "driftgate_revoked_buffered_records_total", "Inputs waiting behind the watermark when their partition was revoked (carried to the next owner in the snapshot)."),
             input_offset_gaps: counter(&r, "driftgate_input_offset_gaps_total", "Input records skipped between consecutive offsets of a partition (compaction, transaction markers, or a broker losing records)."),
+            restored_buffer_lost: counter(&r, "driftgate_restored_buffer_lost_total", "Inputs a restored event-time buffer held by reference that could not be read again from the input topic (deleted by retention): never processed."),
             consumer_lag: gauge_vec(&r, "driftgate_consumer_lag_records", "Records behind the end of each input partition (librdkafka statistics).", &["topic", "partition"]),
             agents: gauge_vec(&r, "driftgate_agents", "Agents by effective lane and scope.", &["lane", "scope"]),
             alarms: counter_vec(&r, "driftgate_detector_alarms_total", "Detector alarms, by pact and clause.", &["pact", "clause"]),
