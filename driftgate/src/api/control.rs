@@ -212,11 +212,19 @@ impl DurabilityPromise {
     }
 }
 
-/// The engine's owner did not answer in time: it is busy (a rebalance restoring or
-/// flushing partitions) or has stopped.
+/// The engine's owner could not answer: each case says why, for the 503 a caller gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-#[error("the engine did not answer within {} ms (restoring or flushing partitions in a rebalance, or stopping); retry", .0.as_millis())]
-pub struct Busy(pub Duration);
+pub enum Busy {
+    /// It did not answer in time (restoring or flushing partitions in a rebalance).
+    #[error("the engine did not answer within {} ms (restoring or flushing partitions in a rebalance); retry", .0.as_millis())]
+    Late(Duration),
+    /// Its command queue is full: more requests wait than it serves.
+    #[error("the engine's command queue is full; retry")]
+    Full,
+    /// It has stopped (the process is shutting down or failed).
+    #[error("the engine has stopped; this instance cannot answer")]
+    Stopped,
+}
 
 impl From<Busy> for SubmitError {
     fn from(b: Busy) -> SubmitError {

@@ -92,10 +92,15 @@ impl PipelineControl {
     /// Sends a command and waits for its reply.
     fn ask<T>(&self, command: impl FnOnce(SyncSender<T>) -> Command) -> Result<T, Busy> {
         let (tx, rx) = sync_channel(1);
-        self.commands.try_send(command(tx)).map_err(|_| Busy(self.answer_within))?;
+        self.commands.try_send(command(tx)).map_err(|e| match e {
+            TrySendError::Full(_) => Busy::Full,
+            TrySendError::Disconnected(_) => Busy::Stopped,
+        })?;
         match rx.recv_timeout(self.answer_within) {
             Ok(v) => Ok(v),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => Err(Busy(self.answer_within)),
+            Err(RecvTimeoutError::Timeout) => Err(Busy::Late(self.answer_within)),
+            // The pipeline dropped the command unanswered: it stopped.
+            Err(RecvTimeoutError::Disconnected) => Err(Busy::Stopped),
         }
     }
 }
@@ -179,7 +184,7 @@ mod tests {
     fn a_pipeline_that_does_not_answer_in_time_is_busy_and_the_caller_is_released() {
         let (c, _commands) = control(Duration::from_millis(50));
         let started = std::time::Instant::now();
-        assert_eq!(c.agent("a1"), Err(Busy(Duration::from_millis(50))));
+        assert_eq!(c.agent("a1"), Err(Busy::Late(Duration::from_millis(50))));
         assert!(started.elapsed() >= Duration::from_millis(50));
         let req: OverrideRequest = serde_json::from_value(serde_json::json!({
             "override_id": "o", "agent_id": "a1", "kind": "emergency_kill", "principal": "p",
@@ -204,8 +209,25 @@ mod tests {
         assert_eq!(c.agent("a1"), Ok(None));
         server.join().unwrap();
         let started = std::time::Instant::now();
-        assert!(c.agent("a1").is_err());
+        assert_eq!(c.agent("a1"), Err(Busy::Stopped));
         assert!(started.elapsed() < Duration::from_secs(5), "not the 30 s wait");
+        assert_eq!(Busy::Stopped.to_string(), "the engine has stopped; this instance cannot answer");
+    }
+
+    #[test]
+    fn a_full_command_queue_is_answered_at_once() {
+        let (tx, _rx) = sync_channel(1);
+        let c = PipelineControl::new(
+            tx,
+            Arc::new(Status::default()),
+            Arc::new(Metrics::new()),
+            Arc::default(),
+            Vec::new(),
+            AuditChain::new("api/test".into()),
+        )
+        .answer_within(Duration::from_millis(50));
+        assert_eq!(c.agent("a1"), Err(Busy::Late(Duration::from_millis(50))), "the first waits in the queue");
+        assert_eq!(c.agent("a1"), Err(Busy::Full));
     }
 
     #[test]
