@@ -164,16 +164,21 @@ impl ControlPlane for PipelineControl {
 #[cfg(test)]
 pub(crate) fn control(answer_within: Duration) -> (PipelineControl, Receiver<Command>) {
     let (tx, rx) = channel();
-    let c = PipelineControl::new(
-        tx,
+    (control_over(tx, answer_within), rx)
+}
+
+/// The same over a given command queue.
+#[cfg(test)]
+fn control_over(commands: SyncSender<Command>, answer_within: Duration) -> PipelineControl {
+    PipelineControl::new(
+        commands,
         Arc::new(Status::default()),
         Arc::new(Metrics::new()),
         Arc::default(),
         Vec::new(),
         AuditChain::new("api/test".into()),
     )
-    .answer_within(answer_within);
-    (c, rx)
+    .answer_within(answer_within)
 }
 
 #[cfg(test)]
@@ -217,15 +222,7 @@ mod tests {
     #[test]
     fn a_full_command_queue_is_answered_at_once() {
         let (tx, _rx) = sync_channel(1);
-        let c = PipelineControl::new(
-            tx,
-            Arc::new(Status::default()),
-            Arc::new(Metrics::new()),
-            Arc::default(),
-            Vec::new(),
-            AuditChain::new("api/test".into()),
-        )
-        .answer_within(Duration::from_millis(50));
+        let c = control_over(tx, Duration::from_millis(50));
         assert_eq!(c.agent("a1"), Err(Busy::Late(Duration::from_millis(50))), "the first waits in the queue");
         assert_eq!(c.agent("a1"), Err(Busy::Full));
     }

@@ -4,7 +4,7 @@
 //! test process ends, however it ends. A missing broker fails the test with the command that
 //! installs it; Kafka tests never pass by skipping.
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -239,6 +239,27 @@ impl Broker {
             .expect("create_topics");
         for r in res {
             r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
+        }
+    }
+
+    /// Sets topic-level configs (e.g. `message.timestamp.type` = `LogAppendTime`); the
+    /// others keep their defaults. (Used by the end-to-end bench.)
+    #[allow(dead_code)]
+    pub fn alter_topic(&self, topic: &str, configs: &[(&str, &str)]) {
+        let admin: AdminClient<DefaultClientContext> = self.client().create().expect("admin client");
+        let mut change = AlterConfig::new(ResourceSpecifier::Topic(topic));
+        for (k, v) in configs {
+            change = change.set(k, v);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let res = rt
+            .block_on(admin.alter_configs(
+                [&change],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            ))
+            .expect("alter_configs");
+        for r in res {
+            r.unwrap_or_else(|(t, e)| panic!("cannot alter {t:?}: {e}"));
         }
     }
 
