@@ -334,7 +334,7 @@ fn latency(b: &Broker, a: &Args) {
     let stop = Arc::new(AtomicBool::new(false));
     let sent: Arc<Mutex<HashMap<String, i64>>> = Arc::new(Mutex::new(HashMap::new()));
     let hop = spawn_hop(b, &ping, a.fetch_wait_ms, stop.clone());
-    let (router, _) = spawn_router(b, &t.enforcement, a.fetch_wait_ms, stop.clone());
+    let (router, by_cause) = spawn_router(b, &t.enforcement, a.fetch_wait_ms, stop.clone());
     let appended = spawn_append_times(b, &t.input, stop.clone());
     // Let the engine join its group and the observers start fetching.
     std::thread::sleep(Duration::from_secs(8));
@@ -401,7 +401,13 @@ fn latency(b: &Broker, a: &Args) {
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
     let secs = started.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_secs(3));
+    // Drain: until the router has every incident's event, or 30 s without the last ones.
+    let drained = Instant::now();
+    while by_cause.lock().map(|c| c.len()).unwrap_or(0) < a.incidents
+        && drained.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop.store(true, Ordering::SeqCst);
     let hop = hop.join().expect("hop thread");
     let seen = router.join().expect("router thread");
@@ -463,6 +469,8 @@ fn latency(b: &Broker, a: &Args) {
             m
         });
         println!("  note: {} of {} incidents measured; {missing} without a known cause; events by reason {reasons:?}", to_router.len(), a.incidents);
+        let unmeasured: Vec<&String> = agents.iter().filter(|ag| !incidents.contains(*ag)).collect();
+        println!("  agents without a verified drift: {unmeasured:?}");
         let log = engine_log;
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         println!("  engine log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));

@@ -286,12 +286,17 @@ pub(crate) fn build_bank(
     };
     // Inflation at `ln(A · candidates)`: it decides who is in the bank and sets the weights.
     let log_a_eff = log_a + (candidates.len().max(1) as f64).ln();
-    let (kept, f): (Vec<usize>, Vec<f64>) = candidates
-        .iter()
-        .map(|c| inflation(log_a_eff, n as f64, c.kappa))
-        .enumerate()
-        .filter(|(_, f)| *f <= cfg.max_inflation)
-        .unzip();
+    let inflations: Vec<f64> = candidates.iter().map(|c| inflation(log_a_eff, n as f64, c.kappa)).collect();
+    let mut kept: Vec<usize> =
+        (0..candidates.len()).filter(|&i| inflations[i] <= cfg.max_inflation).collect();
+    // Never blind: when the estimated baseline is too short for every candidate (a rate near
+    // 0 or 1 leaves only small-information members), the least inflated one stays. Its
+    // weight `1/F` keeps the false-alarm bound; it costs `ln F` nats of delay.
+    if kept.is_empty() {
+        let finite = (0..candidates.len()).filter(|&i| inflations[i].is_finite());
+        kept.extend(finite.min_by(|&a, &b| inflations[a].total_cmp(&inflations[b])));
+    }
+    let f: Vec<f64> = kept.iter().map(|&i| inflations[i]).collect();
     let members: Vec<&Candidate> = kept.iter().map(|&i| &candidates[i]).collect();
     let pi = prior(&members);
     // Every member gets its prior share of the budget after its inflation (`Σ w_j F_j = 1`);
@@ -353,6 +358,27 @@ pub(crate) fn log_stat(lambda: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::MetricKind;
+
+    #[test]
+    fn a_rate_near_one_with_a_short_baseline_still_detects_a_fall() {
+        // 390 of 400 baseline events (p0 ≈ 0.97) at 1e-6, falls only: every candidate's
+        // inflation exceeded the cap, the bank was empty, and a fall to 0.2 went unseen.
+        let cfg = AutoConfig {
+            false_alarm_rate: 1e-6,
+            direction: Direction::Decrease,
+            reference_min: 200,
+            reference_max: 400,
+            ..AutoConfig::default()
+        };
+        let mut d = crate::AutoBernoulli::new(cfg).unwrap();
+        for i in 0..400 {
+            assert!(d.update_bool(i % 40 != 0).is_none(), "no alarm in the baseline");
+        }
+        // One event in five verified. With the least inflated member kept (p1 ≈ 0.5, about
+        // 2.1 nats per event against a threshold of ln 1e6 + ln F ≈ 18), it takes ~9 events.
+        let at = (0..200).find(|i| d.update_bool(i % 5 == 0).is_some());
+        assert!(at.is_some_and(|i| i < 20), "detected at {at:?}");
+    }
 
     #[test]
     fn min_shift_is_validated_per_metric_kind() {
