@@ -1347,12 +1347,13 @@ fn a_restored_buffer_waits_for_its_inputs_read_again_and_then_runs_as_without_th
     // A snapshot taken meanwhile still names them.
     assert_eq!(second.meta().by_reference.len(), 6);
     // The source reads from the first awaited position again.
-    assert!(!second.rebuffer(99, inputs[0].clone()), "nothing waits for 99");
+    assert!(!second.awaits(99) && !second.rebuffer(99, inputs[0].clone()), "nothing waits for 99");
     for (tag, i) in inputs.iter().enumerate() {
         assert!(second.awaits(tag as u64));
         assert!(second.rebuffer(tag as u64, i.clone()));
     }
     assert_eq!((second.first_awaited(), second.buffered(), second.drain()), (None, 6, vec![]));
+    assert!(!second.awaits(0), "read again once");
     second.push_tagged(tel("a0", 100, "none", false, 1), 6);
     assert_eq!(events(&second.drain()), expected);
     // Entries whose records are gone are given up, and counted.
