@@ -50,21 +50,21 @@ impl Engine {
     /// The engine's own state besides the agents: the event-time buffer, clocks, the
     /// history chain's head and counters.
     pub fn meta(&self) -> EngineMeta {
+        // Inputs from a source are kept by their position; the others (overrides) inline.
+        let mut buffer = Vec::new();
+        let mut by_reference: Vec<(i64, u64, u64)> =
+            self.awaited.iter().map(|(tag, (t, arrival))| (*t, *arrival, *tag)).collect();
+        for ((t, arrival), item) in &self.buffer {
+            match item.1 {
+                Some(tag) => by_reference.push((*t, *arrival, tag)),
+                None => buffer.push((*t, *arrival, item.0.clone(), None)),
+            }
+        }
+        by_reference.sort_unstable();
         EngineMeta {
             pacts: self.pacts.iter().map(|p| (p.id().to_string(), p.version())).collect(),
-            buffer: self
-                .buffer
-                .iter()
-                .filter(|(_, item)| item.1.is_none())
-                .map(|((t, arrival), item)| (*t, *arrival, item.0.clone(), None))
-                .collect(),
-            by_reference: {
-                let tagged = self.buffer.iter().filter_map(|((t, a), item)| item.1.map(|tag| (*t, *a, tag)));
-                let awaited = self.awaited.iter().map(|(tag, (t, a))| (*t, *a, *tag));
-                let mut all: Vec<_> = tagged.chain(awaited).collect();
-                all.sort_unstable();
-                all
-            },
+            buffer,
+            by_reference,
             arrivals: self.arrivals,
             max_seen: self.max_seen,
             now: self.now,

@@ -505,27 +505,34 @@ impl Pipeline {
         let decoded = self.decoder.decode(msg.payload(), record_time);
         let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Poisoned)?;
         let task = tasks.task(&key);
-        // A record the restored event-time buffer holds by reference, read again.
-        let awaited = u64::try_from(offset).is_ok_and(|o| task.engine.awaits(o));
-        if let Some(next) = task.pushed {
-            if offset < next && !awaited {
-                // Already reflected in the state (a rewound resume, or a broker re-sending a
-                // batch): feeding it again would count it twice in every detector.
-                debug!(topic = %key.0, partition = key.1, offset, next, "skipping a record the state already covers");
-                return Ok(());
+        // Whether this is a record the restored event-time buffer holds by reference, read
+        // again: such records lie behind the restored position, like those already covered.
+        let awaited = match task.pushed {
+            Some(next) if offset < next => {
+                if !u64::try_from(offset).is_ok_and(|o| task.engine.awaits(o)) {
+                    // Already reflected in the state (a rewound resume, or a broker re-sending
+                    // a batch): feeding it again would count it twice in every detector.
+                    debug!(topic = %key.0, partition = key.1, offset, next, "skipping a record the state already covers");
+                    return Ok(());
+                }
+                true
             }
-            if offset >= next && task.engine.first_awaited().is_some() {
-                // Past the restored position, what was not read again is gone.
-                let count = task.engine.abandon_awaited();
-                BufferedInputsLost { topic: &key.0, partition: key.1, count }.emit(&self.metrics);
+            Some(next) => {
+                if task.engine.first_awaited().is_some() {
+                    // Past the restored position, what was not read again is gone.
+                    let count = task.engine.abandon_awaited();
+                    BufferedInputsLost { topic: &key.0, partition: key.1, count }.emit(&self.metrics);
+                }
+                if offset > next {
+                    // Legitimate on Kafka (compaction, transaction markers); otherwise a sign
+                    // of a broker that skips records.
+                    debug!(topic = %key.0, partition = key.1, offset, next, "offset gap");
+                    self.metrics.input_offset_gaps.inc_by((offset - next) as u64);
+                }
+                false
             }
-            if offset > next {
-                // Legitimate on Kafka (compaction, transaction markers); otherwise a sign of
-                // a broker that skips records.
-                debug!(topic = %key.0, partition = key.1, offset, next, "offset gap");
-                self.metrics.input_offset_gaps.inc_by((offset - next) as u64);
-            }
-        }
+            None => false,
+        };
         match decoded {
             Ok(t) => {
                 self.metrics.records_decoded.inc();
