@@ -14,6 +14,12 @@ const PACT: &str = include_str!("../../../tests/fixtures/lane-rules.yaml");
 const S: i64 = 1_000_000;
 const T0: i64 = 1_700_000_000 * S;
 
+/// An engine with the default configuration but no out-of-orderness hold, judging `pact`.
+fn engine_with(pact: &str, file: &str) -> Engine {
+    let cfg = EngineConfig { max_out_of_orderness: Dur(0), ..EngineConfig::default() };
+    Engine::new(cfg, vec![parse_pact(pact, file).expect("valid pact")])
+}
+
 fn engine() -> Engine {
     let cfg = EngineConfig {
         max_out_of_orderness: Dur(0),
@@ -73,10 +79,16 @@ fn ov(
 /// An enforcement event as `(agent, scope, from, to, seq, effective second, reason)`.
 type Ev = (String, Scope, Lane, Lane, u64, i64, String);
 
+/// The enforcement events among `out`, in order.
+fn enforcements(out: &[Output]) -> Vec<&EnforcementEvent> {
+    out.iter().filter_map(|o| if let Output::Enforcement(e) = o { Some(e) } else { None }).collect()
+}
+
 fn events(out: &[Output]) -> Vec<Ev> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Enforcement(e) => Some((
+    enforcements(out)
+        .into_iter()
+        .map(|e| {
+            (
                 e.agent_id.clone(),
                 e.scope,
                 e.lane_from,
@@ -84,8 +96,7 @@ fn events(out: &[Output]) -> Vec<Ev> {
                 e.seq,
                 (e.effective_at - T0) / S,
                 e.reason.code.clone(),
-            )),
-            _ => None,
+            )
         })
         .collect()
 }
@@ -221,9 +232,7 @@ fn leaving_block_after_a_critical_breach_needs_an_attestation() {
             ev("a0", HighRisk, Block, Review, 4, 100, "reverified")
         ]
     );
-    let Output::Enforcement(first) = out.iter().find(|o| matches!(o, Output::Enforcement(_))).unwrap() else {
-        unreachable!()
-    };
+    let first = enforcements(&out)[0];
     assert!(first.reason.text.contains("human attestation present"), "{}", first.reason.text);
 }
 
@@ -235,9 +244,7 @@ fn stale_high_risk_evidence_sends_high_risk_actions_to_review_until_fresh_again(
     // the next record passes it.
     let out = outputs(&mut e, [tel("a0", 700, "none", false, 1)]);
     assert_eq!(events(&out), vec![ev("a0", HighRisk, Normal, Review, 1, 600, "evidence_stale")]);
-    let Some(Output::Enforcement(stale)) = out.iter().find(|o| matches!(o, Output::Enforcement(_))) else {
-        unreachable!()
-    };
+    let stale = enforcements(&out)[0];
     assert_eq!(stale.effective_at, T0 + 600 * S + 1, "stale 1 µs after the older event turns 10 min old");
     assert!(e.agent("a0").unwrap().clauses.values().any(|s| s.stale));
     // One new event is not enough: the window asks for 2 within 10 min.
@@ -687,9 +694,7 @@ fn a_silent_partition_still_turns_stale_evidence_stale() {
     assert!(e.tick(T0 + 605 * S + 1, 3));
     let out = e.drain();
     assert_eq!(events(&out), vec![ev("a0", HighRisk, Normal, Review, 1, 600, "evidence_stale")]);
-    let Some(Output::Enforcement(stale)) = out.iter().find(|o| matches!(o, Output::Enforcement(_))) else {
-        unreachable!()
-    };
+    let stale = enforcements(&out)[0];
     assert_eq!((stale.effective_at, stale.causation.kind.as_str()), (T0 + 600 * S + 1, "timer"));
     assert!(out.iter().any(|o| matches!(o, Output::History(h) if h.kind == RecordKind::Stale)));
     let dirty: Vec<String> = e.take_dirty().into_iter().map(|(id, _)| id).collect();
@@ -724,9 +729,7 @@ fn a_critical_breach_acts_on_arrival_and_names_its_record() {
             ev("a0", HighRisk, Normal, Block, 2, 10, "zero_tolerance_breach")
         ]
     );
-    let Some(Output::Enforcement(block)) = out.iter().find(|o| matches!(o, Output::Enforcement(_))) else {
-        unreachable!()
-    };
+    let block = enforcements(&out)[0];
     assert_eq!((block.causation.kind.as_str(), block.causation.id.as_str()), ("telemetry", "a0@10"));
     assert_eq!((e.buffered(), e.stats().fast_path), (2, 1), "the other two records still wait");
     // When the watermark passes them, they are processed; the block stands.
@@ -916,10 +919,7 @@ clauses:
 
 #[test]
 fn drift_is_verified_on_every_metric_kind_and_dated_back_from_its_evidence() {
-    let mut e = Engine::new(
-        EngineConfig { max_out_of_orderness: Dur(0), ..EngineConfig::default() },
-        vec![parse_pact(KINDS, "kinds.yaml").expect("valid pact")],
-    );
+    let mut e = engine_with(KINDS, "kinds.yaml");
     // One event a second: 200 as the baseline (one in ten flagged, latency 1.0-2.0), then
     // every event flagged and 50 times slower.
     let n = 300;
@@ -983,10 +983,7 @@ clauses:
 
 #[test]
 fn a_rate_limit_breach_is_verified_and_recovery_needs_compliance_verified_again_per_step() {
-    let mut e = Engine::new(
-        EngineConfig { max_out_of_orderness: Dur(0), ..EngineConfig::default() },
-        vec![parse_pact(RATE, "rate.yaml").expect("valid pact")],
-    );
+    let mut e = engine_with(RATE, "rate.yaml");
     // 100 compliant events, 100 at a 50 % rate, then compliant again; one a second.
     for i in 0..1200 {
         let flag = if (100..200).contains(&i) && i % 2 == 0 { "x" } else { "ok" };
@@ -1035,9 +1032,7 @@ clauses:
 
 /// The clause each enforcement event cites.
 fn cited_clauses(out: &[Output]) -> Vec<Option<String>> {
-    out.iter()
-        .filter_map(|o| if let Output::Enforcement(x) = o { Some(x.clause_id.clone()) } else { None })
-        .collect()
+    enforcements(out).into_iter().map(|x| x.clause_id.clone()).collect()
 }
 
 #[test]
@@ -1100,15 +1095,7 @@ fn a_step_cites_a_cause_that_moves_its_scope_the_way_the_lane_moves() {
 
 /// The override each enforcement event cites.
 fn cited_overrides(out: &[Output]) -> Vec<Option<String>> {
-    out.iter()
-        .filter_map(|o| {
-            if let Output::Enforcement(x) = o {
-                Some(x.override_info.as_ref().map(|i| i.override_id.clone()))
-            } else {
-                None
-            }
-        })
-        .collect()
+    enforcements(out).into_iter().map(|x| x.override_info.as_ref().map(|i| i.override_id.clone())).collect()
 }
 
 #[test]
@@ -1121,9 +1108,7 @@ fn an_event_cites_the_latest_override_of_its_scope_or_an_emergency_kill_and_coun
     // agent-wide override.
     let tighten = outputs(&mut e, [ov("a0", 20, OverrideKind::Tighten, HighRisk, Some(Block), 100, 3)]);
     assert_eq!(cited_overrides(&tighten), [Some("o-a0@10".to_string()), Some("o-a0@20".to_string())]);
-    let Some(Output::Enforcement(x)) = tighten.iter().find(|o| matches!(o, Output::Enforcement(_))) else {
-        unreachable!()
-    };
+    let x = enforcements(&tighten)[0];
     assert_eq!(x.expires_at, Some(T0 + 310 * S));
     // A kill (agent-wide) is cited by both scopes' events.
     step(&mut e, [tel("a1", 21, "none", false, 1)]);
@@ -1136,11 +1121,7 @@ fn an_event_cites_the_latest_override_of_its_scope_or_an_emergency_kill_and_coun
     assert_eq!(e.stats().enforcement_events, 2 + 1 + 2 + 2 + 2);
     step(&mut e, [0, 60].map(|t| tel("a3", 50 + t, "none", true, 1)));
     let stale = outputs(&mut e, [tel("a3", 800, "none", false, 1)]);
-    let Some(Output::Enforcement(x)) =
-        stale.iter().find(|o| matches!(o, Output::Enforcement(x) if x.agent_id == "a3"))
-    else {
-        unreachable!()
-    };
+    let x = enforcements(&stale).into_iter().find(|x| x.agent_id == "a3").expect("a3's stale event");
     assert_eq!(
         (x.reason.code.as_str(), x.min_dwell_until, x.clause_id.as_deref()),
         ("evidence_stale", None, Some("degrade_c"))
@@ -1197,10 +1178,7 @@ clauses:
 
 #[test]
 fn drift_recovery_waits_until_the_restarted_statistic_is_below_half_its_threshold() {
-    let mut e = Engine::new(
-        EngineConfig { max_out_of_orderness: Dur(0), ..EngineConfig::default() },
-        vec![parse_pact(DRIFT_RECOVERY, "recovery.yaml").expect("valid pact")],
-    );
+    let mut e = engine_with(DRIFT_RECOVERY, "recovery.yaml");
     // A baseline of one flag in ten, then one in two until the drift is verified (at 215 s),
     // and one more clean event.
     let flags = (0..200).map(|i| if i % 10 == 0 { "x" } else { "ok" }).chain((0..16).map(|i| {
