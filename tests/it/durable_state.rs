@@ -22,6 +22,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 const PARTITIONS: i32 = 2;
 
+/// A router's view of an enforcement topic, and the duplicates it dropped.
+type Effects = (std::collections::BTreeMap<(String, u64), String>, usize);
+
 fn config(dir: &Path, b: &Broker, input: &str, r: &Topics, group: &str) -> PathBuf {
     config_listening(dir, b, input, r, group, "")
 }
@@ -55,8 +58,19 @@ listen = "{listen}"
     p
 }
 
+/// Runs one engine on `cfg` until `group` has committed `total` records of `t`'s input, stops
+/// it cleanly, and returns what a router applies from its enforcement topic.
+fn run_to_end(b: &Broker, cfg: &Path, t: &Topics, group: &str, partitions: i32, total: i64) -> Effects {
+    let engine = Engine::start(cfg);
+    wait_for(120, "the uninterrupted run to finish", || {
+        (committed_n(b, group, &t.input, partitions) >= total).then_some(())
+    });
+    assert!(engine.stop().success());
+    dedup(b, &t.enforcement)
+}
+
 /// What a router applies from `topic` (see [`scenario::dedup`]).
-fn dedup(b: &Broker, topic: &str) -> (std::collections::BTreeMap<(String, u64), String>, usize) {
+fn dedup(b: &Broker, topic: &str) -> Effects {
     scenario::dedup(b.read_all(topic).into_iter().map(|r| String::from_utf8(r.value.unwrap()).unwrap()))
 }
 
@@ -128,12 +142,8 @@ fn five_sigkills_give_the_same_effects_as_an_uninterrupted_run() {
 
     // Uninterrupted.
     let group = format!("clean-{}", rand_suffix());
-    let engine = Engine::start(&config(dir.path(), b, &input, &clean, &group));
-    wait_for(120, "the uninterrupted run to finish", || {
-        (committed(b, &group, &input) >= total).then_some(())
-    });
-    assert!(engine.stop().success());
-    let (want, clean_dups) = dedup(b, &clean.enforcement);
+    let cfg = config(dir.path(), b, &input, &clean, &group);
+    let (want, clean_dups) = run_to_end(b, &cfg, &clean, &group, PARTITIONS, total);
     assert_eq!(clean_dups, 0, "an uninterrupted run emits no duplicates");
     assert_same_effects(&want, &scenario::offline_effects(PARTITIONS), 0);
     let incidents = want
@@ -241,12 +251,8 @@ fn instances_join_die_and_leave_and_the_effects_equal_a_single_instances() {
     // Reference: one instance.
     produce(&b.producer(), &input, &records);
     let group = format!("single-{}", rand_suffix());
-    let engine = Engine::start(&config(dir.path(), b, &input, &single, &group));
-    wait_for(120, "the single instance to finish", || {
-        (committed_n(b, &group, &input, parts) >= total).then_some(())
-    });
-    assert!(engine.stop().success());
-    let (want, _) = dedup(b, &single.enforcement);
+    let cfg = config(dir.path(), b, &input, &single, &group);
+    let (want, _) = run_to_end(b, &cfg, &single, &group, parts, total);
     assert!(!want.is_empty());
     assert_same_effects(&want, &scenario::offline_effects(parts), 0);
 
@@ -373,10 +379,8 @@ fn a_network_cut_is_reported_and_survived() {
 
     produce(&b.producer(), &input, &records);
     let group = format!("clean-{}", rand_suffix());
-    let engine = Engine::start(&config(dir.path(), &b, &input, &clean, &group));
-    wait_for(120, "the uninterrupted run", || (committed(&b, &group, &input) >= total).then_some(()));
-    assert!(engine.stop().success());
-    let (want, _) = dedup(&b, &clean.enforcement);
+    let cfg = config(dir.path(), &b, &input, &clean, &group);
+    let (want, _) = run_to_end(&b, &cfg, &clean, &group, PARTITIONS, total);
     assert!(!want.is_empty());
     assert_same_effects(&want, &scenario::offline_effects(PARTITIONS), 0);
 
@@ -491,10 +495,7 @@ fn an_event_time_buffer_larger_than_a_record_survives_a_restart() {
     let whole = Topics::create(b, "held-whole", PARTITIONS);
     produce(&b.producer(), &whole.input, &records);
     let group = format!("held-whole-{}", rand_suffix());
-    let engine = Engine::start(&held(&whole, &group));
-    wait_for(120, "the uninterrupted run", || (committed(b, &group, &whole.input) >= total).then_some(()));
-    assert!(engine.stop().success());
-    let (want, _) = dedup(b, &whole.enforcement);
+    let (want, _) = run_to_end(b, &held(&whole, &group), &whole, &group, PARTITIONS, total);
     assert!(!want.is_empty());
 
     // Stopped after the first half (its last snapshot holds the whole buffer), then
