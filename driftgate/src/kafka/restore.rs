@@ -1,5 +1,11 @@
 //! Restoring a source partition's state: its changelog partition read to its end, before
 //! the partition is consumed (see [`crate::kafka::rebalance`]).
+//!
+//! The reader is `read_committed`: with exactly-once delivery, an aborted transaction's
+//! snapshot records are never seen. The end is the log's end, so a transaction still open
+//! is waited for (at most `transaction.timeout.ms`, after which the coordinator aborts it;
+//! at once if the crashed instance restarts with its `transactional.id`). Transaction
+//! markers take offsets, so progress is the reader's position, not the last record's.
 
 use crate::kafka::sink::SourceKey;
 use driftgate_core::codec::changelog;
@@ -87,9 +93,22 @@ pub(super) fn restore_partition(
         .set("group.id", "driftgate-restore")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
         .create_with_context(RestoreContext)
         .map_err(RestoreError::Client)?;
-    let (lo, hi) = reader.fetch_watermarks(changelog_topic, key.1, timeout).map_err(read)?;
+    // The end to reach is the log's end, past any open transaction: asked as a
+    // `read_uncommitted` reader (a `read_committed` one is told the last stable offset). So a
+    // transaction still open on the changelog (say, of a member frozen between committing
+    // its offsets and ending its transaction) is waited for until it commits or aborts, and
+    // its snapshot is never skipped.
+    let probe: BaseConsumer<RestoreContext> = client
+        .clone()
+        .set("group.id", "driftgate-restore")
+        .set("isolation.level", "read_uncommitted")
+        .create_with_context(RestoreContext)
+        .map_err(RestoreError::Client)?;
+    let (lo, hi) = probe.fetch_watermarks(changelog_topic, key.1, timeout).map_err(read)?;
+    drop(probe);
     if hi <= lo {
         return Ok(None);
     }
@@ -112,9 +131,15 @@ pub(super) fn restore_partition(
                     }
                 })?;
             }
-            Some(Err(KafkaError::PartitionEOF(_))) if next >= hi => break,
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {
+                // Past the last record: transaction markers (which the position covers), or
+                // an open transaction still to end.
+                next = next.max(position(&reader, changelog_topic, key.1).unwrap_or(next));
+            }
             Some(Err(e)) => return Err(read(e)),
+        }
+        if next >= hi {
+            break;
         }
         if Instant::now() > deadline {
             return Err(RestoreError::Timeout {
@@ -128,4 +153,14 @@ pub(super) fn restore_partition(
     }
     let records = r.records;
     Ok(r.finish().map(|s| (s, records)))
+}
+
+/// The reader's position in `topic`/`partition` (the offset after the last record or
+/// transaction marker it consumed).
+fn position(reader: &BaseConsumer<RestoreContext>, topic: &str, partition: i32) -> Option<i64> {
+    let tpl = reader.position().ok()?;
+    match tpl.find_partition(topic, partition)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
 }
