@@ -33,6 +33,19 @@ pub enum OutputFormat {
     Json,
 }
 
+/// How outputs, state and input progress reach Kafka together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Outputs are acknowledged before the state and offsets that cover them; a crash can
+    /// emit an output twice (same `seq`, so a router drops the copy).
+    #[default]
+    AtLeastOnce,
+    /// Each commit interval is one Kafka transaction holding its outputs, the changelog
+    /// records and the input offsets: a `read_committed` reader sees each output once.
+    ExactlyOnce,
+}
+
 /// Output topic names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -82,7 +95,14 @@ pub struct KafkaConfig {
     pub output_schema_id: u32,
     /// Output topics.
     pub topics: Topics,
-    /// How often acknowledged progress is committed.
+    /// At-least-once (default) or exactly-once with Kafka transactions.
+    pub delivery: Delivery,
+    /// With `exactly_once`: the producer's `transactional.id`. It must be stable across
+    /// restarts of one instance and unique among instances, so that a restarted instance
+    /// fences its predecessor. Unset: `<group_id>-<group.instance.id>`.
+    pub transactional_id: Option<String>,
+    /// How often acknowledged progress is committed (with `exactly_once`, how long each
+    /// transaction lasts, so it also bounds the time to control).
     pub commit_interval: Dur,
     /// How long to wait for the cluster at start-up before giving up.
     pub startup_timeout: Dur,
@@ -114,6 +134,8 @@ impl Default for KafkaConfig {
             output_format: OutputFormat::Json,
             output_schema_id: 0,
             topics: Topics::default(),
+            delivery: Delivery::AtLeastOnce,
+            transactional_id: None,
             commit_interval: Dur(1_000_000),
             startup_timeout: Dur(30_000_000),
             resume_rewind: 0,
@@ -121,6 +143,24 @@ impl Default for KafkaConfig {
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
         }
+    }
+}
+
+impl KafkaConfig {
+    /// The consumer's `group.instance.id`, if static membership is configured.
+    pub fn group_instance_id(&self) -> Option<&str> {
+        self.consumer_properties
+            .get("group.instance.id")
+            .or_else(|| self.properties.get("group.instance.id"))
+            .map(String::as_str)
+    }
+
+    /// The producer's `transactional.id` with `exactly_once` (see
+    /// [`KafkaConfig::transactional_id`]).
+    pub fn transactional_id(&self) -> Option<String> {
+        self.transactional_id
+            .clone()
+            .or_else(|| self.group_instance_id().map(|i| format!("{}-{i}", self.group_id)))
     }
 }
 
@@ -300,6 +340,12 @@ impl RunConfig {
         if self.kafka.commit_interval.micros() <= 0 {
             return bad("`kafka.commit_interval` must be positive");
         }
+        if self.kafka.delivery == Delivery::ExactlyOnce && self.kafka.transactional_id().is_none() {
+            return bad("`kafka.delivery = \"exactly_once\"` needs a transactional id that is stable per instance: set `kafka.transactional_id`, or `group.instance.id` in `kafka.consumer_properties` (static membership)");
+        }
+        if self.kafka.transactional_id.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return bad("`kafka.transactional_id` is empty");
+        }
         Ok(())
     }
 }
@@ -375,6 +421,30 @@ allowed_lateness = "2m"
         std::fs::write(&f, "pacts = [\"a.yaml\"]\n[schema_registry]\nurl = \"http://r:8081\"\n[schema_registry.static_schemas]\n1 = \"t.avsc\"\n").unwrap();
         let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
         assert!(e.contains("`schema_registry.url`") && e.contains("`schema_registry.static_schemas`"), "{e}");
+    }
+
+    #[test]
+    fn exactly_once_needs_a_stable_transactional_id_and_takes_it_from_static_membership() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let base = "pacts = [\"a.yaml\"]\n[kafka]\nformat = \"json\"\ngroup_id = \"g\"\ndelivery = \"exactly_once\"\n";
+        std::fs::write(&f, base).unwrap();
+        let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
+        assert!(e.contains("`kafka.transactional_id`") && e.contains("group.instance.id"), "{e}");
+        std::fs::write(&f, format!("{base}[kafka.consumer_properties]\n\"group.instance.id\" = \"pod-0\"\n"))
+            .unwrap();
+        let cfg = RunConfig::load_with(Some(&f), no_env()).unwrap();
+        assert_eq!(cfg.kafka.delivery, Delivery::ExactlyOnce);
+        assert_eq!(cfg.kafka.transactional_id().as_deref(), Some("g-pod-0"));
+        std::fs::write(&f, format!("{base}transactional_id = \"dg-a\"\n")).unwrap();
+        let cfg = RunConfig::load_with(Some(&f), no_env()).unwrap();
+        assert_eq!(cfg.kafka.transactional_id().as_deref(), Some("dg-a"));
+        std::fs::write(&f, format!("{base}transactional_id = \" \"\n")).unwrap();
+        let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
+        assert!(e.contains("`kafka.transactional_id` is empty"), "{e}");
+        std::fs::write(&f, base.replace("exactly_once", "exactly_twice")).unwrap();
+        let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
+        assert!(e.contains("exactly_twice") && e.contains("delivery"), "{e}");
     }
 
     /// Every leaf setting's key, as `section.key` paths.

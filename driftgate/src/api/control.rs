@@ -169,6 +169,10 @@ pub enum NotDurable {
         "the engine stopped before the override became durable; retrying with the same override_id is safe"
     )]
     Stopped,
+    /// Exactly-once: the transaction that held it was aborted, and the engine went back to
+    /// the state before it.
+    #[error("the transaction holding the override was aborted; retrying with the same override_id is safe")]
+    Aborted,
 }
 
 /// The answer to "is the accepted override durable?", delivered once by the engine's owner

@@ -158,7 +158,8 @@ pub fn apply(
             Some(Err(e)) => {
                 warn!(agent = %accepted.agent_id, override_id = %accepted.override_id, error = %e, "control topic: override not durable");
                 return match e {
-                    NotDurable::Revoked => Applied::Revoked,
+                    // Not in the state any more: offered again, like a revoke.
+                    NotDurable::Revoked | NotDurable::Aborted => Applied::Revoked,
                     NotDurable::Stopped => Applied::Unconfirmed,
                 };
             }
@@ -223,6 +224,11 @@ mod tests {
         assert_eq!(outcome(Ok(())), Applied::Durable);
         assert_eq!(outcome(Err(NotDurable::Revoked)), Applied::Revoked);
         assert_eq!(outcome(Err(NotDurable::Stopped)), Applied::Unconfirmed);
+        assert_eq!(
+            outcome(Err(NotDurable::Aborted)),
+            Applied::Revoked,
+            "an aborted override is offered again"
+        );
         let refused = Presented { authorization: Some("Bearer nope"), ..Default::default() };
         let control = Answers { outcome: Ok(()), metrics: Metrics::new() };
         assert_eq!(apply(&control, &creds, &refused, &body, &status), Applied::NotTaken);

@@ -23,7 +23,7 @@
 use crate::api::control::{
     hand_to_engine, pact_infos, AuditChain, Durability, Handed, RecentHistory, SubmitError,
 };
-use crate::config::{InputFormat, RunConfig};
+use crate::config::{Delivery, InputFormat, RunConfig};
 use crate::kafka::commands::{self, Command, PipelineControl};
 use crate::kafka::decode::{DecodeError, Decoder};
 use crate::kafka::emitter::{headers, Emitter, Origin};
@@ -33,7 +33,7 @@ use crate::kafka::sink::{OutRecord, Sink, SinkError, SourceKey};
 use crate::kafka::tasks::Tasks;
 use crate::obs::events::{
     AuditWriteFailed, BufferedInputsLost, CommitFailed, ConsumerError, DependencyUnavailable,
-    HeartbeatFailed, InternalEvent, RecordRejected, SeekFailed,
+    HeartbeatFailed, InternalEvent, RecordRejected, RestoreFailed, SeekFailed,
 };
 use crate::obs::metrics::{EngineScrape, Metrics, PartitionTime};
 use driftgate_core::engine::{Engine, Input};
@@ -125,6 +125,24 @@ pub enum PipelineError {
     /// A thread panicked while holding the per-partition state.
     #[error("task state poisoned")]
     Poisoned,
+    /// Exactly-once: the transactional producer was fenced by a newer instance with the
+    /// same `transactional.id` (or failed for good); this instance's late writes were refused.
+    #[error("fenced: a newer instance with transactional.id `{0}` took over (or its producer failed); this one stops")]
+    Fenced(String),
+    /// The consumer hit a fatal error (e.g. fenced by another member with its
+    /// `group.instance.id`) and cannot be used again.
+    #[error("the consumer failed for good: {0}")]
+    ConsumerFatal(String),
+    /// Exactly-once: after an aborted transaction a partition could not be restored.
+    #[error("cannot go back to the last committed state of {topic}/{partition}: {reason}")]
+    Rewind {
+        /// Input topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Cause.
+        reason: String,
+    },
 }
 
 /// Where the pipeline stands; shared with the HTTP API.
@@ -141,6 +159,8 @@ pub struct Status {
     pub decoder_unavailable: AtomicBool,
     /// Set to stop the run.
     pub stop: AtomicBool,
+    /// Exactly-once: the producer was fenced (a newer instance took over) or failed.
+    pub fenced: AtomicBool,
 }
 
 /// The longest the loop waits for a record before it looks at the time again (idleness,
@@ -172,6 +192,12 @@ pub struct Pipeline {
     scrape: RefCell<EngineScrape>,
     /// Producer failures already counted.
     produce_errors_seen: Cell<usize>,
+    /// Exactly-once: when the current turn of the loop began, and whether this process
+    /// stood still (a pause, a freeze) for longer than `stall_limit` with a transaction
+    /// open. See [`Pipeline::commit_transaction`].
+    turn_started: Cell<Instant>,
+    stalled: Cell<bool>,
+    stall_limit: Duration,
 }
 
 /// Brokers plus the librdkafka properties shared by every client.
@@ -225,7 +251,11 @@ impl Pipeline {
         };
         let decoder = Decoder::new(cfg.kafka.format, schemas, cfg.decode.max_future_skew.micros());
         let base = consumer_config(&cfg);
-        let sink = Arc::new(Sink::new(&producer_config(&cfg))?);
+        let transactional_id = match cfg.kafka.delivery {
+            Delivery::AtLeastOnce => None,
+            Delivery::ExactlyOnce => cfg.kafka.transactional_id(),
+        };
+        let sink = Arc::new(Sink::new(&producer_config(&cfg), transactional_id.as_deref())?);
         let tasks =
             Arc::new(Mutex::new(Tasks::new(cfg.engine.clone(), pacts, cfg.kafka.topics.changelog.clone())));
         let mut ccfg = base.clone();
@@ -236,6 +266,8 @@ impl Pipeline {
         // prefetch queue is full; a consumer that does real work per record then drains the
         // queue and idles for the rest of the second (measured: 40 % idle, 150k records/s).
         ccfg.set("fetch.queue.backoff.ms", "10").set("statistics.interval.ms", "5000");
+        // Inputs written in transactions count once committed (librdkafka's default, stated).
+        ccfg.set("isolation.level", "read_committed");
         for (k, v) in cfg.kafka.properties.iter().chain(&cfg.kafka.consumer_properties) {
             ccfg.set(k, v);
         }
@@ -256,6 +288,10 @@ impl Pipeline {
             .create_with_context(ctx)
             .map_err(|e| PipelineError::Client { client: "consumer", source: Box::new(e) })?;
         let instance = format!("{}-{}", std::process::id(), crate::clock::wall_micros() / 1000);
+        // Half the group session: a process that stood still that long may have lost its
+        // partitions before its consumer can notice.
+        let session_ms: u64 = ccfg.get("session.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(45_000);
+        let stall_limit = Duration::from_millis(session_ms / 2);
         let recent = Arc::new(Mutex::new(RecentHistory::default()));
         let emitter = Arc::new(Emitter {
             topics: cfg.kafka.topics.clone(),
@@ -292,8 +328,18 @@ impl Pipeline {
             audit_chain,
             scrape: RefCell::new(EngineScrape::default()),
             produce_errors_seen: Cell::new(0),
+            turn_started: Cell::new(Instant::now()),
+            stalled: Cell::new(false),
+            stall_limit,
         };
         p.preflight()?;
+        // Before the group is joined: fences the predecessor with this transactional.id and
+        // aborts its open transaction, so the restore below never sees it.
+        let timeout = Duration::from_micros(p.cfg.kafka.startup_timeout.micros().max(1) as u64);
+        p.sink.init_transactions(timeout)?;
+        if let Some(id) = &transactional_id {
+            info!(transactional_id = %id, "exactly-once delivery: transactions initialised");
+        }
         let topics: Vec<&str> = p.cfg.kafka.input_topics.iter().map(String::as_str).collect();
         p.consumer.subscribe(&topics).map_err(|source| PipelineError::Subscribe {
             topics: topics.iter().map(|t| t.to_string()).collect(),
@@ -363,24 +409,80 @@ impl Pipeline {
         let commit_every = Duration::from_micros(self.cfg.kafka.commit_interval.micros() as u64);
         let mut last_commit = Instant::now();
         let result = self.run_loop(commit_every, &mut last_commit);
+        if self.status.fenced.load(Ordering::SeqCst) {
+            // Nothing more may be written: the new owner's state is the truth.
+            return Err(PipelineError::Fenced(self.cfg.kafka.transactional_id().unwrap_or_default()));
+        }
         info!("stopping: snapshotting, flushing outputs and committing");
         self.final_heartbeats();
-        let flushed = match self.tasks.lock() {
-            Ok(mut tasks) => tasks.snapshot_and_flush(&*self.sink, None),
-            Err(_) => Err(SinkError::Delivery("task state poisoned".into())),
-        };
-        if let Ok(mut tasks) = self.tasks.lock() {
-            if let Err(e) = tasks.commit(&self.consumer, &*self.sink, CommitMode::Sync, None) {
-                CommitFailed { error: &e }.emit(&self.metrics);
+        let flushed = if self.sink.is_transactional() {
+            self.consumer.context().commit_open_transaction(&self.consumer);
+            Ok(())
+        } else {
+            let flushed = match self.tasks.lock() {
+                Ok(mut tasks) => tasks.snapshot_and_flush(&*self.sink, None),
+                Err(_) => Err(SinkError::Delivery("task state poisoned".into())),
+            };
+            if let Ok(mut tasks) = self.tasks.lock() {
+                if let Err(e) = tasks.commit(&self.consumer, &*self.sink, CommitMode::Sync, None) {
+                    CommitFailed { error: &e }.emit(&self.metrics);
+                }
             }
-        }
+            flushed
+        };
         self.consumer.unsubscribe();
+        if self.status.fenced.load(Ordering::SeqCst) {
+            return Err(PipelineError::Fenced(self.cfg.kafka.transactional_id().unwrap_or_default()));
+        }
         result.and(flushed.map_err(PipelineError::from))
+    }
+
+    /// Exactly-once: commits the open transaction, unless this process stood still for
+    /// half a group session while it was open. Then the group may have given its partitions
+    /// to another member before this consumer noticed, and its commit must not land: on
+    /// Apache Kafka 4.1 a thawed member's transactional offset commit was accepted in our
+    /// tests, duplicating the new owner's outputs. It is aborted instead, and the engines go
+    /// back to the last commit (the consumer then learns whether it still holds them).
+    fn commit_transaction(&self) {
+        let ctx = self.consumer.context();
+        if self.stalled.replace(false) || self.turn_started.get().elapsed() > self.stall_limit {
+            ctx.abort_transaction("stalled", None);
+        } else {
+            ctx.commit_open_transaction(&self.consumer);
+        }
+    }
+
+    /// Exactly-once: restores the partitions whose engines ran ahead of an aborted
+    /// transaction, and reads each again from its restored position.
+    fn rewind(&self) -> Result<(), PipelineError> {
+        let keys = std::mem::take(&mut self.tasks.lock().map_err(|_| PipelineError::Poisoned)?.rewind);
+        for key in keys {
+            let fail =
+                |reason: String| PipelineError::Rewind { topic: key.0.clone(), partition: key.1, reason };
+            let (task, start) = self.consumer.context().restore_task(&key).map_err(|e| {
+                RestoreFailed { topic: &key.0, partition: key.1, error: &e }.emit(&self.metrics);
+                fail(e.to_string())
+            })?;
+            let offset = start.map_or(Offset::Beginning, Offset::Offset);
+            self.consumer.seek(&key.0, key.1, offset, Duration::from_secs(10)).map_err(|e| {
+                SeekFailed { error: &e }.emit(&self.metrics);
+                fail(e.to_string())
+            })?;
+            info!(topic = %key.0, partition = key.1, ?offset, "rewound to the last committed state");
+            self.tasks.lock().map_err(|_| PipelineError::Poisoned)?.map.insert(key, task);
+        }
+        Ok(())
     }
 
     fn run_loop(&self, commit_every: Duration, last_commit: &mut Instant) -> Result<(), PipelineError> {
         let mut next_timekeeping = Instant::now();
         while !self.status.stop.load(Ordering::SeqCst) {
+            if self.turn_started.replace(Instant::now()).elapsed() > self.stall_limit
+                && self.sink.in_transaction()
+            {
+                self.stalled.set(true);
+            }
+            self.rewind()?;
             if Instant::now() >= next_timekeeping {
                 next_timekeeping = self.keep_time()?;
             }
@@ -390,13 +492,29 @@ impl Pipeline {
                 .poll(next_timekeeping.saturating_duration_since(Instant::now()).min(COMMAND_WAKE_UP))
             {
                 None => {}
-                Some(Err(e)) => ConsumerError { error: &e }.emit(&self.metrics),
+                Some(Err(e)) => {
+                    ConsumerError { error: &e }.emit(&self.metrics);
+                    // E.g. another process took this `group.instance.id`: the consumer is
+                    // unusable for good, so stop (a restart rejoins) instead of spinning.
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        return Err(PipelineError::ConsumerFatal(format!("{code:?}: {reason}")));
+                    }
+                }
                 Some(Ok(msg)) => {
                     self.status.brokers_down.store(false, Ordering::Relaxed);
                     self.handle(&msg)?
                 }
             }
+            // A rebalance inside `poll` may have aborted the transaction.
+            self.rewind()?;
             self.sink.poll(Duration::ZERO)?;
+            if self.sink.is_transactional() {
+                if last_commit.elapsed() >= commit_every {
+                    self.commit_transaction();
+                    *last_commit = Instant::now();
+                }
+                continue;
+            }
             if last_commit.elapsed() >= commit_every {
                 let confirmed = self
                     .consumer
@@ -504,6 +622,10 @@ impl Pipeline {
         // Decoded outside the lock, so the HTTP API is not held up by it.
         let decoded = self.decoder.decode(msg.payload(), record_time);
         let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Poisoned)?;
+        if tasks.rewind.contains(&key) {
+            // Its engine ran ahead of an aborted transaction: read again after the rewind.
+            return Ok(());
+        }
         let task = tasks.task(&key);
         // Whether this is a record the restored event-time buffer holds by reference, read
         // again: such records lie behind the restored position, like those already covered.

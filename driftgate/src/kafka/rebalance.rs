@@ -3,12 +3,12 @@
 //! a revoke does), commit confirmations, client errors and statistics.
 
 use crate::kafka::pipeline::Status;
-use crate::kafka::restore::restore_partition;
+use crate::kafka::restore::{restore_partition, RestoreError};
 use crate::kafka::sink::{Sink, SourceKey};
-use crate::kafka::tasks::{Task, Tasks};
+use crate::kafka::tasks::{CommitError, GroupTransaction, Task, Tasks};
 use crate::obs::events::{
     kafka_code, ClientError, CommitFailed, InternalEvent, RebalanceFailed, Rebalanced, RestoreFailed,
-    RevokeFlushFailed, StartOffsetFailed,
+    RevokeFlushFailed, StartOffsetFailed, TransactionAborted, TransactionCommitted,
 };
 use crate::obs::metrics::Metrics;
 use driftgate_core::engine::Engine;
@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tracing::info;
+use tracing::{error, info};
 
 /// Consumer callbacks: rebalances.
 pub struct PipelineContext {
@@ -87,7 +87,7 @@ impl ConsumerContext for PipelineContext {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.on_assign(tpl);
+                self.on_assign(consumer, tpl);
                 let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = r {
                     RebalanceFailed { op: "assign", error: &e, code: kafka_code(&e) }.emit(&self.metrics);
@@ -110,14 +110,96 @@ impl ConsumerContext for PipelineContext {
 }
 
 impl PipelineContext {
-    fn on_assign(&self, tpl: &mut TopicPartitionList) {
+    /// A partition's task restored from its changelog, and the offset to read it from
+    /// (`None`: no state, so wherever the group's offset or `auto.offset.reset` says).
+    pub(super) fn restore_task(&self, key: &SourceKey) -> Result<(Task, Option<i64>), RestoreError> {
+        let restored = restore_partition(&self.client, &self.changelog, key, self.restore_timeout)?;
+        let (cfg, pacts) = match self.tasks.lock() {
+            Ok(t) => (t.engine_cfg.clone(), t.pacts.clone()),
+            Err(p) => (p.get_ref().engine_cfg.clone(), p.get_ref().pacts.clone()),
+        };
+        let Some((snap, records)) = restored else {
+            return Ok((Task::fresh(Engine::new(cfg, pacts), None), None));
+        };
+        let position = snap.meta.position;
+        let torn = snap.torn.len();
+        let agents = snap.agents.len();
+        let mut engine = Engine::restore(cfg, pacts, snap.meta.meta, snap.agents);
+        let by_reference = engine.first_awaited();
+        let buffered = engine.buffered();
+        info!(topic = %key.0, partition = key.1, position, agents, torn, records, buffered, "state restored");
+        // See `KafkaConfig::resume_rewind`: records before `position` are skipped, except
+        // those the restored buffer holds by reference, read again.
+        let rewound = position.saturating_sub(self.resume_rewind).max(0);
+        let start = by_reference.map_or(rewound, |t| rewound.min(i64::try_from(t).unwrap_or(i64::MAX)));
+        engine.mark_dirty(snap.torn);
+        let mut t = Task::fresh(engine, Some(position));
+        // The restored state is durable as of `position`: the group may say so.
+        t.safe = Some(position);
+        Ok((t, Some(start)))
+    }
+
+    /// Exactly-once: commits the open transaction (before a rebalance changes what this
+    /// instance holds). A transaction that cannot commit is aborted, and the tasks are
+    /// restored by the loop.
+    pub(super) fn commit_open_transaction(&self, consumer: &BaseConsumer<Self>) {
+        if !self.sink.is_transactional() {
+            return;
+        }
+        let Ok(mut tasks) = self.tasks.lock() else { return };
+        let txn = GroupTransaction { sink: &self.sink, consumer };
+        match tasks.commit_transaction(&*self.sink, &txn) {
+            Ok(Some(partitions)) => TransactionCommitted { partitions }.emit(&self.metrics),
+            Ok(None) => {}
+            Err(e) => {
+                drop(tasks);
+                self.abort_transaction("commit", Some(&e));
+            }
+        }
+    }
+
+    /// Exactly-once: aborts the open transaction and marks every task for restoring (with
+    /// none open, the engines hold exactly what was committed, and nothing is done); a
+    /// producer that cannot abort (fenced) stops the run.
+    pub(super) fn abort_transaction(&self, cause: &'static str, error: Option<&CommitError>) {
+        let aborted = match error {
+            Some(CommitError::Txn(e)) if e.is_fatal() => None,
+            _ => match self.sink.abort_transaction() {
+                Ok(open) => Some(open),
+                Err(e) => {
+                    TransactionAborted { cause: "abort", error: Some(&e) }.emit(&self.metrics);
+                    None
+                }
+            },
+        };
+        match aborted {
+            Some(false) => return,
+            Some(true) => TransactionAborted { cause, error: error.map(|e| e as &dyn std::fmt::Display) }
+                .emit(&self.metrics),
+            None => {
+                // Fenced: a newer instance with this transactional.id runs these partitions.
+                if let Some(e) = error {
+                    error!(error = %e, "the transactional producer is fenced or failed: stopping this instance");
+                }
+                self.status.fenced.store(true, Ordering::SeqCst);
+                self.status.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.rewind = tasks.abandon();
+        }
+    }
+
+    fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        // Exactly-once: what this instance did so far is committed before the assignment
+        // grows (a restore can take long; the transaction must not time out meanwhile).
+        self.commit_open_transaction(consumer);
         let parts: Vec<SourceKey> =
             tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         let started = Instant::now();
         self.status.restoring.store(true, Ordering::SeqCst);
         for key in parts {
-            let restored = match restore_partition(&self.client, &self.changelog, &key, self.restore_timeout)
-            {
+            let (task, start) = match self.restore_task(&key) {
                 Ok(r) => r,
                 Err(e) => {
                     // Without its state the partition would judge on an empty baseline:
@@ -127,33 +209,12 @@ impl PipelineContext {
                     return;
                 }
             };
-            let Ok(mut tasks) = self.tasks.lock() else { return };
-            let (cfg, pacts) = (tasks.engine_cfg.clone(), tasks.pacts.clone());
-            let task = match restored {
-                Some((snap, records)) => {
-                    let position = snap.meta.position;
-                    let torn = snap.torn.len();
-                    let agents = snap.agents.len();
-                    let mut engine = Engine::restore(cfg, pacts, snap.meta.meta, snap.agents);
-                    let by_reference = engine.first_awaited();
-                    let buffered = engine.buffered();
-                    info!(topic = %key.0, partition = key.1, position, agents, torn, records, buffered, "state restored");
-                    // See `KafkaConfig::resume_rewind`: records before `position` are skipped,
-                    // except those the restored buffer holds by reference, read again.
-                    let rewound = position.saturating_sub(self.resume_rewind).max(0);
-                    let start =
-                        by_reference.map_or(rewound, |t| rewound.min(i64::try_from(t).unwrap_or(i64::MAX)));
-                    if let Err(e) = tpl.set_partition_offset(&key.0, key.1, Offset::Offset(start)) {
-                        StartOffsetFailed { topic: &key.0, partition: key.1, error: &e }.emit(&self.metrics);
-                    }
-                    engine.mark_dirty(snap.torn);
-                    let mut t = Task::fresh(engine, Some(position));
-                    // The restored state is durable as of `position`: the group may say so.
-                    t.safe = Some(position);
-                    t
+            if let Some(start) = start {
+                if let Err(e) = tpl.set_partition_offset(&key.0, key.1, Offset::Offset(start)) {
+                    StartOffsetFailed { topic: &key.0, partition: key.1, error: &e }.emit(&self.metrics);
                 }
-                None => Task::fresh(Engine::new(cfg, pacts), None),
-            };
+            }
+            let Ok(mut tasks) = self.tasks.lock() else { return };
             tasks.map.insert(key, task);
         }
         let total = self.tasks.lock().map(|t| t.map.len()).unwrap_or(0);
@@ -174,16 +235,31 @@ impl PipelineContext {
         info!(partitions = ?revoked, "partitions revoked: snapshotting, flushing and committing");
         // Runs inside poll() on the pipeline thread: blocking here blocks the loop, which
         // is what we want; no async work is awaited.
+        if let Ok(tasks) = self.tasks.lock() {
+            let buffered: usize =
+                revoked.iter().filter_map(|k| tasks.map.get(k)).map(|t| t.engine.buffered()).sum();
+            self.metrics.revoked_buffered_records.inc_by(buffered as u64);
+        }
+        if self.sink.is_transactional() {
+            if consumer.assignment_lost() {
+                // The group gave these partitions to another member already: nothing done
+                // since the last commit may become visible.
+                self.abort_transaction("assignment_lost", None);
+            } else {
+                // One transaction holds every partition's outputs: all are committed.
+                self.commit_open_transaction(consumer);
+            }
+        }
         let Ok(mut tasks) = self.tasks.lock() else { return };
-        let buffered: usize =
-            revoked.iter().filter_map(|k| tasks.map.get(k)).map(|t| t.engine.buffered()).sum();
-        self.metrics.revoked_buffered_records.inc_by(buffered as u64);
-        if let Err(e) = tasks.snapshot_and_flush(&*self.sink, Some(&revoked)) {
-            RevokeFlushFailed { error: &e }.emit(&self.metrics);
+        if !self.sink.is_transactional() {
+            if let Err(e) = tasks.snapshot_and_flush(&*self.sink, Some(&revoked)) {
+                RevokeFlushFailed { error: &e }.emit(&self.metrics);
+            }
+            if let Err(e) = tasks.commit(consumer, &*self.sink, CommitMode::Sync, Some(&revoked)) {
+                CommitFailed { error: &e }.emit(&self.metrics);
+            }
         }
-        if let Err(e) = tasks.commit(consumer, &*self.sink, CommitMode::Sync, Some(&revoked)) {
-            CommitFailed { error: &e }.emit(&self.metrics);
-        }
+        tasks.rewind.retain(|k| !revoked.contains(k));
         Rebalanced { change: "revoke", partitions: revoked.len() }.emit(&self.metrics);
         tasks.remove_revoked(&revoked);
         for k in &revoked {

@@ -2,15 +2,20 @@
 //! numbers it per source partition and tracks its acknowledgement, so the pipeline commits
 //! an input offset only after everything derived from it is on the broker.
 //!
-//! The idempotent producer is on (no duplicates or reordering from retries). Kafka
-//! transactions are not used: an exactly-once mode would replace this module.
+//! The idempotent producer is on (no duplicates or reordering from retries). With
+//! `kafka.delivery = "exactly_once"` it is transactional: every send joins the open
+//! transaction (one is begun on the first send after a commit), and
+//! [`Sink::commit_transaction`] commits it together with the input offsets.
 
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
 use rdkafka::ClientContext;
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
@@ -23,6 +28,8 @@ pub type SourceKey = (String, i32);
 pub struct Token {
     source: SourceKey,
     no: u64,
+    /// The [`Acks::generation`] it was sent in.
+    generation: u64,
 }
 
 /// Acknowledgement bookkeeping, shared with the delivery callback.
@@ -34,6 +41,9 @@ pub struct Acks {
     next: HashMap<SourceKey, u64>,
     /// Deliveries that failed for good (after the producer's own retries).
     failures: Vec<String>,
+    /// Moves on at each aborted transaction: the purged records' failed deliveries are the
+    /// abort's doing, not failures to report.
+    generation: u64,
 }
 
 impl Acks {
@@ -68,6 +78,9 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, token: Box<Token>) {
         let Ok(mut acks) = self.acks.lock() else { return };
+        if token.generation != acks.generation {
+            return;
+        }
         match result {
             Ok(_) => {
                 if let Some(s) = acks.unacked.get_mut(&token.source) {
@@ -102,6 +115,58 @@ pub enum SinkError {
     /// Flushing timed out.
     #[error("flush did not complete: {0}")]
     Flush(KafkaError),
+    /// The transactional producer could not start or begin a transaction.
+    #[error("transactional producer `{id}`: {error}")]
+    Transactions {
+        /// `transactional.id`.
+        id: String,
+        /// Cause.
+        error: TxnError,
+    },
+}
+
+/// A transaction that did not commit, by what the caller must do about it.
+#[derive(Debug, Error)]
+pub enum TxnError {
+    /// Abort it: nothing of it becomes visible, and the state must go back to the last
+    /// committed snapshot (e.g. the group moved on, or a record failed for good).
+    #[error("transaction aborted: {0}")]
+    Abortable(#[source] KafkaError),
+    /// The producer is unusable: fenced by a newer instance with the same
+    /// `transactional.id`, or a fatal error. This instance must stop.
+    #[error("the transactional producer is fenced or failed: {0}")]
+    Fatal(#[source] KafkaError),
+    /// The consumer has no group metadata to commit offsets with (not in a group): abort.
+    #[error("the consumer is not in its group: offsets cannot be committed")]
+    NotInGroup,
+}
+
+impl TxnError {
+    /// Whether this instance must stop (else: abort and carry on from the last commit).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, TxnError::Fatal(_))
+    }
+
+    /// Sorts a producer error: fatal if librdkafka says so (fencing is), else abortable.
+    pub fn of(e: KafkaError) -> TxnError {
+        let fatal = match &e {
+            KafkaError::Transaction(t) => t.is_fatal(),
+            _ => matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::ProducerFenced)
+            ),
+        };
+        if fatal {
+            TxnError::Fatal(e)
+        } else {
+            TxnError::Abortable(e)
+        }
+    }
+
+    /// Whether the same call may simply be tried again.
+    fn retriable(e: &KafkaError) -> bool {
+        matches!(e, KafkaError::Transaction(t) if t.is_retriable() && !t.is_fatal() && !t.txn_requires_abort())
+    }
 }
 
 /// One output record.
@@ -154,17 +219,138 @@ impl OutputSink for Sink {
 pub struct Sink {
     producer: BaseProducer<SinkContext>,
     acks: Arc<Mutex<Acks>>,
+    /// `transactional.id` with exactly-once delivery.
+    transactional: Option<String>,
+    /// A transaction is open (begun, not yet committed or aborted).
+    open: AtomicBool,
+    /// How long a transactional call may block.
+    txn_timeout: Duration,
 }
 
+/// How long a transaction may stay open before the coordinator aborts it, unless
+/// `transaction.timeout.ms` is set. It also bounds how long a restore waits behind a
+/// crashed instance's open transaction when its `transactional.id` is not reused.
+const TRANSACTION_TIMEOUT_MS: &str = "20000";
+
 impl Sink {
-    /// An idempotent producer with `base` settings (brokers, security) plus ours.
-    pub fn new(base: &ClientConfig) -> Result<Sink, SinkError> {
+    /// An idempotent producer with `base` settings (brokers, security) plus ours;
+    /// transactional with `transactional_id` (call [`Sink::init_transactions`] next).
+    pub fn new(base: &ClientConfig, transactional_id: Option<&str>) -> Result<Sink, SinkError> {
         let acks = Arc::new(Mutex::new(Acks::default()));
         let mut cfg = base.clone();
-        cfg.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "2");
+        cfg.set("enable.idempotence", "true").set("acks", "all");
+        if cfg.get("linger.ms").is_none() {
+            cfg.set("linger.ms", "2");
+        }
+        if let Some(id) = transactional_id {
+            cfg.set("transactional.id", id);
+            if cfg.get("transaction.timeout.ms").is_none() {
+                cfg.set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS);
+            }
+        }
         let producer =
             cfg.create_with_context(SinkContext { acks: acks.clone() }).map_err(SinkError::Create)?;
-        Ok(Sink { producer, acks })
+        Ok(Sink {
+            producer,
+            acks,
+            transactional: transactional_id.map(str::to_string),
+            open: AtomicBool::new(false),
+            txn_timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Exactly-once: registers the `transactional.id` with its coordinator, which fences
+    /// any earlier producer with the same id and aborts its open transaction (a crashed
+    /// predecessor's outputs never become visible).
+    pub fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError> {
+        let Some(id) = &self.transactional else { return Ok(()) };
+        self.producer
+            .init_transactions(timeout)
+            .map_err(|e| SinkError::Transactions { id: id.clone(), error: TxnError::of(e) })
+    }
+
+    /// Whether outputs are written in transactions.
+    pub fn is_transactional(&self) -> bool {
+        self.transactional.is_some()
+    }
+
+    /// Whether a transaction is open (records written since the last commit).
+    pub fn in_transaction(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Exactly-once: commits the open transaction with `offsets` (the next offset to read
+    /// per input partition) in the consumer group `group`. With no transaction open nothing
+    /// was written since the last commit, and the offsets have not moved (they move only
+    /// with a snapshot, which is written in the transaction): nothing happens. Returns
+    /// whether a transaction was committed.
+    pub fn commit_transaction(
+        &self,
+        offsets: &[(SourceKey, i64)],
+        group: &ConsumerGroupMetadata,
+    ) -> Result<bool, TxnError> {
+        if self.transactional.is_none() || !self.open.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        tracing::debug!(partitions = offsets.len(), "committing transaction");
+        if !offsets.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), pos) in offsets {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*pos))
+                    .map_err(TxnError::Abortable)?;
+            }
+            self.retrying(|p, t| p.send_offsets_to_transaction(&tpl, group, t))?;
+        }
+        self.retrying(|p, t| p.commit_transaction(t))?;
+        self.open.store(false, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    /// Exactly-once: aborts the open transaction; its records are never visible to
+    /// `read_committed` readers, and their bookkeeping is dropped. Returns whether one was
+    /// open.
+    pub fn abort_transaction(&self) -> Result<bool, TxnError> {
+        if self.transactional.is_none() || !self.open.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        if let Ok(mut acks) = self.acks.lock() {
+            acks.generation += 1;
+            acks.unacked.clear();
+            acks.failures.clear();
+        }
+        // librdkafka's abort waits for every delivery report to be served, and
+        // rust-rdkafka's producer serves them only in `poll`: drop what is still queued,
+        // then serve the reports here, or the abort would wait out its whole timeout.
+        self.producer.purge(PurgeConfig::default().queue());
+        self.producer.flush(self.txn_timeout).map_err(TxnError::of)?;
+        self.retrying(|p, t| p.abort_transaction(t))?;
+        self.open.store(false, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    /// A transactional call, tried again while librdkafka says it may be (a timeout).
+    fn retrying(
+        &self,
+        call: impl Fn(&BaseProducer<SinkContext>, Duration) -> Result<(), KafkaError>,
+    ) -> Result<(), TxnError> {
+        let mut tries = 0;
+        loop {
+            match call(&self.producer, self.txn_timeout) {
+                Ok(()) => return Ok(()),
+                Err(e) if TxnError::retriable(&e) && tries < 3 => tries += 1,
+                Err(e) => return Err(TxnError::of(e)),
+            }
+        }
+    }
+
+    /// Exactly-once: begins a transaction unless one is open.
+    fn begin(&self) -> Result<(), KafkaError> {
+        if self.transactional.is_some() && !self.open.load(Ordering::SeqCst) {
+            self.producer.begin_transaction()?;
+            self.open.store(true, Ordering::SeqCst);
+            tracing::debug!("transaction begun");
+        }
+        Ok(())
     }
 
     /// The acknowledgement bookkeeping.
@@ -174,16 +360,20 @@ impl Sink {
 
     /// Enqueues a record derived from `source`; returns its output number.
     pub fn send(&self, source: &SourceKey, rec: OutRecord<'_>) -> Result<u64, SinkError> {
-        let no = {
+        self.begin().map_err(|e| SinkError::Transactions {
+            id: self.transactional.clone().unwrap_or_default(),
+            error: TxnError::of(e),
+        })?;
+        let (no, generation) = {
             let mut acks = self.acks.lock().map_err(|_| SinkError::Delivery("ack state poisoned".into()))?;
             let next = acks.next.entry(source.clone()).or_insert(0);
             let no = *next;
             *next += 1;
             acks.unacked.entry(source.clone()).or_default().insert(no);
-            no
+            (no, acks.generation)
         };
         let mut record =
-            BaseRecord::with_opaque_to(rec.topic, Box::new(Token { source: source.clone(), no }))
+            BaseRecord::with_opaque_to(rec.topic, Box::new(Token { source: source.clone(), no, generation }))
                 .key(rec.key);
         if let Some(p) = rec.payload {
             record = record.payload(p);
@@ -221,6 +411,10 @@ impl Sink {
     }
 
     fn check(&self) -> Result<(), SinkError> {
+        // In a transaction, a failed record fails the commit instead, which aborts it.
+        if self.transactional.is_some() {
+            return Ok(());
+        }
         let acks = self.acks.lock().map_err(|_| SinkError::Delivery("ack state poisoned".into()))?;
         match acks.failures.first() {
             Some(f) => Err(SinkError::Delivery(f.clone())),

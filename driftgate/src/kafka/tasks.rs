@@ -5,7 +5,7 @@
 
 use crate::api::control::{Durability, DurabilityPromise, NotDurable};
 use crate::kafka::rebalance::PipelineContext;
-use crate::kafka::sink::{OutRecord, OutputSink, SinkError, SourceKey};
+use crate::kafka::sink::{OutRecord, OutputSink, Sink, SinkError, SourceKey, TxnError};
 use driftgate_core::codec::changelog;
 use driftgate_core::engine::{Engine, EngineConfig};
 use driftgate_core::model::heartbeat::{EngineState, Heartbeat};
@@ -149,6 +149,44 @@ impl Task {
         }
     }
 
+    /// Begins a snapshot if the task moved since its last one (or one is forced): writes
+    /// its changed agents and returns the position and the encoded meta record that will
+    /// close it.
+    fn begin_snapshot(
+        &mut self,
+        key: &SourceKey,
+        sink: &dyn OutputSink,
+        changelog_topic: &str,
+    ) -> Result<Option<(i64, Vec<u8>)>, SinkError> {
+        let moved = self.pushed.filter(|p| self.snapshot_at.is_none_or(|s| *p > s));
+        let Some(position) = moved.or(self.pushed.filter(|_| self.force_snapshot)) else { return Ok(None) };
+        self.force_snapshot = false;
+        self.snapshots_started += 1;
+        let dirty: Vec<(String, Option<Vec<u8>>)> = self
+            .engine
+            .take_dirty()
+            .into_iter()
+            .map(|(id, s)| (id, s.map(changelog::encode_agent)))
+            .collect();
+        for (agent, value) in &dirty {
+            let k = changelog::Key::Agent(key.0.clone(), agent.clone()).encode();
+            sink.send(
+                key,
+                OutRecord {
+                    topic: changelog_topic,
+                    key: &k,
+                    payload: value.as_deref(),
+                    headers: None,
+                    partition: Some(key.1),
+                },
+            )?;
+        }
+        let meta = changelog::encode_meta(&changelog::MetaRecord { position, meta: self.engine.meta() });
+        self.snapshot_at = Some(position);
+        debug!(topic = %key.0, partition = key.1, position, agents = dirty.len(), "snapshot written");
+        Ok(Some((position, meta)))
+    }
+
     pub(super) fn advance(&mut self, min_unacked: u64) {
         while let Some(m) = self.marks.front() {
             if m.highwater > min_unacked {
@@ -169,11 +207,14 @@ pub(super) struct Tasks {
     pub(super) engine_cfg: EngineConfig,
     pub(super) pacts: Vec<Pact>,
     pub(super) changelog: String,
+    /// Exactly-once: partitions whose engines ran ahead of an aborted transaction, to be
+    /// restored from the changelog before anything else is read.
+    pub(super) rewind: Vec<SourceKey>,
 }
 
 impl Tasks {
     pub(super) fn new(engine_cfg: EngineConfig, pacts: Vec<Pact>, changelog: String) -> Tasks {
-        Tasks { map: HashMap::new(), engine_cfg, pacts, changelog }
+        Tasks { map: HashMap::new(), engine_cfg, pacts, changelog, rewind: Vec::new() }
     }
 
     /// Drops revoked tasks, after their final snapshot and commit. An awaited override is
@@ -237,40 +278,71 @@ impl Tasks {
                 });
                 debug!(topic = %key.0, partition = key.1, position = p.position, "snapshot closed");
             }
-            let moved = task.pushed.filter(|p| task.snapshot_at.is_none_or(|s| *p > s));
-            let Some(position) = moved.or(task.pushed.filter(|_| task.force_snapshot)) else { continue };
-            task.force_snapshot = false;
-            task.snapshots_started += 1;
-            let dirty: Vec<(String, Option<Vec<u8>>)> = task
-                .engine
-                .take_dirty()
-                .into_iter()
-                .map(|(id, s)| (id, s.map(changelog::encode_agent)))
-                .collect();
-            for (agent, value) in &dirty {
-                let k = changelog::Key::Agent(key.0.clone(), agent.clone()).encode();
-                sink.send(
-                    key,
-                    OutRecord {
-                        topic: &self.changelog,
-                        key: &k,
-                        payload: value.as_deref(),
-                        headers: None,
-                        partition: Some(key.1),
-                    },
-                )?;
-            }
-            let meta = changelog::encode_meta(&changelog::MetaRecord { position, meta: task.engine.meta() });
+            let Some((position, meta)) = task.begin_snapshot(key, sink, &self.changelog)? else { continue };
             task.pending = Some(PendingMeta {
                 position,
                 meta,
                 highwater: sink.next_no(key),
                 epoch: task.snapshots_started,
             });
-            task.snapshot_at = Some(position);
-            debug!(topic = %key.0, partition = key.1, position, agents = dirty.len(), "snapshot written");
         }
         Ok(())
+    }
+
+    /// Exactly-once: writes a whole snapshot of every task that moved, then commits the
+    /// transaction with every task's snapshot position as its input offset. Nothing is
+    /// held back: the transaction makes the outputs, the snapshot and the offsets visible
+    /// together, or none of them. On success every snapshot is durable.
+    /// Returns how many partitions' offsets the committed transaction carried (`None`:
+    /// nothing was written since the last commit, so there was none to commit).
+    pub(super) fn commit_transaction(
+        &mut self,
+        sink: &dyn OutputSink,
+        txn: &dyn Transactor,
+    ) -> Result<Option<usize>, CommitError> {
+        let mut offsets = Vec::new();
+        for (key, task) in self.map.iter_mut() {
+            if let Some((_, meta)) = task.begin_snapshot(key, sink, &self.changelog)? {
+                let k = changelog::Key::Meta(key.0.clone()).encode();
+                let rec = OutRecord {
+                    topic: &self.changelog,
+                    key: &k,
+                    payload: Some(&meta),
+                    headers: None,
+                    partition: Some(key.1),
+                };
+                sink.send(key, rec)?;
+            }
+            // Every held partition's offset, moved or not: the group checks the member's
+            // generation on them, so a zombie's transaction (say, of tick outputs alone)
+            // cannot commit after its partitions went to another member.
+            if let Some(p) = task.snapshot_at {
+                offsets.push((key.clone(), p));
+            }
+        }
+        if !txn.commit(&offsets)? {
+            return Ok(None);
+        }
+        for task in self.map.values_mut() {
+            task.committed = task.snapshot_at.or(task.committed);
+            task.safe = task.committed;
+            task.snapshots_durable = task.snapshots_started;
+            task.settle_durable();
+        }
+        Ok(Some(offsets.len()))
+    }
+
+    /// Exactly-once, after an aborted transaction: the engines are ahead of what Kafka
+    /// holds, so every task must be restored from its last committed snapshot. Answers
+    /// the overrides that were waiting for a snapshot that will now never be written, and
+    /// returns the partitions to restore.
+    pub(super) fn abandon(&mut self) -> Vec<SourceKey> {
+        for task in self.map.values_mut() {
+            for (_, p) in task.awaiting.drain(..) {
+                p.keep(Err(NotDurable::Aborted));
+            }
+        }
+        self.map.keys().cloned().collect()
     }
 
     /// Whether any task (in `only`) holds a meta record back.
@@ -336,6 +408,69 @@ impl Tasks {
 pub(super) trait Committer {
     /// Commits `offsets` (the next offset to read, per partition).
     fn commit_offsets(&self, offsets: &[(SourceKey, i64)], mode: CommitMode) -> Result<(), KafkaError>;
+}
+
+/// Why an exactly-once commit did not happen.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CommitError {
+    /// A snapshot record could not be enqueued.
+    #[error(transparent)]
+    Send(#[from] SinkError),
+    /// The transaction did not commit.
+    #[error(transparent)]
+    Txn(#[from] TxnError),
+}
+
+/// Exactly-once commits: the transactional producer with the consumer's group metadata in
+/// production, a recording fake in unit tests.
+pub(super) trait Transactor {
+    /// Commits the open transaction with `offsets` (the next offset to read, per
+    /// partition); returns whether one was open.
+    fn commit(&self, offsets: &[(SourceKey, i64)]) -> Result<bool, TxnError>;
+}
+
+/// The production [`Transactor`]: the offsets go to the group through the producer's
+/// transaction, fenced by the consumer's generation (a member that was kicked out cannot
+/// commit).
+pub(super) struct GroupTransaction<'a> {
+    pub(super) sink: &'a Sink,
+    pub(super) consumer: &'a BaseConsumer<PipelineContext>,
+}
+
+impl Transactor for GroupTransaction<'_> {
+    fn commit(&self, offsets: &[(SourceKey, i64)]) -> Result<bool, TxnError> {
+        // The broker fences a stale generation, but takes offsets sent with no generation at
+        // all (as from a producer outside any group). librdkafka's metadata reads that way
+        // once it has noticed a session timeout and before it has rejoined, so a member
+        // that lost its partitions could commit: the generation must be a real one, the
+        // same before and after the metadata is taken (generations only grow, so the copy
+        // in between holds it too).
+        let before = generation(self.consumer).ok_or(TxnError::NotInGroup)?;
+        let group = self.consumer.group_metadata().ok_or(TxnError::NotInGroup)?;
+        if generation(self.consumer) != Some(before) {
+            return Err(TxnError::NotInGroup);
+        }
+        self.sink.commit_transaction(offsets, &group)
+    }
+}
+
+/// The consumer's group generation as librdkafka holds it now; `None` when it is not a
+/// member (no generation, or no member id).
+fn generation(consumer: &BaseConsumer<PipelineContext>) -> Option<i32> {
+    use rdkafka::bindings as rd;
+    // SAFETY: the client pointer is the live consumer's; librdkafka returns a copy of its
+    // group metadata (or null), which is read and destroyed here and not kept.
+    unsafe {
+        let md = rd::rd_kafka_consumer_group_metadata(consumer.client().native_ptr());
+        if md.is_null() {
+            return None;
+        }
+        let generation = rd::rd_kafka_consumer_group_metadata_generation_id(md);
+        let member = rd::rd_kafka_consumer_group_metadata_member_id(md);
+        let has_member = !member.is_null() && *member != 0;
+        rd::rd_kafka_consumer_group_metadata_destroy(md);
+        (generation >= 0 && has_member).then_some(generation)
+    }
 }
 
 impl Committer for BaseConsumer<PipelineContext> {
@@ -411,6 +546,23 @@ mod tests {
             }
             self.commits.borrow_mut().push(offsets.to_vec());
             Ok(())
+        }
+    }
+
+    /// Records exactly-once commits (or refuses them, as an aborted transaction).
+    #[derive(Default)]
+    struct FakeTransactor {
+        commits: RefCell<Vec<Vec<(SourceKey, i64)>>>,
+        refuse: RefCell<bool>,
+    }
+
+    impl Transactor for FakeTransactor {
+        fn commit(&self, offsets: &[(SourceKey, i64)]) -> Result<bool, TxnError> {
+            if *self.refuse.borrow() {
+                return Err(TxnError::NotInGroup);
+            }
+            self.commits.borrow_mut().push(offsets.to_vec());
+            Ok(true)
         }
     }
 
@@ -553,5 +705,44 @@ mod tests {
         let dropped = tasks.task(&key()).await_next_snapshot();
         drop(tasks);
         assert_eq!(dropped.wait(Duration::ZERO), Some(Err(NotDurable::Stopped)));
+    }
+
+    #[test]
+    fn an_exactly_once_commit_writes_the_whole_snapshot_at_once_and_carries_its_position_as_the_offset() {
+        let (sink, txn) = (FakeSink::default(), FakeTransactor::default());
+        let mut tasks = setup(&sink);
+        let durable = tasks.task(&key()).await_next_snapshot();
+        // Nothing is acknowledged: in a transaction, nothing needs to be.
+        assert_eq!(tasks.commit_transaction(&sink, &txn).unwrap(), Some(1));
+        let meta_key = changelog::Key::Meta("in".into()).encode();
+        assert_eq!(sink.topics(), ["enforcement", "changelog", "changelog"]);
+        assert_eq!(sink.sent.borrow()[2].3, meta_key, "closed by the meta record in the same transaction");
+        assert_eq!(*txn.commits.borrow(), [vec![(key(), 10)]]);
+        let t = &tasks.map[&key()];
+        assert_eq!((t.committed, t.snapshots_durable), (Some(10), 1));
+        assert_eq!(durable.wait(Duration::ZERO), Some(Ok(())), "durable once the transaction commits");
+        // Nothing moved: no snapshot, but the same offset again, so that the group's
+        // generation check fences the commit of a member that lost the partition.
+        assert_eq!(tasks.commit_transaction(&sink, &txn).unwrap(), Some(1));
+        assert_eq!(sink.topics().len(), 3);
+        assert_eq!(txn.commits.borrow()[1], [(key(), 10)]);
+        // Moved on: the next snapshot and offset.
+        tasks.task(&key()).pushed = Some(25);
+        tasks.commit_transaction(&sink, &txn).unwrap();
+        assert_eq!(txn.commits.borrow()[2], [(key(), 25)]);
+    }
+
+    #[test]
+    fn an_aborted_transaction_confirms_nothing_and_its_overrides_are_answered_as_aborted() {
+        let (sink, txn) = (FakeSink::default(), FakeTransactor::default());
+        let mut tasks = setup(&sink);
+        let durable = tasks.task(&key()).await_next_snapshot();
+        *txn.refuse.borrow_mut() = true;
+        assert!(matches!(tasks.commit_transaction(&sink, &txn), Err(CommitError::Txn(TxnError::NotInGroup))));
+        let t = &tasks.map[&key()];
+        assert_eq!((t.committed, t.snapshots_durable), (None, 0), "nothing of it is durable");
+        assert_eq!(durable.wait(Duration::ZERO), None, "not answered by the failure itself");
+        assert_eq!(tasks.abandon(), [key()], "every partition goes back to its last commit");
+        assert_eq!(durable.wait(Duration::ZERO), Some(Err(NotDurable::Aborted)));
     }
 }

@@ -8,7 +8,7 @@
 
 use crate::obs::metrics::Metrics;
 use rdkafka::error::KafkaError;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Something that happened: logs and counts itself.
 pub trait InternalEvent {
@@ -22,7 +22,7 @@ pub fn kafka_code(e: &KafkaError) -> String {
 }
 
 /// The `(stage, code)` pairs whose code is a fixed word; their series exist from the start.
-pub const FIXED_CODES: [(&str, &str); 7] = [
+pub const FIXED_CODES: [(&str, &str); 11] = [
     ("restore", "decode"),
     ("restore", "timeout"),
     ("restore", "start_offset"),
@@ -30,6 +30,10 @@ pub const FIXED_CODES: [(&str, &str); 7] = [
     ("decode", "unavailable"),
     ("heartbeat", "produce"),
     ("audit", "produce"),
+    ("transaction", "commit"),
+    ("transaction", "assignment_lost"),
+    ("transaction", "abort"),
+    ("transaction", "stalled"),
 ];
 
 fn count(metrics: &Metrics, stage: &str, code: &str) {
@@ -162,6 +166,43 @@ impl InternalEvent for RevokeFlushFailed<'_> {
     fn emit(self, metrics: &Metrics) {
         error!(error = %self.error, "snapshot or flush on revoke failed; offsets of the revoked partitions are not committed past it");
         count(metrics, "revoke", "flush");
+    }
+}
+
+/// Exactly-once: a transaction committed (outputs, changelog and offsets became visible).
+pub struct TransactionCommitted {
+    /// Input partitions whose offsets it carried.
+    pub partitions: usize,
+}
+
+impl InternalEvent for TransactionCommitted {
+    fn emit(self, metrics: &Metrics) {
+        debug!(partitions = self.partitions, "transaction committed");
+        metrics.transactions.with_label_values(&["committed"]).inc();
+    }
+}
+
+/// Exactly-once: a transaction was aborted; nothing of it is visible to `read_committed`
+/// readers, and the engines go back to their last committed snapshots.
+pub struct TransactionAborted<'a> {
+    /// Why: `commit` (it could not commit), `assignment_lost` (the group moved on),
+    /// `stalled` (the process stood still for half a group session with it open), `abort`
+    /// (the abort itself failed: the instance stops).
+    pub cause: &'static str,
+    /// The error, when there was one.
+    pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+impl InternalEvent for TransactionAborted<'_> {
+    fn emit(self, metrics: &Metrics) {
+        match self.error {
+            Some(e) => {
+                warn!(cause = self.cause, error = %e, "transaction aborted: restoring the last committed state")
+            }
+            None => warn!(cause = self.cause, "transaction aborted"),
+        }
+        metrics.transactions.with_label_values(&["aborted"]).inc();
+        count(metrics, "transaction", self.cause);
     }
 }
 

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Partitions assigned to or revoked from this instance.
     pub rebalanced_partitions: IntCounterVec,
+    /// Exactly-once: transactions committed and aborted.
+    pub transactions: IntCounterVec,
     /// 1 when ready (pacts loaded, state restored, partitions assigned).
     pub ready: IntGauge,
 }
@@ -233,6 +235,7 @@ impl Metrics {
             history_records: counter(&r, "driftgate_history_records_total", "Contract-history records written."),
             errors: counter_vec(&r, "driftgate_errors_total", "Errors on the Kafka side (consumer, commit, rebalance, restore, seek, heartbeat, audit, control topic), by stage and code.", &["stage", "code"]),
             rebalanced_partitions: counter_vec(&r, "driftgate_rebalanced_partitions_total", "Partitions assigned to or revoked from this instance.", &["change"]),
+            transactions: counter_vec(&r, "driftgate_transactions_total", "Exactly-once delivery: Kafka transactions (outputs, changelog and input offsets) committed or aborted.", &["outcome"]),
             ready: gauge(&r, "driftgate_ready", "1 when pacts are loaded, state restored and partitions assigned."),
             registry: r,
         }
@@ -259,6 +262,9 @@ impl Metrics {
         }
         for c in ["assign", "revoke"] {
             self.rebalanced_partitions.with_label_values(&[c]);
+        }
+        for o in ["committed", "aborted"] {
+            self.transactions.with_label_values(&[o]);
         }
         // Registered only while overrides are in force would need unregistering; a NaN
         // would break alert arithmetic, so the gauge is registered and reads +Inf when idle.
