@@ -17,20 +17,27 @@ use std::time::{Duration, Instant};
 /// cores running them together starves heartbeats into spurious rebalances.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub(super) fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
-const PARTITIONS: i32 = 2;
+pub(super) const PARTITIONS: i32 = 2;
 
 /// A router's view of an enforcement topic, and the duplicates it dropped.
-type Effects = (std::collections::BTreeMap<(String, u64), String>, usize);
+pub(super) type Effects = (std::collections::BTreeMap<(String, u64), String>, usize);
 
-fn config(dir: &Path, b: &Broker, input: &str, r: &Topics, group: &str) -> PathBuf {
+pub(super) fn config(dir: &Path, b: &Broker, input: &str, r: &Topics, group: &str) -> PathBuf {
     config_listening(dir, b, input, r, group, "")
 }
 
 /// The same, with the HTTP API (and `/metrics`) on `listen`.
-fn config_listening(dir: &Path, b: &Broker, input: &str, r: &Topics, group: &str, listen: &str) -> PathBuf {
+pub(super) fn config_listening(
+    dir: &Path,
+    b: &Broker,
+    input: &str,
+    r: &Topics,
+    group: &str,
+    listen: &str,
+) -> PathBuf {
     std::fs::write(dir.join("pacts.yaml"), PACTS).unwrap();
     // Small fetches slow the engine to ~10k records/s, so that the kills land mid-stream.
     let text = format!(
@@ -60,7 +67,14 @@ listen = "{listen}"
 
 /// Runs one engine on `cfg` until `group` has committed `total` records of `t`'s input, stops
 /// it cleanly, and returns what a router applies from its enforcement topic.
-fn run_to_end(b: &Broker, cfg: &Path, t: &Topics, group: &str, partitions: i32, total: i64) -> Effects {
+pub(super) fn run_to_end(
+    b: &Broker,
+    cfg: &Path,
+    t: &Topics,
+    group: &str,
+    partitions: i32,
+    total: i64,
+) -> Effects {
     let engine = Engine::start(cfg);
     wait_for(120, "the uninterrupted run to finish", || {
         (committed_n(b, group, &t.input, partitions) >= total).then_some(())
@@ -70,15 +84,15 @@ fn run_to_end(b: &Broker, cfg: &Path, t: &Topics, group: &str, partitions: i32, 
 }
 
 /// What a router applies from `topic` (see [`scenario::dedup`]).
-fn dedup(b: &Broker, topic: &str) -> Effects {
+pub(super) fn dedup(b: &Broker, topic: &str) -> Effects {
     scenario::dedup(b.read_all(topic).into_iter().map(|r| String::from_utf8(r.value.unwrap()).unwrap()))
 }
 
-fn committed(b: &Broker, group: &str, input: &str) -> i64 {
+pub(super) fn committed(b: &Broker, group: &str, input: &str) -> i64 {
     committed_n(b, group, input, PARTITIONS)
 }
 
-fn committed_n(b: &Broker, group: &str, input: &str, partitions: i32) -> i64 {
+pub(super) fn committed_n(b: &Broker, group: &str, input: &str, partitions: i32) -> i64 {
     b.committed(group, input, partitions).iter().map(|c| c.unwrap_or(0)).sum()
 }
 
@@ -94,7 +108,7 @@ fn offset_gaps(port: u16) -> f64 {
     scrape::sum(&samples, "driftgate_input_offset_gaps_total", &[])
 }
 
-fn scrape_port(port: u16) -> std::collections::BTreeMap<String, f64> {
+pub(super) fn scrape_port(port: u16) -> std::collections::BTreeMap<String, f64> {
     let http = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -112,7 +126,7 @@ fn scrape_port(port: u16) -> std::collections::BTreeMap<String, f64> {
 
 /// An engine's rebalance log lines: each assignment and revocation, with the partitions it
 /// holds after it (`total=`).
-fn rebalances(e: &Engine) -> Vec<String> {
+pub(super) fn rebalances(e: &Engine) -> Vec<String> {
     e.log_text()
         .lines()
         .filter(|l| {
@@ -123,7 +137,7 @@ fn rebalances(e: &Engine) -> Vec<String> {
 }
 
 /// How many partitions an engine's last rebalance left it with.
-fn held(e: &Engine) -> Option<u32> {
+pub(super) fn held(e: &Engine) -> Option<u32> {
     let last = rebalances(e).pop()?;
     last.split("total=").nth(1)?.split_whitespace().next()?.parse().ok()
 }

@@ -6,6 +6,7 @@ mod support;
 mod demo_golden;
 mod durable_state;
 mod eval_cli;
+mod exactly_once;
 mod history_cli;
 mod http_api;
 mod kafka_pipeline;

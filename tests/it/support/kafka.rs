@@ -274,49 +274,58 @@ impl Broker {
     }
 
     /// Every record of a topic, in partition then offset order. Reads until the topic has
-    /// been quiet for a second.
+    /// been quiet for a second. `read_committed`, as routers read (records of aborted or
+    /// open transactions are not seen).
     pub fn read_all(&self, topic: &str) -> Vec<Rec> {
+        self.read_all_isolated(topic, "read_committed")
+    }
+
+    /// The same, with `isolation.level` = `isolation` (`read_uncommitted` also sees the
+    /// records of aborted transactions).
+    pub fn read_all_isolated(&self, topic: &str, isolation: &str) -> Vec<Rec> {
+        self.read(topic, isolation, false)
+    }
+
+    /// What a reader with `isolation` sees of `topic` now: it reads up to the end each
+    /// partition has when called, or until quiet for a second (a `read_committed` reader
+    /// held back by an open transaction never gets there), without waiting for more.
+    pub fn read_now_isolated(&self, topic: &str, isolation: &str) -> Vec<Rec> {
+        self.read(topic, isolation, true)
+    }
+
+    fn read(&self, topic: &str, isolation: &str, now: bool) -> Vec<Rec> {
         let consumer: BaseConsumer = self
             .client()
             .set("group.id", format!("reader-{}", rand_suffix()))
             .set("enable.auto.commit", "false")
+            .set("isolation.level", isolation)
             .create()
             .expect("consumer");
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
         let parts = md.topics()[0].partitions().len() as i32;
         let mut tpl = TopicPartitionList::new();
+        let mut ends = Vec::new();
         for p in 0..parts {
             tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+            let (_, hi) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+            ends.push(hi);
         }
         consumer.assign(&tpl).expect("assign");
+        let at_end = || {
+            let pos = consumer.position().expect("position");
+            (0..parts).all(|p| {
+                let at = pos.find_partition(topic, p).map(|e| e.offset());
+                ends[p as usize] == 0 || matches!(at, Some(Offset::Offset(o)) if o >= ends[p as usize])
+            })
+        };
         let mut out = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut last = Instant::now();
-        while last.elapsed() < Duration::from_millis(1000) && Instant::now() < deadline {
+        while last.elapsed() < Duration::from_millis(1000) && Instant::now() < deadline && !(now && at_end())
+        {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
                 last = Instant::now();
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| {
-                                (
-                                    x.key.to_string(),
-                                    x.value
-                                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                                        .unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(Rec {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
+                out.push(Rec::of(&m));
             }
         }
         out.sort_by_key(|r| (r.partition, r.offset));
@@ -363,6 +372,27 @@ pub struct Rec {
 }
 
 impl Rec {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Rec {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| {
+                        let v = x.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+                        (x.key.to_string(), v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Rec {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
     pub fn header(&self, k: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
     }
