@@ -20,6 +20,7 @@
 //! ```text
 //! cargo bench -p driftgate --bench kafka_e2e -- [latency] [throughput] [breach] [--incidents N]
 //!     [--rate EVENTS_PER_S] [--records N] [--format avro|json]
+//!     [--delivery at_least_once|exactly_once] [--commit-interval 1s]
 //! ```
 
 // The test harness's broker and engine launcher; the bench uses only part of it.
@@ -76,6 +77,8 @@ struct Args {
     fetch_wait_ms: u32,
     /// The engine's `kafka.commit_interval` (also its snapshot interval).
     commit_interval: String,
+    /// The engine's `kafka.delivery`: `at_least_once` or `exactly_once`.
+    delivery: String,
 }
 
 fn args() -> Args {
@@ -91,6 +94,7 @@ fn args() -> Args {
         format: "avro".into(),
         fetch_wait_ms: 10,
         commit_interval: "1s".into(),
+        delivery: "at_least_once".into(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -129,6 +133,10 @@ fn args() -> Args {
                 a.format = next(i);
                 i += 1;
             }
+            "--delivery" => {
+                a.delivery = next(i);
+                i += 1;
+            }
             // cargo bench passes --bench; criterion-style filters are not used here.
             _ => {}
         }
@@ -147,6 +155,7 @@ fn now_us() -> i64 {
 
 fn write_config(dir: &Path, b: &Broker, t: &Topics, pact: &str, engine: &str, a: &Args) -> PathBuf {
     let (format, fetch_wait, commit_interval) = (&a.format, a.fetch_wait_ms, &a.commit_interval);
+    let delivery = &a.delivery;
     std::fs::write(dir.join("pact.yaml"), pact).expect("write pact");
     std::fs::write(dir.join("telemetry.avsc"), TELEMETRY_AVSC).expect("write schema");
     let cfg = format!(
@@ -158,6 +167,8 @@ group_id = "{}"
 input_topics = ["{}"]
 format = "{format}"
 commit_interval = "{commit_interval}"
+delivery = "{delivery}"
+transactional_id = "bench-{}"
 {}[kafka.properties]
 "session.timeout.ms" = "6000"
 "fetch.wait.max.ms" = "{fetch_wait}"
@@ -171,6 +182,7 @@ listen = ""
         b.bootstrap(),
         t.group,
         t.input,
+        t.group,
         t.toml()
     );
     let p = dir.join("driftgate.toml");
@@ -662,6 +674,7 @@ fn args_default() -> Args {
         format: "json".into(),
         fetch_wait_ms: 10,
         commit_interval: "1s".into(),
+        delivery: "at_least_once".into(),
     }
 }
 

@@ -207,6 +207,40 @@ fn ten_sigkills_leave_a_read_committed_reader_every_effect_exactly_once() {
     );
 }
 
+/// The frozen-instance scenarios' first steps: the first half of the records, committed by
+/// `first` (and whoever else runs in `group`), then the second half produced and `first`
+/// frozen inside a written transaction. Returns that transaction's records.
+fn first_half_then_freeze(
+    b: &Broker,
+    t: &Topics,
+    group: &str,
+    records: &[(String, Vec<u8>, i64, i32)],
+    first: &Engine,
+) -> BTreeSet<(i32, i64)> {
+    let half = records.len() / 2;
+    wait_for(120, "the first half committed", || {
+        (committed(b, group, &t.input) >= half as i64).then_some(())
+    });
+    produce(&b.producer(), &t.input, &records[half..]);
+    std::thread::sleep(Duration::from_millis(300));
+    freeze_in_transaction(b, t, first, true);
+    hidden_heartbeats(b, t, first.child.id())
+}
+
+/// The frozen-instance scenarios' verdict, once every engine has stopped: a `read_committed`
+/// reader sees no duplicate and the ground truth's effects, and the records `open` of the
+/// frozen transaction (of the engine with process id `pid`) were never committed.
+fn no_trace_of_the_frozen_transaction(b: &Broker, t: &Topics, pid: u32, open: &BTreeSet<(i32, i64)>) {
+    let (got, dups) = dedup(b, &t.enforcement);
+    assert_eq!(dups, 0, "nothing of the frozen instance's transaction is visible");
+    assert_same_effects(&got, &scenario::offline_effects(PARTITIONS), 0);
+    let after = hidden_heartbeats(b, t, pid);
+    assert!(
+        open.is_subset(&after),
+        "the frozen transaction's records were never committed: {open:?}, {after:?}"
+    );
+}
+
 /// A zombie: instance A is frozen (SIGSTOP) mid-transaction, and its replacement starts with
 /// the same transactional id, which fences A and aborts its transaction. When A thaws, its
 /// writes are refused and it stops with an error naming the fencing; the replacement's
@@ -217,7 +251,6 @@ fn a_zombie_fenced_by_its_successor_cannot_write_and_stops() {
     let b = Broker::shared();
     let records = records(PARTITIONS);
     let total = records.len() as i64;
-    let half = records.len() / 2;
     let dir = tempfile::tempdir().unwrap();
     let t = Topics::create(b, "zombie", PARTITIONS);
     let group = format!("zombie-{}", rand_suffix());
@@ -225,15 +258,9 @@ fn a_zombie_fenced_by_its_successor_cannot_write_and_stops() {
     let zombie_cfg = eos_config(dir.path(), b, &t, &group, "zombie", Id::Transactional(&id), "");
     let successor_cfg = eos_config(dir.path(), b, &t, &group, "successor", Id::Transactional(&id), "");
     slow_commits(&zombie_cfg);
-    produce(&b.producer(), &t.input, &records[..half]);
+    produce(&b.producer(), &t.input, &records[..records.len() / 2]);
     let mut zombie = Engine::start(&zombie_cfg);
-    wait_for(120, "the first half committed", || {
-        (committed(b, &group, &t.input) >= half as i64).then_some(())
-    });
-    produce(&b.producer(), &t.input, &records[half..]);
-    std::thread::sleep(Duration::from_millis(300));
-    freeze_in_transaction(b, &t, &zombie, true);
-    let open = hidden_heartbeats(b, &t, zombie.child.id());
+    let open = first_half_then_freeze(b, &t, &group, &records, &zombie);
     let successor = Engine::start(&successor_cfg);
     wait_for(60, "the successor to fence the zombie", || {
         successor.log_text().contains("transactions initialised").then_some(())
@@ -246,14 +273,7 @@ fn a_zombie_fenced_by_its_successor_cannot_write_and_stops() {
     wait_for(180, "the successor to finish", || (committed(b, &group, &t.input) >= total).then_some(()));
     let log = successor.log_text();
     assert!(successor.stop().success(), "{log}");
-    let (got, dups) = dedup(b, &t.enforcement);
-    assert_eq!(dups, 0, "nothing the zombie wrote after it was fenced is visible");
-    assert_same_effects(&got, &scenario::offline_effects(PARTITIONS), 0);
-    let after = hidden_heartbeats(b, &t, zombie.child.id());
-    assert!(
-        open.is_subset(&after),
-        "the records of the zombie's open transaction were never committed: {open:?}, {after:?}"
-    );
+    no_trace_of_the_frozen_transaction(b, &t, zombie.child.id(), &open);
 }
 
 /// A member frozen past its session loses its partitions to the other member. When it
@@ -266,7 +286,6 @@ fn a_member_that_lost_its_partitions_aborts_its_transaction_and_carries_on() {
     let b = Broker::shared();
     let records = records(PARTITIONS);
     let total = records.len() as i64;
-    let half = records.len() / 2;
     let dir = tempfile::tempdir().unwrap();
     let t = Topics::create(b, "lost", PARTITIONS);
     let group = format!("lost-{}", rand_suffix());
@@ -275,18 +294,12 @@ fn a_member_that_lost_its_partitions_aborts_its_transaction_and_carries_on() {
     let a_cfg = eos_config(dir.path(), b, &t, &group, "a", Id::Transactional("lost-a"), &listen);
     let b_cfg = eos_config(dir.path(), b, &t, &group, "b", Id::Transactional("lost-b"), "");
     slow_commits(&a_cfg);
-    produce(&b.producer(), &t.input, &records[..half]);
+    produce(&b.producer(), &t.input, &records[..records.len() / 2]);
     let a = Engine::start(&a_cfg);
     let a_pid = a.child.id();
     let other = Engine::start(&b_cfg);
-    wait_for(120, "the first half committed", || {
-        (committed(b, &group, &t.input) >= half as i64).then_some(())
-    });
-    produce(&b.producer(), &t.input, &records[half..]);
-    std::thread::sleep(Duration::from_millis(300));
     // Frozen past its 6 s session: the group gives its partition to the other member.
-    freeze_in_transaction(b, &t, &a, true);
-    let open = hidden_heartbeats(b, &t, a_pid);
+    let open = first_half_then_freeze(b, &t, &group, &records, &a);
     std::thread::sleep(Duration::from_secs(9));
     signal(&a, "CONT");
     wait_for(180, "everything committed", || (committed(b, &group, &t.input) >= total).then_some(()));
@@ -295,12 +308,5 @@ fn a_member_that_lost_its_partitions_aborts_its_transaction_and_carries_on() {
     assert!(aborted >= 1.0, "the thawed member aborted its transaction:\n{alog}");
     assert!(a.stop().success(), "and carried on:\n{alog}");
     assert!(other.stop().success());
-    let (got, dups) = dedup(b, &t.enforcement);
-    assert_eq!(dups, 0, "nothing of the aborted transaction is visible");
-    assert_same_effects(&got, &scenario::offline_effects(PARTITIONS), 0);
-    let after = hidden_heartbeats(b, &t, a_pid);
-    assert!(
-        open.is_subset(&after),
-        "the records of the aborted transaction were never committed: {open:?}, {after:?}"
-    );
+    no_trace_of_the_frozen_transaction(b, &t, a_pid, &open);
 }
