@@ -5,7 +5,9 @@
 //! partitions while it was frozen. Heartbeats every 100 ms put records in every
 //! transaction, so an aborted one always leaves records that only `read_uncommitted` sees.
 
-use crate::durable_state::{committed, config_listening, dedup, run_to_end, scrape_port, serial, PARTITIONS};
+use crate::durable_state::{
+    committed, config_listening, dedup, held, run_to_end, scrape_port, serial, PARTITIONS,
+};
 use crate::support::kafka::{self, produce, rand_suffix, wait_for, Broker, Engine, Topics};
 use crate::support::scenario::{self, assert_same_effects, final_lanes, records, Mix};
 use crate::support::scrape;
@@ -81,7 +83,7 @@ fn signal(e: &Engine, signal: &str) {
 /// `written = false` drops the first condition (the records may still be in the
 /// producer's queue).
 fn freeze_in_transaction(b: &Broker, t: &Topics, e: &Engine, written: bool) {
-    for _ in 0..20 {
+    for _ in 0..50 {
         signal(e, "STOP");
         let log = e.log_text();
         let last = log
@@ -96,7 +98,7 @@ fn freeze_in_transaction(b: &Broker, t: &Topics, e: &Engine, written: bool) {
         signal(e, "CONT");
         std::thread::sleep(Duration::from_millis(37));
     }
-    panic!("the engine was never frozen inside a written transaction in 20 tries:\n{}", e.log_text());
+    panic!("the engine was never frozen inside a written transaction in 50 tries:\n{}", e.log_text());
 }
 
 /// The heartbeats of the engine with process id `pid` on `t`'s snapshot topic that only a `read_uncommitted`
@@ -298,6 +300,9 @@ fn a_member_that_lost_its_partitions_aborts_its_transaction_and_carries_on() {
     let a = Engine::start(&a_cfg);
     let a_pid = a.child.id();
     let other = Engine::start(&b_cfg);
+    wait_for(60, "the two members to share the partitions", || {
+        (held(&a) == Some(1) && held(&other) == Some(1)).then_some(())
+    });
     // Frozen past its 6 s session: the group gives its partition to the other member.
     let open = first_half_then_freeze(b, &t, &group, &records, &a);
     std::thread::sleep(Duration::from_secs(9));
