@@ -439,10 +439,10 @@ impl Pipeline {
 
     /// Exactly-once: commits the open transaction, unless this process stood still for
     /// half a group session while it was open. Then the group may have given its partitions
-    /// to another member before this consumer noticed, and its commit must not land: on
-    /// Apache Kafka 4.1 a thawed member's transactional offset commit was accepted in our
-    /// tests, duplicating the new owner's outputs. It is aborted instead, and the engines go
-    /// back to the last commit (the consumer then learns whether it still holds them).
+    /// to another member before this consumer noticed, and its commit must not land (it
+    /// would duplicate the new owner's outputs); the broker's generation check is the only
+    /// other guard. It is aborted instead, and the engines go back to the last commit (the
+    /// consumer then learns whether it still holds them).
     fn commit_transaction(&self) {
         let ctx = self.consumer.context();
         if self.stalled.replace(false) || self.turn_started.get().elapsed() > self.stall_limit {
