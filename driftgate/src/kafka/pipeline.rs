@@ -455,6 +455,10 @@ impl Pipeline {
     /// Exactly-once: restores the partitions whose engines ran ahead of an aborted
     /// transaction, and reads each again from its restored position.
     fn rewind(&self) -> Result<(), PipelineError> {
+        // Called twice a turn: at-least-once never aborts, so it takes no lock for nothing.
+        if !self.sink.is_transactional() {
+            return Ok(());
+        }
         let keys = std::mem::take(&mut self.tasks.lock().map_err(|_| PipelineError::Poisoned)?.rewind);
         for key in keys {
             let fail =
@@ -622,7 +626,7 @@ impl Pipeline {
         // Decoded outside the lock, so the HTTP API is not held up by it.
         let decoded = self.decoder.decode(msg.payload(), record_time);
         let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Poisoned)?;
-        if tasks.rewind.contains(&key) {
+        if !tasks.rewind.is_empty() && tasks.rewind.contains(&key) {
             // Its engine ran ahead of an aborted transaction: read again after the rewind.
             return Ok(());
         }
