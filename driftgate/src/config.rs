@@ -346,6 +346,11 @@ impl RunConfig {
         if self.kafka.transactional_id.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return bad("`kafka.transactional_id` is empty");
         }
+        // A returning agent's new incarnation (its first event's time) must order after the
+        // expired one's, which holds when no accepted event is older than a TTL.
+        if self.engine.state_ttl.micros() <= self.engine.allowed_lateness.micros() {
+            return bad("`engine.state_ttl` must be longer than `engine.allowed_lateness`, so that routers can tell a returning agent's events from old ones");
+        }
         Ok(())
     }
 }
@@ -445,6 +450,18 @@ allowed_lateness = "2m"
         std::fs::write(&f, base.replace("exactly_once", "exactly_twice")).unwrap();
         let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
         assert!(e.contains("exactly_twice") && e.contains("delivery"), "{e}");
+    }
+
+    #[test]
+    fn a_state_ttl_within_the_allowed_lateness_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let base = "pacts = [\"a.yaml\"]\n[kafka]\nformat = \"json\"\n[engine]\nallowed_lateness = \"2m\"\n";
+        std::fs::write(&f, format!("{base}state_ttl = \"2m\"\n")).unwrap();
+        let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
+        assert!(e.contains("`engine.state_ttl`") && e.contains("`engine.allowed_lateness`"), "{e}");
+        std::fs::write(&f, format!("{base}state_ttl = \"3m\"\n")).unwrap();
+        assert!(RunConfig::load_with(Some(&f), no_env()).is_ok());
     }
 
     /// Every leaf setting's key, as `section.key` paths.

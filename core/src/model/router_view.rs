@@ -67,6 +67,13 @@ pub struct AgentSnapshot {
     pub agent_id: String,
     /// `seq` of the last enforcement event.
     pub seq: u64,
+    /// Which life of the agent's state `seq` counts in: the event time (µs) at which the
+    /// engine created the state. `seq` restarts when an idle agent's state expires
+    /// (`state_ttl`) and the agent returns, with a later incarnation; routers order updates
+    /// by `(incarnation, seq)`. The same value is the `driftgate.incarnation` header of the
+    /// agent's enforcement events.
+    #[serde(default)]
+    pub incarnation: i64,
     /// Effective lane for all actions.
     pub lane: Lane,
     /// Effective lane for high-risk actions.
@@ -117,6 +124,7 @@ impl AgentSnapshot {
         Some(AgentSnapshot {
             agent_id: agent_id.to_string(),
             seq: a.seq,
+            incarnation: a.first_seen,
             lane: a.published.all,
             high_risk_lane: a.published.high_risk,
             workflow: a.workflow.clone(),

@@ -31,6 +31,11 @@ pub mod headers {
     pub const TIME: &str = "driftgate.dead_lettered_at";
     /// On history records: the chain (source `topic/partition`).
     pub const CHAIN: &str = "driftgate.chain";
+    /// On enforcement events and agent snapshots: the input `topic/partition` whose engine
+    /// published them, so that a router judges their freshness by that partition's heartbeats.
+    pub const SOURCE: &str = "driftgate.source";
+    /// On enforcement events: the agent's incarnation (see `AgentSnapshot::incarnation`).
+    pub const INCARNATION: &str = "driftgate.incarnation";
 }
 
 /// Turns engine outputs into records on the output topics; shared by the pipeline loop
@@ -65,6 +70,7 @@ impl Emitter {
         let record_time =
             origin.as_ref().and_then(|o| o.msg.timestamp().to_millis()).map(|ms| ms.saturating_mul(1000));
         let mut changed: BTreeSet<String> = BTreeSet::new();
+        let source = format!("{}/{}", key.0, key.1);
         for out in outputs {
             match out {
                 Output::Enforcement(e) => {
@@ -80,10 +86,13 @@ impl Emitter {
                         }
                     };
                     info!(agent = %e.agent_id, pact = e.pact_id.as_deref().unwrap_or(""), clause = e.clause_id.as_deref().unwrap_or(""), seq = e.seq, from = e.lane_from.as_str(), to = e.lane_to.as_str(), reason = %e.reason.code, "enforcement event");
+                    let incarnation = engine.agent(&e.agent_id).map_or(0, |a| a.first_seen).to_string();
                     let h = OwnedHeaders::new()
                         .insert(Header { key: "driftgate.kind", value: Some("enforcement") })
                         .insert(Header { key: "driftgate.seq", value: Some(&e.seq.to_string()) })
-                        .insert(Header { key: "driftgate.event_id", value: Some(&e.event_id) });
+                        .insert(Header { key: "driftgate.event_id", value: Some(&e.event_id) })
+                        .insert(Header { key: headers::SOURCE, value: Some(&source) })
+                        .insert(Header { key: headers::INCARNATION, value: Some(&incarnation) });
                     self.sink.send(
                         key,
                         OutRecord {
@@ -138,7 +147,9 @@ impl Emitter {
                         topic: &topics.snapshot,
                         key: agent.as_bytes(),
                         payload: Some(&v),
-                        headers: None,
+                        headers: Some(
+                            OwnedHeaders::new().insert(Header { key: headers::SOURCE, value: Some(&source) }),
+                        ),
                         partition: None,
                     },
                 )?;
