@@ -35,6 +35,35 @@ if ! command -v promtool >/dev/null && [ ! -x "$TOOLS/bin/promtool" ]; then
   rm -rf "$tmp"
   [ -x "$TOOLS/bin/promtool" ] || { echo "promtool install failed" >&2; exit 1; }
 fi
+# NGINX: the real gateway of the router end-to-end test (auth_request to `driftgate route`).
+# Taken out of Debian's nginx package without installing it (no service, no /etc changes);
+# the test runs it with a config and paths of its own.
+if ! command -v nginx >/dev/null && [ ! -x "$TOOLS/nginx/usr/sbin/nginx" ]; then
+  echo "==> installing NGINX (from Debian's nginx package) into $TOOLS/nginx..."
+  tmp=$(mktemp -d)
+  ( cd "$tmp" && apt-get download nginx >/dev/null 2>&1 ) \
+    || { apt-get update >/dev/null 2>&1 && ( cd "$tmp" && apt-get download nginx >/dev/null ); } \
+    || { echo "NGINX install failed: apt-get download nginx (or apt-get install nginx)" >&2; exit 1; }
+  rm -rf "$TOOLS/nginx" && dpkg-deb -x "$tmp"/nginx_*.deb "$TOOLS/nginx"
+  rm -rf "$tmp"
+  "$TOOLS/nginx/usr/sbin/nginx" -V 2>&1 | grep -q http_auth_request_module \
+    || { echo "NGINX install failed: $TOOLS/nginx/usr/sbin/nginx lacks the auth_request module" >&2; exit 1; }
+fi
+# wrk: the HTTP load generator of the sidecar bench (benches/route_e2e.rs), with its LuaJIT,
+# from Debian's packages; $TOOLS/bin/wrk runs it with its library path.
+if ! command -v wrk >/dev/null && [ ! -x "$TOOLS/bin/wrk" ]; then
+  echo "==> installing wrk (from Debian's wrk and libluajit packages) into $TOOLS/wrk..."
+  tmp=$(mktemp -d)
+  ( cd "$tmp" && apt-get download wrk libluajit-5.1-2 libluajit-5.1-common >/dev/null 2>&1 ) \
+    || { apt-get update >/dev/null 2>&1 && ( cd "$tmp" && apt-get download wrk libluajit-5.1-2 libluajit-5.1-common >/dev/null ); } \
+    || { echo "wrk install failed: apt-get download wrk libluajit-5.1-2 libluajit-5.1-common" >&2; exit 1; }
+  rm -rf "$TOOLS/wrk" && for d in "$tmp"/*.deb; do dpkg-deb -x "$d" "$TOOLS/wrk"; done
+  rm -rf "$tmp"
+  mkdir -p "$TOOLS/bin"
+  printf '#!/bin/sh\nLD_LIBRARY_PATH="%s/wrk/usr/lib/x86_64-linux-gnu" exec "%s/wrk/usr/bin/wrk" "$@"\n' "$TOOLS" "$TOOLS" > "$TOOLS/bin/wrk"
+  chmod +x "$TOOLS/bin/wrk"
+  "$TOOLS/bin/wrk" --version 2>&1 | grep -q "^wrk" || { echo "wrk install failed: $TOOLS/bin/wrk does not run" >&2; exit 1; }
+fi
 # schemathesis: the property-based client of the HTTP API contract test, in a venv of its own.
 if [ ! -x "$TOOLS/schemathesis/bin/schemathesis" ]; then
   echo "==> installing schemathesis (PyPI) into $TOOLS/schemathesis..."

@@ -46,6 +46,14 @@ enum Cmd {
         #[arg(long, env = "DRIFTGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// The decision sidecar for routers and gateways: follows driftgate's snapshot and
+    /// enforcement topics and serves per-request decisions over HTTP (JSON, and an
+    /// auth-subrequest endpoint for NGINX `auth_request` and Envoy `ext_authz`).
+    Route {
+        /// Configuration file (TOML; `deploy/route.toml` shows every setting).
+        #[arg(long, env = "DRIFTGATE_ROUTE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Backtest a detector on labelled JSONL events and score delay and false alarms.
     Eval {
         /// Metric kind of the values.
@@ -185,6 +193,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Run { config } => run_pipeline(config.as_deref()),
+        Cmd::Route { config } => run_route(config.as_deref()),
         Cmd::Eval { metric, input, detector, false_alarm_rate, direction, options, json } => {
             eval_cmd(metric, &input, &detector, false_alarm_rate, direction, options.as_deref(), json)
         }
@@ -430,6 +439,33 @@ fn run_pipeline(config: Option<&std::path::Path>) -> anyhow::Result<()> {
 }
 
 /// SIGTERM or SIGINT.
+/// `driftgate route`: follow driftgate's topics and serve decisions until SIGTERM.
+fn run_route(config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let cfg = driftgate::route::RouteConfig::load(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(cfg.listen.trim()))
+        .with_context(|| format!("cannot listen on `{}` (listen)", cfg.listen))?;
+    let router = Arc::new(driftgate_router::Router::new(cfg.policy()));
+    let follower = driftgate_router::follow(cfg.follow(), router.clone())?;
+    // Checked by RouteConfig::check.
+    let header = |h: &str| axum::http::HeaderName::from_bytes(h.as_bytes()).context("header name");
+    let state = driftgate::route::http::RouteState::new(
+        router,
+        header(&cfg.agent_header)?,
+        header(&cfg.risk_header)?,
+    );
+    tracing::info!(listen = %cfg.listen, "decision sidecar serving");
+    rt.block_on(async move {
+        axum::serve(listener, driftgate::route::http::routes(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    })?;
+    follower.stop();
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,

@@ -495,6 +495,67 @@ fn deploy_kit_agrees_with_the_code() {
     assert!(dashboard["panels"].as_array().unwrap().len() >= 10);
 }
 
+#[test]
+fn router_deploy_kit_agrees_with_the_sidecar() {
+    use driftgate::route::RouteConfig;
+    let root = scrape::root();
+    let defaults = RouteConfig::default();
+    let port: u64 = defaults.listen.rsplit(':').next().unwrap().parse().unwrap();
+    let docs: Vec<serde_json::Value> = {
+        let text = std::fs::read_to_string(root.join("deploy/k8s/router-sidecar.yaml")).unwrap();
+        serde_norway::Deserializer::from_str(&text)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect()
+    };
+    let cm = docs.iter().find(|d| d["metadata"]["name"] == "driftgate-route-config").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("route.toml");
+    std::fs::write(&f, cm["data"]["route.toml"].as_str().unwrap()).unwrap();
+    let cfg = RouteConfig::load(Some(&f)).unwrap();
+    let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let containers = dep["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    let side = containers.iter().find(|c| c["args"][0] == "route").expect("a `driftgate route` container");
+    assert_eq!(side["ports"][0]["containerPort"].as_u64(), Some(port));
+    assert!(cfg.listen.ends_with(&format!(":{port}")), "the ConfigMap listens where the probes look");
+    assert_eq!(side["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(side["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let main: serde_json::Value = serde_norway::Deserializer::from_str(
+        &std::fs::read_to_string(root.join("deploy/k8s/driftgate.yaml")).unwrap(),
+    )
+    .map(|d| serde::Deserialize::deserialize(d).unwrap())
+    .find(|d: &serde_json::Value| d["kind"] == "StatefulSet")
+    .unwrap();
+    assert_eq!(
+        side["image"], main["spec"]["template"]["spec"]["containers"][0]["image"],
+        "one image for engine and sidecar"
+    );
+
+    // Envoy's ext_authz asks the sidecar's auth endpoint with the headers it reads.
+    let envoy = std::fs::read_to_string(root.join("deploy/envoy/envoy.yaml")).unwrap();
+    let v: serde_json::Value = serde_norway::from_str(&envoy).unwrap();
+    let hcm = &v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let authz = &hcm["http_filters"][0]["typed_config"];
+    assert_eq!(authz["http_service"]["path_prefix"], "/v1/auth");
+    assert_eq!(authz["failure_mode_allow"], false, "fail closed");
+    let allowed: Vec<&str> = authz["allowed_headers"]["patterns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["exact"].as_str())
+        .collect();
+    assert!(
+        allowed.contains(&defaults.agent_header.as_str()) && allowed.contains(&defaults.risk_header.as_str()),
+        "{allowed:?}"
+    );
+    assert!(envoy.contains(&format!("port_value: {port}")));
+    assert_eq!(
+        authz["http_service"]["authorization_response"]["allowed_upstream_headers"]["patterns"][0]["prefix"],
+        "x-driftgate-"
+    );
+    let nginx = std::fs::read_to_string(root.join("deploy/nginx/nginx.conf")).unwrap();
+    assert!(nginx.contains("/v1/auth") && nginx.contains(&format!("127.0.0.1:{port}")));
+}
+
 /// The API contract: schemathesis generates valid and invalid requests for every operation
 /// of `schemas/openapi.yaml` (examples, boundary values, fuzzing, and stateful sequences
 /// over the links it infers) and checks every answer: no 5xx, status codes, content types
@@ -508,12 +569,7 @@ fn the_http_api_keeps_its_openapi_contract() {
 
 #[test]
 fn alert_rules_pass_promtool() {
-    let tools = contract::tools_dir();
-    let bin = [tools.join("bin/promtool"), std::path::PathBuf::from("promtool")]
-        .into_iter()
-        .find(|p| Command::new(p).arg("--version").output().is_ok());
-    let bin = bin.unwrap_or_else(|| panic!("promtool is not installed: run ./scripts/install-tools.sh (it extracts it from Debian's prometheus package)"));
-    let out = Command::new(bin)
+    let out = Command::new(contract::promtool())
         .args(["check", "rules"])
         .arg(scrape::root().join("deploy/prometheus/alerts.yaml"))
         .output()

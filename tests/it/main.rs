@@ -14,6 +14,7 @@ mod pacts;
 mod rebalance_mock;
 mod registry_client;
 mod replay;
+mod router;
 mod schemas;
 mod state_restore;
 mod time_to_control;

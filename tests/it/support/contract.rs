@@ -58,3 +58,33 @@ pub fn check(base: &str, token: &str) -> String {
     assert!(junit.contains("POST /v1/overrides") && junit.contains("GET /v1/agents/{id}/history"), "{junit}");
     text
 }
+
+/// promtool from the tool cache, or on the PATH.
+pub fn promtool() -> std::path::PathBuf {
+    [tools_dir().join("bin/promtool"), std::path::PathBuf::from("promtool")]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok())
+        .unwrap_or_else(|| {
+            panic!("promtool is not installed: run ./scripts/install-tools.sh (it extracts it from Debian's prometheus package)")
+        })
+}
+
+/// Fails unless `promtool check metrics` accepts the exposition (names, units, HELP/TYPE).
+pub fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n--- exposition ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
