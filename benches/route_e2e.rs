@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! cargo bench -p driftgate --bench route_e2e -- [load] [block] [--incidents N] [--seconds S]
+//!     [--connections 8,32]
 //! ```
 //! It starts Apache Kafka, NGINX and `wrk` from the tool cache: run
 //! `./scripts/install-tools.sh` first.
@@ -35,7 +36,7 @@ use driftgate_core::model::lane::Lane;
 use driftgate_core::model::router_view::AgentSnapshot;
 use driftgate_core::model::telemetry::{Model, Outcome, Risk, Telemetry};
 use hdrhistogram::Histogram;
-use kafka::{free_port, produce, wait_for, Broker, Engine, Topics};
+use kafka::{free_port, produce, produce_now, wait_for, Broker, Engine, Topics};
 use nginx::{Nginx, Upstream};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,10 +51,11 @@ struct Args {
     block: bool,
     incidents: usize,
     seconds: u64,
+    connections: Vec<u32>,
 }
 
 fn args() -> Args {
-    let mut a = Args { load: false, block: false, incidents: 50, seconds: 10 };
+    let mut a = Args { load: false, block: false, incidents: 50, seconds: 10, connections: vec![8, 32] };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
@@ -61,6 +63,12 @@ fn args() -> Args {
             "block" => a.block = true,
             "--incidents" => a.incidents = it.next().and_then(|v| v.parse().ok()).expect("--incidents N"),
             "--seconds" => a.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds S"),
+            "--connections" => {
+                a.connections = it
+                    .next()
+                    .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect())
+                    .expect("--connections 8,32")
+            }
             _ => {} // cargo bench passes --bench
         }
     }
@@ -155,7 +163,7 @@ fn wrk() -> PathBuf {
 }
 
 /// Runs wrk against `url` with rotating agents; returns (requests/s, p50 ms, p99 ms).
-fn load(dir: &Path, url: &str, seconds: u64) -> (f64, f64, f64) {
+fn load(dir: &Path, url: &str, seconds: u64, connections: u32) -> (f64, f64, f64) {
     let script = dir.join("rotate.lua");
     std::fs::write(
         &script,
@@ -165,7 +173,7 @@ fn load(dir: &Path, url: &str, seconds: u64) -> (f64, f64, f64) {
     )
     .expect("script");
     let out = Command::new(wrk())
-        .args(["-t1", "-c32", &format!("-d{seconds}s"), "--latency", "-s"])
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-s"])
         .arg(&script)
         .arg(url)
         .output()
@@ -236,25 +244,43 @@ fn main() {
     });
     println!("decision sidecar on this machine (2 cores shared by wrk, the sidecar, NGINX, an idle engine and the broker)");
     if a.load {
-        let direct = load(dir.path(), &format!("http://127.0.0.1:{port}/v1/auth"), a.seconds);
-        let behind = load(dir.path(), &format!("http://127.0.0.1:{}/", nginx.port()), a.seconds);
         println!(
-            "  {:<46} {:>12} {:>8} {:>8}",
-            "wrk -t1 -c32, rotating 10k agents", "requests/s", "p50 ms", "p99 ms"
+            "  {:<52} {:>12} {:>8} {:>8}",
+            "wrk -t1, rotating 10k agents, 1/4 high-risk", "requests/s", "p50 ms", "p99 ms"
         );
-        for (name, (rps, p50, p99)) in
-            [("sidecar /v1/auth directly", direct), ("through NGINX auth_request + upstream", behind)]
-        {
-            println!("  {name:<46} {rps:>12.0} {p50:>8.2} {p99:>8.2}");
+        for c in &a.connections {
+            let direct = load(dir.path(), &format!("http://127.0.0.1:{port}/v1/auth"), a.seconds, *c);
+            let behind = load(dir.path(), &format!("http://127.0.0.1:{}/", nginx.port()), a.seconds, *c);
+            for (name, (rps, p50, p99)) in
+                [("sidecar /v1/auth directly", direct), ("through NGINX auth_request + upstream", behind)]
+            {
+                let name = format!("{name}, {c} connections");
+                println!("  {name:<52} {rps:>12.0} {p50:>8.2} {p99:>8.2}");
+            }
         }
     }
     if a.block {
         let mut h = Histogram::<u64>::new(3).expect("histogram");
+        let mut side_h = Histogram::<u64>::new(3).expect("histogram");
+        let http = ureq::Agent::new_with_defaults();
         for i in 0..a.incidents {
             let agent = format!("pii-{i:03}");
             let produced = Instant::now();
-            produce(&p, &t.input, &[(agent.clone(), tel(&agent, 0, true), now_us() / 1000, 0)]);
+            produce_now(&p, &t.input, &agent, &tel(&agent, 0, true), now_us() / 1000);
             let deadline = produced + Duration::from_secs(30);
+            // The sidecar's own view first (its JSON endpoint), then NGINX's answer.
+            loop {
+                let url = format!("http://127.0.0.1:{port}/v1/decision?agent={agent}");
+                let body = http.get(&url).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok());
+                if body.is_some_and(|b| b.contains("\"block\"")) {
+                    let _ = side_h.record(produced.elapsed().as_micros() as u64);
+                    break;
+                }
+                if Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
             loop {
                 if nginx.get(&agent, "low").0 == 403 {
                     let _ = h.record(produced.elapsed().as_micros() as u64);
@@ -267,9 +293,16 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+        let q = |x: f64| side_h.value_at_quantile(x) as f64 / 1000.0;
+        println!(
+            "  critical breach produced → the sidecar decides block: p50 {:.1} ms, p99 {:.1} ms ({} incidents)",
+            q(0.5),
+            q(0.99),
+            side_h.len()
+        );
         let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
         println!(
-            "  critical breach produced → first 403 from NGINX: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} incidents)",
+            "  critical breach produced → first 403 from NGINX (polled once the sidecar has it): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} incidents)",
             q(0.5),
             q(0.99),
             h.max() as f64 / 1000.0,

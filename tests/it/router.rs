@@ -260,13 +260,16 @@ fn nginx_guards_a_route_with_the_sidecar_from_block_to_override_to_driftgate_sto
 
     // A critical breach: NGINX refuses the agent once the block reaches the sidecar.
     let produced = Instant::now();
-    send(&p, &t.input, "bad", tel("bad", 10, Risk::Low, true));
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    kafka::produce_now(&p, &t.input, "bad", &tel("bad", 10, Risk::Low, true), now_ms);
     let blocked_after = wait_for(30, "NGINX to refuse the blocked agent", || {
         (nginx.get("bad", "low").0 == 403).then(|| produced.elapsed())
     });
-    // Bound: one hop to the engine, one to the sidecar (each with a 10 ms fetch wait), and
-    // the poll interval here; seconds would mean the path waits on something it should not.
-    assert!(blocked_after < Duration::from_secs(5), "block → 403 took {blocked_after:?}");
+    // Bound: the producer's linger, one hop to the engine and one to the sidecar (each with a
+    // 10 ms fetch wait), NGINX, and this loop's polling: tens of ms. 2 s leaves room for a
+    // loaded machine; seconds would mean the path waits on something it should not.
+    assert!(blocked_after < Duration::from_secs(2), "block → 403 took {blocked_after:?}");
     let reached = upstream.requests_for("bad");
     let (st, _, reason) = nginx.get("bad", "low");
     assert_eq!((st, reason.as_deref()), (403, Some("zero_tolerance_breach")));

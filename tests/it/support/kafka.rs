@@ -408,6 +408,14 @@ pub fn rand_suffix() -> String {
     format!("{}-{nanos:x}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
 }
 
+/// Sends one record to partition 0 without waiting for it (a flush returns only on
+/// librdkafka's 100 ms poll grid, which would swamp a latency measured from the send).
+pub fn produce_now(p: &BaseProducer, topic: &str, key: &str, value: &[u8], timestamp_ms: i64) {
+    let rec = BaseRecord::to(topic).key(key.as_bytes()).payload(value).timestamp(timestamp_ms).partition(0);
+    p.send(rec).map_err(|(e, _)| e).expect("send");
+    p.poll(Duration::ZERO);
+}
+
 /// Produces `(key, value, timestamp_ms, partition)` records and waits for them.
 pub fn produce(p: &BaseProducer, topic: &str, records: &[(String, Vec<u8>, i64, i32)]) {
     for (k, v, ts, part) in records {
