@@ -30,13 +30,55 @@ fn follow_config(b: &Broker, t: &Topics) -> FollowConfig {
 fn engine_lanes(b: &Broker, t: &Topics) -> BTreeMap<String, (Lane, Lane)> {
     let mut out = BTreeMap::new();
     for r in b.read_all(&t.snapshot) {
-        if r.header("driftgate.kind").is_some() {
+        if r.header("driftgate.kind").is_some() || r.header(INJECTED).is_some() {
             continue;
         }
         let s: AgentSnapshot = serde_json::from_slice(r.value.as_deref().unwrap_or_default()).unwrap();
         out.insert(s.agent_id, (s.lane, s.high_risk_lane));
     }
     out
+}
+
+/// Marks the malformed records a test puts on driftgate's topics.
+const INJECTED: &str = "test.injected";
+
+/// Produces one record with headers, waiting for it.
+fn produce_with_headers(b: &Broker, topic: &str, key: &str, value: &[u8], headers: &[(&str, &str)]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, Producer};
+    let p = b.producer();
+    let mut h = OwnedHeaders::new().insert(Header { key: INJECTED, value: Some("1") });
+    for (k, v) in headers {
+        h = h.insert(Header { key: k, value: Some(*v) });
+    }
+    p.send(BaseRecord::to(topic).key(key).payload(value).headers(h)).map_err(|(e, _)| e).unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// Four malformed records, two per topic. Two of them would block an agent if applied.
+fn inject_malformed(b: &Broker, t: &Topics) {
+    let snapshot = |agent: &str| {
+        serde_json::json!({"agent_id": agent, "seq": 1_000_000, "incarnation": i64::MAX, "lane": "block", "high_risk_lane": "block",
+            "workflow": "finance", "model_version": "v1", "model_change": null, "last_seen": 0, "clauses": [], "overrides": []})
+        .to_string()
+    };
+    produce_with_headers(b, &t.snapshot, "fin-05", b"[]", &[]);
+    produce_with_headers(
+        b,
+        &t.snapshot,
+        "fin-06",
+        snapshot("fin-06").as_bytes(),
+        &[("driftgate.source", "no-partition")],
+    );
+    produce_with_headers(b, &t.enforcement, "fin-07", b"{", &[("driftgate.kind", "enforcement")]);
+    // A valid block for fin-09 under fin-08's key.
+    let event = serde_json::json!({"event_id": "x", "seq": 1_000_000, "agent_id": "fin-09", "pact_id": null, "pact_version": null,
+        "clause_id": null, "segment": null, "lane_from": "normal", "lane_to": "block", "action": "block", "scope": "all",
+        "enforced": true, "effective_at": 0, "expires_at": null, "min_dwell_until": null,
+        "reason": {"code": "zero_tolerance_breach", "text": "t"}, "detection": null, "evidence": null, "override": null,
+        "causation": {"kind": "telemetry", "id": "e", "at": 0}})
+    .to_string();
+    produce_with_headers(b, &t.enforcement, "fin-08", event.as_bytes(), &[("driftgate.kind", "enforcement")]);
 }
 
 fn router_lanes(r: &Router) -> BTreeMap<String, (Lane, Lane)> {
@@ -65,6 +107,7 @@ fn a_router_started_mid_stream_and_one_restarted_end_with_the_engines_table() {
     let mid = Arc::new(Router::new(Policy::default()));
     let follower = follow(follow_config(b, &t), mid.clone()).unwrap();
     wait_for(30, "the mid-stream router to bootstrap", || mid.is_ready().then_some(()));
+    inject_malformed(b, &t);
     kafka::produce(&p, &t.input, second);
     wait_for(180, "the run to finish", || (committed(b, &t.group, &t.input) >= total).then_some(()));
     assert!(engine.stop().success());
@@ -90,9 +133,11 @@ fn a_router_started_mid_stream_and_one_restarted_end_with_the_engines_table() {
     wait_for(30, "the restarted router to bootstrap", || restarted.is_ready().then_some(()));
     assert_eq!(router_lanes(&restarted), truth, "the snapshot topic alone gives the engine's table");
     f2.stop();
-    // Nothing it read was malformed, and the enforcement events it read were all covered.
+    // The injected records were skipped and counted, by topic; the tables above show they
+    // changed no lane. The restarted router reads the snapshot topic from its beginning and the
+    // enforcement topic from its end.
     let m = |r: &Router, i: usize| r.follow.malformed[i].load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!((m(&mid, 0), m(&mid, 1), m(&restarted, 0)), (0, 0, 0));
+    assert_eq!((m(&mid, 0), m(&mid, 1), m(&restarted, 0), m(&restarted, 1)), (2, 2, 2, 0));
     assert!(
         mid.follow.applied[1].load(std::sync::atomic::Ordering::Relaxed) > 0,
         "the mid-stream router followed events"
@@ -313,6 +358,27 @@ fn nginx_guards_a_route_with_the_sidecar_from_block_to_override_to_driftgate_sto
     assert_eq!(nginx.get("good", "low").0, 200, "low-risk requests keep the last known lane");
     let d = decision(&http, &side, "bad", "low").unwrap();
     assert_eq!((d["lane"].as_str(), d["stale"].as_bool()), (Some("normal"), Some(true)));
+    // A malformed record is skipped, counted and logged with its place, and changes nothing.
+    produce_with_headers(b, &t.enforcement, "bad", b"{not json", &[("driftgate.kind", "enforcement")]);
+    let malformed = |http: &ureq::Agent| {
+        let text = http.get(&format!("{side}/metrics")).call().ok()?.body_mut().read_to_string().ok()?;
+        let s = crate::support::scrape::samples(&text);
+        Some(crate::support::scrape::sum(
+            &s,
+            "driftgate_router_malformed_records_total",
+            &[r#"topic="enforcement""#],
+        ))
+    };
+    wait_for(10, "the malformed record to be counted", || (malformed(&http)? == 1.0).then_some(()));
+    let log = sidecar._process.log_text();
+    let line =
+        log.lines().find(|l| l.contains("skipped a malformed record")).unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains(&t.enforcement) && line.contains("partition=0") && line.contains("offset="),
+        "{line}"
+    );
+    let d = decision(&http, &side, "bad", "low").unwrap();
+    assert_eq!(d["lane"].as_str(), Some("normal"));
     let metrics = http.get(&format!("{side}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
     let s = crate::support::scrape::samples(&metrics);
     assert!(
@@ -336,7 +402,7 @@ fn nginx_guards_a_route_with_the_sidecar_from_block_to_override_to_driftgate_sto
         "{metrics}"
     );
     assert!(crate::support::scrape::sum(&s, "driftgate_router_unknown_agent_decisions_total", &[]) >= 1.0);
-    assert_eq!(crate::support::scrape::sum(&s, "driftgate_router_malformed_records_total", &[]), 0.0);
+    assert_eq!(crate::support::scrape::sum(&s, "driftgate_router_malformed_records_total", &[]), 1.0);
     crate::support::contract::promtool_check_metrics(&metrics);
     drop(engine);
     drop(sidecar);
