@@ -16,7 +16,7 @@ const BATCH: usize = 10_000;
 
 fn router(agents: usize) -> (Router, Vec<String>) {
     let r = Router::new(Policy::default());
-    let mut ids = Vec::with_capacity(agents);
+    let mut ids: Vec<String> = Vec::with_capacity(agents);
     for i in 0..agents {
         let agent = format!("agent-{i:06}");
         let u = Update {
@@ -61,6 +61,9 @@ fn router(agents: usize) -> (Router, Vec<String>) {
         x ^= x << 17;
         ids.swap(i, (x % (i as u64 + 1)) as usize);
     }
+    // Allocated again in the order they are read: a gateway's agent id sits in the request it
+    // has just read, not at a random place on the heap.
+    let ids = ids.iter().map(|s| s.as_str().to_owned()).collect();
     (r, ids)
 }
 

@@ -78,8 +78,7 @@ impl Router {
 
     /// The decision at `now_us` of wall time (µs since the Unix epoch).
     pub fn decide_at(&self, agent: &str, risk: Risk, now_us: i64) -> Decision<'_> {
-        let entry = self.table.get(agent);
-        decide(&self.policy, &self.live, &self.decisions, entry.as_ref(), risk, now_us)
+        self.table.with(agent, |e| decide(&self.policy, &self.live, &self.decisions, e, risk, now_us))
     }
 
     /// The agent's lane in a scope as driftgate last published it, if it did.

@@ -209,7 +209,13 @@ impl Table {
 
     /// A copy of the agent's entry.
     pub fn get(&self, agent: &str) -> Option<Entry> {
-        self.shard(agent).read().unwrap_or_else(|p| p.into_inner()).get(agent).copied()
+        self.with(agent, |e| e.copied())
+    }
+
+    /// Reads the agent's entry in place, under the shard's read lock: the per-request path,
+    /// which touches only the fields it needs instead of copying the entry out.
+    pub fn with<R>(&self, agent: &str, f: impl FnOnce(Option<&Entry>) -> R) -> R {
+        f(self.shard(agent).read().unwrap_or_else(|p| p.into_inner()).get(agent))
     }
 
     /// Agents known.
