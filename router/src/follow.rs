@@ -44,6 +44,18 @@ pub enum FollowError {
     /// The consumer could not be created or queried.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// The cluster did not answer in time.
+    #[error(
+        "no answer from kafka.brokers = {brokers:?} within kafka.startup_timeout ({timeout:?}): {source}"
+    )]
+    Unreachable {
+        /// `bootstrap.servers`.
+        brokers: String,
+        /// How long it waited.
+        timeout: Duration,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
     /// A topic is missing.
     #[error("topic {0:?} does not exist (driftgate's topics.snapshot / topics.enforcement)")]
     MissingTopic(String),
@@ -100,7 +112,9 @@ pub fn follow(cfg: FollowConfig, router: Arc<Router>) -> Result<Follower, Follow
     for (topic, kind) in
         [(&cfg.snapshot_topic, TopicKind::Snapshot), (&cfg.enforcement_topic, TopicKind::Enforcement)]
     {
-        let md = consumer.fetch_metadata(Some(topic), cfg.startup_timeout)?;
+        let md = consumer.fetch_metadata(Some(topic), cfg.startup_timeout).map_err(|source| {
+            FollowError::Unreachable { brokers: cfg.brokers.clone(), timeout: cfg.startup_timeout, source }
+        })?;
         let parts: Vec<i32> = md
             .topics()
             .iter()
@@ -216,5 +230,29 @@ fn check_bootstrap(
     if pending.is_empty() {
         info!(agents = router.table().len(), "router bootstrapped from the snapshot topic");
         router.set_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Policy;
+
+    #[test]
+    fn an_unreachable_cluster_is_an_error_that_names_the_setting() {
+        let cfg = FollowConfig {
+            brokers: "127.0.0.1:1".into(),
+            snapshot_topic: "s".into(),
+            enforcement_topic: "e".into(),
+            properties: BTreeMap::from([("log_level".to_string(), "0".to_string())]),
+            startup_timeout: Duration::from_millis(500),
+        };
+        let e = follow(cfg, Arc::new(Router::new(Policy::default()))).err().expect("no cluster there");
+        let text = e.to_string();
+        assert!(matches!(e, FollowError::Unreachable { .. }), "{text}");
+        assert!(
+            text.contains("kafka.brokers = \"127.0.0.1:1\"") && text.contains("startup_timeout"),
+            "{text}"
+        );
     }
 }
