@@ -37,10 +37,10 @@ use driftgate_core::model::router_view::AgentSnapshot;
 use driftgate_core::model::telemetry::{Model, Outcome, Risk, Telemetry};
 use hdrhistogram::Histogram;
 use kafka::{free_port, produce, produce_now, wait_for, Broker, Engine, Topics};
-use nginx::{Nginx, Upstream};
+use nginx::{route_config, Nginx, Upstream};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const AGENTS: usize = 10_000;
@@ -115,34 +115,10 @@ fn engine_config(dir: &Path, b: &Broker, t: &Topics) -> PathBuf {
     p
 }
 
-struct Sidecar(Child);
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sidecar(dir: &Path, b: &Broker, t: &Topics, port: u16) -> Sidecar {
-    let cfg = format!(
-        "listen = \"127.0.0.1:{port}\"\n[kafka]\nbrokers = \"{}\"\nsnapshot_topic = \"{}\"\nenforcement_topic = \"{}\"\n[kafka.properties]\n\"fetch.wait.max.ms\" = \"10\"\n",
-        b.bootstrap(),
-        t.snapshot,
-        t.enforcement
-    );
-    let p = dir.join("route.toml");
-    std::fs::write(&p, cfg).expect("route config");
-    let log = std::fs::File::create(dir.join("route.log")).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_driftgate"))
-        .args(["route", "--config"])
-        .arg(&p)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(log.try_clone().expect("log")))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("driftgate route");
-    let s = Sidecar(child);
+/// `driftgate route` on `port`, once it is ready.
+fn sidecar(dir: &Path, b: &Broker, t: &Topics, port: u16) -> Engine {
+    let cfg = route_config(dir, b, t, &format!("127.0.0.1:{port}"), "");
+    let s = Engine::spawn("route", &cfg, "warn");
     wait_for(60, "the sidecar to be ready", || {
         let r = ureq::get(&format!("http://127.0.0.1:{port}/readyz")).call().ok()?;
         (r.status() == 200).then_some(())

@@ -257,6 +257,22 @@ pub enum ConfigError {
     Setting(String),
 }
 
+/// A settings type's defaults, then the TOML file at `path` (a missing file is refused by
+/// name), then the environment: the layering of `driftgate run` and `driftgate route` alike.
+pub(crate) fn layered<T>(path: Option<&Path>, env: Env) -> Result<T, String>
+where
+    T: Default + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut fig = Figment::from(figment::providers::Serialized::defaults(T::default()));
+    if let Some(p) = path {
+        if !p.exists() {
+            return Err(format!("{}: no such file", p.display()));
+        }
+        fig = fig.merge(Toml::file(p));
+    }
+    fig.merge(env).extract().map_err(|e| e.to_string())
+}
+
 impl RunConfig {
     /// Loads `path` (if given), then `DRIFTGATE_*` environment overrides, then checks it.
     pub fn load(path: Option<&Path>) -> Result<RunConfig, ConfigError> {
@@ -264,14 +280,7 @@ impl RunConfig {
     }
 
     fn load_with(path: Option<&Path>, env: Env) -> Result<RunConfig, ConfigError> {
-        let mut fig = Figment::from(figment::providers::Serialized::defaults(RunConfig::default()));
-        if let Some(p) = path {
-            if !p.exists() {
-                return Err(ConfigError::Invalid(format!("{}: no such file", p.display())));
-            }
-            fig = fig.merge(Toml::file(p));
-        }
-        let mut cfg: RunConfig = fig.merge(env).extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut cfg: RunConfig = layered(path, env).map_err(ConfigError::Invalid)?;
         // Environment keys cannot hold dots: `SASL_USERNAME` means `sasl.username`.
         for props in [
             &mut cfg.kafka.properties,

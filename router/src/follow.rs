@@ -14,7 +14,7 @@ use crate::Router;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -155,81 +155,86 @@ fn run(
     consumer: BaseConsumer,
     cfg: FollowConfig,
     router: Arc<Router>,
-    mut pending: BTreeMap<i32, i64>,
+    pending: BTreeMap<i32, i64>,
     stop: &AtomicBool,
 ) {
-    if pending.is_empty() {
-        router.set_ready();
-    }
+    let mut boot = Bootstrap { pending };
+    boot.settle(&router);
     while !stop.load(Ordering::Acquire) {
         match consumer.poll(Duration::from_millis(100)) {
-            None => check_bootstrap(&consumer, &cfg, &router, &mut pending),
             Some(Ok(m)) => {
                 let topic = if m.topic() == cfg.snapshot_topic {
                     TopicKind::Snapshot
                 } else {
                     TopicKind::Enforcement
                 };
-                let mut h = RecordHeaders::default();
-                if let Some(hs) = m.headers() {
-                    for x in hs.iter() {
-                        let v = x.value.map(|v| String::from_utf8_lossy(v).into_owned());
-                        match x.key {
-                            KIND => h.kind = v,
-                            SOURCE => h.source = v,
-                            INCARNATION => h.incarnation = v,
-                            _ => {}
+                apply(&router, topic, &m);
+                if topic == TopicKind::Snapshot {
+                    boot.reached(m.partition(), m.offset() + 1, &router);
+                }
+            }
+            // EOF names a partition but not its topic, and a quiet poll says nothing: the
+            // snapshot positions tell (they count transaction markers, so an aborted tail
+            // does not hold the bootstrap back).
+            None | Some(Err(KafkaError::PartitionEOF(_))) if !boot.pending.is_empty() => {
+                if let Ok(pos) = consumer.position() {
+                    for e in pos.elements_for_topic(&cfg.snapshot_topic) {
+                        if let Offset::Offset(o) = e.offset() {
+                            boot.reached(e.partition(), o, &router);
                         }
                     }
                 }
-                match parse(topic, m.key(), m.payload(), &h) {
-                    Ok(p) => {
-                        router.apply(topic, p);
-                    }
-                    Err(e) => {
-                        router.malformed(topic);
-                        warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %e, "skipped a malformed record");
-                    }
-                }
-                if topic == TopicKind::Snapshot
-                    && pending.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end)
-                {
-                    pending.remove(&m.partition());
-                    if pending.is_empty() {
-                        info!(agents = router.table().len(), "router bootstrapped from the snapshot topic");
-                        router.set_ready();
-                    }
-                }
             }
-            // EOF names a partition but not its topic: check the snapshot positions.
-            Some(Err(KafkaError::PartitionEOF(_))) => check_bootstrap(&consumer, &cfg, &router, &mut pending),
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => debug!(error = %e, "consumer"),
         }
     }
 }
 
-/// Marks the router ready once every snapshot partition's position has reached the end it had
-/// at start. Positions count transaction markers, so an aborted tail does not hold it back.
-fn check_bootstrap(
-    consumer: &BaseConsumer,
-    cfg: &FollowConfig,
-    router: &Router,
-    pending: &mut BTreeMap<i32, i64>,
-) {
-    if pending.is_empty() {
-        return;
-    }
-    let Ok(pos) = consumer.position() else { return };
-    for e in pos.elements_for_topic(&cfg.snapshot_topic) {
-        if let Offset::Offset(o) = e.offset() {
-            if pending.get(&e.partition()).is_some_and(|end| o >= *end) {
-                pending.remove(&e.partition());
-            }
+/// Reads one record's headers and applies it; a malformed one is counted and logged with its
+/// place, and changes nothing.
+fn apply(router: &Router, topic: TopicKind, m: &BorrowedMessage<'_>) {
+    let mut h = RecordHeaders::default();
+    for x in m.headers().iter().flat_map(|hs| hs.iter()) {
+        let v = x.value.map(|v| String::from_utf8_lossy(v).into_owned());
+        match x.key {
+            KIND => h.kind = v,
+            SOURCE => h.source = v,
+            INCARNATION => h.incarnation = v,
+            _ => {}
         }
     }
-    if pending.is_empty() {
-        info!(agents = router.table().len(), "router bootstrapped from the snapshot topic");
-        router.set_ready();
+    match parse(topic, m.key(), m.payload(), &h) {
+        Ok(p) => {
+            router.apply(topic, p);
+        }
+        Err(e) => {
+            router.malformed(topic);
+            warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %e, "skipped a malformed record");
+        }
+    }
+}
+
+/// The snapshot partitions still to read to the end they had at start.
+struct Bootstrap {
+    pending: BTreeMap<i32, i64>,
+}
+
+impl Bootstrap {
+    /// The snapshot partition's next offset to read is `next`.
+    fn reached(&mut self, partition: i32, next: i64, router: &Router) {
+        if self.pending.get(&partition).is_some_and(|end| next >= *end) {
+            self.pending.remove(&partition);
+            self.settle(router);
+        }
+    }
+
+    /// Marks the router ready once nothing is pending.
+    fn settle(&self, router: &Router) {
+        if self.pending.is_empty() && !router.is_ready() {
+            info!(agents = router.table().len(), "router bootstrapped from the snapshot topic");
+            router.set_ready();
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! agent's lanes are as fresh as the newest heartbeat of the partition that publishes it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 /// Partitions tracked; ids beyond it are judged by the oldest heartbeat of all.
@@ -14,7 +14,10 @@ const NEVER: i64 = i64::MIN;
 
 /// Newest heartbeat per input partition, readable without a lock.
 pub struct Liveness {
-    ids: RwLock<HashMap<(String, i32), u32>>,
+    /// Ids by topic, then partition: looked up by `&str` on every record, so no key is built.
+    ids: RwLock<HashMap<String, HashMap<i32, u32>>>,
+    /// Partitions registered (the next id).
+    known: AtomicUsize,
     beats: Box<[AtomicI64]>,
     oldest: AtomicI64,
 }
@@ -23,6 +26,7 @@ impl Default for Liveness {
     fn default() -> Self {
         Liveness {
             ids: RwLock::new(HashMap::new()),
+            known: AtomicUsize::new(0),
             beats: (0..MAX_PARTITIONS).map(|_| AtomicI64::new(NEVER)).collect(),
             oldest: AtomicI64::new(NEVER),
         }
@@ -33,20 +37,23 @@ impl Liveness {
     /// The id of an input partition, registering it on first sight. A registered partition
     /// has had no heartbeat until [`Liveness::beat`] says so, and counts as stale.
     pub fn id(&self, topic: &str, partition: i32) -> Option<u32> {
-        if let Some(id) =
-            self.ids.read().unwrap_or_else(|p| p.into_inner()).get(&(topic.to_string(), partition))
-        {
-            return Some(*id);
+        let find = |ids: &HashMap<String, HashMap<i32, u32>>| ids.get(topic)?.get(&partition).copied();
+        if let Some(id) = find(&self.ids.read().unwrap_or_else(|p| p.into_inner())) {
+            return Some(id);
         }
         let mut ids = self.ids.write().unwrap_or_else(|p| p.into_inner());
-        let next = ids.len();
-        if next >= MAX_PARTITIONS {
-            return ids.get(&(topic.to_string(), partition)).copied();
+        if let Some(id) = find(&ids) {
+            return Some(id);
         }
-        let id = *ids.entry((topic.to_string(), partition)).or_insert(next as u32);
+        let next = self.known.load(Ordering::Relaxed);
+        if next >= MAX_PARTITIONS {
+            return None;
+        }
+        ids.entry(topic.to_string()).or_default().insert(partition, next as u32);
+        self.known.store(next + 1, Ordering::Relaxed);
         drop(ids);
         self.recompute_oldest();
-        Some(id)
+        Some(next as u32)
     }
 
     /// Records a heartbeat published at `wall_us` (the engine's clock). Older ones than the
@@ -59,7 +66,7 @@ impl Liveness {
     }
 
     fn recompute_oldest(&self) {
-        let n = self.ids.read().unwrap_or_else(|p| p.into_inner()).len();
+        let n = self.known.load(Ordering::Relaxed);
         let oldest = self.beats[..n].iter().map(|b| b.load(Ordering::Relaxed)).min().unwrap_or(NEVER);
         self.oldest.store(oldest, Ordering::Relaxed);
     }
@@ -77,8 +84,7 @@ impl Liveness {
     /// The age (µs) of the stalest partition's heartbeat at `now_us`; `None` before any
     /// partition is known, `Some(i64::MAX)` while one has never beaten.
     pub fn max_age(&self, now_us: i64) -> Option<i64> {
-        let n = self.ids.read().unwrap_or_else(|p| p.into_inner()).len();
-        (n > 0).then(|| match self.oldest.load(Ordering::Relaxed) {
+        (self.partitions() > 0).then(|| match self.oldest.load(Ordering::Relaxed) {
             NEVER => i64::MAX,
             t => now_us.saturating_sub(t),
         })
@@ -86,7 +92,7 @@ impl Liveness {
 
     /// Partitions known.
     pub fn partitions(&self) -> usize {
-        self.ids.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.known.load(Ordering::Relaxed)
     }
 }
 

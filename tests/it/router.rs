@@ -5,7 +5,7 @@
 
 use crate::durable_state::{committed, config, serial, PARTITIONS};
 use crate::support::kafka::{self, wait_for, Broker, Engine, Topics};
-use crate::support::nginx::{Nginx, Upstream};
+use crate::support::nginx::{route_config, Nginx, Upstream};
 use crate::support::scenario;
 use driftgate_core::model::lane::Lane;
 use driftgate_core::model::router_view::AgentSnapshot;
@@ -189,49 +189,6 @@ override_token = "{TOKEN}"
     p
 }
 
-fn route_config(dir: &Path, b: &Broker, t: &Topics, listen: &str) -> PathBuf {
-    let cfg = format!(
-        r#"
-listen = "{listen}"
-max_staleness = "{}ms"
-[kafka]
-brokers = "{}"
-snapshot_topic = "{}"
-enforcement_topic = "{}"
-[kafka.properties]
-"fetch.wait.max.ms" = "10"
-"#,
-        MAX_STALENESS.as_millis(),
-        b.bootstrap(),
-        t.snapshot,
-        t.enforcement
-    );
-    let p = dir.join("route.toml");
-    std::fs::write(&p, cfg).unwrap();
-    p
-}
-
-/// A `driftgate route` process, killed on drop (its log shown if the test failed).
-struct Sidecar {
-    _process: Engine,
-}
-
-impl Sidecar {
-    fn start(config: &Path) -> Sidecar {
-        let log = config.with_extension("log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_driftgate"))
-            .args(["route", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "driftgate=debug,driftgate_router=debug,info")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start driftgate route");
-        Sidecar { _process: Engine { child, log } }
-    }
-}
-
 fn tel(agent: &str, i: u64, risk: Risk, pii: bool) -> Vec<u8> {
     let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
     serde_json::to_vec(&driftgate_core::model::telemetry::Telemetry {
@@ -269,14 +226,15 @@ fn nginx_guards_a_route_with_the_sidecar_from_block_to_override_to_driftgate_sto
     let api_port = kafka::free_port();
     let ecfg = engine_config(dir.path(), b, &t, &format!("127.0.0.1:{api_port}"));
     let side_port = kafka::free_port();
-    let rcfg = route_config(dir.path(), b, &t, &format!("127.0.0.1:{side_port}"));
+    let staleness = format!("max_staleness = \"{}ms\"", MAX_STALENESS.as_millis());
+    let rcfg = route_config(dir.path(), b, &t, &format!("127.0.0.1:{side_port}"), &staleness);
     let p = b.producer();
     for i in 0..3 {
         send(&p, &t.input, "good", tel("good", i, Risk::Low, false));
         send(&p, &t.input, "bad", tel("bad", i, Risk::Low, false));
     }
     let mut engine = Engine::start(&ecfg);
-    let sidecar = Sidecar::start(&rcfg);
+    let sidecar = Engine::spawn("route", &rcfg, "driftgate=debug,driftgate_router=debug,info");
     let upstream = Upstream::start();
     let nginx = Nginx::start(dir.path(), side_port, upstream.port());
     let http =
@@ -370,7 +328,7 @@ fn nginx_guards_a_route_with_the_sidecar_from_block_to_override_to_driftgate_sto
         ))
     };
     wait_for(10, "the malformed record to be counted", || (malformed(&http)? == 1.0).then_some(()));
-    let log = sidecar._process.log_text();
+    let log = sidecar.log_text();
     let line =
         log.lines().find(|l| l.contains("skipped a malformed record")).unwrap_or_else(|| panic!("{log}"));
     assert!(

@@ -66,6 +66,10 @@ impl Emitter {
         outputs: Vec<Output>,
         origin: Option<Origin<'_>>,
     ) -> Result<(), PipelineError> {
+        // Called for every input record; most produce nothing.
+        if outputs.is_empty() {
+            return Ok(());
+        }
         let topics = &self.topics;
         let record_time =
             origin.as_ref().and_then(|o| o.msg.timestamp().to_millis()).map(|ms| ms.saturating_mul(1000));

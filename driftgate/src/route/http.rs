@@ -62,13 +62,12 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"error": code, "message": message}))).into_response()
 }
 
+/// The risk named in a request, in any case (no allocation: this runs on every request).
 fn parse_risk(s: &str) -> Option<Risk> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "low" => Some(Risk::Low),
-        "medium" => Some(Risk::Medium),
-        "high" => Some(Risk::High),
-        _ => None,
-    }
+    let s = s.trim();
+    [("low", Risk::Low), ("medium", Risk::Medium), ("high", Risk::High)]
+        .into_iter()
+        .find_map(|(name, r)| s.eq_ignore_ascii_case(name).then_some(r))
 }
 
 #[derive(Deserialize)]

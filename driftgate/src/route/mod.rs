@@ -8,8 +8,7 @@ pub mod http;
 use driftgate_core::model::lane::{ByScope, Lane};
 use driftgate_core::pact::duration::Dur;
 use driftgate_router::Policy;
-use figment::providers::{Env, Format, Toml};
-use figment::Figment;
+use figment::providers::Env;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -132,15 +131,7 @@ impl RouteConfig {
     }
 
     fn load_with(path: Option<&Path>, env: Env) -> Result<RouteConfig, RouteConfigError> {
-        let mut fig = Figment::from(figment::providers::Serialized::defaults(RouteConfig::default()));
-        if let Some(p) = path {
-            if !p.exists() {
-                return Err(RouteConfigError::Invalid(format!("{}: no such file", p.display())));
-            }
-            fig = fig.merge(Toml::file(p));
-        }
-        let cfg: RouteConfig =
-            fig.merge(env).extract().map_err(|e| RouteConfigError::Invalid(e.to_string()))?;
+        let cfg: RouteConfig = crate::config::layered(path, env).map_err(RouteConfigError::Invalid)?;
         cfg.check()?;
         Ok(cfg)
     }

@@ -494,16 +494,22 @@ impl Engine {
 
     /// With a `RUST_LOG` filter of one's own (benchmarks measure with `info`).
     pub fn start_logging(config: &std::path::Path, filter: &str) -> Engine {
+        Self::spawn("run", config, filter)
+    }
+
+    /// Any `driftgate` subcommand that takes `--config` (`run`, or the `route` sidecar),
+    /// logging to a file beside the config.
+    pub fn spawn(command: &str, config: &std::path::Path, filter: &str) -> Engine {
         let log = config.with_extension("log");
         let out = std::fs::File::create(&log).expect("engine log");
         let child = Command::new(env!("CARGO_BIN_EXE_driftgate"))
-            .args(["run", "--config"])
+            .args([command, "--config"])
             .arg(config)
             .env("RUST_LOG", filter)
             .stdout(Stdio::from(out.try_clone().expect("log")))
             .stderr(Stdio::from(out))
             .spawn()
-            .expect("start driftgate run");
+            .unwrap_or_else(|e| panic!("start driftgate {command}: {e}"));
         Engine { child, log }
     }
 

@@ -1,9 +1,10 @@
-//! A real NGINX (Debian's package, extracted by `scripts/install-tools.sh` into the tool
-//! cache) running the shipped `deploy/nginx/nginx.conf` with the test's ports, and a tiny
-//! upstream service behind it that counts the requests that reach it.
+//! The gateway side: a real NGINX (Debian's package, extracted by `scripts/install-tools.sh`
+//! into the tool cache) running the shipped `deploy/nginx/nginx.conf` with the test's ports,
+//! the config of the `driftgate route` sidecar it asks, and a tiny upstream service behind it
+//! that counts the requests that reach it.
 
 use crate::support::contract::tools_dir;
-use crate::support::kafka::free_port;
+use crate::support::kafka::{free_port, Broker, Topics};
 use crate::support::scrape;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -20,6 +21,20 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("NGINX is not installed: run ./scripts/install-tools.sh (it extracts Debian's nginx package into the tool cache)")
         })
+}
+
+/// Writes `route.toml` for a sidecar on `listen` following `t`'s topics, with `extra` top-level
+/// settings; start it with `Engine::spawn("route", ..)`.
+pub fn route_config(dir: &Path, b: &Broker, t: &Topics, listen: &str, extra: &str) -> PathBuf {
+    let cfg = format!(
+        "listen = \"{listen}\"\n{extra}\n[kafka]\nbrokers = \"{}\"\nsnapshot_topic = \"{}\"\nenforcement_topic = \"{}\"\n[kafka.properties]\n\"fetch.wait.max.ms\" = \"10\"\n",
+        b.bootstrap(),
+        t.snapshot,
+        t.enforcement
+    );
+    let p = dir.join("route.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
 }
 
 /// NGINX on a free port, stopped on drop.
