@@ -70,9 +70,26 @@ fn demo_shows_the_incidents_and_leaves_healthy_agents_alone() {
         (expired.effective_at, expired.lane_from, expired.lane_to),
         (demo::OVERRIDE_UNTIL, Lane::Watch, Lane::Normal)
     );
+    // The first call to the new tool holds sup-09 in review at once; it is released, with
+    // its own reason code, on the call that brings the pact's clause to 50 clean calls.
+    let calls = &run.new_tool_calls;
+    let sup09: Vec<_> =
+        run.events.iter().filter(|e| e.agent_id == "sup-09" && e.scope == Scope::All).collect();
+    let held = sup09.iter().find(|e| e.reason.code == "scope_new_tool").expect("held");
+    assert_eq!((held.effective_at, held.lane_from, held.lane_to), (calls[0], Lane::Normal, Lane::Review));
+    assert!(calls[0] >= demo::NEW_TOOL_AT, "no call before the incident");
+    let released = sup09.iter().find(|e| e.reason.code == "scope_reverified").expect("released");
+    assert_eq!(
+        (released.effective_at, released.lane_to),
+        (calls[49], Lane::Normal),
+        "the 50th call releases it"
+    );
+    assert_eq!(sup09.len(), 2, "{sup09:?}");
+    assert_eq!(run.engine.stats().scope_triggers.get("new_tool"), Some(&1), "one trigger in the fleet");
     // The report says so too.
     let report = demo::report(&run);
     assert!(report.contains("False alarms on healthy agents: 0"));
+    assert!(report.contains("scope expansion  sup-09  first `refund` call at 11:00:10: review"), "{report}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Property tests of the lane invariants over random telemetry and override sequences:
 //! - `seq` strictly increases per agent;
 //! - every enforcement event has a history record;
-//! - no step down without re-verification (and one lane at a time);
+//! - no step down without re-verification (and one lane at a time), and no scope released
+//!   before enough clean events from it;
 //! - every accepted override expires;
 //! - the effective lane is the maximum over the clauses (with overrides applied on top), checked
 //!   after every step for both scopes while overrides are live, with the blast-radius cap on;
@@ -25,6 +26,11 @@ const PACT: &str = r#"
 pact: prop
 version: 1
 applies_to: { agents: ["*"] }
+scope:
+  on_new_workflow: review
+  on_new_tool: watch
+  warm_up: 15
+  reverify: { clean_events: 4 }
 clauses:
   - id: refusals
     metric: { kind: bernoulli, value: outcome == "refused" }
@@ -50,14 +56,32 @@ clauses:
 
 #[derive(Debug, Clone)]
 enum Step {
-    Event { agent: u8, dt: u32, refused: bool, pii: bool, latency: f64, new_model: bool },
-    Override { agent: u8, dt: u32, kind: u8, lane: u8, ttl_s: u32, use_seq: bool, with_expiry: bool },
+    Event {
+        agent: u8,
+        dt: u32,
+        refused: bool,
+        pii: bool,
+        latency: f64,
+        new_model: bool,
+        tool: u8,
+        workflow: u8,
+    },
+    Override {
+        agent: u8,
+        dt: u32,
+        kind: u8,
+        lane: u8,
+        ttl_s: u32,
+        use_seq: bool,
+        with_expiry: bool,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        20 => (0u8..AGENTS, 1u32..90, any::<bool>(), prop::bool::weighted(0.02), 1.0f64..250.0, prop::bool::weighted(0.01))
-            .prop_map(|(agent, dt, refused, pii, latency, new_model)| Step::Event { agent, dt, refused, pii, latency, new_model }),
+        20 => ((0u8..AGENTS, 1u32..90, any::<bool>(), prop::bool::weighted(0.02), 1.0f64..250.0, prop::bool::weighted(0.01)),
+               (prop_oneof![6 => Just(0u8), 1 => 1u8..8], prop_oneof![12 => Just(0u8), 1 => 1u8..4]))
+            .prop_map(|((agent, dt, refused, pii, latency, new_model), (tool, workflow))| Step::Event { agent, dt, refused, pii, latency, new_model, tool, workflow }),
         1 => (0u8..AGENTS, 1u32..90, 0u8..4, 0u8..5, 60u32..3600, prop::bool::weighted(0.8), prop::bool::weighted(0.9))
             .prop_map(|(agent, dt, kind, lane, ttl_s, use_seq, with_expiry)| Step::Override { agent, dt, kind, lane, ttl_s, use_seq, with_expiry }),
     ]
@@ -72,6 +96,7 @@ struct Seen {
     checks_with_live_override: u64,
     step_downs: u64,
     capped: u64,
+    scope_releases: u64,
 }
 
 /// The effective lanes `[all, high_risk]` the rules give for an agent's state.
@@ -79,6 +104,10 @@ fn expected_lanes(engine: &Engine, agent: &driftgate_core::engine::state::AgentS
     let mut all = agent.clauses.values().map(|s| s.demand).max().unwrap_or(Lane::Normal);
     if let Some(mc) = &agent.model_change {
         all = all.max(mc.lane);
+    }
+    let pending = agent.scope.as_ref().map(|s| s.pending.clone()).unwrap_or_default();
+    if let Some(l) = pending.iter().map(|c| c.lane).max() {
+        all = all.max(l);
     }
     let stale_high_risk = agent
         .clauses
@@ -103,7 +132,7 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
     let mut n = 0u64;
     for s in steps {
         match s {
-            Step::Event { agent, dt, refused, pii, latency, new_model } => {
+            Step::Event { agent, dt, refused, pii, latency, new_model, tool, workflow } => {
                 t += *dt as i64 * S;
                 n += 1;
                 if *new_model {
@@ -112,7 +141,7 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
                 engine.push(Input::Telemetry(Telemetry {
                     event_id: format!("e{n}"),
                     agent_id: format!("a{agent}"),
-                    workflow: "w".into(),
+                    workflow: format!("w{workflow}"),
                     model: Model {
                         provider: "p".into(),
                         name: "m".into(),
@@ -124,7 +153,7 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
                     latency_ms: Some(*latency),
                     citations: Some(Citations { total: 1, verified: 1 }),
                     pii_detected: Some(*pii),
-                    tool_calls: vec![],
+                    tool_calls: if *tool == 0 { vec![] } else { vec![format!("t{tool}")] },
                     attributes: BTreeMap::new(),
                 }));
             }
@@ -174,7 +203,7 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
     engine.push(Input::Telemetry(Telemetry {
         event_id: "last".into(),
         agent_id: "a0".into(),
-        workflow: "w".into(),
+        workflow: "w0".into(),
         model: Model { provider: "p".into(), name: "m".into(), version: format!("v{}", versions[0]) },
         occurred_at: t + 30 * 24 * 3600 * S,
         risk: Risk::Low,
@@ -188,6 +217,26 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
     engine.flush();
     out.extend(engine.drain());
     Ok((engine, out))
+}
+
+/// In-scope events of `agent` for a `kind` (`tool`/`workflow`) and `value`, in `(from, to]`
+/// (event times, µs from the run's start).
+fn in_scope_events(steps: &[Step], agent: &str, kind: &str, value: &str, from: i64, to: i64) -> usize {
+    let mut t = 1_700_000_000 * S;
+    let mut n = 0;
+    for s in steps {
+        let (a, dt) = match s {
+            Step::Event { agent, dt, .. } | Step::Override { agent, dt, .. } => (*agent, *dt),
+        };
+        t += dt as i64 * S;
+        let Step::Event { tool, workflow, .. } = s else { continue };
+        let hit = match kind {
+            "tool" => *tool != 0 && format!("t{tool}") == value,
+            _ => format!("w{workflow}") == value,
+        };
+        n += (format!("a{a}") == agent && hit && t >= from && t <= to) as usize;
+    }
+    n
 }
 
 fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
@@ -220,8 +269,15 @@ fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
         if e.lane_to < e.lane_from {
             let code = e.reason.code.as_str();
             prop_assert!(
-                ["reverified", "model_reverified", "evidence_fresh", "override_applied", "override_expired"]
-                    .contains(&code),
+                [
+                    "reverified",
+                    "model_reverified",
+                    "evidence_fresh",
+                    "override_applied",
+                    "override_expired",
+                    "scope_reverified"
+                ]
+                .contains(&code),
                 "step down {:?} -> {:?} with reason {code}: {}",
                 e.lane_from,
                 e.lane_to,
@@ -256,6 +312,40 @@ fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
         }
         if let Some(until) = e.min_dwell_until {
             dwell.insert(key, until);
+        }
+    }
+    // A scope is released only after `reverify.clean_events` (4) events from it since its
+    // trigger: the triggering event and the next ones in its scope.
+    let mut opened: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    let mut released: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    for e in &events {
+        let code = e.reason.code.as_str();
+        let named: Vec<&str> = e.reason.text.split('`').collect();
+        if code == "scope_new_tool" || code == "scope_new_workflow" {
+            let kind = if code == "scope_new_tool" { "tool" } else { "workflow" };
+            opened.entry((e.agent_id.clone(), kind.into(), named[1].into())).or_insert(e.effective_at);
+        }
+        if code == "scope_reverified" {
+            seen.scope_releases += 1;
+            // "scope re-verified: tool `t3` now in ...; workflow `w1` now in ..."
+            for pair in named.chunks(2) {
+                let [what, value] = pair else { continue };
+                let kind = match () {
+                    _ if what.ends_with("tool ") => "tool",
+                    _ if what.ends_with("workflow ") => "workflow",
+                    _ => continue,
+                };
+                let key = (e.agent_id.clone(), kind.to_string(), value.to_string());
+                // One release may be announced for both scopes, by events of one step.
+                if released.get(&key) == Some(&e.effective_at) {
+                    continue;
+                }
+                let since = opened.remove(&key);
+                prop_assert!(since.is_some(), "released {key:?}, never opened: {}", e.reason.text);
+                released.insert(key.clone(), e.effective_at);
+                let n = in_scope_events(steps, &e.agent_id, kind, value, since.unwrap_or(0), e.effective_at);
+                prop_assert!(n >= 4, "released {key:?} after {n} in-scope events: {}", e.reason.text);
+            }
         }
     }
     // Every accepted override expires.
@@ -305,8 +395,8 @@ fn lane_invariants_hold() {
     }
     let seen = seen.into_inner();
     eprintln!(
-        "checks with a live override: {}, step-downs: {}, capped agent checks: {}",
-        seen.checks_with_live_override, seen.step_downs, seen.capped
+        "checks with a live override: {}, step-downs: {}, capped agent checks: {}, scope releases: {}",
+        seen.checks_with_live_override, seen.step_downs, seen.capped, seen.scope_releases
     );
     // A generator that never reaches these would make the checks above vacuous.
     assert!(
@@ -316,6 +406,7 @@ fn lane_invariants_hold() {
     );
     assert!(seen.step_downs > 100, "the run saw only {} step-downs", seen.step_downs);
     assert!(seen.capped > 0, "the blast-radius cap never held an agent");
+    assert!(seen.scope_releases > 100, "the run saw only {} scope releases", seen.scope_releases);
 }
 
 /// `PROPTEST_CASES` overrides the number of cases (the mutation runs use fewer, since they

@@ -19,6 +19,14 @@ impl Engine {
         }
         let mut causes: Vec<Cause> = Vec::new();
         causes.extend(self.on_model_version(&tel, now, &causation));
+        causes.extend(self.on_scope(&tel, now, &causation));
+        // Scope re-verification needs each clause's outcome; gathered only while one waits.
+        let scope_pending = self
+            .agents
+            .get(&tel.agent_id)
+            .and_then(|a| a.scope.as_ref())
+            .is_some_and(|s| !s.pending.is_empty());
+        let mut observed = Vec::new();
         // Clauses.
         // By position: on_clause does not change the agent's coverage.
         let agent_pact =
@@ -28,7 +36,10 @@ impl Engine {
         for i in 0.. {
             let Some(p) = agent_pact(self, i) else { break };
             for ci in 0..self.pacts[p as usize].doc.clauses.len() as u16 {
-                self.on_clause(&tel, p, ci, now, &causation, &mut causes);
+                let o = self.on_clause(&tel, p, ci, now, &causation, &mut causes);
+                if scope_pending {
+                    observed.push((p, ci, o));
+                }
                 let (_, clause) = clause_at(&self.pacts, p, ci);
                 if clause.high_risk && tel.risk == crate::model::telemetry::Risk::High {
                     has_high_risk = true;
@@ -42,6 +53,9 @@ impl Engine {
                     high_risk_fresh &= fresh;
                 }
             }
+        }
+        if scope_pending {
+            causes.extend(self.count_scope(&tel, &observed, now, &causation));
         }
         let capped = self.agents.get(&tel.agent_id).is_some_and(|a| a.capped);
         if has_high_risk {

@@ -31,11 +31,21 @@ pub enum CauseCode {
     OverrideExpired,
     /// The blast-radius cap was re-checked for an agent it held at the fail mode.
     BlastRadiusRecheck,
+    /// The agent served a workflow it has no verified history in.
+    ScopeNewWorkflow,
+    /// The agent called a tool it never called before.
+    ScopeNewTool,
+    /// The agent took a high-risk action, and none before (after its warm-up).
+    ScopeFirstHighRisk,
+    /// Every observing clause re-verified on traffic from the expanded scope.
+    ScopeReverified,
+    /// A pact version was activated, promoted or rolled back, and the agent's lanes follow.
+    PactActivated,
 }
 
 impl CauseCode {
     /// Every code, in the order of the list in `Reason::code`'s documentation.
-    pub const ALL: [CauseCode; 12] = [
+    pub const ALL: [CauseCode; 17] = [
         CauseCode::DriftVerified,
         CauseCode::LimitBreached,
         CauseCode::ZeroToleranceBreach,
@@ -48,6 +58,11 @@ impl CauseCode {
         CauseCode::OverrideApplied,
         CauseCode::OverrideExpired,
         CauseCode::BlastRadiusRecheck,
+        CauseCode::ScopeNewWorkflow,
+        CauseCode::ScopeNewTool,
+        CauseCode::ScopeFirstHighRisk,
+        CauseCode::ScopeReverified,
+        CauseCode::PactActivated,
     ];
 
     /// The code as written in enforcement events and the history.
@@ -65,7 +80,23 @@ impl CauseCode {
             CauseCode::OverrideApplied => "override_applied",
             CauseCode::OverrideExpired => "override_expired",
             CauseCode::BlastRadiusRecheck => "blast_radius_recheck",
+            CauseCode::ScopeNewWorkflow => "scope_new_workflow",
+            CauseCode::ScopeNewTool => "scope_new_tool",
+            CauseCode::ScopeFirstHighRisk => "scope_first_high_risk",
+            CauseCode::ScopeReverified => "scope_reverified",
+            CauseCode::PactActivated => "pact_activated",
         }
+    }
+
+    /// Whether the cause is a scope trigger or re-verification.
+    pub fn is_scope(self) -> bool {
+        matches!(
+            self,
+            CauseCode::ScopeNewWorkflow
+                | CauseCode::ScopeNewTool
+                | CauseCode::ScopeFirstHighRisk
+                | CauseCode::ScopeReverified
+        )
     }
 
     /// Whether the cause explains a lane falling (the others explain a rise).
@@ -76,6 +107,7 @@ impl CauseCode {
                 | CauseCode::ModelReverified
                 | CauseCode::EvidenceFresh
                 | CauseCode::OverrideExpired
+                | CauseCode::ScopeReverified
         )
     }
 }
@@ -117,6 +149,9 @@ mod tests {
     #[test]
     fn only_recoveries_and_expiries_explain_a_step_down() {
         let down: Vec<&str> = CauseCode::ALL.iter().filter(|c| c.steps_down()).map(|c| c.as_str()).collect();
-        assert_eq!(down, ["evidence_fresh", "model_reverified", "reverified", "override_expired"]);
+        assert_eq!(
+            down,
+            ["evidence_fresh", "model_reverified", "reverified", "override_expired", "scope_reverified"]
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! Clause evaluation: one observation through a clause's detector, alarms, recovery, re-verification after a model change, and evidence freshness.
 
+use super::scope::Observed;
 use super::*;
 
 impl Engine {
     /// Feeds one clause; adds a cause to `causes` when its demand or freshness changed (both
     /// may change on one event). Causes are large, so they are pushed rather than returned.
+    /// What the clause made of the event, for scope re-verification.
     pub(super) fn on_clause(
         &mut self,
         tel: &Telemetry,
@@ -13,23 +15,23 @@ impl Engine {
         now: i64,
         causation: &Causation,
         causes: &mut Vec<Cause>,
-    ) {
+    ) -> Observed {
         let (pact, clause) = clause_at(&self.pacts, p, ci);
         if let Some(w) = &clause.metric.when {
             if w.0.eval(tel) != Val::Bool(true) {
-                return;
+                return Observed::Nothing;
             }
         }
         let val = clause.metric.value.0.eval(tel);
         let obs = match (clause.metric.kind, val) {
-            (_, Val::Null) => return,
+            (_, Val::Null) => return Observed::Nothing,
             (MetricKind::Bernoulli, Val::Bool(b)) => Observation::Bool(b),
             (MetricKind::Real, Val::Num(x)) => Observation::Real(x),
             (MetricKind::Categorical, Val::Str(s)) => Observation::Category(s),
             // Attributes are typed at run time; a mismatch is an invalid observation.
             _ => {
                 self.stats.invalid_observations += 1;
-                return;
+                return Observed::Nothing;
             }
         };
         let segment = if clause.segment_by.is_empty() {
@@ -47,7 +49,7 @@ impl Engine {
         };
         let key: ClauseKey = (p, ci, Segment(segment));
         let keep = clause.freshness.as_ref().map_or(1, |f| f.min_events as usize);
-        let Some(agent) = self.agents.get_mut(&tel.agent_id) else { return };
+        let Some(agent) = self.agents.get_mut(&tel.agent_id) else { return Observed::Nothing };
         let state = agent
             .clauses
             .entry(key.clone())
@@ -74,6 +76,11 @@ impl Engine {
             state.timer_at = Some(at);
         }
         let result = state.detector.update(obs);
+        let observed = match &result {
+            Err(_) => Observed::Nothing,
+            Ok(Some(_)) => Observed::Alarm,
+            Ok(None) => Observed::Clean,
+        };
         let outcome = match result {
             Err(e) => {
                 debug!(pact = %pact.id(), clause = %clause.id, error = %e, "observation refused");
@@ -111,6 +118,7 @@ impl Engine {
         }
         causes.extend(outcome);
         causes.extend(cause);
+        observed
     }
 
     pub(super) fn on_alarm(

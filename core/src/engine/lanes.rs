@@ -10,11 +10,16 @@ impl Engine {
         let fail_mode = |k: &ClauseKey| clause_at(&self.pacts, k.0, k.1).0.doc.fail_mode;
         let clauses = agent.clauses.iter().map(|(k, s)| (s.demand, fail_mode(k)));
         let model = agent.model_change.as_ref().map(|mc| (mc.lane, Lane::Review));
+        let scope = agent.scope.as_ref().map_or(&[][..], |s| &s.pending[..]);
+        let scope_all = scope.iter().filter(|c| !c.high_risk_only).map(|c| (c.lane, Lane::Review));
         // By the lane, then the fail mode: ties go to the stricter, whatever the pacts' order.
-        let (all, fail_mode) = clauses.chain(model).max().unwrap_or((Lane::Normal, Lane::Review));
+        let (all, fail_mode) =
+            clauses.chain(model).chain(scope_all).max().unwrap_or((Lane::Normal, Lane::Review));
         let stale_high_risk =
             agent.clauses.iter().any(|(k, s)| s.stale && clause_at(&self.pacts, k.0, k.1).1.high_risk);
         let high = if stale_high_risk { all.max(Lane::Review) } else { all };
+        let scope_high = scope.iter().filter(|c| c.high_risk_only).map(|c| c.lane).max();
+        let high = high.max(scope_high.unwrap_or(Lane::Normal));
         (ByScope { all, high_risk: high }, fail_mode)
     }
 
@@ -87,6 +92,7 @@ impl Engine {
         }
         // Only settles: a lane that moves anyway (the blast-radius cap lifted) cites them.
         let causes = if causes.is_empty() { settles } else { causes };
+        let mut cited = Vec::new();
         for scope in Scope::BOTH {
             let Some(agent) = self.agents.get(agent_id) else { return };
             let from = agent.published[scope];
@@ -95,7 +101,14 @@ impl Engine {
                 continue;
             }
             let cause = Self::pick_cause(agent, &causes, from, to).clone();
+            cited.push(cause.text.clone());
             self.emit(agent_id, scope, from, to, &cause, false);
+        }
+        // Every scope trigger and release is announced, even when no lane moved for it (a
+        // stricter lane already holds the agent) or another cause explained the move.
+        for cause in causes.iter().filter(|c| c.code.is_scope() && !cited.contains(&c.text)) {
+            let Some(lane) = published(self) else { return };
+            self.emit(agent_id, Scope::All, lane.all, lane.all, cause, false);
         }
         let Engine { agents, workflows, .. } = self;
         if let Some(w) = agents.get(agent_id).and_then(|a| workflows.get_mut(&a.workflow)) {

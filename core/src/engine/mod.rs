@@ -30,6 +30,7 @@ mod clauses;
 mod lanes;
 mod override_rules;
 mod persist;
+mod scope;
 mod time;
 
 use crate::engine::state::{AgentState, ClauseKey, ClauseState, ModelChange, Segment};
@@ -237,6 +238,15 @@ pub struct Stats {
     /// Timers fired.
     #[serde(default)]
     pub timers_fired: u64,
+    /// Scope-expansion triggers, by kind (`new_workflow`, `new_tool`, `first_high_risk`).
+    #[serde(default)]
+    pub scope_triggers: BTreeMap<String, u64>,
+    /// Would-be enforcement events of shadow pact versions, by pact id.
+    #[serde(default)]
+    pub shadow_events: BTreeMap<String, u64>,
+    /// Enforcement events citing a clause, by the clause's pact id.
+    #[serde(default)]
+    pub pact_events: BTreeMap<String, u64>,
 }
 
 /// The engine's state besides its agents (see [`Engine::meta`]).

@@ -136,6 +136,74 @@ pub struct ModelChange {
     pub pending: BTreeSet<ClauseKey>,
 }
 
+/// What made an agent's scope expand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScopeKind {
+    /// A workflow the agent has no verified history in.
+    NewWorkflow,
+    /// A tool the agent never called before.
+    NewTool,
+    /// A high-risk action, when none were seen before.
+    FirstHighRisk,
+}
+
+impl ScopeKind {
+    /// Every kind, as metrics label them.
+    pub const ALL: [ScopeKind; 3] = [ScopeKind::NewWorkflow, ScopeKind::NewTool, ScopeKind::FirstHighRisk];
+
+    /// The name used in reason codes and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeKind::NewWorkflow => "new_workflow",
+            ScopeKind::NewTool => "new_tool",
+            ScopeKind::FirstHighRisk => "first_high_risk",
+        }
+    }
+}
+
+/// A scope expansion awaiting re-verification on traffic from the new scope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScopeChange {
+    /// What expanded.
+    pub kind: ScopeKind,
+    /// The new workflow or tool (empty for high-risk actions).
+    pub value: String,
+    /// Index of the pact whose trigger fired: its clauses re-verify.
+    pub pact: u16,
+    /// Event time of the trigger.
+    pub since: i64,
+    /// Lane while re-verifying.
+    pub lane: Lane,
+    /// Whether the lane holds every action or only high-risk ones.
+    pub high_risk_only: bool,
+    /// Consecutive clean observations from the new scope, per clause index of the pact that
+    /// observed any (an alarm on in-scope traffic resets its count).
+    pub clean: BTreeMap<u16, u64>,
+}
+
+/// The scope an agent has been verified in, kept only for agents a pact with `scope`
+/// triggers covers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScopeState {
+    /// Events seen (the first `warm_up` establish the initial scope).
+    pub events: u64,
+    /// Workflows with verified history.
+    pub workflows: BTreeSet<String>,
+    /// Tools called in verified scope.
+    pub tools: BTreeSet<String>,
+    /// Whether high-risk actions are in verified scope.
+    pub high_risk: bool,
+    /// Expansions awaiting re-verification.
+    pub pending: Vec<ScopeChange>,
+}
+
+impl ScopeState {
+    /// Most tools remembered per agent: beyond it, new tools are not tracked (and do not
+    /// trigger), so that an agent with unbounded tool names cannot grow its state unbounded.
+    pub const MAX_TOOLS: usize = 256;
+}
+
 /// State of one agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentState {
@@ -165,6 +233,9 @@ pub struct AgentState {
     /// so that it is blocked as soon as the cap lets it be.
     #[serde(default)]
     pub capped: bool,
+    /// Verified scope and pending expansions (agents under scope triggers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Box<ScopeState>>,
 }
 
 impl AgentState {
@@ -183,6 +254,7 @@ impl AgentState {
             published: ByScope::both(Lane::Normal),
             ttl_at: None,
             capped: false,
+            scope: None,
         }
     }
 

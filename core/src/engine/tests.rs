@@ -1339,3 +1339,139 @@ fn a_restored_buffer_waits_for_its_inputs_read_again_and_then_runs_as_without_th
     assert!(third.rebuffer(0, inputs[0].clone()));
     assert_eq!((third.abandon_awaited(), third.buffered(), third.first_awaited()), (5, 1, None));
 }
+
+const SCOPED: &str = r#"
+pact: scoped
+version: 1
+applies_to: { agents: ["s*"] }
+scope:
+  on_new_workflow: review
+  on_new_tool: watch
+  on_first_high_risk: degrade
+  warm_up: 3
+  reverify: { clean_events: 2 }
+clauses:
+  - id: flag
+    metric: { kind: bernoulli, value: attributes.flag == "bad" }
+    test: { kind: limit, zero_tolerance: true }
+    severity: medium
+    consequence: watch
+    recovery: { clean_events: 2, min_dwell: 1m }
+"#;
+
+/// `tel` in workflow `workflow`, calling `tools`.
+fn scoped(agent: &str, at_s: i64, flag: &str, high_risk: bool, workflow: &str, tools: &[&str]) -> Input {
+    let mut input = in_workflow(tel(agent, at_s, flag, high_risk, 1), workflow);
+    if let Input::Telemetry(t) = &mut input {
+        t.tool_calls = tools.iter().map(|t| t.to_string()).collect();
+    }
+    input
+}
+
+#[test]
+fn a_new_tool_after_the_warm_up_holds_the_agent_until_its_clauses_reverify_on_calls_to_it() {
+    let mut e = engine_with(SCOPED, "scoped.yaml");
+    // The warm-up learns the workflow and the tools; nothing triggers.
+    let warm = [
+        scoped("s1", 0, "ok", false, "w", &["search"]),
+        scoped("s1", 1, "ok", false, "w", &["fetch"]),
+        scoped("s1", 2, "ok", false, "w", &[]),
+    ];
+    assert_eq!(step(&mut e, warm), vec![]);
+    assert_eq!(step(&mut e, [scoped("s1", 3, "ok", false, "w", &["search", "fetch"])]), vec![]);
+    // A new tool: watch, announced with its own code.
+    assert_eq!(
+        step(&mut e, [scoped("s1", 4, "ok", false, "w", &["search", "transfer"])]),
+        vec![
+            ev("s1", All, Normal, Watch, 1, 4, "scope_new_tool"),
+            ev("s1", HighRisk, Normal, Watch, 2, 4, "scope_new_tool")
+        ]
+    );
+    assert_eq!(e.stats().scope_triggers.get("new_tool"), Some(&1));
+    // Traffic outside the new scope re-verifies nothing, however clean.
+    let outside: Vec<Input> = (5..15).map(|t| scoped("s1", t, "ok", false, "w", &["search"])).collect();
+    assert_eq!(step(&mut e, outside), vec![]);
+    // The triggering call was the first clean observation from the new scope; an alarm on
+    // the next call resets the count (and escalates as any breach does: already at watch).
+    let breach = step(&mut e, [scoped("s1", 15, "bad", false, "w", &["transfer"])]);
+    assert_eq!(breach, vec![], "already at watch: {breach:?}");
+    assert_eq!(step(&mut e, [scoped("s1", 16, "ok", false, "w", &["transfer"])]), vec![]);
+    // The second clean call after the alarm re-verifies the scope; the breach's own dwell
+    // (1 min) still holds the clause at watch, so the release is announced at watch.
+    assert_eq!(
+        step(&mut e, [scoped("s1", 17, "ok", false, "w", &["transfer"])]),
+        vec![ev("s1", All, Watch, Watch, 3, 17, "scope_reverified")]
+    );
+    let a = e.agent("s1").expect("agent");
+    let st = a.scope.as_ref().expect("scope state");
+    assert!(st.pending.is_empty() && st.tools.contains("transfer"), "{st:?}");
+    // Verified now: calling it again triggers nothing; the clause steps down after its dwell.
+    assert_eq!(
+        step(&mut e, [scoped("s1", 80, "ok", false, "w", &["transfer"])]),
+        vec![
+            ev("s1", All, Watch, Normal, 4, 80, "reverified"),
+            ev("s1", HighRisk, Watch, Normal, 5, 80, "reverified")
+        ]
+    );
+}
+
+#[test]
+fn a_new_workflow_and_a_first_high_risk_action_hold_until_reverified_each_in_its_own_scope() {
+    let mut e = engine_with(SCOPED, "scoped.yaml");
+    let warm: Vec<Input> = (0..3).map(|t| scoped("s1", t, "ok", false, "w", &[])).collect();
+    assert_eq!(step(&mut e, warm), vec![]);
+    // Both at once: a high-risk action in a new workflow; the strictest lane holds, and the
+    // trigger that moved no lane is announced too.
+    let out = step(&mut e, [scoped("s1", 3, "ok", true, "w2", &[])]);
+    assert_eq!(
+        out,
+        vec![
+            ev("s1", All, Normal, Review, 1, 3, "scope_new_workflow"),
+            ev("s1", HighRisk, Normal, Review, 2, 3, "scope_new_workflow"),
+            ev("s1", All, Review, Review, 3, 3, "scope_first_high_risk"),
+        ]
+    );
+    assert_eq!(e.stats().scope_triggers.len(), 2, "{:?}", e.stats().scope_triggers);
+    // The triggering event is the first clean observation from both new scopes. One more
+    // clean high-risk action, in the old workflow, re-verifies high-risk actions, not w2.
+    let out = step(&mut e, [scoped("s1", 4, "ok", true, "w", &[])]);
+    assert_eq!(out, vec![ev("s1", All, Review, Review, 4, 4, "scope_reverified")]);
+    // A low-risk event in the old workflow counts for neither.
+    assert_eq!(step(&mut e, [scoped("s1", 5, "ok", false, "w", &[])]), vec![]);
+    // One more clean event in w2 releases the agent.
+    let out = step(&mut e, [scoped("s1", 6, "ok", false, "w2", &[])]);
+    assert_eq!(
+        out,
+        vec![
+            ev("s1", All, Review, Normal, 5, 6, "scope_reverified"),
+            ev("s1", HighRisk, Review, Normal, 6, 6, "scope_reverified")
+        ]
+    );
+    // Each trigger and release is a decision in the history.
+    let st = e.agent("s1").and_then(|a| a.scope.as_ref()).expect("scope state");
+    assert!(st.high_risk && st.workflows.contains("w2") && st.pending.is_empty());
+}
+
+#[test]
+fn a_pact_may_hold_only_high_risk_actions_and_scope_rules_are_validated_with_their_place() {
+    let high_only = SCOPED.replace("warm_up: 3", "warm_up: 3\n  holds: high_risk");
+    let mut e = engine_with(&high_only, "scoped.yaml");
+    let warm: Vec<Input> = (0..3).map(|t| scoped("s1", t, "ok", false, "w", &[])).collect();
+    assert_eq!(step(&mut e, warm), vec![]);
+    assert_eq!(
+        step(&mut e, [scoped("s1", 3, "ok", false, "w", &["new"])]),
+        vec![ev("s1", HighRisk, Normal, Watch, 1, 3, "scope_new_tool")]
+    );
+    // No trigger during the warm-up, for a workflow or a high-risk action either.
+    let mut e = engine_with(SCOPED, "scoped.yaml");
+    let warm = [scoped("s2", 0, "ok", false, "w", &[]), scoped("s2", 1, "ok", true, "w3", &["t"])];
+    assert_eq!(step(&mut e, warm), vec![]);
+    let block = SCOPED.replace("on_new_tool: watch", "on_new_tool: block");
+    let err = parse_pact(&block, "s.yaml").unwrap_err();
+    assert_eq!((err.line, err.column), (5, 1), "{err}");
+    assert!(err.message.contains("`on_new_tool` must be `watch`, `degrade` or `review`"), "{err}");
+    let none = SCOPED.replace("reverify: { clean_events: 2 }", "reverify: { clean_events: 0 }");
+    assert!(parse_pact(&none, "s.yaml").unwrap_err().message.contains("clean_events` must be at least 1"));
+    let empty = "pact: x\nversion: 1\napplies_to: { agents: [\"*\"] }\nscope: { warm_up: 5 }\nclauses:\n  - id: c\n    metric: { kind: bernoulli, value: pii_detected }\n    test: { kind: limit, zero_tolerance: true }\n    severity: low\n    consequence: watch\n";
+    assert!(parse_pact(empty, "s.yaml").unwrap_err().message.contains("names no trigger"));
+}

@@ -13,7 +13,8 @@ pub struct Reason {
     /// Machine code (the engine's `CauseCode`): `drift_verified`, `limit_breached`,
     /// `zero_tolerance_breach`, `settle`, `evidence_fresh`, `evidence_stale`, `model_changed`,
     /// `model_reverified`, `reverified`, `override_applied`, `override_expired`,
-    /// `blast_radius_recheck`.
+    /// `blast_radius_recheck`, `scope_new_workflow`, `scope_new_tool`,
+    /// `scope_first_high_risk`, `scope_reverified`, `pact_activated`.
     pub code: String,
     /// Plain words for a person.
     pub text: String,

@@ -7,7 +7,7 @@
 pub mod duration;
 pub mod predicate;
 
-use crate::model::lane::{Consequence, Lane};
+use crate::model::lane::{Consequence, Lane, Scope};
 use crate::pact::duration::Dur;
 use crate::pact::predicate::{Compiled, Field, Type};
 use driftgate_detectors::{
@@ -315,6 +315,60 @@ fn review() -> Lane {
     Lane::Review
 }
 
+/// Scope-expansion triggers: an agent acting outside the scope it was verified in is held in
+/// a stricter lane until the pact's clauses re-verify on traffic from the new scope.
+///
+/// The agent's first `warm_up` events establish its initial scope: the workflows it serves,
+/// the tools it calls and whether it takes high-risk actions. Afterwards, each trigger fires
+/// once per new workflow or tool (and once for high-risk actions), until re-verified there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeRules {
+    /// Lane while an agent seen in a workflow it has no verified history in re-verifies.
+    #[serde(default)]
+    pub on_new_workflow: Option<Lane>,
+    /// Lane while an agent that calls a tool it never called before re-verifies.
+    #[serde(default)]
+    pub on_new_tool: Option<Lane>,
+    /// Lane while an agent whose first high-risk action came after its warm-up re-verifies.
+    #[serde(default)]
+    pub on_first_high_risk: Option<Lane>,
+    /// What re-verification in the new scope takes.
+    #[serde(default)]
+    pub reverify: ScopeReverify,
+    /// Events that establish an agent's initial scope, without triggers.
+    #[serde(default = "default_warm_up")]
+    pub warm_up: u64,
+    /// Which actions the lane holds: `all` (default), or only `high_risk` ones. Routers
+    /// decide per agent and scope, not per workflow or tool, so a held lane holds the agent.
+    #[serde(default = "all_scope")]
+    pub holds: Scope,
+}
+
+fn default_warm_up() -> u64 {
+    100
+}
+
+fn all_scope() -> Scope {
+    Scope::All
+}
+
+/// Re-verification in a new scope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeReverify {
+    /// Consecutive clean observations from the new scope each observing clause needs.
+    pub clean_events: u64,
+    /// Minimum time held, from the trigger.
+    pub min_dwell: Dur,
+}
+
+impl Default for ScopeReverify {
+    fn default() -> Self {
+        ScopeReverify { clean_events: 200, min_dwell: Dur(0) }
+    }
+}
+
 /// A pact as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -331,6 +385,9 @@ pub struct PactDoc {
     /// Lane applied instead of block when the blast-radius cap trips for a covered workflow.
     #[serde(default = "review")]
     pub fail_mode: Lane,
+    /// Scope-expansion triggers (none by default).
+    #[serde(default)]
+    pub scope: Option<ScopeRules>,
     /// The clauses.
     pub clauses: Vec<Clause>,
 }
@@ -341,6 +398,8 @@ pub struct Pact {
     /// The document.
     pub doc: PactDoc,
     agents: GlobSet,
+    /// The text it was parsed from: a pact activated at run time is kept by its text.
+    source: String,
 }
 
 impl Pact {
@@ -359,6 +418,11 @@ impl Pact {
     /// Pact version.
     pub fn version(&self) -> u32 {
         self.doc.version
+    }
+
+    /// The text it was parsed from.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// A fresh detector for a clause.
@@ -492,6 +556,30 @@ pub fn parse_pact(text: &str, file: &str) -> Result<Pact, PactError> {
         globs.add(glob);
     }
     let agents = globs.build().map_err(|e| err(1, 1, format!("agent globs: {e}")))?;
+    if let Some(scope) = &doc.scope {
+        let (l, c) = top("scope:");
+        let serr = |m: String| err(l, c, format!("scope: {m}"));
+        let triggers = [
+            ("on_new_workflow", scope.on_new_workflow),
+            ("on_new_tool", scope.on_new_tool),
+            ("on_first_high_risk", scope.on_first_high_risk),
+        ];
+        for (name, lane) in triggers {
+            if matches!(lane, Some(Lane::Normal | Lane::Block)) {
+                return Err(serr(format!(
+                    "`{name}` must be `watch`, `degrade` or `review`: a scope change alone is not a breach"
+                )));
+            }
+        }
+        if triggers.iter().all(|(_, l)| l.is_none()) {
+            return Err(serr(
+                "names no trigger (`on_new_workflow`, `on_new_tool` or `on_first_high_risk`)".into(),
+            ));
+        }
+        if scope.reverify.clean_events == 0 {
+            return Err(serr("`reverify.clean_events` must be at least 1".into()));
+        }
+    }
     for (i, c) in doc.clauses.iter().enumerate() {
         let (l, col) = locate_clause(text, &c.id);
         let cerr = |m: String| err(l, col, format!("clause `{}`: {m}", c.id));
@@ -528,7 +616,7 @@ pub fn parse_pact(text: &str, file: &str) -> Result<Pact, PactError> {
             ));
         }
     }
-    Ok(Pact { doc, agents })
+    Ok(Pact { doc, agents, source: text.to_string() })
 }
 
 /// Loads and validates a pact file.

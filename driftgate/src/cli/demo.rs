@@ -1,12 +1,14 @@
 //! `driftgate demo`: a simulated fleet run through the real engine core, with no setup.
 //!
-//! Fifty agents in finance, support and research work through one simulated day. Four things
+//! Fifty agents in finance, support and research work through one simulated day. Five things
 //! happen to them:
 //! - `fin-07` gets a model update at 10:00 that quietly lowers its verified-citation rate
 //!   from 95 % to 80 %;
 //! - `sup-04` emits PII once, at 13:37;
 //! - `res-11` goes silent at 15:00, so its evidence goes stale;
-//! - an operator holds `fin-03` in `watch` from 09:00 to 12:00 with an expiring override.
+//! - an operator holds `fin-03` in `watch` from 09:00 to 12:00 with an expiring override;
+//! - `sup-09` starts calling a `refund` tool at 11:00 (every fifth event), a scope expansion
+//!   that holds it in review until its clauses re-verify on those calls.
 //!
 //! The same generator (`simulate`) writes telemetry files for `replay` and benchmarks.
 
@@ -51,6 +53,10 @@ pub const SILENT_AT: i64 = DAY0 + 15 * HOUR;
 pub const OVERRIDE_FROM: i64 = DAY0 + 9 * HOUR;
 /// Its expiry.
 pub const OVERRIDE_UNTIL: i64 = DAY0 + 12 * HOUR;
+/// When `sup-09` starts calling the `refund` tool.
+pub const NEW_TOOL_AT: i64 = DAY0 + 11 * HOUR;
+/// The tool it starts calling.
+pub const NEW_TOOL: &str = "refund";
 
 struct AgentSim {
     id: String,
@@ -71,7 +77,7 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// A fleet of 50 agents from `DAY0` for `days` days; `incidents` turns on the four
+    /// A fleet of 50 agents from `DAY0` for `days` days; `incidents` turns on the five
     /// scripted incidents of the first day.
     pub fn new(seed: u64, days: i64, incidents: bool) -> Fleet {
         let mut agents = Vec::new();
@@ -176,6 +182,10 @@ impl Fleet {
                     u < 0.0
                 });
                 tool_calls.push(tool.map_or("code_exec", |t| t.0).to_string());
+                // Deterministic, so the agent's random stream is the same as without it.
+                if incidents && a.id == "sup-09" && t >= NEW_TOOL_AT && a.n.is_multiple_of(5) {
+                    tool_calls.push(NEW_TOOL.to_string());
+                }
             }
         }
         let pii = incidents && a.id == "sup-04" && t >= PII_AT && !a.pii_done;
@@ -234,6 +244,8 @@ pub struct DemoRun {
     pub telemetry_times: BTreeMap<String, Vec<i64>>,
     /// Telemetry events processed.
     pub telemetry: u64,
+    /// Event times of `sup-09`'s calls to the new tool.
+    pub new_tool_calls: Vec<i64>,
     /// The engine, for inspection.
     pub engine: Engine,
 }
@@ -243,9 +255,13 @@ pub fn run() -> DemoRun {
     let mut engine = Engine::new(EngineConfig::default(), example_pacts());
     let mut out = Collected::default();
     let mut times: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut new_tool_calls = Vec::new();
     for input in Fleet::new(7, 1, true) {
         if let Input::Telemetry(t) = &input {
             times.entry(t.agent_id.clone()).or_default().push(t.occurred_at);
+            if t.tool_calls.iter().any(|c| c == NEW_TOOL) {
+                new_tool_calls.push(t.occurred_at);
+            }
         }
         engine.push(input);
         out.take(engine.drain());
@@ -254,7 +270,14 @@ pub fn run() -> DemoRun {
     out.take(engine.drain());
     let telemetry = engine.stats().telemetry;
     let Collected { events, history, .. } = out;
-    DemoRun { events, history, telemetry_times: times, telemetry, engine }
+    DemoRun { events, history, telemetry_times: times, telemetry, new_tool_calls, engine }
+}
+
+impl DemoRun {
+    /// Calls to the new tool up to `t`.
+    pub fn scope_calls(&self, t: i64) -> usize {
+        self.new_tool_calls.iter().filter(|c| **c <= t).count()
+    }
 }
 
 fn clock(t: i64) -> String {
@@ -272,7 +295,7 @@ fn span(d: i64) -> String {
 }
 
 /// The agents that have a scripted incident.
-pub const INCIDENT_AGENTS: [&str; 4] = ["fin-07", "sup-04", "res-11", "fin-03"];
+pub const INCIDENT_AGENTS: [&str; 5] = ["fin-07", "sup-04", "res-11", "fin-03", "sup-09"];
 
 /// The printed timeline and summary.
 pub fn report(run: &DemoRun) -> String {
@@ -364,6 +387,24 @@ pub fn report(run: &DemoRun) -> String {
             )
         }
         None => s += "  override expiry  fin-03  NO EXPIRY EVENT\n",
+    }
+    match first("sup-09", &|e| e.reason.code == "scope_new_tool") {
+        Some(e) => {
+            let released = first("sup-09", &|e| e.reason.code == "scope_reverified");
+            s += &format!(
+                "  scope expansion  sup-09  first `{NEW_TOOL}` call at {}: {} at {}; {}\n",
+                clock(e.effective_at),
+                e.lane_to.as_str(),
+                clock(e.effective_at),
+                released.map_or("NOT RE-VERIFIED".into(), |r| format!(
+                    "re-verified at {} on {} calls to it: back to {}",
+                    clock(r.effective_at),
+                    run.scope_calls(r.effective_at),
+                    r.lane_to.as_str()
+                ))
+            )
+        }
+        None => s += "  scope expansion  sup-09  NOT HELD\n",
     }
     s += "\nFinal lanes (agents not in normal)\n";
     let mut finals: BTreeMap<(String, Scope), Lane> = BTreeMap::new();

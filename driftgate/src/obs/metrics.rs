@@ -61,6 +61,14 @@ pub struct Metrics {
     pub agents: IntGaugeVec,
     /// Detector alarms by pact and clause.
     pub alarms: IntCounterVec,
+    /// Scope-expansion triggers, by kind.
+    pub scope_triggers: IntCounterVec,
+    /// Pact versions in force, by pact and role (`active`, `shadow`); the value is the version.
+    pub pact_versions: IntGaugeVec,
+    /// Pact activations (through the API, the control topic or a re-read file), by outcome.
+    pub pact_activations: IntCounterVec,
+    /// Would-be enforcement events of shadow pact versions (not sent to routers), by pact.
+    pub shadow_events: IntCounterVec,
     /// Enforcement events produced, by target lane and reason.
     pub enforcement_events: IntCounterVec,
     /// From the verifying record to the produced enforcement event (`clock` = `event`:
@@ -213,6 +221,10 @@ impl Metrics {
             consumer_lag: gauge_vec(&r, "driftgate_consumer_lag_records", "Records behind the end of each input partition (librdkafka statistics).", &["topic", "partition"]),
             agents: gauge_vec(&r, "driftgate_agents", "Agents by effective lane and scope.", &["lane", "scope"]),
             alarms: counter_vec(&r, "driftgate_detector_alarms_total", "Detector alarms, by pact and clause.", &["pact", "clause"]),
+            scope_triggers: counter_vec(&r, "driftgate_scope_triggers_total", "Scope-expansion triggers (new workflow, new tool, first high-risk action), by kind.", &["kind"]),
+            pact_versions: gauge_vec(&r, "driftgate_pact_version", "Pact versions in force, by pact and role (active, shadow); the value is the version.", &["pact", "role"]),
+            pact_activations: counter_vec(&r, "driftgate_pact_activations_total", "Pact activations requested, by outcome (enforced, shadowed, promoted, rolled_back, refused).", &["outcome"]),
+            shadow_events: counter_vec(&r, "driftgate_shadow_events_total", "Would-be enforcement events of shadow pact versions (history only, not sent to routers), by pact.", &["pact"]),
             enforcement_events: counter_vec(&r, "driftgate_enforcement_events_total", "Enforcement events produced, by target lane and reason.", &["lane", "reason"]),
             drift_to_enforcement,
             overrides_active: gauge_vec(&r, "driftgate_overrides_active", "Overrides in force, by kind.", &["kind"]),
@@ -244,6 +256,12 @@ impl Metrics {
 
     fn with_expiry_gauge(self) -> Metrics {
         // Known label values start at zero, so rates and alerts see a series from the start.
+        for k in driftgate_core::engine::state::ScopeKind::ALL {
+            self.scope_triggers.with_label_values(&[k.as_str()]);
+        }
+        for o in ["enforced", "shadowed", "promoted", "rolled_back", "refused"] {
+            self.pact_activations.with_label_values(&[o]);
+        }
         for r in crate::kafka::decode::reason::ALL {
             self.records_rejected.with_label_values(&[r]);
             self.records_dead_lettered.with_label_values(&[r]);
@@ -312,6 +330,14 @@ impl Metrics {
             let before = last.alarms.get(label).copied().unwrap_or(0);
             let (pact, clause) = label.split_once('/').unwrap_or((label.as_str(), ""));
             self.alarms.with_label_values(&[pact, clause]).inc_by(d(*n, before));
+        }
+        for (kind, n) in &now.scope_triggers {
+            let before = last.scope_triggers.get(kind).copied().unwrap_or(0);
+            self.scope_triggers.with_label_values(&[kind]).inc_by(d(*n, before));
+        }
+        for (pact, n) in &now.shadow_events {
+            let before = last.shadow_events.get(pact).copied().unwrap_or(0);
+            self.shadow_events.with_label_values(&[pact]).inc_by(d(*n, before));
         }
         *last = now.clone();
     }
