@@ -107,6 +107,10 @@ enum Cmd {
         /// Overrides (JSONL), merged in event-time order.
         #[arg(long)]
         overrides: Option<PathBuf>,
+        /// Pact changes (JSONL, as `POST /v1/pacts` takes them, with `issued_at`), merged in
+        /// event-time order: shadow, enforce, promote and roll back versions mid-replay.
+        #[arg(long)]
+        pact_changes: Option<PathBuf>,
         /// Where to write enforcement events (JSONL).
         #[arg(long)]
         events_out: Option<PathBuf>,
@@ -211,8 +215,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Simulate { out, events, incidents, seed } => simulate_cmd(&out, events, incidents, seed),
-        Cmd::Replay { pact, input, overrides, events_out, history_out, late_out, config, ticks } => {
-            let files = ReplayFiles { overrides, events_out, history_out, late_out, config, ticks };
+        Cmd::Replay { pact, input, overrides, pact_changes, events_out, history_out, late_out, config, ticks } => {
+            let files = ReplayFiles { overrides, pact_changes, events_out, history_out, late_out, config, ticks };
             replay_cmd(&pact, &input, files)
         }
     }
@@ -340,6 +344,7 @@ fn simulate_cmd(out: &std::path::Path, events: u64, incidents: bool, seed: u64) 
 /// `driftgate replay`'s optional files.
 struct ReplayFiles {
     overrides: Option<std::path::PathBuf>,
+    pact_changes: Option<std::path::PathBuf>,
     events_out: Option<std::path::PathBuf>,
     history_out: Option<std::path::PathBuf>,
     late_out: Option<std::path::PathBuf>,
@@ -349,7 +354,7 @@ struct ReplayFiles {
 
 /// `driftgate replay`: recorded input through the engine, offline.
 fn replay_cmd(pact: &[std::path::PathBuf], input: &std::path::Path, f: ReplayFiles) -> anyhow::Result<()> {
-    let ReplayFiles { overrides, events_out, history_out, late_out, config, ticks } = f;
+    let ReplayFiles { overrides, pact_changes, events_out, history_out, late_out, config, ticks } = f;
     let pacts = pact
         .iter()
         .map(|p| driftgate_core::pact::load_pact(p).map_err(anyhow::Error::from))
@@ -362,6 +367,7 @@ fn replay_cmd(pact: &[std::path::PathBuf], input: &std::path::Path, f: ReplayFil
     let opts = driftgate::cli::replay::ReplayOptions {
         engine,
         overrides: overrides.as_deref(),
+        pact_changes: pact_changes.as_deref(),
         ticks,
         events_out: events_out.as_deref(),
         history_out: history_out.as_deref(),

@@ -3,8 +3,12 @@
 use super::*;
 
 impl Engine {
+    /// The active and shadow pact versions covering an agent in a workflow.
     pub(super) fn covering(&self, agent: &str, workflow: &str) -> Vec<u16> {
-        (0..self.pacts.len()).filter(|i| self.pacts[*i].covers(agent, workflow)).map(|i| i as u16).collect()
+        (0..self.pacts.len())
+            .filter(|i| self.slots[*i].role != Role::Retired && self.pacts[*i].covers(agent, workflow))
+            .map(|i| i as u16)
+            .collect()
     }
 
     pub(super) fn on_telemetry(&mut self, tel: Telemetry) {
@@ -56,6 +60,13 @@ impl Engine {
         }
         if scope_pending {
             causes.extend(self.count_scope(&tel, &observed, now, &causation));
+        }
+        // Shadow versions' causes are judged apart and never reach the published lanes.
+        if causes.iter().any(|c| c.clause.as_ref().is_some_and(|k| self.is_shadow(k.0))) {
+            let (shadow, active): (Vec<Cause>, Vec<Cause>) =
+                causes.into_iter().partition(|c| c.clause.as_ref().is_some_and(|k| self.is_shadow(k.0)));
+            self.judge_shadows(&tel.agent_id, &shadow);
+            causes = active;
         }
         let capped = self.agents.get(&tel.agent_id).is_some_and(|a| a.capped);
         if has_high_risk {
@@ -127,9 +138,11 @@ impl Engine {
         let agent = self.agents.get_mut(&tel.agent_id)?;
         if agent.model_version != tel.model.version {
             let from = std::mem::replace(&mut agent.model_version, tel.model.version.clone());
+            let slots = &self.slots;
             let pending: BTreeSet<ClauseKey> = agent
                 .clauses
                 .keys()
+                .filter(|(p, _, _)| slots[*p as usize].role == Role::Active)
                 .filter(|(p, c, _)| matches!(clause_at(&self.pacts, *p, *c).1.test, Test::Drift(_)))
                 .cloned()
                 .collect();

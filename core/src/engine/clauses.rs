@@ -88,7 +88,9 @@ impl Engine {
                 None
             }
             Ok(Some(alarm)) => {
-                *self.stats.alarms.entry(clause_label(pact, clause)).or_default() += 1;
+                if self.slots[p as usize].role == Role::Active {
+                    *self.stats.alarms.entry(clause_label(pact, clause)).or_default() += 1;
+                }
                 Some(Self::on_alarm(state, pact, clause, &alarm, now, &key, causation))
             }
             Ok(None) => {
@@ -310,6 +312,7 @@ impl Engine {
         let (pact, clause) = (pact.clone(), clause.clone());
         self.history(RecordKind::Stale, at, Some(agent_id.to_string()), Some((&pact, &clause)), detail);
         if high_risk {
+            let shadow = self.is_shadow(key.0);
             let cause = Cause {
                 code: CauseCode::EvidenceStale,
                 text,
@@ -318,7 +321,11 @@ impl Engine {
                 causation: Causation { kind: "timer".into(), id: "freshness".into(), at },
                 clean_at_decision: None,
             };
-            self.reevaluate(agent_id, cause, false);
+            if shadow {
+                self.judge_shadows(agent_id, &[cause]);
+            } else {
+                self.reevaluate(agent_id, cause, false);
+            }
         }
     }
 }

@@ -8,15 +8,20 @@ impl Engine {
     /// when clauses of several pacts drive it together, and `review` for a model change.
     pub(super) fn computed(&self, agent: &AgentState) -> (ByScope<Lane>, Lane) {
         let fail_mode = |k: &ClauseKey| clause_at(&self.pacts, k.0, k.1).0.doc.fail_mode;
-        let clauses = agent.clauses.iter().map(|(k, s)| (s.demand, fail_mode(k)));
+        // Shadow versions' states keep would-be lanes only (see `judge_shadows`).
+        let enforcing = |k: &&ClauseKey| !self.is_shadow(k.0);
+        let clauses = agent.clauses.iter().filter(|(k, _)| enforcing(k)).map(|(k, s)| (s.demand, fail_mode(k)));
         let model = agent.model_change.as_ref().map(|mc| (mc.lane, Lane::Review));
         let scope = agent.scope.as_ref().map_or(&[][..], |s| &s.pending[..]);
         let scope_all = scope.iter().filter(|c| !c.high_risk_only).map(|c| (c.lane, Lane::Review));
         // By the lane, then the fail mode: ties go to the stricter, whatever the pacts' order.
         let (all, fail_mode) =
             clauses.chain(model).chain(scope_all).max().unwrap_or((Lane::Normal, Lane::Review));
-        let stale_high_risk =
-            agent.clauses.iter().any(|(k, s)| s.stale && clause_at(&self.pacts, k.0, k.1).1.high_risk);
+        let stale_high_risk = agent
+            .clauses
+            .iter()
+            .filter(|(k, _)| enforcing(k))
+            .any(|(k, s)| s.stale && clause_at(&self.pacts, k.0, k.1).1.high_risk);
         let high = if stale_high_risk { all.max(Lane::Review) } else { all };
         let scope_high = scope.iter().filter(|c| c.high_risk_only).map(|c| c.lane).max();
         let high = high.max(scope_high.unwrap_or(Lane::Normal));
@@ -210,6 +215,9 @@ impl Engine {
             }
         }
         stats.enforcement_events += 1;
+        if let Some((_, p, _)) = clause_ref {
+            *stats.pact_events.entry(p.id().to_string()).or_default() += 1;
+        }
         let detail = serde_json::to_value(&event).unwrap_or_default();
         record_history(
             chain,

@@ -30,6 +30,7 @@ mod clauses;
 mod lanes;
 mod override_rules;
 mod persist;
+pub mod registry;
 mod scope;
 mod time;
 
@@ -40,6 +41,8 @@ use crate::model::enforcement::{
 use crate::model::history::{Chain, Entry, Record, RecordKind};
 use crate::model::lane::{ByScope, Lane, Scope};
 use crate::model::overrides::{self, ActiveOverride, OverrideKind, OverrideRequest};
+use crate::model::pact_change::PactChange;
+use registry::{severe_clauses, RegistryMeta, Role, SlotInfo};
 use crate::model::telemetry::Telemetry;
 use crate::pact::duration::Dur;
 use crate::pact::predicate::Val;
@@ -109,6 +112,8 @@ pub enum Input {
     Telemetry(Telemetry),
     /// An operator override.
     Override(OverrideRequest),
+    /// A pact version enforced, shadowed, promoted or rolled back.
+    Pact(PactChange),
 }
 
 impl Input {
@@ -117,6 +122,7 @@ impl Input {
         match self {
             Input::Telemetry(t) => t.occurred_at,
             Input::Override(o) => o.issued_at,
+            Input::Pact(c) => c.issued_at,
         }
     }
 }
@@ -247,6 +253,12 @@ pub struct Stats {
     /// Enforcement events citing a clause, by the clause's pact id.
     #[serde(default)]
     pub pact_events: BTreeMap<String, u64>,
+    /// Pact changes applied, by mode.
+    #[serde(default)]
+    pub pact_changes: BTreeMap<String, u64>,
+    /// Pact changes refused by the engine.
+    #[serde(default)]
+    pub pact_changes_refused: u64,
 }
 
 /// The engine's state besides its agents (see [`Engine::meta`]).
@@ -279,6 +291,9 @@ pub struct EngineMeta {
     /// The watermark's floor set by the last applied tick.
     #[serde(default)]
     pub tick_floor: Option<i64>,
+    /// Pacts changed at run time.
+    #[serde(default)]
+    pub registry: RegistryMeta,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -316,7 +331,14 @@ impl WorkflowStats {
 /// The engine.
 pub struct Engine {
     cfg: EngineConfig,
+    /// Pact versions by slot (clause keys index them); see [`registry`].
     pacts: Vec<Pact>,
+    /// Each slot's role and provenance.
+    slots: Vec<SlotInfo>,
+    /// Per pact id, the slots its active version replaced, newest last.
+    previous: BTreeMap<String, Vec<u16>>,
+    /// The newest change ids applied.
+    applied: Vec<String>,
     protos: Vec<Vec<AnyDetector>>,
     /// foldhash: a per-process-seeded fast hash (std's SipHash was ~5 % of the engine's
     /// time); nothing iterates these maps, so output stays deterministic.
@@ -386,18 +408,13 @@ impl Engine {
     /// An engine for these pacts.
     pub fn new(cfg: EngineConfig, pacts: Vec<Pact>) -> Engine {
         let protos = pacts.iter().map(|p| p.doc.clauses.iter().map(Pact::detector).collect()).collect();
-        let severe: Vec<Vec<u16>> = pacts
-            .iter()
-            .map(|p| {
-                let severe = |c: &Clause| {
-                    c.severity == Severity::Critical && matches!(&c.test, Test::Limit(l) if l.zero_tolerance)
-                };
-                (0..p.doc.clauses.len()).filter(|i| severe(&p.doc.clauses[*i])).map(|i| i as u16).collect()
-            })
-            .collect();
+        let severe: Vec<Vec<u16>> = pacts.iter().map(severe_clauses).collect();
         let any_severe = severe.iter().any(|c| !c.is_empty());
         Engine {
             cfg,
+            slots: vec![SlotInfo::loaded(); pacts.len()],
+            previous: BTreeMap::new(),
+            applied: Vec::new(),
             pacts,
             protos,
             agents: HashMap::default(),
@@ -424,9 +441,14 @@ impl Engine {
         &self.cfg
     }
 
-    /// The pacts in force.
+    /// Every pact version loaded, by slot (clause keys index them), whatever its role.
     pub fn pacts(&self) -> &[Pact] {
         &self.pacts
+    }
+
+    /// The pact versions enforcing.
+    pub fn active_pacts(&self) -> impl Iterator<Item = &Pact> {
+        self.pacts.iter().zip(&self.slots).filter(|(_, s)| s.role == Role::Active).map(|(p, _)| p)
     }
 
     /// Counters.
@@ -472,6 +494,9 @@ impl Engine {
         if !self.activated {
             self.activated = true;
             for i in 0..self.pacts.len() {
+                if self.slots[i].role != Role::Active {
+                    continue;
+                }
                 let p = &self.pacts[i];
                 let detail = serde_json::json!({"pact": p.id(), "version": p.version(), "clauses": p.doc.clauses.iter().map(|c| c.id.clone()).collect::<Vec<_>>()});
                 let (id, v) = (p.id().to_string(), p.version());
@@ -492,15 +517,18 @@ impl Engine {
         }
         self.now = self.now.max(t);
         let agent = match &input {
-            Input::Telemetry(tel) => &tel.agent_id,
-            Input::Override(o) => &o.agent_id,
+            Input::Telemetry(tel) => Some(&tel.agent_id),
+            Input::Override(o) => Some(&o.agent_id),
+            // Marks the agents it changes itself.
+            Input::Pact(_) => None,
         };
-        if !self.dirty.contains(agent) {
+        if let Some(agent) = agent.filter(|a| !self.dirty.contains(*a)) {
             self.dirty.insert(agent.clone());
         }
         match input {
             Input::Telemetry(tel) => self.on_telemetry(tel),
             Input::Override(o) => self.on_override(o),
+            Input::Pact(c) => self.on_pact_change(c),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What the changelog keeps: the engine's meta record and the agents changed since the last snapshot, and the restore from them.
 
 use super::*;
+use crate::engine::registry::{Role, SlotInfo};
 
 impl Engine {
     /// Agents changed since the last call, each with its state (`None`: it expired).
@@ -73,6 +74,7 @@ impl Engine {
             activated: self.activated,
             panicked: self.workflows.iter().filter(|(_, w)| w.panicked).map(|(k, _)| k.clone()).collect(),
             tick_floor: self.tick_floor,
+            registry: self.registry_meta(),
         }
     }
 
@@ -84,11 +86,54 @@ impl Engine {
         meta: EngineMeta,
         agents: Vec<(String, AgentState)>,
     ) -> Engine {
+        // Pacts changed at run time keep the versions the registry recorded (a restart does
+        // not undo an approved change); the others follow their files.
+        let mut from_registry = Vec::new();
+        for (old, slot) in &meta.registry.slots {
+            match crate::pact::parse_pact(&slot.source, "<changelog>") {
+                Ok(p) => from_registry.push((*old, p, slot.info.clone())),
+                Err(err) => {
+                    tracing::warn!(%err, "a pact version in the changelog no longer loads: the files' versions apply");
+                    from_registry.clear();
+                    break;
+                }
+            }
+        }
+        let changed: BTreeSet<String> = from_registry.iter().map(|(_, p, _)| p.id().to_string()).collect();
+        let mut pacts: Vec<Pact> = pacts.into_iter().filter(|p| !changed.contains(p.id())).collect();
+        let files = pacts.len();
+        let mut infos = vec![SlotInfo::loaded(); files];
+        let mut by_old: BTreeMap<u16, u16> = BTreeMap::new();
+        for (old, p, info) in from_registry {
+            by_old.insert(old, pacts.len() as u16);
+            pacts.push(p);
+            infos.push(info);
+        }
         let mut e = Engine::new(cfg, pacts);
+        for (i, info) in infos.into_iter().enumerate() {
+            if info.role != Role::Active {
+                e.severe[i].clear();
+            }
+            e.slots[i] = info;
+        }
+        e.any_severe = e.severe.iter().any(|c| !c.is_empty());
+        e.previous = meta
+            .registry
+            .previous
+            .iter()
+            .filter(|(id, _)| changed.contains(*id))
+            .map(|(id, v)| (id.clone(), v.iter().filter_map(|s| by_old.get(s).copied()).collect()))
+            .collect();
+        e.applied = meta.registry.applied.clone();
         let remap: Vec<Option<u16>> = meta
             .pacts
             .iter()
-            .map(|(id, v)| e.pacts.iter().position(|p| p.id() == id && p.version() == *v).map(|i| i as u16))
+            .enumerate()
+            .map(|(old, (id, v))| match by_old.get(&(old as u16)) {
+                Some(new) => Some(*new),
+                None if changed.contains(id) => None,
+                None => e.pacts[..files].iter().position(|p| p.id() == id && p.version() == *v).map(|i| i as u16),
+            })
             .collect();
         let map = |i: u16| remap.get(i as usize).copied().flatten();
         for (t, arrival, input, tag) in meta.buffer {
@@ -106,6 +151,10 @@ impl Engine {
         e.activated = meta.activated;
         for (id, mut a) in agents {
             a.pacts = a.pacts.iter().filter_map(|p| map(*p)).collect();
+            a.shadow = std::mem::take(&mut a.shadow).into_iter().filter_map(|(p, l)| map(p).map(|p| (p, l))).collect();
+            if let Some(sc) = a.scope.as_mut() {
+                sc.pending.retain_mut(|ch| map(ch.pact).map(|p| ch.pact = p).is_some());
+            }
             a.clauses = std::mem::take(&mut a.clauses)
                 .into_iter()
                 .filter_map(|((p, c, s), st)| map(p).map(|p| ((p, c, s), st)))
@@ -140,6 +189,10 @@ impl Engine {
         for wf in meta.panicked {
             e.workflows.entry(wf).or_default().panicked = true;
         }
+        // A pact file added (or whose coverage changed) since the snapshot covers the
+        // restored agents it matches at once, not only after their next workflow move.
+        e.recover_coverage();
+        e.dirty.clear();
         e
     }
 }

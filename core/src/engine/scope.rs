@@ -23,11 +23,11 @@ impl Engine {
     /// workflow, tool or first high-risk action opens a [`ScopeChange`]. The causes, one per
     /// change opened.
     pub(super) fn on_scope(&mut self, tel: &Telemetry, now: i64, causation: &Causation) -> Vec<Cause> {
-        let Engine { agents, pacts, stats, .. } = self;
+        let Engine { agents, pacts, stats, slots, .. } = self;
         let Some(agent) = agents.get_mut(&tel.agent_id) else { return Vec::new() };
-        let mut rules =
-            agent.pacts.iter().filter_map(|p| pacts[*p as usize].doc.scope.as_ref().map(|r| (*p, r)));
-        if rules.next().is_none() {
+        // Shadow versions do not judge scope: their triggers would hold the agent.
+        let active = |p: &u16| slots[*p as usize].role == Role::Active;
+        if !agent.pacts.iter().any(|p| active(p) && pacts[*p as usize].doc.scope.is_some()) {
             return Vec::new();
         }
         let st = agent.scope.get_or_insert_with(Box::default);
@@ -49,7 +49,7 @@ impl Engine {
         }
         let mut causes = Vec::new();
         let mut learn = false;
-        for &p in &agent.pacts {
+        for &p in agent.pacts.iter().filter(|p| active(p)) {
             let pact = &pacts[p as usize];
             let Some(r) = &pact.doc.scope else { continue };
             if st.events <= r.warm_up {

@@ -236,6 +236,9 @@ pub struct AgentState {
     /// Verified scope and pending expansions (agents under scope triggers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Box<ScopeState>>,
+    /// Would-be lanes under each shadow pact version (by slot), when not `normal`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shadow: BTreeMap<u16, ByScope<Lane>>,
 }
 
 impl AgentState {
@@ -255,6 +258,7 @@ impl AgentState {
             ttl_at: None,
             capped: false,
             scope: None,
+            shadow: BTreeMap::new(),
         }
     }
 

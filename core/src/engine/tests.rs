@@ -1143,7 +1143,8 @@ fn a_restore_remaps_pacts_by_id_and_version_and_rebuilds_the_workflow_sets() {
     let pacts = vec![parse_pact(&other, "other.yaml").unwrap(), parse_pact(PACT, "rules.yaml").unwrap()];
     let r = Engine::restore(e.config().clone(), pacts, e.meta(), agents());
     let a0 = r.agent("a0").unwrap();
-    assert_eq!(a0.pacts, [1]);
+    // The new pact covers the restored agent at once, with no state yet.
+    assert_eq!(a0.pacts, [0, 1]);
     assert!(!a0.clauses.is_empty() && a0.clauses.keys().all(|k| k.0 == 1));
     assert_eq!(a0.published, ByScope::both(Block));
     let w = &r.workflows["w"];
@@ -1160,7 +1161,7 @@ fn a_restore_remaps_pacts_by_id_and_version_and_rebuilds_the_workflow_sets() {
     let pacts = vec![parse_pact(&v2, "rules.yaml").unwrap()];
     let r = Engine::restore(e.config().clone(), pacts, e.meta(), agents());
     let a0 = r.agent("a0").unwrap();
-    assert!(a0.pacts.is_empty() && a0.clauses.is_empty());
+    assert!(a0.pacts == [0] && a0.clauses.is_empty(), "covered by version 2, with fresh state: {a0:?}");
 }
 
 const DRIFT_RECOVERY: &str = r#"
@@ -1474,4 +1475,180 @@ fn a_pact_may_hold_only_high_risk_actions_and_scope_rules_are_validated_with_the
     assert!(parse_pact(&none, "s.yaml").unwrap_err().message.contains("clean_events` must be at least 1"));
     let empty = "pact: x\nversion: 1\napplies_to: { agents: [\"*\"] }\nscope: { warm_up: 5 }\nclauses:\n  - id: c\n    metric: { kind: bernoulli, value: pii_detected }\n    test: { kind: limit, zero_tolerance: true }\n    severity: low\n    consequence: watch\n";
     assert!(parse_pact(empty, "s.yaml").unwrap_err().message.contains("names no trigger"));
+}
+
+use crate::model::pact_change::{PactChange, PactMode};
+
+fn change(id: &str, mode: PactMode, at_s: i64, document: Option<&str>) -> Input {
+    Input::Pact(PactChange {
+        change_id: id.into(),
+        mode,
+        pact_id: "recovery".into(),
+        document: document.map(String::from),
+        principal: "alice@trust".into(),
+        reason: "tighten".into(),
+        ticket: "CHG-1".into(),
+        issued_at: T0 + at_s * S,
+        channel: "test".into(),
+    })
+}
+
+/// DRIFT_RECOVERY's version 2: `flag_rate` unchanged, plus a clause of its own.
+fn recovery_v2() -> String {
+    DRIFT_RECOVERY.replace("version: 1", "version: 2")
+        + r#"  - id: blocked_flag
+    metric: { kind: bernoulli, value: attributes.flag == "b" }
+    test: { kind: limit, zero_tolerance: true }
+    severity: high
+    consequence: degrade
+"#
+}
+
+/// `n` events of agent `d1` from second `from`: flag `x` one in ten, one in two from second
+/// `drift_at` on.
+fn drift_run(from: i64, n: i64, drift_at: i64) -> Vec<Input> {
+    (from..from + n)
+        .map(|t| {
+            let x = if t >= drift_at { t % 2 == 0 } else { t % 10 == 0 };
+            tel("d1", t, if x { "x" } else { "o" }, false, 1)
+        })
+        .collect()
+}
+
+fn history_kinds(out: &[Output]) -> Vec<RecordKind> {
+    out.iter().filter_map(|o| if let Output::History(r) = o { Some(r.kind) } else { None }).collect()
+}
+
+fn alarm_record(out: &[Output]) -> Option<String> {
+    enforcements(out).into_iter().find(|e| e.reason.code == "drift_verified").map(|e| e.causation.id.clone())
+}
+
+#[test]
+fn an_invalid_pact_change_is_refused_with_its_place_recorded_and_the_version_in_force_stays() {
+    let mut e = engine_with(DRIFT_RECOVERY, "recovery.yaml");
+    let bad = DRIFT_RECOVERY.replace("version: 1", "version: 2").replace("severity: medium", "severity: urgent");
+    let out = outputs(&mut e, [tel("d1", 0, "o", false, 1), change("c1", PactMode::Enforce, 1, Some(&bad))]);
+    let refused: Vec<_> = out
+        .iter()
+        .filter_map(|o| if let Output::History(r) = o { Some(r) } else { None })
+        .filter(|r| r.kind == RecordKind::PactRefused)
+        .collect();
+    assert_eq!(refused.len(), 1);
+    let err = refused[0].detail["error"].as_str().unwrap_or_default();
+    assert!(err.starts_with("invalid pact: recovery.yaml:9:"), "{err}");
+    assert_eq!(refused[0].detail["change"]["principal"], "alice@trust");
+    assert_eq!(e.pact_versions()[0].active.as_ref().map(|v| v.version), Some(1));
+    // Nothing to promote or roll back: refused as conflicts, recorded too.
+    let out = outputs(&mut e, [change("c2", PactMode::Promote, 2, None), change("c3", PactMode::Rollback, 3, None)]);
+    assert_eq!(history_kinds(&out), [RecordKind::PactRefused, RecordKind::PactRefused]);
+    assert_eq!(e.stats().pact_changes_refused, 3);
+    // A version number reused with another text is refused.
+    let v1_changed = DRIFT_RECOVERY.replace("clean_events: 4", "clean_events: 5");
+    let out = outputs(&mut e, [change("c4", PactMode::Shadow, 4, Some(&v1_changed))]);
+    let rec = out.iter().find_map(|o| if let Output::History(r) = o { Some(r) } else { None });
+    assert!(rec.is_some_and(|r| r.detail["error"].as_str().unwrap_or_default().contains("already published")));
+}
+
+#[test]
+fn a_shadow_version_judges_beside_the_active_one_and_sends_nothing_to_routers() {
+    let mut e = engine_with(DRIFT_RECOVERY, "recovery.yaml");
+    let v2 = recovery_v2();
+    let mut inputs = vec![tel("d1", 0, "o", false, 1), change("s1", PactMode::Shadow, 1, Some(&v2))];
+    inputs.push(tel("d1", 2, "b", false, 1));
+    let out = outputs(&mut e, inputs);
+    assert_eq!(events(&out), vec![], "the shadow's breach reaches no router");
+    let shadow: Vec<_> = out
+        .iter()
+        .filter_map(|o| if let Output::History(r) = o { Some(r) } else { None })
+        .filter(|r| r.kind == RecordKind::ShadowDecision)
+        .collect();
+    assert_eq!(shadow.len(), 2, "both scopes would have moved");
+    assert_eq!(
+        (&shadow[0].detail["lane_to"], &shadow[0].detail["enforced"], shadow[0].pact_version),
+        (&serde_json::json!("degrade"), &serde_json::json!(false), Some(2))
+    );
+    let v = &e.pact_versions()[0];
+    assert_eq!(v.active.as_ref().map(|a| (a.version, a.events)), Some((1, 0)));
+    assert_eq!(v.shadow.as_ref().map(|a| (a.version, a.events)), Some((2, 2)));
+    assert_eq!(v.shadow.as_ref().and_then(|a| a.activation.as_ref()).map(|a| a.principal.as_str()), Some("alice@trust"));
+    assert_eq!(e.agent("d1").map(|a| a.published), Some(ByScope::both(Normal)));
+    // Rolling back discards the shadow and its states.
+    let out = outputs(&mut e, [change("r1", PactMode::Rollback, 3, None)]);
+    assert_eq!(history_kinds(&out), [RecordKind::PactRolledBack]);
+    assert!(e.pact_versions()[0].shadow.is_none());
+    assert!(e.agent("d1").is_some_and(|a| a.clauses.keys().all(|k| k.0 == 0) && a.shadow.is_empty()));
+}
+
+#[test]
+fn a_promotion_keeps_unchanged_clauses_state_so_their_alarm_lands_on_the_same_record() {
+    let v2 = recovery_v2();
+    let plain = {
+        let mut e = engine_with(DRIFT_RECOVERY, "recovery.yaml");
+        outputs(&mut e, drift_run(0, 400, 300))
+    };
+    let mut e = engine_with(DRIFT_RECOVERY, "recovery.yaml");
+    let mut inputs = drift_run(0, 250, 300);
+    inputs.push(change("s1", PactMode::Shadow, 250, Some(&v2)));
+    inputs.extend(drift_run(250, 10, 300));
+    inputs.push(change("p1", PactMode::Promote, 260, None));
+    inputs.extend(drift_run(260, 140, 300));
+    let reloaded = outputs(&mut e, inputs);
+    assert!(alarm_record(&plain).is_some(), "the drift is caught");
+    assert_eq!(alarm_record(&reloaded), alarm_record(&plain), "same record with and without the reload");
+    let promoted = reloaded
+        .iter()
+        .find_map(|o| if let Output::History(r) = o { Some(r).filter(|r| r.kind == RecordKind::PactPromoted) } else { None })
+        .expect("promotion recorded");
+    assert_eq!(promoted.detail["state_kept"], serde_json::json!(["flag_rate"]));
+    assert_eq!(promoted.detail["change"]["principal"], "alice@trust");
+    let v = &e.pact_versions()[0];
+    assert_eq!((v.active.as_ref().map(|a| a.version), v.previous.clone()), (Some(2), vec![1]));
+    // Rollback returns to version 1; the unchanged clause's state carries back too.
+    let out = outputs(&mut e, [change("r1", PactMode::Rollback, 500, None)]);
+    assert_eq!(history_kinds(&out).first(), Some(&RecordKind::PactRolledBack));
+    let v = &e.pact_versions()[0];
+    assert_eq!((v.active.as_ref().map(|a| a.version), v.previous.clone()), (Some(1), vec![]));
+    assert!(e.agent("d1").is_some_and(|a| a.clauses.keys().all(|k| e.pacts()[k.0 as usize].version() == 1)));
+}
+
+#[test]
+fn an_enforced_change_that_drops_a_demanding_clause_moves_the_lane_citing_the_change() {
+    let v2 = recovery_v2();
+    let mut e = engine_with(&v2, "recovery.yaml");
+    let out = step(&mut e, [tel("d1", 0, "b", false, 1)]);
+    assert_eq!(out.len(), 2, "degraded: {out:?}");
+    let out = step(&mut e, [change("c1", PactMode::Enforce, 1, Some(&DRIFT_RECOVERY.replace("version: 1", "version: 3")))]);
+    assert_eq!(
+        out,
+        vec![ev("d1", All, Degrade, Normal, 3, 1, "pact_activated"), ev("d1", HighRisk, Degrade, Normal, 4, 1, "pact_activated")]
+    );
+    // A retry of the same change id is not applied twice.
+    let out = outputs(&mut e, [change("c1", PactMode::Enforce, 2, Some(&DRIFT_RECOVERY.replace("version: 1", "version: 3")))]);
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_restore_after_an_activation_keeps_the_activated_version_and_runs_as_without_the_restart() {
+    let v2 = recovery_v2();
+    let mut inputs = drift_run(0, 100, 10_000);
+    inputs.push(change("s1", PactMode::Shadow, 100, Some(&v2)));
+    inputs.extend(drift_run(100, 20, 10_000));
+    inputs.push(change("p1", PactMode::Promote, 120, None));
+    inputs.extend(drift_run(120, 200, 250));
+    inputs.push(tel("d1", 400, "b", false, 1));
+    let whole = {
+        let mut e = engine_with(DRIFT_RECOVERY, "recovery.yaml");
+        outputs(&mut e, inputs.clone())
+    };
+    for cut in [101, 122, 200] {
+        let mut e = engine_with(DRIFT_RECOVERY, "recovery.yaml");
+        let mut out = outputs(&mut e, inputs[..cut].iter().cloned());
+        let agents: Vec<(String, AgentState)> = e.agents().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // Restarted with the files as they were: version 1 only.
+        let file = vec![parse_pact(DRIFT_RECOVERY, "recovery.yaml").expect("valid")];
+        let mut r = Engine::restore(e.config().clone(), file, e.meta(), agents);
+        out.extend(outputs(&mut r, inputs[cut..].iter().cloned()));
+        assert_eq!(out, whole, "restored after {cut} inputs");
+    }
+    assert!(enforcements(&whole).iter().any(|e| e.clause_id.as_deref() == Some("blocked_flag")), "version 2 enforced");
 }

@@ -131,6 +131,7 @@ impl Engine {
     pub(super) fn acts_on_arrival(&self, input: &Input) -> bool {
         let tel = match input {
             Input::Override(o) => return o.kind == OverrideKind::EmergencyKill,
+            Input::Pact(_) => return false,
             Input::Telemetry(t) => t,
         };
         if !self.any_severe {
@@ -177,6 +178,7 @@ impl Engine {
         let (id, agent) = match &input {
             Input::Telemetry(t) => (t.event_id.clone(), t.agent_id.clone()),
             Input::Override(o) => (o.override_id.clone(), o.agent_id.clone()),
+            Input::Pact(c) => (c.change_id.clone(), String::new()),
         };
         let rec = LateRecord {
             id: id.clone(),
@@ -190,7 +192,8 @@ impl Engine {
             ),
         };
         let detail = serde_json::to_value(&rec).unwrap_or_default();
-        self.history(RecordKind::Late, wm, Some(agent), None, detail);
+        let agent = Some(agent).filter(|a| !a.is_empty());
+        self.history(RecordKind::Late, wm, agent, None, detail);
         self.out.push(Output::Late(rec));
     }
 

@@ -43,6 +43,16 @@ pub enum RecordKind {
     Panic,
     /// Wall time reached an idle source's engine and moved its watermark.
     Tick,
+    /// A pact version started running in shadow.
+    PactShadowed,
+    /// A shadow pact version replaced the active one.
+    PactPromoted,
+    /// A shadow was discarded, or the active version gave way to the one it replaced.
+    PactRolledBack,
+    /// A pact change was refused (invalid document, conflict, failed authentication).
+    PactRefused,
+    /// A would-be lane change of a shadow pact version (not sent to routers).
+    ShadowDecision,
 }
 
 /// One history record.

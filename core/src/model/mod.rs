@@ -7,5 +7,6 @@ pub mod heartbeat;
 pub mod history;
 pub mod lane;
 pub mod overrides;
+pub mod pact_change;
 pub mod router_view;
 pub mod telemetry;

@@ -7,6 +7,7 @@ use driftgate_core::codec::jsonl;
 use driftgate_core::engine::{Collected, Engine, EngineConfig, Input, Output};
 use driftgate_core::model::history::{Record, RecordKind};
 use driftgate_core::model::overrides::OverrideRequest;
+use driftgate_core::model::pact_change::PactChange;
 use driftgate_core::model::telemetry::Telemetry;
 use driftgate_core::pact::Pact;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -130,6 +131,8 @@ pub struct ReplayOptions<'a> {
     pub engine: Option<EngineConfig>,
     /// Overrides (JSONL), merged in event-time order.
     pub overrides: Option<&'a Path>,
+    /// Pact changes (JSONL), merged in event-time order.
+    pub pact_changes: Option<&'a Path>,
     /// Ticks recorded by a live run, applied at their input positions.
     pub ticks: Vec<RecordedTick>,
     /// Enforcement events (JSONL).
@@ -163,7 +166,7 @@ pub fn replay_with(
     input: &Path,
     opts: &ReplayOptions<'_>,
 ) -> anyhow::Result<ReplaySummary> {
-    let ReplayOptions { overrides, events_out, history_out, late_out, .. } = *opts;
+    let ReplayOptions { overrides, pact_changes, events_out, history_out, late_out, .. } = *opts;
     let telemetry = read_telemetry(input)?;
     let mut inputs: Vec<Input> = telemetry.into_iter().map(Input::Telemetry).collect();
     if let Some(p) = overrides {
@@ -173,7 +176,17 @@ pub fn replay_with(
                 serde_json::from_str(line).with_context(|| format!("{}: line {}", p.display(), i + 1))?;
             inputs.push(Input::Override(o));
         }
-        // Overrides join the telemetry in event-time order (stable for equal times).
+    }
+    if let Some(p) = pact_changes {
+        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let c: PactChange =
+                serde_json::from_str(line).with_context(|| format!("{}: line {}", p.display(), i + 1))?;
+            inputs.push(Input::Pact(c));
+        }
+    }
+    if overrides.is_some() || pact_changes.is_some() {
+        // They join the telemetry in event-time order (stable for equal times).
         inputs.sort_by_key(|i| i.time());
     }
     if inputs.is_empty() {
