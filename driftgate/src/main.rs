@@ -215,8 +215,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Simulate { out, events, incidents, seed } => simulate_cmd(&out, events, incidents, seed),
-        Cmd::Replay { pact, input, overrides, pact_changes, events_out, history_out, late_out, config, ticks } => {
-            let files = ReplayFiles { overrides, pact_changes, events_out, history_out, late_out, config, ticks };
+        Cmd::Replay {
+            pact,
+            input,
+            overrides,
+            pact_changes,
+            events_out,
+            history_out,
+            late_out,
+            config,
+            ticks,
+        } => {
+            let files =
+                ReplayFiles { overrides, pact_changes, events_out, history_out, late_out, config, ticks };
             replay_cmd(&pact, &input, files)
         }
     }
@@ -423,8 +434,31 @@ fn run_pipeline(config: Option<&std::path::Path>) -> anyhow::Result<()> {
             topic,
         )
     });
+    let pact_files = cfg.pacts.clone();
     let pipeline = driftgate::kafka::pipeline::Pipeline::start(cfg, pacts, status.clone(), metrics)?;
     let control: Arc<dyn driftgate::api::control::ControlPlane> = pipeline.control();
+    {
+        // SIGHUP re-reads the pact files: a changed version is enforced, an invalid one refused.
+        let control = control.clone();
+        // Installed inside the runtime: a signal stream needs its reactor.
+        let mut hup = {
+            let _rt = rt.enter();
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot install the SIGHUP handler")?
+        };
+        rt.spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: re-reading the pact files");
+                let (control, files) = (control.clone(), pact_files.clone());
+                let reread = tokio::task::spawn_blocking(move || {
+                    driftgate::api::pacts::reload_files(&*control, &files, driftgate::clock::wall_micros())
+                });
+                if let Err(e) = reread.await {
+                    tracing::error!(error = %e, "pact file re-read failed");
+                }
+            }
+        });
+    }
     if let Some((client, group, topic)) = control_topic {
         driftgate::kafka::control_topic::spawn(client, group, topic, control.clone(), creds.clone(), status)?;
     }

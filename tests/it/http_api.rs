@@ -398,7 +398,7 @@ fn openapi_document_matches_the_routes() {
     )
     .unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 7);
+    assert_eq!(paths.len(), 9);
     for (path, ops) in paths {
         let url = format!("{}{}", server.base, path.replace("{id}", "fin-01"));
         for method in ops.as_object().unwrap().keys() {

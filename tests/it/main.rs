@@ -10,6 +10,7 @@ mod exactly_once;
 mod history_cli;
 mod http_api;
 mod kafka_pipeline;
+mod pact_lifecycle;
 mod pacts;
 mod rebalance_mock;
 mod registry_client;

@@ -131,3 +131,67 @@ fn late_records_are_set_aside_with_their_reason_and_recorded_in_the_history() {
     assert_eq!(in_history.len(), 1);
     assert_eq!(in_history[0]["detail"]["id"], "late-1");
 }
+
+#[test]
+fn a_replay_with_pact_changes_shadows_promotes_and_rolls_back_at_their_event_times_the_same_way_every_time() {
+    use driftgate_core::model::pact_change::{PactChange, PactMode};
+    let dir = tempfile::tempdir().unwrap();
+    let (jsonl, _) = fleet_file(dir.path(), 60_000);
+    // The next version of finance-quality also degrades refusals; shadowed at 02:00, promoted at 03:00,
+    // rolled back at 05:00 of the simulated day.
+    let v1 = &example_pacts()[0];
+    let v2 = v1.source().replace(&format!("version: {}", v1.version()), &format!("version: {}", v1.version() + 1))
+        + "  - id: no-refusals\n    metric: { kind: bernoulli, value: outcome == \"refused\" }\n    test: { kind: limit, zero_tolerance: true }\n    severity: high\n    consequence: degrade\n";
+    let hour = 3_600_000_000i64;
+    let change = |id: &str, mode, h: i64, document: Option<String>| PactChange {
+        change_id: id.into(),
+        mode,
+        pact_id: example_pacts()[0].id().into(),
+        document,
+        principal: "alice".into(),
+        reason: "review".into(),
+        ticket: "CHG-1".into(),
+        issued_at: driftgate::cli::demo::DAY0 + h * hour,
+        channel: "replay".into(),
+    };
+    let changes = [
+        change("c1", PactMode::Shadow, 2, Some(v2)),
+        change("c2", PactMode::Promote, 3, None),
+        change("c3", PactMode::Rollback, 5, None),
+    ];
+    let file = dir.path().join("changes.jsonl");
+    std::fs::write(
+        &file,
+        changes.iter().map(|c| serde_json::to_string(c).unwrap() + "\n").collect::<String>(),
+    )
+    .unwrap();
+    let mut runs = Vec::new();
+    for i in 0..2 {
+        let (ev, hi) = (dir.path().join(format!("ev{i}")), dir.path().join(format!("hi{i}")));
+        let opts = driftgate::cli::replay::ReplayOptions {
+            pact_changes: Some(&file),
+            events_out: Some(&ev),
+            history_out: Some(&hi),
+            ..Default::default()
+        };
+        driftgate::cli::replay::replay_with(example_pacts(), &jsonl, &opts).unwrap();
+        runs.push((std::fs::read_to_string(&ev).unwrap(), std::fs::read_to_string(&hi).unwrap()));
+    }
+    assert_eq!(runs[0], runs[1], "the same changes at the same event times, the same outputs");
+    let history: Vec<driftgate_core::model::history::Record> =
+        runs[0].1.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<String> = history
+        .iter()
+        .filter(|r| r.detail.get("change").is_some())
+        .map(|r| format!("{:?}@{}", r.kind, (r.at_micros - driftgate::cli::demo::DAY0) / hour))
+        .collect();
+    assert_eq!(kinds, ["PactShadowed@2", "PactPromoted@3", "PactRolledBack@5"]);
+    // Refusals are degraded by the new version while it enforces, and only then.
+    let events: Vec<driftgate_core::model::enforcement::EnforcementEvent> =
+        runs[0].0.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let v2_events: Vec<_> = events.iter().filter(|e| e.clause_id.as_deref() == Some("no-refusals")).collect();
+    assert!(!v2_events.is_empty(), "version 2's clause enforced");
+    let enforced = driftgate::cli::demo::DAY0 + 3 * hour..driftgate::cli::demo::DAY0 + 5 * hour;
+    assert!(v2_events.iter().all(|e| enforced.contains(&e.effective_at)), "{v2_events:?}");
+    assert!(history.iter().any(|r| r.kind == driftgate_core::model::history::RecordKind::ShadowDecision));
+}

@@ -10,7 +10,8 @@ impl Engine {
         let fail_mode = |k: &ClauseKey| clause_at(&self.pacts, k.0, k.1).0.doc.fail_mode;
         // Shadow versions' states keep would-be lanes only (see `judge_shadows`).
         let enforcing = |k: &&ClauseKey| !self.is_shadow(k.0);
-        let clauses = agent.clauses.iter().filter(|(k, _)| enforcing(k)).map(|(k, s)| (s.demand, fail_mode(k)));
+        let clauses =
+            agent.clauses.iter().filter(|(k, _)| enforcing(k)).map(|(k, s)| (s.demand, fail_mode(k)));
         let model = agent.model_change.as_ref().map(|mc| (mc.lane, Lane::Review));
         let scope = agent.scope.as_ref().map_or(&[][..], |s| &s.pending[..]);
         let scope_all = scope.iter().filter(|c| !c.high_risk_only).map(|c| (c.lane, Lane::Review));

@@ -132,7 +132,9 @@ impl Engine {
             .map(|(old, (id, v))| match by_old.get(&(old as u16)) {
                 Some(new) => Some(*new),
                 None if changed.contains(id) => None,
-                None => e.pacts[..files].iter().position(|p| p.id() == id && p.version() == *v).map(|i| i as u16),
+                None => {
+                    e.pacts[..files].iter().position(|p| p.id() == id && p.version() == *v).map(|i| i as u16)
+                }
             })
             .collect();
         let map = |i: u16| remap.get(i as usize).copied().flatten();
@@ -151,7 +153,10 @@ impl Engine {
         e.activated = meta.activated;
         for (id, mut a) in agents {
             a.pacts = a.pacts.iter().filter_map(|p| map(*p)).collect();
-            a.shadow = std::mem::take(&mut a.shadow).into_iter().filter_map(|(p, l)| map(p).map(|p| (p, l))).collect();
+            a.shadow = std::mem::take(&mut a.shadow)
+                .into_iter()
+                .filter_map(|(p, l)| map(p).map(|p| (p, l)))
+                .collect();
             if let Some(sc) = a.scope.as_mut() {
                 sc.pending.retain_mut(|ch| map(ch.pact).map(|p| ch.pact = p).is_some());
             }

@@ -146,7 +146,32 @@ impl Engine {
     }
 
     fn slot_of(&self, id: &str, role: Role) -> Option<u16> {
-        (0..self.pacts.len()).find(|i| self.slots[*i].role == role && self.pacts[*i].id() == id).map(|i| i as u16)
+        (0..self.pacts.len())
+            .find(|i| self.slots[*i].role == role && self.pacts[*i].id() == id)
+            .map(|i| i as u16)
+    }
+
+    /// Whether a pact change with this id was applied.
+    pub fn has_applied(&self, change_id: &str) -> bool {
+        self.applied.iter().any(|c| c == change_id)
+    }
+
+    /// The change ids applied, oldest first (the newest 256).
+    pub fn applied_changes(&self) -> &[String] {
+        &self.applied
+    }
+
+    /// An engine with this one's pact versions and registry, and nothing else: to validate
+    /// changes and answer `GET /v1/pacts` where no partition's engine is at hand.
+    pub fn registry_view(&self) -> Engine {
+        let mut e = Engine::new(self.cfg.clone(), self.pacts.clone());
+        e.slots = self.slots.clone();
+        e.severe = self.severe.clone();
+        e.any_severe = self.any_severe;
+        e.previous = self.previous.clone();
+        e.applied = self.applied.clone();
+        e.activated = true;
+        e
     }
 
     /// Every pact's versions, in the order of their active slots.
@@ -161,7 +186,8 @@ impl Engine {
             .map(|id| {
                 let count = |m: &BTreeMap<String, u64>| m.get(id).copied().unwrap_or(0);
                 let shadow = self.slot_of(id, Role::Shadow);
-                let (active_base, shadow_base) = shadow.map_or((0, 0), |s| self.slots[s as usize].baseline_events);
+                let (active_base, shadow_base) =
+                    shadow.map_or((0, 0), |s| self.slots[s as usize].baseline_events);
                 let info = |slot: u16, events: u64| {
                     let p = &self.pacts[slot as usize];
                     VersionInfo {
@@ -177,7 +203,8 @@ impl Engine {
                     active: self
                         .slot_of(id, Role::Active)
                         .map(|s| info(s, count(&self.stats.pact_events).saturating_sub(active_base))),
-                    shadow: shadow.map(|s| info(s, count(&self.stats.shadow_events).saturating_sub(shadow_base))),
+                    shadow: shadow
+                        .map(|s| info(s, count(&self.stats.shadow_events).saturating_sub(shadow_base))),
                     previous: self
                         .previous
                         .get(id)
@@ -196,7 +223,11 @@ impl Engine {
     }
 
     /// What the change does, slot by slot: `(slot to activate or shadow, slot it replaces)`.
-    fn plan(&self, ch: &PactChange, doc: Option<&Pact>) -> Result<(Option<u16>, Option<u16>), PactChangeError> {
+    fn plan(
+        &self,
+        ch: &PactChange,
+        doc: Option<&Pact>,
+    ) -> Result<(Option<u16>, Option<u16>), PactChangeError> {
         let id = ch.pact_id.as_str();
         let active = self.slot_of(id, Role::Active);
         let shadow = self.slot_of(id, Role::Shadow);
@@ -236,7 +267,7 @@ impl Engine {
     /// Applies a pact change (an input): refused changes are recorded with their reason,
     /// and the versions in force stay.
     pub(super) fn on_pact_change(&mut self, ch: PactChange) {
-        if self.applied.iter().any(|c| *c == ch.change_id) {
+        if self.applied.contains(&ch.change_id) {
             return;
         }
         let at = ch.issued_at;
@@ -322,7 +353,8 @@ impl Engine {
             // The exact text, so that the history alone shows what was put in force.
             obj.insert("document".into(), serde_json::Value::String(doc.clone()));
         }
-        let slot = self.slot_of(&id, if kind == RecordKind::PactShadowed { Role::Shadow } else { Role::Active });
+        let slot =
+            self.slot_of(&id, if kind == RecordKind::PactShadowed { Role::Shadow } else { Role::Active });
         let clause = slot.map(|s| &self.pacts[s as usize]);
         let rec = self.chain.append(Entry {
             kind,
@@ -370,7 +402,9 @@ impl Engine {
 
     /// Re-matches every agent's coverage against the slots in force.
     pub(super) fn recover_coverage(&mut self) {
-        let ids: Vec<String> = self.agents.keys().cloned().collect();
+        // Sorted: the agents' map iterates in a per-process order, and outputs must not.
+        let mut ids: Vec<String> = self.agents.keys().cloned().collect();
+        ids.sort_unstable();
         for id in ids {
             let Some(wf) = self.agents.get(&id).map(|a| a.workflow.clone()) else { continue };
             let pacts = self.covering(&id, &wf);
@@ -430,7 +464,9 @@ impl Engine {
         let new_pact = &self.pacts[new as usize];
         let new_has_scope = new_pact.doc.scope.is_some();
         let remap = |c: u16| kin.get(c as usize).copied().flatten();
-        let ids: Vec<String> = self.agents.keys().cloned().collect();
+        // Sorted: the agents' map iterates in a per-process order, and outputs must not.
+        let mut ids: Vec<String> = self.agents.keys().cloned().collect();
+        ids.sort_unstable();
         let mut timers = Vec::new();
         for agent_id in &ids {
             let Some(a) = self.agents.get_mut(agent_id) else { continue };
@@ -450,7 +486,8 @@ impl Engine {
                         Some(Kinship::Changed(c)) => {
                             // Lane bookkeeping carries over: a changed clause must re-verify
                             // on its new detector before the agent steps down.
-                            let mut s = ClauseState::new(self.protos[new as usize][c as usize].clone(), st.last_at);
+                            let mut s =
+                                ClauseState::new(self.protos[new as usize][c as usize].clone(), st.last_at);
                             s.demand = st.demand;
                             s.escalations = st.escalations;
                             s.min_dwell_until = st.min_dwell_until;
@@ -467,7 +504,7 @@ impl Engine {
             // A promoted shadow's states: those of changed or new clauses replace the ones
             // carried over; unchanged clauses keep the active version's.
             for ((c, seg), st) in shadow_states {
-                let unchanged = kin.iter().any(|k| *k == Some(Kinship::Same(c)));
+                let unchanged = kin.contains(&Some(Kinship::Same(c)));
                 let key = (new, c, seg);
                 if !(unchanged && moved.contains_key(&key)) {
                     moved.insert(key, st);
@@ -512,7 +549,8 @@ impl Engine {
             }
             self.dirty.insert(agent_id.clone());
         }
-        self.timers.retain(|(_, t)| !matches!(t, Timer::Freshness(_, k) if k.0 == old || Some(k.0) == shadow));
+        self.timers
+            .retain(|(_, t)| !matches!(t, Timer::Freshness(_, k) if k.0 == old || Some(k.0) == shadow));
         self.timers.extend(timers);
         self.recover_coverage();
         for agent_id in ids {
@@ -555,7 +593,9 @@ impl Engine {
             if lanes == before {
                 continue;
             }
-            let Some(cause) = causes.iter().find(|c| c.clause.as_ref().is_some_and(|k| k.0 == slot)) else { continue };
+            let Some(cause) = causes.iter().find(|c| c.clause.as_ref().is_some_and(|k| k.0 == slot)) else {
+                continue;
+            };
             let (pact, clause) = match &cause.clause {
                 Some(k) => clause_at(&self.pacts, k.0, k.1),
                 None => continue,
@@ -575,7 +615,13 @@ impl Engine {
             let at = cause.causation.at;
             for d in detail {
                 *self.stats.shadow_events.entry(pact.id().to_string()).or_default() += 1;
-                self.history(RecordKind::ShadowDecision, at, Some(agent_id.to_string()), Some((&pact, &clause)), d);
+                self.history(
+                    RecordKind::ShadowDecision,
+                    at,
+                    Some(agent_id.to_string()),
+                    Some((&pact, &clause)),
+                    d,
+                );
             }
             if let Some(a) = self.agents.get_mut(agent_id) {
                 a.shadow.insert(slot, lanes);
@@ -609,7 +655,8 @@ impl Engine {
 
 /// A pact's `critical` zero-tolerance clauses: a breach of one acts on arrival.
 pub(super) fn severe_clauses(p: &Pact) -> Vec<u16> {
-    let severe =
-        |c: &Clause| c.severity == Severity::Critical && matches!(&c.test, Test::Limit(l) if l.zero_tolerance);
+    let severe = |c: &Clause| {
+        c.severity == Severity::Critical && matches!(&c.test, Test::Limit(l) if l.zero_tolerance)
+    };
     (0..p.doc.clauses.len()).filter(|i| severe(&p.doc.clauses[*i])).map(|i| i as u16).collect()
 }

@@ -1526,7 +1526,8 @@ fn alarm_record(out: &[Output]) -> Option<String> {
 #[test]
 fn an_invalid_pact_change_is_refused_with_its_place_recorded_and_the_version_in_force_stays() {
     let mut e = engine_with(DRIFT_RECOVERY, "recovery.yaml");
-    let bad = DRIFT_RECOVERY.replace("version: 1", "version: 2").replace("severity: medium", "severity: urgent");
+    let bad =
+        DRIFT_RECOVERY.replace("version: 1", "version: 2").replace("severity: medium", "severity: urgent");
     let out = outputs(&mut e, [tel("d1", 0, "o", false, 1), change("c1", PactMode::Enforce, 1, Some(&bad))]);
     let refused: Vec<_> = out
         .iter()
@@ -1539,7 +1540,10 @@ fn an_invalid_pact_change_is_refused_with_its_place_recorded_and_the_version_in_
     assert_eq!(refused[0].detail["change"]["principal"], "alice@trust");
     assert_eq!(e.pact_versions()[0].active.as_ref().map(|v| v.version), Some(1));
     // Nothing to promote or roll back: refused as conflicts, recorded too.
-    let out = outputs(&mut e, [change("c2", PactMode::Promote, 2, None), change("c3", PactMode::Rollback, 3, None)]);
+    let out = outputs(
+        &mut e,
+        [change("c2", PactMode::Promote, 2, None), change("c3", PactMode::Rollback, 3, None)],
+    );
     assert_eq!(history_kinds(&out), [RecordKind::PactRefused, RecordKind::PactRefused]);
     assert_eq!(e.stats().pact_changes_refused, 3);
     // A version number reused with another text is refused.
@@ -1570,7 +1574,10 @@ fn a_shadow_version_judges_beside_the_active_one_and_sends_nothing_to_routers() 
     let v = &e.pact_versions()[0];
     assert_eq!(v.active.as_ref().map(|a| (a.version, a.events)), Some((1, 0)));
     assert_eq!(v.shadow.as_ref().map(|a| (a.version, a.events)), Some((2, 2)));
-    assert_eq!(v.shadow.as_ref().and_then(|a| a.activation.as_ref()).map(|a| a.principal.as_str()), Some("alice@trust"));
+    assert_eq!(
+        v.shadow.as_ref().and_then(|a| a.activation.as_ref()).map(|a| a.principal.as_str()),
+        Some("alice@trust")
+    );
     assert_eq!(e.agent("d1").map(|a| a.published), Some(ByScope::both(Normal)));
     // Rolling back discards the shadow and its states.
     let out = outputs(&mut e, [change("r1", PactMode::Rollback, 3, None)]);
@@ -1597,7 +1604,13 @@ fn a_promotion_keeps_unchanged_clauses_state_so_their_alarm_lands_on_the_same_re
     assert_eq!(alarm_record(&reloaded), alarm_record(&plain), "same record with and without the reload");
     let promoted = reloaded
         .iter()
-        .find_map(|o| if let Output::History(r) = o { Some(r).filter(|r| r.kind == RecordKind::PactPromoted) } else { None })
+        .find_map(|o| {
+            if let Output::History(r) = o {
+                Some(r).filter(|r| r.kind == RecordKind::PactPromoted)
+            } else {
+                None
+            }
+        })
         .expect("promotion recorded");
     assert_eq!(promoted.detail["state_kept"], serde_json::json!(["flag_rate"]));
     assert_eq!(promoted.detail["change"]["principal"], "alice@trust");
@@ -1617,13 +1630,22 @@ fn an_enforced_change_that_drops_a_demanding_clause_moves_the_lane_citing_the_ch
     let mut e = engine_with(&v2, "recovery.yaml");
     let out = step(&mut e, [tel("d1", 0, "b", false, 1)]);
     assert_eq!(out.len(), 2, "degraded: {out:?}");
-    let out = step(&mut e, [change("c1", PactMode::Enforce, 1, Some(&DRIFT_RECOVERY.replace("version: 1", "version: 3")))]);
+    let out = step(
+        &mut e,
+        [change("c1", PactMode::Enforce, 1, Some(&DRIFT_RECOVERY.replace("version: 1", "version: 3")))],
+    );
     assert_eq!(
         out,
-        vec![ev("d1", All, Degrade, Normal, 3, 1, "pact_activated"), ev("d1", HighRisk, Degrade, Normal, 4, 1, "pact_activated")]
+        vec![
+            ev("d1", All, Degrade, Normal, 3, 1, "pact_activated"),
+            ev("d1", HighRisk, Degrade, Normal, 4, 1, "pact_activated")
+        ]
     );
     // A retry of the same change id is not applied twice.
-    let out = outputs(&mut e, [change("c1", PactMode::Enforce, 2, Some(&DRIFT_RECOVERY.replace("version: 1", "version: 3")))]);
+    let out = outputs(
+        &mut e,
+        [change("c1", PactMode::Enforce, 2, Some(&DRIFT_RECOVERY.replace("version: 1", "version: 3")))],
+    );
     assert!(out.is_empty(), "{out:?}");
 }
 
@@ -1650,5 +1672,8 @@ fn a_restore_after_an_activation_keeps_the_activated_version_and_runs_as_without
         out.extend(outputs(&mut r, inputs[cut..].iter().cloned()));
         assert_eq!(out, whole, "restored after {cut} inputs");
     }
-    assert!(enforcements(&whole).iter().any(|e| e.clause_id.as_deref() == Some("blocked_flag")), "version 2 enforced");
+    assert!(
+        enforcements(&whole).iter().any(|e| e.clause_id.as_deref() == Some("blocked_flag")),
+        "version 2 enforced"
+    );
 }

@@ -167,11 +167,11 @@ mod tests {
     fn a_change_is_checked_field_by_field_and_its_document_parsed_with_its_place() {
         assert_eq!(change(PactMode::Shadow, Some(DOC)).check().map(|p| p.map(|p| p.version())), Ok(Some(2)));
         assert_eq!(change(PactMode::Promote, None).check().map(|p| p.is_none()), Ok(true));
-        assert_eq!(change(PactMode::Enforce, None).check().unwrap_err(), PactChangeError::NoDocument("enforce"));
         assert_eq!(
-            change(PactMode::Rollback, Some(DOC)).check().unwrap_err().code(),
-            "invalid_request"
+            change(PactMode::Enforce, None).check().unwrap_err(),
+            PactChangeError::NoDocument("enforce")
         );
+        assert_eq!(change(PactMode::Rollback, Some(DOC)).check().unwrap_err().code(), "invalid_request");
         let mut c = change(PactMode::Enforce, Some(DOC));
         c.principal = " ".into();
         assert_eq!(c.check().unwrap_err(), PactChangeError::Missing("principal"));

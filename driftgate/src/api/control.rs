@@ -2,10 +2,12 @@
 //! ([`crate::kafka::pipeline`]) or the demo (`driftgate demo --listen`, [`DemoControl`]).
 
 use crate::obs::metrics::{EngineScrape, Metrics};
+use driftgate_core::engine::registry::PactVersions;
 use driftgate_core::engine::{Collected, Engine, Input, Stats};
 use driftgate_core::model::enforcement::EnforcementEvent;
 use driftgate_core::model::history::{Chain, Entry, Record, RecordKind};
 use driftgate_core::model::overrides::{self, OverrideError, OverrideRequest};
+use driftgate_core::model::pact_change::{PactChange, PactChangeError};
 use driftgate_core::model::router_view::AgentSnapshot;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -49,19 +51,6 @@ impl Readiness {
             && self.broker_reachable
             && self.decoder_available
     }
-}
-
-/// One active pact version.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PactInfo {
-    /// Pact id.
-    pub pact: String,
-    /// Version.
-    pub version: u32,
-    /// Description.
-    pub description: Option<String>,
-    /// Clause ids.
-    pub clauses: Vec<String>,
 }
 
 /// Why an override was not taken.
@@ -244,13 +233,21 @@ pub trait ControlPlane: Send + Sync + 'static {
     fn agent(&self, id: &str) -> Result<Option<AgentSnapshot>, Busy>;
     /// The agent's recent history records, newest last.
     fn history(&self, id: &str, limit: usize) -> Vec<Record>;
-    /// Active pact versions.
-    fn pacts(&self) -> Vec<PactInfo>;
+    /// Every pact's active and shadow versions, who put them there, and their events.
+    fn pacts(&self) -> Vec<PactVersions>;
+    /// Validates a pact change against the versions in force and hands it to every engine
+    /// here; one durability answer per engine.
+    fn submit_pact_change(&self, change: PactChange, now_micros: i64)
+        -> Result<Vec<Durability>, SubmitError>;
     /// Validates an override and hands it to the engine holding the agent; the answer says
     /// when the state holding it is durable.
     fn submit_override(&self, req: OverrideRequest, now_micros: i64) -> Result<Durability, SubmitError>;
     /// Records a refused request (authentication or validation) in the API's audit chain.
-    fn audit_rejection(&self, agent: Option<&str>, at_micros: i64, detail: serde_json::Value);
+    fn audit(&self, kind: RecordKind, agent: Option<&str>, at_micros: i64, detail: serde_json::Value);
+    /// Records a refused override.
+    fn audit_rejection(&self, agent: Option<&str>, at_micros: i64, detail: serde_json::Value) {
+        self.audit(RecordKind::OverrideRejected, agent, at_micros, detail)
+    }
     /// The metrics, refreshed.
     fn metrics(&self) -> &Metrics;
     /// Recomputes state gauges before a scrape.
@@ -274,6 +271,11 @@ impl RecentHistory {
             self.records.pop_front();
         }
         self.records.push_back(r);
+    }
+
+    /// Every record kept, oldest first.
+    pub fn all(&self) -> impl Iterator<Item = &Record> {
+        self.records.iter()
     }
 
     /// The agent's newest `limit` records, oldest first.
@@ -306,16 +308,17 @@ impl AuditChain {
         AuditChain { name, chain: Mutex::new(Chain::default()) }
     }
 
-    /// Chains a rejection record.
+    /// Chains a record of a refused request.
     pub fn rejection(
         &self,
+        kind: RecordKind,
         agent: Option<&str>,
         at_micros: i64,
         detail: serde_json::Value,
     ) -> Option<Record> {
         let mut c = self.chain.lock().ok()?;
         Some(c.append(Entry {
-            kind: RecordKind::OverrideRejected,
+            kind,
             at_micros,
             agent_id: agent.map(str::to_string),
             pact_id: None,
@@ -326,18 +329,12 @@ impl AuditChain {
     }
 }
 
-/// Pact descriptions for `/v1/pacts`.
-pub fn pact_infos(engine: &Engine) -> Vec<PactInfo> {
-    engine
-        .pacts()
-        .iter()
-        .map(|p| PactInfo {
-            pact: p.id().to_string(),
-            version: p.version(),
-            description: p.doc.description.clone(),
-            clauses: p.doc.clauses.iter().map(|c| c.id.clone()).collect(),
-        })
-        .collect()
+/// Checks a pact change against an engine's versions in force.
+pub fn check_change(engine: &Engine, change: &PactChange) -> Result<(), SubmitError> {
+    engine.check_change(change).map_err(|e| match e {
+        PactChangeError::Conflict(m) => SubmitError::Conflict(m),
+        other => SubmitError::Invalid(other.to_string()),
+    })
 }
 
 /// The demo's engine behind the API: the day has run; overrides apply at once.
@@ -373,6 +370,19 @@ impl DemoControl {
         c
     }
 
+    /// The API's audit records (refused requests), oldest first.
+    pub fn audit_records(&self) -> Vec<Record> {
+        self.recent
+            .lock()
+            .map(|r| {
+                r.all()
+                    .filter(|r| matches!(r.kind, RecordKind::OverrideRejected | RecordKind::PactRefused))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Counts enforcement events and keeps history records, as the pipeline's emitter does.
     fn publish(&self, events: Vec<EnforcementEvent>, history: Vec<Record>) {
         for e in &events {
@@ -400,8 +410,23 @@ impl ControlPlane for DemoControl {
         self.recent.lock().map(|r| r.of(id, limit)).unwrap_or_default()
     }
 
-    fn pacts(&self) -> Vec<PactInfo> {
-        self.state.lock().map(|s| pact_infos(&s.engine)).unwrap_or_default()
+    fn pacts(&self) -> Vec<PactVersions> {
+        self.state.lock().map(|s| s.engine.pact_versions()).unwrap_or_default()
+    }
+
+    fn submit_pact_change(&self, mut change: PactChange, _now: i64) -> Result<Vec<Durability>, SubmitError> {
+        let mut state = self.state.lock().map_err(|_| SubmitError::Unavailable("engine poisoned".into()))?;
+        let engine = &mut state.engine;
+        check_change(engine, &change)?;
+        // The demo's clock is its simulated day: the change takes effect at its end.
+        change.issued_at = engine.watermark().unwrap_or(change.issued_at);
+        engine.push(Input::Pact(change));
+        engine.flush();
+        let mut out = Collected::default();
+        out.take(engine.drain());
+        drop(state);
+        self.publish(out.events, out.history);
+        Ok(vec![Durability::done()])
     }
 
     fn submit_override(&self, mut req: OverrideRequest, _now: i64) -> Result<Durability, SubmitError> {
@@ -423,8 +448,8 @@ impl ControlPlane for DemoControl {
         Ok(Durability::done())
     }
 
-    fn audit_rejection(&self, agent: Option<&str>, at: i64, detail: serde_json::Value) {
-        if let Some(r) = self.audit.rejection(agent, at, detail) {
+    fn audit(&self, kind: RecordKind, agent: Option<&str>, at: i64, detail: serde_json::Value) {
+        if let Some(r) = self.audit.rejection(kind, agent, at, detail) {
             self.publish(Vec::new(), vec![r]);
         }
     }

@@ -1,7 +1,8 @@
 //! The HTTP API and `/metrics` (axum). Documented in `schemas/openapi.yaml`.
 //!
 //! Every error is a 4xx/5xx with a JSON body `{"error": code, "message": text}`; handlers
-//! never panic on input, and the only wait (an override becoming durable) is bounded.
+//! never panic on input, and the only waits (an override or a pact change becoming
+//! durable) are bounded.
 //!
 //! Handlers never block an async worker: every call into the control plane, which may wait
 //! for the pipeline (a rebalance holds its state while it flushes), runs on the blocking
@@ -9,7 +10,8 @@
 
 use crate::api::auth::{Credentials, Presented};
 use crate::api::control::{Busy, ControlPlane};
-use crate::api::ingest::{ingest, Accepted, Channel, RefusalKind};
+use crate::api::ingest::{ingest, Accepted, Channel, Refusal, RefusalKind};
+use crate::api::pacts::{ingest_pact, AcceptedChange};
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -17,6 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use driftgate_core::model::pact_change::PactMode;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -56,7 +59,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .route("/v1/pacts", get(pacts))
+        .route("/v1/pacts", get(pacts).post(create_pact_change))
+        .route("/v1/pacts/{id}/promote", post(promote))
+        .route("/v1/pacts/{id}/rollback", post(rollback))
         .route("/v1/agents/{id}", get(agent))
         .route("/v1/agents/{id}/history", get(history))
         .route("/v1/overrides", post(create_override))
@@ -229,6 +234,113 @@ async fn create_override(State(s): State<ApiState>, headers: HeaderMap, body: By
     }
 }
 
+async fn create_pact_change(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    pact_change(s, headers, body, None).await
+}
+
+async fn promote(
+    State(s): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match id {
+        Ok(Path(id)) => pact_change(s, headers, body, Some((id, PactMode::Promote))).await,
+        Err(e) => bad_request("bad_path", e),
+    }
+}
+
+async fn rollback(
+    State(s): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match id {
+        Ok(Path(id)) => pact_change(s, headers, body, Some((id, PactMode::Rollback))).await,
+        Err(e) => bad_request("bad_path", e),
+    }
+}
+
+/// Takes a pact change and answers once every engine here holds it durably, with the
+/// pact's versions as they are then.
+async fn pact_change(
+    s: ApiState,
+    headers: HeaderMap,
+    body: Bytes,
+    path: Option<(String, PactMode)>,
+) -> Response {
+    let accepted = {
+        let s2 = s.clone();
+        tokio::task::spawn_blocking(move || {
+            let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+            let presented = Presented {
+                authorization: h("authorization"),
+                signature: h(SIGNATURE_HEADER),
+                timestamp: h(TIMESTAMP_HEADER),
+            };
+            let path = path.as_ref().map(|(id, mode)| (id.as_str(), *mode));
+            ingest_pact(
+                &*s2.control,
+                &s2.creds,
+                Channel::Http,
+                &presented,
+                &body,
+                path,
+                crate::clock::wall_micros(),
+            )
+        })
+        .await
+    };
+    let AcceptedChange { change, durability } = match accepted {
+        Ok(Ok(a)) => a,
+        Ok(Err(r)) => return refusal(r),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+    };
+    let timeout = s.durable_timeout;
+    let waited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + timeout;
+        for d in durability {
+            match d.wait(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(Box::new(error(StatusCode::SERVICE_UNAVAILABLE, "not_durable", e))),
+                None => return Err(Box::new(error(StatusCode::GATEWAY_TIMEOUT, "not_durable", "the change was handed to the engines but not confirmed durable in time; retrying with the same change_id is safe"))),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match waited {
+        Ok(Ok(())) => {}
+        Ok(Err(r)) => return *r,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+    }
+    let id = change.pact_id.clone();
+    let versions = off_worker(&s, move |c| c.pacts().into_iter().find(|p| p.pact == id)).await;
+    match versions {
+        Ok(p) => (
+            StatusCode::CREATED,
+            Json(json!({"change_id": change.change_id, "mode": change.mode, "pact": p})),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// A refused request, answered with its status and the API's JSON error.
+fn refusal(r: Refusal) -> Response {
+    let status = match r.kind {
+        RefusalKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        RefusalKind::Forbidden => StatusCode::FORBIDDEN,
+        RefusalKind::NotJson => StatusCode::BAD_REQUEST,
+        RefusalKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        RefusalKind::UnknownAgent => StatusCode::NOT_FOUND,
+        RefusalKind::Conflict => StatusCode::CONFLICT,
+        RefusalKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, r.code, r.message)
+}
+
 /// 503 `unavailable`: the engine's owner did not answer in time.
 fn unavailable(busy: Busy) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", busy)
@@ -243,18 +355,8 @@ fn accept_override(s: &ApiState, headers: &HeaderMap, body: &Bytes) -> Result<Ac
         signature: h(SIGNATURE_HEADER),
         timestamp: h(TIMESTAMP_HEADER),
     };
-    ingest(&*s.control, &s.creds, Channel::Http, &presented, body, crate::clock::wall_micros()).map_err(|r| {
-        let status = match r.kind {
-            RefusalKind::Unauthenticated => StatusCode::UNAUTHORIZED,
-            RefusalKind::Forbidden => StatusCode::FORBIDDEN,
-            RefusalKind::NotJson => StatusCode::BAD_REQUEST,
-            RefusalKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
-            RefusalKind::UnknownAgent => StatusCode::NOT_FOUND,
-            RefusalKind::Conflict => StatusCode::CONFLICT,
-            RefusalKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        Box::new(error(status, r.code, r.message))
-    })
+    ingest(&*s.control, &s.creds, Channel::Http, &presented, body, crate::clock::wall_micros())
+        .map_err(|r| Box::new(refusal(r)))
 }
 
 #[cfg(test)]

@@ -5,13 +5,15 @@
 //! [`PipelineControl::answer_within`] with [`Busy`].
 
 use crate::api::control::{
-    AuditChain, Busy, ControlPlane, Durability, PactInfo, Readiness, RecentHistory, SubmitError,
+    AuditChain, Busy, ControlPlane, Durability, Readiness, RecentHistory, SubmitError,
 };
 use crate::kafka::pipeline::Status;
 use crate::obs::events::{AuditWriteFailed, InternalEvent};
 use crate::obs::metrics::Metrics;
-use driftgate_core::model::history::Record;
+use driftgate_core::engine::registry::PactVersions;
+use driftgate_core::model::history::{Record, RecordKind};
 use driftgate_core::model::overrides::OverrideRequest;
+use driftgate_core::model::pact_change::PactChange;
 use driftgate_core::model::router_view::AgentSnapshot;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -38,6 +40,18 @@ pub enum Command {
         /// Accepted (with the promise of a durability answer) or refused.
         reply: SyncSender<Result<Durability, SubmitError>>,
     },
+    /// Hand a pact change to every engine here.
+    PactChange {
+        /// The change, authenticated and parsed.
+        change: PactChange,
+        /// Accepted (one durability answer per engine) or refused.
+        reply: SyncSender<Result<Vec<Durability>, SubmitError>>,
+    },
+    /// Every pact's versions and their events across the engines here.
+    Pacts {
+        /// The answer.
+        reply: SyncSender<Vec<PactVersions>>,
+    },
     /// Recompute the engines' metrics before a scrape.
     RefreshMetrics {
         /// Answered when done.
@@ -61,7 +75,6 @@ pub struct PipelineControl {
     status: Arc<Status>,
     metrics: Arc<Metrics>,
     recent: Arc<Mutex<RecentHistory>>,
-    pacts: Vec<PactInfo>,
     audit: AuditChain,
     answer_within: Duration,
 }
@@ -77,10 +90,9 @@ impl PipelineControl {
         status: Arc<Status>,
         metrics: Arc<Metrics>,
         recent: Arc<Mutex<RecentHistory>>,
-        pacts: Vec<PactInfo>,
         audit: AuditChain,
     ) -> PipelineControl {
-        PipelineControl { commands, status, metrics, recent, pacts, audit, answer_within: ANSWER_WITHIN }
+        PipelineControl { commands, status, metrics, recent, audit, answer_within: ANSWER_WITHIN }
     }
 
     /// How long a caller waits for the pipeline thread before it is answered [`Busy`].
@@ -124,16 +136,20 @@ impl ControlPlane for PipelineControl {
         self.recent.lock().map(|r| r.of(id, limit)).unwrap_or_default()
     }
 
-    fn pacts(&self) -> Vec<PactInfo> {
-        self.pacts.clone()
+    fn pacts(&self) -> Vec<PactVersions> {
+        self.ask(|reply| Command::Pacts { reply }).unwrap_or_default()
+    }
+
+    fn submit_pact_change(&self, change: PactChange, _now: i64) -> Result<Vec<Durability>, SubmitError> {
+        self.ask(|reply| Command::PactChange { change, reply })?
     }
 
     fn submit_override(&self, req: OverrideRequest, now: i64) -> Result<Durability, SubmitError> {
         self.ask(|reply| Command::Override { req, now, reply })?
     }
 
-    fn audit_rejection(&self, agent: Option<&str>, at: i64, detail: serde_json::Value) {
-        let Some(r) = self.audit.rejection(agent, at, detail) else { return };
+    fn audit(&self, kind: RecordKind, agent: Option<&str>, at: i64, detail: serde_json::Value) {
+        let Some(r) = self.audit.rejection(kind, agent, at, detail) else { return };
         self.metrics.history_records.inc();
         if let Ok(mut recent) = self.recent.lock() {
             recent.push(r.clone());
@@ -175,7 +191,6 @@ fn control_over(commands: SyncSender<Command>, answer_within: Duration) -> Pipel
         Arc::new(Status::default()),
         Arc::new(Metrics::new()),
         Arc::default(),
-        Vec::new(),
         AuditChain::new("api/test".into()),
     )
     .answer_within(answer_within)

@@ -1,5 +1,7 @@
-//! Overrides from a Kafka control topic (`kafka.topics.control`): the record value is the
-//! same JSON as `POST /v1/overrides`, authenticated the same way, by headers
+//! Overrides and pact changes from a Kafka control topic (`kafka.topics.control`): the
+//! record value is the same JSON as `POST /v1/overrides` or `POST /v1/pacts` (a pact change
+//! names its `mode`; promote and rollback name `pact_id` too), authenticated the same way,
+//! by headers
 //! `driftgate.timestamp` + `driftgate.signature` (HMAC) or `authorization` (bearer token).
 //!
 //! Every instance reads the whole topic in a group of its own and applies the overrides of
@@ -10,6 +12,7 @@
 use crate::api::auth::{Credentials, Presented};
 use crate::api::control::{ControlPlane, NotDurable};
 use crate::api::ingest::{ingest, Channel};
+use crate::api::pacts::ingest_pact;
 use crate::kafka::pipeline::Status;
 use crate::obs::events::{self, InternalEvent};
 use rdkafka::config::ClientConfig;
@@ -135,6 +138,44 @@ pub enum Applied {
     Unconfirmed,
 }
 
+/// Whether a control record is a pact change (it names a `mode`) rather than an override.
+fn is_pact_change(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).ok().is_some_and(|v| v.get("mode").is_some())
+}
+
+/// Checks and applies one pact change from the control topic to every engine here, waiting
+/// until each holds it durably. Every instance reads the whole topic, so each applies it to
+/// the partitions it holds; a partition that moves meanwhile catches up at its restore.
+fn apply_pact(
+    control: &dyn ControlPlane,
+    creds: &Credentials,
+    presented: &Presented<'_>,
+    body: &[u8],
+    status: &Status,
+) -> Applied {
+    let now = crate::clock::wall_micros();
+    let Ok(accepted) = ingest_pact(control, creds, Channel::Control, presented, body, None, now) else {
+        return Applied::NotTaken;
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for d in accepted.durability {
+        loop {
+            if Instant::now() >= deadline || status.stop.load(Ordering::SeqCst) {
+                return Applied::Unconfirmed;
+            }
+            match d.wait(Duration::from_millis(200)) {
+                None => continue,
+                Some(Ok(())) | Some(Err(NotDurable::Revoked)) => break,
+                Some(Err(e)) => {
+                    warn!(change_id = %accepted.change.change_id, error = %e, "control topic: pact change not durable");
+                    return Applied::Unconfirmed;
+                }
+            }
+        }
+    }
+    Applied::Durable
+}
+
 /// Checks and applies one control record, waiting until it is durable.
 pub fn apply(
     control: &dyn ControlPlane,
@@ -143,6 +184,9 @@ pub fn apply(
     body: &[u8],
     status: &Status,
 ) -> Applied {
+    if is_pact_change(body) {
+        return apply_pact(control, creds, presented, body, status);
+    }
     // Refusals are logged, counted and recorded by `ingest`.
     let Ok(accepted) = ingest(control, creds, Channel::Control, presented, body, crate::clock::wall_micros())
     else {
@@ -171,10 +215,13 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::control::{Busy, Durability, PactInfo, Readiness, SubmitError};
+    use crate::api::control::{Busy, Durability, Readiness, SubmitError};
     use crate::obs::metrics::Metrics;
+    use driftgate_core::engine::registry::PactVersions;
     use driftgate_core::model::history::Record;
+    use driftgate_core::model::history::RecordKind;
     use driftgate_core::model::overrides::OverrideRequest;
+    use driftgate_core::model::pact_change::PactChange;
     use driftgate_core::model::router_view::AgentSnapshot;
 
     /// Takes every override and answers its durability with `outcome`.
@@ -193,15 +240,18 @@ mod tests {
         fn history(&self, _id: &str, _limit: usize) -> Vec<Record> {
             Vec::new()
         }
-        fn pacts(&self) -> Vec<PactInfo> {
+        fn pacts(&self) -> Vec<PactVersions> {
             Vec::new()
+        }
+        fn submit_pact_change(&self, _c: PactChange, _now: i64) -> Result<Vec<Durability>, SubmitError> {
+            Err(SubmitError::Unavailable("not in this test".into()))
         }
         fn submit_override(&self, _req: OverrideRequest, _now: i64) -> Result<Durability, SubmitError> {
             let (promise, durability) = Durability::pending();
             promise.keep(self.outcome);
             Ok(durability)
         }
-        fn audit_rejection(&self, _agent: Option<&str>, _at: i64, _detail: serde_json::Value) {}
+        fn audit(&self, _kind: RecordKind, _agent: Option<&str>, _at: i64, _detail: serde_json::Value) {}
         fn metrics(&self) -> &Metrics {
             &self.metrics
         }

@@ -21,7 +21,7 @@
 //! - On SIGTERM: stop consuming, flush, commit, leave the group.
 
 use crate::api::control::{
-    hand_to_engine, pact_infos, AuditChain, Durability, Handed, RecentHistory, SubmitError,
+    check_change, hand_to_engine, AuditChain, Durability, Handed, RecentHistory, SubmitError,
 };
 use crate::config::{Delivery, InputFormat, RunConfig};
 use crate::kafka::commands::{self, Command, PipelineControl};
@@ -36,10 +36,12 @@ use crate::obs::events::{
     HeartbeatFailed, InternalEvent, RecordRejected, RestoreFailed, SeekFailed,
 };
 use crate::obs::metrics::{EngineScrape, Metrics, PartitionTime};
-use driftgate_core::engine::{Engine, Input};
+use driftgate_core::engine::registry::{PactVersions, VersionInfo};
+use driftgate_core::engine::Input;
 use driftgate_core::model::heartbeat::EngineState;
 use driftgate_core::model::history::Record;
 use driftgate_core::model::overrides::OverrideRequest;
+use driftgate_core::model::pact_change::PactChange;
 use driftgate_core::model::router_view::AgentSnapshot;
 use driftgate_core::pact::Pact;
 use rdkafka::config::ClientConfig;
@@ -210,6 +212,30 @@ pub fn kafka_config(cfg: &RunConfig) -> ClientConfig {
     c
 }
 
+/// Every pact's versions as the reference engine holds them, with the events counted by
+/// every engine here.
+fn pact_versions(tasks: &Tasks) -> Vec<PactVersions> {
+    let mut list = tasks.reference.pact_versions();
+    let per_task: Vec<Vec<PactVersions>> = tasks.map.values().map(|t| t.engine.pact_versions()).collect();
+    let sum = |pact: &str, v: &mut Option<VersionInfo>, pick: fn(&PactVersions) -> &Option<VersionInfo>| {
+        if let Some(v) = v.as_mut() {
+            v.events = per_task
+                .iter()
+                .flatten()
+                .filter(|q| q.pact == pact)
+                .filter_map(|q| pick(q).as_ref())
+                .filter(|q| q.version == v.version)
+                .map(|q| q.events)
+                .sum();
+        }
+    };
+    for p in &mut list {
+        sum(&p.pact, &mut p.active, |q| &q.active);
+        sum(&p.pact, &mut p.shadow, |q| &q.shadow);
+    }
+    list
+}
+
 /// The shared properties plus the consumer-only ones.
 pub fn consumer_config(cfg: &RunConfig) -> ClientConfig {
     let mut c = kafka_config(cfg);
@@ -305,13 +331,11 @@ impl Pipeline {
         });
         let audit_chain = format!("api/{instance}");
         let (commands_tx, commands) = commands::channel();
-        let pact_list = tasks.lock().map(|t| pact_infos(&Engine::new(t.engine_cfg.clone(), t.pacts.clone())));
         let control = Arc::new(PipelineControl::new(
             commands_tx,
             status.clone(),
             metrics.clone(),
             recent,
-            pact_list.map_err(|_| PipelineError::Poisoned)?,
             AuditChain::new(audit_chain.clone()),
         ));
         let p = Pipeline {
@@ -720,6 +744,12 @@ impl Pipeline {
                 Command::Override { req, now, reply } => {
                     let _ = reply.try_send(self.take_override(&mut tasks, req, now));
                 }
+                Command::PactChange { change, reply } => {
+                    let _ = reply.try_send(self.take_pact_change(&mut tasks, change));
+                }
+                Command::Pacts { reply } => {
+                    let _ = reply.try_send(pact_versions(&tasks));
+                }
                 Command::RefreshMetrics { reply } => {
                     self.refresh_metrics(&mut tasks);
                     let _ = reply.try_send(());
@@ -755,6 +785,45 @@ impl Pipeline {
         Ok(task.await_next_snapshot())
     }
 
+    /// Validates a pact change against the versions in force here and hands it to every
+    /// engine; each waits in its engine's event-time buffer until the partition's watermark
+    /// passes `issued_at` (at the latest the watermark it meets), so every partition applies
+    /// it at a definite input position, which restores and replays reproduce.
+    fn take_pact_change(
+        &self,
+        tasks: &mut Tasks,
+        change: PactChange,
+    ) -> Result<Vec<Durability>, SubmitError> {
+        check_change(&tasks.reference, &change)?;
+        tasks.reference.push(Input::Pact(change.clone()));
+        tasks.reference.flush();
+        tasks.reference.drain();
+        tasks.remember(change.clone());
+        let mut durable = Vec::new();
+        for (key, task) in tasks.map.iter_mut() {
+            Tasks::catch_up(std::slice::from_ref(&change), &mut task.engine);
+            let outputs = task.engine.drain();
+            self.emitter
+                .emit(key, &task.engine, outputs, None)
+                .map_err(|e| SubmitError::Unavailable(e.to_string()))?;
+            durable.push(task.await_next_snapshot());
+        }
+        self.observe_pact_versions(tasks);
+        Ok(durable)
+    }
+
+    /// Sets `driftgate_pact_version{pact,role}` from the versions in force.
+    fn observe_pact_versions(&self, tasks: &Tasks) {
+        self.metrics.pact_versions.reset();
+        for p in tasks.reference.pact_versions() {
+            for (role, v) in [("active", &p.active), ("shadow", &p.shadow)] {
+                if let Some(v) = v {
+                    self.metrics.pact_versions.with_label_values(&[&p.pact, role]).set(i64::from(v.version));
+                }
+            }
+        }
+    }
+
     /// Recomputes the engines' and partitions' metrics before a scrape.
     fn refresh_metrics(&self, tasks: &mut Tasks) {
         if let Ok(acks) = self.sink.acks().lock() {
@@ -764,6 +833,7 @@ impl Pipeline {
         self.scrape
             .borrow_mut()
             .refresh(&self.metrics, tasks.map.values_mut().map(|t| (&t.engine, &mut t.last_stats)));
+        self.observe_pact_versions(tasks);
         let wall = crate::clock::wall_micros();
         self.metrics.observe_partitions(tasks.map.iter().map(|(key, t)| {
             let clock = t.clock();

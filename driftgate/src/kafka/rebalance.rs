@@ -114,17 +114,30 @@ impl PipelineContext {
     /// (`None`: no state, so wherever the group's offset or `auto.offset.reset` says).
     pub(super) fn restore_task(&self, key: &SourceKey) -> Result<(Task, Option<i64>), RestoreError> {
         let restored = restore_partition(&self.client, &self.changelog, key, self.restore_timeout)?;
-        let (cfg, pacts) = match self.tasks.lock() {
-            Ok(t) => (t.engine_cfg.clone(), t.pacts.clone()),
-            Err(p) => (p.get_ref().engine_cfg.clone(), p.get_ref().pacts.clone()),
+        let (cfg, pacts, changes) = match self.tasks.lock() {
+            Ok(t) => (t.engine_cfg.clone(), t.pacts.clone(), t.changes.clone()),
+            Err(p) => {
+                (p.get_ref().engine_cfg.clone(), p.get_ref().pacts.clone(), p.get_ref().changes.clone())
+            }
         };
         let Some((snap, records)) = restored else {
-            return Ok((Task::fresh(Engine::new(cfg, pacts), None), None));
+            let mut engine = Engine::new(cfg, pacts);
+            Tasks::catch_up(&changes, &mut engine);
+            return Ok((Task::fresh(engine, None), None));
         };
         let position = snap.meta.position;
         let torn = snap.torn.len();
         let agents = snap.agents.len();
         let mut engine = Engine::restore(cfg, pacts, snap.meta.meta, snap.agents);
+        // Pact changes made at run time before this restart (or by the partition's previous
+        // owner) come with the state: the reference learns them; changes taken here that
+        // the state lacks are applied.
+        if let Ok(mut t) = self.tasks.lock() {
+            if engine.applied_changes().iter().any(|c| !t.reference.has_applied(c)) {
+                t.reference = engine.registry_view();
+            }
+        }
+        Tasks::catch_up(&changes, &mut engine);
         let by_reference = engine.first_awaited();
         let buffered = engine.buffered();
         info!(topic = %key.0, partition = key.1, position, agents, torn, records, buffered, "state restored");

@@ -7,8 +7,9 @@ use crate::api::control::{Durability, DurabilityPromise, NotDurable};
 use crate::kafka::rebalance::PipelineContext;
 use crate::kafka::sink::{OutRecord, OutputSink, Sink, SinkError, SourceKey, TxnError};
 use driftgate_core::codec::changelog;
-use driftgate_core::engine::{Engine, EngineConfig};
+use driftgate_core::engine::{Engine, EngineConfig, Input};
 use driftgate_core::model::heartbeat::{EngineState, Heartbeat};
+use driftgate_core::model::pact_change::PactChange;
 use driftgate_core::pact::Pact;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -210,11 +211,52 @@ pub(super) struct Tasks {
     /// Exactly-once: partitions whose engines ran ahead of an aborted transaction, to be
     /// restored from the changelog before anything else is read.
     pub(super) rewind: Vec<SourceKey>,
+    /// The pact versions in force here, with no agents: validates pact changes and answers
+    /// `GET /v1/pacts` whatever partitions are held.
+    pub(super) reference: Engine,
+    /// Pact changes taken here, newest last: an engine created or restored later catches up
+    /// with those it has not applied.
+    pub(super) changes: Vec<PactChange>,
 }
+
+/// How many pact changes a [`Tasks`] remembers for engines created later.
+const CHANGES_KEPT: usize = 256;
 
 impl Tasks {
     pub(super) fn new(engine_cfg: EngineConfig, pacts: Vec<Pact>, changelog: String) -> Tasks {
-        Tasks { map: HashMap::new(), engine_cfg, pacts, changelog, rewind: Vec::new() }
+        let reference = Engine::new(engine_cfg.clone(), pacts.clone());
+        Tasks {
+            map: HashMap::new(),
+            engine_cfg,
+            pacts,
+            changelog,
+            rewind: Vec::new(),
+            reference,
+            changes: Vec::new(),
+        }
+    }
+
+    /// Remembers a change taken here (applied to the reference already).
+    pub(super) fn remember(&mut self, change: PactChange) {
+        self.changes.push(change);
+        if self.changes.len() > CHANGES_KEPT {
+            self.changes.remove(0);
+        }
+    }
+
+    /// Brings an engine up to date with the pact changes taken here that it has not applied,
+    /// each at the engine's watermark at the latest (it must not arrive late).
+    pub(super) fn catch_up(changes: &[PactChange], engine: &mut Engine) {
+        for c in changes {
+            if engine.has_applied(&c.change_id) {
+                continue;
+            }
+            let mut c = c.clone();
+            if let Some(wm) = engine.watermark() {
+                c.issued_at = c.issued_at.max(wm);
+            }
+            engine.push(Input::Pact(c));
+        }
     }
 
     /// Drops revoked tasks, after their final snapshot and commit. An awaited override is
@@ -231,10 +273,12 @@ impl Tasks {
     }
 
     pub(super) fn task(&mut self, key: &SourceKey) -> &mut Task {
-        let (cfg, pacts) = (&self.engine_cfg, &self.pacts);
-        self.map
-            .entry(key.clone())
-            .or_insert_with(|| Task::fresh(Engine::new(cfg.clone(), pacts.clone()), None))
+        let (cfg, pacts, changes) = (&self.engine_cfg, &self.pacts, &self.changes);
+        self.map.entry(key.clone()).or_insert_with(|| {
+            let mut engine = Engine::new(cfg.clone(), pacts.clone());
+            Tasks::catch_up(changes, &mut engine);
+            Task::fresh(engine, None)
+        })
     }
 
     /// Writes a snapshot of every task (in `only`) that moved since its last one, in two

@@ -45,7 +45,7 @@ pub fn check(base: &str, token: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     // It did test every documented operation, in every phase.
-    assert!(text.contains("Selected: 7/7") && text.contains("Tested: 7"), "{text}");
+    assert!(text.contains("Selected: 10/10") && text.contains("Tested: 10"), "{text}");
     for phase in ["Examples", "Coverage", "Fuzzing", "Stateful"] {
         assert!(text.contains(&format!("✅ {phase}")), "phase {phase} did not pass:\n{text}");
     }
@@ -55,7 +55,14 @@ pub fn check(base: &str, token: &str) -> String {
         .find(|e| e.file_name().to_string_lossy().starts_with("junit"))
         .map(|e| std::fs::read_to_string(e.path()).unwrap())
         .unwrap_or_else(|| panic!("no JUnit report in the report directory:\n{text}"));
-    assert!(junit.contains("POST /v1/overrides") && junit.contains("GET /v1/agents/{id}/history"), "{junit}");
+    for op in [
+        "POST /v1/overrides",
+        "GET /v1/agents/{id}/history",
+        "POST /v1/pacts",
+        "POST /v1/pacts/{id}/rollback",
+    ] {
+        assert!(junit.contains(op), "{op} not tested: {junit}");
+    }
     text
 }
 
