@@ -625,3 +625,30 @@ fn control_topic_records_are_checked_like_http_requests() {
         .iter()
         .any(|r| r.kind == driftgate_core::model::history::RecordKind::OverrideAccepted));
 }
+
+#[test]
+fn a_pact_change_on_the_control_topic_is_signed_like_an_override_and_applied_once_durable() {
+    use driftgate::api::auth::{Credentials, Presented};
+    use driftgate::api::control::{ControlPlane, DemoControl};
+    use driftgate::kafka::control_topic::{apply, Applied};
+    let control = DemoControl::new(driftgate::cli::demo::run());
+    let creds = Credentials::new(None, Some(SECRET), 300);
+    let status = driftgate::kafka::pipeline::Status::default();
+    let doc = driftgate::cli::demo::EXAMPLE_PACTS[3].1.replace("version: 1", "version: 2");
+    let body = serde_json::json!({"mode": "shadow", "document": doc, "principal": "carol", "reason": "r", "ticket": "T"})
+        .to_string();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let ts = now.to_string();
+    let forged = driftgate::api::auth::sign("wrong", now, body.as_bytes());
+    let p = Presented { signature: Some(&forged), timestamp: Some(&ts), ..Default::default() };
+    assert_eq!(apply(&control, &creds, &p, body.as_bytes(), &status), Applied::NotTaken);
+    let tools = || control.pacts().into_iter().find(|p| p.pact == "support-tools").unwrap();
+    assert!(tools().shadow.is_none(), "the forged change was not applied");
+    let refused = control.audit_records();
+    assert_eq!(refused.last().map(|r| (r.kind, r.detail["reason"].clone())), Some((driftgate_core::model::history::RecordKind::PactRefused, "forged".into())));
+    let sig = driftgate::api::auth::sign(SECRET, now, body.as_bytes());
+    let p = Presented { signature: Some(&sig), timestamp: Some(&ts), ..Default::default() };
+    assert_eq!(apply(&control, &creds, &p, body.as_bytes(), &status), Applied::Durable);
+    let shadow = tools().shadow.expect("shadowed");
+    assert_eq!((shadow.version, shadow.activation.map(|a| (a.principal, a.channel))), (2, Some(("carol".into(), "control".into()))));
+}
