@@ -645,10 +645,16 @@ fn a_pact_change_on_the_control_topic_is_signed_like_an_override_and_applied_onc
     let tools = || control.pacts().into_iter().find(|p| p.pact == "support-tools").unwrap();
     assert!(tools().shadow.is_none(), "the forged change was not applied");
     let refused = control.audit_records();
-    assert_eq!(refused.last().map(|r| (r.kind, r.detail["reason"].clone())), Some((driftgate_core::model::history::RecordKind::PactRefused, "forged".into())));
+    assert_eq!(
+        refused.last().map(|r| (r.kind, r.detail["reason"].clone())),
+        Some((driftgate_core::model::history::RecordKind::PactRefused, "forged".into()))
+    );
     let sig = driftgate::api::auth::sign(SECRET, now, body.as_bytes());
     let p = Presented { signature: Some(&sig), timestamp: Some(&ts), ..Default::default() };
     assert_eq!(apply(&control, &creds, &p, body.as_bytes(), &status), Applied::Durable);
     let shadow = tools().shadow.expect("shadowed");
-    assert_eq!((shadow.version, shadow.activation.map(|a| (a.principal, a.channel))), (2, Some(("carol".into(), "control".into()))));
+    assert_eq!(
+        (shadow.version, shadow.activation.map(|a| (a.principal, a.channel))),
+        (2, Some(("carol".into(), "control".into())))
+    );
 }

@@ -297,6 +297,8 @@ impl Engine {
         };
         let id = ch.pact_id.clone();
         let causation = Causation { kind: "pact_change".into(), id: ch.change_id.clone(), at };
+        // The slot enforcement moved from, if it moved.
+        let mut switched = None;
         let (kind, detail) = match ch.mode {
             PactMode::Shadow => {
                 let Some(pact) = doc else { return };
@@ -316,14 +318,16 @@ impl Engine {
             PactMode::Enforce => {
                 let Some(pact) = doc else { return };
                 let slot = self.add_slot(pact, Role::Active, activation);
-                let carried = replaced.map(|old| self.switch(old, slot, None, &causation));
+                switched = replaced;
+                let carried = replaced.map(|old| self.switch(old, slot, None));
                 (RecordKind::PactActivated, self.change_detail(&who, slot, replaced, carried))
             }
             PactMode::Promote => {
                 let Some(slot) = target else { return };
                 self.slots[slot as usize].role = Role::Active;
                 self.slots[slot as usize].activation = Some(activation);
-                let carried = replaced.map(|old| self.switch(old, slot, Some(slot), &causation));
+                switched = replaced;
+                let carried = replaced.map(|old| self.switch(old, slot, Some(slot)));
                 (RecordKind::PactPromoted, self.change_detail(&who, slot, replaced, carried))
             }
             PactMode::Rollback => {
@@ -339,7 +343,8 @@ impl Engine {
                     }
                     self.slots[slot as usize].role = Role::Active;
                     self.slots[slot as usize].activation = Some(activation);
-                    let carried = replaced.map(|old| self.switch(old, slot, None, &causation));
+                    switched = replaced;
+                    let carried = replaced.map(|old| self.switch(old, slot, None));
                     // A rollback does not stack the version it leaves.
                     if let Some(v) = self.previous.get_mut(&id) {
                         v.pop();
@@ -367,6 +372,10 @@ impl Engine {
         });
         self.out.push(Output::History(rec));
         *self.stats.pact_changes.entry(ch.mode.as_str().to_string()).or_default() += 1;
+        // The lanes follow, after the record of the change that moves them.
+        if let (Some(old), Some(new)) = (switched, slot) {
+            self.publish_switch(old, new, &causation);
+        }
     }
 
     fn change_detail(
@@ -434,17 +443,11 @@ impl Engine {
     }
 
     /// Moves enforcement from slot `old` to slot `new`: `old` retires (onto the pact's
-    /// rollback stack), agents' clause states move by clause id, and every agent whose lanes
-    /// change gets an event citing the change. With `shadow` (a promotion), a changed clause
+    /// rollback stack) and agents' clause states move by clause id ([`Engine::publish_switch`]
+    /// then announces the lanes that change). With `shadow` (a promotion), a changed clause
     /// keeps the state the shadow built; unchanged ones keep the active version's. The clause
     /// ids whose state was kept, started fresh and dropped.
-    fn switch(
-        &mut self,
-        old: u16,
-        new: u16,
-        shadow: Option<u16>,
-        causation: &Causation,
-    ) -> (Vec<String>, Vec<String>, Vec<String>) {
+    fn switch(&mut self, old: u16, new: u16, shadow: Option<u16>) -> (Vec<String>, Vec<String>, Vec<String>) {
         self.slots[old as usize].role = Role::Retired;
         self.severe[old as usize].clear();
         self.severe[new as usize] = severe_clauses(&self.pacts[new as usize]);
@@ -553,28 +556,44 @@ impl Engine {
             .retain(|(_, t)| !matches!(t, Timer::Freshness(_, k) if k.0 == old || Some(k.0) == shadow));
         self.timers.extend(timers);
         self.recover_coverage();
+        (kept, fresh, dropped)
+    }
+
+    /// After a switch from slot `old` to slot `new` (and its history record): every agent
+    /// whose lanes now differ from those published gets an event citing the change, and the
+    /// new version's clause demanding the most, if one demands a lane.
+    fn publish_switch(&mut self, old: u16, new: u16, causation: &Causation) {
+        // Sorted: the agents' map iterates in a per-process order, and outputs must not.
+        let mut ids: Vec<String> = self.agents.keys().cloned().collect();
+        ids.sort_unstable();
         for agent_id in ids {
             let Some(a) = self.agents.get(&agent_id) else { continue };
             let (lanes, _) = self.computed(a);
-            if lanes != a.published {
-                let p = &self.pacts[new as usize];
-                let cause = Cause {
-                    code: CauseCode::PactActivated,
-                    text: format!(
-                        "pact `{}` version {} now in force (was version {}); lanes re-evaluated",
-                        p.id(),
-                        p.version(),
-                        self.pacts[old as usize].version()
-                    ),
-                    clause: None,
-                    detection: None,
-                    causation: causation.clone(),
-                    clean_at_decision: None,
-                };
-                self.reevaluate(&agent_id, cause, false);
+            if lanes == a.published {
+                continue;
             }
+            let clause = a
+                .clauses
+                .iter()
+                .filter(|(k, s)| k.0 == new && s.demand > Lane::Normal)
+                .max_by_key(|(_, s)| s.demand)
+                .map(|(k, _)| k.clone());
+            let p = &self.pacts[new as usize];
+            let cause = Cause {
+                code: CauseCode::PactActivated,
+                text: format!(
+                    "pact `{}` version {} now in force (was version {}); lanes re-evaluated",
+                    p.id(),
+                    p.version(),
+                    self.pacts[old as usize].version()
+                ),
+                clause,
+                detection: None,
+                causation: causation.clone(),
+                clean_at_decision: None,
+            };
+            self.reevaluate(&agent_id, cause, false);
         }
-        (kept, fresh, dropped)
     }
 
     /// Judges an agent's shadow versions after one step: each shadow's lanes are the

@@ -1630,10 +1630,13 @@ fn an_enforced_change_that_drops_a_demanding_clause_moves_the_lane_citing_the_ch
     let mut e = engine_with(&v2, "recovery.yaml");
     let out = step(&mut e, [tel("d1", 0, "b", false, 1)]);
     assert_eq!(out.len(), 2, "degraded: {out:?}");
-    let out = step(
+    let out = outputs(
         &mut e,
         [change("c1", PactMode::Enforce, 1, Some(&DRIFT_RECOVERY.replace("version: 1", "version: 3")))],
     );
+    // The change's record comes first, then the decisions it caused.
+    assert_eq!(history_kinds(&out), [RecordKind::PactActivated, RecordKind::Decision, RecordKind::Decision]);
+    let out = events(&out);
     assert_eq!(
         out,
         vec![
