@@ -1,8 +1,9 @@
 //! Pacts at run time against `driftgate run` on the real broker: a version shadowed beside
 //! the active one sends nothing to routers, an invalid version is refused with its place
 //! while the old one keeps enforcing, a promotion switches enforcement keeping unchanged
-//! clauses' state, the versions survive a restart, and a rollback returns to the previous
-//! version; every step is in the history topic with its principal.
+//! clauses' state, the versions survive a restart, a rollback returns to the previous
+//! version, and SIGHUP enforces a file's new version; every step is in the history topic
+//! with its principal.
 
 use crate::durable_state::serial;
 use crate::support::kafka::{self, wait_for, Broker, Engine, Topics};
@@ -228,6 +229,18 @@ fn shadow_promote_restart_and_rollback_change_enforcement_without_a_restart_and_
     });
     assert_eq!((back.lane_from, back.lane_to), (Lane::Degrade, Lane::Normal));
 
+    // SIGHUP re-reads the file: a new version there is enforced, by the file's principal.
+    std::fs::write(dir.path().join("answers.yaml"), V1.replace("version: 1", "version: 3")).unwrap();
+    let hup =
+        std::process::Command::new("kill").args(["-HUP", &engine.child.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    let active = wait_for(30, "the re-read file's version enforced", || {
+        let a = api.answers();
+        (a["active"]["version"].as_u64() == Some(3)).then(|| a["active"].clone())
+    });
+    assert!(active["activation"]["principal"].as_str().is_some_and(|p| p.starts_with("file:")), "{active}");
+    assert_eq!(active["activation"]["channel"].as_str(), Some("file"));
+
     // Every step is on record with its principal; the refusals are in the API's chain.
     let h = history(b, &t);
     let principal = |k: RecordKind| {
@@ -245,7 +258,8 @@ fn shadow_promote_restart_and_rollback_change_enforcement_without_a_restart_and_
     assert!(m.is_none(), "metrics are text");
     let mut r = api.http.get(&format!("{}/metrics", api.base)).call().unwrap();
     let text = r.body_mut().read_to_string().unwrap();
-    assert!(text.contains("driftgate_pact_version{pact=\"answers\",role=\"active\"} 1"), "{text}");
+    assert!(text.contains("driftgate_pact_version{pact=\"answers\",role=\"active\"} 3"), "{text}");
     assert!(text.contains("driftgate_pact_activations_total{outcome=\"rolled_back\"} 1"), "{text}");
+    assert!(text.contains("driftgate_pact_activations_total{outcome=\"enforced\"} 1"), "the re-read: {text}");
     assert!(engine.stop().success());
 }

@@ -386,17 +386,20 @@ impl Engine {
         carried: Option<(Vec<String>, Vec<String>, Vec<String>)>,
     ) -> serde_json::Value {
         let p = &self.pacts[slot as usize];
-        let (kept, fresh, dropped) = carried.unwrap_or_default();
-        serde_json::json!({
+        let mut detail = serde_json::json!({
             "change": who,
             "pact": p.id(),
             "version": p.version(),
             "replaced_version": replaced.map(|r| self.pacts[r as usize].version()),
             "clauses": p.doc.clauses.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
-            "state_kept": kept,
-            "state_fresh": fresh,
-            "state_dropped": dropped,
-        })
+        });
+        // Only a change of the enforcing version moves state.
+        if let (Some((kept, fresh, dropped)), Some(obj)) = (carried, detail.as_object_mut()) {
+            obj.insert("state_kept".into(), kept.into());
+            obj.insert("state_fresh".into(), fresh.into());
+            obj.insert("state_dropped".into(), dropped.into());
+        }
+        detail
     }
 
     fn add_slot(&mut self, pact: Pact, role: Role, activation: Activation) -> u16 {
