@@ -60,8 +60,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/v1/pacts", get(pacts).post(create_pact_change))
-        .route("/v1/pacts/{id}/promote", post(promote))
-        .route("/v1/pacts/{id}/rollback", post(rollback))
+        .route("/v1/pacts/{id}/{action}", post(pact_action))
         .route("/v1/agents/{id}", get(agent))
         .route("/v1/agents/{id}/history", get(history))
         .route("/v1/overrides", post(create_override))
@@ -238,28 +237,22 @@ async fn create_pact_change(State(s): State<ApiState>, headers: HeaderMap, body:
     pact_change(s, headers, body, None).await
 }
 
-async fn promote(
+/// `POST /v1/pacts/{id}/promote` and `.../rollback`.
+async fn pact_action(
     State(s): State<ApiState>,
-    id: Result<Path<String>, PathRejection>,
+    path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match id {
-        Ok(Path(id)) => pact_change(s, headers, body, Some((id, PactMode::Promote))).await,
-        Err(e) => bad_request("bad_path", e),
-    }
-}
-
-async fn rollback(
-    State(s): State<ApiState>,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match id {
-        Ok(Path(id)) => pact_change(s, headers, body, Some((id, PactMode::Rollback))).await,
-        Err(e) => bad_request("bad_path", e),
-    }
+    let (id, mode) = match path {
+        Ok(Path((id, action))) => match action.as_str() {
+            "promote" => (id, PactMode::Promote),
+            "rollback" => (id, PactMode::Rollback),
+            _ => return error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        },
+        Err(e) => return bad_request("bad_path", e),
+    };
+    pact_change(s, headers, body, Some((id, mode))).await
 }
 
 /// Takes a pact change and answers once every engine here holds it durably, with the

@@ -10,7 +10,7 @@
 //! is durable, so a crash re-reads it.
 
 use crate::api::auth::{Credentials, Presented};
-use crate::api::control::{ControlPlane, NotDurable};
+use crate::api::control::{ControlPlane, Durability, NotDurable};
 use crate::api::ingest::{ingest, Channel};
 use crate::api::pacts::ingest_pact;
 use crate::kafka::pipeline::Status;
@@ -158,22 +158,29 @@ fn apply_pact(
         return Applied::NotTaken;
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    for d in accepted.durability {
-        loop {
-            if Instant::now() >= deadline || status.stop.load(Ordering::SeqCst) {
+    for d in &accepted.durability {
+        match wait_durable(d, deadline, status) {
+            // A revoked partition's new owner catches up with the change at its restore.
+            Some(Ok(())) | Some(Err(NotDurable::Revoked)) => {}
+            Some(Err(e)) => {
+                warn!(change_id = %accepted.change.change_id, error = %e, "control topic: pact change not durable");
                 return Applied::Unconfirmed;
             }
-            match d.wait(Duration::from_millis(200)) {
-                None => continue,
-                Some(Ok(())) | Some(Err(NotDurable::Revoked)) => break,
-                Some(Err(e)) => {
-                    warn!(change_id = %accepted.change.change_id, error = %e, "control topic: pact change not durable");
-                    return Applied::Unconfirmed;
-                }
-            }
+            None => return Applied::Unconfirmed,
         }
     }
     Applied::Durable
+}
+
+/// The durability answer, waiting until `deadline` at most and no longer than the run;
+/// `None` if none came.
+fn wait_durable(d: &Durability, deadline: Instant, status: &Status) -> Option<Result<(), NotDurable>> {
+    while Instant::now() < deadline && !status.stop.load(Ordering::SeqCst) {
+        if let Some(answer) = d.wait(Duration::from_millis(200)) {
+            return Some(answer);
+        }
+    }
+    None
 }
 
 /// Checks and applies one control record, waiting until it is durable.
@@ -195,27 +202,24 @@ pub fn apply(
     // The offset is committed after this returns: wait for the state holding the override
     // (bounded, and no longer than the run).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline && !status.stop.load(Ordering::SeqCst) {
-        match accepted.durability.wait(Duration::from_millis(200)) {
-            None => continue,
-            Some(Ok(())) => return Applied::Durable,
-            Some(Err(e)) => {
-                warn!(agent = %accepted.agent_id, override_id = %accepted.override_id, error = %e, "control topic: override not durable");
-                return match e {
-                    // Not in the state any more: offered again, like a revoke.
-                    NotDurable::Revoked | NotDurable::Aborted => Applied::Revoked,
-                    NotDurable::Stopped => Applied::Unconfirmed,
-                };
+    match wait_durable(&accepted.durability, deadline, status) {
+        Some(Ok(())) => Applied::Durable,
+        Some(Err(e)) => {
+            warn!(agent = %accepted.agent_id, override_id = %accepted.override_id, error = %e, "control topic: override not durable");
+            match e {
+                // Not in the state any more: offered again, like a revoke.
+                NotDurable::Revoked | NotDurable::Aborted => Applied::Revoked,
+                NotDurable::Stopped => Applied::Unconfirmed,
             }
         }
+        None => Applied::Unconfirmed,
     }
-    Applied::Unconfirmed
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::control::{Busy, Durability, Readiness, SubmitError};
+    use crate::api::control::{Busy, Readiness, SubmitError};
     use crate::obs::metrics::Metrics;
     use driftgate_core::engine::registry::PactVersions;
     use driftgate_core::model::history::Record;
