@@ -23,13 +23,8 @@ impl Engine {
         }
         let mut causes: Vec<Cause> = Vec::new();
         causes.extend(self.on_model_version(&tel, now, &causation));
-        causes.extend(self.on_scope(&tel, now, &causation));
         // Scope re-verification needs each clause's outcome; gathered only while one waits.
-        let scope_pending = self
-            .agents
-            .get(&tel.agent_id)
-            .and_then(|a| a.scope.as_ref())
-            .is_some_and(|s| !s.pending.is_empty());
+        let scope_pending = self.on_scope(&tel, now, &causation, &mut causes);
         let mut observed = Vec::new();
         // Clauses.
         // By position: on_clause does not change the agent's coverage.

@@ -20,15 +20,21 @@ pub(super) enum Observed {
 impl Engine {
     /// Checks the event against the agent's verified scope, under every covering pact with
     /// scope triggers: inside a pact's warm-up the scope is learned; after it, each new
-    /// workflow, tool or first high-risk action opens a [`ScopeChange`]. The causes, one per
-    /// change opened.
-    pub(super) fn on_scope(&mut self, tel: &Telemetry, now: i64, causation: &Causation) -> Vec<Cause> {
+    /// workflow, tool or first high-risk action opens a [`ScopeChange`], with a cause in
+    /// `causes`. Whether any scope change awaits re-verification.
+    pub(super) fn on_scope(
+        &mut self,
+        tel: &Telemetry,
+        now: i64,
+        causation: &Causation,
+        causes: &mut Vec<Cause>,
+    ) -> bool {
         let Engine { agents, pacts, stats, slots, .. } = self;
-        let Some(agent) = agents.get_mut(&tel.agent_id) else { return Vec::new() };
+        let Some(agent) = agents.get_mut(&tel.agent_id) else { return false };
         // Shadow versions do not judge scope: their triggers would hold the agent.
         let active = |p: &u16| slots[*p as usize].role == Role::Active;
         if !agent.pacts.iter().any(|p| active(p) && pacts[*p as usize].doc.scope.is_some()) {
-            return Vec::new();
+            return agent.scope.as_ref().is_some_and(|s| !s.pending.is_empty());
         }
         let st = agent.scope.get_or_insert_with(Box::default);
         st.events += 1;
@@ -45,9 +51,9 @@ impl Engine {
             found.push((ScopeKind::FirstHighRisk, ""));
         }
         if found.is_empty() {
-            return Vec::new();
+            return !st.pending.is_empty();
         }
-        let mut causes = Vec::new();
+        let opened = causes.len();
         let mut learn = false;
         for &p in agent.pacts.iter().filter(|p| active(p)) {
             let pact = &pacts[p as usize];
@@ -108,12 +114,12 @@ impl Engine {
                 });
             }
         }
-        if causes.is_empty() && learn {
+        if causes.len() == opened && learn {
             for (kind, value) in found {
                 st.learn(kind, value);
             }
         }
-        causes
+        !st.pending.is_empty()
     }
 
     /// Counts one event's clause outcomes towards the re-verification of the agent's pending
