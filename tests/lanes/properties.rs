@@ -275,7 +275,8 @@ fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
                     "evidence_fresh",
                     "override_applied",
                     "override_expired",
-                    "scope_reverified"
+                    "scope_reverified",
+                    "scope_released"
                 ]
                 .contains(&code),
                 "step down {:?} -> {:?} with reason {code}: {}",

@@ -39,13 +39,16 @@ pub enum CauseCode {
     ScopeFirstHighRisk,
     /// Every observing clause re-verified on traffic from the expanded scope.
     ScopeReverified,
+    /// A scope change was released because its pact no longer covers the agent (it moved
+    /// to a workflow the pact does not apply to).
+    ScopeReleased,
     /// A pact version was activated, promoted or rolled back, and the agent's lanes follow.
     PactActivated,
 }
 
 impl CauseCode {
     /// Every code, in the order of the list in `Reason::code`'s documentation.
-    pub const ALL: [CauseCode; 17] = [
+    pub const ALL: [CauseCode; 18] = [
         CauseCode::DriftVerified,
         CauseCode::LimitBreached,
         CauseCode::ZeroToleranceBreach,
@@ -62,6 +65,7 @@ impl CauseCode {
         CauseCode::ScopeNewTool,
         CauseCode::ScopeFirstHighRisk,
         CauseCode::ScopeReverified,
+        CauseCode::ScopeReleased,
         CauseCode::PactActivated,
     ];
 
@@ -84,6 +88,7 @@ impl CauseCode {
             CauseCode::ScopeNewTool => "scope_new_tool",
             CauseCode::ScopeFirstHighRisk => "scope_first_high_risk",
             CauseCode::ScopeReverified => "scope_reverified",
+            CauseCode::ScopeReleased => "scope_released",
             CauseCode::PactActivated => "pact_activated",
         }
     }
@@ -96,6 +101,7 @@ impl CauseCode {
                 | CauseCode::ScopeNewTool
                 | CauseCode::ScopeFirstHighRisk
                 | CauseCode::ScopeReverified
+                | CauseCode::ScopeReleased
         )
     }
 
@@ -108,6 +114,7 @@ impl CauseCode {
                 | CauseCode::EvidenceFresh
                 | CauseCode::OverrideExpired
                 | CauseCode::ScopeReverified
+                | CauseCode::ScopeReleased
         )
     }
 }
@@ -151,7 +158,14 @@ mod tests {
         let down: Vec<&str> = CauseCode::ALL.iter().filter(|c| c.steps_down()).map(|c| c.as_str()).collect();
         assert_eq!(
             down,
-            ["evidence_fresh", "model_reverified", "reverified", "override_expired", "scope_reverified"]
+            [
+                "evidence_fresh",
+                "model_reverified",
+                "reverified",
+                "override_expired",
+                "scope_reverified",
+                "scope_released"
+            ]
         );
     }
 }

@@ -33,6 +33,38 @@ impl Engine {
         let Some(agent) = agents.get_mut(&tel.agent_id) else { return false };
         // Shadow versions do not judge scope: their triggers would hold the agent.
         let active = |p: &u16| slots[*p as usize].role == Role::Active;
+        // A change whose pact no longer covers the agent (it moved to a workflow the pact
+        // does not apply to) could never re-verify: it is released, not held forever.
+        if let Some(st) = agent.scope.as_mut() {
+            let covered = &agent.pacts;
+            let mut released = Vec::new();
+            st.pending.retain(|ch| {
+                let keep = covered.contains(&ch.pact);
+                if !keep {
+                    released.push(format!(
+                        "{} `{}` of pact `{}`",
+                        ch.kind.as_str(),
+                        ch.value,
+                        pacts[ch.pact as usize].id()
+                    ));
+                }
+                keep
+            });
+            if !released.is_empty() {
+                causes.push(Cause {
+                    code: CauseCode::ScopeReleased,
+                    text: format!(
+                        "scope change released: {}; the pact no longer covers the agent in workflow `{}`",
+                        released.join(", "),
+                        tel.workflow
+                    ),
+                    clause: None,
+                    detection: None,
+                    causation: causation.clone(),
+                    clean_at_decision: None,
+                });
+            }
+        }
         if !agent.pacts.iter().any(|p| active(p) && pacts[*p as usize].doc.scope.is_some()) {
             return agent.scope.as_ref().is_some_and(|s| !s.pending.is_empty());
         }

@@ -1680,3 +1680,28 @@ fn a_restore_after_an_activation_keeps_the_activated_version_and_runs_as_without
         "version 2 enforced"
     );
 }
+
+#[test]
+fn a_scope_change_is_released_when_its_pact_no_longer_covers_the_agent() {
+    let only_w = SCOPED
+        .replace("applies_to: { agents: [\"s*\"] }", "applies_to: { agents: [\"s*\"], workflows: [w] }");
+    let mut e = engine_with(&only_w, "scoped.yaml");
+    let warm: Vec<Input> = (0..3).map(|t| scoped("s1", t, "ok", false, "w", &[])).collect();
+    assert_eq!(step(&mut e, warm), vec![]);
+    assert_eq!(
+        step(&mut e, [scoped("s1", 3, "ok", false, "w", &["new"])]),
+        vec![
+            ev("s1", All, Normal, Watch, 1, 3, "scope_new_tool"),
+            ev("s1", HighRisk, Normal, Watch, 2, 3, "scope_new_tool")
+        ]
+    );
+    // Moved to a workflow the pact does not cover: the change could never re-verify there.
+    assert_eq!(
+        step(&mut e, [scoped("s1", 4, "ok", false, "x", &["new"])]),
+        vec![
+            ev("s1", All, Watch, Normal, 3, 4, "scope_released"),
+            ev("s1", HighRisk, Watch, Normal, 4, 4, "scope_released")
+        ]
+    );
+    assert!(e.agent("s1").and_then(|a| a.scope.as_ref()).is_some_and(|s| s.pending.is_empty()));
+}

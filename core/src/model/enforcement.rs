@@ -14,7 +14,7 @@ pub struct Reason {
     /// `zero_tolerance_breach`, `settle`, `evidence_fresh`, `evidence_stale`, `model_changed`,
     /// `model_reverified`, `reverified`, `override_applied`, `override_expired`,
     /// `blast_radius_recheck`, `scope_new_workflow`, `scope_new_tool`,
-    /// `scope_first_high_risk`, `scope_reverified`, `pact_activated`.
+    /// `scope_first_high_risk`, `scope_reverified`, `scope_released`, `pact_activated`.
     pub code: String,
     /// Plain words for a person.
     pub text: String,
