@@ -215,6 +215,8 @@ fn shadow_promote_restart_and_rollback_change_enforcement_without_a_restart_and_
     let a = api.answers();
     assert_eq!(a["active"]["version"].as_u64(), Some(2), "{a}");
     assert_eq!(a["active"]["activation"]["principal"].as_str(), Some("alice@trust"), "{a}");
+    let log = engine.log_text();
+    assert!(log.contains("the pact was changed at run time") && log.contains("file_version=1"), "{log}");
 
     // Rollback: version 1 again; ag-3's degrade came from a clause version 1 lacks.
     let (st, v) = api.post("/v1/pacts/answers/rollback", TOKEN, who("errors clause too strict"));

@@ -100,6 +100,17 @@ impl Engine {
             }
         }
         let changed: BTreeSet<String> = from_registry.iter().map(|(_, p, _)| p.id().to_string()).collect();
+        for file in pacts.iter().filter(|p| changed.contains(p.id())) {
+            let active = from_registry.iter().find(|(_, p, i)| p.id() == file.id() && i.role == Role::Active);
+            if let Some((_, p, _)) = active.filter(|(_, p, _)| p.version() != file.version()) {
+                tracing::warn!(
+                    pact = %file.id(),
+                    file_version = file.version(),
+                    active_version = p.version(),
+                    "the pact was changed at run time: the changelog's version stays active; activate the file's with SIGHUP or POST /v1/pacts"
+                );
+            }
+        }
         let mut pacts: Vec<Pact> = pacts.into_iter().filter(|p| !changed.contains(p.id())).collect();
         let files = pacts.len();
         let mut infos = vec![SlotInfo::loaded(); files];
