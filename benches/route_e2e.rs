@@ -198,6 +198,7 @@ fn main() {
                 workflow: "w".into(),
                 model_version: "v1".into(),
                 model_change: None,
+                scope_changes: vec![],
                 last_seen: 0,
                 clauses: vec![],
                 overrides: vec![],

@@ -151,6 +151,11 @@ impl Engine {
             .map(|i| i as u16)
     }
 
+    /// Whether the pact slot (a clause key's first index) holds a shadow version.
+    pub fn is_shadow_slot(&self, slot: u16) -> bool {
+        self.is_shadow(slot)
+    }
+
     /// Whether a pact change with this id was applied.
     pub fn has_applied(&self, change_id: &str) -> bool {
         self.applied.iter().any(|c| c == change_id)

@@ -1392,6 +1392,14 @@ fn a_new_tool_after_the_warm_up_holds_the_agent_until_its_clauses_reverify_on_ca
     // Traffic outside the new scope re-verifies nothing, however clean.
     let outside: Vec<Input> = (5..15).map(|t| scoped("s1", t, "ok", false, "w", &["search"])).collect();
     assert_eq!(step(&mut e, outside), vec![]);
+    let snap = crate::model::router_view::AgentSnapshot::of(&e, "s1").expect("snapshot");
+    let held = &snap.scope_changes;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (held[0].kind.as_str(), held[0].value.as_str(), held[0].lane),
+        ("new_tool", "transfer", Watch)
+    );
+    assert_eq!(held[0].clean_events.get("flag"), Some(&1), "the triggering call counted");
     // The triggering call was the first clean observation from the new scope; an alarm on
     // the next call resets the count (and escalates as any breach does: already at watch).
     let breach = step(&mut e, [scoped("s1", 15, "bad", false, "w", &["transfer"])]);
@@ -1403,6 +1411,9 @@ fn a_new_tool_after_the_warm_up_holds_the_agent_until_its_clauses_reverify_on_ca
         step(&mut e, [scoped("s1", 17, "ok", false, "w", &["transfer"])]),
         vec![ev("s1", All, Watch, Watch, 3, 17, "scope_reverified")]
     );
+    // The agent's snapshot shows what holds it and how far re-verification got.
+    let snap = crate::model::router_view::AgentSnapshot::of(&e, "s1").expect("snapshot");
+    assert!(snap.scope_changes.is_empty(), "released: {:?}", snap.scope_changes);
     let a = e.agent("s1").expect("agent");
     let st = a.scope.as_ref().expect("scope state");
     assert!(st.pending.is_empty() && st.tools.contains("transfer"), "{st:?}");
@@ -1579,6 +1590,13 @@ fn a_shadow_version_judges_beside_the_active_one_and_sends_nothing_to_routers() 
         Some("alice@trust")
     );
     assert_eq!(e.agent("d1").map(|a| a.published), Some(ByScope::both(Normal)));
+    let snap = crate::model::router_view::AgentSnapshot::of(&e, "d1").expect("snapshot");
+    let shadowed: Vec<(u32, bool, Lane)> =
+        snap.clauses.iter().map(|c| (c.pact_version, c.shadow, c.demand)).collect();
+    assert!(
+        shadowed.contains(&(2, true, Degrade)) && shadowed.iter().all(|(v, s, _)| (*v == 2) == *s),
+        "{shadowed:?}"
+    );
     // Rolling back discards the shadow and its states.
     let out = outputs(&mut e, [change("r1", PactMode::Rollback, 3, None)]);
     assert_eq!(history_kinds(&out), [RecordKind::PactRolledBack]);

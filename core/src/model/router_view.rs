@@ -39,6 +39,28 @@ pub struct ClauseSnapshot {
     pub last_evidence_at: i64,
     /// No step down before this event time (µs).
     pub min_dwell_until: Option<i64>,
+    /// A clause of a shadow pact version: its demand is a would-be lane, not enforced.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// A scope expansion holding the agent until re-verified (see the pact's `scope`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScopeChangeSnapshot {
+    /// `new_workflow`, `new_tool` or `first_high_risk`.
+    pub kind: String,
+    /// The workflow or tool (empty for high-risk actions).
+    pub value: String,
+    /// The pact whose trigger fired.
+    pub pact_id: String,
+    /// Event time of the trigger (µs).
+    pub since: i64,
+    /// Lane held.
+    pub lane: Lane,
+    /// The scope the lane holds.
+    pub holds: Scope,
+    /// Clean observations from the new scope so far, per observing clause.
+    pub clean_events: std::collections::BTreeMap<String, u64>,
 }
 
 /// An override in force.
@@ -84,6 +106,9 @@ pub struct AgentSnapshot {
     pub model_version: String,
     /// A model change awaiting re-verification, as `from -> to`.
     pub model_change: Option<String>,
+    /// Scope expansions awaiting re-verification.
+    #[serde(default)]
+    pub scope_changes: Vec<ScopeChangeSnapshot>,
     /// Event time last seen (µs).
     pub last_seen: i64,
     /// Every clause.
@@ -118,6 +143,7 @@ impl AgentSnapshot {
                     stale: s.stale,
                     last_evidence_at: s.last_at,
                     min_dwell_until: (s.min_dwell_until > i64::MIN).then_some(s.min_dwell_until),
+                    shadow: engine.is_shadow_slot(*p),
                 })
             })
             .collect();
@@ -130,6 +156,26 @@ impl AgentSnapshot {
             workflow: a.workflow.clone(),
             model_version: a.model_version.clone(),
             model_change: a.model_change.as_ref().map(|m| format!("{} -> {}", m.from, m.to)),
+            scope_changes: a
+                .scope
+                .iter()
+                .flat_map(|s| s.pending.iter())
+                .filter_map(|c| {
+                    let pact = pacts.get(c.pact as usize)?;
+                    let clause = |i: &u16| {
+                        pact.doc.clauses.get(*i as usize).map_or_else(String::new, |c| c.id.clone())
+                    };
+                    Some(ScopeChangeSnapshot {
+                        kind: c.kind.as_str().to_string(),
+                        value: c.value.clone(),
+                        pact_id: pact.id().to_string(),
+                        since: c.since,
+                        lane: c.lane,
+                        holds: if c.high_risk_only { Scope::HighRisk } else { Scope::All },
+                        clean_events: c.clean.iter().map(|(i, n)| (clause(i), *n)).collect(),
+                    })
+                })
+                .collect(),
             last_seen: a.last_seen,
             clauses,
             overrides: a
