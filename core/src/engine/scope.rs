@@ -118,17 +118,18 @@ impl Engine {
                     clean: BTreeMap::new(),
                 });
                 *stats.scope_triggers.entry(kind.as_str().to_string()).or_default() += 1;
-                let what = match kind {
-                    ScopeKind::NewWorkflow => {
-                        format!("served workflow `{value}`, which it has no verified history in")
+                let (code, what) = match kind {
+                    ScopeKind::NewWorkflow => (
+                        CauseCode::ScopeNewWorkflow,
+                        format!("served workflow `{value}`, which it has no verified history in"),
+                    ),
+                    ScopeKind::NewTool => (
+                        CauseCode::ScopeNewTool,
+                        format!("called tool `{value}`, which it never called before"),
+                    ),
+                    ScopeKind::FirstHighRisk => {
+                        (CauseCode::ScopeFirstHighRisk, "took a high-risk action, its first".to_string())
                     }
-                    ScopeKind::NewTool => format!("called tool `{value}`, which it never called before"),
-                    ScopeKind::FirstHighRisk => "took a high-risk action, its first".to_string(),
-                };
-                let code = match kind {
-                    ScopeKind::NewWorkflow => CauseCode::ScopeNewWorkflow,
-                    ScopeKind::NewTool => CauseCode::ScopeNewTool,
-                    ScopeKind::FirstHighRisk => CauseCode::ScopeFirstHighRisk,
                 };
                 causes.push(Cause {
                     code,

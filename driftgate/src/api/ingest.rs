@@ -54,6 +54,17 @@ pub enum RefusalKind {
     Unavailable,
 }
 
+impl RefusalKind {
+    /// The refusal a failed authentication gets, whatever the request: 401 when no valid
+    /// credential was presented in time, 403 when a wrong one was (or none is accepted).
+    pub fn of_auth(e: &AuthError) -> RefusalKind {
+        match e {
+            AuthError::Missing | AuthError::Expired(_) => RefusalKind::Unauthenticated,
+            AuthError::Disabled | AuthError::BadToken | AuthError::BadSignature => RefusalKind::Forbidden,
+        }
+    }
+}
+
 /// A refused request: which rule, the code and the message the caller is told.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
@@ -106,12 +117,7 @@ pub fn ingest(
     };
     let auth = match creds.check(presented, body, now / 1_000_000) {
         Ok(m) => m,
-        Err(e @ (AuthError::Missing | AuthError::Expired(_))) => {
-            return refuse(RefusalKind::Unauthenticated, e.code(), e.to_string())
-        }
-        Err(e @ (AuthError::Disabled | AuthError::BadToken | AuthError::BadSignature)) => {
-            return refuse(RefusalKind::Forbidden, e.code(), e.to_string())
-        }
+        Err(e) => return refuse(RefusalKind::of_auth(&e), e.code(), e.to_string()),
     };
     let Some(mut v) = parsed.clone().filter(|v| v.is_object()) else {
         return refuse(

@@ -5,7 +5,7 @@
 //! (`driftgate_pact_activations_total{outcome="refused"}`) and recorded in the audit chain
 //! as a `pact_refused` record, with the principal the request named.
 
-use crate::api::auth::{AuthError, Credentials, Presented};
+use crate::api::auth::{Credentials, Presented};
 use crate::api::control::{ControlPlane, Durability, SubmitError};
 use crate::api::ingest::{Channel, Refusal, RefusalKind};
 use driftgate_core::model::history::RecordKind;
@@ -75,14 +75,8 @@ pub fn ingest_pact(
         );
         Err(Refusal { kind, code, message })
     };
-    match creds.check(presented, body, now / 1_000_000) {
-        Ok(_) => {}
-        Err(e @ (AuthError::Missing | AuthError::Expired(_))) => {
-            return refuse(RefusalKind::Unauthenticated, e.code(), e.to_string())
-        }
-        Err(e @ (AuthError::Disabled | AuthError::BadToken | AuthError::BadSignature)) => {
-            return refuse(RefusalKind::Forbidden, e.code(), e.to_string())
-        }
+    if let Err(e) = creds.check(presented, body, now / 1_000_000) {
+        return refuse(RefusalKind::of_auth(&e), e.code(), e.to_string());
     }
     let Some(mut v) = parsed.clone().filter(|v| v.is_object()) else {
         return refuse(RefusalKind::NotJson, "invalid_json", "the body is not a JSON object".into());
