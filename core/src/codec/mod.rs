@@ -6,3 +6,4 @@ pub mod avro_json;
 pub mod changelog;
 pub mod jsonl;
 pub mod schemas;
+pub mod telemetry_avro;

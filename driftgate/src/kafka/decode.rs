@@ -1,6 +1,11 @@
 //! Telemetry records off Kafka: Confluent-framed Avro (resolved from the writer's schema to
 //! ours, so producers can evolve compatibly) or JSON; then the value checks.
 //!
+//! Avro takes a plan compiled once per writer schema, which decodes straight into the struct
+//! (`driftgate_core::codec::telemetry_avro`); a datum it gives up on, and every datum of a
+//! schema it cannot compile, takes apache-avro's generic path, which gives the verdict and the
+//! dead-letter reason.
+//!
 //! A bad record is [`DecodeError::Rejected`] with a stable reason code for the dead-letter
 //! headers. A registry outage is [`DecodeError::Unavailable`]: nothing is wrong with the
 //! record, so it must be retried, never dead-lettered.
@@ -9,6 +14,7 @@ use crate::config::InputFormat;
 use crate::kafka::registry::{RegistryError, SchemaSource};
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::Schema;
+use driftgate_core::codec::telemetry_avro::TelemetryPlan;
 use driftgate_core::model::telemetry::{Telemetry, TelemetryError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -85,6 +91,9 @@ impl From<TelemetryError> for DecodeError {
 
 /// Datum readers for one writer schema, with its names resolved once.
 struct Readers {
+    /// Decodes straight into the struct; `None` for a writer schema it does not read. Any
+    /// datum it gives up on takes the generic readers below, which decide.
+    fast: Option<TelemetryPlan>,
     /// Reads the writer's datum as written (to name what is missing on a mismatch).
     plain: GenericDatumReader<'static>,
     /// Resolves to the telemetry schema; `None` when the writer schema is the same.
@@ -147,7 +156,11 @@ impl Decoder {
         } else {
             Some(GenericDatumReader::builder(w).reader_schema(self.reader).build().map_err(bad)?)
         };
-        let r = Arc::new(Readers { plain, resolving });
+        let fast = TelemetryPlan::compile(w);
+        if fast.is_none() {
+            tracing::info!(schema_id = id, "writer schema has a shape the compiled decoder does not read; its records decode the generic way");
+        }
+        let r = Arc::new(Readers { fast, plain, resolving });
         cache.insert(id, (writer.clone(), r.clone()));
         Ok(r)
     }
@@ -201,6 +214,9 @@ impl Decoder {
             RegistryError::Unavailable(m) => DecodeError::Unavailable(m),
         })?;
         let readers = self.readers(id, &writer)?;
+        if let Some(t) = readers.fast.as_ref().and_then(|plan| plan.read(&bytes[5..]).ok()) {
+            return Ok(t);
+        }
         let read = |r: &GenericDatumReader<'static>| {
             let mut datum = &bytes[5..];
             let v = r
@@ -304,6 +320,29 @@ mod tests {
         let text =
             serde_json::to_string(&sample()).unwrap().replace("\"latency_ms\":10.0", "\"latency_ms\":-5.0");
         assert_eq!(code(d.decode(Some(text.as_bytes()), None)), reason::INVALID_FIELD);
+    }
+
+    #[test]
+    fn a_writer_schema_without_a_plan_decodes_the_generic_way() {
+        // `event_id` as bytes: Avro resolution promotes it to a string; the plan does not.
+        let mut v: serde_json::Value =
+            serde_json::from_str(driftgate_core::model::telemetry::TELEMETRY_AVSC).unwrap();
+        v["fields"][0]["type"] = serde_json::json!("bytes");
+        let writer = Schema::parse_str(&v.to_string()).unwrap();
+        assert!(TelemetryPlan::compile(&writer).is_none());
+        let apache_avro::types::Value::Record(mut fields) = sample().to_avro() else { unreachable!() };
+        fields[0].1 = apache_avro::types::Value::Bytes(b"e1".to_vec());
+        let datum =
+            driftgate_core::codec::avro_json::write_datum(&writer, apache_avro::types::Value::Record(fields))
+                .unwrap();
+        let src = Arc::new(StaticSchemas::new([(3, writer)]));
+        let d = Decoder::new(InputFormat::Avro, Some(src), 3_600_000_000);
+        assert_eq!(d.decode(Some(&confluent_frame(3, &datum)), None), Ok(sample()));
+        // A datum the plan gives up on still gets the generic verdict and reason.
+        let (d, schema) = avro_decoder();
+        let mut datum = driftgate_core::codec::avro_json::write_datum(&schema, sample().to_avro()).unwrap();
+        datum.push(0);
+        assert_eq!(code(d.decode(Some(&confluent_frame(7, &datum)), None)), reason::AVRO_DECODE);
     }
 
     struct Down;
