@@ -66,6 +66,10 @@ fn engine(c: &mut Criterion) {
     g.bench_function("json", |b| {
         b.iter(|| json.iter().map(|j| Telemetry::from_json(j).is_ok() as u64).sum::<u64>())
     });
+    // The serde_json peer it replaced (and still falls back to).
+    g.bench_function("json_reference", |b| {
+        b.iter(|| json.iter().map(|j| Telemetry::from_json_reference(j).is_ok() as u64).sum::<u64>())
+    });
     // The pipeline's path: a plan compiled for the writer schema (here ours).
     let plan =
         driftgate_core::codec::telemetry_avro::TelemetryPlan::compile(schema).expect("our schema compiles");

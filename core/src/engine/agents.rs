@@ -26,14 +26,11 @@ impl Engine {
         // Scope re-verification needs each clause's outcome; gathered only while one waits.
         let scope_pending = self.on_scope(&tel, now, &causation, &mut causes);
         let mut observed = Vec::new();
-        // Clauses.
-        // By position: on_clause does not change the agent's coverage.
-        let agent_pact =
-            |e: &Engine, i: usize| e.agents.get(&tel.agent_id).and_then(|a| a.pacts.get(i).copied());
+        // Clauses. on_clause does not change the agent's coverage, so it is read once.
+        let pacts = self.agents.get(&tel.agent_id).map(|a| a.pacts.clone()).unwrap_or_default();
         let mut high_risk_fresh = true;
         let mut has_high_risk = false;
-        for i in 0.. {
-            let Some(p) = agent_pact(self, i) else { break };
+        for p in pacts {
             for ci in 0..self.pacts[p as usize].doc.clauses.len() as u16 {
                 let o = self.on_clause(&tel, p, ci, now, &causation, &mut causes);
                 if scope_pending {

@@ -137,15 +137,19 @@ impl Engine {
         if !self.any_severe {
             return false;
         }
-        let breaches = |pacts: &[u16]| {
-            pacts.iter().any(|&p| {
-                self.severe[p as usize].iter().any(|&c| {
-                    let metric = &clause_at(&self.pacts, p, c).1.metric;
-                    metric.when.as_ref().is_none_or(|w| w.0.eval(tel) == Val::Bool(true))
-                        && metric.value.0.eval(tel) == Val::Bool(true)
-                })
+        let breaches_in = |p: u16| {
+            self.severe[p as usize].iter().any(|&c| {
+                let metric = &clause_at(&self.pacts, p, c).1.metric;
+                metric.when.as_ref().is_none_or(|w| w.0.eval(tel) == Val::Bool(true))
+                    && metric.value.0.eval(tel) == Val::Bool(true)
             })
         };
+        // The record alone first: almost no record breaches any severe clause, and this
+        // needs no look-up of the agent's coverage (which was a tenth of the engine's time).
+        if !(0..self.severe.len() as u16).any(breaches_in) {
+            return false;
+        }
+        let breaches = |pacts: &[u16]| pacts.iter().any(|&p| breaches_in(p));
         match self.agents.get(&tel.agent_id).filter(|a| a.workflow == tel.workflow) {
             Some(a) => breaches(&a.pacts),
             None => breaches(&self.covering(&tel.agent_id, &tel.workflow)),
