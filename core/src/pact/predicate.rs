@@ -275,7 +275,13 @@ impl Compiled {
     /// Parses and type-checks `src`.
     pub fn compile(src: &str) -> Result<Compiled, ParseError> {
         let toks = lex(src)?;
-        let mut p = Parser { toks, pos: 0, src_len: src.len() };
+        if let Some(t) = toks.get(MAX_TOKENS) {
+            return Err(ParseError {
+                column: t.col,
+                message: format!("the predicate is too long (more than {MAX_TOKENS} tokens)"),
+            });
+        }
+        let mut p = Parser { toks, pos: 0, src_len: src.len(), depth: 0 };
         let (expr, ty) = p.expr()?;
         if let Some(t) = p.toks.get(p.pos) {
             return Err(ParseError { column: t.col, message: format!("unexpected {}", t.tok) });
@@ -443,13 +449,17 @@ fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
                         break;
                     }
                     Some(b'\\') => {
-                        match b.get(i + 1) {
-                            Some(&e) => s.push(e as char),
+                        // The escaped character may be several bytes long (a byte-wise skip
+                        // landed inside it and panicked; found by the pact_yaml fuzz target).
+                        match src[i + 1..].chars().next() {
+                            Some(e) => {
+                                s.push(e);
+                                i += 1 + e.len_utf8();
+                            }
                             None => {
                                 return Err(ParseError { column: col, message: "unterminated string".into() })
                             }
                         }
-                        i += 2;
                     }
                     Some(_) => {
                         let ch = src[i..].chars().next().expect("in bounds");
@@ -474,7 +484,15 @@ struct Parser {
     toks: Vec<Token>,
     pos: usize,
     src_len: usize,
+    /// Current nesting of brackets, `!` and `-`.
+    depth: u32,
 }
+
+/// Deepest nesting of brackets, `!` and `-` a predicate may have, and most tokens. The
+/// parser and the evaluator recurse, so without bounds a long enough predicate in a pact
+/// overflows the stack (found by the predicate fuzz target); real predicates need a handful.
+const MAX_DEPTH: u32 = 64;
+const MAX_TOKENS: usize = 4096;
 
 type Typed = (Expr, Type);
 
@@ -484,6 +502,17 @@ impl Parser {
     }
     fn err<T>(&self, col: usize, msg: impl Into<String>) -> Result<T, ParseError> {
         Err(ParseError { column: col, message: msg.into() })
+    }
+
+    /// Runs one nesting level, refusing to go deeper than [`MAX_DEPTH`].
+    fn nested(&mut self, level: fn(&mut Parser) -> Result<Typed, ParseError>) -> Result<Typed, ParseError> {
+        if self.depth >= MAX_DEPTH {
+            return self.err(self.col(), format!("nested too deeply (at most {MAX_DEPTH} levels)"));
+        }
+        self.depth += 1;
+        let r = level(self);
+        self.depth -= 1;
+        r
     }
     fn peek_op(&self, op: &str) -> bool {
         matches!(self.toks.get(self.pos), Some(Token { tok: Tok::Op(o), .. }) if *o == op)
@@ -524,6 +553,10 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Typed, ParseError> {
+        self.nested(Parser::unary_level)
+    }
+
+    fn unary_level(&mut self) -> Result<Typed, ParseError> {
         if self.peek_op("!") {
             let col = self.col();
             self.pos += 1;
@@ -602,6 +635,10 @@ impl Parser {
     }
 
     fn neg(&mut self) -> Result<Typed, ParseError> {
+        self.nested(Parser::neg_level)
+    }
+
+    fn neg_level(&mut self) -> Result<Typed, ParseError> {
         if self.peek_op("-") {
             let col = self.col();
             self.pos += 1;
@@ -782,6 +819,40 @@ mod tests {
         assert_eq!(ev("attributes.judge >= 4 && risk != 'low'"), Val::Bool(true));
         assert_eq!(ev("!(1 + 2 * 3 == 7)"), Val::Bool(false));
         assert_eq!(ev("-latency_ms < -1000"), Val::Bool(true));
+    }
+
+    #[test]
+    fn nesting_and_length_are_bounded_so_the_stack_is() {
+        // Overflowed the stack before (a pact with a few thousand brackets).
+        let nested = |n: usize| format!("{}latency_ms > 1{}", "(".repeat(n), ")".repeat(n));
+        assert!(Compiled::compile(&nested(20)).is_ok());
+        for deep in [nested(1000), "!".repeat(4000) + "true", "-".repeat(4000) + "1"] {
+            let err = Compiled::compile(&deep).unwrap_err();
+            assert!(err.message.contains("nested too deeply"), "{err:?}");
+        }
+        let long = vec!["1"; 3000].join(" + ") + " > 2";
+        assert!(Compiled::compile(&long).unwrap_err().message.contains("too long"));
+        // The longest accepted chain evaluates on a 1 MiB stack (threads get 2 MiB).
+        let chain = vec!["latency_ms"; 2047].join(" + ") + " > 0";
+        let c = Compiled::compile(&chain).unwrap();
+        let v = std::thread::Builder::new()
+            .stack_size(1024 * 1024)
+            .spawn(move || c.eval(&event()) == Val::Bool(true))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(v);
+    }
+
+    #[test]
+    fn an_escaped_multibyte_character_is_kept_whole() {
+        // Panicked before: the escape skipped one byte of `\u{a0}` and sliced inside it.
+        assert_eq!(ev("model.name == \"m\\\u{a0}x\""), Val::Bool(false));
+        let c = Compiled::compile("attributes.lang == 'caf\\é'").unwrap();
+        let mut t = event();
+        t.attributes.insert("lang".into(), Attr::Str("café".into()));
+        assert_eq!(c.eval(&t), Val::Bool(true));
+        assert!(Compiled::compile("'abc\\").is_err(), "an escape at the end is unterminated");
     }
 
     #[test]
