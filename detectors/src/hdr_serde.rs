@@ -13,8 +13,87 @@ pub(crate) fn serialize<S: Serializer>(h: &Histogram<u32>, s: S) -> Result<S::Ok
 
 pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Histogram<u32>, D::Error> {
     let bytes: Vec<u8> = Vec::deserialize(d)?;
+    check_v2(&bytes).map_err(D::Error::custom)?;
     let mut h: Histogram<u32> =
         HdrDe::new().deserialize(&mut bytes.as_slice()).map_err(|e| D::Error::custom(format!("{e:?}")))?;
     h.auto(true);
     Ok(h)
+}
+
+/// Checks what hdrhistogram 7.6's V2 decoder does not, so that a corrupt state record is an
+/// error and never a crash (both found by the changelog fuzz target): it allocates the
+/// payload length the header states (up to 4 GiB) before reading it, and it negates a count
+/// of `i64::MIN` unchecked, which panics in builds with overflow checks. Only the plain V2
+/// form is accepted: it is the only one written here.
+fn check_v2(b: &[u8]) -> Result<(), &'static str> {
+    const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
+    const HEADER: usize = 40;
+    let word = |at: usize| b.get(at..at + 4).map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    if word(0) != Some(V2_COOKIE) {
+        return Err("not a V2 HDR histogram");
+    }
+    let len = word(4).ok_or("truncated HDR histogram")? as usize;
+    let payload =
+        b.get(HEADER..HEADER.saturating_add(len)).ok_or("HDR histogram payload beyond its record")?;
+    // Its varints: up to eight bytes of seven bits, then a ninth taken whole.
+    let mut i = 0;
+    while i < payload.len() {
+        let mut v = 0u64;
+        for k in 0..9 {
+            let Some(&byte) = payload.get(i) else { break };
+            i += 1;
+            if k == 8 {
+                v |= u64::from(byte) << 56;
+                break;
+            }
+            v |= u64::from(byte & 0x7f) << (7 * k);
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        // The zig-zag encoding of i64::MIN.
+        if v == u64::MAX {
+            return Err("corrupt HDR histogram count");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct Held {
+        #[serde(with = "super")]
+        h: hdrhistogram::Histogram<u32>,
+    }
+
+    #[test]
+    fn a_corrupt_blob_is_an_error_not_a_panic() {
+        let mut h = hdrhistogram::Histogram::<u32>::new(2).unwrap();
+        h.record(1200).unwrap();
+        let mut blob = serde_json::to_value(Held { h }).unwrap()["h"].as_array().unwrap().clone();
+        // The V2 payload after its 40-byte header: one count whose zig-zag value is i64::MIN.
+        blob.truncate(40);
+        blob[4..8].iter_mut().zip(9u32.to_be_bytes()).for_each(|(b, x)| *b = x.into());
+        blob.extend(std::iter::repeat_n(serde_json::Value::from(0xffu8), 9));
+        let r = serde_json::from_value::<Held>(serde_json::json!({ "h": blob.clone() }));
+        assert!(r.is_err());
+        // A payload length beyond the record (hdrhistogram allocated it first: 4 GiB here).
+        blob[4..8].iter_mut().for_each(|b| *b = 0xffu8.into());
+        let r = serde_json::from_value::<Held>(serde_json::json!({ "h": blob }));
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn a_valid_blob_round_trips() {
+        let mut h = hdrhistogram::Histogram::<u32>::new(2).unwrap();
+        for v in [1, 1200, 30_000_000] {
+            h.record(v).unwrap();
+        }
+        let back: Held =
+            serde_json::from_value(serde_json::to_value(Held { h: h.clone() }).unwrap()).unwrap();
+        assert_eq!(back.h, h);
+    }
 }
