@@ -7,6 +7,7 @@ mod demo_golden;
 mod durable_state;
 mod eval_cli;
 mod exactly_once;
+mod fuzz_corpora;
 mod history_cli;
 mod http_api;
 mod kafka_pipeline;
