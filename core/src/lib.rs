@@ -19,3 +19,6 @@ pub mod engine;
 pub mod model;
 pub mod pact;
 pub mod timefmt;
+
+#[cfg(test)]
+mod test_rng;

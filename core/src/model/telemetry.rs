@@ -444,24 +444,15 @@ mod json_tests {
 
     use super::*;
 
-    struct Rng(u64);
+    use crate::test_rng::Rng;
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-            xs[self.below(xs.len())]
-        }
+    trait Spell {
+        fn spell(&mut self, valid: &[&str], invalid: &[&str]) -> String;
+    }
+
+    impl Spell for Rng {
         /// One of `valid`, or one time in 25 one of `invalid`.
-        fn spell<'a>(&mut self, valid: &[&'a str], invalid: &[&'a str]) -> String {
+        fn spell(&mut self, valid: &[&str], invalid: &[&str]) -> String {
             if self.below(25) == 0 {
                 self.pick(invalid).to_string()
             } else {

@@ -27,28 +27,15 @@ fn generic(writer: &Schema, datum: &[u8]) -> Result<Telemetry, String> {
     Telemetry::from_avro(v).map_err(|e| e.to_string())
 }
 
-/// splitmix64: deterministic test data from a seed.
-struct Rng(u64);
+use crate::test_rng::Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i + 1));
-        }
-    }
+/// Test values in several spellings.
+trait Values {
+    fn text(&mut self) -> String;
+    fn double(&mut self) -> f64;
+}
+
+impl Values for Rng {
     fn text(&mut self) -> String {
         const WORDS: [&str; 8] = ["fin-01", "agent", "résumé", "", "a\"b", "工具", "search", "x"];
         (0..1 + self.below(2)).map(|_| WORDS[self.below(WORDS.len())]).collect()
