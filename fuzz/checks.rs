@@ -2,9 +2,8 @@
 //! the committed corpora in `./scripts/test.sh`. Each check panics on a finding: a panic in
 //! the code under test, or two decoders disagreeing.
 
-use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::Schema;
-use driftgate_core::codec::telemetry_avro::TelemetryPlan;
+use driftgate_core::codec::telemetry_avro::{decode_generic, TelemetryPlan};
 use driftgate_core::model::telemetry::{Telemetry, TELEMETRY_AVSC};
 use serde_json::{json, Value as Json};
 use std::sync::OnceLock;
@@ -91,21 +90,6 @@ pub fn writer_schemas() -> &'static [Schema] {
     })
 }
 
-/// apache-avro's generic decoding, as the pipeline falls back to it.
-fn generic(writer: &Schema, datum: &[u8]) -> Option<Telemetry> {
-    let ours = driftgate_core::codec::schemas::telemetry();
-    let b = GenericDatumReader::builder(writer);
-    let r = if writer.canonical_form() == ours.canonical_form() {
-        b.build()
-    } else {
-        b.reader_schema(ours).build()
-    };
-    let mut rest = datum;
-    let v = r.ok()?.read_value(&mut rest).ok()?;
-    rest.is_empty().then_some(())?;
-    Telemetry::from_avro(v).ok()
-}
-
 /// First byte: the writer schema; the rest: the datum. What the compiled plan accepts, the
 /// generic decoder accepts with the same value.
 pub fn telemetry_avro(data: &[u8]) {
@@ -115,7 +99,7 @@ pub fn telemetry_avro(data: &[u8]) {
     let plan = TelemetryPlan::compile(writer).expect("every fuzzed writer schema has a plan");
     if let Ok(t) = plan.read(datum) {
         assert_eq!(
-            generic(writer, datum).as_ref(),
+            decode_generic(writer, datum).ok().as_ref(),
             Some(&t),
             "the plan accepted what the generic path did not"
         );

@@ -42,11 +42,18 @@ pub fn write_datum(schema: &Schema, value: Value) -> Result<Vec<u8>, AvroJsonErr
 /// A bare datum written with `writer`, resolved to `reader` when given (schema evolution).
 pub fn read_datum(writer: &Schema, reader: Option<&Schema>, bytes: &[u8]) -> Result<Value, AvroJsonError> {
     let mut input = bytes;
-    let r = match reader {
+    Ok(datum_reader(writer, reader)?.read_value(&mut input)?)
+}
+
+/// A datum reader for `writer`, resolving to `reader` when given.
+pub fn datum_reader<'s>(
+    writer: &'s Schema,
+    reader: Option<&'s Schema>,
+) -> Result<GenericDatumReader<'s>, AvroJsonError> {
+    Ok(match reader {
         Some(reader) => GenericDatumReader::builder(writer).reader_schema(reader).build()?,
         None => GenericDatumReader::builder(writer).build()?,
-    };
-    Ok(r.read_value(&mut input)?)
+    })
 }
 
 /// A serde type from an Avro value (already resolved to the reader schema).

@@ -566,6 +566,23 @@ impl TelemetryPlan {
     }
 }
 
+/// The reference the plan is checked against: apache-avro's generic decoding, as the
+/// pipeline falls back to it (the writer's datum resolved to our schema unless the two are
+/// the same, then mapped and checked). Slow; for tests and fuzzing.
+#[doc(hidden)]
+pub fn decode_generic(writer: &Schema, datum: &[u8]) -> Result<Telemetry, String> {
+    let ours = crate::codec::schemas::telemetry();
+    let reader = if writer.canonical_form() == ours.canonical_form() { None } else { Some(ours) };
+    let mut rest = datum;
+    let v = crate::codec::avro_json::datum_reader(writer, reader)
+        .and_then(|r| Ok(r.read_value(&mut rest)?))
+        .map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err("trailing bytes".into());
+    }
+    Telemetry::from_avro(v).map_err(|e| e.to_string())
+}
+
 fn string_step(s: &Schema, f: StrField) -> Option<Step> {
     matches!(s, Schema::String).then_some(Step::Str(f))
 }

@@ -4,29 +4,10 @@
 
 use super::*;
 use crate::codec::avro_json::write_datum;
-use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use serde_json::{json, Value as Json};
 
-/// What the pipeline's generic path makes of a datum: decoded with the writer schema, resolved
-/// to ours unless the two are the same, then mapped and checked.
-fn generic(writer: &Schema, datum: &[u8]) -> Result<Telemetry, String> {
-    let ours = crate::codec::schemas::telemetry();
-    let builder = GenericDatumReader::builder(writer);
-    let r = if writer.canonical_form() == ours.canonical_form() {
-        builder.build()
-    } else {
-        builder.reader_schema(ours).build()
-    }
-    .map_err(|e| e.to_string())?;
-    let mut rest = datum;
-    let v = r.read_value(&mut rest).map_err(|e| e.to_string())?;
-    if !rest.is_empty() {
-        return Err("trailing bytes".into());
-    }
-    Telemetry::from_avro(v).map_err(|e| e.to_string())
-}
-
+use super::decode_generic as generic;
 use crate::test_rng::Rng;
 
 /// Test values in several spellings.
