@@ -76,6 +76,17 @@ impl Engine {
             state.timer_at = Some(at);
         }
         let result = state.detector.update(obs);
+        if let Some(tr) = self.trace.as_deref_mut() {
+            // At an alarm the detector restarts, so the crossing values come from the alarm.
+            let point = match &result {
+                Ok(Some(a)) => Some((a.statistic, a.threshold)),
+                Ok(None) => Some(state.detector.view()).map(|v| (v.statistic, v.threshold)),
+                Err(_) => None,
+            };
+            if let Some((s, t)) = point {
+                tr.record(&tel.agent_id, &key, now, s, t);
+            }
+        }
         let observed = match &result {
             Err(_) => Observed::Nothing,
             Ok(Some(_)) => Observed::Alarm,

@@ -154,7 +154,7 @@ impl Engine {
         cause: &Cause,
         settle: bool,
     ) {
-        let Engine { cfg, pacts, agents, workflows, stats, chain, out, .. } = self;
+        let Engine { cfg, pacts, agents, workflows, stats, chain, out, trace, .. } = self;
         let Some(agent) = agents.get_mut(agent_id) else { return };
         agent.seq += 1;
         let seq = agent.seq;
@@ -216,6 +216,9 @@ impl Engine {
             }
         }
         stats.enforcement_events += 1;
+        if let (Some(tr), Some(k)) = (trace.as_deref_mut(), cause.clause.as_ref()) {
+            tr.mark(agent_id, k, &event.event_id);
+        }
         if let Some((_, p, _)) = clause_ref {
             *stats.pact_events.entry(p.id().to_string()).or_default() += 1;
         }

@@ -33,6 +33,8 @@ mod persist;
 pub mod registry;
 mod scope;
 mod time;
+mod trace;
+pub use trace::{ClauseTrace, TraceLimits, TracePoint, Tracer, Traces};
 
 use crate::engine::state::{AgentState, ClauseKey, ClauseState, ModelChange, Segment};
 use crate::model::enforcement::{
@@ -367,6 +369,8 @@ pub struct Engine {
     out: Vec<Output>,
     stats: Stats,
     activated: bool,
+    /// Detector traces for reports; `None` unless [`Engine::enable_trace`] was called.
+    trace: Option<Box<Tracer>>,
 }
 
 /// Clause `c` of pact `p`, as clause keys index them. Keys are built from `pacts`, and a
@@ -433,6 +437,7 @@ impl Engine {
             out: Vec::new(),
             stats: Stats::default(),
             activated: false,
+            trace: None,
         }
     }
 
