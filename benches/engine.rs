@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use driftgate::cli::demo::Fleet;
-use driftgate_core::engine::{Engine, EngineConfig, Input};
+use driftgate_core::engine::{Engine, EngineConfig, Input, TraceLimits};
 use driftgate_core::model::telemetry::Telemetry;
 use driftgate_core::pact::parse_pact;
 
@@ -35,21 +35,28 @@ fn engine(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine");
     g.sample_size(10);
     g.throughput(Throughput::Elements(events.len() as u64));
-    g.bench_function("five_clauses", |b| {
-        b.iter_batched(
-            || events.clone(),
-            |events| {
-                let mut e = Engine::new(EngineConfig::default(), vec![pact.clone()]);
-                for t in events {
-                    e.push(Input::Telemetry(t));
-                    std::hint::black_box(e.drain());
-                }
-                e.flush();
-                e.stats().telemetry
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    // `five_clauses_traced` collects the detector traces of `replay --report`; the ratio of
+    // the two is the report's cost, and `five_clauses` that of the hooks when tracing is off.
+    for (name, trace) in [("five_clauses", false), ("five_clauses_traced", true)] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || events.clone(),
+                |events| {
+                    let mut e = Engine::new(EngineConfig::default(), vec![pact.clone()]);
+                    if trace {
+                        e.enable_trace(TraceLimits::default());
+                    }
+                    for t in events {
+                        e.push(Input::Telemetry(t));
+                        std::hint::black_box(e.drain());
+                    }
+                    e.flush();
+                    e.stats().telemetry
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     g.finish();
 
     let json: Vec<Vec<u8>> =

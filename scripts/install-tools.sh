@@ -64,6 +64,19 @@ if ! command -v wrk >/dev/null && [ ! -x "$TOOLS/bin/wrk" ]; then
   chmod +x "$TOOLS/bin/wrk"
   { "$TOOLS/bin/wrk" --version 2>&1 || true; } | grep -q "^wrk" || { echo "wrk install failed: $TOOLS/bin/wrk does not run" >&2; exit 1; }
 fi
+# Chromium: the real browser of the report test (headless, offline). Its many shared
+# libraries make extracting it into the cache impractical, so Debian's package is installed
+# (as root, or through passwordless sudo).
+if ! command -v chromium >/dev/null; then
+  echo "==> installing Chromium (Debian's chromium package)..."
+  export DEBIAN_FRONTEND=noninteractive
+  if [ "$(id -u)" = 0 ]; then apt=(apt-get); elif sudo -n true 2>/dev/null; then apt=(sudo -n apt-get); else apt=(); fi
+  [ ${#apt[@]} -gt 0 ] || { echo "Chromium is missing and this user cannot install packages: apt-get install chromium (as root)" >&2; exit 1; }
+  { "${apt[@]}" install -y --no-install-recommends chromium >/dev/null 2>&1 \
+    || { "${apt[@]}" update >/dev/null 2>&1 && "${apt[@]}" install -y --no-install-recommends chromium >/dev/null; }; } \
+    || { echo "Chromium install failed: apt-get install chromium" >&2; exit 1; }
+  chromium --version >/dev/null 2>&1 || { echo "Chromium install failed: chromium --version does not run" >&2; exit 1; }
+fi
 # schemathesis: the property-based client of the HTTP API contract test, in a venv of its own.
 if [ ! -x "$TOOLS/schemathesis/bin/schemathesis" ]; then
   echo "==> installing schemathesis (PyPI) into $TOOLS/schemathesis..."

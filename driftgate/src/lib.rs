@@ -8,6 +8,7 @@
 //!   registry, output sinks and the control topic;
 //! - [`api`]: the HTTP API, override authentication and the control-plane trait;
 //! - [`obs`]: Prometheus metrics;
+//! - [`report`]: backtest reports (HTML) of replays and the demo;
 //! - [`route`]: the decision sidecar (`driftgate route`) over the router library;
 //! - [`cli`]: the subcommands that are not the pipeline: demo, replay, eval;
 //! - [`config`]: the `driftgate.toml` settings;
@@ -21,4 +22,5 @@ pub mod clock;
 pub mod config;
 pub mod kafka;
 pub mod obs;
+pub mod report;
 pub mod route;

@@ -83,6 +83,9 @@ enum Cmd {
         /// Also write the enforcement events (JSONL).
         #[arg(long)]
         events_out: Option<PathBuf>,
+        /// Also write a backtest report of the day (self-contained HTML).
+        #[arg(long)]
+        report: Option<PathBuf>,
         /// Also write the contract history (JSONL).
         #[arg(long)]
         history_out: Option<PathBuf>,
@@ -104,30 +107,8 @@ enum Cmd {
         /// Telemetry input.
         #[arg(long)]
         input: PathBuf,
-        /// Overrides (JSONL), merged in event-time order.
-        #[arg(long)]
-        overrides: Option<PathBuf>,
-        /// Pact changes (JSONL, as `POST /v1/pacts` takes them, with `issued_at`), merged in
-        /// event-time order: shadow, enforce, promote and roll back versions mid-replay.
-        #[arg(long)]
-        pact_changes: Option<PathBuf>,
-        /// Where to write enforcement events (JSONL).
-        #[arg(long)]
-        events_out: Option<PathBuf>,
-        /// Where to write the contract history (JSONL).
-        #[arg(long)]
-        history_out: Option<PathBuf>,
-        /// Where to write records set aside as late, with their reason (JSONL).
-        #[arg(long)]
-        late_out: Option<PathBuf>,
-        /// A `driftgate run` configuration whose `[engine]` settings to use (default: the
-        /// built-in defaults).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// A contract history (JSONL) whose `tick` records to apply at their input
-        /// positions, to reproduce a live run's idle periods exactly.
-        #[arg(long)]
-        ticks: Option<PathBuf>,
+        #[command(flatten)]
+        files: ReplayFiles,
     },
     /// Validate pact files; prints `file:line:column: reason` for the first error of each.
     Validate {
@@ -202,8 +183,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eval_cmd(metric, &input, &detector, false_alarm_rate, direction, options.as_deref(), json)
         }
         Cmd::History { cmd: HistoryCmd::Verify { file } } => verify_history(&file),
-        Cmd::Demo { events_out, history_out, listen, override_token, override_hmac_secret } => {
-            demo_cmd(events_out, history_out, listen, override_token, override_hmac_secret)
+        Cmd::Demo { events_out, report, history_out, listen, override_token, override_hmac_secret } => {
+            demo_cmd(events_out, report, history_out, listen, override_token, override_hmac_secret)
         }
         Cmd::Validate { pacts } => validate_cmd(&pacts),
         Cmd::PactSchema => {
@@ -215,21 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Simulate { out, events, incidents, seed } => simulate_cmd(&out, events, incidents, seed),
-        Cmd::Replay {
-            pact,
-            input,
-            overrides,
-            pact_changes,
-            events_out,
-            history_out,
-            late_out,
-            config,
-            ticks,
-        } => {
-            let files =
-                ReplayFiles { overrides, pact_changes, events_out, history_out, late_out, config, ticks };
-            replay_cmd(&pact, &input, files)
-        }
+        Cmd::Replay { pact, input, files } => replay_cmd(&pact, &input, files),
     }
 }
 
@@ -271,13 +238,19 @@ fn eval_cmd(
 /// `driftgate demo`: the simulated day, its report, and optionally its API.
 fn demo_cmd(
     events_out: Option<std::path::PathBuf>,
+    report: Option<std::path::PathBuf>,
     history_out: Option<std::path::PathBuf>,
     listen: Option<String>,
     override_token: Option<String>,
     override_hmac_secret: Option<String>,
 ) -> anyhow::Result<()> {
-    let run = driftgate::cli::demo::run();
+    let mut run = driftgate::cli::demo::run_with(report.is_some());
     print!("{}", driftgate::cli::demo::report(&run));
+    if let Some(p) = report {
+        let page = driftgate::cli::demo::html_report(&mut run);
+        std::fs::write(&p, page).with_context(|| format!("cannot write {}", p.display()))?;
+        eprintln!("wrote the report to {}", p.display());
+    }
     if let Some(p) = events_out {
         let w = std::io::BufWriter::new(std::fs::File::create(&p)?);
         driftgate_core::codec::jsonl::write_all(w, &run.events)?;
@@ -353,23 +326,81 @@ fn simulate_cmd(out: &std::path::Path, events: u64, incidents: bool, seed: u64) 
 }
 
 /// `driftgate replay`'s optional files.
+#[derive(clap::Args)]
 struct ReplayFiles {
+    /// Overrides (JSONL), merged in event-time order.
+    #[arg(long)]
     overrides: Option<std::path::PathBuf>,
+    /// Pact changes (JSONL, as `POST /v1/pacts` takes them, with `issued_at`), merged in
+    /// event-time order: shadow, enforce, promote and roll back versions mid-replay.
+    #[arg(long)]
     pact_changes: Option<std::path::PathBuf>,
+    /// Where to write enforcement events (JSONL).
+    #[arg(long)]
     events_out: Option<std::path::PathBuf>,
+    /// Where to write the contract history (JSONL).
+    #[arg(long)]
     history_out: Option<std::path::PathBuf>,
+    /// Where to write records set aside as late, with their reason (JSONL).
+    #[arg(long)]
     late_out: Option<std::path::PathBuf>,
+    /// Where to write malformed records, with their reason (JSONL); the replay goes on
+    /// without them. Without it, a replay stops at the first malformed record.
+    #[arg(long)]
+    dead_letter: Option<std::path::PathBuf>,
+    /// A `driftgate run` configuration whose `[engine]` settings to use (default: the
+    /// built-in defaults).
+    #[arg(long)]
     config: Option<std::path::PathBuf>,
+    /// A contract history (JSONL) whose `tick` records to apply at their input
+    /// positions, to reproduce a live run's idle periods exactly.
+    #[arg(long)]
     ticks: Option<std::path::PathBuf>,
+    /// Write a backtest report (one self-contained HTML file): figures, lane timeline,
+    /// and every enforcement event with its detector statistic.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
+    /// With `--report`: labelled incidents (JSONL: `agent_id`, `from`, optional `until`
+    /// and `note`), to count true and false alarms.
+    #[arg(long, requires = "report")]
+    labels: Option<std::path::PathBuf>,
+    /// With `--report`: new pact versions to replay the same input under, and to diff
+    /// against the current ones.
+    #[arg(long, num_args = 1.., requires = "report")]
+    compare: Vec<std::path::PathBuf>,
 }
 
 /// `driftgate replay`: recorded input through the engine, offline.
 fn replay_cmd(pact: &[std::path::PathBuf], input: &std::path::Path, f: ReplayFiles) -> anyhow::Result<()> {
-    let ReplayFiles { overrides, pact_changes, events_out, history_out, late_out, config, ticks } = f;
-    let pacts = pact
-        .iter()
-        .map(|p| driftgate_core::pact::load_pact(p).map_err(anyhow::Error::from))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ReplayFiles {
+        dead_letter,
+        overrides,
+        pact_changes,
+        events_out,
+        history_out,
+        late_out,
+        config,
+        ticks,
+        report,
+        labels,
+        compare,
+    } = f;
+    let load = |files: &[std::path::PathBuf]| {
+        files
+            .iter()
+            .map(|p| driftgate_core::pact::load_pact(p).map_err(anyhow::Error::from))
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let pacts = load(pact)?;
+    let report = match &report {
+        Some(out) => Some(driftgate::cli::replay::ReportRequest {
+            out,
+            labels: labels.as_deref().map(driftgate::report::read_labels).transpose()?.unwrap_or_default(),
+            compare: load(&compare)?,
+            limits: driftgate::report::Limits::default(),
+        }),
+        None => None,
+    };
     let engine = config
         .as_deref()
         .map(|c| driftgate::config::RunConfig::load(Some(c)).map(|c| c.engine))
@@ -383,16 +414,19 @@ fn replay_cmd(pact: &[std::path::PathBuf], input: &std::path::Path, f: ReplayFil
         events_out: events_out.as_deref(),
         history_out: history_out.as_deref(),
         late_out: late_out.as_deref(),
+        dead_letter: dead_letter.as_deref(),
+        report,
     };
     let s = driftgate::cli::replay::replay_with(pacts, input, &opts)?;
     eprintln!(
-        "replayed {} records in {:.2} s ({:.0} records/s): {} enforcement events, {} history records, {} late",
+        "replayed {} records in {:.2} s ({:.0} records/s): {} enforcement events, {} history records, {} late, {} malformed",
         s.records,
         s.seconds,
         s.records as f64 / s.seconds.max(1e-9),
         s.events,
         s.history,
-        s.late
+        s.late,
+        s.dead_lettered
     );
     Ok(())
 }

@@ -16,6 +16,7 @@ mod pacts;
 mod rebalance_mock;
 mod registry_client;
 mod replay;
+mod report;
 mod router;
 mod schemas;
 mod state_restore;

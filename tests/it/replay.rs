@@ -195,3 +195,50 @@ fn a_replay_with_pact_changes_shadows_promotes_and_rolls_back_at_their_event_tim
     assert!(v2_events.iter().all(|e| enforced.contains(&e.effective_at)), "{v2_events:?}");
     assert!(history.iter().any(|r| r.kind == driftgate_core::model::history::RecordKind::ShadowDecision));
 }
+
+#[test]
+fn malformed_records_stop_a_replay_or_go_to_the_dead_letter_file_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jsonl, _) = fleet_file(dir.path(), 2_000);
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(10, r#"{"agent_id":"fin-01","latency_ms":"#);
+    lines.insert(500, r#"{"event_id":"x","agent_id":"fin-01"}"#);
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let pacts: Vec<_> = driftgate::cli::demo::EXAMPLE_PACTS
+        .iter()
+        .map(|(f, _)| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(f))
+        .collect();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_driftgate"))
+            .arg("replay")
+            .arg("--pact")
+            .args(&pacts)
+            .args(["--input", bad.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bad.jsonl: line 11"), "{err}");
+
+    let dlq = dir.path().join("dlq.jsonl");
+    let ev = dir.path().join("ev.jsonl");
+    let out = run(&["--dead-letter", dlq.to_str().unwrap(), "--events-out", ev.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("replayed 2000 records") && err.contains("2 malformed"), "{err}");
+    let dead: Vec<serde_json::Value> =
+        std::fs::read_to_string(&dlq).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(dead.len(), 2);
+    assert!(dead[0]["at"].as_str().unwrap().ends_with("bad.jsonl: line 11"), "{:?}", dead[0]);
+    assert_eq!(dead[0]["record"], lines[10]);
+    assert!(dead[1]["at"].as_str().unwrap().ends_with("bad.jsonl: line 501"), "{:?}", dead[1]);
+    assert!(!dead[1]["reason"].as_str().unwrap().is_empty());
+    // Nothing else is lost: the valid records give the events of the clean file.
+    let clean_ev = dir.path().join("clean.jsonl");
+    replay(example_pacts(), &jsonl, None, Some(&clean_ev), None, None).unwrap();
+    assert_eq!(std::fs::read(&ev).unwrap(), std::fs::read(&clean_ev).unwrap());
+}

@@ -12,7 +12,8 @@
 //!
 //! The same generator (`simulate`) writes telemetry files for `replay` and benchmarks.
 
-use driftgate_core::engine::{Collected, Engine, EngineConfig, Input};
+use crate::report::{render, Label, Limits, Report, ReportBuilder};
+use driftgate_core::engine::{Collected, Engine, EngineConfig, Input, TraceLimits};
 use driftgate_core::model::enforcement::EnforcementEvent;
 use driftgate_core::model::history::Record;
 use driftgate_core::model::lane::{Lane, Scope};
@@ -252,7 +253,16 @@ pub struct DemoRun {
 
 /// Runs the demo day through the engine.
 pub fn run() -> DemoRun {
+    run_with(false)
+}
+
+/// Runs the demo day, collecting detector traces for a report when `trace` is set
+/// ([`DemoRun::engine`]'s `take_trace`).
+pub fn run_with(trace: bool) -> DemoRun {
     let mut engine = Engine::new(EngineConfig::default(), example_pacts());
+    if trace {
+        engine.enable_trace(TraceLimits::default());
+    }
     let mut out = Collected::default();
     let mut times: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let mut new_tool_calls = Vec::new();
@@ -427,4 +437,53 @@ pub fn report(run: &DemoRun) -> String {
         run.history.len()
     );
     s
+}
+
+/// The scripted incidents as labels, so the demo report can tell true alarms from false.
+/// The override on `fin-03` is an operator's action, not an incident.
+pub fn labels() -> Vec<Label> {
+    let label = |agent: &str, from: i64, until: Option<i64>, note: &str| Label {
+        agent_id: agent.into(),
+        from,
+        until,
+        note: note.into(),
+    };
+    vec![
+        label(
+            "fin-07",
+            MODEL_UPDATE_AT,
+            None,
+            "model v1 -> v2 lowers the verified-citation rate from 95 % to 80 %",
+        ),
+        label("sup-09", NEW_TOOL_AT, None, "starts calling the `refund` tool (scope expansion)"),
+        label("sup-04", PII_AT, None, "emits PII once"),
+        label("res-11", SILENT_AT, None, "goes silent; its evidence goes stale"),
+    ]
+}
+
+/// The demo's telemetry, generated again (the run is deterministic).
+fn telemetry() -> impl Iterator<Item = Telemetry> {
+    Fleet::new(7, 1, true).filter_map(|i| match i {
+        Input::Telemetry(t) => Some(t),
+        _ => None,
+    })
+}
+
+/// The backtest report of a traced demo run ([`run_with`]`(true)`), as HTML.
+pub fn html_report(run: &mut DemoRun) -> String {
+    let limits = Limits::default();
+    let mut b = ReportBuilder::new(limits);
+    for t in telemetry() {
+        b.saw(&t);
+    }
+    b.take(&run.events, &run.history);
+    let mut data = b.finish(
+        &run.engine,
+        run.engine.stats().inputs,
+        "driftgate demo: 50 simulated agents, one day, 5 pacts",
+        "demo (simulated fleet, seed 7)",
+    );
+    data.fill_causing_records(telemetry());
+    data.score(&labels());
+    render(&Report::new(data, run.engine.take_trace(), limits))
 }

@@ -1,8 +1,9 @@
-//! Real peers for the integration tests: a Kafka broker and the engine as a child process
+//! Real peers for the integration tests: a headless Chromium (`browser`), a Kafka broker and the engine as a child process
 //! (`kafka`), the API contract check (`contract`), a TCP proxy that can cut connections (`proxy`), NGINX in front of the decision sidecar
 //! (`nginx`), a schema registry (`registry`),
 //! the shared demo scenario (`scenario`) and a Prometheus text parser (`scrape`).
 
+pub mod browser;
 pub mod contract;
 pub mod kafka;
 pub mod nginx;
