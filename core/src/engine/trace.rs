@@ -3,7 +3,8 @@
 //!
 //! Off unless [`Engine::enable_trace`] is called, so a replay or live run without a report
 //! pays one branch per clause observation. Memory is bounded: one ring of `before` points
-//! per traced key, and at most `max_traces` copies of `before + after` points.
+//! for each of at most `max_keys` clause keys (the first seen), and at most `max_traces`
+//! copies of `before + after` points.
 
 use super::*;
 use std::collections::VecDeque;
@@ -42,11 +43,15 @@ pub struct TraceLimits {
     pub after: usize,
     /// Enforcement events traced; later ones are counted in [`Traces::untraced`].
     pub max_traces: usize,
+    /// Clause keys traced (agent × clause × segment); keys seen later are not traced, and
+    /// are counted in [`Traces::untraced_keys`].
+    pub max_keys: usize,
 }
 
 impl Default for TraceLimits {
     fn default() -> Self {
-        TraceLimits { before: 160, after: 40, max_traces: 2_000 }
+        // 32 B a point: at most 100 MB of rings.
+        TraceLimits { before: 160, after: 40, max_traces: 2_000, max_keys: 20_000 }
     }
 }
 
@@ -56,6 +61,8 @@ struct Ring {
     points: VecDeque<TracePoint>,
     /// Traces still taking points after their decision.
     open: Vec<usize>,
+    /// A key beyond `max_keys`: nothing recorded.
+    off: bool,
 }
 
 /// Collects traces while the engine runs (see the module documentation).
@@ -65,6 +72,8 @@ pub struct Tracer {
     rings: HashMap<String, HashMap<ClauseKey, Ring>>,
     traces: Vec<ClauseTrace>,
     untraced: u64,
+    keys: usize,
+    untraced_keys: u64,
 }
 
 /// What a [`Tracer`] collected.
@@ -74,12 +83,14 @@ pub struct Traces {
     pub traces: Vec<ClauseTrace>,
     /// Enforcement events citing a clause beyond `max_traces`.
     pub untraced: u64,
+    /// Clause keys beyond `max_keys`, not traced.
+    pub untraced_keys: u64,
 }
 
 impl Tracer {
     /// An empty tracer.
     pub fn new(limits: TraceLimits) -> Tracer {
-        Tracer { limits, rings: HashMap::new(), traces: Vec::new(), untraced: 0 }
+        Tracer { limits, rings: HashMap::new(), traces: Vec::new(), untraced: 0, keys: 0, untraced_keys: 0 }
     }
 
     /// Records one observation of `key` for `agent`.
@@ -90,8 +101,21 @@ impl Tracer {
         };
         let ring = match per_agent.get_mut(key) {
             Some(r) => r,
-            None => per_agent.entry(key.clone()).or_default(),
+            None if self.keys >= self.limits.max_keys => {
+                // Marked off once, so it is counted once.
+                self.untraced_keys += 1;
+                per_agent
+                    .insert(key.clone(), Ring { n: 0, points: VecDeque::new(), open: Vec::new(), off: true });
+                return;
+            }
+            None => {
+                self.keys += 1;
+                per_agent.entry(key.clone()).or_default()
+            }
         };
+        if ring.off {
+            return;
+        }
         ring.n += 1;
         let p = TracePoint { at, n: ring.n, statistic, threshold };
         if ring.points.len() == self.limits.before.max(1) {
@@ -118,14 +142,14 @@ impl Tracer {
             ring.as_ref().map(|r| r.points.iter().copied().collect()).unwrap_or_default();
         let decision = points.len().checked_sub(1);
         self.traces.push(ClauseTrace { event_id: event_id.to_string(), points, decision });
-        if let (Some(r), true) = (ring, self.limits.after > 0) {
+        if let Some(r) = ring.filter(|r| !r.off && self.limits.after > 0) {
             r.open.push(self.traces.len() - 1);
         }
     }
 
     /// Everything collected.
     pub fn finish(self) -> Traces {
-        Traces { traces: self.traces, untraced: self.untraced }
+        Traces { traces: self.traces, untraced: self.untraced, untraced_keys: self.untraced_keys }
     }
 }
 
@@ -151,7 +175,7 @@ mod tests {
 
     #[test]
     fn keeps_the_last_points_and_those_after_a_decision() {
-        let mut t = Tracer::new(TraceLimits { before: 3, after: 2, max_traces: 1 });
+        let mut t = Tracer::new(TraceLimits { before: 3, after: 2, max_traces: 1, max_keys: 10 });
         for i in 0..5 {
             t.record("a", &key(), i, i as f64, 10.0);
         }
@@ -170,6 +194,23 @@ mod tests {
         let at: Vec<i64> = tr.points.iter().map(|p| p.at).collect();
         assert_eq!(at, [2, 3, 4, 5, 6]);
         assert_eq!(tr.points[2].n, 5);
+    }
+
+    #[test]
+    fn keys_beyond_the_limit_are_counted_once_and_not_traced() {
+        let mut t = Tracer::new(TraceLimits { before: 3, after: 2, max_traces: 10, max_keys: 1 });
+        let other: ClauseKey = (0, 2, Segment(String::new()));
+        for i in 0..4 {
+            t.record("a", &key(), i, 1.0, 2.0);
+            t.record("a", &other, i, 1.0, 2.0);
+            t.record("b", &key(), i, 1.0, 2.0);
+        }
+        t.mark("a", &key(), "e1");
+        t.mark("b", &key(), "e2");
+        let out = t.finish();
+        assert_eq!(out.untraced_keys, 2);
+        assert_eq!(out.traces[0].points.len(), 3);
+        assert!(out.traces[1].points.is_empty(), "an untraced key has no points");
     }
 
     #[test]

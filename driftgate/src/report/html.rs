@@ -4,6 +4,7 @@
 
 use super::svg::{esc, lane_colour, lane_plot, statistic_plot, timeline_plot};
 use super::{DiffKind, EventRow, Figures, Report, ReportData};
+use driftgate_core::engine::TraceLimits;
 use driftgate_core::model::lane::Lane;
 use driftgate_core::timefmt::rfc3339;
 use std::fmt::Write;
@@ -468,11 +469,14 @@ pub fn render(r: &Report) -> String {
             d.events_omitted
         );
     }
-    if r.untraced > 0 {
+    if r.untraced > 0 || r.untraced_keys > 0 {
         let _ = write!(
             s,
-            r#"<p class="muted">{} events have no statistic plot (trace limit reached).</p>"#,
-            r.untraced
+            r#"<p class="muted" id="trace-limits">Trace limits reached: {} events beyond the first {} traced, and {} clause keys beyond the first {} traced, have no statistic plot; they show the agent's lanes.</p>"#,
+            r.untraced,
+            TraceLimits::default().max_traces,
+            r.untraced_keys,
+            TraceLimits::default().max_keys
         );
     }
     s.push_str("</section>");

@@ -390,6 +390,8 @@ pub struct Report {
     pub traces: HashMap<String, ClauseTrace>,
     /// Traced events beyond the tracer's limit.
     pub untraced: u64,
+    /// Clause keys beyond the tracer's limit (their events have no statistic plot).
+    pub untraced_keys: u64,
     /// Events shown expanded.
     pub expanded_events: usize,
 }
@@ -397,9 +399,9 @@ pub struct Report {
 impl Report {
     /// Puts data and traces together.
     pub fn new(data: ReportData, traces: Traces, limits: Limits) -> Report {
-        let untraced = traces.untraced;
+        let (untraced, untraced_keys) = (traces.untraced, traces.untraced_keys);
         let traces = traces.traces.into_iter().map(|t| (t.event_id.clone(), t)).collect();
-        Report { data, traces, untraced, expanded_events: limits.expanded_events }
+        Report { data, traces, untraced, untraced_keys, expanded_events: limits.expanded_events }
     }
 }
 
