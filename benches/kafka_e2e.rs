@@ -659,6 +659,9 @@ fn restore(b: &Broker, a: &Args) {
     println!("  changelog: {:.1} MB ({:.0} B per key)", bytes as f64 / 1e6, bytes as f64 / a.keys as f64);
     println!("  restart to ready: {ready:.2} s (spawn to /readyz 200; includes group join)");
     println!("  {}", restore_ms.last().map_or("", |l| l.trim()));
+    for l in log.lines().filter(|l| l.contains("state restored")) {
+        println!("  {}", l.trim());
+    }
 }
 
 fn args_default() -> Args {

@@ -164,7 +164,7 @@ pub fn changelog(data: &[u8]) {
         i += 1;
         let _ = r.apply("t", &key.encode(), Some(value).filter(|v| !v.is_empty()));
     }
-    let Some(snap) = r.finish() else { return };
+    let Ok(Some(snap)) = r.finish() else { return };
     let pact = driftgate_core::pact::parse_pact(CHANGELOG_PACT, "bench-five.yaml").expect("bench pact");
     let mut e =
         driftgate_core::engine::Engine::restore(Default::default(), vec![pact], snap.meta.meta, snap.agents);

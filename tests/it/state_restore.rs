@@ -32,7 +32,7 @@ fn restore(log: &[(Vec<u8>, Option<Vec<u8>>)]) -> (Engine, i64) {
     for (k, v) in log {
         r.apply(TOPIC, k, v.as_deref()).unwrap();
     }
-    let snap = r.finish().expect("a complete snapshot");
+    let snap = r.finish().expect("the snapshot decodes").expect("a complete snapshot");
     let position = snap.meta.position;
     // As the pipeline does: agents of a torn snapshot are rewritten by the next one.
     let mut e = Engine::restore(EngineConfig::default(), example_pacts(), snap.meta.meta, snap.agents);
@@ -238,7 +238,7 @@ fn version_1_state_records_still_decode() {
         Some(&encode_meta(&MetaRecord { position: 1, meta: e.meta() })),
     )
     .unwrap();
-    let snap = r.finish().expect("complete");
+    let snap = r.finish().expect("the snapshot decodes").expect("complete");
     assert!(snap.torn.is_empty());
     let restored = Engine::restore(EngineConfig::default(), example_pacts(), snap.meta.meta, snap.agents);
     type View = (String, String, f64, f64, u64, u64, i64, Lane);

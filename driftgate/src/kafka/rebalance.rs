@@ -3,7 +3,7 @@
 //! a revoke does), commit confirmations, client errors and statistics.
 
 use crate::kafka::pipeline::Status;
-use crate::kafka::restore::{restore_partition, RestoreError};
+use crate::kafka::restore::{restore_partition, ReadStats, RestoreError};
 use crate::kafka::sink::{Sink, SourceKey};
 use crate::kafka::tasks::{CommitError, GroupTransaction, Task, Tasks};
 use crate::obs::events::{
@@ -11,17 +11,37 @@ use crate::obs::events::{
     RevokeFlushFailed, StartOffsetFailed, TransactionAborted, TransactionCommitted,
 };
 use crate::obs::metrics::Metrics;
-use driftgate_core::engine::Engine;
+use driftgate_core::engine::{Engine, EngineConfig};
+use driftgate_core::model::pact_change::PactChange;
+use driftgate_core::pact::Pact;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{error, info};
+
+/// Partitions restored at once, at most (each reads its changelog with a consumer of its own
+/// and decodes on its own thread).
+const RESTORE_THREADS: usize = 4;
+
+/// A partition's state as read from its changelog (see [`PipelineContext::read_partition`]).
+struct ReadPartition {
+    engine: Engine,
+    position: i64,
+    torn: Vec<String>,
+    agents: usize,
+    stats: ReadStats,
+    /// Time to build the engine from the decoded state.
+    build: Duration,
+}
+
+/// What reading a partition's changelog gave: its state (`None` without one), or why not.
+type PartitionResult = Result<Option<ReadPartition>, RestoreError>;
 
 /// Consumer callbacks: rebalances.
 pub struct PipelineContext {
@@ -113,22 +133,77 @@ impl PipelineContext {
     /// A partition's task restored from its changelog, and the offset to read it from
     /// (`None`: no state, so wherever the group's offset or `auto.offset.reset` says).
     pub(super) fn restore_task(&self, key: &SourceKey) -> Result<(Task, Option<i64>), RestoreError> {
-        let restored = restore_partition(&self.client, &self.changelog, key, self.restore_timeout)?;
-        let (cfg, pacts, changes) = match self.tasks.lock() {
+        let read = self.read_partition(key)?;
+        Ok(self.adopt(key, read))
+    }
+
+    /// The engine settings, pacts and pact changes the tasks run with.
+    fn task_setup(&self) -> (EngineConfig, Vec<Pact>, Vec<PactChange>) {
+        match self.tasks.lock() {
             Ok(t) => (t.engine_cfg.clone(), t.pacts.clone(), t.changes.clone()),
             Err(p) => {
                 (p.get_ref().engine_cfg.clone(), p.get_ref().pacts.clone(), p.get_ref().changes.clone())
             }
+        }
+    }
+
+    /// Reads a partition's changelog and builds its engine: the slow part of a restore,
+    /// which touches no shared state, so partitions can be read in parallel.
+    fn read_partition(&self, key: &SourceKey) -> Result<Option<ReadPartition>, RestoreError> {
+        let Some((snap, stats)) =
+            restore_partition(&self.client, &self.changelog, key, self.restore_timeout)?
+        else {
+            return Ok(None);
         };
-        let Some((snap, records)) = restored else {
+        let (cfg, pacts, _) = self.task_setup();
+        let (position, agents) = (snap.meta.position, snap.agents.len());
+        let t = Instant::now();
+        let engine = Engine::restore(cfg, pacts, snap.meta.meta, snap.agents);
+        Ok(Some(ReadPartition { engine, position, torn: snap.torn, agents, stats, build: t.elapsed() }))
+    }
+
+    /// Reads several partitions' changelogs, on up to [`RESTORE_THREADS`] threads (no more
+    /// than the cores); the results are in the order of `parts`.
+    fn read_partitions(&self, parts: &[SourceKey]) -> Vec<PartitionResult> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = parts.len().min(cores).min(RESTORE_THREADS);
+        if workers <= 1 {
+            return parts.iter().map(|k| self.read_partition(k)).collect();
+        }
+        let next = AtomicUsize::new(0);
+        let slots: Vec<Mutex<Option<PartitionResult>>> = parts.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(key) = parts.get(i) else { break };
+                    let r = self.read_partition(key);
+                    if let Ok(mut slot) = slots[i].lock() {
+                        *slot = Some(r);
+                    }
+                });
+            }
+        });
+        slots
+            .into_iter()
+            .zip(parts)
+            .map(|(m, key)| {
+                let r = m.into_inner().unwrap_or_else(|p| p.into_inner());
+                r.unwrap_or_else(|| Err(RestoreError::NotRead { topic: key.0.clone(), partition: key.1 }))
+            })
+            .collect()
+    }
+
+    /// Makes a task of a partition's state read by [`Self::read_partition`]: the pact
+    /// registry learns what the state carries, and changes the state lacks are applied.
+    fn adopt(&self, key: &SourceKey, read: Option<ReadPartition>) -> (Task, Option<i64>) {
+        let (cfg, pacts, changes) = self.task_setup();
+        let Some(ReadPartition { mut engine, position, torn, agents, stats, build }) = read else {
             let mut engine = Engine::new(cfg, pacts);
             Tasks::catch_up(&changes, &mut engine);
-            return Ok((Task::fresh(engine, None), None));
+            return (Task::fresh(engine, None), None);
         };
-        let position = snap.meta.position;
-        let torn = snap.torn.len();
-        let agents = snap.agents.len();
-        let mut engine = Engine::restore(cfg, pacts, snap.meta.meta, snap.agents);
+        let torn_count = torn.len();
         // Pact changes made at run time before this restart (or by the partition's previous
         // owner) come with the state: the reference learns them; changes taken here that
         // the state lacks are applied.
@@ -140,16 +215,29 @@ impl PipelineContext {
         Tasks::catch_up(&changes, &mut engine);
         let by_reference = engine.first_awaited();
         let buffered = engine.buffered();
-        info!(topic = %key.0, partition = key.1, position, agents, torn, records, buffered, "state restored");
+        info!(
+            topic = %key.0,
+            partition = key.1,
+            position,
+            agents,
+            torn = torn_count,
+            records = stats.records,
+            buffered,
+            read_ms = stats.read.as_millis() as u64,
+            decode_ms = stats.decode.as_millis() as u64,
+            first_record_ms = stats.first.as_millis() as u64,
+            build_ms = build.as_millis() as u64,
+            "state restored"
+        );
         // See `KafkaConfig::resume_rewind`: records before `position` are skipped, except
         // those the restored buffer holds by reference, read again.
         let rewound = position.saturating_sub(self.resume_rewind).max(0);
         let start = by_reference.map_or(rewound, |t| rewound.min(i64::try_from(t).unwrap_or(i64::MAX)));
-        engine.mark_dirty(snap.torn);
+        engine.mark_dirty(torn);
         let mut t = Task::fresh(engine, Some(position));
         // The restored state is durable as of `position`: the group may say so.
         t.safe = Some(position);
-        Ok((t, Some(start)))
+        (t, Some(start))
     }
 
     /// Exactly-once: commits the open transaction (before a rebalance changes what this
@@ -211,8 +299,9 @@ impl PipelineContext {
             tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         let started = Instant::now();
         self.status.restoring.store(true, Ordering::SeqCst);
-        for key in parts {
-            let (task, start) = match self.restore_task(&key) {
+        let read = self.read_partitions(&parts);
+        for (key, read) in parts.into_iter().zip(read) {
+            let (task, start) = match read.map(|r| self.adopt(&key, r)) {
                 Ok(r) => r,
                 Err(e) => {
                     // Without its state the partition would judge on an empty baseline:

@@ -46,6 +46,24 @@ pub enum RestoreError {
         /// Cause.
         source: changelog::StateError,
     },
+    /// A record of the last complete snapshot did not decode.
+    #[error("changelog {topic}/{partition}: {source}")]
+    Snapshot {
+        /// The changelog topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// The record (its offset is `source.at`).
+        source: changelog::RecordError,
+    },
+    /// A restore thread ended without a result (it panicked).
+    #[error("changelog {topic}/{partition}: the restore thread ended without a result")]
+    NotRead {
+        /// The source topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+    },
     /// The end was not reached in time.
     #[error("changelog {topic}/{partition} not read to its end ({next} of {end}) within {timeout:?}")]
     Timeout {
@@ -63,7 +81,20 @@ pub enum RestoreError {
 }
 
 /// A restored snapshot and the number of changelog records read.
-pub(super) type Restored = (changelog::Snapshot, u64);
+pub(super) type Restored = (changelog::Snapshot, ReadStats);
+
+/// How a changelog read went, for the `state restored` log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ReadStats {
+    /// Records read.
+    pub records: u64,
+    /// Time from the first poll to the decoded snapshot.
+    pub read: Duration,
+    /// Of which applying records and decoding the snapshot's agents.
+    pub decode: Duration,
+    /// Of which waiting for the first record.
+    pub first: Duration,
+}
 
 /// The restore reader's callbacks: reaching the end of the changelog partition is how a
 /// restore ends, not an error.
@@ -94,6 +125,10 @@ pub(super) fn restore_partition(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
+        // A restore reads one partition from its start to a known end, as fast as it can:
+        // large fetches (librdkafka's default is 1 MB per partition and request).
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("fetch.max.bytes", "52428800")
         .create_with_context(RestoreContext)
         .map_err(RestoreError::Client)?;
     // The end to reach is the log's end, past any open transaction: asked as a
@@ -116,20 +151,26 @@ pub(super) fn restore_partition(
     tpl.add_partition_offset(changelog_topic, key.1, Offset::Offset(lo)).map_err(read)?;
     reader.assign(&tpl).map_err(read)?;
     let mut r = changelog::Restorer::default();
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let mut decode = Duration::ZERO;
+    let mut first = None;
+    let deadline = started + timeout;
     let mut next = lo;
     loop {
         match reader.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 next = m.offset() + 1;
-                r.apply(&key.0, m.key().unwrap_or_default(), m.payload()).map_err(|source| {
-                    RestoreError::Decode {
+                let t = Instant::now();
+                first.get_or_insert(t - started);
+                r.apply_at(&key.0, m.key().unwrap_or_default(), m.payload(), m.offset()).map_err(
+                    |source| RestoreError::Decode {
                         topic: changelog_topic.to_string(),
                         partition: key.1,
                         offset: m.offset(),
                         source,
-                    }
-                })?;
+                    },
+                )?;
+                decode += t.elapsed();
             }
             Some(Err(KafkaError::PartitionEOF(_))) | None => {
                 // Past the last record: transaction markers (which the position covers), or
@@ -152,7 +193,19 @@ pub(super) fn restore_partition(
         }
     }
     let records = r.records;
-    Ok(r.finish().map(|s| (s, records)))
+    let decoded = Instant::now();
+    let snapshot = r.finish().map_err(|source| RestoreError::Snapshot {
+        topic: changelog_topic.to_string(),
+        partition: key.1,
+        source,
+    })?;
+    let stats = ReadStats {
+        records,
+        read: started.elapsed(),
+        decode: decode + decoded.elapsed(),
+        first: first.unwrap_or_default(),
+    };
+    Ok(snapshot.map(|s| (s, stats)))
 }
 
 /// The reader's position in `topic`/`partition` (the offset after the last record or

@@ -131,8 +131,9 @@ impl InternalEvent for RestoreFailed<'_> {
         use crate::kafka::restore::RestoreError as E;
         let code = match self.error {
             E::Client(e) | E::Read { source: e, .. } => kafka_code(e),
-            E::Decode { .. } => "decode".to_string(),
+            E::Decode { .. } | E::Snapshot { .. } => "decode".to_string(),
             E::Timeout { .. } => "timeout".to_string(),
+            E::NotRead { .. } => "not_read".to_string(),
         };
         count(metrics, "restore", &code);
     }
