@@ -83,7 +83,7 @@ fn figures(s: &mut String, f: &Figures) {
         f.mean_control_delay_seconds,
         &f.mean_control_delay_seconds.map_or("–".into(), duration),
         &format!(
-            "mean time from the estimated change point to the enforced lane change ({} over {} detections)",
+            "mean time from the estimated change point to the enforced lane change ({}; over {} lane changes by detection, each scope counted)",
             f.mean_control_delay_events.map_or("–".into(), |e| format!("{e:.1} events")),
             f.detections
         ),

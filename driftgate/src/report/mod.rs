@@ -96,7 +96,8 @@ pub struct Figures {
     pub workflows: usize,
     /// `routed_workflows / workflows`.
     pub routed_share: Option<f64>,
-    /// Detections that moved a lane up (the delays below are over these).
+    /// Lane changes up caused by a detection, each scope counted (the delays below are over
+    /// these; a detection that moves both scopes counts twice, with the same delay).
     pub detections: u64,
     /// Mean event time from the estimated change point to the enforced lane change (s).
     pub mean_control_delay_seconds: Option<f64>,
