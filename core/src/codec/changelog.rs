@@ -83,11 +83,8 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StateError> {
-    let (&version, body) = b.split_first().ok_or(StateError::Empty)?;
-    match version {
-        1 => rmp_serde::from_slice(body).map_err(|e| StateError::Decode(e.to_string())),
-        v => Err(StateError::TooNew(v)),
-    }
+    check_header(b)?;
+    rmp_serde::from_slice(&b[1..]).map_err(|e| StateError::Decode(e.to_string()))
 }
 
 /// Encodes an agent's state.

@@ -85,6 +85,8 @@ pub struct Traces {
     pub untraced: u64,
     /// Clause keys beyond `max_keys`, not traced.
     pub untraced_keys: u64,
+    /// The limits they were collected under.
+    pub limits: TraceLimits,
 }
 
 impl Tracer {
@@ -149,7 +151,12 @@ impl Tracer {
 
     /// Everything collected.
     pub fn finish(self) -> Traces {
-        Traces { traces: self.traces, untraced: self.untraced, untraced_keys: self.untraced_keys }
+        Traces {
+            traces: self.traces,
+            untraced: self.untraced,
+            untraced_keys: self.untraced_keys,
+            limits: self.limits,
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 
 use super::svg::{esc, lane_colour, lane_plot, statistic_plot, timeline_plot};
 use super::{DiffKind, EventRow, Figures, Report, ReportData};
-use driftgate_core::engine::TraceLimits;
 use driftgate_core::model::lane::Lane;
 use driftgate_core::timefmt::rfc3339;
 use std::fmt::Write;
@@ -282,8 +281,8 @@ fn compare(s: &mut String, d: &ReportData) {
     s.push_str("</section>");
 }
 
-fn event(s: &mut String, r: &Report, i: usize, row: &EventRow, range: (i64, i64)) {
-    let e = &row.event;
+fn event(s: &mut String, r: &Report, i: usize, item: &EventRow, range: (i64, i64)) {
+    let e = &item.event;
     let _ = write!(
         s,
         r#"<details class="event" id="ev-{id}" data-event="{id}" data-agent="{agent}" data-reason="{code}"{open}><summary>{at} · <b>{agent}</b> · {scope} · {from} → {to} · <code>{code}</code>{label}</summary>"#,
@@ -295,7 +294,7 @@ fn event(s: &mut String, r: &Report, i: usize, row: &EventRow, range: (i64, i64)
         scope = e.scope.as_str(),
         from = lane_badge(e.lane_from),
         to = lane_badge(e.lane_to),
-        label = match row.incident {
+        label = match item.incident {
             Some(true) => r#" · <span class="ok">labelled incident</span>"#,
             Some(false) => r#" · <span class="bad">false alarm</span>"#,
             None => "",
@@ -311,7 +310,7 @@ fn event(s: &mut String, r: &Report, i: usize, row: &EventRow, range: (i64, i64)
         }
     }
     s.push_str("<table>");
-    row_html(s, "reason", &esc(&e.reason.text));
+    row(s, "reason", &esc(&e.reason.text));
     if let (Some(p), Some(c)) = (&e.pact_id, &e.clause_id) {
         let seg = e
             .segment
@@ -319,7 +318,7 @@ fn event(s: &mut String, r: &Report, i: usize, row: &EventRow, range: (i64, i64)
             .filter(|s| !s.is_empty())
             .map(|s| format!(" (segment {})", esc(s)))
             .unwrap_or_default();
-        row_html(
+        row(
             s,
             "clause",
             &format!(
@@ -331,12 +330,12 @@ fn event(s: &mut String, r: &Report, i: usize, row: &EventRow, range: (i64, i64)
         );
     }
     if let Some(d) = &e.detection {
-        row_html(
+        row(
             s,
             "baseline → observed",
             &format!("<code>{}</code> → <code>{}</code>", esc(&d.baseline), esc(&d.observed)),
         );
-        row_html(
+        row(
             s,
             "detector",
             &format!(
@@ -348,7 +347,7 @@ fn event(s: &mut String, r: &Report, i: usize, row: &EventRow, range: (i64, i64)
                 d.n
             ),
         );
-        row_html(
+        row(
             s,
             "change point (est.) / first post-change / verified",
             &format!(
@@ -360,7 +359,7 @@ fn event(s: &mut String, r: &Report, i: usize, row: &EventRow, range: (i64, i64)
         );
     }
     if let Some(ev) = &e.evidence {
-        row_html(
+        row(
             s,
             "evidence",
             &format!(
@@ -373,7 +372,7 @@ fn event(s: &mut String, r: &Report, i: usize, row: &EventRow, range: (i64, i64)
         );
     }
     if let Some(o) = &e.override_info {
-        row_html(
+        row(
             s,
             "override",
             &format!(
@@ -386,7 +385,7 @@ fn event(s: &mut String, r: &Report, i: usize, row: &EventRow, range: (i64, i64)
             ),
         );
     }
-    row_html(
+    row(
         s,
         "caused by",
         &format!(
@@ -396,17 +395,15 @@ fn event(s: &mut String, r: &Report, i: usize, row: &EventRow, range: (i64, i64)
             rfc3339(e.causation.at)
         ),
     );
-    if let Some(rec) = &row.causing_record {
+    if let Some(rec) = &item.causing_record {
         let text = serde_json::to_string(rec).unwrap_or_default();
-        row_html(s, "causing record", &format!("<pre>{}</pre>", esc(&text)));
+        row(s, "causing record", &format!("<pre>{}</pre>", esc(&text)));
     }
-    match &row.history {
-        Some((hash, pos)) => row_html(
-            s,
-            "history record",
-            &format!(r#"<code class="hash">{}</code> (position {pos})"#, esc(hash)),
-        ),
-        None => row_html(s, "history record", "not recorded"),
+    match &item.history {
+        Some((hash, pos)) => {
+            row(s, "history record", &format!(r#"<code class="hash">{}</code> (position {pos})"#, esc(hash)))
+        }
+        None => row(s, "history record", "not recorded"),
     }
     let _ = write!(
         s,
@@ -416,10 +413,6 @@ fn event(s: &mut String, r: &Report, i: usize, row: &EventRow, range: (i64, i64)
         esc(&e.action)
     );
     s.push_str("</table></details>");
-}
-
-fn row_html(s: &mut String, k: &str, v: &str) {
-    let _ = write!(s, "<tr><th>{}</th><td>{v}</td></tr>", esc(k));
 }
 
 /// The page.
@@ -473,10 +466,7 @@ pub fn render(r: &Report) -> String {
         let _ = write!(
             s,
             r#"<p class="muted" id="trace-limits">Trace limits reached: {} events beyond the first {} traced, and {} clause keys beyond the first {} traced, have no statistic plot; they show the agent's lanes.</p>"#,
-            r.untraced,
-            TraceLimits::default().max_traces,
-            r.untraced_keys,
-            TraceLimits::default().max_keys
+            r.untraced, r.trace_limits.max_traces, r.untraced_keys, r.trace_limits.max_keys
         );
     }
     s.push_str("</section>");

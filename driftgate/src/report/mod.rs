@@ -18,7 +18,7 @@ pub use compare::{diff_events, Diff, DiffKind, DiffRow};
 pub use html::{render, DATA_ELEMENT_ID};
 pub use labels::{read_labels, Label, LabelScore};
 
-use driftgate_core::engine::{ClauseTrace, Engine, Traces};
+use driftgate_core::engine::{ClauseTrace, Engine, TraceLimits, Traces};
 use driftgate_core::model::enforcement::EnforcementEvent;
 use driftgate_core::model::history::{Record, RecordKind};
 use driftgate_core::model::lane::{Lane, Scope};
@@ -179,7 +179,7 @@ pub struct ReportData {
 #[derive(Debug)]
 pub struct ReportBuilder {
     limits: Limits,
-    agents: BTreeMap<String, String>,
+    agents: BTreeSet<String>,
     workflows: BTreeSet<String>,
     time_range: Option<(i64, i64)>,
     events: u64,
@@ -202,7 +202,7 @@ impl ReportBuilder {
     pub fn new(limits: Limits) -> ReportBuilder {
         ReportBuilder {
             limits,
-            agents: BTreeMap::new(),
+            agents: BTreeSet::new(),
             workflows: BTreeSet::new(),
             time_range: None,
             events: 0,
@@ -218,8 +218,8 @@ impl ReportBuilder {
 
     /// Notes a telemetry record offered to the engine.
     pub fn saw(&mut self, t: &Telemetry) {
-        if !self.agents.contains_key(&t.agent_id) {
-            self.agents.insert(t.agent_id.clone(), t.workflow.clone());
+        if !self.agents.contains(&t.agent_id) {
+            self.agents.insert(t.agent_id.clone());
         }
         if !self.workflows.contains(&t.workflow) {
             self.workflows.insert(t.workflow.clone());
@@ -350,21 +350,31 @@ impl ReportData {
     /// Attaches the causing telemetry records, found by `(event_id, occurred_at)` in a second
     /// pass over the input (so the replay need not keep its input).
     pub fn fill_causing_records(&mut self, records: impl Iterator<Item = Telemetry>) {
-        let mut wanted: HashMap<(String, i64), Vec<usize>> = HashMap::new();
+        // By event id, then event time: looked up with the record's borrowed id, so the pass
+        // over the input allocates nothing for records that caused no event.
+        let mut wanted: HashMap<String, Vec<(i64, usize)>> = HashMap::new();
         for (i, r) in self.events.iter().enumerate() {
             if r.event.causation.kind == "telemetry" {
-                wanted.entry((r.event.causation.id.clone(), r.event.causation.at)).or_default().push(i);
+                wanted.entry(r.event.causation.id.clone()).or_default().push((r.event.causation.at, i));
             }
         }
         for t in records {
             if wanted.is_empty() {
                 break;
             }
-            if let Some(rows) = wanted.remove(&(t.event_id.clone(), t.occurred_at)) {
-                let v = serde_json::to_value(&t).ok();
-                for i in rows {
-                    self.events[i].causing_record = v.clone();
-                }
+            let Some(rows) = wanted.get_mut(t.event_id.as_str()) else { continue };
+            let (hits, rest): (Vec<_>, Vec<_>) = rows.iter().partition(|(at, _)| *at == t.occurred_at);
+            if hits.is_empty() {
+                continue;
+            }
+            let v = serde_json::to_value(&t).ok();
+            for (_, i) in hits {
+                self.events[i].causing_record = v.clone();
+            }
+            if rest.is_empty() {
+                wanted.remove(t.event_id.as_str());
+            } else {
+                *rows = rest;
             }
         }
     }
@@ -393,6 +403,8 @@ pub struct Report {
     pub untraced: u64,
     /// Clause keys beyond the tracer's limit (their events have no statistic plot).
     pub untraced_keys: u64,
+    /// The tracer's limits.
+    pub trace_limits: TraceLimits,
     /// Events shown expanded.
     pub expanded_events: usize,
 }
@@ -400,9 +412,16 @@ pub struct Report {
 impl Report {
     /// Puts data and traces together.
     pub fn new(data: ReportData, traces: Traces, limits: Limits) -> Report {
-        let (untraced, untraced_keys) = (traces.untraced, traces.untraced_keys);
+        let (untraced, untraced_keys, trace_limits) = (traces.untraced, traces.untraced_keys, traces.limits);
         let traces = traces.traces.into_iter().map(|t| (t.event_id.clone(), t)).collect();
-        Report { data, traces, untraced, untraced_keys, expanded_events: limits.expanded_events }
+        Report {
+            data,
+            traces,
+            untraced,
+            untraced_keys,
+            trace_limits,
+            expanded_events: limits.expanded_events,
+        }
     }
 }
 
