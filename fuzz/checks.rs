@@ -117,13 +117,8 @@ pub fn telemetry_json(data: &[u8]) {
 }
 
 fn sample() -> Telemetry {
-    Telemetry::from_json_reference(
-        br#"{"event_id":"e1","agent_id":"fin-01","workflow":"finance","model":{"provider":"acme","name":"m","version":"v1"},
-            "occurred_at":1772409600000000,"risk":"high","outcome":"ok","latency_ms":812.5,
-            "citations":{"total":3,"verified":2},"pii_detected":false,"tool_calls":["search"],
-            "attributes":{"judge_score":4.5,"lang":"en","escalated":false}}"#,
-    )
-    .expect("valid sample")
+    Telemetry::from_json_reference(include_bytes!("../tests/fixtures/telemetry-sample.json"))
+        .expect("valid sample")
 }
 
 /// A predicate parses and type-checks or is refused; a compiled one evaluates.

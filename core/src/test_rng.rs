@@ -1,5 +1,5 @@
 //! A deterministic generator for the crate's generated-input tests (splitmix64): fixed seeds,
-//! no dependency.
+//! no dependency. The integration tests include this file too (`tests/it/support`).
 
 pub(crate) struct Rng(pub u64);
 
@@ -16,8 +16,13 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
 
+    /// Uniform in `[0, 1)`, from the top 53 bits.
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     pub fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+        self.unit() <= p
     }
 
     pub fn shuffle<T>(&mut self, v: &mut [T]) {

@@ -4,6 +4,7 @@
 use crate::support::contract;
 use crate::support::kafka;
 use crate::support::registry;
+use crate::support::scenario::Mix;
 use crate::support::scrape;
 
 use driftgate::kafka::decode::confluent_frame;
@@ -86,18 +87,6 @@ fn event(agent: &str, i: u64, at: i64, version: &str, verified: bool) -> Telemet
         pii_detected: Some(false),
         tool_calls: vec!["search".into()],
         attributes: BTreeMap::new(),
-    }
-}
-
-/// A deterministic pseudo-random stream (SplitMix64), so the test needs no RNG crate.
-struct Mix(u64);
-impl Mix {
-    fn unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

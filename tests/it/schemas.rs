@@ -25,13 +25,7 @@ use driftgate_core::model::overrides::{OverrideRequest, OVERRIDE_AVSC};
 use driftgate_core::model::telemetry::{Telemetry, TELEMETRY_AVSC};
 
 fn sample() -> Telemetry {
-    Telemetry::from_json(
-        br#"{"event_id":"e1","agent_id":"fin-01","workflow":"finance","model":{"provider":"acme","name":"m","version":"v1"},
-            "occurred_at":1772409600000000,"risk":"high","outcome":"ok","latency_ms":812.5,
-            "citations":{"total":3,"verified":2},"pii_detected":false,"tool_calls":["search"],
-            "attributes":{"judge_score":4.5,"lang":"en","escalated":false}}"#,
-    )
-    .unwrap()
+    Telemetry::from_json(include_bytes!("../fixtures/telemetry-sample.json")).unwrap()
 }
 
 /// v2 adds an optional field with a default, as a producer evolving compatibly would.

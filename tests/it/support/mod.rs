@@ -11,3 +11,7 @@ pub mod proxy;
 pub mod registry;
 pub mod scenario;
 pub mod scrape;
+// The core's splitmix generator, shared rather than copied; not every helper is used here.
+#[allow(dead_code)]
+#[path = "../../../core/src/test_rng.rs"]
+pub mod test_rng;

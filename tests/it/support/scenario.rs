@@ -28,19 +28,7 @@ clauses:
 "#;
 
 /// SplitMix64: a fixed-seed stream without an RNG crate.
-pub struct Mix(pub u64);
-impl Mix {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+pub(crate) use crate::support::test_rng::Rng as Mix;
 
 /// 40 agents × 5,000 events, 10 s apart. Incidents: five agents' verified-citation rate
 /// falls from 0.95 to 0.55 at staggered points; one agent leaks PII once.
