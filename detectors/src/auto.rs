@@ -175,6 +175,36 @@ impl AutoConfig {
         }
     }
 
+    /// A fingerprint of everything a bank is derived from besides the data: this
+    /// configuration, the metric kind and [`BANK_VERSION`]. A stored detector keeps only the
+    /// fingerprint; the configuration comes back from the pact when the detector is bound
+    /// (see `AnyDetector::bind`), and a mismatch means the statistics were gathered under
+    /// another bank. FNV-1a over fixed-width fields, so it is the same on every build.
+    pub(crate) fn fingerprint(&self, kind: crate::MetricKind, extra: u64) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |v: u64| {
+            for b in v.to_le_bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        eat(BANK_VERSION);
+        eat(kind as u64);
+        eat(self.false_alarm_rate.to_bits());
+        eat(self.direction as u64);
+        eat(self.reference_min);
+        eat(self.reference_max);
+        eat(self.kappa_min.to_bits());
+        eat(self.kappa_max.to_bits());
+        eat(self.grid_ratio.to_bits());
+        eat(self.max_inflation.to_bits());
+        eat(self.max_categories as u64);
+        eat(self.calibration as u64);
+        eat(self.min_shift.map_or(u64::MAX, f64::to_bits));
+        eat(extra);
+        h
+    }
+
     /// Parameters recorded in alarms.
     pub(crate) fn params(&self) -> std::collections::BTreeMap<String, f64> {
         [
@@ -193,6 +223,12 @@ impl AutoConfig {
         .collect()
     }
 }
+
+/// The version of the bank construction (`build_bank` and the detectors' candidate
+/// families). Bump it whenever a change would give a stored detector a different bank for
+/// the same data: its fingerprint then no longer matches, and the detector relearns instead
+/// of pairing old statistics with new members.
+pub(crate) const BANK_VERSION: u64 = 1;
 
 /// A candidate alternative: a stable id, its information per event and whether it sits at
 /// the pact's `min_shift`.

@@ -13,9 +13,18 @@ use serde::{Deserialize, Serialize};
 /// The baseline rate `p0` is learned from the first events (see [`AutoConfig`]). The bank's
 /// alternatives are log-odds shifts `δ` of `p0` on a geometric grid of information levels
 /// `κ = δ² p0 (1 - p0) / 2`, in the configured directions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Stored state (serde) is what cannot be derived: counts, `p0`, the members' statistics
+/// and the configuration's fingerprint. The configuration comes back from the pact
+/// ([`crate::AnyDetector::bind`]) and the bank is derived again before the next event.
+#[derive(Debug, Clone)]
 pub struct AutoBernoulli {
     cfg: AutoConfig,
+    fingerprint: u64,
+    /// The configuration is in place (false after decoding until bound).
+    bound: bool,
+    /// The bank's derived parts (`lr`, `p1`, `kappa`, member ids and weights) are in place.
+    derived: bool,
     n: u64,
     ref_n: u64,
     ref_ones: u64,
@@ -29,13 +38,122 @@ pub struct AutoBernoulli {
     threshold: f64,
 }
 
+/// The stored form, written by format version 2.
+#[derive(Serialize)]
+struct Stored<'a> {
+    h: u64,
+    n: u64,
+    rn: u64,
+    ro: u64,
+    b: u64,
+    p0: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sr: &'a Option<MixtureSr>,
+    t: f64,
+}
+
+/// The stored form as read: version 2's, or version 1's full struct (with the
+/// configuration and the derived bank).
+#[derive(Deserialize)]
+struct Record {
+    #[serde(default)]
+    h: Option<u64>,
+    #[serde(default)]
+    cfg: Option<AutoConfig>,
+    n: u64,
+    #[serde(alias = "ref_n")]
+    rn: u64,
+    #[serde(alias = "ref_ones")]
+    ro: u64,
+    #[serde(alias = "built_at")]
+    b: u64,
+    p0: f64,
+    #[serde(default)]
+    lr: Vec<f64>,
+    #[serde(default)]
+    p1: Vec<f64>,
+    #[serde(default)]
+    kappa: Vec<f64>,
+    #[serde(default)]
+    sr: Option<MixtureSr>,
+    #[serde(alias = "threshold")]
+    t: f64,
+}
+
+impl Serialize for AutoBernoulli {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Stored {
+            h: self.fingerprint,
+            n: self.n,
+            rn: self.ref_n,
+            ro: self.ref_ones,
+            b: self.built_at,
+            p0: self.p0,
+            sr: &self.sr,
+            t: self.threshold,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for AutoBernoulli {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = Record::deserialize(d)?;
+        let bound = r.cfg.is_some();
+        let cfg = r.cfg.unwrap_or_default();
+        let fingerprint = r.h.unwrap_or_else(|| cfg.fingerprint(MetricKind::Bernoulli, 0));
+        // Version 1 kept the whole bank: nothing to derive.
+        let derived = bound && r.sr.as_ref().is_none_or(|sr| sr.is_installed() && r.lr.len() == 2 * sr.len());
+        Ok(AutoBernoulli {
+            cfg,
+            fingerprint,
+            bound,
+            derived,
+            n: r.n,
+            ref_n: r.rn,
+            ref_ones: r.ro,
+            built_at: r.b,
+            p0: r.p0,
+            lr: r.lr,
+            p1: r.p1,
+            kappa: r.kappa,
+            sr: r.sr,
+            threshold: r.t,
+        })
+    }
+}
+
+/// Equal when the stored state is.
+impl PartialEq for AutoBernoulli {
+    fn eq(&self, o: &Self) -> bool {
+        (self.fingerprint, self.n, self.ref_n, self.ref_ones, self.built_at)
+            == (o.fingerprint, o.n, o.ref_n, o.ref_ones, o.built_at)
+            && self.p0.to_bits() == o.p0.to_bits()
+            && self.threshold.to_bits() == o.threshold.to_bits()
+            && self.sr == o.sr
+    }
+}
+
+/// A bank for a baseline: likelihood ratios, alternatives, information levels, the bank
+/// (statistics carried over from `old`) and the threshold.
+struct Bank {
+    lr: Vec<f64>,
+    p1: Vec<f64>,
+    kappa: Vec<f64>,
+    sr: MixtureSr,
+    threshold: f64,
+}
+
 impl AutoBernoulli {
     /// A detector with the given configuration.
     pub fn new(cfg: AutoConfig) -> Result<Self, DetectorError> {
         cfg.validate_for(MetricKind::Bernoulli)?;
         let threshold = cfg.threshold(MetricKind::Bernoulli);
         Ok(AutoBernoulli {
+            fingerprint: cfg.fingerprint(MetricKind::Bernoulli, 0),
             cfg,
+            bound: true,
+            derived: true,
             n: 0,
             ref_n: 0,
             ref_ones: 0,
@@ -59,10 +177,55 @@ impl AutoBernoulli {
         self.sr.as_ref().map(|_| self.p0)
     }
 
-    fn rebuild(&mut self) {
-        let n = self.ref_n;
-        // Jeffreys estimate: never exactly 0 or 1, so every likelihood ratio is finite.
-        let p0 = (self.ref_ones as f64 + 0.5) / (n as f64 + 1.0);
+    /// Whether the configuration is in place: always, except after decoding until
+    /// [`AutoBernoulli::bind`].
+    pub fn is_bound(&self) -> bool {
+        self.bound
+    }
+
+    /// Gives a decoded detector its configuration back from `proto`, a fresh detector of
+    /// its clause. False, and the detector becomes `proto`, when the state was stored under
+    /// another configuration (its statistics belong to another bank).
+    pub fn bind(&mut self, proto: &AutoBernoulli) -> bool {
+        if self.fingerprint != proto.fingerprint {
+            *self = proto.clone();
+            return false;
+        }
+        if !self.bound {
+            self.cfg = proto.cfg.clone();
+            self.bound = true;
+            if self.sr.is_none() {
+                // Before the first bank the threshold is the configuration's.
+                self.threshold = proto.threshold;
+            }
+        }
+        true
+    }
+
+    /// Puts back the bank's derived parts after decoding. They are a pure function of the
+    /// configuration, `p0` and the baseline's size when the bank was built, so they come out
+    /// bit for bit as they were; statistics are never recomputed.
+    fn derive(&mut self) -> bool {
+        if !self.bound {
+            return false;
+        }
+        if let Some(sr) = self.sr.take() {
+            let bank = self.bank(self.p0, self.built_at, None);
+            let mut sr = sr;
+            if !sr.install(bank.sr.ids.clone(), bank.sr.w.clone()) {
+                // Unreachable with a matching fingerprint; relearn rather than mispair.
+                sr = bank.sr;
+            }
+            self.lr = bank.lr;
+            self.p1 = bank.p1;
+            self.kappa = bank.kappa;
+            self.sr = Some(sr);
+        }
+        self.derived = true;
+        true
+    }
+
+    fn bank(&self, p0: f64, n: u64, old: Option<&MixtureSr>) -> Bank {
         let pq = p0 * (1.0 - p0);
         let logit0 = (p0 / (1.0 - p0)).ln();
         let mut cands = Vec::new();
@@ -91,30 +254,41 @@ impl AutoBernoulli {
                 zeta_two_point((p1 / p0).ln(), ((1.0 - p1) / (1.0 - p0)).ln(), p0, p1)
             },
             n,
-            self.sr.as_ref(),
+            old,
         );
         let k = keep.len();
-        let mut lr = vec![0.0; 2 * k];
-        self.p1.clear();
-        self.kappa.clear();
+        let mut bank = Bank { lr: vec![0.0; 2 * k], p1: Vec::new(), kappa: Vec::new(), sr, threshold };
         for (j, &i) in keep.iter().enumerate() {
             let p1 = alts[i];
-            lr[j] = (1.0 - p1) / (1.0 - p0);
-            lr[k + j] = p1 / p0;
-            self.p1.push(p1);
-            self.kappa.push(cands[i].kappa);
+            bank.lr[j] = (1.0 - p1) / (1.0 - p0);
+            bank.lr[k + j] = p1 / p0;
+            bank.p1.push(p1);
+            bank.kappa.push(cands[i].kappa);
         }
+        bank
+    }
+
+    fn rebuild(&mut self) {
+        let n = self.ref_n;
+        // Jeffreys estimate: never exactly 0 or 1, so every likelihood ratio is finite.
+        let p0 = (self.ref_ones as f64 + 0.5) / (n as f64 + 1.0);
+        let bank = self.bank(p0, n, self.sr.as_ref());
         self.p0 = p0;
-        self.lr = lr;
-        self.sr = Some(sr);
+        self.lr = bank.lr;
+        self.p1 = bank.p1;
+        self.kappa = bank.kappa;
+        self.sr = Some(bank.sr);
         self.built_at = n;
-        self.threshold = threshold;
+        self.threshold = bank.threshold;
     }
 
     /// Feeds one 0/1 outcome. This is the hot path: a table lookup and two fused
     /// multiply-adds per member.
     #[inline]
     pub fn update_bool(&mut self, x: bool) -> Option<Alarm> {
+        if !self.derived && !self.derive() {
+            return None;
+        }
         let i = self.n;
         self.n += 1;
         if self.ref_n < self.cfg.reference_max {
@@ -186,7 +360,11 @@ fn log_odds_shifts(cfg: &AutoConfig, p0: f64, up: bool) -> Vec<(u32, f64, bool)>
 
 impl Detector for AutoBernoulli {
     fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
-        Ok(self.update_bool(as_bool(obs, "auto-bernoulli")?))
+        let x = as_bool(obs, "auto-bernoulli")?;
+        if !self.bound {
+            return Err(DetectorError::Unbound("auto-bernoulli"));
+        }
+        Ok(self.update_bool(x))
     }
 
     fn view(&self) -> View {
@@ -205,8 +383,10 @@ impl Detector for AutoBernoulli {
     }
 
     fn reset(&mut self) {
-        let cfg = self.cfg.clone();
-        *self = AutoBernoulli::new(cfg).expect("config was validated");
+        let (fingerprint, bound) = (self.fingerprint, self.bound);
+        *self = AutoBernoulli::new(self.cfg.clone()).expect("config was validated");
+        // An unbound detector stays unbound: its configuration is still to come.
+        (self.fingerprint, self.bound) = (fingerprint, bound);
     }
 
     fn name(&self) -> &'static str {

@@ -20,10 +20,19 @@ const CONTRAST_LIMIT: usize = 8;
 /// an unseen category afterwards is an error. The alternatives are exponential tilts of the
 /// baseline `p1 ∝ p0 · exp(η v)` along directions `v`: every contrast "mass moves from
 /// category b to category a" (for up to 8 categories) or "category c gains/loses" (above).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Stored state (serde) is what cannot be derived: the categories, counts, `p0`, the
+/// members' statistics and the configuration's fingerprint; the bank is derived again
+/// after [`crate::AnyDetector::bind`] (see [`crate::AutoBernoulli`]).
+#[derive(Debug, Clone)]
 pub struct AutoCategorical {
     cfg: AutoConfig,
     max_categories: usize,
+    fingerprint: u64,
+    /// The configuration is in place (false after decoding until bound).
+    bound: bool,
+    /// The bank's derived parts (`lr`, `kappa`, member ids and weights) are in place.
+    derived: bool,
     n: u64,
     names: Vec<String>,
     ref_counts: Vec<u64>,
@@ -37,6 +46,124 @@ pub struct AutoCategorical {
     threshold: f64,
 }
 
+/// The stored form, written by format version 2.
+#[derive(Serialize)]
+struct Stored<'a> {
+    h: u64,
+    n: u64,
+    c: &'a [String],
+    rc: &'a [u64],
+    rn: u64,
+    b: u64,
+    #[serde(skip_serializing_if = "<[f64]>::is_empty")]
+    p0: &'a [f64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sr: &'a Option<MixtureSr>,
+    t: f64,
+}
+
+/// The stored form as read: version 2's, or version 1's full struct.
+#[derive(Deserialize)]
+struct Record {
+    #[serde(default)]
+    h: Option<u64>,
+    #[serde(default)]
+    cfg: Option<AutoConfig>,
+    #[serde(default)]
+    max_categories: Option<usize>,
+    n: u64,
+    #[serde(alias = "names")]
+    c: Vec<String>,
+    #[serde(alias = "ref_counts")]
+    rc: Vec<u64>,
+    #[serde(alias = "ref_n")]
+    rn: u64,
+    #[serde(alias = "built_at")]
+    b: u64,
+    #[serde(default)]
+    p0: Vec<f64>,
+    #[serde(default)]
+    lr: Vec<f64>,
+    #[serde(default)]
+    kappa: Vec<f64>,
+    #[serde(default)]
+    sr: Option<MixtureSr>,
+    #[serde(alias = "threshold")]
+    t: f64,
+}
+
+impl Serialize for AutoCategorical {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Stored {
+            h: self.fingerprint,
+            n: self.n,
+            c: &self.names,
+            rc: &self.ref_counts,
+            rn: self.ref_n,
+            b: self.built_at,
+            p0: &self.p0,
+            sr: &self.sr,
+            t: self.threshold,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for AutoCategorical {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = Record::deserialize(d)?;
+        let bound = r.cfg.is_some();
+        let cfg = r.cfg.unwrap_or_default();
+        let max_categories = r.max_categories.unwrap_or(cfg.max_categories);
+        let fingerprint =
+            r.h.unwrap_or_else(|| cfg.fingerprint(MetricKind::Categorical, max_categories as u64));
+        if r.c.len() != r.rc.len() || (!r.p0.is_empty() && r.p0.len() != r.c.len()) {
+            return Err(serde::de::Error::custom(
+                "auto-categorical: categories, counts and p0 differ in length",
+            ));
+        }
+        let derived =
+            bound && r.sr.as_ref().is_none_or(|sr| sr.is_installed() && r.lr.len() == r.c.len() * sr.len());
+        Ok(AutoCategorical {
+            cfg,
+            max_categories,
+            fingerprint,
+            bound,
+            derived,
+            n: r.n,
+            names: r.c,
+            ref_counts: r.rc,
+            ref_n: r.rn,
+            built_at: r.b,
+            p0: r.p0,
+            lr: r.lr,
+            kappa: r.kappa,
+            sr: r.sr,
+            threshold: r.t,
+        })
+    }
+}
+
+/// Equal when the stored state is.
+impl PartialEq for AutoCategorical {
+    fn eq(&self, o: &Self) -> bool {
+        (self.fingerprint, self.n, &self.names, &self.ref_counts, self.ref_n, self.built_at)
+            == (o.fingerprint, o.n, &o.names, &o.ref_counts, o.ref_n, o.built_at)
+            && self.p0.iter().map(|p| p.to_bits()).eq(o.p0.iter().map(|p| p.to_bits()))
+            && self.threshold.to_bits() == o.threshold.to_bits()
+            && self.sr == o.sr
+    }
+}
+
+/// A bank for a baseline: likelihood ratios, information levels, the bank (statistics
+/// carried over from `old`) and the threshold.
+struct Bank {
+    lr: Vec<f64>,
+    kappa: Vec<f64>,
+    sr: MixtureSr,
+    threshold: f64,
+}
+
 impl AutoCategorical {
     /// A detector with the given configuration and category cap.
     pub fn new(cfg: AutoConfig, max_categories: usize) -> Result<Self, DetectorError> {
@@ -46,8 +173,11 @@ impl AutoCategorical {
         }
         let threshold = cfg.threshold(MetricKind::Categorical);
         Ok(AutoCategorical {
+            fingerprint: cfg.fingerprint(MetricKind::Categorical, max_categories as u64),
             cfg,
             max_categories,
+            bound: true,
+            derived: true,
             n: 0,
             names: Vec::new(),
             ref_counts: Vec::new(),
@@ -112,11 +242,8 @@ impl AutoCategorical {
         dirs
     }
 
-    fn rebuild(&mut self) {
+    fn bank(&self, p0: &[f64], n: u64, old: Option<&MixtureSr>) -> Bank {
         let k = self.names.len();
-        let n = self.ref_n;
-        let denom = n as f64 + 0.5 * k as f64;
-        self.p0 = self.ref_counts.iter().map(|c| (*c as f64 + 0.5) / denom).collect();
         let mut cands = Vec::new();
         let mut tables: Vec<Vec<f64>> = Vec::new();
         // Per candidate, the log-likelihood ratios and baseline masses of its three groups.
@@ -124,9 +251,8 @@ impl AutoCategorical {
         if k >= 2 {
             for (d, v) in self.directions().iter().enumerate() {
                 // Baseline mass of the rising (+1), falling (-1) and untouched (0) groups.
-                let mass = |sign: f64| {
-                    v.iter().zip(&self.p0).filter(|(v, _)| **v == sign).map(|(_, p)| p).sum::<f64>()
-                };
+                let mass =
+                    |sign: f64| v.iter().zip(p0).filter(|(v, _)| **v == sign).map(|(_, p)| p).sum::<f64>();
                 let (up, down) = (mass(1.0), mass(-1.0));
                 let rest = (1.0 - up - down).max(0.0);
                 let var = up + down - (up - down).powi(2);
@@ -155,25 +281,77 @@ impl AutoCategorical {
             &cands,
             |i| tilt_zeta(walks[i].0, walks[i].1),
             n,
-            self.sr.as_ref(),
+            old,
         );
         let kk = keep.len();
-        let mut lr = vec![0.0; k * kk];
-        self.kappa.clear();
+        let mut bank = Bank { lr: vec![0.0; k * kk], kappa: Vec::new(), sr, threshold };
         for (j, &i) in keep.iter().enumerate() {
-            for c in 0..k {
-                lr[c * kk + j] = tables[i][c];
+            for (c, l) in tables[i].iter().enumerate() {
+                bank.lr[c * kk + j] = *l;
             }
-            self.kappa.push(cands[i].kappa);
+            bank.kappa.push(cands[i].kappa);
         }
-        self.lr = lr;
-        self.sr = Some(sr);
+        bank
+    }
+
+    fn rebuild(&mut self) {
+        let n = self.ref_n;
+        let denom = n as f64 + 0.5 * self.names.len() as f64;
+        let p0: Vec<f64> = self.ref_counts.iter().map(|c| (*c as f64 + 0.5) / denom).collect();
+        let bank = self.bank(&p0, n, self.sr.as_ref());
+        self.p0 = p0;
+        self.lr = bank.lr;
+        self.kappa = bank.kappa;
+        self.sr = Some(bank.sr);
         self.built_at = n;
-        self.threshold = threshold;
+        self.threshold = bank.threshold;
+    }
+
+    /// Whether the configuration is in place (see [`crate::AutoBernoulli::is_bound`]).
+    pub fn is_bound(&self) -> bool {
+        self.bound
+    }
+
+    /// Gives a decoded detector its configuration back (see [`crate::AutoBernoulli::bind`]).
+    pub fn bind(&mut self, proto: &AutoCategorical) -> bool {
+        if self.fingerprint != proto.fingerprint {
+            *self = proto.clone();
+            return false;
+        }
+        if !self.bound {
+            self.cfg = proto.cfg.clone();
+            self.max_categories = proto.max_categories;
+            self.bound = true;
+            if self.sr.is_none() {
+                self.threshold = proto.threshold;
+            }
+        }
+        true
+    }
+
+    /// Puts back the bank's derived parts after decoding (see `AutoBernoulli::derive`).
+    fn derive(&mut self) -> bool {
+        if !self.bound {
+            return false;
+        }
+        if let Some(mut sr) = self.sr.take() {
+            let bank = self.bank(&self.p0, self.built_at, None);
+            if !sr.install(bank.sr.ids.clone(), bank.sr.w.clone()) {
+                sr = bank.sr;
+            }
+            self.lr = bank.lr;
+            self.kappa = bank.kappa;
+            self.sr = Some(sr);
+        }
+        self.derived = true;
+        true
     }
 
     /// Feeds one category by name.
     pub fn update_category(&mut self, name: &str) -> Result<Option<Alarm>, DetectorError> {
+        if !self.derived && !self.derive() {
+            return Ok(None);
+        }
         let c = self.index_of(name)?;
         Ok(self.update_index(c))
     }
@@ -292,6 +470,9 @@ fn tilts(cfg: &AutoConfig, up: f64, down: f64, var: f64) -> Vec<(u32, f64, bool)
 impl Detector for AutoCategorical {
     fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
         let name = as_category(obs, "auto-categorical")?;
+        if !self.bound {
+            return Err(DetectorError::Unbound("auto-categorical"));
+        }
         self.update_category(name)
     }
 
@@ -311,8 +492,10 @@ impl Detector for AutoCategorical {
     }
 
     fn reset(&mut self) {
-        let (cfg, max) = (self.cfg.clone(), self.max_categories);
-        *self = AutoCategorical::new(cfg, max).expect("config was validated");
+        let (fingerprint, bound) = (self.fingerprint, self.bound);
+        *self = AutoCategorical::new(self.cfg.clone(), self.max_categories).expect("config was validated");
+        // An unbound detector stays unbound: its configuration is still to come.
+        (self.fingerprint, self.bound) = (fingerprint, bound);
     }
 
     fn name(&self) -> &'static str {

@@ -25,6 +25,10 @@ pub enum DetectorError {
         /// The kind it accepts.
         expected: &'static str,
     },
+    /// A detector decoded from stored state has not been given its configuration back
+    /// (see `AnyDetector::bind`).
+    #[error("{0} was decoded from stored state and not bound to its clause's configuration")]
+    Unbound(&'static str),
     /// A parameter is out of its valid range.
     #[error("invalid parameter `{name}`: {reason}")]
     InvalidParameter {

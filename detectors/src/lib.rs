@@ -60,5 +60,5 @@ pub use detector::{Detector, MetricKind, Observation, View};
 pub use error::DetectorError;
 pub use page_hinkley::{PageHinkley, PageHinkleyConfig};
 pub use real::AutoReal;
-pub use spec::{AnyDetector, CusumSpec, DetectorSpec, DETECTOR_NAMES};
+pub use spec::{AnyDetector, Binding, CusumSpec, DetectorSpec, DETECTOR_NAMES};
 pub use windowed::{BinnedTest, BinnedWindow, WindowConfig, WindowedKs};

@@ -24,17 +24,61 @@ use serde::{Deserialize, Serialize};
 pub(crate) const MAX_MEMBERS: usize = 256;
 
 /// Per-member state and the mixture weights.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Only the statistics are stored (`r`, `d`, `c`, `Λ`, and `c` only when not all zero): the
+/// ids and weights are a function of the configuration and the baseline, and the detector
+/// puts them back with [`MixtureSr::install`] before its next step. Equality compares the
+/// stored part, so a decoded bank equals the one it was encoded from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "MixtureRecord")]
 pub(crate) struct MixtureSr {
     /// Stable member identifiers, so that a rebuilt bank keeps the evidence of old members.
+    #[serde(skip_serializing)]
     pub ids: Vec<u32>,
     /// Mixture weights (see `auto::build_bank`).
+    #[serde(skip_serializing)]
     pub w: Vec<f64>,
     r: Vec<f64>,
     d: Vec<f64>,
+    #[serde(skip_serializing_if = "all_zero")]
     c: Vec<f64>,
     /// The last value of Λ.
+    #[serde(rename = "l")]
     pub lambda: f64,
+}
+
+fn all_zero(v: &[f64]) -> bool {
+    v.iter().all(|x| *x == 0.0)
+}
+
+impl PartialEq for MixtureSr {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.r, &self.d, &self.c, self.lambda.to_bits()) == (&o.r, &o.d, &o.c, o.lambda.to_bits())
+    }
+}
+
+/// A stored bank, as written now or by format version 1 (which also kept ids and weights).
+#[derive(Deserialize)]
+struct MixtureRecord {
+    #[serde(default)]
+    ids: Vec<u32>,
+    #[serde(default)]
+    w: Vec<f64>,
+    r: Vec<f64>,
+    d: Vec<f64>,
+    #[serde(default)]
+    c: Vec<f64>,
+    #[serde(alias = "lambda")]
+    l: f64,
+}
+
+impl From<MixtureRecord> for MixtureSr {
+    fn from(m: MixtureRecord) -> Self {
+        let k = m.r.len();
+        let fit = |v: Vec<f64>| if v.len() == k { v } else { vec![0.0; k] };
+        let (d, c) = (fit(m.d), fit(m.c));
+        MixtureSr { ids: m.ids, w: m.w, r: m.r, d, c, lambda: m.l }
+    }
 }
 
 /// What the bank says at an alarm.
@@ -57,9 +101,26 @@ impl MixtureSr {
         MixtureSr { ids, w, r: vec![0.0; k], d: vec![0.0; k], c: vec![0.0; k], lambda: 0.0 }
     }
 
+    /// Puts back the ids and weights of a decoded bank, derived again from the baseline.
+    /// False, and nothing changes, when their number is not that of the stored statistics.
+    pub fn install(&mut self, ids: Vec<u32>, w: Vec<f64>) -> bool {
+        if ids.len() != self.r.len() || w.len() != self.r.len() {
+            return false;
+        }
+        self.ids = ids;
+        self.w = w;
+        true
+    }
+
+    /// Whether the ids and weights are in place (a bank decoded from format version 2 has
+    /// only its statistics until [`MixtureSr::install`]).
+    pub fn is_installed(&self) -> bool {
+        self.ids.len() == self.r.len() && self.w.len() == self.r.len()
+    }
+
     /// Number of members.
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.r.len()
     }
 
     /// Carries the statistics of members with matching ids over from `old`.

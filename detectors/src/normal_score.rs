@@ -22,7 +22,12 @@ const EDGE_Z: f64 = 2.5;
 const TAIL_Z: f64 = 0.5;
 
 /// A learned CDF and its normal-score transform.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The transform (`z`, `u`) is fixed between recomputations, while counts keep arriving; so
+/// it is derived from the counts at the last recomputation (`built`), which are stored,
+/// rather than stored itself. Version 1 stored the transform, so a state decoded from it
+/// keeps its transform and writes it out again (`built` is empty then).
+#[derive(Debug, Clone)]
 pub(crate) struct NormalScore {
     /// Distinct edge values, increasing.
     edges: Vec<f64>,
@@ -30,10 +35,99 @@ pub(crate) struct NormalScore {
     /// `(-inf, e0), {e0}, (e0, e1), {e1}, ..., {e_last}, (e_last, inf)`.
     counts: Vec<u64>,
     total: u64,
-    /// Score at the lower end of each cell (length `counts.len() + 1`).
+    /// The counts at the last [`NormalScore::recompute`] (empty when unknown: version 1).
+    built: Vec<u64>,
+    /// Score at the lower end of each cell (length `counts.len() + 1`); empty after decoding
+    /// until [`NormalScore::derive`].
     z: Vec<f64>,
     /// Cumulative probability at the lower end of each cell (same length as `z`).
     u: Vec<f64>,
+}
+
+/// Equal when the stored state is (the transform only when it is not derived).
+impl PartialEq for NormalScore {
+    fn eq(&self, o: &Self) -> bool {
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        bits(&self.edges) == bits(&o.edges)
+            && (&self.counts, &self.built) == (&o.counts, &o.built)
+            && (self.derivable() || (bits(&self.z), bits(&self.u)) == (bits(&o.z), bits(&o.u)))
+    }
+}
+
+/// The stored form: edges, the counts at the last recomputation and the counts since.
+#[derive(Serialize)]
+struct Stored<'a> {
+    e: &'a [f64],
+    c: &'a [u64],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    s: Vec<u64>,
+    /// Only for a transform of unknown origin (decoded from version 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    z: Option<&'a [f64]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    u: Option<&'a [f64]>,
+}
+
+/// The stored form as read: version 2's, or version 1's full struct.
+#[derive(Deserialize)]
+struct Record {
+    #[serde(alias = "edges")]
+    e: Vec<f64>,
+    #[serde(alias = "counts")]
+    c: Vec<u64>,
+    #[serde(default)]
+    s: Vec<u64>,
+    #[serde(default)]
+    z: Vec<f64>,
+    #[serde(default)]
+    u: Vec<f64>,
+}
+
+impl Serialize for NormalScore {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let known = !self.built.is_empty();
+        let since: Vec<u64> = if known && self.built != self.counts {
+            self.counts.iter().zip(&self.built).map(|(c, b)| c.saturating_sub(*b)).collect()
+        } else {
+            Vec::new()
+        };
+        Stored {
+            e: &self.edges,
+            c: if known { &self.built } else { &self.counts },
+            s: since,
+            z: (!known).then_some(&self.z[..]),
+            u: (!known).then_some(&self.u[..]),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NormalScore {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let r = Record::deserialize(d)?;
+        let cells = 2 * r.e.len() + 1;
+        if r.c.len() != cells || !(r.s.is_empty() || r.s.len() == cells) {
+            return Err(D::Error::custom("normal score: cell counts do not match the edges"));
+        }
+        let legacy = !r.z.is_empty();
+        if legacy && (r.z.len() != cells + 1 || r.u.len() != cells + 1) {
+            return Err(D::Error::custom("normal score: transform does not match the edges"));
+        }
+        let counts: Vec<u64> = if r.s.is_empty() {
+            r.c.clone()
+        } else {
+            r.c.iter().zip(&r.s).map(|(c, s)| c.saturating_add(*s)).collect()
+        };
+        Ok(NormalScore {
+            edges: r.e,
+            total: counts.iter().fold(0u64, |t, c| t.saturating_add(*c)),
+            counts,
+            built: if legacy { Vec::new() } else { r.c },
+            z: r.z,
+            u: r.u,
+        })
+    }
 }
 
 /// splitmix64: a fast, well-mixed hash used for the tie randomisation.
@@ -72,6 +166,7 @@ impl NormalScore {
             edges,
             counts: vec![0; cells],
             total: 0,
+            built: Vec::new(),
             z: vec![0.0; cells + 1],
             u: vec![0.0; cells + 1],
         };
@@ -106,18 +201,40 @@ impl NormalScore {
 
     /// Recomputes the cell-boundary scores from the counts.
     pub fn recompute(&mut self) {
+        self.built.clone_from(&self.counts);
+        self.derive_scores();
+    }
+
+    /// Puts back the transform of a decoded score (from the counts at its last
+    /// recomputation). A no-op when it is in place.
+    pub fn derive(&mut self) {
+        if self.z.is_empty() {
+            self.derive_scores();
+        }
+    }
+
+    fn derive_scores(&mut self) {
         let std = Normal::new(0.0, 1.0).expect("standard normal");
-        let n = self.total.max(1) as f64;
+        let n = self.built.iter().sum::<u64>().max(1) as f64;
         let lo = 0.5 / n;
+        let cells = self.built.len();
+        self.z.resize(cells + 1, 0.0);
+        self.u.resize(cells + 1, 0.0);
         let mut cum = 0u64;
         self.u[0] = lo;
         self.z[0] = std.inverse_cdf(lo);
-        for (c, &cnt) in self.counts.iter().enumerate() {
+        for (c, &cnt) in self.built.iter().enumerate() {
             cum += cnt;
             let u = (cum as f64 / n).clamp(lo, 1.0 - lo);
             self.u[c + 1] = u;
             self.z[c + 1] = std.inverse_cdf(u);
         }
+    }
+
+    /// Whether the transform is of known origin: it can be derived again from the stored
+    /// counts (false only for state decoded from version 1).
+    pub fn derivable(&self) -> bool {
+        !self.built.is_empty()
     }
 
     /// The normal score of `x`, which must be finite. `i` seeds the tie randomisation.
@@ -170,12 +287,14 @@ impl NormalScore {
         std.inverse_cdf(u0 + (u1 - u0) * uniform(i)).clamp(self.z[c], self.z[c + 1])
     }
 
-    /// The value at probability `u`, interpolated in the cells (for baseline summaries).
+    /// The value at probability `u` of the baseline as it was at the last recomputation,
+    /// interpolated in the cells (for baseline summaries).
     pub fn quantile(&self, u: f64) -> f64 {
-        let n = self.total.max(1) as f64;
+        let counts = if self.built.is_empty() { &self.counts } else { &self.built };
+        let n = counts.iter().sum::<u64>().max(1) as f64;
         let target = u * n;
         let mut cum = 0.0;
-        for (c, &cnt) in self.counts.iter().enumerate() {
+        for (c, &cnt) in counts.iter().enumerate() {
             let next = cum + cnt as f64;
             if next >= target && cnt > 0 {
                 if c % 2 == 1 {

@@ -18,9 +18,19 @@ const MAX_BETA: f64 = 0.9;
 /// Values are mapped to normal scores through the baseline's empirical CDF
 /// (rank-based, so the calibration holds for skewed and heavy-tailed data). The bank holds
 /// location alternatives `N(±θ, 1)` and scale alternatives `N(0, σ²)` on the scores.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Stored state (serde) is what cannot be derived: the learning buffer or the learned CDF's
+/// counts, the members' statistics and the configuration's fingerprint; the bank and the
+/// transform are derived again after [`crate::AnyDetector::bind`] (see
+/// [`crate::AutoBernoulli`]).
+#[derive(Debug, Clone)]
 pub struct AutoReal {
     cfg: AutoConfig,
+    fingerprint: u64,
+    /// The configuration is in place (false after decoding until bound).
+    bound: bool,
+    /// The bank's derived parts and the transform are in place.
+    derived: bool,
     n: u64,
     buffer: Vec<f64>,
     ns: Option<NormalScore>,
@@ -33,6 +43,128 @@ pub struct AutoReal {
     sr: Option<MixtureSr>,
     baseline_center: f64,
     baseline_scale: f64,
+    threshold: f64,
+}
+
+/// The stored form, written by format version 2.
+#[derive(Serialize)]
+struct Stored<'a> {
+    h: u64,
+    n: u64,
+    #[serde(skip_serializing_if = "<[f64]>::is_empty")]
+    buf: &'a [f64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ns: &'a Option<NormalScore>,
+    ba: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sr: &'a Option<MixtureSr>,
+    t: f64,
+    /// The baseline summary, only when the transform cannot be derived (version 1's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bs: Option<f64>,
+}
+
+/// The stored form as read: version 2's, or version 1's full struct.
+#[derive(Deserialize)]
+struct Record {
+    #[serde(default)]
+    h: Option<u64>,
+    #[serde(default)]
+    cfg: Option<AutoConfig>,
+    n: u64,
+    #[serde(default, alias = "buffer")]
+    buf: Vec<f64>,
+    #[serde(default)]
+    ns: Option<NormalScore>,
+    #[serde(alias = "built_at")]
+    ba: u64,
+    #[serde(default)]
+    a: Vec<f64>,
+    #[serde(default)]
+    b: Vec<f64>,
+    #[serde(default)]
+    squared: Vec<bool>,
+    #[serde(default)]
+    kappa: Vec<f64>,
+    #[serde(default)]
+    sr: Option<MixtureSr>,
+    #[serde(default, alias = "baseline_center")]
+    bc: Option<f64>,
+    #[serde(default, alias = "baseline_scale")]
+    bs: Option<f64>,
+    #[serde(alias = "threshold")]
+    t: f64,
+}
+
+impl Serialize for AutoReal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let legacy = self.ns.as_ref().is_some_and(|ns| !ns.derivable());
+        Stored {
+            h: self.fingerprint,
+            n: self.n,
+            buf: &self.buffer,
+            ns: &self.ns,
+            ba: self.built_at,
+            sr: &self.sr,
+            t: self.threshold,
+            bc: legacy.then_some(self.baseline_center),
+            bs: legacy.then_some(self.baseline_scale),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for AutoReal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = Record::deserialize(d)?;
+        let bound = r.cfg.is_some();
+        let cfg = r.cfg.unwrap_or_default();
+        let fingerprint = r.h.unwrap_or_else(|| cfg.fingerprint(MetricKind::Real, 0));
+        let derived = bound
+            && r.sr.as_ref().is_none_or(|sr| sr.is_installed() && r.a.len() == sr.len())
+            && r.ns.as_ref().is_none_or(|ns| !ns.derivable());
+        Ok(AutoReal {
+            cfg,
+            fingerprint,
+            bound,
+            derived,
+            n: r.n,
+            buffer: r.buf,
+            ns: r.ns,
+            built_at: r.ba,
+            a: r.a,
+            b: r.b,
+            squared: r.squared,
+            kappa: r.kappa,
+            sr: r.sr,
+            baseline_center: r.bc.unwrap_or(0.0),
+            baseline_scale: r.bs.unwrap_or(0.0),
+            threshold: r.t,
+        })
+    }
+}
+
+/// Equal when the stored state is.
+impl PartialEq for AutoReal {
+    fn eq(&self, o: &Self) -> bool {
+        (self.fingerprint, self.n, self.built_at) == (o.fingerprint, o.n, o.built_at)
+            && self.buffer.iter().map(|x| x.to_bits()).eq(o.buffer.iter().map(|x| x.to_bits()))
+            && self.ns == o.ns
+            && self.threshold.to_bits() == o.threshold.to_bits()
+            && self.sr == o.sr
+    }
+}
+
+/// A bank: the members' log-likelihood ratios, information levels, the bank (statistics
+/// carried over from `old`) and the threshold.
+struct Bank {
+    a: Vec<f64>,
+    b: Vec<f64>,
+    squared: Vec<bool>,
+    kappa: Vec<f64>,
+    sr: MixtureSr,
     threshold: f64,
 }
 
@@ -83,7 +215,10 @@ impl AutoReal {
         check_bank_possible(&cfg, MetricKind::Real, &bank_candidates(&cfg).0)?;
         let threshold = cfg.threshold(MetricKind::Real);
         Ok(AutoReal {
+            fingerprint: cfg.fingerprint(MetricKind::Real, 0),
             cfg,
+            bound: true,
+            derived: true,
             n: 0,
             buffer: Vec::new(),
             ns: None,
@@ -99,11 +234,7 @@ impl AutoReal {
         })
     }
 
-    fn rebuild(&mut self, n: u64) {
-        let ns = self.ns.as_mut().expect("rebuild after the normal score exists");
-        ns.recompute();
-        self.baseline_center = ns.quantile(0.5);
-        self.baseline_scale = (ns.quantile(0.75) - ns.quantile(0.25)) / 1.349;
+    fn bank(&self, n: u64, old: Option<&MixtureSr>) -> Bank {
         let (cands, alts) = bank_candidates(&self.cfg);
         let (keep, sr, threshold) = build_bank(
             &self.cfg,
@@ -118,26 +249,96 @@ impl AutoReal {
                 }
             },
             n,
-            self.sr.as_ref(),
+            old,
         );
-        self.a.clear();
-        self.b.clear();
-        self.squared.clear();
-        self.kappa.clear();
+        let mut bank =
+            Bank { a: Vec::new(), b: Vec::new(), squared: Vec::new(), kappa: Vec::new(), sr, threshold };
         for &i in &keep {
-            self.a.push(alts[i].a);
-            self.b.push(alts[i].b);
-            self.squared.push(alts[i].squared);
-            self.kappa.push(cands[i].kappa);
+            bank.a.push(alts[i].a);
+            bank.b.push(alts[i].b);
+            bank.squared.push(alts[i].squared);
+            bank.kappa.push(cands[i].kappa);
         }
+        bank
+    }
+
+    fn install(&mut self, bank: Bank) {
+        self.a = bank.a;
+        self.b = bank.b;
+        self.squared = bank.squared;
+        self.kappa = bank.kappa;
+    }
+
+    fn summarise_baseline(&mut self) {
+        if let Some(ns) = self.ns.as_ref() {
+            self.baseline_center = ns.quantile(0.5);
+            self.baseline_scale = (ns.quantile(0.75) - ns.quantile(0.25)) / 1.349;
+        }
+    }
+
+    fn rebuild(&mut self, n: u64) {
+        let ns = self.ns.as_mut().expect("rebuild after the normal score exists");
+        ns.recompute();
+        self.summarise_baseline();
+        let mut bank = self.bank(n, self.sr.as_ref());
+        let sr = std::mem::replace(&mut bank.sr, MixtureSr::new(Vec::new(), Vec::new()));
+        self.threshold = bank.threshold;
+        self.install(bank);
         self.sr = Some(sr);
         self.built_at = n;
-        self.threshold = threshold;
+    }
+
+    /// Whether the configuration is in place (see [`crate::AutoBernoulli::is_bound`]).
+    pub fn is_bound(&self) -> bool {
+        self.bound
+    }
+
+    /// Gives a decoded detector its configuration back (see [`crate::AutoBernoulli::bind`]).
+    pub fn bind(&mut self, proto: &AutoReal) -> bool {
+        if self.fingerprint != proto.fingerprint {
+            *self = proto.clone();
+            return false;
+        }
+        if !self.bound {
+            self.cfg = proto.cfg.clone();
+            self.bound = true;
+            if self.sr.is_none() {
+                self.threshold = proto.threshold;
+            }
+        }
+        true
+    }
+
+    /// Puts back the transform, the baseline summary and the bank's derived parts after
+    /// decoding (see `AutoBernoulli::derive`).
+    fn derive(&mut self) -> bool {
+        if !self.bound {
+            return false;
+        }
+        if let Some(ns) = self.ns.as_mut() {
+            if ns.derivable() {
+                ns.derive();
+                self.summarise_baseline();
+            }
+        }
+        if let Some(mut sr) = self.sr.take() {
+            let bank = self.bank(self.built_at, None);
+            if !sr.install(bank.sr.ids.clone(), bank.sr.w.clone()) {
+                sr = MixtureSr::new(bank.sr.ids.clone(), bank.sr.w.clone());
+            }
+            self.install(bank);
+            self.sr = Some(sr);
+        }
+        self.derived = true;
+        true
     }
 
     /// Feeds one finite value (the caller checked finiteness).
     #[inline]
     pub fn update_value(&mut self, x: f64) -> Option<Alarm> {
+        if !self.derived && !self.derive() {
+            return None;
+        }
         let i = self.n;
         self.n += 1;
         let reference = self.ns.as_ref().map_or(self.buffer.len() as u64, |n| n.total());
@@ -217,7 +418,11 @@ impl AutoReal {
 
 impl Detector for AutoReal {
     fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
-        Ok(self.update_value(as_real(obs, "auto-real")?))
+        let x = as_real(obs, "auto-real")?;
+        if !self.bound {
+            return Err(DetectorError::Unbound("auto-real"));
+        }
+        Ok(self.update_value(x))
     }
 
     fn view(&self) -> View {
@@ -236,8 +441,10 @@ impl Detector for AutoReal {
     }
 
     fn reset(&mut self) {
-        let cfg = self.cfg.clone();
-        *self = AutoReal::new(cfg).expect("config was validated");
+        let (fingerprint, bound) = (self.fingerprint, self.bound);
+        *self = AutoReal::new(self.cfg.clone()).expect("config was validated");
+        // An unbound detector stays unbound: its configuration is still to come.
+        (self.fingerprint, self.bound) = (fingerprint, bound);
     }
 
     fn name(&self) -> &'static str {

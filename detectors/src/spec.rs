@@ -189,11 +189,15 @@ impl DetectorSpec {
 #[serde(rename_all = "snake_case")]
 #[allow(clippy::large_enum_variant)]
 pub enum AnyDetector {
-    /// See [`AutoBernoulli`].
+    /// See [`AutoBernoulli`]. (The auto kinds, by far the most common, are stored under
+    /// short tags; format version 1's long ones are read as aliases.)
+    #[serde(rename = "ab", alias = "auto_bernoulli")]
     AutoBernoulli(AutoBernoulli),
     /// See [`AutoReal`].
+    #[serde(rename = "ar", alias = "auto_real")]
     AutoReal(AutoReal),
     /// See [`AutoCategorical`].
+    #[serde(rename = "ac", alias = "auto_categorical")]
     AutoCategorical(AutoCategorical),
     /// See [`Cusum`].
     Cusum(Cusum),
@@ -211,6 +215,44 @@ pub enum AnyDetector {
     Quantile(QuantileBound),
     /// See [`ZeroTolerance`].
     Zero(ZeroTolerance),
+}
+
+/// What [`AnyDetector::bind`] did with a decoded detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// The state was stored under this configuration: it continues.
+    Kept,
+    /// The state was stored under another configuration or detector: it was replaced by a
+    /// fresh detector, which learns its baseline again.
+    Replaced,
+}
+
+impl AnyDetector {
+    /// Gives a detector decoded from stored state the configuration its record leaves out,
+    /// from `proto`, a fresh detector of its clause; every decoded detector must be bound
+    /// before its next observation (an unbound one refuses them with
+    /// [`DetectorError::Unbound`]).
+    ///
+    /// Why: the `auto` detectors store a fingerprint of their configuration instead of the
+    /// configuration, and derive their bank again from it, which keeps a clause's state to a
+    /// few hundred bytes. A state whose fingerprint or kind differs from `proto`'s was
+    /// gathered under another bank, and pairing it with this one would void the
+    /// false-alarm guarantee; it is replaced.
+    pub fn bind(&mut self, proto: &AnyDetector) -> Binding {
+        let kept = match (&mut *self, proto) {
+            (AnyDetector::AutoBernoulli(d), AnyDetector::AutoBernoulli(p)) => d.bind(p),
+            (AnyDetector::AutoReal(d), AnyDetector::AutoReal(p)) => d.bind(p),
+            (AnyDetector::AutoCategorical(d), AnyDetector::AutoCategorical(p)) => d.bind(p),
+            // The other kinds store their configuration: the same kind continues.
+            (d, p) => std::mem::discriminant(&*d) == std::mem::discriminant(p),
+        };
+        if kept {
+            Binding::Kept
+        } else {
+            *self = proto.clone();
+            Binding::Replaced
+        }
+    }
 }
 
 macro_rules! dispatch {
@@ -236,8 +278,10 @@ impl Detector for AnyDetector {
     fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
         // The hot kinds get their typed fast paths.
         match (self, obs) {
-            (AnyDetector::AutoBernoulli(d), Observation::Bool(b)) => Ok(d.update_bool(b)),
-            (AnyDetector::AutoReal(d), Observation::Real(x)) if x.is_finite() => Ok(d.update_value(x)),
+            (AnyDetector::AutoBernoulli(d), Observation::Bool(b)) if d.is_bound() => Ok(d.update_bool(b)),
+            (AnyDetector::AutoReal(d), Observation::Real(x)) if x.is_finite() && d.is_bound() => {
+                Ok(d.update_value(x))
+            }
             (s, o) => dispatch!(s, d => d.update(o)),
         }
     }
@@ -255,5 +299,129 @@ impl Detector for AnyDetector {
     }
     fn verified_in_control_at(&self) -> Option<u64> {
         dispatch!(self, d => d.verified_in_control_at())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Calibration, Direction};
+
+    /// One event of a stream whose behaviour changes at event 6,000: a rate falls, a
+    /// latency doubles, a tool mix shifts. splitmix-hashed, so every run sees the same.
+    fn event(kind: MetricKind, i: u64) -> Observation<'static> {
+        let u = (crate::normal_score::splitmix64(i) >> 11) as f64 / (1u64 << 53) as f64;
+        let after = i >= 6_000;
+        match kind {
+            MetricKind::Bernoulli => Observation::Bool(u < if after { 0.85 } else { 0.95 }),
+            MetricKind::Real => {
+                Observation::Real((if after { 2.0 } else { 1.0 }) * (200.0 + 1_000.0 * u).round())
+            }
+            MetricKind::Categorical => {
+                let cats = ["search", "fetch", "calc", "answer"];
+                let w = if after { [0.4, 0.2, 0.2, 0.2] } else { [0.25; 4] };
+                let mut acc = 0.0;
+                Observation::Category(
+                    cats[w
+                        .iter()
+                        .position(|p| {
+                            acc += p;
+                            u < acc
+                        })
+                        .unwrap_or(3)],
+                )
+            }
+        }
+    }
+
+    /// Everything a detector reports per event, bit for bit.
+    fn trace(
+        d: &mut AnyDetector,
+        kind: MetricKind,
+        range: std::ops::Range<u64>,
+    ) -> Vec<(u64, u64, u64, bool)> {
+        range
+            .map(|i| {
+                let alarm = d.update(event(kind, i)).unwrap();
+                let v = d.view();
+                let stat = alarm.as_ref().map_or(v.statistic, |a| a.statistic);
+                if alarm.is_some() {
+                    d.restart();
+                }
+                (i, stat.to_bits(), v.threshold.to_bits(), alarm.is_some())
+            })
+            .collect()
+    }
+
+    fn detectors() -> Vec<(MetricKind, AnyDetector)> {
+        let cfg = AutoConfig { false_alarm_rate: 1e-6, reference_max: 4_000, ..AutoConfig::default() };
+        [MetricKind::Bernoulli, MetricKind::Real, MetricKind::Categorical]
+            .into_iter()
+            .map(|k| (k, DetectorSpec::Auto(cfg.clone()).build(k).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_stored_auto_detector_continues_bit_for_bit_once_bound() {
+        // Cuts while learning (500), between bank stages (1,500 and 2,500: counts since the
+        // last rebuild), frozen (5,000), and after the change, between alarms (7,000).
+        for (kind, proto) in detectors() {
+            let mut whole = proto.clone();
+            let want = trace(&mut whole, kind, 0..9_000);
+            assert!(want.iter().any(|t| t.3), "{kind:?}: the change is detected");
+            for cut in [500, 1_500, 2_500, 5_000, 7_000] {
+                let mut a = proto.clone();
+                let mut got = trace(&mut a, kind, 0..cut);
+                let bytes = rmp_serde::to_vec_named(&a).unwrap();
+                let mut b: AnyDetector = rmp_serde::from_slice(&bytes).unwrap();
+                assert_eq!(b, a, "{kind:?} at {cut}: the stored state round-trips");
+                assert_eq!(
+                    rmp_serde::to_vec_named(&b).unwrap(),
+                    bytes,
+                    "{kind:?} at {cut}: and re-encodes alike"
+                );
+                assert_eq!(b.bind(&proto), Binding::Kept);
+                got.extend(trace(&mut b, kind, cut..9_000));
+                assert_eq!(got, want, "{kind:?} restored at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unbound_detector_refuses_observations_and_a_foreign_configuration_is_replaced() {
+        for (kind, proto) in detectors() {
+            let mut a = proto.clone();
+            trace(&mut a, kind, 0..3_000);
+            let bytes = rmp_serde::to_vec_named(&a).unwrap();
+            let decoded: AnyDetector = rmp_serde::from_slice(&bytes).unwrap();
+            let mut unbound = decoded.clone();
+            let err = unbound.update(event(kind, 3_000)).unwrap_err();
+            assert!(matches!(err, DetectorError::Unbound(_)), "{kind:?}: {err}");
+            assert_eq!(unbound.view().n, 3_000, "{kind:?}: nothing was counted");
+            // Each field of the configuration is in the fingerprint.
+            let base = AutoConfig { false_alarm_rate: 1e-6, reference_max: 4_000, ..AutoConfig::default() };
+            let others = [
+                AutoConfig { false_alarm_rate: 1e-7, ..base.clone() },
+                AutoConfig { direction: Direction::Increase, ..base.clone() },
+                AutoConfig { reference_min: 500, ..base.clone() },
+                AutoConfig { reference_max: 8_000, ..base.clone() },
+                AutoConfig { kappa_min: 1e-3, ..base.clone() },
+                AutoConfig { kappa_max: 0.25, ..base.clone() },
+                AutoConfig { grid_ratio: 3.0, ..base.clone() },
+                AutoConfig { max_inflation: 10.0, ..base.clone() },
+                AutoConfig { calibration: Calibration::Bound, ..base.clone() },
+                AutoConfig { min_shift: Some(0.1), ..base.clone() },
+            ];
+            for other in others {
+                let foreign = DetectorSpec::Auto(other.clone()).build(kind).unwrap();
+                let mut d = decoded.clone();
+                assert_eq!(d.bind(&foreign), Binding::Replaced, "{kind:?} {other:?}");
+                assert_eq!(d, foreign, "{kind:?}: replaced by a fresh detector");
+            }
+            let mut d = decoded.clone();
+            let cusum =
+                DetectorSpec::from_name("page-hinkley", 1e-6).unwrap().build(MetricKind::Real).unwrap();
+            assert_eq!(d.bind(&cusum), Binding::Replaced, "{kind:?}: another kind of detector");
+        }
     }
 }

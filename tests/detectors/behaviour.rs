@@ -147,6 +147,7 @@ fn restore_mid_stream_gives_identical_alarms() {
                 let json = serde_json::to_string(&first).unwrap();
                 let mut restored: AnyDetector = serde_json::from_str(&json).unwrap();
                 assert_eq!(restored, first, "{name}: state differs after a serde round trip");
+                assert_eq!(restored.bind(&proto), driftgate_detectors::Binding::Kept, "{name}");
                 got.extend(run(&mut restored, &data[cut..]).into_iter().map(|(i, a)| (i + cut, a)));
                 assert_eq!(got, expected, "{name} ({}) restored at {cut}", kind.as_str());
             }
@@ -205,7 +206,8 @@ fn feed(det: &mut AnyDetector, kind: MetricKind, o: Observation<'_>) -> Result<(
                 DetectorError::UnknownCategory(c) => matches!(o, Observation::Category(s) if s == c),
                 DetectorError::TooManyCategories(_) => matches!(o, Observation::Category(_)),
                 DetectorError::WrongKind { .. } => true,
-                DetectorError::InvalidParameter { .. } => false,
+                // Neither comes from data: these detectors are fresh, never decoded.
+                DetectorError::InvalidParameter { .. } | DetectorError::Unbound(_) => false,
             };
             let real_metric_got_non_finite =
                 kind == MetricKind::Real && matches!(o, Observation::Real(x) if !x.is_finite());

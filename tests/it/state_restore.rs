@@ -283,3 +283,75 @@ fn version_1_state_records_still_decode() {
     assert_eq!(got, want, "the v1 record restores to the detector state v1 had");
     assert_eq!(state.clauses.len(), 5);
 }
+
+/// fin-07's state as each format version wrote it (`tests/fixtures/agent-state-v*.bin`, see
+/// `driftgate/examples/write_state_fixture.rs`), restored in place of the running engine's
+/// at the fixture's cut: the engine verifies fin-07's citation drift at the very record an
+/// uninterrupted one does, with the same event. The current version's fixture must also
+/// equal today's encoding, so a format change cannot slip in without a new version.
+#[test]
+fn stored_fixtures_of_every_version_restore_and_alarm_at_the_same_record() {
+    use driftgate_core::codec::changelog::STATE_VERSION;
+    let inputs = inputs();
+    let first_drift = |outs: &[Output]| {
+        outs.iter().find_map(|o| match o {
+            Output::Enforcement(e) if e.agent_id == "fin-07" && e.reason.code == "drift_verified" => {
+                Some(serde_json::to_string(e).unwrap())
+            }
+            _ => None,
+        })
+    };
+    let mut a = Engine::new(EngineConfig::default(), example_pacts());
+    let mut want = None;
+    for (i, input) in inputs.iter().enumerate() {
+        a.push_tagged(input.clone(), i as u64);
+        if let Some(e) = first_drift(&a.drain()) {
+            want = Some((i, e));
+            break;
+        }
+    }
+    let (alarm_at, want) = want.expect("the uninterrupted run verifies fin-07's drift");
+    for (version, cut) in [(1u8, 20_000usize), (2, 80_000)] {
+        assert!(cut < alarm_at, "v{version}: the fixture precedes the alarm (at input {alarm_at})");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../tests/fixtures/agent-state-v{version}.bin"));
+        let fixture = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(fixture[0], version);
+        let mut b = Engine::new(EngineConfig::default(), example_pacts());
+        for (i, input) in inputs[..cut].iter().enumerate() {
+            b.push_tagged(input.clone(), i as u64);
+            b.drain();
+        }
+        if version == STATE_VERSION {
+            assert_eq!(
+                encode_agent(b.agent("fin-07").expect("fin-07")),
+                fixture,
+                "the current format changed: give it a new version and fixture"
+            );
+        }
+        let mut log = Vec::new();
+        snapshot(&mut b, cut as i64, &mut log);
+        let fin07 = Key::Agent(TOPIC.into(), "fin-07".into()).encode();
+        let record = log.iter_mut().find(|(k, _)| *k == fin07).expect("fin-07 in the snapshot");
+        record.1 = Some(fixture);
+        let (mut c, position) = restore(&log);
+        assert_eq!(position as usize, cut);
+        if version >= 2 {
+            let snap = driftgate_core::model::router_view::AgentSnapshot::of(&c, "fin-07").expect("fin-07");
+            let auto: Vec<u64> =
+                snap.clauses.iter().filter(|c| c.detector.starts_with("auto-")).map(|c| c.n).collect();
+            assert!(auto.len() == 2 && auto.iter().all(|n| *n >= 1_000), "v{version}: banks built: {auto:?}");
+        }
+        let mut got = None;
+        for (i, input) in inputs.iter().enumerate().skip(cut) {
+            c.push_tagged(input.clone(), i as u64);
+            if let Some(e) = first_drift(&c.drain()) {
+                got = Some((i, e));
+                break;
+            }
+        }
+        let (at, got) = got.unwrap_or_else(|| panic!("v{version}: the restored engine verifies the drift"));
+        assert_eq!(at, alarm_at, "v{version}: at the same record");
+        assert_eq!(got, want, "v{version}: the same event");
+    }
+}

@@ -18,7 +18,10 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 /// The state format written by this engine.
-pub const STATE_VERSION: u8 = 1;
+///
+/// Version 2 stores the `auto` detectors without their configuration and derived bank
+/// (see `driftgate_detectors::AnyDetector::bind`); version 1 records still decode.
+pub const STATE_VERSION: u8 = 2;
 
 /// A changelog record that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -112,7 +115,7 @@ pub fn decode_meta(b: &[u8]) -> Result<MetaRecord, StateError> {
 fn check_header(b: &[u8]) -> Result<(), StateError> {
     match b.first() {
         None => Err(StateError::Empty),
-        Some(1) => Ok(()),
+        Some(1..=STATE_VERSION) => Ok(()),
         Some(&v) => Err(StateError::TooNew(v)),
     }
 }

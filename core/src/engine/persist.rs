@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::engine::registry::{Role, SlotInfo};
+use driftgate_detectors::Binding;
 
 impl Engine {
     /// Agents changed since the last call, each with its state (`None`: it expired).
@@ -162,6 +163,7 @@ impl Engine {
         e.chain = meta.chain;
         e.stats = meta.stats;
         e.activated = meta.activated;
+        let mut replaced = 0u64;
         for (id, mut a) in agents {
             a.pacts = a.pacts.iter().filter_map(|p| map(*p)).collect();
             a.shadow = std::mem::take(&mut a.shadow)
@@ -174,6 +176,14 @@ impl Engine {
             a.clauses = std::mem::take(&mut a.clauses)
                 .into_iter()
                 .filter_map(|((p, c, s), st)| map(p).map(|p| ((p, c, s), st)))
+                .filter_map(|(k, mut st)| {
+                    // Stored detectors leave out their configuration: the clause gives it back.
+                    let proto = e.protos.get(k.0 as usize)?.get(k.1 as usize)?;
+                    if st.detector.bind(proto) == Binding::Replaced {
+                        replaced += 1;
+                    }
+                    Some((k, st))
+                })
                 .collect();
             if let Some(mc) = a.model_change.as_mut() {
                 mc.pending = std::mem::take(&mut mc.pending)
@@ -201,6 +211,12 @@ impl Engine {
                 w.capped.insert(id.clone());
             }
             e.agents.insert(id, a);
+        }
+        if replaced > 0 {
+            tracing::warn!(
+                clause_states = replaced,
+                "clause states stored under another detector configuration than their pact's were reset: they learn their baseline again"
+            );
         }
         for wf in meta.panicked {
             e.workflows.entry(wf).or_default().panicked = true;

@@ -36,34 +36,66 @@ impl PartialOrd for Segment {
 }
 
 /// State of one clause for one agent and segment.
+///
+/// Stored with short field names, and without the fields at their defaults: a fleet holds
+/// one per agent × clause, so every byte counts a million times. The long names of format
+/// version 1 are read as aliases.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClauseState {
     /// The clause's detector.
+    #[serde(rename = "det", alias = "detector")]
     pub detector: AnyDetector,
     /// The lane this clause currently demands (`normal` when healthy).
+    #[serde(rename = "dm", alias = "demand")]
     pub demand: Lane,
     /// How many times the clause escalated (the dwell grows with it).
+    #[serde(rename = "esc", alias = "escalations", default, skip_serializing_if = "is_zero")]
     pub escalations: u32,
     /// No step down before this event time.
+    #[serde(rename = "dw", alias = "min_dwell_until", default = "never", skip_serializing_if = "is_never")]
     pub min_dwell_until: i64,
     /// Observations without an alarm since the last alarm or step.
+    #[serde(rename = "cl", alias = "clean")]
     pub clean: u64,
     /// Leaving `block` needs a human attestation (critical clauses).
+    #[serde(rename = "att", alias = "needs_attestation", default, skip_serializing_if = "is_false")]
     pub needs_attestation: bool,
     /// Event times of the most recent observations (at most `min_events`).
+    #[serde(rename = "rec", alias = "recent")]
     pub recent: VecDeque<i64>,
     /// Event time the state was created.
+    #[serde(rename = "cr", alias = "created")]
     pub created: i64,
     /// Event time of the newest observation.
+    #[serde(rename = "la", alias = "last_at")]
     pub last_at: i64,
     /// Smoothed gap between observations (µs), to place change points in event time.
     pub gap: f64,
     /// Whether the evidence is stale.
+    #[serde(rename = "st", alias = "stale", default, skip_serializing_if = "is_false")]
     pub stale: bool,
     /// When the pending freshness check fires, if one is scheduled.
+    #[serde(rename = "tm", alias = "timer_at", default, skip_serializing_if = "Option::is_none")]
     pub timer_at: Option<i64>,
     /// The last detection, for the audit trail.
+    #[serde(rename = "ld", alias = "last_detection", default, skip_serializing_if = "Option::is_none")]
     pub last_detection: Option<Detection>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+fn never() -> i64 {
+    i64::MIN
+}
+
+fn is_never(v: &i64) -> bool {
+    *v == i64::MIN
 }
 
 impl ClauseState {
