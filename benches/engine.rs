@@ -3,6 +3,10 @@
 //! Decoding is measured separately (`decode/*`, with the generic Avro path as the peer of the
 //! compiled one), so the two figures add up to a replay.
 
+/// The binary's allocator (see `driftgate/src/main.rs`), so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use driftgate::cli::demo::Fleet;
 use driftgate_core::engine::{Engine, EngineConfig, Input, TraceLimits};
