@@ -1,12 +1,58 @@
-//! Bytes of keyed state per agent × clause, by detector kind: the changelog encoding
-//! (MessagePack behind a version byte) of one agent after 5,000 events, minus that of an
-//! agent with no clauses. `cargo bench -p driftgate --bench state_size`
+//! Bytes of keyed state per agent × clause, by detector kind, after 5,000 events, each minus
+//! that of an agent whose pact has no clause for it:
+//! - the changelog encoding (MessagePack behind a version byte);
+//! - the heap the agent holds in a running engine (a deep copy, counted by this binary's
+//!   allocator; copies allocate exact capacities, and the allocator's own overhead is not
+//!   counted, so this is a slight underestimate);
+//! - the heap it holds once restored, before its next event (its `auto` banks are derived
+//!   again only then).
+//!
+//! `cargo bench -p driftgate --bench state_size`
 
-use driftgate_core::codec::changelog::encode_agent;
+use driftgate_core::codec::changelog::{decode_agent, encode_agent};
 use driftgate_core::engine::{Engine, EngineConfig, Input};
 use driftgate_core::model::telemetry::{Citations, Model, Outcome, Risk, Telemetry};
 use driftgate_core::pact::parse_pact;
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+/// The system allocator, counting the bytes live (requested sizes, without the allocator's
+/// own overhead).
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Heap bytes a value holds once made (temporaries of its making excluded).
+fn heap_of<T>(make: impl FnOnce() -> T) -> usize {
+    let before = LIVE.load(Ordering::Relaxed);
+    let v = std::hint::black_box(make());
+    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    drop(v);
+    bytes.max(0) as usize
+}
+
+/// One agent's state after 5,000 events: (changelog bytes, heap bytes live, heap bytes
+/// restored before its next event).
+struct Sizes {
+    changelog: usize,
+    live: usize,
+    restored: usize,
+}
 
 const KINDS: &[(&str, &str, &str)] = &[
     (
@@ -73,7 +119,7 @@ fn event(i: u64) -> Telemetry {
     }
 }
 
-fn agent_bytes(pact: &str) -> usize {
+fn agent_sizes(pact: &str) -> Sizes {
     let pact = parse_pact(pact, "bench.yaml").unwrap_or_else(|e| panic!("{e}"));
     let mut e = Engine::new(EngineConfig::default(), vec![pact]);
     for i in 0..5_000 {
@@ -81,17 +127,31 @@ fn agent_bytes(pact: &str) -> usize {
         e.drain();
     }
     e.flush();
-    encode_agent(e.agent("agent-1").expect("agent")).len()
+    let agent = e.agent("agent-1").expect("agent");
+    let bytes = encode_agent(agent);
+    let inline = std::mem::size_of_val(agent);
+    Sizes {
+        changelog: bytes.len(),
+        live: inline + heap_of(|| agent.clone()),
+        restored: inline + heap_of(|| decode_agent(&bytes).expect("decodes")),
+    }
 }
 
 fn main() {
-    let base = agent_bytes("pact: none\nversion: 1\napplies_to: { agents: [\"nobody\"] }\nclauses:\n  - id: c\n    metric: { kind: bernoulli, value: pii_detected }\n    test: { kind: limit, zero_tolerance: true }\n    severity: low\n    consequence: watch\n");
+    let base = agent_sizes("pact: none\nversion: 1\napplies_to: { agents: [\"nobody\"] }\nclauses:\n  - id: c\n    metric: { kind: bernoulli, value: pii_detected }\n    test: { kind: limit, zero_tolerance: true }\n    severity: low\n    consequence: watch\n");
     println!(
-        "bytes per agent x clause after 5,000 events (changelog encoding; agent overhead {base} B excluded)"
+        "bytes per agent x clause after 5,000 events (agent overhead excluded: changelog {} B, memory {} B)",
+        base.changelog, base.live
     );
+    println!("  {:<24} {:>9} {:>9} {:>9}", "", "changelog", "memory", "restored");
     for (name, metric, test) in KINDS {
         let pact = format!("pact: p\nversion: 1\napplies_to: {{ agents: [\"*\"] }}\nclauses:\n  - id: c\n    metric: {metric}\n    test: {test}\n    severity: low\n    consequence: watch\n");
-        let bytes = agent_bytes(&pact);
-        println!("  {name:<24} {:>7} B", bytes.saturating_sub(base));
+        let s = agent_sizes(&pact);
+        println!(
+            "  {name:<24} {:>7} B {:>7} B {:>7} B",
+            s.changelog.saturating_sub(base.changelog),
+            s.live.saturating_sub(base.live),
+            s.restored.saturating_sub(base.restored)
+        );
     }
 }

@@ -52,6 +52,11 @@ pub struct Adwin {
 }
 
 impl Adwin {
+    /// Whether `o` was built from the same configuration (see `AnyDetector::bind`).
+    pub(crate) fn same_config(&self, o: &Self) -> bool {
+        self.cfg == o.cfg
+    }
+
     /// An ADWIN with the given parameters.
     pub fn new(cfg: AdwinConfig) -> Result<Self, DetectorError> {
         check_rate("delta", cfg.delta)?;

@@ -78,7 +78,8 @@ fn log_evalue_from(k: u64, n: u64, p: f64, up: bool, below: f64) -> Option<f64> 
 }
 
 fn log_mixture(k: u64, n: u64, coefs: &[(f64, f64); GRID], below: f64) -> Option<f64> {
-    let (k, f) = (k as f64, (n - k) as f64);
+    // Saturating: a stored state is not trusted to keep `k <= n`.
+    let (k, f) = (k as f64, n.saturating_sub(k) as f64);
     let mut terms = [0.0; GRID];
     let mut m = f64::MIN;
     for (t, (a, b)) in terms.iter_mut().zip(coefs) {
@@ -113,8 +114,8 @@ impl EProcess {
     }
     /// Adds one outcome; whether the e-process is now at or above `ln_threshold`.
     fn push(&mut self, x: bool, ln_threshold: f64) -> bool {
-        self.n += 1;
-        self.k += x as u64;
+        self.n = self.n.saturating_add(1);
+        self.k = self.k.saturating_add(x as u64);
         log_evalue_from(self.k, self.n, self.boundary, self.up, ln_threshold)
             .is_some_and(|l| l >= ln_threshold)
     }
@@ -184,6 +185,11 @@ pub struct RateBound {
 }
 
 impl RateBound {
+    /// Whether `o` was built from the same configuration (see `AnyDetector::bind`).
+    pub(crate) fn same_config(&self, o: &Self) -> bool {
+        self.cfg == o.cfg
+    }
+
     /// A bound test; `limit` and `exit` are rates in (0, 1), `exit <= limit`.
     pub fn new(cfg: RateBoundConfig) -> Result<Self, DetectorError> {
         check_rate("limit", cfg.limit)?;
@@ -322,6 +328,11 @@ impl PartialEq for QuantileBound {
 const HDR_SCALE: f64 = 1000.0;
 
 impl QuantileBound {
+    /// Whether `o` was built from the same configuration (see `AnyDetector::bind`).
+    pub(crate) fn same_config(&self, o: &Self) -> bool {
+        self.cfg == o.cfg
+    }
+
     /// A quantile bound test.
     pub fn new(cfg: QuantileBoundConfig) -> Result<Self, DetectorError> {
         check_rate("quantile", cfg.quantile)?;

@@ -122,6 +122,12 @@ pub struct Cusum {
 }
 
 impl Cusum {
+    /// Whether `o` was built from the same configuration (see `AnyDetector::bind`).
+    pub(crate) fn same_config(&self, o: &Self) -> bool {
+        (&self.family, self.h.to_bits(), self.false_alarm_rate.to_bits())
+            == (&o.family, o.h.to_bits(), o.false_alarm_rate.to_bits())
+    }
+
     /// A CUSUM with threshold `h` if given, else with the threshold whose ARL0 is
     /// `1 / false_alarm_rate`.
     pub fn new(family: Family, h: Option<f64>, false_alarm_rate: f64) -> Result<Self, DetectorError> {

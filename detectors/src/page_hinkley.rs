@@ -42,6 +42,11 @@ pub struct PageHinkley {
 }
 
 impl PageHinkley {
+    /// Whether `o` was built from the same configuration (see `AnyDetector::bind`).
+    pub(crate) fn same_config(&self, o: &Self) -> bool {
+        self.cfg == o.cfg
+    }
+
     /// A test with the given parameters.
     pub fn new(cfg: PageHinkleyConfig) -> Result<Self, DetectorError> {
         if !(cfg.delta.is_finite() && cfg.delta >= 0.0) {

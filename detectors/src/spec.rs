@@ -235,16 +235,27 @@ impl AnyDetector {
     ///
     /// Why: the `auto` detectors store a fingerprint of their configuration instead of the
     /// configuration, and derive their bank again from it, which keeps a clause's state to a
-    /// few hundred bytes. A state whose fingerprint or kind differs from `proto`'s was
-    /// gathered under another bank, and pairing it with this one would void the
-    /// false-alarm guarantee; it is replaced.
+    /// few hundred bytes. A state whose fingerprint, configuration or kind differs from
+    /// `proto`'s was gathered under another bank or test, and pairing it with this one would
+    /// void the false-alarm guarantee; it is replaced. (The other kinds still store their
+    /// configuration; binding checks it against the clause's, so that a corrupt record
+    /// cannot bring an invalid one back.)
     pub fn bind(&mut self, proto: &AnyDetector) -> Binding {
         let kept = match (&mut *self, proto) {
             (AnyDetector::AutoBernoulli(d), AnyDetector::AutoBernoulli(p)) => d.bind(p),
             (AnyDetector::AutoReal(d), AnyDetector::AutoReal(p)) => d.bind(p),
             (AnyDetector::AutoCategorical(d), AnyDetector::AutoCategorical(p)) => d.bind(p),
-            // The other kinds store their configuration: the same kind continues.
-            (d, p) => std::mem::discriminant(&*d) == std::mem::discriminant(p),
+            // The other kinds store their configuration: it must be the clause's (a record
+            // is not trusted to hold a valid one).
+            (AnyDetector::Cusum(d), AnyDetector::Cusum(p)) => d.same_config(p),
+            (AnyDetector::PageHinkley(d), AnyDetector::PageHinkley(p)) => d.same_config(p),
+            (AnyDetector::Adwin(d), AnyDetector::Adwin(p)) => d.same_config(p),
+            (AnyDetector::Ks(d), AnyDetector::Ks(p)) => d.same_config(p),
+            (AnyDetector::Binned(d), AnyDetector::Binned(p)) => d.same_config(p),
+            (AnyDetector::Rate(d), AnyDetector::Rate(p)) => d.same_config(p),
+            (AnyDetector::Quantile(d), AnyDetector::Quantile(p)) => d.same_config(p),
+            (AnyDetector::Zero(_), AnyDetector::Zero(_)) => true,
+            _ => false,
         };
         if kept {
             Binding::Kept
@@ -384,6 +395,84 @@ mod tests {
                 got.extend(trace(&mut b, kind, cut..9_000));
                 assert_eq!(got, want, "{kind:?} restored at {cut}");
             }
+        }
+    }
+
+    #[test]
+    fn a_stored_configuration_other_than_the_clauses_is_replaced_for_every_kind() {
+        use crate::{AdwinConfig, PageHinkleyConfig, QuantileBoundConfig, RateBoundConfig, WindowConfig};
+        // Pairs of one kind built from two configurations; the first is stored, and bound
+        // to each. A corrupt record (alpha 4.6e18, found by the changelog fuzz target)
+        // otherwise came back with its invalid configuration and panicked on a reset.
+        let rate = |alpha| {
+            AnyDetector::Rate(
+                crate::RateBound::new(RateBoundConfig { limit: 0.02, exit: None, alpha }).unwrap(),
+            )
+        };
+        let quantile = |limit| {
+            AnyDetector::Quantile(
+                crate::QuantileBound::new(QuantileBoundConfig {
+                    quantile: 0.95,
+                    limit,
+                    exit: None,
+                    alpha: 1e-3,
+                })
+                .unwrap(),
+            )
+        };
+        let window = |spec: fn(WindowConfig) -> DetectorSpec, kind, window| {
+            spec(WindowConfig { window, ..WindowConfig::default() }).build(kind).unwrap()
+        };
+        let cusum = |p1| {
+            let spec = CusumSpec {
+                p0: Some(0.95),
+                p1: Some(p1),
+                false_alarm_rate: Some(1e-6),
+                ..Default::default()
+            };
+            DetectorSpec::Cusum(spec).build(MetricKind::Bernoulli).unwrap()
+        };
+        let pairs = [
+            (cusum(0.8), cusum(0.7)),
+            (rate(1e-3), rate(1e-4)),
+            (quantile(3000.0), quantile(2000.0)),
+            (
+                DetectorSpec::PageHinkley(PageHinkleyConfig::default()).build(MetricKind::Real).unwrap(),
+                DetectorSpec::PageHinkley(PageHinkleyConfig { delta: 0.5, ..PageHinkleyConfig::default() })
+                    .build(MetricKind::Real)
+                    .unwrap(),
+            ),
+            (
+                DetectorSpec::Adwin(AdwinConfig::default()).build(MetricKind::Real).unwrap(),
+                DetectorSpec::Adwin(AdwinConfig { delta: 0.01, ..AdwinConfig::default() })
+                    .build(MetricKind::Real)
+                    .unwrap(),
+            ),
+            (
+                window(DetectorSpec::Ks, MetricKind::Real, 1_000),
+                window(DetectorSpec::Ks, MetricKind::Real, 500),
+            ),
+            (
+                window(DetectorSpec::Chi2, MetricKind::Categorical, 1_000),
+                window(DetectorSpec::Chi2, MetricKind::Categorical, 500),
+            ),
+            (
+                window(DetectorSpec::Psi, MetricKind::Real, 1_000),
+                window(DetectorSpec::Psi, MetricKind::Real, 500),
+            ),
+            (
+                window(DetectorSpec::Chi2, MetricKind::Real, 1_000),
+                window(DetectorSpec::Chi2, MetricKind::Categorical, 1_000),
+            ),
+        ];
+        for (stored, other) in pairs {
+            let bytes = rmp_serde::to_vec_named(&stored).unwrap();
+            let decoded: AnyDetector = rmp_serde::from_slice(&bytes).unwrap();
+            let mut same = decoded.clone();
+            assert_eq!(same.bind(&stored), Binding::Kept, "{}", stored.name());
+            let mut d = decoded.clone();
+            assert_eq!(d.bind(&other), Binding::Replaced, "{} against {other:?}", stored.name());
+            assert_eq!(d, other);
         }
     }
 

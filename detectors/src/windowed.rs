@@ -86,6 +86,11 @@ pub struct WindowedKs {
 }
 
 impl WindowedKs {
+    /// Whether `o` was built from the same configuration (see `AnyDetector::bind`).
+    pub(crate) fn same_config(&self, o: &Self) -> bool {
+        self.cfg == o.cfg
+    }
+
     /// A KS test with the given windows.
     pub fn new(cfg: WindowConfig) -> Result<Self, DetectorError> {
         cfg.validate()?;
@@ -230,6 +235,13 @@ pub struct BinnedWindow {
 const MAX_BINS: usize = 1024;
 
 impl BinnedWindow {
+    /// Whether `o` was built from the same configuration (see `AnyDetector::bind`).
+    pub(crate) fn same_config(&self, o: &Self) -> bool {
+        self.cfg == o.cfg
+            && self.test == o.test
+            && std::mem::discriminant(&self.bins) == std::mem::discriminant(&o.bins)
+    }
+
     /// A windowed chi-squared or PSI test; `real` selects decile bins for real metrics.
     pub fn new(cfg: WindowConfig, test: BinnedTest, real: bool) -> Result<Self, DetectorError> {
         cfg.validate()?;

@@ -53,7 +53,7 @@ impl Engine {
         let state = agent
             .clauses
             .entry(key.clone())
-            .or_insert_with(|| ClauseState::new(self.protos[p as usize][ci as usize].clone(), now));
+            .or_insert_with(|| Box::new(ClauseState::new(self.protos[p as usize][ci as usize].clone(), now)));
         state.observe(now, keep);
         let mut cause = None;
         // One event is not enough when the window asks for more: stale until fresh again.
@@ -146,7 +146,8 @@ impl Engine {
         let critical = clause.severity == Severity::Critical;
         let target = if critical { Some(Lane::Block) } else { clause.consequence.lane() };
         let gap = state.gap;
-        let first_post = now - (alarm.n_current.saturating_sub(1) as f64 * gap) as i64;
+        // Saturating: `gap` comes from stored state, which a corrupt record can make huge.
+        let first_post = now.saturating_sub((alarm.n_current.saturating_sub(1) as f64 * gap) as i64);
         let detection = Detection {
             detector: alarm.detector.clone(),
             statistic: alarm.statistic,
@@ -155,7 +156,7 @@ impl Engine {
             baseline: serde_json::to_string(&alarm.baseline).unwrap_or_default(),
             observed: serde_json::to_string(&alarm.current).unwrap_or_default(),
             n: alarm.n_current,
-            change_point_at: first_post - (gap / 2.0) as i64,
+            change_point_at: first_post.saturating_sub((gap / 2.0) as i64),
             first_post_change_at: first_post,
             verified_at: now,
         };

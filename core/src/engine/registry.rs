@@ -506,7 +506,7 @@ impl Engine {
                             s.recent = st.recent;
                             s.last_at = st.last_at;
                             s.gap = st.gap;
-                            moved.insert((new, c, k.2), s);
+                            moved.insert((new, c, k.2), Box::new(s));
                         }
                         None => {}
                     }

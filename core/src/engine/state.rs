@@ -121,7 +121,7 @@ impl ClauseState {
     /// Records an observation's event time.
     pub fn observe(&mut self, t: i64, keep: usize) {
         if !self.recent.is_empty() {
-            let g = (t - self.last_at).max(0) as f64;
+            let g = t.saturating_sub(self.last_at).max(0) as f64;
             self.gap = if self.gap == 0.0 { g } else { 0.95 * self.gap + 0.05 * g };
         }
         self.last_at = self.last_at.max(t);
@@ -135,18 +135,20 @@ impl ClauseState {
     /// has a grace period of `max_age` to gather them.
     pub fn is_fresh(&self, now: i64, f: &Freshness) -> bool {
         let age = f.max_age.micros();
-        if now - self.created < age {
+        // Saturating throughout: times come from stored state too.
+        if now.saturating_sub(self.created) < age {
             return true;
         }
-        self.recent.len() >= f.min_events as usize && self.recent.front().is_some_and(|t| *t >= now - age)
+        self.recent.len() >= f.min_events as usize
+            && self.recent.front().is_some_and(|t| *t >= now.saturating_sub(age))
     }
 
     /// When the evidence would go stale if nothing more arrives.
     pub fn stale_deadline(&self, f: &Freshness) -> i64 {
         let age = f.max_age.micros();
-        let grace = self.created + age;
+        let grace = self.created.saturating_add(age);
         if self.recent.len() >= f.min_events as usize {
-            grace.max(self.recent.front().copied().unwrap_or(i64::MIN) + age)
+            grace.max(self.recent.front().copied().unwrap_or(i64::MIN).saturating_add(age))
         } else {
             grace
         }
@@ -251,8 +253,9 @@ pub struct AgentState {
     pub first_seen: i64,
     /// Event time last seen.
     pub last_seen: i64,
-    /// Clause states.
-    pub clauses: BTreeMap<ClauseKey, ClauseState>,
+    /// Clause states, boxed: a B-tree node holds 11 entries, so inline states (750 bytes
+    /// each) made every agent pay 8 kB for its first node however few clauses it has.
+    pub clauses: BTreeMap<ClauseKey, Box<ClauseState>>,
     /// Overrides in force.
     pub overrides: Vec<ActiveOverride>,
     /// Pending model-change re-verification.
