@@ -224,6 +224,81 @@ impl AutoConfig {
     }
 }
 
+/// What a stored `auto` detector's record leaves out, and whether it is back: the
+/// configuration (stored as its fingerprint, given back by the clause in
+/// `AnyDetector::bind`) and the bank (derived again from the baseline before the next event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Restoration {
+    /// The configuration's fingerprint (see [`AutoConfig::fingerprint`]).
+    pub fingerprint: u64,
+    /// The configuration is in place (false after decoding until bound).
+    pub bound: bool,
+    /// The bank's derived parts are in place.
+    pub derived: bool,
+}
+
+/// An `auto` detector, as restored from a record that leaves out its configuration.
+pub(crate) trait Restorable: Clone {
+    /// Its restoration state.
+    fn restoration(&self) -> Restoration;
+    /// The same, to change.
+    fn restoration_mut(&mut self) -> &mut Restoration;
+    /// Takes what the record left out (the configuration, and the threshold before the
+    /// first bank) from `proto`, a fresh detector of its clause.
+    fn adopt(&mut self, proto: &Self);
+}
+
+/// Binds a decoded detector to `proto` (see `AnyDetector::bind`): false, and it becomes
+/// `proto`, when it was stored under another configuration.
+pub(crate) fn bind<T: Restorable>(d: &mut T, proto: &T) -> bool {
+    match d.restoration_mut().bind(&proto.restoration()) {
+        Bind::Replace => {
+            *d = proto.clone();
+            false
+        }
+        Bind::Adopt => {
+            d.adopt(proto);
+            true
+        }
+        Bind::Keep => true,
+    }
+}
+
+/// What binding a decoded detector to its clause's fresh one (`proto`) must do.
+pub(crate) enum Bind {
+    /// Stored under another configuration: become `proto`.
+    Replace,
+    /// Take the configuration from `proto` (now marked bound).
+    Adopt,
+    /// Bound already.
+    Keep,
+}
+
+impl Restoration {
+    /// A detector built from its configuration: nothing to restore.
+    pub fn fresh(fingerprint: u64) -> Self {
+        Restoration { fingerprint, bound: true, derived: true }
+    }
+
+    /// Decides a binding to `proto`, marking this bound when it adopts.
+    pub fn bind(&mut self, proto: &Restoration) -> Bind {
+        if self.fingerprint != proto.fingerprint {
+            Bind::Replace
+        } else if self.bound {
+            Bind::Keep
+        } else {
+            self.bound = true;
+            Bind::Adopt
+        }
+    }
+
+    /// For the fresh detector a reset puts in this one's place: an unbound one stays
+    /// unbound, as its configuration is still to come.
+    pub fn after_reset(self) -> Self {
+        Restoration { derived: true, ..self }
+    }
+}
+
 /// The version of the bank construction (`build_bank` and the detectors' candidate
 /// families). Bump it whenever a change would give a stored detector a different bank for
 /// the same data: its fingerprint then no longer matches, and the detector relearns instead

@@ -1,7 +1,9 @@
 //! `auto-bernoulli`: mixture Shiryaev–Roberts on a learned rate, for 0/1 metrics.
 
 use crate::alarm::{Alarm, Estimate};
-use crate::auto::{build_bank, log_stat, member_sizes, AutoConfig, Candidate, MAX_JUMP};
+use crate::auto::{
+    build_bank, log_stat, member_sizes, AutoConfig, Candidate, Restorable, Restoration, MAX_JUMP,
+};
 use crate::detector::{as_bool, Detector, MetricKind, Observation, View};
 use crate::mixture::MixtureSr;
 use crate::overshoot::zeta_two_point;
@@ -20,11 +22,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone)]
 pub struct AutoBernoulli {
     cfg: AutoConfig,
-    fingerprint: u64,
-    /// The configuration is in place (false after decoding until bound).
-    bound: bool,
-    /// The bank's derived parts (`lr`, `p1`, `kappa`, member ids and weights) are in place.
-    derived: bool,
+    /// What the stored record left out, and whether it is back.
+    rs: Restoration,
     n: u64,
     ref_n: u64,
     ref_ones: u64,
@@ -83,7 +82,7 @@ struct Record {
 impl Serialize for AutoBernoulli {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         Stored {
-            h: self.fingerprint,
+            h: self.rs.fingerprint,
             n: self.n,
             rn: self.ref_n,
             ro: self.ref_ones,
@@ -106,9 +105,7 @@ impl<'de> Deserialize<'de> for AutoBernoulli {
         let derived = bound && r.sr.as_ref().is_none_or(|sr| sr.is_installed() && r.lr.len() == 2 * sr.len());
         Ok(AutoBernoulli {
             cfg,
-            fingerprint,
-            bound,
-            derived,
+            rs: Restoration { fingerprint, bound, derived },
             n: r.n,
             ref_n: r.rn,
             ref_ones: r.ro,
@@ -126,8 +123,8 @@ impl<'de> Deserialize<'de> for AutoBernoulli {
 /// Equal when the stored state is.
 impl PartialEq for AutoBernoulli {
     fn eq(&self, o: &Self) -> bool {
-        (self.fingerprint, self.n, self.ref_n, self.ref_ones, self.built_at)
-            == (o.fingerprint, o.n, o.ref_n, o.ref_ones, o.built_at)
+        (self.rs.fingerprint, self.n, self.ref_n, self.ref_ones, self.built_at)
+            == (o.rs.fingerprint, o.n, o.ref_n, o.ref_ones, o.built_at)
             && self.p0.to_bits() == o.p0.to_bits()
             && self.threshold.to_bits() == o.threshold.to_bits()
             && self.sr == o.sr
@@ -150,10 +147,8 @@ impl AutoBernoulli {
         cfg.validate_for(MetricKind::Bernoulli)?;
         let threshold = cfg.threshold(MetricKind::Bernoulli);
         Ok(AutoBernoulli {
-            fingerprint: cfg.fingerprint(MetricKind::Bernoulli, 0),
+            rs: Restoration::fresh(cfg.fingerprint(MetricKind::Bernoulli, 0)),
             cfg,
-            bound: true,
-            derived: true,
             n: 0,
             ref_n: 0,
             ref_ones: 0,
@@ -180,48 +175,31 @@ impl AutoBernoulli {
     /// Whether the configuration is in place: always, except after decoding until
     /// [`AutoBernoulli::bind`].
     pub fn is_bound(&self) -> bool {
-        self.bound
+        self.rs.bound
     }
 
     /// Gives a decoded detector its configuration back from `proto`, a fresh detector of
     /// its clause. False, and the detector becomes `proto`, when the state was stored under
     /// another configuration (its statistics belong to another bank).
     pub fn bind(&mut self, proto: &AutoBernoulli) -> bool {
-        if self.fingerprint != proto.fingerprint {
-            *self = proto.clone();
-            return false;
-        }
-        if !self.bound {
-            self.cfg = proto.cfg.clone();
-            self.bound = true;
-            if self.sr.is_none() {
-                // Before the first bank the threshold is the configuration's.
-                self.threshold = proto.threshold;
-            }
-        }
-        true
+        crate::auto::bind(self, proto)
     }
 
     /// Puts back the bank's derived parts after decoding. They are a pure function of the
     /// configuration, `p0` and the baseline's size when the bank was built, so they come out
     /// bit for bit as they were; statistics are never recomputed.
     fn derive(&mut self) -> bool {
-        if !self.bound {
+        if !self.rs.bound {
             return false;
         }
         if let Some(sr) = self.sr.take() {
             let bank = self.bank(self.p0, self.built_at, None);
-            let mut sr = sr;
-            if !sr.install(bank.sr.ids.clone(), bank.sr.w.clone()) {
-                // Unreachable with a matching fingerprint; relearn rather than mispair.
-                sr = bank.sr;
-            }
+            self.sr = Some(sr.restored(&bank.sr));
             self.lr = bank.lr;
             self.p1 = bank.p1;
             self.kappa = bank.kappa;
-            self.sr = Some(sr);
         }
-        self.derived = true;
+        self.rs.derived = true;
         true
     }
 
@@ -286,7 +264,7 @@ impl AutoBernoulli {
     /// multiply-adds per member.
     #[inline]
     pub fn update_bool(&mut self, x: bool) -> Option<Alarm> {
-        if !self.derived && !self.derive() {
+        if !self.rs.derived && !self.derive() {
             return None;
         }
         let i = self.n;
@@ -358,10 +336,28 @@ fn log_odds_shifts(cfg: &AutoConfig, p0: f64, up: bool) -> Vec<(u32, f64, bool)>
     member_sizes(cfg, min_size, |k| (2.0 * k / pq).sqrt(), |d| d * d * pq / 2.0)
 }
 
+impl Restorable for AutoBernoulli {
+    fn restoration(&self) -> Restoration {
+        self.rs
+    }
+
+    fn restoration_mut(&mut self) -> &mut Restoration {
+        &mut self.rs
+    }
+
+    fn adopt(&mut self, proto: &Self) {
+        self.cfg = proto.cfg.clone();
+        if self.sr.is_none() {
+            // Before the first bank the threshold is the configuration's.
+            self.threshold = proto.threshold;
+        }
+    }
+}
+
 impl Detector for AutoBernoulli {
     fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
         let x = as_bool(obs, "auto-bernoulli")?;
-        if !self.bound {
+        if !self.rs.bound {
             return Err(DetectorError::Unbound("auto-bernoulli"));
         }
         Ok(self.update_bool(x))
@@ -383,10 +379,9 @@ impl Detector for AutoBernoulli {
     }
 
     fn reset(&mut self) {
-        let (fingerprint, bound) = (self.fingerprint, self.bound);
+        let rs = self.rs;
         *self = AutoBernoulli::new(self.cfg.clone()).expect("config was validated");
-        // An unbound detector stays unbound: its configuration is still to come.
-        (self.fingerprint, self.bound) = (fingerprint, bound);
+        self.rs = rs.after_reset();
     }
 
     fn name(&self) -> &'static str {

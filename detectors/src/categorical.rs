@@ -1,7 +1,9 @@
 //! `auto-categorical`: a native multinomial mixture Shiryaev–Roberts detector.
 
 use crate::alarm::{Alarm, Estimate};
-use crate::auto::{build_bank, log_stat, member_sizes, AutoConfig, Candidate, MAX_JUMP};
+use crate::auto::{
+    build_bank, log_stat, member_sizes, AutoConfig, Candidate, Restorable, Restoration, MAX_JUMP,
+};
 use crate::detector::{as_category, Detector, MetricKind, Observation, View};
 use crate::mixture::MixtureSr;
 use crate::overshoot::{zeta_three_point, zeta_two_point};
@@ -28,11 +30,8 @@ const CONTRAST_LIMIT: usize = 8;
 pub struct AutoCategorical {
     cfg: AutoConfig,
     max_categories: usize,
-    fingerprint: u64,
-    /// The configuration is in place (false after decoding until bound).
-    bound: bool,
-    /// The bank's derived parts (`lr`, `kappa`, member ids and weights) are in place.
-    derived: bool,
+    /// What the stored record left out, and whether it is back.
+    rs: Restoration,
     n: u64,
     names: Vec<String>,
     ref_counts: Vec<u64>,
@@ -95,7 +94,7 @@ struct Record {
 impl Serialize for AutoCategorical {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         Stored {
-            h: self.fingerprint,
+            h: self.rs.fingerprint,
             n: self.n,
             c: &self.names,
             rc: &self.ref_counts,
@@ -127,9 +126,7 @@ impl<'de> Deserialize<'de> for AutoCategorical {
         Ok(AutoCategorical {
             cfg,
             max_categories,
-            fingerprint,
-            bound,
-            derived,
+            rs: Restoration { fingerprint, bound, derived },
             n: r.n,
             names: r.c,
             ref_counts: r.rc,
@@ -147,8 +144,8 @@ impl<'de> Deserialize<'de> for AutoCategorical {
 /// Equal when the stored state is.
 impl PartialEq for AutoCategorical {
     fn eq(&self, o: &Self) -> bool {
-        (self.fingerprint, self.n, &self.names, &self.ref_counts, self.ref_n, self.built_at)
-            == (o.fingerprint, o.n, &o.names, &o.ref_counts, o.ref_n, o.built_at)
+        (self.rs.fingerprint, self.n, &self.names, &self.ref_counts, self.ref_n, self.built_at)
+            == (o.rs.fingerprint, o.n, &o.names, &o.ref_counts, o.ref_n, o.built_at)
             && self.p0.iter().map(|p| p.to_bits()).eq(o.p0.iter().map(|p| p.to_bits()))
             && self.threshold.to_bits() == o.threshold.to_bits()
             && self.sr == o.sr
@@ -173,11 +170,9 @@ impl AutoCategorical {
         }
         let threshold = cfg.threshold(MetricKind::Categorical);
         Ok(AutoCategorical {
-            fingerprint: cfg.fingerprint(MetricKind::Categorical, max_categories as u64),
+            rs: Restoration::fresh(cfg.fingerprint(MetricKind::Categorical, max_categories as u64)),
             cfg,
             max_categories,
-            bound: true,
-            derived: true,
             n: 0,
             names: Vec::new(),
             ref_counts: Vec::new(),
@@ -309,47 +304,32 @@ impl AutoCategorical {
 
     /// Whether the configuration is in place (see [`crate::AutoBernoulli::is_bound`]).
     pub fn is_bound(&self) -> bool {
-        self.bound
+        self.rs.bound
     }
 
     /// Gives a decoded detector its configuration back (see [`crate::AutoBernoulli::bind`]).
     pub fn bind(&mut self, proto: &AutoCategorical) -> bool {
-        if self.fingerprint != proto.fingerprint {
-            *self = proto.clone();
-            return false;
-        }
-        if !self.bound {
-            self.cfg = proto.cfg.clone();
-            self.max_categories = proto.max_categories;
-            self.bound = true;
-            if self.sr.is_none() {
-                self.threshold = proto.threshold;
-            }
-        }
-        true
+        crate::auto::bind(self, proto)
     }
 
     /// Puts back the bank's derived parts after decoding (see `AutoBernoulli::derive`).
     fn derive(&mut self) -> bool {
-        if !self.bound {
+        if !self.rs.bound {
             return false;
         }
-        if let Some(mut sr) = self.sr.take() {
+        if let Some(sr) = self.sr.take() {
             let bank = self.bank(&self.p0, self.built_at, None);
-            if !sr.install(bank.sr.ids.clone(), bank.sr.w.clone()) {
-                sr = bank.sr;
-            }
+            self.sr = Some(sr.restored(&bank.sr));
             self.lr = bank.lr;
             self.kappa = bank.kappa;
-            self.sr = Some(sr);
         }
-        self.derived = true;
+        self.rs.derived = true;
         true
     }
 
     /// Feeds one category by name.
     pub fn update_category(&mut self, name: &str) -> Result<Option<Alarm>, DetectorError> {
-        if !self.derived && !self.derive() {
+        if !self.rs.derived && !self.derive() {
             return Ok(None);
         }
         let c = self.index_of(name)?;
@@ -467,10 +447,28 @@ fn tilts(cfg: &AutoConfig, up: f64, down: f64, var: f64) -> Vec<(u32, f64, bool)
     member_sizes(cfg, Some(0.5 * (lo + hi)), |k| (2.0 * k / var).sqrt(), |e| e * e * var / 2.0)
 }
 
+impl Restorable for AutoCategorical {
+    fn restoration(&self) -> Restoration {
+        self.rs
+    }
+
+    fn restoration_mut(&mut self) -> &mut Restoration {
+        &mut self.rs
+    }
+
+    fn adopt(&mut self, proto: &Self) {
+        self.cfg = proto.cfg.clone();
+        self.max_categories = proto.max_categories;
+        if self.sr.is_none() {
+            self.threshold = proto.threshold;
+        }
+    }
+}
+
 impl Detector for AutoCategorical {
     fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
         let name = as_category(obs, "auto-categorical")?;
-        if !self.bound {
+        if !self.rs.bound {
             return Err(DetectorError::Unbound("auto-categorical"));
         }
         self.update_category(name)
@@ -492,10 +490,9 @@ impl Detector for AutoCategorical {
     }
 
     fn reset(&mut self) {
-        let (fingerprint, bound) = (self.fingerprint, self.bound);
+        let rs = self.rs;
         *self = AutoCategorical::new(self.cfg.clone(), self.max_categories).expect("config was validated");
-        // An unbound detector stays unbound: its configuration is still to come.
-        (self.fingerprint, self.bound) = (fingerprint, bound);
+        self.rs = rs.after_reset();
     }
 
     fn name(&self) -> &'static str {

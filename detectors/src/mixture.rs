@@ -101,19 +101,21 @@ impl MixtureSr {
         MixtureSr { ids, w, r: vec![0.0; k], d: vec![0.0; k], c: vec![0.0; k], lambda: 0.0 }
     }
 
-    /// Puts back the ids and weights of a decoded bank, derived again from the baseline.
-    /// False, and nothing changes, when their number is not that of the stored statistics.
-    pub fn install(&mut self, ids: Vec<u32>, w: Vec<f64>) -> bool {
-        if ids.len() != self.r.len() || w.len() != self.r.len() {
-            return false;
+    /// A decoded bank (statistics only) with the ids and weights of `fresh`, the same bank
+    /// derived again from the baseline; `fresh` itself, statistics at zero, when its number
+    /// of members differs (which a matching configuration fingerprint rules out: relearning
+    /// is safer than pairing statistics with other members).
+    pub fn restored(mut self, fresh: &MixtureSr) -> MixtureSr {
+        if fresh.ids.len() != self.r.len() {
+            return fresh.clone();
         }
-        self.ids = ids;
-        self.w = w;
-        true
+        self.ids.clone_from(&fresh.ids);
+        self.w.clone_from(&fresh.w);
+        self
     }
 
     /// Whether the ids and weights are in place (a bank decoded from format version 2 has
-    /// only its statistics until [`MixtureSr::install`]).
+    /// only its statistics until [`MixtureSr::restored`]).
     pub fn is_installed(&self) -> bool {
         self.ids.len() == self.r.len() && self.w.len() == self.r.len()
     }

@@ -1,7 +1,9 @@
 //! `auto-real`: mixture Shiryaev–Roberts on normal scores, for real metrics.
 
 use crate::alarm::{Alarm, Estimate};
-use crate::auto::{build_bank, check_bank_possible, log_stat, member_sizes, AutoConfig, Candidate};
+use crate::auto::{
+    build_bank, check_bank_possible, log_stat, member_sizes, AutoConfig, Candidate, Restorable, Restoration,
+};
 use crate::detector::{as_real, Detector, MetricKind, Observation, View};
 use crate::mixture::{MixtureSr, MAX_MEMBERS};
 use crate::normal_score::NormalScore;
@@ -26,11 +28,8 @@ const MAX_BETA: f64 = 0.9;
 #[derive(Debug, Clone)]
 pub struct AutoReal {
     cfg: AutoConfig,
-    fingerprint: u64,
-    /// The configuration is in place (false after decoding until bound).
-    bound: bool,
-    /// The bank's derived parts and the transform are in place.
-    derived: bool,
+    /// What the stored record left out, and whether it is back.
+    rs: Restoration,
     n: u64,
     buffer: Vec<f64>,
     ns: Option<NormalScore>,
@@ -102,7 +101,7 @@ impl Serialize for AutoReal {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let legacy = self.ns.as_ref().is_some_and(|ns| !ns.derivable());
         Stored {
-            h: self.fingerprint,
+            h: self.rs.fingerprint,
             n: self.n,
             buf: &self.buffer,
             ns: &self.ns,
@@ -127,9 +126,7 @@ impl<'de> Deserialize<'de> for AutoReal {
             && r.ns.as_ref().is_none_or(|ns| !ns.derivable());
         Ok(AutoReal {
             cfg,
-            fingerprint,
-            bound,
-            derived,
+            rs: Restoration { fingerprint, bound, derived },
             n: r.n,
             buffer: r.buf,
             ns: r.ns,
@@ -149,7 +146,7 @@ impl<'de> Deserialize<'de> for AutoReal {
 /// Equal when the stored state is.
 impl PartialEq for AutoReal {
     fn eq(&self, o: &Self) -> bool {
-        (self.fingerprint, self.n, self.built_at) == (o.fingerprint, o.n, o.built_at)
+        (self.rs.fingerprint, self.n, self.built_at) == (o.rs.fingerprint, o.n, o.built_at)
             && self.buffer.iter().map(|x| x.to_bits()).eq(o.buffer.iter().map(|x| x.to_bits()))
             && self.ns == o.ns
             && self.threshold.to_bits() == o.threshold.to_bits()
@@ -215,10 +212,8 @@ impl AutoReal {
         check_bank_possible(&cfg, MetricKind::Real, &bank_candidates(&cfg).0)?;
         let threshold = cfg.threshold(MetricKind::Real);
         Ok(AutoReal {
-            fingerprint: cfg.fingerprint(MetricKind::Real, 0),
+            rs: Restoration::fresh(cfg.fingerprint(MetricKind::Real, 0)),
             cfg,
-            bound: true,
-            derived: true,
             n: 0,
             buffer: Vec::new(),
             ns: None,
@@ -290,29 +285,18 @@ impl AutoReal {
 
     /// Whether the configuration is in place (see [`crate::AutoBernoulli::is_bound`]).
     pub fn is_bound(&self) -> bool {
-        self.bound
+        self.rs.bound
     }
 
     /// Gives a decoded detector its configuration back (see [`crate::AutoBernoulli::bind`]).
     pub fn bind(&mut self, proto: &AutoReal) -> bool {
-        if self.fingerprint != proto.fingerprint {
-            *self = proto.clone();
-            return false;
-        }
-        if !self.bound {
-            self.cfg = proto.cfg.clone();
-            self.bound = true;
-            if self.sr.is_none() {
-                self.threshold = proto.threshold;
-            }
-        }
-        true
+        crate::auto::bind(self, proto)
     }
 
     /// Puts back the transform, the baseline summary and the bank's derived parts after
     /// decoding (see `AutoBernoulli::derive`).
     fn derive(&mut self) -> bool {
-        if !self.bound {
+        if !self.rs.bound {
             return false;
         }
         if let Some(ns) = self.ns.as_mut() {
@@ -321,22 +305,19 @@ impl AutoReal {
                 self.summarise_baseline();
             }
         }
-        if let Some(mut sr) = self.sr.take() {
+        if let Some(sr) = self.sr.take() {
             let bank = self.bank(self.built_at, None);
-            if !sr.install(bank.sr.ids.clone(), bank.sr.w.clone()) {
-                sr = MixtureSr::new(bank.sr.ids.clone(), bank.sr.w.clone());
-            }
+            self.sr = Some(sr.restored(&bank.sr));
             self.install(bank);
-            self.sr = Some(sr);
         }
-        self.derived = true;
+        self.rs.derived = true;
         true
     }
 
     /// Feeds one finite value (the caller checked finiteness).
     #[inline]
     pub fn update_value(&mut self, x: f64) -> Option<Alarm> {
-        if !self.derived && !self.derive() {
+        if !self.rs.derived && !self.derive() {
             return None;
         }
         let i = self.n;
@@ -416,10 +397,27 @@ impl AutoReal {
     }
 }
 
+impl Restorable for AutoReal {
+    fn restoration(&self) -> Restoration {
+        self.rs
+    }
+
+    fn restoration_mut(&mut self) -> &mut Restoration {
+        &mut self.rs
+    }
+
+    fn adopt(&mut self, proto: &Self) {
+        self.cfg = proto.cfg.clone();
+        if self.sr.is_none() {
+            self.threshold = proto.threshold;
+        }
+    }
+}
+
 impl Detector for AutoReal {
     fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
         let x = as_real(obs, "auto-real")?;
-        if !self.bound {
+        if !self.rs.bound {
             return Err(DetectorError::Unbound("auto-real"));
         }
         Ok(self.update_value(x))
@@ -441,10 +439,9 @@ impl Detector for AutoReal {
     }
 
     fn reset(&mut self) {
-        let (fingerprint, bound) = (self.fingerprint, self.bound);
+        let rs = self.rs;
         *self = AutoReal::new(self.cfg.clone()).expect("config was validated");
-        // An unbound detector stays unbound: its configuration is still to come.
-        (self.fingerprint, self.bound) = (fingerprint, bound);
+        self.rs = rs.after_reset();
     }
 
     fn name(&self) -> &'static str {
