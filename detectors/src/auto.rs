@@ -251,45 +251,21 @@ pub(crate) trait Restorable: Clone {
 /// Binds a decoded detector to `proto` (see `AnyDetector::bind`): false, and it becomes
 /// `proto`, when it was stored under another configuration.
 pub(crate) fn bind<T: Restorable>(d: &mut T, proto: &T) -> bool {
-    match d.restoration_mut().bind(&proto.restoration()) {
-        Bind::Replace => {
-            *d = proto.clone();
-            false
-        }
-        Bind::Adopt => {
-            d.adopt(proto);
-            true
-        }
-        Bind::Keep => true,
+    if d.restoration().fingerprint != proto.restoration().fingerprint {
+        *d = proto.clone();
+        return false;
     }
-}
-
-/// What binding a decoded detector to its clause's fresh one (`proto`) must do.
-pub(crate) enum Bind {
-    /// Stored under another configuration: become `proto`.
-    Replace,
-    /// Take the configuration from `proto` (now marked bound).
-    Adopt,
-    /// Bound already.
-    Keep,
+    if !d.restoration().bound {
+        d.adopt(proto);
+        d.restoration_mut().bound = true;
+    }
+    true
 }
 
 impl Restoration {
     /// A detector built from its configuration: nothing to restore.
     pub fn fresh(fingerprint: u64) -> Self {
         Restoration { fingerprint, bound: true, derived: true }
-    }
-
-    /// Decides a binding to `proto`, marking this bound when it adopts.
-    pub fn bind(&mut self, proto: &Restoration) -> Bind {
-        if self.fingerprint != proto.fingerprint {
-            Bind::Replace
-        } else if self.bound {
-            Bind::Keep
-        } else {
-            self.bound = true;
-            Bind::Adopt
-        }
     }
 
     /// For the fresh detector a reset puts in this one's place: an unbound one stays

@@ -172,19 +172,6 @@ impl AutoBernoulli {
         self.sr.as_ref().map(|_| self.p0)
     }
 
-    /// Whether the configuration is in place: always, except after decoding until
-    /// [`AutoBernoulli::bind`].
-    pub fn is_bound(&self) -> bool {
-        self.rs.bound
-    }
-
-    /// Gives a decoded detector its configuration back from `proto`, a fresh detector of
-    /// its clause. False, and the detector becomes `proto`, when the state was stored under
-    /// another configuration (its statistics belong to another bank).
-    pub fn bind(&mut self, proto: &AutoBernoulli) -> bool {
-        crate::auto::bind(self, proto)
-    }
-
     /// Puts back the bank's derived parts after decoding. They are a pure function of the
     /// configuration, `p0` and the baseline's size when the bank was built, so they come out
     /// bit for bit as they were; statistics are never recomputed.

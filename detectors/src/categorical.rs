@@ -302,16 +302,6 @@ impl AutoCategorical {
         self.threshold = bank.threshold;
     }
 
-    /// Whether the configuration is in place (see [`crate::AutoBernoulli::is_bound`]).
-    pub fn is_bound(&self) -> bool {
-        self.rs.bound
-    }
-
-    /// Gives a decoded detector its configuration back (see [`crate::AutoBernoulli::bind`]).
-    pub fn bind(&mut self, proto: &AutoCategorical) -> bool {
-        crate::auto::bind(self, proto)
-    }
-
     /// Puts back the bank's derived parts after decoding (see `AutoBernoulli::derive`).
     fn derive(&mut self) -> bool {
         if !self.rs.bound {

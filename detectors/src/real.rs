@@ -257,11 +257,13 @@ impl AutoReal {
         bank
     }
 
-    fn install(&mut self, bank: Bank) {
+    /// Takes a bank's derived parts (not its threshold, which is stored); returns its members.
+    fn install(&mut self, bank: Bank) -> MixtureSr {
         self.a = bank.a;
         self.b = bank.b;
         self.squared = bank.squared;
         self.kappa = bank.kappa;
+        bank.sr
     }
 
     fn summarise_baseline(&mut self) {
@@ -275,22 +277,10 @@ impl AutoReal {
         let ns = self.ns.as_mut().expect("rebuild after the normal score exists");
         ns.recompute();
         self.summarise_baseline();
-        let mut bank = self.bank(n, self.sr.as_ref());
-        let sr = std::mem::replace(&mut bank.sr, MixtureSr::new(Vec::new(), Vec::new()));
+        let bank = self.bank(n, self.sr.as_ref());
         self.threshold = bank.threshold;
-        self.install(bank);
-        self.sr = Some(sr);
+        self.sr = Some(self.install(bank));
         self.built_at = n;
-    }
-
-    /// Whether the configuration is in place (see [`crate::AutoBernoulli::is_bound`]).
-    pub fn is_bound(&self) -> bool {
-        self.rs.bound
-    }
-
-    /// Gives a decoded detector its configuration back (see [`crate::AutoBernoulli::bind`]).
-    pub fn bind(&mut self, proto: &AutoReal) -> bool {
-        crate::auto::bind(self, proto)
     }
 
     /// Puts back the transform, the baseline summary and the bank's derived parts after
@@ -307,8 +297,8 @@ impl AutoReal {
         }
         if let Some(sr) = self.sr.take() {
             let bank = self.bank(self.built_at, None);
-            self.sr = Some(sr.restored(&bank.sr));
-            self.install(bank);
+            let fresh = self.install(bank);
+            self.sr = Some(sr.restored(&fresh));
         }
         self.rs.derived = true;
         true

@@ -2,7 +2,7 @@
 //! holds any detector behind one serialisable type.
 
 use crate::adwin::{Adwin, AdwinConfig};
-use crate::auto::AutoConfig;
+use crate::auto::{AutoConfig, Restorable};
 use crate::bernoulli::AutoBernoulli;
 use crate::bound::{QuantileBound, RateBound, ZeroTolerance};
 use crate::categorical::AutoCategorical;
@@ -242,9 +242,9 @@ impl AnyDetector {
     /// cannot bring an invalid one back.)
     pub fn bind(&mut self, proto: &AnyDetector) -> Binding {
         let kept = match (&mut *self, proto) {
-            (AnyDetector::AutoBernoulli(d), AnyDetector::AutoBernoulli(p)) => d.bind(p),
-            (AnyDetector::AutoReal(d), AnyDetector::AutoReal(p)) => d.bind(p),
-            (AnyDetector::AutoCategorical(d), AnyDetector::AutoCategorical(p)) => d.bind(p),
+            (AnyDetector::AutoBernoulli(d), AnyDetector::AutoBernoulli(p)) => crate::auto::bind(d, p),
+            (AnyDetector::AutoReal(d), AnyDetector::AutoReal(p)) => crate::auto::bind(d, p),
+            (AnyDetector::AutoCategorical(d), AnyDetector::AutoCategorical(p)) => crate::auto::bind(d, p),
             // The other kinds store their configuration: it must be the clause's (a record
             // is not trusted to hold a valid one).
             (AnyDetector::Cusum(d), AnyDetector::Cusum(p)) => d.same_config(p),
@@ -289,8 +289,10 @@ impl Detector for AnyDetector {
     fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
         // The hot kinds get their typed fast paths.
         match (self, obs) {
-            (AnyDetector::AutoBernoulli(d), Observation::Bool(b)) if d.is_bound() => Ok(d.update_bool(b)),
-            (AnyDetector::AutoReal(d), Observation::Real(x)) if x.is_finite() && d.is_bound() => {
+            (AnyDetector::AutoBernoulli(d), Observation::Bool(b)) if d.restoration().bound => {
+                Ok(d.update_bool(b))
+            }
+            (AnyDetector::AutoReal(d), Observation::Real(x)) if x.is_finite() && d.restoration().bound => {
                 Ok(d.update_value(x))
             }
             (s, o) => dispatch!(s, d => d.update(o)),
