@@ -21,6 +21,7 @@
 //! cargo bench -p driftgate --bench kafka_e2e -- [latency] [throughput] [breach] [--incidents N]
 //!     [--rate EVENTS_PER_S] [--records N] [--format avro|json]
 //!     [--delivery at_least_once|exactly_once] [--commit-interval 1s]
+//!     [--workers N] [--max-batch N] [--consumer-prop key=value]...
 //! ```
 
 // The test harness's broker and engine launcher; the bench uses only part of it.
@@ -79,6 +80,12 @@ struct Args {
     commit_interval: String,
     /// The engine's `kafka.delivery`: `at_least_once` or `exactly_once`.
     delivery: String,
+    /// The engine's `kafka.workers` (0: one per core).
+    workers: usize,
+    /// The engine's `kafka.max_batch`.
+    max_batch: usize,
+    /// librdkafka properties for the engine's consumer (`--consumer-prop key=value`).
+    consumer_props: Vec<(String, String)>,
 }
 
 fn args() -> Args {
@@ -95,6 +102,9 @@ fn args() -> Args {
         fetch_wait_ms: 10,
         commit_interval: "1s".into(),
         delivery: "at_least_once".into(),
+        workers: 0,
+        max_batch: 1024,
+        consumer_props: Vec::new(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -123,6 +133,20 @@ fn args() -> Args {
             }
             "--fetch-wait-ms" => {
                 a.fetch_wait_ms = next(i).parse().expect("--fetch-wait-ms N");
+                i += 1;
+            }
+            "--workers" => {
+                a.workers = next(i).parse().expect("--workers N");
+                i += 1;
+            }
+            "--max-batch" => {
+                a.max_batch = next(i).parse().expect("--max-batch N");
+                i += 1;
+            }
+            "--consumer-prop" => {
+                let kv = next(i);
+                let (k, v) = kv.split_once('=').expect("--consumer-prop key=value");
+                a.consumer_props.push((k.to_string(), v.to_string()));
                 i += 1;
             }
             "--commit-interval" => {
@@ -156,6 +180,9 @@ fn now_us() -> i64 {
 fn write_config(dir: &Path, b: &Broker, t: &Topics, pact: &str, engine: &str, a: &Args) -> PathBuf {
     let (format, fetch_wait, commit_interval) = (&a.format, a.fetch_wait_ms, &a.commit_interval);
     let delivery = &a.delivery;
+    let (workers, max_batch) = (a.workers, a.max_batch);
+    let consumer_props: String =
+        a.consumer_props.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"\n")).collect();
     std::fs::write(dir.join("pact.yaml"), pact).expect("write pact");
     std::fs::write(dir.join("telemetry.avsc"), TELEMETRY_AVSC).expect("write schema");
     let cfg = format!(
@@ -169,9 +196,13 @@ format = "{format}"
 commit_interval = "{commit_interval}"
 delivery = "{delivery}"
 transactional_id = "bench-{}"
+workers = {workers}
+max_batch = {max_batch}
 {}[kafka.properties]
 "session.timeout.ms" = "6000"
 "fetch.wait.max.ms" = "{fetch_wait}"
+[kafka.consumer_properties]
+{consumer_props}
 [schema_registry.static_schemas]
 1 = "telemetry.avsc"
 [engine]
@@ -678,6 +709,9 @@ fn args_default() -> Args {
         fetch_wait_ms: 10,
         commit_interval: "1s".into(),
         delivery: "at_least_once".into(),
+        workers: 0,
+        max_batch: 1024,
+        consumer_props: Vec::new(),
     }
 }
 

@@ -112,6 +112,13 @@ pub struct KafkaConfig {
     /// answers only with batches that *start* at or after the offset, silently skipping the
     /// rest of the batch, so set this above the producers' largest batch on such brokers.
     pub resume_rewind: u64,
+    /// Threads that decode and evaluate a batch of records, one partition at a time each
+    /// (a partition's records stay in order on one thread). 0: one per core.
+    pub workers: usize,
+    /// Records polled into one batch, at most. A batch is evaluated, then its outputs are
+    /// produced, before the next poll; larger batches spread better over the workers,
+    /// smaller ones hold the control plane for less time.
+    pub max_batch: usize,
     /// librdkafka properties for every client, passed through unchanged (e.g.
     /// `security.protocol`, `sasl.mechanism`, `ssl.ca.location`). From the environment, `_`
     /// stands for `.`.
@@ -139,6 +146,8 @@ impl Default for KafkaConfig {
             commit_interval: Dur(1_000_000),
             startup_timeout: Dur(30_000_000),
             resume_rewind: 0,
+            workers: 0,
+            max_batch: 1024,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
@@ -349,6 +358,12 @@ impl RunConfig {
         if self.kafka.commit_interval.micros() <= 0 {
             return bad("`kafka.commit_interval` must be positive");
         }
+        if self.kafka.max_batch == 0 {
+            return bad("`kafka.max_batch` must be at least 1");
+        }
+        if self.kafka.workers > 256 {
+            return bad("`kafka.workers` must be at most 256 (0: one per core)");
+        }
         if self.kafka.delivery == Delivery::ExactlyOnce && self.kafka.transactional_id().is_none() {
             return bad("`kafka.delivery = \"exactly_once\"` needs a transactional id that is stable per instance: set `kafka.transactional_id`, or `group.instance.id` in `kafka.consumer_properties` (static membership)");
         }
@@ -471,6 +486,25 @@ allowed_lateness = "2m"
         assert!(e.contains("`engine.state_ttl`") && e.contains("`engine.allowed_lateness`"), "{e}");
         std::fs::write(&f, format!("{base}state_ttl = \"3m\"\n")).unwrap();
         assert!(RunConfig::load_with(Some(&f), no_env()).is_ok());
+    }
+
+    #[test]
+    fn batch_settings_are_checked_and_default_to_one_worker_per_core() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let base = "pacts = [\"a.yaml\"]\n[kafka]\nformat = \"json\"\n";
+        std::fs::write(&f, base).unwrap();
+        let cfg = RunConfig::load_with(Some(&f), no_env()).unwrap();
+        assert_eq!((cfg.kafka.workers, cfg.kafka.max_batch), (0, 1024));
+        std::fs::write(&f, format!("{base}max_batch = 0\n")).unwrap();
+        let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
+        assert!(e.contains("`kafka.max_batch`"), "{e}");
+        std::fs::write(&f, format!("{base}workers = 1000\n")).unwrap();
+        let e = RunConfig::load_with(Some(&f), no_env()).unwrap_err().to_string();
+        assert!(e.contains("`kafka.workers`"), "{e}");
+        std::fs::write(&f, format!("{base}workers = 3\nmax_batch = 64\n")).unwrap();
+        let cfg = RunConfig::load_with(Some(&f), no_env()).unwrap();
+        assert_eq!((cfg.kafka.workers, cfg.kafka.max_batch), (3, 64));
     }
 
     /// Every leaf setting's key, as `section.key` paths.

@@ -58,6 +58,40 @@ pub struct Origin<'a> {
     pub(super) event_id: &'a str,
 }
 
+/// The input record outputs are rendered for: its event id (a late output is dead-lettered
+/// only from the record it came in) and its Kafka timestamp (µs).
+#[derive(Clone, Copy)]
+pub(super) struct RenderOrigin<'a> {
+    pub(super) event_id: &'a str,
+    pub(super) record_time: Option<i64>,
+}
+
+/// The output topic a rendered record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Destination {
+    Enforcement,
+    History,
+    Snapshot,
+}
+
+/// An engine output rendered into a record, ready to be produced. Rendering happens where
+/// the engine ran, right after the record that caused it, so that an agent snapshot shows
+/// the agent as of that record even when the partition's next records were evaluated
+/// before the send.
+pub(super) enum Rendered {
+    Record {
+        to: Destination,
+        key: Vec<u8>,
+        payload: Vec<u8>,
+        headers: OwnedHeaders,
+        partition: Option<i32>,
+    },
+    /// The record it came in is late: dead-lettered with this reason.
+    Late {
+        reason: String,
+    },
+}
+
 impl Emitter {
     pub(super) fn emit(
         &self,
@@ -70,9 +104,28 @@ impl Emitter {
         if outputs.is_empty() {
             return Ok(());
         }
-        let topics = &self.topics;
-        let record_time =
-            origin.as_ref().and_then(|o| o.msg.timestamp().to_millis()).map(|ms| ms.saturating_mul(1000));
+        let render_origin = origin.as_ref().map(|o| RenderOrigin {
+            event_id: o.event_id,
+            record_time: o.msg.timestamp().to_millis().map(|ms| ms.saturating_mul(1000)),
+        });
+        let rendered = self.render(key, engine, outputs, render_origin)?;
+        self.send(key, rendered, origin.map(|o| o.msg))
+    }
+
+    /// Renders outputs into records; counts and logs them. Safe on any thread: it touches
+    /// only `engine`, the metrics and the recent-history buffer.
+    pub(super) fn render(
+        &self,
+        key: &SourceKey,
+        engine: &Engine,
+        outputs: Vec<Output>,
+        origin: Option<RenderOrigin<'_>>,
+    ) -> Result<Vec<Rendered>, PipelineError> {
+        let mut rendered = Vec::new();
+        if outputs.is_empty() {
+            return Ok(rendered);
+        }
+        let record_time = origin.and_then(|o| o.record_time);
         let mut changed: BTreeSet<String> = BTreeSet::new();
         let source = format!("{}/{}", key.0, key.1);
         for out in outputs {
@@ -91,49 +144,43 @@ impl Emitter {
                     };
                     info!(agent = %e.agent_id, pact = e.pact_id.as_deref().unwrap_or(""), clause = e.clause_id.as_deref().unwrap_or(""), seq = e.seq, from = e.lane_from.as_str(), to = e.lane_to.as_str(), reason = %e.reason.code, "enforcement event");
                     let incarnation = engine.agent(&e.agent_id).map_or(0, |a| a.first_seen).to_string();
-                    let h = OwnedHeaders::new()
+                    let headers = OwnedHeaders::new()
                         .insert(Header { key: "driftgate.kind", value: Some("enforcement") })
                         .insert(Header { key: "driftgate.seq", value: Some(&e.seq.to_string()) })
                         .insert(Header { key: "driftgate.event_id", value: Some(&e.event_id) })
                         .insert(Header { key: headers::SOURCE, value: Some(&source) })
                         .insert(Header { key: headers::INCARNATION, value: Some(&incarnation) });
-                    self.sink.send(
-                        key,
-                        OutRecord {
-                            topic: &topics.enforcement,
-                            key: e.agent_id.as_bytes(),
-                            payload: Some(&payload),
-                            headers: Some(h),
-                            partition: None,
-                        },
-                    )?;
                     self.metrics.enforcement(&e, record_time, crate::clock::wall_micros());
+                    rendered.push(Rendered::Record {
+                        to: Destination::Enforcement,
+                        key: e.agent_id.as_bytes().to_vec(),
+                        payload,
+                        headers,
+                        partition: None,
+                    });
                     changed.insert(e.agent_id);
                 }
                 Output::History(r) => {
-                    let line = serde_json::to_vec(&r)
+                    let payload = serde_json::to_vec(&r)
                         .map_err(|source| PipelineError::Encode { what: "a history record", source })?;
-                    let chain = format!("{}/{}", key.0, key.1);
-                    let h = OwnedHeaders::new().insert(Header { key: headers::CHAIN, value: Some(&chain) });
-                    let k = r.agent_id.clone().unwrap_or_default();
-                    self.sink.send(
-                        key,
-                        OutRecord {
-                            topic: &topics.history,
-                            key: k.as_bytes(),
-                            payload: Some(&line),
-                            headers: Some(h),
-                            partition: Some(key.1),
-                        },
-                    )?;
+                    let headers =
+                        OwnedHeaders::new().insert(Header { key: headers::CHAIN, value: Some(&source) });
+                    let key_bytes = r.agent_id.clone().unwrap_or_default().into_bytes();
                     self.metrics.history_records.inc();
+                    rendered.push(Rendered::Record {
+                        to: Destination::History,
+                        key: key_bytes,
+                        payload,
+                        headers,
+                        partition: Some(key.1),
+                    });
                     if let Ok(mut recent) = self.recent.lock() {
                         recent.push(r);
                     }
                 }
                 Output::Late(l) => {
-                    if let Some(o) = origin.as_ref().filter(|o| o.event_id == l.id) {
-                        self.dead_letter(key, o.msg, "late_event", &l.reason)?;
+                    if origin.is_some_and(|o| o.event_id == l.id) {
+                        rendered.push(Rendered::Late { reason: l.reason });
                     }
                 }
                 Output::Panic(p) => {
@@ -143,20 +190,53 @@ impl Emitter {
         }
         for agent in changed {
             if let Some(s) = AgentSnapshot::of(engine, &agent) {
-                let v = serde_json::to_vec(&s)
+                let payload = serde_json::to_vec(&s)
                     .map_err(|source| PipelineError::Encode { what: "an agent snapshot", source })?;
-                self.sink.send(
-                    key,
-                    OutRecord {
-                        topic: &topics.snapshot,
-                        key: agent.as_bytes(),
-                        payload: Some(&v),
-                        headers: Some(
-                            OwnedHeaders::new().insert(Header { key: headers::SOURCE, value: Some(&source) }),
-                        ),
-                        partition: None,
-                    },
-                )?;
+                rendered.push(Rendered::Record {
+                    to: Destination::Snapshot,
+                    key: agent.into_bytes(),
+                    payload,
+                    headers: OwnedHeaders::new()
+                        .insert(Header { key: headers::SOURCE, value: Some(&source) }),
+                    partition: None,
+                });
+            }
+        }
+        Ok(rendered)
+    }
+
+    /// Produces rendered records, in order; `msg` is the input record they derive from
+    /// (without it, a late record cannot be dead-lettered and is dropped).
+    pub(super) fn send(
+        &self,
+        key: &SourceKey,
+        rendered: Vec<Rendered>,
+        msg: Option<&BorrowedMessage<'_>>,
+    ) -> Result<(), PipelineError> {
+        for r in rendered {
+            match r {
+                Rendered::Record { to, key: k, payload, headers, partition } => {
+                    let topic = match to {
+                        Destination::Enforcement => &self.topics.enforcement,
+                        Destination::History => &self.topics.history,
+                        Destination::Snapshot => &self.topics.snapshot,
+                    };
+                    self.sink.send(
+                        key,
+                        OutRecord {
+                            topic,
+                            key: &k,
+                            payload: Some(&payload),
+                            headers: Some(headers),
+                            partition,
+                        },
+                    )?;
+                }
+                Rendered::Late { reason } => {
+                    if let Some(m) = msg {
+                        self.dead_letter(key, m, "late_event", &reason)?;
+                    }
+                }
             }
         }
         Ok(())

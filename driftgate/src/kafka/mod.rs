@@ -1,7 +1,8 @@
 //! The Kafka side: consume telemetry and overrides, drive the engine per partition, and
 //! produce events, history, router snapshots and the changelog.
 //!
-//! - `pipeline`: the loop; its thread alone owns the tasks;
+//! - `pipeline`: the loop; its thread alone owns the tasks; `batch`: a turn's records,
+//!   evaluated one partition per worker;
 //! - `rebalance`: the consumer's callbacks (assign, revoke, commits); `restore`: state
 //!   from the changelog;
 //! - `commands`: the API's and control topic's way in, as commands on a channel;
@@ -10,6 +11,7 @@
 //! - `sink`: the producer behind `OutputSink`, with acknowledgements;
 //! - `decode` and `registry`: records to telemetry; `control_topic`: overrides by Kafka.
 
+mod batch;
 pub mod commands;
 pub mod control_topic;
 pub mod decode;

@@ -16,24 +16,28 @@
 //!   is rewound and retried.
 //! - On revoke, the revoked partitions' outputs are flushed and their offsets committed
 //!   inside the callback (which runs on this thread, in `poll`), then their state dropped.
+//! - Records are polled in batches; a batch's partitions are decoded and evaluated side
+//!   by side, each in order on one worker, and their outputs produced by this thread
+//!   ([`crate::kafka::batch`]).
 //! - The pipeline thread alone owns the tasks: the HTTP API and the control topic send it
-//!   [`Command`]s, served between records.
+//!   [`Command`]s, served between batches.
 //! - On SIGTERM: stop consuming, flush, commit, leave the group.
 
 use crate::api::control::{
     check_change, hand_to_engine, AuditChain, Durability, Handed, RecentHistory, SubmitError,
 };
 use crate::config::{Delivery, InputFormat, RunConfig};
+use crate::kafka::batch;
 use crate::kafka::commands::{self, Command, PipelineControl};
-use crate::kafka::decode::{DecodeError, Decoder};
-use crate::kafka::emitter::{headers, Emitter, Origin};
+use crate::kafka::decode::Decoder;
+use crate::kafka::emitter::{headers, Emitter};
 use crate::kafka::rebalance::PipelineContext;
 use crate::kafka::registry::{HttpRegistry, SchemaFileError, SchemaSource, StaticSchemas};
 use crate::kafka::sink::{OutRecord, Sink, SinkError, SourceKey};
 use crate::kafka::tasks::Tasks;
 use crate::obs::events::{
-    AuditWriteFailed, BufferedInputsLost, CommitFailed, ConsumerError, DependencyUnavailable,
-    HeartbeatFailed, InternalEvent, RecordRejected, RestoreFailed, SeekFailed,
+    AuditWriteFailed, CommitFailed, ConsumerError, DependencyUnavailable, HeartbeatFailed, InternalEvent,
+    RecordRejected, RestoreFailed, SeekFailed,
 };
 use crate::obs::metrics::{EngineScrape, Metrics, PartitionTime};
 use driftgate_core::engine::registry::{PactVersions, VersionInfo};
@@ -200,6 +204,10 @@ pub struct Pipeline {
     turn_started: Cell<Instant>,
     stalled: Cell<bool>,
     stall_limit: Duration,
+    /// See [`crate::config::KafkaConfig::workers`], resolved.
+    workers: usize,
+    /// See [`crate::config::KafkaConfig::max_batch`].
+    max_batch: usize,
 }
 
 /// Brokers plus the librdkafka properties shared by every client.
@@ -308,6 +316,7 @@ impl Pipeline {
             changelog: cfg.kafka.topics.changelog.clone(),
             restore_timeout: Duration::from_secs(300),
             confirmed: Mutex::new(Vec::new()),
+            touched: Mutex::new(Default::default()),
             resume_rewind: i64::try_from(cfg.kafka.resume_rewind).unwrap_or(i64::MAX),
         };
         let consumer: BaseConsumer<PipelineContext> = ccfg
@@ -319,6 +328,11 @@ impl Pipeline {
         let session_ms: u64 = ccfg.get("session.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(45_000);
         let stall_limit = Duration::from_millis(session_ms / 2);
         let recent = Arc::new(Mutex::new(RecentHistory::default()));
+        let workers = match cfg.kafka.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let max_batch = cfg.kafka.max_batch.max(1);
         let emitter = Arc::new(Emitter {
             topics: cfg.kafka.topics.clone(),
             output_format: cfg.kafka.output_format,
@@ -355,6 +369,8 @@ impl Pipeline {
             turn_started: Cell::new(Instant::now()),
             stalled: Cell::new(false),
             stall_limit,
+            workers,
+            max_batch,
         };
         p.preflight()?;
         // Before the group is joined: fences the predecessor with this transactional.id and
@@ -531,7 +547,10 @@ impl Pipeline {
                 }
                 Some(Ok(msg)) => {
                     self.status.brokers_down.store(false, Ordering::Relaxed);
-                    turn_end = Some(self.handle(&msg)?);
+                    // A rebalance inside that poll happened before the record: nothing stale.
+                    self.consumer.context().take_touched();
+                    let batch = self.poll_batch(msg)?;
+                    turn_end = Some(self.handle_batch(&batch)?);
                 }
             }
             // A rebalance inside `poll` may have aborted the transaction.
@@ -637,97 +656,147 @@ impl Pipeline {
         }
     }
 
-    /// Handles one record; returns when it finished.
-    fn handle(&self, msg: &BorrowedMessage<'_>) -> Result<Instant, PipelineError> {
-        let started = Instant::now();
-        let r = self.handle_record(msg, started);
-        let end = Instant::now();
-        self.metrics.processing.observe(end.saturating_duration_since(started).as_secs_f64());
-        r.map(|()| end)
+    /// Polls, without waiting, up to `kafka.max_batch` records after `first`. Records of
+    /// partitions a rebalance touched meanwhile are dropped (see [`batch::drop_touched`]).
+    fn poll_batch<'c>(
+        &'c self,
+        first: BorrowedMessage<'c>,
+    ) -> Result<Vec<BorrowedMessage<'c>>, PipelineError> {
+        let mut batch = Vec::with_capacity(self.max_batch.min(64));
+        batch.push(first);
+        while batch.len() < self.max_batch {
+            let polled = self.consumer.poll(Duration::ZERO);
+            let touched = self.consumer.context().take_touched();
+            if !touched.is_empty() {
+                let dropped = batch::drop_touched(&mut batch, &touched);
+                debug!(dropped, partitions = touched.len(), "rebalanced while polling a batch");
+            }
+            match polled {
+                None => break,
+                Some(Ok(msg)) => batch.push(msg),
+                Some(Err(e)) => {
+                    ConsumerError { error: &e }.emit(&self.metrics);
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        return Err(PipelineError::ConsumerFatal(format!("{code:?}: {reason}")));
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(batch)
     }
 
-    fn handle_record(&self, msg: &BorrowedMessage<'_>, started: Instant) -> Result<(), PipelineError> {
-        self.metrics.records_consumed.inc();
-        let key: SourceKey = (msg.topic().to_string(), msg.partition());
-        let offset = msg.offset();
-        let record_time = msg.timestamp().to_millis().map(|ms| ms.saturating_mul(1000));
-        // Decoded outside the lock, so the HTTP API is not held up by it.
-        let decoded = self.decoder.decode(msg.payload(), record_time);
+    /// Decodes and evaluates a batch, one partition per worker, then produces its outputs
+    /// and dead letters in each partition's order; returns when it finished.
+    fn handle_batch(&self, msgs: &[BorrowedMessage<'_>]) -> Result<Instant, PipelineError> {
+        let started = Instant::now();
+        let n = msgs.len();
+        self.metrics.records_consumed.inc_by(n as u64);
+        self.metrics.input_batch_records.observe(n as f64);
         let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Poisoned)?;
-        if !tasks.rewind.is_empty() && tasks.rewind.contains(&key) {
-            // Its engine ran ahead of an aborted transaction: read again after the rewind.
-            return Ok(());
+        let mut groups = batch::by_partition(msgs);
+        // Their engines ran ahead of an aborted transaction: read again after the rewind.
+        groups.retain(|(key, _)| !tasks.rewind.contains(key));
+        for (key, _) in &groups {
+            tasks.task(key);
         }
-        let task = tasks.task(&key);
-        // Whether this is a record the restored event-time buffer holds by reference, read
-        // again: such records lie behind the restored position, like those already covered.
-        let awaited = match task.pushed {
-            Some(next) if offset < next => {
-                if !u64::try_from(offset).is_ok_and(|o| task.engine.awaits(o)) {
-                    // Already reflected in the state (a rewound resume, or a broker re-sending
-                    // a batch): feeding it again would count it twice in every detector.
-                    debug!(topic = %key.0, partition = key.1, offset, next, "skipping a record the state already covers");
-                    return Ok(());
-                }
-                true
+        let mut slots: Vec<Option<&mut crate::kafka::tasks::Task>> = Vec::new();
+        slots.resize_with(groups.len(), || None);
+        for (key, task) in tasks.map.iter_mut() {
+            if let Some(i) = groups.iter().position(|(k, _)| k == key) {
+                slots[i] = Some(task);
             }
-            Some(next) => {
-                if task.engine.first_awaited().is_some() {
-                    // Past the restored position, what was not read again is gone.
-                    let count = task.engine.abandon_awaited();
-                    BufferedInputsLost { topic: &key.0, partition: key.1, count }.emit(&self.metrics);
-                }
-                if offset > next {
-                    // Legitimate on Kafka (compaction, transaction markers); otherwise a sign
-                    // of a broker that skips records.
-                    debug!(topic = %key.0, partition = key.1, offset, next, "offset gap");
-                    self.metrics.input_offset_gaps.inc_by((offset - next) as u64);
-                }
-                false
-            }
-            None => false,
+        }
+        let mut lanes: Vec<batch::Lane<'_, '_>> = groups
+            .into_iter()
+            .zip(slots)
+            .filter_map(|((key, idx), task)| {
+                let records = idx
+                    .into_iter()
+                    .map(|index| {
+                        let m = &msgs[index];
+                        batch::Polled {
+                            index,
+                            offset: m.offset(),
+                            payload: m.payload(),
+                            record_time: m.timestamp().to_millis().map(|ms| ms.saturating_mul(1000)),
+                        }
+                    })
+                    .collect();
+                Some(batch::Lane { key, task: task?, records, steps: Vec::new(), decoded: 0 })
+            })
+            .collect();
+        let evaluator = batch::Evaluator {
+            decoder: &self.decoder,
+            emitter: &self.emitter,
+            metrics: &self.metrics,
+            started,
         };
-        match decoded {
-            Ok(t) => {
-                self.metrics.records_decoded.inc();
+        let evaluated = evaluator.run_all(&mut lanes, self.workers);
+        let mode = match evaluated {
+            Ok(true) => "parallel",
+            _ => "inline",
+        };
+        self.metrics.input_batches.with_label_values(&[mode]).inc();
+        // What a lane evaluated before an error is produced all the same: its engine moved.
+        let mut unavailable: Vec<(SourceKey, i64)> = Vec::new();
+        for lane in &mut lanes {
+            if lane.decoded > 0 {
+                self.metrics.records_decoded.inc_by(lane.decoded);
                 self.status.decoder_unavailable.store(false, Ordering::Relaxed);
-                task.last_input = started;
-                if awaited {
-                    // Back where it waited; the state already covers it.
-                    task.engine.rebuffer(offset as u64, Input::Telemetry(t));
-                    return Ok(());
+            }
+            for (r, step) in lane.steps.drain(..) {
+                let key = &lane.key;
+                match step {
+                    batch::Step::Skipped => {}
+                    batch::Step::Evaluated(rendered) => {
+                        self.emitter.send(key, rendered, Some(&msgs[r.index]))?
+                    }
+                    batch::Step::Rejected { code, detail } => {
+                        RecordRejected {
+                            topic: &key.0,
+                            partition: key.1,
+                            offset: r.offset,
+                            code,
+                            detail: &detail,
+                        }
+                        .emit(&self.metrics);
+                        self.emitter.dead_letter(key, &msgs[r.index], code, &detail)?;
+                    }
+                    batch::Step::Unavailable(why) => {
+                        DependencyUnavailable {
+                            topic: &key.0,
+                            partition: key.1,
+                            offset: r.offset,
+                            why: &why,
+                        }
+                        .emit(&self.metrics);
+                        self.status.decoder_unavailable.store(true, Ordering::Relaxed);
+                        unavailable.push((key.clone(), r.offset));
+                    }
                 }
-                let event_id = t.event_id.clone();
-                task.engine.push_tagged(Input::Telemetry(t), offset as u64);
-                let outputs = task.engine.drain();
-                self.emitter.emit(&key, &task.engine, outputs, Some(Origin { msg, event_id: &event_id }))?;
             }
-            Err(DecodeError::Rejected { code, detail }) => {
-                RecordRejected { topic: &key.0, partition: key.1, offset, code, detail: &detail }
-                    .emit(&self.metrics);
-                self.emitter.dead_letter(&key, msg, code, &detail)?;
-            }
-            Err(DecodeError::Unavailable(why)) => {
-                // Nothing is wrong with the record: rewind and retry after a pause.
-                DependencyUnavailable { topic: &key.0, partition: key.1, offset, why: &why }
-                    .emit(&self.metrics);
-                self.status.decoder_unavailable.store(true, Ordering::Relaxed);
-                drop(tasks);
-                std::thread::sleep(Duration::from_millis(500));
+        }
+        drop(lanes);
+        drop(tasks);
+        evaluated?;
+        if !unavailable.is_empty() {
+            // Nothing is wrong with the records: rewind and retry after a pause.
+            std::thread::sleep(Duration::from_millis(500));
+            for (key, offset) in unavailable {
                 if let Err(e) =
                     self.consumer.seek(&key.0, key.1, Offset::Offset(offset), Duration::from_secs(5))
                 {
                     SeekFailed { error: &e }.emit(&self.metrics);
                 }
-                return Ok(());
             }
         }
-        // The event-time buffer is part of the snapshot, so the state covers this record. (A
-        // record read again for the restored buffer is behind that position already.)
-        if !awaited {
-            tasks.task(&key).pushed = Some(offset + 1);
+        let end = Instant::now();
+        let each = end.saturating_duration_since(started).as_secs_f64() / n.max(1) as f64;
+        for _ in 0..n {
+            self.metrics.processing.observe(each);
         }
-        Ok(())
+        Ok(end)
     }
 
     /// The HTTP API's and the control topic's view of this pipeline.

@@ -57,6 +57,9 @@ pub struct PipelineContext {
     /// Offsets the broker acknowledged, from the commit callback; applied by the loop.
     /// (A lock of its own: the callback can run inside a commit made under `tasks`.)
     pub(super) confirmed: Mutex<Vec<(SourceKey, i64)>>,
+    /// Partitions assigned or revoked since the loop last looked: records it polled from
+    /// them before the rebalance are stale (see [`crate::kafka::batch::drop_touched`]).
+    pub(super) touched: Mutex<BTreeSet<SourceKey>>,
 }
 
 impl ClientContext for PipelineContext {
@@ -291,12 +294,24 @@ impl PipelineContext {
         }
     }
 
+    fn touch<'k>(&self, keys: impl IntoIterator<Item = &'k SourceKey>) {
+        if let Ok(mut t) = self.touched.lock() {
+            t.extend(keys.into_iter().cloned());
+        }
+    }
+
+    /// The partitions assigned or revoked since the last call.
+    pub(super) fn take_touched(&self) -> BTreeSet<SourceKey> {
+        self.touched.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default()
+    }
+
     fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         // Exactly-once: what this instance did so far is committed before the assignment
         // grows (a restore can take long; the transaction must not time out meanwhile).
         self.commit_open_transaction(consumer);
         let parts: Vec<SourceKey> =
             tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        self.touch(&parts);
         let started = Instant::now();
         self.status.restoring.store(true, Ordering::SeqCst);
         let read = self.read_partitions(&parts);
@@ -335,6 +350,7 @@ impl PipelineContext {
         let revoked: BTreeSet<SourceKey> =
             tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         info!(partitions = ?revoked, "partitions revoked: snapshotting, flushing and committing");
+        self.touch(&revoked);
         // Runs inside poll() on the pipeline thread: blocking here blocks the loop, which
         // is what we want; no async work is awaited.
         if let Ok(tasks) = self.tasks.lock() {

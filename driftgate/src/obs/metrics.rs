@@ -28,6 +28,11 @@ pub struct Metrics {
     pub records_dead_lettered: IntCounterVec,
     /// Events set aside as later than the allowed lateness.
     pub records_late: IntCounter,
+    /// Batches of input records, by how they were evaluated (`parallel` over several
+    /// workers, or `inline` on the pipeline thread).
+    pub input_batches: IntCounterVec,
+    /// Records per input batch.
+    pub input_batch_records: Histogram,
     /// Input offsets skipped: legitimate after compaction or transaction markers, otherwise
     /// a sign of a broker that loses records.
     pub input_offset_gaps: IntCounter,
@@ -180,10 +185,19 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(drift_to_enforcement.clone())).expect("unique metric");
+        let input_batch_records = Histogram::with_opts(
+            HistogramOpts::new(
+                "driftgate_input_batch_records",
+                "Records per input batch (records polled in one turn, up to kafka.max_batch).",
+            )
+            .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(input_batch_records.clone())).expect("unique metric");
         let processing = Histogram::with_opts(
             HistogramOpts::new(
                 "driftgate_processing_seconds",
-                "Time to decode and process one input record, outputs handed to the producer.",
+                "Time to decode and process an input record, outputs handed to the producer: its batch's time divided by the batch's records.",
             )
             .buckets(vec![1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1]),
         )
@@ -216,6 +230,8 @@ impl Metrics {
             heartbeats: counter(&r, "driftgate_heartbeats_total", "Heartbeats produced for routers (snapshot topic)."),
             fast_path: counter(&r, "driftgate_fast_path_inputs_total", "Inputs processed on arrival, ahead of the watermark (critical zero-tolerance breaches, emergency kills)."),
             revoked_buffered_records: counter(&r, "driftgate_revoked_buffered_records_total", "Inputs waiting behind the watermark when their partition was revoked (carried to the next owner in the snapshot)."),
+            input_batches: counter_vec(&r, "driftgate_input_batches_total", "Batches of input records polled in one turn, by how they were evaluated: parallel (one partition per worker, several workers) or inline (on the pipeline thread).", &["evaluation"]),
+            input_batch_records,
             input_offset_gaps: counter(&r, "driftgate_input_offset_gaps_total", "Input records skipped between consecutive offsets of a partition (compaction, transaction markers, or a broker losing records)."),
             restored_buffer_lost: counter(&r, "driftgate_restored_buffer_lost_total", "Inputs a restored event-time buffer held by reference that could not be read again from the input topic (deleted by retention): never processed."),
             consumer_lag: gauge_vec(&r, "driftgate_consumer_lag_records", "Records behind the end of each input partition (librdkafka statistics).", &["topic", "partition"]),

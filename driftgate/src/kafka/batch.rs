@@ -1,0 +1,283 @@
+//! A turn's records, polled together and evaluated one partition per worker.
+//!
+//! A batch is the records one turn of the loop polled (up to `kafka.max_batch`). Its
+//! records are grouped by partition into [`Lane`]s; each lane is decoded, evaluated and
+//! rendered in order on one worker thread, and the lanes run side by side. The pipeline
+//! thread then produces every lane's outputs and dead letters, in each lane's order.
+//!
+//! Nothing else changes: a partition's records still reach its engine in offset order,
+//! its position advances record by record as before, and snapshots and commits happen
+//! between batches, after the batch's outputs are handed to the producer.
+
+use crate::kafka::decode::{DecodeError, Decoder};
+use crate::kafka::emitter::{Emitter, RenderOrigin, Rendered};
+use crate::kafka::pipeline::PipelineError;
+use crate::kafka::sink::SourceKey;
+use crate::kafka::tasks::Task;
+use crate::obs::events::{BufferedInputsLost, InternalEvent};
+use crate::obs::metrics::Metrics;
+use driftgate_core::engine::Input;
+use std::collections::BTreeSet;
+use std::time::Instant;
+use tracing::debug;
+
+/// Lanes below this many records in all are evaluated on the pipeline thread alone:
+/// starting a worker costs more than it saves.
+pub(super) const PARALLEL_MIN_RECORDS: usize = 32;
+
+/// Where a polled record comes from.
+pub(super) trait Sourced {
+    fn topic(&self) -> &str;
+    fn partition(&self) -> i32;
+}
+
+impl Sourced for rdkafka::message::BorrowedMessage<'_> {
+    fn topic(&self) -> &str {
+        rdkafka::Message::topic(self)
+    }
+    fn partition(&self) -> i32 {
+        rdkafka::Message::partition(self)
+    }
+}
+
+fn is_from<M: Sourced>(m: &M, key: &SourceKey) -> bool {
+    m.partition() == key.1 && m.topic() == key.0
+}
+
+/// Drops the polled records of partitions a rebalance revoked or assigned while the
+/// batch was being polled. They are not processed: a revoked partition's commit covers
+/// only what its engine read, so its new owner reads them; a partition assigned again
+/// starts over from its restored position, which lies at or before them.
+pub(super) fn drop_touched<M: Sourced>(batch: &mut Vec<M>, touched: &BTreeSet<SourceKey>) -> usize {
+    let before = batch.len();
+    batch.retain(|m| !touched.iter().any(|k| is_from(m, k)));
+    before - batch.len()
+}
+
+/// The batch's records by partition, partitions in the order they first appear: each
+/// key with the indexes of its records, in poll order (which is offset order).
+pub(super) fn by_partition<M: Sourced>(batch: &[M]) -> Vec<(SourceKey, Vec<usize>)> {
+    let mut lanes: Vec<(SourceKey, Vec<usize>)> = Vec::new();
+    for (i, m) in batch.iter().enumerate() {
+        // A batch holds a handful of partitions: a scan beats hashing a String key.
+        match lanes.iter_mut().find(|(k, _)| is_from(m, k)) {
+            Some((_, idx)) => idx.push(i),
+            None => lanes.push(((m.topic().to_string(), m.partition()), vec![i])),
+        }
+    }
+    lanes
+}
+
+/// Splits lanes of the given sizes over at most `workers` workers, largest first onto the
+/// least loaded (within 4/3 of the best split). Each worker's lane indexes, none empty.
+pub(super) fn spread(sizes: &[usize], workers: usize) -> Vec<Vec<usize>> {
+    let workers = workers.clamp(1, sizes.len().max(1));
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
+    let mut bins: Vec<(usize, Vec<usize>)> = vec![(0, Vec::new()); workers];
+    for i in order {
+        if let Some(bin) = bins.iter_mut().min_by_key(|(load, _)| *load) {
+            bin.0 += sizes[i];
+            bin.1.push(i);
+        }
+    }
+    bins.into_iter().map(|(_, lanes)| lanes).filter(|l| !l.is_empty()).collect()
+}
+
+/// One polled record, as a lane reads it.
+#[derive(Clone, Copy)]
+pub(super) struct Polled<'m> {
+    /// Its place in the batch.
+    pub(super) index: usize,
+    pub(super) offset: i64,
+    pub(super) payload: Option<&'m [u8]>,
+    /// The Kafka timestamp, µs.
+    pub(super) record_time: Option<i64>,
+}
+
+/// What one record came to.
+pub(super) enum Step {
+    /// Not evaluated: the state already covers it.
+    Skipped,
+    /// Evaluated; its outputs, rendered (usually none).
+    Evaluated(Vec<Rendered>),
+    /// Malformed: dead-lettered with this reason.
+    Rejected { code: &'static str, detail: String },
+    /// A dependency (the schema registry) is unreachable. Nothing is wrong with the record:
+    /// the partition is read again from it after a pause, so the lane stops here.
+    Unavailable(String),
+}
+
+/// A partition's share of a batch, and what became of each record.
+pub(super) struct Lane<'t, 'm> {
+    pub(super) key: SourceKey,
+    pub(super) task: &'t mut Task,
+    pub(super) records: Vec<Polled<'m>>,
+    /// By record, in order; shorter than `records` when it stopped at an unavailable one.
+    pub(super) steps: Vec<(Polled<'m>, Step)>,
+    /// Records that decoded.
+    pub(super) decoded: u64,
+}
+
+/// What a worker needs besides its lanes; shared by every worker.
+pub(super) struct Evaluator<'a> {
+    pub(super) decoder: &'a Decoder,
+    pub(super) emitter: &'a Emitter,
+    pub(super) metrics: &'a Metrics,
+    /// When the batch began: when its records reached their engines, for idleness.
+    pub(super) started: Instant,
+}
+
+impl Evaluator<'_> {
+    /// Decodes, evaluates and renders a lane's records in order.
+    pub(super) fn run(&self, lane: &mut Lane<'_, '_>) -> Result<(), PipelineError> {
+        let records = std::mem::take(&mut lane.records);
+        lane.steps.reserve(records.len());
+        for r in records {
+            let step = self.step(lane, r)?;
+            let stop = matches!(step, Step::Unavailable(_));
+            lane.steps.push((r, step));
+            if stop {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&self, lane: &mut Lane<'_, '_>, r: Polled<'_>) -> Result<Step, PipelineError> {
+        let (key, task) = (&lane.key, &mut *lane.task);
+        let decoded = self.decoder.decode(r.payload, r.record_time);
+        // Whether this is a record the restored event-time buffer holds by reference, read
+        // again: such records lie behind the restored position, like those already covered.
+        let awaited = match task.pushed {
+            Some(next) if r.offset < next => {
+                if !u64::try_from(r.offset).is_ok_and(|o| task.engine.awaits(o)) {
+                    // Already reflected in the state (a rewound resume, or a broker re-sending
+                    // a batch): feeding it again would count it twice in every detector.
+                    debug!(topic = %key.0, partition = key.1, offset = r.offset, next, "skipping a record the state already covers");
+                    return Ok(Step::Skipped);
+                }
+                true
+            }
+            Some(next) => {
+                if task.engine.first_awaited().is_some() {
+                    // Past the restored position, what was not read again is gone.
+                    let count = task.engine.abandon_awaited();
+                    BufferedInputsLost { topic: &key.0, partition: key.1, count }.emit(self.metrics);
+                }
+                if r.offset > next {
+                    // Legitimate on Kafka (compaction, transaction markers); otherwise a sign
+                    // of a broker that skips records.
+                    debug!(topic = %key.0, partition = key.1, offset = r.offset, next, "offset gap");
+                    self.metrics.input_offset_gaps.inc_by(r.offset.abs_diff(next));
+                }
+                false
+            }
+            None => false,
+        };
+        let step = match decoded {
+            Ok(t) => {
+                lane.decoded += 1;
+                task.last_input = self.started;
+                if awaited {
+                    // Back where it waited; the state already covers it.
+                    task.engine.rebuffer(r.offset as u64, Input::Telemetry(t));
+                    return Ok(Step::Skipped);
+                }
+                let event_id = t.event_id.clone();
+                task.engine.push_tagged(Input::Telemetry(t), r.offset as u64);
+                let outputs = task.engine.drain();
+                let origin = RenderOrigin { event_id: &event_id, record_time: r.record_time };
+                Step::Evaluated(self.emitter.render(key, &task.engine, outputs, Some(origin))?)
+            }
+            Err(DecodeError::Rejected { code, detail }) => Step::Rejected { code, detail },
+            Err(DecodeError::Unavailable(why)) => return Ok(Step::Unavailable(why)),
+        };
+        // The event-time buffer is part of the snapshot, so the state covers this record. (A
+        // record read again for the restored buffer is behind that position already.)
+        if !awaited {
+            task.pushed = Some(r.offset + 1);
+        }
+        Ok(step)
+    }
+
+    /// Runs every lane, spread over at most `workers` threads (the calling thread is one
+    /// of them). Returns whether more than one thread ran.
+    pub(super) fn run_all(&self, lanes: &mut [Lane<'_, '_>], workers: usize) -> Result<bool, PipelineError> {
+        let total: usize = lanes.iter().map(|l| l.records.len()).sum();
+        if workers <= 1 || lanes.len() <= 1 || total < PARALLEL_MIN_RECORDS {
+            return lanes.iter_mut().try_for_each(|l| self.run(l)).map(|()| false);
+        }
+        let sizes: Vec<usize> = lanes.iter().map(|l| l.records.len()).collect();
+        let bins = spread(&sizes, workers);
+        // Hand each worker its lanes by value (disjoint `&mut`), then run them.
+        let mut slots: Vec<Option<&mut Lane<'_, '_>>> = lanes.iter_mut().map(Some).collect();
+        let mut shares: Vec<Vec<&mut Lane<'_, '_>>> =
+            bins.iter().map(|bin| bin.iter().filter_map(|&i| slots[i].take()).collect()).collect();
+        let Some(mine) = shares.pop() else { return Ok(false) };
+        let parallel = !shares.is_empty();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = shares
+                .into_iter()
+                .map(|share| s.spawn(move || share.into_iter().try_for_each(|l| self.run(l))))
+                .collect();
+            let own = mine.into_iter().try_for_each(|l| self.run(l));
+            handles.into_iter().fold(own, |acc, h| {
+                let r = h.join().unwrap_or(Err(PipelineError::Poisoned));
+                acc.and(r)
+            })
+        })?;
+        Ok(parallel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake(&'static str, i32);
+    impl Sourced for Fake {
+        fn topic(&self) -> &str {
+            self.0
+        }
+        fn partition(&self) -> i32 {
+            self.1
+        }
+    }
+
+    #[test]
+    fn records_are_grouped_by_partition_in_poll_order_partitions_by_first_appearance() {
+        let batch = [Fake("a", 1), Fake("a", 0), Fake("b", 1), Fake("a", 1), Fake("a", 0), Fake("a", 1)];
+        let lanes = by_partition(&batch);
+        let want = vec![
+            (("a".to_string(), 1), vec![0, 3, 5]),
+            (("a".to_string(), 0), vec![1, 4]),
+            (("b".to_string(), 1), vec![2]),
+        ];
+        assert_eq!(lanes, want);
+    }
+
+    #[test]
+    fn a_rebalance_drops_only_the_partitions_it_touched() {
+        let mut batch = vec![Fake("a", 0), Fake("a", 1), Fake("b", 0), Fake("a", 0)];
+        let touched: BTreeSet<SourceKey> = [("a".to_string(), 0), ("c".to_string(), 9)].into();
+        assert_eq!(drop_touched(&mut batch, &touched), 2);
+        let left: Vec<(&str, i32)> = batch.iter().map(|m| (m.0, m.1)).collect();
+        assert_eq!(left, vec![("a", 1), ("b", 0)]);
+    }
+
+    #[test]
+    fn lanes_spread_over_workers_largest_first_onto_the_least_loaded() {
+        // 9 | 5+2+1 | 4+3 with three workers.
+        let sizes = [5, 9, 1, 4, 3, 2];
+        let bins = spread(&sizes, 3);
+        assert_eq!(bins, vec![vec![1], vec![0, 5, 2], vec![3, 4]]);
+        let mut all: Vec<usize> = bins.concat();
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3, 4, 5], "every lane exactly once");
+        // More workers than lanes: one lane each, no empty worker.
+        assert_eq!(spread(&[7, 1], 8), vec![vec![0], vec![1]]);
+        assert_eq!(spread(&[7, 1], 1), vec![vec![0, 1]]);
+        assert!(spread(&[], 4).is_empty());
+    }
+}
