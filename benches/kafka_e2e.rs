@@ -599,9 +599,26 @@ fn throughput(b: &Broker, a: &Args) {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), b, &t, FIVE, "", a);
+    let port = kafka::free_port();
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(&cfg, text.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\"")))
+        .expect("config");
     let t0 = Instant::now();
     let engine = Engine::start_logging(&cfg, "info");
     let (engine_secs, first) = wait_committed(b, &t.group, &t.input, partitions, a.records as i64, t0);
+    // How the batches were evaluated (see `kafka.workers`).
+    let metrics = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default();
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
     let ok = engine.stop().success();
     let (br, er) = (a.records as f64 / bare_secs, a.records as f64 / engine_secs);
     println!("  {} records, {:.0} MB, {partitions} partitions; both timed from process/consumer start to the last record (engine: to its last commit)", a.records, bytes as f64 / 1e6);
@@ -609,6 +626,14 @@ fn throughput(b: &Broker, a: &Args) {
     println!("  driftgate run (decode, 5 clauses,   {:>9.0} records/s  ({engine_secs:.1} s)", er);
     println!("    outputs, changelog, commits)");
     println!("  engine / bare = {:.2}{}", er / br, if ok { "" } else { "  (engine exited with an error)" });
+    let (parallel, inline) = (
+        sample("driftgate_input_batches_total{evaluation=\"parallel\"}"),
+        sample("driftgate_input_batches_total{evaluation=\"inline\"}"),
+    );
+    println!(
+        "  batches: {parallel:.0} on several workers, {inline:.0} on the pipeline thread; {:.0} records per batch",
+        sample("driftgate_input_batch_records_sum") / (parallel + inline).max(1.0)
+    );
     if let Some((at, c)) = first.filter(|(at, _)| engine_secs > *at) {
         println!(
             "  engine after its first commit ({at:.1} s, {c} records): {:.0} records/s",
