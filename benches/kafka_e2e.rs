@@ -617,7 +617,7 @@ fn throughput(b: &Broker, a: &Args) {
             .lines()
             .filter(|l| l.starts_with(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .fold(0.0, |a, b| a + b)
     };
     let ok = engine.stop().success();
     let (br, er) = (a.records as f64 / bare_secs, a.records as f64 / engine_secs);
