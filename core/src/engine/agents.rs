@@ -16,7 +16,7 @@ impl Engine {
         let now = tel.occurred_at;
         let span = debug_span!("telemetry", agent = %tel.agent_id, event = %tel.event_id);
         let _g = span.enter();
-        let causation = Causation { kind: "telemetry".into(), id: tel.event_id.clone(), at: now };
+        let causation = CausedBy { kind: "telemetry", id: &tel.event_id, at: now };
         // Agent bookkeeping: creation, workflow moves, TTL, model-version changes.
         if !self.track_agent(&tel, now) {
             return;
@@ -27,10 +27,24 @@ impl Engine {
         let scope_pending = self.on_scope(&tel, now, &causation, &mut causes);
         let mut observed = Vec::new();
         // Clauses. on_clause does not change the agent's coverage, so it is read once.
-        let pacts = self.agents.get(&tel.agent_id).map(|a| a.pacts.clone()).unwrap_or_default();
+        // Copied out (on the stack for up to 8 pacts, not cloned per event) so that the
+        // clauses may borrow the engine mutably.
+        let mut inline = [0u16; 8];
+        let heap: Vec<u16>;
+        let pacts: &[u16] = match self.agents.get(&tel.agent_id).map(|a| a.pacts.as_slice()) {
+            Some(ps) if ps.len() <= inline.len() => {
+                inline[..ps.len()].copy_from_slice(ps);
+                &inline[..ps.len()]
+            }
+            Some(ps) => {
+                heap = ps.to_vec();
+                &heap
+            }
+            None => &[],
+        };
         let mut high_risk_fresh = true;
         let mut has_high_risk = false;
-        for p in pacts {
+        for &p in pacts {
             for ci in 0..self.pacts[p as usize].doc.clauses.len() as u16 {
                 let o = self.on_clause(&tel, p, ci, now, &causation, &mut causes);
                 if scope_pending {
@@ -71,7 +85,7 @@ impl Engine {
                 text: "blast-radius cap re-checked: the agent's clauses demand block, and the cap no longer holds it at the fail mode".into(),
                 clause: None,
                 detection: None,
-                causation,
+                causation: causation.owned(),
                 clean_at_decision: None,
             });
         }
@@ -126,7 +140,7 @@ impl Engine {
 
     /// A new model version: drift clauses must re-verify on it, and the agent waits in the
     /// clauses' `on_model_change` lane meanwhile. The cause, if any clause has to.
-    fn on_model_version(&mut self, tel: &Telemetry, now: i64, causation: &Causation) -> Option<Cause> {
+    fn on_model_version(&mut self, tel: &Telemetry, now: i64, causation: &CausedBy<'_>) -> Option<Cause> {
         let agent = self.agents.get_mut(&tel.agent_id)?;
         if agent.model_version != tel.model.version {
             let from = std::mem::replace(&mut agent.model_version, tel.model.version.clone());
@@ -161,7 +175,7 @@ impl Engine {
                     text,
                     clause: None,
                     detection: None,
-                    causation: causation.clone(),
+                    causation: causation.owned(),
                     clean_at_decision: None,
                 });
             }

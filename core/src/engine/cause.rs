@@ -119,6 +119,21 @@ impl CauseCode {
     }
 }
 
+/// What a cause would be traced to, borrowed from the input until a cause is made: most
+/// events make none, and the owned [`Causation`] costs two allocations per event.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CausedBy<'a> {
+    pub(super) kind: &'static str,
+    pub(super) id: &'a str,
+    pub(super) at: i64,
+}
+
+impl CausedBy<'_> {
+    pub(super) fn owned(&self) -> Causation {
+        Causation { kind: self.kind.to_string(), id: self.id.to_string(), at: self.at }
+    }
+}
+
 /// Why a re-evaluation happens: the reason, clause and evidence for any event it emits.
 #[derive(Debug, Clone)]
 pub(super) struct Cause {

@@ -13,7 +13,7 @@ impl Engine {
         p: u16,
         ci: u16,
         now: i64,
-        causation: &Causation,
+        causation: &CausedBy<'_>,
         causes: &mut Vec<Cause>,
     ) -> Observed {
         let (pact, clause) = clause_at(&self.pacts, p, ci);
@@ -65,7 +65,7 @@ impl Engine {
                     text: format!("clause `{}` has fresh evidence again", clause.id),
                     clause: Some(key.clone()),
                     detection: None,
-                    causation: causation.clone(),
+                    causation: causation.owned(),
                     clean_at_decision: None,
                 });
             }
@@ -141,7 +141,7 @@ impl Engine {
         alarm: &Alarm,
         now: i64,
         key: &ClauseKey,
-        causation: &Causation,
+        causation: &CausedBy<'_>,
     ) -> Cause {
         let critical = clause.severity == Severity::Critical;
         let target = if critical { Some(Lane::Block) } else { clause.consequence.lane() };
@@ -175,7 +175,7 @@ impl Engine {
                 text: format!("{what} on clause `{}` of pact `{}`: settle", clause.id, pact.id()),
                 clause: Some(key.clone()),
                 detection: Some(detection),
-                causation: causation.clone(),
+                causation: causation.owned(),
                 clean_at_decision: None,
             };
         };
@@ -199,7 +199,7 @@ impl Engine {
             ),
             clause: Some(key.clone()),
             detection: Some(detection),
-            causation: causation.clone(),
+            causation: causation.owned(),
             clean_at_decision: None,
         }
     }
@@ -210,7 +210,7 @@ impl Engine {
         clean: u64,
         clause: &Clause,
         now: i64,
-        causation: &Causation,
+        causation: &CausedBy<'_>,
     ) -> Option<Cause> {
         let mc = agent.model_change.as_mut()?;
         if !mc.pending.contains(key)
@@ -232,7 +232,7 @@ impl Engine {
             ),
             clause: None,
             detection: None,
-            causation: causation.clone(),
+            causation: causation.owned(),
             clean_at_decision: None,
         })
     }
@@ -243,7 +243,7 @@ impl Engine {
         attested: bool,
         now: i64,
         key: &ClauseKey,
-        causation: &Causation,
+        causation: &CausedBy<'_>,
     ) -> Option<Cause> {
         if state.demand == Lane::Normal || now < state.min_dwell_until {
             return None;
@@ -289,7 +289,7 @@ impl Engine {
             ),
             clause: Some(key.clone()),
             detection: None,
-            causation: causation.clone(),
+            causation: causation.owned(),
             clean_at_decision: Some(clean),
         })
     }

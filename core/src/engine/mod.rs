@@ -20,7 +20,7 @@
 
 pub mod state;
 
-use cause::Cause;
+use cause::{Cause, CausedBy};
 pub use cause::CauseCode;
 
 // The engine's jobs, one file each; all are `impl Engine` blocks over the state below.

@@ -26,7 +26,7 @@ impl Engine {
         &mut self,
         tel: &Telemetry,
         now: i64,
-        causation: &Causation,
+        causation: &CausedBy<'_>,
         causes: &mut Vec<Cause>,
     ) -> bool {
         let Engine { agents, pacts, stats, slots, .. } = self;
@@ -60,7 +60,7 @@ impl Engine {
                     ),
                     clause: None,
                     detection: None,
-                    causation: causation.clone(),
+                    causation: causation.owned(),
                     clean_at_decision: None,
                 });
             }
@@ -142,7 +142,7 @@ impl Engine {
                     ),
                     clause: None,
                     detection: None,
-                    causation: causation.clone(),
+                    causation: causation.owned(),
                     clean_at_decision: None,
                 });
             }
@@ -164,7 +164,7 @@ impl Engine {
         tel: &Telemetry,
         observed: &[(u16, u16, Observed)],
         now: i64,
-        causation: &Causation,
+        causation: &CausedBy<'_>,
     ) -> Option<Cause> {
         let Engine { agents, pacts, .. } = self;
         let st = agents.get_mut(&tel.agent_id)?.scope.as_mut()?;
@@ -216,7 +216,7 @@ impl Engine {
             text: texts.join("; "),
             clause: None,
             detection: None,
-            causation: causation.clone(),
+            causation: causation.owned(),
             clean_at_decision: None,
         })
     }
