@@ -626,13 +626,11 @@ fn throughput(b: &Broker, a: &Args) {
     println!("  driftgate run (decode, 5 clauses,   {:>9.0} records/s  ({engine_secs:.1} s)", er);
     println!("    outputs, changelog, commits)");
     println!("  engine / bare = {:.2}{}", er / br, if ok { "" } else { "  (engine exited with an error)" });
-    let (parallel, inline) = (
-        sample("driftgate_input_batches_total{evaluation=\"parallel\"}"),
-        sample("driftgate_input_batches_total{evaluation=\"inline\"}"),
-    );
+    let [parallel, ahead, inline] = ["parallel", "decode_ahead", "inline"]
+        .map(|e| sample(&format!("driftgate_input_batches_total{{evaluation=\"{e}\"}}")));
     println!(
-        "  batches: {parallel:.0} on several workers, {inline:.0} on the pipeline thread; {:.0} records per batch",
-        sample("driftgate_input_batch_records_sum") / (parallel + inline).max(1.0)
+        "  batches: {parallel:.0} partitions side by side, {ahead:.0} decoded ahead, {inline:.0} inline; {:.0} records per batch",
+        sample("driftgate_input_batch_records_sum") / (parallel + ahead + inline).max(1.0)
     );
     if let Some((at, c)) = first.filter(|(at, _)| engine_secs > *at) {
         println!(

@@ -741,8 +741,19 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
 /// that order, and a bad record in any partition is dead-lettered with its own source.
 #[test]
 fn partitions_evaluated_in_parallel_give_each_partitions_sequential_outputs_in_order() {
+    batches_give_each_partitions_sequential_outputs(4, "parallel");
+}
+
+/// One partition, two workers: a helper decodes ahead while the pipeline thread evaluates,
+/// with the same outputs, order and dead letters.
+#[test]
+fn one_partition_decoded_ahead_gives_the_sequential_outputs_in_order() {
+    batches_give_each_partitions_sequential_outputs(1, "decode_ahead");
+}
+
+fn batches_give_each_partitions_sequential_outputs(partitions: i32, evaluation: &str) {
     let b = Broker::shared();
-    let t = Topics::create(b, "parallel", 4);
+    let t = Topics::create(b, "parallel", partitions);
     let dir = tempfile::tempdir().unwrap();
     let port = kafka::free_port();
     let cfg = write_config_with(dir.path(), b, &t, "avro", "500ms", &format!("127.0.0.1:{port}"));
@@ -755,13 +766,13 @@ fn partitions_evaluated_in_parallel_give_each_partitions_sequential_outputs_in_o
         ),
     )
     .unwrap();
-    // fin-01..04 land on the four partitions, one each; a bad record every 700.
+    // With four partitions fin-01..04 land on one each; a bad record every 700.
     let good: Vec<(String, Vec<u8>, i64, i32)> = scenario()
         .iter()
-        .map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 4)))
+        .map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, partitions)))
         .collect();
     let parts: std::collections::BTreeSet<i32> = good.iter().map(|r| r.3).collect();
-    assert_eq!(parts.len(), 4, "one agent per partition");
+    assert_eq!(parts.len(), partitions as usize, "every partition has agents");
     let mut records = Vec::new();
     let mut bad = Vec::new();
     for (i, r) in good.iter().enumerate() {
@@ -790,14 +801,15 @@ fn partitions_evaluated_in_parallel_give_each_partitions_sequential_outputs_in_o
     let log = engine.log_text();
     assert!(engine.stop().success(), "engine exited with an error:\n{log}");
     let s = scrape::samples(&metrics);
-    let parallel = scrape::sum(&s, "driftgate_input_batches_total", &[r#"evaluation="parallel""#]);
-    assert!(parallel >= 1.0, "some batches ran on two workers:\n{metrics}");
+    let label = format!("evaluation=\"{evaluation}\"");
+    let used = scrape::sum(&s, "driftgate_input_batches_total", &[label.as_str()]);
+    assert!(used >= 1.0, "some batches ran {evaluation}:\n{metrics}");
     assert_eq!(scrape::sum(&s, "driftgate_records_consumed_total", &[]), records.len() as f64);
     assert_eq!(scrape::sum(&s, "driftgate_input_batch_records_sum", &[]), records.len() as f64);
 
     // Every event, as one engine per partition derives it from the good records.
     let got = enforcement_events(b, &t.enforcement);
-    let mut want = reference_events(&good, 4);
+    let mut want = reference_events(&good, partitions);
     assert!(want.iter().any(|e| e.lane_to == Lane::Degrade), "the scenario drifts");
     // Sent in each engine's order: per agent, seqs ascend in the topic.
     let mut last: BTreeMap<String, u64> = BTreeMap::new();

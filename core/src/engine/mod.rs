@@ -20,8 +20,8 @@
 
 pub mod state;
 
-use cause::{Cause, CausedBy};
 pub use cause::CauseCode;
+use cause::{Cause, CausedBy};
 
 // The engine's jobs, one file each; all are `impl Engine` blocks over the state below.
 mod agents;

@@ -21,8 +21,8 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 use tracing::debug;
 
-/// Lanes below this many records in all are evaluated on the pipeline thread alone:
-/// starting a worker costs more than it saves.
+/// Batches below this many records are evaluated on the pipeline thread alone: starting a
+/// worker costs more than it saves.
 pub(super) const PARALLEL_MIN_RECORDS: usize = 32;
 
 /// Where a polled record comes from.
@@ -131,10 +131,20 @@ pub(super) struct Evaluator<'a> {
 impl Evaluator<'_> {
     /// Decodes, evaluates and renders a lane's records in order.
     pub(super) fn run(&self, lane: &mut Lane<'_, '_>) -> Result<(), PipelineError> {
+        self.run_decoded(lane, &mut |r| self.decoder.decode(r.payload, r.record_time))
+    }
+
+    /// Evaluates and renders a lane's records in order, each as `decode` gives it; stops
+    /// after a record whose dependency is unavailable.
+    fn run_decoded(
+        &self,
+        lane: &mut Lane<'_, '_>,
+        decode: &mut dyn FnMut(&Polled<'_>) -> Decoded,
+    ) -> Result<(), PipelineError> {
         let records = std::mem::take(&mut lane.records);
         lane.steps.reserve(records.len());
         for r in records {
-            let step = self.step(lane, r)?;
+            let step = self.step(lane, r, decode(&r))?;
             let stop = matches!(step, Step::Unavailable(_));
             lane.steps.push((r, step));
             if stop {
@@ -144,9 +154,8 @@ impl Evaluator<'_> {
         Ok(())
     }
 
-    fn step(&self, lane: &mut Lane<'_, '_>, r: Polled<'_>) -> Result<Step, PipelineError> {
+    fn step(&self, lane: &mut Lane<'_, '_>, r: Polled<'_>, decoded: Decoded) -> Result<Step, PipelineError> {
         let (key, task) = (&lane.key, &mut *lane.task);
-        let decoded = self.decoder.decode(r.payload, r.record_time);
         // Whether this is a record the restored event-time buffer holds by reference, read
         // again: such records lie behind the restored position, like those already covered.
         let awaited = match task.pushed {
@@ -201,12 +210,20 @@ impl Evaluator<'_> {
         Ok(step)
     }
 
-    /// Runs every lane, spread over at most `workers` threads (the calling thread is one
-    /// of them). Returns whether more than one thread ran.
-    pub(super) fn run_all(&self, lanes: &mut [Lane<'_, '_>], workers: usize) -> Result<bool, PipelineError> {
+    /// Runs every lane: side by side on up to `workers` threads when the batch holds
+    /// several partitions (the calling thread is one of them); with one partition, one
+    /// helper thread decodes ahead of the calling thread's evaluation.
+    pub(super) fn run_all(
+        &self,
+        lanes: &mut [Lane<'_, '_>],
+        workers: usize,
+    ) -> Result<Evaluation, PipelineError> {
         let total: usize = lanes.iter().map(|l| l.records.len()).sum();
-        if workers <= 1 || lanes.len() <= 1 || total < PARALLEL_MIN_RECORDS {
-            return lanes.iter_mut().try_for_each(|l| self.run(l)).map(|()| false);
+        if workers <= 1 || total < PARALLEL_MIN_RECORDS {
+            return lanes.iter_mut().try_for_each(|l| self.run(l)).map(|()| Evaluation::Inline);
+        }
+        if lanes.len() == 1 {
+            return self.decode_ahead(lanes).map(|()| Evaluation::DecodeAhead);
         }
         let sizes: Vec<usize> = lanes.iter().map(|l| l.records.len()).collect();
         let bins = spread(&sizes, workers);
@@ -214,8 +231,7 @@ impl Evaluator<'_> {
         let mut slots: Vec<Option<&mut Lane<'_, '_>>> = lanes.iter_mut().map(Some).collect();
         let mut shares: Vec<Vec<&mut Lane<'_, '_>>> =
             bins.iter().map(|bin| bin.iter().filter_map(|&i| slots[i].take()).collect()).collect();
-        let Some(mine) = shares.pop() else { return Ok(false) };
-        let parallel = !shares.is_empty();
+        let Some(mine) = shares.pop() else { return Ok(Evaluation::Inline) };
         std::thread::scope(|s| {
             let handles: Vec<_> = shares
                 .into_iter()
@@ -227,7 +243,79 @@ impl Evaluator<'_> {
                 acc.and(r)
             })
         })?;
-        Ok(parallel)
+        Ok(Evaluation::Partitions)
+    }
+
+    /// One partition's records: a helper thread decodes them in order, in chunks, while this
+    /// thread evaluates what is decoded. Decoding is pure, so only the engine's order
+    /// matters, and that stays this thread's.
+    fn decode_ahead(&self, lanes: &mut [Lane<'_, '_>]) -> Result<(), PipelineError> {
+        let records: Vec<Polled<'_>> = lanes.iter().flat_map(|l| l.records.iter().copied()).collect();
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(16);
+            let records = &records;
+            s.spawn(move || {
+                for chunk in records.chunks(DECODE_CHUNK) {
+                    let decoded =
+                        chunk.iter().map(|r| self.decoder.decode(r.payload, r.record_time)).collect();
+                    if tx.send(decoded).is_err() {
+                        return; // The evaluation stopped early.
+                    }
+                }
+            });
+            let mut ready = Vec::new().into_iter();
+            let mut next = |r: &Polled<'_>| -> Decoded {
+                if let Some(d) = ready.next() {
+                    return d;
+                }
+                match rx.recv() {
+                    Ok(chunk) => {
+                        ready = chunk.into_iter();
+                        ready.next().unwrap_or_else(|| self.decoder.decode(r.payload, r.record_time))
+                    }
+                    // The helper is gone (it cannot fail, but if it panicked): decode here.
+                    Err(_) => self.decoder.decode(r.payload, r.record_time),
+                }
+            };
+            let mut taken = 0;
+            for lane in lanes.iter_mut() {
+                let n = lane.records.len();
+                self.run_decoded(lane, &mut next)?;
+                // A lane that stopped early leaves its remaining results unread.
+                for i in lane.steps.len()..n {
+                    let _unread = next(&records[taken + i]);
+                }
+                taken += n;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Records a decode-ahead helper hands over at once.
+const DECODE_CHUNK: usize = 64;
+
+/// A record's decoding.
+type Decoded = Result<driftgate_core::model::telemetry::Telemetry, DecodeError>;
+
+/// How a batch was evaluated (`driftgate_input_batches_total{evaluation}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Evaluation {
+    /// On the pipeline thread alone.
+    Inline,
+    /// Partitions side by side on several workers.
+    Partitions,
+    /// One partition, decoded ahead on a helper thread.
+    DecodeAhead,
+}
+
+impl Evaluation {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Evaluation::Inline => "inline",
+            Evaluation::Partitions => "parallel",
+            Evaluation::DecodeAhead => "decode_ahead",
+        }
     }
 }
 

@@ -733,10 +733,7 @@ impl Pipeline {
             started,
         };
         let evaluated = evaluator.run_all(&mut lanes, self.workers);
-        let mode = match evaluated {
-            Ok(true) => "parallel",
-            _ => "inline",
-        };
+        let mode = evaluated.as_ref().map_or("inline", |e| e.label());
         self.metrics.input_batches.with_label_values(&[mode]).inc();
         // What a lane evaluated before an error is produced all the same: its engine moved.
         let mut unavailable: Vec<(SourceKey, i64)> = Vec::new();

@@ -29,7 +29,7 @@ pub struct Metrics {
     /// Events set aside as later than the allowed lateness.
     pub records_late: IntCounter,
     /// Batches of input records, by how they were evaluated (`parallel` over several
-    /// workers, or `inline` on the pipeline thread).
+    /// workers, `decode_ahead`, or `inline` on the pipeline thread).
     pub input_batches: IntCounterVec,
     /// Records per input batch.
     pub input_batch_records: Histogram,
@@ -230,7 +230,7 @@ impl Metrics {
             heartbeats: counter(&r, "driftgate_heartbeats_total", "Heartbeats produced for routers (snapshot topic)."),
             fast_path: counter(&r, "driftgate_fast_path_inputs_total", "Inputs processed on arrival, ahead of the watermark (critical zero-tolerance breaches, emergency kills)."),
             revoked_buffered_records: counter(&r, "driftgate_revoked_buffered_records_total", "Inputs waiting behind the watermark when their partition was revoked (carried to the next owner in the snapshot)."),
-            input_batches: counter_vec(&r, "driftgate_input_batches_total", "Batches of input records polled in one turn, by how they were evaluated: parallel (one partition per worker, several workers) or inline (on the pipeline thread).", &["evaluation"]),
+            input_batches: counter_vec(&r, "driftgate_input_batches_total", "Batches of input records polled in one turn, by how they were evaluated: parallel (one partition per worker, several workers), decode_ahead (one partition, decoded ahead on a helper thread) or inline (on the pipeline thread alone).", &["evaluation"]),
             input_batch_records,
             input_offset_gaps: counter(&r, "driftgate_input_offset_gaps_total", "Input records skipped between consecutive offsets of a partition (compaction, transaction markers, or a broker losing records)."),
             restored_buffer_lost: counter(&r, "driftgate_restored_buffer_lost_total", "Inputs a restored event-time buffer held by reference that could not be read again from the input topic (deleted by retention): never processed."),
