@@ -32,6 +32,9 @@ pub enum StateError {
     /// Written by a newer engine.
     #[error("state format version {0} is newer than this engine's ({STATE_VERSION}); upgrade driftgate")]
     TooNew(u8),
+    /// Version 0: no driftgate ever wrote it, so the record is not driftgate state.
+    #[error("state format version 0 was never written by driftgate: not a driftgate state record")]
+    NoVersion,
     /// Corrupt.
     #[error("state record does not decode: {0}")]
     Decode(String),
@@ -115,6 +118,7 @@ pub fn decode_meta(b: &[u8]) -> Result<MetaRecord, StateError> {
 fn check_header(b: &[u8]) -> Result<(), StateError> {
     match b.first() {
         None => Err(StateError::Empty),
+        Some(0) => Err(StateError::NoVersion),
         Some(1..=STATE_VERSION) => Ok(()),
         Some(&v) => Err(StateError::TooNew(v)),
     }
@@ -260,6 +264,10 @@ mod tests {
         let mut newer = bytes.clone();
         newer[0] = STATE_VERSION + 1;
         assert_eq!(decode_agent(&newer), Err(StateError::TooNew(STATE_VERSION + 1)));
+        let mut unversioned = bytes.clone();
+        unversioned[0] = 0;
+        assert_eq!(decode_agent(&unversioned), Err(StateError::NoVersion));
+        assert!(StateError::NoVersion.to_string().contains("never written by driftgate"));
         assert_eq!(decode_agent(&[]), Err(StateError::Empty));
         assert!(matches!(decode_agent(&bytes[..bytes.len() / 2]), Err(StateError::Decode(_))));
     }

@@ -12,7 +12,6 @@ use crate::obs::events::{
 };
 use crate::obs::metrics::Metrics;
 use driftgate_core::engine::{Engine, EngineConfig};
-use driftgate_core::model::pact_change::PactChange;
 use driftgate_core::pact::Pact;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -140,14 +139,17 @@ impl PipelineContext {
         Ok(self.adopt(key, read))
     }
 
-    /// The engine settings, pacts and pact changes the tasks run with.
-    fn task_setup(&self) -> (EngineConfig, Vec<Pact>, Vec<PactChange>) {
+    /// Reads the task set's setup (engine settings, pacts, pact changes), poisoned or not.
+    fn with_setup<T>(&self, read: impl FnOnce(&Tasks) -> T) -> T {
         match self.tasks.lock() {
-            Ok(t) => (t.engine_cfg.clone(), t.pacts.clone(), t.changes.clone()),
-            Err(p) => {
-                (p.get_ref().engine_cfg.clone(), p.get_ref().pacts.clone(), p.get_ref().changes.clone())
-            }
+            Ok(t) => read(&t),
+            Err(p) => read(p.get_ref()),
         }
+    }
+
+    /// The engine settings and pacts a task's engine is built with.
+    fn engine_setup(&self) -> (EngineConfig, Vec<Pact>) {
+        self.with_setup(|t| (t.engine_cfg.clone(), t.pacts.clone()))
     }
 
     /// Reads a partition's changelog and builds its engine: the slow part of a restore,
@@ -158,7 +160,7 @@ impl PipelineContext {
         else {
             return Ok(None);
         };
-        let (cfg, pacts, _) = self.task_setup();
+        let (cfg, pacts) = self.engine_setup();
         let (position, agents) = (snap.meta.position, snap.agents.len());
         let t = Instant::now();
         let engine = Engine::restore(cfg, pacts, snap.meta.meta, snap.agents);
@@ -200,8 +202,9 @@ impl PipelineContext {
     /// Makes a task of a partition's state read by [`Self::read_partition`]: the pact
     /// registry learns what the state carries, and changes the state lacks are applied.
     fn adopt(&self, key: &SourceKey, read: Option<ReadPartition>) -> (Task, Option<i64>) {
-        let (cfg, pacts, changes) = self.task_setup();
+        let changes = self.with_setup(|t| t.changes.clone());
         let Some(ReadPartition { mut engine, position, torn, agents, stats, build }) = read else {
+            let (cfg, pacts) = self.engine_setup();
             let mut engine = Engine::new(cfg, pacts);
             Tasks::catch_up(&changes, &mut engine);
             return (Task::fresh(engine, None), None);
