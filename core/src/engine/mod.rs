@@ -25,6 +25,7 @@ use cause::{Cause, CausedBy};
 
 // The engine's jobs, one file each; all are `impl Engine` blocks over the state below.
 mod agents;
+mod buffer;
 mod cause;
 mod clauses;
 mod lanes;
@@ -346,8 +347,7 @@ pub struct Engine {
     /// time); nothing iterates these maps, so output stays deterministic.
     agents: HashMap<String, AgentState, foldhash::fast::RandomState>,
     workflows: HashMap<String, WorkflowStats, foldhash::fast::RandomState>,
-    /// Boxed: B-tree nodes shift their values on insert and remove, and an input is large.
-    buffer: BTreeMap<(i64, u64), Box<Tagged>>,
+    buffer: buffer::TimeBuffer,
     /// Restored buffer entries whose input the source has not read again yet, by tag: their
     /// `(event time, arrival)` in the buffer.
     awaited: BTreeMap<u64, (i64, u64)>,
@@ -423,7 +423,7 @@ impl Engine {
             protos,
             agents: HashMap::default(),
             workflows: HashMap::default(),
-            buffer: BTreeMap::new(),
+            buffer: buffer::TimeBuffer::default(),
             awaited: BTreeMap::new(),
             arrivals: 0,
             max_seen: None,

@@ -39,7 +39,7 @@ impl Engine {
     /// it was in the buffer; processes nothing. False if no entry waits for `tag`.
     pub fn rebuffer(&mut self, tag: u64, input: Input) -> bool {
         let Some(key) = self.awaited.remove(&tag) else { return false };
-        self.buffer.insert(key, Box::new((input, Some(tag))));
+        self.buffer.insert(key, (input, Some(tag)));
         true
     }
 
@@ -56,10 +56,10 @@ impl Engine {
         let mut buffer = Vec::new();
         let mut by_reference: Vec<(i64, u64, u64)> =
             self.awaited.iter().map(|(tag, (t, arrival))| (*t, *arrival, *tag)).collect();
-        for ((t, arrival), item) in &self.buffer {
+        for ((t, arrival), item) in self.buffer.entries() {
             match item.1 {
-                Some(tag) => by_reference.push((*t, *arrival, tag)),
-                None => buffer.push((*t, *arrival, item.0.clone(), None)),
+                Some(tag) => by_reference.push((t, arrival, tag)),
+                None => buffer.push((t, arrival, item.0.clone(), None)),
             }
         }
         by_reference.sort_unstable();
@@ -151,7 +151,7 @@ impl Engine {
             .collect();
         let map = |i: u16| remap.get(i as usize).copied().flatten();
         for (t, arrival, input, tag) in meta.buffer {
-            e.buffer.insert((t, arrival), Box::new((input, tag)));
+            e.buffer.insert((t, arrival), (input, tag));
         }
         for (t, arrival, tag) in meta.by_reference {
             e.awaited.insert(tag, (t, arrival));

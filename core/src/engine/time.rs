@@ -15,7 +15,7 @@ impl Engine {
 
     /// The event time of the oldest input waiting for the watermark.
     pub fn oldest_buffered(&self) -> Option<i64> {
-        self.buffer.first_key_value().map(|((t, _), _)| *t)
+        self.buffer.first().map(|(t, _)| t)
     }
 
     /// The earliest event time at which something waits: a buffered input or a timer.
@@ -121,7 +121,7 @@ impl Engine {
             self.advance();
             self.process(input, false);
         } else {
-            self.buffer.insert((t, arrival), Box::new((input, tag)));
+            self.buffer.insert((t, arrival), (input, tag));
             self.advance();
         }
     }
@@ -159,11 +159,7 @@ impl Engine {
     /// Releases every buffered input the watermark has passed, then fires due timers.
     pub(super) fn advance(&mut self) {
         let wm = self.watermark().unwrap_or(i64::MIN);
-        while let Some(entry) = self.buffer.first_entry() {
-            if entry.key().0 > wm {
-                break;
-            }
-            let (input, _tag) = *entry.remove();
+        while let Some((input, _tag)) = self.buffer.pop_until(wm) {
             self.process(input, true);
         }
         self.fire_timers(wm);
@@ -171,8 +167,7 @@ impl Engine {
 
     /// Processes everything still buffered (end of input).
     pub fn flush(&mut self) {
-        while let Some((_, item)) = self.buffer.pop_first() {
-            let (input, _tag) = *item;
+        while let Some((input, _tag)) = self.buffer.pop_until(i64::MAX) {
             self.process(input, true);
         }
     }
