@@ -254,7 +254,7 @@ impl Evaluator<'_> {
         std::thread::scope(|s| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(16);
             let records = &records;
-            s.spawn(move || {
+            let helper = s.spawn(move || {
                 for chunk in records.chunks(DECODE_CHUNK) {
                     let decoded =
                         chunk.iter().map(|r| self.decoder.decode(r.payload, r.record_time)).collect();
@@ -278,16 +278,24 @@ impl Evaluator<'_> {
                 }
             };
             let mut taken = 0;
-            for lane in lanes.iter_mut() {
-                let n = lane.records.len();
-                self.run_decoded(lane, &mut next)?;
-                // A lane that stopped early leaves its remaining results unread.
-                for i in lane.steps.len()..n {
-                    let _unread = next(&records[taken + i]);
+            let mut evaluate = || -> Result<(), PipelineError> {
+                for lane in lanes.iter_mut() {
+                    let n = lane.records.len();
+                    self.run_decoded(lane, &mut next)?;
+                    // A lane that stopped early leaves its remaining results unread.
+                    for i in lane.steps.len()..n {
+                        let _unread = next(&records[taken + i]);
+                    }
+                    taken += n;
                 }
-                taken += n;
-            }
-            Ok(())
+                Ok(())
+            };
+            let result = evaluate();
+            // Hung up first, so that a helper still sending stops. Joined here, so that the
+            // scope does not raise a panic of the helper's; its records were decoded here.
+            drop(rx);
+            let _ = helper.join();
+            result
         })
     }
 }
