@@ -36,8 +36,8 @@ use crate::kafka::registry::{HttpRegistry, SchemaFileError, SchemaSource, Static
 use crate::kafka::sink::{OutRecord, Sink, SinkError, SourceKey};
 use crate::kafka::tasks::Tasks;
 use crate::obs::events::{
-    AuditWriteFailed, CommitFailed, ConsumerError, DependencyUnavailable, HeartbeatFailed, InternalEvent,
-    RecordRejected, RestoreFailed, SeekFailed,
+    AuditWriteFailed, BatchRecordsDropped, CommitFailed, ConsumerError, DependencyUnavailable,
+    HeartbeatFailed, InternalEvent, RecordRejected, RestoreFailed, SeekFailed,
 };
 use crate::obs::metrics::{EngineScrape, Metrics, PartitionTime};
 use driftgate_core::engine::registry::{PactVersions, VersionInfo};
@@ -668,8 +668,8 @@ impl Pipeline {
             let polled = self.consumer.poll(Duration::ZERO);
             let touched = self.consumer.context().take_touched();
             if !touched.is_empty() {
-                let dropped = batch::drop_touched(&mut batch, &touched);
-                debug!(dropped, partitions = touched.len(), "rebalanced while polling a batch");
+                let count = batch::drop_touched(&mut batch, &touched);
+                BatchRecordsDropped { partitions: touched.len(), count }.emit(&self.metrics);
             }
             match polled {
                 None => break,

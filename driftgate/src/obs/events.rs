@@ -243,6 +243,26 @@ impl InternalEvent for BufferedInputsLost<'_> {
     }
 }
 
+/// A rebalance happened while a batch was being polled: the records already polled from the
+/// partitions it revoked or assigned are dropped, to be read again by the partition's owner.
+pub struct BatchRecordsDropped {
+    /// Partitions the rebalance revoked or assigned.
+    pub partitions: usize,
+    /// Records dropped from the batch.
+    pub count: usize,
+}
+
+impl InternalEvent for BatchRecordsDropped {
+    fn emit(self, metrics: &Metrics) {
+        debug!(
+            partitions = self.partitions,
+            dropped = self.count,
+            "rebalanced while polling a batch: its records of those partitions are read again"
+        );
+        metrics.batch_records_dropped.inc_by(self.count as u64);
+    }
+}
+
 /// The decoder refused a record; it goes to the dead-letter topic with its reason.
 pub struct RecordRejected<'a> {
     /// The input topic.
@@ -360,6 +380,8 @@ mod tests {
         CommitFailed { error: &KafkaError::ConsumerCommit(RDKafkaErrorCode::RebalanceInProgress) }.emit(&m);
         SeekFailed { error: &KafkaError::Seek("gone".into()) }.emit(&m);
         Rebalanced { change: "assign", partitions: 3 }.emit(&m);
+        BatchRecordsDropped { partitions: 1, count: 7 }.emit(&m);
+        assert_eq!(m.batch_records_dropped.get(), 7);
         assert_eq!(errors(&m, "consume", "AllBrokersDown"), 2);
         assert_eq!(errors(&m, "commit", "RebalanceInProgress"), 1);
         assert_eq!(errors(&m, "seek", "other"), 1, "an error without a librdkafka code");
