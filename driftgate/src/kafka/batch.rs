@@ -10,7 +10,7 @@
 //! between batches, after the batch's outputs are handed to the producer.
 
 use crate::kafka::decode::{DecodeError, Decoder};
-use crate::kafka::emitter::{Emitter, RenderOrigin, Rendered};
+use crate::kafka::emitter::{Emitter, Origin, Rendered};
 use crate::kafka::pipeline::PipelineError;
 use crate::kafka::sink::SourceKey;
 use crate::kafka::tasks::Task;
@@ -196,7 +196,7 @@ impl Evaluator<'_> {
                 let event_id = t.event_id.clone();
                 task.engine.push_tagged(Input::Telemetry(t), r.offset as u64);
                 let outputs = task.engine.drain();
-                let origin = RenderOrigin { event_id: &event_id, record_time: r.record_time };
+                let origin = Origin { event_id: &event_id, record_time: r.record_time };
                 Step::Evaluated(self.emitter.render(key, &task.engine, outputs, Some(origin))?)
             }
             Err(DecodeError::Rejected { code, detail }) => Step::Rejected { code, detail },
@@ -222,8 +222,8 @@ impl Evaluator<'_> {
         if workers <= 1 || total < PARALLEL_MIN_RECORDS {
             return lanes.iter_mut().try_for_each(|l| self.run(l)).map(|()| Evaluation::Inline);
         }
-        if lanes.len() == 1 {
-            return self.decode_ahead(lanes).map(|()| Evaluation::DecodeAhead);
+        if let [lane] = lanes {
+            return self.decode_ahead(lane).map(|()| Evaluation::DecodeAhead);
         }
         let sizes: Vec<usize> = lanes.iter().map(|l| l.records.len()).collect();
         let bins = spread(&sizes, workers);
@@ -249,8 +249,8 @@ impl Evaluator<'_> {
     /// One partition's records: a helper thread decodes them in order, in chunks, while this
     /// thread evaluates what is decoded. Decoding is pure, so only the engine's order
     /// matters, and that stays this thread's.
-    fn decode_ahead(&self, lanes: &mut [Lane<'_, '_>]) -> Result<(), PipelineError> {
-        let records: Vec<Polled<'_>> = lanes.iter().flat_map(|l| l.records.iter().copied()).collect();
+    fn decode_ahead(&self, lane: &mut Lane<'_, '_>) -> Result<(), PipelineError> {
+        let records = lane.records.clone();
         std::thread::scope(|s| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(16);
             let records = &records;
@@ -277,22 +277,10 @@ impl Evaluator<'_> {
                     Err(_) => self.decoder.decode(r.payload, r.record_time),
                 }
             };
-            let mut taken = 0;
-            let mut evaluate = || -> Result<(), PipelineError> {
-                for lane in lanes.iter_mut() {
-                    let n = lane.records.len();
-                    self.run_decoded(lane, &mut next)?;
-                    // A lane that stopped early leaves its remaining results unread.
-                    for i in lane.steps.len()..n {
-                        let _unread = next(&records[taken + i]);
-                    }
-                    taken += n;
-                }
-                Ok(())
-            };
-            let result = evaluate();
-            // Hung up first, so that a helper still sending stops. Joined here, so that the
-            // scope does not raise a panic of the helper's; its records were decoded here.
+            let result = self.run_decoded(lane, &mut next);
+            // Hung up first, so that a helper still sending stops (the lane may have stopped
+            // early). Joined here, so that the scope does not raise a panic of the helper's;
+            // its records were decoded here.
             drop(rx);
             let _ = helper.join();
             result

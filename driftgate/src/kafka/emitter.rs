@@ -52,16 +52,10 @@ pub struct Emitter {
     pub(super) instance: String,
 }
 
-/// The record an output derives from, when it derives from one.
-pub struct Origin<'a> {
-    pub(super) msg: &'a BorrowedMessage<'a>,
-    pub(super) event_id: &'a str,
-}
-
 /// The input record outputs are rendered for: its event id (a late output is dead-lettered
 /// only from the record it came in) and its Kafka timestamp (µs).
 #[derive(Clone, Copy)]
-pub(super) struct RenderOrigin<'a> {
+pub(super) struct Origin<'a> {
     pub(super) event_id: &'a str,
     pub(super) record_time: Option<i64>,
 }
@@ -93,23 +87,15 @@ pub(super) enum Rendered {
 }
 
 impl Emitter {
+    /// Renders and produces outputs that derive from no input record (ticks, overrides).
     pub(super) fn emit(
         &self,
         key: &SourceKey,
         engine: &Engine,
         outputs: Vec<Output>,
-        origin: Option<Origin<'_>>,
     ) -> Result<(), PipelineError> {
-        // Called for every input record; most produce nothing.
-        if outputs.is_empty() {
-            return Ok(());
-        }
-        let render_origin = origin.as_ref().map(|o| RenderOrigin {
-            event_id: o.event_id,
-            record_time: o.msg.timestamp().to_millis().map(|ms| ms.saturating_mul(1000)),
-        });
-        let rendered = self.render(key, engine, outputs, render_origin)?;
-        self.send(key, rendered, origin.map(|o| o.msg))
+        let rendered = self.render(key, engine, outputs, None)?;
+        self.send(key, rendered, None)
     }
 
     /// Renders outputs into records; counts and logs them. Safe on any thread: it touches
@@ -119,9 +105,10 @@ impl Emitter {
         key: &SourceKey,
         engine: &Engine,
         outputs: Vec<Output>,
-        origin: Option<RenderOrigin<'_>>,
+        origin: Option<Origin<'_>>,
     ) -> Result<Vec<Rendered>, PipelineError> {
         let mut rendered = Vec::new();
+        // Called for every input record; most produce nothing.
         if outputs.is_empty() {
             return Ok(rendered);
         }

@@ -614,7 +614,7 @@ impl Pipeline {
                             // The tick changed the state: the next snapshot must carry it.
                             task.force_snapshot = true;
                             let outputs = task.engine.drain();
-                            self.emitter.emit(key, &task.engine, outputs, None)?;
+                            self.emitter.emit(key, &task.engine, outputs)?;
                         }
                     }
                 }
@@ -849,7 +849,7 @@ impl Pipeline {
         if hand_to_engine(&mut task.engine, req, now)? == Handed::Pushed {
             let outputs = task.engine.drain();
             self.emitter
-                .emit(key, &task.engine, outputs, None)
+                .emit(key, &task.engine, outputs)
                 .map_err(|e| SubmitError::Unavailable(e.to_string()))?;
         }
         Ok(task.await_next_snapshot())
@@ -874,7 +874,7 @@ impl Pipeline {
             Tasks::catch_up(std::slice::from_ref(&change), &mut task.engine);
             let outputs = task.engine.drain();
             self.emitter
-                .emit(key, &task.engine, outputs, None)
+                .emit(key, &task.engine, outputs)
                 .map_err(|e| SubmitError::Unavailable(e.to_string()))?;
             durable.push(task.await_next_snapshot());
         }
