@@ -688,7 +688,15 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
     // SIGKILL: no flush, no snapshot, no commit.
     engine.child.kill().unwrap();
     engine.child.wait().unwrap();
-    assert_eq!(committed_sum(b, &phase2), 0, "phase 2 committed nothing");
+    // Its restored snapshot is durable, and the group may be told at once; nothing it read
+    // after that was made durable.
+    let restored = committed_sum(b, &t.group);
+    assert!(restored >= split as i64 - 8, "phase 1 committed {restored}");
+    let phase2_committed = committed_sum(b, &phase2);
+    assert!(
+        phase2_committed <= restored,
+        "phase 2 committed {phase2_committed}, beyond the restored position {restored}"
+    );
     let before_restart = enforcement_events(b, &t.enforcement).len();
     assert!(before_restart >= 2, "watch and degrade were produced before the kill");
     drop(engine);

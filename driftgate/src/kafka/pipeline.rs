@@ -34,7 +34,7 @@ use crate::kafka::emitter::{headers, Emitter};
 use crate::kafka::rebalance::PipelineContext;
 use crate::kafka::registry::{HttpRegistry, SchemaFileError, SchemaSource, StaticSchemas};
 use crate::kafka::sink::{OutRecord, Sink, SinkError, SourceKey};
-use crate::kafka::tasks::Tasks;
+use crate::kafka::tasks::{SettleError, Tasks};
 use crate::obs::events::{
     AuditWriteFailed, BatchRecordsDropped, CommitFailed, ConsumerError, DependencyUnavailable,
     HeartbeatFailed, InternalEvent, RecordRejected, RestoreFailed, SeekFailed,
@@ -582,6 +582,14 @@ impl Pipeline {
                     }
                 }
                 *last_commit = Instant::now();
+            } else if let Ok(mut tasks) = self.tasks.lock() {
+                // Between intervals, the snapshot under way closes and commits as soon as
+                // its acknowledgements are in.
+                match tasks.settle(&self.consumer, &*self.sink) {
+                    Ok(()) => {}
+                    Err(SettleError::Send(e)) => return Err(e.into()),
+                    Err(SettleError::Commit(e)) => CommitFailed { error: &e }.emit(&self.metrics),
+                }
             }
         }
         Ok(())
