@@ -437,8 +437,9 @@ impl Tasks {
     /// closing record is. So a snapshot is durable, and its position committed, within
     /// milliseconds of its acknowledgements rather than at the next intervals: with one
     /// interval between snapshots, committed offsets trail the input by about one interval
-    /// instead of three, and an awaited override is answered that much sooner. Resending an
-    /// unconfirmed commit stays with [`Tasks::commit`], once per interval.
+    /// instead of three. A task with an override awaiting durability begins its snapshot
+    /// here at once, so the override is answered within the acknowledgements' round trips.
+    /// Resending an unconfirmed commit stays with [`Tasks::commit`], once per interval.
     pub(super) fn settle(
         &mut self,
         consumer: &dyn Committer,
@@ -446,6 +447,16 @@ impl Tasks {
     ) -> Result<(), SettleError> {
         for (key, task) in self.map.iter_mut() {
             task.close_if_acked(key, sink, &self.changelog)?;
+        }
+        // An override waiting for its answer does not wait for the interval either.
+        let awaited: BTreeSet<SourceKey> = self
+            .map
+            .iter()
+            .filter(|(_, t)| t.pending.is_none() && t.force_snapshot && !t.awaiting.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !awaited.is_empty() {
+            self.snapshot(sink, Some(&awaited))?;
         }
         self.commit_moved(consumer, sink, CommitMode::Async, None, true)?;
         Ok(())
@@ -764,6 +775,27 @@ mod tests {
         sink.ack(&key(), 4);
         tasks.settle(&group, &sink).unwrap();
         assert_eq!(group.commits.borrow().last(), Some(&vec![(key(), 20)]));
+    }
+
+    #[test]
+    fn an_awaited_override_is_snapshotted_between_intervals_and_answered_once_acknowledged() {
+        let (sink, group) = (FakeSink::default(), FakeCommitter::default());
+        let mut tasks = setup(&sink);
+        // Nothing awaited: settling begins no snapshot.
+        tasks.settle(&group, &sink).unwrap();
+        assert_eq!(sink.topics(), ["enforcement"]);
+        let durable = tasks.task(&key()).await_next_snapshot();
+        tasks.settle(&group, &sink).unwrap();
+        assert_eq!(sink.topics(), ["enforcement", "changelog"], "begun at once");
+        tasks.settle(&group, &sink).unwrap();
+        assert_eq!(sink.topics().len(), 2, "one snapshot under way, not another");
+        (0..2).for_each(|n| sink.ack(&key(), n));
+        tasks.settle(&group, &sink).unwrap();
+        assert_eq!(durable.wait(Duration::ZERO), None, "closed, the closing record not acknowledged");
+        sink.ack(&key(), 2);
+        tasks.settle(&group, &sink).unwrap();
+        assert_eq!(durable.wait(Duration::ZERO), Some(Ok(())));
+        assert_eq!(*group.commits.borrow(), [vec![(key(), 10)]]);
     }
 
     #[test]
