@@ -397,7 +397,9 @@ fn the_pipelines_http_api_keeps_its_openapi_contract() {
     let dir = tempfile::tempdir().unwrap();
     let port = kafka::free_port();
     let api = format!("http://127.0.0.1:{port}");
-    let cfg = write_config_with(dir.path(), b, &t, "avro", "200ms", &format!("127.0.0.1:{port}"));
+    // Snapshots every hour: an override's answer must not wait for the interval (it would
+    // be `504 not_durable` after 30 s), only for its own snapshot's acknowledgements.
+    let cfg = write_config_with(dir.path(), b, &t, "avro", "1h", &format!("127.0.0.1:{port}"));
     let records = scenario_records();
     produce(&b.producer(), &t.input, &records);
     let engine = Engine::start(&cfg);
