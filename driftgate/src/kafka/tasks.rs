@@ -59,7 +59,7 @@ pub(super) struct Task {
     pub(super) safe: Option<i64>,
     /// The position last committed.
     pub(super) committed: Option<i64>,
-    /// The position last sent in a commit (confirmed or not).
+    /// The position last tried in a commit (refused, sent, or confirmed).
     sent: Option<i64>,
     /// When the last record reached the engine (or the task began): idleness is measured
     /// from it, and a tick's clock runs from it.
@@ -486,12 +486,14 @@ impl Tasks {
         if moved.is_empty() {
             return Ok(());
         }
-        consumer.commit_offsets(&moved, mode)?;
+        // Tried, even if refused: settling tries a position once (a refusal mid-rebalance would
+        // otherwise be retried, and reported, every turn), and the interval's commit retries.
         for (key, pos) in &moved {
             if let Some(t) = self.map.get_mut(key) {
                 t.sent = Some(*pos);
             }
         }
+        consumer.commit_offsets(&moved, mode)?;
         // An async commit is only sent: it counts once the broker confirms it (see
         // `confirm_commits`); until then each interval sends it again.
         if matches!(mode, CommitMode::Sync) {
@@ -765,14 +767,28 @@ mod tests {
         assert_eq!(group.commits.borrow().len(), 1);
         tasks.commit(&group, &sink, CommitMode::Async, None).unwrap();
         assert_eq!(group.commits.borrow().len(), 2);
+        // A refused commit is tried once by settling, and again by the interval's commit.
+        tasks.task(&key()).pushed = Some(15);
+        tasks.task(&key()).engine.mark_dirty(["a3".to_string()]);
+        tasks.snapshot(&sink, None).unwrap();
+        sink.ack(&key(), 3);
+        tasks.settle(&group, &sink).unwrap();
+        sink.ack(&key(), 4);
+        *group.refuse.borrow_mut() = true;
+        assert!(tasks.settle(&group, &sink).is_err());
+        *group.refuse.borrow_mut() = false;
+        tasks.settle(&group, &sink).unwrap();
+        assert_eq!(group.commits.borrow().len(), 2, "not tried again between intervals");
+        tasks.commit(&group, &sink, CommitMode::Async, None).unwrap();
+        assert_eq!(group.commits.borrow().last(), Some(&vec![(key(), 15)]));
         // A newer position is sent by the next settle that finds it safe.
         tasks.task(&key()).pushed = Some(20);
         tasks.task(&key()).engine.mark_dirty(["a2".to_string()]);
         tasks.snapshot(&sink, None).unwrap();
-        sink.ack(&key(), 3);
+        sink.ack(&key(), 5);
         tasks.settle(&group, &sink).unwrap();
-        assert_eq!(sink.topics().len(), 5, "the agent record (3) and its closing record (4)");
-        sink.ack(&key(), 4);
+        assert_eq!(sink.topics().len(), 7, "the agent record (5) and its closing record (6)");
+        sink.ack(&key(), 6);
         tasks.settle(&group, &sink).unwrap();
         assert_eq!(group.commits.borrow().last(), Some(&vec![(key(), 20)]));
     }
