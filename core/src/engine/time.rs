@@ -172,6 +172,8 @@ impl Engine {
         }
     }
 
+    /// Sets aside the input being offered, and only it: a source dead-letters the record it
+    /// just pushed on the late output that push drained.
     pub(super) fn late(&mut self, input: Input, wm: i64) {
         self.stats.late += 1;
         let (id, agent) = match &input {

@@ -193,10 +193,9 @@ impl Evaluator<'_> {
                     task.engine.rebuffer(r.offset as u64, Input::Telemetry(t));
                     return Ok(Step::Skipped);
                 }
-                let event_id = t.event_id.clone();
                 task.engine.push_tagged(Input::Telemetry(t), r.offset as u64);
                 let outputs = task.engine.drain();
-                let origin = Origin { event_id: &event_id, record_time: r.record_time };
+                let origin = Origin { record_time: r.record_time };
                 Step::Evaluated(self.emitter.render(key, &task.engine, outputs, Some(origin))?)
             }
             Err(DecodeError::Rejected { code, detail }) => Step::Rejected { code, detail },

@@ -52,11 +52,11 @@ pub struct Emitter {
     pub(super) instance: String,
 }
 
-/// The input record outputs are rendered for: its event id (a late output is dead-lettered
-/// only from the record it came in) and its Kafka timestamp (µs).
+/// The input record outputs are rendered for, with its Kafka timestamp (µs). A late output
+/// among them is that record's: the engine sets an input aside only while it is offered,
+/// and its outputs are drained right after it.
 #[derive(Clone, Copy)]
-pub(super) struct Origin<'a> {
-    pub(super) event_id: &'a str,
+pub(super) struct Origin {
     pub(super) record_time: Option<i64>,
 }
 
@@ -105,7 +105,7 @@ impl Emitter {
         key: &SourceKey,
         engine: &Engine,
         outputs: Vec<Output>,
-        origin: Option<Origin<'_>>,
+        origin: Option<Origin>,
     ) -> Result<Vec<Rendered>, PipelineError> {
         let mut rendered = Vec::new();
         // Called for every input record; most produce nothing.
@@ -166,7 +166,7 @@ impl Emitter {
                     }
                 }
                 Output::Late(l) => {
-                    if origin.is_some_and(|o| o.event_id == l.id) {
+                    if origin.is_some() {
                         rendered.push(Rendered::Late { reason: l.reason });
                     }
                 }
