@@ -131,19 +131,20 @@ pub(super) struct Evaluator<'a> {
 impl Evaluator<'_> {
     /// Decodes, evaluates and renders a lane's records in order.
     pub(super) fn run(&self, lane: &mut Lane<'_, '_>) -> Result<(), PipelineError> {
-        self.run_decoded(lane, &mut |r| self.decoder.decode(r.payload, r.record_time))
+        let records = std::mem::take(&mut lane.records);
+        self.run_decoded(lane, &records, &mut |r| self.decoder.decode(r.payload, r.record_time))
     }
 
-    /// Evaluates and renders a lane's records in order, each as `decode` gives it; stops
-    /// after a record whose dependency is unavailable.
-    fn run_decoded(
+    /// Evaluates and renders a lane's `records` (taken out of it) in order, each as `decode`
+    /// gives it; stops after a record whose dependency is unavailable.
+    fn run_decoded<'m>(
         &self,
-        lane: &mut Lane<'_, '_>,
+        lane: &mut Lane<'_, 'm>,
+        records: &[Polled<'m>],
         decode: &mut dyn FnMut(&Polled<'_>) -> Decoded,
     ) -> Result<(), PipelineError> {
-        let records = std::mem::take(&mut lane.records);
         lane.steps.reserve(records.len());
-        for r in records {
+        for &r in records {
             let step = self.step(lane, r, decode(&r))?;
             let stop = matches!(step, Step::Unavailable(_));
             lane.steps.push((r, step));
@@ -249,7 +250,7 @@ impl Evaluator<'_> {
     /// thread evaluates what is decoded. Decoding is pure, so only the engine's order
     /// matters, and that stays this thread's.
     fn decode_ahead(&self, lane: &mut Lane<'_, '_>) -> Result<(), PipelineError> {
-        let records = lane.records.clone();
+        let records = std::mem::take(&mut lane.records);
         std::thread::scope(|s| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(16);
             let records = &records;
@@ -276,7 +277,7 @@ impl Evaluator<'_> {
                     Err(_) => self.decoder.decode(r.payload, r.record_time),
                 }
             };
-            let result = self.run_decoded(lane, &mut next);
+            let result = self.run_decoded(lane, records, &mut next);
             // Hung up first, so that a helper still sending stops (the lane may have stopped
             // early). Joined here, so that the scope does not raise a panic of the helper's;
             // its records were decoded here.
