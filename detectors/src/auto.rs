@@ -224,6 +224,14 @@ impl AutoConfig {
     }
 }
 
+/// The configuration a decoded `auto` detector holds until [`crate::AnyDetector::bind`]
+/// gives it its clause's: one shared value, so that a restore allocates none per key.
+pub(crate) fn default_config() -> std::sync::Arc<AutoConfig> {
+    static DEFAULT: std::sync::LazyLock<std::sync::Arc<AutoConfig>> =
+        std::sync::LazyLock::new(|| std::sync::Arc::new(AutoConfig::default()));
+    std::sync::Arc::clone(&DEFAULT)
+}
+
 /// What a stored `auto` detector's record leaves out, and whether it is back: the
 /// configuration (stored as its fingerprint, given back by the clause in
 /// `AnyDetector::bind`) and the bank (derived again from the baseline before the next event).

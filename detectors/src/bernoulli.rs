@@ -9,6 +9,7 @@ use crate::mixture::MixtureSr;
 use crate::overshoot::zeta_two_point;
 use crate::DetectorError;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Detects a change in the probability of a 1 without knowing the rate before or after.
 ///
@@ -21,7 +22,9 @@ use serde::{Deserialize, Serialize};
 /// ([`crate::AnyDetector::bind`]) and the bank is derived again before the next event.
 #[derive(Debug, Clone)]
 pub struct AutoBernoulli {
-    cfg: AutoConfig,
+    /// Shared by every key of the clause: the configuration is the clause's, and 88 bytes
+    /// per key add up in a large fleet.
+    cfg: Arc<AutoConfig>,
     /// What the stored record left out, and whether it is back.
     rs: Restoration,
     n: u64,
@@ -99,7 +102,7 @@ impl<'de> Deserialize<'de> for AutoBernoulli {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let r = Record::deserialize(d)?;
         let bound = r.cfg.is_some();
-        let cfg = r.cfg.unwrap_or_default();
+        let cfg = r.cfg.map_or_else(crate::auto::default_config, Arc::new);
         let fingerprint = r.h.unwrap_or_else(|| cfg.fingerprint(MetricKind::Bernoulli, 0));
         // Version 1 kept the whole bank: nothing to derive.
         let derived = bound && r.sr.as_ref().is_none_or(|sr| sr.is_installed() && r.lr.len() == 2 * sr.len());
@@ -148,7 +151,7 @@ impl AutoBernoulli {
         let threshold = cfg.threshold(MetricKind::Bernoulli);
         Ok(AutoBernoulli {
             rs: Restoration::fresh(cfg.fingerprint(MetricKind::Bernoulli, 0)),
-            cfg,
+            cfg: Arc::new(cfg),
             n: 0,
             ref_n: 0,
             ref_ones: 0,
@@ -367,7 +370,9 @@ impl Detector for AutoBernoulli {
 
     fn reset(&mut self) {
         let rs = self.rs;
-        *self = AutoBernoulli::new(self.cfg.clone()).expect("config was validated");
+        let cfg = Arc::clone(&self.cfg);
+        *self = AutoBernoulli::new((*cfg).clone()).expect("config was validated");
+        self.cfg = cfg;
         self.rs = rs.after_reset();
     }
 

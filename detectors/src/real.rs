@@ -10,6 +10,7 @@ use crate::normal_score::NormalScore;
 use crate::overshoot::{zeta_gaussian, zeta_scale};
 use crate::DetectorError;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Largest `β` of a scale-up member (`σ² = 1/(1-β)`), keeping its likelihood ratio bounded.
 const MAX_BETA: f64 = 0.9;
@@ -27,12 +28,15 @@ const MAX_BETA: f64 = 0.9;
 /// [`crate::AutoBernoulli`]).
 #[derive(Debug, Clone)]
 pub struct AutoReal {
-    cfg: AutoConfig,
+    /// Shared by every key of the clause: the configuration is the clause's, and 88 bytes
+    /// per key add up in a large fleet.
+    cfg: Arc<AutoConfig>,
     /// What the stored record left out, and whether it is back.
     rs: Restoration,
     n: u64,
     buffer: Vec<f64>,
-    ns: Option<NormalScore>,
+    /// Boxed: 128 bytes inline that every clause state would pay for (see `AnyDetector`).
+    ns: Option<Box<NormalScore>>,
     built_at: u64,
     /// log-likelihood ratio of member j: `a[j] * t + b[j]`, with `t = z` or `z²`.
     a: Vec<f64>,
@@ -53,7 +57,7 @@ struct Stored<'a> {
     #[serde(skip_serializing_if = "<[f64]>::is_empty")]
     buf: &'a [f64],
     #[serde(skip_serializing_if = "Option::is_none")]
-    ns: &'a Option<NormalScore>,
+    ns: &'a Option<Box<NormalScore>>,
     ba: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     sr: &'a Option<MixtureSr>,
@@ -76,7 +80,7 @@ struct Record {
     #[serde(default, alias = "buffer")]
     buf: Vec<f64>,
     #[serde(default)]
-    ns: Option<NormalScore>,
+    ns: Option<Box<NormalScore>>,
     #[serde(alias = "built_at")]
     ba: u64,
     #[serde(default)]
@@ -119,7 +123,7 @@ impl<'de> Deserialize<'de> for AutoReal {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let r = Record::deserialize(d)?;
         let bound = r.cfg.is_some();
-        let cfg = r.cfg.unwrap_or_default();
+        let cfg = r.cfg.map_or_else(crate::auto::default_config, Arc::new);
         let fingerprint = r.h.unwrap_or_else(|| cfg.fingerprint(MetricKind::Real, 0));
         let derived = bound
             && r.sr.as_ref().is_none_or(|sr| sr.is_installed() && r.a.len() == sr.len())
@@ -213,7 +217,7 @@ impl AutoReal {
         let threshold = cfg.threshold(MetricKind::Real);
         Ok(AutoReal {
             rs: Restoration::fresh(cfg.fingerprint(MetricKind::Real, 0)),
-            cfg,
+            cfg: Arc::new(cfg),
             n: 0,
             buffer: Vec::new(),
             ns: None,
@@ -318,7 +322,7 @@ impl AutoReal {
                 None => {
                     self.buffer.push(x);
                     if self.buffer.len() as u64 >= self.cfg.reference_min {
-                        self.ns = Some(NormalScore::from_sample(&self.buffer));
+                        self.ns = Some(Box::new(NormalScore::from_sample(&self.buffer)));
                         self.buffer = Vec::new();
                     }
                 }
@@ -430,7 +434,9 @@ impl Detector for AutoReal {
 
     fn reset(&mut self) {
         let rs = self.rs;
-        *self = AutoReal::new(self.cfg.clone()).expect("config was validated");
+        let cfg = Arc::clone(&self.cfg);
+        *self = AutoReal::new((*cfg).clone()).expect("config was validated");
+        self.cfg = cfg;
         self.rs = rs.after_reset();
     }
 

@@ -160,7 +160,7 @@ impl Engine {
             first_post_change_at: first_post,
             verified_at: now,
         };
-        state.last_detection = Some(detection.clone());
+        state.last_detection = Some(Box::new(detection.clone()));
         state.clean = 0;
         // Fresh evidence is needed for re-verification; drift detectors keep their baseline.
         state.detector.restart();
