@@ -408,7 +408,7 @@ pub(crate) fn build_bank(
             threshold *= zeta_bar;
         }
     }
-    let ids = members.iter().map(|c| c.id).collect();
+    let ids: Vec<u32> = members.iter().map(|c| c.id).collect();
     let mut sr = MixtureSr::new(ids, w);
     if let Some(old) = old {
         sr.inherit(old);

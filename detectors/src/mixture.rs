@@ -19,6 +19,7 @@
 //! same posterior mean of an auxiliary sum (e.g. the number of ones since the change).
 
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, LazyLock};
 
 /// The largest bank any detector in this crate builds.
 pub(crate) const MAX_MEMBERS: usize = 256;
@@ -33,11 +34,13 @@ pub(crate) const MAX_MEMBERS: usize = 256;
 #[serde(from = "MixtureRecord")]
 pub(crate) struct MixtureSr {
     /// Stable member identifiers, so that a rebuilt bank keeps the evidence of old members.
+    /// Shared (like the weights) by the keys whose banks are the same, as real detectors'
+    /// banks at one reference size are.
     #[serde(skip_serializing)]
-    pub ids: Vec<u32>,
+    pub ids: Arc<[u32]>,
     /// Mixture weights (see `auto::build_bank`).
     #[serde(skip_serializing)]
-    pub w: Vec<f64>,
+    pub w: Arc<[f64]>,
     r: Vec<f64>,
     d: Vec<f64>,
     #[serde(skip_serializing_if = "all_zero")]
@@ -77,7 +80,13 @@ impl From<MixtureRecord> for MixtureSr {
         let k = m.r.len();
         let fit = |v: Vec<f64>| if v.len() == k { v } else { vec![0.0; k] };
         let (d, c) = (fit(m.d), fit(m.c));
-        MixtureSr { ids: m.ids, w: m.w, r: m.r, d, c, lambda: m.l }
+        // A version-2 record has no ids or weights: one shared empty value each, so decoding
+        // allocates none per key.
+        static NO_IDS: LazyLock<Arc<[u32]>> = LazyLock::new(|| Arc::from([]));
+        static NO_W: LazyLock<Arc<[f64]>> = LazyLock::new(|| Arc::from([]));
+        let ids = if m.ids.is_empty() { Arc::clone(&NO_IDS) } else { m.ids.into() };
+        let w = if m.w.is_empty() { Arc::clone(&NO_W) } else { m.w.into() };
+        MixtureSr { ids, w, r: m.r, d, c, lambda: m.l }
     }
 }
 
@@ -94,7 +103,8 @@ pub(crate) struct Winner {
 
 impl MixtureSr {
     /// A bank with the given member ids and weights, all statistics at zero.
-    pub fn new(ids: Vec<u32>, w: Vec<f64>) -> Self {
+    pub fn new(ids: impl Into<Arc<[u32]>>, w: impl Into<Arc<[f64]>>) -> Self {
+        let (ids, w) = (ids.into(), w.into());
         let k = ids.len();
         debug_assert_eq!(k, w.len());
         debug_assert!(k <= MAX_MEMBERS);
@@ -134,7 +144,7 @@ impl MixtureSr {
                 self.c[j] = old.c[i];
             }
         }
-        self.lambda = self.r.iter().zip(&self.w).map(|(r, w)| r * w).sum();
+        self.lambda = self.r.iter().zip(self.w.iter()).map(|(r, w)| r * w).sum();
     }
 
     /// Zeroes every statistic (the baseline, held by the caller, is untouched).

@@ -10,7 +10,7 @@ use crate::normal_score::NormalScore;
 use crate::overshoot::{zeta_gaussian, zeta_scale};
 use crate::DetectorError;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock};
 
 /// Largest `β` of a scale-up member (`σ² = 1/(1-β)`), keeping its likelihood ratio bounded.
 const MAX_BETA: f64 = 0.9;
@@ -38,11 +38,10 @@ pub struct AutoReal {
     /// Boxed: 128 bytes inline that every clause state would pay for (see `AnyDetector`).
     ns: Option<Box<NormalScore>>,
     built_at: u64,
-    /// log-likelihood ratio of member j: `a[j] * t + b[j]`, with `t = z` or `z²`.
-    a: Vec<f64>,
-    b: Vec<f64>,
-    squared: Vec<bool>,
-    kappa: Vec<f64>,
+    /// The bank's alternatives, shared with every key at the same reference size.
+    members: Arc<Members>,
+    /// The banks of every reference size, shared by every clone of the clause's detector.
+    stages: Arc<Stages>,
     sr: Option<MixtureSr>,
     baseline_center: f64,
     baseline_scale: f64,
@@ -135,10 +134,12 @@ impl<'de> Deserialize<'de> for AutoReal {
             buffer: r.buf,
             ns: r.ns,
             built_at: r.ba,
-            a: r.a,
-            b: r.b,
-            squared: r.squared,
-            kappa: r.kappa,
+            members: if r.a.is_empty() {
+                empty_members()
+            } else {
+                Arc::new(Members { a: r.a, b: r.b, squared: r.squared, kappa: r.kappa })
+            },
+            stages: no_stages(),
             sr: r.sr,
             baseline_center: r.bc.unwrap_or(0.0),
             baseline_scale: r.bs.unwrap_or(0.0),
@@ -158,15 +159,60 @@ impl PartialEq for AutoReal {
     }
 }
 
-/// A bank: the members' log-likelihood ratios, information levels, the bank (statistics
-/// carried over from `old`) and the threshold.
-struct Bank {
+/// A bank's alternatives: member `j`'s log-likelihood ratio is `a[j] * t + b[j]`, with
+/// `t = z` or `z²` (`squared`), and `kappa[j]` its information per event.
+///
+/// Why shared: on normal scores the alternatives do not depend on the data, so a real bank
+/// is a function of the configuration and the reference size alone, and every key at one
+/// stage holds the same one (about 700 bytes per key when each kept its own).
+#[derive(Debug, Default)]
+struct Members {
     a: Vec<f64>,
     b: Vec<f64>,
     squared: Vec<bool>,
     kappa: Vec<f64>,
+}
+
+/// A bank: its alternatives, the mixture (statistics carried over from `old`, the ids and
+/// weights shared) and the threshold.
+#[derive(Debug)]
+struct Bank {
+    members: Arc<Members>,
     sr: MixtureSr,
     threshold: f64,
+}
+
+/// The banks of the reference sizes a detector rebuilds at (`reference_min`, doubling up to
+/// `reference_max`), each built once, by the first key to reach it, and shared by every
+/// clone of the clause's detector. Building one costs an overshoot series per member, which
+/// every key of a fleet paid at every stage.
+#[derive(Debug, Default)]
+struct Stages {
+    at: Vec<u64>,
+    banks: Vec<OnceLock<Bank>>,
+}
+
+impl Stages {
+    fn new(cfg: &AutoConfig) -> Stages {
+        let mut at = vec![cfg.next_stage(0)];
+        while let Some(&last) = at.last().filter(|&&n| n < cfg.reference_max && at.len() < 64) {
+            at.push(cfg.next_stage(last));
+        }
+        let banks = at.iter().map(|_| OnceLock::new()).collect();
+        Stages { at, banks }
+    }
+}
+
+/// What a decoded detector holds until it is bound (and an unbuilt bank's alternatives): one
+/// shared value each, so that decoding allocates none per key.
+fn no_stages() -> Arc<Stages> {
+    static NONE: LazyLock<Arc<Stages>> = LazyLock::new(Arc::default);
+    Arc::clone(&NONE)
+}
+
+fn empty_members() -> Arc<Members> {
+    static NONE: LazyLock<Arc<Members>> = LazyLock::new(Arc::default);
+    Arc::clone(&NONE)
 }
 
 struct Alt {
@@ -209,12 +255,41 @@ fn bank_candidates(cfg: &AutoConfig) -> (Vec<Candidate>, Vec<Alt>) {
     (cands, alts)
 }
 
+/// Builds the bank for a baseline of `n` events (statistics at zero).
+fn build_real_bank(cfg: &AutoConfig, n: u64) -> Bank {
+    let (cands, alts) = bank_candidates(cfg);
+    let (keep, sr, threshold) = build_bank(
+        cfg,
+        MetricKind::Real,
+        &cands,
+        |i| {
+            let alt = &alts[i];
+            if alt.squared {
+                zeta_scale(2.0 * alt.a)
+            } else {
+                zeta_gaussian(alt.a)
+            }
+        },
+        n,
+        None,
+    );
+    let mut members = Members::default();
+    for &i in &keep {
+        members.a.push(alts[i].a);
+        members.b.push(alts[i].b);
+        members.squared.push(alts[i].squared);
+        members.kappa.push(cands[i].kappa);
+    }
+    Bank { members: Arc::new(members), sr, threshold }
+}
+
 impl AutoReal {
     /// A detector with the given configuration.
     pub fn new(cfg: AutoConfig) -> Result<Self, DetectorError> {
         cfg.validate_for(MetricKind::Real)?;
         check_bank_possible(&cfg, MetricKind::Real, &bank_candidates(&cfg).0)?;
         let threshold = cfg.threshold(MetricKind::Real);
+        let stages = Arc::new(Stages::new(&cfg));
         Ok(AutoReal {
             rs: Restoration::fresh(cfg.fingerprint(MetricKind::Real, 0)),
             cfg: Arc::new(cfg),
@@ -222,10 +297,8 @@ impl AutoReal {
             buffer: Vec::new(),
             ns: None,
             built_at: 0,
-            a: Vec::new(),
-            b: Vec::new(),
-            squared: Vec::new(),
-            kappa: Vec::new(),
+            members: empty_members(),
+            stages,
             sr: None,
             baseline_center: 0.0,
             baseline_scale: 0.0,
@@ -233,40 +306,28 @@ impl AutoReal {
         })
     }
 
+    /// The bank for a baseline of `n` events, carrying over the statistics of `old`: the
+    /// shared one when `n` is a stage, else built here.
     fn bank(&self, n: u64, old: Option<&MixtureSr>) -> Bank {
-        let (cands, alts) = bank_candidates(&self.cfg);
-        let (keep, sr, threshold) = build_bank(
-            &self.cfg,
-            MetricKind::Real,
-            &cands,
-            |i| {
-                let alt = &alts[i];
-                if alt.squared {
-                    zeta_scale(2.0 * alt.a)
-                } else {
-                    zeta_gaussian(alt.a)
-                }
-            },
-            n,
-            old,
-        );
-        let mut bank =
-            Bank { a: Vec::new(), b: Vec::new(), squared: Vec::new(), kappa: Vec::new(), sr, threshold };
-        for &i in &keep {
-            bank.a.push(alts[i].a);
-            bank.b.push(alts[i].b);
-            bank.squared.push(alts[i].squared);
-            bank.kappa.push(cands[i].kappa);
+        let stage = self.stages.at.iter().position(|&at| at == n);
+        let built;
+        let shared = match stage.and_then(|i| self.stages.banks.get(i)) {
+            Some(cell) => cell.get_or_init(|| build_real_bank(&self.cfg, n)),
+            None => {
+                built = build_real_bank(&self.cfg, n);
+                &built
+            }
+        };
+        let mut sr = shared.sr.clone();
+        if let Some(old) = old {
+            sr.inherit(old);
         }
-        bank
+        Bank { members: Arc::clone(&shared.members), sr, threshold: shared.threshold }
     }
 
     /// Takes a bank's derived parts (not its threshold, which is stored); returns its members.
     fn install(&mut self, bank: Bank) -> MixtureSr {
-        self.a = bank.a;
-        self.b = bank.b;
-        self.squared = bank.squared;
-        self.kappa = bank.kappa;
+        self.members = bank.members;
         bank.sr
     }
 
@@ -341,9 +402,10 @@ impl AutoReal {
         let z2 = z * z;
         let k = sr.len();
         let mut row = [0.0f64; MAX_MEMBERS];
+        let m = &*self.members;
         for (j, r) in row.iter_mut().enumerate().take(k) {
-            let t = if self.squared[j] { z2 } else { z };
-            *r = (self.a[j] * t + self.b[j]).exp();
+            let t = if m.squared[j] { z2 } else { z };
+            *r = (m.a[j] * t + m.b[j]).exp();
         }
         let lambda = sr.step(&row[..k], x);
         if lambda >= self.threshold {
@@ -357,22 +419,23 @@ impl AutoReal {
         let sr = self.sr.as_ref().expect("alarm only with a bank");
         let win = sr.winner();
         let j = win.member;
+        let m = &*self.members;
         let lag = win.lag.round().max(0.0).min(i as f64) as u64;
         let mean_now = win.aux_sum / (win.lag + 1.0);
-        let (direction, scale_now) = if self.squared[j] {
-            let beta = 2.0 * self.a[j];
+        let (direction, scale_now) = if m.squared[j] {
+            let beta = 2.0 * m.a[j];
             let sigma = (1.0 / (1.0 - beta)).sqrt();
             (if beta > 0.0 { "scale_up" } else { "scale_down" }, self.baseline_scale * sigma)
         } else {
-            (if self.a[j] > 0.0 { "increase" } else { "decrease" }, self.baseline_scale)
+            (if m.a[j] > 0.0 { "increase" } else { "decrease" }, self.baseline_scale)
         };
         let mut params = self.cfg.params();
         params.insert("members".into(), sr.len() as f64);
-        params.insert("winner_kappa".into(), self.kappa[j]);
+        params.insert("winner_kappa".into(), m.kappa[j]);
         params.insert("winner_weight".into(), sr.w[j]);
         params.insert(
-            if self.squared[j] { "winner_beta" } else { "winner_theta" }.into(),
-            if self.squared[j] { 2.0 * self.a[j] } else { self.a[j] },
+            if m.squared[j] { "winner_beta" } else { "winner_theta" }.into(),
+            if m.squared[j] { 2.0 * m.a[j] } else { m.a[j] },
         );
         Alarm {
             detector: self.name().to_string(),
@@ -402,6 +465,7 @@ impl Restorable for AutoReal {
 
     fn adopt(&mut self, proto: &Self) {
         self.cfg = proto.cfg.clone();
+        self.stages = proto.stages.clone();
         if self.sr.is_none() {
             self.threshold = proto.threshold;
         }
@@ -434,9 +498,9 @@ impl Detector for AutoReal {
 
     fn reset(&mut self) {
         let rs = self.rs;
-        let cfg = Arc::clone(&self.cfg);
+        let (cfg, stages) = (Arc::clone(&self.cfg), Arc::clone(&self.stages));
         *self = AutoReal::new((*cfg).clone()).expect("config was validated");
-        self.cfg = cfg;
+        (self.cfg, self.stages) = (cfg, stages);
         self.rs = rs.after_reset();
     }
 
@@ -477,5 +541,40 @@ mod tests {
         let alarmed = (0..50).find(|i| d.update(Observation::Real(50.0 + value(*i))).unwrap().is_some());
         assert!(alarmed.is_some(), "a shift of 50 scales is detected within 50 events");
         assert!(AutoReal::new(cfg(need - 1)).is_err(), "{need} is the smallest that does");
+    }
+
+    #[test]
+    fn keys_at_one_stage_share_one_bank_equal_to_a_bank_built_alone() {
+        let cfg = AutoConfig { reference_min: 200, reference_max: 800, ..AutoConfig::default() };
+        let proto = AutoReal::new(cfg.clone()).unwrap();
+        assert_eq!(proto.stages.at, [200, 400, 800]);
+        // Two keys of one clause with different data, past the first two stages.
+        let (mut x, mut y) = (proto.clone(), proto.clone());
+        let value = |i: u64, k: u64| ((i * 7919 + k * 104_729) % 1000) as f64;
+        for i in 0..500 {
+            x.update_value(value(i, 1));
+            y.update_value(value(i, 2));
+        }
+        assert_eq!((x.built_at, y.built_at), (400, 400));
+        assert!(Arc::ptr_eq(&x.members, &y.members), "one stage, one set of alternatives");
+        let (sx, sy) = (x.sr.as_ref().unwrap(), y.sr.as_ref().unwrap());
+        assert!(Arc::ptr_eq(&sx.w, &sy.w) && Arc::ptr_eq(&sx.ids, &sy.ids));
+        assert_ne!(sx, sy, "each key keeps its own statistics");
+        // The shared bank is the one a key would build by itself, bit for bit.
+        let alone = build_real_bank(&cfg, 400);
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&x.members.a), bits(&alone.members.a));
+        assert_eq!(bits(&x.members.b), bits(&alone.members.b));
+        assert_eq!(x.members.squared, alone.members.squared);
+        assert_eq!(bits(&sx.w), bits(&alone.sr.w));
+        assert_eq!(&*sx.ids, &*alone.sr.ids);
+        assert_eq!(x.threshold.to_bits(), alone.threshold.to_bits());
+        // A key restored from its record takes the clause's banks when it is bound.
+        let bytes = rmp_serde::to_vec_named(&x).unwrap();
+        let mut restored: AutoReal = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(crate::auto::bind(&mut restored, &proto));
+        assert!(restored.derive());
+        assert!(Arc::ptr_eq(&restored.members, &x.members));
+        assert_eq!(restored, x);
     }
 }
