@@ -110,6 +110,10 @@ impl AutoConfig {
         if self.reference_max < self.reference_min {
             return Err(DetectorError::param("reference_max", "must be at least reference_min"));
         }
+        // The learned CDF counts its baseline in 32 bits (see `normal_score`).
+        if self.reference_max > u64::from(u32::MAX) {
+            return Err(DetectorError::param("reference_max", format!("must be at most {}", u32::MAX)));
+        }
         check_positive("kappa_min", self.kappa_min)?;
         check_positive("kappa_max", self.kappa_max)?;
         if self.kappa_max < self.kappa_min {
@@ -453,6 +457,14 @@ pub(crate) fn log_stat(lambda: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::MetricKind;
+
+    #[test]
+    fn a_baseline_longer_than_32_bit_counts_hold_is_refused_by_name() {
+        let at = |reference_max| AutoConfig { reference_max, ..AutoConfig::default() }.validate();
+        assert!(at(u64::from(u32::MAX)).is_ok());
+        let e = at(u64::from(u32::MAX) + 1).unwrap_err().to_string();
+        assert!(e.contains("reference_max") && e.contains("at most 4294967295"), "{e}");
+    }
 
     #[test]
     fn a_rate_near_one_with_a_short_baseline_still_detects_a_fall() {

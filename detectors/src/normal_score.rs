@@ -32,11 +32,14 @@ pub(crate) struct NormalScore {
     /// Distinct edge values, increasing.
     edges: Vec<f64>,
     /// Cell counts: `2 * edges.len() + 1` cells, alternating open interval and atom:
-    /// `(-inf, e0), {e0}, (e0, e1), {e1}, ..., {e_last}, (e_last, inf)`.
-    counts: Vec<u64>,
+    /// `(-inf, e0), {e0}, (e0, e1), {e1}, ..., {e_last}, (e_last, inf)`. 32 bits, as a
+    /// baseline holds at most `reference_max` events (validated to fit): 500 bytes less per
+    /// key with `built`, and the stored form is the same (MessagePack integers are sized by
+    /// their value).
+    counts: Vec<u32>,
     total: u64,
     /// The counts at the last [`NormalScore::recompute`] (empty when unknown: version 1).
-    built: Vec<u64>,
+    built: Vec<u32>,
     /// Score at the lower end of each cell (length `counts.len() + 1`); empty after decoding
     /// until [`NormalScore::derive`].
     z: Vec<f64>,
@@ -58,9 +61,9 @@ impl PartialEq for NormalScore {
 #[derive(Serialize)]
 struct Stored<'a> {
     e: &'a [f64],
-    c: &'a [u64],
+    c: &'a [u32],
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    s: Vec<u64>,
+    s: Vec<u32>,
     /// Only for a transform of unknown origin (decoded from version 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     z: Option<&'a [f64]>,
@@ -74,9 +77,9 @@ struct Record {
     #[serde(alias = "edges")]
     e: Vec<f64>,
     #[serde(alias = "counts")]
-    c: Vec<u64>,
+    c: Vec<u32>,
     #[serde(default)]
-    s: Vec<u64>,
+    s: Vec<u32>,
     #[serde(default)]
     z: Vec<f64>,
     #[serde(default)]
@@ -86,7 +89,7 @@ struct Record {
 impl Serialize for NormalScore {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let known = !self.built.is_empty();
-        let since: Vec<u64> = if known && self.built != self.counts {
+        let since: Vec<u32> = if known && self.built != self.counts {
             self.counts.iter().zip(&self.built).map(|(c, b)| c.saturating_sub(*b)).collect()
         } else {
             Vec::new()
@@ -114,14 +117,14 @@ impl<'de> Deserialize<'de> for NormalScore {
         if legacy && (r.z.len() != cells + 1 || r.u.len() != cells + 1) {
             return Err(D::Error::custom("normal score: transform does not match the edges"));
         }
-        let counts: Vec<u64> = if r.s.is_empty() {
+        let counts: Vec<u32> = if r.s.is_empty() {
             r.c.clone()
         } else {
             r.c.iter().zip(&r.s).map(|(c, s)| c.saturating_add(*s)).collect()
         };
         Ok(NormalScore {
             edges: r.e,
-            total: counts.iter().fold(0u64, |t, c| t.saturating_add(*c)),
+            total: counts.iter().map(|&c| u64::from(c)).sum(),
             counts,
             built: if legacy { Vec::new() } else { r.c },
             z: r.z,
@@ -190,7 +193,7 @@ impl NormalScore {
     /// Adds a reference value to the counts (call [`NormalScore::recompute`] afterwards).
     pub fn count(&mut self, x: f64) {
         let c = self.cell(x);
-        self.counts[c] += 1;
+        self.counts[c] = self.counts[c].saturating_add(1);
         self.total += 1;
     }
 
@@ -215,7 +218,7 @@ impl NormalScore {
 
     fn derive_scores(&mut self) {
         let std = Normal::new(0.0, 1.0).expect("standard normal");
-        let n = self.built.iter().sum::<u64>().max(1) as f64;
+        let n = self.built.iter().map(|&c| u64::from(c)).sum::<u64>().max(1) as f64;
         let lo = 0.5 / n;
         let cells = self.built.len();
         self.z.resize(cells + 1, 0.0);
@@ -224,7 +227,7 @@ impl NormalScore {
         self.u[0] = lo;
         self.z[0] = std.inverse_cdf(lo);
         for (c, &cnt) in self.built.iter().enumerate() {
-            cum += cnt;
+            cum += u64::from(cnt);
             let u = (cum as f64 / n).clamp(lo, 1.0 - lo);
             self.u[c + 1] = u;
             self.z[c + 1] = std.inverse_cdf(u);
@@ -291,7 +294,7 @@ impl NormalScore {
     /// interpolated in the cells (for baseline summaries).
     pub fn quantile(&self, u: f64) -> f64 {
         let counts = if self.built.is_empty() { &self.counts } else { &self.built };
-        let n = counts.iter().sum::<u64>().max(1) as f64;
+        let n = counts.iter().map(|&c| u64::from(c)).sum::<u64>().max(1) as f64;
         let target = u * n;
         let mut cum = 0.0;
         for (c, &cnt) in counts.iter().enumerate() {
@@ -314,6 +317,35 @@ impl NormalScore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_are_stored_as_before_and_a_count_beyond_32_bits_is_refused() {
+        let sample: Vec<f64> = (0..1000).map(|i| (i % 97) as f64).collect();
+        let mut ns = NormalScore::from_sample(&sample);
+        ns.recompute();
+        for x in [3.0, 50.5, 1e6] {
+            ns.count(x);
+        }
+        // The stored form of 64-bit counts: the same bytes, as MessagePack sizes integers by
+        // their value, and the same state back.
+        #[derive(Serialize)]
+        struct Wide<'a> {
+            e: &'a [f64],
+            c: Vec<u64>,
+            s: Vec<u64>,
+        }
+        let wide = |v: &[u32]| v.iter().map(|&c| u64::from(c)).collect::<Vec<_>>();
+        let since: Vec<u32> = ns.counts.iter().zip(&ns.built).map(|(c, b)| c - b).collect();
+        let w = Wide { e: &ns.edges, c: wide(&ns.built), s: wide(&since) };
+        let bytes = rmp_serde::to_vec_named(&ns).unwrap();
+        assert_eq!(bytes, rmp_serde::to_vec_named(&w).unwrap());
+        let back: NormalScore = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, ns);
+        assert_eq!(back.total(), ns.total());
+        // A count no baseline can reach is a corrupt record: refused, not wrapped.
+        let huge = Wide { e: &ns.edges, c: vec![u64::from(u32::MAX) + 1; ns.counts.len()], s: Vec::new() };
+        assert!(rmp_serde::from_slice::<NormalScore>(&rmp_serde::to_vec_named(&huge).unwrap()).is_err());
+    }
 
     #[test]
     fn continuous_scores_are_monotone_and_centred() {
