@@ -41,13 +41,32 @@ fn coefs(p: f64, up: bool) -> [(f64, f64); GRID] {
     coefs
 }
 
+/// [`coefs`] with what [`quiet_events`] needs of them.
+#[derive(Clone, Copy)]
+struct Coefs {
+    c: [(f64, f64); GRID],
+    /// The most one event can add to a term: `max_j max(a_j, b_j)`.
+    step: f64,
+    /// The largest coefficient's size, which scales the terms' rounding.
+    size: f64,
+}
+
+impl Coefs {
+    fn new(p: f64, up: bool) -> Coefs {
+        let c = coefs(p, up);
+        let step = c.iter().map(|(a, b)| a.max(*b)).fold(f64::MIN, f64::max);
+        let size = c.iter().map(|(a, b)| a.abs().max(b.abs())).fold(0.0, f64::max);
+        Coefs { c, step, size }
+    }
+}
+
 /// One cache entry: the key `(p as bits, up)` and its coefficients.
-type CachedCoefs = ((u64, bool), [(f64, f64); GRID]);
+type CachedCoefs = ((u64, bool), Coefs);
 
 /// [`coefs`], cached. They depend only on `(p, up)`, so they are cached per thread
 /// rather than kept in each detector: recomputing them costs 45 `ln`/`exp` per
 /// event, and storing them would add 240 bytes to every key's state.
-fn with_coefs<R>(p: f64, up: bool, f: impl FnOnce(&[(f64, f64); GRID]) -> R) -> R {
+fn with_coefs<R>(p: f64, up: bool, f: impl FnOnce(&Coefs) -> R) -> R {
     use std::cell::RefCell;
     thread_local! {
         /// `((p bits, up), coefs)`, oldest first.
@@ -59,7 +78,7 @@ fn with_coefs<R>(p: f64, up: bool, f: impl FnOnce(&[(f64, f64); GRID]) -> R) -> 
         if let Some(i) = c.iter().position(|(k, _)| *k == key) {
             return f(&c[i].1);
         }
-        let coefs = coefs(p, up);
+        let coefs = Coefs::new(p, up);
         // A handful of distinct boundaries exist (one or two per clause); bound the cache anyway.
         if c.len() >= 256 {
             c.remove(0);
@@ -74,10 +93,11 @@ fn with_coefs<R>(p: f64, up: bool, f: impl FnOnce(&[(f64, f64); GRID]) -> R) -> 
 /// `[m - ln GRID, m]`, where `m` is the largest log-likelihood ratio; `below` returns
 /// early (with `None`) when `m < below`, i.e. when the e-value cannot reach `below`.
 fn log_evalue_from(k: u64, n: u64, p: f64, up: bool, below: f64) -> Option<f64> {
-    with_coefs(p, up, |coefs| log_mixture(k, n, coefs, below))
+    with_coefs(p, up, |coefs| log_mixture(k, n, &coefs.c, below).ok())
 }
 
-fn log_mixture(k: u64, n: u64, coefs: &[(f64, f64); GRID], below: f64) -> Option<f64> {
+/// The log e-value, or `Err(m)` with the largest term when that is under `below`.
+fn log_mixture(k: u64, n: u64, coefs: &[(f64, f64); GRID], below: f64) -> Result<f64, f64> {
     // Saturating: a stored state is not trusted to keep `k <= n`.
     let (k, f) = (k as f64, n.saturating_sub(k) as f64);
     let mut terms = [0.0; GRID];
@@ -87,10 +107,31 @@ fn log_mixture(k: u64, n: u64, coefs: &[(f64, f64); GRID], below: f64) -> Option
         m = m.max(*t);
     }
     if m < below {
-        return None;
+        return Err(m);
     }
     let sum: f64 = terms.iter().map(|t| (t - m).exp()).sum();
-    Some(m + sum.ln() - (GRID as f64).ln())
+    Ok(m + sum.ln() - (GRID as f64).ln())
+}
+
+/// How many events after the `n`th, whose largest log-likelihood ratio is `m`, certainly
+/// leave it, and so the log e-value, under `ln_threshold` (see [`EProcess::push`]). The margin covers the rounding of the terms, about `2^-52` of their
+/// size each, evaluated now and at any of the skipped events.
+fn quiet_events(m: f64, n: u64, coefs: &Coefs, ln_threshold: f64) -> u64 {
+    let step = coefs.step;
+    let slack = 1e-9 + 1e-13 * coefs.size * (n as f64 + MAX_QUIET as f64);
+    let room = ln_threshold - m - slack;
+    if !(step > 0.0 && room > 0.0 && room.is_finite()) {
+        return 0;
+    }
+    // `j` events add at most `j * step`: skip the `j` with `m + j * step < threshold - slack`.
+    let j = (room / step).ceil() - 1.0;
+    if j >= MAX_QUIET as f64 {
+        MAX_QUIET
+    } else if j > 0.0 {
+        j as u64
+    } else {
+        0
+    }
 }
 
 /// `ln` of the mixture e-value (exact; uncached, for one-off boundaries such as the
@@ -100,24 +141,65 @@ fn log_evalue(k: u64, n: u64, p: f64, up: bool) -> f64 {
 }
 
 /// An e-process on a stream of 0/1 outcomes against a boundary rate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct EProcess {
     boundary: f64,
     up: bool,
     n: u64,
     k: u64,
+    /// Events to come that cannot take the e-value to the threshold last checked against.
+    /// Not stored: a restored process evaluates its next event, which changes no verdict.
+    #[serde(skip)]
+    quiet: Quiet,
 }
+
+/// See [`EProcess::push`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Quiet {
+    events: u64,
+    threshold_bits: u64,
+}
+
+/// Equal when the stored state is.
+impl PartialEq for EProcess {
+    fn eq(&self, o: &Self) -> bool {
+        (self.boundary.to_bits(), self.up, self.n, self.k) == (o.boundary.to_bits(), o.up, o.n, o.k)
+    }
+}
+
+/// The most skipped evaluations in a row, which also bounds the rounding the skip must allow
+/// for.
+const MAX_QUIET: u64 = 1 << 16;
 
 impl EProcess {
     fn new(boundary: f64, up: bool) -> Self {
-        EProcess { boundary, up, n: 0, k: 0 }
+        EProcess { boundary, up, n: 0, k: 0, quiet: Quiet::default() }
     }
+
     /// Adds one outcome; whether the e-process is now at or above `ln_threshold`.
+    ///
+    /// Why it may skip the evaluation: one event moves each alternative's log-likelihood
+    /// ratio by `a_j` or `b_j`, so the largest, `m`, rises by at most `max_j max(a_j, b_j)`
+    /// per event, and the log e-value never exceeds `m`. From an evaluation with `m` below
+    /// the threshold, the next `(threshold - m) / step` events cannot reach it, so they are
+    /// counted without evaluating (less a margin for rounding). In control that is most
+    /// events, each of which cost 15 terms and a cache lookup for the breach and the
+    /// compliance process of every bound clause. The verdicts are the same event by event.
     fn push(&mut self, x: bool, ln_threshold: f64) -> bool {
         self.n = self.n.saturating_add(1);
         self.k = self.k.saturating_add(x as u64);
-        log_evalue_from(self.k, self.n, self.boundary, self.up, ln_threshold)
-            .is_some_and(|l| l >= ln_threshold)
+        if self.quiet.events > 0 && self.quiet.threshold_bits == ln_threshold.to_bits() {
+            self.quiet.events -= 1;
+            return false;
+        }
+        let (k, n) = (self.k, self.n);
+        let (verdict, quiet) =
+            with_coefs(self.boundary, self.up, |coefs| match log_mixture(k, n, &coefs.c, ln_threshold) {
+                Ok(l) => (l >= ln_threshold, 0),
+                Err(m) => (false, quiet_events(m, n, coefs, ln_threshold)),
+            });
+        self.quiet = Quiet { events: quiet, threshold_bits: ln_threshold.to_bits() };
+        verdict
     }
     fn log_e(&self) -> f64 {
         if self.n == 0 {
@@ -130,6 +212,7 @@ impl EProcess {
     fn clear(&mut self) {
         self.n = 0;
         self.k = 0;
+        self.quiet = Quiet::default();
     }
 }
 
@@ -498,6 +581,51 @@ impl Detector for ZeroTolerance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipped_evaluations_change_no_verdict_event_by_event() {
+        use rand::{Rng, SeedableRng};
+        // Each process against the exact evaluation at every event, over streams in control,
+        // at the boundary and beyond it, restarting on each crossing as the bounds do.
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(16);
+        let (mut crossings, mut skipped, mut events) = (0u64, 0u64, 0u64);
+        for &(boundary, up) in &[(0.2, true), (0.15, false), (0.05, true), (0.05, false), (0.001, true)] {
+            for &rate in &[0.0, 0.01, 0.05, 0.1, 0.14, 0.15, 0.2, 0.21, 0.3, 1.0] {
+                for &alpha in &[1e-3, 1e-6] {
+                    let t = (1.0f64 / alpha).ln();
+                    let mut e = EProcess::new(boundary, up);
+                    for _ in 0..20_000 {
+                        let x = rng.random::<f64>() < rate;
+                        let would_skip = e.quiet.events > 0;
+                        let got = e.push(x, t);
+                        let exact = log_evalue_from(e.k, e.n, boundary, up, t).is_some_and(|l| l >= t);
+                        assert_eq!(got, exact, "p {boundary} up {up} rate {rate} at n {}", e.n);
+                        events += 1;
+                        skipped += would_skip as u64;
+                        if got {
+                            crossings += 1;
+                            e.clear();
+                        }
+                    }
+                }
+            }
+        }
+        // The streams reach the thresholds many times, and most evaluations are skipped.
+        assert!(crossings > 1_000, "{crossings} crossings");
+        assert!(skipped * 2 > events, "{skipped} of {events} skipped");
+    }
+
+    #[test]
+    fn a_restored_process_evaluates_again_and_equals_the_running_one() {
+        let mut e = EProcess::new(0.2, true);
+        for i in 0..50 {
+            e.push(i % 10 == 0, (1e3f64).ln());
+        }
+        assert!(e.quiet.events > 0);
+        let back: EProcess = rmp_serde::from_slice(&rmp_serde::to_vec_named(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(back.quiet.events, 0);
+    }
 
     #[test]
     fn all_ones_breach_quickly_and_zeros_verify_compliance() {
