@@ -493,15 +493,8 @@ impl TelemetryPlan {
                 "occurred_at" => {
                     matches!(s, Schema::Long | Schema::TimestampMicros).then_some(Step::OccurredAt)
                 }
-                "risk" => {
-                    enum_symbols(s, &[("low", Risk::Low), ("medium", Risk::Medium), ("high", Risk::High)])
-                        .map(Step::Risk)
-                }
-                "outcome" => enum_symbols(
-                    s,
-                    &[("ok", Outcome::Ok), ("refused", Outcome::Refused), ("error", Outcome::Error)],
-                )
-                .map(Step::Outcome),
+                "risk" => enum_symbols(s, &Risk::NAMED).map(Step::Risk),
+                "outcome" => enum_symbols(s, &Outcome::NAMED).map(Step::Outcome),
                 "latency_ms" => {
                     Nullable::compile(s, |b| matches!(b, Schema::Double)).map(|(n, _)| Step::Latency(n))
                 }

@@ -392,24 +392,8 @@ impl<'a> Parser<'a> {
             "workflow" => set(&mut workflow, p.owned()?),
             "model" => set(&mut model, p.model()?),
             "occurred_at" => set(&mut occurred_at, p.i64()?),
-            "risk" => set(
-                &mut risk,
-                match &*p.string()? {
-                    "low" => Risk::Low,
-                    "medium" => Risk::Medium,
-                    "high" => Risk::High,
-                    _ => return None,
-                },
-            ),
-            "outcome" => set(
-                &mut outcome,
-                match &*p.string()? {
-                    "ok" => Outcome::Ok,
-                    "refused" => Outcome::Refused,
-                    "error" => Outcome::Error,
-                    _ => return None,
-                },
-            ),
+            "risk" => set(&mut risk, Risk::from_name(&p.string()?)?),
+            "outcome" => set(&mut outcome, Outcome::from_name(&p.string()?)?),
             "latency_ms" => set(&mut latency_ms, p.optional(Self::f64)?),
             "citations" => set(&mut citations, p.optional(Self::citations)?),
             "pii_detected" => set(&mut pii_detected, p.optional(Self::bool)?),

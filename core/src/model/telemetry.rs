@@ -20,6 +20,17 @@ pub enum Risk {
     High,
 }
 
+impl Risk {
+    /// Every class with its name, as the JSON and Avro encodings spell it.
+    pub const NAMED: [(&'static str, Risk); 3] =
+        [("low", Risk::Low), ("medium", Risk::Medium), ("high", Risk::High)];
+
+    /// The class `name` spells, if any.
+    pub fn from_name(name: &str) -> Option<Risk> {
+        Self::NAMED.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
+    }
+}
+
 /// Outcome of the agent's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -30,6 +41,17 @@ pub enum Outcome {
     Refused,
     /// Failed.
     Error,
+}
+
+impl Outcome {
+    /// Every outcome with its name, as the JSON and Avro encodings spell it.
+    pub const NAMED: [(&'static str, Outcome); 3] =
+        [("ok", Outcome::Ok), ("refused", Outcome::Refused), ("error", Outcome::Error)];
+
+    /// The outcome `name` spells, if any.
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        Self::NAMED.iter().find(|(n, _)| *n == name).map(|(_, o)| *o)
+    }
 }
 
 /// The model that produced the answer.
@@ -238,11 +260,9 @@ impl Telemetry {
                 other => return Err(wrong("occurred_at", &other)),
             },
             risk: match unwrap_union(take(&mut f, "risk")?) {
-                AvroValue::Enum(_, s) | AvroValue::String(s) => match s.as_str() {
-                    "low" => Risk::Low,
-                    "medium" => Risk::Medium,
-                    "high" => Risk::High,
-                    _ => {
+                AvroValue::Enum(_, s) | AvroValue::String(s) => match Risk::from_name(&s) {
+                    Some(r) => r,
+                    None => {
                         return Err(TelemetryError::Invalid {
                             field: "risk",
                             reason: format!("unknown risk {s:?}"),
@@ -252,11 +272,9 @@ impl Telemetry {
                 other => return Err(wrong("risk", &other)),
             },
             outcome: match unwrap_union(take(&mut f, "outcome")?) {
-                AvroValue::Enum(_, s) | AvroValue::String(s) => match s.as_str() {
-                    "ok" => Outcome::Ok,
-                    "refused" => Outcome::Refused,
-                    "error" => Outcome::Error,
-                    _ => {
+                AvroValue::Enum(_, s) | AvroValue::String(s) => match Outcome::from_name(&s) {
+                    Some(o) => o,
+                    None => {
                         return Err(TelemetryError::Invalid {
                             field: "outcome",
                             reason: format!("unknown outcome {s:?}"),
@@ -434,6 +452,24 @@ fn count(v: AvroValue, field: &'static str) -> Result<u32, TelemetryError> {
 
 fn wrong(field: &'static str, v: &AvroValue) -> TelemetryError {
     TelemetryError::Invalid { field, reason: format!("unexpected Avro value {v:?}") }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn the_names_are_serdes_spellings_and_read_back() {
+        for (name, r) in Risk::NAMED {
+            assert_eq!(serde_json::to_value(r).unwrap(), name);
+            assert_eq!(Risk::from_name(name), Some(r));
+        }
+        for (name, o) in Outcome::NAMED {
+            assert_eq!(serde_json::to_value(o).unwrap(), name);
+            assert_eq!(Outcome::from_name(name), Some(o));
+        }
+        assert_eq!((Risk::from_name("High"), Outcome::from_name("")), (None, None));
+    }
 }
 
 #[cfg(test)]
