@@ -148,10 +148,15 @@ impl AutoBernoulli {
     /// A detector with the given configuration.
     pub fn new(cfg: AutoConfig) -> Result<Self, DetectorError> {
         cfg.validate_for(MetricKind::Bernoulli)?;
-        let threshold = cfg.threshold(MetricKind::Bernoulli);
-        Ok(AutoBernoulli {
+        Ok(AutoBernoulli::fresh(Arc::new(cfg)))
+    }
+
+    /// A fresh detector with a validated configuration (a reset keeps the shared one).
+    fn fresh(cfg: Arc<AutoConfig>) -> Self {
+        AutoBernoulli {
             rs: Restoration::fresh(cfg.fingerprint(MetricKind::Bernoulli, 0)),
-            cfg: Arc::new(cfg),
+            threshold: cfg.threshold(MetricKind::Bernoulli),
+            cfg,
             n: 0,
             ref_n: 0,
             ref_ones: 0,
@@ -161,8 +166,7 @@ impl AutoBernoulli {
             p1: Vec::new(),
             kappa: Vec::new(),
             sr: None,
-            threshold,
-        })
+        }
     }
 
     /// The configuration.
@@ -370,9 +374,7 @@ impl Detector for AutoBernoulli {
 
     fn reset(&mut self) {
         let rs = self.rs;
-        let cfg = Arc::clone(&self.cfg);
-        *self = AutoBernoulli::new((*cfg).clone()).expect("config was validated");
-        self.cfg = cfg;
+        *self = AutoBernoulli::fresh(Arc::clone(&self.cfg));
         self.rs = rs.after_reset();
     }
 

@@ -114,8 +114,9 @@ fn log_mixture(k: u64, n: u64, coefs: &[(f64, f64); GRID], below: f64) -> Result
 }
 
 /// How many events after the `n`th, whose largest log-likelihood ratio is `m`, certainly
-/// leave it, and so the log e-value, under `ln_threshold` (see [`EProcess::push`]). The margin covers the rounding of the terms, about `2^-52` of their
-/// size each, evaluated now and at any of the skipped events.
+/// leave it, and so the log e-value, under `ln_threshold` (see [`EProcess::push`]). The
+/// margin covers the rounding of the terms, about `2^-52` of their size each, evaluated now
+/// and at any of the skipped events.
 fn quiet_events(m: f64, n: u64, coefs: &Coefs, ln_threshold: f64) -> u64 {
     let step = coefs.step;
     let slack = 1e-9 + 1e-13 * coefs.size * (n as f64 + MAX_QUIET as f64);

@@ -171,10 +171,15 @@ impl AutoCategorical {
         if !(2..=1024).contains(&max_categories) {
             return Err(DetectorError::param("max_categories", "must be between 2 and 1024"));
         }
-        let threshold = cfg.threshold(MetricKind::Categorical);
-        Ok(AutoCategorical {
+        Ok(AutoCategorical::fresh(Arc::new(cfg), max_categories))
+    }
+
+    /// A fresh detector with a validated configuration (a reset keeps the shared one).
+    fn fresh(cfg: Arc<AutoConfig>, max_categories: usize) -> Self {
+        AutoCategorical {
             rs: Restoration::fresh(cfg.fingerprint(MetricKind::Categorical, max_categories as u64)),
-            cfg: Arc::new(cfg),
+            threshold: cfg.threshold(MetricKind::Categorical),
+            cfg,
             max_categories,
             n: 0,
             names: Vec::new(),
@@ -185,8 +190,7 @@ impl AutoCategorical {
             lr: Vec::new(),
             kappa: Vec::new(),
             sr: None,
-            threshold,
-        })
+        }
     }
 
     /// The category set (fixed once monitoring has started).
@@ -484,9 +488,7 @@ impl Detector for AutoCategorical {
 
     fn reset(&mut self) {
         let rs = self.rs;
-        let cfg = Arc::clone(&self.cfg);
-        *self = AutoCategorical::new((*cfg).clone(), self.max_categories).expect("config was validated");
-        self.cfg = cfg;
+        *self = AutoCategorical::fresh(Arc::clone(&self.cfg), self.max_categories);
         self.rs = rs.after_reset();
     }
 

@@ -187,19 +187,17 @@ struct Bank {
 /// clone of the clause's detector. Building one costs an overshoot series per member, which
 /// every key of a fleet paid at every stage.
 #[derive(Debug, Default)]
-struct Stages {
-    at: Vec<u64>,
-    banks: Vec<OnceLock<Bank>>,
-}
+struct Stages(Vec<(u64, OnceLock<Bank>)>);
 
 impl Stages {
     fn new(cfg: &AutoConfig) -> Stages {
-        let mut at = vec![cfg.next_stage(0)];
-        while let Some(&last) = at.last().filter(|&&n| n < cfg.reference_max && at.len() < 64) {
-            at.push(cfg.next_stage(last));
+        let mut at = cfg.next_stage(0);
+        let mut stages = vec![(at, OnceLock::new())];
+        while at < cfg.reference_max && stages.len() < 64 {
+            at = cfg.next_stage(at);
+            stages.push((at, OnceLock::new()));
         }
-        let banks = at.iter().map(|_| OnceLock::new()).collect();
-        Stages { at, banks }
+        Stages(stages)
     }
 }
 
@@ -288,11 +286,17 @@ impl AutoReal {
     pub fn new(cfg: AutoConfig) -> Result<Self, DetectorError> {
         cfg.validate_for(MetricKind::Real)?;
         check_bank_possible(&cfg, MetricKind::Real, &bank_candidates(&cfg).0)?;
-        let threshold = cfg.threshold(MetricKind::Real);
         let stages = Arc::new(Stages::new(&cfg));
-        Ok(AutoReal {
+        Ok(AutoReal::fresh(Arc::new(cfg), stages))
+    }
+
+    /// A fresh detector with a validated configuration and its stages (a reset keeps the
+    /// shared ones).
+    fn fresh(cfg: Arc<AutoConfig>, stages: Arc<Stages>) -> Self {
+        AutoReal {
             rs: Restoration::fresh(cfg.fingerprint(MetricKind::Real, 0)),
-            cfg: Arc::new(cfg),
+            threshold: cfg.threshold(MetricKind::Real),
+            cfg,
             n: 0,
             buffer: Vec::new(),
             ns: None,
@@ -302,17 +306,15 @@ impl AutoReal {
             sr: None,
             baseline_center: 0.0,
             baseline_scale: 0.0,
-            threshold,
-        })
+        }
     }
 
     /// The bank for a baseline of `n` events, carrying over the statistics of `old`: the
     /// shared one when `n` is a stage, else built here.
     fn bank(&self, n: u64, old: Option<&MixtureSr>) -> Bank {
-        let stage = self.stages.at.iter().position(|&at| at == n);
         let built;
-        let shared = match stage.and_then(|i| self.stages.banks.get(i)) {
-            Some(cell) => cell.get_or_init(|| build_real_bank(&self.cfg, n)),
+        let shared = match self.stages.0.iter().find(|(at, _)| *at == n) {
+            Some((_, cell)) => cell.get_or_init(|| build_real_bank(&self.cfg, n)),
             None => {
                 built = build_real_bank(&self.cfg, n);
                 &built
@@ -498,9 +500,7 @@ impl Detector for AutoReal {
 
     fn reset(&mut self) {
         let rs = self.rs;
-        let (cfg, stages) = (Arc::clone(&self.cfg), Arc::clone(&self.stages));
-        *self = AutoReal::new((*cfg).clone()).expect("config was validated");
-        (self.cfg, self.stages) = (cfg, stages);
+        *self = AutoReal::fresh(Arc::clone(&self.cfg), Arc::clone(&self.stages));
         self.rs = rs.after_reset();
     }
 
@@ -547,7 +547,7 @@ mod tests {
     fn keys_at_one_stage_share_one_bank_equal_to_a_bank_built_alone() {
         let cfg = AutoConfig { reference_min: 200, reference_max: 800, ..AutoConfig::default() };
         let proto = AutoReal::new(cfg.clone()).unwrap();
-        assert_eq!(proto.stages.at, [200, 400, 800]);
+        assert_eq!(proto.stages.0.iter().map(|(at, _)| *at).collect::<Vec<_>>(), [200, 400, 800]);
         // Two keys of one clause with different data, past the first two stages.
         let (mut x, mut y) = (proto.clone(), proto.clone());
         let value = |i: u64, k: u64| ((i * 7919 + k * 104_729) % 1000) as f64;
