@@ -480,18 +480,15 @@ impl Tasks {
                 task.committed.is_none_or(|c| *p > c) && (!unsent || task.sent.is_none_or(|s| *p > s))
             };
             if let Some(pos) = task.safe.filter(ahead) {
+                // Tried, even if refused: settling tries a position once (a refusal
+                // mid-rebalance would otherwise be retried, and reported, every turn), and
+                // the interval's commit retries.
+                task.sent = Some(pos);
                 moved.push((key.clone(), pos));
             }
         }
         if moved.is_empty() {
             return Ok(());
-        }
-        // Tried, even if refused: settling tries a position once (a refusal mid-rebalance would
-        // otherwise be retried, and reported, every turn), and the interval's commit retries.
-        for (key, pos) in &moved {
-            if let Some(t) = self.map.get_mut(key) {
-                t.sent = Some(*pos);
-            }
         }
         consumer.commit_offsets(&moved, mode)?;
         // An async commit is only sent: it counts once the broker confirms it (see
