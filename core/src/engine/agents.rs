@@ -1,5 +1,6 @@
 //! Agent bookkeeping: coverage, the per-event walk over an agent's clauses, model changes and the state TTL.
 
+use super::clauses::ClauseCx;
 use super::*;
 
 impl Engine {
@@ -26,43 +27,42 @@ impl Engine {
         // Scope re-verification needs each clause's outcome; gathered only while one waits.
         let scope_pending = self.on_scope(&tel, now, &causation, &mut causes);
         let mut observed = Vec::new();
-        // Clauses. on_clause does not change the agent's coverage, so it is read once.
-        // Copied out (on the stack for up to 8 pacts, not cloned per event) so that the
-        // clauses may borrow the engine mutably.
-        let mut inline = [0u16; 8];
-        let heap: Vec<u16>;
-        let pacts: &[u16] = match self.agents.get(&tel.agent_id).map(|a| a.pacts.as_slice()) {
-            Some(ps) if ps.len() <= inline.len() => {
-                inline[..ps.len()].copy_from_slice(ps);
-                &inline[..ps.len()]
-            }
-            Some(ps) => {
-                heap = ps.to_vec();
-                &heap
-            }
-            None => &[],
-        };
         let mut high_risk_fresh = true;
         let mut has_high_risk = false;
-        for &p in pacts {
-            for ci in 0..self.pacts[p as usize].doc.clauses.len() as u16 {
-                let o = self.on_clause(&tel, p, ci, now, &causation, &mut causes);
-                if scope_pending {
-                    observed.push((p, ci, o));
-                }
-                let (_, clause) = clause_at(&self.pacts, p, ci);
-                if clause.high_risk && tel.risk == crate::model::telemetry::Risk::High {
-                    has_high_risk = true;
-                    let fresh = self.agents.get(&tel.agent_id).is_some_and(|agent| {
-                        agent
+        let mut capped = false;
+        let Engine { agents, pacts, protos, slots, stats, trace, timers, .. } = self;
+        if let Some(agent) = agents.get_mut(&tel.agent_id) {
+            let mut cx = ClauseCx { pacts, protos, slots, stats, trace: trace.as_deref_mut(), timers };
+            // Clauses. on_clause does not change the agent's coverage, so it is read once.
+            // Copied out (on the stack for up to 8 pacts, not cloned per event) so that the
+            // clauses may borrow the agent mutably.
+            let mut inline = [0u16; 8];
+            let heap: Vec<u16>;
+            let covered: &[u16] = if agent.pacts.len() <= inline.len() {
+                inline[..agent.pacts.len()].copy_from_slice(&agent.pacts);
+                &inline[..agent.pacts.len()]
+            } else {
+                heap = agent.pacts.clone();
+                &heap
+            };
+            for &p in covered {
+                for ci in 0..pacts[p as usize].doc.clauses.len() as u16 {
+                    let o = Self::on_clause(&mut cx, agent, &tel, p, ci, now, &causation, &mut causes);
+                    if scope_pending {
+                        observed.push((p, ci, o));
+                    }
+                    let (_, clause) = clause_at(pacts, p, ci);
+                    if clause.high_risk && tel.risk == crate::model::telemetry::Risk::High {
+                        has_high_risk = true;
+                        high_risk_fresh &= agent
                             .clauses
                             .iter()
                             .filter(|((pp, cc, _), _)| *pp == p && *cc == ci)
-                            .all(|(_, s)| !s.stale)
-                    });
-                    high_risk_fresh &= fresh;
+                            .all(|(_, s)| !s.stale);
+                    }
                 }
             }
+            capped = agent.capped;
         }
         if scope_pending {
             causes.extend(self.count_scope(&tel, &observed, now, &causation));
@@ -74,7 +74,6 @@ impl Engine {
             self.judge_shadows(&tel.agent_id, &shadow);
             causes = active;
         }
-        let capped = self.agents.get(&tel.agent_id).is_some_and(|a| a.capped);
         if has_high_risk {
             self.stats.high_risk_decisions += 1;
             self.stats.high_risk_fresh += high_risk_fresh as u64;

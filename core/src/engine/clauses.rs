@@ -2,13 +2,27 @@
 
 use super::scope::Observed;
 use super::*;
+use registry::SlotInfo;
+
+/// What evaluating a clause needs of the engine besides the agent's state: borrowed apart
+/// from the agents, so that an event looks its agent up once rather than once per clause.
+pub(super) struct ClauseCx<'a> {
+    pub(super) pacts: &'a [Pact],
+    pub(super) protos: &'a [Vec<AnyDetector>],
+    pub(super) slots: &'a [SlotInfo],
+    pub(super) stats: &'a mut Stats,
+    pub(super) trace: Option<&'a mut Tracer>,
+    pub(super) timers: &'a mut BTreeSet<(i64, Timer)>,
+}
 
 impl Engine {
-    /// Feeds one clause; adds a cause to `causes` when its demand or freshness changed (both
-    /// may change on one event). Causes are large, so they are pushed rather than returned.
-    /// What the clause made of the event, for scope re-verification.
+    /// Feeds one clause of `agent`; adds a cause to `causes` when its demand or freshness
+    /// changed (both may change on one event). Causes are large, so they are pushed rather
+    /// than returned. What the clause made of the event, for scope re-verification.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_clause(
-        &mut self,
+        cx: &mut ClauseCx<'_>,
+        agent: &mut AgentState,
         tel: &Telemetry,
         p: u16,
         ci: u16,
@@ -16,7 +30,7 @@ impl Engine {
         causation: &CausedBy<'_>,
         causes: &mut Vec<Cause>,
     ) -> Observed {
-        let (pact, clause) = clause_at(&self.pacts, p, ci);
+        let (pact, clause) = clause_at(cx.pacts, p, ci);
         if let Some(w) = &clause.metric.when {
             if w.0.eval(tel) != Val::Bool(true) {
                 return Observed::Nothing;
@@ -30,7 +44,7 @@ impl Engine {
             (MetricKind::Categorical, Val::Str(s)) => Observation::Category(s),
             // Attributes are typed at run time; a mismatch is an invalid observation.
             _ => {
-                self.stats.invalid_observations += 1;
+                cx.stats.invalid_observations += 1;
                 return Observed::Nothing;
             }
         };
@@ -49,11 +63,10 @@ impl Engine {
         };
         let key: ClauseKey = (p, ci, Segment(segment));
         let keep = clause.freshness.as_ref().map_or(1, |f| f.min_events as usize);
-        let Some(agent) = self.agents.get_mut(&tel.agent_id) else { return Observed::Nothing };
         let state = agent
             .clauses
             .entry(key.clone())
-            .or_insert_with(|| Box::new(ClauseState::new(self.protos[p as usize][ci as usize].clone(), now)));
+            .or_insert_with(|| Box::new(ClauseState::new(cx.protos[p as usize][ci as usize].clone(), now)));
         state.observe(now, keep);
         let mut cause = None;
         // One event is not enough when the window asks for more: stale until fresh again.
@@ -76,7 +89,7 @@ impl Engine {
             state.timer_at = Some(at);
         }
         let result = state.detector.update(obs);
-        if let Some(tr) = self.trace.as_deref_mut() {
+        if let Some(tr) = cx.trace.as_deref_mut() {
             // At an alarm the detector restarts, so the crossing values come from the alarm.
             let point = match &result {
                 Ok(Some(a)) => Some((a.statistic, a.threshold)),
@@ -95,12 +108,12 @@ impl Engine {
         let outcome = match result {
             Err(e) => {
                 debug!(pact = %pact.id(), clause = %clause.id, error = %e, "observation refused");
-                self.stats.invalid_observations += 1;
+                cx.stats.invalid_observations += 1;
                 None
             }
             Ok(Some(alarm)) => {
-                if self.slots[p as usize].role == Role::Active {
-                    *self.stats.alarms.entry(clause_label(pact, clause)).or_default() += 1;
+                if cx.slots[p as usize].role == Role::Active {
+                    *cx.stats.alarms.entry(clause_label(pact, clause)).or_default() += 1;
                 }
                 Some(Self::on_alarm(state, pact, clause, &alarm, now, &key, causation))
             }
@@ -127,10 +140,16 @@ impl Engine {
             }
         };
         if let Some(at) = need_timer {
-            self.schedule(at, Timer::Freshness(tel.agent_id.clone(), key));
+            cx.timers.insert((at, Timer::Freshness(tel.agent_id.clone(), key)));
         }
-        causes.extend(outcome);
-        causes.extend(cause);
+        // Pushed only when present: extending by an `Option<Cause>` copied the whole (large)
+        // option on every event, a tenth of the engine's time.
+        if let Some(c) = outcome {
+            causes.push(c);
+        }
+        if let Some(c) = cause {
+            causes.push(c);
+        }
         observed
     }
 
