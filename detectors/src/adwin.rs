@@ -190,7 +190,7 @@ impl Adwin {
 }
 
 impl Detector for Adwin {
-    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Box<Alarm>>, DetectorError> {
         let x = as_real(obs, "adwin")?;
         let i = self.n;
         self.n += 1;
@@ -214,7 +214,7 @@ impl Detector for Adwin {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        Ok(Some(Alarm {
+        Ok(Some(Box::new(Alarm {
             detector: "adwin".into(),
             params,
             statistic: (self.mean() - before).abs(),
@@ -230,7 +230,7 @@ impl Detector for Adwin {
             index: i,
             false_alarm_rate: None,
             direction: if self.mean() > before { "increase" } else { "decrease" }.into(),
-        }))
+        })))
     }
 
     fn view(&self) -> View {

@@ -257,7 +257,7 @@ impl AutoBernoulli {
     /// Feeds one 0/1 outcome. This is the hot path: a table lookup and two fused
     /// multiply-adds per member.
     #[inline]
-    pub fn update_bool(&mut self, x: bool) -> Option<Alarm> {
+    pub fn update_bool(&mut self, x: bool) -> Option<Box<Alarm>> {
         if !self.rs.derived && !self.derive() {
             return None;
         }
@@ -275,7 +275,7 @@ impl AutoBernoulli {
         let xi = x as usize;
         let lambda = sr.step(&self.lr[xi * k..xi * k + k], x as u8 as f64);
         if lambda >= self.threshold {
-            Some(self.alarm(i))
+            Some(Box::new(self.alarm(i)))
         } else {
             None
         }
@@ -349,7 +349,7 @@ impl Restorable for AutoBernoulli {
 }
 
 impl Detector for AutoBernoulli {
-    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Box<Alarm>>, DetectorError> {
         let x = as_bool(obs, "auto-bernoulli")?;
         if !self.rs.bound {
             return Err(DetectorError::Unbound("auto-bernoulli"));

@@ -293,7 +293,7 @@ impl RateBound {
     }
 
     /// Feeds one outcome (1 = the counted event, e.g. a refusal).
-    pub fn update_bool(&mut self, x: bool) -> Option<Alarm> {
+    pub fn update_bool(&mut self, x: bool) -> Option<Box<Alarm>> {
         let i = self.n;
         self.n += 1;
         let t = (1.0 / self.cfg.alpha).ln();
@@ -302,7 +302,7 @@ impl RateBound {
         if breached {
             let alarm = self.alarm(i, Estimate::Rate { p: self.cfg.limit }, None);
             self.new_epoch(i);
-            return Some(alarm);
+            return Some(Box::new(alarm));
         }
         if complied {
             self.last_compliance = Some(i);
@@ -344,7 +344,7 @@ impl RateBound {
 }
 
 impl Detector for RateBound {
-    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Box<Alarm>>, DetectorError> {
         Ok(self.update_bool(as_bool(obs, "rate-bound")?))
     }
     fn view(&self) -> View {
@@ -447,7 +447,7 @@ impl QuantileBound {
     }
 
     /// Feeds one finite value.
-    pub fn update_value(&mut self, x: f64) -> Option<Alarm> {
+    pub fn update_value(&mut self, x: f64) -> Option<Box<Alarm>> {
         let i = self.n;
         self.n += 1;
         let t = (1.0 / self.cfg.alpha).ln();
@@ -458,7 +458,7 @@ impl QuantileBound {
         if breached {
             let alarm = self.alarm(i);
             self.new_epoch(i);
-            return Some(alarm);
+            return Some(Box::new(alarm));
         }
         if complied {
             self.last_compliance = Some(i);
@@ -502,7 +502,7 @@ impl QuantileBound {
 }
 
 impl Detector for QuantileBound {
-    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Box<Alarm>>, DetectorError> {
         Ok(self.update_value(as_real(obs, "quantile-bound")?))
     }
     fn view(&self) -> View {
@@ -545,7 +545,7 @@ impl Default for ZeroTolerance {
 }
 
 impl Detector for ZeroTolerance {
-    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Box<Alarm>>, DetectorError> {
         let x = as_bool(obs, "zero-tolerance")?;
         let i = self.n;
         self.n += 1;
@@ -553,7 +553,7 @@ impl Detector for ZeroTolerance {
             return Ok(None);
         }
         self.count += 1;
-        Ok(Some(Alarm {
+        Ok(Some(Box::new(Alarm {
             detector: "zero-tolerance".into(),
             params: BTreeMap::new(),
             statistic: self.count as f64,
@@ -566,7 +566,7 @@ impl Detector for ZeroTolerance {
             index: i,
             false_alarm_rate: Some(0.0),
             direction: "occurred".into(),
-        }))
+        })))
     }
     fn view(&self) -> View {
         View { statistic: self.count as f64, threshold: 1.0, n: self.n, ready: true }

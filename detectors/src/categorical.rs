@@ -325,7 +325,7 @@ impl AutoCategorical {
     }
 
     /// Feeds one category by name.
-    pub fn update_category(&mut self, name: &str) -> Result<Option<Alarm>, DetectorError> {
+    pub fn update_category(&mut self, name: &str) -> Result<Option<Box<Alarm>>, DetectorError> {
         if !self.rs.derived && !self.derive() {
             return Ok(None);
         }
@@ -333,7 +333,7 @@ impl AutoCategorical {
         Ok(self.update_index(c))
     }
 
-    fn update_index(&mut self, c: usize) -> Option<Alarm> {
+    fn update_index(&mut self, c: usize) -> Option<Box<Alarm>> {
         let i = self.n;
         self.n += 1;
         if self.ref_n < self.cfg.reference_max {
@@ -350,7 +350,7 @@ impl AutoCategorical {
         }
         let lambda = sr.step(&self.lr[c * k..c * k + k], 0.0);
         if lambda >= self.threshold {
-            Some(self.alarm(i))
+            Some(Box::new(self.alarm(i)))
         } else {
             None
         }
@@ -463,7 +463,7 @@ impl Restorable for AutoCategorical {
 }
 
 impl Detector for AutoCategorical {
-    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Box<Alarm>>, DetectorError> {
         let name = as_category(obs, "auto-categorical")?;
         if !self.rs.bound {
             return Err(DetectorError::Unbound("auto-categorical"));

@@ -174,7 +174,7 @@ impl Cusum {
 }
 
 impl Detector for Cusum {
-    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Box<Alarm>>, DetectorError> {
         let (l, x) = self.llr(obs)?;
         let i = self.n;
         self.n += 1;
@@ -224,7 +224,7 @@ impl Detector for Cusum {
             }
             Family::Categorical { .. } => {}
         }
-        Ok(Some(Alarm {
+        Ok(Some(Box::new(Alarm {
             detector: "cusum".into(),
             params,
             statistic: self.s,
@@ -237,7 +237,7 @@ impl Detector for Cusum {
             index: i,
             false_alarm_rate: Some(self.false_alarm_rate),
             direction: direction.into(),
-        }))
+        })))
     }
 
     fn view(&self) -> View {

@@ -65,7 +65,7 @@ impl PageHinkley {
 }
 
 impl Detector for PageHinkley {
-    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Box<Alarm>>, DetectorError> {
         let x = as_real(obs, "page-hinkley")?;
         let i = self.n;
         self.n += 1;
@@ -88,7 +88,7 @@ impl Detector for PageHinkley {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        Ok(Some(Alarm {
+        Ok(Some(Box::new(Alarm {
             detector: "page-hinkley".into(),
             params,
             statistic: self.stat(),
@@ -101,7 +101,7 @@ impl Detector for PageHinkley {
             index: i,
             false_alarm_rate: None,
             direction: if up { "increase" } else { "decrease" }.into(),
-        }))
+        })))
     }
 
     fn view(&self) -> View {

@@ -373,7 +373,7 @@ impl AutoReal {
 
     /// Feeds one finite value (the caller checked finiteness).
     #[inline]
-    pub fn update_value(&mut self, x: f64) -> Option<Alarm> {
+    pub fn update_value(&mut self, x: f64) -> Option<Box<Alarm>> {
         if !self.rs.derived && !self.derive() {
             return None;
         }
@@ -411,7 +411,7 @@ impl AutoReal {
         }
         let lambda = sr.step(&row[..k], x);
         if lambda >= self.threshold {
-            Some(self.alarm(i))
+            Some(Box::new(self.alarm(i)))
         } else {
             None
         }
@@ -475,7 +475,7 @@ impl Restorable for AutoReal {
 }
 
 impl Detector for AutoReal {
-    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Box<Alarm>>, DetectorError> {
         let x = as_real(obs, "auto-real")?;
         if !self.rs.bound {
             return Err(DetectorError::Unbound("auto-real"));

@@ -286,7 +286,7 @@ macro_rules! dispatch {
 
 impl Detector for AnyDetector {
     #[inline]
-    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Box<Alarm>>, DetectorError> {
         // The hot kinds get their typed fast paths.
         match (self, obs) {
             (AnyDetector::AutoBernoulli(d), Observation::Bool(b)) if d.restoration().bound => {

@@ -132,7 +132,7 @@ impl WindowedKs {
 }
 
 impl Detector for WindowedKs {
-    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Box<Alarm>>, DetectorError> {
         let x = as_real(obs, "ks")?;
         let i = self.n;
         self.n += 1;
@@ -159,7 +159,7 @@ impl Detector for WindowedKs {
         let mut cur: Vec<f64> = self.window.iter().copied().collect();
         cur.sort_by(|a, b| a.total_cmp(b));
         let iqr = |v: &[f64]| (v[v.len() * 3 / 4] - v[v.len() / 4]) / 1.349;
-        Ok(Some(Alarm {
+        Ok(Some(Box::new(Alarm {
             detector: "ks".into(),
             params: self.cfg.params(),
             statistic: self.last_d,
@@ -175,7 +175,7 @@ impl Detector for WindowedKs {
             index: i,
             false_alarm_rate: Some(self.cfg.false_alarm_rate),
             direction: if median(&cur) > median(&self.reference) { "increase" } else { "decrease" }.into(),
-        }))
+        })))
     }
 
     fn view(&self) -> View {
@@ -379,7 +379,7 @@ fn name_bin(names: &mut Vec<String>, c: &str, ready: bool) -> Result<usize, Dete
 }
 
 impl Detector for BinnedWindow {
-    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Alarm>, DetectorError> {
+    fn update(&mut self, obs: Observation<'_>) -> Result<Option<Box<Alarm>>, DetectorError> {
         let b = self.bin(obs)?;
         let i = self.n;
         self.n += 1;
@@ -414,7 +414,7 @@ impl Detector for BinnedWindow {
         if self.test == BinnedTest::Chi2 {
             params.insert("p_value".into(), chi2_sf(self.ref_counts.len() as f64 - 1.0, self.last));
         }
-        Ok(Some(Alarm {
+        Ok(Some(Box::new(Alarm {
             detector: match self.test {
                 BinnedTest::Chi2 => "chi2",
                 BinnedTest::Psi => "psi",
@@ -431,7 +431,7 @@ impl Detector for BinnedWindow {
             index: i,
             false_alarm_rate: Some(self.cfg.false_alarm_rate),
             direction: "shift".into(),
-        }))
+        })))
     }
 
     fn view(&self) -> View {
