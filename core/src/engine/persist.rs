@@ -7,7 +7,8 @@ use driftgate_detectors::Binding;
 impl Engine {
     /// Agents changed since the last call, each with its state (`None`: it expired).
     pub fn take_dirty(&mut self) -> Vec<(String, Option<&AgentState>)> {
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty: Vec<String> = self.dirty.drain().collect();
+        dirty.sort_unstable();
         dirty
             .into_iter()
             .map(|id| {
