@@ -98,6 +98,16 @@ impl Engine {
     /// schedules its state TTL if none is pending. False only if the agent could not be
     /// found after its creation (an engine bug: the event is skipped, not a panic).
     fn track_agent(&mut self, tel: &Telemetry, now: i64) -> bool {
+        // Almost every event: a known agent, still in its workflow. One lookup.
+        if let Some(agent) = self.agents.get_mut(&tel.agent_id).filter(|a| a.workflow == tel.workflow) {
+            agent.last_seen = agent.last_seen.max(now);
+            if agent.ttl_at.is_none() {
+                let at = agent.last_seen + self.cfg.state_ttl.micros();
+                agent.ttl_at = Some(at);
+                self.schedule(at, Timer::Ttl(tel.agent_id.clone()));
+            }
+            return true;
+        }
         if !self.agents.contains_key(&tel.agent_id) {
             let pacts = self.covering(&tel.agent_id, &tel.workflow);
             self.agents.insert(
