@@ -159,11 +159,20 @@ impl MixtureSr {
     /// Returns Λ.
     #[inline]
     pub fn step(&mut self, lr: &[f64], aux: f64) -> f64 {
+        let lr = &lr[..self.r.len()];
+        self.step_by(|j| lr[j], aux)
+    }
+
+    /// [`MixtureSr::step`] with member `j`'s likelihood ratio computed by `lr(j)`, in member
+    /// order: for ratios that are computed per event, so that they need no buffer (a
+    /// buffer sized for the largest bank was zeroed on every event).
+    #[inline]
+    pub fn step_by(&mut self, mut lr: impl FnMut(usize) -> f64, aux: f64) -> f64 {
         let k = self.r.len();
-        let (lr, w, d, c) = (&lr[..k], &self.w[..k], &mut self.d[..k], &mut self.c[..k]);
+        let (w, d, c) = (&self.w[..k], &mut self.d[..k], &mut self.c[..k]);
         let mut lambda = 0.0;
         for (j, r) in self.r.iter_mut().enumerate() {
-            let l = lr[j];
+            let l = lr(j);
             let prev = *r;
             d[j] = (d[j] + prev) * l;
             c[j] = (c[j] + (prev + 1.0) * aux) * l;

@@ -5,7 +5,7 @@ use crate::auto::{
     build_bank, check_bank_possible, log_stat, member_sizes, AutoConfig, Candidate, Restorable, Restoration,
 };
 use crate::detector::{as_real, Detector, MetricKind, Observation, View};
-use crate::mixture::{MixtureSr, MAX_MEMBERS};
+use crate::mixture::MixtureSr;
 use crate::normal_score::NormalScore;
 use crate::overshoot::{zeta_gaussian, zeta_scale};
 use crate::DetectorError;
@@ -402,14 +402,14 @@ impl AutoReal {
         };
         let z = ns.score(x, i);
         let z2 = z * z;
-        let k = sr.len();
-        let mut row = [0.0f64; MAX_MEMBERS];
         let m = &*self.members;
-        for (j, r) in row.iter_mut().enumerate().take(k) {
-            let t = if m.squared[j] { z2 } else { z };
-            *r = (m.a[j] * t + m.b[j]).exp();
-        }
-        let lambda = sr.step(&row[..k], x);
+        let lambda = sr.step_by(
+            |j| {
+                let t = if m.squared[j] { z2 } else { z };
+                (m.a[j] * t + m.b[j]).exp()
+            },
+            x,
+        );
         if lambda >= self.threshold {
             Some(Box::new(self.alarm(i)))
         } else {
