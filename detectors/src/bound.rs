@@ -158,7 +158,7 @@ struct EProcess {
 #[derive(Debug, Clone, Copy, Default)]
 struct Quiet {
     events: u64,
-    threshold_bits: u64,
+    alpha_bits: u64,
 }
 
 /// Equal when the stored state is.
@@ -177,7 +177,7 @@ impl EProcess {
         EProcess { boundary, up, n: 0, k: 0, quiet: Quiet::default() }
     }
 
-    /// Adds one outcome; whether the e-process is now at or above `ln_threshold`.
+    /// Adds one outcome; whether the e-process is now at or above `ln(1/alpha)`.
     ///
     /// Why it may skip the evaluation: one event moves each alternative's log-likelihood
     /// ratio by `a_j` or `b_j`, so the largest, `m`, rises by at most `max_j max(a_j, b_j)`
@@ -186,20 +186,22 @@ impl EProcess {
     /// counted without evaluating (less a margin for rounding). In control that is most
     /// events, each of which cost 15 terms and a cache lookup for the breach and the
     /// compliance process of every bound clause. The verdicts are the same event by event.
-    fn push(&mut self, x: bool, ln_threshold: f64) -> bool {
+    fn push(&mut self, x: bool, alpha: f64) -> bool {
         self.n = self.n.saturating_add(1);
         self.k = self.k.saturating_add(x as u64);
-        if self.quiet.events > 0 && self.quiet.threshold_bits == ln_threshold.to_bits() {
+        // Keyed by the level, so that a skipped event costs no `ln` either.
+        if self.quiet.events > 0 && self.quiet.alpha_bits == alpha.to_bits() {
             self.quiet.events -= 1;
             return false;
         }
+        let ln_threshold = (1.0 / alpha).ln();
         let (k, n) = (self.k, self.n);
         let (verdict, quiet) =
             with_coefs(self.boundary, self.up, |coefs| match log_mixture(k, n, &coefs.c, ln_threshold) {
                 Ok(l) => (l >= ln_threshold, 0),
                 Err(m) => (false, quiet_events(m, n, coefs, ln_threshold)),
             });
-        self.quiet = Quiet { events: quiet, threshold_bits: ln_threshold.to_bits() };
+        self.quiet = Quiet { events: quiet, alpha_bits: alpha.to_bits() };
         verdict
     }
     fn log_e(&self) -> f64 {
@@ -296,9 +298,9 @@ impl RateBound {
     pub fn update_bool(&mut self, x: bool) -> Option<Box<Alarm>> {
         let i = self.n;
         self.n += 1;
-        let t = (1.0 / self.cfg.alpha).ln();
-        let breached = self.breach.push(x, t);
-        let complied = self.comply.push(x, t);
+        let alpha = self.cfg.alpha;
+        let breached = self.breach.push(x, alpha);
+        let complied = self.comply.push(x, alpha);
         if breached {
             let alarm = self.alarm(i, Estimate::Rate { p: self.cfg.limit }, None);
             self.new_epoch(i);
@@ -450,11 +452,11 @@ impl QuantileBound {
     pub fn update_value(&mut self, x: f64) -> Option<Box<Alarm>> {
         let i = self.n;
         self.n += 1;
-        let t = (1.0 / self.cfg.alpha).ln();
+        let alpha = self.cfg.alpha;
         // Negative values cannot breach an upper quantile bound; the histogram holds 0 for them.
         let _ = self.hist.record((x.max(0.0) * HDR_SCALE).min(u64::MAX as f64 / 4.0) as u64);
-        let breached = self.breach.push(x > self.cfg.limit, t);
-        let complied = self.comply.push(x > self.cfg.exit.unwrap_or(self.cfg.limit), t);
+        let breached = self.breach.push(x > self.cfg.limit, alpha);
+        let complied = self.comply.push(x > self.cfg.exit.unwrap_or(self.cfg.limit), alpha);
         if breached {
             let alarm = self.alarm(i);
             self.new_epoch(i);
@@ -598,7 +600,7 @@ mod tests {
                     for _ in 0..20_000 {
                         let x = rng.random::<f64>() < rate;
                         let would_skip = e.quiet.events > 0;
-                        let got = e.push(x, t);
+                        let got = e.push(x, alpha);
                         let exact = log_evalue_from(e.k, e.n, boundary, up, t).is_some_and(|l| l >= t);
                         assert_eq!(got, exact, "p {boundary} up {up} rate {rate} at n {}", e.n);
                         events += 1;
@@ -620,7 +622,7 @@ mod tests {
     fn a_restored_process_evaluates_again_and_equals_the_running_one() {
         let mut e = EProcess::new(0.2, true);
         for i in 0..50 {
-            e.push(i % 10 == 0, (1e3f64).ln());
+            e.push(i % 10 == 0, 1e-3);
         }
         assert!(e.quiet.events > 0);
         let back: EProcess = rmp_serde::from_slice(&rmp_serde::to_vec_named(&e).unwrap()).unwrap();
