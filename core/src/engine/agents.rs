@@ -2,6 +2,7 @@
 
 use super::clauses::ClauseCx;
 use super::*;
+use registry::SlotInfo;
 
 impl Engine {
     /// The active and shadow pact versions covering an agent in a workflow.
@@ -23,15 +24,20 @@ impl Engine {
             return;
         }
         let mut causes: Vec<Cause> = Vec::new();
-        causes.extend(self.on_model_version(&tel, now, &causation));
-        // Scope re-verification needs each clause's outcome; gathered only while one waits.
-        let scope_pending = self.on_scope(&tel, now, &causation, &mut causes);
         let mut observed = Vec::new();
         let mut high_risk_fresh = true;
         let mut has_high_risk = false;
         let mut capped = false;
+        let mut scope_pending = false;
+        // The agent is looked up once for everything below that needs only it, the pacts
+        // and the counters.
         let Engine { agents, pacts, protos, slots, stats, trace, timers, .. } = self;
         if let Some(agent) = agents.get_mut(&tel.agent_id) {
+            if agent.model_version != tel.model.version {
+                Self::on_model_version(agent, pacts, slots, &tel, now, &causation, &mut causes);
+            }
+            // Scope re-verification needs each clause's outcome; gathered only while one waits.
+            scope_pending = Self::on_scope(agent, pacts, slots, stats, &tel, now, &causation, &mut causes);
             let mut cx = ClauseCx { pacts, protos, slots, stats, trace: trace.as_deref_mut(), timers };
             // Clauses. on_clause does not change the agent's coverage, so it is read once.
             // Copied out (on the stack for up to 8 pacts, not cloned per event) so that the
@@ -148,48 +154,54 @@ impl Engine {
     }
 
     /// A new model version: drift clauses must re-verify on it, and the agent waits in the
-    /// clauses' `on_model_change` lane meanwhile. The cause, if any clause has to.
-    fn on_model_version(&mut self, tel: &Telemetry, now: i64, causation: &CausedBy<'_>) -> Option<Cause> {
-        let agent = self.agents.get_mut(&tel.agent_id)?;
-        if agent.model_version != tel.model.version {
-            let from = std::mem::replace(&mut agent.model_version, tel.model.version.clone());
-            let slots = &self.slots;
-            let pending: BTreeSet<ClauseKey> = agent
-                .clauses
-                .keys()
-                .filter(|(p, _, _)| slots[*p as usize].role == Role::Active)
-                .filter(|(p, c, _)| matches!(clause_at(&self.pacts, *p, *c).1.test, Test::Drift(_)))
-                .cloned()
-                .collect();
-            if !pending.is_empty() {
-                let lane = pending
-                    .iter()
-                    .map(|(p, c, _)| clause_at(&self.pacts, *p, *c).1.on_model_change)
-                    .max()
-                    .unwrap_or(Lane::Watch);
-                for k in &pending {
-                    if let Some(s) = agent.clauses.get_mut(k) {
-                        s.clean = 0;
-                    }
-                }
-                let text = format!(
-                    "model version changed {from} -> {}: drift baselines kept; {} clause(s) must re-verify on the new model",
-                    tel.model.version,
-                    pending.len()
-                );
-                agent.model_change =
-                    Some(ModelChange { from, to: tel.model.version.clone(), since: now, lane, pending });
-                return Some(Cause {
-                    code: CauseCode::ModelChanged,
-                    text,
-                    clause: None,
-                    detection: None,
-                    causation: causation.owned(),
-                    clean_at_decision: None,
-                });
+    /// clauses' `on_model_change` lane meanwhile. Adds the cause, if any clause has to.
+    #[cold]
+    #[inline(never)]
+    fn on_model_version(
+        agent: &mut AgentState,
+        pacts: &[Pact],
+        slots: &[SlotInfo],
+        tel: &Telemetry,
+        now: i64,
+        causation: &CausedBy<'_>,
+        causes: &mut Vec<Cause>,
+    ) {
+        let from = std::mem::replace(&mut agent.model_version, tel.model.version.clone());
+        let pending: BTreeSet<ClauseKey> = agent
+            .clauses
+            .keys()
+            .filter(|(p, _, _)| slots[*p as usize].role == Role::Active)
+            .filter(|(p, c, _)| matches!(clause_at(pacts, *p, *c).1.test, Test::Drift(_)))
+            .cloned()
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let lane = pending
+            .iter()
+            .map(|(p, c, _)| clause_at(pacts, *p, *c).1.on_model_change)
+            .max()
+            .unwrap_or(Lane::Watch);
+        for k in &pending {
+            if let Some(s) = agent.clauses.get_mut(k) {
+                s.clean = 0;
             }
         }
-        None
+        let text = format!(
+            "model version changed {from} -> {}: drift baselines kept; {} clause(s) must re-verify on the new model",
+            tel.model.version,
+            pending.len()
+        );
+        agent.model_change =
+            Some(ModelChange { from, to: tel.model.version.clone(), since: now, lane, pending });
+        causes.push(Cause {
+            code: CauseCode::ModelChanged,
+            text,
+            clause: None,
+            detection: None,
+            causation: causation.owned(),
+            clean_at_decision: None,
+        });
     }
 
     pub(super) fn on_ttl(&mut self, agent_id: &str, at: i64) {

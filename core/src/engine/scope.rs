@@ -22,15 +22,17 @@ impl Engine {
     /// scope triggers: inside a pact's warm-up the scope is learned; after it, each new
     /// workflow, tool or first high-risk action opens a [`ScopeChange`], with a cause in
     /// `causes`. Whether any scope change awaits re-verification.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_scope(
-        &mut self,
+        agent: &mut AgentState,
+        pacts: &[Pact],
+        slots: &[SlotInfo],
+        stats: &mut Stats,
         tel: &Telemetry,
         now: i64,
         causation: &CausedBy<'_>,
         causes: &mut Vec<Cause>,
     ) -> bool {
-        let Engine { agents, pacts, stats, slots, .. } = self;
-        let Some(agent) = agents.get_mut(&tel.agent_id) else { return false };
         // Shadow versions do not judge scope: their triggers would hold the agent.
         let active = |p: &u16| slots[*p as usize].role == Role::Active;
         // A change whose pact no longer covers the agent (it moved to a workflow the pact
