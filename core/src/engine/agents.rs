@@ -97,6 +97,9 @@ impl Engine {
         if !causes.is_empty() {
             self.reevaluate_all(&tel.agent_id, causes, false);
         }
+        if let Some(retired) = self.retired.as_mut() {
+            retired.push(tel);
+        }
     }
 
     /// Creates the agent on its first event, follows it to a new workflow (coverage, and the

@@ -373,6 +373,9 @@ pub struct Engine {
     activated: bool,
     /// Detector traces for reports; `None` unless [`Engine::enable_trace`] was called.
     trace: Option<Box<Tracer>>,
+    /// Telemetry the engine is done with, kept for the caller to free (see
+    /// [`Engine::retire_into`]); `None`: dropped where it is done with.
+    retired: Option<Vec<Telemetry>>,
 }
 
 /// Clause `c` of pact `p`, as clause keys index them. Keys are built from `pacts`, and a
@@ -440,7 +443,18 @@ impl Engine {
             stats: Stats::default(),
             activated: false,
             trace: None,
+            retired: None,
         }
+    }
+
+    /// Swaps where telemetry the engine is done with goes: into `sink` (`Some`), for the
+    /// caller to free, or dropped (`None`, the default). Returns the previous sink.
+    ///
+    /// For callers that decode on another thread: a record freed by a thread other than
+    /// the one that allocated it costs the allocator several times a local free, so the
+    /// caller can hand the records back to be freed off its own thread.
+    pub fn retire_into(&mut self, sink: Option<Vec<Telemetry>>) -> Option<Vec<Telemetry>> {
+        std::mem::replace(&mut self.retired, sink)
     }
 
     /// The settings.
