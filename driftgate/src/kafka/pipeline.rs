@@ -131,6 +131,14 @@ pub enum PipelineError {
     /// A thread panicked while holding the per-partition state.
     #[error("task state poisoned")]
     Poisoned,
+    /// A thread the pipeline needs could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// Exactly-once: the transactional producer was fenced by a newer instance with the
     /// same `transactional.id` (or failed for good); this instance's late writes were refused.
     #[error("fenced: a newer instance with transactional.id `{0}` took over (or its producer failed); this one stops")]
@@ -208,6 +216,8 @@ pub struct Pipeline {
     workers: usize,
     /// See [`crate::config::KafkaConfig::max_batch`].
     max_batch: usize,
+    /// Frees records decoded ahead; with more than one worker.
+    releaser: Option<batch::Releaser>,
 }
 
 /// Brokers plus the librdkafka properties shared by every client.
@@ -371,6 +381,14 @@ impl Pipeline {
             stall_limit,
             workers,
             max_batch,
+            releaser: if workers > 1 {
+                Some(
+                    batch::Releaser::start()
+                        .map_err(|source| PipelineError::Thread { what: "release", source })?,
+                )
+            } else {
+                None
+            },
         };
         p.preflight()?;
         // Before the group is joined: fences the predecessor with this transactional.id and
@@ -739,6 +757,7 @@ impl Pipeline {
             emitter: &self.emitter,
             metrics: &self.metrics,
             started,
+            release: self.releaser.as_ref(),
         };
         let evaluated = evaluator.run_all(&mut lanes, self.workers);
         let mode = evaluated.as_ref().map_or("inline", |e| e.label());
