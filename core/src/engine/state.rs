@@ -125,6 +125,11 @@ impl ClauseState {
             self.gap = if self.gap == 0.0 { g } else { 0.95 * self.gap + 0.05 * g };
         }
         self.last_at = self.last_at.max(t);
+        // Most clauses keep one time (no freshness window): replaced in place.
+        if keep <= 1 && self.recent.len() == 1 {
+            self.recent[0] = t;
+            return;
+        }
         self.recent.push_back(t);
         while self.recent.len() > keep.max(1) {
             self.recent.pop_front();
