@@ -29,6 +29,11 @@ impl Risk {
     pub fn from_name(name: &str) -> Option<Risk> {
         Self::NAMED.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
     }
+
+    /// Its name; [`Risk::NAMED`] is in declaration order, which is also the Avro symbols'.
+    pub fn name(self) -> &'static str {
+        Self::NAMED[self as usize].0
+    }
 }
 
 /// Outcome of the agent's answer.
@@ -51,6 +56,11 @@ impl Outcome {
     /// The outcome `name` spells, if any.
     pub fn from_name(name: &str) -> Option<Outcome> {
         Self::NAMED.iter().find(|(n, _)| *n == name).map(|(_, o)| *o)
+    }
+
+    /// Its name; [`Outcome::NAMED`] is in declaration order, which is also the Avro symbols'.
+    pub fn name(self) -> &'static str {
+        Self::NAMED[self as usize].0
     }
 }
 
@@ -345,16 +355,6 @@ impl Telemetry {
             None => AvroValue::Union(0, Box::new(AvroValue::Null)),
             Some(v) => AvroValue::Union(1, Box::new(v)),
         };
-        let risk = match self.risk {
-            Risk::Low => (0, "low"),
-            Risk::Medium => (1, "medium"),
-            Risk::High => (2, "high"),
-        };
-        let outcome = match self.outcome {
-            Outcome::Ok => (0, "ok"),
-            Outcome::Refused => (1, "refused"),
-            Outcome::Error => (2, "error"),
-        };
         AvroValue::Record(vec![
             ("event_id".into(), s(&self.event_id)),
             ("agent_id".into(), s(&self.agent_id)),
@@ -368,8 +368,8 @@ impl Telemetry {
                 ]),
             ),
             ("occurred_at".into(), AvroValue::TimestampMicros(self.occurred_at)),
-            ("risk".into(), AvroValue::Enum(risk.0, risk.1.into())),
-            ("outcome".into(), AvroValue::Enum(outcome.0, outcome.1.into())),
+            ("risk".into(), AvroValue::Enum(self.risk as u32, self.risk.name().into())),
+            ("outcome".into(), AvroValue::Enum(self.outcome as u32, self.outcome.name().into())),
             ("latency_ms".into(), opt(self.latency_ms.map(AvroValue::Double))),
             (
                 "citations".into(),
@@ -463,10 +463,12 @@ mod name_tests {
         for (name, r) in Risk::NAMED {
             assert_eq!(serde_json::to_value(r).unwrap(), name);
             assert_eq!(Risk::from_name(name), Some(r));
+            assert_eq!(r.name(), name);
         }
         for (name, o) in Outcome::NAMED {
             assert_eq!(serde_json::to_value(o).unwrap(), name);
             assert_eq!(Outcome::from_name(name), Some(o));
+            assert_eq!(o.name(), name);
         }
         assert_eq!((Risk::from_name("High"), Outcome::from_name("")), (None, None));
     }

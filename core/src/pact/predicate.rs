@@ -15,7 +15,7 @@
 //! `&&`, `||` and `!` follow Kleene's three-valued logic. A clause skips events whose metric
 //! is null (e.g. a citation clause on an answer without citation data).
 
-use crate::model::telemetry::{Attr, Outcome, Risk, Telemetry};
+use crate::model::telemetry::{Attr, Telemetry};
 use std::fmt;
 use thiserror::Error;
 
@@ -169,16 +169,8 @@ impl Field {
             Field::ModelName => Val::Str(&t.model.name),
             Field::ModelVersion => Val::Str(&t.model.version),
             Field::OccurredAt => Val::Num(t.occurred_at as f64),
-            Field::Risk => Val::Str(match t.risk {
-                Risk::Low => "low",
-                Risk::Medium => "medium",
-                Risk::High => "high",
-            }),
-            Field::Outcome => Val::Str(match t.outcome {
-                Outcome::Ok => "ok",
-                Outcome::Refused => "refused",
-                Outcome::Error => "error",
-            }),
+            Field::Risk => Val::Str(t.risk.name()),
+            Field::Outcome => Val::Str(t.outcome.name()),
             Field::LatencyMs => t.latency_ms.map_or(Val::Null, Val::Num),
             Field::CitationsTotal => t.citations.map_or(Val::Null, |c| Val::Num(c.total as f64)),
             Field::CitationsVerified => t.citations.map_or(Val::Null, |c| Val::Num(c.verified as f64)),
@@ -781,7 +773,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::telemetry::{Citations, Model};
+    use crate::model::telemetry::{Citations, Model, Outcome, Risk};
 
     fn event() -> Telemetry {
         Telemetry {

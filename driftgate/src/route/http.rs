@@ -65,9 +65,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 /// The risk named in a request, in any case (no allocation: this runs on every request).
 fn parse_risk(s: &str) -> Option<Risk> {
     let s = s.trim();
-    [("low", Risk::Low), ("medium", Risk::Medium), ("high", Risk::High)]
-        .into_iter()
-        .find_map(|(name, r)| s.eq_ignore_ascii_case(name).then_some(r))
+    Risk::NAMED.into_iter().find_map(|(name, r)| s.eq_ignore_ascii_case(name).then_some(r))
 }
 
 #[derive(Deserialize)]
