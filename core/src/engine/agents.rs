@@ -1,8 +1,7 @@
 //! Agent bookkeeping: coverage, the per-event walk over an agent's clauses, model changes and the state TTL.
 
-use super::clauses::ClauseCx;
+use super::clauses::EventCx;
 use super::*;
-use registry::SlotInfo;
 
 impl Engine {
     /// The active and shadow pact versions covering an agent in a workflow.
@@ -33,12 +32,12 @@ impl Engine {
         // and the counters.
         let Engine { agents, pacts, protos, slots, stats, trace, timers, .. } = self;
         if let Some(agent) = agents.get_mut(&tel.agent_id) {
+            let mut cx = EventCx { pacts, protos, slots, stats, trace: trace.as_deref_mut(), timers };
             if agent.model_version != tel.model.version {
-                Self::on_model_version(agent, pacts, slots, &tel, now, &causation, &mut causes);
+                Self::on_model_version(&cx, agent, &tel, now, &causation, &mut causes);
             }
             // Scope re-verification needs each clause's outcome; gathered only while one waits.
-            scope_pending = Self::on_scope(agent, pacts, slots, stats, &tel, now, &causation, &mut causes);
-            let mut cx = ClauseCx { pacts, protos, slots, stats, trace: trace.as_deref_mut(), timers };
+            scope_pending = Self::on_scope(&mut cx, agent, &tel, now, &causation, &mut causes);
             // Clauses. on_clause does not change the agent's coverage, so it is read once.
             // Copied out (on the stack for up to 8 pacts, not cloned per event) so that the
             // clauses may borrow the agent mutably.
@@ -107,12 +106,10 @@ impl Engine {
     /// schedules its state TTL if none is pending. False only if the agent could not be
     /// found after its creation (an engine bug: the event is skipped, not a panic).
     fn track_agent(&mut self, tel: &Telemetry, now: i64) -> bool {
+        let ttl = self.cfg.state_ttl.micros();
         // Almost every event: a known agent, still in its workflow. One lookup.
         if let Some(agent) = self.agents.get_mut(&tel.agent_id).filter(|a| a.workflow == tel.workflow) {
-            agent.last_seen = agent.last_seen.max(now);
-            if agent.ttl_at.is_none() {
-                let at = agent.last_seen + self.cfg.state_ttl.micros();
-                agent.ttl_at = Some(at);
+            if let Some(at) = agent.seen(now, ttl) {
                 self.schedule(at, Timer::Ttl(tel.agent_id.clone()));
             }
             return true;
@@ -129,11 +126,7 @@ impl Engine {
         // Pact coverage depends on agent and workflow only: matched again on a move.
         let pacts = if moved { self.covering(&tel.agent_id, &tel.workflow) } else { Vec::new() };
         let Some(agent) = self.agents.get_mut(&tel.agent_id) else { return false };
-        agent.last_seen = agent.last_seen.max(now);
-        let ttl_at = agent.ttl_at.is_none().then(|| agent.last_seen + self.cfg.state_ttl.micros());
-        if ttl_at.is_some() {
-            agent.ttl_at = ttl_at;
-        }
+        let ttl_at = agent.seen(now, ttl);
         if moved {
             let old = std::mem::replace(&mut agent.workflow, tel.workflow.clone());
             agent.pacts = pacts;
@@ -161,14 +154,14 @@ impl Engine {
     #[cold]
     #[inline(never)]
     fn on_model_version(
+        cx: &EventCx<'_>,
         agent: &mut AgentState,
-        pacts: &[Pact],
-        slots: &[SlotInfo],
         tel: &Telemetry,
         now: i64,
         causation: &CausedBy<'_>,
         causes: &mut Vec<Cause>,
     ) {
+        let (pacts, slots) = (cx.pacts, cx.slots);
         let from = std::mem::replace(&mut agent.model_version, tel.model.version.clone());
         let pending: BTreeSet<ClauseKey> = agent
             .clauses

@@ -4,9 +4,10 @@ use super::scope::Observed;
 use super::*;
 use registry::SlotInfo;
 
-/// What evaluating a clause needs of the engine besides the agent's state: borrowed apart
-/// from the agents, so that an event looks its agent up once rather than once per clause.
-pub(super) struct ClauseCx<'a> {
+/// What evaluating an event needs of the engine besides its agent's state (the model-version
+/// and scope checks and every clause): borrowed apart from the agents, so that an event looks
+/// its agent up once rather than once per step.
+pub(super) struct EventCx<'a> {
     pub(super) pacts: &'a [Pact],
     pub(super) protos: &'a [Vec<AnyDetector>],
     pub(super) slots: &'a [SlotInfo],
@@ -21,7 +22,7 @@ impl Engine {
     /// than returned. What the clause made of the event, for scope re-verification.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn on_clause(
-        cx: &mut ClauseCx<'_>,
+        cx: &mut EventCx<'_>,
         agent: &mut AgentState,
         tel: &Telemetry,
         p: u16,

@@ -2,6 +2,7 @@
 //! new tool, its first high-risk action) is held until the pact's clauses re-verify on
 //! traffic from the new scope. See [`crate::pact::ScopeRules`].
 
+use super::clauses::EventCx;
 use super::*;
 use crate::engine::state::{ScopeChange, ScopeKind, ScopeState};
 use crate::model::telemetry::Risk;
@@ -22,17 +23,15 @@ impl Engine {
     /// scope triggers: inside a pact's warm-up the scope is learned; after it, each new
     /// workflow, tool or first high-risk action opens a [`ScopeChange`], with a cause in
     /// `causes`. Whether any scope change awaits re-verification.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_scope(
+        cx: &mut EventCx<'_>,
         agent: &mut AgentState,
-        pacts: &[Pact],
-        slots: &[SlotInfo],
-        stats: &mut Stats,
         tel: &Telemetry,
         now: i64,
         causation: &CausedBy<'_>,
         causes: &mut Vec<Cause>,
     ) -> bool {
+        let EventCx { pacts, slots, stats, .. } = cx;
         // Shadow versions do not judge scope: their triggers would hold the agent.
         let active = |p: &u16| slots[*p as usize].role == Role::Active;
         // A change whose pact no longer covers the agent (it moved to a workflow the pact

@@ -308,6 +308,18 @@ impl AgentState {
             .iter()
             .any(|o| o.req.kind == OverrideKind::Attest && o.req.clause_id.as_deref() == Some(clause_id))
     }
+
+    /// Records an event at `now`. When no state-TTL check is pending, sets one a `ttl` after
+    /// the last event and returns its time, for the caller to schedule.
+    pub(crate) fn seen(&mut self, now: i64, ttl: i64) -> Option<i64> {
+        self.last_seen = self.last_seen.max(now);
+        if self.ttl_at.is_some() {
+            return None;
+        }
+        let at = self.last_seen + ttl;
+        self.ttl_at = Some(at);
+        Some(at)
+    }
 }
 
 #[cfg(test)]
