@@ -607,13 +607,19 @@ mod tests {
                         let x = rng.random::<f64>() < rate;
                         let would_skip = e.quiet.events > 0;
                         let got = e.push(x, alpha);
-                        let exact = log_evalue_from(e.k, e.n, boundary, up, t).is_some_and(|l| l >= t);
-                        assert_eq!(got, exact, "p {boundary} up {up} rate {rate} at n {}", e.n);
+                        // `None` while the largest ratio is under the threshold.
+                        let exact = log_evalue_from(e.k, e.n, boundary, up, t);
+                        assert_eq!(
+                            got,
+                            exact.is_some_and(|l| l >= t),
+                            "p {boundary} up {up} rate {rate} at n {}",
+                            e.n
+                        );
                         events += 1;
                         skipped += would_skip as u64;
                         // Skipped with the largest ratio already above the threshold: a skip
                         // from the log e-value itself.
-                        band += (would_skip && log_evalue_from(e.k, e.n, boundary, up, t).is_some()) as u64;
+                        band += (would_skip && exact.is_some()) as u64;
                         if got {
                             crossings += 1;
                             e.clear();

@@ -124,7 +124,7 @@ impl<'de> Deserialize<'de> for NormalScore {
         };
         Ok(NormalScore {
             edges: r.e,
-            total: counts.iter().map(|&c| u64::from(c)).sum(),
+            total: sum(&counts),
             counts,
             built: if legacy { Vec::new() } else { r.c },
             z: r.z,
@@ -218,7 +218,7 @@ impl NormalScore {
 
     fn derive_scores(&mut self) {
         let std = Normal::new(0.0, 1.0).expect("standard normal");
-        let n = self.built.iter().map(|&c| u64::from(c)).sum::<u64>().max(1) as f64;
+        let n = sum(&self.built).max(1) as f64;
         let lo = 0.5 / n;
         let cells = self.built.len();
         self.z.resize(cells + 1, 0.0);
@@ -294,7 +294,7 @@ impl NormalScore {
     /// interpolated in the cells (for baseline summaries).
     pub fn quantile(&self, u: f64) -> f64 {
         let counts = if self.built.is_empty() { &self.counts } else { &self.built };
-        let n = counts.iter().map(|&c| u64::from(c)).sum::<u64>().max(1) as f64;
+        let n = sum(counts).max(1) as f64;
         let target = u * n;
         let mut cum = 0.0;
         for (c, &cnt) in counts.iter().enumerate() {
@@ -312,6 +312,11 @@ impl NormalScore {
         }
         *self.edges.last().unwrap_or(&0.0)
     }
+}
+
+/// The events 32-bit cell counts add up to.
+fn sum(counts: &[u32]) -> u64 {
+    counts.iter().map(|&c| u64::from(c)).sum()
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ pub(super) struct Evaluator<'a> {
 /// A long-lived thread that frees telemetry decoded on a decode-ahead helper.
 ///
 /// Why: a record's strings are allocated on the helper and were freed on the pipeline
-/// thread, and a free across threads costs mimalloc several times a local one (a fifth of
+/// thread, and a free across threads costs mimalloc several times a local one (a sixth of
 /// the pipeline thread's time in the drain bench). The engine keeps what it is done with
 /// instead (`Engine::retire_into`), and the pipeline thread hands it over here in one
 /// message per batch.
@@ -313,15 +313,12 @@ impl Evaluator<'_> {
                     Err(_) => self.decoder.decode(r.payload, r.record_time),
                 }
             };
-            let retiring = self.release.is_some();
-            if retiring {
+            if self.release.is_some() {
                 lane.task.engine.retire_into(Some(Vec::with_capacity(records.len())));
             }
             let result = self.run_decoded(lane, records, &mut next);
-            if retiring {
-                if let (Some(release), Some(done)) = (self.release, lane.task.engine.retire_into(None)) {
-                    release.release(done);
-                }
+            if let Some(release) = self.release {
+                release.release(lane.task.engine.retire_into(None).unwrap_or_default());
             }
             // Hung up first, so that a helper still sending stops (the lane may have stopped
             // early). Joined here, so that the scope does not raise a panic of the helper's;
