@@ -64,10 +64,9 @@ impl Engine {
         };
         let key: ClauseKey = (p, ci, Segment(segment));
         let keep = clause.freshness.as_ref().map_or(1, |f| f.min_events as usize);
-        let state = agent
-            .clauses
-            .entry(key.clone())
-            .or_insert_with(|| Box::new(ClauseState::new(cx.protos[p as usize][ci as usize].clone(), now)));
+        let state = agent.clauses.get_or_insert_with(&key, || {
+            Box::new(ClauseState::new(cx.protos[p as usize][ci as usize].clone(), now))
+        });
         state.observe(now, keep);
         let mut fresh_again = false;
         // One event is not enough when the window asks for more: stale until fresh again.

@@ -27,6 +27,7 @@ use cause::{Cause, CausedBy};
 mod agents;
 mod buffer;
 mod cause;
+mod clause_map;
 mod clauses;
 mod lanes;
 mod override_rules;

@@ -192,7 +192,7 @@ impl Engine {
                     .filter_map(|(p, c, s)| map(p).map(|p| (p, c, s)))
                     .collect();
             }
-            for (k, st) in &a.clauses {
+            for (k, st) in a.clauses.iter() {
                 if let Some(at) = st.timer_at {
                     e.timers.insert((at, Timer::Freshness(id.clone(), k.clone())));
                 }

@@ -528,7 +528,7 @@ impl Engine {
                     }
                 }
             }
-            a.clauses = moved;
+            a.clauses = moved.into_iter().collect();
             if let Some(s) = shadow {
                 a.shadow.remove(&s);
             }
@@ -612,9 +612,11 @@ impl Engine {
         let shadows: Vec<u16> = agent.pacts.iter().copied().filter(|p| self.is_shadow(*p)).collect();
         for slot in shadows {
             let Some(agent) = self.agents.get(agent_id) else { return };
-            let mine = agent.clauses.iter().filter(|(k, _)| k.0 == slot);
-            let all = mine.clone().map(|(_, s)| s.demand).max().unwrap_or(Lane::Normal);
-            let stale = mine.clone().any(|(k, s)| s.stale && clause_at(&self.pacts, k.0, k.1).1.high_risk);
+            let (all, stale) = {
+                let mine = agent.clauses.iter().filter(|(k, _)| k.0 == slot);
+                let all = mine.clone().map(|(_, s)| s.demand).max().unwrap_or(Lane::Normal);
+                (all, mine.clone().any(|(k, s)| s.stale && clause_at(&self.pacts, k.0, k.1).1.high_risk))
+            };
             let lanes = ByScope { all, high_risk: if stale { all.max(Lane::Review) } else { all } };
             let before = agent.shadow.get(&slot).copied().unwrap_or(ByScope::both(Lane::Normal));
             if lanes == before {

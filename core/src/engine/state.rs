@@ -1,5 +1,6 @@
 //! Keyed state: per agent, and per agent × pact × clause × segment.
 
+pub use super::clause_map::ClauseMap;
 use crate::model::enforcement::Detection;
 use crate::model::lane::{ByScope, Lane};
 use crate::model::overrides::{ActiveOverride, OverrideKind};
@@ -258,9 +259,8 @@ pub struct AgentState {
     pub first_seen: i64,
     /// Event time last seen.
     pub last_seen: i64,
-    /// Clause states, boxed: a B-tree node holds 11 entries, so inline states (750 bytes
-    /// each) made every agent pay 8 kB for its first node however few clauses it has.
-    pub clauses: BTreeMap<ClauseKey, Box<ClauseState>>,
+    /// Clause states, in key order.
+    pub clauses: ClauseMap,
     /// Overrides in force.
     pub overrides: Vec<ActiveOverride>,
     /// Pending model-change re-verification.
@@ -291,7 +291,7 @@ impl AgentState {
             pacts,
             first_seen: now,
             last_seen: now,
-            clauses: BTreeMap::new(),
+            clauses: ClauseMap::new(),
             overrides: Vec::new(),
             model_change: None,
             published: ByScope::both(Lane::Normal),
