@@ -1,7 +1,24 @@
 //! Agent bookkeeping: coverage, the per-event walk over an agent's clauses, model changes and the state TTL.
 
 use super::clauses::EventCx;
+use super::scope::Observed;
 use super::*;
+
+/// What walking an event through its agent found, for what follows it in `on_telemetry`.
+struct Walked {
+    /// Causes for a re-evaluation of the agent's lanes.
+    causes: Vec<Cause>,
+    /// Each clause's outcome, gathered only while a scope change waits (`scope_pending`).
+    observed: Vec<(u16, u16, Observed)>,
+    /// Whether every high-risk clause the event fed had fresh evidence.
+    high_risk_fresh: bool,
+    /// Whether the event was high-risk and fed a high-risk clause.
+    has_high_risk: bool,
+    /// The agent is held at its fail mode by the blast-radius cap.
+    capped: bool,
+    /// A scope change waits for re-verification.
+    scope_pending: bool,
+}
 
 impl Engine {
     /// The active and shadow pact versions covering an agent in a workflow.
@@ -12,63 +29,44 @@ impl Engine {
             .collect()
     }
 
+    /// The engine's parts an event's walk borrows: the agents, and the rest apart from them.
+    fn split(&mut self) -> (&mut HashMap<String, AgentState, foldhash::fast::RandomState>, EventCx<'_>) {
+        let Engine { agents, pacts, protos, slots, stats, trace, timers, dirty, .. } = self;
+        (agents, EventCx { pacts, protos, slots, stats, trace: trace.as_deref_mut(), timers, dirty })
+    }
+
     pub(super) fn on_telemetry(&mut self, tel: Telemetry) {
         self.stats.telemetry += 1;
         let now = tel.occurred_at;
         let span = debug_span!("telemetry", agent = %tel.agent_id, event = %tel.event_id);
         let _g = span.enter();
         let causation = CausedBy { kind: "telemetry", id: &tel.event_id, at: now };
-        // Agent bookkeeping: creation, workflow moves, TTL, model-version changes.
-        if !self.track_agent(&tel, now) {
-            return;
-        }
-        let mut causes: Vec<Cause> = Vec::new();
-        let mut observed = Vec::new();
-        let mut high_risk_fresh = true;
-        let mut has_high_risk = false;
-        let mut capped = false;
-        let mut scope_pending = false;
-        // The agent is looked up once for everything below that needs only it, the pacts
-        // and the counters.
-        let Engine { agents, pacts, protos, slots, stats, trace, timers, .. } = self;
-        if let Some(agent) = agents.get_mut(&tel.agent_id) {
-            let mut cx = EventCx { pacts, protos, slots, stats, trace: trace.as_deref_mut(), timers };
-            if agent.model_version != tel.model.version {
-                Self::on_model_version(&cx, agent, &tel, now, &causation, &mut causes);
-            }
-            // Scope re-verification needs each clause's outcome; gathered only while one waits.
-            scope_pending = Self::on_scope(&mut cx, agent, &tel, now, &causation, &mut causes);
-            // Clauses. on_clause does not change the agent's coverage, so it is read once.
-            // Copied out (on the stack for up to 8 pacts, not cloned per event) so that the
-            // clauses may borrow the agent mutably.
-            let mut inline = [0u16; 8];
-            let heap: Vec<u16>;
-            let covered: &[u16] = if agent.pacts.len() <= inline.len() {
-                inline[..agent.pacts.len()].copy_from_slice(&agent.pacts);
-                &inline[..agent.pacts.len()]
-            } else {
-                heap = agent.pacts.clone();
-                &heap
-            };
-            for &p in covered {
-                for ci in 0..pacts[p as usize].doc.clauses.len() as u16 {
-                    let o = Self::on_clause(&mut cx, agent, &tel, p, ci, now, &causation, &mut causes);
-                    if scope_pending {
-                        observed.push((p, ci, o));
-                    }
-                    let (_, clause) = clause_at(pacts, p, ci);
-                    if clause.high_risk && tel.risk == crate::model::telemetry::Risk::High {
-                        has_high_risk = true;
-                        high_risk_fresh &= agent
-                            .clauses
-                            .iter()
-                            .filter(|((pp, cc, _), _)| *pp == p && *cc == ci)
-                            .all(|(_, s)| !s.stale);
-                    }
+        let ttl = self.cfg.state_ttl.micros();
+        // Almost every event: a known agent, still in its workflow, looked up once for
+        // everything that follows. Others go through `track_agent` first.
+        let (agents, mut cx) = self.split();
+        let walked = match agents.get_mut(&tel.agent_id) {
+            Some(agent) if agent.workflow == tel.workflow => {
+                cx.dirty.mark(&tel.agent_id, Some(&mut *agent));
+                if let Some(at) = agent.seen(now, ttl) {
+                    cx.timers.insert((at, Timer::Ttl(tel.agent_id.clone())));
                 }
+                Some(Self::walk(&mut cx, agent, &tel, now, &causation))
             }
-            capped = agent.capped;
-        }
+            _ => None,
+        };
+        let walked = match walked {
+            Some(w) => w,
+            None => {
+                self.track_agent(&tel, now);
+                let (agents, mut cx) = self.split();
+                // Present: `track_agent` has just created it if it was not.
+                let Some(agent) = agents.get_mut(&tel.agent_id) else { return };
+                cx.dirty.mark(&tel.agent_id, Some(&mut *agent));
+                Self::walk(&mut cx, agent, &tel, now, &causation)
+            }
+        };
+        let Walked { mut causes, observed, high_risk_fresh, has_high_risk, capped, scope_pending } = walked;
         if scope_pending {
             causes.extend(self.count_scope(&tel, &observed, now, &causation));
         }
@@ -103,17 +101,12 @@ impl Engine {
 
     /// Creates the agent on its first event, follows it to a new workflow (coverage, and the
     /// workflow sets the blast-radius cap counts), records when it was last seen, and
-    /// schedules its state TTL if none is pending. False only if the agent could not be
-    /// found after its creation (an engine bug: the event is skipped, not a panic).
-    fn track_agent(&mut self, tel: &Telemetry, now: i64) -> bool {
+    /// schedules its state TTL if none is pending. The rare path of an event: a known agent
+    /// that stays in its workflow is tracked by `on_telemetry` itself.
+    #[cold]
+    #[inline(never)]
+    fn track_agent(&mut self, tel: &Telemetry, now: i64) {
         let ttl = self.cfg.state_ttl.micros();
-        // Almost every event: a known agent, still in its workflow. One lookup.
-        if let Some(agent) = self.agents.get_mut(&tel.agent_id).filter(|a| a.workflow == tel.workflow) {
-            if let Some(at) = agent.seen(now, ttl) {
-                self.schedule(at, Timer::Ttl(tel.agent_id.clone()));
-            }
-            return true;
-        }
         if !self.agents.contains_key(&tel.agent_id) {
             let pacts = self.covering(&tel.agent_id, &tel.workflow);
             self.agents.insert(
@@ -125,7 +118,7 @@ impl Engine {
         let moved = self.agents.get(&tel.agent_id).is_some_and(|a| a.workflow != tel.workflow);
         // Pact coverage depends on agent and workflow only: matched again on a move.
         let pacts = if moved { self.covering(&tel.agent_id, &tel.workflow) } else { Vec::new() };
-        let Some(agent) = self.agents.get_mut(&tel.agent_id) else { return false };
+        let Some(agent) = self.agents.get_mut(&tel.agent_id) else { return };
         let ttl_at = agent.seen(now, ttl);
         if moved {
             let old = std::mem::replace(&mut agent.workflow, tel.workflow.clone());
@@ -146,7 +139,57 @@ impl Engine {
         if let Some(at) = ttl_at {
             self.schedule(at, Timer::Ttl(tel.agent_id.clone()));
         }
-        true
+    }
+
+    /// Walks one event through its agent: the model-version and scope checks, then every
+    /// clause of every pact covering the agent.
+    fn walk(
+        cx: &mut EventCx<'_>,
+        agent: &mut AgentState,
+        tel: &Telemetry,
+        now: i64,
+        causation: &CausedBy<'_>,
+    ) -> Walked {
+        let mut causes: Vec<Cause> = Vec::new();
+        let mut observed = Vec::new();
+        let mut high_risk_fresh = true;
+        let mut has_high_risk = false;
+        if agent.model_version != tel.model.version {
+            Self::on_model_version(cx, agent, tel, now, causation, &mut causes);
+        }
+        // Scope re-verification needs each clause's outcome; gathered only while one waits.
+        let scope_pending = Self::on_scope(cx, agent, tel, now, causation, &mut causes);
+        // Clauses. on_clause does not change the agent's coverage, so it is read once.
+        // Copied out (on the stack for up to 8 pacts, not cloned per event) so that the
+        // clauses may borrow the agent mutably.
+        let mut inline = [0u16; 8];
+        let heap: Vec<u16>;
+        let covered: &[u16] = if agent.pacts.len() <= inline.len() {
+            inline[..agent.pacts.len()].copy_from_slice(&agent.pacts);
+            &inline[..agent.pacts.len()]
+        } else {
+            heap = agent.pacts.clone();
+            &heap
+        };
+        let pacts = cx.pacts;
+        for &p in covered {
+            for ci in 0..pacts[p as usize].doc.clauses.len() as u16 {
+                let o = Self::on_clause(cx, agent, tel, p, ci, now, causation, &mut causes);
+                if scope_pending {
+                    observed.push((p, ci, o));
+                }
+                let (_, clause) = clause_at(pacts, p, ci);
+                if clause.high_risk && tel.risk == crate::model::telemetry::Risk::High {
+                    has_high_risk = true;
+                    high_risk_fresh &= agent
+                        .clauses
+                        .iter()
+                        .filter(|((pp, cc, _), _)| *pp == p && *cc == ci)
+                        .all(|(_, s)| !s.stale);
+                }
+            }
+        }
+        Walked { causes, observed, high_risk_fresh, has_high_risk, capped: agent.capped, scope_pending }
     }
 
     /// A new model version: drift clauses must re-verify on it, and the agent waits in the

@@ -14,6 +14,7 @@ pub(super) struct EventCx<'a> {
     pub(super) stats: &'a mut Stats,
     pub(super) trace: Option<&'a mut Tracer>,
     pub(super) timers: &'a mut BTreeSet<(i64, Timer)>,
+    pub(super) dirty: &'a mut super::dirty::Dirty,
 }
 
 impl Engine {

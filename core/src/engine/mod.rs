@@ -29,6 +29,7 @@ mod buffer;
 mod cause;
 mod clause_map;
 mod clauses;
+mod dirty;
 mod lanes;
 mod override_rules;
 mod persist;
@@ -53,7 +54,7 @@ use crate::pact::{Clause, Pact, Severity, Test};
 use driftgate_detectors::{Alarm, AnyDetector, Detector, MetricKind, Observation};
 use registry::{severe_clauses, RegistryMeta, Role, SlotInfo};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tracing::{debug, debug_span};
 
 /// Engine settings that are not part of any pact.
@@ -366,9 +367,7 @@ pub struct Engine {
     timers: BTreeSet<(i64, Timer)>,
     chain: Chain,
     /// Agents changed since the last [`Engine::take_dirty`] (for the state changelog).
-    /// Hashed, and sorted when taken: it is checked on every input, and a B-tree of
-    /// agent ids cost a string comparison per level (4 % of the engine's instructions).
-    dirty: HashSet<String, foldhash::fast::RandomState>,
+    dirty: dirty::Dirty,
     out: Vec<Output>,
     stats: Stats,
     activated: bool,
@@ -439,7 +438,7 @@ impl Engine {
             now: i64::MIN,
             timers: BTreeSet::new(),
             chain: Chain::default(),
-            dirty: HashSet::default(),
+            dirty: dirty::Dirty::default(),
             out: Vec::new(),
             stats: Stats::default(),
             activated: false,
@@ -538,14 +537,10 @@ impl Engine {
             self.fire_timers(t);
         }
         self.now = self.now.max(t);
-        let agent = match &input {
-            Input::Telemetry(tel) => Some(&tel.agent_id),
-            Input::Override(o) => Some(&o.agent_id),
-            // Marks the agents it changes itself.
-            Input::Pact(_) => None,
-        };
-        if let Some(agent) = agent.filter(|a| !self.dirty.contains(*a)) {
-            self.dirty.insert(agent.clone());
+        // Telemetry marks its agent changed in the lookup it makes anyway, and a pact
+        // change the agents it changes.
+        if let Input::Override(o) = &input {
+            self.dirty.mark(&o.agent_id, self.agents.get_mut(&o.agent_id));
         }
         match input {
             Input::Telemetry(tel) => self.on_telemetry(tel),

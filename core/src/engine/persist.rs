@@ -7,9 +7,8 @@ use driftgate_detectors::Binding;
 impl Engine {
     /// Agents changed since the last call, each with its state (`None`: it expired).
     pub fn take_dirty(&mut self) -> Vec<(String, Option<&AgentState>)> {
-        let mut dirty: Vec<String> = self.dirty.drain().collect();
-        dirty.sort_unstable();
-        dirty
+        self.dirty
+            .take()
             .into_iter()
             .map(|id| {
                 let s = self.agents.get(&id);
@@ -22,7 +21,9 @@ impl Engine {
     /// their state, or `None` if they have none): used after a restore to supersede a torn
     /// snapshot's records.
     pub fn mark_dirty(&mut self, agents: impl IntoIterator<Item = String>) {
-        self.dirty.extend(agents);
+        for id in agents {
+            self.dirty.mark(&id, self.agents.get_mut(&id));
+        }
     }
 
     /// The lowest source position among restored buffer entries still to be read again

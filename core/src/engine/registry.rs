@@ -428,7 +428,7 @@ impl Engine {
             if let Some(a) = self.agents.get_mut(&id) {
                 if a.pacts != pacts {
                     a.pacts = pacts;
-                    self.dirty.insert(id);
+                    self.dirty.mark(&id, Some(a));
                 }
             }
         }
@@ -444,7 +444,7 @@ impl Engine {
             let had = a.shadow.remove(&slot).is_some();
             if a.clauses.len() != before || had || a.pacts.contains(&slot) {
                 a.pacts.retain(|p| *p != slot);
-                self.dirty.insert(id.clone());
+                self.dirty.mark(id, Some(a));
             }
         }
         self.timers.retain(|(_, t)| !matches!(t, Timer::Freshness(_, k) if k.0 == slot));
@@ -558,7 +558,7 @@ impl Engine {
                     new_has_scope
                 });
             }
-            self.dirty.insert(agent_id.clone());
+            self.dirty.mark(agent_id, Some(a));
         }
         self.timers
             .retain(|(_, t)| !matches!(t, Timer::Freshness(_, k) if k.0 == old || Some(k.0) == shadow));

@@ -1,6 +1,7 @@
 //! Keyed state: per agent, and per agent × pact × clause × segment.
 
 pub use super::clause_map::ClauseMap;
+pub use super::dirty::ListedIn;
 use crate::model::enforcement::Detection;
 use crate::model::lane::{ByScope, Lane};
 use crate::model::overrides::{ActiveOverride, OverrideKind};
@@ -279,6 +280,9 @@ pub struct AgentState {
     /// Would-be lanes under each shadow pact version (by slot), when not `normal`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shadow: BTreeMap<u16, ByScope<Lane>>,
+    /// When the agent was last listed as changed: the engine's bookkeeping, not stored.
+    #[serde(skip)]
+    pub listed_in: ListedIn,
 }
 
 impl AgentState {
@@ -299,6 +303,7 @@ impl AgentState {
             capped: false,
             scope: None,
             shadow: BTreeMap::new(),
+            listed_in: ListedIn::default(),
         }
     }
 

@@ -211,9 +211,7 @@ impl Engine {
             let agent = match &timer {
                 Timer::Freshness(a, _) | Timer::OverrideExpiry(a, _) | Timer::Ttl(a) => a,
             };
-            if !self.dirty.contains(agent) {
-                self.dirty.insert(agent.clone());
-            }
+            self.dirty.mark(agent, self.agents.get_mut(agent));
             self.now = self.now.max(at);
             self.stats.timers_fired += 1;
             match timer {
