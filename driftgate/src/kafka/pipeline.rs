@@ -327,6 +327,7 @@ impl Pipeline {
             restore_timeout: Duration::from_secs(300),
             confirmed: Mutex::new(Vec::new()),
             touched: Mutex::new(Default::default()),
+            touched_any: Default::default(),
             resume_rewind: i64::try_from(cfg.kafka.resume_rewind).unwrap_or(i64::MAX),
         };
         let consumer: BaseConsumer<PipelineContext> = ccfg

@@ -19,7 +19,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{error, info};
@@ -59,6 +59,9 @@ pub struct PipelineContext {
     /// Partitions assigned or revoked since the loop last looked: records it polled from
     /// them before the rebalance are stale (see [`crate::kafka::batch::drop_touched`]).
     pub(super) touched: Mutex<BTreeSet<SourceKey>>,
+    /// Whether `touched` may hold anything: the loop looks after every record it polls,
+    /// and a lock per record was 2 % of the pipeline thread.
+    pub(super) touched_any: AtomicBool,
 }
 
 impl ClientContext for PipelineContext {
@@ -301,10 +304,15 @@ impl PipelineContext {
         if let Ok(mut t) = self.touched.lock() {
             t.extend(keys.into_iter().cloned());
         }
+        // Set after the partitions are in: a loop that sees it finds them.
+        self.touched_any.store(true, Ordering::Release);
     }
 
     /// The partitions assigned or revoked since the last call.
     pub(super) fn take_touched(&self) -> BTreeSet<SourceKey> {
+        if !self.touched_any.swap(false, Ordering::Acquire) {
+            return BTreeSet::new();
+        }
         self.touched.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default()
     }
 
