@@ -290,8 +290,10 @@ impl Evaluator<'_> {
         std::thread::scope(|s| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(16);
             let records = &records;
+            // This thread decodes the first chunk itself, while the helper starts: waiting
+            // for the helper's first chunk stalled every batch by a thread start.
             let helper = s.spawn(move || {
-                for chunk in records.chunks(DECODE_CHUNK) {
+                for chunk in records.chunks(DECODE_CHUNK).skip(1) {
                     let decoded =
                         chunk.iter().map(|r| self.decoder.decode(r.payload, r.record_time)).collect();
                     if tx.send(decoded).is_err() {
@@ -300,7 +302,12 @@ impl Evaluator<'_> {
                 }
             });
             let mut ready = Vec::new().into_iter();
+            let mut here = DECODE_CHUNK;
             let mut next = |r: &Polled<'_>| -> Decoded {
+                if here > 0 {
+                    here -= 1;
+                    return self.decoder.decode(r.payload, r.record_time);
+                }
                 if let Some(d) = ready.next() {
                     return d;
                 }
