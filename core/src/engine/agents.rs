@@ -35,7 +35,9 @@ impl Engine {
         (agents, EventCx { pacts, protos, slots, stats, trace: trace.as_deref_mut(), timers, dirty })
     }
 
-    pub(super) fn on_telemetry(&mut self, tel: Telemetry) {
+    /// Evaluates one telemetry record. Borrowed: the record is large, and the caller keeps
+    /// it to retire (see [`Engine::retire_into`]).
+    pub(super) fn on_telemetry(&mut self, tel: &Telemetry) {
         self.stats.telemetry += 1;
         let now = tel.occurred_at;
         let span = debug_span!("telemetry", agent = %tel.agent_id, event = %tel.event_id);
@@ -51,24 +53,24 @@ impl Engine {
                 if let Some(at) = agent.seen(now, ttl) {
                     cx.timers.insert((at, Timer::Ttl(tel.agent_id.clone())));
                 }
-                Some(Self::walk(&mut cx, agent, &tel, now, &causation))
+                Some(Self::walk(&mut cx, agent, tel, now, &causation))
             }
             _ => None,
         };
         let walked = match walked {
             Some(w) => w,
             None => {
-                self.track_agent(&tel, now);
+                self.track_agent(tel, now);
                 let (agents, mut cx) = self.split();
                 // Present: `track_agent` has just created it if it was not.
                 let Some(agent) = agents.get_mut(&tel.agent_id) else { return };
                 cx.dirty.mark(&tel.agent_id, Some(&mut *agent));
-                Self::walk(&mut cx, agent, &tel, now, &causation)
+                Self::walk(&mut cx, agent, tel, now, &causation)
             }
         };
         let Walked { mut causes, observed, high_risk_fresh, has_high_risk, capped, scope_pending } = walked;
         if scope_pending {
-            causes.extend(self.count_scope(&tel, &observed, now, &causation));
+            causes.extend(self.count_scope(tel, &observed, now, &causation));
         }
         // Shadow versions' causes are judged apart and never reach the published lanes.
         if causes.iter().any(|c| c.clause.as_ref().is_some_and(|k| self.is_shadow(k.0))) {
@@ -93,9 +95,6 @@ impl Engine {
         }
         if !causes.is_empty() {
             self.reevaluate_all(&tel.agent_id, causes, false);
-        }
-        if let Some(retired) = self.retired.as_mut() {
-            retired.push(tel);
         }
     }
 

@@ -543,7 +543,12 @@ impl Engine {
             self.dirty.mark(&o.agent_id, self.agents.get_mut(&o.agent_id));
         }
         match input {
-            Input::Telemetry(tel) => self.on_telemetry(tel),
+            Input::Telemetry(tel) => {
+                self.on_telemetry(&tel);
+                if let Some(retired) = self.retired.as_mut() {
+                    retired.push(tel);
+                }
+            }
             Input::Override(o) => self.on_override(o),
             Input::Pact(c) => self.on_pact_change(c),
         }

@@ -160,6 +160,7 @@ impl Field {
     }
 
     /// Reads the field as a value (lists are not values; see [`Expr`]).
+    #[inline]
     pub fn get<'a>(&self, t: &'a Telemetry) -> Val<'a> {
         match self {
             Field::EventId => Val::Str(&t.event_id),
