@@ -45,27 +45,22 @@ impl Engine {
         let causation = CausedBy { kind: "telemetry", id: &tel.event_id, at: now };
         let ttl = self.cfg.state_ttl.micros();
         // Almost every event: a known agent, still in its workflow, looked up once for
-        // everything that follows. Others go through `track_agent` first.
+        // everything that follows. Others go through `place_agent` first.
         let (agents, mut cx) = self.split();
         let walked = match agents.get_mut(&tel.agent_id) {
             Some(agent) if agent.workflow == tel.workflow => {
-                cx.dirty.mark(&tel.agent_id, Some(&mut *agent));
-                if let Some(at) = agent.seen(now, ttl) {
-                    cx.timers.insert((at, Timer::Ttl(tel.agent_id.clone())));
-                }
-                Some(Self::walk(&mut cx, agent, tel, now, &causation))
+                Some(Self::walk(&mut cx, agent, tel, ttl, &causation))
             }
             _ => None,
         };
         let walked = match walked {
             Some(w) => w,
             None => {
-                self.track_agent(tel, now);
+                self.place_agent(tel, now);
                 let (agents, mut cx) = self.split();
-                // Present: `track_agent` has just created it if it was not.
+                // Present: `place_agent` has just created it if it was not.
                 let Some(agent) = agents.get_mut(&tel.agent_id) else { return };
-                cx.dirty.mark(&tel.agent_id, Some(&mut *agent));
-                Self::walk(&mut cx, agent, tel, now, &causation)
+                Self::walk(&mut cx, agent, tel, ttl, &causation)
             }
         };
         let Walked { mut causes, observed, high_risk_fresh, has_high_risk, capped, scope_pending } = walked;
@@ -98,57 +93,57 @@ impl Engine {
         }
     }
 
-    /// Creates the agent on its first event, follows it to a new workflow (coverage, and the
-    /// workflow sets the blast-radius cap counts), records when it was last seen, and
-    /// schedules its state TTL if none is pending. The rare path of an event: a known agent
-    /// that stays in its workflow is tracked by `on_telemetry` itself.
+    /// Creates the agent on its first event, or follows it to a new workflow (coverage, and
+    /// the workflow sets the blast-radius cap counts): the rare path of an event, before its
+    /// walk. A known agent that stays in its workflow needs neither.
     #[cold]
     #[inline(never)]
-    fn track_agent(&mut self, tel: &Telemetry, now: i64) {
-        let ttl = self.cfg.state_ttl.micros();
-        if !self.agents.contains_key(&tel.agent_id) {
-            let pacts = self.covering(&tel.agent_id, &tel.workflow);
+    fn place_agent(&mut self, tel: &Telemetry, now: i64) {
+        if self.agents.get(&tel.agent_id).is_some_and(|a| a.workflow == tel.workflow) {
+            return;
+        }
+        // Pact coverage depends on agent and workflow only: matched on creation, and again
+        // on a move.
+        let pacts = self.covering(&tel.agent_id, &tel.workflow);
+        let Some(agent) = self.agents.get_mut(&tel.agent_id) else {
             self.agents.insert(
                 tel.agent_id.clone(),
                 AgentState::new(tel.workflow.clone(), tel.model.version.clone(), pacts, now),
             );
             self.workflows.entry(tel.workflow.clone()).or_default().agents.insert(tel.agent_id.clone());
+            return;
+        };
+        let old = std::mem::replace(&mut agent.workflow, tel.workflow.clone());
+        agent.pacts = pacts;
+        if let Some(w) = self.workflows.get_mut(&old) {
+            w.remove(&tel.agent_id);
         }
-        let moved = self.agents.get(&tel.agent_id).is_some_and(|a| a.workflow != tel.workflow);
-        // Pact coverage depends on agent and workflow only: matched again on a move.
-        let pacts = if moved { self.covering(&tel.agent_id, &tel.workflow) } else { Vec::new() };
-        let Some(agent) = self.agents.get_mut(&tel.agent_id) else { return };
-        let ttl_at = agent.seen(now, ttl);
-        if moved {
-            let old = std::mem::replace(&mut agent.workflow, tel.workflow.clone());
-            agent.pacts = pacts;
-            if let Some(w) = self.workflows.get_mut(&old) {
-                w.remove(&tel.agent_id);
-            }
-            let (blocked, capped) = (agent.published.all == Lane::Block, agent.capped);
-            let w = self.workflows.entry(tel.workflow.clone()).or_default();
-            w.agents.insert(tel.agent_id.clone());
-            if blocked {
-                w.blocked.insert(tel.agent_id.clone());
-            }
-            if capped {
-                w.capped.insert(tel.agent_id.clone());
-            }
+        let (blocked, capped) = (agent.published.all == Lane::Block, agent.capped);
+        let w = self.workflows.entry(tel.workflow.clone()).or_default();
+        w.agents.insert(tel.agent_id.clone());
+        if blocked {
+            w.blocked.insert(tel.agent_id.clone());
         }
-        if let Some(at) = ttl_at {
-            self.schedule(at, Timer::Ttl(tel.agent_id.clone()));
+        if capped {
+            w.capped.insert(tel.agent_id.clone());
         }
     }
 
-    /// Walks one event through its agent: the model-version and scope checks, then every
-    /// clause of every pact covering the agent.
+    /// Walks one event through its agent: marks it changed, records it seen (scheduling its
+    /// state TTL, a `ttl` on, if none is pending), then the model-version and scope checks
+    /// and every clause of every pact covering the agent.
     fn walk(
         cx: &mut EventCx<'_>,
         agent: &mut AgentState,
         tel: &Telemetry,
-        now: i64,
+        ttl: i64,
         causation: &CausedBy<'_>,
     ) -> Walked {
+        let now = tel.occurred_at;
+        cx.dirty.mark(&tel.agent_id, Some(&mut *agent));
+        if let Some(at) = agent.seen(now, ttl) {
+            cx.timers.insert((at, Timer::Ttl(tel.agent_id.clone())));
+        }
         let mut causes: Vec<Cause> = Vec::new();
         let mut observed = Vec::new();
         let mut high_risk_fresh = true;
