@@ -301,13 +301,10 @@ impl Evaluator<'_> {
                     }
                 }
             });
-            let mut ready = Vec::new().into_iter();
-            let mut here = DECODE_CHUNK;
+            let first = records.iter().take(DECODE_CHUNK);
+            let mut ready =
+                first.map(|r| self.decoder.decode(r.payload, r.record_time)).collect::<Vec<_>>().into_iter();
             let mut next = |r: &Polled<'_>| -> Decoded {
-                if here > 0 {
-                    here -= 1;
-                    return self.decoder.decode(r.payload, r.record_time);
-                }
                 if let Some(d) = ready.next() {
                     return d;
                 }
