@@ -482,7 +482,7 @@ impl Engine {
         for agent_id in &ids {
             let Some(a) = self.agents.get_mut(agent_id) else { continue };
             let states = std::mem::take(&mut a.clauses);
-            let mut moved = BTreeMap::new();
+            let mut moved = state::ClauseMap::new();
             let mut shadow_states = BTreeMap::new();
             for (k, st) in states {
                 if Some(k.0) == shadow {
@@ -517,18 +517,18 @@ impl Engine {
             for ((c, seg), st) in shadow_states {
                 let unchanged = kin.contains(&Some(Kinship::Same(c)));
                 let key = (new, c, seg);
-                if !(unchanged && moved.contains_key(&key)) {
+                if !(unchanged && moved.get(&key).is_some()) {
                     moved.insert(key, st);
                 }
             }
-            for (k, st) in &moved {
+            for (k, st) in moved.iter() {
                 if k.0 == new {
                     if let Some(t) = st.timer_at {
                         timers.push((t, Timer::Freshness(agent_id.clone(), k.clone())));
                     }
                 }
             }
-            a.clauses = moved.into_iter().collect();
+            a.clauses = moved;
             if let Some(s) = shadow {
                 a.shadow.remove(&s);
             }
