@@ -32,10 +32,10 @@ pub struct AutoBernoulli {
     ref_ones: u64,
     built_at: u64,
     p0: f64,
-    /// Likelihood ratios, `lr[x * k + j]` for outcome `x` and member `j`.
-    lr: Vec<f64>,
-    p1: Vec<f64>,
-    kappa: Vec<f64>,
+    /// Likelihood ratios, `lr[x * k + j]` for outcome `x` and member `j`. The members'
+    /// alternatives and information levels are derived again at an alarm, the only time
+    /// they are read, rather than held by every key.
+    lr: Box<[f64]>,
     sr: Option<MixtureSr>,
     threshold: f64,
 }
@@ -70,12 +70,10 @@ struct Record {
     #[serde(alias = "built_at")]
     b: u64,
     p0: f64,
+    /// Version 1 also kept each member's alternative and information; they are derived
+    /// again at an alarm now, and ignored here.
     #[serde(default)]
     lr: Vec<f64>,
-    #[serde(default)]
-    p1: Vec<f64>,
-    #[serde(default)]
-    kappa: Vec<f64>,
     #[serde(default)]
     sr: Option<MixtureSr>,
     #[serde(alias = "threshold")]
@@ -114,9 +112,7 @@ impl<'de> Deserialize<'de> for AutoBernoulli {
             ref_ones: r.ro,
             built_at: r.b,
             p0: r.p0,
-            lr: r.lr,
-            p1: r.p1,
-            kappa: r.kappa,
+            lr: r.lr.into(),
             sr: r.sr,
             threshold: r.t,
         })
@@ -162,9 +158,7 @@ impl AutoBernoulli {
             ref_ones: 0,
             built_at: 0,
             p0: 0.0,
-            lr: Vec::new(),
-            p1: Vec::new(),
-            kappa: Vec::new(),
+            lr: Box::default(),
             sr: None,
         }
     }
@@ -189,9 +183,7 @@ impl AutoBernoulli {
         if let Some(sr) = self.sr.take() {
             let bank = self.bank(self.p0, self.built_at, None);
             self.sr = Some(sr.restored(&bank.sr));
-            self.lr = bank.lr;
-            self.p1 = bank.p1;
-            self.kappa = bank.kappa;
+            self.lr = bank.lr.into();
         }
         self.rs.derived = true;
         true
@@ -246,9 +238,7 @@ impl AutoBernoulli {
         let p0 = (self.ref_ones as f64 + 0.5) / (n as f64 + 1.0);
         let bank = self.bank(p0, n, self.sr.as_ref());
         self.p0 = p0;
-        self.lr = bank.lr;
-        self.p1 = bank.p1;
-        self.kappa = bank.kappa;
+        self.lr = bank.lr.into();
         self.sr = Some(bank.sr);
         self.built_at = n;
         self.threshold = bank.threshold;
@@ -287,11 +277,13 @@ impl AutoBernoulli {
         let lag = win.lag.round().max(0.0).min(i as f64) as u64;
         let n_current = lag + 1;
         let p_now = (win.aux_sum / (win.lag + 1.0)).clamp(0.0, 1.0);
-        let p1 = self.p1[win.member];
+        // The same bank as `sr`'s: a pure function of the baseline it was built from.
+        let bank = self.bank(self.p0, self.built_at, None);
+        let p1 = bank.p1[win.member];
         let mut params = self.cfg.params();
         params.insert("members".into(), sr.len() as f64);
         params.insert("winner_p1".into(), p1);
-        params.insert("winner_kappa".into(), self.kappa[win.member]);
+        params.insert("winner_kappa".into(), bank.kappa[win.member]);
         params.insert("winner_weight".into(), sr.w[win.member]);
         Alarm {
             detector: self.name().to_string(),
@@ -380,5 +372,43 @@ impl Detector for AutoBernoulli {
 
     fn name(&self) -> &'static str {
         "auto-bernoulli"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alarm::Estimate;
+
+    /// The winner's alternative and information, derived again at the alarm, are a member's
+    /// of the bank that alarmed: `κ = δ² p0 (1 - p0) / 2` for its log-odds shift `δ`, on the
+    /// side of the change, with the weight the bank gave it.
+    #[test]
+    fn an_alarm_names_the_winning_members_alternative_and_information() {
+        let cfg = AutoConfig { false_alarm_rate: 1e-4, reference_min: 500, ..AutoConfig::default() };
+        let mut d = AutoBernoulli::new(cfg).unwrap();
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut unit = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let alarm = (0..20_000)
+            .find_map(|i| d.update_bool(unit() < if i < 3_000 { 0.9 } else { 0.6 }))
+            .expect("a fall from 0.9 to 0.6 alarms");
+        assert!(alarm.index >= 3_000, "no false alarm before the change: {}", alarm.index);
+        let Estimate::Rate { p: p0 } = alarm.baseline else { panic!("{:?}", alarm.baseline) };
+        let (p1, kappa) = (alarm.params["winner_p1"], alarm.params["winner_kappa"]);
+        assert!(p1 < p0 && alarm.direction == "decrease", "p1 {p1}, p0 {p0}, {}", alarm.direction);
+        let logit = |p: f64| (p / (1.0 - p)).ln();
+        let delta = logit(p0) - logit(p1);
+        let expected = delta * delta * p0 * (1.0 - p0) / 2.0;
+        // Both sides are a few roundings of the same quantities.
+        assert!((kappa - expected).abs() <= 1e-12 * expected, "κ {kappa} against {expected}");
+        let sr = d.sr.as_ref().unwrap();
+        let win = sr.winner();
+        assert_eq!(alarm.params["winner_weight"], sr.w[win.member]);
+        assert_eq!(d.lr[sr.len() + win.member], p1 / p0, "the member's likelihood ratio for a 1");
     }
 }

@@ -41,9 +41,9 @@ pub struct AutoCategorical {
     ref_n: u64,
     built_at: u64,
     p0: Vec<f64>,
-    /// Likelihood ratios `lr[c * k + j]`.
-    lr: Vec<f64>,
-    kappa: Vec<f64>,
+    /// Likelihood ratios `lr[c * k + j]`. The members' information levels are derived
+    /// again at an alarm, the only time they are read, rather than held by every key.
+    lr: Box<[f64]>,
     sr: Option<MixtureSr>,
     threshold: f64,
 }
@@ -84,10 +84,10 @@ struct Record {
     b: u64,
     #[serde(default)]
     p0: Vec<f64>,
+    /// Version 1 also kept each member's information; it is derived again at an alarm now,
+    /// and ignored here.
     #[serde(default)]
     lr: Vec<f64>,
-    #[serde(default)]
-    kappa: Vec<f64>,
     #[serde(default)]
     sr: Option<MixtureSr>,
     #[serde(alias = "threshold")]
@@ -136,8 +136,7 @@ impl<'de> Deserialize<'de> for AutoCategorical {
             ref_n: r.rn,
             built_at: r.b,
             p0: r.p0,
-            lr: r.lr,
-            kappa: r.kappa,
+            lr: r.lr.into(),
             sr: r.sr,
             threshold: r.t,
         })
@@ -187,8 +186,7 @@ impl AutoCategorical {
             ref_n: 0,
             built_at: 0,
             p0: Vec::new(),
-            lr: Vec::new(),
-            kappa: Vec::new(),
+            lr: Box::default(),
             sr: None,
         }
     }
@@ -302,8 +300,7 @@ impl AutoCategorical {
         let p0: Vec<f64> = self.ref_counts.iter().map(|c| (*c as f64 + 0.5) / denom).collect();
         let bank = self.bank(&p0, n, self.sr.as_ref());
         self.p0 = p0;
-        self.lr = bank.lr;
-        self.kappa = bank.kappa;
+        self.lr = bank.lr.into();
         self.sr = Some(bank.sr);
         self.built_at = n;
         self.threshold = bank.threshold;
@@ -317,8 +314,7 @@ impl AutoCategorical {
         if let Some(sr) = self.sr.take() {
             let bank = self.bank(&self.p0, self.built_at, None);
             self.sr = Some(sr.restored(&bank.sr));
-            self.lr = bank.lr;
-            self.kappa = bank.kappa;
+            self.lr = bank.lr.into();
         }
         self.rs.derived = true;
         true
@@ -373,7 +369,9 @@ impl AutoCategorical {
         let mut params = self.cfg.params();
         params.insert("members".into(), k as f64);
         params.insert("categories".into(), self.names.len() as f64);
-        params.insert("winner_kappa".into(), self.kappa[j]);
+        // The same bank as `sr`'s: a pure function of the baseline it was built from.
+        let kappa = self.bank(&self.p0, self.built_at, None).kappa[j];
+        params.insert("winner_kappa".into(), kappa);
         params.insert("winner_weight".into(), sr.w[j]);
         Alarm {
             detector: self.name().to_string(),

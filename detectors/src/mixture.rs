@@ -30,33 +30,45 @@ pub(crate) const MAX_MEMBERS: usize = 256;
 /// ids and weights are a function of the configuration and the baseline, and the detector
 /// puts them back with [`MixtureSr::install`] before its next step. Equality compares the
 /// stored part, so a decoded bank equals the one it was encoded from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(from = "MixtureRecord")]
 pub(crate) struct MixtureSr {
     /// Stable member identifiers, so that a rebuilt bank keeps the evidence of old members.
     /// Shared (like the weights) by the keys whose banks are the same, as real detectors'
     /// banks at one reference size are.
-    #[serde(skip_serializing)]
     pub ids: Arc<[u32]>,
     /// Mixture weights (see `auto::build_bank`).
-    #[serde(skip_serializing)]
     pub w: Arc<[f64]>,
-    r: Vec<f64>,
-    d: Vec<f64>,
-    #[serde(skip_serializing_if = "all_zero")]
-    c: Vec<f64>,
+    /// The members' `R`, then their `D`, then their `C`: one allocation per key and 16
+    /// bytes inline, where three vectors took three and 72 (every clause state pays for the
+    /// largest detector inline).
+    s: Box<[f64]>,
     /// The last value of Λ.
-    #[serde(rename = "l")]
     pub lambda: f64,
 }
 
-fn all_zero(v: &[f64]) -> bool {
-    v.iter().all(|x| *x == 0.0)
+/// Written as format version 2 has it: `r`, `d`, `c` (left out when all zero) and `l`.
+impl Serialize for MixtureSr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let (r, d, c) = self.rdc();
+        let c_zero = c.iter().all(|x| *x == 0.0);
+        let mut st = s.serialize_struct("MixtureSr", 3 + usize::from(!c_zero))?;
+        st.serialize_field("r", r)?;
+        st.serialize_field("d", d)?;
+        if c_zero {
+            st.skip_field("c")?;
+        } else {
+            st.serialize_field("c", c)?;
+        }
+        st.serialize_field("l", &self.lambda)?;
+        st.end()
+    }
 }
 
 impl PartialEq for MixtureSr {
     fn eq(&self, o: &Self) -> bool {
-        (&self.r, &self.d, &self.c, self.lambda.to_bits()) == (&o.r, &o.d, &o.c, o.lambda.to_bits())
+        (self.rdc(), self.lambda.to_bits()) == (o.rdc(), o.lambda.to_bits())
     }
 }
 
@@ -78,15 +90,22 @@ struct MixtureRecord {
 impl From<MixtureRecord> for MixtureSr {
     fn from(m: MixtureRecord) -> Self {
         let k = m.r.len();
-        let fit = |v: Vec<f64>| if v.len() == k { v } else { vec![0.0; k] };
-        let (d, c) = (fit(m.d), fit(m.c));
+        let mut s = Vec::with_capacity(3 * k);
+        s.extend_from_slice(&m.r);
+        for v in [m.d, m.c] {
+            if v.len() == k {
+                s.extend_from_slice(&v);
+            } else {
+                s.resize(s.len() + k, 0.0);
+            }
+        }
         // A version-2 record has no ids or weights: one shared empty value each, so decoding
         // allocates none per key.
         static NO_IDS: LazyLock<Arc<[u32]>> = LazyLock::new(|| Arc::from([]));
         static NO_W: LazyLock<Arc<[f64]>> = LazyLock::new(|| Arc::from([]));
         let ids = if m.ids.is_empty() { Arc::clone(&NO_IDS) } else { m.ids.into() };
         let w = if m.w.is_empty() { Arc::clone(&NO_W) } else { m.w.into() };
-        MixtureSr { ids, w, r: m.r, d, c, lambda: m.l }
+        MixtureSr { ids, w, s: s.into_boxed_slice(), lambda: m.l }
     }
 }
 
@@ -108,7 +127,23 @@ impl MixtureSr {
         let k = ids.len();
         debug_assert_eq!(k, w.len());
         debug_assert!(k <= MAX_MEMBERS);
-        MixtureSr { ids, w, r: vec![0.0; k], d: vec![0.0; k], c: vec![0.0; k], lambda: 0.0 }
+        MixtureSr { ids, w, s: vec![0.0; 3 * k].into_boxed_slice(), lambda: 0.0 }
+    }
+
+    /// The statistics `R`, `D` and `C`, one slice each.
+    fn rdc(&self) -> (&[f64], &[f64], &[f64]) {
+        let k = self.len();
+        let (r, dc) = self.s.split_at(k);
+        let (d, c) = dc.split_at(k);
+        (r, d, c)
+    }
+
+    /// The same, to change.
+    fn rdc_mut(&mut self) -> (&mut [f64], &mut [f64], &mut [f64]) {
+        let k = self.len();
+        let (r, dc) = self.s.split_at_mut(k);
+        let (d, c) = dc.split_at_mut(k);
+        (r, d, c)
     }
 
     /// A decoded bank (statistics only) with the ids and weights of `fresh`, the same bank
@@ -116,7 +151,7 @@ impl MixtureSr {
     /// of members differs (which a matching configuration fingerprint rules out: relearning
     /// is safer than pairing statistics with other members).
     pub fn restored(mut self, fresh: &MixtureSr) -> MixtureSr {
-        if fresh.ids.len() != self.r.len() {
+        if fresh.ids.len() != self.len() {
             return fresh.clone();
         }
         self.ids.clone_from(&fresh.ids);
@@ -127,31 +162,32 @@ impl MixtureSr {
     /// Whether the ids and weights are in place (a bank decoded from format version 2 has
     /// only its statistics until [`MixtureSr::restored`]).
     pub fn is_installed(&self) -> bool {
-        self.ids.len() == self.r.len() && self.w.len() == self.r.len()
+        self.ids.len() == self.len() && self.w.len() == self.len()
     }
 
     /// Number of members.
     pub fn len(&self) -> usize {
-        self.r.len()
+        self.s.len() / 3
     }
 
     /// Carries the statistics of members with matching ids over from `old`.
     pub fn inherit(&mut self, old: &MixtureSr) {
-        for (j, id) in self.ids.iter().enumerate() {
+        let ids = Arc::clone(&self.ids);
+        let (or, od, oc) = old.rdc();
+        let (r, d, c) = self.rdc_mut();
+        for (j, id) in ids.iter().enumerate() {
             if let Some(i) = old.ids.iter().position(|o| o == id) {
-                self.r[j] = old.r[i];
-                self.d[j] = old.d[i];
-                self.c[j] = old.c[i];
+                r[j] = or[i];
+                d[j] = od[i];
+                c[j] = oc[i];
             }
         }
-        self.lambda = self.r.iter().zip(self.w.iter()).map(|(r, w)| r * w).sum();
+        self.lambda = self.rdc().0.iter().zip(self.w.iter()).map(|(r, w)| r * w).sum();
     }
 
     /// Zeroes every statistic (the baseline, held by the caller, is untouched).
     pub fn restart(&mut self) {
-        self.r.iter_mut().for_each(|v| *v = 0.0);
-        self.d.iter_mut().for_each(|v| *v = 0.0);
-        self.c.iter_mut().for_each(|v| *v = 0.0);
+        self.s.iter_mut().for_each(|v| *v = 0.0);
         self.lambda = 0.0;
     }
 
@@ -159,7 +195,7 @@ impl MixtureSr {
     /// Returns Λ.
     #[inline]
     pub fn step(&mut self, lr: &[f64], aux: f64) -> f64 {
-        let lr = &lr[..self.r.len()];
+        let lr = &lr[..self.len()];
         self.step_by(|j| lr[j], aux)
     }
 
@@ -168,10 +204,12 @@ impl MixtureSr {
     /// buffer sized for the largest bank was zeroed on every event).
     #[inline]
     pub fn step_by(&mut self, mut lr: impl FnMut(usize) -> f64, aux: f64) -> f64 {
-        let k = self.r.len();
-        let (w, d, c) = (&self.w[..k], &mut self.d[..k], &mut self.c[..k]);
+        let k = self.len();
+        let w = &self.w[..k];
+        let (r, dc) = self.s.split_at_mut(k);
+        let (d, c) = dc.split_at_mut(k);
         let mut lambda = 0.0;
-        for (j, r) in self.r.iter_mut().enumerate() {
+        for (j, r) in r.iter_mut().enumerate() {
             let l = lr(j);
             let prev = *r;
             d[j] = (d[j] + prev) * l;
@@ -186,17 +224,18 @@ impl MixtureSr {
 
     /// The member with the largest weighted statistic, with its change-point estimate.
     pub fn winner(&self) -> Winner {
+        let (rs, d, c) = self.rdc();
         let mut best = 0;
         let mut best_v = f64::MIN;
-        for j in 0..self.r.len() {
-            let v = self.w[j] * self.r[j];
+        for (j, r) in rs.iter().enumerate() {
+            let v = self.w[j] * r;
             if v > best_v {
                 best_v = v;
                 best = j;
             }
         }
-        let r = self.r[best].max(f64::MIN_POSITIVE);
-        Winner { member: best, lag: self.d[best] / r, aux_sum: self.c[best] / r }
+        let r = rs[best].max(f64::MIN_POSITIVE);
+        Winner { member: best, lag: d[best] / r, aux_sum: c[best] / r }
     }
 }
 
@@ -245,6 +284,46 @@ mod tests {
         assert_eq!(w.member, 0);
         assert!((w.lag - 1.0).abs() < 1e-12);
         assert!((w.aux_sum - 1.0).abs() < 1e-12);
+    }
+
+    /// The layout before the statistics shared one allocation, as format version 2 wrote it.
+    #[derive(Serialize)]
+    struct ThreeVectors {
+        r: Vec<f64>,
+        d: Vec<f64>,
+        #[serde(skip_serializing_if = "all_zero")]
+        c: Vec<f64>,
+        l: f64,
+    }
+
+    fn all_zero(v: &[f64]) -> bool {
+        v.iter().all(|x| *x == 0.0)
+    }
+
+    #[test]
+    fn stored_bytes_are_those_of_three_vectors_and_read_back_equal() {
+        let mut m = MixtureSr::new(vec![3, 5, 9], vec![0.5, 0.25, 0.25]);
+        for (lr, aux) in [([1.5, 0.5, 2.0], 0.0), ([0.8, 1.25, 0.9], 0.0)] {
+            m.step(&lr, aux);
+        }
+        for aux in [0.0, 1.0] {
+            if aux == 1.0 {
+                m.step(&[1.1, 0.7, 3.0], aux);
+            }
+            let (r, d, c) = m.rdc();
+            let old = ThreeVectors { r: r.to_vec(), d: d.to_vec(), c: c.to_vec(), l: m.lambda };
+            let bytes = rmp_serde::to_vec_named(&m).unwrap();
+            assert_eq!(bytes, rmp_serde::to_vec_named(&old).unwrap(), "c all zero: {}", aux == 0.0);
+            let back: MixtureSr = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(back, m);
+            assert_eq!(back.rdc().2, c, "an absent `c` reads as zeros");
+            assert!(!back.is_installed());
+            assert_eq!(
+                back.restored(&MixtureSr::new(vec![3, 5, 9], vec![0.5, 0.25, 0.25])).winner(),
+                m.winner()
+            );
+        }
+        assert!(m.rdc().2.iter().any(|c| *c != 0.0), "the second round stores `c`");
     }
 
     #[test]
