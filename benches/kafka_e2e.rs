@@ -412,8 +412,8 @@ fn latency(b: &Broker, a: &Args) {
             let p = if i >= change_at[ai] { 0.20 } else { 0.95 };
             let at = now_us();
             let ev = Telemetry {
-                event_id: format!("{agent}-{i}"),
-                agent_id: agent.clone(),
+                event_id: format!("{agent}-{i}").into(),
+                agent_id: agent.as_str().into(),
                 workflow: "bench".into(),
                 model: Model { provider: "acme".into(), name: "m".into(), version: "v1".into() },
                 occurred_at: at,
@@ -427,9 +427,9 @@ fn latency(b: &Broker, a: &Args) {
             };
             let payload = enc.encode(&ev);
             if let Ok(mut s) = sent.lock() {
-                s.insert(ev.event_id.clone(), at);
+                s.insert(ev.event_id.to_string(), at);
             }
-            send_order.push(ev.event_id.clone());
+            send_order.push(ev.event_id.to_string());
             send(&producer, &t.input, agent.as_bytes(), &payload, 0, at / 1000);
             producer.poll(Duration::ZERO);
             n += 1;
@@ -708,8 +708,8 @@ fn restore(b: &Broker, a: &Args) {
         for i in 0..agents {
             let agent = format!("agent-{i:07}");
             let ev = Telemetry {
-                event_id: format!("{agent}-{round}"),
-                agent_id: agent.clone(),
+                event_id: format!("{agent}-{round}").into(),
+                agent_id: agent.as_str().into(),
                 workflow: "w".into(),
                 model: Model { provider: "p".into(), name: "m".into(), version: "v1".into() },
                 occurred_at: 1_772_409_600_000_000 + (round * agents + i) as i64 * 1000,
@@ -811,8 +811,8 @@ const BREACH_PACT: &str = include_str!("../tests/fixtures/live-breaches.yaml");
 
 fn breach_event(agent: &str, i: u64, pii: bool, flag: &str) -> Telemetry {
     Telemetry {
-        event_id: format!("{agent}-{i}"),
-        agent_id: agent.to_string(),
+        event_id: format!("{agent}-{i}").into(),
+        agent_id: agent.into(),
         workflow: "bench".into(),
         model: Model { provider: "acme".into(), name: "m".into(), version: "v1".into() },
         occurred_at: now_us(),
@@ -856,7 +856,7 @@ fn breach(b: &Broker, a: &Args) {
         producer.poll(Duration::ZERO);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(recv) = received.lock().ok().and_then(|r| r.get(&ev.event_id).copied()) {
+            if let Some(recv) = received.lock().ok().and_then(|r| r.get(ev.event_id.as_str()).copied()) {
                 let _ = h.record((recv - at).max(0) as u64);
                 return;
             }

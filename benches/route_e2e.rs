@@ -85,9 +85,9 @@ fn now_us() -> i64 {
 
 fn tel(agent: &str, i: u64, pii: bool) -> Vec<u8> {
     serde_json::to_vec(&Telemetry {
-        event_id: format!("{agent}-{i}"),
+        event_id: format!("{agent}-{i}").into(),
         agent_id: agent.into(),
-        workflow: format!("wf-{agent}"),
+        workflow: format!("wf-{agent}").into(),
         model: Model { provider: "acme".into(), name: "m".into(), version: "v1".into() },
         occurred_at: now_us(),
         risk: Risk::Low,

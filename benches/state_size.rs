@@ -104,7 +104,7 @@ const KINDS: &[(&str, &str, &str)] = &[
 fn event(i: u64) -> Telemetry {
     let r = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
     Telemetry {
-        event_id: format!("e-{i}"),
+        event_id: format!("e-{i}").into(),
         agent_id: "agent-1".into(),
         workflow: "w".into(),
         model: Model { provider: "p".into(), name: "m".into(), version: "v1".into() },

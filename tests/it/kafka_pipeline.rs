@@ -75,7 +75,7 @@ override_token = "kafka-test-token"
 
 fn event(agent: &str, i: u64, at: i64, version: &str, verified: bool) -> Telemetry {
     Telemetry {
-        event_id: format!("{agent}-{i}"),
+        event_id: format!("{agent}-{i}").into(),
         agent_id: agent.into(),
         workflow: "finance".into(),
         model: Model { provider: "acme".into(), name: "ledger".into(), version: version.into() },
@@ -110,7 +110,7 @@ fn scenario() -> Vec<Telemetry> {
 fn scenario_records() -> Vec<(String, Vec<u8>, i64, i32)> {
     scenario()
         .iter()
-        .map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2)))
+        .map(|e| (e.agent_id.to_string(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, 2)))
         .collect()
 }
 
@@ -261,7 +261,7 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
         .map(|i| {
             let agent = ["fin-01", "fin-03"][i as usize % 2];
             let e = event(agent, 1500 + i, expires_at + (10 + i as i64) * 1_000_000, "v1", true);
-            (e.agent_id.clone(), avro(&e), e.occurred_at / 1000, partition_of(agent, 2))
+            (e.agent_id.to_string(), avro(&e), e.occurred_at / 1000, partition_of(agent, 2))
         })
         .collect();
     produce(&b.producer(), &t.input, &later);
@@ -301,7 +301,7 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     let by_telemetry: Vec<EnforcementEvent> =
         all_events.iter().filter(|e| !by_override(e)).cloned().collect();
     let mut want = reference_events(&records, 2);
-    let key = |e: &EnforcementEvent| (e.agent_id.clone(), e.seq);
+    let key = |e: &EnforcementEvent| (e.agent_id.to_string(), e.seq);
     want.sort_by_key(key);
     let mut got = by_telemetry.clone();
     got.sort_by_key(key);
@@ -723,19 +723,19 @@ fn sigkill_between_produce_and_commit_loses_nothing_and_duplicates_carry_seen_se
     let mut duplicates = 0;
     for e in &got {
         let text = serde_json::to_string(e).unwrap();
-        match seen.get(&(e.agent_id.clone(), e.seq)) {
+        match seen.get(&(e.agent_id.to_string(), e.seq)) {
             Some(prev) => {
                 duplicates += 1;
                 assert_eq!(prev, &text, "a duplicate seq carries the identical event");
             }
             None => {
-                seen.insert((e.agent_id.clone(), e.seq), text);
+                seen.insert((e.agent_id.to_string(), e.seq), text);
                 applied.push(e.clone());
             }
         }
     }
     let mut want = reference_events(&records, 2);
-    let key = |e: &EnforcementEvent| (e.agent_id.clone(), e.seq);
+    let key = |e: &EnforcementEvent| (e.agent_id.to_string(), e.seq);
     want.sort_by_key(key);
     applied.sort_by_key(key);
     assert_eq!(
@@ -779,7 +779,9 @@ fn batches_give_each_partitions_sequential_outputs(partitions: i32, evaluation: 
     // With four partitions fin-01..04 land on one each; a bad record every 700.
     let good: Vec<(String, Vec<u8>, i64, i32)> = scenario()
         .iter()
-        .map(|e| (e.agent_id.clone(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, partitions)))
+        .map(|e| {
+            (e.agent_id.to_string(), avro(e), e.occurred_at / 1000, partition_of(&e.agent_id, partitions))
+        })
         .collect();
     let parts: std::collections::BTreeSet<i32> = good.iter().map(|r| r.3).collect();
     assert_eq!(parts.len(), partitions as usize, "every partition has agents");
@@ -824,11 +826,11 @@ fn batches_give_each_partitions_sequential_outputs(partitions: i32, evaluation: 
     // Sent in each engine's order: per agent, seqs ascend in the topic.
     let mut last: BTreeMap<String, u64> = BTreeMap::new();
     for e in &got {
-        let prev = last.insert(e.agent_id.clone(), e.seq);
+        let prev = last.insert(e.agent_id.to_string(), e.seq);
         assert!(prev.is_none_or(|p| p < e.seq), "{}: seq {} after {prev:?}", e.agent_id, e.seq);
     }
     let mut got_sorted = got.clone();
-    let key = |e: &EnforcementEvent| (e.agent_id.clone(), e.seq);
+    let key = |e: &EnforcementEvent| (e.agent_id.to_string(), e.seq);
     got_sorted.sort_by_key(key);
     want.sort_by_key(key);
     assert_eq!(got_sorted, want);

@@ -64,7 +64,7 @@ fn now() -> i64 {
 /// One event of `agent`, now.
 fn send(b: &Broker, t: &Topics, agent: &str, i: u64, outcome: Outcome) {
     let tel = Telemetry {
-        event_id: format!("{agent}-{i}"),
+        event_id: format!("{agent}-{i}").into(),
         agent_id: agent.into(),
         workflow: "w".into(),
         model: Model { provider: "acme".into(), name: "m".into(), version: "v1".into() },

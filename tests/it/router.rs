@@ -192,7 +192,7 @@ override_token = "{TOKEN}"
 fn tel(agent: &str, i: u64, risk: Risk, pii: bool) -> Vec<u8> {
     let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
     serde_json::to_vec(&driftgate_core::model::telemetry::Telemetry {
-        event_id: format!("{agent}-{i}"),
+        event_id: format!("{agent}-{i}").into(),
         agent_id: agent.into(),
         workflow: "live".into(),
         model: driftgate_core::model::telemetry::Model {

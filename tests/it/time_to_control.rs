@@ -70,7 +70,7 @@ fn wall_micros() -> i64 {
 
 fn tel(agent: &str, i: u64, at: i64, risk: Risk, flag: &str, pii: bool) -> Telemetry {
     Telemetry {
-        event_id: format!("{agent}-{i}"),
+        event_id: format!("{agent}-{i}").into(),
         agent_id: agent.into(),
         workflow: "live".into(),
         model: Model { provider: "acme".into(), name: "m".into(), version: "v1".into() },
@@ -106,7 +106,7 @@ fn burst(t0: i64) -> Vec<Telemetry> {
 fn records(events: &[Telemetry]) -> Vec<(String, Vec<u8>, i64, i32)> {
     events
         .iter()
-        .map(|e| (e.agent_id.clone(), serde_json::to_vec(e).unwrap(), e.occurred_at / 1000, 0))
+        .map(|e| (e.agent_id.to_string(), serde_json::to_vec(e).unwrap(), e.occurred_at / 1000, 0))
         .collect()
 }
 
@@ -349,7 +349,7 @@ fn deduped(evs: &[EnforcementEvent]) -> Deduped {
     evs.iter()
         .map(|e| {
             (
-                (e.agent_id.clone(), e.scope, e.seq),
+                (e.agent_id.to_string(), e.scope, e.seq),
                 (e.lane_from, e.lane_to, e.reason.code.clone(), e.effective_at),
             )
         })

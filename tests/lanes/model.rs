@@ -634,10 +634,10 @@ fn telemetry(
     high_risk: bool,
 ) -> Telemetry {
     Telemetry {
-        event_id: id,
-        agent_id: agent,
+        event_id: id.into(),
+        agent_id: agent.into(),
         workflow: workflow.into(),
-        model: ModelInfo { provider: "p".into(), name: "m".into(), version: format!("v{version}") },
+        model: ModelInfo { provider: "p".into(), name: "m".into(), version: format!("v{version}").into() },
         occurred_at: t,
         risk: if high_risk { Risk::High } else { Risk::Low },
         outcome: Outcome::Ok,

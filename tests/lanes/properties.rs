@@ -139,13 +139,13 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
                     versions[*agent as usize] += 1;
                 }
                 engine.push(Input::Telemetry(Telemetry {
-                    event_id: format!("e{n}"),
-                    agent_id: format!("a{agent}"),
-                    workflow: format!("w{workflow}"),
+                    event_id: format!("e{n}").into(),
+                    agent_id: format!("a{agent}").into(),
+                    workflow: format!("w{workflow}").into(),
                     model: Model {
                         provider: "p".into(),
                         name: "m".into(),
-                        version: format!("v{}", versions[*agent as usize]),
+                        version: format!("v{}", versions[*agent as usize]).into(),
                     },
                     occurred_at: t,
                     risk: if n.is_multiple_of(3) { Risk::High } else { Risk::Low },
@@ -153,7 +153,7 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
                     latency_ms: Some(*latency),
                     citations: Some(Citations { total: 1, verified: 1 }),
                     pii_detected: Some(*pii),
-                    tool_calls: if *tool == 0 { vec![] } else { vec![format!("t{tool}")] },
+                    tool_calls: if *tool == 0 { vec![] } else { vec![format!("t{tool}").into()] },
                     attributes: BTreeMap::new(),
                 }));
             }
@@ -204,7 +204,7 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
         event_id: "last".into(),
         agent_id: "a0".into(),
         workflow: "w0".into(),
-        model: Model { provider: "p".into(), name: "m".into(), version: format!("v{}", versions[0]) },
+        model: Model { provider: "p".into(), name: "m".into(), version: format!("v{}", versions[0]).into() },
         occurred_at: t + 30 * 24 * 3600 * S,
         risk: Risk::Low,
         outcome: Outcome::Ok,
@@ -324,7 +324,7 @@ fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
         let named: Vec<&str> = e.reason.text.split('`').collect();
         if code == "scope_new_tool" || code == "scope_new_workflow" {
             let kind = if code == "scope_new_tool" { "tool" } else { "workflow" };
-            opened.entry((e.agent_id.clone(), kind.into(), named[1].into())).or_insert(e.effective_at);
+            opened.entry((e.agent_id.to_string(), kind.into(), named[1].into())).or_insert(e.effective_at);
         }
         if code == "scope_reverified" {
             seen.scope_releases += 1;
@@ -336,7 +336,7 @@ fn check(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
                     _ if what.ends_with("workflow ") => "workflow",
                     _ => continue,
                 };
-                let key = (e.agent_id.clone(), kind.to_string(), value.to_string());
+                let key = (e.agent_id.to_string(), kind.to_string(), value.to_string());
                 // One release may be announced for both scopes, by events of one step.
                 if released.get(&key) == Some(&e.effective_at) {
                     continue;

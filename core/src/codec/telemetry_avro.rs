@@ -15,7 +15,7 @@
 //! So the plan only has to guarantee: when it returns a `Telemetry`, the generic path returns
 //! the same one. The differential tests below and the fuzz target check exactly that.
 
-use crate::model::telemetry::{Attr, Citations, Model, Outcome, Risk, Telemetry};
+use crate::model::telemetry::{Attr, Citations, CompactString, Model, Outcome, Risk, Telemetry};
 use apache_avro::schema::{RecordField, UnionSchema};
 use apache_avro::Schema;
 use std::collections::BTreeMap;
@@ -352,12 +352,12 @@ enum Step {
 /// The fields of a telemetry record being filled; required ones start empty.
 #[derive(Default)]
 struct Partial {
-    event_id: Option<String>,
-    agent_id: Option<String>,
-    workflow: Option<String>,
-    provider: Option<String>,
-    name: Option<String>,
-    version: Option<String>,
+    event_id: Option<CompactString>,
+    agent_id: Option<CompactString>,
+    workflow: Option<CompactString>,
+    provider: Option<CompactString>,
+    name: Option<CompactString>,
+    version: Option<CompactString>,
     occurred_at: Option<i64>,
     risk: Option<Risk>,
     outcome: Option<Outcome>,
@@ -366,7 +366,7 @@ struct Partial {
     total: Option<u32>,
     verified: Option<u32>,
     pii_detected: Option<bool>,
-    tool_calls: Vec<String>,
+    tool_calls: Vec<CompactString>,
     attributes: BTreeMap<String, Attr>,
 }
 
@@ -375,7 +375,7 @@ impl Step {
         match self {
             Step::Skip(s) => s.run(c)?,
             Step::Str(f) => {
-                let v = Some(c.str()?.to_string());
+                let v = Some(CompactString::from(c.str()?));
                 match f {
                     StrField::EventId => p.event_id = v,
                     StrField::AgentId => p.agent_id = v,
@@ -421,7 +421,7 @@ impl Step {
                     }
                     p.tool_calls.reserve(n);
                     for _ in 0..n {
-                        p.tool_calls.push(c.str()?.to_string());
+                        p.tool_calls.push(CompactString::from(c.str()?));
                     }
                 }
             }

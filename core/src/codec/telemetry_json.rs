@@ -15,7 +15,7 @@
 //! `Telemetry`, serde_json returns the same one. The differential tests in `model::telemetry`
 //! and the `telemetry_json` fuzz target check exactly that.
 
-use crate::model::telemetry::{Attr, Citations, Model, Outcome, Risk, Telemetry};
+use crate::model::telemetry::{Attr, Citations, CompactString, Model, Outcome, Risk, Telemetry};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -210,6 +210,14 @@ impl<'a> Parser<'a> {
         self.string().map(Cow::into_owned)
     }
 
+    /// A string held inline when it is short (most ids and names are).
+    fn compact(&mut self) -> Read<CompactString> {
+        self.string().map(|s| match s {
+            Cow::Borrowed(s) => CompactString::from(s),
+            Cow::Owned(s) => CompactString::from(s),
+        })
+    }
+
     /// A number in JSON's grammar, if its significand fits 18 digits (more make it `None`:
     /// the caller falls back rather than round).
     fn number(&mut self) -> Read<Number> {
@@ -323,7 +331,7 @@ impl<'a> Parser<'a> {
                 "version" => &mut version,
                 _ => return None,
             };
-            set(slot, p.owned()?)
+            set(slot, p.compact()?)
         })?;
         Some(Model { provider: provider?, name: name?, version: version? })
     }
@@ -338,14 +346,14 @@ impl<'a> Parser<'a> {
         Some(Citations { total: total?, verified: verified? })
     }
 
-    fn tool_calls(&mut self) -> Read<Vec<String>> {
+    fn tool_calls(&mut self) -> Read<Vec<CompactString>> {
         self.expect(b'[')?;
         let mut calls = Vec::new();
         if self.eat(b']') {
             return Some(calls);
         }
         loop {
-            calls.push(self.owned()?);
+            calls.push(self.compact()?);
             if !self.eat(b',') {
                 self.expect(b']')?;
                 return Some(calls);
@@ -387,9 +395,9 @@ impl<'a> Parser<'a> {
         let (mut latency_ms, mut citations, mut pii_detected) = (None, None, None);
         let (mut tool_calls, mut attributes) = (None, None);
         self.object(|p, key| match &*key {
-            "event_id" => set(&mut event_id, p.owned()?),
-            "agent_id" => set(&mut agent_id, p.owned()?),
-            "workflow" => set(&mut workflow, p.owned()?),
+            "event_id" => set(&mut event_id, p.compact()?),
+            "agent_id" => set(&mut agent_id, p.compact()?),
+            "workflow" => set(&mut workflow, p.compact()?),
             "model" => set(&mut model, p.model()?),
             "occurred_at" => set(&mut occurred_at, p.i64()?),
             "risk" => set(&mut risk, Risk::from_name(&p.string()?)?),

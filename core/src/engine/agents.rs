@@ -47,7 +47,7 @@ impl Engine {
         // Almost every event: a known agent, still in its workflow, looked up once for
         // everything that follows. Others go through `place_agent` first.
         let (agents, mut cx) = self.split();
-        let walked = match agents.get_mut(&tel.agent_id) {
+        let walked = match agents.get_mut(tel.agent_id.as_str()) {
             Some(agent) if agent.workflow == tel.workflow => {
                 Some(Self::walk(&mut cx, agent, tel, ttl, &causation))
             }
@@ -59,7 +59,7 @@ impl Engine {
                 self.place_agent(tel, now);
                 let (agents, mut cx) = self.split();
                 // Present: `place_agent` has just created it if it was not.
-                let Some(agent) = agents.get_mut(&tel.agent_id) else { return };
+                let Some(agent) = agents.get_mut(tel.agent_id.as_str()) else { return };
                 Self::walk(&mut cx, agent, tel, ttl, &causation)
             }
         };
@@ -99,33 +99,37 @@ impl Engine {
     #[cold]
     #[inline(never)]
     fn place_agent(&mut self, tel: &Telemetry, now: i64) {
-        if self.agents.get(&tel.agent_id).is_some_and(|a| a.workflow == tel.workflow) {
+        if self.agents.get(tel.agent_id.as_str()).is_some_and(|a| a.workflow == tel.workflow) {
             return;
         }
         // Pact coverage depends on agent and workflow only: matched on creation, and again
         // on a move.
         let pacts = self.covering(&tel.agent_id, &tel.workflow);
-        let Some(agent) = self.agents.get_mut(&tel.agent_id) else {
+        let Some(agent) = self.agents.get_mut(tel.agent_id.as_str()) else {
             self.agents.insert(
-                tel.agent_id.clone(),
-                AgentState::new(tel.workflow.clone(), tel.model.version.clone(), pacts, now),
+                tel.agent_id.to_string(),
+                AgentState::new(tel.workflow.to_string(), tel.model.version.to_string(), pacts, now),
             );
-            self.workflows.entry(tel.workflow.clone()).or_default().agents.insert(tel.agent_id.clone());
+            self.workflows
+                .entry(tel.workflow.to_string())
+                .or_default()
+                .agents
+                .insert(tel.agent_id.to_string());
             return;
         };
-        let old = std::mem::replace(&mut agent.workflow, tel.workflow.clone());
+        let old = std::mem::replace(&mut agent.workflow, tel.workflow.to_string());
         agent.pacts = pacts;
         if let Some(w) = self.workflows.get_mut(&old) {
-            w.remove(&tel.agent_id);
+            w.remove(tel.agent_id.as_str());
         }
         let (blocked, capped) = (agent.published.all == Lane::Block, agent.capped);
-        let w = self.workflows.entry(tel.workflow.clone()).or_default();
-        w.agents.insert(tel.agent_id.clone());
+        let w = self.workflows.entry(tel.workflow.to_string()).or_default();
+        w.agents.insert(tel.agent_id.to_string());
         if blocked {
-            w.blocked.insert(tel.agent_id.clone());
+            w.blocked.insert(tel.agent_id.to_string());
         }
         if capped {
-            w.capped.insert(tel.agent_id.clone());
+            w.capped.insert(tel.agent_id.to_string());
         }
     }
 
@@ -142,7 +146,7 @@ impl Engine {
         let now = tel.occurred_at;
         cx.dirty.mark(&tel.agent_id, Some(&mut *agent));
         if let Some(at) = agent.seen(now, ttl) {
-            cx.timers.insert((at, Timer::Ttl(tel.agent_id.clone())));
+            cx.timers.insert((at, Timer::Ttl(tel.agent_id.to_string())));
         }
         let mut causes: Vec<Cause> = Vec::new();
         let mut observed = Vec::new();
@@ -199,7 +203,7 @@ impl Engine {
         causes: &mut Vec<Cause>,
     ) {
         let (pacts, slots) = (cx.pacts, cx.slots);
-        let from = std::mem::replace(&mut agent.model_version, tel.model.version.clone());
+        let from = std::mem::replace(&mut agent.model_version, tel.model.version.to_string());
         let pending: BTreeSet<ClauseKey> = agent
             .clauses
             .keys()
@@ -226,7 +230,7 @@ impl Engine {
             pending.len()
         );
         agent.model_change =
-            Some(ModelChange { from, to: tel.model.version.clone(), since: now, lane, pending });
+            Some(ModelChange { from, to: tel.model.version.to_string(), since: now, lane, pending });
         causes.push(Cause {
             code: CauseCode::ModelChanged,
             text,

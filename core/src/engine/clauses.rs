@@ -132,7 +132,7 @@ impl Engine {
             });
         }
         if let Some(at) = need_timer {
-            cx.timers.insert((at, Timer::Freshness(tel.agent_id.clone(), key)));
+            cx.timers.insert((at, Timer::Freshness(tel.agent_id.to_string(), key)));
         }
         observed
     }

@@ -72,11 +72,11 @@ impl Engine {
         let st = agent.scope.get_or_insert_with(Box::default);
         st.events += 1;
         let mut found: Vec<(ScopeKind, &str)> = Vec::new();
-        if !st.workflows.contains(&tel.workflow) {
+        if !st.workflows.contains(tel.workflow.as_str()) {
             found.push((ScopeKind::NewWorkflow, &tel.workflow));
         }
         for t in &tel.tool_calls {
-            if !st.tools.contains(t) && !found.iter().any(|(_, v)| v == t) {
+            if !st.tools.contains(t.as_str()) && !found.iter().any(|(_, v)| v == t) {
                 found.push((ScopeKind::NewTool, t));
             }
         }
@@ -168,12 +168,12 @@ impl Engine {
         causation: &CausedBy<'_>,
     ) -> Option<Cause> {
         let Engine { agents, pacts, .. } = self;
-        let st = agents.get_mut(&tel.agent_id)?.scope.as_mut()?;
+        let st = agents.get_mut(tel.agent_id.as_str())?.scope.as_mut()?;
         let mut closed = Vec::new();
         st.pending.retain_mut(|ch| {
             let in_scope = match ch.kind {
                 ScopeKind::NewWorkflow => tel.workflow == ch.value,
-                ScopeKind::NewTool => tel.tool_calls.contains(&ch.value),
+                ScopeKind::NewTool => tel.tool_calls.iter().any(|t| *t == ch.value),
                 ScopeKind::FirstHighRisk => tel.risk == Risk::High,
             };
             // A pact version without scope triggers releases its changes at activation.

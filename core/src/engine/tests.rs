@@ -36,10 +36,10 @@ fn engine() -> Engine {
 
 fn tel(agent: &str, at_s: i64, flag: &str, high_risk: bool, version: u32) -> Input {
     Input::Telemetry(Telemetry {
-        event_id: format!("{agent}@{at_s}"),
+        event_id: format!("{agent}@{at_s}").into(),
         agent_id: agent.into(),
         workflow: "w".into(),
-        model: Model { provider: "p".into(), name: "m".into(), version: format!("v{version}") },
+        model: Model { provider: "p".into(), name: "m".into(), version: format!("v{version}").into() },
         occurred_at: T0 + at_s * S,
         risk: if high_risk { Risk::High } else { Risk::Low },
         outcome: Outcome::Ok,
@@ -1364,7 +1364,7 @@ clauses:
 fn scoped(agent: &str, at_s: i64, flag: &str, high_risk: bool, workflow: &str, tools: &[&str]) -> Input {
     let mut input = in_workflow(tel(agent, at_s, flag, high_risk, 1), workflow);
     if let Input::Telemetry(t) = &mut input {
-        t.tool_calls = tools.iter().map(|t| t.to_string()).collect();
+        t.tool_calls = tools.iter().map(|t| (*t).into()).collect();
     }
     input
 }
@@ -1737,7 +1737,7 @@ fn retired_telemetry_comes_back_in_processing_order_and_changes_no_output() {
         inputs
             .iter()
             .map(|i| match i {
-                Input::Telemetry(t) => t.event_id.clone(),
+                Input::Telemetry(t) => t.event_id.to_string(),
                 _ => String::new(),
             })
             .collect()
@@ -1762,7 +1762,7 @@ fn retired_telemetry_comes_back_in_processing_order_and_changes_no_output() {
     retired.extend(kept.retire_into(None).unwrap_or_default());
     assert_eq!(got, expected, "keeping retired telemetry changes no output");
     // Every record comes back once, in event-time order, which here is input order.
-    let back: Vec<String> = retired.iter().map(|t| t.event_id.clone()).collect();
+    let back: Vec<String> = retired.iter().map(|t| t.event_id.to_string()).collect();
     assert_eq!(back, ids(&inputs));
     // Switched off, nothing is kept.
     kept.push(tel("a0", 100, "ok", false, 2));

@@ -150,7 +150,7 @@ impl Engine {
             return false;
         }
         let breaches = |pacts: &[u16]| pacts.iter().any(|&p| breaches_in(p));
-        match self.agents.get(&tel.agent_id).filter(|a| a.workflow == tel.workflow) {
+        match self.agents.get(tel.agent_id.as_str()).filter(|a| a.workflow == tel.workflow) {
             Some(a) => breaches(&a.pacts),
             None => breaches(&self.covering(&tel.agent_id, &tel.workflow)),
         }
@@ -177,7 +177,7 @@ impl Engine {
     pub(super) fn late(&mut self, input: Input, wm: i64) {
         self.stats.late += 1;
         let (id, agent) = match &input {
-            Input::Telemetry(t) => (t.event_id.clone(), t.agent_id.clone()),
+            Input::Telemetry(t) => (t.event_id.to_string(), t.agent_id.to_string()),
             Input::Override(o) => (o.override_id.clone(), o.agent_id.clone()),
             Input::Pact(c) => (c.change_id.clone(), String::new()),
         };

@@ -166,7 +166,7 @@ impl Fleet {
                     Attr::Num((judge.clamp(1.0, 5.0) * 100.0).round() / 100.0),
                 );
                 if a.rng.random::<f64>() < 0.5 {
-                    tool_calls.push("search".to_string());
+                    tool_calls.push("search".into());
                 }
             }
             _ => {
@@ -182,10 +182,10 @@ impl Fleet {
                     u -= p;
                     u < 0.0
                 });
-                tool_calls.push(tool.map_or("code_exec", |t| t.0).to_string());
+                tool_calls.push(tool.map_or("code_exec", |t| t.0).into());
                 // Deterministic, so the agent's random stream is the same as without it.
                 if incidents && a.id == "sup-09" && t >= NEW_TOOL_AT && a.n.is_multiple_of(5) {
-                    tool_calls.push(NEW_TOOL.to_string());
+                    tool_calls.push(NEW_TOOL.into());
                 }
             }
         }
@@ -194,9 +194,9 @@ impl Fleet {
             a.pii_done = true;
         }
         Telemetry {
-            event_id: format!("{}-{:07}", a.id, a.n),
-            agent_id: a.id.clone(),
-            workflow: a.workflow.to_string(),
+            event_id: format!("{}-{:07}", a.id, a.n).into(),
+            agent_id: a.id.as_str().into(),
+            workflow: a.workflow.into(),
             model: a.model.clone(),
             occurred_at: t,
             risk,
@@ -268,7 +268,7 @@ pub fn run_with(trace: bool) -> DemoRun {
     let mut new_tool_calls = Vec::new();
     for input in Fleet::new(7, 1, true) {
         if let Input::Telemetry(t) = &input {
-            times.entry(t.agent_id.clone()).or_default().push(t.occurred_at);
+            times.entry(t.agent_id.to_string()).or_default().push(t.occurred_at);
             if t.tool_calls.iter().any(|c| c == NEW_TOOL) {
                 new_tool_calls.push(t.occurred_at);
             }

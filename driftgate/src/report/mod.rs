@@ -218,11 +218,11 @@ impl ReportBuilder {
 
     /// Notes a telemetry record offered to the engine.
     pub fn saw(&mut self, t: &Telemetry) {
-        if !self.agents.contains(&t.agent_id) {
-            self.agents.insert(t.agent_id.clone());
+        if !self.agents.contains(t.agent_id.as_str()) {
+            self.agents.insert(t.agent_id.to_string());
         }
-        if !self.workflows.contains(&t.workflow) {
-            self.workflows.insert(t.workflow.clone());
+        if !self.workflows.contains(t.workflow.as_str()) {
+            self.workflows.insert(t.workflow.to_string());
         }
         let at = t.occurred_at;
         self.time_range = Some(self.time_range.map_or((at, at), |(a, b)| (a.min(at), b.max(at))));

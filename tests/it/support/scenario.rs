@@ -48,8 +48,8 @@ pub fn scenario() -> Vec<Telemetry> {
             };
             let p = if drift_at.is_some_and(|d| i >= d) { 0.55 } else { 0.95 };
             out.push(Telemetry {
-                event_id: format!("{agent}-{i}"),
-                agent_id: agent,
+                event_id: format!("{agent}-{i}").into(),
+                agent_id: agent.into(),
                 workflow: "finance".into(),
                 model: Model { provider: "acme".into(), name: "ledger".into(), version: "v1".into() },
                 occurred_at: T0 + (i as i64 * 10 + a as i64 % 10) * 1_000_000,
@@ -71,7 +71,7 @@ pub fn records(partitions: i32) -> Vec<(String, Vec<u8>, i64, i32)> {
         .iter()
         .map(|e| {
             let part = (e.agent_id.bytes().map(u32::from).sum::<u32>() % partitions as u32) as i32;
-            (e.agent_id.clone(), serde_json::to_vec(e).unwrap(), e.occurred_at / 1000, part)
+            (e.agent_id.to_string(), serde_json::to_vec(e).unwrap(), e.occurred_at / 1000, part)
         })
         .collect()
 }
@@ -109,7 +109,7 @@ pub fn dedup(texts: impl IntoIterator<Item = String>) -> (BTreeMap<(String, u64)
     let mut dups = 0;
     for text in texts {
         let e: EnforcementEvent = serde_json::from_str(&text).unwrap();
-        match applied.get(&(e.agent_id.clone(), e.seq)) {
+        match applied.get(&(e.agent_id.to_string(), e.seq)) {
             Some(prev) => {
                 assert_eq!(prev, &text, "a duplicate of seq {} for {} is not identical", e.seq, e.agent_id);
                 dups += 1;
@@ -148,7 +148,7 @@ pub fn final_lanes(applied: &BTreeMap<(String, u64), String>) -> BTreeMap<(Strin
     let mut out = BTreeMap::new();
     for text in applied.values() {
         let e: EnforcementEvent = serde_json::from_str(text).unwrap();
-        out.insert((e.agent_id.clone(), e.scope.as_str().to_string()), e.lane_to.as_str().to_string());
+        out.insert((e.agent_id.to_string(), e.scope.as_str().to_string()), e.lane_to.as_str().to_string());
     }
     out
 }
