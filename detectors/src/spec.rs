@@ -131,7 +131,7 @@ impl DetectorSpec {
             }
             (DetectorSpec::Auto(c), MetricKind::Real) => AnyDetector::AutoReal(AutoReal::new(c.clone())?),
             (DetectorSpec::Auto(c), MetricKind::Categorical) => {
-                AnyDetector::AutoCategorical(AutoCategorical::new(c.clone(), c.max_categories)?)
+                AnyDetector::AutoCategorical(Box::new(AutoCategorical::new(c.clone(), c.max_categories)?))
             }
             (DetectorSpec::Cusum(c), _) => {
                 let need = |v: Option<f64>, name: &'static str| {
@@ -172,14 +172,18 @@ impl DetectorSpec {
             (DetectorSpec::PageHinkley(c), _) => AnyDetector::PageHinkley(PageHinkley::new(c.clone())?),
             (DetectorSpec::Adwin(_), MetricKind::Categorical) => return unsupported("adwin"),
             (DetectorSpec::Adwin(c), _) => AnyDetector::Adwin(Adwin::new(c.clone())?),
-            (DetectorSpec::Ks(c), MetricKind::Real) => AnyDetector::Ks(WindowedKs::new(c.clone())?),
+            (DetectorSpec::Ks(c), MetricKind::Real) => AnyDetector::Ks(Box::new(WindowedKs::new(c.clone())?)),
             (DetectorSpec::Ks(_), _) => return unsupported("ks"),
-            (DetectorSpec::Chi2(c), k) => {
-                AnyDetector::Binned(BinnedWindow::new(c.clone(), BinnedTest::Chi2, k == MetricKind::Real)?)
-            }
-            (DetectorSpec::Psi(c), k) => {
-                AnyDetector::Binned(BinnedWindow::new(c.clone(), BinnedTest::Psi, k == MetricKind::Real)?)
-            }
+            (DetectorSpec::Chi2(c), k) => AnyDetector::Binned(Box::new(BinnedWindow::new(
+                c.clone(),
+                BinnedTest::Chi2,
+                k == MetricKind::Real,
+            )?)),
+            (DetectorSpec::Psi(c), k) => AnyDetector::Binned(Box::new(BinnedWindow::new(
+                c.clone(),
+                BinnedTest::Psi,
+                k == MetricKind::Real,
+            )?)),
         })
     }
 }
@@ -196,9 +200,11 @@ pub enum AnyDetector {
     /// See [`AutoReal`].
     #[serde(rename = "ar", alias = "auto_real")]
     AutoReal(AutoReal),
-    /// See [`AutoCategorical`].
+    /// See [`AutoCategorical`]. Boxed, like the windowed tests and the quantile bound: every
+    /// clause state holds its detector inline, so pays for the largest kind inline; the
+    /// kinds on the hot path of most clauses (bernoulli, real, the rate bound) stay inline.
     #[serde(rename = "ac", alias = "auto_categorical")]
-    AutoCategorical(AutoCategorical),
+    AutoCategorical(Box<AutoCategorical>),
     /// See [`Cusum`].
     Cusum(Cusum),
     /// See [`PageHinkley`].
@@ -206,13 +212,13 @@ pub enum AnyDetector {
     /// See [`Adwin`].
     Adwin(Adwin),
     /// See [`WindowedKs`].
-    Ks(WindowedKs),
+    Ks(Box<WindowedKs>),
     /// See [`BinnedWindow`].
-    Binned(BinnedWindow),
+    Binned(Box<BinnedWindow>),
     /// See [`RateBound`].
     Rate(RateBound),
     /// See [`QuantileBound`].
-    Quantile(QuantileBound),
+    Quantile(Box<QuantileBound>),
     /// See [`ZeroTolerance`].
     Zero(ZeroTolerance),
 }
@@ -244,7 +250,9 @@ impl AnyDetector {
         let kept = match (&mut *self, proto) {
             (AnyDetector::AutoBernoulli(d), AnyDetector::AutoBernoulli(p)) => crate::auto::bind(d, p),
             (AnyDetector::AutoReal(d), AnyDetector::AutoReal(p)) => crate::auto::bind(d, p),
-            (AnyDetector::AutoCategorical(d), AnyDetector::AutoCategorical(p)) => crate::auto::bind(d, p),
+            (AnyDetector::AutoCategorical(d), AnyDetector::AutoCategorical(p)) => {
+                crate::auto::bind(&mut **d, &**p)
+            }
             // The other kinds store their configuration: it must be the clause's (a record
             // is not trusted to hold a valid one).
             (AnyDetector::Cusum(d), AnyDetector::Cusum(p)) => d.same_config(p),
@@ -412,7 +420,7 @@ mod tests {
             )
         };
         let quantile = |limit| {
-            AnyDetector::Quantile(
+            AnyDetector::Quantile(Box::new(
                 crate::QuantileBound::new(QuantileBoundConfig {
                     quantile: 0.95,
                     limit,
@@ -420,7 +428,7 @@ mod tests {
                     alpha: 1e-3,
                 })
                 .unwrap(),
-            )
+            ))
         };
         let window = |spec: fn(WindowConfig) -> DetectorSpec, kind, window| {
             spec(WindowConfig { window, ..WindowConfig::default() }).build(kind).unwrap()

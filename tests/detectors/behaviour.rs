@@ -78,10 +78,10 @@ fn all_detectors(kind: MetricKind) -> Vec<AnyDetector> {
             ));
             out.push(AnyDetector::Zero(ZeroTolerance::new()));
         }
-        MetricKind::Real => out.push(AnyDetector::Quantile(
+        MetricKind::Real => out.push(AnyDetector::Quantile(Box::new(
             QuantileBound::new(QuantileBoundConfig { quantile: 0.9, limit: 1.5, exit: None, alpha: 1e-3 })
                 .unwrap(),
-        )),
+        ))),
         MetricKind::Categorical => {}
     }
     out

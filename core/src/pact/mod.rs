@@ -459,7 +459,7 @@ fn build_detector(c: &Clause) -> Result<AnyDetector, String> {
                     exit: q.exit,
                     alpha: l.alpha,
                 })
-                .map(AnyDetector::Quantile)
+                .map(|q| AnyDetector::Quantile(Box::new(q)))
                 .map_err(|e| e.to_string());
             }
             if c.metric.kind != MetricKind::Bernoulli {
