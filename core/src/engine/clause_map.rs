@@ -91,6 +91,7 @@ impl ClauseMap {
         let i = match self.find(key) {
             Ok(i) => i,
             Err(i) => {
+                self.reserve_one();
                 self.entries.insert(i, (key.clone(), new()));
                 i
             }
@@ -104,9 +105,19 @@ impl ClauseMap {
         match self.find(&key) {
             Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, state)),
             Err(i) => {
+                self.reserve_one();
                 self.entries.insert(i, (key, state));
                 None
             }
+        }
+    }
+
+    /// Room for one more state, doubling from one: a vector's own growth starts at four
+    /// (120 bytes unused for the many agents with a single clause).
+    fn reserve_one(&mut self) {
+        let len = self.entries.len();
+        if len == self.entries.capacity() {
+            self.entries.reserve_exact(len.max(1));
         }
     }
 
@@ -238,6 +249,20 @@ mod tests {
         // An existing key is found, not inserted again.
         assert_eq!(m.get_or_insert_with(&keys[1], || state(99)).created, 1);
         assert_eq!(m.len(), keys.len());
+    }
+
+    /// Capacity doubles from one: an agent with one clause state holds room for one.
+    #[test]
+    fn capacity_doubles_from_one() {
+        let mut m = ClauseMap::new();
+        let mut caps = Vec::new();
+        for c in 0..5 {
+            m.get_or_insert_with(&key(0, c, ""), || state(0));
+            caps.push(m.entries.capacity());
+        }
+        m.insert(key(1, 0, ""), state(1));
+        caps.push(m.entries.capacity());
+        assert_eq!(caps, [1, 2, 4, 4, 8, 8]);
     }
 
     /// Collected as a B-tree collects: sorted, the last of equal keys kept.

@@ -132,10 +132,16 @@ impl ClauseState {
             self.recent[0] = t;
             return;
         }
-        self.recent.push_back(t);
-        while self.recent.len() > keep.max(1) {
+        let keep = keep.max(1);
+        if self.recent.capacity() < keep {
+            // Exactly what the window keeps: a deque's own growth starts at four times.
+            self.recent.reserve_exact(keep - self.recent.len());
+        }
+        // Room first, so the deque never grows past `keep`.
+        while self.recent.len() >= keep {
             self.recent.pop_front();
         }
+        self.recent.push_back(t);
     }
 
     /// Whether the evidence is fresh at `now`: `min_events` within `max_age`. A new state
@@ -371,8 +377,12 @@ mod tests {
         st.observe(1_000, 2);
         assert_eq!((st.gap, st.last_at), (0.95 * 240.0, 1_300));
         assert_eq!(st.recent, [1_300, 1_000], "at most `keep`, newest last");
+        assert_eq!(st.recent.capacity(), 2, "room for exactly `keep`");
         st.observe(2_000, 0);
         assert_eq!(st.recent, [2_000], "at least one is kept");
+        let mut one = ClauseState::new(detector(), 0);
+        one.observe(100, 1);
+        assert_eq!(one.recent.capacity(), 1);
     }
 
     #[test]
