@@ -1,11 +1,17 @@
-//! Bytes of keyed state per agent × clause, by detector kind, after 5,000 events, each minus
-//! that of an agent whose pact has no clause for it:
+//! Bytes of keyed state per agent × clause, by detector kind, after 5,000 events per agent,
+//! each minus that of agents whose pact has no clause for them:
 //! - the changelog encoding (MessagePack behind a version byte);
-//! - the heap the agent holds in a running engine (a deep copy, counted by this binary's
-//!   allocator; copies allocate exact capacities, and the allocator's own overhead is not
-//!   counted, so this is a slight underestimate);
-//! - the heap it holds once restored, before its next event (its `auto` banks are derived
-//!   again only then).
+//! - the heap a running engine holds per agent, as the marginal cost of an agent: the heap
+//!   live with 400 agents minus that with 200, over 200. So it is what the keys hold, with
+//!   the slack of their vectors' capacities, and leaves out what does not grow with the fleet
+//!   (a real clause's banks, shared by its keys; the overshoot cache, bounded per thread).
+//!   Counted by this binary's allocator: requested sizes, without the allocator's own
+//!   overhead, so a slight underestimate;
+//! - the heap the same agents hold once restored, before their next event (their `auto`
+//!   banks are derived again only then).
+//!
+//! Each agent has its own event stream, so keys learn different baselines and build banks
+//! of their own, as a fleet's do.
 //!
 //! `cargo bench -p driftgate --bench state_size`
 
@@ -37,17 +43,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Heap bytes a value holds once made (temporaries of its making excluded).
-fn heap_of<T>(make: impl FnOnce() -> T) -> usize {
-    let before = LIVE.load(Ordering::Relaxed);
-    let v = std::hint::black_box(make());
-    let bytes = LIVE.load(Ordering::Relaxed) - before;
-    drop(v);
-    bytes.max(0) as usize
+/// Fleet sizes: the figures are the difference per agent between the two.
+const FLEETS: [u64; 2] = [200, 400];
+
+/// Heap bytes live now.
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
 }
 
-/// One agent's state after 5,000 events: (changelog bytes, heap bytes live, heap bytes
-/// restored before its next event).
+/// Bytes for a whole fleet, or per agent: changelog, heap live, heap restored before the
+/// next event.
+#[derive(Clone, Copy)]
 struct Sizes {
     changelog: usize,
     live: usize,
@@ -101,14 +107,15 @@ const KINDS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-fn event(i: u64) -> Telemetry {
-    let r = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+fn event(agent: u64, i: u64) -> Telemetry {
+    let h = (agent << 32 | i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let r = ((h ^ h >> 29).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 11) as f64 / (1u64 << 53) as f64;
     Telemetry {
-        event_id: format!("e-{i}").into(),
-        agent_id: "agent-1".into(),
+        event_id: format!("e-{agent}-{i}").into(),
+        agent_id: format!("agent-{agent}").into(),
         workflow: "w".into(),
         model: Model { provider: "p".into(), name: "m".into(), version: "v1".into() },
-        occurred_at: 1_772_409_600_000_000 + i as i64 * 10_000_000,
+        occurred_at: 1_772_409_600_000_000 + i as i64 * 10_000_000 + agent as i64,
         risk: Risk::Low,
         outcome: if r < 0.01 { Outcome::Refused } else { Outcome::Ok },
         latency_ms: Some(500.0 + 1000.0 * r),
@@ -119,28 +126,49 @@ fn event(i: u64) -> Telemetry {
     }
 }
 
+/// Per agent, between the two fleet sizes.
 fn agent_sizes(pact: &str) -> Sizes {
     let pact = parse_pact(pact, "bench.yaml").unwrap_or_else(|e| panic!("{e}"));
-    let mut e = Engine::new(EngineConfig::default(), vec![pact]);
+    // Allocates what is per thread (the overshoot cache) before either fleet is measured.
+    fleet_sizes(&pact, 1);
+    let [small, large] = FLEETS.map(|agents| fleet_sizes(&pact, agents));
+    let per =
+        |f: fn(&Sizes) -> usize| (f(&large).saturating_sub(f(&small))) / (FLEETS[1] - FLEETS[0]) as usize;
+    Sizes { changelog: per(|s| s.changelog), live: per(|s| s.live), restored: per(|s| s.restored) }
+}
+
+/// The whole fleet's.
+fn fleet_sizes(pact: &driftgate_core::pact::Pact, agents: u64) -> Sizes {
+    let before = live();
+    let mut e = Engine::new(EngineConfig::default(), vec![pact.clone()]);
     for i in 0..5_000 {
-        e.push(Input::Telemetry(event(i)));
-        e.drain();
+        for a in 0..agents {
+            e.push(Input::Telemetry(event(a, i)));
+            drop(e.drain());
+        }
     }
     e.flush();
-    let agent = e.agent("agent-1").expect("agent");
-    let bytes = encode_agent(agent);
-    let inline = std::mem::size_of_val(agent);
+    drop(e.drain());
+    let running = live() - before;
+    let stored: Vec<Vec<u8>> =
+        (0..agents).map(|a| encode_agent(e.agent(&format!("agent-{a}")).expect("agent"))).collect();
+    drop(e);
+    let before = live();
+    let restored: Vec<_> = stored.iter().map(|b| decode_agent(b).expect("decodes")).collect();
+    let restored_bytes = live() - before;
+    drop(restored);
     Sizes {
-        changelog: bytes.len(),
-        live: inline + heap_of(|| agent.clone()),
-        restored: inline + heap_of(|| decode_agent(&bytes).expect("decodes")),
+        changelog: stored.iter().map(Vec::len).sum(),
+        live: running.max(0) as usize,
+        restored: restored_bytes.max(0) as usize,
     }
 }
 
 fn main() {
     let base = agent_sizes("pact: none\nversion: 1\napplies_to: { agents: [\"nobody\"] }\nclauses:\n  - id: c\n    metric: { kind: bernoulli, value: pii_detected }\n    test: { kind: limit, zero_tolerance: true }\n    severity: low\n    consequence: watch\n");
     println!(
-        "bytes per agent x clause after 5,000 events (agent overhead excluded: changelog {} B, memory {} B)",
+        "bytes per agent x clause after 5,000 events each, between fleets of {} and {} agents (agent overhead excluded: changelog {} B, memory {} B)",
+        FLEETS[0], FLEETS[1],
         base.changelog, base.live
     );
     println!("  {:<24} {:>9} {:>9} {:>9}", "", "changelog", "memory", "restored");
