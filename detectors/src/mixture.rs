@@ -209,14 +209,14 @@ impl MixtureSr {
         let (r, dc) = self.s.split_at_mut(k);
         let (d, c) = dc.split_at_mut(k);
         let mut lambda = 0.0;
-        for (j, r) in r.iter_mut().enumerate() {
+        for (j, (((r, d), c), w)) in r.iter_mut().zip(d).zip(c).zip(w).enumerate() {
             let l = lr(j);
             let prev = *r;
-            d[j] = (d[j] + prev) * l;
-            c[j] = (c[j] + (prev + 1.0) * aux) * l;
+            *d = (*d + prev) * l;
+            *c = (*c + (prev + 1.0) * aux) * l;
             let next = (1.0 + prev) * l;
             *r = next;
-            lambda += w[j] * next;
+            lambda += w * next;
         }
         self.lambda = lambda;
         lambda

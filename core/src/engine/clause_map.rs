@@ -57,8 +57,9 @@ impl ClauseMap {
     }
 
     /// Where `key` is (`Ok`) or would go (`Err`): the entry after the cursor and the
-    /// cursor's first, then a binary search.
-    #[inline]
+    /// cursor's first, then a binary search. Always inlined: a call per clause and event
+    /// costs more than its few comparisons.
+    #[inline(always)]
     fn find(&self, key: &ClauseKey) -> Result<usize, usize> {
         let next = if self.cursor + 1 < self.entries.len() { self.cursor + 1 } else { 0 };
         for i in [next, self.cursor] {
@@ -91,8 +92,7 @@ impl ClauseMap {
         let i = match self.find(key) {
             Ok(i) => i,
             Err(i) => {
-                self.reserve_one();
-                self.entries.insert(i, (key.clone(), new()));
+                self.insert_at(i, key.clone(), new());
                 i
             }
         };
@@ -105,20 +105,23 @@ impl ClauseMap {
         match self.find(&key) {
             Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, state)),
             Err(i) => {
-                self.reserve_one();
-                self.entries.insert(i, (key, state));
+                self.insert_at(i, key, state);
                 None
             }
         }
     }
 
-    /// Room for one more state, doubling from one: a vector's own growth starts at four
-    /// (120 bytes unused for the many agents with a single clause).
-    fn reserve_one(&mut self) {
+    /// Inserts at `i`, with room doubling from one: a vector's own growth starts at four
+    /// (120 bytes unused for the many agents with a single clause). Out of line: it is rare,
+    /// and kept apart it leaves the lookups small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn insert_at(&mut self, i: usize, key: ClauseKey, state: Box<ClauseState>) {
         let len = self.entries.len();
         if len == self.entries.capacity() {
             self.entries.reserve_exact(len.max(1));
         }
+        self.entries.insert(i, (key, state));
     }
 
     /// Keeps only the states for which `keep` holds.

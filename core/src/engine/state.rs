@@ -121,6 +121,7 @@ impl ClauseState {
     }
 
     /// Records an observation's event time.
+    #[inline]
     pub fn observe(&mut self, t: i64, keep: usize) {
         if !self.recent.is_empty() {
             let g = t.saturating_sub(self.last_at).max(0) as f64;
@@ -132,6 +133,13 @@ impl ClauseState {
             self.recent[0] = t;
             return;
         }
+        self.remember(t, keep);
+    }
+
+    /// Adds `t` to the window of the newest `keep` times. Out of line, so that the common
+    /// case above inlines.
+    #[inline(never)]
+    fn remember(&mut self, t: i64, keep: usize) {
         let keep = keep.max(1);
         if self.recent.capacity() < keep {
             // Exactly what the window keeps: a deque's own growth starts at four times.
