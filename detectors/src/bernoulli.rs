@@ -277,13 +277,24 @@ impl AutoBernoulli {
         let lag = win.lag.round().max(0.0).min(i as f64) as u64;
         let n_current = lag + 1;
         let p_now = (win.aux_sum / (win.lag + 1.0)).clamp(0.0, 1.0);
-        // The same bank as `sr`'s: a pure function of the baseline it was built from.
+        // The same bank as `sr`'s: a pure function of the baseline it was built from. Only a
+        // corrupt version-1 record (which kept its bank) can hold another; its members' are
+        // then read from the likelihood ratios it kept.
         let bank = self.bank(self.p0, self.built_at, None);
-        let p1 = bank.p1[win.member];
+        let k = sr.len();
+        let (p1, kappa) = match (bank.p1.get(win.member), bank.kappa.get(win.member)) {
+            (Some(p1), Some(kappa)) if bank.sr.len() == k => (*p1, *kappa),
+            _ => {
+                let p1 = self.lr.get(k + win.member).map_or(f64::NAN, |lr| lr * self.p0);
+                let logit = |p: f64| (p / (1.0 - p)).ln();
+                let delta = logit(p1) - logit(self.p0);
+                (p1, delta * delta * self.p0 * (1.0 - self.p0) / 2.0)
+            }
+        };
         let mut params = self.cfg.params();
-        params.insert("members".into(), sr.len() as f64);
+        params.insert("members".into(), k as f64);
         params.insert("winner_p1".into(), p1);
-        params.insert("winner_kappa".into(), bank.kappa[win.member]);
+        params.insert("winner_kappa".into(), kappa);
         params.insert("winner_weight".into(), sr.w[win.member]);
         Alarm {
             detector: self.name().to_string(),
@@ -410,5 +421,14 @@ mod tests {
         let win = sr.winner();
         assert_eq!(alarm.params["winner_weight"], sr.w[win.member]);
         assert_eq!(d.lr[sr.len() + win.member], p1 / p0, "the member's likelihood ratio for a 1");
+
+        // A bank that no longer matches its baseline (a corrupt version-1 record keeps its
+        // own) describes its alarm from the ratios it kept, without indexing past its end.
+        let i = d.n;
+        d.built_at = 1;
+        assert_ne!(d.bank(d.p0, d.built_at, None).sr.len(), d.sr.as_ref().unwrap().len());
+        let alarm = d.alarm(i);
+        let ratio = alarm.params["winner_p1"] / p0;
+        assert!((ratio - d.lr[d.sr.as_ref().unwrap().len() + win.member]).abs() < 1e-12, "{ratio}");
     }
 }

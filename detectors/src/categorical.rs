@@ -369,8 +369,11 @@ impl AutoCategorical {
         let mut params = self.cfg.params();
         params.insert("members".into(), k as f64);
         params.insert("categories".into(), self.names.len() as f64);
-        // The same bank as `sr`'s: a pure function of the baseline it was built from.
-        let kappa = self.bank(&self.p0, self.built_at, None).kappa[j];
+        // The same bank as `sr`'s: a pure function of the baseline it was built from. Only a
+        // corrupt version-1 record (which kept its bank) can hold another: no figure then.
+        let bank = self.bank(&self.p0, self.built_at, None);
+        let kappa = if bank.sr.len() == k { bank.kappa.get(j).copied() } else { None };
+        let kappa = kappa.unwrap_or(f64::NAN);
         params.insert("winner_kappa".into(), kappa);
         params.insert("winner_weight".into(), sr.w[j]);
         Alarm {
