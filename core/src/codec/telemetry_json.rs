@@ -212,10 +212,7 @@ impl<'a> Parser<'a> {
 
     /// A string held inline when it is short (most ids and names are).
     fn compact(&mut self) -> Read<CompactString> {
-        self.string().map(|s| match s {
-            Cow::Borrowed(s) => CompactString::from(s),
-            Cow::Owned(s) => CompactString::from(s),
-        })
+        self.string().map(CompactString::from)
     }
 
     /// A number in JSON's grammar, if its significand fits 18 digits (more make it `None`:
