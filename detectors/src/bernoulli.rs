@@ -70,10 +70,8 @@ struct Record {
     #[serde(alias = "built_at")]
     b: u64,
     p0: f64,
-    /// Version 1 also kept each member's alternative and information; they are derived
-    /// again at an alarm now, and ignored here.
-    #[serde(default)]
-    lr: Vec<f64>,
+    /// Version 1 also kept the bank's likelihood ratios and each member's alternative and
+    /// information; they are derived again (see `AutoBernoulli::derive`) and ignored here.
     #[serde(default)]
     sr: Option<MixtureSr>,
     #[serde(alias = "threshold")]
@@ -102,8 +100,9 @@ impl<'de> Deserialize<'de> for AutoBernoulli {
         let bound = r.cfg.is_some();
         let cfg = r.cfg.map_or_else(crate::auto::default_config, Arc::new);
         let fingerprint = r.h.unwrap_or_else(|| cfg.fingerprint(MetricKind::Bernoulli, 0));
-        // Version 1 kept the whole bank: nothing to derive.
-        let derived = bound && r.sr.as_ref().is_none_or(|sr| sr.is_installed() && r.lr.len() == 2 * sr.len());
+        // A bank is always derived again, version 1's too: the derivation pairs the stored
+        // statistics with its members, or relearns when they no longer match.
+        let derived = r.sr.is_none();
         Ok(AutoBernoulli {
             cfg,
             rs: Restoration { fingerprint, bound, derived },
@@ -112,7 +111,7 @@ impl<'de> Deserialize<'de> for AutoBernoulli {
             ref_ones: r.ro,
             built_at: r.b,
             p0: r.p0,
-            lr: r.lr.into(),
+            lr: Box::default(),
             sr: r.sr,
             threshold: r.t,
         })
@@ -277,20 +276,11 @@ impl AutoBernoulli {
         let lag = win.lag.round().max(0.0).min(i as f64) as u64;
         let n_current = lag + 1;
         let p_now = (win.aux_sum / (win.lag + 1.0)).clamp(0.0, 1.0);
-        // The same bank as `sr`'s: a pure function of the baseline it was built from. Only a
-        // corrupt version-1 record (which kept its bank) can hold another; its members' are
-        // then read from the likelihood ratios it kept.
+        // The same bank as `sr`'s: a pure function of the baseline it was built from, and
+        // every restored bank is derived from it (see `derive`).
         let bank = self.bank(self.p0, self.built_at, None);
         let k = sr.len();
-        let (p1, kappa) = match (bank.p1.get(win.member), bank.kappa.get(win.member)) {
-            (Some(p1), Some(kappa)) if bank.sr.len() == k => (*p1, *kappa),
-            _ => {
-                let p1 = self.lr.get(k + win.member).map_or(f64::NAN, |lr| lr * self.p0);
-                let logit = |p: f64| (p / (1.0 - p)).ln();
-                let delta = logit(p1) - logit(self.p0);
-                (p1, delta * delta * self.p0 * (1.0 - self.p0) / 2.0)
-            }
-        };
+        let (p1, kappa) = (bank.p1[win.member], bank.kappa[win.member]);
         let mut params = self.cfg.params();
         params.insert("members".into(), k as f64);
         params.insert("winner_p1".into(), p1);
@@ -421,14 +411,80 @@ mod tests {
         let win = sr.winner();
         assert_eq!(alarm.params["winner_weight"], sr.w[win.member]);
         assert_eq!(d.lr[sr.len() + win.member], p1 / p0, "the member's likelihood ratio for a 1");
+    }
 
-        // A bank that no longer matches its baseline (a corrupt version-1 record keeps its
-        // own) describes its alarm from the ratios it kept, without indexing past its end.
-        let i = d.n;
-        d.built_at = 1;
-        assert_ne!(d.bank(d.p0, d.built_at, None).sr.len(), d.sr.as_ref().unwrap().len());
-        let alarm = d.alarm(i);
-        let ratio = alarm.params["winner_p1"] / p0;
-        assert!((ratio - d.lr[d.sr.as_ref().unwrap().len() + win.member]).abs() < 1e-12, "{ratio}");
+    /// A version-1 record kept its bank. Restored, the bank is derived again from its
+    /// baseline; one that no longer matches (here a record claiming another build size) pairs
+    /// no statistic with another member: it relearns from zero, and its alarms describe
+    /// members of the derived bank.
+    #[test]
+    fn a_version_1_bank_is_derived_again_and_relearns_when_it_no_longer_matches() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            cfg: &'a AutoConfig,
+            n: u64,
+            ref_n: u64,
+            ref_ones: u64,
+            built_at: u64,
+            p0: f64,
+            lr: &'a [f64],
+            sr: serde_json::Value,
+            threshold: f64,
+        }
+        // The baseline is complete after 2,000 events: no rebuild follows the restore.
+        let cfg = AutoConfig {
+            false_alarm_rate: 1e-3,
+            reference_min: 200,
+            reference_max: 2_000,
+            ..AutoConfig::default()
+        };
+        let mut d = AutoBernoulli::new(cfg).unwrap();
+        for i in 0..2_000 {
+            d.update_bool(i % 4 == 0);
+        }
+        let k = d.sr.as_ref().unwrap().len();
+        // Version 1's bank also kept its ids and weights.
+        let mut sr = serde_json::to_value(&d.sr).unwrap();
+        let bank = d.sr.as_ref().unwrap();
+        sr["ids"] = serde_json::json!(&bank.ids[..]);
+        sr["w"] = serde_json::json!(&bank.w[..]);
+        let record = |built_at: u64, lr: &[f64]| {
+            let v1 = V1 {
+                cfg: &d.cfg,
+                n: d.n,
+                ref_n: d.ref_n,
+                ref_ones: d.ref_ones,
+                built_at,
+                p0: d.p0,
+                lr,
+                sr: sr.clone(),
+                threshold: d.threshold,
+            };
+            rmp_serde::from_slice::<AutoBernoulli>(&rmp_serde::to_vec_named(&v1).unwrap()).unwrap()
+        };
+
+        // Its own bank: the same statistics, paired with the same members.
+        let (mut a, mut b) = (d.clone(), record(d.built_at, &d.lr));
+        assert_eq!(a.update_bool(true), b.update_bool(true));
+        assert_eq!((&a.sr, &a.lr), (&b.sr, &b.lr));
+
+        // A bank kept for another baseline size has another member count: the ratios stored
+        // for it are ignored, and the statistics start again from zero.
+        let mut fresh = d.bank(d.p0, 1, None);
+        assert_ne!(fresh.sr.len(), k, "the test needs a mismatching bank");
+        let mut other = record(1, &vec![1.0; 2 * k]);
+        other.update_bool(false);
+        let m = fresh.sr.len();
+        fresh.sr.step(&fresh.lr[..m], 0.0);
+        assert_eq!(other.sr.as_ref(), Some(&fresh.sr));
+        assert_eq!(&other.lr[..], &fresh.lr[..]);
+        let alarm = (0..20_000).find_map(|_| other.update_bool(true)).expect("a rise to 1 alarms");
+        let winner = other.sr.as_ref().unwrap().winner().member;
+        let p1 = other.lr[m + winner] * other.p0;
+        assert!(
+            (alarm.params["winner_p1"] - p1).abs() <= 1e-12,
+            "{} against {p1}",
+            alarm.params["winner_p1"]
+        );
     }
 }

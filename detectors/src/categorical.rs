@@ -84,10 +84,8 @@ struct Record {
     b: u64,
     #[serde(default)]
     p0: Vec<f64>,
-    /// Version 1 also kept each member's information; it is derived again at an alarm now,
-    /// and ignored here.
-    #[serde(default)]
-    lr: Vec<f64>,
+    /// Version 1 also kept the bank's likelihood ratios and each member's information; they
+    /// are derived again (see `AutoCategorical::derive`) and ignored here.
     #[serde(default)]
     sr: Option<MixtureSr>,
     #[serde(alias = "threshold")]
@@ -124,8 +122,8 @@ impl<'de> Deserialize<'de> for AutoCategorical {
                 "auto-categorical: categories, counts and p0 differ in length",
             ));
         }
-        let derived =
-            bound && r.sr.as_ref().is_none_or(|sr| sr.is_installed() && r.lr.len() == r.c.len() * sr.len());
+        // A bank is always derived again, version 1's too (see `AutoBernoulli`'s reader).
+        let derived = r.sr.is_none();
         Ok(AutoCategorical {
             cfg,
             max_categories,
@@ -136,7 +134,7 @@ impl<'de> Deserialize<'de> for AutoCategorical {
             ref_n: r.rn,
             built_at: r.b,
             p0: r.p0,
-            lr: r.lr.into(),
+            lr: Box::default(),
             sr: r.sr,
             threshold: r.t,
         })
@@ -369,12 +367,10 @@ impl AutoCategorical {
         let mut params = self.cfg.params();
         params.insert("members".into(), k as f64);
         params.insert("categories".into(), self.names.len() as f64);
-        // The same bank as `sr`'s: a pure function of the baseline it was built from. Only a
-        // corrupt version-1 record (which kept its bank) can hold another: no figure then.
+        // The same bank as `sr`'s: a pure function of the baseline it was built from, and
+        // every restored bank is derived from it (see `derive`).
         let bank = self.bank(&self.p0, self.built_at, None);
-        let kappa = if bank.sr.len() == k { bank.kappa.get(j).copied() } else { None };
-        let kappa = kappa.unwrap_or(f64::NAN);
-        params.insert("winner_kappa".into(), kappa);
+        params.insert("winner_kappa".into(), bank.kappa[j]);
         params.insert("winner_weight".into(), sr.w[j]);
         Alarm {
             detector: self.name().to_string(),
