@@ -23,28 +23,35 @@ const TAIL_Z: f64 = 0.5;
 
 /// A learned CDF and its normal-score transform.
 ///
-/// The transform (`z`, `u`) is fixed between recomputations, while counts keep arriving; so
-/// it is derived from the counts at the last recomputation (`built`), which are stored,
-/// rather than stored itself. Version 1 stored the transform, so a state decoded from it
-/// keeps its transform and writes it out again (`built` is empty then).
+/// The transform (`z`, and the cumulative probabilities `u` it was computed from) is fixed
+/// between recomputations, while counts keep arriving; so it is derived from the counts at
+/// the last recomputation, which are stored, rather than stored itself. Version 1 stored the
+/// transform, so a state decoded from it keeps its transform and writes it out again (the
+/// counts at the last recomputation are unknown then).
+///
+/// Boxed slices, not vectors: none changes length after it is built, and a fleet holds one
+/// per real key.
 #[derive(Debug, Clone)]
 pub(crate) struct NormalScore {
     /// Distinct edge values, increasing.
-    edges: Vec<f64>,
+    edges: Box<[f64]>,
     /// Cell counts: `2 * edges.len() + 1` cells, alternating open interval and atom:
     /// `(-inf, e0), {e0}, (e0, e1), {e1}, ..., {e_last}, (e_last, inf)`. 32 bits, as a
-    /// baseline holds at most `reference_max` events (validated to fit): 500 bytes less per
-    /// key with `built`, and the stored form is the same (MessagePack integers are sized by
-    /// their value).
-    counts: Vec<u32>,
+    /// baseline holds at most `reference_max` events (validated to fit), and the stored form
+    /// is the same (MessagePack integers are sized by their value).
+    counts: Box<[u32]>,
     total: u64,
-    /// The counts at the last [`NormalScore::recompute`] (empty when unknown: version 1).
-    built: Vec<u32>,
+    /// The cumulative counts at the last [`NormalScore::recompute`], at the lower end of each
+    /// cell (length `counts.len() + 1`, starting at 0); empty when unknown (version 1). They
+    /// give both the stored counts (their differences) and `u` (see [`NormalScore::level`]),
+    /// where keeping the counts and `u` took 760 bytes per key and these take 256.
+    cum: Box<[u32]>,
     /// Score at the lower end of each cell (length `counts.len() + 1`); empty after decoding
     /// until [`NormalScore::derive`].
-    z: Vec<f64>,
-    /// Cumulative probability at the lower end of each cell (same length as `z`).
-    u: Vec<f64>,
+    z: Box<[f64]>,
+    /// Version 1's cumulative probabilities at the lower end of each cell (same length as
+    /// `z`); empty otherwise, as they follow from `cum`.
+    legacy_u: Box<[f64]>,
 }
 
 /// Equal when the stored state is (the transform only when it is not derived).
@@ -52,8 +59,8 @@ impl PartialEq for NormalScore {
     fn eq(&self, o: &Self) -> bool {
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         bits(&self.edges) == bits(&o.edges)
-            && (&self.counts, &self.built) == (&o.counts, &o.built)
-            && (self.derivable() || (bits(&self.z), bits(&self.u)) == (bits(&o.z), bits(&o.u)))
+            && (&self.counts, &self.cum) == (&o.counts, &o.cum)
+            && (self.derivable() || (bits(&self.z), bits(&self.legacy_u)) == (bits(&o.z), bits(&o.legacy_u)))
     }
 }
 
@@ -61,7 +68,7 @@ impl PartialEq for NormalScore {
 #[derive(Serialize)]
 struct Stored<'a> {
     e: &'a [f64],
-    c: &'a [u32],
+    c: Cells<'a>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     s: Vec<u32>,
     /// Only for a transform of unknown origin (decoded from version 1).
@@ -86,20 +93,36 @@ struct Record {
     u: Vec<f64>,
 }
 
+/// Cell counts as stored: given, or the differences of cumulative counts.
+enum Cells<'a> {
+    Counts(&'a [u32]),
+    Cumulative(&'a [u32]),
+}
+
+impl Serialize for Cells<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Cells::Counts(c) => c.serialize(s),
+            Cells::Cumulative(cum) => s.collect_seq(cum.windows(2).map(|w| w[1].saturating_sub(w[0]))),
+        }
+    }
+}
+
 impl Serialize for NormalScore {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let known = !self.built.is_empty();
-        let since: Vec<u32> = if known && self.built != self.counts {
-            self.counts.iter().zip(&self.built).map(|(c, b)| c.saturating_sub(*b)).collect()
+        let known = self.derivable();
+        let built = |c: usize| self.cum[c + 1].saturating_sub(self.cum[c]);
+        let since: Vec<u32> = if known && (0..self.counts.len()).any(|c| self.counts[c] != built(c)) {
+            self.counts.iter().enumerate().map(|(c, n)| n.saturating_sub(built(c))).collect()
         } else {
             Vec::new()
         };
         Stored {
             e: &self.edges,
-            c: if known { &self.built } else { &self.counts },
+            c: if known { Cells::Cumulative(&self.cum) } else { Cells::Counts(&self.counts) },
             s: since,
             z: (!known).then_some(&self.z[..]),
-            u: (!known).then_some(&self.u[..]),
+            u: (!known).then_some(&self.legacy_u[..]),
         }
         .serialize(s)
     }
@@ -117,18 +140,23 @@ impl<'de> Deserialize<'de> for NormalScore {
         if legacy && (r.z.len() != cells + 1 || r.u.len() != cells + 1) {
             return Err(D::Error::custom("normal score: transform does not match the edges"));
         }
-        let counts: Vec<u32> = if r.s.is_empty() {
-            r.c.clone()
+        let counts: Box<[u32]> = if r.s.is_empty() {
+            r.c.clone().into()
         } else {
             r.c.iter().zip(&r.s).map(|(c, s)| c.saturating_add(*s)).collect()
         };
+        let cum = if legacy {
+            Box::default()
+        } else {
+            cumulative(&r.c).ok_or_else(|| D::Error::custom("normal score: the baseline exceeds 32 bits"))?
+        };
         Ok(NormalScore {
-            edges: r.e,
+            edges: r.e.into(),
             total: sum(&counts),
             counts,
-            built: if legacy { Vec::new() } else { r.c },
-            z: r.z,
-            u: r.u,
+            cum,
+            z: r.z.into(),
+            legacy_u: r.u.into(),
         })
     }
 }
@@ -166,12 +194,12 @@ impl NormalScore {
         }
         let cells = 2 * edges.len() + 1;
         let mut ns = NormalScore {
-            edges,
-            counts: vec![0; cells],
+            edges: edges.into(),
+            counts: vec![0; cells].into(),
             total: 0,
-            built: Vec::new(),
-            z: vec![0.0; cells + 1],
-            u: vec![0.0; cells + 1],
+            cum: Box::default(),
+            z: Box::default(),
+            legacy_u: Box::default(),
         };
         for &x in sample {
             ns.count(x);
@@ -204,8 +232,13 @@ impl NormalScore {
 
     /// Recomputes the cell-boundary scores from the counts.
     pub fn recompute(&mut self) {
-        self.built.clone_from(&self.counts);
-        self.derive_scores();
+        // A baseline holds at most `reference_max` events, which is validated to fit in 32
+        // bits; only counts beyond that (never reached) could leave the transform as it was.
+        if let Some(cum) = cumulative(&self.counts) {
+            self.cum = cum;
+            self.legacy_u = Box::default();
+            self.derive_scores();
+        }
     }
 
     /// Puts back the transform of a decoded score (from the counts at its last
@@ -218,26 +251,25 @@ impl NormalScore {
 
     fn derive_scores(&mut self) {
         let std = Normal::new(0.0, 1.0).expect("standard normal");
-        let n = sum(&self.built).max(1) as f64;
-        let lo = 0.5 / n;
-        let cells = self.built.len();
-        self.z.resize(cells + 1, 0.0);
-        self.u.resize(cells + 1, 0.0);
-        let mut cum = 0u64;
-        self.u[0] = lo;
-        self.z[0] = std.inverse_cdf(lo);
-        for (c, &cnt) in self.built.iter().enumerate() {
-            cum += u64::from(cnt);
-            let u = (cum as f64 / n).clamp(lo, 1.0 - lo);
-            self.u[c + 1] = u;
-            self.z[c + 1] = std.inverse_cdf(u);
+        self.z = (0..self.cum.len()).map(|c| std.inverse_cdf(self.level(c))).collect();
+    }
+
+    /// The cumulative probability at the lower end of cell `c` (`c` up to the number of
+    /// cells): the share of the baseline below it, kept half an event from 0 and 1.
+    #[inline]
+    fn level(&self, c: usize) -> f64 {
+        if let Some(u) = self.legacy_u.get(c) {
+            return *u;
         }
+        let n = self.cum.last().map_or(0, |n| *n).max(1) as f64;
+        let lo = 0.5 / n;
+        (self.cum[c] as f64 / n).clamp(lo, 1.0 - lo)
     }
 
     /// Whether the transform is of known origin: it can be derived again from the stored
     /// counts (false only for state decoded from version 1).
     pub fn derivable(&self) -> bool {
-        !self.built.is_empty()
+        !self.cum.is_empty()
     }
 
     /// The normal score of `x`, which must be finite. `i` seeds the tie randomisation.
@@ -282,7 +314,7 @@ impl NormalScore {
 
     /// A score drawn uniformly (in probability) within cell `c`, seeded by `i`.
     fn spread(&self, c: usize, i: u64) -> f64 {
-        let (u0, u1) = (self.u[c], self.u[c + 1]);
+        let (u0, u1) = (self.level(c), self.level(c + 1));
         if u1 <= u0 {
             return self.z[c];
         }
@@ -293,11 +325,14 @@ impl NormalScore {
     /// The value at probability `u` of the baseline as it was at the last recomputation,
     /// interpolated in the cells (for baseline summaries).
     pub fn quantile(&self, u: f64) -> f64 {
-        let counts = if self.built.is_empty() { &self.counts } else { &self.built };
-        let n = sum(counts).max(1) as f64;
+        let built = self.cum.windows(2).map(|w| w[1].saturating_sub(w[0]));
+        let counts: Box<dyn Iterator<Item = u32>> =
+            if self.derivable() { Box::new(built) } else { Box::new(self.counts.iter().copied()) };
+        let n = if self.derivable() { self.cum[self.cum.len() - 1] as u64 } else { sum(&self.counts) };
+        let n = n.max(1) as f64;
         let target = u * n;
         let mut cum = 0.0;
-        for (c, &cnt) in counts.iter().enumerate() {
+        for (c, cnt) in counts.enumerate() {
             let next = cum + cnt as f64;
             if next >= target && cnt > 0 {
                 if c % 2 == 1 {
@@ -317,6 +352,17 @@ impl NormalScore {
 /// The events 32-bit cell counts add up to.
 fn sum(counts: &[u32]) -> u64 {
     counts.iter().map(|&c| u64::from(c)).sum()
+}
+
+/// Cumulative counts, from 0 (one more than `counts`); `None` beyond 32 bits.
+fn cumulative(counts: &[u32]) -> Option<Box<[u32]>> {
+    let mut acc = 0u32;
+    std::iter::once(Some(0))
+        .chain(counts.iter().map(|&c| {
+            acc = acc.checked_add(c)?;
+            Some(acc)
+        }))
+        .collect()
 }
 
 #[cfg(test)]
@@ -340,8 +386,9 @@ mod tests {
             s: Vec<u64>,
         }
         let wide = |v: &[u32]| v.iter().map(|&c| u64::from(c)).collect::<Vec<_>>();
-        let since: Vec<u32> = ns.counts.iter().zip(&ns.built).map(|(c, b)| c - b).collect();
-        let w = Wide { e: &ns.edges, c: wide(&ns.built), s: wide(&since) };
+        let built: Vec<u32> = ns.cum.windows(2).map(|w| w[1] - w[0]).collect();
+        let since: Vec<u32> = ns.counts.iter().zip(&built).map(|(c, b)| c - b).collect();
+        let w = Wide { e: &ns.edges, c: wide(&built), s: wide(&since) };
         let bytes = rmp_serde::to_vec_named(&ns).unwrap();
         assert_eq!(bytes, rmp_serde::to_vec_named(&w).unwrap());
         let back: NormalScore = rmp_serde::from_slice(&bytes).unwrap();
@@ -350,6 +397,17 @@ mod tests {
         // A count no baseline can reach is a corrupt record: refused, not wrapped.
         let huge = Wide { e: &ns.edges, c: vec![u64::from(u32::MAX) + 1; ns.counts.len()], s: Vec::new() };
         assert!(rmp_serde::from_slice::<NormalScore>(&rmp_serde::to_vec_named(&huge).unwrap()).is_err());
+        // So is a baseline of counts that each fit but add up beyond 32 bits.
+        let mut c = vec![0; ns.counts.len()];
+        c[0] = u64::from(u32::MAX);
+        c[1] = 1;
+        let over = Wide { e: &ns.edges, c, s: Vec::new() };
+        let err = rmp_serde::from_slice::<NormalScore>(&rmp_serde::to_vec_named(&over).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("exceeds 32 bits"), "{err}");
+        c = vec![0; ns.counts.len()];
+        c[0] = u64::from(u32::MAX);
+        let full = Wide { e: &ns.edges, c, s: Vec::new() };
+        assert!(rmp_serde::from_slice::<NormalScore>(&rmp_serde::to_vec_named(&full).unwrap()).is_ok());
     }
 
     #[test]
