@@ -1,5 +1,6 @@
-//! Bytes of keyed state per agent × clause, by detector kind, after 5,000 events per agent,
-//! each minus that of agents whose pact has no clause for them:
+//! Bytes of keyed state per agent × clause, by detector kind, after 5,000 events per agent
+//! (`-- --events N` for another number: 20,000 completes every baseline, as in a fleet that has
+//! run a while), each minus that of agents whose pact has no clause for them:
 //! - the changelog encoding (MessagePack behind a version byte);
 //! - the heap a running engine holds per agent, as the marginal cost of an agent: the heap
 //!   live with 400 agents minus that with 200, over 200. So it is what the keys hold, with
@@ -13,7 +14,7 @@
 //! Each agent has its own event stream, so keys learn different baselines and build banks
 //! of their own, as a fleet's do.
 //!
-//! `cargo bench -p driftgate --bench state_size`
+//! `cargo bench -p driftgate --bench state_size [-- --events N]`
 
 use driftgate_core::codec::changelog::{decode_agent, encode_agent};
 use driftgate_core::engine::{Engine, EngineConfig, Input};
@@ -127,21 +128,21 @@ fn event(agent: u64, i: u64) -> Telemetry {
 }
 
 /// Per agent, between the two fleet sizes.
-fn agent_sizes(pact: &str) -> Sizes {
+fn agent_sizes(pact: &str, events: u64) -> Sizes {
     let pact = parse_pact(pact, "bench.yaml").unwrap_or_else(|e| panic!("{e}"));
     // Allocates what is per thread (the overshoot cache) before either fleet is measured.
-    fleet_sizes(&pact, 1);
-    let [small, large] = FLEETS.map(|agents| fleet_sizes(&pact, agents));
+    fleet_sizes(&pact, 1, events);
+    let [small, large] = FLEETS.map(|agents| fleet_sizes(&pact, agents, events));
     let per =
         |f: fn(&Sizes) -> usize| (f(&large).saturating_sub(f(&small))) / (FLEETS[1] - FLEETS[0]) as usize;
     Sizes { changelog: per(|s| s.changelog), live: per(|s| s.live), restored: per(|s| s.restored) }
 }
 
 /// The whole fleet's.
-fn fleet_sizes(pact: &driftgate_core::pact::Pact, agents: u64) -> Sizes {
+fn fleet_sizes(pact: &driftgate_core::pact::Pact, agents: u64, events: u64) -> Sizes {
     let before = live();
     let mut e = Engine::new(EngineConfig::default(), vec![pact.clone()]);
-    for i in 0..5_000 {
+    for i in 0..events {
         for a in 0..agents {
             e.push(Input::Telemetry(event(a, i)));
             drop(e.drain());
@@ -164,17 +165,30 @@ fn fleet_sizes(pact: &driftgate_core::pact::Pact, agents: u64) -> Sizes {
     }
 }
 
+/// `--events N` from the command line (cargo bench also passes `--bench`).
+fn events() -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--events") {
+        None => 5_000,
+        Some(i) => match args.get(i + 1).and_then(|v| v.parse().ok()) {
+            Some(n) if n > 0 => n,
+            _ => panic!("--events takes a positive number of events per agent"),
+        },
+    }
+}
+
 fn main() {
-    let base = agent_sizes("pact: none\nversion: 1\napplies_to: { agents: [\"nobody\"] }\nclauses:\n  - id: c\n    metric: { kind: bernoulli, value: pii_detected }\n    test: { kind: limit, zero_tolerance: true }\n    severity: low\n    consequence: watch\n");
+    let events = events();
+    let base = agent_sizes("pact: none\nversion: 1\napplies_to: { agents: [\"nobody\"] }\nclauses:\n  - id: c\n    metric: { kind: bernoulli, value: pii_detected }\n    test: { kind: limit, zero_tolerance: true }\n    severity: low\n    consequence: watch\n", events);
     println!(
-        "bytes per agent x clause after 5,000 events each, between fleets of {} and {} agents (agent overhead excluded: changelog {} B, memory {} B)",
+        "bytes per agent x clause after {events} events each, between fleets of {} and {} agents (agent overhead excluded: changelog {} B, memory {} B)",
         FLEETS[0], FLEETS[1],
         base.changelog, base.live
     );
     println!("  {:<24} {:>9} {:>9} {:>9}", "", "changelog", "memory", "restored");
     for (name, metric, test) in KINDS {
         let pact = format!("pact: p\nversion: 1\napplies_to: {{ agents: [\"*\"] }}\nclauses:\n  - id: c\n    metric: {metric}\n    test: {test}\n    severity: low\n    consequence: watch\n");
-        let s = agent_sizes(&pact);
+        let s = agent_sizes(&pact, events);
         println!(
             "  {name:<24} {:>7} B {:>7} B {:>7} B",
             s.changelog.saturating_sub(base.changelog),
