@@ -39,14 +39,18 @@ pub(crate) struct NormalScore {
     /// `(-inf, e0), {e0}, (e0, e1), {e1}, ..., {e_last}, (e_last, inf)`. 32 bits, as a
     /// baseline holds at most `reference_max` events (validated to fit), and the stored form
     /// is the same (MessagePack integers are sized by their value).
+    ///
+    /// Empty while they are those of the last recomputation (see [`NormalScore::counts`]):
+    /// from a complete baseline on, they never change again, so most keys of a fleet that
+    /// has run a while do not hold them twice.
     counts: Box<[u32]>,
     total: u64,
     /// The cumulative counts at the last [`NormalScore::recompute`], at the lower end of each
-    /// cell (length `counts.len() + 1`, starting at 0); empty when unknown (version 1). They
+    /// cell (one more than the cells, starting at 0); empty when unknown (version 1). They
     /// give both the stored counts (their differences) and `u` (see [`NormalScore::level`]),
     /// where keeping the counts and `u` took 760 bytes per key and these take 256.
     cum: Box<[u32]>,
-    /// Score at the lower end of each cell (length `counts.len() + 1`); empty after decoding
+    /// Score at the lower end of each cell (one more than the cells); empty after decoding
     /// until [`NormalScore::derive`].
     z: Box<[f64]>,
     /// Version 1's cumulative probabilities at the lower end of each cell (same length as
@@ -59,7 +63,8 @@ impl PartialEq for NormalScore {
     fn eq(&self, o: &Self) -> bool {
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         bits(&self.edges) == bits(&o.edges)
-            && (&self.counts, &self.cum) == (&o.counts, &o.cum)
+            && self.cum == o.cum
+            && self.counts().eq(o.counts())
             && (self.derivable() || (bits(&self.z), bits(&self.legacy_u)) == (bits(&o.z), bits(&o.legacy_u)))
     }
 }
@@ -111,9 +116,8 @@ impl Serialize for Cells<'_> {
 impl Serialize for NormalScore {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let known = self.derivable();
-        let built = |c: usize| self.cum[c + 1].saturating_sub(self.cum[c]);
-        let since: Vec<u32> = if known && (0..self.counts.len()).any(|c| self.counts[c] != built(c)) {
-            self.counts.iter().enumerate().map(|(c, n)| n.saturating_sub(built(c))).collect()
+        let since: Vec<u32> = if known && !self.counts.is_empty() {
+            self.counts.iter().zip(self.built()).map(|(n, b)| n.saturating_sub(b)).collect()
         } else {
             Vec::new()
         };
@@ -141,7 +145,12 @@ impl<'de> Deserialize<'de> for NormalScore {
             return Err(D::Error::custom("normal score: transform does not match the edges"));
         }
         let counts: Box<[u32]> = if r.s.is_empty() {
-            r.c.clone().into()
+            // The last recomputation's: held only when they cannot be derived.
+            if legacy {
+                r.c.clone().into()
+            } else {
+                Box::default()
+            }
         } else {
             r.c.iter().zip(&r.s).map(|(c, s)| c.saturating_add(*s)).collect()
         };
@@ -150,14 +159,8 @@ impl<'de> Deserialize<'de> for NormalScore {
         } else {
             cumulative(&r.c).ok_or_else(|| D::Error::custom("normal score: the baseline exceeds 32 bits"))?
         };
-        Ok(NormalScore {
-            edges: r.e.into(),
-            total: sum(&counts),
-            counts,
-            cum,
-            z: r.z.into(),
-            legacy_u: r.u.into(),
-        })
+        let total = if r.s.is_empty() { sum(&r.c) } else { sum(&counts) };
+        Ok(NormalScore { edges: r.e.into(), total, counts, cum, z: r.z.into(), legacy_u: r.u.into() })
     }
 }
 
@@ -221,8 +224,25 @@ impl NormalScore {
     /// Adds a reference value to the counts (call [`NormalScore::recompute`] afterwards).
     pub fn count(&mut self, x: f64) {
         let c = self.cell(x);
-        self.counts[c] = self.counts[c].saturating_add(1);
+        if self.counts.is_empty() {
+            self.counts = self.counts().collect();
+        }
+        if let Some(n) = self.counts.get_mut(c) {
+            *n = n.saturating_add(1);
+        }
         self.total += 1;
+    }
+
+    /// The cell counts: held, or the last recomputation's.
+    fn counts(&self) -> impl Iterator<Item = u32> + '_ {
+        let (held, cum) =
+            if self.counts.is_empty() { (&[][..], &self.cum[..]) } else { (&self.counts[..], &[][..]) };
+        held.iter().copied().chain(cum.windows(2).map(|w| w[1].saturating_sub(w[0])))
+    }
+
+    /// The cell counts at the last recomputation (none when unknown).
+    fn built(&self) -> impl Iterator<Item = u32> + '_ {
+        self.cum.windows(2).map(|w| w[1].saturating_sub(w[0]))
     }
 
     /// Number of reference values counted.
@@ -234,11 +254,14 @@ impl NormalScore {
     pub fn recompute(&mut self) {
         // A baseline holds at most `reference_max` events, which is validated to fit in 32
         // bits; only counts beyond that (never reached) could leave the transform as it was.
-        if let Some(cum) = cumulative(&self.counts) {
+        // Empty counts are the last recomputation's already.
+        if let Some(cum) = (!self.counts.is_empty()).then(|| cumulative(&self.counts)).flatten() {
             self.cum = cum;
+            self.counts = Box::default();
             self.legacy_u = Box::default();
-            self.derive_scores();
+            self.z = Box::default();
         }
+        self.derive();
     }
 
     /// Puts back the transform of a decoded score (from the counts at its last
@@ -276,7 +299,7 @@ impl NormalScore {
     #[inline]
     pub fn score(&self, x: f64, i: u64) -> f64 {
         let c = self.cell(x);
-        let last = self.counts.len() - 1;
+        let last = 2 * self.edges.len();
         let (z0, z1) = (self.z[c], self.z[c + 1]);
         if c % 2 == 1 {
             // An atom: spread ties uniformly over the atom's probability (in probability
@@ -325,13 +348,12 @@ impl NormalScore {
     /// The value at probability `u` of the baseline as it was at the last recomputation,
     /// interpolated in the cells (for baseline summaries).
     pub fn quantile(&self, u: f64) -> f64 {
-        let built = self.cum.windows(2).map(|w| w[1].saturating_sub(w[0]));
-        let counts: Box<dyn Iterator<Item = u32>> =
-            if self.derivable() { Box::new(built) } else { Box::new(self.counts.iter().copied()) };
-        let n = if self.derivable() { self.cum[self.cum.len() - 1] as u64 } else { sum(&self.counts) };
+        let n = if self.derivable() { self.built().map(u64::from).sum() } else { sum(&self.counts) };
         let n = n.max(1) as f64;
         let target = u * n;
         let mut cum = 0.0;
+        let counts: Box<dyn Iterator<Item = u32>> =
+            if self.derivable() { Box::new(self.built()) } else { Box::new(self.counts.iter().copied()) };
         for (c, cnt) in counts.enumerate() {
             let next = cum + cnt as f64;
             if next >= target && cnt > 0 {
@@ -410,6 +432,44 @@ mod tests {
         assert!(rmp_serde::from_slice::<NormalScore>(&rmp_serde::to_vec_named(&full).unwrap()).is_ok());
     }
 
+    /// A recomputation leaves the counts to its cumulative counts: a complete baseline,
+    /// which is never counted again, holds them once. The next count holds them again, and
+    /// neither the scores, the stored bytes nor the decoded state tell the two apart.
+    #[test]
+    fn counts_are_held_only_while_they_differ_from_the_last_recomputation() {
+        let sample: Vec<f64> = (0..1000).map(|i| (i % 97) as f64 * 1.5).collect();
+        let mut ns = NormalScore::from_sample(&sample);
+        assert!(ns.counts.is_empty(), "settled by the recomputation");
+        let settled: Vec<u32> = ns.counts().collect();
+        assert_eq!(settled.len(), 2 * ns.edges.len() + 1);
+        assert_eq!(settled.iter().map(|&c| u64::from(c)).sum::<u64>(), 1000);
+        let bytes = rmp_serde::to_vec_named(&ns).unwrap();
+        let back: NormalScore = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(back.counts.is_empty(), "a decoded one without counts since holds none");
+        assert_eq!((back.total(), &back), (1000, &ns));
+
+        let cell = ns.cell(40.0);
+        ns.count(40.0);
+        let held: Vec<u32> = ns.counts.to_vec();
+        assert_eq!(held.len(), settled.len());
+        for (c, (h, s)) in held.iter().zip(&settled).enumerate() {
+            assert_eq!(*h, s + u32::from(c == cell), "cell {c}");
+        }
+        let scores: Vec<f64> = (0..200).map(|i| ns.score(i as f64 * 0.75, i)).collect();
+        let back: NormalScore = rmp_serde::from_slice(&rmp_serde::to_vec_named(&ns).unwrap()).unwrap();
+        assert_eq!(back.counts.to_vec(), held);
+        assert_eq!((back.total(), &back), (1001, &ns));
+        // The transform waits for the next recomputation.
+        let mut back = back;
+        back.derive();
+        assert_eq!((0..200).map(|i| back.score(i as f64 * 0.75, i)).collect::<Vec<_>>(), scores);
+
+        ns.recompute();
+        assert!(ns.counts.is_empty());
+        assert_eq!(ns.counts().collect::<Vec<_>>(), held);
+        assert_eq!(ns.built().collect::<Vec<_>>(), held);
+    }
+
     #[test]
     fn continuous_scores_are_monotone_and_centred() {
         let sample: Vec<f64> = (0..1000).map(|i| (i as f64 + 0.5) / 1000.0).collect();
@@ -443,7 +503,7 @@ mod tests {
     fn tails_are_clamped() {
         let sample: Vec<f64> = (0..1000).map(|i| i as f64).collect();
         let ns = NormalScore::from_sample(&sample);
-        assert!(ns.score(1e12, 0) <= ns.z[ns.counts.len() - 1] + TAIL_Z + 1e-12);
+        assert!(ns.score(1e12, 0) <= ns.z[2 * ns.edges.len()] + TAIL_Z + 1e-12);
         assert!(ns.score(-1e12, 0) >= ns.z[1] - TAIL_Z - 1e-12);
     }
 }
