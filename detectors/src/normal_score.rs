@@ -348,13 +348,13 @@ impl NormalScore {
     /// The value at probability `u` of the baseline as it was at the last recomputation,
     /// interpolated in the cells (for baseline summaries).
     pub fn quantile(&self, u: f64) -> f64 {
-        let n = if self.derivable() { self.built().map(u64::from).sum() } else { sum(&self.counts) };
-        let n = n.max(1) as f64;
+        // The counts the transform was built from: version 1's are the counts themselves.
+        let held = if self.derivable() { &[][..] } else { &self.counts[..] };
+        let basis = || held.iter().copied().chain(self.built());
+        let n = basis().map(u64::from).sum::<u64>().max(1) as f64;
         let target = u * n;
         let mut cum = 0.0;
-        let counts: Box<dyn Iterator<Item = u32>> =
-            if self.derivable() { Box::new(self.built()) } else { Box::new(self.counts.iter().copied()) };
-        for (c, cnt) in counts.enumerate() {
+        for (c, cnt) in basis().enumerate() {
             let next = cum + cnt as f64;
             if next >= target && cnt > 0 {
                 if c % 2 == 1 {
