@@ -225,12 +225,20 @@ impl NormalScore {
     pub fn count(&mut self, x: f64) {
         let c = self.cell(x);
         if self.counts.is_empty() {
-            self.counts = self.counts().collect();
+            self.hold_counts();
         }
         if let Some(n) = self.counts.get_mut(c) {
             *n = n.saturating_add(1);
         }
         self.total += 1;
+    }
+
+    /// Holds the counts again, from the last recomputation's: once per recomputation, so
+    /// out of line, where it does not weigh on the inlining of every event's path.
+    #[cold]
+    #[inline(never)]
+    fn hold_counts(&mut self) {
+        self.counts = self.counts().collect();
     }
 
     /// The cell counts: held, or the last recomputation's.
