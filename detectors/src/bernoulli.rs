@@ -279,12 +279,11 @@ impl AutoBernoulli {
         // The same bank as `sr`'s: a pure function of the baseline it was built from, and
         // every restored bank is derived from it (see `derive`).
         let bank = self.bank(self.p0, self.built_at, None);
-        let k = sr.len();
-        let (p1, kappa) = (bank.p1[win.member], bank.kappa[win.member]);
+        let p1 = bank.p1[win.member];
         let mut params = self.cfg.params();
-        params.insert("members".into(), k as f64);
+        params.insert("members".into(), sr.len() as f64);
         params.insert("winner_p1".into(), p1);
-        params.insert("winner_kappa".into(), kappa);
+        params.insert("winner_kappa".into(), bank.kappa[win.member]);
         params.insert("winner_weight".into(), sr.w[win.member]);
         Alarm {
             detector: self.name().to_string(),

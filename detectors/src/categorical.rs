@@ -369,8 +369,8 @@ impl AutoCategorical {
         params.insert("categories".into(), self.names.len() as f64);
         // The same bank as `sr`'s: a pure function of the baseline it was built from, and
         // every restored bank is derived from it (see `derive`).
-        let bank = self.bank(&self.p0, self.built_at, None);
-        params.insert("winner_kappa".into(), bank.kappa[j]);
+        let kappa = self.bank(&self.p0, self.built_at, None).kappa[j];
+        params.insert("winner_kappa".into(), kappa);
         params.insert("winner_weight".into(), sr.w[j]);
         Alarm {
             detector: self.name().to_string(),

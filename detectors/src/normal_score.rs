@@ -47,7 +47,7 @@ pub(crate) struct NormalScore {
     total: u64,
     /// The cumulative counts at the last [`NormalScore::recompute`], at the lower end of each
     /// cell (one more than the cells, starting at 0); empty when unknown (version 1). They
-    /// give both the stored counts (their differences) and `u` (see [`NormalScore::level`]),
+    /// give both the stored counts (their differences) and `u` (see [`NormalScore::leveller`]),
     /// where keeping the counts and `u` took 760 bytes per key and these take 256.
     cum: Box<[u32]>,
     /// Score at the lower end of each cell (one more than the cells); empty after decoding
@@ -98,17 +98,17 @@ struct Record {
     u: Vec<f64>,
 }
 
-/// Cell counts as stored: given, or the differences of cumulative counts.
+/// Cell counts as stored: given (version 1's), or those of the last recomputation.
 enum Cells<'a> {
     Counts(&'a [u32]),
-    Cumulative(&'a [u32]),
+    Built(&'a NormalScore),
 }
 
 impl Serialize for Cells<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Cells::Counts(c) => c.serialize(s),
-            Cells::Cumulative(cum) => s.collect_seq(cum.windows(2).map(|w| w[1].saturating_sub(w[0]))),
+            Cells::Built(ns) => s.collect_seq(ns.built()),
         }
     }
 }
@@ -123,7 +123,7 @@ impl Serialize for NormalScore {
         };
         Stored {
             e: &self.edges,
-            c: if known { Cells::Cumulative(&self.cum) } else { Cells::Counts(&self.counts) },
+            c: if known { Cells::Built(self) } else { Cells::Counts(&self.counts) },
             s: since,
             z: (!known).then_some(&self.z[..]),
             u: (!known).then_some(&self.legacy_u[..]),
@@ -243,9 +243,8 @@ impl NormalScore {
 
     /// The cell counts: held, or the last recomputation's.
     fn counts(&self) -> impl Iterator<Item = u32> + '_ {
-        let (held, cum) =
-            if self.counts.is_empty() { (&[][..], &self.cum[..]) } else { (&self.counts[..], &[][..]) };
-        held.iter().copied().chain(cum.windows(2).map(|w| w[1].saturating_sub(w[0])))
+        let built = self.counts.is_empty().then(|| self.built());
+        self.counts.iter().copied().chain(built.into_iter().flatten())
     }
 
     /// The cell counts at the last recomputation (none when unknown).
@@ -282,19 +281,27 @@ impl NormalScore {
 
     fn derive_scores(&mut self) {
         let std = Normal::new(0.0, 1.0).expect("standard normal");
-        self.z = (0..self.cum.len()).map(|c| std.inverse_cdf(self.level(c))).collect();
+        let level = self.leveller();
+        self.z = self.cum.iter().map(|&c| std.inverse_cdf(level(c))).collect();
     }
 
-    /// The cumulative probability at the lower end of cell `c` (`c` up to the number of
-    /// cells): the share of the baseline below it, kept half an event from 0 and 1.
+    /// Maps a cumulative count at the last recomputation to its level, the share of the
+    /// baseline below it, kept half an event from 0 and 1.
     #[inline]
-    fn level(&self, c: usize) -> f64 {
-        if let Some(u) = self.legacy_u.get(c) {
-            return *u;
-        }
+    fn leveller(&self) -> impl Fn(u32) -> f64 {
         let n = self.cum.last().map_or(0, |n| *n).max(1) as f64;
         let lo = 0.5 / n;
-        (self.cum[c] as f64 / n).clamp(lo, 1.0 - lo)
+        move |cum| (cum as f64 / n).clamp(lo, 1.0 - lo)
+    }
+
+    /// The levels at the lower and upper ends of cell `c`.
+    #[inline]
+    fn levels(&self, c: usize) -> (f64, f64) {
+        if !self.legacy_u.is_empty() {
+            return (self.legacy_u[c], self.legacy_u[c + 1]);
+        }
+        let level = self.leveller();
+        (level(self.cum[c]), level(self.cum[c + 1]))
     }
 
     /// Whether the transform is of known origin: it can be derived again from the stored
@@ -345,7 +352,7 @@ impl NormalScore {
 
     /// A score drawn uniformly (in probability) within cell `c`, seeded by `i`.
     fn spread(&self, c: usize, i: u64) -> f64 {
-        let (u0, u1) = (self.level(c), self.level(c + 1));
+        let (u0, u1) = self.levels(c);
         if u1 <= u0 {
             return self.z[c];
         }
