@@ -5,11 +5,12 @@ use crate::auto::{
     build_bank, log_stat, member_sizes, AutoConfig, Candidate, Restorable, Restoration, MAX_JUMP,
 };
 use crate::detector::{as_bool, Detector, MetricKind, Observation, View};
+use crate::interner::Interner;
 use crate::mixture::MixtureSr;
 use crate::overshoot::zeta_two_point;
 use crate::DetectorError;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 /// Detects a change in the probability of a 1 without knowing the rate before or after.
 ///
@@ -32,12 +33,43 @@ pub struct AutoBernoulli {
     ref_ones: u64,
     built_at: u64,
     p0: f64,
-    /// Likelihood ratios, `lr[x * k + j]` for outcome `x` and member `j`. The members'
-    /// alternatives and information levels are derived again at an alarm, the only time
-    /// they are read, rather than held by every key.
-    lr: Box<[f64]>,
+    /// The bank's members and likelihood ratios, shared by the clause's keys with the same
+    /// baseline (see [`Shape`]).
+    shape: Arc<Shape>,
+    /// Where the clause's keys find their shared shapes.
+    shapes: Arc<Shapes>,
     sr: Option<MixtureSr>,
     threshold: f64,
+}
+
+/// A bank apart from its statistics: a pure function of the configuration, `p0` and the
+/// baseline's size when it was built, so keys with the same baseline share one (see
+/// [`Interner`]). The members' alternatives and information levels are derived again at an
+/// alarm, the only time they are read, rather than held here.
+#[derive(Debug, Default)]
+struct Shape {
+    /// The members' ids and weights, as the key's [`MixtureSr`] holds them.
+    ids: Arc<[u32]>,
+    w: Arc<[f64]>,
+    /// Likelihood ratios, `lr[x * k + j]` for outcome `x` and member `j`.
+    lr: Box<[f64]>,
+    /// The bank's threshold (stored with each key too, which keeps it when restored).
+    threshold: f64,
+}
+
+/// Shapes by configuration fingerprint, `p0` (bits) and build size.
+type Shapes = Interner<(u64, u64, u64), Shape>;
+
+/// What a detector holds before its first bank, and where a decoded one looks until it is
+/// bound: one shared value each, so that neither allocates per key.
+fn no_shape() -> Arc<Shape> {
+    static NONE: LazyLock<Arc<Shape>> = LazyLock::new(Arc::default);
+    Arc::clone(&NONE)
+}
+
+fn unbound_shapes() -> Arc<Shapes> {
+    static NONE: LazyLock<Arc<Shapes>> = LazyLock::new(Arc::default);
+    Arc::clone(&NONE)
 }
 
 /// The stored form, written by format version 2.
@@ -111,7 +143,8 @@ impl<'de> Deserialize<'de> for AutoBernoulli {
             ref_ones: r.ro,
             built_at: r.b,
             p0: r.p0,
-            lr: Box::default(),
+            shape: no_shape(),
+            shapes: unbound_shapes(),
             sr: r.sr,
             threshold: r.t,
         })
@@ -129,8 +162,8 @@ impl PartialEq for AutoBernoulli {
     }
 }
 
-/// A bank for a baseline: likelihood ratios, alternatives, information levels, the bank
-/// (statistics carried over from `old`) and the threshold.
+/// A bank for a baseline, built: likelihood ratios, alternatives, information levels, the
+/// bank (statistics at zero) and the threshold.
 struct Bank {
     lr: Vec<f64>,
     p1: Vec<f64>,
@@ -143,11 +176,12 @@ impl AutoBernoulli {
     /// A detector with the given configuration.
     pub fn new(cfg: AutoConfig) -> Result<Self, DetectorError> {
         cfg.validate_for(MetricKind::Bernoulli)?;
-        Ok(AutoBernoulli::fresh(Arc::new(cfg)))
+        Ok(AutoBernoulli::fresh(Arc::new(cfg), Arc::default()))
     }
 
-    /// A fresh detector with a validated configuration (a reset keeps the shared one).
-    fn fresh(cfg: Arc<AutoConfig>) -> Self {
+    /// A fresh detector with a validated configuration and its clause's shapes (a reset
+    /// keeps the shared ones).
+    fn fresh(cfg: Arc<AutoConfig>, shapes: Arc<Shapes>) -> Self {
         AutoBernoulli {
             rs: Restoration::fresh(cfg.fingerprint(MetricKind::Bernoulli, 0)),
             threshold: cfg.threshold(MetricKind::Bernoulli),
@@ -157,7 +191,8 @@ impl AutoBernoulli {
             ref_ones: 0,
             built_at: 0,
             p0: 0.0,
-            lr: Box::default(),
+            shape: no_shape(),
+            shapes,
             sr: None,
         }
     }
@@ -180,15 +215,15 @@ impl AutoBernoulli {
             return false;
         }
         if let Some(sr) = self.sr.take() {
-            let bank = self.bank(self.p0, self.built_at, None);
-            self.sr = Some(sr.restored(&bank.sr));
-            self.lr = bank.lr.into();
+            let shape = self.shape(self.p0, self.built_at);
+            self.sr = Some(sr.restored(&MixtureSr::new(Arc::clone(&shape.ids), Arc::clone(&shape.w))));
+            self.shape = shape;
         }
         self.rs.derived = true;
         true
     }
 
-    fn bank(&self, p0: f64, n: u64, old: Option<&MixtureSr>) -> Bank {
+    fn bank(&self, p0: f64, n: u64) -> Bank {
         let pq = p0 * (1.0 - p0);
         let logit0 = (p0 / (1.0 - p0)).ln();
         let mut cands = Vec::new();
@@ -217,7 +252,7 @@ impl AutoBernoulli {
                 zeta_two_point((p1 / p0).ln(), ((1.0 - p1) / (1.0 - p0)).ln(), p0, p1)
             },
             n,
-            old,
+            None,
         );
         let k = keep.len();
         let mut bank = Bank { lr: vec![0.0; 2 * k], p1: Vec::new(), kappa: Vec::new(), sr, threshold };
@@ -231,16 +266,31 @@ impl AutoBernoulli {
         bank
     }
 
+    /// The shape of the bank for `p0` built at `n`: the one another key holds, or built.
+    fn shape(&self, p0: f64, n: u64) -> Arc<Shape> {
+        self.shapes.get_or_make((self.rs.fingerprint, p0.to_bits(), n), || {
+            let bank = self.bank(p0, n);
+            Shape { ids: bank.sr.ids, w: bank.sr.w, lr: bank.lr.into(), threshold: bank.threshold }
+        })
+    }
+
+    /// Once per baseline stage: out of line, off the inlined path of every event.
+    #[cold]
+    #[inline(never)]
     fn rebuild(&mut self) {
         let n = self.ref_n;
         // Jeffreys estimate: never exactly 0 or 1, so every likelihood ratio is finite.
         let p0 = (self.ref_ones as f64 + 0.5) / (n as f64 + 1.0);
-        let bank = self.bank(p0, n, self.sr.as_ref());
+        let shape = self.shape(p0, n);
+        let mut sr = MixtureSr::new(Arc::clone(&shape.ids), Arc::clone(&shape.w));
+        if let Some(old) = &self.sr {
+            sr.inherit(old);
+        }
         self.p0 = p0;
-        self.lr = bank.lr.into();
-        self.sr = Some(bank.sr);
+        self.threshold = shape.threshold;
+        self.shape = shape;
+        self.sr = Some(sr);
         self.built_at = n;
-        self.threshold = bank.threshold;
     }
 
     /// Feeds one 0/1 outcome. This is the hot path: a table lookup and two fused
@@ -262,7 +312,7 @@ impl AutoBernoulli {
         let sr = self.sr.as_mut()?;
         let k = sr.len();
         let xi = x as usize;
-        let lambda = sr.step(&self.lr[xi * k..xi * k + k], x as u8 as f64);
+        let lambda = sr.step(&self.shape.lr[xi * k..xi * k + k], x as u8 as f64);
         if lambda >= self.threshold {
             Some(Box::new(self.alarm(i)))
         } else {
@@ -278,7 +328,7 @@ impl AutoBernoulli {
         let p_now = (win.aux_sum / (win.lag + 1.0)).clamp(0.0, 1.0);
         // The same bank as `sr`'s: a pure function of the baseline it was built from, and
         // every restored bank is derived from it (see `derive`).
-        let bank = self.bank(self.p0, self.built_at, None);
+        let bank = self.bank(self.p0, self.built_at);
         let p1 = bank.p1[win.member];
         let mut params = self.cfg.params();
         params.insert("members".into(), sr.len() as f64);
@@ -333,6 +383,7 @@ impl Restorable for AutoBernoulli {
 
     fn adopt(&mut self, proto: &Self) {
         self.cfg = proto.cfg.clone();
+        self.shapes = Arc::clone(&proto.shapes);
         if self.sr.is_none() {
             // Before the first bank the threshold is the configuration's.
             self.threshold = proto.threshold;
@@ -366,7 +417,7 @@ impl Detector for AutoBernoulli {
 
     fn reset(&mut self) {
         let rs = self.rs;
-        *self = AutoBernoulli::fresh(Arc::clone(&self.cfg));
+        *self = AutoBernoulli::fresh(Arc::clone(&self.cfg), Arc::clone(&self.shapes));
         self.rs = rs.after_reset();
     }
 
@@ -409,7 +460,45 @@ mod tests {
         let sr = d.sr.as_ref().unwrap();
         let win = sr.winner();
         assert_eq!(alarm.params["winner_weight"], sr.w[win.member]);
-        assert_eq!(d.lr[sr.len() + win.member], p1 / p0, "the member's likelihood ratio for a 1");
+        assert_eq!(d.shape.lr[sr.len() + win.member], p1 / p0, "the member's likelihood ratio for a 1");
+    }
+
+    /// Keys of one clause that learn the same baseline hold one shape; a key with another
+    /// baseline, or of another clause, holds its own. Sharing changes no statistic: each key
+    /// steps as a detector built alone does, restored keys included.
+    #[test]
+    fn keys_with_the_same_baseline_share_one_bank_shape_and_step_as_alone() {
+        let cfg = AutoConfig {
+            false_alarm_rate: 1e-3,
+            reference_min: 100,
+            reference_max: 400,
+            ..AutoConfig::default()
+        };
+        let proto = AutoBernoulli::new(cfg.clone()).unwrap();
+        let (mut a, mut b, mut other) = (proto.clone(), proto.clone(), proto.clone());
+        let mut alone = AutoBernoulli::new(cfg).unwrap();
+        for i in 0..1_000u64 {
+            let x = i % 10 != 0;
+            let alarms = [a.update_bool(x), b.update_bool(x), alone.update_bool(x)];
+            assert!(alarms[0] == alarms[2] && alarms[1] == alarms[2], "event {i}");
+            other.update_bool(i % 5 != 0);
+        }
+        assert!(Arc::ptr_eq(&a.shape, &b.shape), "same baseline, one shape");
+        assert!(!Arc::ptr_eq(&a.shape, &other.shape), "another baseline, its own");
+        assert!(!Arc::ptr_eq(&a.shape, &alone.shape), "another clause, its own");
+        assert_eq!(a, alone);
+        assert_eq!(&a.shape.lr[..], &alone.shape.lr[..]);
+        assert!(Arc::ptr_eq(&a.sr.as_ref().unwrap().w, &a.shape.w), "the weights are the shape's");
+
+        let bytes = rmp_serde::to_vec_named(&a).unwrap();
+        let mut restored: AutoBernoulli = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(crate::auto::bind(&mut restored, &proto));
+        for i in 0..200u64 {
+            let x = i % 3 != 0;
+            assert_eq!(restored.update_bool(x), a.update_bool(x), "event {i} after the restore");
+        }
+        assert!(Arc::ptr_eq(&restored.shape, &a.shape), "a restored key finds the clause's shape");
+        assert_eq!(restored, a);
     }
 
     /// A version-1 record kept its bank. Restored, the bank is derived again from its
@@ -463,23 +552,23 @@ mod tests {
         };
 
         // Its own bank: the same statistics, paired with the same members.
-        let (mut a, mut b) = (d.clone(), record(d.built_at, &d.lr));
+        let (mut a, mut b) = (d.clone(), record(d.built_at, &d.shape.lr));
         assert_eq!(a.update_bool(true), b.update_bool(true));
-        assert_eq!((&a.sr, &a.lr), (&b.sr, &b.lr));
+        assert_eq!((&a.sr, &a.shape.lr), (&b.sr, &b.shape.lr));
 
         // A bank kept for another baseline size has another member count: the ratios stored
         // for it are ignored, and the statistics start again from zero.
-        let mut fresh = d.bank(d.p0, 1, None);
+        let mut fresh = d.bank(d.p0, 1);
         assert_ne!(fresh.sr.len(), k, "the test needs a mismatching bank");
         let mut other = record(1, &vec![1.0; 2 * k]);
         other.update_bool(false);
         let m = fresh.sr.len();
         fresh.sr.step(&fresh.lr[..m], 0.0);
         assert_eq!(other.sr.as_ref(), Some(&fresh.sr));
-        assert_eq!(&other.lr[..], &fresh.lr[..]);
+        assert_eq!(&other.shape.lr[..], &fresh.lr[..]);
         let alarm = (0..20_000).find_map(|_| other.update_bool(true)).expect("a rise to 1 alarms");
         let winner = other.sr.as_ref().unwrap().winner().member;
-        let p1 = other.lr[m + winner] * other.p0;
+        let p1 = other.shape.lr[m + winner] * other.p0;
         assert!(
             (alarm.params["winner_p1"] - p1).abs() <= 1e-12,
             "{} against {p1}",

@@ -37,6 +37,7 @@ mod cusum;
 mod detector;
 mod error;
 mod hdr_serde;
+mod interner;
 mod mixture;
 mod normal_score;
 mod numeric;

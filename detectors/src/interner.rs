@@ -1,0 +1,109 @@
+//! One shared value per key, for as long as someone holds it.
+//!
+//! Why: a bank is a pure function of its clause's configuration and a key's baseline, and a
+//! baseline is counts (ones out of `n` at a stage), so across a fleet most keys of a clause
+//! learn one of a few hundred baselines. Each key building and holding its own bank cost
+//! about 300 bytes per bernoulli key; interned, the fleet holds one per distinct baseline.
+//! Banks are built only when a baseline stage completes or a key is restored, so a lock
+//! there costs nothing on the per-event path.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, Weak};
+
+/// Fewest entries before dead ones are swept.
+const MIN_SWEEP: usize = 64;
+
+/// Values by key, held weakly: a value lives while a detector holds it, and its entry is
+/// swept once the map has doubled since the last sweep (amortised `O(1)` per insert).
+pub(crate) struct Interner<K, V> {
+    inner: Mutex<Inner<K, V>>,
+}
+
+/// Not the entries: a detector's debug output would list the whole clause's.
+impl<K, V> std::fmt::Debug for Interner<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interner").finish_non_exhaustive()
+    }
+}
+
+struct Inner<K, V> {
+    map: HashMap<K, Weak<V>>,
+    sweep_at: usize,
+}
+
+impl<K, V> Default for Interner<K, V> {
+    fn default() -> Self {
+        Interner { inner: Mutex::new(Inner { map: HashMap::new(), sweep_at: MIN_SWEEP }) }
+    }
+}
+
+impl<K: Hash + Eq, V> Interner<K, V> {
+    /// The value for `key`: the one someone still holds, or `make()`'s, kept for the next.
+    ///
+    /// `make` must be a pure function of `key`, so that which caller builds it does not
+    /// matter. It runs under the lock: two keys reaching the same baseline at once build it
+    /// once.
+    pub fn get_or_make(&self, key: K, make: impl FnOnce() -> V) -> Arc<V> {
+        // A panic elsewhere while holding the lock leaves the map consistent (entries are
+        // only inserted or swept whole), so a poisoned lock is still usable.
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = inner.map.get(&key).and_then(Weak::upgrade) {
+            return v;
+        }
+        let v = Arc::new(make());
+        inner.map.insert(key, Arc::downgrade(&v));
+        if inner.map.len() >= inner.sweep_at {
+            inner.map.retain(|_, w| w.strong_count() > 0);
+            inner.sweep_at = (2 * inner.map.len()).max(MIN_SWEEP);
+        }
+        v
+    }
+
+    /// Entries, dead or alive (for tests).
+    #[cfg(test)]
+    fn entries(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_is_shared_while_held_and_made_again_after() {
+        let i: Interner<u32, String> = Interner::default();
+        let mut made = 0;
+        let a = i.get_or_make(1, || {
+            made += 1;
+            "one".to_string()
+        });
+        let b = i.get_or_make(1, || {
+            made += 1;
+            "other".to_string()
+        });
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!((made, b.as_str()), (1, "one"));
+        drop((a, b));
+        let c = i.get_or_make(1, || {
+            made += 1;
+            "again".to_string()
+        });
+        assert_eq!((made, c.as_str()), (2, "again"), "nobody held it: made again");
+    }
+
+    #[test]
+    fn dead_entries_are_swept_and_live_ones_kept() {
+        let i: Interner<usize, usize> = Interner::default();
+        let held: Vec<Arc<usize>> = (0..10).map(|k| i.get_or_make(k, || k)).collect();
+        for k in 10..10_000 {
+            drop(i.get_or_make(k, || k));
+        }
+        // Never more than twice the live entries since the last sweep, nor under the minimum.
+        assert!(i.entries() <= 2 * MIN_SWEEP, "{} entries", i.entries());
+        for (k, v) in held.iter().enumerate() {
+            assert!(Arc::ptr_eq(v, &i.get_or_make(k, || usize::MAX)), "entry {k} was kept");
+        }
+    }
+}
