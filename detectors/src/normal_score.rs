@@ -12,8 +12,11 @@
 //! Beyond the outer edges the score is extrapolated and clamped half a unit further out,
 //! which keeps heavy tails from producing unbounded scores.
 
+use crate::interner::Interner;
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 
 /// Normal-score levels of the edges: 31 points from -2.5 to 2.5.
 const EDGE_LEVELS: usize = 31;
@@ -47,15 +50,84 @@ pub(crate) struct NormalScore {
     total: u64,
     /// The cumulative counts at the last [`NormalScore::recompute`], at the lower end of each
     /// cell (one more than the cells, starting at 0); empty when unknown (version 1). They
-    /// give both the stored counts (their differences) and `u` (see [`NormalScore::leveller`]),
-    /// where keeping the counts and `u` took 760 bytes per key and these take 256.
+    /// give the stored counts (their differences), `u` (see [`NormalScore::leveller`]) and
+    /// where the scores are read in the shared table, where keeping the counts, `u` and the
+    /// scores took 1,272 bytes per key and these take 256.
     cum: Box<[u32]>,
-    /// Score at the lower end of each cell (one more than the cells); empty after decoding
-    /// until [`NormalScore::derive`].
-    z: Box<[f64]>,
-    /// Version 1's cumulative probabilities at the lower end of each cell (same length as
-    /// `z`); empty otherwise, as they follow from `cum`.
+    /// Scores at the cells' lower ends (one more than the cells): its baseline size's
+    /// shared table, read through `cum`, or its own; its own and empty after decoding until
+    /// [`NormalScore::derive`].
+    z: Scores,
+    /// Version 1's cumulative probabilities at the lower end of each cell (one more than the
+    /// cells); empty otherwise, as they follow from `cum`.
     legacy_u: Box<[f64]>,
+}
+
+/// The scores at the cells' lower ends.
+#[derive(Debug, Clone)]
+enum Scores {
+    /// The table of the baseline's size, indexed by cumulative count (see [`Table`]).
+    Shared(Arc<Table>),
+    /// Its own, one per cell boundary: version 1's (of unknown origin), or for a baseline
+    /// larger than a shared table may be; empty when not derived yet.
+    Own(Box<[f64]>),
+}
+
+impl Scores {
+    /// Its own scores (version 1's), or none.
+    fn own(&self) -> &[f64] {
+        match self {
+            Scores::Own(z) => z,
+            Scores::Shared(_) => &[],
+        }
+    }
+}
+
+/// Largest baseline whose scores come from a shared table (8 MB, once per process and
+/// baseline size); a larger one keeps its own 64. The default `reference_max`, 16,384,
+/// takes 128 KiB.
+const MAX_TABLE: u32 = 1 << 20;
+
+/// The normal score of every level `c / n` of a baseline of `n` events, `c = 0..=n`, kept
+/// half an event from 0 and 1: at its last recomputation a transform's scores are these at
+/// its cumulative counts, so every key whose baseline has `n` events reads one table instead
+/// of holding 64 scores (512 bytes per key). Filled lazily, each entry by the first key that
+/// needs it, with the same expression a key used for its own: the scores are bit for bit
+/// the same.
+#[derive(Debug)]
+struct Table {
+    /// Score bits; 0 while not computed yet (a score of exactly +0.0 is computed again, as
+    /// harmlessly as the first time).
+    z: Box<[AtomicU64]>,
+}
+
+impl Table {
+    /// The table of baselines of `n` events (`n >= 1`), shared while any key holds it.
+    fn of(n: u32) -> Arc<Table> {
+        static TABLES: LazyLock<Interner<u32, Table>> = LazyLock::new(Interner::default);
+        TABLES.get_or_make(n, || Table { z: (0..=n).map(|_| AtomicU64::new(0)).collect() })
+    }
+
+    /// The score at cumulative count `c`, computed by `score` the first time.
+    fn fill(&self, c: u32, score: impl FnOnce() -> f64) -> f64 {
+        let slot = &self.z[c as usize];
+        // Relaxed: every writer stores the same bits, and coherence lets no later read of
+        // a slot see it empty again.
+        match slot.load(Ordering::Relaxed) {
+            0 => {
+                let z = score();
+                slot.store(z.to_bits(), Ordering::Relaxed);
+                z
+            }
+            bits => f64::from_bits(bits),
+        }
+    }
+
+    /// The score at cumulative count `c`, filled by [`Table::fill`].
+    #[inline]
+    fn get(&self, c: u32) -> f64 {
+        f64::from_bits(self.z[c as usize].load(Ordering::Relaxed))
+    }
 }
 
 /// Equal when the stored state is (the transform only when it is not derived).
@@ -65,7 +137,8 @@ impl PartialEq for NormalScore {
         bits(&self.edges) == bits(&o.edges)
             && self.cum == o.cum
             && self.counts().eq(o.counts())
-            && (self.derivable() || (bits(&self.z), bits(&self.legacy_u)) == (bits(&o.z), bits(&o.legacy_u)))
+            && (self.derivable()
+                || (bits(self.z.own()), bits(&self.legacy_u)) == (bits(o.z.own()), bits(&o.legacy_u)))
     }
 }
 
@@ -125,7 +198,7 @@ impl Serialize for NormalScore {
             e: &self.edges,
             c: if known { Cells::Built(self) } else { Cells::Counts(&self.counts) },
             s: since,
-            z: (!known).then_some(&self.z[..]),
+            z: (!known).then_some(self.z.own()),
             u: (!known).then_some(&self.legacy_u[..]),
         }
         .serialize(s)
@@ -160,7 +233,14 @@ impl<'de> Deserialize<'de> for NormalScore {
             cumulative(&r.c).ok_or_else(|| D::Error::custom("normal score: the baseline exceeds 32 bits"))?
         };
         let total = if r.s.is_empty() { sum(&r.c) } else { sum(&counts) };
-        Ok(NormalScore { edges: r.e.into(), total, counts, cum, z: r.z.into(), legacy_u: r.u.into() })
+        Ok(NormalScore {
+            edges: r.e.into(),
+            total,
+            counts,
+            cum,
+            z: Scores::Own(r.z.into()),
+            legacy_u: r.u.into(),
+        })
     }
 }
 
@@ -201,7 +281,7 @@ impl NormalScore {
             counts: vec![0; cells].into(),
             total: 0,
             cum: Box::default(),
-            z: Box::default(),
+            z: Scores::Own(Box::default()),
             legacy_u: Box::default(),
         };
         for &x in sample {
@@ -266,7 +346,7 @@ impl NormalScore {
             self.cum = cum;
             self.counts = Box::default();
             self.legacy_u = Box::default();
-            self.z = Box::default();
+            self.z = Scores::Own(Box::default());
         }
         self.derive();
     }
@@ -274,7 +354,7 @@ impl NormalScore {
     /// Puts back the transform of a decoded score (from the counts at its last
     /// recomputation). A no-op when it is in place.
     pub fn derive(&mut self) {
-        if self.z.is_empty() {
+        if matches!(&self.z, Scores::Own(z) if z.is_empty()) {
             self.derive_scores();
         }
     }
@@ -282,14 +362,38 @@ impl NormalScore {
     fn derive_scores(&mut self) {
         let std = Normal::new(0.0, 1.0).expect("standard normal");
         let level = self.leveller();
-        self.z = self.cum.iter().map(|&c| std.inverse_cdf(level(c))).collect();
+        let score = |c: u32| std.inverse_cdf(level(c));
+        let n = self.size();
+        self.z = if n <= MAX_TABLE {
+            let table = Table::of(n);
+            for &c in self.cum.iter() {
+                table.fill(c, || score(c));
+            }
+            Scores::Shared(table)
+        } else {
+            Scores::Own(self.cum.iter().map(|&c| score(c)).collect())
+        };
+    }
+
+    /// The baseline size at the last recomputation, as the levels divide by it (at least 1).
+    fn size(&self) -> u32 {
+        self.cum.last().map_or(0, |n| *n).max(1)
+    }
+
+    /// The score at the lower end of cell `c` (or the upper end of the last, `c = cells`).
+    #[inline]
+    fn z(&self, c: usize) -> f64 {
+        match &self.z {
+            Scores::Shared(t) => t.get(self.cum[c]),
+            Scores::Own(z) => z[c],
+        }
     }
 
     /// Maps a cumulative count at the last recomputation to its level, the share of the
     /// baseline below it, kept half an event from 0 and 1.
     #[inline]
     fn leveller(&self) -> impl Fn(u32) -> f64 {
-        let n = self.cum.last().map_or(0, |n| *n).max(1) as f64;
+        let n = self.size() as f64;
         let lo = 0.5 / n;
         move |cum| (cum as f64 / n).clamp(lo, 1.0 - lo)
     }
@@ -315,7 +419,7 @@ impl NormalScore {
     pub fn score(&self, x: f64, i: u64) -> f64 {
         let c = self.cell(x);
         let last = 2 * self.edges.len();
-        let (z0, z1) = (self.z[c], self.z[c + 1]);
+        let (z0, z1) = (self.z(c), self.z(c + 1));
         if c % 2 == 1 {
             // An atom: spread ties uniformly over the atom's probability (in probability
             // space, so the score stays exactly normal).
@@ -327,7 +431,7 @@ impl NormalScore {
             let e = &self.edges;
             let slope = if e.len() >= 2 {
                 let (a, b) = if c == 0 { (0, 1) } else { (e.len() - 2, e.len() - 1) };
-                let (za, zb) = (self.z[2 * a + 2], self.z[2 * b + 1]);
+                let (za, zb) = (self.z(2 * a + 2), self.z(2 * b + 1));
                 ((zb - za) / (e[b] - e[a])).max(0.0)
             } else {
                 0.0
@@ -338,10 +442,10 @@ impl NormalScore {
                 return self.spread(c, i);
             }
             return if c == 0 {
-                let edge_z = self.z[1];
+                let edge_z = self.z(1);
                 (edge_z - (e[0] - x) * slope).max(edge_z - TAIL_Z).min(z1)
             } else {
-                let edge_z = self.z[last];
+                let edge_z = self.z(last);
                 (edge_z + (x - e[e.len() - 1]) * slope).min(edge_z + TAIL_Z).max(z0)
             };
         }
@@ -354,10 +458,10 @@ impl NormalScore {
     fn spread(&self, c: usize, i: u64) -> f64 {
         let (u0, u1) = self.levels(c);
         if u1 <= u0 {
-            return self.z[c];
+            return self.z(c);
         }
         let std = Normal::new(0.0, 1.0).expect("standard normal");
-        std.inverse_cdf(u0 + (u1 - u0) * uniform(i)).clamp(self.z[c], self.z[c + 1])
+        std.inverse_cdf(u0 + (u1 - u0) * uniform(i)).clamp(self.z(c), self.z(c + 1))
     }
 
     /// The value at probability `u` of the baseline as it was at the last recomputation,
@@ -485,6 +589,45 @@ mod tests {
         assert_eq!(ns.built().collect::<Vec<_>>(), held);
     }
 
+    /// Keys whose baselines have the same size read one table; each boundary's score is the
+    /// one a key computed for itself (the level of its cumulative count), bit for bit; a
+    /// baseline beyond the tables' size keeps its own, as does version 1's transform.
+    #[test]
+    fn scores_come_from_one_table_per_baseline_size_and_are_those_of_the_levels() {
+        let own = |ns: &NormalScore| -> Vec<u64> {
+            let std = Normal::new(0.0, 1.0).unwrap();
+            let level = ns.leveller();
+            ns.cum.iter().map(|&c| std.inverse_cdf(level(c)).to_bits()).collect()
+        };
+        let read = |ns: &NormalScore| -> Vec<u64> { (0..ns.cum.len()).map(|c| ns.z(c).to_bits()).collect() };
+        let a = NormalScore::from_sample(&(0..1_000).map(|i| (i % 97) as f64).collect::<Vec<_>>());
+        let b =
+            NormalScore::from_sample(&(0..1_000).map(|i| (i * i % 1_013) as f64 * 0.5).collect::<Vec<_>>());
+        let c = NormalScore::from_sample(&(0..999).map(|i| i as f64).collect::<Vec<_>>());
+        let (Scores::Shared(ta), Scores::Shared(tb), Scores::Shared(tc)) = (&a.z, &b.z, &c.z) else {
+            panic!("small baselines read a shared table");
+        };
+        assert!(Arc::ptr_eq(ta, tb), "1,000 events each: one table");
+        assert!(!Arc::ptr_eq(ta, tc), "999 events: another");
+        for ns in [&a, &b, &c] {
+            assert_eq!(read(ns), own(ns));
+        }
+
+        // A baseline beyond the tables' size, as decoded from a record: its own 64 scores.
+        #[derive(Serialize)]
+        struct R {
+            e: Vec<f64>,
+            c: Vec<u32>,
+        }
+        let half = MAX_TABLE / 2 + 1;
+        let big = R { e: vec![1.0, 2.0], c: vec![half, 0, 7, 0, half] };
+        let mut big: NormalScore = rmp_serde::from_slice(&rmp_serde::to_vec_named(&big).unwrap()).unwrap();
+        big.derive();
+        assert!(matches!(&big.z, Scores::Own(z) if z.len() == 6), "{:?}", big.z);
+        assert_eq!(read(&big), own(&big));
+        assert!(big.score(1.5, 0) > big.score(0.5, 0));
+    }
+
     #[test]
     fn continuous_scores_are_monotone_and_centred() {
         let sample: Vec<f64> = (0..1000).map(|i| (i as f64 + 0.5) / 1000.0).collect();
@@ -518,7 +661,7 @@ mod tests {
     fn tails_are_clamped() {
         let sample: Vec<f64> = (0..1000).map(|i| i as f64).collect();
         let ns = NormalScore::from_sample(&sample);
-        assert!(ns.score(1e12, 0) <= ns.z[2 * ns.edges.len()] + TAIL_Z + 1e-12);
-        assert!(ns.score(-1e12, 0) >= ns.z[1] - TAIL_Z - 1e-12);
+        assert!(ns.score(1e12, 0) <= ns.z(2 * ns.edges.len()) + TAIL_Z + 1e-12);
+        assert!(ns.score(-1e12, 0) >= ns.z(1) - TAIL_Z - 1e-12);
     }
 }
