@@ -81,9 +81,9 @@ impl Engine {
             fresh_again = clause.high_risk;
         }
         let need_timer =
-            clause.freshness.as_ref().map(|f| state.stale_deadline(f)).filter(|_| state.timer_at.is_none());
+            clause.freshness.as_ref().map(|f| state.stale_deadline(f)).filter(|_| state.timer_at().is_none());
         if let Some(at) = need_timer {
-            state.timer_at = Some(at);
+            state.set_timer_at(Some(at));
         }
         let result = state.detector.update(obs);
         if let Some(tr) = cx.trace.as_deref_mut() {
@@ -338,10 +338,10 @@ impl Engine {
         let high_risk = clause.high_risk;
         let Some(agent) = self.agents.get_mut(agent_id) else { return };
         let Some(state) = agent.clauses.get_mut(&key) else { return };
-        state.timer_at = None;
+        state.set_timer_at(None);
         if state.is_fresh(at, &f) {
             let next = state.stale_deadline(&f).max(at + 1);
-            state.timer_at = Some(next);
+            state.set_timer_at(Some(next));
             self.schedule(next, Timer::Freshness(agent_id.to_string(), key));
             return;
         }

@@ -33,6 +33,7 @@ mod dirty;
 mod lanes;
 mod override_rules;
 mod persist;
+mod recent;
 pub mod registry;
 mod scope;
 mod time;

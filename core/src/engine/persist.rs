@@ -194,7 +194,7 @@ impl Engine {
                     .collect();
             }
             for (k, st) in a.clauses.iter() {
-                if let Some(at) = st.timer_at {
+                if let Some(at) = st.timer_at() {
                     e.timers.insert((at, Timer::Freshness(id.clone(), k.clone())));
                 }
             }

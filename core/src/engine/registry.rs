@@ -523,7 +523,7 @@ impl Engine {
             }
             for (k, st) in moved.iter() {
                 if k.0 == new {
-                    if let Some(t) = st.timer_at {
+                    if let Some(t) = st.timer_at() {
                         timers.push((t, Timer::Freshness(agent_id.clone(), k.clone())));
                     }
                 }

@@ -2,13 +2,14 @@
 
 pub use super::clause_map::ClauseMap;
 pub use super::dirty::ListedIn;
+pub use super::recent::Recent;
 use crate::model::enforcement::Detection;
 use crate::model::lane::{ByScope, Lane};
 use crate::model::overrides::{ActiveOverride, OverrideKind};
 use crate::pact::Freshness;
 use driftgate_detectors::AnyDetector;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Identifies a clause state within an agent: pact index, clause index, segment.
 pub type ClauseKey = (u16, u16, Segment);
@@ -64,7 +65,7 @@ pub struct ClauseState {
     pub needs_attestation: bool,
     /// Event times of the most recent observations (at most `min_events`).
     #[serde(rename = "rec", alias = "recent")]
-    pub recent: VecDeque<i64>,
+    pub recent: Recent,
     /// Event time the state was created.
     #[serde(rename = "cr", alias = "created")]
     pub created: i64,
@@ -76,9 +77,16 @@ pub struct ClauseState {
     /// Whether the evidence is stale.
     #[serde(rename = "st", alias = "stale", default, skip_serializing_if = "is_false")]
     pub stale: bool,
-    /// When the pending freshness check fires, if one is scheduled.
-    #[serde(rename = "tm", alias = "timer_at", default, skip_serializing_if = "Option::is_none")]
-    pub timer_at: Option<i64>,
+    /// When the pending freshness check fires, `i64::MIN` when none is scheduled (see
+    /// [`ClauseState::timer_at`]): half the inline size of an `Option`.
+    #[serde(
+        rename = "tm",
+        alias = "timer_at",
+        default = "never",
+        skip_serializing_if = "is_never",
+        deserialize_with = "timer_or_never"
+    )]
+    timer: i64,
     /// The last detection, for the audit trail.
     #[serde(rename = "ld", alias = "last_detection", default, skip_serializing_if = "Option::is_none")]
     pub last_detection: Option<Box<Detection>>,
@@ -100,6 +108,11 @@ fn is_never(v: &i64) -> bool {
     *v == i64::MIN
 }
 
+/// A stored timer: version 1 wrote none as `nil`.
+fn timer_or_never<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Ok(Option::<i64>::deserialize(d)?.unwrap_or(i64::MIN))
+}
+
 impl ClauseState {
     /// A new state with a fresh detector.
     pub fn new(detector: AnyDetector, now: i64) -> Self {
@@ -110,14 +123,25 @@ impl ClauseState {
             min_dwell_until: i64::MIN,
             clean: 0,
             needs_attestation: false,
-            recent: VecDeque::new(),
+            recent: Recent::Empty,
             created: now,
             last_at: now,
             gap: 0.0,
             stale: false,
-            timer_at: None,
+            timer: i64::MIN,
             last_detection: None,
         }
+    }
+
+    /// When the pending freshness check fires, if one is scheduled.
+    pub fn timer_at(&self) -> Option<i64> {
+        (self.timer != i64::MIN).then_some(self.timer)
+    }
+
+    /// Schedules the freshness check at `at`, or none. (A check at `i64::MIN` is scheduled
+    /// at the next instant, which fires as early.)
+    pub fn set_timer_at(&mut self, at: Option<i64>) {
+        self.timer = at.map_or(i64::MIN, |t| t.max(i64::MIN + 1));
     }
 
     /// Records an observation's event time.
@@ -129,8 +153,7 @@ impl ClauseState {
         }
         self.last_at = self.last_at.max(t);
         // Most clauses keep one time (no freshness window): replaced in place.
-        if keep <= 1 && self.recent.len() == 1 {
-            self.recent[0] = t;
+        if keep <= 1 && self.recent.replace_one(t) {
             return;
         }
         self.remember(t, keep);
@@ -140,16 +163,7 @@ impl ClauseState {
     /// case above inlines.
     #[inline(never)]
     fn remember(&mut self, t: i64, keep: usize) {
-        let keep = keep.max(1);
-        if self.recent.capacity() < keep {
-            // Exactly what the window keeps: a deque's own growth starts at four times.
-            self.recent.reserve_exact(keep - self.recent.len());
-        }
-        // Room first, so the deque never grows past `keep`.
-        while self.recent.len() >= keep {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(t);
+        self.recent.push(t, keep);
     }
 
     /// Whether the evidence is fresh at `now`: `min_events` within `max_age`. A new state
@@ -161,7 +175,7 @@ impl ClauseState {
             return true;
         }
         self.recent.len() >= f.min_events as usize
-            && self.recent.front().is_some_and(|t| *t >= now.saturating_sub(age))
+            && self.recent.front().is_some_and(|t| t >= now.saturating_sub(age))
     }
 
     /// When the evidence would go stale if nothing more arrives.
@@ -169,7 +183,7 @@ impl ClauseState {
         let age = f.max_age.micros();
         let grace = self.created.saturating_add(age);
         if self.recent.len() >= f.min_events as usize {
-            grace.max(self.recent.front().copied().unwrap_or(i64::MIN).saturating_add(age))
+            grace.max(self.recent.front().unwrap_or(i64::MIN).saturating_add(age))
         } else {
             grace
         }
@@ -356,9 +370,10 @@ mod tests {
     fn a_clause_state_stays_small_whatever_its_detector() {
         // Every clause of a fleet pays for this much however small its own detector: it was
         // 752 bytes before the last detection was boxed, the auto configuration and the real
-        // banks shared and the real detector's normal-score transform boxed (400 now).
+        // banks shared and the real detector's normal-score transform boxed (400), and 272
+        // before the recent times and the timer shrank.
         let size = std::mem::size_of::<ClauseState>();
-        assert!(size <= 416, "ClauseState is {size} bytes");
+        assert!(size <= 248, "ClauseState is {size} bytes");
         assert!(std::mem::size_of::<AnyDetector>() <= 312, "AnyDetector grew");
     }
 
@@ -384,10 +399,10 @@ mod tests {
         // An older observation (out of order) adds a zero gap and leaves `last_at`.
         st.observe(1_000, 2);
         assert_eq!((st.gap, st.last_at), (0.95 * 240.0, 1_300));
-        assert_eq!(st.recent, [1_300, 1_000], "at most `keep`, newest last");
+        assert_eq!(st.recent.iter().collect::<Vec<_>>(), [1_300, 1_000], "at most `keep`, newest last");
         assert_eq!(st.recent.capacity(), 2, "room for exactly `keep`");
         st.observe(2_000, 0);
-        assert_eq!(st.recent, [2_000], "at least one is kept");
+        assert_eq!(st.recent, Recent::One(2_000), "at least one is kept, inline");
         let mut one = ClauseState::new(detector(), 0);
         one.observe(100, 1);
         assert_eq!(one.recent.capacity(), 1);
