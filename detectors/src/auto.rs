@@ -413,7 +413,7 @@ pub(crate) fn build_bank(
         }
     }
     let ids: Vec<u32> = members.iter().map(|c| c.id).collect();
-    let mut sr = MixtureSr::new(ids, w);
+    let mut sr = MixtureSr::new(crate::mixture::members(&ids, &w));
     if let Some(old) = old {
         sr.inherit(old);
     }

@@ -6,7 +6,7 @@ use crate::auto::{
 };
 use crate::detector::{as_bool, Detector, MetricKind, Observation, View};
 use crate::interner::Interner;
-use crate::mixture::MixtureSr;
+use crate::mixture::{Member, MixtureSr};
 use crate::overshoot::zeta_two_point;
 use crate::DetectorError;
 use serde::{Deserialize, Serialize};
@@ -49,8 +49,7 @@ pub struct AutoBernoulli {
 #[derive(Debug, Default)]
 struct Shape {
     /// The members' ids and weights, as the key's [`MixtureSr`] holds them.
-    ids: Arc<[u32]>,
-    w: Arc<[f64]>,
+    members: Arc<[Member]>,
     /// Likelihood ratios, `lr[x * k + j]` for outcome `x` and member `j`.
     lr: Box<[f64]>,
     /// The bank's threshold (stored with each key too, which keeps it when restored).
@@ -216,7 +215,7 @@ impl AutoBernoulli {
         }
         if let Some(sr) = self.sr.take() {
             let shape = self.shape(self.p0, self.built_at);
-            self.sr = Some(sr.restored(&MixtureSr::new(Arc::clone(&shape.ids), Arc::clone(&shape.w))));
+            self.sr = Some(sr.restored(&MixtureSr::new(Arc::clone(&shape.members))));
             self.shape = shape;
         }
         self.rs.derived = true;
@@ -270,7 +269,7 @@ impl AutoBernoulli {
     fn shape(&self, p0: f64, n: u64) -> Arc<Shape> {
         self.shapes.get_or_make((self.rs.fingerprint, p0.to_bits(), n), || {
             let bank = self.bank(p0, n);
-            Shape { ids: bank.sr.ids, w: bank.sr.w, lr: bank.lr.into(), threshold: bank.threshold }
+            Shape { members: bank.sr.members, lr: bank.lr.into(), threshold: bank.threshold }
         })
     }
 
@@ -282,7 +281,7 @@ impl AutoBernoulli {
         // Jeffreys estimate: never exactly 0 or 1, so every likelihood ratio is finite.
         let p0 = (self.ref_ones as f64 + 0.5) / (n as f64 + 1.0);
         let shape = self.shape(p0, n);
-        let mut sr = MixtureSr::new(Arc::clone(&shape.ids), Arc::clone(&shape.w));
+        let mut sr = MixtureSr::new(Arc::clone(&shape.members));
         if let Some(old) = &self.sr {
             sr.inherit(old);
         }
@@ -334,7 +333,7 @@ impl AutoBernoulli {
         params.insert("members".into(), sr.len() as f64);
         params.insert("winner_p1".into(), p1);
         params.insert("winner_kappa".into(), bank.kappa[win.member]);
-        params.insert("winner_weight".into(), sr.w[win.member]);
+        params.insert("winner_weight".into(), sr.weight(win.member));
         Alarm {
             detector: self.name().to_string(),
             params,
@@ -459,7 +458,7 @@ mod tests {
         assert!((kappa - expected).abs() <= 1e-12 * expected, "κ {kappa} against {expected}");
         let sr = d.sr.as_ref().unwrap();
         let win = sr.winner();
-        assert_eq!(alarm.params["winner_weight"], sr.w[win.member]);
+        assert_eq!(alarm.params["winner_weight"], sr.weight(win.member));
         assert_eq!(d.shape.lr[sr.len() + win.member], p1 / p0, "the member's likelihood ratio for a 1");
     }
 
@@ -488,7 +487,10 @@ mod tests {
         assert!(!Arc::ptr_eq(&a.shape, &alone.shape), "another clause, its own");
         assert_eq!(a, alone);
         assert_eq!(&a.shape.lr[..], &alone.shape.lr[..]);
-        assert!(Arc::ptr_eq(&a.sr.as_ref().unwrap().w, &a.shape.w), "the weights are the shape's");
+        assert!(
+            Arc::ptr_eq(&a.sr.as_ref().unwrap().members, &a.shape.members),
+            "the members are the shape's"
+        );
 
         let bytes = rmp_serde::to_vec_named(&a).unwrap();
         let mut restored: AutoBernoulli = rmp_serde::from_slice(&bytes).unwrap();
@@ -534,8 +536,8 @@ mod tests {
         // Version 1's bank also kept its ids and weights.
         let mut sr = serde_json::to_value(&d.sr).unwrap();
         let bank = d.sr.as_ref().unwrap();
-        sr["ids"] = serde_json::json!(&bank.ids[..]);
-        sr["w"] = serde_json::json!(&bank.w[..]);
+        sr["ids"] = serde_json::json!(bank.members.iter().map(|m| m.id).collect::<Vec<_>>());
+        sr["w"] = serde_json::json!(bank.members.iter().map(|m| m.w).collect::<Vec<_>>());
         let record = |built_at: u64, lr: &[f64]| {
             let v1 = V1 {
                 cfg: &d.cfg,

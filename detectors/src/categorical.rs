@@ -371,7 +371,7 @@ impl AutoCategorical {
         // every restored bank is derived from it (see `derive`).
         let kappa = self.bank(&self.p0, self.built_at, None).kappa[j];
         params.insert("winner_kappa".into(), kappa);
-        params.insert("winner_weight".into(), sr.w[j]);
+        params.insert("winner_weight".into(), sr.weight(j));
         Alarm {
             detector: self.name().to_string(),
             params,

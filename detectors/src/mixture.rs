@@ -28,23 +28,39 @@ pub(crate) const MAX_MEMBERS: usize = 256;
 ///
 /// Only the statistics are stored (`r`, `d`, `c`, `Λ`, and `c` only when not all zero): the
 /// ids and weights are a function of the configuration and the baseline, and the detector
-/// puts them back with [`MixtureSr::install`] before its next step. Equality compares the
+/// puts them back with [`MixtureSr::restored`] before its next step. Equality compares the
 /// stored part, so a decoded bank equals the one it was encoded from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(from = "MixtureRecord")]
 pub(crate) struct MixtureSr {
-    /// Stable member identifiers, so that a rebuilt bank keeps the evidence of old members.
-    /// Shared (like the weights) by the keys whose banks are the same, as real detectors'
-    /// banks at one reference size are.
-    pub ids: Arc<[u32]>,
-    /// Mixture weights (see `auto::build_bank`).
-    pub w: Arc<[f64]>,
+    /// Each member's id and weight, shared by the keys whose banks are the same (as real
+    /// detectors' banks at one reference size are): one pointer inline, where an id slice
+    /// and a weight slice took two.
+    pub members: Arc<[Member]>,
     /// The members' `R`, then their `D`, then their `C`: one allocation per key and 16
     /// bytes inline, where three vectors took three and 72 (every clause state pays for the
     /// largest detector inline).
     s: Box<[f64]>,
     /// The last value of Λ.
     pub lambda: f64,
+}
+
+/// A bank member: its stable id, so that a rebuilt bank keeps the evidence of old members,
+/// and its mixture weight (see `auto::build_bank`).
+///
+/// Packed to 12 bytes, as the id and weight slices were: a categorical bank of 60 members is
+/// each key's own, and padding took 240 bytes of it. Fields are read by value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, packed(4))]
+pub(crate) struct Member {
+    pub id: u32,
+    pub w: f64,
+}
+
+/// Members from their ids and weights, in order.
+pub(crate) fn members(ids: &[u32], w: &[f64]) -> Arc<[Member]> {
+    debug_assert_eq!(ids.len(), w.len());
+    ids.iter().zip(w).map(|(&id, &w)| Member { id, w }).collect()
 }
 
 /// Written as format version 2 has it: `r`, `d`, `c` (left out when all zero) and `l`.
@@ -99,13 +115,15 @@ impl From<MixtureRecord> for MixtureSr {
                 s.resize(s.len() + k, 0.0);
             }
         }
-        // A version-2 record has no ids or weights: one shared empty value each, so decoding
-        // allocates none per key.
-        static NO_IDS: LazyLock<Arc<[u32]>> = LazyLock::new(|| Arc::from([]));
-        static NO_W: LazyLock<Arc<[f64]>> = LazyLock::new(|| Arc::from([]));
-        let ids = if m.ids.is_empty() { Arc::clone(&NO_IDS) } else { m.ids.into() };
-        let w = if m.w.is_empty() { Arc::clone(&NO_W) } else { m.w.into() };
-        MixtureSr { ids, w, s: s.into_boxed_slice(), lambda: m.l }
+        // A version-2 record has no ids or weights: one shared empty value, so decoding
+        // allocates none per key. Version 1's are kept when whole.
+        static NONE: LazyLock<Arc<[Member]>> = LazyLock::new(|| Arc::from([]));
+        let members = if m.ids.is_empty() || m.ids.len() != m.w.len() {
+            Arc::clone(&NONE)
+        } else {
+            members(&m.ids, &m.w)
+        };
+        MixtureSr { members, s: s.into_boxed_slice(), lambda: m.l }
     }
 }
 
@@ -121,13 +139,11 @@ pub(crate) struct Winner {
 }
 
 impl MixtureSr {
-    /// A bank with the given member ids and weights, all statistics at zero.
-    pub fn new(ids: impl Into<Arc<[u32]>>, w: impl Into<Arc<[f64]>>) -> Self {
-        let (ids, w) = (ids.into(), w.into());
-        let k = ids.len();
-        debug_assert_eq!(k, w.len());
+    /// A bank with the given members, all statistics at zero.
+    pub fn new(members: Arc<[Member]>) -> Self {
+        let k = members.len();
         debug_assert!(k <= MAX_MEMBERS);
-        MixtureSr { ids, w, s: vec![0.0; 3 * k].into_boxed_slice(), lambda: 0.0 }
+        MixtureSr { members, s: vec![0.0; 3 * k].into_boxed_slice(), lambda: 0.0 }
     }
 
     /// The statistics `R`, `D` and `C`, one slice each.
@@ -151,18 +167,22 @@ impl MixtureSr {
     /// of members differs (which a matching configuration fingerprint rules out: relearning
     /// is safer than pairing statistics with other members).
     pub fn restored(mut self, fresh: &MixtureSr) -> MixtureSr {
-        if fresh.ids.len() != self.len() {
+        if fresh.members.len() != self.len() {
             return fresh.clone();
         }
-        self.ids.clone_from(&fresh.ids);
-        self.w.clone_from(&fresh.w);
+        self.members.clone_from(&fresh.members);
         self
     }
 
     /// Whether the ids and weights are in place (a bank decoded from format version 2 has
     /// only its statistics until [`MixtureSr::restored`]).
     pub fn is_installed(&self) -> bool {
-        self.ids.len() == self.len() && self.w.len() == self.len()
+        self.members.len() == self.len()
+    }
+
+    /// Member `j`'s weight.
+    pub fn weight(&self, j: usize) -> f64 {
+        self.members[j].w
     }
 
     /// Number of members.
@@ -172,17 +192,17 @@ impl MixtureSr {
 
     /// Carries the statistics of members with matching ids over from `old`.
     pub fn inherit(&mut self, old: &MixtureSr) {
-        let ids = Arc::clone(&self.ids);
+        let members = Arc::clone(&self.members);
         let (or, od, oc) = old.rdc();
         let (r, d, c) = self.rdc_mut();
-        for (j, id) in ids.iter().enumerate() {
-            if let Some(i) = old.ids.iter().position(|o| o == id) {
+        for (j, m) in members.iter().enumerate() {
+            if let Some(i) = old.members.iter().position(|o| o.id == m.id) {
                 r[j] = or[i];
                 d[j] = od[i];
                 c[j] = oc[i];
             }
         }
-        self.lambda = self.rdc().0.iter().zip(self.w.iter()).map(|(r, w)| r * w).sum();
+        self.lambda = self.rdc().0.iter().zip(self.members.iter()).map(|(r, m)| r * m.w).sum();
     }
 
     /// Zeroes every statistic (the baseline, held by the caller, is untouched).
@@ -205,11 +225,12 @@ impl MixtureSr {
     #[inline]
     pub fn step_by(&mut self, mut lr: impl FnMut(usize) -> f64, aux: f64) -> f64 {
         let k = self.len();
-        let w = &self.w[..k];
+        let members = &self.members[..k];
         let (r, dc) = self.s.split_at_mut(k);
         let (d, c) = dc.split_at_mut(k);
         let mut lambda = 0.0;
-        for (j, (((r, d), c), w)) in r.iter_mut().zip(d).zip(c).zip(w).enumerate() {
+        for (j, (((r, d), c), m)) in r.iter_mut().zip(d).zip(c).zip(members).enumerate() {
+            let w = m.w;
             let l = lr(j);
             let prev = *r;
             *d = (*d + prev) * l;
@@ -228,7 +249,7 @@ impl MixtureSr {
         let mut best = 0;
         let mut best_v = f64::MIN;
         for (j, r) in rs.iter().enumerate() {
-            let v = self.w[j] * r;
+            let v = self.members[j].w * r;
             if v > best_v {
                 best_v = v;
                 best = j;
@@ -273,7 +294,7 @@ mod tests {
 
     #[test]
     fn single_member_matches_hand_recursion() {
-        let mut m = MixtureSr::new(vec![0], vec![1.0]);
+        let mut m = MixtureSr::new(members(&[0], &[1.0]));
         // R1 = (1+0)*2 = 2; R2 = (1+2)*0.5 = 1.5; R3 = (1+1.5)*4 = 10
         assert_eq!(m.step(&[2.0], 0.0), 2.0);
         assert_eq!(m.step(&[0.5], 0.0), 1.5);
@@ -302,7 +323,7 @@ mod tests {
 
     #[test]
     fn stored_bytes_are_those_of_three_vectors_and_read_back_equal() {
-        let mut m = MixtureSr::new(vec![3, 5, 9], vec![0.5, 0.25, 0.25]);
+        let mut m = MixtureSr::new(members(&[3, 5, 9], &[0.5, 0.25, 0.25]));
         for (lr, aux) in [([1.5, 0.5, 2.0], 0.0), ([0.8, 1.25, 0.9], 0.0)] {
             m.step(&lr, aux);
         }
@@ -319,7 +340,7 @@ mod tests {
             assert_eq!(back.rdc().2, c, "an absent `c` reads as zeros");
             assert!(!back.is_installed());
             assert_eq!(
-                back.restored(&MixtureSr::new(vec![3, 5, 9], vec![0.5, 0.25, 0.25])).winner(),
+                back.restored(&MixtureSr::new(members(&[3, 5, 9], &[0.5, 0.25, 0.25]))).winner(),
                 m.winner()
             );
         }

@@ -434,7 +434,7 @@ impl AutoReal {
         let mut params = self.cfg.params();
         params.insert("members".into(), sr.len() as f64);
         params.insert("winner_kappa".into(), m.kappa[j]);
-        params.insert("winner_weight".into(), sr.w[j]);
+        params.insert("winner_weight".into(), sr.weight(j));
         params.insert(
             if m.squared[j] { "winner_beta" } else { "winner_theta" }.into(),
             if m.squared[j] { 2.0 * m.a[j] } else { m.a[j] },
@@ -558,7 +558,7 @@ mod tests {
         assert_eq!((x.built_at, y.built_at), (400, 400));
         assert!(Arc::ptr_eq(&x.members, &y.members), "one stage, one set of alternatives");
         let (sx, sy) = (x.sr.as_ref().unwrap(), y.sr.as_ref().unwrap());
-        assert!(Arc::ptr_eq(&sx.w, &sy.w) && Arc::ptr_eq(&sx.ids, &sy.ids));
+        assert!(Arc::ptr_eq(&sx.members, &sy.members));
         assert_ne!(sx, sy, "each key keeps its own statistics");
         // The shared bank is the one a key would build by itself, bit for bit.
         let alone = build_real_bank(&cfg, 400);
@@ -566,8 +566,10 @@ mod tests {
         assert_eq!(bits(&x.members.a), bits(&alone.members.a));
         assert_eq!(bits(&x.members.b), bits(&alone.members.b));
         assert_eq!(x.members.squared, alone.members.squared);
-        assert_eq!(bits(&sx.w), bits(&alone.sr.w));
-        assert_eq!(&*sx.ids, &*alone.sr.ids);
+        let weights = |sr: &MixtureSr| sr.members.iter().map(|m| m.w.to_bits()).collect::<Vec<_>>();
+        let ids = |sr: &MixtureSr| sr.members.iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(weights(sx), weights(&alone.sr));
+        assert_eq!(ids(sx), ids(&alone.sr));
         assert_eq!(x.threshold.to_bits(), alone.threshold.to_bits());
         // A key restored from its record takes the clause's banks when it is bound.
         let bytes = rmp_serde::to_vec_named(&x).unwrap();
