@@ -17,10 +17,12 @@ pub type ClauseKey = (u16, u16, Segment);
 /// A segment value (`segment_by` fields joined with `|`; empty when unsegmented).
 ///
 /// Ordered by length, then bytes: the unsegmented case (by far the most common) then
-/// compares without a `memcmp` call, which showed up at ~10 % of the engine's time.
+/// compares without a `memcmp` call, which showed up at ~10 % of the engine's time. A boxed
+/// `str`, not a `String`: a key never grows, and every clause state's key is 8 bytes
+/// smaller.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Segment(pub String);
+pub struct Segment(pub Box<str>);
 
 impl Ord for Segment {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {

@@ -177,7 +177,7 @@ mod tests {
     use super::*;
 
     fn key() -> ClauseKey {
-        (0, 1, Segment(String::new()))
+        (0, 1, Segment::default())
     }
 
     #[test]
@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn keys_beyond_the_limit_are_counted_once_and_not_traced() {
         let mut t = Tracer::new(TraceLimits { before: 3, after: 2, max_traces: 10, max_keys: 1 });
-        let other: ClauseKey = (0, 2, Segment(String::new()));
+        let other: ClauseKey = (0, 2, Segment::default());
         for i in 0..4 {
             t.record("a", &key(), i, 1.0, 2.0);
             t.record("a", &other, i, 1.0, 2.0);
