@@ -373,10 +373,11 @@ mod tests {
         // Every clause of a fleet pays for this much however small its own detector: it was
         // 752 bytes before the last detection was boxed, the auto configuration and the real
         // banks shared and the real detector's normal-score transform boxed (400), and 272
-        // before the recent times and the timer shrank.
+        // before the recent times, the timer, the banks' members and the rate bound's
+        // processes shrank.
         let size = std::mem::size_of::<ClauseState>();
-        assert!(size <= 248, "ClauseState is {size} bytes");
-        assert!(std::mem::size_of::<AnyDetector>() <= 312, "AnyDetector grew");
+        assert!(size <= 232, "ClauseState is {size} bytes");
+        assert!(std::mem::size_of::<AnyDetector>() <= 152, "AnyDetector grew");
     }
 
     #[test]
