@@ -215,7 +215,7 @@ impl AutoBernoulli {
         }
         if let Some(sr) = self.sr.take() {
             let shape = self.shape(self.p0, self.built_at);
-            self.sr = Some(sr.restored(&MixtureSr::new(Arc::clone(&shape.members))));
+            self.sr = Some(sr.restored(&shape.members));
             self.shape = shape;
         }
         self.rs.derived = true;

@@ -311,7 +311,7 @@ impl AutoCategorical {
         }
         if let Some(sr) = self.sr.take() {
             let bank = self.bank(&self.p0, self.built_at, None);
-            self.sr = Some(sr.restored(&bank.sr));
+            self.sr = Some(sr.restored(&bank.sr.members));
             self.lr = bank.lr.into();
         }
         self.rs.derived = true;

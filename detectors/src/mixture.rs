@@ -162,15 +162,15 @@ impl MixtureSr {
         (r, d, c)
     }
 
-    /// A decoded bank (statistics only) with the ids and weights of `fresh`, the same bank
-    /// derived again from the baseline; `fresh` itself, statistics at zero, when its number
-    /// of members differs (which a matching configuration fingerprint rules out: relearning
-    /// is safer than pairing statistics with other members).
-    pub fn restored(mut self, fresh: &MixtureSr) -> MixtureSr {
-        if fresh.members.len() != self.len() {
-            return fresh.clone();
+    /// A decoded bank (statistics only) with `members`, those of the same bank derived again
+    /// from the baseline; a bank of `members` with statistics at zero when their number
+    /// differs (which a matching configuration fingerprint rules out: relearning is safer
+    /// than pairing statistics with other members).
+    pub fn restored(mut self, members: &Arc<[Member]>) -> MixtureSr {
+        if members.len() != self.len() {
+            return MixtureSr::new(Arc::clone(members));
         }
-        self.members.clone_from(&fresh.members);
+        self.members.clone_from(members);
         self
     }
 
@@ -339,10 +339,7 @@ mod tests {
             assert_eq!(back, m);
             assert_eq!(back.rdc().2, c, "an absent `c` reads as zeros");
             assert!(!back.is_installed());
-            assert_eq!(
-                back.restored(&MixtureSr::new(members(&[3, 5, 9], &[0.5, 0.25, 0.25]))).winner(),
-                m.winner()
-            );
+            assert_eq!(back.restored(&members(&[3, 5, 9], &[0.5, 0.25, 0.25])).winner(), m.winner());
         }
         assert!(m.rdc().2.iter().any(|c| *c != 0.0), "the second round stores `c`");
     }

@@ -365,7 +365,7 @@ impl AutoReal {
         if let Some(sr) = self.sr.take() {
             let bank = self.bank(self.built_at, None);
             let fresh = self.install(bank);
-            self.sr = Some(sr.restored(&fresh));
+            self.sr = Some(sr.restored(&fresh.members));
         }
         self.rs.derived = true;
         true
