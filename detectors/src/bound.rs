@@ -154,12 +154,13 @@ struct EProcess {
     quiet: Quiet,
 }
 
-/// See [`EProcess::push`]. Packed, with 32-bit counts (at most [`MAX_QUIET`]), so that a
-/// process takes 40 bytes, not 48: a rate bound holds two inline in every clause state.
+/// See [`EProcess::push`]: a 32-bit count (at most [`MAX_QUIET`]), so that a process takes
+/// 32 bytes, not 48: a rate bound holds two inline in every clause state.
+///
+/// Not keyed by the level it was computed for: every caller passes its configuration's,
+/// which never changes (a detector under another configuration is replaced, not bound).
 #[derive(Debug, Clone, Copy, Default)]
-#[repr(C, packed(4))]
 struct Quiet {
-    alpha_bits: u64,
     events: u32,
 }
 
@@ -194,8 +195,8 @@ impl EProcess {
     fn push(&mut self, x: bool, alpha: f64) -> bool {
         self.n = self.n.saturating_add(1);
         self.k = self.k.saturating_add(x as u64);
-        // Keyed by the level, so that a skipped event costs no `ln` either.
-        if self.quiet.events > 0 && self.quiet.alpha_bits == alpha.to_bits() {
+        // A skipped event costs no `ln` either.
+        if self.quiet.events > 0 {
             self.quiet.events -= 1;
             return false;
         }
@@ -211,7 +212,7 @@ impl EProcess {
             });
         // Fewer skipped events are always safe: the next one is evaluated.
         let events = u32::try_from(quiet).unwrap_or(u32::MAX);
-        self.quiet = Quiet { events, alpha_bits: alpha.to_bits() };
+        self.quiet = Quiet { events };
         verdict
     }
     fn log_e(&self) -> f64 {
@@ -270,18 +271,73 @@ pub struct RateBoundConfig {
 }
 
 /// Sequential test of "rate > limit" (breach) and "rate < exit" (compliance).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Inline in every clause state, so its size sets theirs if it is the largest kind: the
+/// epoch's start is not held but derived (`n` less the events since the epoch began), and
+/// the last compliance is an index with a sentinel. Both are stored as they were.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateBound {
     cfg: RateBoundConfig,
     breach: EProcess,
     comply: EProcess,
     n: u64,
+    /// The event at which compliance was last verified, [`never::NONE`] for none.
+    last_compliance: u64,
+}
+
+/// The stored form: every field as the derived form of the struct before the epoch's start
+/// was derived wrote it.
+#[derive(Serialize)]
+struct StoredRate<'a> {
+    cfg: &'a RateBoundConfig,
+    breach: &'a EProcess,
+    comply: &'a EProcess,
+    n: u64,
     epoch_start: u64,
-    /// The event at which compliance was last verified: an `Option` as stored, held as
-    /// [`never`] for none so that the rate bound, inline in every clause state, is no larger
-    /// than the auto detectors.
     #[serde(with = "never")]
     last_compliance: u64,
+}
+
+/// The stored form as read. The epoch's start follows from `n` and the processes in every
+/// record this code or its predecessors wrote, so the stored one is not read back.
+#[derive(Deserialize)]
+struct RateRecord {
+    cfg: RateBoundConfig,
+    breach: EProcess,
+    comply: EProcess,
+    n: u64,
+    #[serde(with = "never")]
+    last_compliance: u64,
+}
+
+impl Serialize for RateBound {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        StoredRate {
+            cfg: &self.cfg,
+            breach: &self.breach,
+            comply: &self.comply,
+            n: self.n,
+            epoch_start: self.epoch_start(),
+            last_compliance: self.last_compliance,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RateBound {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = RateRecord::deserialize(d)?;
+        // A corrupt record could count fewer events than its epoch: never below it, so
+        // that the epoch's start cannot underflow.
+        let n = r.n.max(r.breach.n);
+        Ok(RateBound {
+            cfg: r.cfg,
+            breach: r.breach,
+            comply: r.comply,
+            n,
+            last_compliance: r.last_compliance,
+        })
+    }
 }
 
 /// `Option<u64>` with `u64::MAX` for none: no event index reaches it.
@@ -323,7 +379,6 @@ impl RateBound {
             comply: EProcess::new(exit, false),
             cfg,
             n: 0,
-            epoch_start: 0,
             last_compliance: never::NONE,
         })
     }
@@ -347,10 +402,16 @@ impl RateBound {
         None
     }
 
+    /// Both processes start again after event `i`, the last one (`n` is `i + 1`).
     fn new_epoch(&mut self, i: u64) {
+        debug_assert_eq!(self.n, i + 1);
         self.breach.clear();
         self.comply.clear();
-        self.epoch_start = i + 1;
+    }
+
+    /// The first event of the current epoch: both processes count the events since it.
+    fn epoch_start(&self) -> u64 {
+        self.n - self.breach.n
     }
 
     fn alarm(&self, i: u64, baseline: Estimate, current: Option<Estimate>) -> Alarm {
@@ -371,7 +432,7 @@ impl RateBound {
             current: current.unwrap_or(Estimate::Rate { p: k as f64 / n as f64 }),
             n_reference: 0,
             n_current: n,
-            change_point: self.epoch_start,
+            change_point: self.epoch_start(),
             index: i,
             false_alarm_rate: Some(self.cfg.alpha),
             direction: "above_limit".into(),
@@ -644,7 +705,8 @@ mod tests {
                 breach: &b.breach,
                 comply: &b.comply,
                 n: b.n,
-                epoch_start: b.epoch_start,
+                // The epoch starts after the last verdict, here the compliance.
+                epoch_start: b.verified_in_control_at().map_or(0, |i| i + 1),
                 last_compliance: b.verified_in_control_at(),
             };
             assert_eq!(old.last_compliance.is_some(), verified);
@@ -654,6 +716,17 @@ mod tests {
             assert_eq!(back, b);
             assert_eq!(back.verified_in_control_at(), old.last_compliance);
         }
+        // Then a breach: its change point is the epoch's start, and the next epoch starts after it.
+        let start = b.n;
+        let alarm = (0..10_000).find_map(|_| b.update_bool(true)).expect("a rate of 1 breaches 0.2");
+        assert_eq!(alarm.change_point, start);
+        assert_eq!(b.epoch_start(), alarm.index + 1);
+        // A corrupt record that counts fewer events than its epoch reads without underflow.
+        let mut v: serde_json::Value = serde_json::to_value(&b).unwrap();
+        v["n"] = serde_json::json!(0);
+        v["breach"]["n"] = serde_json::json!(3);
+        let odd: RateBound = serde_json::from_value(v).unwrap();
+        assert_eq!(odd.epoch_start(), 0);
     }
 
     #[test]

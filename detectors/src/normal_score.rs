@@ -58,9 +58,19 @@ pub(crate) struct NormalScore {
     /// shared table, read through `cum`, or its own; its own and empty after decoding until
     /// [`NormalScore::derive`].
     z: Scores,
-    /// Version 1's cumulative probabilities at the lower end of each cell (one more than the
-    /// cells); empty otherwise, as they follow from `cum`.
-    legacy_u: Box<[f64]>,
+    /// What only a transform decoded from version 1 holds; none otherwise. One pointer: every
+    /// real key holds the field.
+    legacy: Option<Box<Legacy>>,
+}
+
+/// A version-1 transform's parts that the counts cannot give back, until its next
+/// recomputation.
+#[derive(Debug, Clone)]
+struct Legacy {
+    /// The cumulative probabilities at the lower end of each cell (one more than the cells).
+    u: Box<[f64]>,
+    /// The baseline's center and scale, as the detector stored them beside the transform.
+    summary: (f64, f64),
 }
 
 /// The scores at the cells' lower ends.
@@ -138,7 +148,7 @@ impl PartialEq for NormalScore {
             && self.cum == o.cum
             && self.counts().eq(o.counts())
             && (self.derivable()
-                || (bits(self.z.own()), bits(&self.legacy_u)) == (bits(o.z.own()), bits(&o.legacy_u)))
+                || (bits(self.z.own()), bits(self.legacy_u())) == (bits(o.z.own()), bits(o.legacy_u())))
     }
 }
 
@@ -199,7 +209,7 @@ impl Serialize for NormalScore {
             c: if known { Cells::Built(self) } else { Cells::Counts(&self.counts) },
             s: since,
             z: (!known).then_some(self.z.own()),
-            u: (!known).then_some(&self.legacy_u[..]),
+            u: (!known).then_some(self.legacy_u()),
         }
         .serialize(s)
     }
@@ -239,7 +249,7 @@ impl<'de> Deserialize<'de> for NormalScore {
             counts,
             cum,
             z: Scores::Own(r.z.into()),
-            legacy_u: r.u.into(),
+            legacy: legacy.then(|| Box::new(Legacy { u: r.u.into(), summary: (0.0, 0.0) })),
         })
     }
 }
@@ -282,7 +292,7 @@ impl NormalScore {
             total: 0,
             cum: Box::default(),
             z: Scores::Own(Box::default()),
-            legacy_u: Box::default(),
+            legacy: None,
         };
         for &x in sample {
             ns.count(x);
@@ -345,7 +355,7 @@ impl NormalScore {
         if let Some(cum) = (!self.counts.is_empty()).then(|| cumulative(&self.counts)).flatten() {
             self.cum = cum;
             self.counts = Box::default();
-            self.legacy_u = Box::default();
+            self.legacy = None;
             self.z = Scores::Own(Box::default());
         }
         self.derive();
@@ -401,11 +411,41 @@ impl NormalScore {
     /// The levels at the lower and upper ends of cell `c`.
     #[inline]
     fn levels(&self, c: usize) -> (f64, f64) {
-        if !self.legacy_u.is_empty() {
-            return (self.legacy_u[c], self.legacy_u[c + 1]);
+        if let Some(l) = &self.legacy {
+            return (l.u[c], l.u[c + 1]);
         }
         let level = self.leveller();
         (level(self.cum[c]), level(self.cum[c + 1]))
+    }
+
+    /// Version 1's cumulative probabilities (empty for any other transform).
+    fn legacy_u(&self) -> &[f64] {
+        self.legacy.as_ref().map_or(&[], |l| &l.u)
+    }
+
+    /// The baseline's center (median) and scale (interquartile range over 1.349) at the last
+    /// recomputation: derived from its counts, or as stored with a version-1 transform.
+    ///
+    /// Derived when asked (at an alarm) rather than held: they change only at a
+    /// recomputation, as the counts they are read from do.
+    pub fn summary(&self) -> (f64, f64) {
+        match &self.legacy {
+            Some(l) => l.summary,
+            None => (self.quantile(0.5), (self.quantile(0.75) - self.quantile(0.25)) / 1.349),
+        }
+    }
+
+    /// The summary a version-1 record stored beside this transform, if it is one (a no-op
+    /// for any other: its summary is derived).
+    pub fn set_legacy_summary(&mut self, center: f64, scale: f64) {
+        if let Some(l) = self.legacy.as_mut() {
+            l.summary = (center, scale);
+        }
+    }
+
+    /// The summary a version-1 transform carries, to store again.
+    pub fn legacy_summary(&self) -> Option<(f64, f64)> {
+        self.legacy.as_ref().map(|l| l.summary)
     }
 
     /// Whether the transform is of known origin: it can be derived again from the stored

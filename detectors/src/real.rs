@@ -34,18 +34,55 @@ pub struct AutoReal {
     /// What the stored record left out, and whether it is back.
     rs: Restoration,
     n: u64,
-    buffer: Vec<f64>,
-    /// Boxed: 128 bytes inline that every clause state would pay for (see `AnyDetector`).
-    ns: Option<Box<NormalScore>>,
+    /// The first events, then the transform learned from them.
+    baseline: Baseline,
     built_at: u64,
     /// The bank's alternatives, shared with every key at the same reference size.
     members: Arc<Members>,
     /// The banks of every reference size, shared by every clone of the clause's detector.
     stages: Arc<Stages>,
     sr: Option<MixtureSr>,
-    baseline_center: f64,
-    baseline_scale: f64,
     threshold: f64,
+}
+
+/// The baseline while it is learned, then as learned: one or the other, in the room of one
+/// pointer (every clause state holds the largest detector inline, and this one sets it).
+#[derive(Debug, Clone)]
+enum Baseline {
+    /// The first events, until `reference_min`. Boxed, as only a new key holds them: the
+    /// vector inline would make this the largest kind by 8 bytes, and every clause state
+    /// would pay for them.
+    #[allow(clippy::box_collection)]
+    Learning(Box<Vec<f64>>),
+    /// The transform learned from them, counting the events after them up to
+    /// `reference_max`. Boxed: 96 bytes inline otherwise.
+    Learned(Box<NormalScore>),
+}
+
+impl Baseline {
+    /// The transform, once learned.
+    fn ns(&self) -> Option<&NormalScore> {
+        match self {
+            Baseline::Learned(ns) => Some(ns),
+            Baseline::Learning(_) => None,
+        }
+    }
+
+    /// The same, to change.
+    fn ns_mut(&mut self) -> Option<&mut NormalScore> {
+        match self {
+            Baseline::Learned(ns) => Some(ns),
+            Baseline::Learning(_) => None,
+        }
+    }
+
+    /// The events kept while learning (none after).
+    fn buffer(&self) -> &[f64] {
+        match self {
+            Baseline::Learning(b) => b,
+            Baseline::Learned(_) => &[],
+        }
+    }
 }
 
 /// The stored form, written by format version 2.
@@ -56,7 +93,7 @@ struct Stored<'a> {
     #[serde(skip_serializing_if = "<[f64]>::is_empty")]
     buf: &'a [f64],
     #[serde(skip_serializing_if = "Option::is_none")]
-    ns: &'a Option<Box<NormalScore>>,
+    ns: Option<&'a NormalScore>,
     ba: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     sr: &'a Option<MixtureSr>,
@@ -102,17 +139,18 @@ struct Record {
 
 impl Serialize for AutoReal {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let legacy = self.ns.as_ref().is_some_and(|ns| !ns.derivable());
+        let ns = self.baseline.ns();
+        let legacy = ns.and_then(NormalScore::legacy_summary);
         Stored {
             h: self.rs.fingerprint,
             n: self.n,
-            buf: &self.buffer,
-            ns: &self.ns,
+            buf: self.baseline.buffer(),
+            ns,
             ba: self.built_at,
             sr: &self.sr,
             t: self.threshold,
-            bc: legacy.then_some(self.baseline_center),
-            bs: legacy.then_some(self.baseline_scale),
+            bc: legacy.map(|l| l.0),
+            bs: legacy.map(|l| l.1),
         }
         .serialize(s)
     }
@@ -127,12 +165,19 @@ impl<'de> Deserialize<'de> for AutoReal {
         let derived = bound
             && r.sr.as_ref().is_none_or(|sr| sr.is_installed() && r.a.len() == sr.len())
             && r.ns.as_ref().is_none_or(|ns| !ns.derivable());
+        // A record holds its buffer or its transform; were it to hold both, the transform.
+        let baseline = match r.ns {
+            Some(mut ns) => {
+                ns.set_legacy_summary(r.bc.unwrap_or(0.0), r.bs.unwrap_or(0.0));
+                Baseline::Learned(ns)
+            }
+            None => Baseline::Learning(Box::new(r.buf)),
+        };
         Ok(AutoReal {
             cfg,
             rs: Restoration { fingerprint, bound, derived },
             n: r.n,
-            buffer: r.buf,
-            ns: r.ns,
+            baseline,
             built_at: r.ba,
             members: if r.a.is_empty() {
                 empty_members()
@@ -141,8 +186,6 @@ impl<'de> Deserialize<'de> for AutoReal {
             },
             stages: no_stages(),
             sr: r.sr,
-            baseline_center: r.bc.unwrap_or(0.0),
-            baseline_scale: r.bs.unwrap_or(0.0),
             threshold: r.t,
         })
     }
@@ -152,8 +195,12 @@ impl<'de> Deserialize<'de> for AutoReal {
 impl PartialEq for AutoReal {
     fn eq(&self, o: &Self) -> bool {
         (self.rs.fingerprint, self.n, self.built_at) == (o.rs.fingerprint, o.n, o.built_at)
-            && self.buffer.iter().map(|x| x.to_bits()).eq(o.buffer.iter().map(|x| x.to_bits()))
-            && self.ns == o.ns
+            && self.baseline.buffer().iter().map(|x| x.to_bits()).eq(o
+                .baseline
+                .buffer()
+                .iter()
+                .map(|x| x.to_bits()))
+            && self.baseline.ns() == o.baseline.ns()
             && self.threshold.to_bits() == o.threshold.to_bits()
             && self.sr == o.sr
     }
@@ -298,14 +345,11 @@ impl AutoReal {
             threshold: cfg.threshold(MetricKind::Real),
             cfg,
             n: 0,
-            buffer: Vec::new(),
-            ns: None,
+            baseline: Baseline::Learning(Box::default()),
             built_at: 0,
             members: empty_members(),
             stages,
             sr: None,
-            baseline_center: 0.0,
-            baseline_scale: 0.0,
         }
     }
 
@@ -333,17 +377,9 @@ impl AutoReal {
         bank.sr
     }
 
-    fn summarise_baseline(&mut self) {
-        if let Some(ns) = self.ns.as_ref() {
-            self.baseline_center = ns.quantile(0.5);
-            self.baseline_scale = (ns.quantile(0.75) - ns.quantile(0.25)) / 1.349;
-        }
-    }
-
     fn rebuild(&mut self, n: u64) {
-        let ns = self.ns.as_mut().expect("rebuild after the normal score exists");
+        let ns = self.baseline.ns_mut().expect("rebuild after the normal score exists");
         ns.recompute();
-        self.summarise_baseline();
         let bank = self.bank(n, self.sr.as_ref());
         self.threshold = bank.threshold;
         self.sr = Some(self.install(bank));
@@ -356,10 +392,9 @@ impl AutoReal {
         if !self.rs.bound {
             return false;
         }
-        if let Some(ns) = self.ns.as_mut() {
+        if let Some(ns) = self.baseline.ns_mut() {
             if ns.derivable() {
                 ns.derive();
-                self.summarise_baseline();
             }
         }
         if let Some(sr) = self.sr.take() {
@@ -379,24 +414,26 @@ impl AutoReal {
         }
         let i = self.n;
         self.n += 1;
-        let reference = self.ns.as_ref().map_or(self.buffer.len() as u64, |n| n.total());
+        let reference = match &self.baseline {
+            Baseline::Learning(b) => b.len() as u64,
+            Baseline::Learned(ns) => ns.total(),
+        };
         if reference < self.cfg.reference_max {
-            match self.ns.as_mut() {
-                None => {
-                    self.buffer.push(x);
-                    if self.buffer.len() as u64 >= self.cfg.reference_min {
-                        self.ns = Some(Box::new(NormalScore::from_sample(&self.buffer)));
-                        self.buffer = Vec::new();
+            match &mut self.baseline {
+                Baseline::Learning(buffer) => {
+                    buffer.push(x);
+                    if buffer.len() as u64 >= self.cfg.reference_min {
+                        self.baseline = Baseline::Learned(Box::new(NormalScore::from_sample(buffer)));
                     }
                 }
-                Some(ns) => ns.count(x),
+                Baseline::Learned(ns) => ns.count(x),
             }
-            let total = self.ns.as_ref().map_or(0, |n| n.total());
+            let total = self.baseline.ns().map_or(0, |n| n.total());
             if total > 0 && total >= self.cfg.next_stage(self.built_at) {
                 self.rebuild(total);
             }
         }
-        let (ns, sr) = match (self.ns.as_ref(), self.sr.as_mut()) {
+        let (ns, sr) = match (self.baseline.ns(), self.sr.as_mut()) {
             (Some(ns), Some(sr)) => (ns, sr),
             _ => return None,
         };
@@ -424,12 +461,13 @@ impl AutoReal {
         let m = &*self.members;
         let lag = win.lag.round().max(0.0).min(i as f64) as u64;
         let mean_now = win.aux_sum / (win.lag + 1.0);
+        let (center, scale) = self.baseline.ns().map_or((0.0, 0.0), NormalScore::summary);
         let (direction, scale_now) = if m.squared[j] {
             let beta = 2.0 * m.a[j];
             let sigma = (1.0 / (1.0 - beta)).sqrt();
-            (if beta > 0.0 { "scale_up" } else { "scale_down" }, self.baseline_scale * sigma)
+            (if beta > 0.0 { "scale_up" } else { "scale_down" }, scale * sigma)
         } else {
-            (if m.a[j] > 0.0 { "increase" } else { "decrease" }, self.baseline_scale)
+            (if m.a[j] > 0.0 { "increase" } else { "decrease" }, scale)
         };
         let mut params = self.cfg.params();
         params.insert("members".into(), sr.len() as f64);
@@ -444,9 +482,9 @@ impl AutoReal {
             params,
             statistic: log_stat(sr.lambda),
             threshold: self.threshold.ln(),
-            baseline: Estimate::Location { center: self.baseline_center, scale: Some(self.baseline_scale) },
+            baseline: Estimate::Location { center, scale: Some(scale) },
             current: Estimate::Location { center: mean_now, scale: Some(scale_now) },
-            n_reference: self.ns.as_ref().map_or(0, |n| n.total()),
+            n_reference: self.baseline.ns().map_or(0, |n| n.total()),
             n_current: lag + 1,
             change_point: i - lag,
             index: i,
@@ -578,5 +616,87 @@ mod tests {
         assert!(restored.derive());
         assert!(Arc::ptr_eq(&restored.members, &x.members));
         assert_eq!(restored, x);
+    }
+
+    /// The baseline's summary is derived at an alarm from the counts at the last
+    /// recomputation, so the counts that arrive between two stages leave it as a summary
+    /// held since that recomputation would be, and the next stage moves it.
+    #[test]
+    fn the_baseline_summary_is_that_of_the_last_recomputation() {
+        let cfg = AutoConfig { reference_min: 200, reference_max: 800, ..AutoConfig::default() };
+        let mut d = AutoReal::new(cfg).unwrap();
+        let value = |i: u64| ((i * 7919) % 1000) as f64;
+        for i in 0..300 {
+            d.update_value(value(i));
+        }
+        assert_eq!(d.built_at, 200);
+        let summary = |d: &AutoReal| {
+            let (c, s) = d.baseline.ns().unwrap().summary();
+            (c.to_bits(), s.to_bits())
+        };
+        let ns = d.baseline.ns().unwrap();
+        let (q25, q50, q75) = (ns.quantile(0.25), ns.quantile(0.5), ns.quantile(0.75));
+        // Uniform on [0, 1000): median near 500, scale near 500 / 1.349.
+        assert!((q50 - 500.0).abs() < 50.0 && ((q75 - q25) - 500.0).abs() < 60.0, "{q25} {q50} {q75}");
+        let at_200 = summary(&d);
+        assert_eq!(at_200, (q50.to_bits(), ((q75 - q25) / 1.349).to_bits()));
+        // Another 99 values, all large, before the next stage: the summary does not move.
+        for _ in 0..99 {
+            d.update_value(5_000.0);
+        }
+        assert_eq!((d.built_at, summary(&d)), (200, at_200));
+        // At the stage of 400 it is recomputed, with the large values in it.
+        d.update_value(5_000.0);
+        assert_eq!(d.built_at, 400);
+        let (c, _) = d.baseline.ns().unwrap().summary();
+        assert!(c > q50, "{c} after the large values, {q50} before");
+        // An alarm reports it.
+        let alarm =
+            (0..500).find_map(|_| d.update_value(1.0e6)).expect("a shift of far beyond the baseline alarms");
+        let (c, s) = d.baseline.ns().unwrap().summary();
+        assert_eq!(alarm.baseline, Estimate::Location { center: c, scale: Some(s) });
+    }
+
+    /// A version-1 record's transform cannot be derived, and neither can the summary it
+    /// stored beside it: both are kept, stored again, and reported at an alarm until the
+    /// next recomputation derives the transform and with it the summary.
+    #[test]
+    fn a_version_1_transform_keeps_its_stored_summary_until_it_is_recomputed() {
+        let cfg = AutoConfig { reference_min: 200, reference_max: 800, ..AutoConfig::default() };
+        let proto = AutoReal::new(cfg).unwrap();
+        let mut d = proto.clone();
+        let value = |i: u64| ((i * 7919) % 1000) as f64;
+        for i in 0..250 {
+            d.update_value(value(i));
+        }
+        // The record as version 1 had it: the transform's scores and levels beside its
+        // counts (any of the right length), and the summary.
+        let mut v: serde_json::Value = serde_json::to_value(&d).unwrap();
+        let cells = v["ns"]["c"].as_array().unwrap().len();
+        let levels: Vec<f64> = (0..=cells).map(|c| (c as f64 + 0.5) / (cells as f64 + 1.0)).collect();
+        let scores: Vec<f64> = levels.iter().map(|u| 4.0 * (u - 0.5)).collect();
+        v["ns"]["z"] = serde_json::json!(scores);
+        v["ns"]["u"] = serde_json::json!(levels);
+        v["bc"] = serde_json::json!(123.0);
+        v["bs"] = serde_json::json!(45.0);
+        let mut old: AutoReal = serde_json::from_value(v).unwrap();
+        assert!(crate::auto::bind(&mut old, &proto));
+        assert!(old.derive());
+        assert!(!old.baseline.ns().unwrap().derivable());
+        assert_eq!(old.baseline.ns().unwrap().summary(), (123.0, 45.0));
+        let again = serde_json::to_value(&old).unwrap();
+        assert_eq!((again["bc"].as_f64(), again["bs"].as_f64()), (Some(123.0), Some(45.0)));
+        // A current record stores none.
+        let now = serde_json::to_value(&d).unwrap();
+        assert!(now.get("bc").is_none() && now.get("bs").is_none(), "{now}");
+        // The stage of 400 recomputes the transform from the counts, and the summary with it.
+        for i in 250..400 {
+            old.update_value(value(i));
+        }
+        assert_eq!(old.built_at, 400);
+        let ns = old.baseline.ns().unwrap();
+        assert!(ns.derivable());
+        assert_eq!(ns.summary(), (ns.quantile(0.5), (ns.quantile(0.75) - ns.quantile(0.25)) / 1.349));
+        assert!(serde_json::to_value(&old).unwrap().get("bc").is_none());
     }
 }
