@@ -29,9 +29,9 @@ impl PartialEq for ClauseMap {
     }
 }
 
-/// `a == b`, for the common unsegmented key without a string comparison.
+/// `a == b`; an unsegmented key has no segment pointer, so it compares without a string.
 fn same(a: &ClauseKey, b: &ClauseKey) -> bool {
-    a.0 == b.0 && a.1 == b.1 && a.2 .0.len() == b.2 .0.len() && (a.2 .0.is_empty() || a.2 == b.2)
+    a.0 == b.0 && a.1 == b.1 && a.2 == b.2
 }
 
 /// Key order, with the two indexes compared as one number.
@@ -223,7 +223,7 @@ mod tests {
     }
 
     fn key(p: u16, c: u16, seg: &str) -> ClauseKey {
-        (p, c, Segment(seg.into()))
+        (p, c, Segment::from(seg))
     }
 
     /// The same keys in the same order as a B-tree, whatever order they come in, and each

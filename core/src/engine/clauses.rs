@@ -68,7 +68,7 @@ impl Engine {
                 .collect::<Vec<_>>()
                 .join("|")
         };
-        let key: ClauseKey = (p, ci, Segment(segment.into_boxed_str()));
+        let key: ClauseKey = (p, ci, Segment::from(segment));
         let keep = clause.freshness.as_ref().map_or(1, |f| f.min_events as usize);
         let state = agent.clauses.get_or_insert_with(&key, || {
             Box::new(ClauseState::new(cx.protos[p as usize][ci as usize].clone(), now))

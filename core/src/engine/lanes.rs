@@ -178,7 +178,7 @@ impl Engine {
             pact_id: clause_ref.map(|(_, p, _)| p.id().to_string()),
             pact_version: clause_ref.map(|(_, p, _)| p.version()),
             clause_id: clause_ref.map(|(_, _, c)| c.id.clone()),
-            segment: clause_ref.map(|(k, _, _)| k.2 .0.to_string()),
+            segment: clause_ref.map(|(k, _, _)| k.2.as_str().to_string()),
             lane_from: from,
             lane_to: to,
             action: if settle { "settle".into() } else { to.action().into() },

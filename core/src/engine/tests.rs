@@ -584,7 +584,7 @@ clauses:
     assert_eq!(segments, vec![Some("high|m".to_string()); 2]);
     // Clean low-risk traffic is another segment: it does not re-verify the high-risk one.
     assert_eq!(step(&mut e, [70, 80, 90].map(|t| tel("a0", t, "none", false, 1))), vec![]);
-    let keys: Vec<String> = e.agent("a0").unwrap().clauses.keys().map(|k| k.2 .0.to_string()).collect();
+    let keys: Vec<String> = e.agent("a0").unwrap().clauses.keys().map(|k| k.2.as_str().to_string()).collect();
     assert_eq!(keys, ["low|m", "high|m"], "ordered by length, then bytes");
     assert_eq!(
         step(&mut e, [100, 110].map(|t| tel("a0", t, "none", true, 1))),

@@ -133,7 +133,7 @@ impl AgentSnapshot {
                     pact_id: pact.id().to_string(),
                     pact_version: pact.version(),
                     clause_id: clause.id.clone(),
-                    segment: seg.0.to_string(),
+                    segment: seg.as_str().to_string(),
                     demand: s.demand,
                     detector: s.detector.name().to_string(),
                     statistic: if v.statistic.is_finite() { v.statistic } else { 0.0 },
