@@ -3,7 +3,8 @@
 //! run a while), each minus that of agents whose pact has no clause for them:
 //! - the changelog encoding (MessagePack behind a version byte);
 //! - the heap a running engine holds per agent, as the marginal cost of an agent: the heap
-//!   live with 400 agents minus that with 200, over 200. So it is what the keys hold, with
+//!   live with 400 agents minus that with 200, over 200 (`-- --agents N` for N and 2N). So it
+//!   is what the keys hold, with
 //!   the slack of their vectors' capacities, and leaves out what does not grow with the fleet
 //!   (a real clause's banks, shared by its keys; the overshoot cache, bounded per thread).
 //!   Counted by this binary's allocator: requested sizes, without the allocator's own
@@ -12,9 +13,11 @@
 //!   banks are derived again only then).
 //!
 //! Each agent has its own event stream, so keys learn different baselines and build banks
-//! of their own, as a fleet's do.
+//! of their own, as a fleet's do. Keys with equal baselines share a bernoulli bank, and a
+//! larger fleet holds fewer distinct baselines per agent: `--agents 2000` shows that share
+//! as a large fleet pays it. `--only TEXT` measures the kinds whose name contains it.
 //!
-//! `cargo bench -p driftgate --bench state_size [-- --events N]`
+//! `cargo bench -p driftgate --bench state_size [-- --events N] [--agents N] [--only TEXT]`
 
 use driftgate_core::codec::changelog::{decode_agent, encode_agent};
 use driftgate_core::engine::{Engine, EngineConfig, Input};
@@ -44,8 +47,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Fleet sizes: the figures are the difference per agent between the two.
-const FLEETS: [u64; 2] = [200, 400];
+/// The smaller fleet by default: the figures are the difference per agent between it and
+/// one twice its size.
+const AGENTS: u64 = 200;
 
 /// Heap bytes live now.
 fn live() -> isize {
@@ -127,14 +131,13 @@ fn event(agent: u64, i: u64) -> Telemetry {
     }
 }
 
-/// Per agent, between the two fleet sizes.
-fn agent_sizes(pact: &str, events: u64) -> Sizes {
+/// Per agent, between fleets of `agents` and twice as many.
+fn agent_sizes(pact: &str, events: u64, agents: u64) -> Sizes {
     let pact = parse_pact(pact, "bench.yaml").unwrap_or_else(|e| panic!("{e}"));
     // Allocates what is per thread (the overshoot cache) before either fleet is measured.
     fleet_sizes(&pact, 1, events);
-    let [small, large] = FLEETS.map(|agents| fleet_sizes(&pact, agents, events));
-    let per =
-        |f: fn(&Sizes) -> usize| (f(&large).saturating_sub(f(&small))) / (FLEETS[1] - FLEETS[0]) as usize;
+    let [small, large] = [agents, 2 * agents].map(|agents| fleet_sizes(&pact, agents, events));
+    let per = |f: fn(&Sizes) -> usize| (f(&large).saturating_sub(f(&small))) / agents as usize;
     Sizes { changelog: per(|s| s.changelog), live: per(|s| s.live), restored: per(|s| s.restored) }
 }
 
@@ -165,30 +168,38 @@ fn fleet_sizes(pact: &driftgate_core::pact::Pact, agents: u64, events: u64) -> S
     }
 }
 
-/// `--events N` from the command line (cargo bench also passes `--bench`).
-fn events() -> u64 {
+/// The value after `flag` on the command line (cargo bench also passes `--bench`).
+fn arg(flag: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == "--events") {
-        None => 5_000,
-        Some(i) => match args.get(i + 1).and_then(|v| v.parse().ok()) {
-            Some(n) if n > 0 => n,
-            _ => panic!("--events takes a positive number of events per agent"),
+    let i = args.iter().position(|a| a == flag)?;
+    Some(args.get(i + 1).cloned().unwrap_or_else(|| panic!("{flag} takes a value")))
+}
+
+/// A positive number after `flag`, or `default`.
+fn positive(flag: &str, default: u64) -> u64 {
+    match arg(flag) {
+        None => default,
+        Some(v) => match v.parse() {
+            Ok(n) if n > 0 => n,
+            _ => panic!("{flag} takes a positive number, not {v:?}"),
         },
     }
 }
 
 fn main() {
-    let events = events();
-    let base = agent_sizes("pact: none\nversion: 1\napplies_to: { agents: [\"nobody\"] }\nclauses:\n  - id: c\n    metric: { kind: bernoulli, value: pii_detected }\n    test: { kind: limit, zero_tolerance: true }\n    severity: low\n    consequence: watch\n", events);
+    let events = positive("--events", 5_000);
+    let agents = positive("--agents", AGENTS);
+    let only = arg("--only").unwrap_or_default();
+    let base = agent_sizes("pact: none\nversion: 1\napplies_to: { agents: [\"nobody\"] }\nclauses:\n  - id: c\n    metric: { kind: bernoulli, value: pii_detected }\n    test: { kind: limit, zero_tolerance: true }\n    severity: low\n    consequence: watch\n", events, agents);
     println!(
         "bytes per agent x clause after {events} events each, between fleets of {} and {} agents (agent overhead excluded: changelog {} B, memory {} B)",
-        FLEETS[0], FLEETS[1],
+        agents, 2 * agents,
         base.changelog, base.live
     );
     println!("  {:<24} {:>9} {:>9} {:>9}", "", "changelog", "memory", "restored");
-    for (name, metric, test) in KINDS {
+    for (name, metric, test) in KINDS.iter().filter(|(name, _, _)| name.contains(only.as_str())) {
         let pact = format!("pact: p\nversion: 1\napplies_to: {{ agents: [\"*\"] }}\nclauses:\n  - id: c\n    metric: {metric}\n    test: {test}\n    severity: low\n    consequence: watch\n");
-        let s = agent_sizes(&pact, events);
+        let s = agent_sizes(&pact, events, agents);
         println!(
             "  {name:<24} {:>7} B {:>7} B {:>7} B",
             s.changelog.saturating_sub(base.changelog),
