@@ -33,6 +33,7 @@ mod bernoulli;
 mod bound;
 mod calibration;
 mod categorical;
+mod counts;
 mod cusum;
 mod detector;
 mod error;

@@ -12,6 +12,7 @@
 //! Beyond the outer edges the score is extrapolated and clamped half a unit further out,
 //! which keeps heavy tails from producing unbounded scores.
 
+use crate::counts::Counts;
 use crate::interner::Interner;
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
@@ -46,14 +47,14 @@ pub(crate) struct NormalScore {
     /// Empty while they are those of the last recomputation (see [`NormalScore::counts`]):
     /// from a complete baseline on, they never change again, so most keys of a fleet that
     /// has run a while do not hold them twice.
-    counts: Box<[u32]>,
+    counts: Counts,
     total: u64,
     /// The cumulative counts at the last [`NormalScore::recompute`], at the lower end of each
     /// cell (one more than the cells, starting at 0); empty when unknown (version 1). They
     /// give the stored counts (their differences), `u` (see [`NormalScore::leveller`]) and
     /// where the scores are read in the shared table, where keeping the counts, `u` and the
     /// scores took 1,272 bytes per key and these take 256.
-    cum: Box<[u32]>,
+    cum: Counts,
     /// Scores at the cells' lower ends (one more than the cells): its baseline size's
     /// shared table, read through `cum`, or its own; its own and empty after decoding until
     /// [`NormalScore::derive`].
@@ -183,14 +184,15 @@ struct Record {
 
 /// Cell counts as stored: given (version 1's), or those of the last recomputation.
 enum Cells<'a> {
-    Counts(&'a [u32]),
+    Counts(&'a Counts),
     Built(&'a NormalScore),
 }
 
+/// A sequence of integers, as the 32-bit slice before it was, whatever their width.
 impl Serialize for Cells<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Cells::Counts(c) => c.serialize(s),
+            Cells::Counts(c) => s.collect_seq(c.iter()),
             Cells::Built(ns) => s.collect_seq(ns.built()),
         }
     }
@@ -227,22 +229,23 @@ impl<'de> Deserialize<'de> for NormalScore {
         if legacy && (r.z.len() != cells + 1 || r.u.len() != cells + 1) {
             return Err(D::Error::custom("normal score: transform does not match the edges"));
         }
-        let counts: Box<[u32]> = if r.s.is_empty() {
+        let counts = if r.s.is_empty() {
             // The last recomputation's: held only when they cannot be derived.
             if legacy {
-                r.c.clone().into()
+                Counts::collect(r.c.iter().copied())
             } else {
-                Box::default()
+                Counts::default()
             }
         } else {
-            r.c.iter().zip(&r.s).map(|(c, s)| c.saturating_add(*s)).collect()
+            Counts::collect(r.c.iter().zip(&r.s).map(|(c, s)| c.saturating_add(*s)))
         };
         let cum = if legacy {
-            Box::default()
+            Counts::default()
         } else {
-            cumulative(&r.c).ok_or_else(|| D::Error::custom("normal score: the baseline exceeds 32 bits"))?
+            cumulative(r.c.iter().copied())
+                .ok_or_else(|| D::Error::custom("normal score: the baseline exceeds 32 bits"))?
         };
-        let total = if r.s.is_empty() { sum(&r.c) } else { sum(&counts) };
+        let total = if r.s.is_empty() { sum(r.c.iter().copied()) } else { sum(counts.iter()) };
         Ok(NormalScore {
             edges: r.e.into(),
             total,
@@ -288,9 +291,9 @@ impl NormalScore {
         let cells = 2 * edges.len() + 1;
         let mut ns = NormalScore {
             edges: edges.into(),
-            counts: vec![0; cells].into(),
+            counts: Counts::zeros(cells),
             total: 0,
-            cum: Box::default(),
+            cum: Counts::default(),
             z: Scores::Own(Box::default()),
             legacy: None,
         };
@@ -317,9 +320,7 @@ impl NormalScore {
         if self.counts.is_empty() {
             self.hold_counts();
         }
-        if let Some(n) = self.counts.get_mut(c) {
-            *n = n.saturating_add(1);
-        }
+        self.counts.increment(c);
         self.total += 1;
     }
 
@@ -328,18 +329,19 @@ impl NormalScore {
     #[cold]
     #[inline(never)]
     fn hold_counts(&mut self) {
-        self.counts = self.counts().collect();
+        self.counts = Counts::collect(self.counts());
     }
 
     /// The cell counts: held, or the last recomputation's.
     fn counts(&self) -> impl Iterator<Item = u32> + '_ {
         let built = self.counts.is_empty().then(|| self.built());
-        self.counts.iter().copied().chain(built.into_iter().flatten())
+        self.counts.iter().chain(built.into_iter().flatten())
     }
 
     /// The cell counts at the last recomputation (none when unknown).
     fn built(&self) -> impl Iterator<Item = u32> + '_ {
-        self.cum.windows(2).map(|w| w[1].saturating_sub(w[0]))
+        let cum = &self.cum;
+        (1..cum.len()).map(move |i| cum.get(i).saturating_sub(cum.get(i - 1)))
     }
 
     /// Number of reference values counted.
@@ -352,9 +354,9 @@ impl NormalScore {
         // A baseline holds at most `reference_max` events, which is validated to fit in 32
         // bits; only counts beyond that (never reached) could leave the transform as it was.
         // Empty counts are the last recomputation's already.
-        if let Some(cum) = (!self.counts.is_empty()).then(|| cumulative(&self.counts)).flatten() {
+        if let Some(cum) = (!self.counts.is_empty()).then(|| cumulative(self.counts.iter())).flatten() {
             self.cum = cum;
-            self.counts = Box::default();
+            self.counts = Counts::default();
             self.legacy = None;
             self.z = Scores::Own(Box::default());
         }
@@ -376,25 +378,25 @@ impl NormalScore {
         let n = self.size();
         self.z = if n <= MAX_TABLE {
             let table = Table::of(n);
-            for &c in self.cum.iter() {
+            for c in self.cum.iter() {
                 table.fill(c, || score(c));
             }
             Scores::Shared(table)
         } else {
-            Scores::Own(self.cum.iter().map(|&c| score(c)).collect())
+            Scores::Own(self.cum.iter().map(score).collect())
         };
     }
 
     /// The baseline size at the last recomputation, as the levels divide by it (at least 1).
     fn size(&self) -> u32 {
-        self.cum.last().map_or(0, |n| *n).max(1)
+        self.cum.last().unwrap_or(0).max(1)
     }
 
     /// The score at the lower end of cell `c` (or the upper end of the last, `c = cells`).
     #[inline]
     fn z(&self, c: usize) -> f64 {
         match &self.z {
-            Scores::Shared(t) => t.get(self.cum[c]),
+            Scores::Shared(t) => t.get(self.cum.get(c)),
             Scores::Own(z) => z[c],
         }
     }
@@ -415,7 +417,7 @@ impl NormalScore {
             return (l.u[c], l.u[c + 1]);
         }
         let level = self.leveller();
-        (level(self.cum[c]), level(self.cum[c + 1]))
+        (level(self.cum.get(c)), level(self.cum.get(c + 1)))
     }
 
     /// Version 1's cumulative probabilities (empty for any other transform).
@@ -508,8 +510,8 @@ impl NormalScore {
     /// interpolated in the cells (for baseline summaries).
     pub fn quantile(&self, u: f64) -> f64 {
         // The counts the transform was built from: version 1's are the counts themselves.
-        let held = if self.derivable() { &[][..] } else { &self.counts[..] };
-        let basis = || held.iter().copied().chain(self.built());
+        let held = !self.derivable();
+        let basis = || held.then(|| self.counts.iter()).into_iter().flatten().chain(self.built());
         let n = basis().map(u64::from).sum::<u64>().max(1) as f64;
         let target = u * n;
         let mut cum = 0.0;
@@ -531,19 +533,20 @@ impl NormalScore {
 }
 
 /// The events 32-bit cell counts add up to.
-fn sum(counts: &[u32]) -> u64 {
-    counts.iter().map(|&c| u64::from(c)).sum()
+fn sum(counts: impl Iterator<Item = u32>) -> u64 {
+    counts.map(u64::from).sum()
 }
 
 /// Cumulative counts, from 0 (one more than `counts`); `None` beyond 32 bits.
-fn cumulative(counts: &[u32]) -> Option<Box<[u32]>> {
+fn cumulative(counts: impl Iterator<Item = u32>) -> Option<Counts> {
     let mut acc = 0u32;
-    std::iter::once(Some(0))
-        .chain(counts.iter().map(|&c| {
+    let cum: Option<Vec<u32>> = std::iter::once(Some(0))
+        .chain(counts.map(|c| {
             acc = acc.checked_add(c)?;
             Some(acc)
         }))
-        .collect()
+        .collect();
+    cum.map(Counts::collect)
 }
 
 #[cfg(test)]
@@ -567,7 +570,7 @@ mod tests {
             s: Vec<u64>,
         }
         let wide = |v: &[u32]| v.iter().map(|&c| u64::from(c)).collect::<Vec<_>>();
-        let built: Vec<u32> = ns.cum.windows(2).map(|w| w[1] - w[0]).collect();
+        let built: Vec<u32> = ns.built().collect();
         let since: Vec<u32> = ns.counts.iter().zip(&built).map(|(c, b)| c - b).collect();
         let w = Wide { e: &ns.edges, c: wide(&built), s: wide(&since) };
         let bytes = rmp_serde::to_vec_named(&ns).unwrap();
@@ -609,14 +612,14 @@ mod tests {
 
         let cell = ns.cell(40.0);
         ns.count(40.0);
-        let held: Vec<u32> = ns.counts.to_vec();
+        let held: Vec<u32> = ns.counts.iter().collect();
         assert_eq!(held.len(), settled.len());
         for (c, (h, s)) in held.iter().zip(&settled).enumerate() {
             assert_eq!(*h, s + u32::from(c == cell), "cell {c}");
         }
         let scores: Vec<f64> = (0..200).map(|i| ns.score(i as f64 * 0.75, i)).collect();
         let back: NormalScore = rmp_serde::from_slice(&rmp_serde::to_vec_named(&ns).unwrap()).unwrap();
-        assert_eq!(back.counts.to_vec(), held);
+        assert_eq!(back.counts.iter().collect::<Vec<_>>(), held);
         assert_eq!((back.total(), &back), (1001, &ns));
         // The transform waits for the next recomputation.
         let mut back = back;
@@ -629,6 +632,44 @@ mod tests {
         assert_eq!(ns.built().collect::<Vec<_>>(), held);
     }
 
+    /// Counts are held in 16 bits while they fit: a cell that outgrows them widens its
+    /// counts, and the transform, the stored bytes and the decoded state are those of
+    /// 32-bit counts (a decoded record picks its width from its values).
+    #[test]
+    fn a_cell_beyond_16_bits_widens_the_counts_and_changes_nothing_else() {
+        let sample: Vec<f64> = (0..1000).map(|i| (i % 97) as f64).collect();
+        let mut ns = NormalScore::from_sample(&sample);
+        assert!(matches!((&ns.cum, &ns.counts), (Counts::Short(_), Counts::Short(_))));
+        for _ in 0..70_000 {
+            ns.count(5.0);
+        }
+        assert!(matches!(&ns.counts, Counts::Long(_)), "one cell holds over 65,535");
+        let wide: Vec<u32> = ns.counts.iter().collect();
+        assert_eq!(wide.iter().map(|&c| u64::from(c)).sum::<u64>(), 71_000);
+        let bytes = rmp_serde::to_vec_named(&ns).unwrap();
+        #[derive(Serialize)]
+        struct R<'a> {
+            e: &'a [f64],
+            c: Vec<u32>,
+            s: Vec<u32>,
+        }
+        let built: Vec<u32> = ns.built().collect();
+        let since: Vec<u32> = wide.iter().zip(&built).map(|(w, b)| w - b).collect();
+        assert_eq!(bytes, rmp_serde::to_vec_named(&R { e: &ns.edges, c: built, s: since }).unwrap());
+        let back: NormalScore = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, ns);
+        ns.recompute();
+        assert!(matches!(&ns.cum, Counts::Long(_)));
+        assert_eq!(ns.built().collect::<Vec<_>>(), wide);
+        let std = Normal::new(0.0, 1.0).unwrap();
+        let level = ns.leveller();
+        let own: Vec<u64> = ns.cum.iter().map(|c| std.inverse_cdf(level(c)).to_bits()).collect();
+        assert_eq!((0..ns.cum.len()).map(|c| ns.z(c).to_bits()).collect::<Vec<_>>(), own);
+        // Most events now fall on the atom at 5: its score interval spans the middle.
+        let (lo, hi) = (ns.z(ns.cell(5.0)), ns.z(ns.cell(5.0) + 1));
+        assert!(lo < 0.0 && hi > 0.0, "{lo} {hi}");
+    }
+
     /// Keys whose baselines have the same size read one table; each boundary's score is the
     /// one a key computed for itself (the level of its cumulative count), bit for bit; a
     /// baseline beyond the tables' size keeps its own, as does version 1's transform.
@@ -637,7 +678,7 @@ mod tests {
         let own = |ns: &NormalScore| -> Vec<u64> {
             let std = Normal::new(0.0, 1.0).unwrap();
             let level = ns.leveller();
-            ns.cum.iter().map(|&c| std.inverse_cdf(level(c)).to_bits()).collect()
+            ns.cum.iter().map(|c| std.inverse_cdf(level(c)).to_bits()).collect()
         };
         let read = |ns: &NormalScore| -> Vec<u64> { (0..ns.cum.len()).map(|c| ns.z(c).to_bits()).collect() };
         let a = NormalScore::from_sample(&(0..1_000).map(|i| (i % 97) as f64).collect::<Vec<_>>());
