@@ -229,8 +229,13 @@ impl Engine {
             tel.model.version,
             pending.len()
         );
-        agent.model_change =
-            Some(ModelChange { from, to: tel.model.version.to_string(), since: now, lane, pending });
+        agent.model_change = Some(Box::new(ModelChange {
+            from,
+            to: tel.model.version.to_string(),
+            since: now,
+            lane,
+            pending,
+        }));
         causes.push(Cause {
             code: CauseCode::ModelChanged,
             text,

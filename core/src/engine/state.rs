@@ -333,8 +333,10 @@ pub struct AgentState {
     pub clauses: ClauseMap,
     /// Overrides in force.
     pub overrides: Vec<ActiveOverride>,
-    /// Pending model-change re-verification.
-    pub model_change: Option<ModelChange>,
+    /// Pending model-change re-verification. Boxed: an agent holds one only while a new
+    /// model version re-verifies, and 88 bytes inline cost every agent of the fleet (more
+    /// with the agents map's spare room).
+    pub model_change: Option<Box<ModelChange>>,
     /// Lanes last published, per scope.
     pub published: ByScope<Lane>,
     /// When the pending TTL check fires.
@@ -421,6 +423,15 @@ mod tests {
         // The key beside it in the agent's map: 40 bytes with a `String` segment, 24 with a
         // boxed `str`.
         assert!(std::mem::size_of::<ClauseKey>() <= 16, "ClauseKey grew");
+    }
+
+    #[test]
+    fn an_agent_state_stays_small() {
+        // Every agent pays for this in the agents map, with the map's spare room: it was 304
+        // bytes before the pending model change, held only while a new model version
+        // re-verifies, was boxed.
+        let size = std::mem::size_of::<AgentState>();
+        assert!(size <= 224, "AgentState is {size} bytes");
     }
 
     #[test]
