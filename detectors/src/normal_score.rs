@@ -40,9 +40,10 @@ pub(crate) struct NormalScore {
     /// Distinct edge values, increasing.
     edges: Box<[f64]>,
     /// Cell counts: `2 * edges.len() + 1` cells, alternating open interval and atom:
-    /// `(-inf, e0), {e0}, (e0, e1), {e1}, ..., {e_last}, (e_last, inf)`. 32 bits, as a
-    /// baseline holds at most `reference_max` events (validated to fit), and the stored form
-    /// is the same (MessagePack integers are sized by their value).
+    /// `(-inf, e0), {e0}, (e0, e1), {e1}, ..., {e_last}, (e_last, inf)`. At most 32 bits, as a
+    /// baseline holds at most `reference_max` events (validated to fit), and 16 while they
+    /// fit (see [`Counts`]); the stored form is the same (MessagePack integers are sized by
+    /// their value).
     ///
     /// Empty while they are those of the last recomputation (see [`NormalScore::counts`]):
     /// from a complete baseline on, they never change again, so most keys of a fleet that
@@ -53,7 +54,7 @@ pub(crate) struct NormalScore {
     /// cell (one more than the cells, starting at 0); empty when unknown (version 1). They
     /// give the stored counts (their differences), `u` (see [`NormalScore::leveller`]) and
     /// where the scores are read in the shared table, where keeping the counts, `u` and the
-    /// scores took 1,272 bytes per key and these take 256.
+    /// scores took 1,272 bytes per key and these take 256, or 128 in 16 bits.
     cum: Counts,
     /// Scores at the cells' lower ends (one more than the cells): its baseline size's
     /// shared table, read through `cum`, or its own; its own and empty after decoding until
