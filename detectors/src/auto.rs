@@ -412,8 +412,7 @@ pub(crate) fn build_bank(
             threshold *= zeta_bar;
         }
     }
-    let ids: Vec<u32> = members.iter().map(|c| c.id).collect();
-    let mut sr = MixtureSr::new(crate::mixture::members(&ids, &w));
+    let mut sr = MixtureSr::new(crate::mixture::members(members.iter().map(|c| c.id), &w));
     if let Some(old) = old {
         sr.inherit(old);
     }

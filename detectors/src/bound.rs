@@ -148,20 +148,16 @@ struct EProcess {
     up: bool,
     n: u64,
     k: u64,
-    /// Events to come that cannot take the e-value to the threshold last checked against.
-    /// Not stored: a restored process evaluates its next event, which changes no verdict.
+    /// Events to come that cannot take the e-value to the threshold last checked against
+    /// (see [`EProcess::push`]). Not stored: a restored process evaluates its next event,
+    /// which changes no verdict.
+    ///
+    /// 32 bits (at most [`MAX_QUIET`]), so that a process takes 32 bytes, not 48: a rate
+    /// bound holds two inline in every clause state. Not keyed by the level it was computed
+    /// for: every caller passes its configuration's, which never changes (a detector under
+    /// another configuration is replaced, not bound).
     #[serde(skip)]
-    quiet: Quiet,
-}
-
-/// See [`EProcess::push`]: a 32-bit count (at most [`MAX_QUIET`]), so that a process takes
-/// 32 bytes, not 48: a rate bound holds two inline in every clause state.
-///
-/// Not keyed by the level it was computed for: every caller passes its configuration's,
-/// which never changes (a detector under another configuration is replaced, not bound).
-#[derive(Debug, Clone, Copy, Default)]
-struct Quiet {
-    events: u32,
+    quiet: u32,
 }
 
 /// Equal when the stored state is.
@@ -177,7 +173,7 @@ const MAX_QUIET: u64 = 1 << 16;
 
 impl EProcess {
     fn new(boundary: f64, up: bool) -> Self {
-        EProcess { boundary, up, n: 0, k: 0, quiet: Quiet::default() }
+        EProcess { boundary, up, n: 0, k: 0, quiet: 0 }
     }
 
     /// Adds one outcome; whether the e-process is now at or above `ln(1/alpha)`.
@@ -196,8 +192,8 @@ impl EProcess {
         self.n = self.n.saturating_add(1);
         self.k = self.k.saturating_add(x as u64);
         // A skipped event costs no `ln` either.
-        if self.quiet.events > 0 {
-            self.quiet.events -= 1;
+        if self.quiet > 0 {
+            self.quiet -= 1;
             return false;
         }
         let ln_threshold = (1.0 / alpha).ln();
@@ -211,8 +207,7 @@ impl EProcess {
                 Err(m) => (false, quiet_events(m, n, coefs, ln_threshold)),
             });
         // Fewer skipped events are always safe: the next one is evaluated.
-        let events = u32::try_from(quiet).unwrap_or(u32::MAX);
-        self.quiet = Quiet { events };
+        self.quiet = u32::try_from(quiet).unwrap_or(u32::MAX);
         verdict
     }
     fn log_e(&self) -> f64 {
@@ -226,7 +221,7 @@ impl EProcess {
     fn clear(&mut self) {
         self.n = 0;
         self.k = 0;
-        self.quiet = Quiet::default();
+        self.quiet = 0;
     }
 }
 
@@ -392,19 +387,18 @@ impl RateBound {
         let complied = self.comply.push(x, alpha);
         if breached {
             let alarm = self.alarm(i, Estimate::Rate { p: self.cfg.limit }, None);
-            self.new_epoch(i);
+            self.new_epoch();
             return Some(Box::new(alarm));
         }
         if complied {
             self.last_compliance = i;
-            self.new_epoch(i);
+            self.new_epoch();
         }
         None
     }
 
-    /// Both processes start again after event `i`, the last one (`n` is `i + 1`).
-    fn new_epoch(&mut self, i: u64) {
-        debug_assert_eq!(self.n, i + 1);
+    /// Both processes start again after the last event: the epoch's start moves to `n`.
+    fn new_epoch(&mut self) {
         self.breach.clear();
         self.comply.clear();
     }
@@ -743,7 +737,7 @@ mod tests {
                     let mut e = EProcess::new(boundary, up);
                     for _ in 0..20_000 {
                         let x = rng.random::<f64>() < rate;
-                        let would_skip = e.quiet.events > 0;
+                        let would_skip = e.quiet > 0;
                         let got = e.push(x, alpha);
                         // `None` while the largest ratio is under the threshold.
                         let exact = log_evalue_from(e.k, e.n, boundary, up, t);
@@ -780,10 +774,10 @@ mod tests {
         for i in 0..50 {
             e.push(i % 10 == 0, 1e-3);
         }
-        assert!(e.quiet.events > 0);
+        assert!(e.quiet > 0);
         let back: EProcess = rmp_serde::from_slice(&rmp_serde::to_vec_named(&e).unwrap()).unwrap();
         assert_eq!(back, e);
-        assert_eq!(back.quiet.events, 0);
+        assert_eq!(back.quiet, 0);
     }
 
     #[test]

@@ -58,9 +58,8 @@ pub(crate) struct Member {
 }
 
 /// Members from their ids and weights, in order.
-pub(crate) fn members(ids: &[u32], w: &[f64]) -> Arc<[Member]> {
-    debug_assert_eq!(ids.len(), w.len());
-    ids.iter().zip(w).map(|(&id, &w)| Member { id, w }).collect()
+pub(crate) fn members(ids: impl IntoIterator<Item = u32>, w: &[f64]) -> Arc<[Member]> {
+    ids.into_iter().zip(w).map(|(id, &w)| Member { id, w }).collect()
 }
 
 /// Written as format version 2 has it: `r`, `d`, `c` (left out when all zero) and `l`.
@@ -121,7 +120,7 @@ impl From<MixtureRecord> for MixtureSr {
         let members = if m.ids.is_empty() || m.ids.len() != m.w.len() {
             Arc::clone(&NONE)
         } else {
-            members(&m.ids, &m.w)
+            members(m.ids.iter().copied(), &m.w)
         };
         MixtureSr { members, s: s.into_boxed_slice(), lambda: m.l }
     }
@@ -294,7 +293,7 @@ mod tests {
 
     #[test]
     fn single_member_matches_hand_recursion() {
-        let mut m = MixtureSr::new(members(&[0], &[1.0]));
+        let mut m = MixtureSr::new(members([0], &[1.0]));
         // R1 = (1+0)*2 = 2; R2 = (1+2)*0.5 = 1.5; R3 = (1+1.5)*4 = 10
         assert_eq!(m.step(&[2.0], 0.0), 2.0);
         assert_eq!(m.step(&[0.5], 0.0), 1.5);
@@ -323,7 +322,7 @@ mod tests {
 
     #[test]
     fn stored_bytes_are_those_of_three_vectors_and_read_back_equal() {
-        let mut m = MixtureSr::new(members(&[3, 5, 9], &[0.5, 0.25, 0.25]));
+        let mut m = MixtureSr::new(members([3, 5, 9], &[0.5, 0.25, 0.25]));
         for (lr, aux) in [([1.5, 0.5, 2.0], 0.0), ([0.8, 1.25, 0.9], 0.0)] {
             m.step(&lr, aux);
         }
@@ -339,7 +338,7 @@ mod tests {
             assert_eq!(back, m);
             assert_eq!(back.rdc().2, c, "an absent `c` reads as zeros");
             assert!(!back.is_installed());
-            assert_eq!(back.restored(&members(&[3, 5, 9], &[0.5, 0.25, 0.25])).winner(), m.winner());
+            assert_eq!(back.restored(&members([3, 5, 9], &[0.5, 0.25, 0.25])).winner(), m.winner());
         }
         assert!(m.rdc().2.iter().any(|c| *c != 0.0), "the second round stores `c`");
     }
