@@ -29,11 +29,6 @@ impl PartialEq for ClauseMap {
     }
 }
 
-/// `a == b`; an unsegmented key has no segment pointer, so it compares without a string.
-fn same(a: &ClauseKey, b: &ClauseKey) -> bool {
-    a.0 == b.0 && a.1 == b.1 && a.2 == b.2
-}
-
 /// Key order, with the two indexes compared as one number.
 fn order(a: &ClauseKey, b: &ClauseKey) -> std::cmp::Ordering {
     let (x, y) = ((a.0 as u32) << 16 | a.1 as u32, (b.0 as u32) << 16 | b.1 as u32);
@@ -63,7 +58,8 @@ impl ClauseMap {
     fn find(&self, key: &ClauseKey) -> Result<usize, usize> {
         let next = if self.cursor + 1 < self.entries.len() { self.cursor + 1 } else { 0 };
         for i in [next, self.cursor] {
-            if self.entries.get(i).is_some_and(|(k, _)| same(k, key)) {
+            // An unsegmented key has no segment pointer: it compares without a string.
+            if self.entries.get(i).is_some_and(|(k, _)| k == key) {
                 return Ok(i);
             }
         }

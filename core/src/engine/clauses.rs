@@ -55,19 +55,17 @@ impl Engine {
                 return Observed::Nothing;
             }
         };
-        let segment = if clause.segment_by.is_empty() {
-            String::new()
-        } else {
-            clause
-                .segment_by
-                .iter()
-                .map(|f| match f.field().get(tel) {
-                    Val::Str(s) => s.to_string(),
-                    _ => String::new(),
-                })
-                .collect::<Vec<_>>()
-                .join("|")
-        };
+        // The `segment_by` fields joined with `|` (a non-string field is empty), in one string:
+        // none for an unsegmented clause.
+        let mut segment = String::new();
+        for (i, f) in clause.segment_by.iter().enumerate() {
+            if i > 0 {
+                segment.push('|');
+            }
+            if let Val::Str(s) = f.field().get(tel) {
+                segment.push_str(s);
+            }
+        }
         let key: ClauseKey = (p, ci, Segment::from(segment));
         let keep = clause.freshness.as_ref().map_or(1, |f| f.min_events as usize);
         let state = agent.clauses.get_or_insert_with(&key, || {

@@ -45,7 +45,7 @@ impl From<String> for Segment {
 
 impl From<&str> for Segment {
     fn from(s: &str) -> Segment {
-        Segment((!s.is_empty()).then(|| Box::new(Box::from(s))))
+        Segment::from(s.to_owned())
     }
 }
 
