@@ -16,6 +16,9 @@ use driftgate_core::pact::parse_pact;
 /// Five clauses that apply to every agent and every event.
 const FIVE: &str = include_str!("pacts/bench-five.yaml");
 
+/// The same with the two drift clauses segmented (by one field and by two).
+const FIVE_SEGMENTED: &str = include_str!("pacts/bench-five-segmented.yaml");
+
 const N: usize = 200_000;
 
 fn telemetry() -> Vec<Telemetry> {
@@ -36,6 +39,7 @@ fn telemetry() -> Vec<Telemetry> {
 fn engine(c: &mut Criterion) {
     let events = telemetry();
     let pact = parse_pact(FIVE, "bench-five.yaml").expect("valid bench pact");
+    let segmented = parse_pact(FIVE_SEGMENTED, "bench-five-segmented.yaml").expect("valid bench pact");
     let mut g = c.benchmark_group("engine");
     g.sample_size(10);
     g.throughput(Throughput::Elements(events.len() as u64));
@@ -45,10 +49,13 @@ fn engine(c: &mut Criterion) {
     // to be freed outside the measurement, as the Kafka pipeline frees them on its release
     // thread: the difference from `five_clauses` is what freeing 200k inputs, allocated
     // long before and so out of cache, costs the engine's thread.
-    for (name, trace, retire) in [
-        ("five_clauses", false, false),
-        ("five_clauses_retired", false, true),
-        ("five_clauses_traced", true, false),
+    // `five_clauses_segmented` keys two of the clauses by segment: against `five_clauses`,
+    // what finding a segmented state costs (and learning a baseline per segment).
+    for (name, trace, retire, pact) in [
+        ("five_clauses", false, false, &pact),
+        ("five_clauses_retired", false, true, &pact),
+        ("five_clauses_traced", true, false, &pact),
+        ("five_clauses_segmented", false, true, &segmented),
     ] {
         g.bench_function(name, |b| {
             b.iter_batched(
