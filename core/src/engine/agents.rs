@@ -31,8 +31,11 @@ impl Engine {
 
     /// The engine's parts an event's walk borrows: the agents, and the rest apart from them.
     fn split(&mut self) -> (&mut HashMap<String, AgentState, foldhash::fast::RandomState>, EventCx<'_>) {
-        let Engine { agents, pacts, protos, slots, stats, trace, timers, dirty, .. } = self;
-        (agents, EventCx { pacts, protos, slots, stats, trace: trace.as_deref_mut(), timers, dirty })
+        let Engine { agents, pacts, protos, slots, stats, trace, timers, dirty, segment_buf, .. } = self;
+        (
+            agents,
+            EventCx { pacts, protos, slots, stats, trace: trace.as_deref_mut(), timers, dirty, segment_buf },
+        )
     }
 
     /// Evaluates one telemetry record. Borrowed: the record is large, and the caller keeps

@@ -1,6 +1,6 @@
 //! An agent's clause states, in key order.
 
-use super::state::{ClauseKey, ClauseState};
+use super::state::{ClauseKey, ClauseState, Segment};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde::ser::{Serialize, Serializer};
 
@@ -29,10 +29,11 @@ impl PartialEq for ClauseMap {
     }
 }
 
-/// Key order, with the two indexes compared as one number.
-fn order(a: &ClauseKey, b: &ClauseKey) -> std::cmp::Ordering {
-    let (x, y) = ((a.0 as u32) << 16 | a.1 as u32, (b.0 as u32) << 16 | b.1 as u32);
-    x.cmp(&y).then_with(|| a.2.cmp(&b.2))
+/// Key order of `a` against the key `(p, c, segment)`, with the two indexes compared as
+/// one number: the order of [`ClauseKey`] itself.
+fn order_parts(a: &ClauseKey, p: u16, c: u16, segment: &str) -> std::cmp::Ordering {
+    let (x, y) = ((a.0 as u32) << 16 | a.1 as u32, (p as u32) << 16 | c as u32);
+    x.cmp(&y).then_with(|| a.2.cmp_str(segment))
 }
 
 impl ClauseMap {
@@ -51,19 +52,26 @@ impl ClauseMap {
         self.entries.is_empty()
     }
 
-    /// Where `key` is (`Ok`) or would go (`Err`): the entry after the cursor and the
-    /// cursor's first, then a binary search. Always inlined: a call per clause and event
-    /// costs more than its few comparisons.
+    /// Where `key` is (`Ok`) or would go (`Err`).
     #[inline(always)]
     fn find(&self, key: &ClauseKey) -> Result<usize, usize> {
+        self.find_parts(key.0, key.1, key.2.as_str())
+    }
+
+    /// Where the key of pact `p`, clause `c` and `segment` (`""` when unsegmented) is or would
+    /// go, without building it: the entry after the cursor and the cursor's first, then a
+    /// binary search. An event's clause is looked up from its parts, so that a segmented
+    /// clause finds its state without allocating a key on every event. Always inlined: a
+    /// call per clause and event costs more than its few comparisons.
+    #[inline(always)]
+    fn find_parts(&self, p: u16, c: u16, segment: &str) -> Result<usize, usize> {
         let next = if self.cursor + 1 < self.entries.len() { self.cursor + 1 } else { 0 };
         for i in [next, self.cursor] {
-            // An unsegmented key has no segment pointer: it compares without a string.
-            if self.entries.get(i).is_some_and(|(k, _)| k == key) {
+            if self.entries.get(i).is_some_and(|(k, _)| k.0 == p && k.1 == c && k.2.is(segment)) {
                 return Ok(i);
             }
         }
-        self.entries.binary_search_by(|(k, _)| order(k, key))
+        self.entries.binary_search_by(|(k, _)| order_parts(k, p, c, segment))
     }
 
     /// The state at `key`.
@@ -78,22 +86,27 @@ impl ClauseMap {
         Some(&mut *self.entries[i].1)
     }
 
-    /// The state at `key`, made by `new` if there is none yet.
+    /// The key and state of pact `p`, clause `c` and `segment` (`""` when unsegmented), the
+    /// state made by `new` if there is none yet. The key is built only then; the one
+    /// returned is the map's own, so that a caller needs no key of its own.
     #[inline]
-    pub fn get_or_insert_with(
+    pub fn entry_or_insert_with(
         &mut self,
-        key: &ClauseKey,
+        p: u16,
+        c: u16,
+        segment: &str,
         new: impl FnOnce() -> Box<ClauseState>,
-    ) -> &mut ClauseState {
-        let i = match self.find(key) {
+    ) -> (&ClauseKey, &mut ClauseState) {
+        let i = match self.find_parts(p, c, segment) {
             Ok(i) => i,
             Err(i) => {
-                self.insert_at(i, key.clone(), new());
+                self.insert_at(i, (p, c, Segment::from(segment)), new());
                 i
             }
         };
         self.cursor = i;
-        &mut self.entries[i].1
+        let (k, s) = &mut self.entries[i];
+        (k, s)
     }
 
     /// Sets the state at `key`; the state it replaces, if any.
@@ -151,7 +164,7 @@ impl FromIterator<(ClauseKey, Box<ClauseState>)> for ClauseMap {
     fn from_iter<I: IntoIterator<Item = (ClauseKey, Box<ClauseState>)>>(iter: I) -> ClauseMap {
         let mut entries: Vec<_> = iter.into_iter().collect();
         // Stable, so that among equal keys the last one collected stays last.
-        entries.sort_by(|a, b| order(&a.0, &b.0));
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut kept: Vec<(ClauseKey, Box<ClauseState>)> = Vec::with_capacity(entries.len());
         for e in entries {
             match kept.last_mut() {
@@ -207,7 +220,6 @@ impl<'de> Deserialize<'de> for ClauseMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::state::Segment;
     use std::collections::BTreeMap;
 
     /// A state told apart by its creation time.
@@ -222,6 +234,13 @@ mod tests {
         (p, c, Segment::from(seg))
     }
 
+    /// The state at `k`, made with creation time `t` if there is none; its creation time.
+    fn entry(m: &mut ClauseMap, k: &ClauseKey, t: i64) -> i64 {
+        let (found, s) = m.entry_or_insert_with(k.0, k.1, k.2.as_str(), || state(t));
+        assert_eq!(found, k, "the entry's key is the one asked for");
+        s.created
+    }
+
     /// The same keys in the same order as a B-tree, whatever order they come in, and each
     /// lookup finds its own state, cursor or not.
     #[test]
@@ -231,7 +250,7 @@ mod tests {
         let mut m = ClauseMap::new();
         let mut b = BTreeMap::new();
         for (t, k) in keys.iter().enumerate() {
-            m.get_or_insert_with(k, || state(t as i64));
+            entry(&mut m, k, t as i64);
             b.insert(k.clone(), t as i64);
         }
         assert_eq!(m.keys().cloned().collect::<Vec<_>>(), b.keys().cloned().collect::<Vec<_>>());
@@ -246,8 +265,38 @@ mod tests {
         assert!(m.get(&key(0, 1, "")).is_none());
         assert!(m.get_mut(&key(0, 2, "c")).is_none());
         // An existing key is found, not inserted again.
-        assert_eq!(m.get_or_insert_with(&keys[1], || state(99)).created, 1);
+        assert_eq!(entry(&mut m, &keys[1], 99), 1);
         assert_eq!(m.len(), keys.len());
+    }
+
+    /// A key's parts compare as the key built from them would: found and ordered the same,
+    /// for the unsegmented key, segments of one length and of different lengths.
+    #[test]
+    fn parts_compare_as_their_key() {
+        let segments = ["", "a", "b", "aa", "ab", "b|x", "é", "a|"];
+        for x in segments {
+            for y in segments {
+                let (a, b) = (Segment::from(x), Segment::from(y));
+                assert_eq!(a.cmp_str(y), a.cmp(&b), "{x:?} against {y:?}");
+                assert_eq!(a.is(y), a == b, "{x:?} is {y:?}");
+            }
+        }
+        // Across indexes and segments, a lookup by parts lands where the key's would.
+        let keys: Vec<ClauseKey> = [(0, 1, "b"), (0, 1, ""), (1, 0, "aa"), (0, 2, ""), (1, 0, "a")]
+            .iter()
+            .map(|&(p, c, s)| key(p, c, s))
+            .collect();
+        let mut m = ClauseMap::new();
+        for (t, k) in keys.iter().enumerate() {
+            entry(&mut m, k, t as i64);
+        }
+        for probe in
+            [key(0, 0, ""), key(0, 1, "a"), key(0, 1, "ba"), key(1, 0, "b"), key(2, 0, ""), key(0, 1, "b")]
+        {
+            let sorted: Vec<&ClauseKey> = m.keys().collect();
+            let want = sorted.binary_search(&&probe);
+            assert_eq!(m.find_parts(probe.0, probe.1, probe.2.as_str()), want, "{probe:?}");
+        }
     }
 
     /// Capacity doubles from one: an agent with one clause state holds room for one.
@@ -256,7 +305,7 @@ mod tests {
         let mut m = ClauseMap::new();
         let mut caps = Vec::new();
         for c in 0..5 {
-            m.get_or_insert_with(&key(0, c, ""), || state(0));
+            entry(&mut m, &key(0, c, ""), 0);
             caps.push(m.entries.capacity());
         }
         m.insert(key(1, 0, ""), state(1));

@@ -15,6 +15,8 @@ pub(super) struct EventCx<'a> {
     pub(super) trace: Option<&'a mut Tracer>,
     pub(super) timers: &'a mut BTreeSet<(i64, Timer)>,
     pub(super) dirty: &'a mut super::dirty::Dirty,
+    /// Where a segment of more than one field is joined (see [`Engine`]'s `segment_buf`).
+    pub(super) segment_buf: &'a mut String,
 }
 
 impl Engine {
@@ -55,20 +57,31 @@ impl Engine {
                 return Observed::Nothing;
             }
         };
-        // The `segment_by` fields joined with `|` (a non-string field is empty), in one string:
-        // none for an unsegmented clause.
-        let mut segment = String::new();
-        for (i, f) in clause.segment_by.iter().enumerate() {
-            if i > 0 {
-                segment.push('|');
+        // The `segment_by` fields joined with `|` (a non-string field is empty): borrowed from
+        // the record when there is one field, joined in the engine's buffer for more. The
+        // state is found by its key's parts, so that an event builds no key: that took two
+        // allocations per segmented clause and event, and the join two more.
+        let field = |f: &crate::pact::SegmentField| match f.field().get(tel) {
+            Val::Str(s) => s,
+            _ => "",
+        };
+        let segment = match clause.segment_by.as_slice() {
+            [] => "",
+            [f] => field(f),
+            fields => {
+                let buf = &mut *cx.segment_buf;
+                buf.clear();
+                for (i, f) in fields.iter().enumerate() {
+                    if i > 0 {
+                        buf.push('|');
+                    }
+                    buf.push_str(field(f));
+                }
+                buf.as_str()
             }
-            if let Val::Str(s) = f.field().get(tel) {
-                segment.push_str(s);
-            }
-        }
-        let key: ClauseKey = (p, ci, Segment::from(segment));
+        };
         let keep = clause.freshness.as_ref().map_or(1, |f| f.min_events as usize);
-        let state = agent.clauses.get_or_insert_with(&key, || {
+        let (key, state) = agent.clauses.entry_or_insert_with(p, ci, segment, || {
             Box::new(ClauseState::new(cx.protos[p as usize][ci as usize].clone(), now))
         });
         state.observe(now, keep);
@@ -92,8 +105,21 @@ impl Engine {
                 Err(_) => None,
             };
             if let Some((s, t)) = point {
-                tr.record(&tel.agent_id, &key, now, s, t);
+                tr.record(&tel.agent_id, key, now, s, t);
             }
+        }
+        // Made before the outcome's causes, which may need the agent (and so its key as an
+        // owned copy); pushed after them.
+        let fresh = fresh_again.then(|| Cause {
+            code: CauseCode::EvidenceFresh,
+            text: format!("clause `{}` has fresh evidence again", clause.id),
+            clause: Some(key.clone()),
+            detection: None,
+            causation: causation.owned(),
+            clean_at_decision: None,
+        });
+        if let Some(at) = need_timer {
+            cx.timers.insert((at, Timer::Freshness(tel.agent_id.to_string(), key.clone())));
         }
         let observed = match &result {
             Err(_) => Observed::Nothing,
@@ -112,30 +138,20 @@ impl Engine {
                 if cx.slots[p as usize].role == Role::Active {
                     *cx.stats.alarms.entry(clause_label(pact, clause)).or_default() += 1;
                 }
-                causes.push(Self::on_alarm(state, pact, clause, &alarm, now, &key, causation));
+                causes.push(Self::on_alarm(state, pact, clause, &alarm, now, key, causation));
             }
             Ok(None) => {
                 state.clean += 1;
                 // The common case (nothing to recover, no model change) needs no more lookups.
                 let recovering = state.demand != Lane::Normal;
                 if recovering || agent.model_change.is_some() {
-                    let clean = state.clean;
+                    let (clean, key) = (state.clean, key.clone());
                     causes.extend(Self::after_clean(agent, &key, clean, recovering, clause, now, causation));
                 }
             }
         }
-        if fresh_again {
-            causes.push(Cause {
-                code: CauseCode::EvidenceFresh,
-                text: format!("clause `{}` has fresh evidence again", clause.id),
-                clause: Some(key.clone()),
-                detection: None,
-                causation: causation.owned(),
-                clean_at_decision: None,
-            });
-        }
-        if let Some(at) = need_timer {
-            cx.timers.insert((at, Timer::Freshness(tel.agent_id.to_string(), key)));
+        if let Some(fresh) = fresh {
+            causes.push(fresh);
         }
         observed
     }

@@ -40,7 +40,7 @@ mod time;
 mod trace;
 pub use trace::{ClauseTrace, TraceLimits, TracePoint, Tracer, Traces};
 
-use crate::engine::state::{AgentState, ClauseKey, ClauseState, ModelChange, Segment};
+use crate::engine::state::{AgentState, ClauseKey, ClauseState, ModelChange};
 use crate::model::enforcement::{
     event_id, Causation, Detection, EnforcementEvent, Evidence, OverrideInfo, Reason,
 };
@@ -369,6 +369,10 @@ pub struct Engine {
     chain: Chain,
     /// Agents changed since the last [`Engine::take_dirty`] (for the state changelog).
     dirty: dirty::Dirty,
+    /// Where an event's segment is joined when a clause segments by more than one field:
+    /// reused, so that joining allocates nothing per event. Holds nothing of meaning
+    /// between two clauses.
+    segment_buf: String,
     out: Vec<Output>,
     stats: Stats,
     activated: bool,
@@ -440,6 +444,7 @@ impl Engine {
             timers: BTreeSet::new(),
             chain: Chain::default(),
             dirty: dirty::Dirty::default(),
+            segment_buf: String::new(),
             out: Vec::new(),
             stats: Stats::default(),
             activated: false,

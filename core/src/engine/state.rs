@@ -35,6 +35,27 @@ impl Segment {
     pub fn is_empty(&self) -> bool {
         self.0.is_none()
     }
+
+    /// Whether this is the segment `s` (`""` for the unsegmented key). The unsegmented case
+    /// compares without touching a string.
+    #[inline]
+    pub fn is(&self, s: &str) -> bool {
+        match &self.0 {
+            None => s.is_empty(),
+            Some(b) => ***b == *s,
+        }
+    }
+
+    /// This segment's order against the segment `s`: that of [`Segment::cmp`] against
+    /// `Segment::from(s)`, without building it.
+    #[inline]
+    pub fn cmp_str(&self, s: &str) -> std::cmp::Ordering {
+        match &self.0 {
+            None if s.is_empty() => std::cmp::Ordering::Equal,
+            None => std::cmp::Ordering::Less,
+            Some(a) => a.len().cmp(&s.len()).then_with(|| a.as_bytes().cmp(s.as_bytes())),
+        }
+    }
 }
 
 impl From<String> for Segment {
@@ -64,12 +85,7 @@ impl<'de> Deserialize<'de> for Segment {
 
 impl Ord for Segment {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        match (&self.0, &o.0) {
-            (None, None) => std::cmp::Ordering::Equal,
-            (None, Some(_)) => std::cmp::Ordering::Less,
-            (Some(_), None) => std::cmp::Ordering::Greater,
-            (Some(a), Some(b)) => a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes())),
-        }
+        self.cmp_str(o.as_str())
     }
 }
 

@@ -595,6 +595,46 @@ clauses:
     );
 }
 
+/// One segment field: the state is found by the field's value as the record holds it, and
+/// each segment has its own breach and its own freshness check.
+#[test]
+fn a_clause_segmented_by_one_field_keeps_breaches_and_freshness_per_segment() {
+    let pact = parse_pact(
+        r#"
+pact: seg1
+version: 1
+applies_to: { agents: ["a*"] }
+clauses:
+  - id: by_risk
+    metric: { kind: bernoulli, value: attributes.flag == "watch" }
+    segment_by: [risk]
+    test: { kind: limit, zero_tolerance: true }
+    severity: medium
+    consequence: watch
+    high_risk: true
+    freshness: { max_age: 10m, min_events: 1 }
+"#,
+        "seg1.yaml",
+    )
+    .expect("valid pact");
+    let mut e = Engine::new(engine().cfg.clone(), vec![pact]);
+    assert_eq!(step(&mut e, [tel("a0", 0, "none", true, 1), tel("a0", 10, "none", false, 1)]), vec![]);
+    let keys: Vec<String> = e.agent("a0").unwrap().clauses.keys().map(|k| k.2.as_str().to_string()).collect();
+    assert_eq!(keys, ["low", "high"]);
+    let segments_of = |out: &[Output], code: &str| -> Vec<Option<String>> {
+        enforcements(out).iter().filter(|x| x.reason.code == code).map(|x| x.segment.clone()).collect()
+    };
+    let out = outputs(&mut e, [tel("a0", 20, "watch", false, 1)]);
+    assert_eq!(segments_of(&out, "zero_tolerance_breach"), vec![Some("low".to_string()); 2]);
+    // Low-risk traffic keeps only its own segment fresh: the high-risk one, last seen at 0 s,
+    // turns stale 10 min later.
+    let out = outputs(&mut e, [tel("a0", 300, "none", false, 1), tel("a0", 700, "none", false, 1)]);
+    assert_eq!(segments_of(&out, "evidence_stale"), vec![Some("high".to_string())]);
+    let stale: Vec<(String, bool)> =
+        e.agent("a0").unwrap().clauses.iter().map(|(k, s)| (k.2.as_str().to_string(), s.stale)).collect();
+    assert_eq!(stale, [("low".to_string(), false), ("high".to_string(), true)]);
+}
+
 #[test]
 fn the_cap_allows_a_share_of_blocks_equal_to_the_limit() {
     // Shares exact in binary: 1 of 2 blocked is 50 %, not more than 50 %.

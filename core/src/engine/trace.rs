@@ -175,6 +175,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::state::Segment;
 
     fn key() -> ClauseKey {
         (0, 1, Segment::default())
