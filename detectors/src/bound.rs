@@ -10,6 +10,7 @@
 
 use crate::alarm::{Alarm, Estimate};
 use crate::detector::{as_bool, as_real, Detector, Observation, View};
+use crate::epoch_hist::EpochHistogram;
 use crate::error::{check_rate, finite};
 use crate::DetectorError;
 use serde::{Deserialize, Serialize};
@@ -473,15 +474,16 @@ pub struct QuantileBoundConfig {
 }
 
 /// Sequential test of "quantile q > limit": the same e-processes as [`RateBound`] on the
-/// indicator `x > limit` against rate `1 - q`, with an HDR histogram of the epoch's
-/// values for the observed quantile in the evidence.
+/// indicator `x > limit` against rate `1 - q`, with a histogram of the epoch's values (the
+/// bins of an HDR histogram, only those with a count) for the observed quantile in the
+/// evidence.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QuantileBound {
     cfg: QuantileBoundConfig,
     breach: EProcess,
     comply: EProcess,
     #[serde(with = "crate::hdr_serde")]
-    hist: hdrhistogram::Histogram<u32>,
+    hist: EpochHistogram,
     n: u64,
     epoch_start: u64,
     last_compliance: Option<u64>,
@@ -517,9 +519,7 @@ impl QuantileBound {
         if !(exit.is_finite() && exit <= cfg.limit) {
             return Err(DetectorError::param("exit", "must be finite and not exceed the limit"));
         }
-        let mut hist = hdrhistogram::Histogram::<u32>::new(2)
-            .map_err(|e| DetectorError::param("quantile", e.to_string()))?;
-        hist.auto(true);
+        let hist = EpochHistogram::default();
         let tail = 1.0 - cfg.quantile;
         Ok(QuantileBound {
             breach: EProcess::new(tail, true),
@@ -543,7 +543,7 @@ impl QuantileBound {
         self.n += 1;
         let alpha = self.cfg.alpha;
         // Negative values cannot breach an upper quantile bound; the histogram holds 0 for them.
-        let _ = self.hist.record((x.max(0.0) * HDR_SCALE).min(u64::MAX as f64 / 4.0) as u64);
+        self.hist.record((x.max(0.0) * HDR_SCALE).min(u64::MAX as f64 / 4.0) as u64);
         let breached = self.breach.push(x > self.cfg.limit, alpha);
         let complied = self.comply.push(x > self.cfg.exit.unwrap_or(self.cfg.limit), alpha);
         if breached {

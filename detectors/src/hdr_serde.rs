@@ -1,23 +1,25 @@
-//! serde support for `hdrhistogram::Histogram` through its V2 binary format (the crate has
-//! no serde implementation of its own).
+//! serde support for the quantile bound's [`EpochHistogram`] through hdrhistogram's V2 binary
+//! format, the form its `hdrhistogram::Histogram` was stored in (that crate has no serde
+//! implementation of its own).
 
+use crate::epoch_hist::EpochHistogram;
 use hdrhistogram::serialization::{Deserializer as HdrDe, Serializer as _, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::{de::Error as _, ser::Error as _, Deserialize, Deserializer, Serializer};
 
-pub(crate) fn serialize<S: Serializer>(h: &Histogram<u32>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize<S: Serializer>(h: &EpochHistogram, s: S) -> Result<S::Ok, S::Error> {
     let mut buf = Vec::new();
-    V2Serializer::new().serialize(h, &mut buf).map_err(|e| S::Error::custom(format!("{e:?}")))?;
+    V2Serializer::new().serialize(&h.to_dense(), &mut buf).map_err(|e| S::Error::custom(format!("{e:?}")))?;
     s.serialize_bytes(&buf)
 }
 
-pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Histogram<u32>, D::Error> {
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EpochHistogram, D::Error> {
     let bytes: Vec<u8> = Vec::deserialize(d)?;
     check_v2(&bytes).map_err(D::Error::custom)?;
-    let mut h: Histogram<u32> =
+    let h: Histogram<u32> =
         HdrDe::new().deserialize(&mut bytes.as_slice()).map_err(|e| D::Error::custom(format!("{e:?}")))?;
-    h.auto(true);
-    Ok(h)
+    EpochHistogram::from_dense(&h)
+        .ok_or_else(|| D::Error::custom("HDR histogram of another precision than the quantile bound's"))
 }
 
 /// Checks what hdrhistogram 7.6's V2 decoder does not, so that a corrupt state record is an
@@ -61,18 +63,19 @@ fn check_v2(b: &[u8]) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use crate::epoch_hist::EpochHistogram;
     use serde::{Deserialize, Serialize};
 
     #[derive(Serialize, Deserialize)]
     struct Held {
         #[serde(with = "super")]
-        h: hdrhistogram::Histogram<u32>,
+        h: EpochHistogram,
     }
 
     #[test]
     fn a_corrupt_blob_is_an_error_not_a_panic() {
-        let mut h = hdrhistogram::Histogram::<u32>::new(2).unwrap();
-        h.record(1200).unwrap();
+        let mut h = EpochHistogram::default();
+        h.record(1200);
         let mut blob = serde_json::to_value(Held { h }).unwrap()["h"].as_array().unwrap().clone();
         // The V2 payload after its 40-byte header: one count whose zig-zag value is i64::MIN.
         blob.truncate(40);
@@ -88,12 +91,25 @@ mod tests {
 
     #[test]
     fn a_valid_blob_round_trips() {
-        let mut h = hdrhistogram::Histogram::<u32>::new(2).unwrap();
+        let mut h = EpochHistogram::default();
         for v in [1, 1200, 30_000_000] {
-            h.record(v).unwrap();
+            h.record(v);
         }
         let back: Held =
             serde_json::from_value(serde_json::to_value(Held { h: h.clone() }).unwrap()).unwrap();
         assert_eq!(back.h, h);
+        assert_eq!(back.h.value_at_quantile(1.0), h.value_at_quantile(1.0));
+    }
+
+    /// A histogram of another precision is an error, not a misread one.
+    #[test]
+    fn another_precision_is_an_error() {
+        use hdrhistogram::serialization::{Serializer as _, V2Serializer};
+        let mut h = hdrhistogram::Histogram::<u32>::new(3).unwrap();
+        h.record(1200).unwrap();
+        let mut buf = Vec::new();
+        V2Serializer::new().serialize(&h, &mut buf).unwrap();
+        let r = serde_json::from_value::<Held>(serde_json::json!({ "h": buf }));
+        assert!(r.is_err_and(|e| e.to_string().contains("another precision")));
     }
 }

@@ -36,6 +36,7 @@ mod categorical;
 mod counts;
 mod cusum;
 mod detector;
+mod epoch_hist;
 mod error;
 mod hdr_serde;
 mod interner;
