@@ -8,8 +8,9 @@ use hdrhistogram::Histogram;
 use serde::{de::Error as _, ser::Error as _, Deserialize, Deserializer, Serializer};
 
 pub(crate) fn serialize<S: Serializer>(h: &EpochHistogram, s: S) -> Result<S::Ok, S::Error> {
+    let dense = h.to_dense().map_err(|e| S::Error::custom(format!("{e:?}")))?;
     let mut buf = Vec::new();
-    V2Serializer::new().serialize(&h.to_dense(), &mut buf).map_err(|e| S::Error::custom(format!("{e:?}")))?;
+    V2Serializer::new().serialize(&dense, &mut buf).map_err(|e| S::Error::custom(format!("{e:?}")))?;
     s.serialize_bytes(&buf)
 }
 
