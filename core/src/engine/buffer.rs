@@ -23,6 +23,9 @@ pub(super) struct TimeBuffer {
 }
 
 impl TimeBuffer {
+    /// Adds an input at its slot. Inlined, as `pop_until` is: every input passes both once,
+    /// and out of line their calls cost 1 % of the engine bench's instructions (callgrind).
+    #[inline]
     pub(super) fn insert(&mut self, slot: Slot, item: Tagged) {
         if self.in_order.back().is_none_or(|(last, _)| *last < slot) {
             self.in_order.push_back((slot, item));
@@ -44,6 +47,7 @@ impl TimeBuffer {
     }
 
     /// Removes and returns the first input in order, if its event time is at most `until`.
+    #[inline]
     pub(super) fn pop_until(&mut self, until: i64) -> Option<Tagged> {
         let first = self.first()?;
         if first.0 > until {
