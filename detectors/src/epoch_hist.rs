@@ -187,13 +187,9 @@ mod tests {
     /// every step, the same stored bytes, and a stored histogram read back equal.
     #[test]
     fn matches_hdrhistogram_value_for_value() {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(41);
+        let mut next = || rng.random::<u64>();
         let (mut d, mut s) = (dense(), EpochHistogram::default());
         for step in 0..20_000u32 {
             // Mostly latencies in thousandths of a millisecond, some zeros, rare giants.
