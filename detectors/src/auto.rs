@@ -355,14 +355,14 @@ pub(crate) fn check_bank_possible(
 /// most `α` to first order), a calibrated one lowers `A` by `Σ w_j F_j ζ_j` so the rate is
 /// about `α`. Members whose inflation exceeds `max_inflation` are left out: the first-order
 /// inflation is no longer reliable there.
-pub(crate) fn build_bank(
+pub(crate) fn build_bank<const AUX: bool>(
     cfg: &AutoConfig,
     kind: crate::MetricKind,
     candidates: &[Candidate],
     zeta_of: impl Fn(usize) -> f64,
     n: u64,
-    old: Option<&MixtureSr>,
-) -> (Vec<usize>, MixtureSr, f64) {
+    old: Option<&MixtureSr<AUX>>,
+) -> (Vec<usize>, MixtureSr<AUX>, f64) {
     let calibrated = cfg.calibration == Calibration::Calibrated;
     let log_a = cfg.threshold(kind).ln();
     let prior = |c: &[&Candidate]| -> Vec<f64> {

@@ -44,7 +44,7 @@ pub struct AutoCategorical {
     /// Likelihood ratios `lr[c * k + j]`. The members' information levels are derived
     /// again at an alarm, the only time they are read, rather than held by every key.
     lr: Box<[f64]>,
-    sr: Option<MixtureSr>,
+    sr: Option<MixtureSr<false>>,
     threshold: f64,
 }
 
@@ -60,7 +60,7 @@ struct Stored<'a> {
     #[serde(skip_serializing_if = "<[f64]>::is_empty")]
     p0: &'a [f64],
     #[serde(skip_serializing_if = "Option::is_none")]
-    sr: &'a Option<MixtureSr>,
+    sr: &'a Option<MixtureSr<false>>,
     t: f64,
 }
 
@@ -87,7 +87,7 @@ struct Record {
     /// Version 1 also kept the bank's likelihood ratios and each member's information; they
     /// are derived again (see `AutoCategorical::derive`) and ignored here.
     #[serde(default)]
-    sr: Option<MixtureSr>,
+    sr: Option<MixtureSr<false>>,
     #[serde(alias = "threshold")]
     t: f64,
 }
@@ -157,7 +157,7 @@ impl PartialEq for AutoCategorical {
 struct Bank {
     lr: Vec<f64>,
     kappa: Vec<f64>,
-    sr: MixtureSr,
+    sr: MixtureSr<false>,
     threshold: f64,
 }
 
@@ -240,7 +240,7 @@ impl AutoCategorical {
         dirs
     }
 
-    fn bank(&self, p0: &[f64], n: u64, old: Option<&MixtureSr>) -> Bank {
+    fn bank(&self, p0: &[f64], n: u64, old: Option<&MixtureSr<false>>) -> Bank {
         let k = self.names.len();
         let mut cands = Vec::new();
         let mut tables: Vec<Vec<f64>> = Vec::new();

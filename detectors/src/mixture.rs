@@ -30,14 +30,18 @@ pub(crate) const MAX_MEMBERS: usize = 256;
 /// ids and weights are a function of the configuration and the baseline, and the detector
 /// puts them back with [`MixtureSr::restored`] before its next step. Equality compares the
 /// stored part, so a decoded bank equals the one it was encoded from.
+///
+/// `AUX` says whether the bank keeps `C`. A detector that never steps an auxiliary value
+/// (the categorical one) has `C` at zero throughout, stored as absent; without it, it holds
+/// 8 bytes less per member (480 B for a bank of 60).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(from = "MixtureRecord")]
-pub(crate) struct MixtureSr {
+pub(crate) struct MixtureSr<const AUX: bool = true> {
     /// Each member's id and weight, shared by the keys whose banks are the same (as real
     /// detectors' banks at one reference size are): one pointer inline, where an id slice
     /// and a weight slice took two.
     pub members: Arc<[Member]>,
-    /// The members' `R`, then their `D`, then their `C`: one allocation per key and 16
+    /// The members' `R`, then their `D`, then (with `AUX`) their `C`: one allocation per key and 16
     /// bytes inline, where three vectors took three and 72 (every clause state pays for the
     /// largest detector inline).
     s: Box<[f64]>,
@@ -63,7 +67,7 @@ pub(crate) fn members(ids: impl IntoIterator<Item = u32>, w: &[f64]) -> Arc<[Mem
 }
 
 /// Written as format version 2 has it: `r`, `d`, `c` (left out when all zero) and `l`.
-impl Serialize for MixtureSr {
+impl<const AUX: bool> Serialize for MixtureSr<AUX> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let (r, d, c) = self.rdc();
@@ -81,7 +85,7 @@ impl Serialize for MixtureSr {
     }
 }
 
-impl PartialEq for MixtureSr {
+impl<const AUX: bool> PartialEq for MixtureSr<AUX> {
     fn eq(&self, o: &Self) -> bool {
         (self.rdc(), self.lambda.to_bits()) == (o.rdc(), o.lambda.to_bits())
     }
@@ -102,12 +106,13 @@ struct MixtureRecord {
     l: f64,
 }
 
-impl From<MixtureRecord> for MixtureSr {
+impl<const AUX: bool> From<MixtureRecord> for MixtureSr<AUX> {
     fn from(m: MixtureRecord) -> Self {
         let k = m.r.len();
-        let mut s = Vec::with_capacity(3 * k);
+        let mut s = Vec::with_capacity(Self::WIDTH * k);
         s.extend_from_slice(&m.r);
-        for v in [m.d, m.c] {
+        // Without `AUX` a stored `c` is not read: such a bank never steps one, so it is zero.
+        for v in [m.d, m.c].into_iter().take(Self::WIDTH - 1) {
             if v.len() == k {
                 s.extend_from_slice(&v);
             } else {
@@ -137,15 +142,18 @@ pub(crate) struct Winner {
     pub aux_sum: f64,
 }
 
-impl MixtureSr {
+impl<const AUX: bool> MixtureSr<AUX> {
+    /// Statistics per member: `R`, `D` and, with `AUX`, `C`.
+    const WIDTH: usize = if AUX { 3 } else { 2 };
+
     /// A bank with the given members, all statistics at zero.
     pub fn new(members: Arc<[Member]>) -> Self {
         let k = members.len();
         debug_assert!(k <= MAX_MEMBERS);
-        MixtureSr { members, s: vec![0.0; 3 * k].into_boxed_slice(), lambda: 0.0 }
+        MixtureSr { members, s: vec![0.0; Self::WIDTH * k].into_boxed_slice(), lambda: 0.0 }
     }
 
-    /// The statistics `R`, `D` and `C`, one slice each.
+    /// The statistics `R`, `D` and `C` (empty without `AUX`), one slice each.
     fn rdc(&self) -> (&[f64], &[f64], &[f64]) {
         let k = self.len();
         let (r, dc) = self.s.split_at(k);
@@ -165,7 +173,7 @@ impl MixtureSr {
     /// from the baseline; a bank of `members` with statistics at zero when their number
     /// differs (which a matching configuration fingerprint rules out: relearning is safer
     /// than pairing statistics with other members).
-    pub fn restored(mut self, members: &Arc<[Member]>) -> MixtureSr {
+    pub fn restored(mut self, members: &Arc<[Member]>) -> Self {
         if members.len() != self.len() {
             return MixtureSr::new(Arc::clone(members));
         }
@@ -186,11 +194,11 @@ impl MixtureSr {
 
     /// Number of members.
     pub fn len(&self) -> usize {
-        self.s.len() / 3
+        self.s.len() / Self::WIDTH
     }
 
     /// Carries the statistics of members with matching ids over from `old`.
-    pub fn inherit(&mut self, old: &MixtureSr) {
+    pub fn inherit(&mut self, old: &Self) {
         let members = Arc::clone(&self.members);
         let (or, od, oc) = old.rdc();
         let (r, d, c) = self.rdc_mut();
@@ -198,7 +206,9 @@ impl MixtureSr {
             if let Some(i) = old.members.iter().position(|o| o.id == m.id) {
                 r[j] = or[i];
                 d[j] = od[i];
-                c[j] = oc[i];
+                if AUX {
+                    c[j] = oc[i];
+                }
             }
         }
         self.lambda = self.rdc().0.iter().zip(self.members.iter()).map(|(r, m)| r * m.w).sum();
@@ -228,6 +238,20 @@ impl MixtureSr {
         let (r, dc) = self.s.split_at_mut(k);
         let (d, c) = dc.split_at_mut(k);
         let mut lambda = 0.0;
+        if !AUX {
+            debug_assert!(aux == 0.0, "a bank without C steps no auxiliary value");
+            for (j, ((r, d), m)) in r.iter_mut().zip(d).zip(members).enumerate() {
+                let w = m.w;
+                let l = lr(j);
+                let prev = *r;
+                *d = (*d + prev) * l;
+                let next = (1.0 + prev) * l;
+                *r = next;
+                lambda += w * next;
+            }
+            self.lambda = lambda;
+            return lambda;
+        }
         for (j, (((r, d), c), m)) in r.iter_mut().zip(d).zip(c).zip(members).enumerate() {
             let w = m.w;
             let l = lr(j);
@@ -255,7 +279,8 @@ impl MixtureSr {
             }
         }
         let r = rs[best].max(f64::MIN_POSITIVE);
-        Winner { member: best, lag: d[best] / r, aux_sum: c[best] / r }
+        let aux_sum = if AUX { c[best] / r } else { 0.0 };
+        Winner { member: best, lag: d[best] / r, aux_sum }
     }
 }
 
@@ -293,7 +318,7 @@ mod tests {
 
     #[test]
     fn single_member_matches_hand_recursion() {
-        let mut m = MixtureSr::new(members([0], &[1.0]));
+        let mut m = MixtureSr::<true>::new(members([0], &[1.0]));
         // R1 = (1+0)*2 = 2; R2 = (1+2)*0.5 = 1.5; R3 = (1+1.5)*4 = 10
         assert_eq!(m.step(&[2.0], 0.0), 2.0);
         assert_eq!(m.step(&[0.5], 0.0), 1.5);
@@ -322,7 +347,7 @@ mod tests {
 
     #[test]
     fn stored_bytes_are_those_of_three_vectors_and_read_back_equal() {
-        let mut m = MixtureSr::new(members([3, 5, 9], &[0.5, 0.25, 0.25]));
+        let mut m = MixtureSr::<true>::new(members([3, 5, 9], &[0.5, 0.25, 0.25]));
         for (lr, aux) in [([1.5, 0.5, 2.0], 0.0), ([0.8, 1.25, 0.9], 0.0)] {
             m.step(&lr, aux);
         }
@@ -341,6 +366,34 @@ mod tests {
             assert_eq!(back.restored(&members([3, 5, 9], &[0.5, 0.25, 0.25])).winner(), m.winner());
         }
         assert!(m.rdc().2.iter().any(|c| *c != 0.0), "the second round stores `c`");
+    }
+
+    #[test]
+    fn a_bank_without_c_steps_stores_and_reads_back_as_one_with_c_at_zero() {
+        let ms = members([3, 5, 9], &[0.5, 0.25, 0.25]);
+        let mut with_c = MixtureSr::<true>::new(Arc::clone(&ms));
+        let mut without = MixtureSr::<false>::new(Arc::clone(&ms));
+        assert_eq!(without.s.len(), 2 * 3, "R and D only");
+        for lr in [[1.5, 0.5, 2.0], [0.8, 1.25, 0.9], [1.1, 0.7, 3.0]] {
+            assert_eq!(with_c.step(&lr, 0.0).to_bits(), without.step(&lr, 0.0).to_bits());
+        }
+        assert_eq!(with_c.rdc().0, without.rdc().0);
+        assert_eq!(with_c.rdc().1, without.rdc().1);
+        assert_eq!(without.winner(), with_c.winner());
+        let bytes = rmp_serde::to_vec_named(&without).unwrap();
+        assert_eq!(bytes, rmp_serde::to_vec_named(&with_c).unwrap());
+        let back: MixtureSr<false> = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, without);
+        assert_eq!(back.restored(&ms).winner(), without.winner());
+        // A stored `c` (never written for such a bank) is not read into it.
+        with_c.step(&[1.1, 0.7, 3.0], 1.0);
+        let back: MixtureSr<false> =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&with_c).unwrap()).unwrap();
+        assert_eq!((back.len(), back.s.len()), (3, 6));
+        assert_eq!(back.rdc().1, with_c.rdc().1);
+        let mut reinherit = MixtureSr::<false>::new(members([5, 7], &[0.5, 0.5]));
+        reinherit.inherit(&back.restored(&ms));
+        assert_eq!(reinherit.rdc().0, [with_c.rdc().0[1], 0.0], "member 5 carries over, 7 is new");
     }
 
     #[test]
