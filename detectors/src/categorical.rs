@@ -41,8 +41,13 @@ pub struct AutoCategorical {
     ref_n: u64,
     built_at: u64,
     p0: Vec<f64>,
-    /// Likelihood ratios `lr[c * k + j]`. The members' information levels are derived
-    /// again at an alarm, the only time they are read, rather than held by every key.
+    /// Likelihood ratios in rows of one per member: member `j`'s for category `c` is
+    /// `lr[row(k, d, c) * m + j]`, with `m` members and `d` the member's direction. Up to
+    /// [`CONTRAST_LIMIT`] categories a row is a category's, so an event reads one row. Above
+    /// it there are two rows, as a one-vs-rest tilt has two ratios (the moved category's and
+    /// the rest's): a row per category took 16 times the room at 32 categories. The members'
+    /// information levels are derived again at an alarm, the only time they are read, rather
+    /// than held by every key.
     lr: Box<[f64]>,
     sr: Option<MixtureSr<false>>,
     threshold: f64,
@@ -209,35 +214,9 @@ impl AutoCategorical {
         Ok(self.names.len() - 1)
     }
 
-    /// The tilt directions: for up to [`CONTRAST_LIMIT`] categories every pairwise contrast
-    /// (mass moves from one category to another) and, for every number of categories, every
-    /// one-vs-rest tilt (one category's share rises or falls, the others scale in proportion).
-    /// Pairwise contrasts come first so their ids match earlier state.
-    fn directions(&self) -> Vec<Vec<f64>> {
-        let k = self.names.len();
-        let mut dirs = Vec::new();
-        if k <= CONTRAST_LIMIT {
-            for a in 0..k {
-                for b in (a + 1)..k {
-                    let mut v = vec![0.0; k];
-                    v[a] = 1.0;
-                    v[b] = -1.0;
-                    dirs.push(v.clone());
-                    dirs.push(v.iter().map(|x| -x).collect());
-                }
-            }
-        }
-        // With two categories a one-vs-rest tilt is a pairwise contrast already.
-        if k > CONTRAST_LIMIT {
-            for c in 0..k {
-                let mut v = vec![0.0; k];
-                v[c] = 1.0;
-                dirs.push(v.clone());
-                v[c] = -1.0;
-                dirs.push(v);
-            }
-        }
-        dirs
+    /// Member `j`'s likelihood ratio for category `c`.
+    fn ratio(&self, sr: &MixtureSr<false>, c: usize, j: usize) -> f64 {
+        self.lr[row(self.names.len(), direction(sr.members[j].id), c) * sr.len() + j]
     }
 
     fn bank(&self, p0: &[f64], n: u64, old: Option<&MixtureSr<false>>) -> Bank {
@@ -247,7 +226,7 @@ impl AutoCategorical {
         // Per candidate, the log-likelihood ratios and baseline masses of its three groups.
         let mut walks: Vec<([f64; 3], [f64; 3])> = Vec::new();
         if k >= 2 {
-            for (d, v) in self.directions().iter().enumerate() {
+            for (d, v) in directions(k).iter().enumerate() {
                 // Baseline mass of the rising (+1), falling (-1) and untouched (0) groups.
                 let mass =
                     |sign: f64| v.iter().zip(p0).filter(|(v, _)| **v == sign).map(|(_, p)| p).sum::<f64>();
@@ -281,11 +260,16 @@ impl AutoCategorical {
             n,
             old,
         );
-        let kk = keep.len();
-        let mut bank = Bank { lr: vec![0.0; k * kk], kappa: Vec::new(), sr, threshold };
+        let m = keep.len();
+        debug_assert!(keep.windows(2).all(|w| cands[w[0]].id < cands[w[1]].id), "ids increase");
+        let mut bank = Bank { lr: vec![0.0; rows(k) * m], kappa: Vec::new(), sr, threshold };
         for (j, &i) in keep.iter().enumerate() {
+            let d = direction(cands[i].id);
+            // Categories sharing a row have the same ratio: each writes it there.
             for (c, l) in tables[i].iter().enumerate() {
-                bank.lr[c * kk + j] = *l;
+                let at = &mut bank.lr[row(k, d, c) * m + j];
+                debug_assert!(*at == 0.0 || at.to_bits() == l.to_bits());
+                *at = *l;
             }
             bank.kappa.push(cands[i].kappa);
         }
@@ -338,11 +322,20 @@ impl AutoCategorical {
             }
         }
         let sr = self.sr.as_mut()?;
-        let k = sr.len();
-        if k == 0 {
+        let m = sr.len();
+        if m == 0 {
             return None;
         }
-        let lambda = sr.step(&self.lr[c * k..c * k + k], 0.0);
+        let lambda = if self.names.len() <= CONTRAST_LIMIT {
+            sr.step(&self.lr[c * m..c * m + m], 0.0)
+        } else {
+            // The members moving `c` (directions `2c` and `2c + 1`) are one run, as ids
+            // increase with the direction: found by two searches, not a look-up per member.
+            let (moved, rest) = self.lr.split_at(m);
+            let from = sr.members.partition_point(|x| direction(x.id) < 2 * c);
+            let to = sr.members.partition_point(|x| direction(x.id) < 2 * c + 2);
+            sr.step_patched(rest, moved, from..to)
+        };
         if lambda >= self.threshold {
             Some(Box::new(self.alarm(i)))
         } else {
@@ -360,7 +353,7 @@ impl AutoCategorical {
             .names
             .iter()
             .enumerate()
-            .map(|(c, name)| (name.clone(), self.p0[c] * self.lr[c * k + j]))
+            .map(|(c, name)| (name.clone(), self.p0[c] * self.ratio(sr, c, j)))
             .collect();
         let moved_up = p1.iter().zip(&self.p0).max_by(|a, b| (a.0 .1 - a.1).total_cmp(&(b.0 .1 - b.1)));
         let direction = moved_up.map_or(String::new(), |(p, _)| format!("toward:{}", p.0));
@@ -388,6 +381,62 @@ impl AutoCategorical {
             false_alarm_rate: Some(self.cfg.false_alarm_rate),
             direction,
         }
+    }
+}
+
+/// The tilt directions for `k` categories: up to [`CONTRAST_LIMIT`] categories every pairwise
+/// contrast (mass moves from one category to another), above it every one-vs-rest tilt (one
+/// category's share rises or falls, the others scale in proportion). With two categories a
+/// one-vs-rest tilt is a pairwise contrast already. The order gives the members' ids, so it
+/// must not change.
+fn directions(k: usize) -> Vec<Vec<f64>> {
+    let mut dirs = Vec::new();
+    if k <= CONTRAST_LIMIT {
+        for a in 0..k {
+            for b in (a + 1)..k {
+                let mut v = vec![0.0; k];
+                v[a] = 1.0;
+                v[b] = -1.0;
+                dirs.push(v.clone());
+                dirs.push(v.iter().map(|x| -x).collect());
+            }
+        }
+    } else {
+        for c in 0..k {
+            let mut v = vec![0.0; k];
+            v[c] = 1.0;
+            dirs.push(v.clone());
+            v[c] = -1.0;
+            dirs.push(v);
+        }
+    }
+    dirs
+}
+
+/// A member's direction, from its id (`direction * 64 + size`; sizes number under 64).
+#[inline]
+fn direction(id: u32) -> usize {
+    (id >> 6) as usize
+}
+
+/// Rows of likelihood ratios for `k` categories: one per category, or for one-vs-rest tilts
+/// (above [`CONTRAST_LIMIT`]) two, the moved category's and the rest's.
+fn rows(k: usize) -> usize {
+    if k > CONTRAST_LIMIT {
+        2
+    } else {
+        k
+    }
+}
+
+/// The row holding category `c`'s ratio for a member of direction `d`: `c`'s own, or for a
+/// one-vs-rest tilt 0 for the category it moves (direction `2c + s`) and 1 for the rest.
+#[inline]
+fn row(k: usize, d: usize, c: usize) -> usize {
+    if k > CONTRAST_LIMIT {
+        usize::from(d / 2 != c)
+    } else {
+        c
     }
 }
 
@@ -530,6 +579,36 @@ mod tests {
             eat(d.sr.as_ref().map_or(0, |s| s.lambda.to_bits()));
         }
         (h, alarms)
+    }
+
+    /// Each member's ratios, read from their rows, are those of a tilt: they take at most
+    /// three values (rising, falling and untouched categories), and weighted by the baseline
+    /// they sum to one (`p₁` is a distribution). A category read from another's row breaks
+    /// the sum.
+    #[test]
+    fn ratios_read_by_group_are_each_members_tilt() {
+        for k in [2usize, 3, 4, 8, 9, 20] {
+            let cfg = AutoConfig { reference_min: 300, ..AutoConfig::default() };
+            let mut d = AutoCategorical::new(cfg, 64).unwrap();
+            let names: Vec<String> = (0..k).map(|c| format!("c{c}")).collect();
+            for i in 0..2_000usize {
+                // Uneven shares: category c with weight c + 1.
+                let c = (0..k).find(|c| (i * 7919) % (k * (k + 1) / 2) < (c + 1) * (c + 2) / 2).unwrap();
+                d.update_category(&names[c]).unwrap();
+            }
+            let sr = d.sr.as_ref().expect("a bank after the baseline");
+            assert!(sr.len() > 0, "{k} categories: members");
+            assert_eq!(d.lr.len(), rows(k) * sr.len());
+            for j in 0..sr.len() {
+                let ratios: Vec<f64> = (0..k).map(|c| d.ratio(sr, c, j)).collect();
+                let sum: f64 = ratios.iter().zip(&d.p0).map(|(l, p)| l * p).sum();
+                assert!((sum - 1.0).abs() < 1e-12, "{k} categories, member {j}: Σ p₀·L = {sum}");
+                let mut distinct: Vec<u64> = ratios.iter().map(|l| l.to_bits()).collect();
+                distinct.sort_unstable();
+                distinct.dedup();
+                assert!(distinct.len() <= 3, "{k} categories, member {j}: {ratios:?}");
+            }
+        }
     }
 
     /// The bank's statistics, bit for bit, and its alarms: a change to how the bank is built

@@ -19,10 +19,8 @@
 //! same posterior mean of an auxiliary sum (e.g. the number of ones since the change).
 
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 use std::sync::{Arc, LazyLock};
-
-/// The largest bank any detector in this crate builds.
-pub(crate) const MAX_MEMBERS: usize = 256;
 
 /// Per-member state and the mixture weights.
 ///
@@ -149,7 +147,6 @@ impl<const AUX: bool> MixtureSr<AUX> {
     /// A bank with the given members, all statistics at zero.
     pub fn new(members: Arc<[Member]>) -> Self {
         let k = members.len();
-        debug_assert!(k <= MAX_MEMBERS);
         MixtureSr { members, s: vec![0.0; Self::WIDTH * k].into_boxed_slice(), lambda: 0.0 }
     }
 
@@ -284,6 +281,32 @@ impl<const AUX: bool> MixtureSr<AUX> {
     }
 }
 
+impl MixtureSr<false> {
+    /// [`MixtureSr::step`] with `lr`'s ratios but for the members in `patched`, which take
+    /// `patch`'s (both hold one per member): a categorical key's members that move the
+    /// event's category are one run, with ratios of their own. The sum runs in member
+    /// order, as `step`'s does, so Λ is the same to the bit.
+    pub fn step_patched(&mut self, lr: &[f64], patch: &[f64], patched: Range<usize>) -> f64 {
+        let k = self.len();
+        let (a, b) = (patched.start.min(k), patched.end.clamp(patched.start.min(k), k));
+        let members = &self.members[..k];
+        let (r, d) = self.s.split_at_mut(k);
+        let mut lambda = 0.0;
+        for (lo, hi, lr) in [(0, a, lr), (a, b, patch), (b, k, lr)] {
+            let run = r[lo..hi].iter_mut().zip(&mut d[lo..hi]).zip(&members[lo..hi]).zip(&lr[lo..hi]);
+            for (((r, d), m), &l) in run {
+                let prev = *r;
+                *d = (*d + prev) * l;
+                let next = (1.0 + prev) * l;
+                *r = next;
+                lambda += m.w * next;
+            }
+        }
+        self.lambda = lambda;
+        lambda
+    }
+}
+
 /// The grid of per-event information levels `κ` (in nats) that banks are built on, largest
 /// first: `κ_max, κ_max/ratio, ...` down to `κ_min`.
 pub(crate) fn kappa_grid(kappa_min: f64, kappa_max: f64, ratio: f64) -> Vec<f64> {
@@ -394,6 +417,26 @@ mod tests {
         let mut reinherit = MixtureSr::<false>::new(members([5, 7], &[0.5, 0.5]));
         reinherit.inherit(&back.restored(&ms));
         assert_eq!(reinherit.rdc().0, [with_c.rdc().0[1], 0.0], "member 5 carries over, 7 is new");
+    }
+
+    #[test]
+    fn a_patched_step_is_a_step_with_the_patch_spliced_in() {
+        let ms = members([1, 2, 3, 4, 5], &[0.3, 0.2, 0.2, 0.2, 0.1]);
+        let lr = [1.2, 0.9, 0.8, 1.1, 0.95];
+        let patch = [3.0, 2.5, 0.4, 0.3, 7.0];
+        for patched in [0..0, 0..2, 1..4, 3..5, 0..5, 4..4] {
+            let mut spliced = lr;
+            spliced[patched.clone()].copy_from_slice(&patch[patched.clone()]);
+            let (mut a, mut b) =
+                (MixtureSr::<false>::new(Arc::clone(&ms)), MixtureSr::<false>::new(Arc::clone(&ms)));
+            for _ in 0..3 {
+                assert_eq!(
+                    a.step_patched(&lr, &patch, patched.clone()).to_bits(),
+                    b.step(&spliced, 0.0).to_bits()
+                );
+            }
+            assert_eq!(a, b, "{patched:?}");
+        }
     }
 
     #[test]
