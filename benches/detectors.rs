@@ -37,16 +37,24 @@ fn bench(c: &mut Criterion) {
         uniforms(2).take(N).map(|u| Observation::Real(-(1.0 - u).ln() * 100.0)).collect();
     let cat: Vec<Observation> =
         uniforms(3).take(N).map(|u| Observation::Category(CATS[(u * 5.0) as usize % 5])).collect();
+    // Above 8 categories the auto bank tilts one category against the rest.
+    const MANY: [&str; 20] = [
+        "c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9", "c10", "c11", "c12", "c13", "c14", "c15",
+        "c16", "c17", "c18", "c19",
+    ];
+    let many: Vec<Observation> =
+        uniforms(5).take(N).map(|u| Observation::Category(MANY[(u * 20.0) as usize % 20])).collect();
     let mut g = c.benchmark_group("update");
     g.throughput(Throughput::Elements(N as u64));
-    for (kind, data, names) in [
-        (MetricKind::Bernoulli, &bern, &["auto", "page-hinkley", "adwin", "chi2", "psi"][..]),
-        (MetricKind::Real, &real, &["auto", "page-hinkley", "adwin", "ks", "psi"][..]),
-        (MetricKind::Categorical, &cat, &["auto", "chi2", "psi"][..]),
+    for (label, kind, data, names) in [
+        ("bernoulli", MetricKind::Bernoulli, &bern, &["auto", "page-hinkley", "adwin", "chi2", "psi"][..]),
+        ("real", MetricKind::Real, &real, &["auto", "page-hinkley", "adwin", "ks", "psi"][..]),
+        ("categorical", MetricKind::Categorical, &cat, &["auto", "chi2", "psi"][..]),
+        ("categorical-20", MetricKind::Categorical, &many, &["auto"][..]),
     ] {
         for name in names {
             let proto = warmed(kind, name, data);
-            g.bench_with_input(BenchmarkId::new(kind.as_str(), name), data, |b, data| {
+            g.bench_with_input(BenchmarkId::new(label, name), data, |b, data| {
                 b.iter_batched(
                     || proto.clone(),
                     |mut det| {

@@ -82,6 +82,11 @@ const KINDS: &[(&str, &str, &str)] = &[
         "{ kind: drift, detector: auto, false_alarm_rate: 1.0e-6 }",
     ),
     (
+        "auto (categorical, 12)",
+        "{ kind: categorical, value: 'tool_calls[1]' }",
+        "{ kind: drift, detector: auto, false_alarm_rate: 1.0e-6 }",
+    ),
+    (
         "cusum (bernoulli)",
         "{ kind: bernoulli, value: citations.verified > 0 }",
         "{ kind: drift, detector: cusum, p0: 0.95, p1: 0.8, false_alarm_rate: 1.0e-6 }",
@@ -126,7 +131,12 @@ fn event(agent: u64, i: u64) -> Telemetry {
         latency_ms: Some(500.0 + 1000.0 * r),
         citations: Some(Citations { total: 1, verified: (r < 0.95) as u32 }),
         pii_detected: Some(false),
-        tool_calls: vec![["search", "fetch", "calc", "answer"][(i % 4) as usize].into()],
+        // The second call is one of 12 (above 8 categories the auto bank tilts one against
+        // the rest).
+        tool_calls: vec![
+            ["search", "fetch", "calc", "answer"][(i % 4) as usize].into(),
+            format!("t{}", (h >> 40) % 12).into(),
+        ],
         attributes: BTreeMap::new(),
     }
 }
