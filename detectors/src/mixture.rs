@@ -238,26 +238,14 @@ impl<const AUX: bool> MixtureSr<AUX> {
         if !AUX {
             debug_assert!(aux == 0.0, "a bank without C steps no auxiliary value");
             for (j, ((r, d), m)) in r.iter_mut().zip(d).zip(members).enumerate() {
-                let w = m.w;
-                let l = lr(j);
-                let prev = *r;
-                *d = (*d + prev) * l;
-                let next = (1.0 + prev) * l;
-                *r = next;
-                lambda += w * next;
+                lambda += m.w * advance(r, d, lr(j));
             }
-            self.lambda = lambda;
-            return lambda;
-        }
-        for (j, (((r, d), c), m)) in r.iter_mut().zip(d).zip(c).zip(members).enumerate() {
-            let w = m.w;
-            let l = lr(j);
-            let prev = *r;
-            *d = (*d + prev) * l;
-            *c = (*c + (prev + 1.0) * aux) * l;
-            let next = (1.0 + prev) * l;
-            *r = next;
-            lambda += w * next;
+        } else {
+            for (j, (((r, d), c), m)) in r.iter_mut().zip(d).zip(c).zip(members).enumerate() {
+                let (l, prev) = (lr(j), *r);
+                lambda += m.w * advance(r, d, l);
+                *c = (*c + (prev + 1.0) * aux) * l;
+            }
         }
         self.lambda = lambda;
         lambda
@@ -295,16 +283,21 @@ impl MixtureSr<false> {
         for (lo, hi, lr) in [(0, a, lr), (a, b, patch), (b, k, lr)] {
             let run = r[lo..hi].iter_mut().zip(&mut d[lo..hi]).zip(&members[lo..hi]).zip(&lr[lo..hi]);
             for (((r, d), m), &l) in run {
-                let prev = *r;
-                *d = (*d + prev) * l;
-                let next = (1.0 + prev) * l;
-                *r = next;
-                lambda += m.w * next;
+                lambda += m.w * advance(r, d, l);
             }
         }
         self.lambda = lambda;
         lambda
     }
+}
+
+/// One member's `R` and `D` after an event with likelihood ratio `l`; returns the new `R`.
+#[inline(always)]
+fn advance(r: &mut f64, d: &mut f64, l: f64) -> f64 {
+    let prev = *r;
+    *d = (*d + prev) * l;
+    *r = (1.0 + prev) * l;
+    *r
 }
 
 /// The grid of per-event information levels `κ` (in nats) that banks are built on, largest
