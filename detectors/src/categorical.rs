@@ -329,11 +329,11 @@ impl AutoCategorical {
         let lambda = if self.names.len() <= CONTRAST_LIMIT {
             sr.step(&self.lr[c * m..c * m + m], 0.0)
         } else {
-            // The members moving `c` (directions `2c` and `2c + 1`) are one run, as ids
-            // increase with the direction: found by two searches, not a look-up per member.
+            // The members moving `c` are one run, as ids increase with the direction: found
+            // by two searches, not a look-up per member.
             let (moved, rest) = self.lr.split_at(m);
-            let from = sr.members.partition_point(|x| direction(x.id) < 2 * c);
-            let to = sr.members.partition_point(|x| direction(x.id) < 2 * c + 2);
+            let from = sr.members.partition_point(|x| moved_category(direction(x.id)) < c);
+            let to = sr.members.partition_point(|x| moved_category(direction(x.id)) <= c);
             sr.step_patched(rest, moved, from..to)
         };
         if lambda >= self.threshold {
@@ -434,10 +434,17 @@ fn rows(k: usize) -> usize {
 #[inline]
 fn row(k: usize, d: usize, c: usize) -> usize {
     if k > CONTRAST_LIMIT {
-        usize::from(d / 2 != c)
+        usize::from(moved_category(d) != c)
     } else {
         c
     }
+}
+
+/// The category a one-vs-rest direction moves (see [`directions`]: `2c` raises `c`, `2c + 1`
+/// lowers it).
+#[inline]
+fn moved_category(d: usize) -> usize {
+    d / 2
 }
 
 /// `ζ` of a tilt member whose rising, falling and untouched groups have log-likelihood ratios

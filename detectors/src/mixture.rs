@@ -238,13 +238,15 @@ impl<const AUX: bool> MixtureSr<AUX> {
         if !AUX {
             debug_assert!(aux == 0.0, "a bank without C steps no auxiliary value");
             for (j, ((r, d), m)) in r.iter_mut().zip(d).zip(members).enumerate() {
-                lambda += m.w * advance(r, d, lr(j));
+                let next = advance(r, d, lr(j));
+                lambda += m.w * next;
             }
         } else {
             for (j, (((r, d), c), m)) in r.iter_mut().zip(d).zip(c).zip(members).enumerate() {
                 let (l, prev) = (lr(j), *r);
-                lambda += m.w * advance(r, d, l);
+                let next = advance(r, d, l);
                 *c = (*c + (prev + 1.0) * aux) * l;
+                lambda += m.w * next;
             }
         }
         self.lambda = lambda;
@@ -275,15 +277,15 @@ impl MixtureSr<false> {
     /// event's category are one run, with ratios of their own. The sum runs in member
     /// order, as `step`'s does, so Λ is the same to the bit.
     pub fn step_patched(&mut self, lr: &[f64], patch: &[f64], patched: Range<usize>) -> f64 {
-        let k = self.len();
-        let (a, b) = (patched.start.min(k), patched.end.clamp(patched.start.min(k), k));
+        let (k, a, b) = (self.len(), patched.start, patched.end);
         let members = &self.members[..k];
         let (r, d) = self.s.split_at_mut(k);
         let mut lambda = 0.0;
         for (lo, hi, lr) in [(0, a, lr), (a, b, patch), (b, k, lr)] {
             let run = r[lo..hi].iter_mut().zip(&mut d[lo..hi]).zip(&members[lo..hi]).zip(&lr[lo..hi]);
             for (((r, d), m), &l) in run {
-                lambda += m.w * advance(r, d, l);
+                let next = advance(r, d, l);
+                lambda += m.w * next;
             }
         }
         self.lambda = lambda;
@@ -296,8 +298,9 @@ impl MixtureSr<false> {
 fn advance(r: &mut f64, d: &mut f64, l: f64) -> f64 {
     let prev = *r;
     *d = (*d + prev) * l;
-    *r = (1.0 + prev) * l;
-    *r
+    let next = (1.0 + prev) * l;
+    *r = next;
+    next
 }
 
 /// The grid of per-event information levels `κ` (in nats) that banks are built on, largest
