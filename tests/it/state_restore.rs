@@ -226,7 +226,7 @@ fn version_1_state_records_still_decode() {
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(bytes[0], 1);
     let state = driftgate_core::codec::changelog::decode_agent(&bytes).unwrap();
-    assert_eq!(state.workflow, "finance");
+    assert_eq!(&*state.workflow, "finance");
     assert!(!state.clauses.is_empty());
     // Restorable into an engine with today's pacts.
     let mut r = Restorer::default();

@@ -236,7 +236,7 @@ mod tests {
     use crate::engine::{Engine, EngineConfig};
 
     fn agent(workflow: &str) -> AgentState {
-        AgentState::new(workflow.into(), "v1".into(), vec![0], 7)
+        AgentState::new(workflow.into(), "v1", vec![0], 7)
     }
 
     fn meta(position: i64) -> Vec<u8> {
@@ -292,7 +292,7 @@ mod tests {
         let snap = r.finish().unwrap().expect("a complete snapshot");
         assert_eq!(snap.meta.position, 20);
         let workflows: Vec<(&str, &str)> =
-            snap.agents.iter().map(|(id, a)| (id.as_str(), a.workflow.as_str())).collect();
+            snap.agents.iter().map(|(id, a)| (id.as_str(), &*a.workflow)).collect();
         assert_eq!(workflows, [("a1", "w3")], "a2 deleted, a3 not adopted");
         assert_eq!(snap.torn, ["a3"]);
     }

@@ -29,6 +29,14 @@ impl Engine {
             .collect()
     }
 
+    /// The workflow index's name for `workflow`, which its agents share, or a new one.
+    pub(super) fn workflow_name(&self, workflow: &str) -> Arc<str> {
+        match self.workflows.get_key_value(workflow) {
+            Some((name, _)) => name.clone(),
+            None => workflow.into(),
+        }
+    }
+
     /// The engine's parts an event's walk borrows: the agents, and the rest apart from them.
     fn split(&mut self) -> (&mut HashMap<String, AgentState, foldhash::fast::RandomState>, EventCx<'_>) {
         let Engine { agents, pacts, protos, slots, stats, trace, timers, dirty, segment_buf, .. } = self;
@@ -51,7 +59,7 @@ impl Engine {
         // everything that follows. Others go through `place_agent` first.
         let (agents, mut cx) = self.split();
         let walked = match agents.get_mut(tel.agent_id.as_str()) {
-            Some(agent) if agent.workflow == tel.workflow => {
+            Some(agent) if *agent.workflow == *tel.workflow => {
                 Some(Self::walk(&mut cx, agent, tel, ttl, &causation))
             }
             _ => None,
@@ -102,31 +110,28 @@ impl Engine {
     #[cold]
     #[inline(never)]
     fn place_agent(&mut self, tel: &Telemetry, now: i64) {
-        if self.agents.get(tel.agent_id.as_str()).is_some_and(|a| a.workflow == tel.workflow) {
+        if self.agents.get(tel.agent_id.as_str()).is_some_and(|a| *a.workflow == *tel.workflow) {
             return;
         }
         // Pact coverage depends on agent and workflow only: matched on creation, and again
         // on a move.
         let pacts = self.covering(&tel.agent_id, &tel.workflow);
+        let workflow = self.workflow_name(&tel.workflow);
         let Some(agent) = self.agents.get_mut(tel.agent_id.as_str()) else {
             self.agents.insert(
                 tel.agent_id.to_string(),
-                AgentState::new(tel.workflow.to_string(), tel.model.version.to_string(), pacts, now),
+                AgentState::new(workflow.clone(), &tel.model.version, pacts, now),
             );
-            self.workflows
-                .entry(tel.workflow.to_string())
-                .or_default()
-                .agents
-                .insert(tel.agent_id.to_string());
+            self.workflows.entry(workflow).or_default().agents.insert(tel.agent_id.to_string());
             return;
         };
-        let old = std::mem::replace(&mut agent.workflow, tel.workflow.to_string());
-        agent.pacts = pacts;
+        let old = std::mem::replace(&mut agent.workflow, workflow.clone());
+        agent.pacts = pacts.into_boxed_slice();
         if let Some(w) = self.workflows.get_mut(&old) {
             w.remove(tel.agent_id.as_str());
         }
         let (blocked, capped) = (agent.published.all == Lane::Block, agent.capped);
-        let w = self.workflows.entry(tel.workflow.to_string()).or_default();
+        let w = self.workflows.entry(workflow).or_default();
         w.agents.insert(tel.agent_id.to_string());
         if blocked {
             w.blocked.insert(tel.agent_id.to_string());
@@ -169,7 +174,7 @@ impl Engine {
             inline[..agent.pacts.len()].copy_from_slice(&agent.pacts);
             &inline[..agent.pacts.len()]
         } else {
-            heap = agent.pacts.clone();
+            heap = agent.pacts.to_vec();
             &heap
         };
         let pacts = cx.pacts;
@@ -206,7 +211,7 @@ impl Engine {
         causes: &mut Vec<Cause>,
     ) {
         let (pacts, slots) = (cx.pacts, cx.slots);
-        let from = std::mem::replace(&mut agent.model_version, tel.model.version.to_string());
+        let from = std::mem::replace(&mut agent.model_version, tel.model.version.as_str().into()).to_string();
         let pending: BTreeSet<ClauseKey> = agent
             .clauses
             .keys()
@@ -252,14 +257,14 @@ impl Engine {
     pub(super) fn on_ttl(&mut self, agent_id: &str, at: i64) {
         let ttl = self.cfg.state_ttl.micros();
         let Some(agent) = self.agents.get_mut(agent_id) else { return };
-        agent.ttl_at = None;
+        agent.set_ttl_at(None);
         let idle = at - agent.last_seen >= ttl;
         let quiet = agent.published == ByScope::both(Lane::Normal) && agent.overrides.is_empty();
         if !(idle && quiet) {
             // Not idle: check again a TTL after the last event. Idle but not quiet (a lane
             // or an override still holds): state is kept, and checked again a TTL later.
             let next = if idle { at + ttl.max(1) } else { agent.last_seen + ttl };
-            agent.ttl_at = Some(next);
+            agent.set_ttl_at(Some(next));
             self.schedule(next, Timer::Ttl(agent_id.to_string()));
             return;
         }

@@ -79,7 +79,7 @@ mod tests {
     use super::*;
 
     fn agent() -> AgentState {
-        AgentState::new("wf".into(), "v1".into(), vec![0], 0)
+        AgentState::new("wf".into(), "v1", vec![0], 0)
     }
 
     /// Each id once per round, sorted, with or without state; a new round lists again.

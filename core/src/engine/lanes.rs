@@ -59,7 +59,7 @@ impl Engine {
                 if !w.panicked {
                     w.panicked = true;
                     let ev = PanicEvent {
-                        workflow: agent.workflow.clone(),
+                        workflow: agent.workflow.to_string(),
                         would_block: would,
                         agents: n,
                         fail_mode,

@@ -56,6 +56,7 @@ use driftgate_detectors::{Alarm, AnyDetector, Detector, MetricKind, Observation}
 use registry::{severe_clauses, RegistryMeta, Role, SlotInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use tracing::{debug, debug_span};
 
 /// Engine settings that are not part of any pact.
@@ -349,7 +350,7 @@ pub struct Engine {
     /// foldhash: a per-process-seeded fast hash (std's SipHash was ~5 % of the engine's
     /// time); nothing iterates these maps, so output stays deterministic.
     agents: HashMap<String, AgentState, foldhash::fast::RandomState>,
-    workflows: HashMap<String, WorkflowStats, foldhash::fast::RandomState>,
+    workflows: HashMap<Arc<str>, WorkflowStats, foldhash::fast::RandomState>,
     buffer: buffer::TimeBuffer,
     /// Restored buffer entries whose input the source has not read again yet, by tag: their
     /// `(event time, arrival)` in the buffer.

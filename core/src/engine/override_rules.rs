@@ -16,9 +16,9 @@ impl Engine {
                 if !self.agents.contains_key(&req.agent_id) {
                     // Known only by this override (telemetry may follow): its state expires
                     // like any other, so overrides for unknown ids cannot pile up.
-                    let mut agent = AgentState::new(String::new(), String::new(), Vec::new(), now);
+                    let mut agent = AgentState::new(self.workflow_name(""), "", Vec::new(), now);
                     let at = now.saturating_add(self.cfg.state_ttl.micros());
-                    agent.ttl_at = Some(at);
+                    agent.set_ttl_at(Some(at));
                     self.agents.insert(req.agent_id.clone(), agent);
                     self.schedule(at, Timer::Ttl(req.agent_id.clone()));
                 }

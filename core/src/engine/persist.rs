@@ -75,7 +75,7 @@ impl Engine {
             chain: self.chain.clone(),
             stats: self.stats.clone(),
             activated: self.activated,
-            panicked: self.workflows.iter().filter(|(_, w)| w.panicked).map(|(k, _)| k.clone()).collect(),
+            panicked: self.workflows.iter().filter(|(_, w)| w.panicked).map(|(k, _)| k.to_string()).collect(),
             tick_floor: self.tick_floor,
             registry: self.registry_meta(),
         }
@@ -168,10 +168,7 @@ impl Engine {
         let mut replaced = 0u64;
         for (id, mut a) in agents {
             a.pacts = a.pacts.iter().filter_map(|p| map(*p)).collect();
-            a.shadow = std::mem::take(&mut a.shadow)
-                .into_iter()
-                .filter_map(|(p, l)| map(p).map(|p| (p, l)))
-                .collect();
+            a.shadow.remap(map);
             if let Some(sc) = a.scope.as_mut() {
                 sc.pending.retain_mut(|ch| map(ch.pact).map(|p| ch.pact = p).is_some());
             }
@@ -201,9 +198,11 @@ impl Engine {
             for o in &a.overrides {
                 e.timers.insert((o.expires_at, Timer::OverrideExpiry(id.clone(), o.req.override_id.clone())));
             }
-            if let Some(at) = a.ttl_at {
+            if let Some(at) = a.ttl_at() {
                 e.timers.insert((at, Timer::Ttl(id.clone())));
             }
+            // Restored agents share their workflow's name, as running ones do.
+            a.workflow = e.workflow_name(&a.workflow);
             let w = e.workflows.entry(a.workflow.clone()).or_default();
             w.agents.insert(id.clone());
             if a.published.all == Lane::Block {
@@ -221,7 +220,7 @@ impl Engine {
             );
         }
         for wf in meta.panicked {
-            e.workflows.entry(wf).or_default().panicked = true;
+            e.workflows.entry(wf.into()).or_default().panicked = true;
         }
         // A pact file added (or whose coverage changed) since the snapshot covers the
         // restored agents it matches at once, not only after their next workflow move.

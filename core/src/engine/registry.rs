@@ -426,8 +426,8 @@ impl Engine {
             let Some(wf) = self.agents.get(&id).map(|a| a.workflow.clone()) else { continue };
             let pacts = self.covering(&id, &wf);
             if let Some(a) = self.agents.get_mut(&id) {
-                if a.pacts != pacts {
-                    a.pacts = pacts;
+                if *a.pacts != *pacts {
+                    a.pacts = pacts.into_boxed_slice();
                     self.dirty.mark(&id, Some(a));
                 }
             }
@@ -441,9 +441,9 @@ impl Engine {
         for (id, a) in self.agents.iter_mut() {
             let before = a.clauses.len();
             a.clauses.retain(|k, _| k.0 != slot);
-            let had = a.shadow.remove(&slot).is_some();
+            let had = a.shadow.remove(slot);
             if a.clauses.len() != before || had || a.pacts.contains(&slot) {
-                a.pacts.retain(|p| *p != slot);
+                a.pacts = a.pacts.iter().copied().filter(|p| *p != slot).collect();
                 self.dirty.mark(id, Some(a));
             }
         }
@@ -530,7 +530,7 @@ impl Engine {
             }
             a.clauses = moved;
             if let Some(s) = shadow {
-                a.shadow.remove(&s);
+                a.shadow.remove(s);
             }
             if let Some(mc) = a.model_change.as_mut() {
                 mc.pending = std::mem::take(&mut mc.pending)
@@ -618,7 +618,7 @@ impl Engine {
                 (all, mine.clone().any(|(k, s)| s.stale && clause_at(&self.pacts, k.0, k.1).1.high_risk))
             };
             let lanes = ByScope { all, high_risk: if stale { all.max(Lane::Review) } else { all } };
-            let before = agent.shadow.get(&slot).copied().unwrap_or(ByScope::both(Lane::Normal));
+            let before = agent.shadow.get(slot).unwrap_or(ByScope::both(Lane::Normal));
             if lanes == before {
                 continue;
             }

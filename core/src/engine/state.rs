@@ -7,9 +7,12 @@ use crate::model::enforcement::Detection;
 use crate::model::lane::{ByScope, Lane};
 use crate::model::overrides::{ActiveOverride, OverrideKind};
 use crate::pact::Freshness;
+use compact_str::CompactString;
 use driftgate_detectors::AnyDetector;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use thin_vec::ThinVec;
 
 /// Identifies a clause state within an agent: pact index, clause index, segment.
 pub type ClauseKey = (u16, u16, Segment);
@@ -331,32 +334,39 @@ impl ScopeState {
 }
 
 /// State of one agent.
+///
+/// Every agent of the fleet pays for this struct in the agents map, with the map's spare
+/// room, so what most agents never hold (overrides, shadow lanes) takes one pointer, and
+/// what many share (the workflow's name) is shared. Stored as it was when these were plain
+/// vectors, maps and strings (a test compares the bytes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentState {
     /// Sequence number of the last enforcement event.
     pub seq: u64,
-    /// Last seen workflow.
-    pub workflow: String,
-    /// Last seen model version.
-    pub model_version: String,
+    /// Last seen workflow: the engine's workflow index holds the same name.
+    pub workflow: Arc<str>,
+    /// Last seen model version (inline up to 24 bytes).
+    pub model_version: CompactString,
     /// Indexes of the pacts covering the agent.
-    pub pacts: Vec<u16>,
+    pub pacts: Box<[u16]>,
     /// Event time first seen.
     pub first_seen: i64,
     /// Event time last seen.
     pub last_seen: i64,
     /// Clause states, in key order.
     pub clauses: ClauseMap,
-    /// Overrides in force.
-    pub overrides: Vec<ActiveOverride>,
+    /// Overrides in force: one pointer, and no allocation while there are none.
+    pub overrides: ThinVec<ActiveOverride>,
     /// Pending model-change re-verification. Boxed: an agent holds one only while a new
     /// model version re-verifies, and 88 bytes inline cost every agent of the fleet (more
     /// with the agents map's spare room).
     pub model_change: Option<Box<ModelChange>>,
     /// Lanes last published, per scope.
     pub published: ByScope<Lane>,
-    /// When the pending TTL check fires.
-    pub ttl_at: Option<i64>,
+    /// When the pending TTL check fires, `i64::MIN` when none is (see
+    /// [`AgentState::ttl_at`]); stored as an optional time, `nil` for none.
+    #[serde(rename = "ttl_at", serialize_with = "optional_time", deserialize_with = "timer_or_never")]
+    ttl: i64,
     /// Held at the fail mode by the blast-radius cap: re-evaluated on each of its events,
     /// so that it is blocked as soon as the cap lets it be.
     #[serde(default)]
@@ -365,33 +375,110 @@ pub struct AgentState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Box<ScopeState>>,
     /// Would-be lanes under each shadow pact version (by slot), when not `normal`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub shadow: BTreeMap<u16, ByScope<Lane>>,
+    #[serde(default, skip_serializing_if = "ShadowLanes::is_empty")]
+    pub shadow: ShadowLanes,
     /// When the agent was last listed as changed: the engine's bookkeeping, not stored.
     #[serde(skip)]
     pub listed_in: ListedIn,
 }
 
+/// A time that may be unset (`i64::MIN`), stored as an optional time.
+fn optional_time<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
+    (*t != i64::MIN).then_some(*t).serialize(s)
+}
+
+/// An agent's would-be lanes per shadow pact version (by slot): one pointer, none while the
+/// agent has none (no pact of its is in shadow, or every one would leave it `normal`).
+/// Stored as the map.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[allow(clippy::box_collection, reason = "one pointer inline where the map takes three")]
+pub struct ShadowLanes(Option<Box<BTreeMap<u16, ByScope<Lane>>>>);
+
+impl ShadowLanes {
+    /// Whether no version has lanes for the agent.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The lanes under the version in `slot`.
+    pub fn get(&self, slot: u16) -> Option<ByScope<Lane>> {
+        self.0.as_ref()?.get(&slot).copied()
+    }
+
+    /// Sets the lanes under the version in `slot`.
+    pub fn insert(&mut self, slot: u16, lanes: ByScope<Lane>) {
+        self.0.get_or_insert_default().insert(slot, lanes);
+    }
+
+    /// Drops the lanes under the version in `slot`; returns whether there were any.
+    pub fn remove(&mut self, slot: u16) -> bool {
+        let Some(m) = self.0.as_mut() else { return false };
+        let had = m.remove(&slot).is_some();
+        if m.is_empty() {
+            self.0 = None;
+        }
+        had
+    }
+
+    /// Keeps the versions whose slot `f` maps to one, under that slot (a restore's remap).
+    pub fn remap(&mut self, f: impl Fn(u16) -> Option<u16>) {
+        let m: BTreeMap<u16, ByScope<Lane>> =
+            self.0.take().into_iter().flat_map(|m| *m).filter_map(|(p, l)| f(p).map(|p| (p, l))).collect();
+        *self = ShadowLanes::from(m);
+    }
+}
+
+impl From<BTreeMap<u16, ByScope<Lane>>> for ShadowLanes {
+    fn from(m: BTreeMap<u16, ByScope<Lane>>) -> Self {
+        ShadowLanes((!m.is_empty()).then(|| Box::new(m)))
+    }
+}
+
+impl Serialize for ShadowLanes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(m) => m.serialize(s),
+            None => BTreeMap::<u16, ByScope<Lane>>::new().serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ShadowLanes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BTreeMap::deserialize(d).map(ShadowLanes::from)
+    }
+}
+
 impl AgentState {
     /// A new agent.
-    pub fn new(workflow: String, model_version: String, pacts: Vec<u16>, now: i64) -> Self {
+    pub fn new(workflow: Arc<str>, model_version: &str, pacts: Vec<u16>, now: i64) -> Self {
         AgentState {
             seq: 0,
             workflow,
-            model_version,
-            pacts,
+            model_version: model_version.into(),
+            pacts: pacts.into_boxed_slice(),
             first_seen: now,
             last_seen: now,
             clauses: ClauseMap::new(),
-            overrides: Vec::new(),
+            overrides: ThinVec::new(),
             model_change: None,
             published: ByScope::both(Lane::Normal),
-            ttl_at: None,
+            ttl: i64::MIN,
             capped: false,
             scope: None,
-            shadow: BTreeMap::new(),
+            shadow: ShadowLanes::default(),
             listed_in: ListedIn::default(),
         }
+    }
+
+    /// When the pending TTL check fires, if one is scheduled.
+    pub fn ttl_at(&self) -> Option<i64> {
+        (self.ttl != i64::MIN).then_some(self.ttl)
+    }
+
+    /// Schedules the TTL check at `at`, or none.
+    pub(crate) fn set_ttl_at(&mut self, at: Option<i64>) {
+        self.ttl = at.map_or(i64::MIN, |t| t.max(i64::MIN + 1));
     }
 
     /// Whether an attestation for `clause_id` is in force.
@@ -405,11 +492,11 @@ impl AgentState {
     /// the last event and returns its time, for the caller to schedule.
     pub(crate) fn seen(&mut self, now: i64, ttl: i64) -> Option<i64> {
         self.last_seen = self.last_seen.max(now);
-        if self.ttl_at.is_some() {
+        if self.ttl != i64::MIN {
             return None;
         }
         let at = self.last_seen + ttl;
-        self.ttl_at = Some(at);
+        self.set_ttl_at(Some(at));
         Some(at)
     }
 }
@@ -446,8 +533,94 @@ mod tests {
         // Every agent pays for this in the agents map, with the map's spare room: it was 304
         // bytes before the pending model change, held only while a new model version
         // re-verifies, was boxed.
+        // 224 before the overrides and shadow lanes took a pointer, the TTL time lost its
+        // `Option`'s tag and the workflow's name and the pacts their capacity.
         let size = std::mem::size_of::<AgentState>();
-        assert!(size <= 224, "AgentState is {size} bytes");
+        assert!(size <= 168, "AgentState is {size} bytes");
+    }
+
+    /// An agent as it was stored while its fields were a `String`, a `Vec`, a map and an
+    /// `Option`: the stored form must not change with their types.
+    #[derive(Serialize)]
+    struct StoredBefore {
+        seq: u64,
+        workflow: String,
+        model_version: String,
+        pacts: Vec<u16>,
+        first_seen: i64,
+        last_seen: i64,
+        clauses: ClauseMap,
+        overrides: Vec<ActiveOverride>,
+        model_change: Option<Box<ModelChange>>,
+        published: ByScope<Lane>,
+        ttl_at: Option<i64>,
+        capped: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        scope: Option<Box<ScopeState>>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        shadow: BTreeMap<u16, ByScope<Lane>>,
+    }
+
+    fn before(a: &AgentState, shadow: BTreeMap<u16, ByScope<Lane>>) -> StoredBefore {
+        StoredBefore {
+            seq: a.seq,
+            workflow: a.workflow.to_string(),
+            model_version: a.model_version.to_string(),
+            pacts: a.pacts.to_vec(),
+            first_seen: a.first_seen,
+            last_seen: a.last_seen,
+            clauses: a.clauses.clone(),
+            overrides: a.overrides.to_vec(),
+            model_change: a.model_change.clone(),
+            published: a.published,
+            ttl_at: a.ttl_at(),
+            capped: a.capped,
+            scope: a.scope.clone(),
+            shadow,
+        }
+    }
+
+    #[test]
+    fn an_agent_is_stored_as_before_its_fields_were_slimmed() {
+        let req: crate::model::overrides::OverrideRequest = serde_json::from_value(serde_json::json!({
+            "override_id": "o1", "agent_id": "a", "kind": "tighten", "lane": "review",
+            "principal": "p", "reason": "r", "ticket": "T-1", "issued_at": 5, "expires_at": 9,
+        }))
+        .unwrap();
+        let lanes = ByScope { all: Lane::Watch, high_risk: Lane::Review };
+        let plain = AgentState::new("support".into(), "model-v2", vec![0, 2], 7);
+        let mut busy = plain.clone();
+        busy.overrides.push(ActiveOverride { req, expires_at: 9 });
+        busy.set_ttl_at(Some(1_000));
+        busy.shadow.insert(3, lanes);
+        busy.capped = true;
+        let mut cleared = busy.clone();
+        assert!(cleared.shadow.remove(3) && !cleared.shadow.remove(3));
+        assert!(cleared.shadow.is_empty() && cleared.shadow == ShadowLanes::default());
+        let cases =
+            [(&plain, BTreeMap::new()), (&busy, BTreeMap::from([(3, lanes)])), (&cleared, BTreeMap::new())];
+        for (a, shadow) in cases {
+            let bytes = rmp_serde::to_vec_named(a).unwrap();
+            assert_eq!(bytes, rmp_serde::to_vec_named(&before(a, shadow)).unwrap());
+            let back: AgentState = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(&back, a);
+            assert_eq!((back.ttl_at(), back.shadow.get(3)), (a.ttl_at(), a.shadow.get(3)));
+        }
+        assert_eq!((plain.ttl_at(), busy.ttl_at()), (None, Some(1_000)));
+        // No allocation for what an agent does not hold.
+        assert!(plain.overrides.capacity() == 0 && plain.shadow.0.is_none());
+    }
+
+    #[test]
+    fn shadow_lanes_remap_to_new_slots_and_drop_the_unmapped() {
+        let l = |all| ByScope { all, high_risk: all };
+        let mut s = ShadowLanes::default();
+        s.insert(1, l(Lane::Watch));
+        s.insert(4, l(Lane::Block));
+        s.remap(|p| (p == 4).then_some(0));
+        assert_eq!((s.get(0), s.get(1), s.get(4)), (Some(l(Lane::Block)), None, None));
+        s.remap(|_| None);
+        assert!(s.is_empty() && s.0.is_none());
     }
 
     #[test]

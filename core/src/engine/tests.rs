@@ -1184,7 +1184,7 @@ fn a_restore_remaps_pacts_by_id_and_version_and_rebuilds_the_workflow_sets() {
     let r = Engine::restore(e.config().clone(), pacts, e.meta(), agents());
     let a0 = r.agent("a0").unwrap();
     // The new pact covers the restored agent at once, with no state yet.
-    assert_eq!(a0.pacts, [0, 1]);
+    assert_eq!(*a0.pacts, [0, 1]);
     assert!(!a0.clauses.is_empty() && a0.clauses.keys().all(|k| k.0 == 1));
     assert_eq!(a0.published, ByScope::both(Block));
     let w = &r.workflows["w"];
@@ -1201,7 +1201,7 @@ fn a_restore_remaps_pacts_by_id_and_version_and_rebuilds_the_workflow_sets() {
     let pacts = vec![parse_pact(&v2, "rules.yaml").unwrap()];
     let r = Engine::restore(e.config().clone(), pacts, e.meta(), agents());
     let a0 = r.agent("a0").unwrap();
-    assert!(a0.pacts == [0] && a0.clauses.is_empty(), "covered by version 2, with fresh state: {a0:?}");
+    assert!(*a0.pacts == [0] && a0.clauses.is_empty(), "covered by version 2, with fresh state: {a0:?}");
 }
 
 const DRIFT_RECOVERY: &str = r#"

@@ -150,7 +150,7 @@ impl Engine {
             return false;
         }
         let breaches = |pacts: &[u16]| pacts.iter().any(|&p| breaches_in(p));
-        match self.agents.get(tel.agent_id.as_str()).filter(|a| a.workflow == tel.workflow) {
+        match self.agents.get(tel.agent_id.as_str()).filter(|a| *a.workflow == *tel.workflow) {
             Some(a) => breaches(&a.pacts),
             None => breaches(&self.covering(&tel.agent_id, &tel.workflow)),
         }

@@ -153,8 +153,8 @@ impl AgentSnapshot {
             incarnation: a.first_seen,
             lane: a.published.all,
             high_risk_lane: a.published.high_risk,
-            workflow: a.workflow.clone(),
-            model_version: a.model_version.clone(),
+            workflow: a.workflow.to_string(),
+            model_version: a.model_version.to_string(),
             model_change: a.model_change.as_ref().map(|m| format!("{} -> {}", m.from, m.to)),
             scope_changes: a
                 .scope

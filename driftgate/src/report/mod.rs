@@ -287,9 +287,9 @@ impl ReportBuilder {
             .collect();
         let (mut routed, mut all) = (BTreeSet::new(), BTreeSet::new());
         for (_, a) in engine.agents() {
-            all.insert(a.workflow.as_str());
+            all.insert(&*a.workflow);
             if !a.pacts.is_empty() {
-                routed.insert(a.workflow.as_str());
+                routed.insert(&*a.workflow);
             }
         }
         let share = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
