@@ -6,12 +6,19 @@
 //! input that arrives out of order takes the B-tree (boxed: B-tree nodes shift their values
 //! on insert and remove, and an input is large). Release takes the smaller of the two
 //! fronts, so the order is exactly that of one ordered map.
+//!
+//! The deque's room follows what it held lately, not its peak: a burst (a source catching
+//! up, or a fleet's events at one instant) can take it to hundreds of thousands of inputs
+//! of about 260 bytes, and a deque never gives room back by itself.
 
 use super::Tagged;
 use std::collections::{BTreeMap, VecDeque};
 
 /// A buffered input's place: its event time and arrival number (unique per engine).
 pub(super) type Slot = (i64, u64);
+
+/// The deque's room is never trimmed below this many inputs (about 66 kB).
+const MIN_ROOM: usize = 256;
 
 /// Inputs waiting for the watermark, in `(event time, arrival)` order.
 #[derive(Debug, Default)]
@@ -20,6 +27,10 @@ pub(super) struct TimeBuffer {
     in_order: VecDeque<(Slot, Tagged)>,
     /// The rest.
     out_of_order: BTreeMap<Slot, Box<Tagged>>,
+    /// The most inputs the deque held since its room was last reviewed.
+    peak: usize,
+    /// Inputs released from the deque since then.
+    released: usize,
 }
 
 impl TimeBuffer {
@@ -29,6 +40,7 @@ impl TimeBuffer {
     pub(super) fn insert(&mut self, slot: Slot, item: Tagged) {
         if self.in_order.back().is_none_or(|(last, _)| *last < slot) {
             self.in_order.push_back((slot, item));
+            self.peak = self.peak.max(self.in_order.len());
         } else {
             self.out_of_order.insert(slot, Box::new(item));
         }
@@ -55,9 +67,35 @@ impl TimeBuffer {
         }
         let from_deque = self.in_order.front().is_some_and(|(s, _)| *s == first);
         if from_deque {
+            self.released += 1;
+            if self.released >= self.in_order.capacity() {
+                self.review_room();
+            }
             self.in_order.pop_front().map(|(_, item)| item)
         } else {
             self.out_of_order.pop_first().map(|(_, item)| *item)
+        }
+    }
+
+    /// Once the deque has released as many inputs as it has room for: if it never held
+    /// more than a quarter of its room meanwhile, gives back all but twice that (a buffer
+    /// that fills and empties in cycles keeps the room its cycles use).
+    #[cold]
+    #[inline(never)]
+    fn review_room(&mut self) {
+        let room = self.in_order.capacity();
+        if room > MIN_ROOM && self.peak < room / 4 {
+            self.in_order.shrink_to((2 * self.peak).max(MIN_ROOM));
+        }
+        self.peak = self.in_order.len();
+        self.released = 0;
+    }
+
+    /// Gives back the deque's room once nothing is buffered (end of input).
+    pub(super) fn release_room(&mut self) {
+        if self.in_order.is_empty() {
+            self.in_order = VecDeque::new();
+            (self.peak, self.released) = (0, 0);
         }
     }
 
@@ -156,5 +194,53 @@ mod tests {
         want.extend(reference.into_values());
         assert_eq!(released, want);
         assert_eq!(buf.len(), 0);
+    }
+
+    /// After a burst the room shrinks to twice what the buffer holds since, once it has
+    /// released that many; a buffer that fills and empties in cycles keeps its room.
+    #[test]
+    fn the_deques_room_follows_what_it_held_lately() {
+        let mut buf = TimeBuffer::default();
+        let mut arrival = 0u64;
+        let mut push = |buf: &mut TimeBuffer, n: usize| {
+            for _ in 0..n {
+                buf.insert((arrival as i64, arrival), input("x"));
+                arrival += 1;
+            }
+        };
+        // Cycles of 3,000 in and all out: the room they need stays.
+        for _ in 0..5 {
+            push(&mut buf, 3_000);
+            assert_eq!(buf.len(), 3_000);
+            while buf.pop_until(i64::MAX).is_some() {}
+        }
+        let burst_room = buf.in_order.capacity();
+        assert!(burst_room >= 3_000, "{burst_room}");
+        // Then a steady 100 in the buffer: after releasing a room's worth, the room falls
+        // to twice the most held meanwhile, or `MIN_ROOM`.
+        push(&mut buf, 100);
+        let mut released = 0;
+        while released < 2 * burst_room {
+            push(&mut buf, 1);
+            let item = buf.pop_until(i64::MAX - 1);
+            assert!(item.is_some());
+            released += 1;
+            // The first review after the burst still counts the burst's inputs.
+            if released == burst_room {
+                assert_eq!(buf.in_order.capacity(), burst_room, "not before a room's worth");
+            }
+        }
+        let room = buf.in_order.capacity();
+        assert!((MIN_ROOM..2 * MIN_ROOM).contains(&room), "room {room} after a steady 100");
+        assert_eq!(buf.len(), 100);
+        // Order is kept across the trim: the 100 left are the last 100 in.
+        let mut slots = Vec::new();
+        while let Some(slot) = buf.first() {
+            assert!(buf.pop_until(i64::MAX).is_some());
+            slots.push(slot.1);
+        }
+        assert_eq!(slots, (arrival - 100..arrival).collect::<Vec<_>>());
+        buf.release_room();
+        assert_eq!(buf.in_order.capacity(), 0);
     }
 }

@@ -170,6 +170,7 @@ impl Engine {
         while let Some((input, _tag)) = self.buffer.pop_until(i64::MAX) {
             self.process(input, true);
         }
+        self.buffer.release_room();
     }
 
     /// Sets aside the input being offered, and only it: a source dead-letters the record it
