@@ -41,7 +41,7 @@ fn restore(log: &[(Vec<u8>, Option<Vec<u8>>)]) -> (Engine, i64) {
 }
 
 fn states(e: &Engine) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = e.agents().map(|(id, s)| (id.clone(), encode_agent(s))).collect();
+    let mut v: Vec<(String, Vec<u8>)> = e.agents().map(|(id, s)| (id.to_string(), encode_agent(s))).collect();
     v.sort();
     v
 }

@@ -38,7 +38,7 @@ impl Engine {
     }
 
     /// The engine's parts an event's walk borrows: the agents, and the rest apart from them.
-    fn split(&mut self) -> (&mut HashMap<String, AgentState, foldhash::fast::RandomState>, EventCx<'_>) {
+    fn split(&mut self) -> (&mut AgentMap, EventCx<'_>) {
         let Engine { agents, pacts, protos, slots, stats, trace, timers, dirty, segment_buf, .. } = self;
         (
             agents,
@@ -58,9 +58,9 @@ impl Engine {
         // Almost every event: a known agent, still in its workflow, looked up once for
         // everything that follows. Others go through `place_agent` first.
         let (agents, mut cx) = self.split();
-        let walked = match agents.get_mut(tel.agent_id.as_str()) {
-            Some(agent) if *agent.workflow == *tel.workflow => {
-                Some(Self::walk(&mut cx, agent, tel, ttl, &causation))
+        let walked = match agents.get_key_value_mut(tel.agent_id.as_str()) {
+            Some((id, agent)) if *agent.workflow == *tel.workflow => {
+                Some(Self::walk(&mut cx, id, agent, tel, ttl, &causation))
             }
             _ => None,
         };
@@ -70,8 +70,8 @@ impl Engine {
                 self.place_agent(tel, now);
                 let (agents, mut cx) = self.split();
                 // Present: `place_agent` has just created it if it was not.
-                let Some(agent) = agents.get_mut(tel.agent_id.as_str()) else { return };
-                Self::walk(&mut cx, agent, tel, ttl, &causation)
+                let Some((id, agent)) = agents.get_key_value_mut(tel.agent_id.as_str()) else { return };
+                Self::walk(&mut cx, id, agent, tel, ttl, &causation)
             }
         };
         let Walked { mut causes, observed, high_risk_fresh, has_high_risk, capped, scope_pending } = walked;
@@ -117,12 +117,10 @@ impl Engine {
         // on a move.
         let pacts = self.covering(&tel.agent_id, &tel.workflow);
         let workflow = self.workflow_name(&tel.workflow);
-        let Some(agent) = self.agents.get_mut(tel.agent_id.as_str()) else {
-            self.agents.insert(
-                tel.agent_id.to_string(),
-                AgentState::new(workflow.clone(), &tel.model.version, pacts, now),
-            );
-            self.workflows.entry(workflow).or_default().agents.insert(tel.agent_id.to_string());
+        let id = self.agent_id(&tel.agent_id);
+        let Some(agent) = self.agents.get_mut(&id) else {
+            self.workflows.entry(workflow.clone()).or_default().agents.insert(id.clone());
+            self.agents.insert(id, AgentState::new(workflow, &tel.model.version, pacts, now));
             return;
         };
         let old = std::mem::replace(&mut agent.workflow, workflow.clone());
@@ -132,12 +130,12 @@ impl Engine {
         }
         let (blocked, capped) = (agent.published.all == Lane::Block, agent.capped);
         let w = self.workflows.entry(workflow).or_default();
-        w.agents.insert(tel.agent_id.to_string());
+        w.agents.insert(id.clone());
         if blocked {
-            w.blocked.insert(tel.agent_id.to_string());
+            w.blocked.insert(id.clone());
         }
         if capped {
-            w.capped.insert(tel.agent_id.to_string());
+            w.capped.insert(id);
         }
     }
 
@@ -146,15 +144,16 @@ impl Engine {
     /// and every clause of every pact covering the agent.
     fn walk(
         cx: &mut EventCx<'_>,
+        id: &Arc<str>,
         agent: &mut AgentState,
         tel: &Telemetry,
         ttl: i64,
         causation: &CausedBy<'_>,
     ) -> Walked {
         let now = tel.occurred_at;
-        cx.dirty.mark(&tel.agent_id, Some(&mut *agent));
+        cx.dirty.mark(id, Some((id, &mut *agent)));
         if let Some(at) = agent.seen(now, ttl) {
-            cx.timers.insert((at, Timer::Ttl(tel.agent_id.to_string())));
+            cx.timers.insert((at, Timer::Ttl(id.clone())));
         }
         let mut causes: Vec<Cause> = Vec::new();
         let mut observed = Vec::new();
@@ -180,7 +179,7 @@ impl Engine {
         let pacts = cx.pacts;
         for &p in covered {
             for ci in 0..pacts[p as usize].doc.clauses.len() as u16 {
-                let o = Self::on_clause(cx, agent, tel, p, ci, now, causation, &mut causes);
+                let o = Self::on_clause(cx, id, agent, tel, p, ci, now, causation, &mut causes);
                 if scope_pending {
                     observed.push((p, ci, o));
                 }
@@ -254,7 +253,7 @@ impl Engine {
         });
     }
 
-    pub(super) fn on_ttl(&mut self, agent_id: &str, at: i64) {
+    pub(super) fn on_ttl(&mut self, agent_id: &Arc<str>, at: i64) {
         let ttl = self.cfg.state_ttl.micros();
         let Some(agent) = self.agents.get_mut(agent_id) else { return };
         agent.set_ttl_at(None);
@@ -265,7 +264,7 @@ impl Engine {
             // or an override still holds): state is kept, and checked again a TTL later.
             let next = if idle { at + ttl.max(1) } else { agent.last_seen + ttl };
             agent.set_ttl_at(Some(next));
-            self.schedule(next, Timer::Ttl(agent_id.to_string()));
+            self.schedule(next, Timer::Ttl(agent_id.clone()));
             return;
         }
         let Some(agent) = self.agents.remove(agent_id) else { return };

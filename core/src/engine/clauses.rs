@@ -31,6 +31,7 @@ impl Engine {
     #[inline(always)]
     pub(super) fn on_clause(
         cx: &mut EventCx<'_>,
+        id: &Arc<str>,
         agent: &mut AgentState,
         tel: &Telemetry,
         p: u16,
@@ -119,7 +120,7 @@ impl Engine {
             clean_at_decision: None,
         });
         if let Some(at) = need_timer {
-            cx.timers.insert((at, Timer::Freshness(tel.agent_id.to_string(), key.clone())));
+            cx.timers.insert((at, Timer::Freshness(id.clone(), key.clone())));
         }
         let observed = match &result {
             Err(_) => Observed::Nothing,
@@ -346,7 +347,7 @@ impl Engine {
         })
     }
 
-    pub(super) fn on_freshness_timer(&mut self, agent_id: &str, key: ClauseKey, at: i64) {
+    pub(super) fn on_freshness_timer(&mut self, agent_id: &Arc<str>, key: ClauseKey, at: i64) {
         let (_, clause) = clause_at(&self.pacts, key.0, key.1);
         let Some(f) = clause.freshness.clone() else { return };
         let high_risk = clause.high_risk;
@@ -356,7 +357,7 @@ impl Engine {
         if state.is_fresh(at, &f) {
             let next = state.stale_deadline(&f).max(at + 1);
             state.set_timer_at(Some(next));
-            self.schedule(next, Timer::Freshness(agent_id.to_string(), key));
+            self.schedule(next, Timer::Freshness(agent_id.clone(), key));
             return;
         }
         if state.stale {

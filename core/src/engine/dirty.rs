@@ -2,6 +2,7 @@
 
 use super::state::AgentState;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Agents changed since the last [`Dirty::take`], each listed once.
 ///
@@ -17,7 +18,7 @@ pub(super) struct Dirty {
     round: u64,
     /// Agents with state listed in this round, in marking order. An agent that expired and
     /// came back within a round is listed twice; [`Dirty::take`] drops the repeat.
-    listed: Vec<String>,
+    listed: Vec<Arc<str>>,
     /// Ids marked while they had no state.
     absent: HashSet<String, foldhash::fast::RandomState>,
 }
@@ -30,14 +31,15 @@ impl Default for Dirty {
 }
 
 impl Dirty {
-    /// Marks `id`, whose state is `agent` (`None`: it has none).
+    /// Marks `id`, whose state is `agent`, with the id as the engine holds it (`None`: it
+    /// has none).
     #[inline]
-    pub(super) fn mark(&mut self, id: &str, agent: Option<&mut AgentState>) {
+    pub(super) fn mark(&mut self, id: &str, agent: Option<(&Arc<str>, &mut AgentState)>) {
         match agent {
-            Some(a) if a.listed_in.0 == self.round => {}
-            Some(a) => {
+            Some((_, a)) if a.listed_in.0 == self.round => {}
+            Some((held, a)) => {
                 a.listed_in.0 = self.round;
-                self.listed.push(id.to_string());
+                self.listed.push(held.clone());
             }
             None => {
                 if !self.absent.contains(id) {
@@ -49,12 +51,18 @@ impl Dirty {
 
     /// The ids marked since the last call, sorted, each once; starts a new round.
     pub(super) fn take(&mut self) -> Vec<String> {
-        let mut ids = std::mem::take(&mut self.listed);
+        let mut ids: Vec<String> = self.listed.drain(..).map(|id| id.to_string()).collect();
         ids.extend(self.absent.drain());
         ids.sort_unstable();
         ids.dedup();
         self.round += 1;
         ids
+    }
+
+    /// The agents with state listed in this round.
+    #[cfg(test)]
+    pub(super) fn listed(&self) -> &[Arc<str>] {
+        &self.listed
     }
 
     /// Forgets every mark (a restored engine starts with none).
@@ -78,6 +86,10 @@ impl PartialEq for ListedIn {
 mod tests {
     use super::*;
 
+    fn id(id: &str) -> Arc<str> {
+        id.into()
+    }
+
     fn agent() -> AgentState {
         AgentState::new("wf".into(), "v1", vec![0], 0)
     }
@@ -87,14 +99,14 @@ mod tests {
     fn lists_each_agent_once_per_round() {
         let mut d = Dirty::default();
         let (mut a, mut b) = (agent(), agent());
-        d.mark("b", Some(&mut b));
-        d.mark("a", Some(&mut a));
-        d.mark("b", Some(&mut b));
+        d.mark("b", Some((&id("b"), &mut b)));
+        d.mark("a", Some((&id("a"), &mut a)));
+        d.mark("b", Some((&id("b"), &mut b)));
         d.mark("gone", None);
         d.mark("gone", None);
         assert_eq!(d.take(), ["a", "b", "gone"]);
         assert!(d.take().is_empty(), "taken, and a new round lists nothing yet");
-        d.mark("a", Some(&mut a));
+        d.mark("a", Some((&id("a"), &mut a)));
         assert_eq!(d.take(), ["a"]);
     }
 
@@ -104,12 +116,12 @@ mod tests {
     fn an_agent_back_within_a_round_is_reported_once() {
         let mut d = Dirty::default();
         let mut a = agent();
-        d.mark("a", Some(&mut a));
+        d.mark("a", Some((&id("a"), &mut a)));
         d.mark("a", None);
         let mut again = agent();
-        d.mark("a", Some(&mut again));
+        d.mark("a", Some((&id("a"), &mut again)));
         assert_eq!(d.take(), ["a"]);
-        d.mark("b", Some(&mut agent()));
+        d.mark("b", Some((&id("b"), &mut agent())));
         d.clear();
         assert!(d.take().is_empty());
     }
@@ -120,7 +132,7 @@ mod tests {
         let mut d = Dirty::default();
         let mut a = agent();
         let stored = a.clone();
-        d.mark("a", Some(&mut a));
+        d.mark("a", Some((&id("a"), &mut a)));
         assert_eq!(a, stored);
         let bytes = crate::codec::changelog::encode_agent(&a);
         assert_eq!(bytes, crate::codec::changelog::encode_agent(&stored));

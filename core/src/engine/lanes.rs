@@ -71,13 +71,13 @@ impl Engine {
                 }
             }
         }
-        let Some(agent) = self.agents.get_mut(agent_id) else { return };
+        let Some((id, agent)) = self.agents.get_key_value_mut(agent_id) else { return };
         // The workflow's set follows the flag; touched only when it changes.
         if agent.capped != capped {
             agent.capped = capped;
             if let Some(w) = self.workflows.get_mut(&agent.workflow) {
                 if capped {
-                    w.capped.insert(agent_id.to_string());
+                    w.capped.insert(id.clone());
                 } else {
                     w.capped.remove(agent_id);
                 }
@@ -155,7 +155,7 @@ impl Engine {
         settle: bool,
     ) {
         let Engine { cfg, pacts, agents, workflows, stats, chain, out, trace, .. } = self;
-        let Some(agent) = agents.get_mut(agent_id) else { return };
+        let Some((id, agent)) = agents.get_key_value_mut(agent_id) else { return };
         agent.seq += 1;
         let seq = agent.seq;
         if !settle {
@@ -210,7 +210,7 @@ impl Engine {
         if scope == Scope::All && !settle {
             let w = workflows.entry(agent.workflow.clone()).or_default();
             if to == Lane::Block {
-                w.blocked.insert(agent_id.to_string());
+                w.blocked.insert(id.clone());
             } else {
                 w.blocked.remove(agent_id);
             }

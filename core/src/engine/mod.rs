@@ -305,17 +305,22 @@ pub struct EngineMeta {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    Freshness(String, ClauseKey),
-    OverrideExpiry(String, String),
-    Ttl(String),
+    Freshness(Arc<str>, ClauseKey),
+    OverrideExpiry(Arc<str>, String),
+    Ttl(Arc<str>),
 }
+
+/// Agents by id. An id is one allocation, shared by the map's key and every index that
+/// names the agent (its timers, its workflow's sets, the changed list): a fleet pays for
+/// each agent's id once.
+type AgentMap = hashbrown::HashMap<Arc<str>, AgentState, foldhash::fast::RandomState>;
 
 #[derive(Default, Clone)]
 struct WorkflowStats {
-    agents: BTreeSet<String>,
-    blocked: BTreeSet<String>,
+    agents: BTreeSet<Arc<str>>,
+    blocked: BTreeSet<Arc<str>>,
     /// Agents held at the fail mode by the cap.
-    capped: BTreeSet<String>,
+    capped: BTreeSet<Arc<str>>,
     /// A panic episode: from the first capped block until no agent is blocked or capped.
     panicked: bool,
 }
@@ -349,7 +354,7 @@ pub struct Engine {
     protos: Vec<Vec<AnyDetector>>,
     /// foldhash: a per-process-seeded fast hash (std's SipHash was ~5 % of the engine's
     /// time); nothing iterates these maps, so output stays deterministic.
-    agents: HashMap<String, AgentState, foldhash::fast::RandomState>,
+    agents: AgentMap,
     workflows: HashMap<Arc<str>, WorkflowStats, foldhash::fast::RandomState>,
     buffer: buffer::TimeBuffer,
     /// Restored buffer entries whose input the source has not read again yet, by tag: their
@@ -432,7 +437,7 @@ impl Engine {
             applied: Vec::new(),
             pacts,
             protos,
-            agents: HashMap::default(),
+            agents: AgentMap::default(),
             workflows: HashMap::default(),
             buffer: buffer::TimeBuffer::default(),
             awaited: BTreeMap::new(),
@@ -495,8 +500,17 @@ impl Engine {
     }
 
     /// Every agent with state.
-    pub fn agents(&self) -> impl Iterator<Item = (&String, &AgentState)> {
-        self.agents.iter()
+    pub fn agents(&self) -> impl Iterator<Item = (&str, &AgentState)> {
+        self.agents.iter().map(|(id, a)| (&**id, a))
+    }
+
+    /// The agent's id as the engine holds it, shared, or a new one for an agent without
+    /// state.
+    fn agent_id(&self, id: &str) -> Arc<str> {
+        match self.agents.get_key_value(id) {
+            Some((id, _)) => id.clone(),
+            None => id.into(),
+        }
     }
 
     /// Takes the outputs produced so far.
@@ -547,7 +561,7 @@ impl Engine {
         // Telemetry marks its agent changed in the lookup it makes anyway, and a pact
         // change the agents it changes.
         if let Input::Override(o) = &input {
-            self.dirty.mark(&o.agent_id, self.agents.get_mut(&o.agent_id));
+            self.dirty.mark(&o.agent_id, self.agents.get_key_value_mut(o.agent_id.as_str()));
         }
         match input {
             Input::Telemetry(tel) => {

@@ -5,7 +5,7 @@ use super::*;
 impl Engine {
     pub(super) fn on_override(&mut self, req: OverrideRequest) {
         let now = req.issued_at;
-        let seq = self.agents.get(&req.agent_id).map_or(0, |a| a.seq);
+        let seq = self.agents.get(req.agent_id.as_str()).map_or(0, |a| a.seq);
         match overrides::validate(&req, seq, self.cfg.max_override_ttl.micros()) {
             Err(reason) => {
                 self.stats.overrides_rejected += 1;
@@ -13,14 +13,15 @@ impl Engine {
                 self.history(RecordKind::OverrideRejected, now, Some(req.agent_id.clone()), None, detail);
             }
             Ok(expires_at) => {
-                if !self.agents.contains_key(&req.agent_id) {
+                let id = self.agent_id(&req.agent_id);
+                if !self.agents.contains_key(&id) {
                     // Known only by this override (telemetry may follow): its state expires
                     // like any other, so overrides for unknown ids cannot pile up.
                     let mut agent = AgentState::new(self.workflow_name(""), "", Vec::new(), now);
                     let at = now.saturating_add(self.cfg.state_ttl.micros());
                     agent.set_ttl_at(Some(at));
-                    self.agents.insert(req.agent_id.clone(), agent);
-                    self.schedule(at, Timer::Ttl(req.agent_id.clone()));
+                    self.agents.insert(id.clone(), agent);
+                    self.schedule(at, Timer::Ttl(id.clone()));
                 }
                 self.stats.overrides_accepted += 1;
                 if req.kind == OverrideKind::Loosen {
@@ -29,10 +30,7 @@ impl Engine {
                 let detail =
                     serde_json::json!({"override": req, "policy_bypass": req.kind == OverrideKind::Loosen});
                 self.history(RecordKind::OverrideAccepted, now, Some(req.agent_id.clone()), None, detail);
-                self.schedule(
-                    expires_at,
-                    Timer::OverrideExpiry(req.agent_id.clone(), req.override_id.clone()),
-                );
+                self.schedule(expires_at, Timer::OverrideExpiry(id, req.override_id.clone()));
                 let agent_id = req.agent_id.clone();
                 let kind = req.kind;
                 let cause = Cause {
@@ -46,7 +44,7 @@ impl Engine {
                     causation: Causation { kind: "override".into(), id: req.override_id.clone(), at: now },
                     clean_at_decision: None,
                 };
-                let Some(agent) = self.agents.get_mut(&agent_id) else { return };
+                let Some(agent) = self.agents.get_mut(agent_id.as_str()) else { return };
                 agent.overrides.push(ActiveOverride { req, expires_at });
                 // An attestation changes no lane by itself; lane overrides publish their state.
                 self.reevaluate(&agent_id, cause, kind != OverrideKind::Attest);

@@ -11,7 +11,7 @@ impl Engine {
             .take()
             .into_iter()
             .map(|id| {
-                let s = self.agents.get(&id);
+                let s = self.agents.get(id.as_str());
                 (id, s)
             })
             .collect()
@@ -22,7 +22,7 @@ impl Engine {
     /// snapshot's records.
     pub fn mark_dirty(&mut self, agents: impl IntoIterator<Item = String>) {
         for id in agents {
-            self.dirty.mark(&id, self.agents.get_mut(&id));
+            self.dirty.mark(&id, self.agents.get_key_value_mut(id.as_str()));
         }
     }
 
@@ -167,6 +167,7 @@ impl Engine {
         e.activated = meta.activated;
         let mut replaced = 0u64;
         for (id, mut a) in agents {
+            let id: Arc<str> = id.into();
             a.pacts = a.pacts.iter().filter_map(|p| map(*p)).collect();
             a.shadow.remap(map);
             if let Some(sc) = a.scope.as_mut() {

@@ -420,7 +420,7 @@ impl Engine {
     /// Re-matches every agent's coverage against the slots in force.
     pub(super) fn recover_coverage(&mut self) {
         // Sorted: the agents' map iterates in a per-process order, and outputs must not.
-        let mut ids: Vec<String> = self.agents.keys().cloned().collect();
+        let mut ids: Vec<Arc<str>> = self.agents.keys().cloned().collect();
         ids.sort_unstable();
         for id in ids {
             let Some(wf) = self.agents.get(&id).map(|a| a.workflow.clone()) else { continue };
@@ -428,7 +428,7 @@ impl Engine {
             if let Some(a) = self.agents.get_mut(&id) {
                 if *a.pacts != *pacts {
                     a.pacts = pacts.into_boxed_slice();
-                    self.dirty.mark(&id, Some(a));
+                    self.dirty.mark(&id, Some((&id, a)));
                 }
             }
         }
@@ -444,7 +444,7 @@ impl Engine {
             let had = a.shadow.remove(slot);
             if a.clauses.len() != before || had || a.pacts.contains(&slot) {
                 a.pacts = a.pacts.iter().copied().filter(|p| *p != slot).collect();
-                self.dirty.mark(id, Some(a));
+                self.dirty.mark(id, Some((id, a)));
             }
         }
         self.timers.retain(|(_, t)| !matches!(t, Timer::Freshness(_, k) if k.0 == slot));
@@ -476,7 +476,7 @@ impl Engine {
         let new_has_scope = new_pact.doc.scope.is_some();
         let remap = |c: u16| kin.get(c as usize).copied().flatten();
         // Sorted: the agents' map iterates in a per-process order, and outputs must not.
-        let mut ids: Vec<String> = self.agents.keys().cloned().collect();
+        let mut ids: Vec<Arc<str>> = self.agents.keys().cloned().collect();
         ids.sort_unstable();
         let mut timers = Vec::new();
         for agent_id in &ids {
@@ -558,7 +558,7 @@ impl Engine {
                     new_has_scope
                 });
             }
-            self.dirty.mark(agent_id, Some(a));
+            self.dirty.mark(agent_id, Some((agent_id, a)));
         }
         self.timers
             .retain(|(_, t)| !matches!(t, Timer::Freshness(_, k) if k.0 == old || Some(k.0) == shadow));
@@ -572,7 +572,7 @@ impl Engine {
     /// new version's clause demanding the most, if one demands a lane.
     fn publish_switch(&mut self, old: u16, new: u16, causation: &Causation) {
         // Sorted: the agents' map iterates in a per-process order, and outputs must not.
-        let mut ids: Vec<String> = self.agents.keys().cloned().collect();
+        let mut ids: Vec<Arc<str>> = self.agents.keys().cloned().collect();
         ids.sort_unstable();
         for agent_id in ids {
             let Some(a) = self.agents.get(&agent_id) else { continue };

@@ -236,6 +236,43 @@ fn leaving_block_after_a_critical_breach_needs_an_attestation() {
     assert!(first.reason.text.contains("human attestation present"), "{}", first.reason.text);
 }
 
+/// Every index naming an agent holds the agents map's key for its id, not a copy: its
+/// timers, its workflow's sets and the changed list, and a restored engine's too.
+#[test]
+fn an_agents_id_is_one_allocation_shared_by_every_index() {
+    fn holders<'a>(e: &'a Engine, id: &str) -> (&'a Arc<str>, Vec<&'a Arc<str>>) {
+        let (key, a) = e.agents.get_key_value(id).expect("agent");
+        let w = &e.workflows[&a.workflow];
+        let mut held: Vec<&Arc<str>> = e
+            .timers
+            .iter()
+            .map(|(_, t)| match t {
+                Timer::Freshness(a, _) | Timer::OverrideExpiry(a, _) | Timer::Ttl(a) => a,
+            })
+            .filter(|a| &***a == id)
+            .collect();
+        held.extend([w.agents.get(id), w.blocked.get(id)].into_iter().flatten());
+        held.extend(e.dirty.listed().iter().filter(|a| &***a == id));
+        (key, held)
+    }
+    let mut e = engine();
+    step(&mut e, [tel("a0", 0, "block", false, 1), ov("a0", 1, OverrideKind::Attest, All, None, 600, 2)]);
+    assert_eq!(e.agent("a0").unwrap().published.all, Block);
+    let (key, held) = holders(&e, "a0");
+    // Its TTL and override-expiry timers, its workflow's agents and blocked sets, and the
+    // changed list.
+    assert_eq!(held.len(), 5, "{held:?}");
+    assert!(held.iter().all(|h| Arc::ptr_eq(h, key)));
+    assert_eq!(Arc::strong_count(key), 6);
+    let agents: Vec<(String, AgentState)> = e.agents().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let mut r =
+        Engine::restore(e.config().clone(), vec![parse_pact(PACT, "rules.yaml").unwrap()], e.meta(), agents);
+    r.mark_dirty(["a0".to_string()]);
+    let (key, held) = holders(&r, "a0");
+    assert_eq!(held.len(), 5, "{held:?}");
+    assert!(held.iter().all(|h| Arc::ptr_eq(h, key)));
+}
+
 #[test]
 fn stale_high_risk_evidence_sends_high_risk_actions_to_review_until_fresh_again() {
     let mut e = engine();
@@ -876,7 +913,7 @@ fn a_restore_in_the_middle_of_an_idle_period_gives_the_same_effects() {
     // Stop after the first two ticks, restore from the engine's state, and go on.
     let mut first = held_engine(5, 5);
     let mut got = run_steps(&mut first, &run[..6]);
-    let agents: Vec<(String, AgentState)> = first.agents().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let agents: Vec<(String, AgentState)> = first.agents().map(|(k, v)| (k.to_string(), v.clone())).collect();
     let mut second = Engine::restore(first.config().clone(), first.pacts().to_vec(), first.meta(), agents);
     got.extend(run_steps(&mut second, &run[6..]));
     assert_eq!(serde_json::to_string(&got).unwrap(), serde_json::to_string(&expected).unwrap());
@@ -1176,7 +1213,7 @@ fn a_restore_remaps_pacts_by_id_and_version_and_rebuilds_the_workflow_sets() {
         [tel("a0", 0, "block", false, 1), tel("a1", 1, "watch", false, 1), tel("a2", 2, "none", false, 1)],
     );
     let agents =
-        || -> Vec<(String, AgentState)> { e.agents().map(|(k, v)| (k.clone(), v.clone())).collect() };
+        || -> Vec<(String, AgentState)> { e.agents().map(|(k, v)| (k.to_string(), v.clone())).collect() };
     let other = PACT.replace("pact: rules", "pact: other");
     let v2 = PACT.replace("version: 1", "version: 2");
     // Loaded again behind a pact of another id with the same version: found by id and version.
@@ -1188,8 +1225,8 @@ fn a_restore_remaps_pacts_by_id_and_version_and_rebuilds_the_workflow_sets() {
     assert!(!a0.clauses.is_empty() && a0.clauses.keys().all(|k| k.0 == 1));
     assert_eq!(a0.published, ByScope::both(Block));
     let w = &r.workflows["w"];
-    assert_eq!(w.agents, ["a0", "a1", "a2"].map(String::from).into_iter().collect());
-    assert_eq!(w.blocked, ["a0".to_string()].into_iter().collect(), "only the blocked agent");
+    assert_eq!(w.agents, ["a0", "a1", "a2"].map(Arc::from).into_iter().collect());
+    assert_eq!(w.blocked, [Arc::from("a0")].into_iter().collect(), "only the blocked agent");
     // After a restore, agents are marked to supersede a torn snapshot: one that has no state
     // is reported as such.
     let mut r = r;
@@ -1357,7 +1394,7 @@ fn a_restored_buffer_waits_for_its_inputs_read_again_and_then_runs_as_without_th
     for (tag, i) in inputs.iter().enumerate() {
         first.push_tagged(i.clone(), tag as u64);
     }
-    let agents: Vec<(String, AgentState)> = first.agents().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let agents: Vec<(String, AgentState)> = first.agents().map(|(k, v)| (k.to_string(), v.clone())).collect();
     let meta = first.meta();
     assert!(meta.buffer.is_empty() && meta.by_reference.len() == 6);
     let mut second = Engine::restore(first.config().clone(), first.pacts().to_vec(), meta, agents.clone());
@@ -1726,7 +1763,7 @@ fn a_restore_after_an_activation_keeps_the_activated_version_and_runs_as_without
     for cut in [101, 122, 200] {
         let mut e = engine_with(DRIFT_RECOVERY, "recovery.yaml");
         let mut out = outputs(&mut e, inputs[..cut].iter().cloned());
-        let agents: Vec<(String, AgentState)> = e.agents().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let agents: Vec<(String, AgentState)> = e.agents().map(|(k, v)| (k.to_string(), v.clone())).collect();
         // Restarted with the files as they were: version 1 only.
         let file = vec![parse_pact(DRIFT_RECOVERY, "recovery.yaml").expect("valid")];
         let mut r = Engine::restore(e.config().clone(), file, e.meta(), agents);
