@@ -59,7 +59,9 @@ impl TimeBuffer {
     }
 
     /// Removes and returns the first input in order, if its event time is at most `until`.
-    #[inline]
+    /// Always inlined: the room's bookkeeping tipped the compiler into calling it out of
+    /// line, 5 M more instructions per 200k events in the engine bench (callgrind).
+    #[inline(always)]
     pub(super) fn pop_until(&mut self, until: i64) -> Option<Tagged> {
         let first = self.first()?;
         if first.0 > until {
