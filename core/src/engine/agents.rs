@@ -153,7 +153,7 @@ impl Engine {
         let now = tel.occurred_at;
         cx.dirty.mark(id, Some((id, &mut *agent)));
         if let Some(at) = agent.seen(now, ttl) {
-            cx.timers.insert((at, Timer::Ttl(id.clone())));
+            cx.timers.insert(at, Timer::Ttl(id.clone()));
         }
         let mut causes: Vec<Cause> = Vec::new();
         let mut observed = Vec::new();

@@ -13,7 +13,7 @@ pub(super) struct EventCx<'a> {
     pub(super) slots: &'a [SlotInfo],
     pub(super) stats: &'a mut Stats,
     pub(super) trace: Option<&'a mut Tracer>,
-    pub(super) timers: &'a mut BTreeSet<(i64, Timer)>,
+    pub(super) timers: &'a mut super::timers::Timers,
     pub(super) dirty: &'a mut super::dirty::Dirty,
     /// Where a segment of more than one field is joined (see [`Engine`]'s `segment_buf`).
     pub(super) segment_buf: &'a mut String,
@@ -120,7 +120,7 @@ impl Engine {
             clean_at_decision: None,
         });
         if let Some(at) = need_timer {
-            cx.timers.insert((at, Timer::Freshness(id.clone(), key.clone())));
+            cx.timers.insert(at, Timer::Freshness(id.clone(), key.clone()));
         }
         let observed = match &result {
             Err(_) => Observed::Nothing,

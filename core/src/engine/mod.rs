@@ -37,6 +37,7 @@ mod recent;
 pub mod registry;
 mod scope;
 mod time;
+mod timers;
 mod trace;
 pub use trace::{ClauseTrace, TraceLimits, TracePoint, Tracer, Traces};
 
@@ -369,9 +370,7 @@ pub struct Engine {
     /// Whether any pact has such a clause (most inputs need no further look).
     any_severe: bool,
     now: i64,
-    /// Ordered by due time, then by the timer itself (not by insertion), so timers rebuilt
-    /// from restored state fire in the same order as the originals.
-    timers: BTreeSet<(i64, Timer)>,
+    timers: timers::Timers,
     chain: Chain,
     /// Agents changed since the last [`Engine::take_dirty`] (for the state changelog).
     dirty: dirty::Dirty,
@@ -447,7 +446,7 @@ impl Engine {
             any_severe,
             severe,
             now: i64::MIN,
-            timers: BTreeSet::new(),
+            timers: timers::Timers::default(),
             chain: Chain::default(),
             dirty: dirty::Dirty::default(),
             segment_buf: String::new(),

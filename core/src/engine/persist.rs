@@ -193,14 +193,14 @@ impl Engine {
             }
             for (k, st) in a.clauses.iter() {
                 if let Some(at) = st.timer_at() {
-                    e.timers.insert((at, Timer::Freshness(id.clone(), k.clone())));
+                    e.timers.insert(at, Timer::Freshness(id.clone(), k.clone()));
                 }
             }
             for o in &a.overrides {
-                e.timers.insert((o.expires_at, Timer::OverrideExpiry(id.clone(), o.req.override_id.clone())));
+                e.timers.insert(o.expires_at, Timer::OverrideExpiry(id.clone(), o.req.override_id.clone()));
             }
             if let Some(at) = a.ttl_at() {
-                e.timers.insert((at, Timer::Ttl(id.clone())));
+                e.timers.insert(at, Timer::Ttl(id.clone()));
             }
             // Restored agents share their workflow's name, as running ones do.
             a.workflow = e.workflow_name(&a.workflow);

@@ -447,7 +447,7 @@ impl Engine {
                 self.dirty.mark(id, Some((id, a)));
             }
         }
-        self.timers.retain(|(_, t)| !matches!(t, Timer::Freshness(_, k) if k.0 == slot));
+        self.timers.retain_other(|(_, t)| !matches!(t, Timer::Freshness(_, k) if k.0 == slot));
     }
 
     /// Moves enforcement from slot `old` to slot `new`: `old` retires (onto the pact's
@@ -561,8 +561,10 @@ impl Engine {
             self.dirty.mark(agent_id, Some((agent_id, a)));
         }
         self.timers
-            .retain(|(_, t)| !matches!(t, Timer::Freshness(_, k) if k.0 == old || Some(k.0) == shadow));
-        self.timers.extend(timers);
+            .retain_other(|(_, t)| !matches!(t, Timer::Freshness(_, k) if k.0 == old || Some(k.0) == shadow));
+        for (at, t) in timers {
+            self.timers.insert(at, t);
+        }
         self.recover_coverage();
         (kept, fresh, dropped)
     }

@@ -243,14 +243,7 @@ fn an_agents_id_is_one_allocation_shared_by_every_index() {
     fn holders<'a>(e: &'a Engine, id: &str) -> (&'a Arc<str>, Vec<&'a Arc<str>>) {
         let (key, a) = e.agents.get_key_value(id).expect("agent");
         let w = &e.workflows[&a.workflow];
-        let mut held: Vec<&Arc<str>> = e
-            .timers
-            .iter()
-            .map(|(_, t)| match t {
-                Timer::Freshness(a, _) | Timer::OverrideExpiry(a, _) | Timer::Ttl(a) => a,
-            })
-            .filter(|a| &***a == id)
-            .collect();
+        let mut held: Vec<&Arc<str>> = e.timers.agents().filter(|a| &***a == id).collect();
         held.extend([w.agents.get(id), w.blocked.get(id)].into_iter().flatten());
         held.extend(e.dirty.listed().iter().filter(|a| &***a == id));
         (key, held)

@@ -20,7 +20,7 @@ impl Engine {
 
     /// The earliest event time at which something waits: a buffered input or a timer.
     pub fn next_due(&self) -> Option<i64> {
-        match (self.oldest_buffered(), self.timers.first().map(|(t, _)| *t)) {
+        match (self.oldest_buffered(), self.timers.first_due()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -200,15 +200,11 @@ impl Engine {
     }
 
     pub(super) fn schedule(&mut self, at: i64, timer: Timer) {
-        self.timers.insert((at, timer));
+        self.timers.insert(at, timer);
     }
 
     pub(super) fn fire_timers(&mut self, upto: i64) {
-        while let Some((at, _)) = self.timers.first() {
-            if *at > upto {
-                break;
-            }
-            let Some((at, timer)) = self.timers.pop_first() else { break };
+        while let Some((at, timer)) = self.timers.pop_due(upto) {
             let agent = match &timer {
                 Timer::Freshness(a, _) | Timer::OverrideExpiry(a, _) | Timer::Ttl(a) => a,
             };
