@@ -29,14 +29,6 @@ impl Engine {
             .collect()
     }
 
-    /// The workflow index's name for `workflow`, which its agents share, or a new one.
-    pub(super) fn workflow_name(&self, workflow: &str) -> Arc<str> {
-        match self.workflows.get_key_value(workflow) {
-            Some((name, _)) => name.clone(),
-            None => workflow.into(),
-        }
-    }
-
     /// The engine's parts an event's walk borrows: the agents, and the rest apart from them.
     fn split(&mut self) -> (&mut AgentMap, EventCx<'_>) {
         let Engine { agents, pacts, protos, slots, stats, trace, timers, dirty, segment_buf, .. } = self;
@@ -116,8 +108,8 @@ impl Engine {
         // Pact coverage depends on agent and workflow only: matched on creation, and again
         // on a move.
         let pacts = self.covering(&tel.agent_id, &tel.workflow);
-        let workflow = self.workflow_name(&tel.workflow);
-        let id = self.agent_id(&tel.agent_id);
+        let workflow = held_name(&self.workflows, &tel.workflow);
+        let id = held_name(&self.agents, &tel.agent_id);
         let Some(agent) = self.agents.get_mut(&id) else {
             self.workflows.entry(workflow.clone()).or_default().agents.insert(id.clone());
             self.agents.insert(id, AgentState::new(workflow, &tel.model.version, pacts, now));
@@ -210,7 +202,7 @@ impl Engine {
         causes: &mut Vec<Cause>,
     ) {
         let (pacts, slots) = (cx.pacts, cx.slots);
-        let from = std::mem::replace(&mut agent.model_version, tel.model.version.as_str().into()).to_string();
+        let from = std::mem::replace(&mut agent.model_version, tel.model.version.clone()).to_string();
         let pending: BTreeSet<ClauseKey> = agent
             .clauses
             .keys()

@@ -311,10 +311,21 @@ enum Timer {
     Ttl(Arc<str>),
 }
 
-/// Agents by id. An id is one allocation, shared by the map's key and every index that
-/// names the agent (its timers, its workflow's sets, the changed list): a fleet pays for
-/// each agent's id once.
-type AgentMap = hashbrown::HashMap<Arc<str>, AgentState, foldhash::fast::RandomState>;
+/// A map by name whose keys the engine's other indexes share: an agent's id is one
+/// allocation, held by the agents map and by its timers, its workflow's sets and the changed
+/// list; a workflow's name is one, held by the workflow index and its agents.
+type NameMap<V> = hashbrown::HashMap<Arc<str>, V, foldhash::fast::RandomState>;
+
+/// Agents by id.
+type AgentMap = NameMap<AgentState>;
+
+/// The key `map` holds for `name`, shared, or a new one when it holds none.
+fn held_name<V>(map: &NameMap<V>, name: &str) -> Arc<str> {
+    match map.get_key_value(name) {
+        Some((held, _)) => held.clone(),
+        None => name.into(),
+    }
+}
 
 #[derive(Default, Clone)]
 struct WorkflowStats {
@@ -356,7 +367,7 @@ pub struct Engine {
     /// foldhash: a per-process-seeded fast hash (std's SipHash was ~5 % of the engine's
     /// time); nothing iterates these maps, so output stays deterministic.
     agents: AgentMap,
-    workflows: HashMap<Arc<str>, WorkflowStats, foldhash::fast::RandomState>,
+    workflows: NameMap<WorkflowStats>,
     buffer: buffer::TimeBuffer,
     /// Restored buffer entries whose input the source has not read again yet, by tag: their
     /// `(event time, arrival)` in the buffer.
@@ -437,7 +448,7 @@ impl Engine {
             pacts,
             protos,
             agents: AgentMap::default(),
-            workflows: HashMap::default(),
+            workflows: NameMap::default(),
             buffer: buffer::TimeBuffer::default(),
             awaited: BTreeMap::new(),
             arrivals: 0,
@@ -501,15 +512,6 @@ impl Engine {
     /// Every agent with state.
     pub fn agents(&self) -> impl Iterator<Item = (&str, &AgentState)> {
         self.agents.iter().map(|(id, a)| (&**id, a))
-    }
-
-    /// The agent's id as the engine holds it, shared, or a new one for an agent without
-    /// state.
-    fn agent_id(&self, id: &str) -> Arc<str> {
-        match self.agents.get_key_value(id) {
-            Some((id, _)) => id.clone(),
-            None => id.into(),
-        }
     }
 
     /// Takes the outputs produced so far.

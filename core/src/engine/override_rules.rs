@@ -13,11 +13,11 @@ impl Engine {
                 self.history(RecordKind::OverrideRejected, now, Some(req.agent_id.clone()), None, detail);
             }
             Ok(expires_at) => {
-                let id = self.agent_id(&req.agent_id);
+                let id = held_name(&self.agents, &req.agent_id);
                 if !self.agents.contains_key(&id) {
                     // Known only by this override (telemetry may follow): its state expires
                     // like any other, so overrides for unknown ids cannot pile up.
-                    let mut agent = AgentState::new(self.workflow_name(""), "", Vec::new(), now);
+                    let mut agent = AgentState::new(held_name(&self.workflows, ""), "", Vec::new(), now);
                     let at = now.saturating_add(self.cfg.state_ttl.micros());
                     agent.set_ttl_at(Some(at));
                     self.agents.insert(id.clone(), agent);

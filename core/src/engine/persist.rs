@@ -203,7 +203,7 @@ impl Engine {
                 e.timers.insert(at, Timer::Ttl(id.clone()));
             }
             // Restored agents share their workflow's name, as running ones do.
-            a.workflow = e.workflow_name(&a.workflow);
+            a.workflow = held_name(&e.workflows, &a.workflow);
             let w = e.workflows.entry(a.workflow.clone()).or_default();
             w.agents.insert(id.clone());
             if a.published.all == Lane::Block {

@@ -137,16 +137,9 @@ pub struct ClauseState {
     /// Whether the evidence is stale.
     #[serde(rename = "st", alias = "stale", default, skip_serializing_if = "is_false")]
     pub stale: bool,
-    /// When the pending freshness check fires, `i64::MIN` when none is scheduled (see
-    /// [`ClauseState::timer_at`]): half the inline size of an `Option`.
-    #[serde(
-        rename = "tm",
-        alias = "timer_at",
-        default = "never",
-        skip_serializing_if = "is_never",
-        deserialize_with = "timer_or_never"
-    )]
-    timer: i64,
+    /// When the pending freshness check fires (see [`ClauseState::timer_at`]).
+    #[serde(rename = "tm", alias = "timer_at", default, skip_serializing_if = "MaybeTime::is_none")]
+    timer: MaybeTime,
     /// The last detection, for the audit trail.
     #[serde(rename = "ld", alias = "last_detection", default, skip_serializing_if = "Option::is_none")]
     pub last_detection: Option<Box<Detection>>,
@@ -168,9 +161,51 @@ fn is_never(v: &i64) -> bool {
     *v == i64::MIN
 }
 
-/// A stored timer: version 1 wrote none as `nil`.
-fn timer_or_never<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    Ok(Option::<i64>::deserialize(d)?.unwrap_or(i64::MIN))
+/// When a pending check fires, if one is: `i64::MIN` stands for none, half the inline size
+/// of an `Option<i64>`, which every clause state and agent would pay. Stored as the
+/// optional time (`nil` for none, as version 1 wrote a clause's timer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaybeTime(i64);
+
+impl MaybeTime {
+    /// No check pending.
+    pub const NONE: MaybeTime = MaybeTime(i64::MIN);
+
+    /// The time, if set.
+    pub fn get(self) -> Option<i64> {
+        (self.0 != i64::MIN).then_some(self.0)
+    }
+
+    /// Sets the time, or none. (A check at `i64::MIN` is set at the next instant, which
+    /// fires as early.)
+    pub fn set(&mut self, at: Option<i64>) {
+        self.0 = at.map_or(i64::MIN, |t| t.max(i64::MIN + 1));
+    }
+
+    /// Whether no time is set.
+    pub fn is_none(&self) -> bool {
+        self.0 == i64::MIN
+    }
+}
+
+impl Default for MaybeTime {
+    fn default() -> Self {
+        MaybeTime::NONE
+    }
+}
+
+impl Serialize for MaybeTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for MaybeTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut t = MaybeTime::NONE;
+        t.set(Option::<i64>::deserialize(d)?);
+        Ok(t)
+    }
 }
 
 impl ClauseState {
@@ -188,20 +223,19 @@ impl ClauseState {
             last_at: now,
             gap: 0.0,
             stale: false,
-            timer: i64::MIN,
+            timer: MaybeTime::NONE,
             last_detection: None,
         }
     }
 
     /// When the pending freshness check fires, if one is scheduled.
     pub fn timer_at(&self) -> Option<i64> {
-        (self.timer != i64::MIN).then_some(self.timer)
+        self.timer.get()
     }
 
-    /// Schedules the freshness check at `at`, or none. (A check at `i64::MIN` is scheduled
-    /// at the next instant, which fires as early.)
+    /// Schedules the freshness check at `at`, or none.
     pub fn set_timer_at(&mut self, at: Option<i64>) {
-        self.timer = at.map_or(i64::MIN, |t| t.max(i64::MIN + 1));
+        self.timer.set(at);
     }
 
     /// Records an observation's event time.
@@ -363,10 +397,9 @@ pub struct AgentState {
     pub model_change: Option<Box<ModelChange>>,
     /// Lanes last published, per scope.
     pub published: ByScope<Lane>,
-    /// When the pending TTL check fires, `i64::MIN` when none is (see
-    /// [`AgentState::ttl_at`]); stored as an optional time, `nil` for none.
-    #[serde(rename = "ttl_at", serialize_with = "optional_time", deserialize_with = "timer_or_never")]
-    ttl: i64,
+    /// When the pending TTL check fires (see [`AgentState::ttl_at`]).
+    #[serde(rename = "ttl_at")]
+    ttl: MaybeTime,
     /// Held at the fail mode by the blast-radius cap: re-evaluated on each of its events,
     /// so that it is blocked as soon as the cap lets it be.
     #[serde(default)]
@@ -380,11 +413,6 @@ pub struct AgentState {
     /// When the agent was last listed as changed: the engine's bookkeeping, not stored.
     #[serde(skip)]
     pub listed_in: ListedIn,
-}
-
-/// A time that may be unset (`i64::MIN`), stored as an optional time.
-fn optional_time<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
-    (*t != i64::MIN).then_some(*t).serialize(s)
 }
 
 /// An agent's would-be lanes per shadow pact version (by slot): one pointer, none while the
@@ -463,7 +491,7 @@ impl AgentState {
             overrides: ThinVec::new(),
             model_change: None,
             published: ByScope::both(Lane::Normal),
-            ttl: i64::MIN,
+            ttl: MaybeTime::NONE,
             capped: false,
             scope: None,
             shadow: ShadowLanes::default(),
@@ -473,12 +501,12 @@ impl AgentState {
 
     /// When the pending TTL check fires, if one is scheduled.
     pub fn ttl_at(&self) -> Option<i64> {
-        (self.ttl != i64::MIN).then_some(self.ttl)
+        self.ttl.get()
     }
 
     /// Schedules the TTL check at `at`, or none.
     pub(crate) fn set_ttl_at(&mut self, at: Option<i64>) {
-        self.ttl = at.map_or(i64::MIN, |t| t.max(i64::MIN + 1));
+        self.ttl.set(at);
     }
 
     /// Whether an attestation for `clause_id` is in force.
@@ -492,7 +520,7 @@ impl AgentState {
     /// the last event and returns its time, for the caller to schedule.
     pub(crate) fn seen(&mut self, now: i64, ttl: i64) -> Option<i64> {
         self.last_seen = self.last_seen.max(now);
-        if self.ttl != i64::MIN {
+        if !self.ttl.is_none() {
             return None;
         }
         let at = self.last_seen + ttl;
@@ -609,6 +637,23 @@ mod tests {
         assert_eq!((plain.ttl_at(), busy.ttl_at()), (None, Some(1_000)));
         // No allocation for what an agent does not hold.
         assert!(plain.overrides.capacity() == 0 && plain.shadow.0.is_none());
+    }
+
+    /// Stored as the optional time it stands for, and read back from one; `i64::MIN` itself
+    /// is the next instant, as none is taken by the sentinel.
+    #[test]
+    fn a_maybe_time_is_stored_as_an_optional_time() {
+        for at in [None, Some(0), Some(-5), Some(1_772_409_600_000_000), Some(i64::MAX)] {
+            let mut t = MaybeTime::NONE;
+            t.set(at);
+            assert_eq!((t.get(), t.is_none()), (at, at.is_none()));
+            let bytes = rmp_serde::to_vec_named(&t).unwrap();
+            assert_eq!(bytes, rmp_serde::to_vec_named(&at).unwrap());
+            assert_eq!(rmp_serde::from_slice::<MaybeTime>(&bytes).unwrap(), t);
+        }
+        let mut t = MaybeTime::default();
+        t.set(Some(i64::MIN));
+        assert_eq!(t.get(), Some(i64::MIN + 1));
     }
 
     #[test]
