@@ -59,6 +59,10 @@ struct Shape {
 /// Shapes by configuration fingerprint, `p0` (bits) and build size.
 type Shapes = Interner<(u64, u64, u64), Shape>;
 
+fn shape_key(fingerprint: u64, p0: f64, built_at: u64) -> (u64, u64, u64) {
+    (fingerprint, p0.to_bits(), built_at)
+}
+
 /// What a detector holds before its first bank, and where a decoded one looks until it is
 /// bound: one shared value each, so that neither allocates per key.
 fn no_shape() -> Arc<Shape> {
@@ -267,10 +271,15 @@ impl AutoBernoulli {
 
     /// The shape of the bank for `p0` built at `n`: the one another key holds, or built.
     fn shape(&self, p0: f64, n: u64) -> Arc<Shape> {
-        self.shapes.get_or_make((self.rs.fingerprint, p0.to_bits(), n), || {
+        self.shapes.get_or_make(shape_key(self.rs.fingerprint, p0, n), || {
             let bank = self.bank(p0, n);
             Shape { members: bank.sr.members, lr: bank.lr.into(), threshold: bank.threshold }
         })
+    }
+
+    /// Where the shape held now is interned (none is before the first bank).
+    fn shape_key(&self) -> (u64, u64, u64) {
+        shape_key(self.rs.fingerprint, self.p0, self.built_at)
     }
 
     /// Once per baseline stage: out of line, off the inlined path of every event.
@@ -285,9 +294,11 @@ impl AutoBernoulli {
         if let Some(old) = &self.sr {
             sr.inherit(old);
         }
+        let old_key = self.shape_key();
         self.p0 = p0;
         self.threshold = shape.threshold;
-        self.shape = shape;
+        let old = std::mem::replace(&mut self.shape, shape);
+        self.shapes.release(&old_key, old);
         self.sr = Some(sr);
         self.built_at = n;
     }
@@ -416,7 +427,10 @@ impl Detector for AutoBernoulli {
 
     fn reset(&mut self) {
         let rs = self.rs;
-        *self = AutoBernoulli::fresh(Arc::clone(&self.cfg), Arc::clone(&self.shapes));
+        let key = self.shape_key();
+        let fresh = AutoBernoulli::fresh(Arc::clone(&self.cfg), Arc::clone(&self.shapes));
+        let old = std::mem::replace(self, fresh);
+        self.shapes.release(&key, old.shape);
         self.rs = rs.after_reset();
     }
 
@@ -501,6 +515,33 @@ mod tests {
         }
         assert!(Arc::ptr_eq(&restored.shape, &a.shape), "a restored key finds the clause's shape");
         assert_eq!(restored, a);
+    }
+
+    /// A key rebuilds its bank at each baseline stage and a reset drops it: the shapes it
+    /// no longer holds leave the clause's interner then, not at a later sweep, while a shape
+    /// another key still holds stays.
+    #[test]
+    fn a_key_leaves_no_shape_behind_that_nobody_holds() {
+        let cfg = AutoConfig { reference_min: 100, reference_max: 3_200, ..AutoConfig::default() };
+        let proto = AutoBernoulli::new(cfg).unwrap();
+        let (mut a, mut b) = (proto.clone(), proto.clone());
+        for i in 0..4_000u64 {
+            a.update_bool(i % 10 != 0);
+            b.update_bool(i % 7 != 0);
+        }
+        // Six stages each (100, 200, ..., 3,200): one live shape each, nothing dead.
+        assert_eq!(a.built_at, 3_200);
+        assert_eq!(proto.shapes.entries(), 2, "one shape per key");
+        let mut c = proto.clone();
+        for i in 0..4_000u64 {
+            c.update_bool(i % 10 != 0);
+        }
+        assert!(Arc::ptr_eq(&a.shape, &c.shape), "the same baseline, one shape");
+        c.reset();
+        assert_eq!(proto.shapes.entries(), 2, "a's shape is still held");
+        a.reset();
+        assert_eq!(proto.shapes.entries(), 1, "nobody holds a's shape now");
+        assert_eq!(c, proto, "a reset key is a fresh one");
     }
 
     /// A version-1 record kept its bank. Restored, the bank is derived again from its
