@@ -112,7 +112,7 @@ impl Engine {
         let id = held_name(&self.agents, &tel.agent_id);
         let Some(agent) = self.agents.get_mut(&id) else {
             self.workflows.entry(workflow.clone()).or_default().agents.insert(id.clone());
-            self.agents.insert(id, AgentState::new(workflow, &tel.model.version, pacts, now));
+            self.agents.insert(id, Box::new(AgentState::new(workflow, &tel.model.version, pacts, now)));
             return;
         };
         let old = std::mem::replace(&mut agent.workflow, workflow.clone());

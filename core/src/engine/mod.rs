@@ -316,8 +316,16 @@ enum Timer {
 /// list; a workflow's name is one, held by the workflow index and its agents.
 type NameMap<V> = hashbrown::HashMap<Arc<str>, V, foldhash::fast::RandomState>;
 
-/// Agents by id.
-type AgentMap = NameMap<AgentState>;
+/// Agents by id, each state boxed: a table's room grows in doublings, and a slot holding
+/// the 168-byte state inline made each doubling cost 184 bytes per slot (in fleets of 2,000
+/// and 4,000 agents, 507 B per agent against 369 B in fleets of 200 and 400). Boxed, a slot
+/// is 24 bytes and the state is allocated once per agent.
+type AgentMap = NameMap<Box<AgentState>>;
+
+/// An agent's state by id, with the id the map holds (for [`Dirty::mark`]).
+fn agent_entry<'a>(agents: &'a mut AgentMap, id: &str) -> Option<(&'a Arc<str>, &'a mut AgentState)> {
+    agents.get_key_value_mut(id).map(|(id, a)| (id, &mut **a))
+}
 
 /// The key `map` holds for `name`, shared, or a new one when it holds none.
 fn held_name<V>(map: &NameMap<V>, name: &str) -> Arc<str> {
@@ -501,7 +509,7 @@ impl Engine {
 
     /// An agent's state, if known.
     pub fn agent(&self, id: &str) -> Option<&AgentState> {
-        self.agents.get(id)
+        self.agents.get(id).map(|a| &**a)
     }
 
     /// Number of agents with state.
@@ -511,7 +519,7 @@ impl Engine {
 
     /// Every agent with state.
     pub fn agents(&self) -> impl Iterator<Item = (&str, &AgentState)> {
-        self.agents.iter().map(|(id, a)| (&**id, a))
+        self.agents.iter().map(|(id, a)| (&**id, &**a))
     }
 
     /// Takes the outputs produced so far.
@@ -562,7 +570,7 @@ impl Engine {
         // Telemetry marks its agent changed in the lookup it makes anyway, and a pact
         // change the agents it changes.
         if let Input::Override(o) = &input {
-            self.dirty.mark(&o.agent_id, self.agents.get_key_value_mut(o.agent_id.as_str()));
+            self.dirty.mark(&o.agent_id, agent_entry(&mut self.agents, &o.agent_id));
         }
         match input {
             Input::Telemetry(tel) => {

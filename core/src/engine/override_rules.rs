@@ -20,7 +20,7 @@ impl Engine {
                     let mut agent = AgentState::new(held_name(&self.workflows, ""), "", Vec::new(), now);
                     let at = now.saturating_add(self.cfg.state_ttl.micros());
                     agent.set_ttl_at(Some(at));
-                    self.agents.insert(id.clone(), agent);
+                    self.agents.insert(id.clone(), Box::new(agent));
                     self.schedule(at, Timer::Ttl(id.clone()));
                 }
                 self.stats.overrides_accepted += 1;

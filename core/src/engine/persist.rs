@@ -11,7 +11,7 @@ impl Engine {
             .take()
             .into_iter()
             .map(|id| {
-                let s = self.agents.get(id.as_str());
+                let s = self.agents.get(id.as_str()).map(|a| &**a);
                 (id, s)
             })
             .collect()
@@ -22,7 +22,7 @@ impl Engine {
     /// snapshot's records.
     pub fn mark_dirty(&mut self, agents: impl IntoIterator<Item = String>) {
         for id in agents {
-            self.dirty.mark(&id, self.agents.get_key_value_mut(id.as_str()));
+            self.dirty.mark(&id, agent_entry(&mut self.agents, &id));
         }
     }
 
@@ -212,7 +212,7 @@ impl Engine {
             if a.capped {
                 w.capped.insert(id.clone());
             }
-            e.agents.insert(id, a);
+            e.agents.insert(id, Box::new(a));
         }
         if replaced > 0 {
             tracing::warn!(

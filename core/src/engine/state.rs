@@ -558,7 +558,7 @@ mod tests {
 
     #[test]
     fn an_agent_state_stays_small() {
-        // Every agent pays for this in the agents map, with the map's spare room: it was 304
+        // Every agent pays for this once (boxed in the agents map): it was 304
         // bytes before the pending model change, held only while a new model version
         // re-verifies, was boxed.
         // 224 before the overrides and shadow lanes took a pointer, the TTL time lost its

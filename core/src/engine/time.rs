@@ -208,7 +208,7 @@ impl Engine {
             let agent = match &timer {
                 Timer::Freshness(a, _) | Timer::OverrideExpiry(a, _) | Timer::Ttl(a) => a,
             };
-            self.dirty.mark(agent, self.agents.get_key_value_mut(&**agent));
+            self.dirty.mark(agent, agent_entry(&mut self.agents, agent));
             self.now = self.now.max(at);
             self.stats.timers_fired += 1;
             match timer {
