@@ -7,7 +7,9 @@
 //! quantile and the stored form (hdrhistogram's V2 encoding) are exactly those of the
 //! histogram it replaces: the tests compare them with hdrhistogram's on the same values.
 
-use hdrhistogram::{CreationError, Histogram};
+#[cfg(test)]
+use hdrhistogram::CreationError;
+use hdrhistogram::Histogram;
 
 /// Significant digits of the bins: `2 × 10²` values resolved within a unit need 256
 /// sub-buckets, half of which start each bucket after the first.
@@ -72,6 +74,58 @@ fn highest_equivalent(v: u64) -> u64 {
     lowest.saturating_add(1 << bucket) - 1
 }
 
+/// hdrhistogram's V2 cookie (integer counts, uncompressed).
+const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
+
+/// How many bins a dense histogram tracking up to `highest` holds (hdrhistogram's
+/// `buckets_to_cover`, then half a bucket of sub-buckets per bucket and one more).
+fn counts_len(highest: u64) -> u64 {
+    let (mut untrackable, mut buckets) = (SUB_BUCKETS, 1u64);
+    while untrackable <= highest {
+        if untrackable > u64::MAX / 2 {
+            buckets += 1;
+            break;
+        }
+        untrackable <<= 1;
+        buckets += 1;
+    }
+    (buckets + 1) * HALF
+}
+
+fn zig_zag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+/// hdrhistogram's varint: seven bits a byte, low first, and a ninth byte taken whole.
+fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+    for _ in 0..8 {
+        if v < 0x80 {
+            out.push(v as u8);
+            return;
+        }
+        out.push(0x80 | (v & 0x7f) as u8);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads one varint from the front of `b`; `None` when it ends first.
+fn read_varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for k in 0..9 {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        if k == 8 {
+            return Some(v | u64::from(byte) << 56);
+        }
+        v |= u64::from(byte & 0x7f) << (7 * k);
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    Some(v)
+}
+
 /// The top of the bins that a histogram tracking up to `highest` allocates: values above it
 /// make a dense histogram grow.
 fn covered(highest: u64) -> u64 {
@@ -129,12 +183,92 @@ impl EpochHistogram {
 
     /// The dense histogram with the same counts and size (an error only for a size that
     /// hdrhistogram itself refuses, which neither recording nor reading makes).
+    #[cfg(test)]
     pub fn to_dense(&self) -> Result<Histogram<u32>, CreationError> {
         let mut h = Histogram::<u32>::new_with_bounds(1, self.highest, SIGFIG)?;
         for &(i, c) in &self.bins {
             h.saturating_record_n(value_for(i), c);
         }
         Ok(h)
+    }
+
+    /// Appends the V2 encoding of [`EpochHistogram::to_dense`], byte for byte what
+    /// hdrhistogram's `V2Serializer` writes for it, without building the dense histogram
+    /// (about 9 kB for latencies in seconds, allocated and walked per key and snapshot).
+    pub fn write_v2(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&V2_COOKIE.to_be_bytes());
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&u32::from(SIGFIG).to_be_bytes());
+        out.extend_from_slice(&1u64.to_be_bytes());
+        out.extend_from_slice(&self.highest.to_be_bytes());
+        out.extend_from_slice(&1.0f64.to_be_bytes());
+        let start = out.len();
+        // The bins up to the last with a count (bin 0 alone when none has), runs of two or
+        // more empty bins written as their negated length.
+        let mut next = 0u32;
+        for &(i, c) in &self.bins {
+            match i - next {
+                0 => {}
+                1 => write_varint(out, 0),
+                gap => write_varint(out, zig_zag(-i64::from(gap))),
+            }
+            write_varint(out, zig_zag(i64::from(c)));
+            next = i + 1;
+        }
+        if self.bins.is_empty() {
+            write_varint(out, 0);
+        }
+        let len = (out.len() - start) as u32;
+        out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Reads the V2 form [`EpochHistogram::write_v2`] writes (this precision, no
+    /// normalizing offset, integer counts), as hdrhistogram's `Deserializer` followed by
+    /// [`EpochHistogram::from_dense`] reads it, errors included; `Ok(None)` for any other
+    /// header, which that path reads. `b` was checked by the caller: its payload is within
+    /// it and no count is `i64::MIN`.
+    pub fn read_v2(b: &[u8]) -> Result<Option<EpochHistogram>, &'static str> {
+        let word = |at: usize| b.get(at..at + 4).map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        let long = |at: usize| b.get(at..at + 8).map(|w| u64::from_be_bytes(w.try_into().unwrap_or([0; 8])));
+        let (Some(len), Some(offset), Some(sigfig), Some(low), Some(highest), Some(ratio)) =
+            (word(4), word(8), word(12), long(16), long(24), long(32))
+        else {
+            return Ok(None);
+        };
+        if word(0) != Some(V2_COOKIE)
+            || offset != 0
+            || sigfig != u32::from(SIGFIG)
+            || low != 1
+            || highest < 2
+            || f64::from_bits(ratio) != 1.0
+        {
+            return Ok(None);
+        }
+        let Some(mut payload) = b.get(40..40 + len as usize) else { return Ok(None) };
+        let limit = counts_len(highest);
+        let (mut bins, mut total, mut at) = (Vec::new(), 0u64, 0u64);
+        while !payload.is_empty() {
+            let v = read_varint(&mut payload).ok_or("truncated HDR histogram count")?;
+            let n = (v >> 1) as i64 ^ -((v & 1) as i64);
+            // Positions past `u64::MAX` are an error there too (`usize` arithmetic, checked).
+            const PAST_END: &str = "HDR histogram counts beyond any position";
+            if n < 0 {
+                at = at.checked_add(n.unsigned_abs()).ok_or(PAST_END)?;
+                continue;
+            }
+            let c = u32::try_from(n).map_err(|_| "HDR histogram count beyond 32 bits")?;
+            if c > 0 {
+                if at >= limit {
+                    return Err("HDR histogram counts beyond its highest value");
+                }
+                bins.push((at as u32, c));
+                total = total.saturating_add(u64::from(c));
+            }
+            at = at.checked_add(1).ok_or(PAST_END)?;
+        }
+        Ok(Some(EpochHistogram { bins, total, highest }))
     }
 
     /// The same counts as a dense histogram of this precision; `None` for any other.

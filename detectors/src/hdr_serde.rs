@@ -3,24 +3,46 @@
 //! implementation of its own).
 
 use crate::epoch_hist::EpochHistogram;
-use hdrhistogram::serialization::{Deserializer as HdrDe, Serializer as _, V2Serializer};
+use hdrhistogram::serialization::Deserializer as HdrDe;
 use hdrhistogram::Histogram;
-use serde::{de::Error as _, ser::Error as _, Deserialize, Deserializer, Serializer};
+use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
 
 pub(crate) fn serialize<S: Serializer>(h: &EpochHistogram, s: S) -> Result<S::Ok, S::Error> {
-    let dense = h.to_dense().map_err(|e| S::Error::custom(format!("{e:?}")))?;
     let mut buf = Vec::new();
-    V2Serializer::new().serialize(&dense, &mut buf).map_err(|e| S::Error::custom(format!("{e:?}")))?;
+    h.write_v2(&mut buf);
     s.serialize_bytes(&buf)
+}
+
+/// What hdrhistogram writes for `h`, through its dense histogram (for the tests: the
+/// stored form is written by [`EpochHistogram::write_v2`]).
+#[cfg(test)]
+pub(crate) fn dense_v2(h: &EpochHistogram) -> Vec<u8> {
+    use hdrhistogram::serialization::{Serializer as _, V2Serializer};
+    let mut buf = Vec::new();
+    V2Serializer::new().serialize(&h.to_dense().unwrap(), &mut buf).unwrap();
+    buf
 }
 
 pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EpochHistogram, D::Error> {
     let bytes: Vec<u8> = Vec::deserialize(d)?;
-    check_v2(&bytes).map_err(D::Error::custom)?;
-    let h: Histogram<u32> =
-        HdrDe::new().deserialize(&mut bytes.as_slice()).map_err(|e| D::Error::custom(format!("{e:?}")))?;
+    read(&bytes).map_err(D::Error::custom)
+}
+
+/// Reads a stored histogram: the form written here by its own reader, any other through
+/// hdrhistogram's (which then refuses another precision).
+fn read(bytes: &[u8]) -> Result<EpochHistogram, String> {
+    check_v2(bytes)?;
+    if let Some(h) = EpochHistogram::read_v2(bytes)? {
+        return Ok(h);
+    }
+    dense_read(bytes)
+}
+
+/// hdrhistogram's reader, then the bins of its dense histogram.
+fn dense_read(bytes: &[u8]) -> Result<EpochHistogram, String> {
+    let h: Histogram<u32> = HdrDe::new().deserialize(&mut { bytes }).map_err(|e| format!("{e:?}"))?;
     EpochHistogram::from_dense(&h)
-        .ok_or_else(|| D::Error::custom("HDR histogram of another precision than the quantile bound's"))
+        .ok_or_else(|| "HDR histogram of another precision than the quantile bound's".into())
 }
 
 /// Checks what hdrhistogram 7.6's V2 decoder does not, so that a corrupt state record is an
@@ -100,6 +122,77 @@ mod tests {
             serde_json::from_value(serde_json::to_value(Held { h: h.clone() }).unwrap()).unwrap();
         assert_eq!(back.h, h);
         assert_eq!(back.h.value_at_quantile(1.0), h.value_at_quantile(1.0));
+    }
+
+    /// The stored form is hdrhistogram's, byte for byte, and the reader reads what
+    /// hdrhistogram's does, over random histograms and every kind of damage to their bytes:
+    /// the same verdict, and the same histogram when it reads.
+    #[test]
+    fn the_v2_codec_is_hdrhistograms() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(44);
+        let (mut read, mut refused) = (0, 0);
+        for case in 0..3_000u32 {
+            let mut h = EpochHistogram::default();
+            for _ in 0..rng.random_range(0..200) {
+                let v = match rng.random_range(0..20) {
+                    0 => rng.random::<u64>() % (u64::MAX / 4),
+                    1 => rng.random_range(0..300),
+                    _ => rng.random_range(50_000..5_000_000),
+                };
+                h.record(v);
+            }
+            let mut bytes = Vec::new();
+            h.write_v2(&mut bytes);
+            assert_eq!(bytes, super::dense_v2(&h), "case {case}");
+            assert_eq!(super::read(&bytes), Ok(h.clone()), "case {case}");
+            // Damage: a byte changed (header or payload), the record cut short, or a header
+            // field set to an edge value.
+            let mut bad = bytes.clone();
+            match rng.random_range(0..4) {
+                0 => {
+                    let at = rng.random_range(0..bad.len());
+                    bad[at] = rng.random();
+                }
+                1 => bad.truncate(rng.random_range(0..bad.len())),
+                2 => {
+                    let at = [4, 8, 12, 16, 24, 32][rng.random_range(0..6)];
+                    let edge = [0u8, 1, 2, 3, 0x7f, 0x80, 0xff][rng.random_range(0..7)];
+                    bad[at..at + 4].iter_mut().for_each(|b| *b = edge);
+                }
+                _ => {
+                    // A count or a run beyond what the histogram holds, or beyond 32 bits.
+                    let n: i64 = [u32::MAX as i64 + 1, -(1 << 20), -i64::MAX, 1][rng.random_range(0..4)];
+                    bad.extend(varint(((n << 1) ^ (n >> 63)) as u64));
+                    let len = (bad.len() - 40) as u32;
+                    bad[4..8].copy_from_slice(&len.to_be_bytes());
+                }
+            }
+            let (ours, theirs) = (
+                super::read(&bad),
+                super::check_v2(&bad).map_err(String::from).and_then(|()| super::dense_read(&bad)),
+            );
+            assert_eq!(ours.is_ok(), theirs.is_ok(), "case {case}: {ours:?} against {theirs:?}");
+            if let (Ok(a), Ok(b)) = (&ours, &theirs) {
+                assert_eq!(a, b, "case {case}");
+                assert_eq!(a.value_at_quantile(1.0), b.value_at_quantile(1.0));
+                read += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        // Both outcomes were exercised.
+        assert!(read > 300 && refused > 300, "{read} read, {refused} refused");
+    }
+
+    fn varint(mut v: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        while v >= 0x80 {
+            out.push(0x80 | (v & 0x7f) as u8);
+            v >>= 7;
+        }
+        out.push(v as u8);
+        out
     }
 
     /// A histogram of another precision is an error, not a misread one.
