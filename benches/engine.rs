@@ -1,7 +1,8 @@
 //! Offline pipeline throughput: telemetry through the engine core with five clauses per
 //! event (a drift clause of each kind and three limit tests), on the simulated fleet.
 //! Decoding is measured separately (`decode/*`, with the generic Avro path as the peer of the
-//! compiled one), so the two figures add up to a replay.
+//! compiled one), so the two figures add up to a replay. `changelog/*` encodes and decodes the
+//! fleet's agent records after the run, as snapshots and restores do.
 
 /// The binary's allocator (see `driftgate/src/main.rs`), so the figures are the binary's.
 #[global_allocator]
@@ -9,6 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use driftgate::cli::demo::Fleet;
+use driftgate_core::codec::changelog::{decode_agent, encode_agent};
 use driftgate_core::engine::{Engine, EngineConfig, Input, TraceLimits};
 use driftgate_core::model::telemetry::Telemetry;
 use driftgate_core::pact::parse_pact;
@@ -114,6 +116,24 @@ fn engine(c: &mut Criterion) {
                 })
                 .sum::<u64>()
         })
+    });
+    g.finish();
+
+    // The changelog's agent records, as a snapshot writes them and a restore reads them: the
+    // fleet's agents after the five clauses' run (every one with a quantile bound's histogram).
+    let mut e = Engine::new(EngineConfig::default(), vec![pact.clone()]);
+    for t in events.iter().cloned() {
+        e.push(Input::Telemetry(t));
+        drop(e.drain());
+    }
+    e.flush();
+    let states: Vec<Vec<u8>> = e.agents().map(|(_, a)| encode_agent(a)).collect();
+    let mut g = c.benchmark_group("changelog");
+    g.throughput(Throughput::Elements(states.len() as u64));
+    g.sample_size(10);
+    g.bench_function("encode", |b| b.iter(|| e.agents().map(|(_, a)| encode_agent(a).len()).sum::<usize>()));
+    g.bench_function("decode", |b| {
+        b.iter(|| states.iter().map(|s| decode_agent(s).map_or(0, |a| a.seq)).sum::<u64>())
     });
     g.finish();
 }
