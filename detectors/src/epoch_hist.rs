@@ -110,7 +110,7 @@ fn write_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Reads one varint from the front of `b`; `None` when it ends first.
-fn read_varint(b: &mut &[u8]) -> Option<u64> {
+pub(crate) fn read_varint(b: &mut &[u8]) -> Option<u64> {
     let mut v = 0u64;
     for k in 0..9 {
         let (&byte, rest) = b.split_first()?;

@@ -2,7 +2,7 @@
 //! format, the form its `hdrhistogram::Histogram` was stored in (that crate has no serde
 //! implementation of its own).
 
-use crate::epoch_hist::EpochHistogram;
+use crate::epoch_hist::{read_varint, EpochHistogram};
 use hdrhistogram::serialization::Deserializer as HdrDe;
 use hdrhistogram::Histogram;
 use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
@@ -60,22 +60,9 @@ fn check_v2(b: &[u8]) -> Result<(), &'static str> {
     let len = word(4).ok_or("truncated HDR histogram")? as usize;
     let payload =
         b.get(HEADER..HEADER.saturating_add(len)).ok_or("HDR histogram payload beyond its record")?;
-    // Its varints: up to eight bytes of seven bits, then a ninth taken whole.
-    let mut i = 0;
-    while i < payload.len() {
-        let mut v = 0u64;
-        for k in 0..9 {
-            let Some(&byte) = payload.get(i) else { break };
-            i += 1;
-            if k == 8 {
-                v |= u64::from(byte) << 56;
-                break;
-            }
-            v |= u64::from(byte & 0x7f) << (7 * k);
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
+    // A truncated last varint is left to the readers, which refuse it.
+    let mut payload = payload;
+    while let Some(v) = read_varint(&mut payload) {
         // The zig-zag encoding of i64::MIN.
         if v == u64::MAX {
             return Err("corrupt HDR histogram count");
