@@ -228,6 +228,17 @@ impl AutoConfig {
     }
 }
 
+/// A stored threshold, refused unless it is a positive number, as every bank's is: a corrupt
+/// one at or below zero alarmed on a bank without members, whose alarm has no winner to
+/// describe (a panic found by the changelog fuzz target).
+pub(crate) fn stored_threshold<E: serde::de::Error>(t: f64) -> Result<f64, E> {
+    if t > 0.0 {
+        Ok(t)
+    } else {
+        Err(E::custom(format!("stored threshold {t} is not a positive number")))
+    }
+}
+
 /// The configuration a decoded `auto` detector holds until [`crate::AnyDetector::bind`]
 /// gives it its clause's: one shared value, so that a restore allocates none per key.
 pub(crate) fn default_config() -> std::sync::Arc<AutoConfig> {
@@ -456,6 +467,29 @@ pub(crate) fn log_stat(lambda: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::MetricKind;
+
+    /// A stored threshold that is not a positive number is refused by every auto kind, and
+    /// the one it stored reads back.
+    #[test]
+    fn a_stored_threshold_at_or_below_zero_is_refused() {
+        use crate::{AutoBernoulli, AutoCategorical, AutoReal};
+        use serde::de::DeserializeOwned;
+        fn check<T: serde::Serialize + DeserializeOwned>(d: &T) {
+            let mut v = serde_json::to_value(d).unwrap();
+            assert!(serde_json::from_value::<T>(v.clone()).is_ok(), "{v}");
+            for bad in [serde_json::json!(0.0), serde_json::json!(-1.0), serde_json::Value::Null] {
+                v["t"] = bad.clone();
+                let e = serde_json::from_value::<T>(v.clone()).err().map(|e| e.to_string());
+                assert!(e.is_some(), "{bad} read");
+            }
+            v["t"] = serde_json::json!(-2.5);
+            let e = serde_json::from_value::<T>(v).err().unwrap().to_string();
+            assert!(e.contains("stored threshold -2.5 is not a positive number"), "{e}");
+        }
+        check(&AutoBernoulli::new(AutoConfig::default()).unwrap());
+        check(&AutoReal::new(AutoConfig::default()).unwrap());
+        check(&AutoCategorical::new(AutoConfig::default(), 8).unwrap());
+    }
 
     #[test]
     fn a_baseline_longer_than_32_bit_counts_hold_is_refused_by_name() {

@@ -149,7 +149,7 @@ impl<'de> Deserialize<'de> for AutoBernoulli {
             shape: no_shape(),
             shapes: unbound_shapes(),
             sr: r.sr,
-            threshold: r.t,
+            threshold: crate::auto::stored_threshold(r.t)?,
         })
     }
 }

@@ -141,7 +141,7 @@ impl<'de> Deserialize<'de> for AutoCategorical {
             p0: r.p0,
             lr: Box::default(),
             sr: r.sr,
-            threshold: r.t,
+            threshold: crate::auto::stored_threshold(r.t)?,
         })
     }
 }

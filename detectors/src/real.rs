@@ -186,7 +186,7 @@ impl<'de> Deserialize<'de> for AutoReal {
             },
             stages: no_stages(),
             sr: r.sr,
-            threshold: r.t,
+            threshold: crate::auto::stored_threshold(r.t)?,
         })
     }
 }
