@@ -5,7 +5,7 @@ use crate::auto::{
     build_bank, log_stat, member_sizes, AutoConfig, Candidate, Restorable, Restoration, MAX_JUMP,
 };
 use crate::detector::{as_bool, Detector, MetricKind, Observation, View};
-use crate::interner::Interner;
+use crate::interner::{Interned, Interner};
 use crate::mixture::{Member, MixtureSr};
 use crate::overshoot::zeta_two_point;
 use crate::DetectorError;
@@ -35,7 +35,7 @@ pub struct AutoBernoulli {
     p0: f64,
     /// The bank's members and likelihood ratios, shared by the clause's keys with the same
     /// baseline (see [`Shape`]).
-    shape: Arc<Shape>,
+    shape: SharedShape,
     /// Where the clause's keys find their shared shapes.
     shapes: Arc<Shapes>,
     sr: Option<MixtureSr>,
@@ -59,14 +59,14 @@ struct Shape {
 /// Shapes by configuration fingerprint, `p0` (bits) and build size.
 type Shapes = Interner<(u64, u64, u64), Shape>;
 
-fn shape_key(fingerprint: u64, p0: f64, built_at: u64) -> (u64, u64, u64) {
-    (fingerprint, p0.to_bits(), built_at)
-}
+/// A shape as its keys hold it.
+type SharedShape = Arc<Interned<(u64, u64, u64), Shape>>;
 
 /// What a detector holds before its first bank, and where a decoded one looks until it is
 /// bound: one shared value each, so that neither allocates per key.
-fn no_shape() -> Arc<Shape> {
-    static NONE: LazyLock<Arc<Shape>> = LazyLock::new(Arc::default);
+fn no_shape() -> SharedShape {
+    static NONE: LazyLock<SharedShape> =
+        LazyLock::new(|| Arc::new(Interned::alone((0, 0, 0), Shape::default())));
     Arc::clone(&NONE)
 }
 
@@ -270,16 +270,11 @@ impl AutoBernoulli {
     }
 
     /// The shape of the bank for `p0` built at `n`: the one another key holds, or built.
-    fn shape(&self, p0: f64, n: u64) -> Arc<Shape> {
-        self.shapes.get_or_make(shape_key(self.rs.fingerprint, p0, n), || {
+    fn shape(&self, p0: f64, n: u64) -> SharedShape {
+        self.shapes.get_or_make((self.rs.fingerprint, p0.to_bits(), n), || {
             let bank = self.bank(p0, n);
             Shape { members: bank.sr.members, lr: bank.lr.into(), threshold: bank.threshold }
         })
-    }
-
-    /// Where the shape held now is interned (none is before the first bank).
-    fn shape_key(&self) -> (u64, u64, u64) {
-        shape_key(self.rs.fingerprint, self.p0, self.built_at)
     }
 
     /// Once per baseline stage: out of line, off the inlined path of every event.
@@ -294,11 +289,9 @@ impl AutoBernoulli {
         if let Some(old) = &self.sr {
             sr.inherit(old);
         }
-        let old_key = self.shape_key();
         self.p0 = p0;
         self.threshold = shape.threshold;
-        let old = std::mem::replace(&mut self.shape, shape);
-        self.shapes.release(&old_key, old);
+        self.shape = shape;
         self.sr = Some(sr);
         self.built_at = n;
     }
@@ -427,10 +420,7 @@ impl Detector for AutoBernoulli {
 
     fn reset(&mut self) {
         let rs = self.rs;
-        let key = self.shape_key();
-        let fresh = AutoBernoulli::fresh(Arc::clone(&self.cfg), Arc::clone(&self.shapes));
-        let old = std::mem::replace(self, fresh);
-        self.shapes.release(&key, old.shape);
+        *self = AutoBernoulli::fresh(Arc::clone(&self.cfg), Arc::clone(&self.shapes));
         self.rs = rs.after_reset();
     }
 

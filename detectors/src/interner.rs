@@ -8,85 +8,104 @@
 //! there costs nothing on the per-event path.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::sync::{Arc, Mutex, Weak};
 
-/// Fewest entries before dead ones are swept.
-const MIN_SWEEP: usize = 64;
-
-/// Values by key, held weakly: a value lives while a detector holds it, and its entry is
-/// swept once the map has doubled since the last sweep (amortised `O(1)` per insert).
-pub(crate) struct Interner<K, V> {
-    inner: Mutex<Inner<K, V>>,
+/// Values by key, held weakly: a value lives while a detector holds it, and its entry leaves
+/// with it (see [`Interned`]), so the map holds the live values only.
+pub(crate) struct Interner<K: Ord, V> {
+    /// Ordered, not hashed: entries come and go as keys rebuild their banks, and a hash
+    /// table's room then grows in doublings (and tombstones) that depend on where keys
+    /// hashed, which moved a bernoulli key's measured memory by 21 B from one run to the
+    /// next. A B-tree holds about its entries, the same in every run; it is looked up only
+    /// when a bank is built or dropped.
+    map: Mutex<BTreeMap<K, Weak<Interned<K, V>>>>,
 }
 
 /// Not the entries: a detector's debug output would list the whole clause's.
-impl<K, V> std::fmt::Debug for Interner<K, V> {
+impl<K: Ord, V> std::fmt::Debug for Interner<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Interner").finish_non_exhaustive()
     }
 }
 
-struct Inner<K, V> {
-    /// Ordered, not hashed: entries come and go as keys rebuild their banks, and a hash
-    /// table's room then grows in doublings (and tombstones) that depend on where keys
-    /// hashed, which moved a bernoulli key's measured memory by 21 B from one run to the
-    /// next. A B-tree holds about its entries, the same in every run; it is looked up only
-    /// when a bank is built.
-    map: BTreeMap<K, Weak<V>>,
-    sweep_at: usize,
-}
-
-impl<K, V> Default for Interner<K, V> {
+impl<K: Ord, V> Default for Interner<K, V> {
     fn default() -> Self {
-        Interner { inner: Mutex::new(Inner { map: BTreeMap::new(), sweep_at: MIN_SWEEP }) }
+        Interner { map: Mutex::new(BTreeMap::new()) }
     }
 }
 
-impl<K: Ord, V> Interner<K, V> {
+/// A value an [`Interner`] shares. When its last holder drops it, its entry leaves the
+/// interner: a key that rebuilt its bank at each baseline stage left a dead entry behind
+/// per stage, with the allocation a weak pointer keeps (60 B per bernoulli key after 20,000
+/// events), until a sweep once the map had doubled.
+pub(crate) struct Interned<K: Ord, V> {
+    value: V,
+    key: K,
+    /// Where its entry is; none for a value no interner holds.
+    home: Weak<Interner<K, V>>,
+}
+
+impl<K: Ord, V> Interned<K, V> {
+    /// A value of no interner (a shared placeholder, say).
+    pub fn alone(key: K, value: V) -> Self {
+        Interned { value, key, home: Weak::new() }
+    }
+}
+
+impl<K: Ord, V> Deref for Interned<K, V> {
+    type Target = V;
+    fn deref(&self) -> &V {
+        &self.value
+    }
+}
+
+impl<K: Ord, V: std::fmt::Debug> std::fmt::Debug for Interned<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.value.fmt(f)
+    }
+}
+
+impl<K: Ord, V> Drop for Interned<K, V> {
+    fn drop(&mut self) {
+        let Some(home) = self.home.upgrade() else { return };
+        let mut map = home.lock();
+        // The entry may already be another value's: one made for the key after this one's
+        // last holder let go and before this ran.
+        if map.get(&self.key).is_some_and(|w| std::ptr::eq(w.as_ptr(), self)) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl<K: Ord + Clone, V> Interner<K, V> {
     /// The value for `key`: the one someone still holds, or `make()`'s, kept for the next.
     ///
     /// `make` must be a pure function of `key`, so that which caller builds it does not
     /// matter. It runs under the lock: two keys reaching the same baseline at once build it
     /// once.
-    pub fn get_or_make(&self, key: K, make: impl FnOnce() -> V) -> Arc<V> {
-        // A panic elsewhere while holding the lock leaves the map consistent (entries are
-        // only inserted or swept whole), so a poisoned lock is still usable.
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = inner.map.get(&key).and_then(Weak::upgrade) {
+    pub fn get_or_make(self: &Arc<Self>, key: K, make: impl FnOnce() -> V) -> Arc<Interned<K, V>> {
+        let mut map = self.lock();
+        if let Some(v) = map.get(&key).and_then(Weak::upgrade) {
             return v;
         }
-        let v = Arc::new(make());
-        inner.map.insert(key, Arc::downgrade(&v));
-        if inner.map.len() >= inner.sweep_at {
-            inner.map.retain(|_, w| w.strong_count() > 0);
-            inner.sweep_at = (2 * inner.map.len()).max(MIN_SWEEP);
-        }
+        let v = Arc::new(Interned { value: make(), key: key.clone(), home: Arc::downgrade(self) });
+        map.insert(key, Arc::downgrade(&v));
         v
     }
+}
 
-    /// Gives back a value got for `key`: when the caller held it last, its entry goes now,
-    /// with the allocation a weak entry keeps (a key rebuilding its bank at each baseline
-    /// stage left one dead entry behind per stage, about 120 B per bernoulli key until the
-    /// next sweep).
-    ///
-    /// Counting under the lock is exact: values are only handed out under it, and a count
-    /// of one means no other holder can clone it.
-    pub fn release(&self, key: &K, v: Arc<V>) {
-        // Shared: someone else holds it, no lock needed.
-        if Arc::strong_count(&v) != 1 {
-            return;
-        }
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let ours = inner.map.get(key).is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&v)));
-        if ours && Arc::strong_count(&v) == 1 {
-            inner.map.remove(key);
-        }
+impl<K: Ord, V> Interner<K, V> {
+    /// A panic elsewhere while holding the lock leaves the map consistent (entries are only
+    /// inserted or removed whole), so a poisoned lock is still usable.
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<K, Weak<Interned<K, V>>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Entries, dead or alive (for tests).
     #[cfg(test)]
     pub(crate) fn entries(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).map.len()
+        self.lock().len()
     }
 }
 
@@ -96,7 +115,7 @@ mod tests {
 
     #[test]
     fn a_value_is_shared_while_held_and_made_again_after() {
-        let i: Interner<u32, String> = Interner::default();
+        let i: Arc<Interner<u32, String>> = Arc::default();
         let mut made = 0;
         let a = i.get_or_make(1, || {
             made += 1;
@@ -117,30 +136,32 @@ mod tests {
     }
 
     #[test]
-    fn a_value_given_back_by_its_last_holder_leaves_no_entry() {
-        let i: Interner<u32, String> = Interner::default();
+    fn an_entry_leaves_with_its_last_holder() {
+        let i: Arc<Interner<u32, String>> = Arc::default();
         let a = i.get_or_make(1, || "one".to_string());
         let b = i.get_or_make(1, || unreachable!("shared"));
-        i.release(&1, a);
+        drop(a);
         assert_eq!(i.entries(), 1, "still held by another");
         assert!(Arc::ptr_eq(&b, &i.get_or_make(1, || unreachable!("still shared"))));
-        // A value made for the key by someone else is not this one's entry.
-        let stray = Arc::new("stray".to_string());
-        i.release(&1, stray);
+        // A value of no interner, under the same key, is not this one's entry.
+        drop(Interned::alone(1, "stray".to_string()));
         assert_eq!(i.entries(), 1, "another value's entry stays");
-        i.release(&1, b);
+        drop(b);
         assert_eq!(i.entries(), 0, "the last holder took its entry with it");
+        // A value that outlives its interner drops without it.
+        let c = i.get_or_make(2, || "two".to_string());
+        drop(i);
+        assert_eq!(c.as_str(), "two");
     }
 
     #[test]
-    fn dead_entries_are_swept_and_live_ones_kept() {
-        let i: Interner<usize, usize> = Interner::default();
-        let held: Vec<Arc<usize>> = (0..10).map(|k| i.get_or_make(k, || k)).collect();
+    fn dropped_values_leave_no_entry_and_held_ones_stay() {
+        let i: Arc<Interner<usize, usize>> = Arc::default();
+        let held: Vec<_> = (0..10).map(|k| i.get_or_make(k, || k)).collect();
         for k in 10..10_000 {
             drop(i.get_or_make(k, || k));
         }
-        // Never more than twice the live entries since the last sweep, nor under the minimum.
-        assert!(i.entries() <= 2 * MIN_SWEEP, "{} entries", i.entries());
+        assert_eq!(i.entries(), 10, "only the held values");
         for (k, v) in held.iter().enumerate() {
             assert!(Arc::ptr_eq(v, &i.get_or_make(k, || usize::MAX)), "entry {k} was kept");
         }

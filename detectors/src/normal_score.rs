@@ -13,7 +13,7 @@
 //! which keeps heavy tails from producing unbounded scores.
 
 use crate::counts::Counts;
-use crate::interner::Interner;
+use crate::interner::{Interned, Interner};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,7 +79,7 @@ struct Legacy {
 #[derive(Debug, Clone)]
 enum Scores {
     /// The table of the baseline's size, indexed by cumulative count (see [`Table`]).
-    Shared(Arc<Table>),
+    Shared(Arc<Interned<u32, Table>>),
     /// Its own, one per cell boundary: version 1's (of unknown origin), or for a baseline
     /// larger than a shared table may be; empty when not derived yet.
     Own(Box<[f64]>),
@@ -115,8 +115,8 @@ struct Table {
 
 impl Table {
     /// The table of baselines of `n` events (`n >= 1`), shared while any key holds it.
-    fn of(n: u32) -> Arc<Table> {
-        static TABLES: LazyLock<Interner<u32, Table>> = LazyLock::new(Interner::default);
+    fn of(n: u32) -> Arc<Interned<u32, Table>> {
+        static TABLES: LazyLock<Arc<Interner<u32, Table>>> = LazyLock::new(Arc::default);
         TABLES.get_or_make(n, || Table { z: (0..=n).map(|_| AtomicU64::new(0)).collect() })
     }
 
