@@ -311,6 +311,15 @@ enum Timer {
     Ttl(Arc<str>),
 }
 
+impl Timer {
+    /// The agent it is for.
+    fn agent(&self) -> &Arc<str> {
+        match self {
+            Timer::Freshness(a, _) | Timer::OverrideExpiry(a, _) | Timer::Ttl(a) => a,
+        }
+    }
+}
+
 /// A map by name whose keys the engine's other indexes share: an agent's id is one
 /// allocation, held by the agents map and by its timers, its workflow's sets and the changed
 /// list; a workflow's name is one, held by the workflow index and its agents.

@@ -205,9 +205,7 @@ impl Engine {
 
     pub(super) fn fire_timers(&mut self, upto: i64) {
         while let Some((at, timer)) = self.timers.pop_due(upto) {
-            let agent = match &timer {
-                Timer::Freshness(a, _) | Timer::OverrideExpiry(a, _) | Timer::Ttl(a) => a,
-            };
+            let agent = timer.agent();
             self.dirty.mark(agent, agent_entry(&mut self.agents, agent));
             self.now = self.now.max(at);
             self.stats.timers_fired += 1;

@@ -86,9 +86,7 @@ impl Timers {
     /// Every pending timer's agent.
     #[cfg(test)]
     pub(super) fn agents(&self) -> impl Iterator<Item = &Arc<str>> {
-        let other = self.other.iter().map(|(_, t)| match t {
-            Timer::Freshness(a, _) | Timer::OverrideExpiry(a, _) | Timer::Ttl(a) => a,
-        });
+        let other = self.other.iter().map(|(_, t)| t.agent());
         other.chain(self.ttl.iter().map(|(_, a)| a))
     }
 }
