@@ -12,13 +12,14 @@ use std::sync::OnceLock;
 pub type Check = fn(&[u8]);
 
 /// The fuzz targets, by name (each has `fuzz_targets/<name>.rs` and `corpus/<name>/`).
-pub const TARGETS: [(&str, Check); 6] = [
+pub const TARGETS: [(&str, Check); 7] = [
     ("telemetry_avro", telemetry_avro),
     ("telemetry_json", telemetry_json),
     ("predicate", predicate),
     ("pact_yaml", pact_yaml),
     ("changelog", changelog),
     ("history_verify", history_verify),
+    ("hist_v2", hist_v2),
 ];
 
 /// Writer schemas a producer may use: ours, and three evolutions of it (extra fields of
@@ -171,6 +172,15 @@ pub fn changelog(data: &[u8]) {
     e.push(driftgate_core::engine::Input::Telemetry(t));
     e.flush();
     let _ = e.drain();
+}
+
+/// A quantile bound's stored histogram (V2 bytes): its own reader and hdrhistogram's give
+/// the same verdict, and the same histogram when both read. The `changelog` target reaches
+/// these bytes only inside a whole valid state record; this one mutates them directly.
+pub fn hist_v2(data: &[u8]) {
+    if let Err(why) = driftgate_detectors::fuzzing::hdr_v2_readers_agree(data) {
+        panic!("the histogram readers disagree: {why}");
+    }
 }
 
 /// `driftgate history verify` on any bytes: a verdict, never a panic.

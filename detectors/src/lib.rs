@@ -65,3 +65,9 @@ pub use page_hinkley::{PageHinkley, PageHinkleyConfig};
 pub use real::AutoReal;
 pub use spec::{AnyDetector, Binding, CusumSpec, DetectorSpec, DETECTOR_NAMES};
 pub use windowed::{BinnedTest, BinnedWindow, WindowConfig, WindowedKs};
+
+/// What the fuzz targets (`fuzz/`) reach inside the crate; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::hdr_serde::{readers_agree as hdr_v2_readers_agree, sample_v2 as hdr_v2_sample};
+}

@@ -123,6 +123,17 @@ fn main() {
     let mut log = Vec::new();
     driftgate_core::model::history::write_jsonl(&mut log, &history).expect("jsonl");
     write("history_verify", "log", &log);
+    // Stored histograms: empty, one value, a latency-like spread, and values near the top
+    // of the range (long runs of empty bins, the largest bins).
+    let spread: Vec<u64> = (0..200u64).map(|i| 200_000 + i * i * 97).collect();
+    for (name, values) in [
+        ("empty", vec![]),
+        ("one", vec![1_200]),
+        ("spread", spread),
+        ("edges", vec![1, 2, 255, 256, u64::MAX / 8, u64::MAX / 4]),
+    ] {
+        write("hist_v2", name, &driftgate_detectors::fuzzing::hdr_v2_sample(&values));
+    }
     // Every seed passes its own check.
     for (name, check) in checks::TARGETS {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(name);
