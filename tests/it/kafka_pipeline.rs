@@ -186,6 +186,8 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     });
     let s = scrape::samples(&text);
     assert_eq!(scrape::sum(&s, "driftgate_records_decoded_total", &[]), records.len() as f64);
+    // One processing time per record (a batch's, shared): the drain bench counts on it.
+    assert_eq!(scrape::sum(&s, "driftgate_processing_seconds_count", &[]), records.len() as f64);
     assert_eq!(scrape::sum(&s, "driftgate_records_dead_lettered_total", &[]), 0.0);
     assert_eq!(
         scrape::sum(&s, "driftgate_enforcement_events_total", &[]),
