@@ -9,7 +9,8 @@
 //!   against a bare rdkafka consumer that only counts the same records. The engine is timed
 //!   twice: drained (its last record evaluated, read from its `/metrics`) and committed (its
 //!   last offset in the group, which the snapshot protocol commits only after the snapshot
-//!   covering it is acknowledged).
+//!   covering it is acknowledged). A second bare consumer reads the same records through
+//!   librdkafka's batch API, for what per-message polling costs.
 //!
 //! - `breach`: a critical zero-tolerance breach (PII) → the router receiving its block, in a
 //!   live stream and as the last record before the input goes silent; and a held (non-critical)
@@ -604,6 +605,7 @@ fn throughput(b: &Broker, a: &Args) {
     // varies most: the first group on a fresh broker also waits for the offsets topic).
     let bare_steady = (a.records - 1) as f64 / (bare_secs - bare_first.unwrap_or(0.0));
     drop(bare);
+    let (batch_secs, batch_steady) = bare_batch_drain(b, &t.input, partitions, a.records, a.fetch_wait_ms);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), b, &t, FIVE, "", a);
@@ -668,6 +670,10 @@ fn throughput(b: &Broker, a: &Args) {
     );
     println!("                                                from start             first to last record");
     println!("  bare rdkafka consumer (count only)      {br:>9.0} records/s ({bare_secs:.2} s)  {bare_steady:>9.0} records/s");
+    println!(
+        "  bare consumer, librdkafka's batch API  {:>9.0} records/s ({batch_secs:.2} s)  {batch_steady:>9.0} records/s",
+        a.records as f64 / batch_secs
+    );
     println!("  driftgate run (decode, 5 clauses, outputs)");
     println!("    drained: last record evaluated        {dr:>9.0} records/s ({drained_secs:.2} s)  {drained_steady:>9.0} records/s");
     println!("    committed: last offset in the group   {er:>9.0} records/s ({engine_secs:.2} s)");
@@ -690,6 +696,79 @@ fn throughput(b: &Broker, a: &Args) {
             (a.records as i64 - c) as f64 / (engine_secs - at)
         );
     }
+}
+
+/// The same drain through librdkafka's batch API, which rust-rdkafka does not wrap: each
+/// partition's messages split off to a queue of their own and read up to 1,024 a call, while
+/// the consumer's own queue is polled for the group's events. It shows what the per-message
+/// poll costs a reader (see the README's drain section). Seconds from its start to the last
+/// record, and the rate from its first record.
+fn bare_batch_drain(
+    b: &Broker,
+    topic: &str,
+    partitions: i32,
+    records: usize,
+    fetch_wait_ms: u32,
+) -> (f64, f64) {
+    use rdkafka::bindings as rd;
+    let t0 = Instant::now();
+    let c: BaseConsumer = b
+        .client()
+        .set("group.id", format!("bare-batch-{}", rand_suffix()))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        .set("fetch.queue.backoff.ms", "10")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    let name = std::ffi::CString::new(topic).expect("topic name");
+    // Split before the first poll, so no record reaches the consumer's own queue.
+    // SAFETY: the client outlives the queues, which are destroyed below, before it.
+    let queues: Vec<*mut rd::rd_kafka_queue_t> = (0..partitions)
+        .map(|p| unsafe {
+            let q = rd::rd_kafka_queue_get_partition(c.client().native_ptr(), name.as_ptr(), p);
+            assert!(!q.is_null(), "partition queue");
+            rd::rd_kafka_queue_forward(q, std::ptr::null_mut());
+            q
+        })
+        .collect();
+    let mut buf: Vec<*mut rd::rd_kafka_message_t> = vec![std::ptr::null_mut(); 1024];
+    let (mut count, mut first) = (0usize, None);
+    while count < records {
+        // The group's events (the assignment); a record here would have been polled before
+        // the split.
+        if let Some(Ok(_)) = c.poll(Duration::ZERO) {
+            count += 1;
+        }
+        let mut got = 0;
+        for &q in &queues {
+            // SAFETY: `buf` holds `buf.len()` slots; every message returned is destroyed once.
+            let n = unsafe { rd::rd_kafka_consume_batch_queue(q, 0, buf.as_mut_ptr(), buf.len()) };
+            for &m in &buf[..n.max(0) as usize] {
+                unsafe {
+                    if (*m).err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                        count += 1;
+                    }
+                    rd::rd_kafka_message_destroy(m);
+                }
+            }
+            got += n.max(0);
+        }
+        if got > 0 {
+            first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+        } else {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1800), "batch consumer stalled at {count}");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    for q in queues {
+        // SAFETY: each queue was returned by `rd_kafka_queue_get_partition` above.
+        unsafe { rd::rd_kafka_queue_destroy(q) };
+    }
+    (secs, (records - 1) as f64 / (secs - first.unwrap_or(0.0)))
 }
 
 /// Restart time to ready: state for `--keys` agent × clause keys (five clauses, three events
