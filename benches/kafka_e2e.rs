@@ -576,19 +576,8 @@ fn throughput(b: &Broker, a: &Args) {
     assert_eq!(n, a.records, "the simulated fleet ran out of events");
 
     // Bare consumer: same broker, same group protocol, counts only.
-    let group = format!("bare-{}", rand_suffix());
     let t0 = Instant::now();
-    let bare: BaseConsumer = b
-        .client()
-        .set("group.id", &group)
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", a.fetch_wait_ms.to_string())
-        .set("fetch.queue.backoff.ms", "10")
-        .create()
-        .expect("consumer");
-    bare.subscribe(&[&t.input]).expect("subscribe");
+    let bare = bare_consumer(b, "bare", &t.input, a.fetch_wait_ms);
     let mut count = 0usize;
     let mut bytes = 0usize;
     let mut bare_first = None;
@@ -601,9 +590,7 @@ fn throughput(b: &Broker, a: &Args) {
         assert!(t0.elapsed() < Duration::from_secs(1800), "bare consumer stalled at {count}");
     }
     let bare_secs = t0.elapsed().as_secs_f64();
-    // From the first record to the last: the drain itself, without the group join (whose time
-    // varies most: the first group on a fresh broker also waits for the offsets topic).
-    let bare_steady = (a.records - 1) as f64 / (bare_secs - bare_first.unwrap_or(0.0));
+    let bare_steady = steady_rate(a.records, bare_secs, bare_first);
     drop(bare);
     let (batch_secs, batch_steady) = bare_batch_drain(b, &t.input, partitions, a.records, a.fetch_wait_ms);
 
@@ -712,17 +699,7 @@ fn bare_batch_drain(
 ) -> (f64, f64) {
     use rdkafka::bindings as rd;
     let t0 = Instant::now();
-    let c: BaseConsumer = b
-        .client()
-        .set("group.id", format!("bare-batch-{}", rand_suffix()))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
-        .set("fetch.queue.backoff.ms", "10")
-        .create()
-        .expect("consumer");
-    c.subscribe(&[topic]).expect("subscribe");
+    let c = bare_consumer(b, "bare-batch", topic, fetch_wait_ms);
     let name = std::ffi::CString::new(topic).expect("topic name");
     // Split before the first poll, so no record reaches the consumer's own queue.
     // SAFETY: the client outlives the queues, which are destroyed below, before it.
@@ -768,7 +745,31 @@ fn bare_batch_drain(
         // SAFETY: each queue was returned by `rd_kafka_queue_get_partition` above.
         unsafe { rd::rd_kafka_queue_destroy(q) };
     }
-    (secs, (records - 1) as f64 / (secs - first.unwrap_or(0.0)))
+    (secs, steady_rate(records, secs, first))
+}
+
+/// A consumer of `topic` in a group of its own (named after `role`), from the beginning,
+/// committing nothing: the bare consumers the engine is compared with.
+fn bare_consumer(b: &Broker, role: &str, topic: &str, fetch_wait_ms: u32) -> BaseConsumer {
+    let c: BaseConsumer = b
+        .client()
+        .set("group.id", format!("{role}-{}", rand_suffix()))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        .set("fetch.queue.backoff.ms", "10")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    c
+}
+
+/// Records per second from the first record (at `first` s, if any arrived) to the last (at
+/// `secs`): the drain itself, without the group join, whose time varies most (the first
+/// group on a fresh broker also waits for the offsets topic).
+fn steady_rate(records: usize, secs: f64, first: Option<f64>) -> f64 {
+    (records - 1) as f64 / (secs - first.unwrap_or(0.0))
 }
 
 /// Restart time to ready: state for `--keys` agent × clause keys (five clauses, three events
