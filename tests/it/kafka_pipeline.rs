@@ -186,6 +186,10 @@ fn drifted_agent_is_degraded_end_to_end_and_healthy_agents_untouched() {
     });
     let s = scrape::samples(&text);
     assert_eq!(scrape::sum(&s, "driftgate_records_decoded_total", &[]), records.len() as f64);
+    // Every record came through the batch queue: each partition was forwarded before it
+    // was fetched from.
+    assert_eq!(scrape::sum(&s, "driftgate_records_polled_singly_total", &[]), 0.0);
+    assert_eq!(scrape::sum(&s, "driftgate_errors_total", &[r#"stage="forward""#]), 0.0);
     // One processing time per record (a batch's, shared): the drain bench counts on it.
     assert_eq!(scrape::sum(&s, "driftgate_processing_seconds_count", &[]), records.len() as f64);
     assert_eq!(scrape::sum(&s, "driftgate_records_dead_lettered_total", &[]), 0.0);

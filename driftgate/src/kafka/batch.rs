@@ -30,6 +30,10 @@ pub(super) const PARALLEL_MIN_RECORDS: usize = 32;
 pub(super) trait Sourced {
     fn topic(&self) -> &str;
     fn partition(&self) -> i32;
+    /// Whether it comes from `topic` (asked of every record of a batch).
+    fn is_topic(&self, topic: &str) -> bool {
+        self.topic() == topic
+    }
 }
 
 impl Sourced for rdkafka::message::BorrowedMessage<'_> {
@@ -41,8 +45,33 @@ impl Sourced for rdkafka::message::BorrowedMessage<'_> {
     }
 }
 
+/// A polled input record, however it was polled: what the lanes and the dead-letter
+/// topic read of it.
+pub(super) trait InputRecord: Sourced {
+    fn offset(&self) -> i64;
+    fn key(&self) -> Option<&[u8]>;
+    fn payload(&self) -> Option<&[u8]>;
+    /// The Kafka timestamp, µs.
+    fn record_time(&self) -> Option<i64>;
+}
+
+impl InputRecord for rdkafka::message::BorrowedMessage<'_> {
+    fn offset(&self) -> i64 {
+        rdkafka::Message::offset(self)
+    }
+    fn key(&self) -> Option<&[u8]> {
+        rdkafka::Message::key(self)
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        rdkafka::Message::payload(self)
+    }
+    fn record_time(&self) -> Option<i64> {
+        rdkafka::Message::timestamp(self).to_millis().map(|ms| ms.saturating_mul(1000))
+    }
+}
+
 fn is_from<M: Sourced>(m: &M, key: &SourceKey) -> bool {
-    m.partition() == key.1 && m.topic() == key.0
+    m.partition() == key.1 && m.is_topic(&key.0)
 }
 
 /// Drops the polled records of partitions a rebalance revoked or assigned while the

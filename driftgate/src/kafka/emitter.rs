@@ -4,13 +4,14 @@
 
 use crate::api::control::RecentHistory;
 use crate::config::OutputFormat;
+use crate::kafka::batch::InputRecord;
 use crate::kafka::pipeline::PipelineError;
 use crate::kafka::sink::{OutRecord, Sink, SourceKey};
 use crate::obs::metrics::Metrics;
 use driftgate_core::engine::{Engine, Output};
 use driftgate_core::model::heartbeat::Heartbeat;
 use driftgate_core::model::router_view::AgentSnapshot;
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
@@ -95,7 +96,7 @@ impl Emitter {
         outputs: Vec<Output>,
     ) -> Result<(), PipelineError> {
         let rendered = self.render(key, engine, outputs, None)?;
-        self.send(key, rendered, None)
+        self.send(key, rendered, None::<&crate::kafka::records::QueuedMessage>)
     }
 
     /// Renders outputs into records; counts and logs them. Safe on any thread: it touches
@@ -194,11 +195,11 @@ impl Emitter {
 
     /// Produces rendered records, in order; `msg` is the input record they derive from
     /// (without it, a late record cannot be dead-lettered and is dropped).
-    pub(super) fn send(
+    pub(super) fn send<M: InputRecord>(
         &self,
         key: &SourceKey,
         rendered: Vec<Rendered>,
-        msg: Option<&BorrowedMessage<'_>>,
+        msg: Option<&M>,
     ) -> Result<(), PipelineError> {
         for r in rendered {
             match r {
@@ -249,10 +250,10 @@ impl Emitter {
         Ok(())
     }
 
-    pub(super) fn dead_letter(
+    pub(super) fn dead_letter<M: InputRecord>(
         &self,
         key: &SourceKey,
-        msg: &BorrowedMessage<'_>,
+        msg: &M,
         code: &str,
         detail: &str,
     ) -> Result<(), PipelineError> {

@@ -4,7 +4,7 @@
 //! - `pipeline`: the loop; its thread alone owns the tasks; `batch`: a turn's records,
 //!   evaluated one partition per worker;
 //! - `rebalance`: the consumer's callbacks (assign, revoke, commits); `restore`: state
-//!   from the changelog;
+//!   from the changelog; `records`: the input through librdkafka's batch API;
 //! - `commands`: the API's and control topic's way in, as commands on a channel;
 //! - `tasks`: per-partition engines and the durability protocol (snapshot, close, commit);
 //! - `emitter`: engine outputs and dead letters as records;
@@ -18,6 +18,7 @@ pub mod decode;
 pub mod emitter;
 pub mod pipeline;
 pub mod rebalance;
+pub mod records;
 pub mod registry;
 pub mod restore;
 pub mod sink;

@@ -16,8 +16,9 @@
 //!   is rewound and retried.
 //! - On revoke, the revoked partitions' outputs are flushed and their offsets committed
 //!   inside the callback (which runs on this thread, in `poll`), then their state dropped.
-//! - Records are polled in batches; a batch's partitions are decoded and evaluated side
-//!   by side, each in order on one worker, and their outputs produced by this thread
+//! - Records are taken in batches through librdkafka's batch API
+//!   ([`crate::kafka::records`]); a batch's partitions are decoded and evaluated side by
+//!   side, each in order on one worker, and their outputs produced by this thread
 //!   ([`crate::kafka::batch`]).
 //! - The pipeline thread alone owns the tasks: the HTTP API and the control topic send it
 //!   [`Command`]s, served between batches.
@@ -32,6 +33,7 @@ use crate::kafka::commands::{self, Command, PipelineControl};
 use crate::kafka::decode::Decoder;
 use crate::kafka::emitter::{headers, Emitter};
 use crate::kafka::rebalance::PipelineContext;
+use crate::kafka::records::{QueuedMessage, RecordQueue};
 use crate::kafka::registry::{HttpRegistry, SchemaFileError, SchemaSource, StaticSchemas};
 use crate::kafka::sink::{OutRecord, Sink, SinkError, SourceKey};
 use crate::kafka::tasks::{SettleError, Tasks};
@@ -51,11 +53,11 @@ use driftgate_core::pact::Pact;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::Offset;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -147,6 +149,9 @@ pub enum PipelineError {
     /// `group.instance.id`) and cannot be used again.
     #[error("the consumer failed for good: {0}")]
     ConsumerFatal(String),
+    /// librdkafka could not make the queue the input's records are taken from.
+    #[error("cannot create the consumer's record queue")]
+    Queue,
     /// Exactly-once: after an aborted transaction a partition could not be restored.
     #[error("cannot go back to the last committed state of {topic}/{partition}: {reason}")]
     Rewind {
@@ -185,6 +190,12 @@ const IDLE_WAKE_UP: Duration = Duration::from_millis(100);
 /// cannot be woken by the command channel, so the loop polls in slices this long.
 const COMMAND_WAKE_UP: Duration = Duration::from_millis(10);
 
+/// How often the assigned partitions are forwarded to the batch queue again. librdkafka
+/// clears a partition's forward when it stops fetching it, and a revoke's stop can land
+/// after the next assignment of the same partition set it; its records then wait in the
+/// partition's own queue until this sets it again (and moves them over, in order).
+const FORWARD_AGAIN: Duration = Duration::from_millis(250);
+
 /// Commands served per turn of the loop, at most.
 const COMMANDS_PER_TURN: usize = 64;
 
@@ -192,6 +203,8 @@ const COMMANDS_PER_TURN: usize = 64;
 /// through [`PipelineControl`].
 pub struct Pipeline {
     cfg: RunConfig,
+    /// Declared before the consumer, so it is destroyed first.
+    records: RecordQueue,
     consumer: BaseConsumer<PipelineContext>,
     sink: Arc<Sink>,
     tasks: Arc<Mutex<Tasks>>,
@@ -272,6 +285,14 @@ pub fn producer_config(cfg: &RunConfig) -> ClientConfig {
     c
 }
 
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        // The record queue goes first (see the fields): no rebalance callback may forward
+        // to it after (the consumer's close still runs them).
+        self.consumer.context().records.store(std::ptr::null_mut(), Ordering::Release);
+    }
+}
+
 impl Pipeline {
     /// Connects, checks the topics, and subscribes.
     pub fn start(
@@ -329,10 +350,15 @@ impl Pipeline {
             touched: Mutex::new(Default::default()),
             touched_any: Default::default(),
             resume_rewind: i64::try_from(cfg.kafka.resume_rewind).unwrap_or(i64::MAX),
+            records: AtomicPtr::new(std::ptr::null_mut()),
         };
         let consumer: BaseConsumer<PipelineContext> = ccfg
             .create_with_context(ctx)
             .map_err(|e| PipelineError::Client { client: "consumer", source: Box::new(e) })?;
+        // SAFETY: the consumer outlives the queue (see the field order of `Pipeline`).
+        let records =
+            unsafe { RecordQueue::new(consumer.client().native_ptr()) }.ok_or(PipelineError::Queue)?;
+        consumer.context().records.store(records.as_ptr(), Ordering::Release);
         let instance = format!("{}-{}", std::process::id(), crate::clock::wall_micros() / 1000);
         // Half the group session: a process that stood still that long may have lost its
         // partitions before its consumer can notice.
@@ -365,6 +391,7 @@ impl Pipeline {
         ));
         let p = Pipeline {
             cfg,
+            records,
             consumer,
             sink,
             tasks,
@@ -539,6 +566,7 @@ impl Pipeline {
 
     fn run_loop(&self, commit_every: Duration, last_commit: &mut Instant) -> Result<(), PipelineError> {
         let mut next_timekeeping = Instant::now();
+        let mut next_forward = Instant::now();
         // The clock is read three times a record (turn start, record start and end): reading
         // it more often was a tenth of the loop's time.
         while !self.status.stop.load(Ordering::SeqCst) {
@@ -552,10 +580,23 @@ impl Pipeline {
             if now >= next_timekeeping {
                 next_timekeeping = self.keep_time()?;
             }
+            if now >= next_forward {
+                if let Ok(assigned) = self.consumer.assignment() {
+                    self.consumer.context().forward(&self.consumer, &assigned);
+                }
+                next_forward = now + FORWARD_AGAIN;
+            }
             self.serve_commands()?;
+            let wait = next_timekeeping.saturating_duration_since(now).min(COMMAND_WAKE_UP);
             let mut turn_end = None;
-            match self.consumer.poll(next_timekeeping.saturating_duration_since(now).min(COMMAND_WAKE_UP)) {
-                None => {}
+            // The consumer's own queue: the group's events (the rebalance callbacks run in
+            // this poll), and records of partitions not forwarded to the batch queue (yet).
+            match self.consumer.poll(Duration::ZERO) {
+                None => {
+                    // A rebalance inside that poll came before every record still queued.
+                    self.consumer.context().take_touched();
+                    turn_end = self.take_batch(wait)?;
+                }
                 Some(Err(e)) => {
                     ConsumerError { error: &e }.emit(&self.metrics);
                     // E.g. another process took this `group.instance.id`: the consumer is
@@ -569,6 +610,7 @@ impl Pipeline {
                     // A rebalance inside that poll happened before the record: nothing stale.
                     self.consumer.context().take_touched();
                     let batch = self.poll_batch(msg)?;
+                    self.metrics.records_polled_singly.inc_by(batch.len() as u64);
                     turn_end = Some(self.handle_batch(&batch)?);
                 }
             }
@@ -683,7 +725,8 @@ impl Pipeline {
         }
     }
 
-    /// Polls, without waiting, up to `kafka.max_batch` records after `first`. Records of
+    /// Polls, without waiting, up to `kafka.max_batch` records after `first` from the
+    /// consumer's own queue (partitions not forwarded to the batch queue). Records of
     /// partitions a rebalance touched meanwhile are dropped (see [`batch::drop_touched`]).
     fn poll_batch<'c>(
         &'c self,
@@ -713,20 +756,53 @@ impl Pipeline {
         Ok(batch)
     }
 
+    /// Takes a batch from the batch queue (waiting up to `wait` for its first record) and
+    /// handles it; returns when it finished, or `None` without a record.
+    fn take_batch(&self, wait: Duration) -> Result<Option<Instant>, PipelineError> {
+        let mut batch: Vec<QueuedMessage> = Vec::new();
+        if self.records.take(wait, self.max_batch, &mut batch) == 0 {
+            return Ok(None);
+        }
+        // A consumer error comes in the queue in place of a record.
+        let mut failed = false;
+        batch.retain(|m| match m.error() {
+            None => true,
+            Some(e) => {
+                ConsumerError { error: &e }.emit(&self.metrics);
+                failed = true;
+                false
+            }
+        });
+        if failed {
+            if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                return Err(PipelineError::ConsumerFatal(format!("{code:?}: {reason}")));
+            }
+        }
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        self.status.brokers_down.store(false, Ordering::Relaxed);
+        self.handle_batch(&batch).map(Some)
+    }
+
     /// Decodes and evaluates a batch, one partition per worker, then produces its outputs
     /// and dead letters in each partition's order; returns when it finished.
-    fn handle_batch(&self, msgs: &[BorrowedMessage<'_>]) -> Result<Instant, PipelineError> {
+    fn handle_batch<M: batch::InputRecord>(&self, msgs: &[M]) -> Result<Instant, PipelineError> {
         let started = Instant::now();
         let n = msgs.len();
         self.metrics.records_consumed.inc_by(n as u64);
         self.metrics.input_batch_records.observe(n as f64);
         let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Poisoned)?;
         let mut groups = batch::by_partition(msgs);
-        // Their engines ran ahead of an aborted transaction: read again after the rewind.
-        groups.retain(|(key, _)| !tasks.rewind.contains(key));
-        for (key, _) in &groups {
-            tasks.task(key);
+        // A partition without a task was revoked after its records were fetched: they are
+        // stale, and its new owner reads them.
+        let stale: Vec<usize> =
+            groups.iter().filter(|(key, _)| !tasks.map.contains_key(key)).map(|(_, idx)| idx.len()).collect();
+        if !stale.is_empty() {
+            BatchRecordsDropped { partitions: stale.len(), count: stale.iter().sum() }.emit(&self.metrics);
         }
+        // Their engines ran ahead of an aborted transaction: read again after the rewind.
+        groups.retain(|(key, _)| tasks.map.contains_key(key) && !tasks.rewind.contains(key));
         let mut slots: Vec<Option<&mut crate::kafka::tasks::Task>> = Vec::new();
         slots.resize_with(groups.len(), || None);
         for (key, task) in tasks.map.iter_mut() {
@@ -746,7 +822,7 @@ impl Pipeline {
                             index,
                             offset: m.offset(),
                             payload: m.payload(),
-                            record_time: m.timestamp().to_millis().map(|ms| ms.saturating_mul(1000)),
+                            record_time: m.record_time(),
                         }
                     })
                     .collect();

@@ -7,8 +7,8 @@ use crate::kafka::restore::{restore_partition, ReadStats, RestoreError};
 use crate::kafka::sink::{Sink, SourceKey};
 use crate::kafka::tasks::{CommitError, GroupTransaction, Task, Tasks};
 use crate::obs::events::{
-    kafka_code, ClientError, CommitFailed, InternalEvent, RebalanceFailed, Rebalanced, RestoreFailed,
-    RevokeFlushFailed, StartOffsetFailed, TransactionAborted, TransactionCommitted,
+    kafka_code, ClientError, CommitFailed, InternalEvent, RebalanceFailed, Rebalanced, RecordsNotForwarded,
+    RestoreFailed, RevokeFlushFailed, StartOffsetFailed, TransactionAborted, TransactionCommitted,
 };
 use crate::obs::metrics::Metrics;
 use driftgate_core::engine::{Engine, EngineConfig};
@@ -19,7 +19,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{error, info};
@@ -62,6 +62,9 @@ pub struct PipelineContext {
     /// Whether `touched` may hold anything: the loop looks after every record it polls,
     /// and a lock per record was 2 % of the pipeline thread.
     pub(super) touched_any: AtomicBool,
+    /// The pipeline's [`crate::kafka::records::RecordQueue`], which assigned partitions'
+    /// records are forwarded to; null until it is made and once it is gone.
+    pub(super) records: AtomicPtr<rdkafka::bindings::rd_kafka_queue_t>,
 }
 
 impl ClientContext for PipelineContext {
@@ -113,6 +116,8 @@ impl ConsumerContext for PipelineContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.on_assign(consumer, tpl);
+                // Before the fetch starts, so that no record reaches the consumer's queue.
+                self.forward(consumer, tpl);
                 let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = r {
                     RebalanceFailed { op: "assign", error: &e, code: kafka_code(&e) }.emit(&self.metrics);
@@ -297,6 +302,22 @@ impl PipelineContext {
         }
         if let Ok(mut tasks) = self.tasks.lock() {
             tasks.rewind = tasks.abandon();
+        }
+    }
+
+    /// Sends the partitions' records to the pipeline's batch queue (again: see
+    /// `FORWARD_AGAIN` in the pipeline). One that cannot be forwarded keeps using the
+    /// consumer's queue, which the loop also reads.
+    pub(super) fn forward(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let queue = self.records.load(Ordering::Acquire);
+        if queue.is_null() {
+            return;
+        }
+        // SAFETY: the queue is this consumer's, and the pipeline clears the pointer before
+        // it destroys the queue; both happen on this thread (the callback runs in `poll`).
+        if let Err(e) = unsafe { crate::kafka::records::forward(consumer.client().native_ptr(), queue, tpl) }
+        {
+            RecordsNotForwarded { error: &e }.emit(&self.metrics);
         }
     }
 

@@ -22,7 +22,7 @@ pub fn kafka_code(e: &KafkaError) -> String {
 }
 
 /// The `(stage, code)` pairs whose code is a fixed word; their series exist from the start.
-pub const FIXED_CODES: [(&str, &str); 11] = [
+pub const FIXED_CODES: [(&str, &str); 12] = [
     ("restore", "decode"),
     ("restore", "timeout"),
     ("restore", "start_offset"),
@@ -34,6 +34,7 @@ pub const FIXED_CODES: [(&str, &str); 11] = [
     ("transaction", "assignment_lost"),
     ("transaction", "abort"),
     ("transaction", "stalled"),
+    ("forward", "not_forwarded"),
 ];
 
 fn count(metrics: &Metrics, stage: &str, code: &str) {
@@ -111,6 +112,20 @@ impl InternalEvent for RebalanceFailed<'_> {
     fn emit(self, metrics: &Metrics) {
         error!(op = self.op, error = %self.error, "rebalance failed");
         count(metrics, "rebalance", &self.code);
+    }
+}
+
+/// A newly assigned partition's records could not be forwarded to the pipeline's batch
+/// queue: they are read one by one from the consumer's queue instead (slower, not lost).
+pub struct RecordsNotForwarded<'a> {
+    /// Why.
+    pub error: &'a crate::kafka::records::ForwardError,
+}
+
+impl InternalEvent for RecordsNotForwarded<'_> {
+    fn emit(self, metrics: &Metrics) {
+        warn!(error = %self.error, "cannot forward a partition's records to the batch queue; reading them one by one");
+        count(metrics, "forward", "not_forwarded");
     }
 }
 

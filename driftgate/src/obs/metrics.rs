@@ -35,6 +35,8 @@ pub struct Metrics {
     pub input_batch_records: Histogram,
     /// See [`crate::obs::events::BatchRecordsDropped`].
     pub batch_records_dropped: IntCounter,
+    /// Records read one by one from the consumer's own queue (not through the batch queue).
+    pub records_polled_singly: IntCounter,
     /// Input offsets skipped: legitimate after compaction or transaction markers, otherwise
     /// a sign of a broker that loses records.
     pub input_offset_gaps: IntCounter,
@@ -235,6 +237,7 @@ impl Metrics {
             input_batches: counter_vec(&r, "driftgate_input_batches_total", "Batches of input records polled in one turn, by how they were evaluated: parallel (one partition per worker, several workers), decode_ahead (one partition, decoded ahead on a helper thread) or inline (on the pipeline thread alone).", &["evaluation"]),
             input_batch_records,
             batch_records_dropped: counter(&r, "driftgate_batch_records_dropped_total", "Records polled into a batch and dropped because a rebalance revoked or assigned their partition meanwhile; the partition's owner reads them again."),
+            records_polled_singly: counter(&r, "driftgate_records_polled_singly_total", "Records read one by one from the consumer's own queue, because their partition was not forwarded to the batch queue (see driftgate_errors_total{stage=\"forward\"}); normally zero."),
             input_offset_gaps: counter(&r, "driftgate_input_offset_gaps_total", "Input records skipped between consecutive offsets of a partition (compaction, transaction markers, or a broker losing records)."),
             restored_buffer_lost: counter(&r, "driftgate_restored_buffer_lost_total", "Inputs a restored event-time buffer held by reference that could not be read again from the input topic (deleted by retention): never processed."),
             consumer_lag: gauge_vec(&r, "driftgate_consumer_lag_records", "Records behind the end of each input partition (librdkafka statistics).", &["topic", "partition"]),
