@@ -226,3 +226,147 @@ impl Drop for QueuedMessage {
         unsafe { rd::rd_kafka_message_destroy(self.ptr.as_ptr()) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::Offset;
+    use std::time::Instant;
+
+    const TOPIC: &str = "input";
+
+    fn produce(bootstrap: &str, partition: i32, from: usize, count: usize) {
+        let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+        for i in from..from + count {
+            let (key, payload) = (format!("k{i}"), format!("p{partition}-{i}"));
+            p.send(
+                BaseRecord::to(TOPIC)
+                    .partition(partition)
+                    .key(&key)
+                    .payload(&payload)
+                    .timestamp(1_000 + i as i64),
+            )
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    /// A consumer and its record queue. The queue is declared first, so it is dropped
+    /// first: librdkafka's destroy of the consumer waits for it.
+    struct Reader {
+        q: RecordQueue,
+        c: BaseConsumer,
+        tpl: TopicPartitionList,
+    }
+
+    /// A consumer of `parts` partitions, forwarded to a queue before they are assigned.
+    fn consumer(bootstrap: &str, parts: i32) -> Reader {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "records-test")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let q = unsafe { RecordQueue::new(c.client().native_ptr()) }.unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..parts {
+            tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
+        }
+        assert_eq!(unsafe { forward(c.client().native_ptr(), q.as_ptr(), &tpl) }.unwrap(), parts as usize);
+        c.assign(&tpl).unwrap();
+        Reader { q, c, tpl }
+    }
+
+    /// Takes until `n` records are in (the consumer's own queue polled between, as the
+    /// pipeline does); fails after 30 s.
+    fn take_n(q: &RecordQueue, c: &BaseConsumer, n: usize) -> Vec<QueuedMessage> {
+        let (mut out, t0) = (Vec::new(), Instant::now());
+        while out.len() < n {
+            assert!(c.poll(Duration::ZERO).is_none(), "a record reached the consumer's own queue");
+            q.take(Duration::from_millis(50), 64, &mut out);
+            assert!(t0.elapsed() < Duration::from_secs(30), "{} of {n} records in 30 s", out.len());
+        }
+        out
+    }
+
+    fn read(m: &QueuedMessage) -> (i32, i64, String, String, Option<i64>) {
+        assert!(m.error().is_none() && m.is_topic(TOPIC) && !m.is_topic("inpu") && m.topic() == TOPIC);
+        let text = |b: Option<&[u8]>| String::from_utf8(b.unwrap().to_vec()).unwrap();
+        (m.partition(), m.offset(), text(m.key()), text(m.payload()), m.record_time())
+    }
+
+    #[test]
+    fn every_partitions_records_come_through_the_queue_in_order_with_key_payload_and_time() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(TOPIC, 2, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        produce(&bootstrap, 0, 0, 150);
+        produce(&bootstrap, 1, 0, 150);
+        let Reader { q, c, .. } = &consumer(&bootstrap, 2);
+        let got: Vec<_> = take_n(q, c, 300).iter().map(read).collect();
+        assert_eq!(got.len(), 300);
+        for p in 0..2 {
+            let mine: Vec<_> = got.iter().filter(|r| r.0 == p).collect();
+            assert_eq!(mine.len(), 150);
+            for (i, (_, offset, key, payload, time)) in mine.into_iter().enumerate() {
+                assert_eq!(
+                    (*offset, key.as_str(), payload.as_str()),
+                    (i as i64, format!("k{i}").as_str(), format!("p{p}-{i}").as_str())
+                );
+                assert_eq!(*time, Some((1_000 + i as i64) * 1000), "µs");
+            }
+        }
+    }
+
+    #[test]
+    fn a_wait_ends_at_the_first_record_not_at_a_full_batch() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(TOPIC, 1, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        let Reader { q, c, .. } = &consumer(&bootstrap, 1);
+        let later = bootstrap.clone();
+        let producer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            produce(&later, 0, 0, 1);
+        });
+        let (mut out, t0) = (Vec::new(), Instant::now());
+        // librdkafka's batch call alone would wait the whole 20 s for 1,024 records.
+        while out.is_empty() && t0.elapsed() < Duration::from_secs(20) {
+            c.poll(Duration::ZERO);
+            q.take(Duration::from_secs(20), 1024, &mut out);
+        }
+        producer.join().unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(t0.elapsed() < Duration::from_secs(15), "waited {:?} for one record", t0.elapsed());
+    }
+
+    #[test]
+    fn records_held_by_a_cleared_forward_follow_in_order_once_it_is_set_again() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(TOPIC, 1, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        produce(&bootstrap, 0, 0, 10);
+        let Reader { q, c, tpl } = &consumer(&bootstrap, 1);
+        assert_eq!(take_n(q, c, 10).len(), 10);
+        // What librdkafka does when it stops fetching a partition.
+        let name = CString::new(TOPIC).unwrap();
+        let pq = unsafe { rd::rd_kafka_queue_get_partition(c.client().native_ptr(), name.as_ptr(), 0) };
+        unsafe { rd::rd_kafka_queue_forward(pq, std::ptr::null_mut()) };
+        produce(&bootstrap, 0, 10, 20);
+        let t0 = Instant::now();
+        while unsafe { rd::rd_kafka_queue_length(pq) } < 20 {
+            assert!(c.poll(Duration::from_millis(20)).is_none());
+            assert!(t0.elapsed() < Duration::from_secs(30), "the partition's queue did not fill");
+        }
+        let mut none = Vec::new();
+        assert_eq!(q.take(Duration::ZERO, 64, &mut none), 0, "held in the partition's own queue");
+        unsafe { rd::rd_kafka_queue_destroy(pq) };
+        assert_eq!(unsafe { forward(c.client().native_ptr(), q.as_ptr(), tpl) }.unwrap(), 1);
+        let offsets: Vec<i64> = take_n(q, c, 20).iter().map(|m| read(m).1).collect();
+        assert_eq!(offsets, (10..30).collect::<Vec<i64>>());
+    }
+}
