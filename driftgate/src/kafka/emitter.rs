@@ -96,7 +96,7 @@ impl Emitter {
         outputs: Vec<Output>,
     ) -> Result<(), PipelineError> {
         let rendered = self.render(key, engine, outputs, None)?;
-        self.send(key, rendered, None::<&crate::kafka::records::QueuedMessage>)
+        self.send(key, rendered, None)
     }
 
     /// Renders outputs into records; counts and logs them. Safe on any thread: it touches
@@ -195,11 +195,11 @@ impl Emitter {
 
     /// Produces rendered records, in order; `msg` is the input record they derive from
     /// (without it, a late record cannot be dead-lettered and is dropped).
-    pub(super) fn send<M: InputRecord>(
+    pub(super) fn send(
         &self,
         key: &SourceKey,
         rendered: Vec<Rendered>,
-        msg: Option<&M>,
+        msg: Option<&dyn InputRecord>,
     ) -> Result<(), PipelineError> {
         for r in rendered {
             match r {
@@ -250,10 +250,10 @@ impl Emitter {
         Ok(())
     }
 
-    pub(super) fn dead_letter<M: InputRecord>(
+    pub(super) fn dead_letter(
         &self,
         key: &SourceKey,
-        msg: &M,
+        msg: &dyn InputRecord,
         code: &str,
         detail: &str,
     ) -> Result<(), PipelineError> {

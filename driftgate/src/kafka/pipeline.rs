@@ -597,14 +597,7 @@ impl Pipeline {
                     self.consumer.context().take_touched();
                     turn_end = self.take_batch(wait)?;
                 }
-                Some(Err(e)) => {
-                    ConsumerError { error: &e }.emit(&self.metrics);
-                    // E.g. another process took this `group.instance.id`: the consumer is
-                    // unusable for good, so stop (a restart rejoins) instead of spinning.
-                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
-                        return Err(PipelineError::ConsumerFatal(format!("{code:?}: {reason}")));
-                    }
-                }
+                Some(Err(e)) => self.consumer_error(&e)?,
                 Some(Ok(msg)) => {
                     self.status.brokers_down.store(false, Ordering::Relaxed);
                     // A rebalance inside that poll happened before the record: nothing stale.
@@ -745,15 +738,23 @@ impl Pipeline {
                 None => break,
                 Some(Ok(msg)) => batch.push(msg),
                 Some(Err(e)) => {
-                    ConsumerError { error: &e }.emit(&self.metrics);
-                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
-                        return Err(PipelineError::ConsumerFatal(format!("{code:?}: {reason}")));
-                    }
+                    self.consumer_error(&e)?;
                     break;
                 }
             }
         }
         Ok(batch)
+    }
+
+    /// Counts and logs a consumer error. A fatal one (e.g. another process took this
+    /// `group.instance.id`) leaves the consumer unusable for good, so the run stops (a
+    /// restart rejoins) instead of spinning.
+    fn consumer_error(&self, e: &KafkaError) -> Result<(), PipelineError> {
+        ConsumerError { error: e }.emit(&self.metrics);
+        match self.consumer.client().fatal_error() {
+            Some((code, reason)) => Err(PipelineError::ConsumerFatal(format!("{code:?}: {reason}"))),
+            None => Ok(()),
+        }
     }
 
     /// Takes a batch from the batch queue (waiting up to `wait` for its first record) and
@@ -764,19 +765,16 @@ impl Pipeline {
             return Ok(None);
         }
         // A consumer error comes in the queue in place of a record.
-        let mut failed = false;
+        let mut error = None;
         batch.retain(|m| match m.error() {
             None => true,
             Some(e) => {
-                ConsumerError { error: &e }.emit(&self.metrics);
-                failed = true;
+                error = Some(e);
                 false
             }
         });
-        if failed {
-            if let Some((code, reason)) = self.consumer.client().fatal_error() {
-                return Err(PipelineError::ConsumerFatal(format!("{code:?}: {reason}")));
-            }
+        if let Some(e) = error {
+            self.consumer_error(&e)?;
         }
         if batch.is_empty() {
             return Ok(None);
@@ -794,15 +792,21 @@ impl Pipeline {
         self.metrics.input_batch_records.observe(n as f64);
         let mut tasks = self.tasks.lock().map_err(|_| PipelineError::Poisoned)?;
         let mut groups = batch::by_partition(msgs);
-        // A partition without a task was revoked after its records were fetched: they are
-        // stale, and its new owner reads them.
-        let stale: Vec<usize> =
-            groups.iter().filter(|(key, _)| !tasks.map.contains_key(key)).map(|(_, idx)| idx.len()).collect();
-        if !stale.is_empty() {
-            BatchRecordsDropped { partitions: stale.len(), count: stale.iter().sum() }.emit(&self.metrics);
+        let mut stale = BatchRecordsDropped { partitions: 0, count: 0 };
+        groups.retain(|(key, idx)| {
+            // A partition without a task was revoked after its records were fetched: they
+            // are stale, and its new owner reads them.
+            if !tasks.map.contains_key(key) {
+                stale.partitions += 1;
+                stale.count += idx.len();
+                return false;
+            }
+            // Its engine ran ahead of an aborted transaction: read again after the rewind.
+            !tasks.rewind.contains(key)
+        });
+        if stale.count > 0 {
+            stale.emit(&self.metrics);
         }
-        // Their engines ran ahead of an aborted transaction: read again after the rewind.
-        groups.retain(|(key, _)| tasks.map.contains_key(key) && !tasks.rewind.contains(key));
         let mut slots: Vec<Option<&mut crate::kafka::tasks::Task>> = Vec::new();
         slots.resize_with(groups.len(), || None);
         for (key, task) in tasks.map.iter_mut() {
@@ -851,7 +855,7 @@ impl Pipeline {
                 match step {
                     batch::Step::Skipped => {}
                     batch::Step::Evaluated(rendered) => {
-                        self.emitter.send(key, rendered, Some(&msgs[r.index]))?
+                        self.emitter.send(key, rendered, Some(&msgs[r.index] as &dyn batch::InputRecord))?
                     }
                     batch::Step::Rejected { code, detail } => {
                         RecordRejected {

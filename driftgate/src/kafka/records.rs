@@ -167,15 +167,18 @@ unsafe fn bytes<'a>(ptr: *const std::ffi::c_void, len: usize) -> Option<&'a [u8]
     }
 }
 
+impl QueuedMessage {
+    fn topic_name(&self) -> Option<&CStr> {
+        let rkt = self.raw().rkt;
+        // SAFETY: the message holds a reference on its topic; its name is NUL-terminated.
+        (!rkt.is_null()).then(|| unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(rkt)) })
+    }
+}
+
 impl Sourced for QueuedMessage {
     fn topic(&self) -> &str {
-        let rkt = self.raw().rkt;
-        if rkt.is_null() {
-            return "";
-        }
-        // SAFETY: the message holds a reference on its topic; its name is NUL-terminated.
         // Kafka topic names are ASCII, so the UTF-8 fallback is never taken in practice.
-        unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(rkt)) }.to_str().unwrap_or("")
+        self.topic_name().and_then(|n| n.to_str().ok()).unwrap_or("")
     }
 
     fn partition(&self) -> i32 {
@@ -183,10 +186,8 @@ impl Sourced for QueuedMessage {
     }
 
     fn is_topic(&self, topic: &str) -> bool {
-        let rkt = self.raw().rkt;
-        // SAFETY: as in `topic`. Bytes compared: no UTF-8 check per record.
-        !rkt.is_null()
-            && unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(rkt)) }.to_bytes() == topic.as_bytes()
+        // Bytes compared: no UTF-8 check per record.
+        self.topic_name().is_some_and(|n| n.to_bytes() == topic.as_bytes())
     }
 }
 
@@ -255,6 +256,14 @@ mod tests {
         p.flush(Duration::from_secs(10)).unwrap();
     }
 
+    /// A one-broker mock cluster with the input topic, and its bootstrap address.
+    fn cluster(partitions: i32) -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String) {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(TOPIC, partitions, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        (cluster, bootstrap)
+    }
+
     /// A consumer and its record queue. The queue is declared first, so it is dropped
     /// first: librdkafka's destroy of the consumer waits for it.
     struct Reader {
@@ -301,9 +310,7 @@ mod tests {
 
     #[test]
     fn every_partitions_records_come_through_the_queue_in_order_with_key_payload_and_time() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic(TOPIC, 2, 1).unwrap();
-        let bootstrap = cluster.bootstrap_servers();
+        let (_cluster, bootstrap) = cluster(2);
         produce(&bootstrap, 0, 0, 150);
         produce(&bootstrap, 1, 0, 150);
         let Reader { q, c, .. } = &consumer(&bootstrap, 2);
@@ -324,9 +331,7 @@ mod tests {
 
     #[test]
     fn a_wait_ends_at_the_first_record_not_at_a_full_batch() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic(TOPIC, 1, 1).unwrap();
-        let bootstrap = cluster.bootstrap_servers();
+        let (_cluster, bootstrap) = cluster(1);
         let Reader { q, c, .. } = &consumer(&bootstrap, 1);
         let later = bootstrap.clone();
         let producer = std::thread::spawn(move || {
@@ -346,9 +351,7 @@ mod tests {
 
     #[test]
     fn records_held_by_a_cleared_forward_follow_in_order_once_it_is_set_again() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic(TOPIC, 1, 1).unwrap();
-        let bootstrap = cluster.bootstrap_servers();
+        let (_cluster, bootstrap) = cluster(1);
         produce(&bootstrap, 0, 0, 10);
         let Reader { q, c, tpl } = &consumer(&bootstrap, 1);
         assert_eq!(take_n(q, c, 10).len(), 10);
