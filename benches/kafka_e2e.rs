@@ -424,7 +424,7 @@ fn latency(b: &Broker, a: &Args) {
                 citations: Some(Citations { total: 1, verified: (unit() < p) as u32 }),
                 pii_detected: Some(false),
                 tool_calls: vec![],
-                attributes: BTreeMap::new(),
+                attributes: Default::default(),
             };
             let payload = enc.encode(&ev);
             if let Ok(mut s) = sent.lock() {
@@ -799,7 +799,7 @@ fn restore(b: &Broker, a: &Args) {
                 citations: Some(Citations { total: 1, verified: 1 }),
                 pii_detected: Some(false),
                 tool_calls: vec![],
-                attributes: BTreeMap::new(),
+                attributes: Default::default(),
             };
             let part = (i % partitions as usize) as i32;
             send(&producer, &t.input, agent.as_bytes(), &enc.encode(&ev), part, ev.occurred_at / 1000);

@@ -38,7 +38,6 @@ use driftgate_core::model::telemetry::{Model, Outcome, Risk, Telemetry};
 use hdrhistogram::Histogram;
 use kafka::{free_port, produce, produce_now, wait_for, Broker, Engine, Topics};
 use nginx::{route_config, Nginx, Upstream};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -96,7 +95,7 @@ fn tel(agent: &str, i: u64, pii: bool) -> Vec<u8> {
         citations: None,
         pii_detected: Some(pii),
         tool_calls: vec![],
-        attributes: BTreeMap::new(),
+        attributes: Default::default(),
     })
     .expect("telemetry")
 }

@@ -24,7 +24,6 @@ use driftgate_core::engine::{Engine, EngineConfig, Input};
 use driftgate_core::model::telemetry::{Citations, Model, Outcome, Risk, Telemetry};
 use driftgate_core::pact::parse_pact;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 /// The system allocator, counting the bytes live (requested sizes, without the allocator's
@@ -137,7 +136,7 @@ fn event(agent: u64, i: u64) -> Telemetry {
             ["search", "fetch", "calc", "answer"][(i % 4) as usize].into(),
             format!("t{}", (h >> 40) % 12).into(),
         ],
-        attributes: BTreeMap::new(),
+        attributes: Default::default(),
     }
 }
 

@@ -86,7 +86,7 @@ fn event(agent: &str, i: u64, at: i64, version: &str, verified: bool) -> Telemet
         citations: Some(Citations { total: 2, verified: verified as u32 }),
         pii_detected: Some(false),
         tool_calls: vec!["search".into()],
-        attributes: BTreeMap::new(),
+        attributes: Default::default(),
     }
 }
 

@@ -11,7 +11,6 @@ use driftgate_core::model::enforcement::EnforcementEvent;
 use driftgate_core::model::history::{Record, RecordKind};
 use driftgate_core::model::lane::Lane;
 use driftgate_core::model::telemetry::{Model, Outcome, Risk, Telemetry};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const V1: &str = "pact: answers\nversion: 1\napplies_to: { agents: [\"ag-*\"] }\nclauses:\n  - id: refusals\n    metric: { kind: bernoulli, value: outcome == \"refused\" }\n    test: { kind: limit, zero_tolerance: true }\n    severity: medium\n    consequence: watch\n    recovery: { clean_events: 1000, min_dwell: 1h }\n";
@@ -75,7 +74,7 @@ fn send(b: &Broker, t: &Topics, agent: &str, i: u64, outcome: Outcome) {
         citations: None,
         pii_detected: Some(false),
         tool_calls: vec![],
-        attributes: BTreeMap::new(),
+        attributes: Default::default(),
     };
     let value = serde_json::to_vec(&tel).unwrap();
     kafka::produce(&b.producer(), &t.input, &[(agent.to_string(), value, now() / 1000, 0)]);

@@ -207,7 +207,7 @@ fn tel(agent: &str, i: u64, risk: Risk, pii: bool) -> Vec<u8> {
         citations: None,
         pii_detected: Some(pii),
         tool_calls: vec![],
-        attributes: BTreeMap::new(),
+        attributes: Default::default(),
     })
     .unwrap()
 }

@@ -154,7 +154,7 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
                     citations: Some(Citations { total: 1, verified: 1 }),
                     pii_detected: Some(*pii),
                     tool_calls: if *tool == 0 { vec![] } else { vec![format!("t{tool}").into()] },
-                    attributes: BTreeMap::new(),
+                    attributes: Default::default(),
                 }));
             }
             Step::Override { agent, dt, kind, lane, ttl_s, use_seq, with_expiry } => {
@@ -212,7 +212,7 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
         citations: None,
         pii_detected: Some(false),
         tool_calls: vec![],
-        attributes: BTreeMap::new(),
+        attributes: Default::default(),
     }));
     engine.flush();
     out.extend(engine.drain());

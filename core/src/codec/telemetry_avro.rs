@@ -15,10 +15,9 @@
 //! So the plan only has to guarantee: when it returns a `Telemetry`, the generic path returns
 //! the same one. The differential tests below and the fuzz target check exactly that.
 
-use crate::model::telemetry::{Attr, Citations, CompactString, Model, Outcome, Risk, Telemetry};
+use crate::model::telemetry::{Attr, Attributes, Citations, CompactString, Model, Outcome, Risk, Telemetry};
 use apache_avro::schema::{RecordField, UnionSchema};
 use apache_avro::Schema;
-use std::collections::BTreeMap;
 
 /// Why a compiled plan gave up on a datum. Deliberately without detail: the caller decodes the
 /// datum again the generic way, which names the problem.
@@ -324,7 +323,7 @@ impl AttrKind {
     fn read(self, c: &mut Cursor<'_>) -> Read<Attr> {
         Ok(match self {
             AttrKind::Double => Attr::Num(c.double()?),
-            AttrKind::String => Attr::Str(c.str()?.to_string()),
+            AttrKind::String => Attr::Str(c.str()?.into()),
             AttrKind::Boolean => Attr::Bool(c.boolean()?),
         })
     }
@@ -367,7 +366,8 @@ struct Partial {
     verified: Option<u32>,
     pii_detected: Option<bool>,
     tool_calls: Vec<CompactString>,
-    attributes: BTreeMap<String, Attr>,
+    /// In the writer's order, repeats included (see `Attributes::from_entries`).
+    attributes: Vec<(CompactString, Attr)>,
 }
 
 impl Step {
@@ -433,10 +433,9 @@ impl Step {
                         break;
                     }
                     for _ in 0..n {
-                        let key = c.str()?.to_string();
+                        let key = CompactString::from(c.str()?);
                         let kind = if *union { kinds[c.union_index(kinds.len())?] } else { kinds[0] };
-                        // A repeated key keeps its last value, as the generic map does.
-                        p.attributes.insert(key, kind.read(c)?);
+                        p.attributes.push((key, kind.read(c)?));
                     }
                 }
             }
@@ -552,7 +551,8 @@ impl TelemetryPlan {
             citations: p.citations,
             pii_detected: p.pii_detected,
             tool_calls: p.tool_calls,
-            attributes: p.attributes,
+            // A repeated key keeps its last value, as the generic map does.
+            attributes: Attributes::from_entries(p.attributes),
         };
         t.validate().map_err(|_| FastReadError)?;
         Ok(t)

@@ -15,9 +15,8 @@
 //! `Telemetry`, serde_json returns the same one. The differential tests in `model::telemetry`
 //! and the `telemetry_json` fuzz target check exactly that.
 
-use crate::model::telemetry::{Attr, Citations, CompactString, Model, Outcome, Risk, Telemetry};
+use crate::model::telemetry::{Attr, Attributes, Citations, CompactString, Model, Outcome, Risk, Telemetry};
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 /// Reads one telemetry record, or `None` for anything this parser does not accept.
 pub fn read(bytes: &[u8]) -> Option<Telemetry> {
@@ -206,10 +205,6 @@ impl<'a> Parser<'a> {
         Some(v)
     }
 
-    fn owned(&mut self) -> Read<String> {
-        self.string().map(Cow::into_owned)
-    }
-
     /// A string held inline when it is short (most ids and names are).
     fn compact(&mut self) -> Read<CompactString> {
         self.string().map(CompactString::from)
@@ -361,20 +356,20 @@ impl<'a> Parser<'a> {
     fn attr(&mut self) -> Read<Attr> {
         self.ws();
         Some(match self.peek()? {
-            b'"' => Attr::Str(self.owned()?),
+            b'"' => Attr::Str(self.compact()?),
             b't' | b'f' => Attr::Bool(self.bool()?),
             _ => Attr::Num(self.f64()?),
         })
     }
 
-    fn attributes(&mut self) -> Read<BTreeMap<String, Attr>> {
-        let mut attributes = BTreeMap::new();
+    fn attributes(&mut self) -> Read<Attributes> {
+        let mut entries = Vec::new();
         self.object(|p, key| {
-            let value = p.attr()?;
-            // serde_json keeps the last of duplicate keys; leave that case to it.
-            attributes.insert(key.into_owned(), value).is_none().then_some(())
+            entries.push((CompactString::from(key), p.attr()?));
+            Some(())
         })?;
-        Some(attributes)
+        // serde_json keeps the last of duplicate keys; leave that case to it.
+        Attributes::from_unique_entries(entries)
     }
 
     /// An optional field: `null` is absent, as serde reads it.

@@ -1002,7 +1002,7 @@ fn drift_is_verified_on_every_metric_kind_and_dated_back_from_its_evidence() {
             // Typed at run time: a number where the clause wants a category; a missing
             // attribute is no observation, and not an invalid one.
             if i % 50 != 7 {
-                t.attributes.insert("size".into(), Attr::Num(i as f64));
+                t.attributes.insert("size", Attr::Num(i as f64));
             }
             // A latency the detector refuses.
             if i == 3 {

@@ -6,8 +6,10 @@ use apache_avro::types::Value as AvroValue;
 /// the engine's time per event).
 pub use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use thiserror::Error;
+
+mod attributes;
+pub use attributes::{Attr, Attributes};
 
 /// The Avro schema of [`Telemetry`], as published in `schemas/agent_telemetry.avsc`.
 pub const TELEMETRY_AVSC: &str = include_str!("../../../schemas/agent_telemetry.avsc");
@@ -90,52 +92,6 @@ pub struct Citations {
     pub verified: u32,
 }
 
-/// A free-form signal value.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum Attr {
-    /// A boolean.
-    Bool(bool),
-    /// A number.
-    Num(f64),
-    /// A string.
-    Str(String),
-}
-
-/// By the JSON value's own type. Hand-written because the derived untagged form tries each
-/// variant in turn, building (and formatting) an error for every miss: that was a fifth of
-/// the JSON decoding time.
-impl<'de> Deserialize<'de> for Attr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Attr, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Attr;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a boolean, a number or a string")
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Attr, E> {
-                Ok(Attr::Bool(v))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Attr, E> {
-                Ok(Attr::Num(v as f64))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Attr, E> {
-                Ok(Attr::Num(v as f64))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Attr, E> {
-                Ok(Attr::Num(v))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Attr, E> {
-                Ok(Attr::Str(v.to_string()))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Attr, E> {
-                Ok(Attr::Str(v))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 /// One agent output event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,7 +124,7 @@ pub struct Telemetry {
     pub tool_calls: Vec<CompactString>,
     /// Free-form signals such as judge scores.
     #[serde(default)]
-    pub attributes: BTreeMap<String, Attr>,
+    pub attributes: Attributes,
 }
 
 /// Why a record is not valid telemetry.
@@ -328,9 +284,9 @@ impl Telemetry {
                 Some(other) => return Err(wrong("tool_calls", &other)),
             },
             attributes: match f.remove("attributes").map(unwrap_union) {
-                None | Some(AvroValue::Null) => BTreeMap::new(),
+                None | Some(AvroValue::Null) => Attributes::new(),
                 Some(AvroValue::Map(m)) => {
-                    let mut out = BTreeMap::new();
+                    let mut out = Vec::with_capacity(m.len());
                     for (k, v) in m {
                         let a = match unwrap_union(v) {
                             AvroValue::Double(d) => Attr::Num(d),
@@ -338,12 +294,12 @@ impl Telemetry {
                             AvroValue::Long(d) => Attr::Num(d as f64),
                             AvroValue::Int(d) => Attr::Num(d as f64),
                             AvroValue::Boolean(b) => Attr::Bool(b),
-                            AvroValue::String(s) => Attr::Str(s),
+                            AvroValue::String(s) => Attr::Str(s.into()),
                             other => return Err(wrong("attributes", &other)),
                         };
-                        out.insert(k, a);
+                        out.push((k.into(), a));
                     }
-                    out
+                    Attributes::from_entries(out)
                 }
                 Some(other) => return Err(wrong("attributes", &other)),
             },
@@ -394,10 +350,12 @@ impl Telemetry {
                         .map(|(k, v)| {
                             let v = match v {
                                 Attr::Num(d) => AvroValue::Union(0, Box::new(AvroValue::Double(*d))),
-                                Attr::Str(t) => AvroValue::Union(1, Box::new(AvroValue::String(t.clone()))),
+                                Attr::Str(t) => {
+                                    AvroValue::Union(1, Box::new(AvroValue::String(t.to_string())))
+                                }
                                 Attr::Bool(b) => AvroValue::Union(2, Box::new(AvroValue::Boolean(*b))),
                             };
-                            (k.clone(), v)
+                            (k.to_string(), v)
                         })
                         .collect(),
                 ),
@@ -687,13 +645,14 @@ mod json_tests {
                 "occurred_at":1,"risk":"low","outcome":"ok","attributes":{"b":true,"n":3,"f":-2.5,"s":"x"}}"#,
         )
         .expect("valid");
-        let want: BTreeMap<String, Attr> = [
-            ("b".to_string(), Attr::Bool(true)),
-            ("n".to_string(), Attr::Num(3.0)),
-            ("f".to_string(), Attr::Num(-2.5)),
-            ("s".to_string(), Attr::Str("x".into())),
+        let want: Attributes = [
+            ("b", Attr::Bool(true)),
+            ("n", Attr::Num(3.0)),
+            ("f", Attr::Num(-2.5)),
+            ("s", Attr::Str("x".into())),
         ]
-        .into();
+        .into_iter()
+        .collect();
         assert_eq!(t.attributes, want);
         let err = Telemetry::from_json(
             br#"{"event_id":"e","agent_id":"a","workflow":"w","model":{"provider":"p","name":"n","version":"v"},

@@ -927,7 +927,7 @@ mod tests {
         assert_eq!(ev("model.name == \"m\\\u{a0}x\""), Val::Bool(false));
         let c = Compiled::compile("attributes.lang == 'caf\\é'").unwrap();
         let mut t = event();
-        t.attributes.insert("lang".into(), Attr::Str("café".into()));
+        t.attributes.insert("lang", Attr::Str("café".into()));
         assert_eq!(c.eval(&t), Val::Bool(true));
         assert!(Compiled::compile("'abc\\").is_err(), "an escape at the end is unterminated");
     }

@@ -18,7 +18,7 @@ use driftgate_core::model::enforcement::EnforcementEvent;
 use driftgate_core::model::history::Record;
 use driftgate_core::model::lane::{Lane, Scope};
 use driftgate_core::model::overrides::{OverrideKind, OverrideRequest};
-use driftgate_core::model::telemetry::{Attr, Citations, Model, Outcome, Risk, Telemetry};
+use driftgate_core::model::telemetry::{Attr, Attributes, Citations, Model, Outcome, Risk, Telemetry};
 use driftgate_core::pact::{parse_pact, Pact};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Normal};
@@ -144,7 +144,7 @@ impl Fleet {
         };
         let (median, sigma) = if a.workflow == "research" { (1600.0f64, 0.3) } else { (1200.0, 0.35) };
         let latency = LogNormal::new(median.ln(), sigma).expect("valid").sample(&mut a.rng);
-        let mut attributes = BTreeMap::new();
+        let mut attributes = Attributes::new();
         let mut citations = None;
         let mut tool_calls = Vec::new();
         match a.workflow {
@@ -161,10 +161,7 @@ impl Fleet {
                     if a.rng.random::<f64>() < p_verified { a.rng.random_range(1..=total) } else { 0 };
                 citations = Some(Citations { total, verified });
                 let judge: f64 = Normal::new(4.2, 0.4).expect("valid").sample(&mut a.rng);
-                attributes.insert(
-                    "judge_score".to_string(),
-                    Attr::Num((judge.clamp(1.0, 5.0) * 100.0).round() / 100.0),
-                );
+                attributes.insert("judge_score", Attr::Num((judge.clamp(1.0, 5.0) * 100.0).round() / 100.0));
                 if a.rng.random::<f64>() < 0.5 {
                     tool_calls.push("search".into());
                 }

@@ -59,7 +59,7 @@ pub fn scenario() -> Vec<Telemetry> {
                 citations: Some(Citations { total: 2, verified: (rng.unit() < p) as u32 }),
                 pii_detected: Some(a == 21 && i == 3_000),
                 tool_calls: vec![],
-                attributes: BTreeMap::new(),
+                attributes: Default::default(),
             });
         }
     }
