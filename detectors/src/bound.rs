@@ -102,11 +102,14 @@ fn log_mixture(k: u64, n: u64, coefs: &[(f64, f64); GRID], below: f64) -> Result
     // Saturating: a stored state is not trusted to keep `k <= n`.
     let (k, f) = (k as f64, n.saturating_sub(k) as f64);
     let mut terms = [0.0; GRID];
-    let mut m = f64::MIN;
     for (t, (a, b)) in terms.iter_mut().zip(coefs) {
         *t = k * a + f * b;
-        m = m.max(*t);
     }
+    // A plain comparison, not `f64::max`: the terms are finite (finite coefficients and
+    // counts), so NaN's ordering is not needed, and without it the maximum is one
+    // instruction a term where `max` took three on one serial chain (3 % of the engine
+    // bench's time).
+    let m = terms.iter().fold(f64::MIN, |m, &t| if t > m { t } else { m });
     if m < below {
         return Err(m);
     }
