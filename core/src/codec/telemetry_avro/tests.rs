@@ -230,6 +230,57 @@ fn our_own_schema_decodes_exactly_like_the_generic_path() {
     assert_eq!(generic(ours, &datum), Ok(t));
 }
 
+/// A map's entries as a writer may put them: out of name order, over two blocks, with a name
+/// given twice (which apache-avro's generic map reads as its last value). The plan sorts them
+/// once at the end; it must agree with the generic path, entry for entry.
+#[test]
+fn attributes_out_of_order_and_repeated_decode_like_the_generic_path() {
+    let ours = crate::codec::schemas::telemetry();
+    let plan = TelemetryPlan::compile(ours).expect("our schema has a plan");
+    let mut t = Telemetry::from_json(
+        br#"{"event_id":"e1","agent_id":"a","workflow":"w","model":{"provider":"p","name":"n","version":"v"},
+            "occurred_at":1,"risk":"low","outcome":"ok"}"#,
+    )
+    .expect("valid sample");
+    let mut datum = write_datum(ours, t.to_avro()).expect("encodes");
+    // `attributes` is the schema's last field: an empty map is its final byte, a zero count.
+    assert_eq!(datum.pop(), Some(0));
+    let zigzag = |n: i64| ((n << 1) ^ (n >> 63)) as u8;
+    let key = |out: &mut Vec<u8>, k: &str| {
+        out.push(zigzag(k.len() as i64));
+        out.extend_from_slice(k.as_bytes());
+    };
+    let double = |out: &mut Vec<u8>, k: &str, v: f64| {
+        key(out, k);
+        out.push(zigzag(0));
+        out.extend_from_slice(&v.to_le_bytes());
+    };
+    let text = |out: &mut Vec<u8>, k: &str, v: &str| {
+        key(out, k);
+        out.push(zigzag(1));
+        key(out, v);
+    };
+    datum.push(zigzag(3));
+    double(&mut datum, "zeta", 1.0);
+    text(&mut datum, "beta", "first, and long enough not to be inline");
+    double(&mut datum, "alpha", 2.0);
+    datum.push(zigzag(2));
+    text(&mut datum, "beta", "last");
+    key(&mut datum, "flag");
+    datum.extend([zigzag(2), 1]);
+    datum.push(zigzag(0));
+    t.attributes = [
+        ("alpha", Attr::Num(2.0)),
+        ("beta", Attr::Str("last".into())),
+        ("flag", Attr::Bool(true)),
+        ("zeta", Attr::Num(1.0)),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(generic(ours, &datum), Ok(t.clone()));
+    assert_eq!(plan.read(&datum), Ok(t));
+}
+
 #[test]
 fn evolved_writer_schemas_decode_exactly_like_the_generic_path() {
     let (mut accepted, mut rejected) = (0, 0);
