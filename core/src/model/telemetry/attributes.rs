@@ -74,10 +74,8 @@ impl Attributes {
     /// collecting into a map does). Decoders build this way: one sort, where inserting one
     /// by one costs `n²` moves for a record of `n` attributes in reverse order.
     pub fn from_entries(mut entries: Vec<(CompactString, Attr)>) -> Attributes {
-        if !entries.is_sorted_by(|a, b| a.0 < b.0) {
-            // Stable, so a repeated name's entries stay in their order; then the last of
-            // each run is kept, moved into the run's first slot.
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
+        if sort_by_name(&mut entries) {
+            // The last of each run of one name is kept, moved into the run's first slot.
             entries.dedup_by(|later, kept| {
                 let same = later.0 == kept.0;
                 if same {
@@ -91,13 +89,7 @@ impl Attributes {
 
     /// [`Attributes::from_entries`], or `None` when a name is given more than once.
     pub fn from_unique_entries(mut entries: Vec<(CompactString, Attr)>) -> Option<Attributes> {
-        if !entries.is_sorted_by(|a, b| a.0 < b.0) {
-            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            if entries.windows(2).any(|w| w[0].0 == w[1].0) {
-                return None;
-            }
-        }
-        Some(Attributes(entries))
+        (!sort_by_name(&mut entries)).then_some(Attributes(entries))
     }
 
     /// Sets `name` to `value`, returning the value it replaces (as a map's `insert`). For a
@@ -115,7 +107,7 @@ impl Attributes {
 
     /// Every attribute, in name order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Attr)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v))
+        self.into_iter()
     }
 
     /// How many there are.
@@ -128,16 +120,20 @@ impl Attributes {
         self.0.is_empty()
     }
 
-    /// Removes every attribute, keeping the room.
-    pub fn clear(&mut self) {
-        self.0.clear()
-    }
-
     /// Where `name` is, or would go.
     fn position(&self, name: &str) -> Result<usize, usize> {
-        // Names are compared as bytes, which is `str`'s order.
-        self.0.binary_search_by(|(k, _)| k.as_bytes().cmp(name.as_bytes()))
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
     }
+}
+
+/// Sorts entries by name (stably: a repeated name's entries keep their order) unless they
+/// already are, each name once; returns whether a name repeats.
+fn sort_by_name(entries: &mut [(CompactString, Attr)]) -> bool {
+    if entries.is_sorted_by(|a, b| a.0 < b.0) {
+        return false;
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.windows(2).any(|w| w[0].0 == w[1].0)
 }
 
 /// A name given twice keeps its last value, as collecting into a map does.
@@ -217,8 +213,8 @@ mod tests {
         let want: Attributes = unique.iter().cloned().collect();
         assert_eq!(want.len(), unique.len());
         assert_eq!(Attributes::from_unique_entries(unique), Some(want));
-        a.clear();
-        assert!(a.is_empty() && a.get("a").is_none());
+        let none = Attributes::new();
+        assert!(none.is_empty() && none.get("a").is_none());
     }
 
     /// The JSON form is a map's: the same text out, and a repeated name's last value in.
