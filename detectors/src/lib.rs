@@ -38,6 +38,7 @@ mod cusum;
 mod detector;
 mod epoch_hist;
 mod error;
+mod fast_exp;
 mod hdr_serde;
 mod interner;
 mod mixture;

@@ -182,7 +182,7 @@ impl<'de> Deserialize<'de> for AutoReal {
             members: if r.a.is_empty() {
                 empty_members()
             } else {
-                Arc::new(Members { a: r.a, b: r.b, squared: r.squared, kappa: r.kappa })
+                Arc::new(Members::new(r.a, r.b, r.squared, r.kappa))
             },
             stages: no_stages(),
             sr: r.sr,
@@ -215,9 +215,45 @@ impl PartialEq for AutoReal {
 #[derive(Debug, Default)]
 struct Members {
     a: Vec<f64>,
-    b: Vec<f64>,
     squared: Vec<bool>,
     kappa: Vec<f64>,
+    /// The log-likelihood ratios as `lin[j]·z + sq[j]·z² + b[j]` (one of `lin[j]`, `sq[j]`
+    /// zero), padded with zeros to whole chunks of [`LANES`]: a chunk's ratios are then
+    /// one loop without a branch, which compiles to vector instructions.
+    lin: Vec<f64>,
+    sq: Vec<f64>,
+    b: Vec<f64>,
+}
+
+/// Members whose likelihood ratios are computed together (see [`Members::ratios`]).
+const LANES: usize = 8;
+
+impl Members {
+    fn new(a: Vec<f64>, b: Vec<f64>, squared: Vec<bool>, kappa: Vec<f64>) -> Members {
+        let padded = a.len().next_multiple_of(LANES);
+        let pad = |mut v: Vec<f64>| {
+            v.resize(padded, 0.0);
+            v
+        };
+        let pick = |sq: bool| a.iter().zip(&squared).map(|(&a, &s)| if s == sq { a } else { 0.0 }).collect();
+        let (lin, sq) = (pad(pick(false)), pad(pick(true)));
+        Members { a, squared, kappa, lin, sq, b: pad(b) }
+    }
+
+    /// The likelihood ratios of members `LANES·chunk ..` at normal score `z` (`z2 = z²`).
+    ///
+    /// `lin·z + sq·z² + b` is `a·t + b` to the bit: the zero term adds an exact zero.
+    #[inline(always)]
+    fn ratios(&self, chunk: usize, z: f64, z2: f64, out: &mut [f64; LANES]) {
+        let at = chunk * LANES;
+        let chunk = |v: &[f64]| -> Option<[f64; LANES]> { v.get(at..at + LANES)?.try_into().ok() };
+        let (Some(lin), Some(sq), Some(b)) = (chunk(&self.lin), chunk(&self.sq), chunk(&self.b)) else {
+            return;
+        };
+        for i in 0..LANES {
+            out[i] = crate::fast_exp::exp(lin[i] * z + sq[i] * z2 + b[i]);
+        }
+    }
 }
 
 /// A bank: its alternatives, the mixture (statistics carried over from `old`, the ids and
@@ -318,13 +354,12 @@ fn build_real_bank(cfg: &AutoConfig, n: u64) -> Bank {
         n,
         None,
     );
-    let mut members = Members::default();
-    for &i in &keep {
-        members.a.push(alts[i].a);
-        members.b.push(alts[i].b);
-        members.squared.push(alts[i].squared);
-        members.kappa.push(cands[i].kappa);
-    }
+    let members = Members::new(
+        keep.iter().map(|&i| alts[i].a).collect(),
+        keep.iter().map(|&i| alts[i].b).collect(),
+        keep.iter().map(|&i| alts[i].squared).collect(),
+        keep.iter().map(|&i| cands[i].kappa).collect(),
+    );
     Bank { members: Arc::new(members), sr, threshold }
 }
 
@@ -440,10 +475,13 @@ impl AutoReal {
         let z = ns.score(x, i);
         let z2 = z * z;
         let m = &*self.members;
+        let mut lr = [0.0; LANES];
         let lambda = sr.step_by(
             |j| {
-                let t = if m.squared[j] { z2 } else { z };
-                (m.a[j] * t + m.b[j]).exp()
+                if j % LANES == 0 {
+                    m.ratios(j / LANES, z, z2, &mut lr);
+                }
+                lr[j % LANES]
             },
             x,
         );
@@ -558,6 +596,36 @@ mod tests {
             reference_max: reference,
             ..AutoConfig::default()
         }
+    }
+
+    /// A chunk's ratios are each member's `exp(a·t + b)`, with `t` its score or its square,
+    /// computed one member at a time with the same `exp`, to the bit; the padding lanes are
+    /// `e^0`, and every ratio is within 2 ULP of the platform's `exp`.
+    #[test]
+    fn chunked_ratios_are_each_members_own() {
+        let bank = build_real_bank(&AutoConfig::default(), 16_384);
+        let m = &*bank.members;
+        let k = m.a.len();
+        assert!(k > LANES && !k.is_multiple_of(LANES), "{k} members: a full chunk and a padded one");
+        for z in [-4.2, -1.3, -0.0, 0.25, 1.0, 3.7] {
+            let mut lr = [f64::NAN; LANES];
+            for j in 0..k.next_multiple_of(LANES) {
+                if j % LANES == 0 {
+                    m.ratios(j / LANES, z, z * z, &mut lr);
+                }
+                let got = lr[j % LANES];
+                if j >= k {
+                    assert_eq!(got, 1.0, "padding lane {j}");
+                    continue;
+                }
+                let arg = m.a[j] * if m.squared[j] { z * z } else { z } + m.b[j];
+                assert_eq!(got.to_bits(), crate::fast_exp::exp(arg).to_bits(), "member {j} at z = {z}");
+                let ulps = (got.to_bits() as i64).abs_diff(arg.exp().to_bits() as i64);
+                assert!(ulps <= 2, "member {j} at z = {z}: {ulps} ULP");
+            }
+        }
+        // Both kinds of member were checked: location (`t = z`) and scale (`t = z²`).
+        assert!(m.squared.iter().any(|s| *s) && m.squared.iter().any(|s| !*s));
     }
 
     #[test]
