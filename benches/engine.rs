@@ -23,7 +23,9 @@ const FIVE_SEGMENTED: &str = include_str!("pacts/bench-five-segmented.yaml");
 
 const N: usize = 200_000;
 
-fn telemetry() -> Vec<Telemetry> {
+/// Boxed, as a decoder hands records to the engine.
+#[allow(clippy::vec_box)]
+fn telemetry() -> Vec<Box<Telemetry>> {
     Fleet::new(7, 2, false)
         .filter_map(|i| match i {
             Input::Telemetry(mut t) => {

@@ -20,7 +20,7 @@
 //! `cargo bench -p driftgate --bench state_size [-- --events N] [--agents N] [--only TEXT]`
 
 use driftgate_core::codec::changelog::{decode_agent, encode_agent};
-use driftgate_core::engine::{Engine, EngineConfig, Input};
+use driftgate_core::engine::{Engine, EngineConfig};
 use driftgate_core::model::telemetry::{Citations, Model, Outcome, Risk, Telemetry};
 use driftgate_core::pact::parse_pact;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -156,7 +156,7 @@ fn fleet_sizes(pact: &driftgate_core::pact::Pact, agents: u64, events: u64) -> S
     let mut e = Engine::new(EngineConfig::default(), vec![pact.clone()]);
     for i in 0..events {
         for a in 0..agents {
-            e.push(Input::Telemetry(event(a, i)));
+            e.push(event(a, i).into());
             drop(e.drain());
         }
     }

@@ -138,7 +138,7 @@ pub fn pact_yaml(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     if let Ok(p) = driftgate_core::pact::parse_pact(text, "fuzz.yaml") {
         let mut e = driftgate_core::engine::Engine::new(Default::default(), vec![p]);
-        e.push(driftgate_core::engine::Input::Telemetry(sample()));
+        e.push(sample().into());
         e.flush();
         let _ = e.drain();
     }
@@ -169,7 +169,7 @@ pub fn changelog(data: &[u8]) {
         driftgate_core::engine::Engine::restore(Default::default(), vec![pact], snap.meta.meta, snap.agents);
     let mut t = sample();
     t.agent_id = "agent-0".into();
-    e.push(driftgate_core::engine::Input::Telemetry(t));
+    e.push(t.into());
     e.flush();
     let _ = e.drain();
 }

@@ -316,7 +316,7 @@ fn simulate_cmd(out: &std::path::Path, events: u64, incidents: bool, seed: u64) 
     let days = (events / 200_000 + 2) as i64;
     let records: Vec<_> = driftgate::cli::demo::Fleet::new(seed, days, incidents)
         .filter_map(|i| match i {
-            driftgate_core::engine::Input::Telemetry(t) => Some(t),
+            driftgate_core::engine::Input::Telemetry(t) => Some(*t),
             _ => None,
         })
         .take(events as usize)

@@ -83,7 +83,7 @@ fn main() {
     let mut e = Engine::new(Default::default(), vec![pact]);
     let mut history = Vec::new();
     for i in 0..60 {
-        e.push(Input::Telemetry(telemetry(i)));
+        e.push(Input::from(telemetry(i)));
         for o in e.drain() {
             if let Output::History(r) = o {
                 history.push(r);
@@ -102,7 +102,7 @@ fn main() {
     let pact = driftgate_core::pact::parse_pact(checks_pact(), "bench-five.yaml").expect("bench pact");
     let mut e = Engine::new(Default::default(), vec![pact]);
     for i in 0..3_100 {
-        e.push(Input::Telemetry(telemetry(i)));
+        e.push(Input::from(telemetry(i)));
         e.drain();
     }
     e.flush();

@@ -107,7 +107,7 @@ fn metrics_of_the_demo_match_its_events() {
     // Expectations from the demo's input, not from the engine's counters that feed /metrics.
     let inputs: Vec<Input> = driftgate::cli::demo::Fleet::new(7, 1, true).collect();
     let telemetry: Vec<&Telemetry> =
-        inputs.iter().filter_map(|i| if let Input::Telemetry(t) = i { Some(t) } else { None }).collect();
+        inputs.iter().filter_map(|i| if let Input::Telemetry(t) = i { Some(&**t) } else { None }).collect();
     let pacts = driftgate::cli::demo::example_pacts();
     // The zero-tolerance clause alarms on every PII event, and blocked on the first one.
     let pii_events = telemetry.iter().filter(|t| t.pii_detected == Some(true)).count();

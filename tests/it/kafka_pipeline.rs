@@ -651,7 +651,7 @@ fn reference_events(records: &[(String, Vec<u8>, i64, i32)], partitions: i32) ->
         );
         for (_, bytes, _, _) in records.iter().filter(|r| r.3 == p) {
             let v = driftgate_core::codec::avro_json::read_datum(&schema, None, &bytes[5..]).unwrap();
-            e.push(driftgate_core::engine::Input::Telemetry(Telemetry::from_avro(v).unwrap()));
+            e.push(Telemetry::from_avro(v).unwrap().into());
             out.extend(e.drain().into_iter().filter_map(|o| match o {
                 driftgate_core::engine::Output::Enforcement(ev) => Some(ev),
                 _ => None,

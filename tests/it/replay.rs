@@ -9,7 +9,7 @@ use std::process::Command;
 fn fleet_file(dir: &std::path::Path, n: usize) -> (std::path::PathBuf, std::path::PathBuf) {
     let records: Vec<_> = Fleet::new(3, 1, true)
         .filter_map(|i| match i {
-            Input::Telemetry(t) => Some(t),
+            Input::Telemetry(t) => Some(*t),
             _ => None,
         })
         .take(n)
@@ -95,7 +95,7 @@ fn late_records_are_set_aside_with_their_reason_and_recorded_in_the_history() {
     // In-order telemetry, then one record 10 minutes behind: beyond the watermark (5 s of
     // out-of-orderness) and the allowed lateness (60 s).
     let mut inputs: Vec<driftgate_core::model::telemetry::Telemetry> = Fleet::new(3, 1, false)
-        .filter_map(|i| if let driftgate_core::engine::Input::Telemetry(t) = i { Some(t) } else { None })
+        .filter_map(|i| if let driftgate_core::engine::Input::Telemetry(t) = i { Some(*t) } else { None })
         .take(2_000)
         .collect();
     let max = inputs.iter().map(|t| t.occurred_at).max().unwrap();

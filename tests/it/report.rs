@@ -177,7 +177,7 @@ fn the_browser_checks_catch_console_errors_and_network_access() {
 fn telemetry_until(until: i64) -> impl Iterator<Item = anyhow::Result<Telemetry>> {
     Fleet::new(7, 1, true)
         .filter_map(|i| match i {
-            Input::Telemetry(t) => Some(t),
+            Input::Telemetry(t) => Some(*t),
             _ => None,
         })
         .take_while(move |t| t.occurred_at < until)
@@ -355,7 +355,7 @@ fn a_report_over_a_million_records_keeps_to_its_limits() {
         Ok(Box::new(
             Fleet::new(7, 7, true)
                 .filter_map(|i| match i {
-                    Input::Telemetry(t) => Some(Ok(t)),
+                    Input::Telemetry(t) => Some(Ok(*t)),
                     _ => None,
                 })
                 .take(1_000_000),

@@ -670,7 +670,7 @@ fn check(steps: &[Step], fired: &mut Fired) -> Result<(), String> {
                     versions[a] += 1;
                 }
                 model.on_event(a, t, *flag, *high_risk, versions[a], fired);
-                engine.push(Input::Telemetry(telemetry(
+                engine.push(Input::from(telemetry(
                     format!("e{n}"),
                     format!("a{a}"),
                     "w",
@@ -681,7 +681,7 @@ fn check(steps: &[Step], fired: &mut Fired) -> Result<(), String> {
                 )));
             }
             Step::Tick { .. } => {
-                engine.push(Input::Telemetry(telemetry(
+                engine.push(Input::from(telemetry(
                     format!("e{n}"),
                     "clock".into(),
                     "other",
@@ -722,7 +722,7 @@ fn check(steps: &[Step], fired: &mut Fired) -> Result<(), String> {
                     }
                 }
                 model.on_override(a, t, &req, fired);
-                engine.push(Input::Override(req));
+                engine.push(Input::from(req));
             }
         }
         let panics = engine.drain().iter().filter(|o| matches!(o, Output::Panic(_))).count() as u64;

@@ -138,7 +138,7 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
                 if *new_model {
                     versions[*agent as usize] += 1;
                 }
-                engine.push(Input::Telemetry(Telemetry {
+                engine.push(Input::from(Telemetry {
                     event_id: format!("e{n}").into(),
                     agent_id: format!("a{agent}").into(),
                     workflow: format!("w{workflow}").into(),
@@ -168,7 +168,7 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
                     OverrideKind::Loosen,
                     OverrideKind::Attest,
                 ][*kind as usize];
-                engine.push(Input::Override(OverrideRequest {
+                engine.push(Input::from(OverrideRequest {
                     override_id: format!("o{n}"),
                     agent_id: id,
                     scope: if n.is_multiple_of(2) { Scope::All } else { Scope::HighRisk },
@@ -200,7 +200,7 @@ fn run(steps: &[Step], seen: &mut Seen) -> Result<(Engine, Vec<Output>), TestCas
         }
     }
     // A last event far in the future: every timer (override expiry, freshness) comes due.
-    engine.push(Input::Telemetry(Telemetry {
+    engine.push(Input::from(Telemetry {
         event_id: "last".into(),
         agent_id: "a0".into(),
         workflow: "w0".into(),

@@ -136,7 +136,7 @@ mod tests {
             expires_at: None,
             expected_seq: None,
         };
-        (Input::Override(o), None)
+        (Input::from(o), None)
     }
 
     fn id(item: &Tagged) -> String {

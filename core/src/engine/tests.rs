@@ -35,7 +35,7 @@ fn engine() -> Engine {
 }
 
 fn tel(agent: &str, at_s: i64, flag: &str, high_risk: bool, version: u32) -> Input {
-    Input::Telemetry(Telemetry {
+    Input::from(Telemetry {
         event_id: format!("{agent}@{at_s}").into(),
         agent_id: agent.into(),
         workflow: "w".into(),
@@ -60,7 +60,7 @@ fn ov(
     ttl_s: i64,
     seq: u64,
 ) -> Input {
-    Input::Override(OverrideRequest {
+    Input::from(OverrideRequest {
         override_id: format!("o-{agent}@{at_s}"),
         agent_id: agent.into(),
         scope,
@@ -1561,7 +1561,7 @@ fn a_pact_may_hold_only_high_risk_actions_and_scope_rules_are_validated_with_the
 use crate::model::pact_change::{PactChange, PactMode};
 
 fn change(id: &str, mode: PactMode, at_s: i64, document: Option<&str>) -> Input {
-    Input::Pact(PactChange {
+    Input::from(PactChange {
         change_id: id.into(),
         mode,
         pact_id: "recovery".into(),

@@ -140,7 +140,7 @@ pub fn hand_to_engine(engine: &mut Engine, req: OverrideRequest, now: i64) -> Re
             driftgate_core::timefmt::rfc3339(cutoff)
         )));
     }
-    engine.push(Input::Override(req));
+    engine.push(Input::from(req));
     Ok(Handed::Pushed)
 }
 
@@ -420,7 +420,7 @@ impl ControlPlane for DemoControl {
         check_change(engine, &change)?;
         // The demo's clock is its simulated day: the change takes effect at its end.
         change.issued_at = engine.watermark().unwrap_or(change.issued_at);
-        engine.push(Input::Pact(change));
+        engine.push(Input::from(change));
         engine.flush();
         let mut out = Collected::default();
         out.take(engine.drain());

@@ -215,7 +215,7 @@ impl Iterator for Fleet {
             if let Some(o) = &self.pending_override {
                 if o.issued_at <= t {
                     self.queue.push(Reverse((t, i)));
-                    return self.pending_override.take().map(Input::Override);
+                    return self.pending_override.take().map(Input::from);
                 }
             }
             if t >= self.end {
@@ -227,7 +227,7 @@ impl Iterator for Fleet {
             if silent {
                 continue;
             }
-            return Some(Input::Telemetry(self.event(i, t)));
+            return Some(self.event(i, t).into());
         }
     }
 }
@@ -461,7 +461,7 @@ pub fn labels() -> Vec<Label> {
 /// The demo's telemetry, generated again (the run is deterministic).
 fn telemetry() -> impl Iterator<Item = Telemetry> {
     Fleet::new(7, 1, true).filter_map(|i| match i {
-        Input::Telemetry(t) => Some(t),
+        Input::Telemetry(t) => Some(*t),
         _ => None,
     })
 }

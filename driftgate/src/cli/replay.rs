@@ -373,7 +373,7 @@ fn drive(
         let mut inputs = Vec::new();
         for r in source()? {
             match r {
-                Ok(t) => inputs.push(Input::Telemetry(t)),
+                Ok(t) => inputs.push(t.into()),
                 Err(e) => refuse(e, &mut watch)?,
             }
         }
@@ -388,7 +388,7 @@ fn drive(
         let n = inputs.len() as u64;
         (Box::new(inputs.into_iter().map(Ok)), Some(n))
     } else {
-        (Box::new(source()?.map(|r| r.map(Input::Telemetry))), None)
+        (Box::new(source()?.map(|r| r.map(Input::from))), None)
     };
     let bar = if std::io::stderr().is_terminal() {
         let (b, template) = match known {

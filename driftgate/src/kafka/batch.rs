@@ -168,15 +168,16 @@ pub(super) struct Evaluator<'a> {
 /// the pipeline thread's time in the drain bench). The engine keeps what it is done with
 /// instead (`Engine::retire_into`), and the pipeline thread hands it over here in one
 /// message per batch.
+#[allow(clippy::vec_box)] // The engine's boxes as they arrived (`Engine::retire_into`).
 pub(super) struct Releaser {
-    tx: std::sync::mpsc::SyncSender<Vec<Telemetry>>,
+    tx: std::sync::mpsc::SyncSender<Vec<Box<Telemetry>>>,
 }
 
 impl Releaser {
     /// Starts the thread; it ends when the releaser is dropped.
     pub(super) fn start() -> std::io::Result<Releaser> {
         // Bounded: a pipeline that outruns the frees waits rather than piling them up.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Telemetry>>(4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Box<Telemetry>>>(4);
         std::thread::Builder::new().name("driftgate-release".into()).spawn(move || {
             for batch in rx {
                 drop(batch);
@@ -186,7 +187,8 @@ impl Releaser {
     }
 
     /// Frees `records` on the releaser's thread (here, if it is gone).
-    fn release(&self, records: Vec<Telemetry>) {
+    #[allow(clippy::vec_box)]
+    fn release(&self, records: Vec<Box<Telemetry>>) {
         if !records.is_empty() {
             let _ = self.tx.send(records);
         }
@@ -194,10 +196,15 @@ impl Releaser {
 }
 
 impl Evaluator<'_> {
+    /// Decodes one record into its box, on whichever thread decodes it.
+    fn decode(&self, r: &Polled<'_>) -> Decoded {
+        self.decoder.decode(r.payload, r.record_time).map(Box::new)
+    }
+
     /// Decodes, evaluates and renders a lane's records in order.
     pub(super) fn run(&self, lane: &mut Lane<'_, '_>) -> Result<(), PipelineError> {
         let records = std::mem::take(&mut lane.records);
-        self.run_decoded(lane, &records, &mut |r| self.decoder.decode(r.payload, r.record_time))
+        self.run_decoded(lane, &records, &mut |r| self.decode(r))
     }
 
     /// Evaluates and renders a lane's `records` (taken out of it) in order, each as `decode`
@@ -323,16 +330,14 @@ impl Evaluator<'_> {
             // for the helper's first chunk stalled every batch by a thread start.
             let helper = s.spawn(move || {
                 for chunk in records.chunks(DECODE_CHUNK).skip(1) {
-                    let decoded =
-                        chunk.iter().map(|r| self.decoder.decode(r.payload, r.record_time)).collect();
+                    let decoded = chunk.iter().map(|r| self.decode(r)).collect();
                     if tx.send(decoded).is_err() {
                         return; // The evaluation stopped early.
                     }
                 }
             });
             let first = records.iter().take(DECODE_CHUNK);
-            let mut ready =
-                first.map(|r| self.decoder.decode(r.payload, r.record_time)).collect::<Vec<_>>().into_iter();
+            let mut ready = first.map(|r| self.decode(r)).collect::<Vec<_>>().into_iter();
             let mut next = |r: &Polled<'_>| -> Decoded {
                 if let Some(d) = ready.next() {
                     return d;
@@ -340,10 +345,10 @@ impl Evaluator<'_> {
                 match rx.recv() {
                     Ok(chunk) => {
                         ready = chunk.into_iter();
-                        ready.next().unwrap_or_else(|| self.decoder.decode(r.payload, r.record_time))
+                        ready.next().unwrap_or_else(|| self.decode(r))
                     }
                     // The helper is gone (it cannot fail, but if it panicked): decode here.
-                    Err(_) => self.decoder.decode(r.payload, r.record_time),
+                    Err(_) => self.decode(r),
                 }
             };
             if self.release.is_some() {
@@ -367,7 +372,7 @@ impl Evaluator<'_> {
 const DECODE_CHUNK: usize = 64;
 
 /// A record's decoding.
-type Decoded = Result<Telemetry, DecodeError>;
+type Decoded = Result<Box<Telemetry>, DecodeError>;
 
 /// How a batch was evaluated (`driftgate_input_batches_total{evaluation}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

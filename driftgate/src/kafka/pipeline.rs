@@ -976,7 +976,7 @@ impl Pipeline {
         change: PactChange,
     ) -> Result<Vec<Durability>, SubmitError> {
         check_change(&tasks.reference, &change)?;
-        tasks.reference.push(Input::Pact(change.clone()));
+        tasks.reference.push(Input::from(change.clone()));
         tasks.reference.flush();
         tasks.reference.drain();
         tasks.remember(change.clone());

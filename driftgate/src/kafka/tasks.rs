@@ -287,7 +287,7 @@ impl Tasks {
             if let Some(wm) = engine.watermark() {
                 c.issued_at = c.issued_at.max(wm);
             }
-            engine.push(Input::Pact(c));
+            engine.push(Input::from(c));
         }
     }
 
