@@ -206,7 +206,7 @@ impl PartialEq for AutoReal {
     }
 }
 
-/// A bank's alternatives: member `j`'s log-likelihood ratio is `a[j] * t + b[j]`, with
+/// A bank's alternatives: member `j`'s log-likelihood ratio is `a(j) * t + b[j]`, with
 /// `t = z` or `z²` (`squared`), and `kappa[j]` its information per event.
 ///
 /// Why shared: on normal scores the alternatives do not depend on the data, so a real bank
@@ -214,12 +214,12 @@ impl PartialEq for AutoReal {
 /// stage holds the same one (about 700 bytes per key when each kept its own).
 #[derive(Debug, Default)]
 struct Members {
-    a: Vec<f64>,
     squared: Vec<bool>,
     kappa: Vec<f64>,
-    /// The log-likelihood ratios as `lin[j]·z + sq[j]·z² + b[j]` (one of `lin[j]`, `sq[j]`
-    /// zero), padded with zeros to whole chunks of [`LANES`]: a chunk's ratios are then
-    /// one loop without a branch, which compiles to vector instructions.
+    /// The log-likelihood ratios as `lin[j]·z + sq[j]·z² + b[j]` (`lin[j]` is `a(j)` for a
+    /// location member and 0 for a scale one, `sq[j]` the other way round), padded with
+    /// zeros to whole chunks of [`LANES`]: a chunk's ratios are then one loop without a
+    /// branch, which compiles to vector instructions.
     lin: Vec<f64>,
     sq: Vec<f64>,
     b: Vec<f64>,
@@ -237,17 +237,41 @@ impl Members {
         };
         let pick = |sq: bool| a.iter().zip(&squared).map(|(&a, &s)| if s == sq { a } else { 0.0 }).collect();
         let (lin, sq) = (pad(pick(false)), pad(pick(true)));
-        Members { a, squared, kappa, lin, sq, b: pad(b) }
+        Members { squared, kappa, lin, sq, b: pad(b) }
+    }
+
+    /// Member `j`'s coefficient of `t` (`θ` for a location member, `β/2` for a scale one).
+    fn a(&self, j: usize) -> f64 {
+        if self.squared[j] {
+            self.sq[j]
+        } else {
+            self.lin[j]
+        }
+    }
+
+    /// Member `j`'s likelihood ratio at normal score `z`, for `j` in member order (as
+    /// [`MixtureSr::step_by`] asks): each chunk's ratios are computed together at its
+    /// first member.
+    #[inline(always)]
+    fn ratios_at(&self, z: f64) -> impl FnMut(usize) -> f64 + '_ {
+        let z2 = z * z;
+        let mut lr = [0.0; LANES];
+        move |j| {
+            if j % LANES == 0 {
+                self.chunk_ratios(j / LANES, z, z2, &mut lr);
+            }
+            lr[j % LANES]
+        }
     }
 
     /// The likelihood ratios of members `LANES·chunk ..` at normal score `z` (`z2 = z²`).
     ///
     /// `lin·z + sq·z² + b` is `a·t + b` to the bit: the zero term adds an exact zero.
     #[inline(always)]
-    fn ratios(&self, chunk: usize, z: f64, z2: f64, out: &mut [f64; LANES]) {
+    fn chunk_ratios(&self, chunk: usize, z: f64, z2: f64, out: &mut [f64; LANES]) {
         let at = chunk * LANES;
-        let chunk = |v: &[f64]| -> Option<[f64; LANES]> { v.get(at..at + LANES)?.try_into().ok() };
-        let (Some(lin), Some(sq), Some(b)) = (chunk(&self.lin), chunk(&self.sq), chunk(&self.b)) else {
+        let lanes = |v: &[f64]| -> Option<[f64; LANES]> { v.get(at..at + LANES)?.try_into().ok() };
+        let (Some(lin), Some(sq), Some(b)) = (lanes(&self.lin), lanes(&self.sq), lanes(&self.b)) else {
             return;
         };
         for i in 0..LANES {
@@ -472,19 +496,7 @@ impl AutoReal {
             (Some(ns), Some(sr)) => (ns, sr),
             _ => return None,
         };
-        let z = ns.score(x, i);
-        let z2 = z * z;
-        let m = &*self.members;
-        let mut lr = [0.0; LANES];
-        let lambda = sr.step_by(
-            |j| {
-                if j % LANES == 0 {
-                    m.ratios(j / LANES, z, z2, &mut lr);
-                }
-                lr[j % LANES]
-            },
-            x,
-        );
+        let lambda = sr.step_by(self.members.ratios_at(ns.score(x, i)), x);
         if lambda >= self.threshold {
             Some(Box::new(self.alarm(i)))
         } else {
@@ -501,11 +513,11 @@ impl AutoReal {
         let mean_now = win.aux_sum / (win.lag + 1.0);
         let (center, scale) = self.baseline.ns().map_or((0.0, 0.0), NormalScore::summary);
         let (direction, scale_now) = if m.squared[j] {
-            let beta = 2.0 * m.a[j];
+            let beta = 2.0 * m.a(j);
             let sigma = (1.0 / (1.0 - beta)).sqrt();
             (if beta > 0.0 { "scale_up" } else { "scale_down" }, scale * sigma)
         } else {
-            (if m.a[j] > 0.0 { "increase" } else { "decrease" }, scale)
+            (if m.a(j) > 0.0 { "increase" } else { "decrease" }, scale)
         };
         let mut params = self.cfg.params();
         params.insert("members".into(), sr.len() as f64);
@@ -513,7 +525,7 @@ impl AutoReal {
         params.insert("winner_weight".into(), sr.weight(j));
         params.insert(
             if m.squared[j] { "winner_beta" } else { "winner_theta" }.into(),
-            if m.squared[j] { 2.0 * m.a[j] } else { m.a[j] },
+            if m.squared[j] { 2.0 * m.a(j) } else { m.a(j) },
         );
         Alarm {
             detector: self.name().to_string(),
@@ -605,24 +617,34 @@ mod tests {
     fn chunked_ratios_are_each_members_own() {
         let bank = build_real_bank(&AutoConfig::default(), 16_384);
         let m = &*bank.members;
-        let k = m.a.len();
+        let k = m.squared.len();
         assert!(k > LANES && !k.is_multiple_of(LANES), "{k} members: a full chunk and a padded one");
         for z in [-4.2, -1.3, -0.0, 0.25, 1.0, 3.7] {
-            let mut lr = [f64::NAN; LANES];
-            for j in 0..k.next_multiple_of(LANES) {
-                if j % LANES == 0 {
-                    m.ratios(j / LANES, z, z * z, &mut lr);
-                }
-                let got = lr[j % LANES];
-                if j >= k {
-                    assert_eq!(got, 1.0, "padding lane {j}");
-                    continue;
-                }
-                let arg = m.a[j] * if m.squared[j] { z * z } else { z } + m.b[j];
+            let mut ratio = m.ratios_at(z);
+            for j in 0..k {
+                // `a(j)` is read back from the chunked coefficients; its member's `κ` and `b`,
+                // kept apart, pin it down: `κ = θ²/2`, `b = -θ²/2` for a location member,
+                // `κ = β²/4`, `b = ln(1 - β)/2` with `β = 2a` for a scale one.
+                let a = m.a(j);
+                let (kappa, b) = if m.squared[j] {
+                    (a * a, 0.5 * (1.0 - 2.0 * a).ln())
+                } else {
+                    (a * a / 2.0, -a * a / 2.0)
+                };
+                assert_eq!(
+                    (kappa.to_bits(), b.to_bits()),
+                    (m.kappa[j].to_bits(), m.b[j].to_bits()),
+                    "member {j}"
+                );
+                let got = ratio(j);
+                let arg = a * if m.squared[j] { z * z } else { z } + m.b[j];
                 assert_eq!(got.to_bits(), crate::fast_exp::exp(arg).to_bits(), "member {j} at z = {z}");
                 let ulps = (got.to_bits() as i64).abs_diff(arg.exp().to_bits() as i64);
                 assert!(ulps <= 2, "member {j} at z = {z}: {ulps} ULP");
             }
+            let mut last = [f64::NAN; LANES];
+            m.chunk_ratios(k / LANES, z, z * z, &mut last);
+            assert!(last[k % LANES..].iter().all(|&r| r == 1.0), "padding lanes: {last:?}");
         }
         // Both kinds of member were checked: location (`t = z`) and scale (`t = z²`).
         assert!(m.squared.iter().any(|s| *s) && m.squared.iter().any(|s| !*s));
@@ -669,7 +691,8 @@ mod tests {
         // The shared bank is the one a key would build by itself, bit for bit.
         let alone = build_real_bank(&cfg, 400);
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&x.members.a), bits(&alone.members.a));
+        assert_eq!(bits(&x.members.lin), bits(&alone.members.lin));
+        assert_eq!(bits(&x.members.sq), bits(&alone.members.sq));
         assert_eq!(bits(&x.members.b), bits(&alone.members.b));
         assert_eq!(x.members.squared, alone.members.squared);
         let weights = |sr: &MixtureSr| sr.members.iter().map(|m| m.w.to_bits()).collect::<Vec<_>>();

@@ -296,31 +296,33 @@ fn version_1_state_records_still_decode() {
 fn same_but_rounding(now: &[u8], stored: &[u8], events: usize) {
     use rmpv::Value;
     fn walk(a: &Value, b: &Value, tol: f64, path: &mut String) {
-        match (a, b) {
+        let children: Vec<(String, &Value, &Value)> = match (a, b) {
             (Value::F64(x), Value::F64(y)) => {
                 let bound = tol * x.abs().max(y.abs());
                 assert!((x - y).abs() <= bound, "{path}: {x} against the stored {y} (bound {bound:e})");
+                return;
             }
             (Value::Map(x), Value::Map(y)) => {
-                assert_eq!(x.len(), y.len(), "{path}: fields");
-                for ((kx, vx), (ky, vy)) in x.iter().zip(y) {
-                    assert_eq!(kx, ky, "{path}: field name");
-                    let at = path.len();
-                    path.push_str(&format!(".{kx}"));
-                    walk(vx, vy, tol, path);
-                    path.truncate(at);
-                }
+                assert_eq!(x.len(), y.len(), "{path}: fields (a format change: give it a new version)");
+                x.iter()
+                    .zip(y)
+                    .map(|((kx, vx), (ky, vy))| {
+                        assert_eq!(kx, ky, "{path}: field name (a format change: give it a new version)");
+                        (format!(".{kx}"), vx, vy)
+                    })
+                    .collect()
             }
             (Value::Array(x), Value::Array(y)) => {
                 assert_eq!(x.len(), y.len(), "{path}: length");
-                for (i, (vx, vy)) in x.iter().zip(y).enumerate() {
-                    let at = path.len();
-                    path.push_str(&format!("[{i}]"));
-                    walk(vx, vy, tol, path);
-                    path.truncate(at);
-                }
+                x.iter().zip(y).enumerate().map(|(i, (vx, vy))| (format!("[{i}]"), vx, vy)).collect()
             }
-            _ => assert_eq!(a, b, "{path}"),
+            _ => return assert_eq!(a, b, "{path}"),
+        };
+        for (step, va, vb) in children {
+            let at = path.len();
+            path.push_str(&step);
+            walk(va, vb, tol, path);
+            path.truncate(at);
         }
     }
     let read = |b: &[u8]| rmpv::decode::read_value(&mut &b[1..]).expect("a msgpack record after the version");
@@ -371,7 +373,7 @@ fn stored_fixtures_of_every_version_restore_and_alarm_at_the_same_record() {
             assert_eq!(
                 encode_agent(&decoded),
                 fixture,
-                "the current format reads and writes its fixture unchanged"
+                "the current format reads and writes its fixture unchanged (else: a new version and fixture)"
             );
             same_but_rounding(&encode_agent(b.agent("fin-07").expect("fin-07")), &fixture, cut);
         }
