@@ -10,10 +10,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use driftgate::cli::demo::Fleet;
+use driftgate::config::InputFormat;
+use driftgate::kafka::decode::{confluent_frame, Decoder, LastReaders};
+use driftgate::kafka::registry::StaticSchemas;
 use driftgate_core::codec::changelog::{decode_agent, encode_agent};
 use driftgate_core::engine::{Engine, EngineConfig, Input, TraceLimits};
 use driftgate_core::model::telemetry::Telemetry;
 use driftgate_core::pact::parse_pact;
+use std::sync::Arc;
 
 /// Five clauses that apply to every agent and every event.
 const FIVE: &str = include_str!("pacts/bench-five.yaml");
@@ -108,6 +112,23 @@ fn engine(c: &mut Criterion) {
     let plan =
         driftgate_core::codec::telemetry_avro::TelemetryPlan::compile(schema).expect("our schema compiles");
     g.bench_function("avro", |b| b.iter(|| avro.iter().map(|a| plan.read(a).is_ok() as u64).sum::<u64>()));
+    // The pipeline's decoder as a record reaches it: Confluent framing, the writer schema by
+    // id, the plan, the value checks and the box.
+    let framed: Vec<Vec<u8>> = avro.iter().map(|a| confluent_frame(7, a)).collect();
+    let decoder = Decoder::new(
+        InputFormat::Avro,
+        Some(Arc::new(StaticSchemas::new([(7, schema.clone())]))),
+        3_600_000_000,
+    );
+    g.bench_function("avro_framed", |b| {
+        b.iter(|| {
+            let mut last = LastReaders::default();
+            framed
+                .iter()
+                .map(|a| decoder.decode_with(&mut last, Some(a), None).map(Box::new).is_ok() as u64)
+                .sum::<u64>()
+        })
+    });
     // The generic peer it replaced (and still falls back to): apache-avro's `Value` tree.
     g.bench_function("avro_generic", |b| {
         b.iter(|| {

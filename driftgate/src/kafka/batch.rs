@@ -9,7 +9,7 @@
 //! its position advances record by record as before, and snapshots and commits happen
 //! between batches, after the batch's outputs are handed to the producer.
 
-use crate::kafka::decode::{DecodeError, Decoder};
+use crate::kafka::decode::{DecodeError, Decoder, LastReaders};
 use crate::kafka::emitter::{Emitter, Origin, Rendered};
 use crate::kafka::pipeline::PipelineError;
 use crate::kafka::sink::SourceKey;
@@ -196,15 +196,17 @@ impl Releaser {
 }
 
 impl Evaluator<'_> {
-    /// Decodes one record into its box, on whichever thread decodes it.
-    fn decode(&self, r: &Polled<'_>) -> Decoded {
-        self.decoder.decode(r.payload, r.record_time).map(Box::new)
+    /// Decodes one record into its box, on whichever thread decodes it; `last` is that
+    /// thread's.
+    fn decode(&self, last: &mut LastReaders, r: &Polled<'_>) -> Decoded {
+        self.decoder.decode_with(last, r.payload, r.record_time).map(Box::new)
     }
 
     /// Decodes, evaluates and renders a lane's records in order.
     pub(super) fn run(&self, lane: &mut Lane<'_, '_>) -> Result<(), PipelineError> {
         let records = std::mem::take(&mut lane.records);
-        self.run_decoded(lane, &records, &mut |r| self.decode(r))
+        let mut last = LastReaders::default();
+        self.run_decoded(lane, &records, &mut |r| self.decode(&mut last, r))
     }
 
     /// Evaluates and renders a lane's `records` (taken out of it) in order, each as `decode`
@@ -329,15 +331,17 @@ impl Evaluator<'_> {
             // This thread decodes the first chunk itself, while the helper starts: waiting
             // for the helper's first chunk stalled every batch by a thread start.
             let helper = s.spawn(move || {
+                let mut last = LastReaders::default();
                 for chunk in records.chunks(DECODE_CHUNK).skip(1) {
-                    let decoded = chunk.iter().map(|r| self.decode(r)).collect();
+                    let decoded = chunk.iter().map(|r| self.decode(&mut last, r)).collect();
                     if tx.send(decoded).is_err() {
                         return; // The evaluation stopped early.
                     }
                 }
             });
+            let mut last = LastReaders::default();
             let first = records.iter().take(DECODE_CHUNK);
-            let mut ready = first.map(|r| self.decode(r)).collect::<Vec<_>>().into_iter();
+            let mut ready = first.map(|r| self.decode(&mut last, r)).collect::<Vec<_>>().into_iter();
             let mut next = |r: &Polled<'_>| -> Decoded {
                 if let Some(d) = ready.next() {
                     return d;
@@ -345,10 +349,10 @@ impl Evaluator<'_> {
                 match rx.recv() {
                     Ok(chunk) => {
                         ready = chunk.into_iter();
-                        ready.next().unwrap_or_else(|| self.decode(r))
+                        ready.next().unwrap_or_else(|| self.decode(&mut last, r))
                     }
                     // The helper is gone (it cannot fail, but if it panicked): decode here.
-                    Err(_) => self.decode(r),
+                    Err(_) => self.decode(&mut last, r),
                 }
             };
             if self.release.is_some() {

@@ -103,6 +103,17 @@ struct Readers {
 /// A writer schema and the readers resolved from it.
 type ReaderPair = (Arc<Schema>, Arc<Readers>);
 
+/// The readers of the writer schema a thread decoded last: while its records keep that
+/// schema, decoding touches no state shared with other threads.
+///
+/// Why: the shared cache is a mutex and reference counts, and a decode-ahead helper and the
+/// pipeline thread decoding side by side made every record move their cache lines between
+/// cores. A schema id names one schema for good (the registry's contract; the static map
+/// does not change), so keeping its readers per thread changes no verdict. Only successes
+/// are kept: an unknown id or an unreachable registry is asked again at the next record.
+#[derive(Default)]
+pub struct LastReaders(Option<(u32, Arc<Readers>)>);
+
 /// Decodes and checks telemetry records.
 pub struct Decoder {
     format: InputFormat,
@@ -137,6 +148,20 @@ impl Decoder {
         }
     }
 
+    /// The readers of writer schema `id`, from the source and the shared cache.
+    fn lookup(&self, id: u32) -> Result<Arc<Readers>, DecodeError> {
+        let source = self
+            .schemas
+            .as_ref()
+            .ok_or_else(|| rejected(reason::UNKNOWN_SCHEMA_ID, "no schema source configured"))?;
+        let writer = source.schema(id).map_err(|e| match e {
+            RegistryError::UnknownId(_) => rejected(reason::UNKNOWN_SCHEMA_ID, e.to_string()),
+            RegistryError::BadSchema { .. } => rejected(reason::BAD_SCHEMA, e.to_string()),
+            RegistryError::Unavailable(m) => DecodeError::Unavailable(m),
+        })?;
+        self.readers(id, &writer)
+    }
+
     fn readers(&self, id: u32, writer: &Arc<Schema>) -> Result<Arc<Readers>, DecodeError> {
         let mut cache =
             self.readers.lock().map_err(|_| DecodeError::Unavailable("decoder cache poisoned".into()))?;
@@ -168,12 +193,23 @@ impl Decoder {
     /// Decodes one record value. `record_time` is the Kafka timestamp (µs), the reference
     /// for the future-timestamp check (never the wall clock, so replays agree).
     pub fn decode(&self, payload: Option<&[u8]>, record_time: Option<i64>) -> Result<Telemetry, DecodeError> {
+        self.decode_with(&mut LastReaders::default(), payload, record_time)
+    }
+
+    /// The same, for a thread that decodes many records: `last` keeps the readers of its
+    /// last writer schema (one per thread; see [`LastReaders`]).
+    pub fn decode_with(
+        &self,
+        last: &mut LastReaders,
+        payload: Option<&[u8]>,
+        record_time: Option<i64>,
+    ) -> Result<Telemetry, DecodeError> {
         let bytes = payload
             .filter(|b| !b.is_empty())
             .ok_or_else(|| rejected(reason::EMPTY, "the record has no value"))?;
         let t = match self.format {
             InputFormat::Json => Telemetry::from_json(bytes)?,
-            InputFormat::Avro => self.decode_avro(bytes)?,
+            InputFormat::Avro => self.decode_avro(last, bytes)?,
         };
         if let Some(rt) = record_time {
             if t.occurred_at > rt.saturating_add(self.max_future_skew) {
@@ -192,7 +228,7 @@ impl Decoder {
         Ok(t)
     }
 
-    fn decode_avro(&self, bytes: &[u8]) -> Result<Telemetry, DecodeError> {
+    fn decode_avro(&self, last: &mut LastReaders, bytes: &[u8]) -> Result<Telemetry, DecodeError> {
         if bytes.len() < 5 || bytes[0] != 0 {
             return Err(rejected(
                 reason::NOT_CONFLUENT,
@@ -204,16 +240,10 @@ impl Decoder {
             ));
         }
         let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-        let source = self
-            .schemas
-            .as_ref()
-            .ok_or_else(|| rejected(reason::UNKNOWN_SCHEMA_ID, "no schema source configured"))?;
-        let writer = source.schema(id).map_err(|e| match e {
-            RegistryError::UnknownId(_) => rejected(reason::UNKNOWN_SCHEMA_ID, e.to_string()),
-            RegistryError::BadSchema { .. } => rejected(reason::BAD_SCHEMA, e.to_string()),
-            RegistryError::Unavailable(m) => DecodeError::Unavailable(m),
-        })?;
-        let readers = self.readers(id, &writer)?;
+        let readers: &Readers = match &mut last.0 {
+            Some((known, readers)) if *known == id => readers,
+            slot => &slot.insert((id, self.lookup(id)?)).1,
+        };
         if let Some(t) = readers.fast.as_ref().and_then(|plan| plan.read(&bytes[5..]).ok()) {
             return Ok(t);
         }
@@ -350,6 +380,68 @@ mod tests {
         fn schema(&self, _: u32) -> Result<Arc<Schema>, RegistryError> {
             Err(RegistryError::Unavailable("connection refused".into()))
         }
+    }
+
+    /// Schemas 7 (ours), 3 (`event_id` as bytes: the generic path) and 5 (ours, whose
+    /// registry is down at the first request); counts the requests.
+    struct Counting {
+        schemas: StaticSchemas,
+        calls: std::sync::atomic::AtomicUsize,
+        five_down: std::sync::atomic::AtomicBool,
+    }
+    impl SchemaSource for Counting {
+        fn schema(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.calls.fetch_add(1, SeqCst);
+            if id == 5 && self.five_down.swap(false, SeqCst) {
+                return Err(RegistryError::Unavailable("connection refused".into()));
+            }
+            self.schemas.schema(id)
+        }
+    }
+
+    #[test]
+    fn a_thread_keeps_the_readers_of_its_last_schema_and_every_verdict_is_the_same() {
+        let ours = driftgate_core::codec::schemas::telemetry().clone();
+        let mut v: serde_json::Value =
+            serde_json::from_str(driftgate_core::model::telemetry::TELEMETRY_AVSC).unwrap();
+        v["fields"][0]["type"] = serde_json::json!("bytes");
+        let bytes_id = Schema::parse_str(&v.to_string()).unwrap();
+        let apache_avro::types::Value::Record(mut fields) = sample().to_avro() else { unreachable!() };
+        fields[0].1 = apache_avro::types::Value::Bytes(b"e1".to_vec());
+        let evolved = driftgate_core::codec::avro_json::write_datum(
+            &bytes_id,
+            apache_avro::types::Value::Record(fields),
+        )
+        .unwrap();
+        let datum = driftgate_core::codec::avro_json::write_datum(&ours, sample().to_avro()).unwrap();
+        let source = Arc::new(Counting {
+            schemas: StaticSchemas::new([(7, ours.clone()), (3, bytes_id), (5, ours)]),
+            calls: Default::default(),
+            five_down: std::sync::atomic::AtomicBool::new(true),
+        });
+        let d = Decoder::new(InputFormat::Avro, Some(source.clone()), 3_600_000_000);
+        let mut last = LastReaders::default();
+        let mut decode =
+            |id: u32, datum: &[u8]| d.decode_with(&mut last, Some(&confluent_frame(id, datum)), None);
+        assert_eq!(decode(7, &datum), Ok(sample()));
+        assert_eq!(decode(7, &datum), Ok(sample()));
+        assert_eq!(decode(3, &evolved), Ok(sample()), "another writer schema, the generic path");
+        assert_eq!(decode(3, &evolved), Ok(sample()));
+        assert_eq!(code(decode(99, &datum)), reason::UNKNOWN_SCHEMA_ID);
+        assert_eq!(code(decode(99, &datum)), reason::UNKNOWN_SCHEMA_ID, "a failure is not kept");
+        assert!(matches!(decode(5, &datum), Err(DecodeError::Unavailable(_))));
+        assert_eq!(decode(5, &datum), Ok(sample()), "an outage is asked again");
+        assert_eq!(code(decode(5, &datum[..datum.len() / 2])), reason::AVRO_DECODE);
+        assert_eq!(
+            code(decode(3, &evolved[..evolved.len() / 2])),
+            reason::AVRO_DECODE,
+            "the generic verdict"
+        );
+        assert_eq!(decode(7, &datum), Ok(sample()));
+        // Asked at each change of schema id and after each failure: 7, 3, 99, 99, 5 (down), 5,
+        // 3, 7; the repeats of a kept id were not asked.
+        assert_eq!(source.calls.load(std::sync::atomic::Ordering::SeqCst), 8);
     }
 
     #[test]
