@@ -18,7 +18,9 @@ use crate::obs::events::{BufferedInputsLost, InternalEvent};
 use crate::obs::metrics::Metrics;
 use driftgate_core::engine::Input;
 use driftgate_core::model::telemetry::Telemetry;
+use rayon_core::{ThreadPool, ThreadPoolBuilder};
 use std::collections::BTreeSet;
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 use tracing::debug;
 
@@ -159,6 +161,31 @@ pub(super) struct Evaluator<'a> {
     /// Where records decoded ahead go to be freed once their engine is done with them
     /// (see [`Releaser`]); `None`: freed where they are done with.
     pub(super) release: Option<&'a Releaser>,
+    /// The helper threads (see [`helpers`]); `None`: everything on the calling thread.
+    pub(super) pool: Option<&'a ThreadPool>,
+}
+
+/// The threads that decode ahead of the pipeline thread or evaluate partitions beside it:
+/// `workers - 1` of them, started once; none for one worker.
+///
+/// Why persistent: a thread started for each batch (about two thousand per million records)
+/// began with an empty allocator heap, so its records landed on fresh pages, which the
+/// kernel zeroes, and its heap was abandoned for the next thread to reclaim.
+pub(super) fn helpers(workers: usize) -> Result<Option<ThreadPool>, rayon_core::ThreadPoolBuildError> {
+    if workers <= 1 {
+        return Ok(None);
+    }
+    ThreadPoolBuilder::new()
+        .num_threads(workers - 1)
+        .thread_name(|i| format!("driftgate-hlp{i}"))
+        .build()
+        .map(Some)
+}
+
+/// `job`'s result, or [`PipelineError::Poisoned`] when it panicked (a helper's panic must not
+/// unwind through the pool into the pipeline thread).
+fn caught<T>(job: impl FnOnce() -> Result<T, PipelineError>) -> Result<T, PipelineError> {
+    std::panic::catch_unwind(AssertUnwindSafe(job)).unwrap_or(Err(PipelineError::Poisoned))
 }
 
 /// A long-lived thread that frees telemetry decoded on a decode-ahead helper.
@@ -284,60 +311,57 @@ impl Evaluator<'_> {
         Ok(step)
     }
 
-    /// Runs every lane: side by side on up to `workers` threads when the batch holds
-    /// several partitions (the calling thread is one of them); with one partition, one
-    /// helper thread decodes ahead of the calling thread's evaluation.
-    pub(super) fn run_all(
-        &self,
-        lanes: &mut [Lane<'_, '_>],
-        workers: usize,
-    ) -> Result<Evaluation, PipelineError> {
+    /// Runs every lane: side by side on the calling thread and the helpers when the batch
+    /// holds several partitions; with one partition, a helper decodes ahead of the calling
+    /// thread's evaluation.
+    pub(super) fn run_all(&self, lanes: &mut [Lane<'_, '_>]) -> Result<Evaluation, PipelineError> {
         let total: usize = lanes.iter().map(|l| l.records.len()).sum();
-        if workers <= 1 || total < PARALLEL_MIN_RECORDS {
+        let Some(pool) = self.pool.filter(|_| total >= PARALLEL_MIN_RECORDS) else {
             return lanes.iter_mut().try_for_each(|l| self.run(l)).map(|()| Evaluation::Inline);
-        }
+        };
         if let [lane] = lanes {
-            return self.decode_ahead(lane).map(|()| Evaluation::DecodeAhead);
+            return self.decode_ahead(pool, lane).map(|()| Evaluation::DecodeAhead);
         }
         let sizes: Vec<usize> = lanes.iter().map(|l| l.records.len()).collect();
-        let bins = spread(&sizes, workers);
+        let bins = spread(&sizes, pool.current_num_threads() + 1);
         // Hand each worker its lanes by value (disjoint `&mut`), then run them.
         let mut slots: Vec<Option<&mut Lane<'_, '_>>> = lanes.iter_mut().map(Some).collect();
         let mut shares: Vec<Vec<&mut Lane<'_, '_>>> =
             bins.iter().map(|bin| bin.iter().filter_map(|&i| slots[i].take()).collect()).collect();
         let Some(mine) = shares.pop() else { return Ok(Evaluation::Inline) };
-        std::thread::scope(|s| {
-            let handles: Vec<_> = shares
-                .into_iter()
-                .map(|share| s.spawn(move || share.into_iter().try_for_each(|l| self.run(l))))
-                .collect();
-            let own = mine.into_iter().try_for_each(|l| self.run(l));
-            handles.into_iter().fold(own, |acc, h| {
-                let r = h.join().unwrap_or(Err(PipelineError::Poisoned));
-                acc.and(r)
-            })
-        })?;
+        let mut outcomes: Vec<Result<(), PipelineError>> = shares.iter().map(|_| Ok(())).collect();
+        let own = pool.in_place_scope(|s| {
+            for (share, outcome) in shares.into_iter().zip(outcomes.iter_mut()) {
+                s.spawn(move |_| *outcome = caught(|| share.into_iter().try_for_each(|l| self.run(l))));
+            }
+            mine.into_iter().try_for_each(|l| self.run(l))
+        });
+        outcomes.into_iter().fold(own, |acc, r| acc.and(r))?;
         Ok(Evaluation::Partitions)
     }
 
     /// One partition's records: a helper thread decodes them in order, in chunks, while this
     /// thread evaluates what is decoded. Decoding is pure, so only the engine's order
     /// matters, and that stays this thread's.
-    fn decode_ahead(&self, lane: &mut Lane<'_, '_>) -> Result<(), PipelineError> {
+    fn decode_ahead(&self, pool: &ThreadPool, lane: &mut Lane<'_, '_>) -> Result<(), PipelineError> {
         let records = std::mem::take(&mut lane.records);
-        std::thread::scope(|s| {
+        pool.in_place_scope(|s| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(16);
             let records = &records;
-            // This thread decodes the first chunk itself, while the helper starts: waiting
-            // for the helper's first chunk stalled every batch by a thread start.
-            let helper = s.spawn(move || {
-                let mut last = LastReaders::default();
-                for chunk in records.chunks(DECODE_CHUNK).skip(1) {
-                    let decoded = chunk.iter().map(|r| self.decode(&mut last, r)).collect();
-                    if tx.send(decoded).is_err() {
-                        return; // The evaluation stopped early.
+            // This thread decodes the first chunk itself, while the helper is woken: waiting
+            // for the helper's first chunk stalled every batch.
+            s.spawn(move |_| {
+                // A panic drops `tx`, and this thread decodes the rest itself.
+                let _ = caught(|| {
+                    let mut last = LastReaders::default();
+                    for chunk in records.chunks(DECODE_CHUNK).skip(1) {
+                        let decoded = chunk.iter().map(|r| self.decode(&mut last, r)).collect();
+                        if tx.send(decoded).is_err() {
+                            break; // The evaluation stopped early.
+                        }
                     }
-                }
+                    Ok(())
+                });
             });
             let mut last = LastReaders::default();
             let first = records.iter().take(DECODE_CHUNK);
@@ -362,11 +386,9 @@ impl Evaluator<'_> {
             if let Some(release) = self.release {
                 release.release(lane.task.engine.retire_into(None).unwrap_or_default());
             }
-            // Hung up first, so that a helper still sending stops (the lane may have stopped
-            // early). Joined here, so that the scope does not raise a panic of the helper's;
-            // its records were decoded here.
+            // Hung up, so that a helper still sending stops (the lane may have stopped early);
+            // the scope then waits for it.
             drop(rx);
-            let _ = helper.join();
             result
         })
     }
@@ -432,6 +454,22 @@ mod tests {
         assert_eq!(drop_touched(&mut batch, &touched), 2);
         let left: Vec<(&str, i32)> = batch.iter().map(|m| (m.0, m.1)).collect();
         assert_eq!(left, vec![("a", 1), ("b", 0)]);
+    }
+
+    #[test]
+    fn helpers_are_one_fewer_than_the_workers_and_a_panic_in_one_is_an_error() {
+        assert!(helpers(1).unwrap().is_none(), "one worker: the pipeline thread alone");
+        let pool = helpers(3).unwrap().expect("three workers");
+        assert_eq!(pool.current_num_threads(), 2);
+        let name = pool.install(|| std::thread::current().name().map(str::to_string));
+        assert!(name.is_some_and(|n| n.starts_with("driftgate-hlp")), "named for top -H");
+        // A job's panic comes back as an error on the calling thread, not as an unwind.
+        let mut outcome: Result<(), PipelineError> = Ok(());
+        pool.in_place_scope(|s| {
+            s.spawn(|_| outcome = caught(|| panic!("a helper's bug")));
+        });
+        assert!(matches!(outcome, Err(PipelineError::Poisoned)));
+        assert!(matches!(caught(|| Ok::<_, PipelineError>(4)), Ok(4)));
     }
 
     #[test]

@@ -225,12 +225,12 @@ pub struct Pipeline {
     turn_started: Cell<Instant>,
     stalled: Cell<bool>,
     stall_limit: Duration,
-    /// See [`crate::config::KafkaConfig::workers`], resolved.
-    workers: usize,
     /// See [`crate::config::KafkaConfig::max_batch`].
     max_batch: usize,
     /// Frees records decoded ahead; with more than one worker.
     releaser: Option<batch::Releaser>,
+    /// The batch helpers; with more than one worker.
+    helpers: Option<rayon_core::ThreadPool>,
 }
 
 /// Brokers plus the librdkafka properties shared by every client.
@@ -407,7 +407,6 @@ impl Pipeline {
             turn_started: Cell::new(Instant::now()),
             stalled: Cell::new(false),
             stall_limit,
-            workers,
             max_batch,
             releaser: if workers > 1 {
                 Some(
@@ -417,6 +416,8 @@ impl Pipeline {
             } else {
                 None
             },
+            helpers: batch::helpers(workers)
+                .map_err(|e| PipelineError::Thread { what: "helper", source: std::io::Error::other(e) })?,
         };
         p.preflight()?;
         // Before the group is joined: fences the predecessor with this transactional.id and
@@ -839,8 +840,9 @@ impl Pipeline {
             metrics: &self.metrics,
             started,
             release: self.releaser.as_ref(),
+            pool: self.helpers.as_ref(),
         };
-        let evaluated = evaluator.run_all(&mut lanes, self.workers);
+        let evaluated = evaluator.run_all(&mut lanes);
         let mode = evaluated.as_ref().map_or("inline", |e| e.label());
         self.metrics.input_batches.with_label_values(&[mode]).inc();
         // What a lane evaluated before an error is produced all the same: its engine moved.
