@@ -380,3 +380,67 @@ fn shapes_the_plan_does_not_read_have_no_plan() {
     v["fields"].as_array_mut().expect("fields").push(json!({"name": "backup_model", "type": "Model"}));
     assert!(TelemetryPlan::compile(&Schema::parse_str(&v.to_string()).expect("parses")).is_none());
 }
+
+/// Every varint the cursor reads, one byte or more, reads as apache-avro reads a `long`; an
+/// encoding it refuses (cut short, or past ten bytes) the cursor refuses too.
+#[test]
+fn varints_read_like_apache_avro_longs() {
+    let long = Schema::Long;
+    let reader = crate::codec::avro_json::datum_reader(&long, None).unwrap();
+    let reference = |bytes: &[u8]| -> Option<(i64, usize)> {
+        let mut rest = bytes;
+        match reader.read_value(&mut rest) {
+            Ok(Value::Long(v)) => Some((v, bytes.len() - rest.len())),
+            _ => None,
+        }
+    };
+    let ours = |bytes: &[u8]| -> Option<(i64, usize)> {
+        let mut c = Cursor { buf: bytes };
+        c.long().ok().map(|v| (v, bytes.len() - c.buf.len()))
+    };
+    let mut cases: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+    for v in [0i64, -1, 1, 63, -64, 64, -65, 8191, -8192, 8192, i32::MAX as i64, i64::MAX, i64::MIN] {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        let mut enc = Vec::new();
+        loop {
+            let b = (z & 0x7f) as u8;
+            z >>= 7;
+            if z == 0 {
+                enc.push(b);
+                break;
+            }
+            enc.push(b | 0x80);
+        }
+        enc.push(0x55); // A byte after it, left unread.
+        cases.push(enc);
+    }
+    cases.push(vec![0x80]); // Cut short.
+    cases.push(vec![]);
+    cases.push(vec![0xff; 11]); // Past ten bytes.
+    let mut rng = Rng(0x5eed_0da7);
+    for _ in 0..20_000 {
+        let len = 1 + rng.below(12);
+        // Mostly continuation bytes, so that long encodings are common.
+        cases.push(
+            (0..len)
+                .map(|_| if rng.below(4) == 0 { (rng.next() & 0x7f) as u8 } else { 0x80 | rng.next() as u8 })
+                .collect(),
+        );
+    }
+    let mut read = 0;
+    for bytes in &cases {
+        let want = reference(bytes);
+        // apache-avro reads at most ten bytes, as we do; where it accepts, we agree exactly.
+        if let Some(w) = want {
+            assert_eq!(ours(bytes), Some(w), "{bytes:02x?}");
+            read += 1;
+        } else {
+            assert_eq!(ours(bytes), None, "{bytes:02x?}: apache-avro refuses it");
+        }
+    }
+    assert!(read > 10_000, "most cases are valid varints ({read})");
+    for b in 0..=0x7fu8 {
+        assert_eq!(ours(&[b]), Some((unzigzag(u64::from(b)), 1)));
+    }
+    assert_eq!((unzigzag(0), unzigzag(1), unzigzag(2), unzigzag(u64::MAX)), (0, -1, 1, i64::MIN));
+}
