@@ -158,28 +158,40 @@ pub(super) struct Evaluator<'a> {
     pub(super) metrics: &'a Metrics,
     /// When the batch began: when its records reached their engines, for idleness.
     pub(super) started: Instant,
-    /// Where records decoded ahead go to be freed once their engine is done with them
-    /// (see [`Releaser`]); `None`: freed where they are done with.
-    pub(super) release: Option<&'a Releaser>,
-    /// The helper threads (see [`helpers`]); `None`: everything on the calling thread.
-    pub(super) pool: Option<&'a ThreadPool>,
+    /// The threads beside the calling one; `None`: everything on the calling thread, and
+    /// records freed where they are done with.
+    pub(super) helpers: Option<&'a Helpers>,
 }
 
-/// The threads that decode ahead of the pipeline thread or evaluate partitions beside it:
-/// `workers - 1` of them, started once; none for one worker.
-///
-/// Why persistent: a thread started for each batch (about two thousand per million records)
-/// began with an empty allocator heap, so its records landed on fresh pages, which the
-/// kernel zeroes, and its heap was abandoned for the next thread to reclaim.
-pub(super) fn helpers(workers: usize) -> Result<Option<ThreadPool>, rayon_core::ThreadPoolBuildError> {
-    if workers <= 1 {
-        return Ok(None);
+/// The threads beside the pipeline thread, started with it when there is more than one
+/// worker.
+pub(super) struct Helpers {
+    /// `workers - 1` threads that decode ahead of the pipeline thread or evaluate
+    /// partitions beside it.
+    ///
+    /// Why persistent: a thread started for each batch (about two thousand per million
+    /// records) began with an empty allocator heap, so its records landed on fresh pages,
+    /// which the kernel zeroes, and its heap was abandoned for the next thread to reclaim.
+    pool: ThreadPool,
+    /// Frees the records decoded ahead once their engine is done with them.
+    releaser: Releaser,
+}
+
+impl Helpers {
+    /// The helpers of `workers` workers; none for one.
+    pub(super) fn start(workers: usize) -> Result<Option<Helpers>, PipelineError> {
+        if workers <= 1 {
+            return Ok(None);
+        }
+        let pool = ThreadPoolBuilder::new()
+            .num_threads(workers - 1)
+            .thread_name(|i| format!("driftgate-hlp{i}"))
+            .build()
+            .map_err(|e| PipelineError::Thread { what: "helper", source: std::io::Error::other(e) })?;
+        let releaser =
+            Releaser::start().map_err(|source| PipelineError::Thread { what: "release", source })?;
+        Ok(Some(Helpers { pool, releaser }))
     }
-    ThreadPoolBuilder::new()
-        .num_threads(workers - 1)
-        .thread_name(|i| format!("driftgate-hlp{i}"))
-        .build()
-        .map(Some)
 }
 
 /// `job`'s result, or [`PipelineError::Poisoned`] when it panicked (a helper's panic must not
@@ -202,7 +214,7 @@ pub(super) struct Releaser {
 
 impl Releaser {
     /// Starts the thread; it ends when the releaser is dropped.
-    pub(super) fn start() -> std::io::Result<Releaser> {
+    fn start() -> std::io::Result<Releaser> {
         // Bounded: a pipeline that outruns the frees waits rather than piling them up.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Box<Telemetry>>>(4);
         std::thread::Builder::new().name("driftgate-release".into()).spawn(move || {
@@ -316,12 +328,13 @@ impl Evaluator<'_> {
     /// thread's evaluation.
     pub(super) fn run_all(&self, lanes: &mut [Lane<'_, '_>]) -> Result<Evaluation, PipelineError> {
         let total: usize = lanes.iter().map(|l| l.records.len()).sum();
-        let Some(pool) = self.pool.filter(|_| total >= PARALLEL_MIN_RECORDS) else {
+        let Some(helpers) = self.helpers.filter(|_| total >= PARALLEL_MIN_RECORDS) else {
             return lanes.iter_mut().try_for_each(|l| self.run(l)).map(|()| Evaluation::Inline);
         };
         if let [lane] = lanes {
-            return self.decode_ahead(pool, lane).map(|()| Evaluation::DecodeAhead);
+            return self.decode_ahead(helpers, lane).map(|()| Evaluation::DecodeAhead);
         }
+        let pool = &helpers.pool;
         let sizes: Vec<usize> = lanes.iter().map(|l| l.records.len()).collect();
         let bins = spread(&sizes, pool.current_num_threads() + 1);
         // Hand each worker its lanes by value (disjoint `&mut`), then run them.
@@ -343,9 +356,9 @@ impl Evaluator<'_> {
     /// One partition's records: a helper thread decodes them in order, in chunks, while this
     /// thread evaluates what is decoded. Decoding is pure, so only the engine's order
     /// matters, and that stays this thread's.
-    fn decode_ahead(&self, pool: &ThreadPool, lane: &mut Lane<'_, '_>) -> Result<(), PipelineError> {
+    fn decode_ahead(&self, helpers: &Helpers, lane: &mut Lane<'_, '_>) -> Result<(), PipelineError> {
         let records = std::mem::take(&mut lane.records);
-        pool.in_place_scope(|s| {
+        helpers.pool.in_place_scope(|s| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(16);
             let records = &records;
             // This thread decodes the first chunk itself, while the helper is woken: waiting
@@ -379,13 +392,9 @@ impl Evaluator<'_> {
                     Err(_) => self.decode(&mut last, r),
                 }
             };
-            if self.release.is_some() {
-                lane.task.engine.retire_into(Some(Vec::with_capacity(records.len())));
-            }
+            lane.task.engine.retire_into(Some(Vec::with_capacity(records.len())));
             let result = self.run_decoded(lane, records, &mut next);
-            if let Some(release) = self.release {
-                release.release(lane.task.engine.retire_into(None).unwrap_or_default());
-            }
+            helpers.releaser.release(lane.task.engine.retire_into(None).unwrap_or_default());
             // Hung up, so that a helper still sending stops (the lane may have stopped early);
             // the scope then waits for it.
             drop(rx);
@@ -458,8 +467,9 @@ mod tests {
 
     #[test]
     fn helpers_are_one_fewer_than_the_workers_and_a_panic_in_one_is_an_error() {
-        assert!(helpers(1).unwrap().is_none(), "one worker: the pipeline thread alone");
-        let pool = helpers(3).unwrap().expect("three workers");
+        assert!(Helpers::start(1).unwrap().is_none(), "one worker: the pipeline thread alone");
+        let helpers = Helpers::start(3).unwrap().expect("three workers");
+        let pool = &helpers.pool;
         assert_eq!(pool.current_num_threads(), 2);
         let name = pool.install(|| std::thread::current().name().map(str::to_string));
         assert!(name.is_some_and(|n| n.starts_with("driftgate-hlp")), "named for top -H");

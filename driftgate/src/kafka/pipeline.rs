@@ -227,10 +227,8 @@ pub struct Pipeline {
     stall_limit: Duration,
     /// See [`crate::config::KafkaConfig::max_batch`].
     max_batch: usize,
-    /// Frees records decoded ahead; with more than one worker.
-    releaser: Option<batch::Releaser>,
-    /// The batch helpers; with more than one worker.
-    helpers: Option<rayon_core::ThreadPool>,
+    /// The batch helpers and the releaser; with more than one worker.
+    helpers: Option<batch::Helpers>,
 }
 
 /// Brokers plus the librdkafka properties shared by every client.
@@ -408,16 +406,7 @@ impl Pipeline {
             stalled: Cell::new(false),
             stall_limit,
             max_batch,
-            releaser: if workers > 1 {
-                Some(
-                    batch::Releaser::start()
-                        .map_err(|source| PipelineError::Thread { what: "release", source })?,
-                )
-            } else {
-                None
-            },
-            helpers: batch::helpers(workers)
-                .map_err(|e| PipelineError::Thread { what: "helper", source: std::io::Error::other(e) })?,
+            helpers: batch::Helpers::start(workers)?,
         };
         p.preflight()?;
         // Before the group is joined: fences the predecessor with this transactional.id and
@@ -839,8 +828,7 @@ impl Pipeline {
             emitter: &self.emitter,
             metrics: &self.metrics,
             started,
-            release: self.releaser.as_ref(),
-            pool: self.helpers.as_ref(),
+            helpers: self.helpers.as_ref(),
         };
         let evaluated = evaluator.run_all(&mut lanes);
         let mode = evaluated.as_ref().map_or("inline", |e| e.label());
