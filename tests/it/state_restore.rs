@@ -357,7 +357,7 @@ fn stored_fixtures_of_every_version_restore_and_alarm_at_the_same_record() {
         }
     }
     let (alarm_at, want) = want.expect("the uninterrupted run verifies fin-07's drift");
-    for (version, cut) in [(1u8, 20_000usize), (2, 80_000)] {
+    for (version, cut) in [(1u8, 20_000usize), (2, 80_000), (3, 80_000)] {
         assert!(cut < alarm_at, "v{version}: the fixture precedes the alarm (at input {alarm_at})");
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(format!("../tests/fixtures/agent-state-v{version}.bin"));

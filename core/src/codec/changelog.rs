@@ -20,8 +20,10 @@ use thiserror::Error;
 /// The state format written by this engine.
 ///
 /// Version 2 stores the `auto` detectors without their configuration and derived bank
-/// (see `driftgate_detectors::AnyDetector::bind`); version 1 records still decode.
-pub const STATE_VERSION: u8 = 2;
+/// (see `driftgate_detectors::AnyDetector::bind`). Version 3 stores each bank member's
+/// change-point statistics (`D`, `C`) as 32-bit floats, scaled by a power of two of its `R`,
+/// which stays 64-bit. Records of versions 1 and 2 still decode.
+pub const STATE_VERSION: u8 = 3;
 
 /// A changelog record that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
