@@ -97,7 +97,8 @@ fn main() {
         }
     }
     // The snapshot comes from a longer run, so that its `auto` detectors have built their
-    // banks (1,000 events each); `snapshot-v1` is format version 1's, kept as it was.
+    // banks (1,000 events each); `snapshot-v1` and `snapshot-v2` are format versions 1's and
+    // 2's, kept as they were.
     let history_engine = e;
     let pact = driftgate_core::pact::parse_pact(checks_pact(), "bench-five.yaml").expect("bench pact");
     let mut e = Engine::new(Default::default(), vec![pact]);
