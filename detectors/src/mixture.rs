@@ -190,8 +190,7 @@ impl<const AUX: bool> MixtureSr<AUX> {
     /// `s` as `R`, scaled `D` and scaled `C`, apart from the members (so that a step can read
     /// them while it changes the statistics).
     fn split(s: &mut [f64]) -> (&mut [f64], &mut [f32], &mut [f32]) {
-        // `slots` inverted: `k + ⌈NARROW·k / 2⌉` slots hold `k` members.
-        let k = if AUX { s.len() / 2 } else { (2 * s.len()) / 3 };
+        let k = Self::members_in(s.len());
         let (r, narrow) = s.split_at_mut(k);
         let (d, c) = bytemuck::cast_slice_mut::<f64, f32>(narrow)[..Self::NARROW * k].split_at_mut(k);
         (r, d, c)
@@ -222,10 +221,15 @@ impl<const AUX: bool> MixtureSr<AUX> {
 
     /// Number of members.
     pub fn len(&self) -> usize {
+        Self::members_in(self.s.len())
+    }
+
+    /// [`MixtureSr::slots`] inverted: `k + ⌈NARROW·k / 2⌉` slots hold `k` members.
+    fn members_in(slots: usize) -> usize {
         if AUX {
-            self.s.len() / 2
+            slots / 2
         } else {
-            (2 * self.s.len()) / 3
+            (2 * slots) / 3
         }
     }
 
@@ -267,17 +271,9 @@ impl<const AUX: bool> MixtureSr<AUX> {
     #[inline]
     pub fn step_by(&mut self, lr: impl FnMut(usize) -> f64, aux: f64) -> f64 {
         debug_assert!(AUX || aux == 0.0, "a bank without C steps no auxiliary value");
-        // Almost always no `R` is past 2³², and the loop needs no scales; a member that
-        // passes it in this step has its statistics scaled after the loop.
-        self.lambda = if self.any_scaled() {
-            self.step_scaled(lr, aux)
-        } else {
-            let (lambda, top) = self.step_with::<false>(lr, aux);
-            if top >= UNSCALED {
-                self.scale_crossed();
-            }
-            lambda
-        };
+        // Almost always no `R` is past 2³², and the loop needs no scales.
+        self.lambda =
+            if self.any_scaled() { self.step_scaled(lr, aux) } else { self.step_with::<false>(lr, aux) };
         self.lambda
     }
 
@@ -292,13 +288,14 @@ impl<const AUX: bool> MixtureSr<AUX> {
     #[cold]
     #[inline(never)]
     fn step_scaled(&mut self, lr: impl FnMut(usize) -> f64, aux: f64) -> f64 {
-        self.step_with::<true>(lr, aux).0
+        self.step_with::<true>(lr, aux)
     }
 
-    /// One step of every member, with their statistics' scales when `SCALED`; returns Λ and
-    /// the largest new `R`.
+    /// One step of every member, with their statistics' scales when `SCALED`; returns Λ.
+    /// Without `SCALED` (no member scaled before), a member that passes 2³² in this step is
+    /// scaled after the loop.
     #[inline(always)]
-    fn step_with<const SCALED: bool>(&mut self, mut lr: impl FnMut(usize) -> f64, aux: f64) -> (f64, f64) {
+    fn step_with<const SCALED: bool>(&mut self, mut lr: impl FnMut(usize) -> f64, aux: f64) -> f64 {
         let (r, d, c) = Self::split(&mut self.s);
         let members = &self.members[..r.len()];
         let (mut lambda, mut top) = (0.0, 0.0);
@@ -317,13 +314,23 @@ impl<const AUX: bool> MixtureSr<AUX> {
                 top = larger(top, step.r);
             }
         }
-        (lambda, top)
+        self.scale_crossed::<SCALED>(top);
+        lambda
     }
 
-    /// Scales the `D` and `C` of members whose `R` has just passed 2³², stepped unscaled. By a
-    /// power of two, so exactly: the same bits as a step that scaled them before rounding.
+    /// After an unscaled step whose largest new `R` is `top`, scales the `D` and `C` of the
+    /// members whose `R` has just passed 2³². By a power of two, so exactly: the same bits as
+    /// a step that scaled them before rounding.
+    #[inline(always)]
+    fn scale_crossed<const SCALED: bool>(&mut self, top: f64) {
+        if !SCALED && top >= UNSCALED {
+            self.scale_members_past_unscaled();
+        }
+    }
+
+    /// [`MixtureSr::scale_crossed`]'s rare part.
     #[cold]
-    fn scale_crossed(&mut self) {
+    fn scale_members_past_unscaled(&mut self) {
         let (r, d, c) = Self::split(&mut self.s);
         for (j, r) in r.iter().enumerate().filter(|(_, r)| **r >= UNSCALED) {
             let down = scale(*r).0;
@@ -361,25 +368,16 @@ impl MixtureSr<false> {
     /// order, as `step`'s does, so Λ is the same to the bit.
     pub fn step_patched(&mut self, lr: &[f64], patch: &[f64], patched: Range<usize>) -> f64 {
         self.lambda = if self.any_scaled() {
-            self.patched_with::<true>(lr, patch, patched).0
+            self.patched_with::<true>(lr, patch, patched)
         } else {
-            let (lambda, top) = self.patched_with::<false>(lr, patch, patched);
-            if top >= UNSCALED {
-                self.scale_crossed();
-            }
-            lambda
+            self.patched_with::<false>(lr, patch, patched)
         };
         self.lambda
     }
 
     /// [`MixtureSr::step_patched`]'s loop, as [`MixtureSr::step_with`]'s.
     #[inline(always)]
-    fn patched_with<const SCALED: bool>(
-        &mut self,
-        lr: &[f64],
-        patch: &[f64],
-        patched: Range<usize>,
-    ) -> (f64, f64) {
+    fn patched_with<const SCALED: bool>(&mut self, lr: &[f64], patch: &[f64], patched: Range<usize>) -> f64 {
         let (r, d, _) = Self::split(&mut self.s);
         let (k, a, b) = (r.len(), patched.start, patched.end);
         let members = &self.members[..k];
@@ -392,7 +390,8 @@ impl MixtureSr<false> {
                 top = larger(top, next);
             }
         }
-        (lambda, top)
+        self.scale_crossed::<SCALED>(top);
+        lambda
     }
 }
 
@@ -428,7 +427,7 @@ fn scale(r: f64) -> (f64, f64) {
     if r < UNSCALED {
         return (1.0, 1.0);
     }
-    // `R`'s binary exponent (positive and finite or infinite here), less 32: 1 to 992.
+    // `R`'s binary exponent (32 to 1023 here, 1024 for an infinite one), less 32: 0 to 992.
     let s = ((r.to_bits() >> 52) & 0x7ff) as i64 - 1023 - 32;
     let pow2 = |e: i64| f64::from_bits(((1023 + e) as u64) << 52);
     (pow2(-s), pow2(s))
@@ -715,14 +714,14 @@ mod tests {
             let before = fast.rdc().0.iter().filter(|r| **r >= UNSCALED).count();
             let l = fast.step(&lr, aux);
             crossed += fast.rdc().0.iter().filter(|r| **r >= UNSCALED).count().saturating_sub(before);
-            scaled.lambda = scaled.step_with::<true>(|j| lr[j], aux).0;
+            scaled.lambda = scaled.step_with::<true>(|j| lr[j], aux);
             assert_eq!((l.to_bits(), &fast), (scaled.lambda.to_bits(), &scaled), "step {n}");
             fast2.step(&lr, 0.0);
-            scaled2.lambda = scaled2.step_with::<true>(|j| lr[j], 0.0).0;
+            scaled2.lambda = scaled2.step_with::<true>(|j| lr[j], 0.0);
             assert_eq!(fast2, scaled2, "step {n}, without C");
             let (p, patch) = (1..3, [3.0, 0.25, 4.0, 0.5]);
             fast2.step_patched(&lr, &patch, p.clone());
-            scaled2.lambda = scaled2.patched_with::<true>(&lr, &patch, p).0;
+            scaled2.lambda = scaled2.patched_with::<true>(&lr, &patch, p);
             assert_eq!(fast2, scaled2, "step {n}, patched");
         }
         assert!(crossed >= 3, "members crossed 2³² in unscaled steps: {crossed}");
