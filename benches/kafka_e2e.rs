@@ -10,7 +10,10 @@
 //!   twice: drained (its last record evaluated, read from its `/metrics`) and committed (its
 //!   last offset in the group, which the snapshot protocol commits only after the snapshot
 //!   covering it is acknowledged). A second bare consumer reads the same records through
-//!   librdkafka's batch API, for what per-message polling costs.
+//!   librdkafka's batch API, for what per-message polling costs. From the engine's first
+//!   record to its last, `/proc` gives the CPU time of the engine, of this bench and of the
+//!   rest of the machine (the broker) and the cores' idle time, so a run shows whether the
+//!   drain was bound by the machine's cores or left some idle.
 //!
 //! - `breach`: a critical zero-tolerance breach (PII) → the router receiving its block, in a
 //!   live stream and as the last record before the input goes silent; and a held (non-critical)
@@ -628,22 +631,23 @@ fn throughput(b: &Broker, a: &Args) {
                 let done = sample(&scrape(), "driftgate_processing_seconds_count");
                 let at = t0.elapsed().as_secs_f64();
                 if done > 0.0 && started.is_none() {
-                    started = Some((at, done));
+                    started = Some((at, done, CpuTicks::read(engine.child.id())));
                 }
                 if done >= a.records as f64 {
-                    let (s_at, s_done) = started.unwrap_or((0.0, 0.0));
-                    return (at, (a.records as f64 - s_done) / (at - s_at));
+                    let (s_at, s_done, s_cpu) = started.unwrap_or((0.0, 0.0, None));
+                    let cpu = s_cpu.zip(CpuTicks::read(engine.child.id())).map(|(from, to)| to.since(&from));
+                    return (at, (a.records as f64 - s_done) / (at - s_at), cpu, a.records as f64 - s_done);
                 }
                 if t0.elapsed() > Duration::from_secs(1800) {
-                    return (f64::NAN, f64::NAN);
+                    return (f64::NAN, f64::NAN, None, 0.0);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
         let committed = wait_committed(b, &t.group, &t.input, partitions, a.records as i64, t0);
-        (drained.join().unwrap_or((f64::NAN, f64::NAN)), committed)
+        (drained.join().unwrap_or((f64::NAN, f64::NAN, None, 0.0)), committed)
     });
-    let (drained_secs, drained_steady) = drained;
+    let (drained_secs, drained_steady, cpu, cpu_records) = drained;
     // How the batches were evaluated (see `kafka.workers`).
     let metrics = scrape();
     let sample = |name: &str| sample(&metrics, name);
@@ -677,6 +681,22 @@ fn throughput(b: &Broker, a: &Args) {
         "  batches: {parallel:.0} partitions side by side, {ahead:.0} decoded ahead, {inline:.0} inline; {:.0} records per batch",
         sample("driftgate_input_batch_records_sum") / (parallel + ahead + inline).max(1.0)
     );
+    if let Some(cpu) = cpu.filter(|c| c.cores() > 0.0) {
+        let per_record = cpu.engine / cpu_records;
+        println!(
+            "  CPU from first to last record evaluated ({:.0} cores): driftgate {:.2}, this bench {:.2}, the rest (the broker) {:.2}, idle {:.2} cores",
+            cpu.cores(),
+            cpu.engine / cpu.wall,
+            cpu.bench / cpu.wall,
+            cpu.rest() / cpu.wall,
+            cpu.idle / cpu.wall
+        );
+        println!(
+            "  driftgate used {:.2} µs of CPU per record: 0.8 x the bare consumer's rate would take {:.2} of its cores",
+            per_record * 1e6,
+            0.8 * bare_steady * per_record
+        );
+    }
     if let Some((at, c)) = first.filter(|(at, _)| engine_secs > *at) {
         println!(
             "  engine after its first commit ({at:.1} s, {c} records): {:.0} records/s",
@@ -768,6 +788,70 @@ fn bare_consumer(b: &Broker, role: &str, topic: &str, fetch_wait_ms: u32) -> Bas
 /// Records per second from the first record (at `first` s, if any arrived) to the last (at
 /// `secs`): the drain itself, without the group join, whose time varies most (the first
 /// group on a fresh broker also waits for the offsets topic).
+/// CPU seconds the machine spent, from `/proc` (Linux): the engine's process, this bench's
+/// and every core's busy and idle time. `None` where `/proc` cannot be read.
+#[derive(Debug, Clone, Copy)]
+struct CpuTicks {
+    engine: f64,
+    bench: f64,
+    busy: f64,
+    idle: f64,
+    /// Wall seconds (the monotonic clock), for the interval's length.
+    wall: f64,
+}
+
+impl CpuTicks {
+    fn read(engine: u32) -> Option<CpuTicks> {
+        // USER_HZ is 100 on every Linux platform the bench runs on (the kernel's ABI).
+        const HZ: f64 = 100.0;
+        let process = |pid: &str| -> Option<f64> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The fields after the command, which may hold spaces: utime and stime are the
+            // 12th and 13th of them.
+            let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+            Some((f.next()?.parse::<f64>().ok()? + f.next()?.parse::<f64>().ok()?) / HZ)
+        };
+        let all = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<f64> =
+            all.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal
+        let at = |i: usize| cpu.get(i).copied().unwrap_or(0.0) / HZ;
+        let wall = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+        Some(CpuTicks {
+            engine: process(&engine.to_string())?,
+            bench: process("self")?,
+            busy: at(0) + at(1) + at(2) + at(5) + at(6) + at(7),
+            idle: at(3) + at(4),
+            wall,
+        })
+    }
+
+    /// What was spent from `from` to this sample.
+    fn since(&self, from: &CpuTicks) -> CpuTicks {
+        CpuTicks {
+            engine: self.engine - from.engine,
+            bench: self.bench - from.bench,
+            busy: self.busy - from.busy,
+            idle: self.idle - from.idle,
+            wall: self.wall - from.wall,
+        }
+    }
+
+    /// The cores the interval's time was spread over.
+    fn cores(&self) -> f64 {
+        if self.wall > 0.0 {
+            ((self.busy + self.idle) / self.wall).round()
+        } else {
+            0.0
+        }
+    }
+
+    /// Busy time of everything else: on this machine, the broker's JVM.
+    fn rest(&self) -> f64 {
+        (self.busy - self.engine - self.bench).max(0.0)
+    }
+}
+
 fn steady_rate(records: usize, secs: f64, first: Option<f64>) -> f64 {
     (records - 1) as f64 / (secs - first.unwrap_or(0.0))
 }
