@@ -635,19 +635,22 @@ fn throughput(b: &Broker, a: &Args) {
                 }
                 if done >= a.records as f64 {
                     let (s_at, s_done, s_cpu) = started.unwrap_or((0.0, 0.0, None));
-                    let cpu = s_cpu.zip(CpuTicks::read(engine.child.id())).map(|(from, to)| to.since(&from));
-                    return (at, (a.records as f64 - s_done) / (at - s_at), cpu, a.records as f64 - s_done);
+                    let counted = a.records as f64 - s_done;
+                    let cpu = s_cpu
+                        .zip(CpuTicks::read(engine.child.id()))
+                        .map(|(from, to)| (to.since(&from), counted));
+                    return (at, counted / (at - s_at), cpu);
                 }
                 if t0.elapsed() > Duration::from_secs(1800) {
-                    return (f64::NAN, f64::NAN, None, 0.0);
+                    return (f64::NAN, f64::NAN, None);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
         let committed = wait_committed(b, &t.group, &t.input, partitions, a.records as i64, t0);
-        (drained.join().unwrap_or((f64::NAN, f64::NAN, None, 0.0)), committed)
+        (drained.join().unwrap_or((f64::NAN, f64::NAN, None)), committed)
     });
-    let (drained_secs, drained_steady, cpu, cpu_records) = drained;
+    let (drained_secs, drained_steady, cpu) = drained;
     // How the batches were evaluated (see `kafka.workers`).
     let metrics = scrape();
     let sample = |name: &str| sample(&metrics, name);
@@ -681,8 +684,9 @@ fn throughput(b: &Broker, a: &Args) {
         "  batches: {parallel:.0} partitions side by side, {ahead:.0} decoded ahead, {inline:.0} inline; {:.0} records per batch",
         sample("driftgate_input_batch_records_sum") / (parallel + ahead + inline).max(1.0)
     );
-    if let Some(cpu) = cpu.filter(|c| c.cores() > 0.0) {
-        let per_record = cpu.engine / cpu_records;
+    // The CPU spent over the records counted in that time.
+    if let Some((cpu, counted)) = cpu.filter(|(c, _)| c.cores() > 0.0) {
+        let per_record = cpu.engine / counted;
         println!(
             "  CPU from first to last record evaluated ({:.0} cores): driftgate {:.2}, this bench {:.2}, the rest (the broker) {:.2}, idle {:.2} cores",
             cpu.cores(),
@@ -788,8 +792,12 @@ fn bare_consumer(b: &Broker, role: &str, topic: &str, fetch_wait_ms: u32) -> Bas
 /// Records per second from the first record (at `first` s, if any arrived) to the last (at
 /// `secs`): the drain itself, without the group join, whose time varies most (the first
 /// group on a fresh broker also waits for the offsets topic).
+fn steady_rate(records: usize, secs: f64, first: Option<f64>) -> f64 {
+    (records - 1) as f64 / (secs - first.unwrap_or(0.0))
+}
+
 /// CPU seconds the machine spent, from `/proc` (Linux): the engine's process, this bench's
-/// and every core's busy and idle time. `None` where `/proc` cannot be read.
+/// and every core's busy and idle time.
 #[derive(Debug, Clone, Copy)]
 struct CpuTicks {
     engine: f64,
@@ -801,6 +809,7 @@ struct CpuTicks {
 }
 
 impl CpuTicks {
+    /// A sample now, with the engine's process `engine`; `None` where `/proc` cannot be read.
     fn read(engine: u32) -> Option<CpuTicks> {
         // USER_HZ is 100 on every Linux platform the bench runs on (the kernel's ABI).
         const HZ: f64 = 100.0;
@@ -850,10 +859,6 @@ impl CpuTicks {
     fn rest(&self) -> f64 {
         (self.busy - self.engine - self.bench).max(0.0)
     }
-}
-
-fn steady_rate(records: usize, secs: f64, first: Option<f64>) -> f64 {
-    (records - 1) as f64 / (secs - first.unwrap_or(0.0))
 }
 
 /// Restart time to ready: state for `--keys` agent × clause keys (five clauses, three events
